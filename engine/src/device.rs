@@ -1,0 +1,155 @@
+//! Devices: the CPU, and CUDA GPUs reached through `cudarc` with libraries loaded at run time.
+
+use crate::{Error, Result};
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a tensor's elements live and where operations on it run.
+#[derive(Clone, Debug)]
+pub enum Device {
+    /// The host: plain-loop reference implementations (and a GEMM crate for convolutions).
+    Cpu,
+    /// One CUDA GPU.
+    Cuda(Arc<CudaDevice>),
+}
+
+/// A CUDA GPU: its context and the one stream all work is queued on.
+pub struct CudaDevice {
+    ordinal: usize,
+    name: String,
+    pub(crate) ctx: Arc<cudarc::driver::CudaContext>,
+    pub(crate) stream: Arc<cudarc::driver::CudaStream>,
+}
+
+impl fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CudaDevice({}, {:?})", self.ordinal, self.name)
+    }
+}
+
+impl CudaDevice {
+    /// The device's index as the driver numbers it.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    /// The device's marketing name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The CUDA context.
+    pub fn context(&self) -> &Arc<cudarc::driver::CudaContext> {
+        &self.ctx
+    }
+    /// The stream all of this device's work is queued on.
+    pub fn stream(&self) -> &Arc<cudarc::driver::CudaStream> {
+        &self.stream
+    }
+}
+
+/// The shared libraries the CUDA path needs, with the file a user would look for.
+/// Each probe only tries to `dlopen` the library: it never panics (the plain
+/// `cudarc` entry points panic when a library is missing).
+fn missing_cuda_libraries() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    // SAFETY: the probes only attempt to load each library by name and report success.
+    unsafe {
+        if !cudarc::driver::sys::is_culib_present() {
+            missing.push("libcuda.so (the NVIDIA driver)");
+        }
+        if !cudarc::cublas::sys::is_culib_present() {
+            missing.push("libcublas.so");
+        }
+        if !cudarc::cudnn::sys::is_culib_present() {
+            missing.push("libcudnn.so");
+        }
+        if !cudarc::nvrtc::sys::is_culib_present() {
+            missing.push("libnvrtc.so");
+        }
+    }
+    missing
+}
+
+impl Device {
+    /// The CUDA GPU with this ordinal.
+    ///
+    /// Never panics: when a CUDA library cannot be loaded the error names it and
+    /// says how to point `LD_LIBRARY_PATH` at it; when the driver loads but has no
+    /// such device the error says that.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        let missing = missing_cuda_libraries();
+        if !missing.is_empty() {
+            return Err(Error::CudaUnavailable(format!(
+                "could not load {}. Install the NVIDIA driver and the CUDA 13 libraries (cuBLAS, cuDNN 9, NVRTC), \
+                 or add the folders that hold them to LD_LIBRARY_PATH \
+                 (e.g. export LD_LIBRARY_PATH=/path/to/nvidia/cudnn/lib:$LD_LIBRARY_PATH)",
+                missing.join(", ")
+            )));
+        }
+        let count = cudarc::driver::CudaContext::device_count()
+            .map_err(|e| Error::CudaUnavailable(format!("the CUDA driver could not count devices: {e}")))?;
+        if ordinal >= count as usize {
+            return Err(Error::CudaUnavailable(format!(
+                "CUDA device {ordinal} requested but the driver reports {count} device(s)"
+            )));
+        }
+        let ctx = cudarc::driver::CudaContext::new(ordinal)
+            .map_err(|e| Error::CudaUnavailable(format!("could not create a context on device {ordinal}: {e}")))?;
+        let name = ctx.name().map_err(|e| Error::Cuda { op: "device name", msg: e.to_string() })?;
+        let stream = ctx.default_stream();
+        Ok(Device::Cuda(Arc::new(CudaDevice { ordinal, name, ctx, stream })))
+    }
+
+    /// The first CUDA GPU if one is usable, else the CPU, with the reason the GPU was not taken.
+    pub fn best_available() -> (Device, Option<Error>) {
+        match Device::cuda(0) {
+            Ok(d) => (d, None),
+            Err(e) => (Device::Cpu, Some(e)),
+        }
+    }
+
+    /// Whether this is a CUDA device.
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Cuda(a), Device::Cuda(b)) => a.ordinal == b.ordinal,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(d) => write!(f, "cuda:{} ({})", d.ordinal, d.name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine without CUDA (CI) this must be an error naming a library, not a panic.
+    /// On a machine with a GPU it must succeed.
+    #[test]
+    fn cuda_without_libraries_is_a_clear_error() {
+        let missing = missing_cuda_libraries();
+        match Device::cuda(0) {
+            Ok(d) => assert!(missing.is_empty(), "device {d} opened although {missing:?} are missing"),
+            Err(e) => {
+                let msg = e.to_string();
+                if !missing.is_empty() {
+                    assert!(msg.contains(missing[0]), "message does not name {}: {msg}", missing[0]);
+                    assert!(msg.contains("LD_LIBRARY_PATH"), "message does not say how to fix it: {msg}");
+                }
+            }
+        }
+    }
+}

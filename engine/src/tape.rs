@@ -1,0 +1,279 @@
+//! A tape-based reverse-mode autograd.
+//!
+//! Forward: every operation computes its output eagerly and pushes one node on
+//! the tape holding the output value and a *record* of what it needs for its
+//! backward pass (its input [`Var`]s and any saved intermediates).
+//!
+//! Backward: [`Tape::backward`] seeds `dL/dL = 1` and walks the nodes in
+//! reverse. For each node that received a gradient it calls the record's
+//! [`Backward::backward`], which adds (`+=`) the gradients of the node's inputs.
+//! Because the tape is in forward (topological) order, a node's gradient is
+//! complete when the walk reaches it.
+//!
+//! The engine does not know any operation: the record type `R` is a closed enum
+//! defined by the `ops` crate, whose backward rules sit in one `match`.
+//!
+//! Leaves are of two kinds: *inputs* (constants such as images and labels: no
+//! gradient) and *parameters* (borrowed from the model, not copied: they get
+//! gradients, returned by [`Gradients::into_param_grads`]).
+
+use crate::{Error, Result, Tensor};
+
+/// A handle to one node (value) on a tape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Var(usize);
+
+impl Var {
+    /// The node's position on the tape.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// The backward rule of a recorded operation.
+pub trait Backward: Sized {
+    /// Given `grad_out` = dL/d(output of this record, node `out`), add dL/d(input)
+    /// to `grads` for each input that [`Tape::requires_grad`].
+    fn backward(&self, tape: &Tape<'_, Self>, out: Var, grad_out: &Tensor, grads: &mut Gradients) -> Result<()>;
+}
+
+enum Source<R> {
+    Input(Tensor),
+    Param(usize),
+    Op { value: Tensor, record: R },
+}
+
+struct Node<R> {
+    source: Source<R>,
+    requires_grad: bool,
+}
+
+/// The record of one forward pass.
+pub struct Tape<'p, R> {
+    params: &'p [Tensor],
+    nodes: Vec<Node<R>>,
+}
+
+impl<'p, R> Tape<'p, R> {
+    /// An empty tape over the model's parameters (referenced, not copied).
+    pub fn new(params: &'p [Tensor]) -> Self {
+        Tape { params, nodes: Vec::new() }
+    }
+
+    /// A constant leaf (no gradient is computed for it).
+    pub fn input(&mut self, value: Tensor) -> Var {
+        self.nodes.push(Node { source: Source::Input(value), requires_grad: false });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// A leaf for parameter `index` of the slice given to [`Tape::new`].
+    pub fn param(&mut self, index: usize) -> Result<Var> {
+        if index >= self.params.len() {
+            return Err(Error::Invalid(format!("parameter {index} requested but the tape has {}", self.params.len())));
+        }
+        self.nodes.push(Node { source: Source::Param(index), requires_grad: true });
+        Ok(Var(self.nodes.len() - 1))
+    }
+
+    /// Push the output of an operation. It requires a gradient when any of `inputs` does.
+    pub fn push(&mut self, value: Tensor, record: R, inputs: &[Var]) -> Var {
+        let requires_grad = inputs.iter().any(|&v| self.requires_grad(v));
+        self.nodes.push(Node { source: Source::Op { value, record }, requires_grad });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// The value of a node.
+    pub fn value(&self, v: Var) -> &Tensor {
+        match &self.nodes[v.0].source {
+            Source::Input(t) | Source::Op { value: t, .. } => t,
+            Source::Param(i) => &self.params[*i],
+        }
+    }
+
+    /// Whether the loss's gradient must flow into this node.
+    pub fn requires_grad(&self, v: Var) -> bool {
+        self.nodes[v.0].requires_grad
+    }
+
+    /// Number of nodes recorded.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Take the value of an operation's output node out of the tape (e.g. logits
+    /// kept after the step), leaving an empty tensor of the same dtype behind.
+    pub fn take_value(&mut self, v: Var) -> Option<Tensor> {
+        match &mut self.nodes[v.0].source {
+            Source::Op { value, .. } | Source::Input(value) => {
+                let empty = Tensor::zeros(&[0], value.dtype());
+                Some(std::mem::replace(value, empty))
+            }
+            Source::Param(_) => None,
+        }
+    }
+}
+
+impl<R: Backward> Tape<'_, R> {
+    /// Gradients of a scalar `loss` (one element) with respect to every parameter.
+    pub fn backward(&self, loss: Var) -> Result<Gradients> {
+        let value = self.value(loss);
+        if value.numel() != 1 {
+            return Err(Error::shape("Tape::backward", format!("the loss must be a scalar, got shape {:?}", value.shape())));
+        }
+        let seed = Tensor::full(value.shape(), value.dtype(), 1.0);
+        self.backward_with(loss, seed)
+    }
+
+    /// Reverse pass seeded with `seed` = dL/d`out` (same shape as `out`): the
+    /// vector-Jacobian product of everything recorded up to `out`.
+    pub fn backward_with(&self, out: Var, seed: Tensor) -> Result<Gradients> {
+        self.value(out).expect_same("Tape::backward_with", &seed)?;
+        let mut grads = Gradients { by_node: (0..self.nodes.len()).map(|_| None).collect(), params: Vec::new() };
+        grads.by_node[out.0] = Some(seed);
+        for i in (0..=out.0).rev() {
+            let node = &self.nodes[i];
+            match &node.source {
+                Source::Op { record, .. } => {
+                    // An intermediate's gradient is complete here and is not needed after: free it.
+                    if let Some(g) = grads.by_node[i].take() {
+                        if node.requires_grad {
+                            record.backward(self, Var(i), &g, &mut grads)?;
+                        }
+                    }
+                }
+                Source::Param(p) => grads.params.push((*p, i)),
+                Source::Input(_) => {}
+            }
+        }
+        Ok(grads)
+    }
+}
+
+/// The gradients produced by one reverse pass.
+pub struct Gradients {
+    by_node: Vec<Option<Tensor>>,
+    /// (parameter index, node) for every parameter leaf reached by the walk.
+    params: Vec<(usize, usize)>,
+}
+
+impl Gradients {
+    /// `grad[v] += g`. Shapes must match the node's value (checked by `add_assign`).
+    pub fn accumulate(&mut self, v: Var, g: Tensor) -> Result<()> {
+        match &mut self.by_node[v.0] {
+            Some(existing) => existing.add_assign(&g),
+            slot @ None => {
+                *slot = Some(g);
+                Ok(())
+            }
+        }
+    }
+
+    /// The gradient of a leaf node (parameter), if the loss depends on it.
+    pub fn get(&self, v: Var) -> Option<&Tensor> {
+        self.by_node[v.0].as_ref()
+    }
+
+    /// One gradient per parameter of the tape (in the order of the slice given to
+    /// [`Tape::new`]); `None` where the loss does not depend on that parameter.
+    /// A parameter used through several leaves gets the sum.
+    pub fn into_param_grads(mut self, n_params: usize) -> Result<Vec<Option<Tensor>>> {
+        let mut out: Vec<Option<Tensor>> = (0..n_params).map(|_| None).collect();
+        for (p, node) in std::mem::take(&mut self.params) {
+            if let Some(g) = self.by_node[node].take() {
+                match &mut out[p] {
+                    Some(acc) => acc.add_assign(&g)?,
+                    slot @ None => *slot = Some(g),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny op set to test the tape alone: y = a * b (elementwise) and y = sum(x).
+    enum TestOp {
+        Mul(Var, Var),
+        Sum(Var),
+    }
+
+    impl Backward for TestOp {
+        fn backward(&self, tape: &Tape<'_, Self>, _out: Var, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+            match *self {
+                TestOp::Mul(a, b) => {
+                    let (va, vb, vg) = (tape.value(a).to_f64_vec(), tape.value(b).to_f64_vec(), g.to_f64_vec());
+                    let shape = tape.value(a).shape().to_vec();
+                    if tape.requires_grad(a) {
+                        grads.accumulate(a, Tensor::new(&shape, vg.iter().zip(&vb).map(|(g, b)| g * b).collect())?)?;
+                    }
+                    if tape.requires_grad(b) {
+                        grads.accumulate(b, Tensor::new(&shape, vg.iter().zip(&va).map(|(g, a)| g * a).collect())?)?;
+                    }
+                }
+                TestOp::Sum(x) => {
+                    let shape = tape.value(x).shape().to_vec();
+                    let n = tape.value(x).numel();
+                    grads.accumulate(x, Tensor::new(&shape, vec![g.scalar()?; n])?)?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn mul(t: &mut Tape<'_, TestOp>, a: Var, b: Var) -> Var {
+        let v: Vec<f64> = t.value(a).to_f64_vec().iter().zip(t.value(b).to_f64_vec()).map(|(x, y)| x * y).collect();
+        let shape = t.value(a).shape().to_vec();
+        t.push(Tensor::new(&shape, v).unwrap(), TestOp::Mul(a, b), &[a, b])
+    }
+
+    fn sum(t: &mut Tape<'_, TestOp>, x: Var) -> Var {
+        let s: f64 = t.value(x).to_f64_vec().iter().sum();
+        t.push(Tensor::new(&[1], vec![s]).unwrap(), TestOp::Sum(x), &[x])
+    }
+
+    /// L = sum(p0 * p0 * c): dL/dp0 = 2 * p0 * c; p0 used twice, so accumulation must add.
+    #[test]
+    fn backward_accumulates_through_shared_uses() {
+        let params = vec![Tensor::new(&[3], vec![1.0f64, -2.0, 3.0]).unwrap()];
+        let mut t = Tape::new(&params);
+        let p = t.param(0).unwrap();
+        let c = t.input(Tensor::new(&[3], vec![0.5f64, 4.0, -1.0]).unwrap());
+        let sq = mul(&mut t, p, p);
+        let y = mul(&mut t, sq, c);
+        let l = sum(&mut t, y);
+        assert!(!t.requires_grad(c) && t.requires_grad(y));
+        let g = t.backward(l).unwrap().into_param_grads(1).unwrap();
+        assert_eq!(g[0].as_ref().unwrap().to_f64_vec(), vec![1.0, -16.0, -6.0]);
+    }
+
+    /// A parameter placed on the tape twice gets the sum of both leaves' gradients.
+    #[test]
+    fn parameter_used_through_two_leaves_sums() {
+        let params = vec![Tensor::new(&[2], vec![2.0f64, 5.0]).unwrap()];
+        let mut t = Tape::new(&params);
+        let p1 = t.param(0).unwrap();
+        let p2 = t.param(0).unwrap();
+        let y = mul(&mut t, p1, p2);
+        let l = sum(&mut t, y);
+        let g = t.backward(l).unwrap().into_param_grads(1).unwrap();
+        assert_eq!(g[0].as_ref().unwrap().to_f64_vec(), vec![4.0, 10.0]);
+    }
+
+    #[test]
+    fn backward_rejects_a_non_scalar_loss() {
+        let params = vec![Tensor::new(&[2], vec![2.0f64, 5.0]).unwrap()];
+        let mut t = Tape::new(&params);
+        let p = t.param(0).unwrap();
+        let y = mul(&mut t, p, p);
+        assert!(t.backward(y).is_err());
+        assert!(t.param(3).is_err());
+    }
+}

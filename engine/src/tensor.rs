@@ -1,0 +1,249 @@
+//! `Tensor`: a shape and a buffer of elements on one device.
+//!
+//! Layout is always contiguous row-major ("C order"): for shape `[N, C, H, W]`
+//! element `(n, c, h, w)` sits at `((n * C + c) * H + h) * W + w`.
+
+use crate::{Device, Error, Float, Result};
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+}
+
+/// The elements of a tensor, owned, on the host.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// A contiguous row-major array with a shape.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+impl Tensor {
+    /// A tensor from a shape and its elements; the element count must match the shape.
+    pub fn new<T: Float>(shape: &[usize], data: Vec<T>) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if numel != data.len() {
+            return Err(Error::shape(
+                "Tensor::new",
+                format!("shape {shape:?} holds {numel} elements but {} were given", data.len()),
+            ));
+        }
+        Ok(Tensor { shape: shape.to_vec(), storage: T::wrap(data) })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::full(shape, dtype, 0.0)
+    }
+
+    /// A tensor with every element equal to `value`.
+    pub fn full(shape: &[usize], dtype: DType, value: f64) -> Tensor {
+        let numel = shape.iter().product();
+        let storage = match dtype {
+            DType::F32 => Storage::F32(vec![value as f32; numel]),
+            DType::F64 => Storage::F64(vec![value; numel]),
+        };
+        Tensor { shape: shape.to_vec(), storage }
+    }
+
+    /// Independent standard-normal elements scaled by `std`.
+    pub fn randn(shape: &[usize], dtype: DType, std: f64, rng: &mut impl Rng) -> Tensor {
+        let numel: usize = shape.iter().product();
+        let values: Vec<f64> =
+            (0..numel).map(|_| std * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng)).collect();
+        Tensor::from_f64_values(shape, dtype, values)
+    }
+
+    /// Independent elements uniform in `[lo, hi)`.
+    pub fn uniform(shape: &[usize], dtype: DType, lo: f64, hi: f64, rng: &mut impl Rng) -> Tensor {
+        let numel: usize = shape.iter().product();
+        let values: Vec<f64> = (0..numel).map(|_| rng.random_range(lo..hi)).collect();
+        Tensor::from_f64_values(shape, dtype, values)
+    }
+
+    fn from_f64_values(shape: &[usize], dtype: DType, values: Vec<f64>) -> Tensor {
+        let storage = match dtype {
+            DType::F32 => Storage::F32(values.into_iter().map(|v| v as f32).collect()),
+            DType::F64 => Storage::F64(values),
+        };
+        Tensor { shape: shape.to_vec(), storage }
+    }
+
+    /// The dimensions, outermost first.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        match self.storage {
+            Storage::F32(_) => DType::F32,
+            Storage::F64(_) => DType::F64,
+        }
+    }
+
+    /// The device that holds the elements.
+    pub fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    /// The underlying storage.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The elements as a slice of `T`; an error if the dtype is not `T`.
+    pub fn as_slice<T: Float>(&self) -> Result<&[T]> {
+        T::slice(&self.storage).ok_or(Error::DType { op: "Tensor::as_slice", a: self.dtype(), b: T::DTYPE })
+    }
+
+    /// The elements as a mutable slice of `T`; an error if the dtype is not `T`.
+    pub fn as_mut_slice<T: Float>(&mut self) -> Result<&mut [T]> {
+        let dtype = self.dtype();
+        T::slice_mut(&mut self.storage).ok_or(Error::DType { op: "Tensor::as_mut_slice", a: dtype, b: T::DTYPE })
+    }
+
+    /// A host copy of the elements widened to f64 (for tests, logs and checkpoints).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match &self.storage {
+            Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Storage::F64(v) => v.clone(),
+        }
+    }
+
+    /// A host copy of the elements as f32.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match &self.storage {
+            Storage::F32(v) => v.clone(),
+            Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// The single element of a one-element tensor, as f64.
+    pub fn scalar(&self) -> Result<f64> {
+        if self.numel() != 1 {
+            return Err(Error::shape("Tensor::scalar", format!("shape {:?} is not a scalar", self.shape)));
+        }
+        Ok(self.to_f64_vec()[0])
+    }
+
+    /// The same elements converted to `dtype`.
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        Tensor::from_f64_values(&self.shape, dtype, self.to_f64_vec())
+    }
+
+    /// The same elements under another shape with the same element count.
+    pub fn reshape(self, shape: &[usize]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if numel != self.numel() {
+            return Err(Error::shape(
+                "Tensor::reshape",
+                format!("cannot view {:?} ({} elements) as {shape:?} ({numel})", self.shape, self.numel()),
+            ));
+        }
+        Ok(Tensor { shape: shape.to_vec(), storage: self.storage })
+    }
+
+    /// `self += other`, elementwise; shapes, dtypes and devices must agree.
+    pub fn add_assign(&mut self, other: &Tensor) -> Result<()> {
+        self.expect_same("Tensor::add_assign", other)?;
+        match (&mut self.storage, &other.storage) {
+            (Storage::F32(a), Storage::F32(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+            (Storage::F64(a), Storage::F64(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+            _ => unreachable!("dtypes checked above"),
+        }
+        Ok(())
+    }
+
+    /// An error unless `self` and `other` have the same shape, dtype and device.
+    pub fn expect_same(&self, op: &'static str, other: &Tensor) -> Result<()> {
+        self.expect_same_kind(op, other)?;
+        if self.shape != other.shape {
+            return Err(Error::shape(op, format!("{:?} vs {:?}", self.shape, other.shape)));
+        }
+        Ok(())
+    }
+
+    /// An error unless `self` and `other` have the same dtype and device.
+    pub fn expect_same_kind(&self, op: &'static str, other: &Tensor) -> Result<()> {
+        if self.dtype() != other.dtype() {
+            return Err(Error::DType { op, a: self.dtype(), b: other.dtype() });
+        }
+        if self.device() != other.device() {
+            return Err(Error::Device { op, a: self.device().to_string(), b: other.device().to_string() });
+        }
+        Ok(())
+    }
+
+    /// An error unless the tensor has exactly `rank` dimensions.
+    pub fn expect_rank(&self, op: &'static str, rank: usize, what: &str) -> Result<()> {
+        if self.shape.len() != rank {
+            return Err(Error::shape(op, format!("{what} must have {rank} dimensions, got shape {:?}", self.shape)));
+        }
+        Ok(())
+    }
+
+    /// Largest absolute elementwise difference to `other` (shapes must agree).
+    pub fn max_abs_diff(&self, other: &Tensor) -> Result<f64> {
+        if self.shape != other.shape {
+            return Err(Error::shape("Tensor::max_abs_diff", format!("{:?} vs {:?}", self.shape, other.shape)));
+        }
+        let (a, b) = (self.to_f64_vec(), other.to_f64_vec());
+        Ok(a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn new_checks_the_element_count() {
+        assert!(Tensor::new(&[2, 3], vec![0f32; 5]).is_err());
+        let t = Tensor::new(&[2, 3], vec![1f64; 6]).unwrap();
+        assert_eq!(t.shape(), &[2, 3]);
+        assert_eq!(t.dtype(), DType::F64);
+    }
+
+    #[test]
+    fn add_assign_adds_and_rejects_mismatches() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let a = Tensor::randn(&[4, 5], DType::F32, 1.0, &mut rng);
+        let b = Tensor::randn(&[4, 5], DType::F32, 1.0, &mut rng);
+        let mut c = a.clone();
+        c.add_assign(&b).unwrap();
+        let (va, vb, vc) = (a.to_f64_vec(), b.to_f64_vec(), c.to_f64_vec());
+        for i in 0..20 {
+            assert!((va[i] + vb[i] - vc[i]).abs() < 1e-6);
+        }
+        assert!(c.add_assign(&b.to_dtype(DType::F64)).is_err());
+        assert!(c.add_assign(&Tensor::zeros(&[5, 4], DType::F32)).is_err());
+    }
+
+    #[test]
+    fn reshape_keeps_elements_and_checks_count() {
+        let t = Tensor::new(&[2, 3], (0..6).map(|x| x as f32).collect()).unwrap();
+        let r = t.clone().reshape(&[3, 2]).unwrap();
+        assert_eq!(r.to_f64_vec(), t.to_f64_vec());
+        assert!(t.reshape(&[4, 2]).is_err());
+    }
+}

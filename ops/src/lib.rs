@@ -1,0 +1,33 @@
+//! Every differentiable operation the ResNet needs, one file per op.
+//!
+//! Each op file has the same shape:
+//! 1. a doc comment stating the forward and backward math with named shapes;
+//! 2. a graph-level function (`relu(g, x)`) that computes the output and records
+//!    the op on the [`Graph`];
+//! 3. tensor-level `forward` / `backward` functions that dispatch on dtype (and,
+//!    with the CUDA backend, on device);
+//! 4. the CPU reference: plain loops, generic over `T: Float` (f32 and f64);
+//! 5. the op's record type, whose `backward` is called from the one `match`
+//!    in [`record`].
+//!
+//! The optimizer update ([`sgd`]) is not differentiated and sits beside the ops.
+
+pub mod gradcheck;
+pub mod record;
+
+pub mod add;
+pub mod batch_norm;
+pub mod conv2d;
+pub mod cross_entropy;
+pub mod linear;
+pub mod max_pool;
+pub mod relu;
+pub mod reshape;
+pub mod scale;
+pub mod sgd;
+
+pub use engine::{DType, Device, Error, Float, Gradients, Result, Tensor, Var};
+pub use record::Op;
+
+/// The tape specialised to this crate's closed set of operations.
+pub type Graph<'p> = engine::Tape<'p, Op>;

@@ -1,0 +1,78 @@
+//! ReLU.
+//!
+//! Shapes: `x`, `y`, `dy`, `dx` all of any shape `S`.
+//!
+//! Forward:  `y = max(x, 0)`
+//! Backward: `dx = dy · [y > 0]` (the subgradient at 0 is taken as 0, as PyTorch does).
+//!
+//! The backward reads the *output* `y` (not `x`): `y > 0` exactly when `x > 0`,
+//! and the output is what the CUDA path keeps anyway.
+
+use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
+
+/// Record `y = relu(x)` on the graph.
+pub fn relu(g: &mut Graph<'_>, x: Var) -> Result<Var> {
+    let y = forward(g.value(x))?;
+    Ok(g.push(y, crate::Op::Relu(ReluRecord { x }), &[x]))
+}
+
+/// `y = max(x, 0)`.
+pub fn forward(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 => forward_cpu::<f32>(x),
+        DType::F64 => forward_cpu::<f64>(x),
+    }
+}
+
+/// `dx = dy · [y > 0]`.
+pub fn backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    y.expect_same("relu backward", dy)?;
+    match y.dtype() {
+        DType::F32 => backward_cpu::<f32>(y, dy),
+        DType::F64 => backward_cpu::<f64>(y, dy),
+    }
+}
+
+fn forward_cpu<T: Float>(x: &Tensor) -> Result<Tensor> {
+    let xs = x.as_slice::<T>()?;
+    Tensor::new(x.shape(), xs.iter().map(|&v| if v > T::zero() { v } else { T::zero() }).collect())
+}
+
+fn backward_cpu<T: Float>(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let (ys, dys) = (y.as_slice::<T>()?, dy.as_slice::<T>()?);
+    Tensor::new(y.shape(), ys.iter().zip(dys).map(|(&y, &d)| if y > T::zero() { d } else { T::zero() }).collect())
+}
+
+/// What ReLU's backward needs: its input node (for the gradient) — the output is the record's own node.
+pub struct ReluRecord {
+    x: Var,
+}
+
+impl ReluRecord {
+    pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(self.x, backward(g.value(out), dy)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    #[test]
+    fn forward_clamps_negatives() {
+        let x = Tensor::new(&[4], vec![-1.5f32, 0.0, 2.0, -0.1]).unwrap();
+        assert_eq!(forward(&x).unwrap().to_f64_vec(), vec![0.0, 0.0, 2.0, 0.0]);
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let params = random_params(&[&[2, 3, 4, 5]], 7);
+        GradCheck::default()
+            .run(&params, |g| {
+                let x = g.param(0)?;
+                relu(g, x)
+            })
+            .unwrap();
+    }
+}

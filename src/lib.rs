@@ -1,0 +1,1 @@
+//! The workspace root package. Its `tests/` hold the cross-crate tests.
