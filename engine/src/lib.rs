@@ -7,6 +7,7 @@
 pub mod device;
 pub mod error;
 pub mod float;
+pub mod nvrtc;
 pub mod tape;
 pub mod tensor;
 

@@ -1,13 +1,81 @@
-//! STUB: the signatures are the contract; the bodies are to be written.
-#![allow(unused_variables)]
-use crate::{Gradients, Graph, Result, Tensor, Var};
+//! Elementwise addition (the residual connection).
+//!
+//! Shapes: a, b, y, dy all `S` (no broadcasting).
+//! Forward: `y = a + b`. Backward: `da = dy`, `db = dy`.
+
+use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 
 /// Record `y = a + b` (same shapes).
-pub fn add(g: &mut Graph<'_>, a: Var, b: Var) -> Result<Var> { todo!() }
+pub fn add(g: &mut Graph<'_>, a: Var, b: Var) -> Result<Var> {
+    let y = forward(g.value(a), g.value(b))?;
+    Ok(g.push(y, crate::Op::Add(AddRecord { a, b }), &[a, b]))
+}
 
-pub struct AddRecord {}
+/// `y = a + b`.
+pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.expect_same("add", b)?;
+    match a.dtype() {
+        DType::F32 => forward_cpu::<f32>(a, b),
+        DType::F64 => forward_cpu::<f64>(a, b),
+    }
+}
+
+fn forward_cpu<T: Float>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (av, bv) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
+    Tensor::new(a.shape(), av.iter().zip(bv).map(|(&x, &y)| x + y).collect())
+}
+
+/// Add's record: its two input nodes.
+pub struct AddRecord {
+    a: Var,
+    b: Var,
+}
+
 impl AddRecord {
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        todo!()
+        if g.requires_grad(self.a) {
+            grads.accumulate(self.a, dy.clone())?;
+        }
+        if g.requires_grad(self.b) {
+            grads.accumulate(self.b, dy.clone())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    #[test]
+    fn adds_and_rejects_mismatched_shapes() {
+        let ps = random_params(&[&[2, 3], &[2, 3], &[3, 2]], 1);
+        let y = forward(&ps[0], &ps[1]).unwrap().to_f64_vec();
+        let (a, b) = (ps[0].to_f64_vec(), ps[1].to_f64_vec());
+        assert!(y.iter().enumerate().all(|(i, v)| *v == a[i] + b[i]));
+        assert!(forward(&ps[0], &ps[2]).is_err());
+    }
+
+    #[test]
+    fn gradient() {
+        let ps = random_params(&[&[2, 3, 4], &[2, 3, 4]], 2);
+        GradCheck::default()
+            .run(&ps, |g| {
+                let (a, b) = (g.param(0)?, g.param(1)?);
+                add(g, a, b)
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn gradient_of_x_plus_x_is_doubled() {
+        let ps = random_params(&[&[5]], 3);
+        GradCheck::default()
+            .run(&ps, |g| {
+                let a = g.param(0)?;
+                add(g, a, a)
+            })
+            .unwrap();
     }
 }

@@ -1,6 +1,18 @@
-//! STUB: the signatures are the contract; the bodies are to be written.
-#![allow(unused_variables)]
-use crate::{Gradients, Graph, Result, Tensor, Var};
+//! Batch normalisation over the channels of `[N, C, H, W]` (PyTorch's `BatchNorm2d`).
+//!
+//! Shapes: x, y, dy, dx `[N, C, H, W]`; gamma, beta, statistics `[C]`; `M = N·H·W`.
+//!
+//! Training mode, per channel c (sums over n, h, w):
+//! `μ = Σx / M`, `σ² = Σ(x − μ)² / M` (biased), `r = 1/√(σ² + ε)`, `x̂ = (x − μ)·r`,
+//! `y = γ·x̂ + β`. Running statistics: `running_mean ← (1−m)·running_mean + m·μ`,
+//! `running_var ← (1−m)·running_var + m·σ²·M/(M−1)` (unbiased), `num_batches_tracked += 1`.
+//! Backward: `dβ = Σdy`, `dγ = Σ dy·x̂`, `dx = (γ·r/M)·(M·dy − Σdy − x̂·Σ(dy·x̂))`.
+//!
+//! Eval mode: `x̂ = (x − running_mean)/√(running_var + ε)`, `y = γ·x̂ + β`; the statistics
+//! are constants, so `dx = γ·r·dy`, `dγ = Σ dy·x̂`, `dβ = Σdy`.
+
+use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
+use engine::Error;
 
 /// Running statistics of one batch-norm layer (PyTorch's buffers `running_mean`,
 /// `running_var`, `num_batches_tracked`). `var` is the *unbiased* batch variance's running average.
@@ -10,28 +22,326 @@ pub struct RunningStats {
     pub var: Tensor,
     pub num_batches_tracked: u64,
 }
+
 impl RunningStats {
     /// Mean 0, variance 1, as PyTorch initialises them.
-    pub fn new(channels: usize, dtype: crate::DType) -> Self { todo!() }
+    pub fn new(channels: usize, dtype: DType) -> Self {
+        RunningStats {
+            mean: Tensor::zeros(&[channels], dtype),
+            var: Tensor::full(&[channels], dtype, 1.0),
+            num_batches_tracked: 0,
+        }
+    }
 }
+
 /// PyTorch's defaults: momentum 0.1, eps 1e-5.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchNormConfig {
     pub momentum: f64,
     pub eps: f64,
 }
+
 impl Default for BatchNormConfig {
-    fn default() -> Self { BatchNormConfig { momentum: 0.1, eps: 1e-5 } }
+    fn default() -> Self {
+        BatchNormConfig { momentum: 0.1, eps: 1e-5 }
+    }
 }
+
+fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &RunningStats) -> Result<usize> {
+    const OP: &str = "batch_norm";
+    x.expect_rank(OP, 4, "input x [N, C, H, W]")?;
+    let c = x.shape()[1];
+    for (t, what) in [(gamma, "gamma"), (beta, "beta"), (&stats.mean, "running_mean"), (&stats.var, "running_var")] {
+        x.expect_same_kind(OP, t)?;
+        if t.shape() != [c] {
+            return Err(Error::shape(OP, format!("{what} has shape {:?}, the input {:?} needs [{c}]", t.shape(), x.shape())));
+        }
+    }
+    Ok(c)
+}
+
 /// Training mode: normalise x `[N, C, H, W]` with the batch statistics, scale by gamma `[C]`,
 /// shift by beta `[C]`, and update `running`.
-pub fn batch_norm_train(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<Var> { todo!() }
-/// Eval mode: normalise with `running`.
-pub fn batch_norm_eval(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, running: &RunningStats, cfg: BatchNormConfig) -> Result<Var> { todo!() }
+pub fn batch_norm_train(
+    g: &mut Graph<'_>,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    running: &mut RunningStats,
+    cfg: BatchNormConfig,
+) -> Result<Var> {
+    let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
+    check(xt, gt, bt, running)?;
+    let m = xt.shape()[0] * xt.shape()[2] * xt.shape()[3];
+    if m < 2 {
+        return Err(Error::shape("batch_norm", format!("training mode needs more than one value per channel, got {:?}", xt.shape())));
+    }
+    let out = match xt.dtype() {
+        DType::F32 => train_forward_cpu::<f32>(xt, gt, bt, running, cfg)?,
+        DType::F64 => train_forward_cpu::<f64>(xt, gt, bt, running, cfg)?,
+    };
+    let rec = BatchNormRecord { x, gamma, beta, mean: out.mean, invstd: out.invstd };
+    Ok(g.push(out.y, crate::Op::BatchNorm(rec), &[x, gamma, beta]))
+}
 
-pub struct BatchNormRecord {}
+/// Eval mode: normalise with `running`.
+pub fn batch_norm_eval(
+    g: &mut Graph<'_>,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    running: &RunningStats,
+    cfg: BatchNormConfig,
+) -> Result<Var> {
+    let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
+    check(xt, gt, bt, running)?;
+    let (mean, invstd) = match xt.dtype() {
+        DType::F32 => eval_stats::<f32>(running, cfg.eps)?,
+        DType::F64 => eval_stats::<f64>(running, cfg.eps)?,
+    };
+    let y = match xt.dtype() {
+        DType::F32 => normalize_cpu::<f32>(xt, gt, bt, &mean, &invstd)?,
+        DType::F64 => normalize_cpu::<f64>(xt, gt, bt, &mean, &invstd)?,
+    };
+    let rec = BatchNormRecord { x, gamma, beta, mean: Stats::Fixed(mean), invstd };
+    Ok(g.push(y, crate::Op::BatchNorm(rec), &[x, gamma, beta]))
+}
+
+/// Per-channel mean, and whether it came from the batch (training: the statistics
+/// depend on x) or is fixed (eval).
+enum Stats {
+    Batch(Tensor),
+    Fixed(Tensor),
+}
+
+struct TrainOut {
+    y: Tensor,
+    mean: Stats,
+    invstd: Tensor,
+}
+
+fn eval_stats<T: Float>(running: &RunningStats, eps: f64) -> Result<(Tensor, Tensor)> {
+    let var = running.var.as_slice::<T>()?;
+    let invstd: Vec<T> = var.iter().map(|&v| T::one() / (v + T::of(eps)).sqrt()).collect();
+    Ok((running.mean.clone(), Tensor::new(&[var.len()], invstd)?))
+}
+
+/// `y = γ·(x − μ)·r + β` for given per-channel μ and r.
+fn normalize_cpu<T: Float>(x: &Tensor, gamma: &Tensor, beta: &Tensor, mean: &Tensor, invstd: &Tensor) -> Result<Tensor> {
+    let s = x.shape();
+    let (c, hw) = (s[1], s[2] * s[3]);
+    let (xs, gs, bs) = (x.as_slice::<T>()?, gamma.as_slice::<T>()?, beta.as_slice::<T>()?);
+    let (mu, r) = (mean.as_slice::<T>()?, invstd.as_slice::<T>()?);
+    let mut y = vec![T::zero(); xs.len()];
+    for (i, (yb, xb)) in y.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
+        let ch = i % c;
+        for (yv, &xv) in yb.iter_mut().zip(xb) {
+            *yv = gs[ch] * (xv - mu[ch]) * r[ch] + bs[ch];
+        }
+    }
+    Tensor::new(s, y)
+}
+
+fn train_forward_cpu<T: Float>(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running: &mut RunningStats,
+    cfg: BatchNormConfig,
+) -> Result<TrainOut> {
+    let s = x.shape();
+    let (c, hw) = (s[1], s[2] * s[3]);
+    let m = (s[0] * hw) as f64;
+    let xs = x.as_slice::<T>()?;
+    // Accumulate in f64 whatever T is, so the statistics of 10^5 values stay accurate in f32.
+    let mut sum = vec![0.0f64; c];
+    for (i, xb) in xs.chunks_exact(hw).enumerate() {
+        sum[i % c] += xb.iter().map(|v| v.f64()).sum::<f64>();
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / m).collect();
+    let mut sq = vec![0.0f64; c];
+    for (i, xb) in xs.chunks_exact(hw).enumerate() {
+        let mu = mean[i % c];
+        sq[i % c] += xb.iter().map(|v| (v.f64() - mu).powi(2)).sum::<f64>();
+    }
+    let var: Vec<f64> = sq.iter().map(|s| s / m).collect();
+    let invstd: Vec<T> = var.iter().map(|v| T::of(1.0 / (v + cfg.eps).sqrt())).collect();
+    let mean_t = Tensor::new(&[c], mean.iter().map(|&v| T::of(v)).collect::<Vec<T>>())?;
+    let invstd_t = Tensor::new(&[c], invstd)?;
+    let y = normalize_cpu::<T>(x, gamma, beta, &mean_t, &invstd_t)?;
+
+    let mom = cfg.momentum;
+    for (rm, mu) in running.mean.as_mut_slice::<T>()?.iter_mut().zip(&mean) {
+        *rm = T::of((1.0 - mom) * rm.f64() + mom * mu);
+    }
+    for (rv, v) in running.var.as_mut_slice::<T>()?.iter_mut().zip(&var) {
+        *rv = T::of((1.0 - mom) * rv.f64() + mom * v * m / (m - 1.0));
+    }
+    running.num_batches_tracked += 1;
+    Ok(TrainOut { y, mean: Stats::Batch(mean_t), invstd: invstd_t })
+}
+
+/// Batch norm's record: inputs, and the per-channel mean and inverse std used.
+pub struct BatchNormRecord {
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    mean: Stats,
+    invstd: Tensor,
+}
+
 impl BatchNormRecord {
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        todo!()
+        let x = g.value(self.x);
+        x.expect_same("batch_norm backward", dy)?;
+        let (dx, dgamma, dbeta) = match x.dtype() {
+            DType::F32 => self.backward_cpu::<f32>(x, g.value(self.gamma), dy)?,
+            DType::F64 => self.backward_cpu::<f64>(x, g.value(self.gamma), dy)?,
+        };
+        for (v, t) in [(self.x, dx), (self.gamma, dgamma), (self.beta, dbeta)] {
+            if g.requires_grad(v) {
+                grads.accumulate(v, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn backward_cpu<T: Float>(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let s = x.shape();
+        let (c, hw) = (s[1], s[2] * s[3]);
+        let m = T::of((s[0] * hw) as f64);
+        let (xs, gs, dys) = (x.as_slice::<T>()?, gamma.as_slice::<T>()?, dy.as_slice::<T>()?);
+        let (mean, train) = match &self.mean {
+            Stats::Batch(t) => (t, true),
+            Stats::Fixed(t) => (t, false),
+        };
+        let (mu, r) = (mean.as_slice::<T>()?, self.invstd.as_slice::<T>()?);
+        // Σdy and Σdy·x̂ per channel.
+        let (mut sdy, mut sdyx) = (vec![T::zero(); c], vec![T::zero(); c]);
+        for (i, (xb, db)) in xs.chunks_exact(hw).zip(dys.chunks_exact(hw)).enumerate() {
+            let ch = i % c;
+            for (&xv, &d) in xb.iter().zip(db) {
+                sdy[ch] += d;
+                sdyx[ch] += d * (xv - mu[ch]) * r[ch];
+            }
+        }
+        let mut dx = vec![T::zero(); xs.len()];
+        for (i, ((dxb, xb), db)) in dx.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).zip(dys.chunks_exact(hw)).enumerate() {
+            let ch = i % c;
+            for ((o, &xv), &d) in dxb.iter_mut().zip(xb).zip(db) {
+                *o = if train {
+                    let xhat = (xv - mu[ch]) * r[ch];
+                    gs[ch] * r[ch] / m * (m * d - sdy[ch] - xhat * sdyx[ch])
+                } else {
+                    gs[ch] * r[ch] * d
+                };
+            }
+        }
+        Ok((Tensor::new(s, dx)?, Tensor::new(&[c], sdyx)?, Tensor::new(&[c], sdy)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    /// Indices of channel `ch` in a `[N, C, H, W]` tensor.
+    fn channel(n: usize, c: usize, hw: usize, ch: usize) -> impl Iterator<Item = usize> {
+        (0..n).flat_map(move |b| (0..hw).map(move |k| (b * c + ch) * hw + k))
+    }
+
+    #[test]
+    fn training_output_is_normalised_and_statistics_update_like_pytorch() {
+        let ps = random_params(&[&[4, 3, 5, 5], &[3], &[3]], 1);
+        let mut stats = RunningStats::new(3, DType::F64);
+        let mut g = Graph::new(&ps);
+        let (x, ga, be) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap());
+        let cfg = BatchNormConfig::default();
+        let y = batch_norm_train(&mut g, x, ga, be, &mut stats, cfg).unwrap();
+        let (xv, yv, gv, bv) = (ps[0].to_f64_vec(), g.value(y).to_f64_vec(), ps[1].to_f64_vec(), ps[2].to_f64_vec());
+        let m = 4.0 * 25.0;
+        for ch in 0..3 {
+            let vals: Vec<f64> = channel(4, 3, 25, ch).map(|i| xv[i]).collect();
+            let mu = vals.iter().sum::<f64>() / m;
+            let var = vals.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / m;
+            // y's per-channel mean is beta and its variance gamma²·var/(var+eps).
+            let ys: Vec<f64> = channel(4, 3, 25, ch).map(|i| yv[i]).collect();
+            let ymu = ys.iter().sum::<f64>() / m;
+            let yvar = ys.iter().map(|v| (v - ymu).powi(2)).sum::<f64>() / m;
+            assert!((ymu - bv[ch]).abs() < 1e-12);
+            assert!((yvar - gv[ch] * gv[ch] * var / (var + 1e-5)).abs() < 1e-10);
+            // Running statistics after one update: 0.9·0 + 0.1·μ and 0.9·1 + 0.1·unbiased var.
+            assert!((stats.mean.to_f64_vec()[ch] - 0.1 * mu).abs() < 1e-12);
+            assert!((stats.var.to_f64_vec()[ch] - (0.9 + 0.1 * var * m / (m - 1.0))).abs() < 1e-12);
+        }
+        assert_eq!(stats.num_batches_tracked, 1);
+        // A second update with the same batch compounds: 0.9·(0.1·μ) + 0.1·μ = 0.19·μ.
+        let before = stats.mean.to_f64_vec();
+        batch_norm_train(&mut g, x, ga, be, &mut stats, cfg).unwrap();
+        for ch in 0..3 {
+            assert!((stats.mean.to_f64_vec()[ch] - 1.9 * before[ch]).abs() < 1e-12);
+        }
+        assert_eq!(stats.num_batches_tracked, 2);
+    }
+
+    #[test]
+    fn eval_mode_uses_the_running_statistics() {
+        let ps = random_params(&[&[2, 2, 3, 3], &[2], &[2]], 2);
+        let stats = RunningStats {
+            mean: Tensor::new(&[2], vec![0.5f64, -1.0]).unwrap(),
+            var: Tensor::new(&[2], vec![4.0f64, 0.25]).unwrap(),
+            num_batches_tracked: 3,
+        };
+        let mut g = Graph::new(&ps);
+        let (x, ga, be) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap());
+        let y = batch_norm_eval(&mut g, x, ga, be, &stats, BatchNormConfig::default()).unwrap();
+        let (xv, yv, gv, bv) = (ps[0].to_f64_vec(), g.value(y).to_f64_vec(), ps[1].to_f64_vec(), ps[2].to_f64_vec());
+        for i in 0..xv.len() {
+            let ch = (i / 9) % 2;
+            let (m, v) = ([0.5, -1.0][ch], [4.0, 0.25][ch]);
+            let want = gv[ch] * (xv[i] - m) / (v + 1e-5f64).sqrt() + bv[ch];
+            assert!((yv[i] - want).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn gradient_training_mode() {
+        let ps = random_params(&[&[3, 4, 3, 2], &[4], &[4]], 3);
+        GradCheck::default()
+            .run(&ps, |g| {
+                let mut stats = RunningStats::new(4, DType::F64);
+                let (x, ga, be) = (g.param(0)?, g.param(1)?, g.param(2)?);
+                batch_norm_train(g, x, ga, be, &mut stats, BatchNormConfig::default())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn gradient_eval_mode() {
+        let ps = random_params(&[&[2, 3, 2, 2], &[3], &[3]], 4);
+        let stats = RunningStats {
+            mean: Tensor::new(&[3], vec![0.1f64, -0.2, 0.3]).unwrap(),
+            var: Tensor::new(&[3], vec![0.5f64, 2.0, 1.5]).unwrap(),
+            num_batches_tracked: 1,
+        };
+        GradCheck::default()
+            .run(&ps, |g| {
+                let (x, ga, be) = (g.param(0)?, g.param(1)?, g.param(2)?);
+                batch_norm_eval(g, x, ga, be, &stats, BatchNormConfig::default())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let ps = random_params(&[&[2, 3, 2, 2], &[4], &[3], &[1, 3, 1, 1]], 5);
+        let mut stats = RunningStats::new(3, DType::F64);
+        let mut g = Graph::new(&ps);
+        let (x, g4, b3, single) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap(), g.param(3).unwrap());
+        assert!(batch_norm_train(&mut g, x, g4, b3, &mut stats, BatchNormConfig::default()).is_err());
+        let b3b = g.param(2).unwrap();
+        assert!(batch_norm_train(&mut g, single, b3, b3b, &mut stats, BatchNormConfig::default()).is_err());
+        assert_eq!(stats.num_batches_tracked, 0);
     }
 }

@@ -1,6 +1,23 @@
-//! STUB: the signatures are the contract; the bodies are to be written.
-#![allow(unused_variables)]
-use crate::{Gradients, Graph, Result, Tensor, Var};
+//! 2-D convolution (cross-correlation, as in every DL framework), no bias.
+//!
+//! Shapes: x `[N, C, H, W]`, w `[O, C, KH, KW]`, y `[N, O, OH, OW]` with
+//! `OH = (H + 2P − KH) / S + 1`, `OW = (W + 2P − KW) / S + 1` (floor), stride `S`, zero padding `P`.
+//!
+//! Forward:
+//! `y[n,o,i,j] = Σ_{c,p,q} w[o,c,p,q] · x[n, c, i·S + p − P, j·S + q − P]` (out-of-range x = 0).
+//!
+//! Backward, given `dy`:
+//! `dw[o,c,p,q] = Σ_{n,i,j} dy[n,o,i,j] · x[n, c, i·S + p − P, j·S + q − P]`
+//! `dx[n,c,h,v] = Σ_{o,p,q,i,j : i·S+p−P = h, j·S+q−P = v} dy[n,o,i,j] · w[o,c,p,q]`
+//!
+//! CPU reference via im2col: per image, `col[(c,p,q), (i,j)] = x[n, c, i·S+p−P, j·S+q−P]`
+//! (`[C·KH·KW, OH·OW]`), then `y_n = W · col` with `W` viewed as `[O, C·KH·KW]`;
+//! backward `dW += dy_n · colᵀ` and `dcol = Wᵀ · dy_n`, scattered back by col2im.
+//! Images are processed in parallel (rayon); each thread sums its own `dW`.
+
+use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
+use engine::{Error, gemm};
+use rayon::prelude::*;
 
 /// Stride and zero padding, the same along both spatial axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,17 +26,307 @@ pub struct Conv2dParams {
     pub padding: usize,
 }
 
+/// All sizes of one convolution, validated.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    s: usize,
+    p: usize,
+}
+
+impl Dims {
+    fn new(x: &Tensor, w: &Tensor, prm: Conv2dParams) -> Result<Dims> {
+        const OP: &str = "conv2d";
+        x.expect_rank(OP, 4, "input x [N, C, H, W]")?;
+        w.expect_rank(OP, 4, "weight w [O, C, KH, KW]")?;
+        x.expect_same_kind(OP, w)?;
+        let (xs, ws) = (x.shape(), w.shape());
+        if xs[1] != ws[1] {
+            return Err(Error::shape(OP, format!("input has {} channels but the weight {ws:?} expects {}", xs[1], ws[1])));
+        }
+        if prm.stride == 0 {
+            return Err(Error::shape(OP, "stride must be at least 1"));
+        }
+        let (hp, wp) = (xs[2] + 2 * prm.padding, xs[3] + 2 * prm.padding);
+        if ws[2] > hp || ws[3] > wp || ws[2] == 0 || ws[3] == 0 {
+            return Err(Error::shape(OP, format!("kernel {}x{} does not fit the padded input {hp}x{wp}", ws[2], ws[3])));
+        }
+        Ok(Dims {
+            n: xs[0],
+            c: xs[1],
+            h: xs[2],
+            w: xs[3],
+            o: ws[0],
+            kh: ws[2],
+            kw: ws[3],
+            oh: (hp - ws[2]) / prm.stride + 1,
+            ow: (wp - ws[3]) / prm.stride + 1,
+            s: prm.stride,
+            p: prm.padding,
+        })
+    }
+    fn ckk(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
 /// Record `y = conv2d(x, w)`: x `[N, C, H, W]`, w `[O, C, KH, KW]` -> y `[N, O, OH, OW]`,
 /// `OH = (H + 2·padding − KH) / stride + 1` (floor), likewise OW.
-pub fn conv2d(g: &mut Graph<'_>, x: Var, w: Var, p: Conv2dParams) -> Result<Var> { todo!() }
-/// Forward on tensors.
-pub fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> { todo!() }
-/// Backward on tensors: `(dx` if `need_dx`, `dw)`.
-pub fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv2dParams, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> { todo!() }
+pub fn conv2d(g: &mut Graph<'_>, x: Var, w: Var, p: Conv2dParams) -> Result<Var> {
+    let y = forward(g.value(x), g.value(w), p)?;
+    Ok(g.push(y, crate::Op::Conv2d(Conv2dRecord { x, w, p }), &[x, w]))
+}
 
-pub struct Conv2dRecord {}
+/// Forward on tensors.
+pub fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    let d = Dims::new(x, w, p)?;
+    match x.dtype() {
+        DType::F32 => forward_cpu::<f32>(x, w, d),
+        DType::F64 => forward_cpu::<f64>(x, w, d),
+    }
+}
+
+/// Backward on tensors: `(dx` if `need_dx`, `dw)`.
+pub fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv2dParams, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
+    let d = Dims::new(x, w, p)?;
+    if dy.shape() != [d.n, d.o, d.oh, d.ow] {
+        return Err(Error::shape("conv2d backward", format!("dy {:?} should be {:?}", dy.shape(), [d.n, d.o, d.oh, d.ow])));
+    }
+    x.expect_same_kind("conv2d backward", dy)?;
+    match x.dtype() {
+        DType::F32 => backward_cpu::<f32>(x, w, dy, d, need_dx),
+        DType::F64 => backward_cpu::<f64>(x, w, dy, d, need_dx),
+    }
+}
+
+/// `col[(c,p,q), (i,j)] = x[c, i·S+p−P, j·S+q−P]` for one image `x` `[C, H, W]`.
+fn im2col<T: Float>(x: &[T], d: &Dims, col: &mut [T]) {
+    let ohw = d.ohw();
+    for c in 0..d.c {
+        for p in 0..d.kh {
+            for q in 0..d.kw {
+                let row = &mut col[((c * d.kh + p) * d.kw + q) * ohw..][..ohw];
+                for i in 0..d.oh {
+                    let h = (i * d.s + p) as isize - d.p as isize;
+                    for j in 0..d.ow {
+                        let v = (j * d.s + q) as isize - d.p as isize;
+                        row[i * d.ow + j] = if h >= 0 && (h as usize) < d.h && v >= 0 && (v as usize) < d.w {
+                            x[(c * d.h + h as usize) * d.w + v as usize]
+                        } else {
+                            T::zero()
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx[c, i·S+p−P, j·S+q−P] += dcol[(c,p,q), (i,j)]`.
+fn col2im<T: Float>(dcol: &[T], d: &Dims, dx: &mut [T]) {
+    let ohw = d.ohw();
+    for c in 0..d.c {
+        for p in 0..d.kh {
+            for q in 0..d.kw {
+                let row = &dcol[((c * d.kh + p) * d.kw + q) * ohw..][..ohw];
+                for i in 0..d.oh {
+                    let h = (i * d.s + p) as isize - d.p as isize;
+                    if h < 0 || h as usize >= d.h {
+                        continue;
+                    }
+                    for j in 0..d.ow {
+                        let v = (j * d.s + q) as isize - d.p as isize;
+                        if v >= 0 && (v as usize) < d.w {
+                            dx[(c * d.h + h as usize) * d.w + v as usize] += row[i * d.ow + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn forward_cpu<T: Float>(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
+    let (xs, ws) = (x.as_slice::<T>()?, w.as_slice::<T>()?);
+    let (img, out) = (d.c * d.h * d.w, d.o * d.ohw());
+    let mut y = vec![T::zero(); d.n * out];
+    y.par_chunks_mut(out.max(1)).enumerate().for_each_init(
+        || vec![T::zero(); d.ckk() * d.ohw()],
+        |col, (n, yn)| {
+            im2col(&xs[n * img..(n + 1) * img], &d, col);
+            gemm(d.o, d.ckk(), d.ohw(), T::one(), ws, false, col, false, T::zero(), yn);
+        },
+    );
+    Tensor::new(&[d.n, d.o, d.oh, d.ow], y)
+}
+
+fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
+    let (xs, ws, dys) = (x.as_slice::<T>()?, w.as_slice::<T>()?, dy.as_slice::<T>()?);
+    let (img, out, wlen) = (d.c * d.h * d.w, d.o * d.ohw(), d.o * d.ckk());
+    let mut dx = if need_dx { vec![T::zero(); d.n * img] } else { Vec::new() };
+    let dx_chunks: Vec<Option<&mut [T]>> = if need_dx {
+        dx.chunks_mut(img.max(1)).map(Some).collect()
+    } else {
+        (0..d.n).map(|_| None).collect()
+    };
+    // Per thread: a col buffer, a dcol buffer and a partial dW; partials summed at the end.
+    let dw = dx_chunks
+        .into_par_iter()
+        .enumerate()
+        .fold(
+            || (vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); wlen]),
+            |(mut col, mut dcol, mut dw), (n, dxn)| {
+                let dyn_ = &dys[n * out..(n + 1) * out];
+                im2col(&xs[n * img..(n + 1) * img], &d, &mut col);
+                // dW[O, CKK] += dy_n[O, OHW] · colᵀ[OHW, CKK]
+                gemm(d.o, d.ohw(), d.ckk(), T::one(), dyn_, false, &col, true, T::one(), &mut dw);
+                if let Some(dxn) = dxn {
+                    // dcol[CKK, OHW] = Wᵀ[CKK, O] · dy_n[O, OHW]
+                    gemm(d.ckk(), d.o, d.ohw(), T::one(), ws, true, dyn_, false, T::zero(), &mut dcol);
+                    col2im(&dcol, &d, dxn);
+                }
+                (col, dcol, dw)
+            },
+        )
+        .map(|(_, _, dw)| dw)
+        .reduce(
+            || vec![T::zero(); wlen],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
+                a
+            },
+        );
+    let dx = if need_dx { Some(Tensor::new(&[d.n, d.c, d.h, d.w], dx)?) } else { None };
+    Ok((dx, Tensor::new(&[d.o, d.c, d.kh, d.kw], dw)?))
+}
+
+/// Conv2d's record: its input and weight nodes and the geometry.
+pub struct Conv2dRecord {
+    x: Var,
+    w: Var,
+    p: Conv2dParams,
+}
+
 impl Conv2dRecord {
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        todo!()
+        let need_dx = g.requires_grad(self.x);
+        let (dx, dw) = backward(g.value(self.x), g.value(self.w), dy, self.p, need_dx)?;
+        if let Some(dx) = dx {
+            grads.accumulate(self.x, dx)?;
+        }
+        if g.requires_grad(self.w) {
+            grads.accumulate(self.w, dw)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    /// The definition, as nested loops, in f64.
+    fn naive(x: &Tensor, w: &Tensor, s: usize, pad: usize) -> Vec<f64> {
+        let (xs, ws) = (x.shape(), w.shape());
+        let (n, c, h, wd) = (xs[0], xs[1], xs[2], xs[3]);
+        let (o, kh, kw) = (ws[0], ws[2], ws[3]);
+        let (oh, ow) = ((h + 2 * pad - kh) / s + 1, (wd + 2 * pad - kw) / s + 1);
+        let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+        let mut y = vec![0.0; n * o * oh * ow];
+        for b in 0..n {
+            for oc in 0..o {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut acc = 0.0;
+                        for ic in 0..c {
+                            for p in 0..kh {
+                                for q in 0..kw {
+                                    let hh = (i * s + p) as isize - pad as isize;
+                                    let vv = (j * s + q) as isize - pad as isize;
+                                    if hh >= 0 && (hh as usize) < h && vv >= 0 && (vv as usize) < wd {
+                                        acc += wv[((oc * c + ic) * kh + p) * kw + q]
+                                            * xv[((b * c + ic) * h + hh as usize) * wd + vv as usize];
+                                    }
+                                }
+                            }
+                        }
+                        y[((b * o + oc) * oh + i) * ow + j] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn forward_matches_the_definition() {
+        for (s, pad, k) in [(1, 1, (3, 3)), (2, 0, (3, 3)), (1, 2, (2, 3)), (3, 1, (1, 1))] {
+            let ps = random_params(&[&[2, 3, 7, 6], &[4, 3, k.0, k.1]], 5);
+            let y = forward(&ps[0], &ps[1], Conv2dParams { stride: s, padding: pad }).unwrap();
+            let want = naive(&ps[0], &ps[1], s, pad);
+            let got = y.to_f64_vec();
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(&want) {
+                // f64 sums of ≤ 27 products of O(1) numbers in another order: ~1e-15.
+                assert!((a - b).abs() < 1e-12, "stride {s} pad {pad}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn f32_agrees_with_f64() {
+        let ps = random_params(&[&[2, 8, 9, 9], &[5, 8, 3, 3]], 6);
+        let p = Conv2dParams { stride: 1, padding: 1 };
+        let y64 = forward(&ps[0], &ps[1], p).unwrap();
+        let y32 = forward(&ps[0].to_dtype(DType::F32), &ps[1].to_dtype(DType::F32), p).unwrap();
+        // 72-term sums of O(1) products in f32: error ~ sqrt(72)·6e-8·|terms| ≈ 1e-5.
+        assert!(y32.max_abs_diff(&y64).unwrap() < 1e-4);
+    }
+
+    fn check(x: &[usize], w: &[usize], p: Conv2dParams, seed: u64) {
+        let ps = random_params(&[x, w], seed);
+        GradCheck::default()
+            .run(&ps, |g| {
+                let (x, w) = (g.param(0)?, g.param(1)?);
+                conv2d(g, x, w, p)
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn gradient_stride1_pad1() {
+        check(&[2, 3, 6, 6], &[4, 3, 3, 3], Conv2dParams { stride: 1, padding: 1 }, 1);
+    }
+
+    #[test]
+    fn gradient_stride2_pad0() {
+        check(&[2, 2, 7, 7], &[3, 2, 3, 3], Conv2dParams { stride: 2, padding: 0 }, 2);
+    }
+
+    #[test]
+    fn gradient_non_square_kernel() {
+        check(&[1, 2, 5, 6], &[3, 2, 2, 3], Conv2dParams { stride: 1, padding: 1 }, 3);
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let ps = random_params(&[&[2, 3, 4, 4], &[4, 2, 3, 3], &[4, 3, 7, 7], &[2, 3, 4]], 4);
+        let p = Conv2dParams { stride: 1, padding: 1 };
+        assert!(forward(&ps[0], &ps[1], p).unwrap_err().to_string().contains("channels"));
+        assert!(forward(&ps[0], &ps[2], Conv2dParams { stride: 1, padding: 0 }).is_err());
+        assert!(forward(&ps[3], &ps[1], p).is_err());
+        assert!(forward(&ps[0], &ps[2], Conv2dParams { stride: 0, padding: 3 }).is_err());
     }
 }

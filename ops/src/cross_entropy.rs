@@ -1,14 +1,151 @@
-//! STUB: the signatures are the contract; the bodies are to be written.
-#![allow(unused_variables)]
-use crate::{Gradients, Graph, Result, Tensor, Var};
+//! Softmax cross-entropy, averaged over the batch, with optional label smoothing
+//! (PyTorch's `F.cross_entropy(z, y, label_smoothing=s)`).
+//!
+//! Shapes: logits z `[N, K]`, labels `N` values in `0..K`, loss `[1]`.
+//!
+//! Forward, per row n: `lse = m + ln Σ_k exp(z_k − m)` with `m = max_k z_k` (stable),
+//! `log p_k = z_k − lse`; targets `q = (1 − s)·onehot(y_n) + s/K`;
+//! `ℓ_n = −Σ_k q_k·log p_k = (1 − s)·(lse − z_y) + (s/K)·Σ_k (lse − z_k)`;
+//! `L = (1/N)·Σ_n ℓ_n`.
+//! Backward: `dz[n,k] = (p_k − q_k)·dL/N`.
+
+use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
+use engine::Error;
 
 /// Record the mean softmax cross-entropy of logits `[N, K]` against `labels` (N values in 0..K),
 /// with label smoothing `s` (target = (1 − s)·onehot + s/K). Output: a scalar `[1]`.
-pub fn softmax_cross_entropy(g: &mut Graph<'_>, logits: Var, labels: &[u32], label_smoothing: f64) -> Result<Var> { todo!() }
+pub fn softmax_cross_entropy(g: &mut Graph<'_>, logits: Var, labels: &[u32], label_smoothing: f64) -> Result<Var> {
+    let (loss, probs) = forward(g.value(logits), labels, label_smoothing)?;
+    let rec = CrossEntropyRecord { logits, labels: labels.to_vec(), smoothing: label_smoothing, probs };
+    Ok(g.push(loss, crate::Op::SoftmaxCrossEntropy(rec), &[logits]))
+}
 
-pub struct CrossEntropyRecord {}
+fn check(z: &Tensor, labels: &[u32], s: f64) -> Result<(usize, usize)> {
+    const OP: &str = "softmax_cross_entropy";
+    z.expect_rank(OP, 2, "logits [N, K]")?;
+    let (n, k) = (z.shape()[0], z.shape()[1]);
+    if labels.len() != n || n == 0 || k == 0 {
+        return Err(Error::shape(OP, format!("{} labels for logits {:?}", labels.len(), z.shape())));
+    }
+    if let Some((i, l)) = labels.iter().enumerate().find(|(_, l)| **l as usize >= k) {
+        return Err(Error::shape(OP, format!("label {l} at row {i} is out of range for {k} classes")));
+    }
+    if !(0.0..=1.0).contains(&s) {
+        return Err(Error::Invalid(format!("label smoothing must be in [0, 1], got {s}")));
+    }
+    Ok((n, k))
+}
+
+/// The loss `[1]` and the softmax probabilities `[N, K]` (saved for the backward).
+pub fn forward(z: &Tensor, labels: &[u32], s: f64) -> Result<(Tensor, Tensor)> {
+    let nk = check(z, labels, s)?;
+    match z.dtype() {
+        DType::F32 => forward_cpu::<f32>(z, labels, s, nk),
+        DType::F64 => forward_cpu::<f64>(z, labels, s, nk),
+    }
+}
+
+/// `dz = (p − q)·dL/N` from the saved probabilities.
+pub fn backward(probs: &Tensor, labels: &[u32], s: f64, dloss: &Tensor) -> Result<Tensor> {
+    let (n, k) = check(probs, labels, s)?;
+    match probs.dtype() {
+        DType::F32 => backward_cpu::<f32>(probs, labels, s, dloss.scalar()?, (n, k)),
+        DType::F64 => backward_cpu::<f64>(probs, labels, s, dloss.scalar()?, (n, k)),
+    }
+}
+
+fn forward_cpu<T: Float>(z: &Tensor, labels: &[u32], s: f64, (n, k): (usize, usize)) -> Result<(Tensor, Tensor)> {
+    let zs = z.as_slice::<T>()?;
+    let mut probs = vec![T::zero(); n * k];
+    let mut total = 0.0f64;
+    for ((row, prow), &y) in zs.chunks_exact(k).zip(probs.chunks_exact_mut(k)).zip(labels) {
+        let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        let sum_exp: T = row.iter().map(|&v| (v - m).exp()).sum();
+        let lse = m + sum_exp.ln();
+        for (p, &v) in prow.iter_mut().zip(row) {
+            *p = (v - lse).exp();
+        }
+        let nll = (lse - row[y as usize]).f64();
+        let mean_nll = row.iter().map(|&v| (lse - v).f64()).sum::<f64>() / k as f64;
+        total += (1.0 - s) * nll + s * mean_nll;
+    }
+    let loss = Tensor::new(&[1], vec![T::of(total / n as f64)])?;
+    Ok((loss, Tensor::new(&[n, k], probs)?))
+}
+
+fn backward_cpu<T: Float>(probs: &Tensor, labels: &[u32], s: f64, dl: f64, (n, k): (usize, usize)) -> Result<Tensor> {
+    let ps = probs.as_slice::<T>()?;
+    let scale = T::of(dl / n as f64);
+    let (off, on) = (T::of(s / k as f64), T::of(1.0 - s + s / k as f64));
+    let mut dz = vec![T::zero(); n * k];
+    for ((drow, prow), &y) in dz.chunks_exact_mut(k).zip(ps.chunks_exact(k)).zip(labels) {
+        for (j, (d, &p)) in drow.iter_mut().zip(prow).enumerate() {
+            let q = if j == y as usize { on } else { off };
+            *d = (p - q) * scale;
+        }
+    }
+    Tensor::new(&[n, k], dz)
+}
+
+/// The loss's record: the logits node, the labels, the smoothing and the softmax probabilities.
+pub struct CrossEntropyRecord {
+    logits: Var,
+    labels: Vec<u32>,
+    smoothing: f64,
+    probs: Tensor,
+}
+
 impl CrossEntropyRecord {
-    pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        todo!()
+    pub(crate) fn backward(&self, _g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(self.logits, backward(&self.probs, &self.labels, self.smoothing, dy)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    #[test]
+    fn equal_logits_give_ln_k() {
+        let z = Tensor::new(&[2, 10], vec![0.7f64; 20]).unwrap();
+        let (l, _) = forward(&z, &[3, 9], 0.0).unwrap();
+        assert!((l.scalar().unwrap() - 10f64.ln()).abs() < 1e-12);
+        // With smoothing, still ln K: every class has the same log-probability.
+        let (l, _) = forward(&z, &[3, 9], 0.3).unwrap();
+        assert!((l.scalar().unwrap() - 10f64.ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn smoothing_matches_the_direct_formula_and_is_stable() {
+        let z = Tensor::new(&[1, 3], vec![1000.0f64, 1001.0, 998.0]).unwrap();
+        let (l, _) = forward(&z, &[0], 0.1).unwrap();
+        let zs = [1000.0f64, 1001.0, 998.0];
+        let lse = 1001.0 + zs.iter().map(|v| (v - 1001.0).exp()).sum::<f64>().ln();
+        let logp: Vec<f64> = zs.iter().map(|v| v - lse).collect();
+        let want = -(0.9 + 0.1 / 3.0) * logp[0] - (0.1 / 3.0) * (logp[1] + logp[2]);
+        assert!((l.scalar().unwrap() - want).abs() < 1e-9, "{} vs {want}", l.scalar().unwrap());
+    }
+
+    #[test]
+    fn gradient_with_and_without_smoothing() {
+        for s in [0.0, 0.2] {
+            let ps = random_params(&[&[4, 5]], 1);
+            let labels = [0u32, 4, 2, 2];
+            GradCheck::default()
+                .run(&ps, |g| {
+                    let z = g.param(0)?;
+                    softmax_cross_entropy(g, z, &labels, s)
+                })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_labels_are_errors() {
+        let z = random_params(&[&[2, 3]], 2).remove(0);
+        assert!(forward(&z, &[0, 3], 0.0).unwrap_err().to_string().contains("label 3"));
+        assert!(forward(&z, &[0], 0.0).is_err());
+        assert!(forward(&z, &[0, 1], 1.5).is_err());
     }
 }

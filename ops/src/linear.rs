@@ -1,13 +1,129 @@
-//! STUB: the signatures are the contract; the bodies are to be written.
-#![allow(unused_variables)]
-use crate::{Gradients, Graph, Result, Tensor, Var};
+//! Fully connected layer (PyTorch's `nn.Linear` layout).
+//!
+//! Shapes: x `[N, I]`, w `[O, I]`, b `[O]`, y `[N, O]`.
+//! Forward: `y = x·wᵀ + b`, i.e. `y[n,o] = Σ_i x[n,i]·w[o,i] + b[o]`.
+//! Backward: `dx = dy·w` `[N, I]`, `dw = dyᵀ·x` `[O, I]`, `db = Σ_n dy[n, :]` `[O]`.
+
+use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
+use engine::{Error, gemm};
 
 /// Record `y = x wᵀ + b`: x `[N, I]`, w `[O, I]`, b `[O]` -> y `[N, O]` (PyTorch's nn.Linear layout).
-pub fn linear(g: &mut Graph<'_>, x: Var, w: Var, b: Var) -> Result<Var> { todo!() }
+pub fn linear(g: &mut Graph<'_>, x: Var, w: Var, b: Var) -> Result<Var> {
+    let y = forward(g.value(x), g.value(w), g.value(b))?;
+    Ok(g.push(y, crate::Op::Linear(LinearRecord { x, w, b }), &[x, w, b]))
+}
 
-pub struct LinearRecord {}
+fn dims(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<(usize, usize, usize)> {
+    const OP: &str = "linear";
+    x.expect_rank(OP, 2, "input x [N, I]")?;
+    w.expect_rank(OP, 2, "weight w [O, I]")?;
+    x.expect_same_kind(OP, w)?;
+    x.expect_same_kind(OP, b)?;
+    let (n, i, o) = (x.shape()[0], x.shape()[1], w.shape()[0]);
+    if w.shape()[1] != i {
+        return Err(Error::shape(OP, format!("input {:?} has {i} features, weight {:?} expects {}", x.shape(), w.shape(), w.shape()[1])));
+    }
+    if b.shape() != [o] {
+        return Err(Error::shape(OP, format!("bias {:?} should be [{o}]", b.shape())));
+    }
+    Ok((n, i, o))
+}
+
+/// `y = x·wᵀ + b`.
+pub fn forward(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let d = dims(x, w, b)?;
+    match x.dtype() {
+        DType::F32 => forward_cpu::<f32>(x, w, b, d),
+        DType::F64 => forward_cpu::<f64>(x, w, b, d),
+    }
+}
+
+/// `(dx, dw, db)`.
+pub fn backward(x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let d = dims(x, w, b)?;
+    if dy.shape() != [d.0, d.2] {
+        return Err(Error::shape("linear backward", format!("dy {:?} should be [{}, {}]", dy.shape(), d.0, d.2)));
+    }
+    match x.dtype() {
+        DType::F32 => backward_cpu::<f32>(x, w, dy, d),
+        DType::F64 => backward_cpu::<f64>(x, w, dy, d),
+    }
+}
+
+fn forward_cpu<T: Float>(x: &Tensor, w: &Tensor, b: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<Tensor> {
+    let bs = b.as_slice::<T>()?;
+    // Start from the bias in every row, then y += x · wᵀ.
+    let mut y: Vec<T> = (0..n).flat_map(|_| bs.iter().copied()).collect();
+    gemm(n, i, o, T::one(), x.as_slice::<T>()?, false, w.as_slice::<T>()?, true, T::one(), &mut y);
+    Tensor::new(&[n, o], y)
+}
+
+fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<(Tensor, Tensor, Tensor)> {
+    let (xs, ws, dys) = (x.as_slice::<T>()?, w.as_slice::<T>()?, dy.as_slice::<T>()?);
+    let mut dx = vec![T::zero(); n * i];
+    gemm(n, o, i, T::one(), dys, false, ws, false, T::zero(), &mut dx);
+    let mut dw = vec![T::zero(); o * i];
+    gemm(o, n, i, T::one(), dys, true, xs, false, T::zero(), &mut dw);
+    let mut db = vec![T::zero(); o];
+    for row in dys.chunks_exact(o) {
+        db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+    }
+    Ok((Tensor::new(&[n, i], dx)?, Tensor::new(&[o, i], dw)?, Tensor::new(&[o], db)?))
+}
+
+/// Linear's record: its three input nodes.
+pub struct LinearRecord {
+    x: Var,
+    w: Var,
+    b: Var,
+}
+
 impl LinearRecord {
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        todo!()
+        let (dx, dw, db) = backward(g.value(self.x), g.value(self.w), g.value(self.b), dy)?;
+        for (v, t) in [(self.x, dx), (self.w, dw), (self.b, db)] {
+            if g.requires_grad(v) {
+                grads.accumulate(v, t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    #[test]
+    fn forward_matches_the_definition() {
+        let ps = random_params(&[&[3, 4], &[5, 4], &[5]], 1);
+        let y = forward(&ps[0], &ps[1], &ps[2]).unwrap().to_f64_vec();
+        let (x, w, b) = (ps[0].to_f64_vec(), ps[1].to_f64_vec(), ps[2].to_f64_vec());
+        for n in 0..3 {
+            for o in 0..5 {
+                let want: f64 = (0..4).map(|i| x[n * 4 + i] * w[o * 4 + i]).sum::<f64>() + b[o];
+                assert!((y[n * 5 + o] - want).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn gradient() {
+        let ps = random_params(&[&[3, 6], &[4, 6], &[4]], 2);
+        GradCheck::default()
+            .run(&ps, |g| {
+                let (x, w, b) = (g.param(0)?, g.param(1)?, g.param(2)?);
+                linear(g, x, w, b)
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let ps = random_params(&[&[3, 6], &[4, 5], &[4], &[3]], 3);
+        assert!(forward(&ps[0], &ps[1], &ps[2]).is_err());
+        let w = random_params(&[&[4, 6]], 4).remove(0);
+        assert!(forward(&ps[0], &w, &ps[3]).is_err());
     }
 }

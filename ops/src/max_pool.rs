@@ -1,13 +1,146 @@
-//! STUB: the signatures are the contract; the bodies are to be written.
-#![allow(unused_variables)]
-use crate::{Gradients, Graph, Result, Tensor, Var};
+//! Max pooling with kernel = stride = k (PyTorch's `MaxPool2d(k)`).
+//!
+//! Shapes: x `[N, C, H, W]`, y `[N, C, OH, OW]`, `OH = H / k`, `OW = W / k` (floor: trailing
+//! rows/columns that do not fill a window are dropped, as PyTorch does).
+//!
+//! Forward: `y[n,c,i,j] = max_{0≤p,q<k} x[n, c, i·k + p, j·k + q]`.
+//! Backward: `dx[n,c,h,w] = dy[n,c,i,j]` if `(h, w)` is the position of that window's
+//! maximum (the first in row-major order on ties, as PyTorch), else 0.
+//! The forward saves the argmax of every window.
+
+use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
+use engine::Error;
 
 /// Record `y = max_pool2d(x, k)`, kernel = stride = k: x `[N, C, H, W]` -> y `[N, C, H/k, W/k]` (floor).
-pub fn max_pool2d(g: &mut Graph<'_>, x: Var, k: usize) -> Result<Var> { todo!() }
+pub fn max_pool2d(g: &mut Graph<'_>, x: Var, k: usize) -> Result<Var> {
+    let (y, argmax) = forward(g.value(x), k)?;
+    Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, argmax }), &[x]))
+}
 
-pub struct MaxPoolRecord {}
+/// Forward: the pooled tensor and, for each output element, the flat index into x of its maximum.
+pub fn forward(x: &Tensor, k: usize) -> Result<(Tensor, Vec<u32>)> {
+    x.expect_rank("max_pool2d", 4, "input x [N, C, H, W]")?;
+    let s = x.shape();
+    if k == 0 || s[2] < k || s[3] < k {
+        return Err(Error::shape("max_pool2d", format!("kernel {k} does not fit input {s:?}")));
+    }
+    if x.numel() > u32::MAX as usize {
+        return Err(Error::shape("max_pool2d", "input too large for 32-bit argmax indices"));
+    }
+    match x.dtype() {
+        DType::F32 => forward_cpu::<f32>(x, k),
+        DType::F64 => forward_cpu::<f64>(x, k),
+    }
+}
+
+/// Backward: `dx` of shape `x_shape` with each `dy` routed to its window's argmax.
+pub fn backward(x_shape: &[usize], argmax: &[u32], dy: &Tensor) -> Result<Tensor> {
+    if argmax.len() != dy.numel() {
+        return Err(Error::shape("max_pool2d backward", format!("dy has {} elements, argmax {}", dy.numel(), argmax.len())));
+    }
+    match dy.dtype() {
+        DType::F32 => backward_cpu::<f32>(x_shape, argmax, dy),
+        DType::F64 => backward_cpu::<f64>(x_shape, argmax, dy),
+    }
+}
+
+fn forward_cpu<T: Float>(x: &Tensor, k: usize) -> Result<(Tensor, Vec<u32>)> {
+    let s = x.shape();
+    let (nc, h, w) = (s[0] * s[1], s[2], s[3]);
+    let (oh, ow) = (h / k, w / k);
+    let xs = x.as_slice::<T>()?;
+    let mut y = Vec::with_capacity(nc * oh * ow);
+    let mut argmax = Vec::with_capacity(nc * oh * ow);
+    for plane in 0..nc {
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut best = plane * h * w + (i * k) * w + j * k;
+                for p in 0..k {
+                    for q in 0..k {
+                        let idx = plane * h * w + (i * k + p) * w + j * k + q;
+                        // Strictly greater: the first maximum wins; NaN propagates like PyTorch.
+                        if xs[idx] > xs[best] || xs[idx].is_nan() && !xs[best].is_nan() {
+                            best = idx;
+                        }
+                    }
+                }
+                y.push(xs[best]);
+                argmax.push(best as u32);
+            }
+        }
+    }
+    Ok((Tensor::new(&[s[0], s[1], oh, ow], y)?, argmax))
+}
+
+fn backward_cpu<T: Float>(x_shape: &[usize], argmax: &[u32], dy: &Tensor) -> Result<Tensor> {
+    let mut dx = vec![T::zero(); x_shape.iter().product()];
+    for (&a, &d) in argmax.iter().zip(dy.as_slice::<T>()?) {
+        dx[a as usize] += d;
+    }
+    Tensor::new(x_shape, dx)
+}
+
+/// Max pool's record: the input node and the argmax of every window.
+pub struct MaxPoolRecord {
+    x: Var,
+    argmax: Vec<u32>,
+}
+
 impl MaxPoolRecord {
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        todo!()
+        grads.accumulate(self.x, backward(g.value(self.x).shape(), &self.argmax, dy)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    #[test]
+    fn forward_takes_window_maxima_and_floors() {
+        let ps = random_params(&[&[2, 3, 9, 8]], 1);
+        let (y, _) = forward(&ps[0], 2).unwrap();
+        assert_eq!(y.shape(), &[2, 3, 4, 4]);
+        let (xv, yv) = (ps[0].to_f64_vec(), y.to_f64_vec());
+        for plane in 0..6 {
+            for i in 0..4 {
+                for j in 0..4 {
+                    let want = (0..2)
+                        .flat_map(|p| (0..2).map(move |q| (p, q)))
+                        .map(|(p, q)| xv[plane * 72 + (2 * i + p) * 8 + 2 * j + q])
+                        .fold(f64::MIN, f64::max);
+                    assert_eq!(yv[plane * 16 + i * 4 + j], want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ties_go_to_the_first_maximum() {
+        let x = Tensor::new(&[1, 1, 2, 2], vec![1.0f64, 3.0, 3.0, 0.0]).unwrap();
+        let (_, am) = forward(&x, 2).unwrap();
+        assert_eq!(am, vec![1]);
+    }
+
+    #[test]
+    fn gradient_k2_and_k4() {
+        for (k, seed) in [(2, 2), (4, 3)] {
+            let ps = random_params(&[&[2, 3, 8, 8]], seed);
+            GradCheck::default()
+                .run(&ps, |g| {
+                    let x = g.param(0)?;
+                    max_pool2d(g, x, k)
+                })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let ps = random_params(&[&[1, 1, 3, 3], &[3, 3]], 4);
+        assert!(forward(&ps[0], 4).is_err());
+        assert!(forward(&ps[0], 0).is_err());
+        assert!(forward(&ps[1], 2).is_err());
     }
 }

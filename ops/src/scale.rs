@@ -1,13 +1,59 @@
-//! STUB: the signatures are the contract; the bodies are to be written.
-#![allow(unused_variables)]
-use crate::{Gradients, Graph, Result, Tensor, Var};
+//! Multiplication by a constant (the output scaling of the last layer).
+//!
+//! Shapes: x, y, dy, dx all `S`. Forward: `y = α·x`. Backward: `dx = α·dy`.
+
+use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 
 /// Record `y = alpha · x`.
-pub fn scale(g: &mut Graph<'_>, x: Var, alpha: f64) -> Result<Var> { todo!() }
+pub fn scale(g: &mut Graph<'_>, x: Var, alpha: f64) -> Result<Var> {
+    let y = forward(g.value(x), alpha)?;
+    Ok(g.push(y, crate::Op::Scale(ScaleRecord { x, alpha }), &[x]))
+}
 
-pub struct ScaleRecord {}
+/// `y = α·x`.
+pub fn forward(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 => forward_cpu::<f32>(x, alpha),
+        DType::F64 => forward_cpu::<f64>(x, alpha),
+    }
+}
+
+fn forward_cpu<T: Float>(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    let a = T::of(alpha);
+    Tensor::new(x.shape(), x.as_slice::<T>()?.iter().map(|&v| a * v).collect())
+}
+
+/// Scale's record: the input node and the constant.
+pub struct ScaleRecord {
+    x: Var,
+    alpha: f64,
+}
+
 impl ScaleRecord {
-    pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        todo!()
+    pub(crate) fn backward(&self, _g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(self.x, forward(dy, self.alpha)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    #[test]
+    fn scales() {
+        let x = Tensor::new(&[3], vec![1.0f32, -2.0, 0.5]).unwrap();
+        assert_eq!(forward(&x, 0.125).unwrap().to_f64_vec(), vec![0.125, -0.25, 0.0625]);
+    }
+
+    #[test]
+    fn gradient() {
+        let ps = random_params(&[&[4, 5]], 1);
+        GradCheck::default()
+            .run(&ps, |g| {
+                let x = g.param(0)?;
+                scale(g, x, -0.37)
+            })
+            .unwrap();
     }
 }
