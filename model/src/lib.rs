@@ -1,3 +1,15 @@
-//! The ResNet-9 and its training.
+//! The CIFAR-10 ResNet-9 and its training: network, schedule, LR range test,
+//! training loop, checkpoints, plots.
+
+pub mod batches;
+pub mod checkpoint;
 pub mod error;
+pub mod image_grid;
+pub mod lr_find;
+pub mod plots;
+pub mod resnet;
+pub mod run;
+pub mod schedule;
+pub mod train;
+
 pub use error::{Error, Result};

@@ -1,1 +1,238 @@
-fn main() {}
+//! `model`: train the CIFAR-10 ResNet-9, run the LR range test, show the data,
+//! print the network. `cargo run -p model --release` trains with the recipe's defaults.
+
+use clap::{Args, Parser, Subcommand};
+use engine::Device;
+use model::lr_find::LrFindConfig;
+use model::run::{RunOptions, run_training};
+use model::train::TrainConfig;
+use model::{Error, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "model", version, about = "Train the CIFAR-10 ResNet-9 on our own CUDA engine (or the CPU reference).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train (the default): LR range test unless --lr-max/--lr-min are given, then the one-cycle epochs.
+    Train(TrainArgs),
+    /// Run only the LR range test and plot loss against LR.
+    LrFind(TrainArgs),
+    /// Print the layer table and the parameter count.
+    Summary {
+        /// Channel multiplier (1 = the real network).
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+        /// Batch size shown in the output shapes.
+        #[arg(long, default_value_t = 512)]
+        batch_size: usize,
+    },
+    /// Write a PNG grid of augmented training images with their classes, and print per-class counts.
+    ShowData {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Folder for `train_images.png`.
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// Seed of the augmentation shown.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct DataArgs {
+    /// Folder holding the CIFAR-10 binary files (else $CIFAR10_DIR, else ./data/cifar-10-batches-bin).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Download the official archive into ./data if the files are not found.
+    #[arg(long)]
+    download: bool,
+}
+
+#[derive(Args, Clone)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// auto (a CUDA GPU if there is one), cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[arg(long, default_value_t = 24)]
+    epochs: usize,
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    subset: Option<usize>,
+    /// Channel multiplier (1 = the real network).
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// Peak LR of the one-cycle schedule (skips the range test together with --lr-min).
+    #[arg(long)]
+    lr_max: Option<f64>,
+    /// Start/end LR of the one-cycle schedule.
+    #[arg(long)]
+    lr_min: Option<f64>,
+    /// Epoch at whose end the LR peaks.
+    #[arg(long, default_value_t = 5)]
+    peak_epoch: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Plain momentum instead of Nesterov.
+    #[arg(long)]
+    no_nesterov: bool,
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// Multiplier of the logits.
+    #[arg(long, default_value_t = 1.0)]
+    out_scale: f64,
+    /// Steps of the LR range test.
+    #[arg(long, default_value_t = 100)]
+    lr_find_steps: usize,
+    /// Folder that holds the run folders.
+    #[arg(long, default_value = "runs")]
+    out: PathBuf,
+    /// Run folder name (default: the first free run-N).
+    #[arg(long)]
+    name: Option<String>,
+    /// Continue the run --name from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+impl TrainArgs {
+    fn defaults() -> TrainArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        Only::parse_from(["model"]).args
+    }
+
+    fn options(&self) -> Result<RunOptions> {
+        if self.lr_max.is_some() != self.lr_min.is_some() {
+            return Err(Error::Invalid("give both --lr-max and --lr-min, or neither (then the LR range test picks them)".into()));
+        }
+        if self.batch_size == 0 || self.epochs == 0 {
+            return Err(Error::Invalid("--batch-size and --epochs must be at least 1".into()));
+        }
+        let cfg = TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            subset: self.subset,
+            width: self.width,
+            out_scale: self.out_scale,
+            peak_epoch: self.peak_epoch,
+            momentum: self.momentum,
+            nesterov: !self.no_nesterov,
+            weight_decay: self.weight_decay,
+            label_smoothing: self.label_smoothing,
+            lr_min: self.lr_min.unwrap_or(0.0),
+            lr_max: self.lr_max.unwrap_or(0.0),
+        };
+        Ok(RunOptions {
+            cfg,
+            lr_given: self.lr_max.is_some(),
+            lr_find: LrFindConfig { steps: self.lr_find_steps, ..LrFindConfig::default() },
+            runs_dir: self.out.clone(),
+            name: self.name.clone(),
+            resume: self.resume,
+            progress: !self.no_progress,
+        })
+    }
+}
+
+const CPU_HINT: &str = "A smaller job runs on the CPU in minutes:\n  \
+    cargo run -p model --release -- train --device cpu --width 0.25 --subset 5000 --epochs 4 --batch-size 128";
+
+/// Pick the device the user asked for; `auto` without a GPU is an error that says what to do.
+fn choose_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::cuda(0)?),
+        "auto" => match Device::best_available() {
+            (d, None) => Ok(d),
+            (_, Some(why)) => Err(Error::Invalid(format!(
+                "no CUDA GPU is usable ({why}).\nThe full recipe (ResNet-9, 24 epochs of 50,000 images) is meant for a GPU. {CPU_HINT}"
+            ))),
+        },
+        other => Err(Error::Invalid(format!("--device must be auto, cpu or cuda, not '{other}'"))),
+    }
+}
+
+fn open_data(args: &DataArgs) -> Result<data::Cifar10> {
+    let dir = match data::locate(args.data.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) if args.download && args.data.is_none() => {
+            eprintln!("{e}\nDownloading the official archive into ./data ...");
+            data::download(std::path::Path::new("data"))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(data::Cifar10::open(&dir)?)
+}
+
+fn train(args: &TrainArgs, only_lr_find: bool) -> Result<()> {
+    let device = choose_device(&args.device)?;
+    if device.is_cuda() {
+        return Err(Error::Invalid(format!(
+            "found {device}, but the CUDA backend of the engine is not written yet (issue 5); \
+             use --device cpu for now. {CPU_HINT}"
+        )));
+    }
+    let mut opts = args.options()?;
+    let ds = open_data(&args.data)?;
+    if only_lr_find {
+        opts.lr_given = false;
+        return model::run::run_lr_find(&ds, &device.to_string(), opts);
+    }
+    run_training(&ds, &device.to_string(), opts).map(|_| ())
+}
+
+fn summary(width: f64, batch: usize) -> Result<()> {
+    let arch = model::resnet::Arch::new(width, 1.0)?;
+    println!("{:<44} {:>20} {:>12}", "layer", "output shape", "parameters");
+    println!("{}", "-".repeat(78));
+    for (name, shape, params) in arch.summary(batch) {
+        println!("{name:<44} {:>20} {params:>12}", format!("{shape:?}"));
+    }
+    println!("{}", "-".repeat(78));
+    println!("{:<44} {:>20} {:>12}", "total", "", arch.num_params());
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command.unwrap_or_else(|| Command::Train(TrainArgs::defaults())) {
+        Command::Train(a) => train(&a, false),
+        Command::LrFind(a) => train(&a, true),
+        Command::Summary { width, batch_size } => summary(width, batch_size),
+        Command::ShowData { data, out, seed } => {
+            let ds = open_data(&data)?;
+            model::run::show_data(&ds, &out, seed)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Checkpoints in safetensors format.
+//!
+//! A run folder holds two files, both written atomically (to `<file>.tmp`,
+//! synced, then renamed over the old one, so a crash never leaves a torn file):
+//!
+//! - `model.safetensors`: exactly the PyTorch `state_dict` of the network in
+//!   `bench/resnet9.py`: every parameter (f32, same names and layouts:
+//!   conv weights `[out, in, kh, kw]`, linear weight `[out, in]`) and every BN
+//!   buffer (`running_mean`, `running_var` f32, `num_batches_tracked` i64 scalar).
+//!   `torch.nn.Module.load_state_dict(safetensors.torch.load_file(path))` loads it.
+//! - `optimizer.safetensors`: the SGD momentum buffers (`momentum.<param name>`)
+//!   and, as safetensors metadata, the run's settings and progress, for `--resume`.
+
+use crate::resnet::ResNet9;
+use crate::{Error, Result};
+use engine::{DType, Tensor};
+use ops::sgd::SgdState;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+fn err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
+}
+
+/// Write `bytes` to `path` atomically: a sibling temporary file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Little-endian f32 bytes of a tensor (whatever its dtype).
+fn f32_bytes(t: &Tensor) -> Vec<u8> {
+    bytemuck::cast_slice(&t.to_f32_vec()).to_vec()
+}
+
+fn serialize(path: &Path, entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, meta: HashMap<String, String>) -> Result<()> {
+    let views: Vec<(String, TensorView<'_>)> = entries
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v)).map_err(|e| err(path, e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    let meta = if meta.is_empty() { None } else { Some(meta) };
+    let bytes = safetensors::serialize(views, meta).map_err(|e| err(path, e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Save the network as a PyTorch-compatible `state_dict`.
+pub fn save_model(path: &Path, model: &ResNet9) -> Result<()> {
+    let arch = &model.arch;
+    let mut entries = Vec::new();
+    for (i, t) in model.params.iter().enumerate() {
+        entries.push((arch.param_names[i].clone(), Dtype::F32, t.shape().to_vec(), f32_bytes(t)));
+    }
+    for (i, s) in model.bn.iter().enumerate() {
+        let prefix = arch.bn_name(i);
+        entries.push((format!("{prefix}.running_mean"), Dtype::F32, s.mean.shape().to_vec(), f32_bytes(&s.mean)));
+        entries.push((format!("{prefix}.running_var"), Dtype::F32, s.var.shape().to_vec(), f32_bytes(&s.var)));
+        let count = (s.num_batches_tracked as i64).to_le_bytes().to_vec();
+        entries.push((format!("{prefix}.num_batches_tracked"), Dtype::I64, vec![], count));
+    }
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("channels".to_string(), format!("{:?}", arch.channels)),
+        ("out_scale".to_string(), arch.out_scale.to_string()),
+    ]);
+    serialize(path, entries, meta)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+fn load_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let view = st.tensor(name).map_err(|_| err(path, format!("tensor {name} is missing")))?;
+    if view.dtype() != Dtype::F32 {
+        return Err(err(path, format!("tensor {name} is {:?}, expected F32", view.dtype())));
+    }
+    if view.shape() != shape {
+        return Err(err(path, format!("tensor {name} has shape {:?}, the network expects {shape:?}", view.shape())));
+    }
+    let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Ok(Tensor::new(shape, values)?.to_dtype(dtype))
+}
+
+/// Load a `state_dict` written by [`save_model`] (or by PyTorch) into `model`,
+/// checking every name, dtype and shape; `model` is unchanged on error.
+pub fn load_model(path: &Path, model: &mut ResNet9) -> Result<()> {
+    let bytes = read_file(path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    let arch = &model.arch;
+    let mut params = Vec::with_capacity(model.params.len());
+    for (i, p) in model.params.iter().enumerate() {
+        params.push(load_f32(path, &st, &arch.param_names[i], p.shape(), p.dtype())?);
+    }
+    let mut bn = model.bn.clone();
+    for (i, s) in bn.iter_mut().enumerate() {
+        let prefix = arch.bn_name(i).to_string();
+        s.mean = load_f32(path, &st, &format!("{prefix}.running_mean"), s.mean.shape(), s.mean.dtype())?;
+        s.var = load_f32(path, &st, &format!("{prefix}.running_var"), s.var.shape(), s.var.dtype())?;
+        let name = format!("{prefix}.num_batches_tracked");
+        let view = st.tensor(&name).map_err(|_| err(path, format!("tensor {name} is missing")))?;
+        let b: [u8; 8] = view.data().try_into().map_err(|_| err(path, format!("{name} is not one i64")))?;
+        s.num_batches_tracked = i64::from_le_bytes(b).max(0) as u64;
+    }
+    model.params = params;
+    model.bn = bn;
+    Ok(())
+}
+
+/// Save the momentum buffers and the run's metadata.
+pub fn save_optimizer(path: &Path, model: &ResNet9, state: &SgdState, meta: HashMap<String, String>) -> Result<()> {
+    let mut entries = Vec::new();
+    for (i, buf) in state.momentum_buffers.iter().enumerate() {
+        if let Some(t) = buf {
+            entries.push((format!("momentum.{}", model.arch.param_names[i]), Dtype::F32, t.shape().to_vec(), f32_bytes(t)));
+        }
+    }
+    serialize(path, entries, meta)
+}
+
+/// Load what [`save_optimizer`] wrote: the momentum buffers (checked against the
+/// network's shapes) and the metadata.
+pub fn load_optimizer(path: &Path, model: &ResNet9) -> Result<(SgdState, HashMap<String, String>)> {
+    let bytes = read_file(path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(path, e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let names = st.names();
+    let mut bufs = Vec::with_capacity(model.params.len());
+    for (i, p) in model.params.iter().enumerate() {
+        let name = format!("momentum.{}", model.arch.param_names[i]);
+        if names.iter().any(|n| *n == name) {
+            bufs.push(Some(load_f32(path, &st, &name, p.shape(), p.dtype())?));
+        } else {
+            bufs.push(None);
+        }
+    }
+    Ok((SgdState { momentum_buffers: bufs }, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn model_round_trips_and_rejects_a_mismatched_network() {
+        let dir = std::env::temp_dir().join(format!("ckpt-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut a = ResNet9::new(0.125, 1.0, DType::F32, &mut rng).unwrap();
+        a.bn[2].num_batches_tracked = 17;
+        a.bn[2].mean = Tensor::randn(a.bn[2].mean.shape(), DType::F32, 1.0, &mut rng);
+        save_model(&path, &a).unwrap();
+        assert!(!dir.join("model.safetensors.tmp").exists());
+
+        let mut b = ResNet9::new(0.125, 1.0, DType::F32, &mut rng).unwrap();
+        assert!(b.params[0].max_abs_diff(&a.params[0]).unwrap() > 0.0);
+        load_model(&path, &mut b).unwrap();
+        for (x, y) in a.params.iter().zip(&b.params) {
+            assert_eq!(x.to_f64_vec(), y.to_f64_vec());
+        }
+        assert_eq!(b.bn[2].num_batches_tracked, 17);
+        assert_eq!(b.bn[2].mean.to_f64_vec(), a.bn[2].mean.to_f64_vec());
+
+        let mut wider = ResNet9::new(0.25, 1.0, DType::F32, &mut rng).unwrap();
+        let e = load_model(&path, &mut wider).unwrap_err().to_string();
+        assert!(e.contains("shape"), "{e}");
+
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(load_model(&path, &mut b).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

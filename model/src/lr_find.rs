@@ -1,0 +1,142 @@
+//! The LR range test (Smith 2015, "Cyclical Learning Rates", §3.3; the loss
+//! smoothing and stopping rule follow fastai's / torch-lr-finder's `range_test`).
+//!
+//! Starting from the current weights, train for up to `steps` batches with the LR
+//! growing exponentially from `start_lr` to `end_lr`:
+//! `lr_i = start_lr · (end_lr / start_lr)^(i / (steps − 1))`.
+//! The loss is smoothed with an exponential moving average with bias correction,
+//! `avg_i = β·avg_{i−1} + (1−β)·loss_i`, `smooth_i = avg_i / (1 − β^(i+1))`, and the
+//! test stops early once `smooth_i > diverge · min_j≤i smooth_j` (divergence) or the
+//! loss is not finite. The weights, BN statistics and optimizer state are restored
+//! afterwards: the test leaves the model exactly as it found it.
+//!
+//! Suggestion rule: `lr_max = lr(argmin smooth) / 10` (one decade below the loss
+//! minimum, where training is still stable — fastai's rule of thumb), and
+//! `lr_min = lr_max / 100`, the value the one-cycle starts from and returns to.
+
+use crate::batches::Normalization;
+use crate::resnet::ResNet9;
+use crate::train::{self, TrainConfig};
+use crate::{Error, Result};
+use data::Split;
+use ops::sgd::SgdState;
+
+/// Settings of the range test.
+#[derive(Clone, Copy, Debug)]
+pub struct LrFindConfig {
+    pub start_lr: f64,
+    pub end_lr: f64,
+    pub steps: usize,
+    pub beta: f64,
+    pub diverge: f64,
+}
+
+impl Default for LrFindConfig {
+    fn default() -> Self {
+        LrFindConfig { start_lr: 1e-4, end_lr: 10.0, steps: 100, beta: 0.98, diverge: 4.0 }
+    }
+}
+
+/// What the range test measured and suggests.
+#[derive(Clone, Debug)]
+pub struct LrFindResult {
+    /// (lr, raw loss, smoothed loss) per step run.
+    pub points: Vec<(f64, f64, f64)>,
+    pub lr_max: f64,
+    pub lr_min: f64,
+    /// Whether it stopped early on divergence.
+    pub diverged: bool,
+}
+
+/// Run the range test on `model` (restored afterwards). `on_step(i, lr, smoothed)` after each step.
+pub fn lr_find(
+    model: &mut ResNet9,
+    split: &Split,
+    norm: Normalization,
+    cfg: &TrainConfig,
+    lf: &LrFindConfig,
+    mut on_step: impl FnMut(usize, f64, f64),
+) -> Result<LrFindResult> {
+    if lf.steps < 2 || !(lf.start_lr > 0.0 && lf.end_lr > lf.start_lr) {
+        return Err(Error::Invalid("the LR range test needs at least 2 steps and 0 < start_lr < end_lr".into()));
+    }
+    let saved = model.clone();
+    let result = run(model, split, norm, cfg, lf, &mut on_step);
+    *model = saved;
+    result
+}
+
+fn run(
+    model: &mut ResNet9,
+    split: &Split,
+    norm: Normalization,
+    cfg: &TrainConfig,
+    lf: &LrFindConfig,
+    on_step: &mut impl FnMut(usize, f64, f64),
+) -> Result<LrFindResult> {
+    let mut state = SgdState::default();
+    let n = cfg.train_len(split);
+    let mut points: Vec<(f64, f64, f64)> = Vec::new();
+    let (mut avg, mut best) = (0.0, f64::INFINITY);
+    let mut diverged = false;
+    let mut step = 0;
+    // Cycle through epochs of shuffled, augmented batches (seeded apart from training's).
+    'outer: for epoch in 0.. {
+        let order = data::epoch_order(n, cfg.seed ^ 0x5eed_1f1d, epoch);
+        let params = train::epoch_aug_params(cfg.seed ^ 0x5eed_1f1d, epoch, n);
+        for (idx, p) in order.chunks(cfg.batch_size).zip(params.chunks(cfg.batch_size)) {
+            let lr = lf.start_lr * (lf.end_lr / lf.start_lr).powf(step as f64 / (lf.steps - 1) as f64);
+            let (x, labels) = crate::batches::train_batch(split, idx, p, norm)?;
+            let loss = match train::train_step(model, &mut state, x, &labels, lr, cfg) {
+                Ok(r) => r.loss,
+                Err(Error::Training(_)) => {
+                    diverged = true;
+                    break 'outer;
+                }
+                Err(e) => return Err(e),
+            };
+            avg = lf.beta * avg + (1.0 - lf.beta) * loss;
+            let smooth = avg / (1.0 - lf.beta.powi(step as i32 + 1));
+            points.push((lr, loss, smooth));
+            on_step(step, lr, smooth);
+            best = best.min(smooth);
+            step += 1;
+            if smooth > lf.diverge * best {
+                diverged = true;
+                break 'outer;
+            }
+            if step == lf.steps {
+                break 'outer;
+            }
+        }
+    }
+    let (lr_max, lr_min) = suggest(&points)?;
+    Ok(LrFindResult { points, lr_max, lr_min, diverged })
+}
+
+/// The suggestion rule (see the module doc) applied to `(lr, raw, smoothed)` points.
+pub fn suggest(points: &[(f64, f64, f64)]) -> Result<(f64, f64)> {
+    let best = points
+        .iter()
+        .filter(|p| p.2.is_finite())
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .ok_or_else(|| Error::Training("the LR range test produced no finite loss".into()))?;
+    let lr_max = best.0 / 10.0;
+    Ok((lr_max, lr_max / 100.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestion_is_a_decade_below_the_minimum() {
+        // A synthetic U-shaped curve with its minimum at lr = 1.
+        let pts: Vec<(f64, f64, f64)> =
+            (0..50).map(|i| 10f64.powf(-3.0 + i as f64 * 0.1)).map(|lr| (lr, 0.0, (lr.log10()).powi(2) + 1.0)).collect();
+        let (max, min) = suggest(&pts).unwrap();
+        assert!((max - 0.1).abs() < 1e-9, "{max}");
+        assert!((min - 0.001).abs() < 1e-12);
+        assert!(suggest(&[(0.1, f64::NAN, f64::NAN)]).is_err());
+    }
+}

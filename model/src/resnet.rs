@@ -1,0 +1,275 @@
+//! The CIFAR-10 "custom ResNet" (ResNet-9) of the assignment.
+//!
+//! ```text
+//! input x                                  [N,    3, 32, 32]
+//! prep   : conv3x3(3→64)  BN ReLU          [N,   64, 32, 32]
+//! layer1 : conv3x3(64→128) MaxPool2 BN ReLU [N,  128, 16, 16]
+//! res1   : (conv3x3 BN ReLU) x 2, added to layer1's output
+//! layer2 : conv3x3(128→256) MaxPool2 BN ReLU[N,  256,  8,  8]
+//! layer3 : conv3x3(256→512) MaxPool2 BN ReLU[N,  512,  4,  4]
+//! res2   : (conv3x3 BN ReLU) x 2, added to layer3's output
+//! pool   : MaxPool4                         [N,  512,  1,  1]
+//! fc     : flatten, Linear(512→10), × out_scale   [N, 10]
+//! ```
+//! Softmax is folded into the loss. Convolutions have no bias (BN follows).
+//! At width 1 the network has 6,573,130 parameters.
+//!
+//! Parameter and buffer names follow the PyTorch `state_dict` of the module
+//! written in `bench/resnet9.py` (`prep.conv.weight`, `prep.bn.running_mean`,
+//! `res1.conv1.weight`, `fc.bias`, ...), so checkpoints load into PyTorch unchanged.
+
+use crate::Result;
+use engine::{DType, Error, Tensor, Var};
+use ops::Graph;
+use ops::batch_norm::{self, BatchNormConfig, RunningStats};
+use ops::conv2d::{self, Conv2dParams};
+use rand::Rng;
+
+/// One conv3x3 → BN unit: where its parameters and statistics sit.
+#[derive(Clone, Debug)]
+struct ConvBn {
+    /// Name prefix of the conv (`"res1.conv1"`) and of the BN (`"res1.bn1"`).
+    conv_name: String,
+    bn_name: String,
+    conv_w: usize,
+    bn_gamma: usize,
+    bn_beta: usize,
+    bn_stats: usize,
+    /// Whether a MaxPool2 sits between the conv and the BN.
+    pool: bool,
+}
+
+/// The network's structure: channel counts, and where every tensor lives.
+#[derive(Clone, Debug)]
+pub struct Arch {
+    /// Channel counts of prep, layer1, layer2, layer3.
+    pub channels: [usize; 4],
+    /// Multiplier applied to the logits (1.0 = plain linear layer).
+    pub out_scale: f64,
+    units: Vec<ConvBn>,
+    fc_w: usize,
+    fc_b: usize,
+    /// `state_dict` name of every parameter, in parameter order.
+    pub param_names: Vec<String>,
+    /// Shape of every parameter.
+    pub param_shapes: Vec<Vec<usize>>,
+    /// `state_dict` name prefix of every BN layer (buffers are `<prefix>.running_mean`, ...).
+    pub bn_names: Vec<String>,
+}
+
+/// Indices of the conv-BN units in `Arch::units`.
+const PREP: usize = 0;
+const LAYER1: usize = 1;
+const RES1: [usize; 2] = [2, 3];
+const LAYER2: usize = 4;
+const LAYER3: usize = 5;
+const RES2: [usize; 2] = [6, 7];
+const NUM_CLASSES: usize = 10;
+
+impl Arch {
+    /// The ResNet-9 with every channel count multiplied by `width` (1.0 = the real network),
+    /// rounded, at least 1.
+    pub fn new(width: f64, out_scale: f64) -> Result<Arch> {
+        if !(width > 0.0 && width.is_finite()) {
+            return Err(crate::Error::Invalid(format!("--width must be a positive number, got {width}")));
+        }
+        let c = |base: f64| ((base * width).round() as usize).max(1);
+        let channels = [c(64.0), c(128.0), c(256.0), c(512.0)];
+        let mut arch = Arch {
+            channels,
+            out_scale,
+            units: Vec::new(),
+            fc_w: 0,
+            fc_b: 0,
+            param_names: Vec::new(),
+            param_shapes: Vec::new(),
+            bn_names: Vec::new(),
+        };
+        let [c0, c1, c2, c3] = channels;
+        arch.add_unit("prep.conv", "prep.bn", 3, c0, false);
+        arch.add_unit("layer1.conv", "layer1.bn", c0, c1, true);
+        arch.add_unit("res1.conv1", "res1.bn1", c1, c1, false);
+        arch.add_unit("res1.conv2", "res1.bn2", c1, c1, false);
+        arch.add_unit("layer2.conv", "layer2.bn", c1, c2, true);
+        arch.add_unit("layer3.conv", "layer3.bn", c2, c3, true);
+        arch.add_unit("res2.conv1", "res2.bn1", c3, c3, false);
+        arch.add_unit("res2.conv2", "res2.bn2", c3, c3, false);
+        arch.fc_w = arch.add_param("fc.weight", vec![NUM_CLASSES, c3]);
+        arch.fc_b = arch.add_param("fc.bias", vec![NUM_CLASSES]);
+        Ok(arch)
+    }
+
+    fn add_param(&mut self, name: &str, shape: Vec<usize>) -> usize {
+        self.param_names.push(name.to_string());
+        self.param_shapes.push(shape);
+        self.param_names.len() - 1
+    }
+
+    fn add_unit(&mut self, conv: &str, bn: &str, cin: usize, cout: usize, pool: bool) {
+        let conv_w = self.add_param(&format!("{conv}.weight"), vec![cout, cin, 3, 3]);
+        let bn_gamma = self.add_param(&format!("{bn}.weight"), vec![cout]);
+        let bn_beta = self.add_param(&format!("{bn}.bias"), vec![cout]);
+        self.bn_names.push(bn.to_string());
+        let bn_stats = self.bn_names.len() - 1;
+        self.units.push(ConvBn { conv_name: conv.into(), bn_name: bn.into(), conv_w, bn_gamma, bn_beta, bn_stats, pool });
+    }
+
+    /// Total number of learnable parameters.
+    pub fn num_params(&self) -> usize {
+        self.param_shapes.iter().map(|s| s.iter().product::<usize>()).sum()
+    }
+
+    /// Output channels of each BN layer, in `bn_names` order.
+    pub fn bn_channels(&self) -> Vec<usize> {
+        self.units.iter().map(|u| self.param_shapes[u.bn_gamma][0]).collect()
+    }
+
+    /// The layer table a user checks: (layer, output shape for batch `n`, parameter count).
+    pub fn summary(&self, n: usize) -> Vec<(String, Vec<usize>, usize)> {
+        let numel = |i: usize| self.param_shapes[i].iter().product::<usize>();
+        let [c0, c1, c2, c3] = self.channels;
+        let spatial = [32, 16, 16, 16, 8, 4, 4, 4];
+        let chans = [c0, c1, c1, c1, c2, c3, c3, c3];
+        let mut rows = Vec::new();
+        for (i, u) in self.units.iter().enumerate() {
+            let s = spatial[i];
+            let what = if u.pool { "conv3x3-maxpool2-BN-ReLU" } else { "conv3x3-BN-ReLU" };
+            rows.push((
+                format!("{} ({what})", u.conv_name.trim_end_matches(".conv")),
+                vec![n, chans[i], s, s],
+                numel(u.conv_w) + numel(u.bn_gamma) + numel(u.bn_beta),
+            ));
+        }
+        rows.push(("pool (maxpool4)".into(), vec![n, c3, 1, 1], 0));
+        rows.push(("fc (linear)".into(), vec![n, NUM_CLASSES], numel(self.fc_w) + numel(self.fc_b)));
+        rows
+    }
+
+    /// Fresh parameters with PyTorch's default initialisation: conv and linear weights
+    /// (and the linear bias) uniform in ±1/√fan_in (`kaiming_uniform_(a=√5)`), BN scale 1, shift 0.
+    pub fn init_params(&self, dtype: DType, rng: &mut impl Rng) -> Vec<Tensor> {
+        let mut params: Vec<Tensor> = Vec::with_capacity(self.param_shapes.len());
+        for (name, shape) in self.param_names.iter().zip(&self.param_shapes) {
+            let t = if name.contains(".bn") {
+                let v = if name.ends_with(".weight") { 1.0 } else { 0.0 };
+                Tensor::full(shape, dtype, v)
+            } else {
+                let fan_in = if name == "fc.bias" { self.param_shapes[self.fc_w][1] } else { shape[1..].iter().product() };
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                Tensor::uniform(shape, dtype, -bound, bound, rng)
+            };
+            params.push(t);
+        }
+        params
+    }
+
+    /// Fresh BN running statistics (mean 0, variance 1).
+    pub fn init_bn_stats(&self, dtype: DType) -> Vec<RunningStats> {
+        self.bn_channels().into_iter().map(|c| RunningStats::new(c, dtype)).collect()
+    }
+
+    /// Record the forward pass of a batch `x` `[N, 3, 32, 32]` on `g` (whose parameters are
+    /// this network's), returning the logits `[N, 10]`. In training mode BN uses batch
+    /// statistics and updates `bn`; otherwise it uses `bn`.
+    pub fn forward(&self, g: &mut Graph<'_>, x: Var, train: bool, bn: &mut [RunningStats]) -> Result<Var> {
+        if bn.len() != self.units.len() {
+            return Err(Error::Invalid(format!("expected {} BN states, got {}", self.units.len(), bn.len())).into());
+        }
+        let x = self.unit(g, x, PREP, train, bn)?;
+        let x = self.unit(g, x, LAYER1, train, bn)?;
+        let x = self.residual(g, x, RES1, train, bn)?;
+        let x = self.unit(g, x, LAYER2, train, bn)?;
+        let x = self.unit(g, x, LAYER3, train, bn)?;
+        let x = self.residual(g, x, RES2, train, bn)?;
+        let x = ops::max_pool::max_pool2d(g, x, 4)?;
+        let x = ops::reshape::flatten(g, x)?;
+        let (w, b) = (g.param(self.fc_w)?, g.param(self.fc_b)?);
+        let logits = ops::linear::linear(g, x, w, b)?;
+        if self.out_scale == 1.0 {
+            Ok(logits)
+        } else {
+            Ok(ops::scale::scale(g, logits, self.out_scale)?)
+        }
+    }
+
+    /// `x + unit_b(unit_a(x))`.
+    fn residual(&self, g: &mut Graph<'_>, x: Var, units: [usize; 2], train: bool, bn: &mut [RunningStats]) -> Result<Var> {
+        let h = self.unit(g, x, units[0], train, bn)?;
+        let h = self.unit(g, h, units[1], train, bn)?;
+        Ok(ops::add::add(g, x, h)?)
+    }
+
+    /// conv3x3 (pad 1) → [MaxPool2] → BN → ReLU.
+    fn unit(&self, g: &mut Graph<'_>, x: Var, i: usize, train: bool, bn: &mut [RunningStats]) -> Result<Var> {
+        let u = &self.units[i];
+        let w = g.param(u.conv_w)?;
+        let mut h = conv2d::conv2d(g, x, w, Conv2dParams { stride: 1, padding: 1 })?;
+        if u.pool {
+            h = ops::max_pool::max_pool2d(g, h, 2)?;
+        }
+        let (gamma, beta) = (g.param(u.bn_gamma)?, g.param(u.bn_beta)?);
+        let cfg = BatchNormConfig::default();
+        h = if train {
+            batch_norm::batch_norm_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?
+        } else {
+            batch_norm::batch_norm_eval(g, h, gamma, beta, &bn[u.bn_stats], cfg)?
+        };
+        Ok(ops::relu::relu(g, h)?)
+    }
+
+    /// `state_dict` prefix of BN layer `i`.
+    pub fn bn_name(&self, i: usize) -> &str {
+        &self.units[i].bn_name
+    }
+}
+
+/// The network's state: structure, parameters and BN running statistics.
+#[derive(Clone, Debug)]
+pub struct ResNet9 {
+    pub arch: Arch,
+    pub params: Vec<Tensor>,
+    pub bn: Vec<RunningStats>,
+}
+
+impl ResNet9 {
+    /// A freshly initialised network.
+    pub fn new(width: f64, out_scale: f64, dtype: DType, rng: &mut impl Rng) -> Result<ResNet9> {
+        let arch = Arch::new(width, out_scale)?;
+        let params = arch.init_params(dtype, rng);
+        let bn = arch.init_bn_stats(dtype);
+        Ok(ResNet9 { arch, params, bn })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_width_has_the_assignments_parameter_count() {
+        let arch = Arch::new(1.0, 1.0).unwrap();
+        assert_eq!(arch.num_params(), 6_573_130);
+        assert_eq!(arch.summary(1).iter().map(|r| r.2).sum::<usize>(), 6_573_130);
+    }
+
+    #[test]
+    fn names_are_unique_and_match_pytorch_layout() {
+        let arch = Arch::new(1.0, 1.0).unwrap();
+        let mut names = arch.param_names.clone();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), arch.param_names.len());
+        assert_eq!(arch.param_names[0], "prep.conv.weight");
+        assert_eq!(arch.param_shapes[0], vec![64, 3, 3, 3]);
+        assert_eq!(arch.param_names.last().unwrap(), "fc.bias");
+        assert_eq!(arch.bn_names.len(), 8);
+    }
+
+    #[test]
+    fn width_scales_channels_and_rejects_nonsense() {
+        let arch = Arch::new(0.25, 1.0).unwrap();
+        assert_eq!(arch.channels, [16, 32, 64, 128]);
+        assert!(Arch::new(0.0, 1.0).is_err());
+        assert!(Arch::new(f64::NAN, 1.0).is_err());
+    }
+}

@@ -1,0 +1,434 @@
+//! A training run as the user starts it: the run folder, the log, the LR range
+//! test, the epochs, metrics, plots and checkpoints, and `--resume`.
+//!
+//! `runs/<name>/` holds:
+//! - `train.log`: everything printed (minus the progress bar);
+//! - `metrics.csv`: one row per epoch (LR, train loss/accuracy, test loss/accuracy, seconds);
+//! - `loss.png`, `accuracy.png`: train and test curves; `lr.png`: the LR of every step;
+//! - `lr_find.png`, `lr_find.csv`: the range test, when it ran;
+//! - `misclassified.png`: test images the final model gets wrong;
+//! - `model.safetensors` (PyTorch `state_dict`) and `optimizer.safetensors` (for `--resume`),
+//!   written atomically at the end of every epoch.
+
+use crate::batches::Normalization;
+use crate::checkpoint;
+use crate::image_grid::{GridImage, write_image_grid};
+use crate::lr_find::{self, LrFindConfig};
+use crate::plots::{LinePlot, Series, write_line_plot};
+use crate::resnet::ResNet9;
+use crate::train::{self, TrainConfig};
+use crate::{Error, Result};
+use data::Cifar10;
+use engine::DType;
+use indicatif::{ProgressBar, ProgressStyle};
+use ops::sgd::SgdState;
+use rand::SeedableRng;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Prints a line and appends it to the run's `train.log`.
+pub struct Logger {
+    file: Option<std::fs::File>,
+}
+
+impl Logger {
+    /// Log to stdout and, if given, to the file at `path` (appended).
+    pub fn new(path: Option<&Path>) -> Result<Logger> {
+        let file = match path {
+            Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|e| Error::io(p, e))?),
+            None => None,
+        };
+        Ok(Logger { file })
+    }
+
+    /// Print `line` and append it to the log file.
+    pub fn line(&mut self, line: &str) {
+        println!("{line}");
+        if let Some(f) = &mut self.file {
+            // A full disk must not kill a run that is otherwise fine: the line was printed.
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// One row of `metrics.csv`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub seconds: f64,
+}
+
+const CSV_HEADER: &str = "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds";
+
+/// Write all rows to `metrics.csv` (atomically).
+pub fn write_metrics(path: &Path, rows: &[EpochRecord]) -> Result<()> {
+    let mut s = String::from(CSV_HEADER);
+    s.push('\n');
+    for r in rows {
+        s.push_str(&format!(
+            "{},{:.6e},{:.6},{:.4},{:.6},{:.4},{:.3}\n",
+            r.epoch, r.lr, r.train_loss, r.train_acc, r.test_loss, r.test_acc, r.seconds
+        ));
+    }
+    checkpoint::write_atomic(path, s.as_bytes())
+}
+
+/// Read `metrics.csv` back (for `--resume`).
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochRecord>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad = |n: usize| Error::Invalid(format!("{}: line {n} is not a metrics row", path.display()));
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 7 {
+            return Err(bad(n + 1));
+        }
+        let num = |i: usize| f[i].parse::<f64>().map_err(|_| bad(n + 1));
+        rows.push(EpochRecord {
+            epoch: f[0].parse().map_err(|_| bad(n + 1))?,
+            lr: num(1)?,
+            train_loss: num(2)?,
+            train_acc: num(3)?,
+            test_loss: num(4)?,
+            test_acc: num(5)?,
+            seconds: num(6)?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Everything the `train` command needs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub cfg: TrainConfig,
+    /// `--lr-max`/`--lr-min` given by the user: skip the range test.
+    pub lr_given: bool,
+    pub lr_find: LrFindConfig,
+    pub runs_dir: PathBuf,
+    pub name: Option<String>,
+    pub resume: bool,
+    pub progress: bool,
+}
+
+/// The first `runs_dir/run-N` that does not exist.
+fn fresh_run_name(runs_dir: &Path) -> String {
+    (1..).map(|i| format!("run-{i}")).find(|n| !runs_dir.join(n).exists()).unwrap_or_else(|| "run".into())
+}
+
+fn progress_bar(len: usize, enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>4}/{len} [{elapsed_precise}<{eta_precise}] {msg}") {
+        pb.set_style(style);
+    }
+    pb
+}
+
+/// Train as configured; returns the final test accuracy in percent.
+pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result<f64> {
+    std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None if opts.resume => return Err(Error::Invalid("--resume needs --name NAME of the run to continue".into())),
+        None => fresh_run_name(&opts.runs_dir),
+    };
+    let dir = opts.runs_dir.join(&name);
+    let model_path = dir.join("model.safetensors");
+    let opt_path = dir.join("optimizer.safetensors");
+    let metrics_path = dir.join("metrics.csv");
+    if opts.resume {
+        if !opt_path.exists() {
+            return Err(Error::Invalid(format!("nothing to resume: {} does not exist", opt_path.display())));
+        }
+    } else if model_path.exists() {
+        return Err(Error::Invalid(format!(
+            "{} already holds a run; pass --resume to continue it, or choose another --name",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut log = Logger::new(Some(&dir.join("train.log")))?;
+    log.line(&format!("Device: {device_name}"));
+
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = Normalization { mean, std };
+
+    // The run's settings, network, optimizer state and history.
+    let (mut cfg, mut model, mut state, mut rows) = if opts.resume {
+        let probe_cfg = {
+            let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
+            let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+                .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: e.to_string() })?;
+            TrainConfig::from_meta(&header.metadata().clone().unwrap_or_default())?
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(probe_cfg.seed);
+        let mut model = ResNet9::new(probe_cfg.width, probe_cfg.out_scale, DType::F32, &mut rng)?;
+        checkpoint::load_model(&model_path, &mut model)?;
+        let (state, _) = checkpoint::load_optimizer(&opt_path, &model)?;
+        let rows = read_metrics(&metrics_path)?;
+        log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), rows.len(), probe_cfg.epochs));
+        (probe_cfg, model, state, rows)
+    } else {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.cfg.seed);
+        let model = ResNet9::new(opts.cfg.width, opts.cfg.out_scale, DType::F32, &mut rng)?;
+        (opts.cfg.clone(), model, SgdState::default(), Vec::new())
+    };
+    log.line(&format!(
+        "ResNet-9 width {} ({} parameters), batch {}, {} epochs, {} training images, seed {}",
+        cfg.width,
+        model.arch.num_params(),
+        cfg.batch_size,
+        cfg.epochs,
+        cfg.train_len(&ds.train),
+        cfg.seed
+    ));
+
+    if !opts.resume && !opts.lr_given {
+        log.line(&format!("LR range test: {} steps, LR {:.0e} -> {:.0e}", opts.lr_find.steps, opts.lr_find.start_lr, opts.lr_find.end_lr));
+        let pb = progress_bar(opts.lr_find.steps, opts.progress);
+        let r = lr_find::lr_find(&mut model, &ds.train, norm, &cfg, &opts.lr_find, |_, lr, s| {
+            pb.inc(1);
+            pb.set_message(format!("lr={lr:.2e} loss={s:.4}"));
+        })?;
+        pb.finish_and_clear();
+        write_lr_find_outputs(&dir, &r)?;
+        cfg.lr_max = r.lr_max;
+        cfg.lr_min = r.lr_min;
+        log.line(&format!("LR range test suggests LRMAX={:.4e} LRMIN={:.4e} (plot: {})", r.lr_max, r.lr_min, dir.join("lr_find.png").display()));
+    }
+    if !(cfg.lr_max > 0.0 && cfg.lr_min > 0.0 && cfg.lr_min <= cfg.lr_max) {
+        return Err(Error::Invalid(format!("need 0 < LRMIN <= LRMAX, got LRMIN={} LRMAX={}", cfg.lr_min, cfg.lr_max)));
+    }
+    let schedule = cfg.schedule(&ds.train);
+    log.line(&format!("One-cycle: LRMIN={:.4e} -> LRMAX={:.4e} at the end of epoch {} -> LRMIN at epoch {}", cfg.lr_min, cfg.lr_max, cfg.peak_epoch, cfg.epochs));
+
+    let start_epoch = rows.len();
+    let mut last = None;
+    for epoch in start_epoch..cfg.epochs {
+        let spe = schedule.steps_per_epoch;
+        log.line(&format!("EPOCH: {} (LR: {:.6})", epoch + 1, schedule.lr(epoch * spe)));
+        let pb = progress_bar(spe, opts.progress);
+        let stats = train::train_epoch(&mut model, &mut state, &ds.train, norm, &cfg, epoch, |b, _lr, loss, acc| {
+            pb.set_position(b as u64 + 1);
+            pb.set_message(format!("Loss={loss:.4} Accuracy={acc:.2}"));
+        });
+        pb.finish_and_clear();
+        let stats = stats.map_err(|e| {
+            let kept = if rows.is_empty() { "no checkpoint was written yet".to_string() } else {
+                format!("the last good checkpoint (end of epoch {}) is kept in {}", rows.len(), dir.display())
+            };
+            Error::Training(format!("{e}; training stopped, {kept}"))
+        })?;
+        let eval = train::evaluate(&mut model, &ds.test, norm, 1000)?;
+        log.line(&format!(
+            "Train: Loss={:.4} Accuracy={:.2}% ({:.1}s)",
+            stats.loss, stats.accuracy, stats.seconds
+        ));
+        log.line(&format!(
+            "Test set: Average loss: {:.4}, Accuracy: {}/{} ({:.2}%)",
+            eval.loss, eval.correct, eval.total, eval.accuracy()
+        ));
+        rows.push(EpochRecord {
+            epoch: epoch + 1,
+            lr: stats.last_lr,
+            train_loss: stats.loss,
+            train_acc: stats.accuracy,
+            test_loss: eval.loss,
+            test_acc: eval.accuracy(),
+            seconds: stats.seconds,
+        });
+        // Checkpoint first, then the metrics that say it exists.
+        checkpoint::save_model(&model_path, &model)?;
+        let mut meta = cfg.to_meta();
+        meta.insert("epochs_done".into(), (epoch + 1).to_string());
+        checkpoint::save_optimizer(&opt_path, &model, &state, meta)?;
+        write_metrics(&metrics_path, &rows)?;
+        write_curves(&dir, &rows)?;
+        last = Some(eval);
+    }
+    let eval = match last {
+        Some(e) => e,
+        None => train::evaluate(&mut model, &ds.test, norm, 1000)?,
+    };
+    write_lr_schedule(&dir, &schedule)?;
+    write_misclassified(&dir, ds, &eval.misclassified)?;
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    log.line(&format!(
+        "Done: test accuracy {:.2}% after {} epochs, {:.1}s of training. Outputs in {}",
+        eval.accuracy(),
+        rows.len(),
+        total,
+        dir.display()
+    ));
+    Ok(eval.accuracy())
+}
+
+fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
+    let mut csv = String::from("lr,loss,smoothed_loss\n");
+    for (lr, raw, s) in &r.points {
+        csv.push_str(&format!("{lr:.6e},{raw:.6},{s:.6}\n"));
+    }
+    checkpoint::write_atomic(&dir.join("lr_find.csv"), csv.as_bytes())?;
+    write_line_plot(
+        &dir.join("lr_find.png"),
+        &LinePlot {
+            title: "LR range test",
+            x_label: "learning rate",
+            y_label: "training loss",
+            series: vec![
+                Series { name: "loss".into(), points: r.points.iter().map(|p| (p.0, p.1)).collect() },
+                Series { name: "smoothed loss".into(), points: r.points.iter().map(|p| (p.0, p.2)).collect() },
+            ],
+            log_x: true,
+            vlines: vec![(r.lr_max, format!("LRMAX {:.2e}", r.lr_max)), (r.lr_min, format!("LRMIN {:.2e}", r.lr_min))],
+        },
+    )
+}
+
+fn write_curves(dir: &Path, rows: &[EpochRecord]) -> Result<()> {
+    let series = |name: &str, f: fn(&EpochRecord) -> f64| Series {
+        name: name.into(),
+        points: rows.iter().map(|r| (r.epoch as f64, f(r))).collect(),
+    };
+    write_line_plot(
+        &dir.join("loss.png"),
+        &LinePlot {
+            title: "Loss",
+            x_label: "epoch",
+            y_label: "cross-entropy",
+            series: vec![series("train", |r| r.train_loss), series("test", |r| r.test_loss)],
+            log_x: false,
+            vlines: vec![],
+        },
+    )?;
+    write_line_plot(
+        &dir.join("accuracy.png"),
+        &LinePlot {
+            title: "Accuracy",
+            x_label: "epoch",
+            y_label: "accuracy (%)",
+            series: vec![series("train", |r| r.train_acc), series("test", |r| r.test_acc)],
+            log_x: false,
+            vlines: vec![],
+        },
+    )
+}
+
+fn write_lr_schedule(dir: &Path, s: &crate::schedule::OneCycle) -> Result<()> {
+    let spe = s.steps_per_epoch as f64;
+    write_line_plot(
+        &dir.join("lr.png"),
+        &LinePlot {
+            title: "One-cycle LR schedule (per step)",
+            x_label: "epoch",
+            y_label: "learning rate",
+            series: vec![Series { name: "lr".into(), points: (0..s.total_steps()).map(|t| (t as f64 / spe, s.lr(t))).collect() }],
+            log_x: false,
+            vlines: vec![],
+        },
+    )
+}
+
+fn write_misclassified(dir: &Path, ds: &Cifar10, wrong: &[(usize, u32)]) -> Result<()> {
+    let images: Vec<GridImage<'_>> = wrong
+        .iter()
+        .take(40)
+        .map(|&(i, p)| GridImage {
+            chw: ds.test.image(i),
+            caption: format!("{} / {}", data::CLASS_NAMES[ds.test.label(i) as usize], data::CLASS_NAMES[p as usize]),
+        })
+        .collect();
+    if images.is_empty() {
+        return Ok(());
+    }
+    write_image_grid(&dir.join("misclassified.png"), "Misclassified test images (true / predicted)", &images, 8, 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_round_trip() {
+        let dir = std::env::temp_dir().join(format!("metrics-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("metrics.csv");
+        let rows = vec![
+            EpochRecord { epoch: 1, lr: 0.0123, train_loss: 1.5, train_acc: 45.5, test_loss: 1.25, test_acc: 55.25, seconds: 3.5 },
+            EpochRecord { epoch: 2, lr: 0.25, train_loss: 1.0, train_acc: 65.0, test_loss: 0.75, test_acc: 75.0, seconds: 3.25 },
+        ];
+        write_metrics(&p, &rows).unwrap();
+        assert_eq!(read_metrics(&p).unwrap(), rows);
+        std::fs::write(&p, "epoch,lr\n1,2\n").unwrap();
+        assert!(read_metrics(&p).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// The `lr-find` command: the range test alone, its plot and CSV in `runs/<name>/`.
+pub fn run_lr_find(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result<()> {
+    std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
+    let name = opts.name.clone().unwrap_or_else(|| fresh_run_name(&opts.runs_dir));
+    let dir = opts.runs_dir.join(name);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut log = Logger::new(Some(&dir.join("lr_find.log")))?;
+    log.line(&format!("Device: {device_name}"));
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = Normalization { mean, std };
+    let cfg = &opts.cfg;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
+    let pb = progress_bar(opts.lr_find.steps, opts.progress);
+    let r = lr_find::lr_find(&mut model, &ds.train, norm, cfg, &opts.lr_find, |_, lr, s| {
+        pb.inc(1);
+        pb.set_message(format!("lr={lr:.2e} loss={s:.4}"));
+    })?;
+    pb.finish_and_clear();
+    write_lr_find_outputs(&dir, &r)?;
+    log.line(&format!(
+        "{} steps{}; suggested LRMAX={:.4e} LRMIN={:.4e}; plot {}",
+        r.points.len(),
+        if r.diverged { " (stopped at divergence)" } else { "" },
+        r.lr_max,
+        r.lr_min,
+        dir.join("lr_find.png").display()
+    ));
+    Ok(())
+}
+
+/// The `show-data` command: a grid of augmented training images with their class
+/// names (`<out>/train_images.png`), and the per-class counts of both splits.
+pub fn show_data(ds: &Cifar10, out: &Path, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = Normalization { mean, std };
+    let n = 48;
+    let order = data::epoch_order(ds.train.len(), seed, 0);
+    let params = train::epoch_aug_params(seed, 0, n);
+    let (x, labels) = crate::batches::train_batch(&ds.train, &order[..n], &params, norm)?;
+    let x = x.to_f32_vec();
+    let pixels: Vec<Vec<u8>> = x.chunks_exact(3072).map(|img| crate::image_grid::chw_from_normalized(img, mean, std)).collect();
+    let images: Vec<GridImage<'_>> = pixels
+        .iter()
+        .zip(&labels)
+        .map(|(p, &l)| GridImage { chw: p, caption: data::CLASS_NAMES[l as usize].to_string() })
+        .collect();
+    let path = out.join("train_images.png");
+    write_image_grid(&path, "Augmented training images (crop + flip + cutout)", &images, 8, 3)?;
+    println!("{:<12} {:>8} {:>8}", "class", "train", "test");
+    let (tr, te) = (data::class_counts(&ds.train), data::class_counts(&ds.test));
+    for (i, name) in data::CLASS_NAMES.iter().enumerate() {
+        println!("{name:<12} {:>8} {:>8}", tr[i], te[i]);
+    }
+    println!("{:<12} {:>8} {:>8}", "total", ds.train.len(), ds.test.len());
+    println!("channel mean {mean:?}, std {std:?}");
+    println!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The training step, the epoch loop and the test-set evaluation.
+
+use crate::batches::{self, Normalization};
+use crate::resnet::ResNet9;
+use crate::schedule::OneCycle;
+use crate::{Error, Result};
+use data::Split;
+use data::augment::AugParams;
+use ops::Graph;
+use ops::sgd::{self, Sgd, SgdState};
+use rand::SeedableRng;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// The recipe's knobs. Defaults are the assignment's recipe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    /// Train on the first N training images only.
+    pub subset: Option<usize>,
+    pub width: f64,
+    pub out_scale: f64,
+    pub peak_epoch: usize,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub lr_min: f64,
+    pub lr_max: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 24,
+            batch_size: 512,
+            seed: 0,
+            subset: None,
+            width: 1.0,
+            out_scale: 1.0,
+            peak_epoch: 5,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            label_smoothing: 0.0,
+            lr_min: 0.0,
+            lr_max: 0.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// As string pairs, stored in the optimizer checkpoint's metadata.
+    pub fn to_meta(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("epochs".into(), self.epochs.to_string()),
+            ("batch_size".into(), self.batch_size.to_string()),
+            ("seed".into(), self.seed.to_string()),
+            ("subset".into(), self.subset.map(|s| s.to_string()).unwrap_or_default()),
+            ("width".into(), self.width.to_string()),
+            ("out_scale".into(), self.out_scale.to_string()),
+            ("peak_epoch".into(), self.peak_epoch.to_string()),
+            ("momentum".into(), self.momentum.to_string()),
+            ("nesterov".into(), self.nesterov.to_string()),
+            ("weight_decay".into(), self.weight_decay.to_string()),
+            ("label_smoothing".into(), self.label_smoothing.to_string()),
+            ("lr_min".into(), self.lr_min.to_string()),
+            ("lr_max".into(), self.lr_max.to_string()),
+        ])
+    }
+
+    /// Inverse of [`TrainConfig::to_meta`].
+    pub fn from_meta(m: &HashMap<String, String>) -> Result<TrainConfig> {
+        fn get<T: std::str::FromStr>(m: &HashMap<String, String>, k: &str) -> Result<T> {
+            m.get(k)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::Invalid(format!("the checkpoint's metadata has no valid '{k}'")))
+        }
+        let subset = match m.get("subset").map(String::as_str) {
+            None | Some("") => None,
+            Some(_) => Some(get(m, "subset")?),
+        };
+        Ok(TrainConfig {
+            epochs: get(m, "epochs")?,
+            batch_size: get(m, "batch_size")?,
+            seed: get(m, "seed")?,
+            subset,
+            width: get(m, "width")?,
+            out_scale: get(m, "out_scale")?,
+            peak_epoch: get(m, "peak_epoch")?,
+            momentum: get(m, "momentum")?,
+            nesterov: get(m, "nesterov")?,
+            weight_decay: get(m, "weight_decay")?,
+            label_smoothing: get(m, "label_smoothing")?,
+            lr_min: get(m, "lr_min")?,
+            lr_max: get(m, "lr_max")?,
+        })
+    }
+
+    /// The SGD settings at learning rate `lr`.
+    pub fn sgd(&self, lr: f64) -> Sgd {
+        Sgd { lr, momentum: self.momentum, dampening: 0.0, weight_decay: self.weight_decay, nesterov: self.nesterov }
+    }
+
+    /// Number of training images used.
+    pub fn train_len(&self, split: &Split) -> usize {
+        self.subset.map_or(split.len(), |s| s.min(split.len()))
+    }
+
+    /// Batches per epoch (the last partial batch is kept).
+    pub fn steps_per_epoch(&self, split: &Split) -> usize {
+        self.train_len(split).div_ceil(self.batch_size)
+    }
+
+    /// The one-cycle schedule of this run.
+    pub fn schedule(&self, split: &Split) -> OneCycle {
+        OneCycle {
+            lr_min: self.lr_min,
+            lr_max: self.lr_max,
+            steps_per_epoch: self.steps_per_epoch(split),
+            epochs: self.epochs,
+            peak_epoch: self.peak_epoch,
+        }
+    }
+}
+
+/// Loss and correct-prediction count of one training step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepResult {
+    pub loss: f64,
+    pub correct: usize,
+}
+
+/// One SGD step on a batch: forward in training mode (BN batch statistics, running
+/// statistics updated), mean softmax cross-entropy, backward, update at `lr`.
+/// A non-finite loss is an error and leaves the parameters untouched.
+pub fn train_step(
+    model: &mut ResNet9,
+    state: &mut SgdState,
+    x: engine::Tensor,
+    labels: &[u32],
+    lr: f64,
+    cfg: &TrainConfig,
+) -> Result<StepResult> {
+    let (loss, correct, grads) = {
+        let mut g = Graph::new(&model.params);
+        let input = g.input(x);
+        let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
+        let loss = ops::cross_entropy::softmax_cross_entropy(&mut g, logits, labels, cfg.label_smoothing)?;
+        let loss_value = g.value(loss).scalar()?;
+        if !loss_value.is_finite() {
+            return Err(Error::Training(format!("the loss is {loss_value} (not finite)")));
+        }
+        let (correct, _) = batches::count_correct(g.value(logits), labels);
+        let grads = g.backward(loss)?.into_param_grads(model.params.len())?;
+        (loss_value, correct, grads)
+    };
+    sgd::step(&mut model.params, &grads, state, &cfg.sgd(lr))?;
+    Ok(StepResult { loss, correct })
+}
+
+/// The augmentation parameters of every image of an epoch, from the run's seed.
+pub fn epoch_aug_params(seed: u64, epoch: usize, n: usize) -> Vec<AugParams> {
+    // A stream distinct from the shuffle's: mix the epoch into the seed.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64 + 1));
+    (0..n).map(|_| AugParams::sample(&mut rng)).collect()
+}
+
+/// What one epoch of training measured.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochStats {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub seconds: f64,
+    /// LR of the epoch's last step.
+    pub last_lr: f64,
+}
+
+/// Train one epoch (`epoch` counts from 0). `on_step(step_in_epoch, lr, running_loss,
+/// running_accuracy)` is called after every step (the progress bar).
+#[allow(clippy::too_many_arguments)]
+pub fn train_epoch(
+    model: &mut ResNet9,
+    state: &mut SgdState,
+    split: &Split,
+    norm: Normalization,
+    cfg: &TrainConfig,
+    epoch: usize,
+    mut on_step: impl FnMut(usize, f64, f64, f64),
+) -> Result<EpochStats> {
+    let start = Instant::now();
+    let n = cfg.train_len(split);
+    let order = data::epoch_order(n, cfg.seed, epoch);
+    let params = epoch_aug_params(cfg.seed, epoch, n);
+    let schedule = cfg.schedule(split);
+    let spe = schedule.steps_per_epoch;
+    let (mut loss_sum, mut correct, mut seen, mut last_lr) = (0.0, 0usize, 0usize, 0.0);
+    for (b, (idx, p)) in order.chunks(cfg.batch_size).zip(params.chunks(cfg.batch_size)).enumerate() {
+        let lr = schedule.lr(epoch * spe + b);
+        let (x, labels) = batches::train_batch(split, idx, p, norm)?;
+        let r = train_step(model, state, x, &labels, lr, cfg)
+            .map_err(|e| Error::Training(format!("epoch {}, batch {}: {e}", epoch + 1, b + 1)))?;
+        loss_sum += r.loss * idx.len() as f64;
+        correct += r.correct;
+        seen += idx.len();
+        last_lr = lr;
+        on_step(b, lr, loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64);
+    }
+    Ok(EpochStats {
+        loss: loss_sum / seen.max(1) as f64,
+        accuracy: 100.0 * correct as f64 / seen.max(1) as f64,
+        seconds: start.elapsed().as_secs_f64(),
+        last_lr,
+    })
+}
+
+/// Test-set results.
+#[derive(Clone, Debug)]
+pub struct EvalStats {
+    /// Mean cross-entropy (no label smoothing).
+    pub loss: f64,
+    pub correct: usize,
+    pub total: usize,
+    /// (record index, predicted class) of every misclassified image.
+    pub misclassified: Vec<(usize, u32)>,
+}
+
+impl EvalStats {
+    /// Accuracy in percent.
+    pub fn accuracy(&self) -> f64 {
+        100.0 * self.correct as f64 / self.total.max(1) as f64
+    }
+}
+
+/// Evaluate on a whole split in eval mode (BN running statistics), in batches.
+pub fn evaluate(model: &mut ResNet9, split: &Split, norm: Normalization, batch_size: usize) -> Result<EvalStats> {
+    let (mut loss_sum, mut correct, mut misclassified) = (0.0, 0, Vec::new());
+    let n = split.len();
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch_size).min(n);
+        let (x, labels) = batches::eval_batch(split, start, end, norm)?;
+        let mut g = Graph::new(&model.params);
+        let input = g.input(x);
+        let logits = model.arch.forward(&mut g, input, false, &mut model.bn)?;
+        let loss = ops::cross_entropy::softmax_cross_entropy(&mut g, logits, &labels, 0.0)?;
+        loss_sum += g.value(loss).scalar()? * (end - start) as f64;
+        let (c, preds) = batches::count_correct(g.value(logits), &labels);
+        correct += c;
+        for (i, (p, l)) in preds.iter().zip(&labels).enumerate() {
+            if p != l {
+                misclassified.push((start + i, *p));
+            }
+        }
+        start = end;
+    }
+    Ok(EvalStats { loss: loss_sum / n.max(1) as f64, correct, total: n, misclassified })
+}
