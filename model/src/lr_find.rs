@@ -10,9 +10,11 @@
 //! loss is not finite. The weights, BN statistics and optimizer state are restored
 //! afterwards: the test leaves the model exactly as it found it.
 //!
-//! Suggestion rule: `lr_max = lr(argmin smooth) / 10` (one decade below the loss
-//! minimum, where training is still stable — fastai's rule of thumb), and
-//! `lr_min = lr_max / 100`, the value the one-cycle starts from and returns to.
+//! Suggestion rule (Smith 2017, "Super-Convergence", §3: the cycle's upper bound is
+//! where the loss stops falling, its lower bound a tenth of that):
+//! `lr_max = lr(argmin smooth)`, `lr_min = lr_max / 10`, the value the one-cycle
+//! starts from and returns to. Only full batches are used: a small last batch
+//! gives a noisy loss that can fake the minimum.
 
 use crate::batches::Normalization;
 use crate::resnet::ResNet9;
@@ -79,12 +81,16 @@ fn run(
     let mut points: Vec<(f64, f64, f64)> = Vec::new();
     let (mut avg, mut best) = (0.0, f64::INFINITY);
     let mut diverged = false;
+    if n < cfg.batch_size {
+        return Err(Error::Invalid(format!("the LR range test needs at least one full batch ({} images), got {n}", cfg.batch_size)));
+    }
     let mut step = 0;
     // Cycle through epochs of shuffled, augmented batches (seeded apart from training's).
     'outer: for epoch in 0.. {
         let order = data::epoch_order(n, cfg.seed ^ 0x5eed_1f1d, epoch);
         let params = train::epoch_aug_params(cfg.seed ^ 0x5eed_1f1d, epoch, n);
-        for (idx, p) in order.chunks(cfg.batch_size).zip(params.chunks(cfg.batch_size)) {
+        // Full batches only: a small last batch gives a noisy loss that can fake the minimum.
+        for (idx, p) in order.chunks_exact(cfg.batch_size).zip(params.chunks_exact(cfg.batch_size)) {
             let lr = lf.start_lr * (lf.end_lr / lf.start_lr).powf(step as f64 / (lf.steps - 1) as f64);
             let (x, labels) = crate::batches::train_batch(split, idx, p, norm)?;
             let loss = match train::train_step(model, &mut state, x, &labels, lr, cfg) {
@@ -121,8 +127,8 @@ pub fn suggest(points: &[(f64, f64, f64)]) -> Result<(f64, f64)> {
         .filter(|p| p.2.is_finite())
         .min_by(|a, b| a.2.total_cmp(&b.2))
         .ok_or_else(|| Error::Training("the LR range test produced no finite loss".into()))?;
-    let lr_max = best.0 / 10.0;
-    Ok((lr_max, lr_max / 100.0))
+    let lr_max = best.0;
+    Ok((lr_max, lr_max / 10.0))
 }
 
 #[cfg(test)]
@@ -130,13 +136,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn suggestion_is_a_decade_below_the_minimum() {
+    fn suggestion_is_the_minimum_and_a_tenth_of_it() {
         // A synthetic U-shaped curve with its minimum at lr = 1.
         let pts: Vec<(f64, f64, f64)> =
             (0..50).map(|i| 10f64.powf(-3.0 + i as f64 * 0.1)).map(|lr| (lr, 0.0, (lr.log10()).powi(2) + 1.0)).collect();
         let (max, min) = suggest(&pts).unwrap();
-        assert!((max - 0.1).abs() < 1e-9, "{max}");
-        assert!((min - 0.001).abs() < 1e-12);
+        assert!((max - 1.0).abs() < 1e-9, "{max}");
+        assert!((min - 0.1).abs() < 1e-12);
         assert!(suggest(&[(0.1, f64::NAN, f64::NAN)]).is_err());
     }
 }

@@ -43,6 +43,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Compile our CUDA kernels (ptx/*.cu) with NVRTC and write the PTX files (needs libnvrtc, no GPU).
+    Ptx {
+        /// Folder for the `.ptx` files.
+        #[arg(long, default_value = "ptx-out")]
+        out: PathBuf,
+        /// Target architecture, e.g. sm_80 (A100) or sm_90 (H100).
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -215,11 +224,23 @@ fn summary(width: f64, batch: usize) -> Result<()> {
     Ok(())
 }
 
+fn write_ptx(out: &std::path::Path, arch: &str) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    for (name, source) in ops::kernels::SOURCES {
+        let ptx = engine::nvrtc::compile_ptx(name, source, arch)?;
+        let path = out.join(name.replace(".cu", ".ptx"));
+        std::fs::write(&path, ptx).map_err(|e| Error::io(&path, e))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or_else(|| Command::Train(TrainArgs::defaults())) {
         Command::Train(a) => train(&a, false),
         Command::LrFind(a) => train(&a, true),
         Command::Summary { width, batch_size } => summary(width, batch_size),
+        Command::Ptx { out, arch } => write_ptx(&out, &arch),
         Command::ShowData { data, out, seed } => {
             let ds = open_data(&data)?;
             model::run::show_data(&ds, &out, seed)

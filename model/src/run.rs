@@ -271,6 +271,9 @@ pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result
 }
 
 fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
+    // Clip the divergent tail so the interesting part of the curve stays readable.
+    let first = r.points.first().map_or(1.0, |p| p.2);
+    let cap = |v: f64| v.min(2.0 * first);
     let mut csv = String::from("lr,loss,smoothed_loss\n");
     for (lr, raw, s) in &r.points {
         csv.push_str(&format!("{lr:.6e},{raw:.6},{s:.6}\n"));
@@ -283,8 +286,8 @@ fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
             x_label: "learning rate",
             y_label: "training loss",
             series: vec![
-                Series { name: "loss".into(), points: r.points.iter().map(|p| (p.0, p.1)).collect() },
-                Series { name: "smoothed loss".into(), points: r.points.iter().map(|p| (p.0, p.2)).collect() },
+                Series { name: "loss (clipped)".into(), points: r.points.iter().map(|p| (p.0, cap(p.1))).collect() },
+                Series { name: "smoothed loss".into(), points: r.points.iter().map(|p| (p.0, cap(p.2))).collect() },
             ],
             log_x: true,
             vlines: vec![(r.lr_max, format!("LRMAX {:.2e}", r.lr_max)), (r.lr_min, format!("LRMIN {:.2e}", r.lr_min))],

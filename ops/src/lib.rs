@@ -13,6 +13,7 @@
 //! The optimizer update ([`sgd`]) is not differentiated and sits beside the ops.
 
 pub mod gradcheck;
+pub mod kernels;
 pub mod record;
 
 pub mod add;

@@ -1,0 +1,28 @@
+//! The CUDA C sources of our own kernels (`ptx/*.cu`), embedded in the binary and
+//! compiled to PTX by NVRTC at run time for the device's architecture.
+
+/// (file name, source) of every kernel file in `ptx/`.
+pub const SOURCES: [(&str, &str); 5] = [
+    ("augment.cu", include_str!("../../ptx/augment.cu")),
+    ("cross_entropy.cu", include_str!("../../ptx/cross_entropy.cu")),
+    ("elementwise.cu", include_str!("../../ptx/elementwise.cu")),
+    ("reduce.cu", include_str!("../../ptx/reduce.cu")),
+    ("sgd.cu", include_str!("../../ptx/sgd.cu")),
+];
+
+#[cfg(test)]
+mod tests {
+    /// Every `.cu` file in `ptx/` is embedded (a new kernel file must be added to `SOURCES`).
+    #[test]
+    fn every_kernel_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ptx");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".cu"))
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<String> = super::SOURCES.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(on_disk, embedded);
+    }
+}
