@@ -89,9 +89,9 @@ struct TrainArgs {
     /// Start/end LR of the one-cycle schedule.
     #[arg(long)]
     lr_min: Option<f64>,
-    /// Epoch at whose end the LR peaks.
-    #[arg(long, default_value_t = 5)]
-    peak_epoch: usize,
+    /// Epoch at whose end the LR peaks (default: 5/24 of the run, rounded, at least 1: epoch 5 of 24).
+    #[arg(long)]
+    peak_epoch: Option<usize>,
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f64,
     #[arg(long, default_value_t = 0.9)]
@@ -145,7 +145,7 @@ impl TrainArgs {
             subset: self.subset,
             width: self.width,
             out_scale: self.out_scale,
-            peak_epoch: self.peak_epoch,
+            peak_epoch: self.peak_epoch.unwrap_or(((self.epochs * 5 + 12) / 24).max(1)),
             momentum: self.momentum,
             nesterov: !self.no_nesterov,
             weight_decay: self.weight_decay,

@@ -207,7 +207,13 @@ pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result
         return Err(Error::Invalid(format!("need 0 < LRMIN <= LRMAX, got LRMIN={} LRMAX={}", cfg.lr_min, cfg.lr_max)));
     }
     let schedule = cfg.schedule(&ds.train);
-    log.line(&format!("One-cycle: LRMIN={:.4e} -> LRMAX={:.4e} at the end of epoch {} -> LRMIN at epoch {}", cfg.lr_min, cfg.lr_max, cfg.peak_epoch, cfg.epochs));
+    log.line(&format!(
+        "One-cycle: LRMIN={:.4e} -> LRMAX={:.4e} at the end of epoch {} -> LRMIN at the end of epoch {}",
+        cfg.lr_min,
+        cfg.lr_max,
+        cfg.peak_epoch.min(cfg.epochs),
+        cfg.epochs
+    ));
 
     let start_epoch = rows.len();
     let mut last = None;

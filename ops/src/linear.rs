@@ -109,6 +109,22 @@ mod tests {
     }
 
     #[test]
+    fn f32_agrees_with_f64() {
+        let ps = random_params(&[&[16, 512], &[10, 512], &[10], &[16, 10]], 5);
+        let p32: Vec<Tensor> = ps.iter().map(|t| t.to_dtype(DType::F32)).collect();
+        let y64 = forward(&ps[0], &ps[1], &ps[2]).unwrap();
+        let y32 = forward(&p32[0], &p32[1], &p32[2]).unwrap();
+        // 512-term dot products of O(1) products: f32 error ~ sqrt(512)·6e-8·sqrt(512) ≈ 3e-5.
+        assert!(y32.max_abs_diff(&y64).unwrap() < 2e-4);
+        let g64 = backward(&ps[0], &ps[1], &ps[2], &ps[3]).unwrap();
+        let g32 = backward(&p32[0], &p32[1], &p32[2], &p32[3]).unwrap();
+        // dx sums 10 terms, dw 16, db 16: all well inside 1e-5.
+        for (a, b) in [(&g32.0, &g64.0), (&g32.1, &g64.1), (&g32.2, &g64.2)] {
+            assert!(a.max_abs_diff(b).unwrap() < 1e-5);
+        }
+    }
+
+    #[test]
     fn gradient() {
         let ps = random_params(&[&[3, 6], &[4, 6], &[4]], 2);
         GradCheck::default()

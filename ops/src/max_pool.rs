@@ -38,6 +38,10 @@ pub fn backward(x_shape: &[usize], argmax: &[u32], dy: &Tensor) -> Result<Tensor
     if argmax.len() != dy.numel() {
         return Err(Error::shape("max_pool2d backward", format!("dy has {} elements, argmax {}", dy.numel(), argmax.len())));
     }
+    let numel: usize = x_shape.iter().product();
+    if let Some(&a) = argmax.iter().find(|&&a| a as usize >= numel) {
+        return Err(Error::shape("max_pool2d backward", format!("argmax index {a} is outside the input {x_shape:?}")));
+    }
     match dy.dtype() {
         DType::F32 => backward_cpu::<f32>(x_shape, argmax, dy),
         DType::F64 => backward_cpu::<f64>(x_shape, argmax, dy),
@@ -97,23 +101,52 @@ mod tests {
     use super::*;
     use crate::gradcheck::{GradCheck, random_params};
 
-    #[test]
-    fn forward_takes_window_maxima_and_floors() {
-        let ps = random_params(&[&[2, 3, 9, 8]], 1);
-        let (y, _) = forward(&ps[0], 2).unwrap();
-        assert_eq!(y.shape(), &[2, 3, 4, 4]);
-        let (xv, yv) = (ps[0].to_f64_vec(), y.to_f64_vec());
+    /// The definition as nested loops, on `[N, C, H, W]` = `[2, 3, h, w]`: maxima and their flat indices.
+    fn naive(xv: &[f64], h: usize, w: usize, k: usize) -> (Vec<f64>, Vec<u32>) {
+        let (oh, ow) = (h / k, w / k);
+        let (mut y, mut am) = (Vec::new(), Vec::new());
         for plane in 0..6 {
-            for i in 0..4 {
-                for j in 0..4 {
-                    let want = (0..2)
-                        .flat_map(|p| (0..2).map(move |q| (p, q)))
-                        .map(|(p, q)| xv[plane * 72 + (2 * i + p) * 8 + 2 * j + q])
-                        .fold(f64::MIN, f64::max);
-                    assert_eq!(yv[plane * 16 + i * 4 + j], want);
+            for i in 0..oh {
+                for j in 0..ow {
+                    let (mut best, mut at) = (f64::NEG_INFINITY, 0);
+                    for p in 0..k {
+                        for q in 0..k {
+                            let idx = plane * h * w + (k * i + p) * w + k * j + q;
+                            if xv[idx] > best {
+                                (best, at) = (xv[idx], idx);
+                            }
+                        }
+                    }
+                    y.push(best);
+                    am.push(at as u32);
                 }
             }
         }
+        (y, am)
+    }
+
+    #[test]
+    fn forward_takes_window_maxima_and_floors() {
+        // 9x8 and 11x10 do not divide by k: the last row (and columns) are dropped.
+        for (k, h, w) in [(2, 9, 8), (4, 11, 10)] {
+            let ps = random_params(&[&[2, 3, h, w]], k as u64);
+            let (y, am) = forward(&ps[0], k).unwrap();
+            assert_eq!(y.shape(), &[2, 3, h / k, w / k]);
+            let (want, want_am) = naive(&ps[0].to_f64_vec(), h, w, k);
+            assert_eq!(y.to_f64_vec(), want);
+            assert_eq!(am, want_am);
+        }
+    }
+
+    #[test]
+    fn f32_agrees_with_f64_exactly() {
+        // Rounding to f32 is monotone, so the window maxima are the rounded f64 maxima, exactly
+        // (random normal values have no ties, so the argmax is the same too).
+        let x = random_params(&[&[2, 3, 8, 8]], 5).remove(0);
+        let (y64, am64) = forward(&x, 2).unwrap();
+        let (y32, am32) = forward(&x.to_dtype(DType::F32), 2).unwrap();
+        assert_eq!(y32.to_f32_vec(), y64.to_f32_vec());
+        assert_eq!(am32, am64);
     }
 
     #[test]
@@ -142,5 +175,8 @@ mod tests {
         assert!(forward(&ps[0], 4).is_err());
         assert!(forward(&ps[0], 0).is_err());
         assert!(forward(&ps[1], 2).is_err());
+        let dy = random_params(&[&[1, 1, 1, 1]], 6).remove(0);
+        assert!(backward(&[1, 1, 3, 3], &[9], &dy).is_err());
+        assert!(backward(&[1, 1, 3, 3], &[0, 1], &dy).is_err());
     }
 }

@@ -48,13 +48,30 @@ pub fn step(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdStat
     if state.momentum_buffers.len() != params.len() {
         return Err(Error::Invalid(format!("{} momentum buffers for {} parameters", state.momentum_buffers.len(), params.len())));
     }
+    // Check every gradient and buffer before touching any parameter, so that an error leaves
+    // the model and the optimizer state exactly as they were.
+    for (i, ((p, g), buf)) in params.iter().zip(grads).zip(&state.momentum_buffers).enumerate() {
+        let Some(g) = g else { continue };
+        check_like(p, g, "gradient", i)?;
+        if let (Some(b), true) = (buf, cfg.momentum != 0.0) {
+            check_like(p, b, "momentum buffer", i)?;
+        }
+    }
     for ((p, g), buf) in params.iter_mut().zip(grads).zip(state.momentum_buffers.iter_mut()) {
         let Some(g) = g else { continue };
-        p.expect_same("sgd", g)?;
         match p.dtype() {
             DType::F32 => update::<f32>(p, g, buf, cfg)?,
             DType::F64 => update::<f64>(p, g, buf, cfg)?,
         }
+    }
+    Ok(())
+}
+
+/// An error naming parameter `i` unless `t` (its gradient or buffer) has its shape and dtype.
+fn check_like(p: &Tensor, t: &Tensor, what: &str, i: usize) -> Result<()> {
+    p.expect_same_kind("sgd", t)?;
+    if p.shape() != t.shape() {
+        return Err(Error::shape("sgd", format!("parameter {i} has shape {:?} but its {what} has {:?}", p.shape(), t.shape())));
     }
     Ok(())
 }
@@ -141,5 +158,30 @@ mod tests {
         assert!(step(&mut params, &[], &mut state, &c).is_err());
         let bad = Sgd { dampening: 0.1, ..c };
         assert!(step(&mut params, &[Some(ps[1].clone())], &mut state, &bad).is_err());
+        let bad = Sgd { momentum: 0.0, ..c };
+        assert!(step(&mut params, &[Some(ps[1].clone())], &mut state, &bad).is_err());
+        let bad = Sgd { lr: -0.1, ..c };
+        assert!(step(&mut params, &[Some(ps[1].clone())], &mut state, &bad).is_err());
+        assert!(step(&mut params, &[Some(ps[1].to_dtype(DType::F32))], &mut state, &c).is_err());
+        assert_eq!(params[0].to_f64_vec(), ps[0].to_f64_vec(), "failed steps change nothing");
+    }
+
+    /// A bad gradient for the second parameter, or a momentum buffer of the wrong shape,
+    /// is reported before the first parameter is updated.
+    #[test]
+    fn errors_leave_every_parameter_unchanged() {
+        let ps = random_params(&[&[3], &[2, 2], &[3], &[3, 2]], 2);
+        let c = Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false };
+        let mut params = vec![ps[0].clone(), ps[1].clone()];
+        let mut state = SgdState::default();
+        let err = step(&mut params, &[Some(ps[2].clone()), Some(ps[3].clone())], &mut state, &c).unwrap_err();
+        assert!(err.to_string().contains("parameter 1"), "{err}");
+        assert_eq!(params[0].to_f64_vec(), ps[0].to_f64_vec());
+
+        let mut state = SgdState { momentum_buffers: vec![Some(Tensor::zeros(&[4], DType::F64)), None] };
+        let err = step(&mut params, &[Some(ps[2].clone()), Some(ps[1].clone())], &mut state, &c).unwrap_err();
+        assert!(err.to_string().contains("momentum buffer"), "{err}");
+        assert_eq!(params[0].to_f64_vec(), ps[0].to_f64_vec());
+        assert_eq!(params[1].to_f64_vec(), ps[1].to_f64_vec());
     }
 }
