@@ -1,0 +1,282 @@
+//! Opening, validating and reading the memory-mapped CIFAR-10 binary files.
+
+use crate::{Error, IMAGE_BYTES, RECORD_BYTES, Result};
+use memmap2::Mmap;
+use std::path::{Path, PathBuf};
+
+/// The training files, in order.
+pub const TRAIN_FILES: [&str; 5] = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
+/// The test file.
+pub const TEST_FILE: &str = "test_batch.bin";
+/// Records in the official training split.
+pub const TRAIN_RECORDS: usize = 50_000;
+/// Records in the official test split.
+pub const TEST_RECORDS: usize = 10_000;
+
+/// One split: its memory-mapped files, read in place.
+pub struct Split {
+    maps: Vec<Mmap>,
+    /// Index of the first record of each file, plus the total at the end.
+    starts: Vec<usize>,
+}
+
+/// Both splits of CIFAR-10.
+pub struct Cifar10 {
+    pub train: Split,
+    pub test: Split,
+}
+
+impl Cifar10 {
+    /// Memory-map and validate the six files in `dir`.
+    pub fn open(dir: &Path) -> Result<Cifar10> {
+        check_folder(dir)?;
+        let train = Split::open(dir, &TRAIN_FILES, TRAIN_RECORDS)?;
+        let test = Split::open(dir, &[TEST_FILE], TEST_RECORDS)?;
+        Ok(Cifar10 { train, test })
+    }
+}
+
+/// The folder exists, is not empty, and is not one of the other CIFAR-10 versions.
+fn check_folder(dir: &Path) -> Result<()> {
+    let entries: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let has = |name: &str| entries.iter().any(|e| e == name);
+    let binary_hint = "this program reads the *binary version* (cifar-10-binary.tar.gz: data_batch_1.bin … data_batch_5.bin, test_batch.bin)";
+    if entries.is_empty() {
+        return Err(Error::NotFound(format!("{} is empty; {binary_hint}", dir.display())));
+    }
+    if !has(TRAIN_FILES[0]) && has("data_batch_1") {
+        return Err(Error::NotFound(format!(
+            "{} holds the Python (pickle) version of CIFAR-10 (data_batch_1 without .bin); {binary_hint}",
+            dir.display()
+        )));
+    }
+    if !has(TRAIN_FILES[0]) && has("data_batch_1.mat") {
+        return Err(Error::NotFound(format!("{} holds the MATLAB version of CIFAR-10 (.mat files); {binary_hint}", dir.display())));
+    }
+    Ok(())
+}
+
+/// Map one file and check its size and labels.
+fn map_file(path: &Path) -> Result<Mmap> {
+    let io = |e| Error::Io { path: path.to_path_buf(), source: e };
+    if !path.exists() {
+        return Err(Error::NotFound(format!(
+            "{} is missing: a CIFAR-10 folder holds {}, and {TEST_FILE}",
+            path.display(),
+            TRAIN_FILES.join(", ")
+        )));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only and the dataset files are not modified while the
+    // program runs; a concurrent truncation by another process would be outside Rust's model.
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let corrupt = |msg: String| Error::Corrupt { path: path.to_path_buf(), msg };
+    if map.is_empty() {
+        return Err(corrupt("the file is empty".into()));
+    }
+    if map.len() % RECORD_BYTES != 0 {
+        let whole = map.len() / RECORD_BYTES;
+        return Err(corrupt(format!(
+            "truncated at byte {}: the size is not a multiple of the {RECORD_BYTES}-byte record (record {whole} is incomplete)",
+            map.len()
+        )));
+    }
+    if let Some((r, &label)) = map.chunks_exact(RECORD_BYTES).map(|rec| &rec[0]).enumerate().find(|(_, l)| **l > 9) {
+        return Err(corrupt(format!("label {label} at record {r} (labels are 0-9): not a CIFAR-10 binary file")));
+    }
+    Ok(map)
+}
+
+impl Split {
+    /// Map `files` of `dir` and check that they hold `expected` records in all.
+    pub fn open(dir: &Path, files: &[&str], expected: usize) -> Result<Split> {
+        let mut maps = Vec::new();
+        let mut starts = vec![0];
+        for name in files {
+            let map = map_file(&dir.join(name))?;
+            starts.push(starts.last().copied().unwrap_or(0) + map.len() / RECORD_BYTES);
+            maps.push(map);
+        }
+        let total = *starts.last().unwrap_or(&0);
+        if total != expected {
+            let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+            return Err(Error::Corrupt {
+                path: paths[0].clone(),
+                msg: format!("{} hold {total} records, expected {expected}", files.join(", ")),
+            });
+        }
+        Ok(Split { maps, starts })
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        *self.starts.last().unwrap_or(&0)
+    }
+
+    /// Whether the split has no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole record `i` (label byte + pixels).
+    ///
+    /// # Panics
+    /// If `i >= len()`: indices come from the program's own shuffles, never from input.
+    pub fn record(&self, i: usize) -> &[u8] {
+        assert!(i < self.len(), "record {i} of a split of {}", self.len());
+        let f = self.starts.partition_point(|&s| s <= i) - 1;
+        let off = (i - self.starts[f]) * RECORD_BYTES;
+        &self.maps[f][off..off + RECORD_BYTES]
+    }
+
+    /// The 3072 pixel bytes of image `i`, CHW.
+    pub fn image(&self, i: usize) -> &[u8] {
+        &self.record(i)[1..1 + IMAGE_BYTES]
+    }
+
+    /// The label of record `i`.
+    pub fn label(&self, i: usize) -> u8 {
+        self.record(i)[0]
+    }
+
+    /// The raw bytes of each mapped file, in order (records back to back), for a bulk
+    /// upload to the GPU.
+    pub fn files(&self) -> impl Iterator<Item = &[u8]> {
+        self.maps.iter().map(|m| &m[..])
+    }
+}
+
+/// Number of records of each class.
+pub fn class_counts(split: &Split) -> [usize; 10] {
+    let mut counts = [0; 10];
+    for bytes in split.files() {
+        for rec in bytes.chunks_exact(RECORD_BYTES) {
+            counts[rec[0] as usize] += 1;
+        }
+    }
+    counts
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The real files: `$CIFAR10_DIR`, else `../shared/cifar10` beside the checkout.
+    pub(crate) fn real_dir() -> PathBuf {
+        let dir = std::env::var_os("CIFAR10_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cifar10"));
+        assert!(dir.join("test_batch.bin").exists(), "CIFAR-10 not found in {} (set CIFAR10_DIR)", dir.display());
+        dir
+    }
+
+    /// `n` synthetic records with random pixels and labels `i % 10`.
+    fn records(n: usize, seed: u8) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n * RECORD_BYTES);
+        let mut x = seed as u32 * 2654435761 + 1;
+        for i in 0..n {
+            v.push((i % 10) as u8);
+            for _ in 0..IMAGE_BYTES {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                v.push((x >> 24) as u8);
+            }
+        }
+        v
+    }
+
+    /// A folder of the six files with `n` records each.
+    fn synthetic(n: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, f) in TRAIN_FILES.iter().chain([&TEST_FILE]).enumerate() {
+            std::fs::write(dir.path().join(f), records(n, i as u8)).unwrap();
+        }
+        dir
+    }
+
+    fn open_err(dir: &Path) -> String {
+        match Cifar10::open(dir) {
+            Ok(_) => panic!("{} opened although it is bad", dir.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_real_files_open_with_the_official_counts() {
+        let ds = Cifar10::open(&real_dir()).unwrap();
+        assert_eq!((ds.train.len(), ds.test.len()), (50_000, 10_000));
+        assert_eq!(class_counts(&ds.train), [5000; 10]);
+        assert_eq!(class_counts(&ds.test), [1000; 10]);
+        // Record 10,000 is the first of data_batch_2.bin.
+        let f2 = std::fs::read(real_dir().join("data_batch_2.bin")).unwrap();
+        assert_eq!(ds.train.record(10_000), &f2[..RECORD_BYTES]);
+        assert_eq!(ds.train.image(10_001), &f2[RECORD_BYTES + 1..2 * RECORD_BYTES]);
+        assert_eq!(ds.train.label(10_001), f2[RECORD_BYTES]);
+        assert_eq!(ds.train.files().map(|f| f.len()).sum::<usize>(), 50_000 * RECORD_BYTES);
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let dir = synthetic(2);
+        std::fs::remove_file(dir.path().join("data_batch_3.bin")).unwrap();
+        let e = open_err(dir.path());
+        assert!(e.contains("data_batch_3.bin is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_truncated_file_says_where() {
+        let dir = synthetic(2);
+        let p = dir.path().join("data_batch_2.bin");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..RECORD_BYTES + 100]).unwrap();
+        let e = open_err(dir.path());
+        assert!(e.contains("data_batch_2.bin") && e.contains("truncated at byte 3173"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_label_names_the_record() {
+        let dir = synthetic(3);
+        let p = dir.path().join("data_batch_4.bin");
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[2 * RECORD_BYTES] = 12;
+        std::fs::write(&p, bytes).unwrap();
+        let e = open_err(dir.path());
+        assert!(e.contains("data_batch_4.bin") && e.contains("label 12 at record 2"), "{e}");
+    }
+
+    #[test]
+    fn wrong_record_counts_are_reported() {
+        let dir = synthetic(3);
+        let e = open_err(dir.path());
+        assert!(e.contains("hold 15 records, expected 50000"), "{e}");
+    }
+
+    #[test]
+    fn empty_python_and_matlab_folders_are_recognised() {
+        let empty = tempfile::tempdir().unwrap();
+        assert!(open_err(empty.path()).contains("is empty"));
+        let py = tempfile::tempdir().unwrap();
+        for f in ["data_batch_1", "data_batch_2", "batches.meta", "test_batch"] {
+            std::fs::write(py.path().join(f), b"\x80\x02}q\x00.").unwrap();
+        }
+        assert!(open_err(py.path()).contains("Python"));
+        let mat = tempfile::tempdir().unwrap();
+        for f in ["data_batch_1.mat", "test_batch.mat"] {
+            std::fs::write(mat.path().join(f), b"MATLAB 5.0 MAT-file").unwrap();
+        }
+        assert!(open_err(mat.path()).contains("MATLAB"));
+        let missing = empty.path().join("nope");
+        assert!(open_err(&missing).contains("nope"));
+    }
+
+    #[test]
+    fn an_empty_file_is_an_error() {
+        let dir = synthetic(1);
+        std::fs::write(dir.path().join("data_batch_5.bin"), b"").unwrap();
+        assert!(open_err(dir.path()).contains("data_batch_5.bin: the file is empty"));
+    }
+}

@@ -1,0 +1,175 @@
+//! Where the dataset is, and how to get it.
+
+use crate::{Error, Result};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The official archive of the binary version.
+pub const URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+/// Its MD5, as published on the CIFAR-10 page.
+pub const MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
+/// The default folder, relative to the working directory.
+pub const DEFAULT_DIR: &str = "data/cifar-10-batches-bin";
+
+fn holds_dataset(dir: &Path) -> bool {
+    dir.join("data_batch_1.bin").is_file()
+}
+
+/// The folder to read: `flag` (`--data`) if given, else `$CIFAR10_DIR`, else
+/// `./data/cifar-10-batches-bin`. A folder given explicitly is returned as is (opening it
+/// then says what is wrong with it); otherwise the error says where it looked and what to do.
+pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = flag {
+        return Ok(dir.to_path_buf());
+    }
+    if let Some(dir) = std::env::var_os("CIFAR10_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let default = PathBuf::from(DEFAULT_DIR);
+    if holds_dataset(&default) {
+        return Ok(default);
+    }
+    Err(Error::NotFound(format!(
+        "CIFAR-10 not found: no --data, no CIFAR10_DIR, and {} does not hold data_batch_1.bin. \
+         Rerun with --download, or download {URL} (MD5 {MD5}) and extract it in ./data/ \
+         so that the files are in {}/ (or pass --data DIR)",
+        default.display(),
+        default.display()
+    )))
+}
+
+/// Download the official archive into `into` (e.g. `./data`), check its MD5, extract it,
+/// and return the folder of the binary files (`into/cifar-10-batches-bin`).
+pub fn download(into: &Path) -> Result<PathBuf> {
+    download_from(URL, MD5, into)
+}
+
+/// [`download`] from any URL with any expected MD5 (tests point it at unreachable addresses).
+pub fn download_from(url: &str, md5: &str, into: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(into).map_err(|e| Error::Io { path: into.to_path_buf(), source: e })?;
+    let archive = into.join("cifar-10-binary.tar.gz");
+    let part = into.join("cifar-10-binary.tar.gz.part");
+    let what_to_do = format!(
+        "download {URL} (MD5 {MD5}) by hand and extract it in {} so that the files are in {}",
+        into.display(),
+        into.join("cifar-10-batches-bin").display()
+    );
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().timeout_connect(Some(std::time::Duration::from_secs(20))).build(),
+    );
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| Error::Download(format!("could not reach {url}: {e}. Without network access, {what_to_do}")))?;
+    let total = response.body().content_length();
+    let mut reader = response.into_body().into_reader();
+    let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}") {
+        bar.set_style(style);
+    }
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| Error::Io { path: p, source: e }
+    };
+    let mut out = std::fs::File::create(&part).map_err(io(&part))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::Download(format!("the download of {url} broke off: {e}. Rerun, or {what_to_do}")))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io(&part))?;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    out.sync_all().map_err(io(&part))?;
+    drop(out);
+    let result = verify_and_extract(&part, md5, into);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+        return result;
+    }
+    std::fs::rename(&part, &archive).map_err(io(&archive))?;
+    result
+}
+
+/// MD5 of a file, lowercase hex.
+pub fn md5_hex(path: &Path) -> Result<String> {
+    use md5::{Digest, Md5};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    let mut h = Md5::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Check `archive`'s MD5 against `md5`, then unpack it (a .tar.gz) into `into`.
+/// Returns `into/cifar-10-batches-bin`.
+pub fn verify_and_extract(archive: &Path, md5: &str, into: &Path) -> Result<PathBuf> {
+    let got = md5_hex(archive)?;
+    if got != md5 {
+        return Err(Error::Corrupt {
+            path: archive.to_path_buf(),
+            msg: format!("MD5 is {got}, expected {md5}: the download is damaged; delete it and retry"),
+        });
+    }
+    let f = std::fs::File::open(archive).map_err(|e| Error::Io { path: archive.to_path_buf(), source: e })?;
+    tar::Archive::new(flate2::read::GzDecoder::new(f))
+        .unpack(into)
+        .map_err(|e| Error::Corrupt { path: archive.to_path_buf(), msg: format!("could not extract: {e}") })?;
+    Ok(into.join("cifar-10-batches-bin"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_gz(dir: &Path) -> PathBuf {
+        let path = dir.join("a.tar.gz");
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+        let mut t = tar::Builder::new(gz);
+        let data = b"\x03hello";
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, "cifar-10-batches-bin/data_batch_1.bin", &data[..]).unwrap();
+        t.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn checksum_then_extract() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tar_gz(dir.path());
+        let sum = md5_hex(&a).unwrap();
+        assert_eq!(sum.len(), 32);
+        let bad = verify_and_extract(&a, "00000000000000000000000000000000", dir.path()).unwrap_err().to_string();
+        assert!(bad.contains("MD5"), "{bad}");
+        assert!(!dir.path().join("cifar-10-batches-bin").exists());
+        let out = verify_and_extract(&a, &sum, dir.path()).unwrap();
+        assert_eq!(std::fs::read(out.join("data_batch_1.bin")).unwrap(), b"\x03hello");
+    }
+
+    #[test]
+    fn md5_of_known_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(md5_hex(&p).unwrap(), "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    #[test]
+    fn unreachable_network_says_what_to_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = download_from("http://127.0.0.1:9/cifar.tar.gz", MD5, dir.path()).unwrap_err().to_string();
+        assert!(e.contains(URL) && e.contains(MD5) && e.contains("cifar-10-batches-bin"), "{e}");
+        assert!(!dir.path().join("cifar-10-binary.tar.gz").exists());
+    }
+
+    #[test]
+    fn an_explicit_folder_wins() {
+        assert_eq!(locate(Some(Path::new("/some/where"))).unwrap(), PathBuf::from("/some/where"));
+    }
+}
