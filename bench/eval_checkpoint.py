@@ -1,0 +1,54 @@
+"""Load one of our checkpoints into the PyTorch ResNet-9 (bench/resnet9.py) and evaluate it on the
+CIFAR-10 test set, independently of our engine: the state_dict must load with strict=True (same names,
+shapes, dtypes) and the accuracy must equal the one our run printed.
+
+    python3 bench/eval_checkpoint.py runs/run-1/model.safetensors --width 0.25 --data DIR
+
+Prints one JSON line. Runs on the GPU when there is one, else on the CPU.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resnet9 import ResNet9  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoint")
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--out-scale", type=float, default=1.0)
+    ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data/cifar-10-batches-bin"))
+    args = ap.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train = np.concatenate([np.fromfile(os.path.join(args.data, f"data_batch_{i}.bin"), np.uint8).reshape(-1, 3073)
+                            for i in range(1, 6)])
+    test = np.fromfile(os.path.join(args.data, "test_batch.bin"), np.uint8).reshape(-1, 3073)
+    # Same normalisation as the engine: per-channel mean and population std of the training pixels.
+    px = train[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0
+    mean = torch.tensor(px.mean(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(px.std(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
+    model = ResNet9(width=args.width, out_scale=args.out_scale)
+    model.load_state_dict(load_file(args.checkpoint), strict=True)
+    model = model.to(dev).eval()
+    x = (torch.from_numpy(test[:, 1:].reshape(-1, 3, 32, 32).copy()).float() / 255.0 - mean) / std
+    y = torch.from_numpy(test[:, 0].astype(np.int64))
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for i in range(0, len(y), 1000):
+            out = model(x[i:i + 1000].to(dev)).cpu()
+            loss += F.cross_entropy(out, y[i:i + 1000], reduction="sum").item()
+            correct += (out.argmax(1) == y[i:i + 1000]).sum().item()
+    print(json.dumps({"checkpoint": args.checkpoint, "device": str(dev), "torch": torch.__version__,
+                      "test_loss": loss / len(y), "correct": correct, "accuracy": 100.0 * correct / len(y)}))
+
+
+if __name__ == "__main__":
+    main()
