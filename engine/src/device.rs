@@ -13,38 +13,7 @@ pub enum Device {
     Cuda(Arc<CudaDevice>),
 }
 
-/// A CUDA GPU: its context and the one stream all work is queued on.
-pub struct CudaDevice {
-    ordinal: usize,
-    name: String,
-    pub(crate) ctx: Arc<cudarc::driver::CudaContext>,
-    pub(crate) stream: Arc<cudarc::driver::CudaStream>,
-}
-
-impl fmt::Debug for CudaDevice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CudaDevice({}, {:?})", self.ordinal, self.name)
-    }
-}
-
-impl CudaDevice {
-    /// The device's index as the driver numbers it.
-    pub fn ordinal(&self) -> usize {
-        self.ordinal
-    }
-    /// The device's marketing name, e.g. "NVIDIA H100 80GB HBM3".
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    /// The CUDA context.
-    pub fn context(&self) -> &Arc<cudarc::driver::CudaContext> {
-        &self.ctx
-    }
-    /// The stream all of this device's work is queued on.
-    pub fn stream(&self) -> &Arc<cudarc::driver::CudaStream> {
-        &self.stream
-    }
-}
+pub use crate::cuda::CudaDevice;
 
 /// The shared libraries the CUDA path needs, with the file a user would look for.
 /// Each probe only tries to `dlopen` the library: it never panics (the plain
@@ -92,11 +61,7 @@ impl Device {
                 "CUDA device {ordinal} requested but the driver reports {count} device(s)"
             )));
         }
-        let ctx = cudarc::driver::CudaContext::new(ordinal)
-            .map_err(|e| Error::CudaUnavailable(format!("could not create a context on device {ordinal}: {e}")))?;
-        let name = ctx.name().map_err(|e| Error::Cuda { op: "device name", msg: e.to_string() })?;
-        let stream = ctx.default_stream();
-        Ok(Device::Cuda(Arc::new(CudaDevice { ordinal, name, ctx, stream })))
+        Ok(Device::Cuda(Arc::new(CudaDevice::open(ordinal)?)))
     }
 
     /// The first CUDA GPU if one is usable, else the CPU, with the reason the GPU was not taken.
@@ -117,7 +82,7 @@ impl PartialEq for Device {
     fn eq(&self, other: &Device) -> bool {
         match (self, other) {
             (Device::Cpu, Device::Cpu) => true,
-            (Device::Cuda(a), Device::Cuda(b)) => a.ordinal == b.ordinal,
+            (Device::Cuda(a), Device::Cuda(b)) => a.ordinal() == b.ordinal(),
             _ => false,
         }
     }
@@ -127,7 +92,7 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
-            Device::Cuda(d) => write!(f, "cuda:{} ({})", d.ordinal, d.name),
+            Device::Cuda(d) => write!(f, "cuda:{} ({})", d.ordinal(), d.name()),
         }
     }
 }

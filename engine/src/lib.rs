@@ -4,6 +4,7 @@
 //! crate, which records them on a [`Tape`] and supplies their backward rules
 //! through the [`Backward`] trait.
 
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod float;

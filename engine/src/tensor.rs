@@ -3,8 +3,11 @@
 //! Layout is always contiguous row-major ("C order"): for shape `[N, C, H, W]`
 //! element `(n, c, h, w)` sits at `((n * C + c) * H + h) * W + w`.
 
+use crate::cuda::CudaDevice;
 use crate::{Device, Error, Float, Result};
+use cudarc::driver::CudaSlice;
 use rand::Rng;
+use std::sync::Arc;
 use rand_distr::{Distribution, StandardNormal};
 
 /// Element type of a tensor.
@@ -14,12 +17,31 @@ pub enum DType {
     F64,
 }
 
-/// The elements of a tensor, owned, on the host.
+/// The elements of a tensor, owned: on the host (f32 or f64) or on a CUDA device (f32).
 #[derive(Clone, Debug)]
 pub enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    Cuda(CudaBuffer),
 }
+
+/// f32 elements in device memory, with the device that holds them.
+#[derive(Debug)]
+pub struct CudaBuffer {
+    pub buf: CudaSlice<f32>,
+    pub dev: Arc<CudaDevice>,
+}
+
+impl Clone for CudaBuffer {
+    /// A device-to-device copy. Panics only if the driver fails the copy (a lost
+    /// context), where nothing else on the device would work either.
+    fn clone(&self) -> Self {
+        CudaBuffer { buf: self.buf.clone(), dev: self.dev.clone() }
+    }
+}
+
+/// The accumulation kernel (`a += b`), shared with the ops crate's elementwise kernels.
+const ELEMENTWISE_CU: &str = include_str!("../../ptx/elementwise.cu");
 
 /// A contiguous row-major array with a shape.
 #[derive(Clone, Debug)]
@@ -92,14 +114,56 @@ impl Tensor {
     /// Element type.
     pub fn dtype(&self) -> DType {
         match self.storage {
-            Storage::F32(_) => DType::F32,
+            Storage::F32(_) | Storage::Cuda(_) => DType::F32,
             Storage::F64(_) => DType::F64,
         }
     }
 
     /// The device that holds the elements.
     pub fn device(&self) -> Device {
-        Device::Cpu
+        match &self.storage {
+            Storage::Cuda(b) => Device::Cuda(b.dev.clone()),
+            _ => Device::Cpu,
+        }
+    }
+
+    /// A tensor over an existing device buffer of `shape`'s element count.
+    pub fn from_cuda(shape: &[usize], buf: CudaSlice<f32>, dev: Arc<CudaDevice>) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if numel != buf.len() {
+            return Err(Error::shape("Tensor::from_cuda", format!("shape {shape:?} holds {numel} elements, the buffer {}", buf.len())));
+        }
+        Ok(Tensor { shape: shape.to_vec(), storage: Storage::Cuda(CudaBuffer { buf, dev }) })
+    }
+
+    /// The same elements on `device` (a copy; f64 tensors go to CUDA as f32).
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        match (&self.storage, device) {
+            (Storage::Cuda(b), Device::Cpu) => Tensor::new(&self.shape, b.dev.download(&b.buf)?),
+            (Storage::Cuda(b), Device::Cuda(d)) if Arc::ptr_eq(&b.dev, d) => Ok(self.clone()),
+            (Storage::Cuda(_), Device::Cuda(d)) => self.to_device(&Device::Cpu)?.to_device(&Device::Cuda(d.clone())),
+            (_, Device::Cpu) => Ok(self.clone()),
+            (_, Device::Cuda(d)) => {
+                let host = self.to_f32_vec();
+                Tensor::from_cuda(&self.shape, d.upload(&host)?, d.clone())
+            }
+        }
+    }
+
+    /// The device buffer of a CUDA tensor.
+    pub fn cuda_buffer(&self) -> Result<&CudaBuffer> {
+        match &self.storage {
+            Storage::Cuda(b) => Ok(b),
+            _ => Err(Error::Device { op: "Tensor::cuda_buffer", a: "cpu".into(), b: "cuda".into() }),
+        }
+    }
+
+    /// The device buffer of a CUDA tensor, mutably.
+    pub fn cuda_buffer_mut(&mut self) -> Result<&mut CudaBuffer> {
+        match &mut self.storage {
+            Storage::Cuda(b) => Ok(b),
+            _ => Err(Error::Device { op: "Tensor::cuda_buffer_mut", a: "cpu".into(), b: "cuda".into() }),
+        }
     }
 
     /// The underlying storage.
@@ -109,28 +173,42 @@ impl Tensor {
 
     /// The elements as a slice of `T`; an error if the dtype is not `T`.
     pub fn as_slice<T: Float>(&self) -> Result<&[T]> {
+        self.expect_host("Tensor::as_slice")?;
         T::slice(&self.storage).ok_or(Error::DType { op: "Tensor::as_slice", a: self.dtype(), b: T::DTYPE })
     }
 
     /// The elements as a mutable slice of `T`; an error if the dtype is not `T`.
     pub fn as_mut_slice<T: Float>(&mut self) -> Result<&mut [T]> {
+        self.expect_host("Tensor::as_mut_slice")?;
         let dtype = self.dtype();
         T::slice_mut(&mut self.storage).ok_or(Error::DType { op: "Tensor::as_mut_slice", a: dtype, b: T::DTYPE })
     }
 
+    /// An error unless the elements are on the host (CPU reference code reads them directly).
+    fn expect_host(&self, op: &'static str) -> Result<()> {
+        match &self.storage {
+            Storage::Cuda(b) => Err(Error::Unsupported { op, device: format!("cuda:{} ({})", b.dev.ordinal(), b.dev.name()) }),
+            _ => Ok(()),
+        }
+    }
+
     /// A host copy of the elements widened to f64 (for tests, logs and checkpoints).
+    /// For a CUDA tensor this waits for the stream and copies; it panics only if the
+    /// driver fails the copy (a lost context). Library code uses [`Tensor::to_device`].
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.storage {
             Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Storage::F64(v) => v.clone(),
+            Storage::Cuda(_) => self.to_f32_vec().into_iter().map(|x| x as f64).collect(),
         }
     }
 
-    /// A host copy of the elements as f32.
+    /// A host copy of the elements as f32 (see [`Tensor::to_f64_vec`] for CUDA tensors).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match &self.storage {
             Storage::F32(v) => v.clone(),
             Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::Cuda(b) => b.dev.download(&b.buf).unwrap_or_else(|e| panic!("copying a CUDA tensor to the host: {e}")),
         }
     }
 
@@ -168,7 +246,8 @@ impl Tensor {
         match (&mut self.storage, &other.storage) {
             (Storage::F32(a), Storage::F32(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
             (Storage::F64(a), Storage::F64(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
-            _ => unreachable!("dtypes checked above"),
+            (Storage::Cuda(a), Storage::Cuda(b)) => cuda_accumulate(a, b)?,
+            _ => unreachable!("dtypes and devices checked above"),
         }
         Ok(())
     }
@@ -209,6 +288,20 @@ impl Tensor {
         let (a, b) = (self.to_f64_vec(), other.to_f64_vec());
         Ok(a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max))
     }
+}
+
+/// `a += b` on the device with the `accumulate` kernel of `ptx/elementwise.cu`.
+fn cuda_accumulate(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let f = a.dev.function("elementwise.cu", ELEMENTWISE_CU, "accumulate")?;
+    let n = a.buf.len() as u32;
+    let stream = a.dev.stream().clone();
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&mut a.buf).arg(&b.buf).arg(&n);
+    // SAFETY: `accumulate(float* a, const float* b, unsigned int n)` reads and writes
+    // n elements of buffers that both hold n (shapes checked by the caller).
+    unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.map_err(crate::cuda::driver_err("accumulate"))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,52 @@
+//! Device memory on a real GPU. Run with `cargo test --release -- --ignored` on a machine
+//! with CUDA (libcuda, libcublas, libcudnn and libnvrtc on LD_LIBRARY_PATH).
+
+use engine::{DType, Device, Tensor};
+use rand::SeedableRng;
+
+fn gpu() -> Device {
+    Device::cuda(0).unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"))
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn upload_and_download_round_trip_exactly() {
+    let dev = gpu();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let t = Tensor::randn(&[3, 5, 7], DType::F32, 1.0, &mut rng);
+    let d = t.to_device(&dev).unwrap();
+    assert_eq!(d.device(), dev);
+    assert_eq!(d.shape(), t.shape());
+    let back = d.to_device(&Device::Cpu).unwrap();
+    assert_eq!(back.to_f32_vec(), t.to_f32_vec());
+    // Host-only accessors refuse device tensors with an error, not a panic.
+    assert!(d.as_slice::<f32>().is_err());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn accumulate_on_the_device_equals_the_host() {
+    let dev = gpu();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let a = Tensor::randn(&[1000, 37], DType::F32, 1.0, &mut rng);
+    let b = Tensor::randn(&[1000, 37], DType::F32, 1.0, &mut rng);
+    let mut host = a.clone();
+    host.add_assign(&b).unwrap();
+    let mut da = a.to_device(&dev).unwrap();
+    da.add_assign(&b.to_device(&dev).unwrap()).unwrap();
+    // One f32 addition per element on both sides: bit-identical.
+    assert_eq!(da.to_f32_vec(), host.to_f32_vec());
+    // Mixing devices is an error.
+    assert!(da.add_assign(&b).is_err());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn allocations_are_counted_and_the_architecture_is_known() {
+    let Device::Cuda(d) = gpu() else { unreachable!() };
+    let before = d.allocation_count();
+    let _buf = d.alloc_zeros(1 << 20).unwrap();
+    assert_eq!(d.allocation_count(), before + 1);
+    assert!(d.arch().starts_with("sm_"), "{}", d.arch());
+    eprintln!("{} ({}), {}", d.name(), d.arch(), Device::Cuda(d.clone()));
+}
