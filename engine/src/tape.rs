@@ -125,7 +125,7 @@ impl<R: Backward> Tape<'_, R> {
         if value.numel() != 1 {
             return Err(Error::shape("Tape::backward", format!("the loss must be a scalar, got shape {:?}", value.shape())));
         }
-        let seed = Tensor::full(value.shape(), value.dtype(), 1.0);
+        let seed = Tensor::full(value.shape(), value.dtype(), 1.0).to_device(&value.device())?;
         self.backward_with(loss, seed)
     }
 

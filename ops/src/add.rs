@@ -14,6 +14,9 @@ pub fn add(g: &mut Graph<'_>, a: Var, b: Var) -> Result<Var> {
 /// `y = a + b`.
 pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.expect_same("add", b)?;
+    if a.device().is_cuda() {
+        return forward_cuda(a, b);
+    }
     match a.dtype() {
         DType::F32 => forward_cpu::<f32>(a, b),
         DType::F64 => forward_cpu::<f64>(a, b),
@@ -23,6 +26,19 @@ pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 fn forward_cpu<T: Float>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (av, bv) = (a.as_slice::<T>()?, b.as_slice::<T>()?);
     Tensor::new(a.shape(), av.iter().zip(bv).map(|(&x, &y)| x + y).collect())
+}
+
+/// `add` of `ptx/elementwise.cu`: one thread per element.
+fn forward_cuda(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
+    let n = crate::cuda::count(a.numel())?;
+    let (dev, mut y) = crate::cuda::output_like(a)?;
+    let f = crate::cuda::function(&dev, "elementwise.cu", "add")?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&a.cuda_buffer()?.buf).arg(&b.cuda_buffer()?.buf).arg(&mut y).arg(&n);
+    // SAFETY: add(const float* a, const float* b, float* y, unsigned n); all hold n (shapes checked).
+    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("add"))?;
+    Tensor::from_cuda(a.shape(), y, dev)
 }
 
 /// Add's record: its two input nodes.

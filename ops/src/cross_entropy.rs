@@ -15,8 +15,17 @@ use engine::Error;
 /// Record the mean softmax cross-entropy of logits `[N, K]` against `labels` (N values in 0..K),
 /// with label smoothing `s` (target = (1 − s)·onehot + s/K). Output: a scalar `[1]`.
 pub fn softmax_cross_entropy(g: &mut Graph<'_>, logits: Var, labels: &[u32], label_smoothing: f64) -> Result<Var> {
-    let (loss, probs) = forward(g.value(logits), labels, label_smoothing)?;
-    let rec = CrossEntropyRecord { logits, labels: labels.to_vec(), smoothing: label_smoothing, probs };
+    let z = g.value(logits);
+    let (loss, saved) = if z.device().is_cuda() {
+        check(z, labels, label_smoothing)?;
+        let dev = z.cuda_buffer()?.dev.clone();
+        let labels_dev = dev.upload(labels)?;
+        (forward_cuda(z, &labels_dev, label_smoothing)?, Saved::DeviceLabels(labels_dev))
+    } else {
+        let (loss, probs) = forward(z, labels, label_smoothing)?;
+        (loss, Saved::Probs(probs))
+    };
+    let rec = CrossEntropyRecord { logits, labels: labels.to_vec(), smoothing: label_smoothing, saved };
     Ok(g.push(loss, crate::Op::SoftmaxCrossEntropy(rec), &[logits]))
 }
 
@@ -87,17 +96,70 @@ fn backward_cpu<T: Float>(probs: &Tensor, labels: &[u32], s: f64, dl: f64, (n, k
     Tensor::new(&[n, k], dz)
 }
 
-/// The loss's record: the logits node, the labels, the smoothing and the softmax probabilities.
+/// Per-row losses with `cross_entropy_forward` (one thread per row), then their mean
+/// with the one-block `sum_reduce` (scale 1/N). Both of `ptx/`.
+fn forward_cuda(z: &Tensor, labels: &cudarc::driver::CudaSlice<u32>, s: f64) -> Result<Tensor> {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let (n, k) = (crate::cuda::count(z.shape()[0])?, crate::cuda::count(z.shape()[1])?);
+    let zb = z.cuda_buffer()?;
+    let dev = zb.dev.clone();
+    let mut rows = dev.alloc_zeros(n as usize)?;
+    let mut loss = dev.alloc_zeros(1)?;
+    let smoothing = s as f32;
+    let f = crate::cuda::function(&dev, "cross_entropy.cu", "cross_entropy_forward")?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&zb.buf).arg(labels).arg(&mut rows).arg(&n).arg(&k).arg(&smoothing);
+    // SAFETY: cross_entropy_forward(logits [n,k], labels [n], loss [n], n, k, smoothing); sizes as allocated/checked.
+    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_forward"))?;
+    let (scale, overwrite) = (1.0f32 / n as f32, 0i32);
+    let f = crate::cuda::function(&dev, "reduce.cu", "sum_reduce")?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&rows).arg(&mut loss).arg(&n).arg(&scale).arg(&overwrite);
+    let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: sum_reduce(x [n], out [1], n, scale, accumulate) must run as one block, as configured.
+    unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("sum_reduce"))?;
+    Tensor::from_cuda(&[1], loss, dev)
+}
+
+/// `cross_entropy_backward` of `ptx/` (one thread per row): `dz = (softmax(z) − q)·dL/N`,
+/// the softmax recomputed from the logits.
+fn backward_cuda(z: &Tensor, labels: &cudarc::driver::CudaSlice<u32>, s: f64, dloss: &Tensor) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
+    let (n, k) = (crate::cuda::count(z.shape()[0])?, crate::cuda::count(z.shape()[1])?);
+    // dL is one float on the device: read it (a sync; it is 1 at the end of the tape).
+    let scale = (dloss.to_device(&crate::Device::Cpu)?.scalar()? / n as f64) as f32;
+    let smoothing = s as f32;
+    let (dev, mut dz) = crate::cuda::output_like(z)?;
+    let f = crate::cuda::function(&dev, "cross_entropy.cu", "cross_entropy_backward")?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&z.cuda_buffer()?.buf).arg(labels).arg(&mut dz).arg(&n).arg(&k).arg(&smoothing).arg(&scale);
+    // SAFETY: cross_entropy_backward(logits [n,k], labels [n], dlogits [n,k], n, k, smoothing, scale).
+    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_backward"))?;
+    Tensor::from_cuda(z.shape(), dz, dev)
+}
+
+/// What the backward keeps: the softmax probabilities (CPU), or the labels already on the
+/// device (CUDA, where the kernel recomputes the softmax from the logits).
+enum Saved {
+    Probs(Tensor),
+    DeviceLabels(cudarc::driver::CudaSlice<u32>),
+}
+
+/// The loss's record: the logits node, the labels, the smoothing and what the backward needs.
 pub struct CrossEntropyRecord {
     logits: Var,
     labels: Vec<u32>,
     smoothing: f64,
-    probs: Tensor,
+    saved: Saved,
 }
 
 impl CrossEntropyRecord {
-    pub(crate) fn backward(&self, _g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        grads.accumulate(self.logits, backward(&self.probs, &self.labels, self.smoothing, dy)?)
+    pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let dz = match &self.saved {
+            Saved::Probs(p) => backward(p, &self.labels, self.smoothing, dy)?,
+            Saved::DeviceLabels(l) => backward_cuda(g.value(self.logits), l, self.smoothing, dy)?,
+        };
+        grads.accumulate(self.logits, dz)
     }
 }
 

@@ -12,6 +12,7 @@
 //!
 //! The optimizer update ([`sgd`]) is not differentiated and sits beside the ops.
 
+mod cuda;
 pub mod gradcheck;
 pub mod kernels;
 pub mod record;

@@ -18,6 +18,9 @@ pub fn relu(g: &mut Graph<'_>, x: Var) -> Result<Var> {
 
 /// `y = max(x, 0)`.
 pub fn forward(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cuda() {
+        return forward_cuda(x);
+    }
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x),
         DType::F64 => forward_cpu::<f64>(x),
@@ -27,6 +30,9 @@ pub fn forward(x: &Tensor) -> Result<Tensor> {
 /// `dx = dy · [y > 0]`.
 pub fn backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     y.expect_same("relu backward", dy)?;
+    if y.device().is_cuda() {
+        return backward_cuda(y, dy);
+    }
     match y.dtype() {
         DType::F32 => backward_cpu::<f32>(y, dy),
         DType::F64 => backward_cpu::<f64>(y, dy),
@@ -41,6 +47,32 @@ fn forward_cpu<T: Float>(x: &Tensor) -> Result<Tensor> {
 fn backward_cpu<T: Float>(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let (ys, dys) = (y.as_slice::<T>()?, dy.as_slice::<T>()?);
     Tensor::new(y.shape(), ys.iter().zip(dys).map(|(&y, &d)| if y > T::zero() { d } else { T::zero() }).collect())
+}
+
+/// `relu_forward` of `ptx/elementwise.cu`: one thread per element.
+fn forward_cuda(x: &Tensor) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
+    let n = crate::cuda::count(x.numel())?;
+    let (dev, mut y) = crate::cuda::output_like(x)?;
+    let f = crate::cuda::function(&dev, "elementwise.cu", "relu_forward")?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&x.cuda_buffer()?.buf).arg(&mut y).arg(&n);
+    // SAFETY: relu_forward(const float* x, float* y, unsigned n) touches n elements of each; both hold n.
+    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_forward"))?;
+    Tensor::from_cuda(x.shape(), y, dev)
+}
+
+/// `relu_backward` of `ptx/elementwise.cu`: one thread per element.
+fn backward_cuda(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
+    let n = crate::cuda::count(y.numel())?;
+    let (dev, mut dx) = crate::cuda::output_like(y)?;
+    let f = crate::cuda::function(&dev, "elementwise.cu", "relu_backward")?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&y.cuda_buffer()?.buf).arg(&dy.cuda_buffer()?.buf).arg(&mut dx).arg(&n);
+    // SAFETY: relu_backward(const float* y, const float* dy, float* dx, unsigned n); all hold n (shapes checked).
+    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_backward"))?;
+    Tensor::from_cuda(y.shape(), dx, dev)
 }
 
 /// What ReLU's backward needs: its input node (for the gradient) — the output is the record's own node.

@@ -12,6 +12,9 @@ pub fn scale(g: &mut Graph<'_>, x: Var, alpha: f64) -> Result<Var> {
 
 /// `y = α·x`.
 pub fn forward(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    if x.device().is_cuda() {
+        return forward_cuda(x, alpha);
+    }
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, alpha),
         DType::F64 => forward_cpu::<f64>(x, alpha),
@@ -21,6 +24,20 @@ pub fn forward(x: &Tensor, alpha: f64) -> Result<Tensor> {
 fn forward_cpu<T: Float>(x: &Tensor, alpha: f64) -> Result<Tensor> {
     let a = T::of(alpha);
     Tensor::new(x.shape(), x.as_slice::<T>()?.iter().map(|&v| a * v).collect())
+}
+
+/// `scale` of `ptx/elementwise.cu`: one thread per element, `y = alpha·x` in f32.
+fn forward_cuda(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
+    let n = crate::cuda::count(x.numel())?;
+    let alpha = alpha as f32;
+    let (dev, mut y) = crate::cuda::output_like(x)?;
+    let f = crate::cuda::function(&dev, "elementwise.cu", "scale")?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&x.cuda_buffer()?.buf).arg(&mut y).arg(&n).arg(&alpha);
+    // SAFETY: scale(const float* x, float* y, unsigned n, float alpha); x and y hold n.
+    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("scale"))?;
+    Tensor::from_cuda(x.shape(), y, dev)
 }
 
 /// Scale's record: the input node and the constant.

@@ -59,6 +59,10 @@ pub fn step(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdStat
     }
     for ((p, g), buf) in params.iter_mut().zip(grads).zip(state.momentum_buffers.iter_mut()) {
         let Some(g) = g else { continue };
+        if p.device().is_cuda() {
+            update_cuda(p, g, buf, cfg)?;
+            continue;
+        }
         match p.dtype() {
             DType::F32 => update::<f32>(p, g, buf, cfg)?,
             DType::F64 => update::<f64>(p, g, buf, cfg)?,
@@ -96,6 +100,38 @@ fn update<T: Float>(p: &mut Tensor, g: &Tensor, buf: &mut Option<Tensor>, cfg: &
         }
         ps[i] -= lr * d;
     }
+    Ok(())
+}
+
+/// `sgd_update` of `ptx/sgd.cu`: one thread per element, the same formulas in f32.
+fn update_cuda(p: &mut Tensor, g: &Tensor, buf: &mut Option<Tensor>, cfg: &Sgd) -> Result<()> {
+    use cudarc::driver::PushKernelArg;
+    let n = crate::cuda::count(p.numel())?;
+    let first = i32::from(buf.is_none());
+    if buf.is_none() {
+        // The momentum buffer is needed even when momentum is 0, as a valid (unused) pointer.
+        *buf = Some(Tensor::zeros(p.shape(), DType::F32).to_device(&p.device())?);
+    }
+    let b = buf.as_mut().ok_or_else(|| Error::Invalid("momentum buffer missing".into()))?;
+    let dev = p.cuda_buffer()?.dev.clone();
+    let f = crate::cuda::function(&dev, "sgd.cu", "sgd_update")?;
+    let (lr, mom, damp, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.dampening as f32, cfg.weight_decay as f32);
+    let nesterov = i32::from(cfg.nesterov);
+    let stream = dev.stream().clone();
+    let mut launch = stream.launch_builder(&f);
+    launch
+        .arg(&mut p.cuda_buffer_mut()?.buf)
+        .arg(&g.cuda_buffer()?.buf)
+        .arg(&mut b.cuda_buffer_mut()?.buf)
+        .arg(&n)
+        .arg(&lr)
+        .arg(&mom)
+        .arg(&damp)
+        .arg(&wd)
+        .arg(&nesterov)
+        .arg(&first);
+    // SAFETY: sgd_update(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first_step); p, g, buf hold n.
+    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("sgd_update"))?;
     Ok(())
 }
 

@@ -1,0 +1,42 @@
+//! Shared pieces of the CUDA paths: finding our kernels, launch shapes, output buffers.
+//!
+//! Each op's CUDA path lives in the op's own file, next to its CPU reference; this
+//! module only holds what they all need.
+
+use crate::{Result, Tensor};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
+use engine::Error;
+use engine::cuda::CudaDevice;
+use std::sync::Arc;
+
+/// Kernel `name` of `ptx/<file>`, compiled for `dev` on first use.
+pub(crate) fn function(dev: &CudaDevice, file: &str, name: &str) -> Result<CudaFunction> {
+    let (_, source) = crate::kernels::SOURCES
+        .iter()
+        .find(|(f, _)| *f == file)
+        .ok_or_else(|| Error::Invalid(format!("no kernel file {file} in ptx/")))?;
+    dev.function(file, source, name)
+}
+
+/// An element count as the kernels' `unsigned int n`.
+pub(crate) fn count(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::Invalid(format!("{n} elements exceed the kernels' 32-bit counts")))
+}
+
+/// A launch of 256-thread blocks covering `n` elements once (the kernels loop with a grid stride,
+/// so any grid is correct; this one gives each thread one element).
+pub(crate) fn grid(n: u32) -> LaunchConfig {
+    LaunchConfig::for_num_elems(n.max(1))
+}
+
+/// The device of a CUDA tensor and a new zeroed buffer of its size.
+pub(crate) fn output_like(x: &Tensor) -> Result<(Arc<CudaDevice>, CudaSlice<f32>)> {
+    let dev = x.cuda_buffer()?.dev.clone();
+    let buf = dev.alloc_zeros(x.numel())?;
+    Ok((dev, buf))
+}
+
+/// A failed launch as our error.
+pub(crate) fn launch_err(kernel: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Cuda { op: kernel, msg: e.to_string() }
+}
