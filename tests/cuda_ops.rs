@@ -82,3 +82,18 @@ fn sgd_update_matches_the_cpu_exactly() {
         close("parameter after 3 SGD steps", g, c, 0.0);
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn linear_forward_and_backward_match_the_cpu() {
+    let dev = gpu();
+    let (x, w, b, dy) = (rand(&[512, 512], 20), rand(&[10, 512], 21), rand(&[10], 22), rand(&[512, 10], 23));
+    let g = |t: &Tensor| t.to_device(&dev).unwrap();
+    // 512-term f32 dot products in another order (cuBLAS tiles): 1e-5 relative to the largest value.
+    close("linear forward", &ops::linear::forward(&g(&x), &g(&w), &g(&b)).unwrap(), &ops::linear::forward(&x, &w, &b).unwrap(), 1e-5);
+    let (dxg, dwg, dbg) = ops::linear::backward(&g(&x), &g(&w), &g(&b), &g(&dy)).unwrap();
+    let (dx, dw, db) = ops::linear::backward(&x, &w, &b, &dy).unwrap();
+    close("linear dx", &dxg, &dx, 1e-5);
+    close("linear dw", &dwg, &dw, 1e-5);
+    close("linear db", &dbg, &db, 1e-5);
+}

@@ -22,6 +22,9 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     /// Modules by source file name, compiled by NVRTC on first use.
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    /// cuBLAS and cuDNN handles, bound to `stream`.
+    blas: cudarc::cublas::CudaBlas,
+    cudnn: Arc<cudarc::cudnn::Cudnn>,
     /// Device allocations made through [`CudaDevice::alloc_zeros`] / [`CudaDevice::upload`].
     allocations: AtomicU64,
 }
@@ -45,7 +48,13 @@ impl CudaDevice {
         let name = ctx.name().map_err(driver_err("device name"))?;
         let (major, minor) = ctx.compute_capability().map_err(driver_err("compute capability"))?;
         let stream = ctx.default_stream();
+        let blas = cudarc::cublas::CudaBlas::new(stream.clone())
+            .map_err(|e| Error::CudaUnavailable(format!("could not create a cuBLAS handle: {e}")))?;
+        let cudnn = cudarc::cudnn::Cudnn::new(stream.clone())
+            .map_err(|e| Error::CudaUnavailable(format!("could not create a cuDNN handle: {e}")))?;
         Ok(CudaDevice {
+            blas,
+            cudnn,
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
@@ -79,6 +88,16 @@ impl CudaDevice {
     /// The stream all of this device's work is queued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// The cuBLAS handle (on this device's stream).
+    pub fn blas(&self) -> &cudarc::cublas::CudaBlas {
+        &self.blas
+    }
+
+    /// The cuDNN handle (on this device's stream).
+    pub fn cudnn(&self) -> &Arc<cudarc::cudnn::Cudnn> {
+        &self.cudnn
     }
 
     /// Number of device allocations made so far through this device (a training

@@ -32,6 +32,9 @@ fn dims(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<(usize, usize, usize)> {
 /// `y = x·wᵀ + b`.
 pub fn forward(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let d = dims(x, w, b)?;
+    if x.device().is_cuda() {
+        return forward_cuda(x, w, b, d);
+    }
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, w, b, d),
         DType::F64 => forward_cpu::<f64>(x, w, b, d),
@@ -43,6 +46,9 @@ pub fn backward(x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tens
     let d = dims(x, w, b)?;
     if dy.shape() != [d.0, d.2] {
         return Err(Error::shape("linear backward", format!("dy {:?} should be [{}, {}]", dy.shape(), d.0, d.2)));
+    }
+    if x.device().is_cuda() {
+        return backward_cuda(x, w, dy, d);
     }
     match x.dtype() {
         DType::F32 => backward_cpu::<f32>(x, w, dy, d),
@@ -69,6 +75,63 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, (n, i, o): (usize
         db.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
     }
     Ok((Tensor::new(&[n, i], dx)?, Tensor::new(&[o, i], dw)?, Tensor::new(&[o], db)?))
+}
+
+// cuBLAS is column-major: a row-major matrix M[r×c] is, to cuBLAS, the column-major
+// Mᵀ[c×r] with leading dimension c. Each product below is written in that form.
+
+/// One cuBLAS SGEMM, column-major: `C[m×n] = op(A)·op(B) + beta·C` (`op` = transpose if `t`).
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    dev: &engine::cuda::CudaDevice,
+    (m, n, k): (usize, usize, usize),
+    a: &cudarc::driver::CudaSlice<f32>, ta: bool, lda: usize,
+    b: &cudarc::driver::CudaSlice<f32>, tb: bool, ldb: usize,
+    beta: f32,
+    c: &mut cudarc::driver::CudaSlice<f32>, ldc: usize,
+) -> Result<()> {
+    use cudarc::cublas::{Gemm, GemmConfig, sys::cublasOperation_t as Op};
+    let int = |v: usize| i32::try_from(v).map_err(|_| Error::Invalid(format!("linear: dimension {v} too large for cuBLAS")));
+    let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
+    let cfg = GemmConfig {
+        transa: op(ta),
+        transb: op(tb),
+        m: int(m)?,
+        n: int(n)?,
+        k: int(k)?,
+        alpha: 1.0f32,
+        lda: int(lda)?,
+        ldb: int(ldb)?,
+        beta,
+        ldc: int(ldc)?,
+    };
+    // SAFETY: the buffers hold the matrices the sizes and leading dimensions describe (checked by `dims`).
+    unsafe { dev.blas().gemm(cfg, a, b, c) }.map_err(|e| Error::Cuda { op: "cublasSgemm", msg: e.to_string() })
+}
+
+/// `yᵀ[O×N] = w·xᵀ` (cuBLAS), then `yᵀ += b·1ᵀ` (a rank-1 GEMM adds the bias to every row).
+fn forward_cuda(x: &Tensor, w: &Tensor, b: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<Tensor> {
+    let dev = x.cuda_buffer()?.dev.clone();
+    let mut y = dev.alloc_zeros(n * o)?;
+    let ones = dev.upload(&vec![1.0f32; n])?;
+    let (xb, wb, bb) = (&x.cuda_buffer()?.buf, &w.cuda_buffer()?.buf, &b.cuda_buffer()?.buf);
+    // w row-major [O×I] = column-major [I×O] (ld I), transposed; x row-major [N×I] = column-major [I×N] (ld I).
+    sgemm(&dev, (o, n, i), wb, true, i, xb, false, i, 0.0, &mut y, o)?;
+    // b as [O×1] (ld O) times ones [1×N] (ld 1), added.
+    sgemm(&dev, (o, n, 1), bb, false, o, &ones, false, 1, 1.0, &mut y, o)?;
+    Tensor::from_cuda(&[n, o], y, dev)
+}
+
+/// `dxᵀ[I×N] = wᵀ·dyᵀ`, `dwᵀ[I×O] = xᵀ·dy`, `db[O] = dyᵀ·1` (cuBLAS).
+fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = x.cuda_buffer()?.dev.clone();
+    let (xb, wb, dyb) = (&x.cuda_buffer()?.buf, &w.cuda_buffer()?.buf, &dy.cuda_buffer()?.buf);
+    let (mut dx, mut dw, mut db) = (dev.alloc_zeros(n * i)?, dev.alloc_zeros(o * i)?, dev.alloc_zeros(o)?);
+    let ones = dev.upload(&vec![1.0f32; n])?;
+    sgemm(&dev, (i, n, o), wb, false, i, dyb, false, o, 0.0, &mut dx, i)?;
+    sgemm(&dev, (i, o, n), xb, false, i, dyb, true, o, 0.0, &mut dw, i)?;
+    sgemm(&dev, (o, 1, n), dyb, false, o, &ones, false, n, 0.0, &mut db, o)?;
+    Ok((Tensor::from_cuda(&[n, i], dx, dev.clone())?, Tensor::from_cuda(&[o, i], dw, dev.clone())?, Tensor::from_cuda(&[o], db, dev)?))
 }
 
 /// Linear's record: its three input nodes.
