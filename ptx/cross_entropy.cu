@@ -9,7 +9,8 @@
 // The mean over the batch, L = (1/N) sum_n loss_n, is formed by the caller
 // (reduce.cu: sum_reduce with scale = 1/N); its gradient is
 // dL/dz_{n,k} = (p_{n,k} - q_{n,k}) / N, times the upstream gradient dL_up:
-// cross_entropy_backward takes scale = dL_up / N.
+// cross_entropy_backward reads dL_up from device memory (no host round trip) and
+// takes inv_n = 1/N.
 //
 // ONE THREAD handles ONE ROW (grid-stride loop over the N rows; any grid/block
 // shape works). K is small (10 for CIFAR-10), so a row is a handful of
@@ -62,7 +63,7 @@ extern "C" __global__ void cross_entropy_forward(
 
 // cross_entropy_backward: ONE THREAD computes the K gradients of ONE ROW n:
 //   dlogits[n,k] = (exp(z[n,k] - lse) - q_k) * scale,   q_k = (1 - s)[k == y_n] + s/K
-// with scale = dL_up / N for the batch-mean loss. Overwrites dlogits (no +=).
+// with scale = dloss[0] * inv_n = dL_up / N for the batch-mean loss. Overwrites dlogits (no +=).
 extern "C" __global__ void cross_entropy_backward(
     const float* logits,          // [n, k]
     const unsigned int* labels,   // [n]
@@ -70,8 +71,10 @@ extern "C" __global__ void cross_entropy_backward(
     unsigned int n,               // rows (batch size)
     unsigned int k,               // classes
     float smoothing,              // s in [0, 1]
-    float scale)                  // upstream gradient / n
+    const float* dloss,           // [1] upstream gradient dL_up
+    float inv_n)                  // 1 / n
 {
+    const float scale = dloss[0] * inv_n;
     const unsigned int stride = blockDim.x * gridDim.x;
     for (unsigned int row = blockIdx.x * blockDim.x + threadIdx.x; row < n; row += stride) {
         const float* z = logits + (unsigned long long)row * k;

@@ -47,7 +47,7 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
         resume: false,
         progress: false,
     };
-    let acc = run_training(&ds, "cpu", opts.clone()).unwrap();
+    let acc = run_training(&ds, &engine::Device::Cpu, opts.clone()).unwrap();
     let dir = runs.join("t");
     let rows = read_metrics(&dir.join("metrics.csv")).unwrap();
     assert_eq!(rows.len(), 3);
@@ -61,9 +61,9 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
         assert!(dir.join(f).exists(), "{f} was not written");
     }
     // Starting over in the same folder is refused (no lost work) ...
-    assert!(run_training(&ds, "cpu", opts.clone()).is_err());
+    assert!(run_training(&ds, &engine::Device::Cpu, opts.clone()).is_err());
     // ... and resuming a finished run trains no more epochs and keeps the metrics.
-    let resumed = run_training(&ds, "cpu", RunOptions { resume: true, ..opts }).unwrap();
+    let resumed = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts }).unwrap();
     assert!((resumed - acc).abs() < 1e-9, "resumed model evaluates differently: {resumed} vs {acc}");
     assert_eq!(read_metrics(&dir.join("metrics.csv")).unwrap().len(), 3);
     std::fs::remove_dir_all(&runs).unwrap();

@@ -1,19 +1,32 @@
-//! The CUDA device: context, its one stream, device memory and our compiled kernels.
+//! The CUDA device: context, its one stream, library handles, a caching allocator
+//! for device memory, and our compiled kernels.
 //!
 //! Libraries are loaded at run time by `cudarc`; [`crate::Device::cuda`] probes them
 //! first so a missing one is an error, never a panic. Everything is queued on one
 //! stream, so operations run in the order they are issued and the host only waits
 //! where it copies results back.
+//!
+//! ## The caching allocator
+//!
+//! Every f32 buffer of a CUDA tensor is a [`CudaBuffer`] taken from the device's
+//! pool. Dropping it does not free the memory: the block goes back to a free list
+//! keyed by its exact length, and the next request of that length takes it. A
+//! training step allocates the same sizes in the same order every time, so after
+//! the first step every request is served from the pool and the driver is never
+//! called ([`CudaDevice::driver_allocations`] proves it). Reuse is safe without
+//! events because there is one stream: work queued by the block's next owner runs
+//! after all work queued by its previous owner.
 
+use crate::cudnn::CudnnHandle;
 use crate::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A CUDA GPU: its context, the one stream all work is queued on, and the kernel
-/// modules compiled for it so far.
+/// A CUDA GPU: its context, the one stream all work is queued on, library handles,
+/// the memory pool and the kernel modules compiled for it so far.
 pub struct CudaDevice {
     ordinal: usize,
     name: String,
@@ -22,11 +35,21 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     /// Modules by source file name, compiled by NVRTC on first use.
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
-    /// cuBLAS and cuDNN handles, bound to `stream`.
+    /// cuBLAS handle, bound to `stream`.
     blas: cudarc::cublas::CudaBlas,
-    cudnn: Arc<cudarc::cudnn::Cudnn>,
-    /// Device allocations made through [`CudaDevice::alloc_zeros`] / [`CudaDevice::upload`].
-    allocations: AtomicU64,
+    /// cuDNN handle, bound to `stream` (cuDNN handles must not be used by two threads at once).
+    cudnn: Mutex<CudnnHandle>,
+    /// Convolution algorithms chosen per shape (see `ops::conv2d`), and the shared workspace.
+    conv_plans: Mutex<HashMap<crate::cudnn::ConvKey, crate::cudnn::ConvPlan>>,
+    workspace: Mutex<Option<CudaSlice<u8>>>,
+    /// Whether cuDNN convolutions may use TF32 tensor cores for f32 data (PyTorch's default: yes).
+    allow_tf32: AtomicBool,
+    /// Free f32 blocks by exact length.
+    pool: Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>,
+    /// Calls into the driver's allocator (pool misses and one-off uploads).
+    driver_allocations: AtomicU64,
+    /// Requests served from the pool.
+    pool_hits: AtomicU64,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -40,6 +63,69 @@ pub(crate) fn driver_err(op: &'static str) -> impl Fn(cudarc::driver::DriverErro
     move |e| Error::Cuda { op, msg: e.to_string() }
 }
 
+/// f32 elements in device memory, taken from the device's pool and given back to it on drop.
+pub struct CudaBuffer {
+    /// Always `Some` until `drop` hands the block back.
+    slice: Option<CudaSlice<f32>>,
+    dev: Arc<CudaDevice>,
+}
+
+impl CudaBuffer {
+    /// The device memory.
+    pub fn slice(&self) -> &CudaSlice<f32> {
+        self.slice.as_ref().expect("a CudaBuffer holds its block until dropped")
+    }
+
+    /// The device memory, mutably.
+    pub fn slice_mut(&mut self) -> &mut CudaSlice<f32> {
+        self.slice.as_mut().expect("a CudaBuffer holds its block until dropped")
+    }
+
+    /// The device that holds the memory.
+    pub fn dev(&self) -> &Arc<CudaDevice> {
+        &self.dev
+    }
+
+    /// Number of f32 elements.
+    pub fn len(&self) -> usize {
+        self.slice().len()
+    }
+
+    /// Whether the buffer holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy on the same device (from the pool, filled by a device-to-device copy).
+    pub fn try_clone(&self) -> Result<CudaBuffer> {
+        let mut out = self.dev.alloc(self.len())?;
+        self.dev.stream.memcpy_dtod(self.slice(), out.slice_mut()).map_err(driver_err("copy on device"))?;
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for CudaBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CudaBuffer({} f32 on cuda:{})", self.len(), self.dev.ordinal)
+    }
+}
+
+impl Clone for CudaBuffer {
+    /// A device-to-device copy. Panics only if the driver fails (out of memory or a
+    /// lost context); code that can recover uses [`CudaBuffer::try_clone`].
+    fn clone(&self) -> Self {
+        self.try_clone().unwrap_or_else(|e| panic!("copying a CUDA buffer: {e}"))
+    }
+}
+
+impl Drop for CudaBuffer {
+    fn drop(&mut self) {
+        if let Some(slice) = self.slice.take() {
+            self.dev.recycle(slice);
+        }
+    }
+}
+
 impl CudaDevice {
     /// Open device `ordinal` (the libraries must already be known to load).
     pub(crate) fn open(ordinal: usize) -> Result<CudaDevice> {
@@ -47,21 +133,31 @@ impl CudaDevice {
             .map_err(|e| Error::CudaUnavailable(format!("could not create a context on device {ordinal}: {e}")))?;
         let name = ctx.name().map_err(driver_err("device name"))?;
         let (major, minor) = ctx.compute_capability().map_err(driver_err("compute capability"))?;
+        // One stream orders all our work, so cudarc's per-buffer events (for multi-stream
+        // synchronisation) would only cost time.
+        // SAFETY: no other stream of this context ever touches our buffers.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let blas = cudarc::cublas::CudaBlas::new(stream.clone())
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuBLAS handle: {e}")))?;
-        let cudnn = cudarc::cudnn::Cudnn::new(stream.clone())
+        ctx.bind_to_thread().map_err(driver_err("bind context"))?;
+        let cudnn = CudnnHandle::new(&stream)
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuDNN handle: {e}")))?;
         Ok(CudaDevice {
             blas,
-            cudnn,
+            cudnn: Mutex::new(cudnn),
+            conv_plans: Mutex::new(HashMap::new()),
+            workspace: Mutex::new(None),
+            allow_tf32: AtomicBool::new(true),
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
-            allocations: AtomicU64::new(0),
+            pool: Mutex::new(HashMap::new()),
+            driver_allocations: AtomicU64::new(0),
+            pool_hits: AtomicU64::new(0),
         })
     }
 
@@ -95,43 +191,153 @@ impl CudaDevice {
         &self.blas
     }
 
-    /// The cuDNN handle (on this device's stream).
-    pub fn cudnn(&self) -> &Arc<cudarc::cudnn::Cudnn> {
-        &self.cudnn
+    /// The cuDNN handle (on this device's stream), held for the duration of one call.
+    pub fn cudnn(&self) -> Result<MutexGuard<'_, CudnnHandle>> {
+        self.cudnn.lock().map_err(|_| Error::Invalid("cuDNN handle lock poisoned".into()))
     }
 
-    /// Number of device allocations made so far through this device (a training
-    /// step in steady state should add none once buffers are reused).
-    pub fn allocation_count(&self) -> u64 {
-        self.allocations.load(Ordering::Relaxed)
+    /// Whether f32 convolutions may run on TF32 tensor cores (10-bit mantissa products,
+    /// f32 accumulation). On by default, like PyTorch's `torch.backends.cudnn.allow_tf32`.
+    pub fn allow_tf32(&self) -> bool {
+        self.allow_tf32.load(Ordering::Relaxed)
     }
 
-    /// `n` zeroed f32 on the device. Out of memory is an error with the size.
-    pub fn alloc_zeros(&self, n: usize) -> Result<CudaSlice<f32>> {
-        self.allocations.fetch_add(1, Ordering::Relaxed);
-        self.stream.alloc_zeros::<f32>(n).map_err(|e| Error::Cuda {
-            op: "alloc",
-            msg: format!("allocating {n} f32 ({} MiB) on {}: {e}", (n * 4) >> 20, self.name),
-        })
+    /// Allow or forbid TF32 in f32 convolutions (tests compare against the CPU both ways).
+    pub fn set_allow_tf32(&self, allow: bool) {
+        self.allow_tf32.store(allow, Ordering::Relaxed);
     }
 
-    /// Copy host values to a new device buffer.
-    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, values: &[T]) -> Result<CudaSlice<T>> {
-        self.allocations.fetch_add(1, Ordering::Relaxed);
-        self.stream.clone_htod(values).map_err(|e| Error::Cuda {
+    /// The convolution plan for `key`, computing it with `choose` the first time.
+    pub fn conv_plan(
+        &self,
+        key: crate::cudnn::ConvKey,
+        choose: impl FnOnce() -> Result<crate::cudnn::ConvPlan>,
+    ) -> Result<crate::cudnn::ConvPlan> {
+        let mut plans = self.conv_plans.lock().map_err(|_| Error::Invalid("convolution plan cache poisoned".into()))?;
+        if let Some(p) = plans.get(&key) {
+            return Ok(*p);
+        }
+        let p = choose()?;
+        plans.insert(key, p);
+        Ok(p)
+    }
+
+    /// Number of convolution shapes planned so far.
+    pub fn conv_plan_count(&self) -> usize {
+        self.conv_plans.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Run `f` with a workspace of at least `bytes` bytes (one buffer, grown when a
+    /// larger request comes, reused by every cuDNN call on this device).
+    pub fn with_workspace<T>(&self, bytes: usize, f: impl FnOnce(&mut CudaSlice<u8>) -> Result<T>) -> Result<T> {
+        let mut ws = self.workspace.lock().map_err(|_| Error::Invalid("workspace lock poisoned".into()))?;
+        let need = bytes.max(1);
+        if ws.as_ref().is_none_or(|w| w.len() < need) {
+            *ws = None;
+            self.driver_allocations.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: a workspace is scratch memory that cuDNN writes before it reads.
+            let fresh = unsafe { self.stream.alloc::<u8>(need) }.map_err(|e| self.oom("workspace", need, e))?;
+            *ws = Some(fresh);
+        }
+        f(ws.as_mut().expect("set above"))
+    }
+
+    /// Calls into the driver's allocator so far. In steady-state training this stops growing.
+    pub fn driver_allocations(&self) -> u64 {
+        self.driver_allocations.load(Ordering::Relaxed)
+    }
+
+    /// Requests served from the pool so far.
+    pub fn pool_hits(&self) -> u64 {
+        self.pool_hits.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held by the pool's free lists (not in use by any tensor).
+    pub fn pool_free_bytes(&self) -> usize {
+        self.pool.lock().map(|p| p.iter().map(|(len, v)| len * 4 * v.len()).sum()).unwrap_or(0)
+    }
+
+    /// Give every free block of the pool back to the driver.
+    pub fn release_cached(&self) {
+        if let Ok(mut p) = self.pool.lock() {
+            p.clear();
+        }
+    }
+
+    /// A buffer of `n` f32 whose contents are unspecified (for outputs a kernel or
+    /// library call overwrites completely). From the pool when a block of that length is free.
+    pub fn alloc(self: &Arc<Self>, n: usize) -> Result<CudaBuffer> {
+        let reused = self.pool.lock().ok().and_then(|mut p| p.get_mut(&n).and_then(|v| v.pop()));
+        let slice = match reused {
+            Some(s) => {
+                self.pool_hits.fetch_add(1, Ordering::Relaxed);
+                s
+            }
+            None => self.driver_alloc(n)?,
+        };
+        Ok(CudaBuffer { slice: Some(slice), dev: self.clone() })
+    }
+
+    /// A buffer of `n` zeros (from the pool, then cleared on the stream).
+    pub fn alloc_zeros(self: &Arc<Self>, n: usize) -> Result<CudaBuffer> {
+        let mut b = self.alloc(n)?;
+        self.stream.memset_zeros(b.slice_mut()).map_err(driver_err("memset"))?;
+        Ok(b)
+    }
+
+    /// A pooled buffer holding a copy of `values`.
+    pub fn upload_f32(self: &Arc<Self>, values: &[f32]) -> Result<CudaBuffer> {
+        let mut b = self.alloc(values.len())?;
+        self.stream.memcpy_htod(values, b.slice_mut()).map_err(|e| Error::Cuda {
             op: "upload",
             msg: format!("copying {} bytes to {}: {e}", std::mem::size_of_val(values), self.name),
+        })?;
+        Ok(b)
+    }
+
+    /// Copy host values of any type to a new device buffer outside the pool (for data
+    /// uploaded once: the dataset, per-epoch indices and labels).
+    pub fn upload<T: DeviceRepr>(&self, values: &[T]) -> Result<CudaSlice<T>> {
+        self.driver_allocations.fetch_add(1, Ordering::Relaxed);
+        self.stream.clone_htod(values).map_err(|e| Error::Cuda {
+            op: "upload",
+            msg: format!("copying {} bytes ({} MiB) to {}: {e}{}", std::mem::size_of_val(values),
+                std::mem::size_of_val(values) >> 20, self.name, self.memory_report()),
         })
+    }
+
+    /// Copy several host byte slices back to back into one new device buffer (e.g. the
+    /// memory-mapped files of a dataset split, without a host copy of their concatenation).
+    pub fn upload_concat(&self, parts: &[&[u8]]) -> Result<CudaSlice<u8>> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        self.driver_allocations.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: every byte is written by the copies below before anything reads it.
+        let mut buf = unsafe { self.stream.alloc::<u8>(total) }.map_err(|e| self.oom("dataset", total, e))?;
+        let mut at = 0;
+        for p in parts {
+            let mut dst = buf.slice_mut(at..at + p.len());
+            self.stream.memcpy_htod(*p, &mut dst).map_err(|e| Error::Cuda {
+                op: "upload",
+                msg: format!("copying {} bytes to {}: {e}", p.len(), self.name),
+            })?;
+            at += p.len();
+        }
+        Ok(buf)
     }
 
     /// Copy a device buffer back to the host (waits for the stream's work on it).
-    pub fn download<T: cudarc::driver::DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+    pub fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
         self.stream.clone_dtoh(buf).map_err(driver_err("download"))
     }
 
     /// Wait until all work queued on the stream has finished.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(driver_err("synchronize"))
+    }
+
+    /// Free and total device memory in bytes, as the driver reports them.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(driver_err("memory info"))
     }
 
     /// Kernel `name` from the CUDA C `source` of file `file` (e.g. `"elementwise.cu"`),
@@ -153,5 +359,51 @@ impl CudaDevice {
             }
         };
         module.load_function(name).map_err(|e| Error::Cuda { op: "load function", msg: format!("{file}: {name}: {e}") })
+    }
+
+    /// A new block from the driver. On failure the pool's free blocks are released and
+    /// the request retried once; a second failure is an error with the sizes involved.
+    fn driver_alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
+        self.driver_allocations.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: callers of `alloc` either overwrite the buffer or clear it (`alloc_zeros`).
+        match unsafe { self.stream.alloc::<f32>(n) } {
+            Ok(s) => Ok(s),
+            Err(_) => {
+                let cached = self.pool_free_bytes();
+                self.release_cached();
+                // Let the frees queued on the stream complete before retrying.
+                self.synchronize()?;
+                unsafe { self.stream.alloc::<f32>(n) }.map_err(|e| {
+                    let mut err = self.oom("tensor", n * 4, e);
+                    if let Error::Cuda { msg, .. } = &mut err {
+                        msg.push_str(&format!(" ({} MiB of cached free blocks were released first)", cached >> 20));
+                    }
+                    err
+                })
+            }
+        }
+    }
+
+    /// An out-of-memory (or other allocation) error naming the request and the device's memory.
+    fn oom(&self, what: &str, bytes: usize, e: cudarc::driver::DriverError) -> Error {
+        Error::Cuda {
+            op: "alloc",
+            msg: format!("allocating a {what} of {bytes} bytes ({} MiB) on {}: {e}{}", bytes >> 20, self.name, self.memory_report()),
+        }
+    }
+
+    /// "; device memory: F MiB free of T MiB", or nothing if the driver cannot say.
+    fn memory_report(&self) -> String {
+        match self.memory_info() {
+            Ok((free, total)) => format!("; device memory: {} MiB free of {} MiB", free >> 20, total >> 20),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Return a block to the free list of its length.
+    fn recycle(&self, slice: CudaSlice<f32>) {
+        if let Ok(mut p) = self.pool.lock() {
+            p.entry(slice.len()).or_default().push(slice);
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! through the [`Backward`] trait.
 
 pub mod cuda;
+pub mod cudnn;
 pub mod device;
 pub mod error;
 pub mod float;

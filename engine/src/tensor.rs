@@ -3,9 +3,8 @@
 //! Layout is always contiguous row-major ("C order"): for shape `[N, C, H, W]`
 //! element `(n, c, h, w)` sits at `((n * C + c) * H + h) * W + w`.
 
-use crate::cuda::CudaDevice;
+pub use crate::cuda::CudaBuffer;
 use crate::{Device, Error, Float, Result};
-use cudarc::driver::CudaSlice;
 use rand::Rng;
 use std::sync::Arc;
 use rand_distr::{Distribution, StandardNormal};
@@ -23,21 +22,6 @@ pub enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
     Cuda(CudaBuffer),
-}
-
-/// f32 elements in device memory, with the device that holds them.
-#[derive(Debug)]
-pub struct CudaBuffer {
-    pub buf: CudaSlice<f32>,
-    pub dev: Arc<CudaDevice>,
-}
-
-impl Clone for CudaBuffer {
-    /// A device-to-device copy. Panics only if the driver fails the copy (a lost
-    /// context), where nothing else on the device would work either.
-    fn clone(&self) -> Self {
-        CudaBuffer { buf: self.buf.clone(), dev: self.dev.clone() }
-    }
 }
 
 /// The accumulation kernel (`a += b`), shared with the ops crate's elementwise kernels.
@@ -122,30 +106,32 @@ impl Tensor {
     /// The device that holds the elements.
     pub fn device(&self) -> Device {
         match &self.storage {
-            Storage::Cuda(b) => Device::Cuda(b.dev.clone()),
+            Storage::Cuda(b) => Device::Cuda(b.dev().clone()),
             _ => Device::Cpu,
         }
     }
 
     /// A tensor over an existing device buffer of `shape`'s element count.
-    pub fn from_cuda(shape: &[usize], buf: CudaSlice<f32>, dev: Arc<CudaDevice>) -> Result<Tensor> {
+    pub fn from_cuda(shape: &[usize], buf: CudaBuffer) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
         if numel != buf.len() {
             return Err(Error::shape("Tensor::from_cuda", format!("shape {shape:?} holds {numel} elements, the buffer {}", buf.len())));
         }
-        Ok(Tensor { shape: shape.to_vec(), storage: Storage::Cuda(CudaBuffer { buf, dev }) })
+        Ok(Tensor { shape: shape.to_vec(), storage: Storage::Cuda(buf) })
     }
 
     /// The same elements on `device` (a copy; f64 tensors go to CUDA as f32).
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         match (&self.storage, device) {
-            (Storage::Cuda(b), Device::Cpu) => Tensor::new(&self.shape, b.dev.download(&b.buf)?),
-            (Storage::Cuda(b), Device::Cuda(d)) if Arc::ptr_eq(&b.dev, d) => Ok(self.clone()),
+            (Storage::Cuda(b), Device::Cpu) => Tensor::new(&self.shape, b.dev().download(b.slice())?),
+            (Storage::Cuda(b), Device::Cuda(d)) if Arc::ptr_eq(b.dev(), d) => {
+                Ok(Tensor { shape: self.shape.clone(), storage: Storage::Cuda(b.try_clone()?) })
+            }
             (Storage::Cuda(_), Device::Cuda(d)) => self.to_device(&Device::Cpu)?.to_device(&Device::Cuda(d.clone())),
             (_, Device::Cpu) => Ok(self.clone()),
             (_, Device::Cuda(d)) => {
                 let host = self.to_f32_vec();
-                Tensor::from_cuda(&self.shape, d.upload(&host)?, d.clone())
+                Tensor::from_cuda(&self.shape, d.upload_f32(&host)?)
             }
         }
     }
@@ -187,7 +173,7 @@ impl Tensor {
     /// An error unless the elements are on the host (CPU reference code reads them directly).
     fn expect_host(&self, op: &'static str) -> Result<()> {
         match &self.storage {
-            Storage::Cuda(b) => Err(Error::Unsupported { op, device: format!("cuda:{} ({})", b.dev.ordinal(), b.dev.name()) }),
+            Storage::Cuda(b) => Err(Error::Unsupported { op, device: format!("cuda:{} ({})", b.dev().ordinal(), b.dev().name()) }),
             _ => Ok(()),
         }
     }
@@ -208,7 +194,7 @@ impl Tensor {
         match &self.storage {
             Storage::F32(v) => v.clone(),
             Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
-            Storage::Cuda(b) => b.dev.download(&b.buf).unwrap_or_else(|e| panic!("copying a CUDA tensor to the host: {e}")),
+            Storage::Cuda(b) => b.dev().download(b.slice()).unwrap_or_else(|e| panic!("copying a CUDA tensor to the host: {e}")),
         }
     }
 
@@ -293,11 +279,11 @@ impl Tensor {
 /// `a += b` on the device with the `accumulate` kernel of `ptx/elementwise.cu`.
 fn cuda_accumulate(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
-    let f = a.dev.function("elementwise.cu", ELEMENTWISE_CU, "accumulate")?;
-    let n = a.buf.len() as u32;
-    let stream = a.dev.stream().clone();
-    let mut launch = stream.launch_builder(&f);
-    launch.arg(&mut a.buf).arg(&b.buf).arg(&n);
+    let dev = a.dev().clone();
+    let f = dev.function("elementwise.cu", ELEMENTWISE_CU, "accumulate")?;
+    let n = a.len() as u32;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(a.slice_mut()).arg(b.slice()).arg(&n);
     // SAFETY: `accumulate(float* a, const float* b, unsigned int n)` reads and writes
     // n elements of buffers that both hold n (shapes checked by the caller).
     unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.map_err(crate::cuda::driver_err("accumulate"))?;

@@ -42,11 +42,27 @@ fn accumulate_on_the_device_equals_the_host() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn allocations_are_counted_and_the_architecture_is_known() {
+fn the_pool_reuses_freed_blocks_and_the_architecture_is_known() {
     let Device::Cuda(d) = gpu() else { unreachable!() };
-    let before = d.allocation_count();
-    let _buf = d.alloc_zeros(1 << 20).unwrap();
-    assert_eq!(d.allocation_count(), before + 1);
+    let before = d.driver_allocations();
+    let buf = d.alloc_zeros(1 << 20).unwrap();
+    assert_eq!(d.driver_allocations(), before + 1);
+    assert_eq!(d.download(buf.slice()).unwrap(), vec![0.0f32; 1 << 20], "alloc_zeros clears a block");
+    drop(buf);
+    assert_eq!(d.pool_free_bytes(), 4 << 20, "a dropped buffer goes back to the pool");
+    // The same size again: served from the pool, and cleared again even though it was used.
+    let mut again = d.upload_f32(&vec![7.0f32; 1 << 20]).unwrap();
+    assert_eq!(d.driver_allocations(), before + 1, "a freed block of the same size is reused");
+    drop(std::mem::replace(&mut again, d.alloc_zeros(1 << 20).unwrap()));
+    assert_eq!(d.driver_allocations(), before + 2, "two live blocks need two allocations");
+    drop(again);
+    let z = d.alloc_zeros(1 << 20).unwrap();
+    assert!(d.download(z.slice()).unwrap().iter().all(|&v| v == 0.0), "a reused block is cleared by alloc_zeros");
+    // A different size is a new block.
+    let _other = d.alloc(1000).unwrap();
+    assert_eq!(d.driver_allocations(), before + 3);
+    d.release_cached();
+    assert_eq!(d.pool_free_bytes(), 0);
     assert!(d.arch().starts_with("sm_"), "{}", d.arch());
     eprintln!("{} ({}), {}", d.name(), d.arch(), Device::Cuda(d.clone()));
 }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod image_grid;
 pub mod lr_find;
+pub mod pipeline;
 pub mod plots;
 pub mod resnet;
 pub mod run;

@@ -16,6 +16,7 @@
 //! starts from and returns to. Only full batches are used: a small last batch
 //! gives a noisy loss that can fake the minimum.
 
+use crate::pipeline::Pipeline;
 use crate::batches::Normalization;
 use crate::resnet::ResNet9;
 use crate::train::{self, TrainConfig};
@@ -54,6 +55,7 @@ pub struct LrFindResult {
 pub fn lr_find(
     model: &mut ResNet9,
     split: &Split,
+    pipeline: &mut Pipeline,
     norm: Normalization,
     cfg: &TrainConfig,
     lf: &LrFindConfig,
@@ -63,7 +65,7 @@ pub fn lr_find(
         return Err(Error::Invalid("the LR range test needs at least 2 steps and 0 < start_lr < end_lr".into()));
     }
     let saved = model.clone();
-    let result = run(model, split, norm, cfg, lf, &mut on_step);
+    let result = run(model, split, pipeline, norm, cfg, lf, &mut on_step);
     *model = saved;
     result
 }
@@ -71,6 +73,7 @@ pub fn lr_find(
 fn run(
     model: &mut ResNet9,
     split: &Split,
+    pipeline: &mut Pipeline,
     norm: Normalization,
     cfg: &TrainConfig,
     lf: &LrFindConfig,
@@ -89,11 +92,13 @@ fn run(
     'outer: for epoch in 0.. {
         let order = data::epoch_order(n, cfg.seed ^ 0x5eed_1f1d, epoch);
         let params = train::epoch_aug_params(cfg.seed ^ 0x5eed_1f1d, epoch, n);
+        pipeline.begin_epoch(split, &order, &params)?;
         // Full batches only: a small last batch gives a noisy loss that can fake the minimum.
-        for (idx, p) in order.chunks_exact(cfg.batch_size).zip(params.chunks_exact(cfg.batch_size)) {
+        for b in 0..n / cfg.batch_size {
             let lr = lf.start_lr * (lf.end_lr / lf.start_lr).powf(step as f64 / (lf.steps - 1) as f64);
-            let (x, labels) = crate::batches::train_batch(split, idx, p, norm)?;
-            let loss = match train::train_step(model, &mut state, x, &labels, lr, cfg) {
+            let range = b * cfg.batch_size..(b + 1) * cfg.batch_size;
+            let batch = pipeline.train_batch(split, &order, &params, range, norm)?;
+            let loss = match train::train_step(model, &mut state, batch, lr, cfg) {
                 Ok(r) => r.loss,
                 Err(Error::Training(_)) => {
                     diverged = true;

@@ -197,19 +197,13 @@ fn open_data(args: &DataArgs) -> Result<data::Cifar10> {
 
 fn train(args: &TrainArgs, only_lr_find: bool) -> Result<()> {
     let device = choose_device(&args.device)?;
-    if device.is_cuda() {
-        return Err(Error::Invalid(format!(
-            "found {device}, but the CUDA backend of the engine is not written yet (issue 5); \
-             use --device cpu for now. {CPU_HINT}"
-        )));
-    }
     let mut opts = args.options()?;
     let ds = open_data(&args.data)?;
     if only_lr_find {
         opts.lr_given = false;
-        return model::run::run_lr_find(&ds, &device.to_string(), opts);
+        return model::run::run_lr_find(&ds, &device, opts);
     }
-    run_training(&ds, &device.to_string(), opts).map(|_| ())
+    run_training(&ds, &device, opts).map(|_| ())
 }
 
 fn summary(width: f64, batch: usize) -> Result<()> {

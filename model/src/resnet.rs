@@ -232,6 +232,23 @@ pub struct ResNet9 {
 }
 
 impl ResNet9 {
+    /// The device holding the parameters.
+    pub fn device(&self) -> engine::Device {
+        self.params.first().map_or(engine::Device::Cpu, |p| p.device())
+    }
+
+    /// Move the parameters and the BN running statistics to `device` (f32 there).
+    pub fn to_device(&mut self, device: &engine::Device) -> Result<()> {
+        for p in &mut self.params {
+            *p = p.to_device(device)?;
+        }
+        for s in &mut self.bn {
+            s.mean = s.mean.to_device(device)?;
+            s.var = s.var.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// A freshly initialised network.
     pub fn new(width: f64, out_scale: f64, dtype: DType, rng: &mut impl Rng) -> Result<ResNet9> {
         let arch = Arch::new(width, out_scale)?;

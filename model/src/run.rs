@@ -19,7 +19,8 @@ use crate::resnet::ResNet9;
 use crate::train::{self, TrainConfig};
 use crate::{Error, Result};
 use data::Cifar10;
-use engine::DType;
+use crate::pipeline::Pipeline;
+use engine::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use ops::sgd::SgdState;
 use rand::SeedableRng;
@@ -132,7 +133,7 @@ fn progress_bar(len: usize, enabled: bool) -> ProgressBar {
 }
 
 /// Train as configured; returns the final test accuracy in percent.
-pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result<f64> {
+pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f64> {
     std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
     let name = match &opts.name {
         Some(n) => n.clone(),
@@ -155,10 +156,11 @@ pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut log = Logger::new(Some(&dir.join("train.log")))?;
-    log.line(&format!("Device: {device_name}"));
+    log.line(&format!("Device: {device}"));
 
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let norm = Normalization { mean, std };
+    let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
 
     // The run's settings, network, optimizer state and history.
     let (mut cfg, mut model, mut state, mut rows) = if opts.resume {
@@ -180,6 +182,10 @@ pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result
         let model = ResNet9::new(opts.cfg.width, opts.cfg.out_scale, DType::F32, &mut rng)?;
         (opts.cfg.clone(), model, SgdState::default(), Vec::new())
     };
+    model.to_device(device)?;
+    for b in state.momentum_buffers.iter_mut().flatten() {
+        *b = b.to_device(device)?;
+    }
     log.line(&format!(
         "ResNet-9 width {} ({} parameters), batch {}, {} epochs, {} training images, seed {}",
         cfg.width,
@@ -193,7 +199,7 @@ pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result
     if !opts.resume && !opts.lr_given {
         log.line(&format!("LR range test: {} steps, LR {:.0e} -> {:.0e}", opts.lr_find.steps, opts.lr_find.start_lr, opts.lr_find.end_lr));
         let pb = progress_bar(opts.lr_find.steps, opts.progress);
-        let r = lr_find::lr_find(&mut model, &ds.train, norm, &cfg, &opts.lr_find, |_, lr, s| {
+        let r = lr_find::lr_find(&mut model, &ds.train, &mut pipeline, norm, &cfg, &opts.lr_find, |_, lr, s| {
             pb.inc(1);
             pb.set_message(format!("lr={lr:.2e} loss={s:.4}"));
         })?;
@@ -221,7 +227,7 @@ pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result
         let spe = schedule.steps_per_epoch;
         log.line(&format!("EPOCH: {} (LR: {:.6})", epoch + 1, schedule.lr(epoch * spe)));
         let pb = progress_bar(spe, opts.progress);
-        let stats = train::train_epoch(&mut model, &mut state, &ds.train, norm, &cfg, epoch, |b, _lr, loss, acc| {
+        let stats = train::train_epoch(&mut model, &mut state, &ds.train, &mut pipeline, norm, &cfg, epoch, |b, _lr, loss, acc| {
             pb.set_position(b as u64 + 1);
             pb.set_message(format!("Loss={loss:.4} Accuracy={acc:.2}"));
         });
@@ -232,7 +238,7 @@ pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result
             };
             Error::Training(format!("{e}; training stopped, {kept}"))
         })?;
-        let eval = train::evaluate(&mut model, &ds.test, norm, 1000)?;
+        let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000)?;
         log.line(&format!(
             "Train: Loss={:.4} Accuracy={:.2}% ({:.1}s)",
             stats.loss, stats.accuracy, stats.seconds
@@ -261,7 +267,7 @@ pub fn run_training(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result
     }
     let eval = match last {
         Some(e) => e,
-        None => train::evaluate(&mut model, &ds.test, norm, 1000)?,
+        None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000)?,
     };
     write_lr_schedule(&dir, &schedule)?;
     write_misclassified(&dir, ds, &eval.misclassified)?;
@@ -382,20 +388,22 @@ mod tests {
 }
 
 /// The `lr-find` command: the range test alone, its plot and CSV in `runs/<name>/`.
-pub fn run_lr_find(ds: &Cifar10, device_name: &str, opts: RunOptions) -> Result<()> {
+pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()> {
     std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
     let name = opts.name.clone().unwrap_or_else(|| fresh_run_name(&opts.runs_dir));
     let dir = opts.runs_dir.join(name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut log = Logger::new(Some(&dir.join("lr_find.log")))?;
-    log.line(&format!("Device: {device_name}"));
+    log.line(&format!("Device: {device}"));
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let norm = Normalization { mean, std };
     let cfg = &opts.cfg;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
+    model.to_device(device)?;
+    let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
     let pb = progress_bar(opts.lr_find.steps, opts.progress);
-    let r = lr_find::lr_find(&mut model, &ds.train, norm, cfg, &opts.lr_find, |_, lr, s| {
+    let r = lr_find::lr_find(&mut model, &ds.train, &mut pipeline, norm, cfg, &opts.lr_find, |_, lr, s| {
         pb.inc(1);
         pb.set_message(format!("lr={lr:.2e} loss={s:.4}"));
     })?;

@@ -1,12 +1,14 @@
 //! The training step, the epoch loop and the test-set evaluation.
 
 use crate::batches::{self, Normalization};
+use crate::pipeline::{Batch, Pipeline};
 use crate::resnet::ResNet9;
 use crate::schedule::OneCycle;
 use crate::{Error, Result};
 use data::Split;
 use data::augment::AugParams;
 use ops::Graph;
+use ops::cross_entropy::DeviceLabels;
 use ops::sgd::{self, Sgd, SgdState};
 use rand::SeedableRng;
 use std::collections::HashMap;
@@ -136,29 +138,31 @@ pub struct StepResult {
 /// One SGD step on a batch: forward in training mode (BN batch statistics, running
 /// statistics updated), mean softmax cross-entropy, backward, update at `lr`.
 /// A non-finite loss is an error and leaves the parameters untouched.
-pub fn train_step(
-    model: &mut ResNet9,
-    state: &mut SgdState,
-    x: engine::Tensor,
-    labels: &[u32],
-    lr: f64,
-    cfg: &TrainConfig,
-) -> Result<StepResult> {
+pub fn train_step(model: &mut ResNet9, state: &mut SgdState, batch: Batch, lr: f64, cfg: &TrainConfig) -> Result<StepResult> {
+    let Batch { x, labels, device_labels } = batch;
     let (loss, correct, grads) = {
         let mut g = Graph::new(&model.params);
         let input = g.input(x);
         let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
-        let loss = ops::cross_entropy::softmax_cross_entropy(&mut g, logits, labels, cfg.label_smoothing)?;
+        let loss = cross_entropy(&mut g, logits, &labels, device_labels, cfg.label_smoothing)?;
         let loss_value = g.value(loss).scalar()?;
         if !loss_value.is_finite() {
             return Err(Error::Training(format!("the loss is {loss_value} (not finite)")));
         }
-        let (correct, _) = batches::count_correct(g.value(logits), labels);
+        let (correct, _) = batches::count_correct(g.value(logits), &labels);
         let grads = g.backward(loss)?.into_param_grads(model.params.len())?;
         (loss_value, correct, grads)
     };
     sgd::step(&mut model.params, &grads, state, &cfg.sgd(lr))?;
     Ok(StepResult { loss, correct })
+}
+
+/// The mean cross-entropy, with the labels on the logits' device.
+fn cross_entropy(g: &mut Graph<'_>, logits: ops::Var, labels: &[u32], device_labels: Option<DeviceLabels>, s: f64) -> Result<ops::Var> {
+    Ok(match device_labels {
+        Some(d) => ops::cross_entropy::softmax_cross_entropy_on_device(g, logits, d, s)?,
+        None => ops::cross_entropy::softmax_cross_entropy(g, logits, labels, s)?,
+    })
 }
 
 /// The augmentation parameters of every image of an epoch, from the run's seed.
@@ -185,6 +189,7 @@ pub fn train_epoch(
     model: &mut ResNet9,
     state: &mut SgdState,
     split: &Split,
+    pipeline: &mut Pipeline,
     norm: Normalization,
     cfg: &TrainConfig,
     epoch: usize,
@@ -197,14 +202,17 @@ pub fn train_epoch(
     let schedule = cfg.schedule(split);
     let spe = schedule.steps_per_epoch;
     let (mut loss_sum, mut correct, mut seen, mut last_lr) = (0.0, 0usize, 0usize, 0.0);
-    for (b, (idx, p)) in order.chunks(cfg.batch_size).zip(params.chunks(cfg.batch_size)).enumerate() {
+    pipeline.begin_epoch(split, &order, &params)?;
+    for b in 0..spe {
+        let range = b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n);
+        let len = range.len();
         let lr = schedule.lr(epoch * spe + b);
-        let (x, labels) = batches::train_batch(split, idx, p, norm)?;
-        let r = train_step(model, state, x, &labels, lr, cfg)
+        let batch = pipeline.train_batch(split, &order, &params, range, norm)?;
+        let r = train_step(model, state, batch, lr, cfg)
             .map_err(|e| Error::Training(format!("epoch {}, batch {}: {e}", epoch + 1, b + 1)))?;
-        loss_sum += r.loss * idx.len() as f64;
+        loss_sum += r.loss * len as f64;
         correct += r.correct;
-        seen += idx.len();
+        seen += len;
         last_lr = lr;
         on_step(b, lr, loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64);
     }
@@ -235,17 +243,17 @@ impl EvalStats {
 }
 
 /// Evaluate on a whole split in eval mode (BN running statistics), in batches.
-pub fn evaluate(model: &mut ResNet9, split: &Split, norm: Normalization, batch_size: usize) -> Result<EvalStats> {
+pub fn evaluate(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, norm: Normalization, batch_size: usize) -> Result<EvalStats> {
     let (mut loss_sum, mut correct, mut misclassified) = (0.0, 0, Vec::new());
     let n = split.len();
     let mut start = 0;
     while start < n {
         let end = (start + batch_size).min(n);
-        let (x, labels) = batches::eval_batch(split, start, end, norm)?;
+        let Batch { x, labels, device_labels } = pipeline.test_batch(split, start, end, norm)?;
         let mut g = Graph::new(&model.params);
         let input = g.input(x);
         let logits = model.arch.forward(&mut g, input, false, &mut model.bn)?;
-        let loss = ops::cross_entropy::softmax_cross_entropy(&mut g, logits, &labels, 0.0)?;
+        let loss = cross_entropy(&mut g, logits, &labels, device_labels, 0.0)?;
         loss_sum += g.value(loss).scalar()? * (end - start) as f64;
         let (c, preds) = batches::count_correct(g.value(logits), &labels);
         correct += c;

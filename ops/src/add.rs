@@ -35,10 +35,10 @@ fn forward_cuda(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (dev, mut y) = crate::cuda::output_like(a)?;
     let f = crate::cuda::function(&dev, "elementwise.cu", "add")?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&a.cuda_buffer()?.buf).arg(&b.cuda_buffer()?.buf).arg(&mut y).arg(&n);
+    launch.arg(a.cuda_buffer()?.slice()).arg(b.cuda_buffer()?.slice()).arg(y.slice_mut()).arg(&n);
     // SAFETY: add(const float* a, const float* b, float* y, unsigned n); all hold n (shapes checked).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("add"))?;
-    Tensor::from_cuda(a.shape(), y, dev)
+    Tensor::from_cuda(a.shape(), y)
 }
 
 /// Add's record: its two input nodes.

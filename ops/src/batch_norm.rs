@@ -77,10 +77,11 @@ pub fn batch_norm_train(
         return Err(Error::shape("batch_norm", format!("training mode needs more than one value per channel, got {:?}", xt.shape())));
     }
     let out = match xt.dtype() {
+        _ if xt.device().is_cuda() => train_forward_cuda(xt, gt, bt, running, cfg)?,
         DType::F32 => train_forward_cpu::<f32>(xt, gt, bt, running, cfg)?,
         DType::F64 => train_forward_cpu::<f64>(xt, gt, bt, running, cfg)?,
     };
-    let rec = BatchNormRecord { x, gamma, beta, mean: out.mean, invstd: out.invstd };
+    let rec = BatchNormRecord { x, gamma, beta, mean: out.mean, invstd: out.invstd, eps: cfg.eps };
     Ok(g.push(out.y, crate::Op::BatchNorm(rec), &[x, gamma, beta]))
 }
 
@@ -95,6 +96,11 @@ pub fn batch_norm_eval(
 ) -> Result<Var> {
     let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
     check(xt, gt, bt, running)?;
+    if xt.device().is_cuda() {
+        let y = eval_forward_cuda(xt, gt, bt, running, cfg)?;
+        let rec = BatchNormRecord { x, gamma, beta, mean: Stats::FixedOnDevice, invstd: running.var.clone(), eps: cfg.eps };
+        return Ok(g.push(y, crate::Op::BatchNorm(rec), &[x, gamma, beta]));
+    }
     let (mean, invstd) = match xt.dtype() {
         DType::F32 => eval_stats::<f32>(running, cfg.eps)?,
         DType::F64 => eval_stats::<f64>(running, cfg.eps)?,
@@ -103,7 +109,7 @@ pub fn batch_norm_eval(
         DType::F32 => normalize_cpu::<f32>(xt, gt, bt, &mean, &invstd)?,
         DType::F64 => normalize_cpu::<f64>(xt, gt, bt, &mean, &invstd)?,
     };
-    let rec = BatchNormRecord { x, gamma, beta, mean: Stats::Fixed(mean), invstd };
+    let rec = BatchNormRecord { x, gamma, beta, mean: Stats::Fixed(mean), invstd, eps: cfg.eps };
     Ok(g.push(y, crate::Op::BatchNorm(rec), &[x, gamma, beta]))
 }
 
@@ -112,6 +118,9 @@ pub fn batch_norm_eval(
 enum Stats {
     Batch(Tensor),
     Fixed(Tensor),
+    /// Eval mode on CUDA: cuDNN's inference kernel reads the running statistics directly and
+    /// keeps nothing for a backward pass (which training never needs in eval mode).
+    FixedOnDevice,
 }
 
 struct TrainOut {
@@ -188,6 +197,8 @@ pub struct BatchNormRecord {
     beta: Var,
     mean: Stats,
     invstd: Tensor,
+    /// The forward's ε (cuDNN's backward wants it again).
+    eps: f64,
 }
 
 impl BatchNormRecord {
@@ -195,6 +206,7 @@ impl BatchNormRecord {
         let x = g.value(self.x);
         x.expect_same("batch_norm backward", dy)?;
         let (dx, dgamma, dbeta) = match x.dtype() {
+            _ if x.device().is_cuda() => self.backward_cuda(x, g.value(self.gamma), dy)?,
             DType::F32 => self.backward_cpu::<f32>(x, g.value(self.gamma), dy)?,
             DType::F64 => self.backward_cpu::<f64>(x, g.value(self.gamma), dy)?,
         };
@@ -214,6 +226,7 @@ impl BatchNormRecord {
         let (mean, train) = match &self.mean {
             Stats::Batch(t) => (t, true),
             Stats::Fixed(t) => (t, false),
+            Stats::FixedOnDevice => unreachable!("only recorded for CUDA tensors"),
         };
         let (mu, r) = (mean.as_slice::<T>()?, self.invstd.as_slice::<T>()?);
         // Σdy and Σdy·x̂ per channel, accumulated in f64 like the forward's statistics
@@ -241,6 +254,111 @@ impl BatchNormRecord {
             }
         }
         Ok((Tensor::new(s, dx)?, Tensor::new(&[c], sdyx)?, Tensor::new(&[c], sdy)?))
+    }
+}
+
+// ---- CUDA: cuDNN (sys layer: cudarc's safe API has no batch norm) ----
+//
+// cuDNN's SPATIAL mode is exactly the math above: statistics per channel over N·H·W,
+// biased variance for normalising, running variance updated with the unbiased one
+// (`exponentialAverageFactor` = momentum), and the saved mean and 1/√(σ²+ε) for the backward.
+
+use engine::cudnn;
+
+/// Descriptors of x `[N, C, H, W]` and of the per-channel parameters `[1, C, 1, 1]`.
+fn cuda_descs(x: &Tensor) -> Result<(cudnn::TensorDesc, cudnn::TensorDesc)> {
+    let s = x.shape();
+    Ok((cudnn::TensorDesc::nchw(s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(1, s[1], 1, 1)?))
+}
+
+const SPATIAL: cudarc::cudnn::sys::cudnnBatchNormMode_t = cudarc::cudnn::sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+
+fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<TrainOut> {
+    let xb = x.cuda_buffer()?;
+    let dev = xb.dev().clone();
+    let st = dev.stream().clone();
+    let c = x.shape()[1];
+    let (xd, pd) = cuda_descs(x)?;
+    let (mut y, mut mean, mut invstd) = (dev.alloc(x.numel())?, dev.alloc(c)?, dev.alloc(c)?);
+    let (one, zero) = (1.0f32, 0.0f32);
+    let (gb, bb) = (gamma.cuda_buffer()?, beta.cuda_buffer()?);
+    let (rm, rv) = (running.mean.cuda_buffer_mut()?.slice_mut(), running.var.cuda_buffer_mut()?.slice_mut());
+    let h = dev.cudnn()?;
+    // SAFETY: x and y hold N·C·H·W f32, gamma, beta, the running statistics and the saved
+    // mean/invstd hold C (checked by `check`); the two running buffers are distinct tensors.
+    cudnn::check("cudnnBatchNormalizationForwardTraining", unsafe {
+        cudarc::cudnn::sys::cudnnBatchNormalizationForwardTraining(
+            h.raw(), SPATIAL, cudnn::scalar(&one), cudnn::scalar(&zero),
+            xd.raw(), cudnn::ptr(xb.slice(), &st),
+            xd.raw(), cudnn::ptr_mut(y.slice_mut(), &st),
+            pd.raw(), cudnn::ptr(gb.slice(), &st), cudnn::ptr(bb.slice(), &st),
+            cfg.momentum,
+            cudnn::ptr_mut(rm, &st), cudnn::ptr_mut(rv, &st),
+            cfg.eps,
+            cudnn::ptr_mut(mean.slice_mut(), &st), cudnn::ptr_mut(invstd.slice_mut(), &st),
+        )
+    })?;
+    running.num_batches_tracked += 1;
+    Ok(TrainOut {
+        y: Tensor::from_cuda(x.shape(), y)?,
+        mean: Stats::Batch(Tensor::from_cuda(&[c], mean)?),
+        invstd: Tensor::from_cuda(&[c], invstd)?,
+    })
+}
+
+fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
+    let xb = x.cuda_buffer()?;
+    let dev = xb.dev().clone();
+    let st = dev.stream().clone();
+    let (xd, pd) = cuda_descs(x)?;
+    let mut y = dev.alloc(x.numel())?;
+    let (one, zero) = (1.0f32, 0.0f32);
+    let (gb, bb) = (gamma.cuda_buffer()?, beta.cuda_buffer()?);
+    let (rm, rv) = (running.mean.cuda_buffer()?, running.var.cuda_buffer()?);
+    let h = dev.cudnn()?;
+    // SAFETY: as in train_forward_cuda; the running statistics are only read.
+    cudnn::check("cudnnBatchNormalizationForwardInference", unsafe {
+        cudarc::cudnn::sys::cudnnBatchNormalizationForwardInference(
+            h.raw(), SPATIAL, cudnn::scalar(&one), cudnn::scalar(&zero),
+            xd.raw(), cudnn::ptr(xb.slice(), &st),
+            xd.raw(), cudnn::ptr_mut(y.slice_mut(), &st),
+            pd.raw(), cudnn::ptr(gb.slice(), &st), cudnn::ptr(bb.slice(), &st),
+            cudnn::ptr(rm.slice(), &st), cudnn::ptr(rv.slice(), &st),
+            cfg.eps,
+        )
+    })?;
+    Tensor::from_cuda(x.shape(), y)
+}
+
+impl BatchNormRecord {
+    fn backward_cuda(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let Stats::Batch(mean) = &self.mean else {
+            return Err(Error::Unsupported { op: "batch_norm backward in eval mode", device: x.device().to_string() });
+        };
+        let xb = x.cuda_buffer()?;
+        let dev = xb.dev().clone();
+        let st = dev.stream().clone();
+        let c = x.shape()[1];
+        let (xd, pd) = cuda_descs(x)?;
+        let (mut dx, mut dgamma, mut dbeta) = (dev.alloc(x.numel())?, dev.alloc(c)?, dev.alloc(c)?);
+        let (one, zero) = (1.0f32, 0.0f32);
+        let h = dev.cudnn()?;
+        // SAFETY: x, dy, dx hold N·C·H·W f32; gamma, dgamma, dbeta, mean, invstd hold C; the
+        // saved statistics are the ones the forward computed for this x with the same epsilon.
+        cudnn::check("cudnnBatchNormalizationBackward", unsafe {
+            cudarc::cudnn::sys::cudnnBatchNormalizationBackward(
+                h.raw(), SPATIAL,
+                cudnn::scalar(&one), cudnn::scalar(&zero), cudnn::scalar(&one), cudnn::scalar(&zero),
+                xd.raw(), cudnn::ptr(xb.slice(), &st),
+                xd.raw(), cudnn::ptr(dy.cuda_buffer()?.slice(), &st),
+                xd.raw(), cudnn::ptr_mut(dx.slice_mut(), &st),
+                pd.raw(), cudnn::ptr(gamma.cuda_buffer()?.slice(), &st),
+                cudnn::ptr_mut(dgamma.slice_mut(), &st), cudnn::ptr_mut(dbeta.slice_mut(), &st),
+                self.eps,
+                cudnn::ptr(mean.cuda_buffer()?.slice(), &st), cudnn::ptr(self.invstd.cuda_buffer()?.slice(), &st),
+            )
+        })?;
+        Ok((Tensor::from_cuda(x.shape(), dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
     }
 }
 

@@ -94,6 +94,9 @@ pub fn conv2d(g: &mut Graph<'_>, x: Var, w: Var, p: Conv2dParams) -> Result<Var>
 /// Forward on tensors.
 pub fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     let d = Dims::new(x, w, p)?;
+    if x.device().is_cuda() {
+        return forward_cuda(x, w, d);
+    }
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, w, d),
         DType::F64 => forward_cpu::<f64>(x, w, d),
@@ -107,6 +110,9 @@ pub fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv2dParams, need_dx: b
         return Err(Error::shape("conv2d backward", format!("dy {:?} should be {:?}", dy.shape(), [d.n, d.o, d.oh, d.ow])));
     }
     x.expect_same_kind("conv2d backward", dy)?;
+    if x.device().is_cuda() {
+        return backward_cuda(x, w, dy, d, need_dx);
+    }
     match x.dtype() {
         DType::F32 => backward_cpu::<f32>(x, w, dy, d, need_dx),
         DType::F64 => backward_cpu::<f64>(x, w, dy, d, need_dx),
@@ -212,6 +218,162 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx:
         );
     let dx = if need_dx { Some(Tensor::new(&[d.n, d.c, d.h, d.w], dx)?) } else { None };
     Ok((dx, Tensor::new(&[d.o, d.c, d.kh, d.kw], dw)?))
+}
+
+// ---- CUDA: cuDNN ----
+//
+// The same three products run as cuDNN's convolution forward, backward-data and
+// backward-filter. For each shape (input, filter, padding, stride, TF32 on/off) the
+// fastest algorithm of each kind is measured once with cudnnFind*Algorithm and kept
+// on the device ([`engine::cuda::CudaDevice::conv_plan`]); every call then reuses it
+// and the device's one workspace buffer.
+
+/// cuDNN descriptors of one convolution and its plan (cached on the device per shape).
+struct CudnnConv {
+    x: cudnn::TensorDesc,
+    w: cudnn::FilterDesc,
+    conv: cudnn::ConvDesc,
+    y: cudnn::TensorDesc,
+    plan: cudnn::ConvPlan,
+}
+
+/// The descriptors alone, before the plan is known.
+struct Descs {
+    x: cudnn::TensorDesc,
+    w: cudnn::FilterDesc,
+    conv: cudnn::ConvDesc,
+    y: cudnn::TensorDesc,
+}
+
+use engine::cudnn;
+
+/// Largest workspace an algorithm may ask for; faster ones needing more are skipped.
+const MAX_WORKSPACE: usize = 1 << 30;
+
+impl CudnnConv {
+    fn new(dev: &engine::cuda::CudaDevice, d: &Dims) -> Result<CudnnConv> {
+        let tf32 = dev.allow_tf32();
+        let c = Descs {
+            x: cudnn::TensorDesc::nchw(d.n, d.c, d.h, d.w)?,
+            w: cudnn::FilterDesc::kcrs(d.o, d.c, d.kh, d.kw)?,
+            conv: cudnn::ConvDesc::new(d.p, d.s, tf32)?,
+            y: cudnn::TensorDesc::nchw(d.n, d.o, d.oh, d.ow)?,
+        };
+        let key = cudnn::ConvKey { x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
+        let plan = dev.conv_plan(key, || c.find(dev))?;
+        Ok(CudnnConv { x: c.x, w: c.w, conv: c.conv, y: c.y, plan })
+    }
+}
+
+impl Descs {
+    /// Measure every algorithm of the three kinds and keep the fastest that succeeds within
+    /// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time).
+    fn find(&self, dev: &engine::cuda::CudaDevice) -> Result<cudnn::ConvPlan> {
+        use cudarc::cudnn::sys;
+        const N: usize = 8;
+        let h = dev.cudnn()?;
+        let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+        let mut count = 0;
+        // SAFETY (all three): the perf structs are plain C data for which all-zero bytes are valid
+        // (every enum has a variant 0); cuDNN fills `count` <= N of them; the descriptors are valid.
+        let mut fwd: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
+        cudnn::check("cudnnFindConvolutionForwardAlgorithm", unsafe {
+            sys::cudnnFindConvolutionForwardAlgorithm(h.raw(), self.x.raw(), self.w.raw(), self.conv.raw(), self.y.raw(), N as i32, &mut count, fwd.as_mut_ptr())
+        })?;
+        let f = fwd[..count as usize].iter().find(|p| p.status == ok && p.memory <= MAX_WORKSPACE).ok_or_else(|| no_algo("forward"))?;
+        let mut bd: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
+        cudnn::check("cudnnFindConvolutionBackwardDataAlgorithm", unsafe {
+            sys::cudnnFindConvolutionBackwardDataAlgorithm(h.raw(), self.w.raw(), self.y.raw(), self.conv.raw(), self.x.raw(), N as i32, &mut count, bd.as_mut_ptr())
+        })?;
+        let b = bd[..count as usize].iter().find(|p| p.status == ok && p.memory <= MAX_WORKSPACE).ok_or_else(|| no_algo("backward data"))?;
+        let mut bf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
+        cudnn::check("cudnnFindConvolutionBackwardFilterAlgorithm", unsafe {
+            sys::cudnnFindConvolutionBackwardFilterAlgorithm(h.raw(), self.x.raw(), self.y.raw(), self.conv.raw(), self.w.raw(), N as i32, &mut count, bf.as_mut_ptr())
+        })?;
+        let w = bf[..count as usize].iter().find(|p| p.status == ok && p.memory <= MAX_WORKSPACE).ok_or_else(|| no_algo("backward filter"))?;
+        Ok(cudnn::ConvPlan {
+            fwd: f.algo,
+            fwd_bytes: f.memory,
+            bwd_data: b.algo,
+            bwd_data_bytes: b.memory,
+            bwd_filter: w.algo,
+            bwd_filter_bytes: w.memory,
+        })
+    }
+}
+
+fn no_algo(kind: &str) -> Error {
+    Error::Cuda { op: "conv2d", msg: format!("cuDNN offers no {kind} algorithm for this shape within {} MiB of workspace", MAX_WORKSPACE >> 20) }
+}
+
+/// `y = conv(x, w)` with cuDNN.
+fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
+    let xb = x.cuda_buffer()?;
+    let dev = xb.dev().clone();
+    let c = CudnnConv::new(&dev, &d)?;
+    let mut y = dev.alloc(d.n * d.o * d.ohw())?;
+    let st = dev.stream().clone();
+    let (one, zero) = (1.0f32, 0.0f32);
+    dev.with_workspace(c.plan.fwd_bytes, |ws| {
+        let h = dev.cudnn()?;
+        // SAFETY: x, w and y hold the [N,C,H,W], [O,C,KH,KW] and [N,O,OH,OW] f32 elements their
+        // descriptors describe (checked by Dims::new); the workspace holds at least fwd_bytes.
+        cudnn::check("cudnnConvolutionForward", unsafe {
+            cudarc::cudnn::sys::cudnnConvolutionForward(
+                h.raw(), cudnn::scalar(&one),
+                c.x.raw(), cudnn::ptr(xb.slice(), &st),
+                c.w.raw(), cudnn::ptr(w.cuda_buffer()?.slice(), &st),
+                c.conv.raw(), c.plan.fwd, cudnn::ptr_mut(ws, &st), c.plan.fwd_bytes,
+                cudnn::scalar(&zero), c.y.raw(), cudnn::ptr_mut(y.slice_mut(), &st),
+            )
+        })
+    })?;
+    Tensor::from_cuda(&[d.n, d.o, d.oh, d.ow], y)
+}
+
+/// `(dx, dw)` with cuDNN's backward-data and backward-filter.
+fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
+    use cudarc::cudnn::sys;
+    let xb = x.cuda_buffer()?;
+    let dev = xb.dev().clone();
+    let c = CudnnConv::new(&dev, &d)?;
+    let st = dev.stream().clone();
+    let (one, zero) = (1.0f32, 0.0f32);
+    let (wb, dyb) = (w.cuda_buffer()?, dy.cuda_buffer()?);
+    let dx = if need_dx {
+        let mut dx = dev.alloc(x.numel())?;
+        dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
+            let h = dev.cudnn()?;
+            // SAFETY: as in forward_cuda; dx has x's shape, dy has y's.
+            cudnn::check("cudnnConvolutionBackwardData", unsafe {
+                sys::cudnnConvolutionBackwardData(
+                    h.raw(), cudnn::scalar(&one),
+                    c.w.raw(), cudnn::ptr(wb.slice(), &st),
+                    c.y.raw(), cudnn::ptr(dyb.slice(), &st),
+                    c.conv.raw(), c.plan.bwd_data, cudnn::ptr_mut(ws, &st), c.plan.bwd_data_bytes,
+                    cudnn::scalar(&zero), c.x.raw(), cudnn::ptr_mut(dx.slice_mut(), &st),
+                )
+            })
+        })?;
+        Some(Tensor::from_cuda(x.shape(), dx)?)
+    } else {
+        None
+    };
+    let mut dw = dev.alloc(w.numel())?;
+    dev.with_workspace(c.plan.bwd_filter_bytes, |ws| {
+        let h = dev.cudnn()?;
+        // SAFETY: as in forward_cuda; dw has w's shape.
+        cudnn::check("cudnnConvolutionBackwardFilter", unsafe {
+            sys::cudnnConvolutionBackwardFilter(
+                h.raw(), cudnn::scalar(&one),
+                c.x.raw(), cudnn::ptr(xb.slice(), &st),
+                c.y.raw(), cudnn::ptr(dyb.slice(), &st),
+                c.conv.raw(), c.plan.bwd_filter, cudnn::ptr_mut(ws, &st), c.plan.bwd_filter_bytes,
+                cudnn::scalar(&zero), c.w.raw(), cudnn::ptr_mut(dw.slice_mut(), &st),
+            )
+        })
+    })?;
+    Ok((dx, Tensor::from_cuda(w.shape(), dw)?))
 }
 
 /// Conv2d's record: its input and weight nodes and the geometry.

@@ -16,16 +16,59 @@ use engine::Error;
 /// with label smoothing `s` (target = (1 − s)·onehot + s/K). Output: a scalar `[1]`.
 pub fn softmax_cross_entropy(g: &mut Graph<'_>, logits: Var, labels: &[u32], label_smoothing: f64) -> Result<Var> {
     let z = g.value(logits);
-    let (loss, saved) = if z.device().is_cuda() {
+    if z.device().is_cuda() {
         check(z, labels, label_smoothing)?;
-        let dev = z.cuda_buffer()?.dev.clone();
-        let labels_dev = dev.upload(labels)?;
-        (forward_cuda(z, &labels_dev, label_smoothing)?, Saved::DeviceLabels(labels_dev))
-    } else {
-        let (loss, probs) = forward(z, labels, label_smoothing)?;
-        (loss, Saved::Probs(probs))
-    };
-    let rec = CrossEntropyRecord { logits, labels: labels.to_vec(), smoothing: label_smoothing, saved };
+        let dev = z.cuda_buffer()?.dev().clone();
+        let labels = DeviceLabels::new(std::sync::Arc::new(dev.upload(labels)?), 0, labels.len())?;
+        return softmax_cross_entropy_on_device(g, logits, labels, label_smoothing);
+    }
+    let (loss, probs) = forward(z, labels, label_smoothing)?;
+    let rec = CrossEntropyRecord { logits, labels: labels.to_vec(), smoothing: label_smoothing, saved: Saved::Probs(probs) };
+    Ok(g.push(loss, crate::Op::SoftmaxCrossEntropy(rec), &[logits]))
+}
+
+/// Labels already on the device: `len` values of `all` from `offset` (e.g. one batch of an
+/// epoch's labels uploaded once). They are not validated here; a label outside 0..K makes
+/// that row's loss and gradient NaN (see `ptx/cross_entropy.cu`), which training reports.
+#[derive(Clone, Debug)]
+pub struct DeviceLabels {
+    all: std::sync::Arc<cudarc::driver::CudaSlice<u32>>,
+    offset: usize,
+    len: usize,
+}
+
+impl DeviceLabels {
+    pub fn new(all: std::sync::Arc<cudarc::driver::CudaSlice<u32>>, offset: usize, len: usize) -> Result<DeviceLabels> {
+        if offset + len > all.len() {
+            return Err(Error::shape("DeviceLabels", format!("labels {offset}..{} of a buffer of {}", offset + len, all.len())));
+        }
+        Ok(DeviceLabels { all, offset, len })
+    }
+
+    /// Number of labels.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn view(&self) -> cudarc::driver::CudaView<'_, u32> {
+        self.all.slice(self.offset..self.offset + self.len)
+    }
+}
+
+/// [`softmax_cross_entropy`] on CUDA logits with labels already on the device.
+pub fn softmax_cross_entropy_on_device(g: &mut Graph<'_>, logits: Var, labels: DeviceLabels, label_smoothing: f64) -> Result<Var> {
+    let z = g.value(logits);
+    z.expect_rank("softmax_cross_entropy", 2, "logits [N, K]")?;
+    if labels.len() != z.shape()[0] || !(0.0..=1.0).contains(&label_smoothing) {
+        return Err(Error::shape("softmax_cross_entropy", format!("{} labels for logits {:?} (smoothing {label_smoothing})", labels.len(), z.shape())));
+    }
+    let loss = forward_cuda(z, &labels, label_smoothing)?;
+    let rec = CrossEntropyRecord { logits, labels: Vec::new(), smoothing: label_smoothing, saved: Saved::DeviceLabels(labels) };
     Ok(g.push(loss, crate::Op::SoftmaxCrossEntropy(rec), &[logits]))
 }
 
@@ -98,51 +141,55 @@ fn backward_cpu<T: Float>(probs: &Tensor, labels: &[u32], s: f64, dl: f64, (n, k
 
 /// Per-row losses with `cross_entropy_forward` (one thread per row), then their mean
 /// with the one-block `sum_reduce` (scale 1/N). Both of `ptx/`.
-fn forward_cuda(z: &Tensor, labels: &cudarc::driver::CudaSlice<u32>, s: f64) -> Result<Tensor> {
+fn forward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64) -> Result<Tensor> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let (n, k) = (crate::cuda::count(z.shape()[0])?, crate::cuda::count(z.shape()[1])?);
     let zb = z.cuda_buffer()?;
-    let dev = zb.dev.clone();
+    let dev = zb.dev().clone();
     let mut rows = dev.alloc_zeros(n as usize)?;
     let mut loss = dev.alloc_zeros(1)?;
     let smoothing = s as f32;
     let f = crate::cuda::function(&dev, "cross_entropy.cu", "cross_entropy_forward")?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&zb.buf).arg(labels).arg(&mut rows).arg(&n).arg(&k).arg(&smoothing);
+    let labels = labels.view();
+    launch.arg(zb.slice()).arg(&labels).arg(rows.slice_mut()).arg(&n).arg(&k).arg(&smoothing);
     // SAFETY: cross_entropy_forward(logits [n,k], labels [n], loss [n], n, k, smoothing); sizes as allocated/checked.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_forward"))?;
     let (scale, overwrite) = (1.0f32 / n as f32, 0i32);
     let f = crate::cuda::function(&dev, "reduce.cu", "sum_reduce")?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&rows).arg(&mut loss).arg(&n).arg(&scale).arg(&overwrite);
+    launch.arg(rows.slice()).arg(loss.slice_mut()).arg(&n).arg(&scale).arg(&overwrite);
     let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: sum_reduce(x [n], out [1], n, scale, accumulate) must run as one block, as configured.
     unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("sum_reduce"))?;
-    Tensor::from_cuda(&[1], loss, dev)
+    Tensor::from_cuda(&[1], loss)
 }
 
 /// `cross_entropy_backward` of `ptx/` (one thread per row): `dz = (softmax(z) − q)·dL/N`,
-/// the softmax recomputed from the logits.
-fn backward_cuda(z: &Tensor, labels: &cudarc::driver::CudaSlice<u32>, s: f64, dloss: &Tensor) -> Result<Tensor> {
+/// the softmax recomputed from the logits. dL is read by the kernel from device memory.
+fn backward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64, dloss: &Tensor) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let (n, k) = (crate::cuda::count(z.shape()[0])?, crate::cuda::count(z.shape()[1])?);
-    // dL is one float on the device: read it (a sync; it is 1 at the end of the tape).
-    let scale = (dloss.to_device(&crate::Device::Cpu)?.scalar()? / n as f64) as f32;
+    if dloss.numel() != 1 {
+        return Err(Error::shape("softmax_cross_entropy backward", format!("dL {:?} is not a scalar", dloss.shape())));
+    }
+    let inv_n = 1.0f32 / n as f32;
     let smoothing = s as f32;
+    let labels = labels.view();
     let (dev, mut dz) = crate::cuda::output_like(z)?;
     let f = crate::cuda::function(&dev, "cross_entropy.cu", "cross_entropy_backward")?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&z.cuda_buffer()?.buf).arg(labels).arg(&mut dz).arg(&n).arg(&k).arg(&smoothing).arg(&scale);
-    // SAFETY: cross_entropy_backward(logits [n,k], labels [n], dlogits [n,k], n, k, smoothing, scale).
+    launch.arg(z.cuda_buffer()?.slice()).arg(&labels).arg(dz.slice_mut()).arg(&n).arg(&k).arg(&smoothing).arg(dloss.cuda_buffer()?.slice()).arg(&inv_n);
+    // SAFETY: cross_entropy_backward(logits [n,k], labels [n], dlogits [n,k], n, k, smoothing, dloss [1], inv_n).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_backward"))?;
-    Tensor::from_cuda(z.shape(), dz, dev)
+    Tensor::from_cuda(z.shape(), dz)
 }
 
 /// What the backward keeps: the softmax probabilities (CPU), or the labels already on the
 /// device (CUDA, where the kernel recomputes the softmax from the logits).
 enum Saved {
     Probs(Tensor),
-    DeviceLabels(cudarc::driver::CudaSlice<u32>),
+    DeviceLabels(DeviceLabels),
 }
 
 /// The loss's record: the logits node, the labels, the smoothing and what the backward needs.

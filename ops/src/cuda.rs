@@ -4,7 +4,8 @@
 //! module only holds what they all need.
 
 use crate::{Result, Tensor};
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaFunction, LaunchConfig};
+use engine::cuda::CudaBuffer;
 use engine::Error;
 use engine::cuda::CudaDevice;
 use std::sync::Arc;
@@ -29,10 +30,11 @@ pub(crate) fn grid(n: u32) -> LaunchConfig {
     LaunchConfig::for_num_elems(n.max(1))
 }
 
-/// The device of a CUDA tensor and a new zeroed buffer of its size.
-pub(crate) fn output_like(x: &Tensor) -> Result<(Arc<CudaDevice>, CudaSlice<f32>)> {
-    let dev = x.cuda_buffer()?.dev.clone();
-    let buf = dev.alloc_zeros(x.numel())?;
+/// The device of a CUDA tensor and a buffer of its size from the pool, for an output that
+/// the kernel writes completely (contents unspecified until then).
+pub(crate) fn output_like(x: &Tensor) -> Result<(Arc<CudaDevice>, CudaBuffer)> {
+    let dev = x.cuda_buffer()?.dev().clone();
+    let buf = dev.alloc(x.numel())?;
     Ok((dev, buf))
 }
 

@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod record;
 
 pub mod add;
+pub mod augment;
 pub mod batch_norm;
 pub mod conv2d;
 pub mod cross_entropy;

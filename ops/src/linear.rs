@@ -111,27 +111,28 @@ fn sgemm(
 
 /// `yᵀ[O×N] = w·xᵀ` (cuBLAS), then `yᵀ += b·1ᵀ` (a rank-1 GEMM adds the bias to every row).
 fn forward_cuda(x: &Tensor, w: &Tensor, b: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<Tensor> {
-    let dev = x.cuda_buffer()?.dev.clone();
-    let mut y = dev.alloc_zeros(n * o)?;
-    let ones = dev.upload(&vec![1.0f32; n])?;
-    let (xb, wb, bb) = (&x.cuda_buffer()?.buf, &w.cuda_buffer()?.buf, &b.cuda_buffer()?.buf);
+    let dev = x.cuda_buffer()?.dev().clone();
+    let mut y = dev.alloc(n * o)?;
+    let ones = dev.upload_f32(&vec![1.0f32; n])?;
+    let (xb, wb, bb) = (x.cuda_buffer()?.slice(), w.cuda_buffer()?.slice(), b.cuda_buffer()?.slice());
     // w row-major [O×I] = column-major [I×O] (ld I), transposed; x row-major [N×I] = column-major [I×N] (ld I).
-    sgemm(&dev, (o, n, i), wb, true, i, xb, false, i, 0.0, &mut y, o)?;
+    sgemm(&dev, (o, n, i), wb, true, i, xb, false, i, 0.0, y.slice_mut(), o)?;
     // b as [O×1] (ld O) times ones [1×N] (ld 1), added.
-    sgemm(&dev, (o, n, 1), bb, false, o, &ones, false, 1, 1.0, &mut y, o)?;
-    Tensor::from_cuda(&[n, o], y, dev)
+    sgemm(&dev, (o, n, 1), bb, false, o, ones.slice(), false, 1, 1.0, y.slice_mut(), o)?;
+    Tensor::from_cuda(&[n, o], y)
 }
 
 /// `dxᵀ[I×N] = wᵀ·dyᵀ`, `dwᵀ[I×O] = xᵀ·dy`, `db[O] = dyᵀ·1` (cuBLAS).
 fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<(Tensor, Tensor, Tensor)> {
-    let dev = x.cuda_buffer()?.dev.clone();
-    let (xb, wb, dyb) = (&x.cuda_buffer()?.buf, &w.cuda_buffer()?.buf, &dy.cuda_buffer()?.buf);
-    let (mut dx, mut dw, mut db) = (dev.alloc_zeros(n * i)?, dev.alloc_zeros(o * i)?, dev.alloc_zeros(o)?);
-    let ones = dev.upload(&vec![1.0f32; n])?;
-    sgemm(&dev, (i, n, o), wb, false, i, dyb, false, o, 0.0, &mut dx, i)?;
-    sgemm(&dev, (i, o, n), xb, false, i, dyb, true, o, 0.0, &mut dw, i)?;
-    sgemm(&dev, (o, 1, n), dyb, false, o, &ones, false, n, 0.0, &mut db, o)?;
-    Ok((Tensor::from_cuda(&[n, i], dx, dev.clone())?, Tensor::from_cuda(&[o, i], dw, dev.clone())?, Tensor::from_cuda(&[o], db, dev)?))
+    let dev = x.cuda_buffer()?.dev().clone();
+    let (xb, wb, dyb) = (x.cuda_buffer()?.slice(), w.cuda_buffer()?.slice(), dy.cuda_buffer()?.slice());
+    // Every output is written by a GEMM with beta = 0, so the buffers need no clearing.
+    let (mut dx, mut dw, mut db) = (dev.alloc(n * i)?, dev.alloc(o * i)?, dev.alloc(o)?);
+    let ones = dev.upload_f32(&vec![1.0f32; n])?;
+    sgemm(&dev, (i, n, o), wb, false, i, dyb, false, o, 0.0, dx.slice_mut(), i)?;
+    sgemm(&dev, (i, o, n), xb, false, i, dyb, true, o, 0.0, dw.slice_mut(), i)?;
+    sgemm(&dev, (o, 1, n), dyb, false, o, ones.slice(), false, n, 0.0, db.slice_mut(), o)?;
+    Ok((Tensor::from_cuda(&[n, i], dx)?, Tensor::from_cuda(&[o, i], dw)?, Tensor::from_cuda(&[o], db)?))
 }
 
 /// Linear's record: its three input nodes.

@@ -6,24 +6,35 @@
 //! Forward: `y[n,c,i,j] = max_{0≤p,q<k} x[n, c, i·k + p, j·k + q]`.
 //! Backward: `dx[n,c,h,w] = dy[n,c,i,j]` if `(h, w)` is the position of that window's
 //! maximum (the first in row-major order on ties, as PyTorch), else 0.
-//! The forward saves the argmax of every window.
+//! The forward saves the argmax of every window (CPU), or its output (CUDA: cuDNN's
+//! pooling backward finds each window's maximum again from x and y).
 
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 use engine::Error;
 
 /// Record `y = max_pool2d(x, k)`, kernel = stride = k: x `[N, C, H, W]` -> y `[N, C, H/k, W/k]` (floor).
 pub fn max_pool2d(g: &mut Graph<'_>, x: Var, k: usize) -> Result<Var> {
-    let (y, argmax) = forward(g.value(x), k)?;
-    Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, argmax }), &[x]))
+    let xt = g.value(x);
+    if xt.device().is_cuda() {
+        let y = forward_cuda(xt, k)?;
+        return Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, saved: Saved::Output { k } }), &[x]));
+    }
+    let (y, argmax) = forward(xt, k)?;
+    Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, saved: Saved::Argmax(argmax) }), &[x]))
 }
 
-/// Forward: the pooled tensor and, for each output element, the flat index into x of its maximum.
-pub fn forward(x: &Tensor, k: usize) -> Result<(Tensor, Vec<u32>)> {
+fn check(x: &Tensor, k: usize) -> Result<()> {
     x.expect_rank("max_pool2d", 4, "input x [N, C, H, W]")?;
     let s = x.shape();
     if k == 0 || s[2] < k || s[3] < k {
         return Err(Error::shape("max_pool2d", format!("kernel {k} does not fit input {s:?}")));
     }
+    Ok(())
+}
+
+/// Forward: the pooled tensor and, for each output element, the flat index into x of its maximum.
+pub fn forward(x: &Tensor, k: usize) -> Result<(Tensor, Vec<u32>)> {
+    check(x, k)?;
     if x.numel() > u32::MAX as usize {
         return Err(Error::shape("max_pool2d", "input too large for 32-bit argmax indices"));
     }
@@ -84,15 +95,86 @@ fn backward_cpu<T: Float>(x_shape: &[usize], argmax: &[u32], dy: &Tensor) -> Res
     Tensor::new(x_shape, dx)
 }
 
-/// Max pool's record: the input node and the argmax of every window.
+// ---- CUDA: cuDNN ----
+//
+// cudnnPoolingForward computes y; cudnnPoolingBackward (sys layer: cudarc's safe API has no
+// pooling backward) routes each dy to its window's maximum, found again from x and y. Mode
+// MAX_DETERMINISTIC picks the first maximum on ties, like the CPU reference.
+
+use engine::cudnn;
+
+/// `y = max_pool2d(x, k)` with cuDNN: x `[N, C, H, W]` -> y `[N, C, H/k, W/k]`.
+pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
+    check(x, k)?;
+    let s = x.shape();
+    let ys = [s[0], s[1], s[2] / k, s[3] / k];
+    let xb = x.cuda_buffer()?;
+    let dev = xb.dev().clone();
+    let st = dev.stream().clone();
+    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::nchw(s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(ys[0], ys[1], ys[2], ys[3])?);
+    let mut y = dev.alloc(ys.iter().product())?;
+    let (one, zero) = (1.0f32, 0.0f32);
+    let h = dev.cudnn()?;
+    // SAFETY: x and y hold the elements their descriptors describe.
+    cudnn::check("cudnnPoolingForward", unsafe {
+        cudarc::cudnn::sys::cudnnPoolingForward(
+            h.raw(), pool.raw(), cudnn::scalar(&one),
+            xd.raw(), cudnn::ptr(xb.slice(), &st),
+            cudnn::scalar(&zero), yd.raw(), cudnn::ptr_mut(y.slice_mut(), &st),
+        )
+    })?;
+    Tensor::from_cuda(&ys, y)
+}
+
+/// `dx` with cuDNN, from the forward's input `x`, output `y` and the gradient `dy`.
+pub fn backward_cuda(x: &Tensor, y: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
+    check(x, k)?;
+    y.expect_same("max_pool2d backward", dy)?;
+    let (s, ys) = (x.shape(), y.shape());
+    if ys != [s[0], s[1], s[2] / k, s[3] / k] {
+        return Err(Error::shape("max_pool2d backward", format!("y {ys:?} is not the pooled shape of x {s:?} with k = {k}")));
+    }
+    let xb = x.cuda_buffer()?;
+    let dev = xb.dev().clone();
+    let st = dev.stream().clone();
+    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::nchw(s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(ys[0], ys[1], ys[2], ys[3])?);
+    let mut dx = dev.alloc(x.numel())?;
+    let (one, zero) = (1.0f32, 0.0f32);
+    let h = dev.cudnn()?;
+    // SAFETY: x/dx and y/dy hold the elements their descriptors describe (checked above).
+    cudnn::check("cudnnPoolingBackward", unsafe {
+        cudarc::cudnn::sys::cudnnPoolingBackward(
+            h.raw(), pool.raw(), cudnn::scalar(&one),
+            yd.raw(), cudnn::ptr(y.cuda_buffer()?.slice(), &st),
+            yd.raw(), cudnn::ptr(dy.cuda_buffer()?.slice(), &st),
+            xd.raw(), cudnn::ptr(xb.slice(), &st),
+            cudnn::scalar(&zero), xd.raw(), cudnn::ptr_mut(dx.slice_mut(), &st),
+        )
+    })?;
+    Tensor::from_cuda(s, dx)
+}
+
+/// What the backward needs: the argmax of every window (CPU), or the window size (CUDA:
+/// the forward's output is the op's own node on the graph).
+enum Saved {
+    Argmax(Vec<u32>),
+    Output { k: usize },
+}
+
+/// Max pool's record: the input node and what the backward needs.
 pub struct MaxPoolRecord {
     x: Var,
-    argmax: Vec<u32>,
+    saved: Saved,
 }
 
 impl MaxPoolRecord {
-    pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        grads.accumulate(self.x, backward(g.value(self.x).shape(), &self.argmax, dy)?)
+    pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let x = g.value(self.x);
+        let dx = match &self.saved {
+            Saved::Argmax(argmax) => backward(x.shape(), argmax, dy)?,
+            Saved::Output { k } => backward_cuda(x, g.value(out), dy, *k)?,
+        };
+        grads.accumulate(self.x, dx)
     }
 }
 

@@ -25,7 +25,7 @@ impl engine::Backward for Op {
             Op::Conv2d(r) => r.backward(tape, grad_out, grads),
             Op::BatchNorm(r) => r.backward(tape, grad_out, grads),
             Op::Relu(r) => r.backward(tape, out, grad_out, grads),
-            Op::MaxPool2d(r) => r.backward(tape, grad_out, grads),
+            Op::MaxPool2d(r) => r.backward(tape, out, grad_out, grads),
             Op::Add(r) => r.backward(tape, grad_out, grads),
             Op::Linear(r) => r.backward(tape, grad_out, grads),
             Op::Reshape(r) => r.backward(tape, grad_out, grads),

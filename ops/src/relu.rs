@@ -56,10 +56,10 @@ fn forward_cuda(x: &Tensor) -> Result<Tensor> {
     let (dev, mut y) = crate::cuda::output_like(x)?;
     let f = crate::cuda::function(&dev, "elementwise.cu", "relu_forward")?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&x.cuda_buffer()?.buf).arg(&mut y).arg(&n);
+    launch.arg(x.cuda_buffer()?.slice()).arg(y.slice_mut()).arg(&n);
     // SAFETY: relu_forward(const float* x, float* y, unsigned n) touches n elements of each; both hold n.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_forward"))?;
-    Tensor::from_cuda(x.shape(), y, dev)
+    Tensor::from_cuda(x.shape(), y)
 }
 
 /// `relu_backward` of `ptx/elementwise.cu`: one thread per element.
@@ -69,10 +69,10 @@ fn backward_cuda(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let (dev, mut dx) = crate::cuda::output_like(y)?;
     let f = crate::cuda::function(&dev, "elementwise.cu", "relu_backward")?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&y.cuda_buffer()?.buf).arg(&dy.cuda_buffer()?.buf).arg(&mut dx).arg(&n);
+    launch.arg(y.cuda_buffer()?.slice()).arg(dy.cuda_buffer()?.slice()).arg(dx.slice_mut()).arg(&n);
     // SAFETY: relu_backward(const float* y, const float* dy, float* dx, unsigned n); all hold n (shapes checked).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_backward"))?;
-    Tensor::from_cuda(y.shape(), dx, dev)
+    Tensor::from_cuda(y.shape(), dx)
 }
 
 /// What ReLU's backward needs: its input node (for the gradient) — the output is the record's own node.

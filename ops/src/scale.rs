@@ -34,10 +34,10 @@ fn forward_cuda(x: &Tensor, alpha: f64) -> Result<Tensor> {
     let (dev, mut y) = crate::cuda::output_like(x)?;
     let f = crate::cuda::function(&dev, "elementwise.cu", "scale")?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&x.cuda_buffer()?.buf).arg(&mut y).arg(&n).arg(&alpha);
+    launch.arg(x.cuda_buffer()?.slice()).arg(y.slice_mut()).arg(&n).arg(&alpha);
     // SAFETY: scale(const float* x, float* y, unsigned n, float alpha); x and y hold n.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("scale"))?;
-    Tensor::from_cuda(x.shape(), y, dev)
+    Tensor::from_cuda(x.shape(), y)
 }
 
 /// Scale's record: the input node and the constant.

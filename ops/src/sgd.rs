@@ -113,16 +113,16 @@ fn update_cuda(p: &mut Tensor, g: &Tensor, buf: &mut Option<Tensor>, cfg: &Sgd) 
         *buf = Some(Tensor::zeros(p.shape(), DType::F32).to_device(&p.device())?);
     }
     let b = buf.as_mut().ok_or_else(|| Error::Invalid("momentum buffer missing".into()))?;
-    let dev = p.cuda_buffer()?.dev.clone();
+    let dev = p.cuda_buffer()?.dev().clone();
     let f = crate::cuda::function(&dev, "sgd.cu", "sgd_update")?;
     let (lr, mom, damp, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.dampening as f32, cfg.weight_decay as f32);
     let nesterov = i32::from(cfg.nesterov);
     let stream = dev.stream().clone();
     let mut launch = stream.launch_builder(&f);
     launch
-        .arg(&mut p.cuda_buffer_mut()?.buf)
-        .arg(&g.cuda_buffer()?.buf)
-        .arg(&mut b.cuda_buffer_mut()?.buf)
+        .arg(p.cuda_buffer_mut()?.slice_mut())
+        .arg(g.cuda_buffer()?.slice())
+        .arg(b.cuda_buffer_mut()?.slice_mut())
         .arg(&n)
         .arg(&lr)
         .arg(&mom)

@@ -1,0 +1,236 @@
+//! cuDNN through cudarc's `sys` layer, wrapped in small safe types: the handle,
+//! tensor/filter/convolution/pooling descriptors that destroy themselves on drop,
+//! and the per-shape convolution plan the device caches.
+//!
+//! cudarc's safe cuDNN API keeps its handle private and has no batch norm or
+//! pooling backward, so the ops use these instead; every `unsafe` call is in the
+//! op that makes it, next to the shapes it relies on.
+
+use cudarc::cudnn::sys;
+use cudarc::driver::CudaStream;
+use std::ffi::c_int;
+use std::sync::Arc;
+
+pub use cudarc::cudnn::sys::{
+    cudnnConvolutionBwdDataAlgo_t as BwdDataAlgo, cudnnConvolutionBwdFilterAlgo_t as BwdFilterAlgo,
+    cudnnConvolutionFwdAlgo_t as FwdAlgo,
+};
+
+/// A failed cuDNN call as our error, naming the function.
+pub fn check(op: &'static str, status: sys::cudnnStatus_t) -> crate::Result<()> {
+    match status {
+        sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS => Ok(()),
+        s => Err(crate::Error::Cuda { op, msg: format!("{s:?}") }),
+    }
+}
+
+/// A cuDNN handle whose work goes to one stream.
+pub struct CudnnHandle {
+    raw: sys::cudnnHandle_t,
+    /// Kept alive as long as the handle points at it.
+    _stream: Arc<CudaStream>,
+}
+
+// SAFETY: a cuDNN handle may be used from any thread, but not from two at once;
+// the device keeps it behind a Mutex.
+unsafe impl Send for CudnnHandle {}
+
+impl CudnnHandle {
+    /// Create a handle bound to `stream` (the stream's context must be current).
+    pub(crate) fn new(stream: &Arc<CudaStream>) -> crate::Result<CudnnHandle> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: cudnnCreate writes a new handle into `raw`.
+        check("cudnnCreate", unsafe { sys::cudnnCreate(&mut raw) })?;
+        let h = CudnnHandle { raw, _stream: stream.clone() };
+        // SAFETY: both the handle and the stream are valid; the handle keeps the stream alive.
+        check("cudnnSetStream", unsafe { sys::cudnnSetStream(raw, stream.cu_stream() as sys::cudaStream_t) })?;
+        Ok(h)
+    }
+
+    /// The raw handle for `sys` calls.
+    pub fn raw(&self) -> sys::cudnnHandle_t {
+        self.raw
+    }
+}
+
+impl Drop for CudnnHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreate and destroyed once. A failure here cannot be reported.
+        unsafe { sys::cudnnDestroy(self.raw) };
+    }
+}
+
+/// Element type of a cuDNN tensor: ours are f32 on the device.
+pub const F32: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+
+fn int(v: usize) -> crate::Result<c_int> {
+    c_int::try_from(v).map_err(|_| crate::Error::Invalid(format!("dimension {v} too large for cuDNN")))
+}
+
+/// A 4-d tensor descriptor, dense NCHW.
+pub struct TensorDesc(sys::cudnnTensorDescriptor_t);
+
+impl TensorDesc {
+    /// Dense NCHW f32 `[n, c, h, w]`.
+    pub fn nchw(n: usize, c: usize, h: usize, w: usize) -> crate::Result<TensorDesc> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
+        check("cudnnCreateTensorDescriptor", unsafe { sys::cudnnCreateTensorDescriptor(&mut raw) })?;
+        let d = TensorDesc(raw);
+        let fmt = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        // SAFETY: a valid descriptor and plain integers.
+        check("cudnnSetTensor4dDescriptor", unsafe {
+            sys::cudnnSetTensor4dDescriptor(raw, fmt, F32, int(n)?, int(c)?, int(h)?, int(w)?)
+        })?;
+        Ok(d)
+    }
+
+    pub fn raw(&self) -> sys::cudnnTensorDescriptor_t {
+        self.0
+    }
+}
+
+impl Drop for TensorDesc {
+    fn drop(&mut self) {
+        // SAFETY: created above, destroyed once.
+        unsafe { sys::cudnnDestroyTensorDescriptor(self.0) };
+    }
+}
+
+/// A filter descriptor `[k, c, r, s]` (output channels, input channels, kernel height, width), f32 NCHW.
+pub struct FilterDesc(sys::cudnnFilterDescriptor_t);
+
+impl FilterDesc {
+    pub fn kcrs(k: usize, c: usize, r: usize, s: usize) -> crate::Result<FilterDesc> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
+        check("cudnnCreateFilterDescriptor", unsafe { sys::cudnnCreateFilterDescriptor(&mut raw) })?;
+        let d = FilterDesc(raw);
+        let fmt = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        // SAFETY: a valid descriptor and plain integers.
+        check("cudnnSetFilter4dDescriptor", unsafe {
+            sys::cudnnSetFilter4dDescriptor(raw, F32, fmt, int(k)?, int(c)?, int(r)?, int(s)?)
+        })?;
+        Ok(d)
+    }
+
+    pub fn raw(&self) -> sys::cudnnFilterDescriptor_t {
+        self.0
+    }
+}
+
+impl Drop for FilterDesc {
+    fn drop(&mut self) {
+        // SAFETY: created above, destroyed once.
+        unsafe { sys::cudnnDestroyFilterDescriptor(self.0) };
+    }
+}
+
+/// A 2-d cross-correlation (what deep learning calls convolution) with f32 accumulation.
+pub struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
+
+impl ConvDesc {
+    /// Padding and stride the same in both directions, no dilation; `tf32` allows
+    /// tensor-core math with TF32 inputs, otherwise plain FMA math.
+    pub fn new(pad: usize, stride: usize, tf32: bool) -> crate::Result<ConvDesc> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
+        check("cudnnCreateConvolutionDescriptor", unsafe { sys::cudnnCreateConvolutionDescriptor(&mut raw) })?;
+        let d = ConvDesc(raw);
+        let (p, s) = (int(pad)?, int(stride)?);
+        let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
+        // SAFETY: a valid descriptor and plain values.
+        check("cudnnSetConvolution2dDescriptor", unsafe { sys::cudnnSetConvolution2dDescriptor(raw, p, p, s, s, 1, 1, mode, F32) })?;
+        let math = if tf32 { sys::cudnnMathType_t::CUDNN_DEFAULT_MATH } else { sys::cudnnMathType_t::CUDNN_FMA_MATH };
+        // SAFETY: as above.
+        check("cudnnSetConvolutionMathType", unsafe { sys::cudnnSetConvolutionMathType(raw, math) })?;
+        Ok(d)
+    }
+
+    pub fn raw(&self) -> sys::cudnnConvolutionDescriptor_t {
+        self.0
+    }
+}
+
+impl Drop for ConvDesc {
+    fn drop(&mut self) {
+        // SAFETY: created above, destroyed once.
+        unsafe { sys::cudnnDestroyConvolutionDescriptor(self.0) };
+    }
+}
+
+/// A 2-d max-pooling window (no padding), propagating NaN like PyTorch.
+pub struct PoolDesc(sys::cudnnPoolingDescriptor_t);
+
+impl PoolDesc {
+    pub fn max(window: usize, stride: usize) -> crate::Result<PoolDesc> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
+        check("cudnnCreatePoolingDescriptor", unsafe { sys::cudnnCreatePoolingDescriptor(&mut raw) })?;
+        let d = PoolDesc(raw);
+        let (k, s) = (int(window)?, int(stride)?);
+        // SAFETY: a valid descriptor and plain values. MAX_DETERMINISTIC sends the gradient of a
+        // window to the first maximum, like our CPU reference (and PyTorch).
+        check("cudnnSetPooling2dDescriptor", unsafe {
+            sys::cudnnSetPooling2dDescriptor(
+                raw,
+                sys::cudnnPoolingMode_t::CUDNN_POOLING_MAX_DETERMINISTIC,
+                sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+                k, k, 0, 0, s, s,
+            )
+        })?;
+        Ok(d)
+    }
+
+    pub fn raw(&self) -> sys::cudnnPoolingDescriptor_t {
+        self.0
+    }
+}
+
+impl Drop for PoolDesc {
+    fn drop(&mut self) {
+        // SAFETY: created above, destroyed once.
+        unsafe { sys::cudnnDestroyPoolingDescriptor(self.0) };
+    }
+}
+
+/// What identifies a convolution for algorithm choice: input `[n, c, h, w]`,
+/// filter `[k, c, r, s]`, padding, stride, and whether TF32 is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvKey {
+    pub x: [usize; 4],
+    pub w: [usize; 4],
+    pub pad: usize,
+    pub stride: usize,
+    pub tf32: bool,
+}
+
+/// The algorithms chosen for one convolution shape (the fastest cuDNN measured) and the
+/// workspace each needs, in bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvPlan {
+    pub fwd: FwdAlgo,
+    pub fwd_bytes: usize,
+    pub bwd_data: BwdDataAlgo,
+    pub bwd_data_bytes: usize,
+    pub bwd_filter: BwdFilterAlgo,
+    pub bwd_filter_bytes: usize,
+}
+
+/// The device address of `s` for a `sys` call reading it. Event tracking is off on our
+/// context (one stream orders everything), so the guard cudarc returns has nothing to record.
+pub fn ptr<T>(s: &impl cudarc::driver::DevicePtr<T>, stream: &CudaStream) -> *const std::ffi::c_void {
+    let (p, _guard) = s.device_ptr(stream);
+    p as usize as *const std::ffi::c_void
+}
+
+/// The device address of `s` for a `sys` call writing it (see [`ptr`]).
+pub fn ptr_mut<T>(s: &mut impl cudarc::driver::DevicePtrMut<T>, stream: &CudaStream) -> *mut std::ffi::c_void {
+    let (p, _guard) = s.device_ptr_mut(stream);
+    p as usize as *mut std::ffi::c_void
+}
+
+/// A host f32 scaling factor (cuDNN's alpha/beta) as the pointer cuDNN takes.
+pub fn scalar(v: &f32) -> *const std::ffi::c_void {
+    v as *const f32 as *const std::ffi::c_void
+}
