@@ -5,7 +5,9 @@
 //! element, written without fused multiply-adds on both sides (`__f*_rn` intrinsics in
 //! the kernels; Rust never contracts), so they must match bit for bit. The loss uses
 //! `expf`/`logf`, whose CUDA versions are within 2 ulp of the correctly rounded value, and
-//! sums in another order: 1e-5 relative.
+//! sums in another order: 1e-5 relative. cuDNN's convolutions, batch norm and cuBLAS sum
+//! in other orders (and with other algorithms: Winograd, FFT) than the CPU reference; their
+//! tolerances are stated at each test. Max-pooling selects values: exact.
 
 use engine::{DType, Device, Tensor};
 use ops::Graph;
@@ -96,4 +98,177 @@ fn linear_forward_and_backward_match_the_cpu() {
     close("linear dx", &dxg, &dx, 1e-5);
     close("linear dw", &dwg, &dw, 1e-5);
     close("linear db", &dbg, &db, 1e-5);
+}
+
+/// The device behind a `Device::Cuda`.
+fn cuda_dev(dev: &Device) -> std::sync::Arc<engine::cuda::CudaDevice> {
+    match dev {
+        Device::Cuda(d) => d.clone(),
+        Device::Cpu => unreachable!(),
+    }
+}
+
+/// Convolution forward, backward-data and backward-filter against the CPU at the ResNet's
+/// shapes (prep layer, a 3x3 layer, the 512-channel layer), with TF32 off and on.
+///
+/// Tolerances, relative to the largest value: FMA math 2e-4 (f32 sums of up to 4608 terms
+/// in another order, and Winograd/FFT algorithms whose transforms add a few ulp per term);
+/// TF32 5e-3 (inputs rounded to 10-bit mantissas, relative error 2^-11 per product).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn conv2d_forward_and_backward_match_the_cpu() {
+    use ops::conv2d::Conv2dParams;
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    for (tf32, rtol) in [(false, 2e-4), (true, 5e-3)] {
+        d.set_allow_tf32(tf32);
+        for (i, (xs, ws)) in [([16, 3, 32, 32], [64, 3, 3, 3]), ([16, 64, 32, 32], [128, 64, 3, 3]), ([8, 256, 8, 8], [512, 256, 3, 3])].iter().enumerate() {
+            let seed = 100 + 10 * i as u64;
+            let (x, w) = (rand(xs, seed), rand(ws, seed + 1));
+            let y = ops::conv2d::forward(&x, &w, p).unwrap();
+            let dy = rand(y.shape(), seed + 2);
+            let g = |t: &Tensor| t.to_device(&dev).unwrap();
+            let what = format!("conv {xs:?} * {ws:?}, tf32 {tf32}");
+            close(&format!("{what}: y"), &ops::conv2d::forward(&g(&x), &g(&w), p).unwrap(), &y, rtol);
+            let (dx, dw) = ops::conv2d::backward(&x, &w, &dy, p, true).unwrap();
+            let (dxg, dwg) = ops::conv2d::backward(&g(&x), &g(&w), &g(&dy), p, true).unwrap();
+            close(&format!("{what}: dx"), &dxg.unwrap(), &dx.unwrap(), rtol);
+            close(&format!("{what}: dw"), &dwg, &dw, rtol);
+        }
+    }
+    d.set_allow_tf32(true);
+    // Algorithms are chosen once per shape: running a planned shape again adds no plan.
+    let plans = d.conv_plan_count();
+    let (x, w) = (rand(&[16, 64, 32, 32], 110).to_device(&dev).unwrap(), rand(&[128, 64, 3, 3], 111).to_device(&dev).unwrap());
+    ops::conv2d::forward(&x, &w, p).unwrap();
+    assert_eq!(d.conv_plan_count(), plans, "a second call with the same shape re-planned");
+}
+
+/// Batch norm in training mode (output, saved statistics through the backward, running
+/// statistics), in eval mode, and backward, against the CPU reference.
+///
+/// Tolerance 1e-4 relative to the largest value: the CPU sums the statistics in f64, cuDNN
+/// in f32 over M = N·H·W = 8192..32768 values in another order; the normalised output and
+/// the gradients inherit a few ulp of that error times |x̂| ≤ ~5.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batch_norm_matches_the_cpu() {
+    use ops::batch_norm::{BatchNormConfig, RunningStats};
+    let dev = gpu();
+    let cfg = BatchNormConfig::default();
+    for (i, shape) in [[32usize, 64, 32, 32], [32, 512, 4, 4]].iter().enumerate() {
+        let seed = 200 + 10 * i as u64;
+        let c = shape[1];
+        // A non-zero mean and non-unit scale, as real activations have.
+        let x = Tensor::new(shape, rand(shape, seed).to_f32_vec().iter().map(|v| 3.0 * v + 0.5).collect::<Vec<f32>>()).unwrap();
+        let gamma = Tensor::uniform(&[c], DType::F32, 0.5, 1.5, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed + 1));
+        let beta = rand(&[c], seed + 2);
+        let dy = rand(shape, seed + 3);
+        let run = |on: &Device| {
+            let params = vec![x.to_device(on).unwrap(), gamma.to_device(on).unwrap(), beta.to_device(on).unwrap()];
+            let mut stats = RunningStats::new(c, DType::F32);
+            stats.mean = stats.mean.to_device(on).unwrap();
+            stats.var = stats.var.to_device(on).unwrap();
+            let mut g = Graph::new(&params);
+            let (xv, gv, bv) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap());
+            let y = ops::batch_norm::batch_norm_train(&mut g, xv, gv, bv, &mut stats, cfg).unwrap();
+            // Backward seeded with dy at y.
+            let yval = g.value(y).clone();
+            let grads = g.backward_with(y, dy.to_device(on).unwrap()).unwrap().into_param_grads(3).unwrap();
+            let eval = {
+                let mut g2 = Graph::new(&params);
+                let (xv, gv, bv) = (g2.param(0).unwrap(), g2.param(1).unwrap(), g2.param(2).unwrap());
+                let y = ops::batch_norm::batch_norm_eval(&mut g2, xv, gv, bv, &stats, cfg).unwrap();
+                g2.value(y).clone()
+            };
+            (yval, grads, stats, eval)
+        };
+        let (yc, gc, sc, ec) = run(&Device::Cpu);
+        let (yg, gg, sg, eg) = run(&dev);
+        let what = format!("batch norm {shape:?}");
+        close(&format!("{what}: y"), &yg, &yc, 1e-4);
+        for (k, name) in ["dx", "dgamma", "dbeta"].iter().enumerate() {
+            close(&format!("{what}: {name}"), gg[k].as_ref().unwrap(), gc[k].as_ref().unwrap(), 1e-4);
+        }
+        close(&format!("{what}: running mean"), &sg.mean, &sc.mean, 1e-4);
+        close(&format!("{what}: running var (unbiased)"), &sg.var, &sc.var, 1e-4);
+        assert_eq!(sg.num_batches_tracked, 1);
+        close(&format!("{what}: eval-mode y"), &eg, &ec, 1e-4);
+    }
+}
+
+/// Max-pooling forward and backward: selection and routing of values, exact. Random
+/// normal inputs have no ties.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn max_pool_matches_the_cpu_exactly() {
+    let dev = gpu();
+    for (shape, k) in [([32usize, 128, 16, 16], 2), ([16, 512, 4, 4], 4)] {
+        let x = rand(&shape, 300 + k as u64);
+        let (y, argmax) = ops::max_pool::forward(&x, k).unwrap();
+        let dy = rand(y.shape(), 310 + k as u64);
+        let xg = x.to_device(&dev).unwrap();
+        let yg = ops::max_pool::forward_cuda(&xg, k).unwrap();
+        close(&format!("max pool {shape:?} k={k}: y"), &yg, &y, 0.0);
+        let dx = ops::max_pool::backward(x.shape(), &argmax, &dy).unwrap();
+        let dxg = ops::max_pool::backward_cuda(&xg, &yg, &dy.to_device(&dev).unwrap(), k).unwrap();
+        close(&format!("max pool {shape:?} k={k}: dx"), &dxg, &dx, 0.0);
+    }
+}
+
+/// The augmentation and normalisation kernels against the CPU reference given the same
+/// parameters: bit-identical (the kernel rounds every step like the CPU, see ptx/augment.cu),
+/// on random records including every crop corner, both flips and cutouts at the borders.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn augmentation_kernel_matches_the_cpu_exactly() {
+    use data::augment::{AugParams, augment_into, normalize_into};
+    use rand::Rng;
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(400);
+    let records = 300usize;
+    let mut bytes = vec![0u8; records * 3073];
+    rng.fill(&mut bytes[..]);
+    for r in 0..records {
+        bytes[r * 3073] = (r % 10) as u8;
+    }
+    let n = 256usize;
+    let idx: Vec<u32> = (0..n).map(|_| rng.random_range(0..records as u32)).collect();
+    let mut params: Vec<AugParams> = (0..n).map(|_| AugParams::sample(&mut rng)).collect();
+    // Make sure the extremes are there.
+    for (i, p) in params.iter_mut().take(81).enumerate() {
+        p.crop_x = (i % 9) as i32;
+        p.crop_y = (i / 9) as i32;
+        p.flip = (i % 2) as i32;
+        p.cutout_x = [0, 31, 3, 28][i % 4];
+        p.cutout_y = [31, 0, 28, 3][i % 4];
+    }
+    let (mean, std) = ([0.49f32, 0.48, 0.45], [0.25f32, 0.24, 0.26]);
+    let mut want = vec![0f32; n * 3072];
+    let mut want_eval = vec![0f32; n * 3072];
+    for (i, (&r, p)) in idx.iter().zip(&params).enumerate() {
+        let img = &bytes[r as usize * 3073 + 1..(r as usize + 1) * 3073];
+        augment_into(img, p, mean, std, &mut want[i * 3072..(i + 1) * 3072]);
+        normalize_into(img, mean, std, &mut want_eval[i * 3072..(i + 1) * 3072]);
+    }
+    let data_g = d.upload(&bytes).unwrap();
+    let idx_g = d.upload(&idx).unwrap();
+    let flat: Vec<i32> = bytemuck::cast_slice(&params).to_vec();
+    let params_g = d.upload(&flat).unwrap();
+    let mut labels_g = d.upload(&vec![99u32; n]).unwrap();
+    let norm = ops::augment::Norm { mean, std };
+    let x = ops::augment::augment_batch(&d, &data_g, &idx_g.slice(..), &params_g.slice(..), &mut labels_g.slice_mut(..), norm).unwrap();
+    assert_eq!(x.shape(), &[n, 3, 32, 32]);
+    let got = x.to_f32_vec();
+    let first_bad = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
+    assert!(first_bad.is_none(), "augment differs at element {first_bad:?}: {} vs {}", got[first_bad.unwrap()], want[first_bad.unwrap()]);
+    let want_labels: Vec<u32> = idx.iter().map(|&r| r % 10).collect();
+    assert_eq!(d.download(&labels_g).unwrap(), want_labels);
+    let xe = ops::augment::normalize_batch(&d, &data_g, &idx_g.slice(..), &mut labels_g.slice_mut(..), norm).unwrap();
+    assert_eq!(xe.to_f32_vec(), want_eval, "normalize_batch differs from the CPU");
+    // A batch of 8 images from an offset: views into the epoch's arrays, as training uses them.
+    let x8 = ops::augment::augment_batch(&d, &data_g, &idx_g.slice(16..24), &params_g.slice(80..120), &mut labels_g.slice_mut(0..8), norm).unwrap();
+    assert_eq!(x8.to_f32_vec(), want[16 * 3072..24 * 3072].to_vec());
 }

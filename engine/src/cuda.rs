@@ -50,6 +50,14 @@ pub struct CudaDevice {
     driver_allocations: AtomicU64,
     /// Requests served from the pool.
     pool_hits: AtomicU64,
+    /// Bytes of live pooled buffers (in use by tensors), and its peak (PyTorch's
+    /// `max_memory_allocated`, for pooled buffers).
+    in_use: AtomicU64,
+    peak_in_use: AtomicU64,
+    /// Bytes obtained from the driver and not given back, and its peak (PyTorch's
+    /// `max_memory_reserved`; includes the dataset, the workspace and the pool's free blocks).
+    held: AtomicU64,
+    peak_held: AtomicU64,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -158,6 +166,10 @@ impl CudaDevice {
             pool: Mutex::new(HashMap::new()),
             driver_allocations: AtomicU64::new(0),
             pool_hits: AtomicU64::new(0),
+            in_use: AtomicU64::new(0),
+            peak_in_use: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            peak_held: AtomicU64::new(0),
         })
     }
 
@@ -233,10 +245,13 @@ impl CudaDevice {
         let mut ws = self.workspace.lock().map_err(|_| Error::Invalid("workspace lock poisoned".into()))?;
         let need = bytes.max(1);
         if ws.as_ref().is_none_or(|w| w.len() < need) {
-            *ws = None;
             self.driver_allocations.fetch_add(1, Ordering::Relaxed);
             // SAFETY: a workspace is scratch memory that cuDNN writes before it reads.
+            if let Some(old) = ws.take() {
+                self.held.fetch_sub(old.len() as u64, Ordering::Relaxed);
+            }
             let fresh = unsafe { self.stream.alloc::<u8>(need) }.map_err(|e| self.oom("workspace", need, e))?;
+            self.add_held(need);
             *ws = Some(fresh);
         }
         f(ws.as_mut().expect("set above"))
@@ -260,8 +275,30 @@ impl CudaDevice {
     /// Give every free block of the pool back to the driver.
     pub fn release_cached(&self) {
         if let Ok(mut p) = self.pool.lock() {
+            let bytes: usize = p.iter().map(|(len, v)| len * 4 * v.len()).sum();
             p.clear();
+            self.held.fetch_sub(bytes as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Peak bytes of pooled buffers in use by tensors at once (like PyTorch's
+    /// `torch.cuda.max_memory_allocated`; the dataset and cuDNN's workspace are not pooled
+    /// and not counted here).
+    pub fn peak_in_use_bytes(&self) -> u64 {
+        self.peak_in_use.load(Ordering::Relaxed)
+    }
+
+    /// Peak bytes obtained from the driver through this device and not yet given back (like
+    /// PyTorch's `torch.cuda.max_memory_reserved`): pooled blocks, free or not, the dataset
+    /// splits and the workspace. Not included: the small one-off uploads of [`CudaDevice::upload`]
+    /// (per-epoch indices, labels and augmentation parameters, ~1.4 MB) and cuBLAS/cuDNN's own memory.
+    pub fn peak_held_bytes(&self) -> u64 {
+        self.peak_held.load(Ordering::Relaxed)
+    }
+
+    fn add_held(&self, bytes: usize) {
+        let now = self.held.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+        self.peak_held.fetch_max(now, Ordering::Relaxed);
     }
 
     /// A buffer of `n` f32 whose contents are unspecified (for outputs a kernel or
@@ -275,6 +312,8 @@ impl CudaDevice {
             }
             None => self.driver_alloc(n)?,
         };
+        let now = self.in_use.fetch_add(4 * n as u64, Ordering::Relaxed) + 4 * n as u64;
+        self.peak_in_use.fetch_max(now, Ordering::Relaxed);
         Ok(CudaBuffer { slice: Some(slice), dev: self.clone() })
     }
 
@@ -313,6 +352,7 @@ impl CudaDevice {
         self.driver_allocations.fetch_add(1, Ordering::Relaxed);
         // SAFETY: every byte is written by the copies below before anything reads it.
         let mut buf = unsafe { self.stream.alloc::<u8>(total) }.map_err(|e| self.oom("dataset", total, e))?;
+        self.add_held(total);
         let mut at = 0;
         for p in parts {
             let mut dst = buf.slice_mut(at..at + p.len());
@@ -366,7 +406,7 @@ impl CudaDevice {
     fn driver_alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
         self.driver_allocations.fetch_add(1, Ordering::Relaxed);
         // SAFETY: callers of `alloc` either overwrite the buffer or clear it (`alloc_zeros`).
-        match unsafe { self.stream.alloc::<f32>(n) } {
+        let got = match unsafe { self.stream.alloc::<f32>(n) } {
             Ok(s) => Ok(s),
             Err(_) => {
                 let cached = self.pool_free_bytes();
@@ -381,7 +421,11 @@ impl CudaDevice {
                     err
                 })
             }
+        };
+        if got.is_ok() {
+            self.add_held(4 * n);
         }
+        got
     }
 
     /// An out-of-memory (or other allocation) error naming the request and the device's memory.
@@ -402,6 +446,7 @@ impl CudaDevice {
 
     /// Return a block to the free list of its length.
     fn recycle(&self, slice: CudaSlice<f32>) {
+        self.in_use.fetch_sub(4 * slice.len() as u64, Ordering::Relaxed);
         if let Ok(mut p) = self.pool.lock() {
             p.entry(slice.len()).or_default().push(slice);
         }

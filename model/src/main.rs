@@ -119,6 +119,9 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Forbid TF32 tensor-core math in f32 convolutions on the GPU (on by default, as in PyTorch).
+    #[arg(long)]
+    no_tf32: bool,
 }
 
 impl TrainArgs {
@@ -197,6 +200,9 @@ fn open_data(args: &DataArgs) -> Result<data::Cifar10> {
 
 fn train(args: &TrainArgs, only_lr_find: bool) -> Result<()> {
     let device = choose_device(&args.device)?;
+    if let Device::Cuda(d) = &device {
+        d.set_allow_tf32(!args.no_tf32);
+    }
     let mut opts = args.options()?;
     let ds = open_data(&args.data)?;
     if only_lr_find {

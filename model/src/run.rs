@@ -279,6 +279,13 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         total,
         dir.display()
     ));
+    if let Device::Cuda(d) = device {
+        log.line(&format!(
+            "GPU memory: peak {:.0} MiB in tensors, peak {:.0} MiB held from the driver (pool, dataset, workspace)",
+            d.peak_in_use_bytes() as f64 / 1048576.0,
+            d.peak_held_bytes() as f64 / 1048576.0
+        ));
+    }
     Ok(eval.accuracy())
 }
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE (no Rust there: it uses the binaries of scripts/gpu/prepare.sh).
+#
+#   bash scripts/gpu/on-gpu.sh stage            copy the carried devbin/data*/ files to /root/cifar10
+#   bash scripts/gpu/on-gpu.sh tests            the GPU tests -> $OUT/cuda-tests-<date>.txt
+#   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> $OUT/train-24ep-<date>-seed<N>.log + run folders
+#   bash scripts/gpu/on-gpu.sh stage tests train 0
+#
+# The binaries persist between calls in /root/devbin (the machine keeps its files while warm).
+set -uo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$repo"
+OUT="${OUT:-/tmp/out}"
+mkdir -p "$OUT" /root/cifar10 /root/devbin
+# shellcheck source=/dev/null
+source scripts/gpu/env.sh
+export CIFAR10_DIR=/root/cifar10
+day="$(date -u +%Y-%m-%d)"
+
+stage() {
+    [ -d devbin/bin ] && cp devbin/bin/* /root/devbin/
+    for d in devbin/data*; do [ -d "$d" ] && cp "$d"/*.bin /root/cifar10/ 2>/dev/null; done
+    ls -la /root/cifar10 /root/devbin
+}
+
+header() {
+    nvidia-smi -L
+    nvidia-smi --query-gpu=driver_version --format=csv,noheader | sed 's/^/driver version: /'
+    date -u
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+}
+
+tests() {
+    local f="$OUT/cuda-tests-$day.txt"
+    {
+        header
+        for t in test-cuda test-cuda_ops test-cuda_train; do
+            echo "== $t --ignored --test-threads=1 --nocapture"
+            /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1
+            echo "== $t exit status $?"
+        done
+    } > "$f" 2>&1
+    grep -E '^test |test result|exit status' "$f"
+}
+
+train() {
+    local seeds=("$@")
+    [ ${#seeds[@]} -eq 0 ] && seeds=(0)
+    for s in "${seeds[@]}"; do
+        local log="$OUT/train-24ep-$day-seed$s.log"
+        { nvidia-smi -L | head -n 1; /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$OUT/runs" --name "seed$s" --no-progress 2>&1; } | tee "$log"
+    done
+}
+
+mode=""
+args=()
+for a in "$@"; do
+    case "$a" in
+        stage|tests|train) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
+        *) args+=("$a") ;;
+    esac
+done
+[ -n "$mode" ] && "$mode" "${args[@]}"

@@ -1,0 +1,182 @@
+//! The whole network and the training loop on a real GPU, against the CPU reference.
+//! Run on a GPU machine with the CIFAR-10 files: `CIFAR10_DIR=... cargo test --release -- --ignored`.
+
+use engine::{DType, Device, Tensor};
+use model::pipeline::Pipeline;
+use model::resnet::ResNet9;
+use model::run::{RunOptions, read_metrics, run_training};
+use model::train::{self, TrainConfig};
+use ops::Graph;
+use ops::sgd::{Sgd, SgdState};
+use rand::SeedableRng;
+use std::path::PathBuf;
+
+fn gpu() -> Device {
+    Device::cuda(0).unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"))
+}
+
+fn cuda_dev(dev: &Device) -> std::sync::Arc<engine::cuda::CudaDevice> {
+    match dev {
+        Device::Cuda(d) => d.clone(),
+        Device::Cpu => unreachable!(),
+    }
+}
+
+fn cifar_dir() -> PathBuf {
+    let dir = std::env::var_os("CIFAR10_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/cifar10"));
+    assert!(dir.join("data_batch_1.bin").exists(), "CIFAR-10 binary files not found in {} (set CIFAR10_DIR)", dir.display());
+    dir
+}
+
+fn close(what: &str, gpu: &Tensor, cpu: &Tensor, rtol: f64) {
+    assert!(gpu.device().is_cuda(), "{what}: not on the GPU");
+    let scale = cpu.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let err = gpu.max_abs_diff(cpu).unwrap();
+    eprintln!("{what}: max abs difference {err:.3e}, relative {:.3e}", err / scale);
+    assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+}
+
+/// One training step of the full-width ResNet-9 (6.57 M parameters) on both devices from
+/// the same weights and batch: logits, loss, every gradient, the BN running statistics and
+/// the parameters after the SGD step.
+///
+/// Tolerance 1e-3 relative to each tensor's largest value, TF32 off: both sides compute in
+/// f32 but sum in other orders through 8 convolutions and 8 batch norms; each layer adds
+/// ~1e-5 relative error and batch norm divides by the batch's std, amplifying it. A wrong
+/// rule (a missing term, a transposed filter, biased vs unbiased variance) is off by 1e-1
+/// or more.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn one_resnet_training_step_matches_the_cpu() {
+    let dev = gpu();
+    cuda_dev(&dev).set_allow_tf32(false);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let cpu_net = ResNet9::new(1.0, 0.125, DType::F32, &mut rng).unwrap();
+    let mut gpu_net = cpu_net.clone();
+    gpu_net.to_device(&dev).unwrap();
+    let x = Tensor::randn(&[16, 3, 32, 32], DType::F32, 1.0, &mut rng);
+    let labels: Vec<u32> = (0..16).map(|i| (i * 3 % 10) as u32).collect();
+    let step = |mut net: ResNet9, x: Tensor| {
+        let (grads, logits, loss) = {
+            let mut g = Graph::new(&net.params);
+            let input = g.input(x);
+            let logits = net.arch.forward(&mut g, input, true, &mut net.bn).unwrap();
+            let loss = ops::cross_entropy::softmax_cross_entropy(&mut g, logits, &labels, 0.2).unwrap();
+            let grads = g.backward(loss).unwrap().into_param_grads(net.params.len()).unwrap();
+            (grads, g.value(logits).clone(), g.value(loss).clone())
+        };
+        let cfg = Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: true };
+        ops::sgd::step(&mut net.params, &grads, &mut SgdState::default(), &cfg).unwrap();
+        (net, grads, logits, loss)
+    };
+    let (nc, gc, lc, lossc) = step(cpu_net, x.clone());
+    let (ng, gg, lg, lossg) = step(gpu_net, x.to_device(&dev).unwrap());
+    close("logits", &lg, &lc, 1e-3);
+    close("loss", &lossg, &lossc, 1e-4);
+    for (i, name) in nc.arch.param_names.iter().enumerate() {
+        close(&format!("grad of {name}"), gg[i].as_ref().unwrap(), gc[i].as_ref().unwrap(), 1e-3);
+        close(&format!("{name} after the step"), &ng.params[i], &nc.params[i], 1e-3);
+    }
+    for (i, (a, b)) in ng.bn.iter().zip(&nc.bn).enumerate() {
+        close(&format!("{} running mean", nc.arch.bn_name(i)), &a.mean, &b.mean, 1e-3);
+        close(&format!("{} running var", nc.arch.bn_name(i)), &a.var, &b.var, 1e-3);
+    }
+    cuda_dev(&dev).set_allow_tf32(true);
+}
+
+/// The GPU pipeline assembles exactly the batches the host pipeline does, from the real
+/// files (training: augmented; test: normalised), and the kernels read the right labels.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_batches_equal_host_batches_on_the_real_files() {
+    let dev = gpu();
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let mut host = Pipeline::new(&Device::Cpu, &ds.train, &ds.test).unwrap();
+    let mut gpu_p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
+    let n = ds.train.len();
+    let order = data::epoch_order(n, 3, 1);
+    let params = train::epoch_aug_params(3, 1, n);
+    host.begin_epoch(&ds.train, &order, &params).unwrap();
+    gpu_p.begin_epoch(&ds.train, &order, &params).unwrap();
+    // The first batch, one from the middle, and the partial last one (336 images).
+    for range in [0..512, 25_088..25_600, 49_664..50_000] {
+        let h = host.train_batch(&ds.train, &order, &params, range.clone(), norm).unwrap();
+        let g = gpu_p.train_batch(&ds.train, &order, &params, range.clone(), norm).unwrap();
+        assert!(g.x.device().is_cuda());
+        assert_eq!(g.x.to_f32_vec(), h.x.to_f32_vec(), "training batch {range:?}");
+        assert_eq!(g.labels, h.labels);
+        assert!(g.device_labels.is_some());
+        if let Pipeline::Gpu(data) = &gpu_p {
+            assert_eq!(data.kernel_labels(range.len()).unwrap(), h.labels, "labels read by the kernel");
+        }
+    }
+    let h = host.test_batch(&ds.test, 9000, 10_000, norm).unwrap();
+    let g = gpu_p.test_batch(&ds.test, 9000, 10_000, norm).unwrap();
+    assert_eq!(g.x.to_f32_vec(), h.x.to_f32_vec(), "test batch");
+    assert_eq!(g.labels, h.labels);
+}
+
+/// After the first steps, a training step takes every buffer from the pool: the driver's
+/// allocator is not called again (the caching allocator's promise).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn steady_state_training_steps_make_no_driver_allocations() {
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
+    let cfg = TrainConfig { lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
+    let mut net = ResNet9::new(1.0, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+    net.to_device(&dev).unwrap();
+    let mut state = SgdState::default();
+    let order = data::epoch_order(ds.train.len(), 0, 0);
+    let params = train::epoch_aug_params(0, 0, ds.train.len());
+    p.begin_epoch(&ds.train, &order, &params).unwrap();
+    let mut counts = Vec::new();
+    for b in 0..4 {
+        let batch = p.train_batch(&ds.train, &order, &params, b * 512..(b + 1) * 512, norm).unwrap();
+        let r = train::train_step(&mut net, &mut state, batch, 0.05, &cfg).unwrap();
+        assert!(r.loss.is_finite());
+        d.synchronize().unwrap();
+        counts.push(d.driver_allocations());
+    }
+    eprintln!("driver allocations after each step: {counts:?}; pool hits {}", d.pool_hits());
+    assert_eq!(counts[2], counts[3], "step 4 allocated from the driver: {counts:?}");
+}
+
+/// End to end on the GPU: LR range test, a short run of the real recipe at half width on
+/// 10,000 images, the run folder. The loss must fall and test accuracy pass 40% (chance 10%).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_short_run_learns_on_the_gpu() {
+    let dev = gpu();
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let runs = std::env::temp_dir().join(format!("train-gpu-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&runs);
+    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, ..TrainConfig::default() };
+    let opts = RunOptions {
+        cfg,
+        lr_given: false,
+        lr_find: model::lr_find::LrFindConfig { steps: 19, ..Default::default() },
+        runs_dir: runs.clone(),
+        name: Some("g".into()),
+        resume: false,
+        progress: false,
+    };
+    let acc = run_training(&ds, &dev, opts).unwrap();
+    let rows = read_metrics(&runs.join("g/metrics.csv")).unwrap();
+    eprintln!("{rows:#?}");
+    assert_eq!(rows.len(), 3);
+    assert!(rows[2].train_loss < rows[0].train_loss, "training loss did not fall: {rows:?}");
+    assert!(acc > 40.0, "test accuracy {acc}%");
+    for f in ["model.safetensors", "optimizer.safetensors", "loss.png", "lr_find.png", "train.log"] {
+        assert!(runs.join("g").join(f).exists(), "{f} missing");
+    }
+    std::fs::remove_dir_all(&runs).unwrap();
+}
