@@ -68,3 +68,34 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     assert_eq!(read_metrics(&dir.join("metrics.csv")).unwrap().len(), 3);
     std::fs::remove_dir_all(&runs).unwrap();
 }
+
+/// A profiled step on the CPU marks every operation of the network once per use: 8
+/// convolutions and 8 batch norms forward and backward, one SGD update, the batch.
+#[test]
+fn a_profiled_step_accounts_for_every_operation() {
+    use model::pipeline::Pipeline;
+    use model::train;
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let cfg = TrainConfig { batch_size: 16, width: 0.0625, ..TrainConfig::default() };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    let mut net = model::resnet::ResNet9::new(cfg.width, 1.0, engine::DType::F32, &mut rng).unwrap();
+    let mut pipeline = Pipeline::new(&engine::Device::Cpu, &ds.train, &ds.test).unwrap();
+    let order = data::epoch_order(64, 0, 0);
+    let params = train::epoch_aug_params(0, 0, 64);
+    pipeline.begin_epoch(&ds.train, &order, &params).unwrap();
+    let mut state = ops::sgd::SgdState::default();
+    let p = train::profile_step(&mut net, &mut state, &ds.train, &mut pipeline, &order, &params, 0..16, norm, 0.01, &cfg).unwrap();
+    let calls = |label: &str| p.rows.iter().find(|r| r.0 == label).map(|r| r.1).unwrap_or(0);
+    assert_eq!(calls("conv2d forward"), 8, "{}", p.table());
+    assert_eq!(calls("conv2d backward"), 8);
+    assert_eq!(calls("batch_norm forward"), 8);
+    assert_eq!(calls("batch_norm backward"), 8);
+    assert_eq!(calls("max_pool2d forward"), 4, "3 pools in the layers and the final one");
+    assert_eq!(calls("sgd update"), 1);
+    assert_eq!(calls("data: augment batch"), 1);
+    assert!(p.total_ms() > 0.0);
+    // The step really trained: the momentum buffers exist now.
+    assert!(state.momentum_buffers.iter().all(|b| b.is_some()));
+}

@@ -17,6 +17,7 @@
 //! gradient) and *parameters* (borrowed from the model, not copied: they get
 //! gradients, returned by [`Gradients::into_param_grads`]).
 
+use crate::profile::Profiler;
 use crate::{Error, Result, Tensor};
 
 /// A handle to one node (value) on a tape.
@@ -35,6 +36,11 @@ pub trait Backward: Sized {
     /// Given `grad_out` = dL/d(output of this record, node `out`), add dL/d(input)
     /// to `grads` for each input that [`Tape::requires_grad`].
     fn backward(&self, tape: &Tape<'_, Self>, out: Var, grad_out: &Tensor, grads: &mut Gradients) -> Result<()>;
+
+    /// A short name of the operation, for profiles.
+    fn name(&self) -> &'static str {
+        "op"
+    }
 }
 
 enum Source<R> {
@@ -52,12 +58,32 @@ struct Node<R> {
 pub struct Tape<'p, R> {
     params: &'p [Tensor],
     nodes: Vec<Node<R>>,
+    /// When set, every push and every backward rule is marked (see [`crate::profile`]).
+    profiler: std::cell::RefCell<Option<Profiler>>,
 }
 
 impl<'p, R> Tape<'p, R> {
     /// An empty tape over the model's parameters (referenced, not copied).
     pub fn new(params: &'p [Tensor]) -> Self {
-        Tape { params, nodes: Vec::new() }
+        Tape { params, nodes: Vec::new(), profiler: std::cell::RefCell::new(None) }
+    }
+
+    /// Mark every operation from now on: its forward when it is pushed (the work queued
+    /// since the previous mark), its backward after its rule ran.
+    pub fn set_profiler(&mut self, p: Profiler) {
+        *self.profiler.get_mut() = Some(p);
+    }
+
+    /// Stop marking and hand the profiler back.
+    pub fn take_profiler(&mut self) -> Option<Profiler> {
+        self.profiler.get_mut().take()
+    }
+
+    /// Mark the end of some work of the caller's (e.g. the loss read back), if profiling.
+    pub fn mark(&self, label: &str) {
+        if let Some(p) = self.profiler.borrow_mut().as_mut() {
+            p.mark(label);
+        }
     }
 
     /// A constant leaf (no gradient is computed for it).
@@ -76,7 +102,13 @@ impl<'p, R> Tape<'p, R> {
     }
 
     /// Push the output of an operation. It requires a gradient when any of `inputs` does.
-    pub fn push(&mut self, value: Tensor, record: R, inputs: &[Var]) -> Var {
+    pub fn push(&mut self, value: Tensor, record: R, inputs: &[Var]) -> Var
+    where
+        R: Backward,
+    {
+        if let Some(p) = self.profiler.get_mut() {
+            p.mark(&format!("{} forward", record.name()));
+        }
         let requires_grad = inputs.iter().any(|&v| self.requires_grad(v));
         self.nodes.push(Node { source: Source::Op { value, record }, requires_grad });
         Var(self.nodes.len() - 1)
@@ -143,6 +175,7 @@ impl<R: Backward> Tape<'_, R> {
                     if let Some(g) = grads.by_node[i].take() {
                         if node.requires_grad {
                             record.backward(self, Var(i), &g, &mut grads)?;
+                            self.mark(&format!("{} backward", record.name()));
                         }
                     }
                 }

@@ -23,6 +23,17 @@ enum Command {
     Train(TrainArgs),
     /// Run only the LR range test and plot loss against LR.
     LrFind(TrainArgs),
+    /// Time one training step operation by operation (CUDA events on a GPU), after warm-up steps.
+    Profile {
+        #[command(flatten)]
+        args: TrainArgs,
+        /// Training steps before the profiled one (algorithm search, pool warm-up).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Steps timed end to end (synchronised) after the profiled one.
+        #[arg(long, default_value_t = 10)]
+        timed: usize,
+    },
     /// Print the layer table and the parameter count.
     Summary {
         /// Channel multiplier (1 = the real network).
@@ -240,6 +251,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train(&a, false),
         Command::LrFind(a) => train(&a, true),
         Command::Summary { width, batch_size } => summary(width, batch_size),
+        Command::Profile { args, warmup, timed } => {
+            let device = choose_device(&args.device)?;
+            if let Device::Cuda(d) = &device {
+                d.set_allow_tf32(!args.no_tf32);
+            }
+            let opts = args.options()?;
+            let ds = open_data(&args.data)?;
+            model::run::run_profile(&ds, &device, &opts.cfg, warmup, timed)
+        }
         Command::Ptx { out, arch } => write_ptx(&out, &arch),
         Command::ShowData { data, out, seed } => {
             let ds = open_data(&data)?;

@@ -427,6 +427,70 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     Ok(())
 }
 
+/// The `profile` command: `warmup` training steps, one profiled step (the table of time
+/// per operation), then `timed` steps timed end to end with a synchronisation after each.
+pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usize, timed: usize) -> Result<()> {
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = Normalization { mean, std };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
+    model.to_device(device)?;
+    let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
+    let mut state = SgdState::default();
+    let n = cfg.train_len(&ds.train);
+    let bs = cfg.batch_size;
+    let steps = warmup + 1 + timed;
+    if n < steps * bs {
+        return Err(Error::Invalid(format!("profiling {steps} steps of {bs} needs {} training images, have {n}", steps * bs)));
+    }
+    let order = data::epoch_order(n, cfg.seed, 0);
+    let params = train::epoch_aug_params(cfg.seed, 0, n);
+    pipeline.begin_epoch(&ds.train, &order, &params)?;
+    let lr = 0.01;
+    let step = |model: &mut ResNet9, state: &mut SgdState, pipeline: &mut Pipeline, b: usize| -> Result<()> {
+        let batch = pipeline.train_batch(&ds.train, &order, &params, b * bs..(b + 1) * bs, norm)?;
+        train::train_step(model, state, batch, lr, cfg)?;
+        Ok(())
+    };
+    let t0 = std::time::Instant::now();
+    for b in 0..warmup {
+        step(&mut model, &mut state, &mut pipeline, b)?;
+    }
+    device.synchronize()?;
+    println!("Device: {device}; ResNet-9 width {}, batch {bs}; {warmup} warm-up steps took {:.2}s", cfg.width, t0.elapsed().as_secs_f64());
+    let prof = train::profile_step(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, warmup * bs..(warmup + 1) * bs, norm, lr, cfg)?;
+    println!("One training step, time per operation ({}):", if device.is_cuda() { "GPU time between CUDA events" } else { "host time" });
+    print!("{}", prof.table());
+    let mut times = Vec::new();
+    for b in warmup + 1..steps {
+        let t = std::time::Instant::now();
+        step(&mut model, &mut state, &mut pipeline, b)?;
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    if !times.is_empty() {
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{} steps timed end to end: median {:.2} ms, min {:.2} ms, max {:.2} ms per step ({:.0} images/s at the median)",
+            times.len(),
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1],
+            bs as f64 / (times[times.len() / 2] / 1e3)
+        );
+    }
+    if let Device::Cuda(d) = device {
+        println!(
+            "driver allocations {}, pool hits {}, peak {:.0} MiB in tensors, {:.0} MiB held",
+            d.driver_allocations(),
+            d.pool_hits(),
+            d.peak_in_use_bytes() as f64 / 1048576.0,
+            d.peak_held_bytes() as f64 / 1048576.0
+        );
+    }
+    Ok(())
+}
+
 /// The `show-data` command: a grid of augmented training images with their class
 /// names (`<out>/train_images.png`), and the per-class counts of both splits.
 pub fn show_data(ds: &Cifar10, out: &Path, seed: u64) -> Result<()> {

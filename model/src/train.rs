@@ -157,6 +157,48 @@ pub fn train_step(model: &mut ResNet9, state: &mut SgdState, batch: Batch, lr: f
     Ok(StepResult { loss, correct })
 }
 
+/// One training step (batch assembly included) with every operation marked: the time
+/// per operation (GPU time on a GPU, from CUDA events; see `engine::profile`). Batch `b`
+/// of the epoch begun on `pipeline` is used.
+#[allow(clippy::too_many_arguments)]
+pub fn profile_step(
+    model: &mut ResNet9,
+    state: &mut SgdState,
+    split: &Split,
+    pipeline: &mut Pipeline,
+    order: &[u32],
+    params: &[AugParams],
+    range: std::ops::Range<usize>,
+    norm: Normalization,
+    lr: f64,
+    cfg: &TrainConfig,
+) -> Result<engine::profile::Profile> {
+    let device = model.device();
+    device.synchronize()?;
+    let mut prof = engine::profile::Profiler::new(&device)?;
+    let Batch { x, labels, device_labels } = pipeline.train_batch(split, order, params, range, norm)?;
+    prof.mark("data: augment batch");
+    let grads = {
+        let mut g = Graph::new(&model.params);
+        g.set_profiler(prof);
+        let input = g.input(x);
+        let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
+        let loss = cross_entropy(&mut g, logits, &labels, device_labels, cfg.label_smoothing)?;
+        let loss_value = g.value(loss).scalar()?;
+        batches::count_correct(g.value(logits), &labels);
+        g.mark("host: read loss and logits");
+        if !loss_value.is_finite() {
+            return Err(Error::Training(format!("the loss is {loss_value} (not finite)")));
+        }
+        let grads = g.backward(loss)?.into_param_grads(model.params.len())?;
+        prof = g.take_profiler().ok_or_else(|| Error::Invalid("the profiler went missing".into()))?;
+        grads
+    };
+    sgd::step(&mut model.params, &grads, state, &cfg.sgd(lr))?;
+    prof.mark("sgd update");
+    Ok(prof.finish()?)
+}
+
 /// The mean cross-entropy, with the labels on the logits' device.
 fn cross_entropy(g: &mut Graph<'_>, logits: ops::Var, labels: &[u32], device_labels: Option<DeviceLabels>, s: f64) -> Result<ops::Var> {
     Ok(match device_labels {

@@ -33,4 +33,18 @@ impl engine::Backward for Op {
             Op::SoftmaxCrossEntropy(r) => r.backward(tape, grad_out, grads),
         }
     }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Conv2d(_) => "conv2d",
+            Op::BatchNorm(_) => "batch_norm",
+            Op::Relu(_) => "relu",
+            Op::MaxPool2d(_) => "max_pool2d",
+            Op::Add(_) => "add",
+            Op::Linear(_) => "linear",
+            Op::Reshape(_) => "reshape",
+            Op::Scale(_) => "scale",
+            Op::SoftmaxCrossEntropy(_) => "cross_entropy",
+        }
+    }
 }

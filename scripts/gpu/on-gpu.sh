@@ -4,6 +4,7 @@
 #   bash scripts/gpu/on-gpu.sh stage            copy the carried devbin/data*/ files to /root/cifar10
 #   bash scripts/gpu/on-gpu.sh tests            the GPU tests -> $OUT/cuda-tests-<date>.txt
 #   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> $OUT/train-24ep-<date>-seed<N>.log + run folders
+#   bash scripts/gpu/on-gpu.sh profile          time per operation of one step -> $OUT/profile-<date>.txt
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
 # The binaries persist between calls in /root/devbin (the machine keeps its files while warm).
@@ -52,11 +53,15 @@ train() {
     done
 }
 
+profile() {
+    { header; /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee "$OUT/profile-$day.txt"
+}
+
 mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
+        stage|tests|train|profile) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
