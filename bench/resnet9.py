@@ -45,9 +45,12 @@ class Residual(nn.Module):
 
 
 class ResNet9(nn.Module):
-    def __init__(self, width=1.0, out_scale=1.0, num_classes=10):
+    def __init__(self, width=1.0, out_scale=1.0, num_classes=10, channels=None):
+        """`channels` (4 numbers, as in our checkpoints' metadata) overrides the ones `width` gives."""
         super().__init__()
         c = [max(1, int(b * width + 0.5)) for b in (64, 128, 256, 512)]  # rounds half up, as Rust's f64::round does here
+        if channels is not None:
+            c = [int(x) for x in channels]
         self.prep = ConvBN(3, c[0])
         self.layer1 = ConvBN(c[0], c[1], pool=True)
         self.res1 = Residual(c[1])

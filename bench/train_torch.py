@@ -1,15 +1,35 @@
 """The same recipe in PyTorch, for side-by-side comparison with our engine (issues 6 and 7).
 
-Same network (resnet9.py, same parameter names), same data (the CIFAR-10 binary files, uploaded to the GPU
-once as uint8), same augmentation (reflect-pad 4 + random 32x32 crop, horizontal flip p=0.5, Cutout 8x8
-filled with the mean, i.e. 0 after normalisation), same one-cycle schedule per batch (linear LRMIN -> LRMAX
-at the end of epoch 5 -> linear back to LRMIN at the end), SGD momentum 0.9 Nesterov weight decay 5e-4,
-batch 512 with the last partial batch kept.
+What is the same as our engine (model/src/*.rs, data/src/augment.rs):
+- the network: bench/resnet9.py, with our parameter names, so our checkpoints load with strict=True;
+  PyTorch's default initialisation, which our engine also uses; BN momentum 0.1, eps 1e-5;
+- the data: the CIFAR-10 binary files (`data_batch_{1..5}.bin`, `test_batch.bin`), normalised with the
+  per-channel mean and population std of all 50,000 training images (as `data::augment::channel_stats`);
+  `--subset N` trains on the first N training images only (as our `--subset`);
+- the augmentation, per image: reflect-pad 4 + random 32x32 crop, horizontal flip with p=1/2, Cutout 8x8
+  centred uniformly over the image, clipped at the border, filled with 0 (the mean after normalisation);
+  done on the device, on the uint8 images uploaded once;
+- the schedule: one-cycle per batch, linear LRMIN -> LRMAX at the end of epoch P -> linear back towards
+  LRMIN at the end (model/src/schedule.rs); P defaults to round(5/24 * epochs), at least 1, as our CLI;
+- the optimiser: SGD, momentum 0.9, Nesterov, weight decay 5e-4 on every parameter (torch.optim.SGD);
+- batch 512, reshuffled every epoch, the last partial batch kept (50,000 = 97 x 512 + 336).
+The random streams (init, shuffle, augmentation) are PyTorch's, seeded from --seed: the same seed does not
+give the same images as our engine, only the same distribution.
 
-    python3 bench/train_torch.py --data DIR --lr-max 0.4 --lr-min 0.004 [--amp] [--compile] [--channels-last]
+What it measures, per epoch: the training time (device synchronised before and after, so the time covers
+the queued GPU work), the test-evaluation time (same), train loss/accuracy (accumulated on the device, no
+host synchronisation inside the epoch), test loss/accuracy. At the end: totals with and without the first
+epoch (which holds cuDNN autotuning and, with --compile, the compilation), peak GPU memory
+(torch.cuda.max_memory_allocated and max_memory_reserved since the process started, so it includes the
+dataset kept on the GPU; `dataset_device_bytes` says how much that is), and the process wall time.
+
+    python3 bench/train_torch.py --data DIR --lr-max 0.4 --lr-min 0.004           # fp32, eager
+    python3 bench/train_torch.py --data DIR ... --amp --channels-last              # bf16 autocast, NHWC
+    python3 bench/train_torch.py --data DIR ... --amp --channels-last --compile    # + torch.compile
     python3 bench/train_torch.py --data DIR --eval-checkpoint runs/run-1/model.safetensors
+    python3 bench/train_torch.py --data DIR --device cpu --subset 1024 --epochs 1 --batch-size 128  # smoke test
 
-Prints one line per epoch and a final JSON line with the timings, accuracies and peak memory.
+Prints one line per epoch and, last, one JSON line with everything measured (bench/side_by_side.py reads it).
 """
 import argparse
 import json
@@ -24,15 +44,77 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from resnet9 import ResNet9  # noqa: E402
 
+RECORD = 3073  # one label byte + 3x32x32 pixel bytes (CHW)
+TRAIN_FILES = [f"data_batch_{i}.bin" for i in range(1, 6)]
+TEST_FILES = ["test_batch.bin"]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data/cifar-10-batches-bin"),
+                    help="folder with the CIFAR-10 binary files (default $CIFAR10_DIR)")
+    ap.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    ap.add_argument("--epochs", type=int, default=24)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--subset", type=int, help="train on the first N training images only")
+    ap.add_argument("--lr-max", type=float, default=0.4, help="peak LR of the one-cycle schedule")
+    ap.add_argument("--lr-min", type=float, default=0.004, help="first and last LR of the one-cycle schedule")
+    ap.add_argument("--peak-epoch", type=int, help="epoch at whose end the LR peaks (default round(5/24 * epochs))")
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov")
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--width", type=float, help="channel multiplier (default 1 = the real network; with "
+                                                "--eval-checkpoint, default: from the checkpoint)")
+    ap.add_argument("--out-scale", type=float, help="multiplier of the logits (default 1; with --eval-checkpoint, "
+                                                    "default: from the checkpoint)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the initialisation, shuffle and augmentation")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast (training and evaluation)")
+    ap.add_argument("--channels-last", action="store_true", help="NHWC model weights and inputs")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune (default: default)")
+    ap.add_argument("--no-tf32", action="store_true",
+                    help="fp32 convolutions without TF32 (PyTorch's default lets cuDNN use TF32 for them)")
+    ap.add_argument("--eval-checkpoint", metavar="PATH",
+                    help="only load this safetensors state_dict (strict=True) and evaluate it on the test set "
+                         "in fp32; width and out_scale come from its metadata unless given")
+    return ap.parse_args(argv)
+
 
 def load_split(data_dir, names):
-    """Records of the binary files as one uint8 array [N, 3073] (label byte + 3072 CHW pixels)."""
-    parts = [np.fromfile(os.path.join(data_dir, n), dtype=np.uint8).reshape(-1, 3073) for n in names]
+    """The records of the binary files as one uint8 array [N, 3073] (label byte + 3072 CHW pixels)."""
+    parts = []
+    for n in names:
+        path = os.path.join(data_dir, n)
+        if not os.path.exists(path):
+            sys.exit(f"error: {path} not found (--data must name the folder of the CIFAR-10 binary version)")
+        raw = np.fromfile(path, dtype=np.uint8)
+        if raw.size % RECORD:
+            sys.exit(f"error: {path} is {raw.size} bytes, not a multiple of {RECORD}")
+        parts.append(raw.reshape(-1, RECORD))
     return np.concatenate(parts)
 
 
+def channel_stats(train):
+    """Per-channel mean and population std of the training pixels on the [0, 1] scale, as our engine
+    (exact integer sums, then f64 -> f32). Returns two float32 tensors of shape [1, 3, 1, 1]."""
+    px = train[:, 1:].reshape(-1, 3, 1024)
+    n = px.shape[0] * 1024
+    s = px.sum(axis=(0, 2), dtype=np.uint64).astype(np.float64)
+    sq = np.einsum("nci,nci->c", px.astype(np.uint64), px.astype(np.uint64)).astype(np.float64)
+    mean = s / n / 255.0
+    std = np.sqrt(np.maximum(sq / n / (255.0 * 255.0) - mean * mean, 0.0))
+    as_t = lambda a: torch.tensor(a.astype(np.float32)).view(1, 3, 1, 1)  # noqa: E731
+    return as_t(mean), as_t(std)
+
+
+def default_peak_epoch(epochs):
+    """Our CLI's default: 5/24 of the run, rounded, at least 1 (epoch 5 of 24)."""
+    return max(1, (epochs * 5 + 12) // 24)
+
+
 def one_cycle(step, lr_min, lr_max, steps_per_epoch, epochs, peak_epoch):
-    """Same formula as model/src/schedule.rs."""
+    """LR of step `step` (0-based), the same formula as model/src/schedule.rs."""
     total = epochs * steps_per_epoch
     peak = min(peak_epoch * steps_per_epoch, total)
     if step <= peak:
@@ -40,129 +122,219 @@ def one_cycle(step, lr_min, lr_max, steps_per_epoch, epochs, peak_epoch):
     return lr_max - (lr_max - lr_min) * (step - peak) / (total - peak)
 
 
-def augment(x, gen):
-    """x: uint8 [N,3,32,32] on the GPU -> normalised, augmented float [N,3,32,32] (crop, flip, cutout)."""
-    n = x.shape[0]
-    dev = x.device
-    xf = x.float().div_(255.0)
-    xf = (xf - MEAN.to(dev)) / STD.to(dev)
-    padded = F.pad(xf, (4, 4, 4, 4), mode="reflect")
-    cx = torch.randint(0, 9, (n,), device=dev, generator=gen)
-    cy = torch.randint(0, 9, (n,), device=dev, generator=gen)
-    ar = torch.arange(32, device=dev)
-    rows = (cy[:, None] + ar[None, :])  # [N,32]
-    cols = (cx[:, None] + ar[None, :])
+def normalize(x_u8, mean, std):
+    """uint8 [N,3,32,32] -> (x/255 - mean) / std in float32, in this order (as our engine)."""
+    return (x_u8.float().div_(255.0) - mean) / std
+
+
+def sample_aug_params(n, gen, dev):
+    """The random choices for n images, as our AugParams::sample: crop corner uniform in 0..=8 on each axis,
+    flip with probability 1/2, cutout centre uniform in 0..32 on each axis (int64 tensors [n])."""
+    crop_x = torch.randint(0, 9, (n,), device=dev, generator=gen)
+    crop_y = torch.randint(0, 9, (n,), device=dev, generator=gen)
     flip = torch.rand(n, device=dev, generator=gen) < 0.5
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    cut_x = torch.randint(0, 32, (n,), device=dev, generator=gen)
+    cut_y = torch.randint(0, 32, (n,), device=dev, generator=gen)
+    return crop_x, crop_y, flip, cut_x, cut_y
+
+
+def apply_augment(x_u8, mean, std, crop_x, crop_y, flip, cut_x, cut_y):
+    """uint8 [N,3,32,32] -> normalised, augmented float32 [N,3,32,32], the formula of data/src/augment.rs:
+    out[c,y,x] = padded[c, y + crop_y, (flip ? 31-x : x) + crop_x] of the normalised image reflect-padded
+    by 4, then 0 where cut_y-4 <= y < cut_y+4 and cut_x-4 <= x < cut_x+4."""
+    n, dev = x_u8.shape[0], x_u8.device
+    padded = F.pad(normalize(x_u8, mean, std), (4, 4, 4, 4), mode="reflect")  # [N,3,40,40]
+    ar = torch.arange(32, device=dev)
+    rows = crop_y[:, None] + ar[None, :]
+    cols = crop_x[:, None] + torch.where(flip[:, None], 31 - ar, ar)
     idx_n = torch.arange(n, device=dev)[:, None, None, None]
     idx_c = torch.arange(3, device=dev)[None, :, None, None]
     out = padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
-    # Cutout 8x8 centred uniformly over the image, clipped at the border, filled with 0 (= the mean).
-    ux = torch.randint(0, 32, (n,), device=dev, generator=gen)
-    uy = torch.randint(0, 32, (n,), device=dev, generator=gen)
-    my = (ar[None, :] >= (uy[:, None] - 4)) & (ar[None, :] < (uy[:, None] + 4))
-    mx = (ar[None, :] >= (ux[:, None] - 4)) & (ar[None, :] < (ux[:, None] + 4))
-    mask = my[:, :, None] & mx[:, None, :]
-    return out.masked_fill(mask[:, None, :, :], 0.0)
+    in_y = (ar[None, :] >= cut_y[:, None] - 4) & (ar[None, :] < cut_y[:, None] + 4)
+    in_x = (ar[None, :] >= cut_x[:, None] - 4) & (ar[None, :] < cut_x[:, None] + 4)
+    return out.masked_fill((in_y[:, :, None] & in_x[:, None, :])[:, None], 0.0)
 
 
-def evaluate(model, x_test, y_test, amp):
+def augment(x_u8, mean, std, gen):
+    """Crop + flip + cutout of a batch on its device, with fresh random choices from `gen`."""
+    return apply_augment(x_u8, mean, std, *sample_aug_params(x_u8.shape[0], gen, x_u8.device))
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def evaluate(model, x_test, y_test, mean, std, amp, channels_last, batch=1000):
+    """Test loss (mean cross-entropy, no smoothing) and number correct, in eval mode (BN running stats)."""
     model.eval()
-    correct, loss_sum = 0, 0.0
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        for i in range(0, x_test.shape[0], 1000):
-            xb = (x_test[i:i + 1000].float().div(255.0) - MEAN.cuda()) / STD.cuda()
+    dev = x_test.device
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.int64)
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+        for i in range(0, x_test.shape[0], batch):
+            xb = normalize(x_test[i:i + batch], mean, std)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             out = model(xb).float()
-            loss_sum += F.cross_entropy(out, y_test[i:i + 1000], reduction="sum").item()
-            correct += (out.argmax(1) == y_test[i:i + 1000]).sum().item()
+            loss_sum += F.cross_entropy(out, y_test[i:i + batch], reduction="sum")
+            correct += (out.argmax(1) == y_test[i:i + batch]).sum()
     model.train()
-    return loss_sum / x_test.shape[0], correct
+    return loss_sum.item() / x_test.shape[0], int(correct.item())
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data/cifar-10-batches-bin"))
-    ap.add_argument("--epochs", type=int, default=24)
-    ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--lr-max", type=float, default=0.4)
-    ap.add_argument("--lr-min", type=float, default=0.004)
-    ap.add_argument("--peak-epoch", type=int, default=5)
-    ap.add_argument("--weight-decay", type=float, default=5e-4)
-    ap.add_argument("--label-smoothing", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
-    ap.add_argument("--channels-last", action="store_true")
-    ap.add_argument("--eval-checkpoint", help="only evaluate this safetensors state_dict on the test set")
-    args = ap.parse_args()
+def device_name(dev):
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return "cpu"
 
+
+def eval_checkpoint(args, dev, mean, std, x_test, y_test):
+    """Load one of our checkpoints into ResNet9 with strict=True and evaluate it in fp32 (TF32 off)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    with safe_open(args.eval_checkpoint, framework="pt") as f:
+        meta = f.metadata() or {}
+    # model/src/checkpoint.rs writes the channel counts (e.g. "[64, 128, 256, 512]") and the logit scale.
+    channels = json.loads(meta["channels"]) if args.width is None and "channels" in meta else None
+    width = 1.0 if args.width is None else args.width
+    out_scale = float(meta.get("out_scale", 1.0)) if args.out_scale is None else args.out_scale
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = ResNet9(width=width, out_scale=out_scale, channels=channels)
+    model.load_state_dict(load_file(args.eval_checkpoint), strict=True)
+    model = model.to(dev)
+    t0 = time.perf_counter()
+    loss, correct = evaluate(model, x_test, y_test, mean, std, amp=False, channels_last=False)
+    n = x_test.shape[0]
+    channels = [layer.conv.out_channels for layer in (model.prep, model.layer1, model.layer2, model.layer3)]
+    print(f"Checkpoint {args.eval_checkpoint} (channels {channels}, out_scale {out_scale}) on {device_name(dev)}: "
+          f"Test set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} ({100.0 * correct / n:.2f}%)")
+    print(json.dumps({"checkpoint": args.eval_checkpoint, "device": device_name(dev), "torch": torch.__version__,
+                      "channels": channels, "out_scale": out_scale, "precision": "fp32 (TF32 off)",
+                      "test_loss": loss, "test_correct": correct, "test_total": n, "test_acc": 100.0 * correct / n,
+                      "eval_s": time.perf_counter() - t0}))
+
+
+def main(argv=None):
+    t_start = time.perf_counter()
+    args = parse_args(argv)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: no CUDA device is visible to PyTorch; use --device cpu for a smoke test")
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(args.seed)
-    dev = torch.device("cuda")
-    train = load_split(args.data, [f"data_batch_{i}.bin" for i in range(1, 6)])
-    test = load_split(args.data, ["test_batch.bin"])
-    global MEAN, STD
-    px = train[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0
-    MEAN = torch.tensor(px.mean(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
-    STD = torch.tensor(px.std(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
+
+    train = load_split(args.data, TRAIN_FILES)
+    test = load_split(args.data, TEST_FILES)
+    mean, std = (t.to(dev) for t in channel_stats(train))  # over all training images, even with --subset
+    if args.subset is not None:
+        train = train[:args.subset]
     x_train = torch.from_numpy(train[:, 1:].reshape(-1, 3, 32, 32).copy()).to(dev)
     y_train = torch.from_numpy(train[:, 0].astype(np.int64)).to(dev)
     x_test = torch.from_numpy(test[:, 1:].reshape(-1, 3, 32, 32).copy()).to(dev)
     y_test = torch.from_numpy(test[:, 0].astype(np.int64)).to(dev)
+    dataset_bytes = sum(t.numel() * t.element_size() for t in (x_train, y_train, x_test, y_test))
 
-    model = ResNet9().to(dev)
     if args.eval_checkpoint:
-        import safetensors.torch
-        model.load_state_dict(safetensors.torch.load_file(args.eval_checkpoint))
-        loss, correct = evaluate(model, x_test, y_test, amp=False)
-        print(json.dumps({"checkpoint": args.eval_checkpoint, "test_loss": loss, "test_correct": correct,
-                          "test_acc": 100.0 * correct / x_test.shape[0]}))
+        eval_checkpoint(args, dev, mean, std, x_test, y_test)
         return
+
+    peak_epoch = args.peak_epoch if args.peak_epoch is not None else default_peak_epoch(args.epochs)
+    args.width = 1.0 if args.width is None else args.width
+    args.out_scale = 1.0 if args.out_scale is None else args.out_scale
+    model = ResNet9(width=args.width, out_scale=args.out_scale).to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    fwd = torch.compile(model) if args.compile else model
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr_min, momentum=0.9, nesterov=True,
-                          weight_decay=args.weight_decay)
-    n = x_train.shape[0]
-    spe = (n + args.batch_size - 1) // args.batch_size
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr_min, momentum=args.momentum,
+                          nesterov=not args.no_nesterov, weight_decay=args.weight_decay)
+    n, bs = x_train.shape[0], args.batch_size
+    spe = (n + bs - 1) // bs
     gen = torch.Generator(device=dev)
     gen.manual_seed(args.seed)
-    torch.cuda.reset_peak_memory_stats()
-    epoch_times, accs = [], []
+    name = device_name(dev)
+    variant = ("bf16 autocast" if args.amp else "fp32") + (", channels-last" if args.channels_last else "") + \
+        (", torch.compile" if args.compile else ", eager")
+    print(f"Device: {name} (torch {torch.__version__}); {variant}", flush=True)
+    print(f"ResNet-9 width {args.width} ({sum(p.numel() for p in model.parameters())} parameters), batch {bs}, "
+          f"{args.epochs} epochs, {n} training images, seed {args.seed}", flush=True)
+    print(f"One-cycle: LRMIN={args.lr_min:.4e} -> LRMAX={args.lr_max:.4e} at the end of epoch "
+          f"{min(peak_epoch, args.epochs)} -> LRMIN at the end of epoch {args.epochs}", flush=True)
+
+    rec = {k: [] for k in ("train_s", "eval_s", "train_loss", "train_acc", "test_loss", "test_acc", "lr")}
     step = 0
     for epoch in range(args.epochs):
-        torch.cuda.synchronize()
+        sync(dev)
         t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.int64)
         perm = torch.randperm(n, device=dev, generator=gen)
         for b in range(spe):
-            idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
-            xb = augment(x_train[idx], gen)
+            idx = perm[b * bs:(b + 1) * bs]
+            xb, yb = augment(x_train[idx], mean, std, gen), y_train[idx]
             if args.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
+            lr = one_cycle(step, args.lr_min, args.lr_max, spe, args.epochs, peak_epoch)
             for g in opt.param_groups:
-                g["lr"] = one_cycle(step, args.lr_min, args.lr_max, spe, args.epochs, args.peak_epoch)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp):
-                loss = F.cross_entropy(fwd(xb).float(), y_train[idx], label_smoothing=args.label_smoothing)
+                g["lr"] = lr
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp):
+                logits = fwd(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            loss_sum += loss.detach() * idx.shape[0]
+            correct += (logits.detach().argmax(1) == yb).sum()
             step += 1
-        torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        test_loss, correct = evaluate(fwd, x_test, y_test, args.amp)
-        epoch_times.append(dt)
-        accs.append(100.0 * correct / x_test.shape[0])
-        print(f"EPOCH: {epoch + 1} train {dt:.2f}s  Test set: Average loss: {test_loss:.4f}, "
-              f"Accuracy: {correct}/{x_test.shape[0]} ({accs[-1]:.2f}%)", flush=True)
-    print(json.dumps({
-        "device": torch.cuda.get_device_name(0), "amp": args.amp, "compile": args.compile,
-        "channels_last": args.channels_last, "epoch_seconds": epoch_times,
-        "total_s": sum(epoch_times), "total_s_excl_first": sum(epoch_times[1:]),
-        "test_acc_per_epoch": accs, "final_acc": accs[-1],
-        "peak_mem_bytes": torch.cuda.max_memory_allocated(),
-    }))
+        sync(dev)
+        t1 = time.perf_counter()
+        test_loss, test_correct = evaluate(fwd, x_test, y_test, mean, std, args.amp, args.channels_last)
+        sync(dev)
+        t2 = time.perf_counter()
+        nt = x_test.shape[0]
+        rec["train_s"].append(t1 - t0)
+        rec["eval_s"].append(t2 - t1)
+        rec["train_loss"].append(loss_sum.item() / n)
+        rec["train_acc"].append(100.0 * correct.item() / n)
+        rec["test_loss"].append(test_loss)
+        rec["test_acc"].append(100.0 * test_correct / nt)
+        rec["lr"].append(lr)
+        print(f"EPOCH: {epoch + 1} (LR: {lr:.6f}) Train: Loss={rec['train_loss'][-1]:.4f} "
+              f"Accuracy={rec['train_acc'][-1]:.2f}% ({t1 - t0:.2f}s, eval {t2 - t1:.2f}s)  "
+              f"Test set: Average loss: {test_loss:.4f}, Accuracy: {test_correct}/{nt} ({rec['test_acc'][-1]:.2f}%)",
+              flush=True)
 
+    tr, ev = rec["train_s"], rec["eval_s"]
+    both = [a + b for a, b in zip(tr, ev)]
+    cuda = dev.type == "cuda"
+    result = {
+        "device": name, "torch": torch.__version__, "amp": args.amp, "channels_last": args.channels_last,
+        "compile": args.compile, "compile_mode": args.compile_mode,
+        "tf32_conv": bool(cuda and torch.backends.cudnn.allow_tf32),
+        "seed": args.seed, "epochs": args.epochs, "batch_size": bs, "train_images": n,
+        "lr_max": args.lr_max, "lr_min": args.lr_min, "peak_epoch": peak_epoch, "momentum": args.momentum,
+        "nesterov": not args.no_nesterov, "weight_decay": args.weight_decay,
+        "label_smoothing": args.label_smoothing, "width": args.width, "out_scale": args.out_scale,
+        "epoch_train_s": tr, "epoch_eval_s": ev,
+        "train_total_s": sum(tr), "train_total_s_excl_first": sum(tr[1:]),
+        "train_eval_total_s": sum(both), "train_eval_total_s_excl_first": sum(both[1:]),
+        "train_loss_per_epoch": rec["train_loss"], "train_acc_per_epoch": rec["train_acc"],
+        "test_loss_per_epoch": rec["test_loss"], "test_acc_per_epoch": rec["test_acc"],
+        "final_acc": rec["test_acc"][-1] if rec["test_acc"] else None,
+        "peak_mem_allocated_bytes": torch.cuda.max_memory_allocated(dev) if cuda else None,
+        "peak_mem_reserved_bytes": torch.cuda.max_memory_reserved(dev) if cuda else None,
+        "dataset_device_bytes": dataset_bytes,
+        "process_wall_s": time.perf_counter() - t_start,
+    }
+    print(f"Done: test accuracy {result['final_acc']:.2f}% after {args.epochs} epochs, "
+          f"{result['train_total_s']:.2f}s of training ({result['train_total_s_excl_first']:.2f}s without epoch 1), "
+          f"{result['train_eval_total_s']:.2f}s with the evaluations; peak memory "
+          + (f"{result['peak_mem_allocated_bytes'] / 2**20:.0f} MiB allocated" if cuda else "n/a (cpu)"), flush=True)
+    print(json.dumps(result), flush=True)
 
-MEAN = STD = None
 
 if __name__ == "__main__":
     main()
