@@ -272,3 +272,32 @@ fn augmentation_kernel_matches_the_cpu_exactly() {
     let x8 = ops::augment::augment_batch(&d, &data_g, &idx_g.slice(16..24), &params_g.slice(80..120), &mut labels_g.slice_mut(0..8), norm).unwrap();
     assert_eq!(x8.to_f32_vec(), want[16 * 3072..24 * 3072].to_vec());
 }
+
+/// The device-side meter records each batch's loss and correct count like the host
+/// computes them (argmax with the first maximum on ties; ties are made on purpose).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_meter_matches_the_host_count() {
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let mut meter = ops::metrics::DeviceMeter::new(&d, 3).unwrap();
+    let mut want = Vec::new();
+    for b in 0..3 {
+        let mut z = rand(&[500, 10], 500 + b as u64).to_f32_vec();
+        for r in 0..50 {
+            z[r * 10 + 3] = z[r * 10 + 7].max(z[r * 10 + 3]);
+            z[r * 10 + 7] = z[r * 10 + 3];
+        }
+        let logits = Tensor::new(&[500, 10], z).unwrap();
+        let labels: Vec<u32> = (0..500).map(|i| ((i * 7 + b) % 10) as u32).collect();
+        let (c, _) = model::batches::count_correct(&logits, &labels);
+        want.push(c as u32);
+        let dl = ops::cross_entropy::DeviceLabels::new(std::sync::Arc::new(d.upload(&labels).unwrap()), 0, 500).unwrap();
+        let loss = Tensor::new(&[1], vec![0.5f32 + b as f32]).unwrap().to_device(&dev).unwrap();
+        meter.record(b, &loss, &logits.to_device(&dev).unwrap(), &dl).unwrap();
+    }
+    let (losses, correct) = meter.read(3).unwrap();
+    assert_eq!(losses, vec![0.5, 1.5, 2.5]);
+    assert_eq!(correct, want);
+    assert!(meter.record(3, &Tensor::new(&[1], vec![0f32]).unwrap(), &rand(&[1, 10], 1), &ops::cross_entropy::DeviceLabels::new(std::sync::Arc::new(d.upload(&[0u32]).unwrap()), 0, 1).unwrap()).is_err());
+}

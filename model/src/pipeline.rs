@@ -178,6 +178,11 @@ impl GpuData {
         Ok(Batch { x, labels, device_labels })
     }
 
+    /// The device holding the data.
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.dev
+    }
+
     /// The labels the kernels wrote for the last batch (for the GPU test).
     pub fn kernel_labels(&self, n: usize) -> Result<Vec<u32>> {
         Ok(self.dev.download(&self.scratch_labels)?[..n].to_vec())

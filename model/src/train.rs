@@ -9,6 +9,7 @@ use data::Split;
 use data::augment::AugParams;
 use ops::Graph;
 use ops::cross_entropy::DeviceLabels;
+use ops::metrics::DeviceMeter;
 use ops::sgd::{self, Sgd, SgdState};
 use rand::SeedableRng;
 use std::collections::HashMap;
@@ -135,27 +136,51 @@ pub struct StepResult {
     pub correct: usize,
 }
 
-/// One SGD step on a batch: forward in training mode (BN batch statistics, running
-/// statistics updated), mean softmax cross-entropy, backward, update at `lr`.
-/// A non-finite loss is an error and leaves the parameters untouched.
+/// Forward in training mode (BN batch statistics, running statistics updated), the mean
+/// softmax cross-entropy, and backward: the loss `[1]` and the logits, on the batch's
+/// device, and one gradient per parameter.
+fn forward_backward(model: &mut ResNet9, x: engine::Tensor, labels: &[u32], device_labels: Option<DeviceLabels>, cfg: &TrainConfig) -> Result<(engine::Tensor, engine::Tensor, Vec<Option<engine::Tensor>>)> {
+    let mut g = Graph::new(&model.params);
+    let input = g.input(x);
+    let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
+    let loss = cross_entropy(&mut g, logits, labels, device_labels, cfg.label_smoothing)?;
+    let grads = g.backward(loss)?.into_param_grads(model.params.len())?;
+    let missing = || Error::Invalid("the tape lost an output".into());
+    let loss_t = g.take_value(loss).ok_or_else(missing)?;
+    let logits_t = g.take_value(logits).ok_or_else(missing)?;
+    Ok((loss_t, logits_t, grads))
+}
+
+/// One SGD step on a batch, reading the loss back: forward in training mode, mean softmax
+/// cross-entropy, backward, update at `lr`. A non-finite loss is an error and leaves the
+/// parameters untouched (the BN running statistics have seen the batch).
 pub fn train_step(model: &mut ResNet9, state: &mut SgdState, batch: Batch, lr: f64, cfg: &TrainConfig) -> Result<StepResult> {
     let Batch { x, labels, device_labels } = batch;
-    let (loss, correct, grads) = {
-        let mut g = Graph::new(&model.params);
-        let input = g.input(x);
-        let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
-        let loss = cross_entropy(&mut g, logits, &labels, device_labels, cfg.label_smoothing)?;
-        let loss_value = g.value(loss).scalar()?;
-        if !loss_value.is_finite() {
-            return Err(Error::Training(format!("the loss is {loss_value} (not finite)")));
-        }
-        let (correct, _) = batches::count_correct(g.value(logits), &labels);
-        let grads = g.backward(loss)?.into_param_grads(model.params.len())?;
-        (loss_value, correct, grads)
-    };
+    let (loss, logits, grads) = forward_backward(model, x, &labels, device_labels, cfg)?;
+    let loss_value = loss.scalar()?;
+    if !loss_value.is_finite() {
+        return Err(Error::Training(format!("the loss is {loss_value} (not finite)")));
+    }
+    let (correct, _) = batches::count_correct(&logits, &labels);
     sgd::step(&mut model.params, &grads, state, &cfg.sgd(lr))?;
-    Ok(StepResult { loss, correct })
+    Ok(StepResult { loss: loss_value, correct })
 }
+
+/// One SGD step on a GPU batch without waiting for it: the loss and the correct count are
+/// recorded in slot `b` of `meter`, read later. A non-finite loss is seen when the meter is
+/// read, after the update (training then stops; the last checkpoint is intact).
+pub fn train_step_metered(model: &mut ResNet9, state: &mut SgdState, batch: Batch, lr: f64, cfg: &TrainConfig, meter: &mut DeviceMeter, b: usize) -> Result<()> {
+    let Batch { x, labels, device_labels } = batch;
+    let dl = device_labels.ok_or_else(|| Error::Invalid("a metered step needs the labels on the device".into()))?;
+    let (loss, logits, grads) = forward_backward(model, x, &labels, Some(dl.clone()), cfg)?;
+    meter.record(b, &loss, &logits, &dl)?;
+    sgd::step(&mut model.params, &grads, state, &cfg.sgd(lr))?;
+    Ok(())
+}
+
+/// How often (in steps) a GPU epoch reads its device-side statistics for the progress bar.
+/// Each read waits for the GPU; between reads the host runs ahead and queues work.
+pub const PROGRESS_EVERY: usize = 8;
 
 /// One training step (batch assembly included) with every operation marked: the time
 /// per operation (GPU time on a GPU, from CUDA events; see `engine::profile`). Batch `b`
@@ -245,18 +270,39 @@ pub fn train_epoch(
     let spe = schedule.steps_per_epoch;
     let (mut loss_sum, mut correct, mut seen, mut last_lr) = (0.0, 0usize, 0usize, 0.0);
     pipeline.begin_epoch(split, &order, &params)?;
+    let mut meter = match pipeline {
+        Pipeline::Gpu(g) => Some(DeviceMeter::new(g.device(), spe)?),
+        Pipeline::Host => None,
+    };
+    let batch_len = |b: usize| ((b + 1) * cfg.batch_size).min(n) - b * cfg.batch_size;
+    let at = |b: usize, e: Error| Error::Training(format!("epoch {}, batch {}: {e}", epoch + 1, b + 1));
     for b in 0..spe {
         let range = b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n);
-        let len = range.len();
         let lr = schedule.lr(epoch * spe + b);
         let batch = pipeline.train_batch(split, &order, &params, range, norm)?;
-        let r = train_step(model, state, batch, lr, cfg)
-            .map_err(|e| Error::Training(format!("epoch {}, batch {}: {e}", epoch + 1, b + 1)))?;
-        loss_sum += r.loss * len as f64;
-        correct += r.correct;
-        seen += len;
         last_lr = lr;
-        on_step(b, lr, loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64);
+        match &mut meter {
+            None => {
+                let r = train_step(model, state, batch, lr, cfg).map_err(|e| at(b, e))?;
+                loss_sum += r.loss * batch_len(b) as f64;
+                correct += r.correct;
+                seen += batch_len(b);
+                on_step(b, lr, loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64);
+            }
+            Some(m) => {
+                train_step_metered(model, state, batch, lr, cfg, m, b).map_err(|e| at(b, e))?;
+                if (b + 1) % PROGRESS_EVERY == 0 || b + 1 == spe {
+                    let (losses, counts) = m.read(b + 1)?;
+                    if let Some((i, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+                        return Err(at(i, Error::Training(format!("the loss is {l} (not finite)"))));
+                    }
+                    loss_sum = losses.iter().enumerate().map(|(i, &l)| l as f64 * batch_len(i) as f64).sum();
+                    correct = counts.iter().map(|&c| c as usize).sum();
+                    seen = (0..=b).map(batch_len).sum();
+                    on_step(b, lr, loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64);
+                }
+            }
+        }
     }
     Ok(EpochStats {
         loss: loss_sum / seen.max(1) as f64,

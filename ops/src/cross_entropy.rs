@@ -55,7 +55,7 @@ impl DeviceLabels {
         self.len == 0
     }
 
-    fn view(&self) -> cudarc::driver::CudaView<'_, u32> {
+    pub(crate) fn view(&self) -> cudarc::driver::CudaView<'_, u32> {
         self.all.slice(self.offset..self.offset + self.len)
     }
 }

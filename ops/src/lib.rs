@@ -24,6 +24,7 @@ pub mod conv2d;
 pub mod cross_entropy;
 pub mod linear;
 pub mod max_pool;
+pub mod metrics;
 pub mod relu;
 pub mod reshape;
 pub mod scale;
