@@ -20,9 +20,9 @@ suggestion is used by every run, ours and PyTorch's alike.
 What is measured, per run:
 - per-epoch training time: ours from `runs/<name>/metrics.csv` (`seconds`: host clock around the
   epoch's training loop, model/src/train.rs); PyTorch's from train_torch.py (device synchronised);
-- per-epoch train + test-evaluation time: ours from the time at which each line of our output arrives
-  here ("EPOCH: k" printed before the epoch's training, "Test set: ..." after its evaluation; our
-  metrics.csv has no evaluation time); PyTorch's from train_torch.py (training + evaluation timers);
+- per-epoch train + test-evaluation time: ours from metrics.csv (`seconds + eval_seconds`; binaries
+  older than the eval_seconds column: the time at which "EPOCH: k" and "Test set: ..." arrive here);
+  PyTorch's from train_torch.py (training + evaluation timers);
 - totals with and without the first epoch (it holds cuDNN autotuning, kernel loading and, for
   torch.compile, the compilation);
 - test accuracy after every epoch, and the final one;
@@ -182,7 +182,7 @@ def safetensors_metadata(path):
 
 
 def read_metrics_csv(path):
-    """Our metrics.csv (model/src/run.rs): epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds."""
+    """Our metrics.csv (model/src/run.rs): epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds[,eval_seconds]."""
     rows = []
     with open(path) as f:
         header = f.readline().strip().split(",")
@@ -331,7 +331,14 @@ def run_ours(args, seed, stamp, work, device):
     r["test_loss_per_epoch"] = [row["test_loss"] for row in rows]
     r["train_acc_per_epoch"] = [row["train_acc"] for row in rows]
     r["train_loss_per_epoch"] = [row["train_loss"] for row in rows]
-    r["epoch_train_eval_s"] = epoch_spans(lines)
+    # metrics.csv has eval_seconds since 2026-11-25 (host clock after the GPU finished, like
+    # `seconds`); older binaries: the arrival times of our log lines.
+    if rows and "eval_seconds" in rows[0]:
+        r["epoch_train_eval_s"] = [row["seconds"] + row["eval_seconds"] for row in rows]
+        r["epoch_train_eval_source"] = "metrics.csv seconds + eval_seconds"
+    else:
+        r["epoch_train_eval_s"] = epoch_spans(lines)
+        r["epoch_train_eval_source"] = "log line arrival times"
     opt = os.path.join(run_dir, "optimizer.safetensors")
     r["settings"] = safetensors_metadata(opt) if os.path.exists(opt) else {}
     r["checkpoint"] = os.path.join(run_dir, "model.safetensors")

@@ -3,8 +3,10 @@
 //!
 //! `runs/<name>/` holds:
 //! - `train.log`: everything printed (minus the progress bar);
-//! - `metrics.csv`: one row per epoch (LR, train loss/accuracy, test loss/accuracy, seconds);
-//! - `loss.png`, `accuracy.png`: train and test curves; `lr.png`: the LR of every step;
+//! - `metrics.csv`: one row per epoch (LR, train loss/accuracy, test loss/accuracy, seconds of
+//!   training, seconds of test evaluation), written at the end of every epoch;
+//! - `loss.png`, `accuracy.png`: train and test curves; `lr.png`: the LR of every step (written
+//!   when the run ends, so that plotting does not slow the epochs down);
 //! - `lr_find.png`, `lr_find.csv`: the range test, when it ran;
 //! - `misclassified.png`: test images the final model gets wrong;
 //! - `model.safetensors` (PyTorch `state_dict`) and `optimizer.safetensors` (for `--resume`),
@@ -61,10 +63,13 @@ pub struct EpochRecord {
     pub train_acc: f64,
     pub test_loss: f64,
     pub test_acc: f64,
+    /// Seconds of training (the epoch's steps, until the GPU finished them).
     pub seconds: f64,
+    /// Seconds of the test-set evaluation after the epoch.
+    pub eval_seconds: f64,
 }
 
-const CSV_HEADER: &str = "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds";
+const CSV_HEADER: &str = "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds,eval_seconds";
 
 /// Write all rows to `metrics.csv` (atomically).
 pub fn write_metrics(path: &Path, rows: &[EpochRecord]) -> Result<()> {
@@ -72,8 +77,8 @@ pub fn write_metrics(path: &Path, rows: &[EpochRecord]) -> Result<()> {
     s.push('\n');
     for r in rows {
         s.push_str(&format!(
-            "{},{:.6e},{:.6},{:.4},{:.6},{:.4},{:.3}\n",
-            r.epoch, r.lr, r.train_loss, r.train_acc, r.test_loss, r.test_acc, r.seconds
+            "{},{:.6e},{:.6},{:.4},{:.6},{:.4},{:.3},{:.3}\n",
+            r.epoch, r.lr, r.train_loss, r.train_acc, r.test_loss, r.test_acc, r.seconds, r.eval_seconds
         ));
     }
     checkpoint::write_atomic(path, s.as_bytes())
@@ -86,7 +91,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochRecord>> {
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 7 {
+        // 7 columns: written before eval_seconds existed (read as 0).
+        if f.len() != 7 && f.len() != 8 {
             return Err(bad(n + 1));
         }
         let num = |i: usize| f[i].parse::<f64>().map_err(|_| bad(n + 1));
@@ -98,6 +104,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochRecord>> {
             test_loss: num(4)?,
             test_acc: num(5)?,
             seconds: num(6)?,
+            eval_seconds: if f.len() == 8 { num(7)? } else { 0.0 },
         });
     }
     Ok(rows)
@@ -233,12 +240,16 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         });
         pb.finish_and_clear();
         let stats = stats.map_err(|e| {
+            // The curves of the epochs that finished (best effort: the error is what matters).
+            let _ = write_curves(&dir, &rows);
             let kept = if rows.is_empty() { "no checkpoint was written yet".to_string() } else {
                 format!("the last good checkpoint (end of epoch {}) is kept in {}", rows.len(), dir.display())
             };
             Error::Training(format!("{e}; training stopped, {kept}"))
         })?;
+        let eval_start = std::time::Instant::now();
         let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000)?;
+        let eval_seconds = eval_start.elapsed().as_secs_f64();
         log.line(&format!(
             "Train: Loss={:.4} Accuracy={:.2}% ({:.1}s)",
             stats.loss, stats.accuracy, stats.seconds
@@ -255,6 +266,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             test_loss: eval.loss,
             test_acc: eval.accuracy(),
             seconds: stats.seconds,
+            eval_seconds,
         });
         // Checkpoint first, then the metrics that say it exists.
         checkpoint::save_model(&model_path, &model)?;
@@ -262,21 +274,23 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         meta.insert("epochs_done".into(), (epoch + 1).to_string());
         checkpoint::save_optimizer(&opt_path, &model, &state, meta)?;
         write_metrics(&metrics_path, &rows)?;
-        write_curves(&dir, &rows)?;
         last = Some(eval);
     }
     let eval = match last {
         Some(e) => e,
         None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000)?,
     };
+    write_curves(&dir, &rows)?;
     write_lr_schedule(&dir, &schedule)?;
     write_misclassified(&dir, ds, &eval.misclassified)?;
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let with_eval: f64 = rows.iter().map(|r| r.seconds + r.eval_seconds).sum();
     log.line(&format!(
-        "Done: test accuracy {:.2}% after {} epochs, {:.1}s of training. Outputs in {}",
+        "Done: test accuracy {:.2}% after {} epochs, {:.1}s of training ({:.1}s with the test evaluations). Outputs in {}",
         eval.accuracy(),
         rows.len(),
         total,
+        with_eval,
         dir.display()
     ));
     if let Device::Cuda(d) = device {
@@ -383,11 +397,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("metrics.csv");
         let rows = vec![
-            EpochRecord { epoch: 1, lr: 0.0123, train_loss: 1.5, train_acc: 45.5, test_loss: 1.25, test_acc: 55.25, seconds: 3.5 },
-            EpochRecord { epoch: 2, lr: 0.25, train_loss: 1.0, train_acc: 65.0, test_loss: 0.75, test_acc: 75.0, seconds: 3.25 },
+            EpochRecord { epoch: 1, lr: 0.0123, train_loss: 1.5, train_acc: 45.5, test_loss: 1.25, test_acc: 55.25, seconds: 3.5, eval_seconds: 0.25 },
+            EpochRecord { epoch: 2, lr: 0.25, train_loss: 1.0, train_acc: 65.0, test_loss: 0.75, test_acc: 75.0, seconds: 3.25, eval_seconds: 0.5 },
         ];
         write_metrics(&p, &rows).unwrap();
         assert_eq!(read_metrics(&p).unwrap(), rows);
+        // A file from before the eval_seconds column still reads.
+        std::fs::write(&p, "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds\n1,1.23e-2,1.5,45.5,1.25,55.25,3.5\n").unwrap();
+        assert_eq!(read_metrics(&p).unwrap()[0], EpochRecord { eval_seconds: 0.0, ..rows[0].clone() });
         std::fs::write(&p, "epoch,lr\n1,2\n").unwrap();
         assert!(read_metrics(&p).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
