@@ -267,43 +267,75 @@ impl CudnnConv {
 
 impl Descs {
     /// Measure every algorithm of the three kinds and keep the fastest that succeeds within
-    /// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time).
+    /// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time). If measuring fails (it needs
+    /// scratch memory of its own), cuDNN's heuristic ranking is used instead.
     fn find(&self, dev: &engine::cuda::CudaDevice) -> Result<cudnn::ConvPlan> {
         use cudarc::cudnn::sys;
-        const N: usize = 8;
         let h = dev.cudnn()?;
+        let (hr, x, w, c, y) = (h.raw(), self.x.raw(), self.w.raw(), self.conv.raw(), self.y.raw());
         let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
-        let mut count = 0;
-        // SAFETY (all three): the perf structs are plain C data for which all-zero bytes are valid
-        // (every enum has a variant 0); cuDNN fills `count` <= N of them; the descriptors are valid.
-        let mut fwd: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
-        cudnn::check("cudnnFindConvolutionForwardAlgorithm", unsafe {
-            sys::cudnnFindConvolutionForwardAlgorithm(h.raw(), self.x.raw(), self.w.raw(), self.conv.raw(), self.y.raw(), N as i32, &mut count, fwd.as_mut_ptr())
-        })?;
-        let f = fwd[..count as usize].iter().find(|p| p.status == ok && p.memory <= MAX_WORKSPACE).ok_or_else(|| no_algo("forward"))?;
-        let mut bd: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
-        cudnn::check("cudnnFindConvolutionBackwardDataAlgorithm", unsafe {
-            sys::cudnnFindConvolutionBackwardDataAlgorithm(h.raw(), self.w.raw(), self.y.raw(), self.conv.raw(), self.x.raw(), N as i32, &mut count, bd.as_mut_ptr())
-        })?;
-        let b = bd[..count as usize].iter().find(|p| p.status == ok && p.memory <= MAX_WORKSPACE).ok_or_else(|| no_algo("backward data"))?;
-        let mut bf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] = unsafe { std::mem::zeroed() };
-        cudnn::check("cudnnFindConvolutionBackwardFilterAlgorithm", unsafe {
-            sys::cudnnFindConvolutionBackwardFilterAlgorithm(h.raw(), self.x.raw(), self.y.raw(), self.conv.raw(), self.w.raw(), N as i32, &mut count, bf.as_mut_ptr())
-        })?;
-        let w = bf[..count as usize].iter().find(|p| p.status == ok && p.memory <= MAX_WORKSPACE).ok_or_else(|| no_algo("backward filter"))?;
+        // SAFETY (all six calls): valid handle and descriptors; cuDNN writes at most `n` results
+        // into `out` and their number into `count`.
+        let f = choose::<sys::cudnnConvolutionFwdAlgoPerf_t>(
+            "forward",
+            |n, count, out| unsafe { sys::cudnnFindConvolutionForwardAlgorithm(hr, x, w, c, y, n, count, out) },
+            |n, count, out| unsafe { sys::cudnnGetConvolutionForwardAlgorithm_v7(hr, x, w, c, y, n, count, out) },
+            |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+        )?;
+        let b = choose::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(
+            "backward data",
+            |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardDataAlgorithm(hr, w, y, c, x, n, count, out) },
+            |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(hr, w, y, c, x, n, count, out) },
+            |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+        )?;
+        let bf = choose::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(
+            "backward filter",
+            |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardFilterAlgorithm(hr, x, y, c, w, n, count, out) },
+            |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hr, x, y, c, w, n, count, out) },
+            |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+        )?;
         Ok(cudnn::ConvPlan {
             fwd: f.algo,
             fwd_bytes: f.memory,
             bwd_data: b.algo,
             bwd_data_bytes: b.memory,
-            bwd_filter: w.algo,
-            bwd_filter_bytes: w.memory,
+            bwd_filter: bf.algo,
+            bwd_filter_bytes: bf.memory,
         })
     }
 }
 
-fn no_algo(kind: &str) -> Error {
-    Error::Cuda { op: "conv2d", msg: format!("cuDNN offers no {kind} algorithm for this shape within {} MiB of workspace", MAX_WORKSPACE >> 20) }
+/// The first usable result of cuDNN's measured search, or of its heuristics if the search
+/// fails or offers nothing usable. `P` is one of cuDNN's `*AlgoPerf_t` structs.
+fn choose<P: Copy>(
+    kind: &str,
+    measured: impl Fn(i32, &mut i32, *mut P) -> cudarc::cudnn::sys::cudnnStatus_t,
+    heuristic: impl Fn(i32, &mut i32, *mut P) -> cudarc::cudnn::sys::cudnnStatus_t,
+    usable: impl Fn(&P) -> bool,
+) -> Result<P> {
+    const N: usize = 16;
+    let mut tried = Vec::new();
+    for (how, search) in [("cudnnFind", &measured as &dyn Fn(i32, &mut i32, *mut P) -> _), ("heuristics", &heuristic)] {
+        // SAFETY: the perf structs are plain C data (enums, floats, sizes) for which all-zero
+        // bytes are valid values (every enum has a variant 0).
+        let mut out: [P; N] = unsafe { std::mem::zeroed() };
+        let mut count = 0i32;
+        match cudnn::check("cudnn algorithm search", search(N as i32, &mut count, out.as_mut_ptr())) {
+            Ok(()) => match out[..(count.max(0) as usize).min(N)].iter().find(|p| usable(p)) {
+                Some(p) => return Ok(*p),
+                None => tried.push(format!("{how}: {count} algorithms, none usable")),
+            },
+            Err(e) => tried.push(format!("{how}: {e}")),
+        }
+    }
+    Err(no_algo(kind, &tried.join("; ")))
+}
+
+fn no_algo(kind: &str, tried: &str) -> Error {
+    Error::Cuda {
+        op: "conv2d",
+        msg: format!("cuDNN offers no {kind} algorithm for this shape within {} MiB of workspace ({tried})", MAX_WORKSPACE >> 20),
+    }
 }
 
 /// `y = conv(x, w)` with cuDNN.

@@ -37,19 +37,23 @@ tests() {
         header
         for t in test-cuda test-cuda_ops test-cuda_train; do
             echo "== $t --ignored --test-threads=1 --nocapture"
-            /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1
-            echo "== $t exit status $?"
+            # A hung test must not eat the whole call: 200 s per binary.
+            timeout 200 /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1
+            echo "== $t exit status $? (124: timed out)"
         done
     } > "$f" 2>&1
     grep -E '^test |test result|exit status' "$f"
 }
+
+# Extra flags for `model train`, e.g. TRAIN_ARGS="--lr-max 0.4 --lr-min 0.04" (word-split).
+read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 
 train() {
     local seeds=("$@")
     [ ${#seeds[@]} -eq 0 ] && seeds=(0)
     for s in "${seeds[@]}"; do
         local log="$OUT/train-24ep-$day-seed$s.log"
-        { nvidia-smi -L | head -n 1; /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$OUT/runs" --name "seed$s" --no-progress 2>&1; } | tee "$log"
+        { nvidia-smi -L | head -n 1; timeout "${TRAIN_TIMEOUT:-500}" /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$OUT/runs" --name "seed$s" --no-progress "${TRAIN_ARGS[@]}" 2>&1; } | tee "$log"
     done
 }
 
