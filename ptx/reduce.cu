@@ -20,19 +20,16 @@
 
 // sum_reduce: *out (=|+=) scale * sum_{i<n} x[i]
 // e.g. the batch-mean loss with scale = 1/N, or an epoch loss sum with scale = 1.
-extern "C" __global__ void sum_reduce(
-    const float* x,       // [n]
-    float* out,           // [1]
-    unsigned int n,
-    float scale,
-    int accumulate)
+// Instantiated in f32 and f64 (`sum_reduce_f64`).
+template <typename T>
+__device__ void sum_reduce_t(const T* x, T* out, unsigned int n, T scale, int accumulate)
 {
-    __shared__ float partial[REDUCE_MAX_THREADS];
+    __shared__ T partial[REDUCE_MAX_THREADS];
     if (blockIdx.x != 0) {
         return;
     }
     const unsigned int t = threadIdx.x;
-    float s = 0.0f;
+    T s = T(0);
     for (unsigned int i = t; i < n; i += blockDim.x) {
         s += x[i];
     }
@@ -45,9 +42,17 @@ extern "C" __global__ void sum_reduce(
         __syncthreads();
     }
     if (t == 0) {
-        const float total = scale * partial[0];
+        const T total = scale * partial[0];
         *out = accumulate ? *out + total : total;
     }
+}
+extern "C" __global__ void sum_reduce(const float* x, float* out, unsigned int n, float scale, int accumulate)
+{
+    sum_reduce_t(x, out, n, scale, accumulate);
+}
+extern "C" __global__ void sum_reduce_f64(const double* x, double* out, unsigned int n, double scale, int accumulate)
+{
+    sum_reduce_t(x, out, n, scale, accumulate);
 }
 
 // count_correct: *out (=|+=) #{ rows r < n : argmax_k logits[r, k] == labels[r] }

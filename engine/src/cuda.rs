@@ -8,9 +8,10 @@
 //!
 //! ## The caching allocator
 //!
-//! Every f32 buffer of a CUDA tensor is a [`CudaBuffer`] taken from the device's
-//! pool. Dropping it does not free the memory: the block goes back to a free list
-//! keyed by its exact length, and the next request of that length takes it. A
+//! Every buffer of a CUDA tensor (f32, or f64 for gradient checks) is a [`CudaBuffer`]
+//! taken from the device's pool: a block of bytes tagged with its element type. Dropping
+//! it does not free the memory: the block goes back to a free list keyed by its exact
+//! size in bytes, and the next request of that size takes it. A
 //! training step allocates the same sizes in the same order every time, so after
 //! the first step every request is served from the pool and the driver is never
 //! called ([`CudaDevice::driver_allocations`] proves it). Reuse is safe without
@@ -18,8 +19,8 @@
 //! after all work queued by its previous owner.
 
 use crate::cudnn::CudnnHandle;
-use crate::{Error, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use crate::{DType, Error, Float, Result};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,8 +45,8 @@ pub struct CudaDevice {
     workspace: Mutex<Option<CudaSlice<u8>>>,
     /// Whether cuDNN convolutions may use TF32 tensor cores for f32 data (PyTorch's default: yes).
     allow_tf32: AtomicBool,
-    /// Free f32 blocks by exact length.
-    pool: Mutex<HashMap<usize, Vec<CudaSlice<f32>>>>,
+    /// Free blocks by exact size in bytes.
+    pool: Mutex<HashMap<usize, Vec<CudaSlice<u8>>>>,
     /// Calls into the driver's allocator (pool misses and one-off uploads).
     driver_allocations: AtomicU64,
     /// Requests served from the pool.
@@ -71,22 +72,68 @@ pub(crate) fn driver_err(op: &'static str) -> impl Fn(cudarc::driver::DriverErro
     move |e| Error::Cuda { op, msg: e.to_string() }
 }
 
-/// f32 elements in device memory, taken from the device's pool and given back to it on drop.
+/// Elements of one type in device memory, taken from the device's pool and given back to it
+/// on drop. The memory is a block of bytes; [`CudaBuffer::view`] reads it as its element type.
 pub struct CudaBuffer {
     /// Always `Some` until `drop` hands the block back.
-    slice: Option<CudaSlice<f32>>,
+    bytes: Option<CudaSlice<u8>>,
+    dtype: DType,
+    len: usize,
     dev: Arc<CudaDevice>,
 }
 
+/// The size of one element of `dtype` in bytes.
+pub fn dtype_size(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 4,
+        DType::F64 => 8,
+    }
+}
+
 impl CudaBuffer {
-    /// The device memory.
-    pub fn slice(&self) -> &CudaSlice<f32> {
-        self.slice.as_ref().expect("a CudaBuffer holds its block until dropped")
+    fn block(&self) -> &CudaSlice<u8> {
+        self.bytes.as_ref().expect("a CudaBuffer holds its block until dropped")
     }
 
-    /// The device memory, mutably.
-    pub fn slice_mut(&mut self) -> &mut CudaSlice<f32> {
-        self.slice.as_mut().expect("a CudaBuffer holds its block until dropped")
+    /// The elements as `T` (an error if the buffer holds another type).
+    pub fn view<T: Float + DeviceRepr>(&self) -> Result<CudaView<'_, T>> {
+        self.expect::<T>()?;
+        // SAFETY: the block holds `len` elements of `T` (its dtype), allocated with the
+        // driver's alignment (256 bytes).
+        unsafe { self.block().transmute::<T>(self.len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
+    }
+
+    /// The elements as `T`, mutably (an error if the buffer holds another type).
+    pub fn view_mut<T: Float + DeviceRepr>(&mut self) -> Result<CudaViewMut<'_, T>> {
+        self.expect::<T>()?;
+        let len = self.len;
+        let block = self.bytes.as_mut().expect("a CudaBuffer holds its block until dropped");
+        // SAFETY: as in `view`.
+        unsafe { block.transmute_mut::<T>(len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
+    }
+
+    /// The raw device address, for library calls (cuDNN) whose descriptors carry the
+    /// element type. Valid while `self` lives.
+    pub fn ptr(&self) -> *const std::ffi::c_void {
+        crate::cudnn::ptr(self.block(), &self.dev.stream)
+    }
+
+    /// The raw device address, for library calls that write the buffer.
+    pub fn ptr_mut(&mut self) -> *mut std::ffi::c_void {
+        let stream = self.dev.stream.clone();
+        crate::cudnn::ptr_mut(self.bytes.as_mut().expect("a CudaBuffer holds its block until dropped"), &stream)
+    }
+
+    fn expect<T: Float>(&self) -> Result<()> {
+        if self.dtype != T::DTYPE {
+            return Err(Error::DType { op: "CudaBuffer::view", a: self.dtype, b: T::DTYPE });
+        }
+        Ok(())
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The device that holds the memory.
@@ -94,27 +141,44 @@ impl CudaBuffer {
         &self.dev
     }
 
-    /// Number of f32 elements.
+    /// Number of elements.
     pub fn len(&self) -> usize {
-        self.slice().len()
+        self.len
     }
 
     /// Whether the buffer holds no elements.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    /// The elements copied to the host, widened to f64.
+    pub fn to_host_f64(&self) -> Result<Vec<f64>> {
+        Ok(match self.dtype {
+            DType::F32 => self.dev.download_view(&self.view::<f32>()?)?.into_iter().map(f64::from).collect(),
+            DType::F64 => self.dev.download_view(&self.view::<f64>()?)?,
+        })
+    }
+
+    /// The elements copied to the host as f32 (f64 rounded).
+    pub fn to_host_f32(&self) -> Result<Vec<f32>> {
+        Ok(match self.dtype {
+            DType::F32 => self.dev.download_view(&self.view::<f32>()?)?,
+            DType::F64 => self.dev.download_view(&self.view::<f64>()?)?.into_iter().map(|v| v as f32).collect(),
+        })
     }
 
     /// A copy on the same device (from the pool, filled by a device-to-device copy).
     pub fn try_clone(&self) -> Result<CudaBuffer> {
-        let mut out = self.dev.alloc(self.len())?;
-        self.dev.stream.memcpy_dtod(self.slice(), out.slice_mut()).map_err(driver_err("copy on device"))?;
+        let mut out = self.dev.alloc_dtype(self.len, self.dtype)?;
+        let dst = out.bytes.as_mut().expect("just allocated");
+        self.dev.stream.memcpy_dtod(self.block(), dst).map_err(driver_err("copy on device"))?;
         Ok(out)
     }
 }
 
 impl fmt::Debug for CudaBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CudaBuffer({} f32 on cuda:{})", self.len(), self.dev.ordinal)
+        write!(f, "CudaBuffer({} {:?} on cuda:{})", self.len, self.dtype, self.dev.ordinal)
     }
 }
 
@@ -128,8 +192,8 @@ impl Clone for CudaBuffer {
 
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
-        if let Some(slice) = self.slice.take() {
-            self.dev.recycle(slice);
+        if let Some(bytes) = self.bytes.take() {
+            self.dev.recycle(bytes);
         }
     }
 }
@@ -269,13 +333,13 @@ impl CudaDevice {
 
     /// Bytes held by the pool's free lists (not in use by any tensor).
     pub fn pool_free_bytes(&self) -> usize {
-        self.pool.lock().map(|p| p.iter().map(|(len, v)| len * 4 * v.len()).sum()).unwrap_or(0)
+        self.pool.lock().map(|p| p.iter().map(|(bytes, v)| bytes * v.len()).sum()).unwrap_or(0)
     }
 
     /// Give every free block of the pool back to the driver.
     pub fn release_cached(&self) {
         if let Ok(mut p) = self.pool.lock() {
-            let bytes: usize = p.iter().map(|(len, v)| len * 4 * v.len()).sum();
+            let bytes: usize = p.iter().map(|(b, v)| b * v.len()).sum();
             p.clear();
             self.held.fetch_sub(bytes as u64, Ordering::Relaxed);
         }
@@ -302,36 +366,54 @@ impl CudaDevice {
     }
 
     /// A buffer of `n` f32 whose contents are unspecified (for outputs a kernel or
-    /// library call overwrites completely). From the pool when a block of that length is free.
+    /// library call overwrites completely). From the pool when a block of that size is free.
     pub fn alloc(self: &Arc<Self>, n: usize) -> Result<CudaBuffer> {
-        let reused = self.pool.lock().ok().and_then(|mut p| p.get_mut(&n).and_then(|v| v.pop()));
-        let slice = match reused {
+        self.alloc_dtype(n, DType::F32)
+    }
+
+    /// A buffer of `n` elements of `dtype`, contents unspecified (see [`CudaDevice::alloc`]).
+    pub fn alloc_dtype(self: &Arc<Self>, n: usize, dtype: DType) -> Result<CudaBuffer> {
+        let bytes = n * dtype_size(dtype);
+        let reused = self.pool.lock().ok().and_then(|mut p| p.get_mut(&bytes).and_then(|v| v.pop()));
+        let block = match reused {
             Some(s) => {
                 self.pool_hits.fetch_add(1, Ordering::Relaxed);
                 s
             }
-            None => self.driver_alloc(n)?,
+            None => self.driver_alloc(bytes)?,
         };
-        let now = self.in_use.fetch_add(4 * n as u64, Ordering::Relaxed) + 4 * n as u64;
+        let now = self.in_use.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
         self.peak_in_use.fetch_max(now, Ordering::Relaxed);
-        Ok(CudaBuffer { slice: Some(slice), dev: self.clone() })
+        Ok(CudaBuffer { bytes: Some(block), dtype, len: n, dev: self.clone() })
     }
 
-    /// A buffer of `n` zeros (from the pool, then cleared on the stream).
+    /// A buffer of `n` f32 zeros (from the pool, then cleared on the stream).
     pub fn alloc_zeros(self: &Arc<Self>, n: usize) -> Result<CudaBuffer> {
-        let mut b = self.alloc(n)?;
-        self.stream.memset_zeros(b.slice_mut()).map_err(driver_err("memset"))?;
+        self.alloc_zeros_dtype(n, DType::F32)
+    }
+
+    /// A buffer of `n` zeros of `dtype`.
+    pub fn alloc_zeros_dtype(self: &Arc<Self>, n: usize, dtype: DType) -> Result<CudaBuffer> {
+        let mut b = self.alloc_dtype(n, dtype)?;
+        let block = b.bytes.as_mut().expect("just allocated");
+        self.stream.memset_zeros(block).map_err(driver_err("memset"))?;
+        Ok(b)
+    }
+
+    /// A pooled buffer holding a copy of `values` (f32 or f64).
+    pub fn upload_elems<T: Float + DeviceRepr>(self: &Arc<Self>, values: &[T]) -> Result<CudaBuffer> {
+        let mut b = self.alloc_dtype(values.len(), T::DTYPE)?;
+        let name = self.name.clone();
+        self.stream.memcpy_htod(values, &mut b.view_mut::<T>()?).map_err(|e| Error::Cuda {
+            op: "upload",
+            msg: format!("copying {} bytes to {name}: {e}", std::mem::size_of_val(values)),
+        })?;
         Ok(b)
     }
 
     /// A pooled buffer holding a copy of `values`.
     pub fn upload_f32(self: &Arc<Self>, values: &[f32]) -> Result<CudaBuffer> {
-        let mut b = self.alloc(values.len())?;
-        self.stream.memcpy_htod(values, b.slice_mut()).map_err(|e| Error::Cuda {
-            op: "upload",
-            msg: format!("copying {} bytes to {}: {e}", std::mem::size_of_val(values), self.name),
-        })?;
-        Ok(b)
+        self.upload_elems(values)
     }
 
     /// Copy host values of any type to a new device buffer outside the pool (for data
@@ -370,6 +452,11 @@ impl CudaDevice {
         self.stream.clone_dtoh(buf).map_err(driver_err("download"))
     }
 
+    /// Copy a view of device memory back to the host (waits for the stream's work on it).
+    pub fn download_view<T: DeviceRepr>(&self, view: &CudaView<'_, T>) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(view).map_err(driver_err("download"))
+    }
+
     /// Wait until all work queued on the stream has finished.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(driver_err("synchronize"))
@@ -403,18 +490,18 @@ impl CudaDevice {
 
     /// A new block from the driver. On failure the pool's free blocks are released and
     /// the request retried once; a second failure is an error with the sizes involved.
-    fn driver_alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
+    fn driver_alloc(&self, bytes: usize) -> Result<CudaSlice<u8>> {
         self.driver_allocations.fetch_add(1, Ordering::Relaxed);
         // SAFETY: callers of `alloc` either overwrite the buffer or clear it (`alloc_zeros`).
-        let got = match unsafe { self.stream.alloc::<f32>(n) } {
+        let got = match unsafe { self.stream.alloc::<u8>(bytes) } {
             Ok(s) => Ok(s),
             Err(_) => {
                 let cached = self.pool_free_bytes();
                 self.release_cached();
                 // Let the frees queued on the stream complete before retrying.
                 self.synchronize()?;
-                unsafe { self.stream.alloc::<f32>(n) }.map_err(|e| {
-                    let mut err = self.oom("tensor", n * 4, e);
+                unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| {
+                    let mut err = self.oom("tensor", bytes, e);
                     if let Error::Cuda { msg, .. } = &mut err {
                         msg.push_str(&format!(" ({} MiB of cached free blocks were released first)", cached >> 20));
                     }
@@ -423,7 +510,7 @@ impl CudaDevice {
             }
         };
         if got.is_ok() {
-            self.add_held(4 * n);
+            self.add_held(bytes);
         }
         got
     }
@@ -444,11 +531,11 @@ impl CudaDevice {
         }
     }
 
-    /// Return a block to the free list of its length.
-    fn recycle(&self, slice: CudaSlice<f32>) {
-        self.in_use.fetch_sub(4 * slice.len() as u64, Ordering::Relaxed);
+    /// Return a block to the free list of its size.
+    fn recycle(&self, block: CudaSlice<u8>) {
+        self.in_use.fetch_sub(block.len() as u64, Ordering::Relaxed);
         if let Ok(mut p) = self.pool.lock() {
-            p.entry(slice.len()).or_default().push(slice);
+            p.entry(block.len()).or_default().push(block);
         }
     }
 }

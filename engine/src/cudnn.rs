@@ -60,8 +60,35 @@ impl Drop for CudnnHandle {
     }
 }
 
-/// Element type of a cuDNN tensor: ours are f32 on the device.
-pub const F32: sys::cudnnDataType_t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+/// cuDNN's name for our element type.
+pub fn data_type(dtype: crate::DType) -> sys::cudnnDataType_t {
+    match dtype {
+        crate::DType::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        crate::DType::F64 => sys::cudnnDataType_t::CUDNN_DATA_DOUBLE,
+    }
+}
+
+static ONE_F32: f32 = 1.0;
+static ZERO_F32: f32 = 0.0;
+static ONE_F64: f64 = 1.0;
+static ZERO_F64: f64 = 0.0;
+
+/// The scaling factor 1 (cuDNN's alpha) as cuDNN wants it for data of `dtype`: a float
+/// for f32 data, a double for f64 data.
+pub fn one(dtype: crate::DType) -> *const std::ffi::c_void {
+    match dtype {
+        crate::DType::F32 => &ONE_F32 as *const f32 as *const std::ffi::c_void,
+        crate::DType::F64 => &ONE_F64 as *const f64 as *const std::ffi::c_void,
+    }
+}
+
+/// The scaling factor 0 (cuDNN's beta: overwrite the output), as in [`one`].
+pub fn zero(dtype: crate::DType) -> *const std::ffi::c_void {
+    match dtype {
+        crate::DType::F32 => &ZERO_F32 as *const f32 as *const std::ffi::c_void,
+        crate::DType::F64 => &ZERO_F64 as *const f64 as *const std::ffi::c_void,
+    }
+}
 
 fn int(v: usize) -> crate::Result<c_int> {
     c_int::try_from(v).map_err(|_| crate::Error::Invalid(format!("dimension {v} too large for cuDNN")))
@@ -71,8 +98,8 @@ fn int(v: usize) -> crate::Result<c_int> {
 pub struct TensorDesc(sys::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
-    /// Dense NCHW f32 `[n, c, h, w]`.
-    pub fn nchw(n: usize, c: usize, h: usize, w: usize) -> crate::Result<TensorDesc> {
+    /// Dense NCHW `[n, c, h, w]` of `dtype`.
+    pub fn nchw(dtype: crate::DType, n: usize, c: usize, h: usize, w: usize) -> crate::Result<TensorDesc> {
         let mut raw = std::ptr::null_mut();
         // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
         check("cudnnCreateTensorDescriptor", unsafe { sys::cudnnCreateTensorDescriptor(&mut raw) })?;
@@ -80,7 +107,7 @@ impl TensorDesc {
         let fmt = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         // SAFETY: a valid descriptor and plain integers.
         check("cudnnSetTensor4dDescriptor", unsafe {
-            sys::cudnnSetTensor4dDescriptor(raw, fmt, F32, int(n)?, int(c)?, int(h)?, int(w)?)
+            sys::cudnnSetTensor4dDescriptor(raw, fmt, data_type(dtype), int(n)?, int(c)?, int(h)?, int(w)?)
         })?;
         Ok(d)
     }
@@ -97,11 +124,11 @@ impl Drop for TensorDesc {
     }
 }
 
-/// A filter descriptor `[k, c, r, s]` (output channels, input channels, kernel height, width), f32 NCHW.
+/// A filter descriptor `[k, c, r, s]` (output channels, input channels, kernel height, width), NCHW.
 pub struct FilterDesc(sys::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    pub fn kcrs(k: usize, c: usize, r: usize, s: usize) -> crate::Result<FilterDesc> {
+    pub fn kcrs(dtype: crate::DType, k: usize, c: usize, r: usize, s: usize) -> crate::Result<FilterDesc> {
         let mut raw = std::ptr::null_mut();
         // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
         check("cudnnCreateFilterDescriptor", unsafe { sys::cudnnCreateFilterDescriptor(&mut raw) })?;
@@ -109,7 +136,7 @@ impl FilterDesc {
         let fmt = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
         // SAFETY: a valid descriptor and plain integers.
         check("cudnnSetFilter4dDescriptor", unsafe {
-            sys::cudnnSetFilter4dDescriptor(raw, F32, fmt, int(k)?, int(c)?, int(r)?, int(s)?)
+            sys::cudnnSetFilter4dDescriptor(raw, data_type(dtype), fmt, int(k)?, int(c)?, int(r)?, int(s)?)
         })?;
         Ok(d)
     }
@@ -126,13 +153,14 @@ impl Drop for FilterDesc {
     }
 }
 
-/// A 2-d cross-correlation (what deep learning calls convolution) with f32 accumulation.
+/// A 2-d cross-correlation (what deep learning calls convolution), accumulating in the
+/// data's own type.
 pub struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
 
 impl ConvDesc {
     /// Padding and stride the same in both directions, no dilation; `tf32` allows
-    /// tensor-core math with TF32 inputs, otherwise plain FMA math.
-    pub fn new(pad: usize, stride: usize, tf32: bool) -> crate::Result<ConvDesc> {
+    /// tensor-core math with TF32 inputs for f32 data, otherwise plain FMA math.
+    pub fn new(dtype: crate::DType, pad: usize, stride: usize, tf32: bool) -> crate::Result<ConvDesc> {
         let mut raw = std::ptr::null_mut();
         // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
         check("cudnnCreateConvolutionDescriptor", unsafe { sys::cudnnCreateConvolutionDescriptor(&mut raw) })?;
@@ -140,8 +168,8 @@ impl ConvDesc {
         let (p, s) = (int(pad)?, int(stride)?);
         let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
         // SAFETY: a valid descriptor and plain values.
-        check("cudnnSetConvolution2dDescriptor", unsafe { sys::cudnnSetConvolution2dDescriptor(raw, p, p, s, s, 1, 1, mode, F32) })?;
-        let math = if tf32 { sys::cudnnMathType_t::CUDNN_DEFAULT_MATH } else { sys::cudnnMathType_t::CUDNN_FMA_MATH };
+        check("cudnnSetConvolution2dDescriptor", unsafe { sys::cudnnSetConvolution2dDescriptor(raw, p, p, s, s, 1, 1, mode, data_type(dtype)) })?;
+        let math = if tf32 && dtype == crate::DType::F32 { sys::cudnnMathType_t::CUDNN_DEFAULT_MATH } else { sys::cudnnMathType_t::CUDNN_FMA_MATH };
         // SAFETY: as above.
         check("cudnnSetConvolutionMathType", unsafe { sys::cudnnSetConvolutionMathType(raw, math) })?;
         Ok(d)
@@ -194,10 +222,11 @@ impl Drop for PoolDesc {
     }
 }
 
-/// What identifies a convolution for algorithm choice: input `[n, c, h, w]`,
+/// What identifies a convolution for algorithm choice: element type, input `[n, c, h, w]`,
 /// filter `[k, c, r, s]`, padding, stride, and whether TF32 is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvKey {
+    pub dtype: crate::DType,
     pub x: [usize; 4],
     pub w: [usize; 4],
     pub pad: usize,

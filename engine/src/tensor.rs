@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rand_distr::{Distribution, StandardNormal};
 
 /// Element type of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
     F64,
@@ -97,9 +97,10 @@ impl Tensor {
 
     /// Element type.
     pub fn dtype(&self) -> DType {
-        match self.storage {
-            Storage::F32(_) | Storage::Cuda(_) => DType::F32,
+        match &self.storage {
+            Storage::F32(_) => DType::F32,
             Storage::F64(_) => DType::F64,
+            Storage::Cuda(b) => b.dtype(),
         }
     }
 
@@ -120,19 +121,20 @@ impl Tensor {
         Ok(Tensor { shape: shape.to_vec(), storage: Storage::Cuda(buf) })
     }
 
-    /// The same elements on `device` (a copy; f64 tensors go to CUDA as f32).
+    /// The same elements on `device` (a copy, of the same element type).
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         match (&self.storage, device) {
-            (Storage::Cuda(b), Device::Cpu) => Tensor::new(&self.shape, b.dev().download(b.slice())?),
+            (Storage::Cuda(b), Device::Cpu) => match b.dtype() {
+                DType::F32 => Tensor::new(&self.shape, b.to_host_f32()?),
+                DType::F64 => Tensor::new(&self.shape, b.to_host_f64()?),
+            },
             (Storage::Cuda(b), Device::Cuda(d)) if Arc::ptr_eq(b.dev(), d) => {
                 Ok(Tensor { shape: self.shape.clone(), storage: Storage::Cuda(b.try_clone()?) })
             }
             (Storage::Cuda(_), Device::Cuda(d)) => self.to_device(&Device::Cpu)?.to_device(&Device::Cuda(d.clone())),
             (_, Device::Cpu) => Ok(self.clone()),
-            (_, Device::Cuda(d)) => {
-                let host = self.to_f32_vec();
-                Tensor::from_cuda(&self.shape, d.upload_f32(&host)?)
-            }
+            (Storage::F32(v), Device::Cuda(d)) => Tensor::from_cuda(&self.shape, d.upload_elems(v)?),
+            (Storage::F64(v), Device::Cuda(d)) => Tensor::from_cuda(&self.shape, d.upload_elems(v)?),
         }
     }
 
@@ -185,7 +187,7 @@ impl Tensor {
         match &self.storage {
             Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Storage::F64(v) => v.clone(),
-            Storage::Cuda(_) => self.to_f32_vec().into_iter().map(|x| x as f64).collect(),
+            Storage::Cuda(b) => b.to_host_f64().unwrap_or_else(|e| panic!("copying a CUDA tensor to the host: {e}")),
         }
     }
 
@@ -194,7 +196,7 @@ impl Tensor {
         match &self.storage {
             Storage::F32(v) => v.clone(),
             Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
-            Storage::Cuda(b) => b.dev().download(b.slice()).unwrap_or_else(|e| panic!("copying a CUDA tensor to the host: {e}")),
+            Storage::Cuda(b) => b.to_host_f32().unwrap_or_else(|e| panic!("copying a CUDA tensor to the host: {e}")),
         }
     }
 
@@ -276,17 +278,26 @@ impl Tensor {
     }
 }
 
-/// `a += b` on the device with the `accumulate` kernel of `ptx/elementwise.cu`.
+/// `a += b` on the device with the `accumulate` (f32) or `accumulate_f64` kernel of
+/// `ptx/elementwise.cu`.
 fn cuda_accumulate(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
+    match a.dtype() {
+        DType::F32 => launch_accumulate::<f32>(a, b, "accumulate"),
+        DType::F64 => launch_accumulate::<f64>(a, b, "accumulate_f64"),
+    }
+}
+
+fn launch_accumulate<T: Float + cudarc::driver::DeviceRepr>(a: &mut CudaBuffer, b: &CudaBuffer, kernel: &'static str) -> Result<()> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let dev = a.dev().clone();
-    let f = dev.function("elementwise.cu", ELEMENTWISE_CU, "accumulate")?;
-    let n = a.len() as u32;
+    let n = u32::try_from(a.len()).map_err(|_| Error::Invalid(format!("{} elements exceed the kernels' 32-bit counts", a.len())))?;
+    let f = dev.function("elementwise.cu", ELEMENTWISE_CU, kernel)?;
+    let (mut av, bv) = (a.view_mut::<T>()?, b.view::<T>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(a.slice_mut()).arg(b.slice()).arg(&n);
-    // SAFETY: `accumulate(float* a, const float* b, unsigned int n)` reads and writes
-    // n elements of buffers that both hold n (shapes checked by the caller).
-    unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.map_err(crate::cuda::driver_err("accumulate"))?;
+    launch.arg(&mut av).arg(&bv).arg(&n);
+    // SAFETY: `accumulate(T* a, const T* b, unsigned int n)` reads and writes n elements of
+    // buffers that both hold n of type T (shapes and dtypes checked by the caller and `view`).
+    unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.map_err(crate::cuda::driver_err(kernel))?;
     Ok(())
 }
 

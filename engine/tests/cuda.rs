@@ -47,7 +47,7 @@ fn the_pool_reuses_freed_blocks_and_the_architecture_is_known() {
     let before = d.driver_allocations();
     let buf = d.alloc_zeros(1 << 20).unwrap();
     assert_eq!(d.driver_allocations(), before + 1);
-    assert_eq!(d.download(buf.slice()).unwrap(), vec![0.0f32; 1 << 20], "alloc_zeros clears a block");
+    assert_eq!(buf.to_host_f32().unwrap(), vec![0.0f32; 1 << 20], "alloc_zeros clears a block");
     drop(buf);
     assert_eq!(d.pool_free_bytes(), 4 << 20, "a dropped buffer goes back to the pool");
     // The same size again: served from the pool, and cleared again even though it was used.
@@ -57,7 +57,7 @@ fn the_pool_reuses_freed_blocks_and_the_architecture_is_known() {
     assert_eq!(d.driver_allocations(), before + 2, "two live blocks need two allocations");
     drop(again);
     let z = d.alloc_zeros(1 << 20).unwrap();
-    assert!(d.download(z.slice()).unwrap().iter().all(|&v| v == 0.0), "a reused block is cleared by alloc_zeros");
+    assert!(z.to_host_f32().unwrap().iter().all(|&v| v == 0.0), "a reused block is cleared by alloc_zeros");
     // A different size is a new block.
     let _other = d.alloc(1000).unwrap();
     assert_eq!(d.driver_allocations(), before + 3);
@@ -65,4 +65,22 @@ fn the_pool_reuses_freed_blocks_and_the_architecture_is_known() {
     assert_eq!(d.pool_free_bytes(), 0);
     assert!(d.arch().starts_with("sm_"), "{}", d.arch());
     eprintln!("{} ({}), {}", d.name(), d.arch(), Device::Cuda(d.clone()));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn f64_tensors_keep_their_type_on_the_device() {
+    let dev = gpu();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let a = Tensor::randn(&[17, 3], DType::F64, 1.0, &mut rng);
+    let b = Tensor::randn(&[17, 3], DType::F64, 1.0, &mut rng);
+    let mut d = a.to_device(&dev).unwrap();
+    assert_eq!(d.dtype(), DType::F64);
+    assert_eq!(d.to_device(&Device::Cpu).unwrap().to_f64_vec(), a.to_f64_vec(), "f64 round trip is exact");
+    d.add_assign(&b.to_device(&dev).unwrap()).unwrap();
+    let mut host = a.clone();
+    host.add_assign(&b).unwrap();
+    assert_eq!(d.to_f64_vec(), host.to_f64_vec());
+    // Mixing element types on the device is an error, as on the host.
+    assert!(d.add_assign(&b.to_dtype(DType::F32).to_device(&dev).unwrap()).is_err());
 }

@@ -3,6 +3,7 @@
 //! Shapes: a, b, y, dy all `S` (no broadcasting).
 //! Forward: `y = a + b`. Backward: `da = dy`, `db = dy`.
 
+use crate::cuda::Elem;
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 
 /// Record `y = a + b` (same shapes).
@@ -28,16 +29,25 @@ fn forward_cpu<T: Float>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Tensor::new(a.shape(), av.iter().zip(bv).map(|(&x, &y)| x + y).collect())
 }
 
-/// `add` of `ptx/elementwise.cu`: one thread per element.
 fn forward_cuda(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match a.dtype() {
+        DType::F32 => forward_cuda_t::<f32>(a, b),
+        DType::F64 => forward_cuda_t::<f64>(a, b),
+    }
+}
+
+/// `add` of `ptx/elementwise.cu`: one thread per element.
+fn forward_cuda_t<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let n = crate::cuda::count(a.numel())?;
     let (dev, mut y) = crate::cuda::output_like(a)?;
-    let f = crate::cuda::function(&dev, "elementwise.cu", "add")?;
+    let f = crate::cuda::function_for::<T>(&dev, "elementwise.cu", "add")?;
+    let (av, bv, mut yv) = (a.cuda_buffer()?.view::<T>()?, b.cuda_buffer()?.view::<T>()?, y.view_mut::<T>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(a.cuda_buffer()?.slice()).arg(b.cuda_buffer()?.slice()).arg(y.slice_mut()).arg(&n);
-    // SAFETY: add(const float* a, const float* b, float* y, unsigned n); all hold n (shapes checked).
+    launch.arg(&av).arg(&bv).arg(&mut yv).arg(&n);
+    // SAFETY: add(const T* a, const T* b, T* y, unsigned n); all hold n (shapes and dtypes checked).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("add"))?;
+    drop(yv);
     Tensor::from_cuda(a.shape(), y)
 }
 

@@ -55,14 +55,16 @@ pub fn augment_batch(
     let mut out = dev.alloc(n * 3072)?;
     let f = crate::cuda::function(dev, "augment.cu", "augment_batch")?;
     let count = crate::cuda::count(n)?;
+    let mut outv = out.view_mut::<f32>()?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(data).arg(idx).arg(params).arg(out.slice_mut()).arg(labels).arg(&count);
+    launch.arg(data).arg(idx).arg(params).arg(&mut outv).arg(labels).arg(&count);
     for v in norm.mean.iter().chain(&norm.std) {
         launch.arg(v);
     }
     // SAFETY: augment_batch(data, idx [n], params [5n], out [n*3072], labels [n], n, mean0..2, std0..2);
     // the lengths are checked above, and every idx is a record of `data` (the caller's contract).
     unsafe { launch.launch(crate::cuda::grid(crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("augment_batch"))?;
+    drop(outv);
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }
 
@@ -79,12 +81,14 @@ pub fn normalize_batch(
     let mut out = dev.alloc(n * 3072)?;
     let f = crate::cuda::function(dev, "augment.cu", "normalize_batch")?;
     let count = crate::cuda::count(n)?;
+    let mut outv = out.view_mut::<f32>()?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(data).arg(idx).arg(out.slice_mut()).arg(labels).arg(&count);
+    launch.arg(data).arg(idx).arg(&mut outv).arg(labels).arg(&count);
     for v in norm.mean.iter().chain(&norm.std) {
         launch.arg(v);
     }
     // SAFETY: normalize_batch(data, idx [n], out [n*3072], labels [n], n, mean0..2, std0..2), as above.
     unsafe { launch.launch(crate::cuda::grid(crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("normalize_batch"))?;
+    drop(outv);
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }

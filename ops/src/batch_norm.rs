@@ -265,10 +265,11 @@ impl BatchNormRecord {
 
 use engine::cudnn;
 
-/// Descriptors of x `[N, C, H, W]` and of the per-channel parameters `[1, C, 1, 1]`.
+/// Descriptors of x `[N, C, H, W]` and of the per-channel parameters `[1, C, 1, 1]` (same
+/// element type: cuDNN wants f32 parameters for f32 data and f64 for f64).
 fn cuda_descs(x: &Tensor) -> Result<(cudnn::TensorDesc, cudnn::TensorDesc)> {
-    let s = x.shape();
-    Ok((cudnn::TensorDesc::nchw(s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(1, s[1], 1, 1)?))
+    let (s, dt) = (x.shape(), x.dtype());
+    Ok((cudnn::TensorDesc::nchw(dt, s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(dt, 1, s[1], 1, 1)?))
 }
 
 const SPATIAL: cudarc::cudnn::sys::cudnnBatchNormMode_t = cudarc::cudnn::sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
@@ -276,26 +277,25 @@ const SPATIAL: cudarc::cudnn::sys::cudnnBatchNormMode_t = cudarc::cudnn::sys::cu
 fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<TrainOut> {
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
-    let st = dev.stream().clone();
     let c = x.shape()[1];
     let (xd, pd) = cuda_descs(x)?;
-    let (mut y, mut mean, mut invstd) = (dev.alloc(x.numel())?, dev.alloc(c)?, dev.alloc(c)?);
-    let (one, zero) = (1.0f32, 0.0f32);
+    let dt = x.dtype();
+    let (mut y, mut mean, mut invstd) = (dev.alloc_dtype(x.numel(), dt)?, dev.alloc_dtype(c, dt)?, dev.alloc_dtype(c, dt)?);
     let (gb, bb) = (gamma.cuda_buffer()?, beta.cuda_buffer()?);
-    let (rm, rv) = (running.mean.cuda_buffer_mut()?.slice_mut(), running.var.cuda_buffer_mut()?.slice_mut());
+    let (rm, rv) = (running.mean.cuda_buffer_mut()?.ptr_mut(), running.var.cuda_buffer_mut()?.ptr_mut());
     let h = dev.cudnn()?;
     // SAFETY: x and y hold N·C·H·W f32, gamma, beta, the running statistics and the saved
     // mean/invstd hold C (checked by `check`); the two running buffers are distinct tensors.
     cudnn::check("cudnnBatchNormalizationForwardTraining", unsafe {
         cudarc::cudnn::sys::cudnnBatchNormalizationForwardTraining(
-            h.raw(), SPATIAL, cudnn::scalar(&one), cudnn::scalar(&zero),
-            xd.raw(), cudnn::ptr(xb.slice(), &st),
-            xd.raw(), cudnn::ptr_mut(y.slice_mut(), &st),
-            pd.raw(), cudnn::ptr(gb.slice(), &st), cudnn::ptr(bb.slice(), &st),
+            h.raw(), SPATIAL, cudnn::one(dt), cudnn::zero(dt),
+            xd.raw(), xb.ptr(),
+            xd.raw(), y.ptr_mut(),
+            pd.raw(), gb.ptr(), bb.ptr(),
             cfg.momentum,
-            cudnn::ptr_mut(rm, &st), cudnn::ptr_mut(rv, &st),
+            rm, rv,
             cfg.eps,
-            cudnn::ptr_mut(mean.slice_mut(), &st), cudnn::ptr_mut(invstd.slice_mut(), &st),
+            mean.ptr_mut(), invstd.ptr_mut(),
         )
     })?;
     running.num_batches_tracked += 1;
@@ -309,21 +309,20 @@ fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut R
 fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
-    let st = dev.stream().clone();
     let (xd, pd) = cuda_descs(x)?;
-    let mut y = dev.alloc(x.numel())?;
-    let (one, zero) = (1.0f32, 0.0f32);
+    let dt = x.dtype();
+    let mut y = dev.alloc_dtype(x.numel(), dt)?;
     let (gb, bb) = (gamma.cuda_buffer()?, beta.cuda_buffer()?);
     let (rm, rv) = (running.mean.cuda_buffer()?, running.var.cuda_buffer()?);
     let h = dev.cudnn()?;
     // SAFETY: as in train_forward_cuda; the running statistics are only read.
     cudnn::check("cudnnBatchNormalizationForwardInference", unsafe {
         cudarc::cudnn::sys::cudnnBatchNormalizationForwardInference(
-            h.raw(), SPATIAL, cudnn::scalar(&one), cudnn::scalar(&zero),
-            xd.raw(), cudnn::ptr(xb.slice(), &st),
-            xd.raw(), cudnn::ptr_mut(y.slice_mut(), &st),
-            pd.raw(), cudnn::ptr(gb.slice(), &st), cudnn::ptr(bb.slice(), &st),
-            cudnn::ptr(rm.slice(), &st), cudnn::ptr(rv.slice(), &st),
+            h.raw(), SPATIAL, cudnn::one(dt), cudnn::zero(dt),
+            xd.raw(), xb.ptr(),
+            xd.raw(), y.ptr_mut(),
+            pd.raw(), gb.ptr(), bb.ptr(),
+            rm.ptr(), rv.ptr(),
             cfg.eps,
         )
     })?;
@@ -337,25 +336,24 @@ impl BatchNormRecord {
         };
         let xb = x.cuda_buffer()?;
         let dev = xb.dev().clone();
-        let st = dev.stream().clone();
         let c = x.shape()[1];
         let (xd, pd) = cuda_descs(x)?;
-        let (mut dx, mut dgamma, mut dbeta) = (dev.alloc(x.numel())?, dev.alloc(c)?, dev.alloc(c)?);
-        let (one, zero) = (1.0f32, 0.0f32);
+        let dt = x.dtype();
+        let (mut dx, mut dgamma, mut dbeta) = (dev.alloc_dtype(x.numel(), dt)?, dev.alloc_dtype(c, dt)?, dev.alloc_dtype(c, dt)?);
         let h = dev.cudnn()?;
         // SAFETY: x, dy, dx hold N·C·H·W f32; gamma, dgamma, dbeta, mean, invstd hold C; the
         // saved statistics are the ones the forward computed for this x with the same epsilon.
         cudnn::check("cudnnBatchNormalizationBackward", unsafe {
             cudarc::cudnn::sys::cudnnBatchNormalizationBackward(
                 h.raw(), SPATIAL,
-                cudnn::scalar(&one), cudnn::scalar(&zero), cudnn::scalar(&one), cudnn::scalar(&zero),
-                xd.raw(), cudnn::ptr(xb.slice(), &st),
-                xd.raw(), cudnn::ptr(dy.cuda_buffer()?.slice(), &st),
-                xd.raw(), cudnn::ptr_mut(dx.slice_mut(), &st),
-                pd.raw(), cudnn::ptr(gamma.cuda_buffer()?.slice(), &st),
-                cudnn::ptr_mut(dgamma.slice_mut(), &st), cudnn::ptr_mut(dbeta.slice_mut(), &st),
+                cudnn::one(dt), cudnn::zero(dt), cudnn::one(dt), cudnn::zero(dt),
+                xd.raw(), xb.ptr(),
+                xd.raw(), dy.cuda_buffer()?.ptr(),
+                xd.raw(), dx.ptr_mut(),
+                pd.raw(), gamma.cuda_buffer()?.ptr(),
+                dgamma.ptr_mut(), dbeta.ptr_mut(),
                 self.eps,
-                cudnn::ptr(mean.cuda_buffer()?.slice(), &st), cudnn::ptr(self.invstd.cuda_buffer()?.slice(), &st),
+                mean.cuda_buffer()?.ptr(), self.invstd.cuda_buffer()?.ptr(),
             )
         })?;
         Ok((Tensor::from_cuda(x.shape(), dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))

@@ -251,15 +251,15 @@ use engine::cudnn;
 const MAX_WORKSPACE: usize = 1 << 30;
 
 impl CudnnConv {
-    fn new(dev: &engine::cuda::CudaDevice, d: &Dims) -> Result<CudnnConv> {
-        let tf32 = dev.allow_tf32();
+    fn new(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType) -> Result<CudnnConv> {
+        let tf32 = dev.allow_tf32() && dtype == DType::F32;
         let c = Descs {
-            x: cudnn::TensorDesc::nchw(d.n, d.c, d.h, d.w)?,
-            w: cudnn::FilterDesc::kcrs(d.o, d.c, d.kh, d.kw)?,
-            conv: cudnn::ConvDesc::new(d.p, d.s, tf32)?,
-            y: cudnn::TensorDesc::nchw(d.n, d.o, d.oh, d.ow)?,
+            x: cudnn::TensorDesc::nchw(dtype, d.n, d.c, d.h, d.w)?,
+            w: cudnn::FilterDesc::kcrs(dtype, d.o, d.c, d.kh, d.kw)?,
+            conv: cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?,
+            y: cudnn::TensorDesc::nchw(dtype, d.n, d.o, d.oh, d.ow)?,
         };
-        let key = cudnn::ConvKey { x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
+        let key = cudnn::ConvKey { dtype, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
         let plan = dev.conv_plan(key, || c.find(dev))?;
         Ok(CudnnConv { x: c.x, w: c.w, conv: c.conv, y: c.y, plan })
     }
@@ -342,21 +342,21 @@ fn no_algo(kind: &str, tried: &str) -> Error {
 fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
-    let c = CudnnConv::new(&dev, &d)?;
-    let mut y = dev.alloc(d.n * d.o * d.ohw())?;
+    let dt = x.dtype();
+    let c = CudnnConv::new(&dev, &d, dt)?;
+    let mut y = dev.alloc_dtype(d.n * d.o * d.ohw(), dt)?;
     let st = dev.stream().clone();
-    let (one, zero) = (1.0f32, 0.0f32);
     dev.with_workspace(c.plan.fwd_bytes, |ws| {
         let h = dev.cudnn()?;
         // SAFETY: x, w and y hold the [N,C,H,W], [O,C,KH,KW] and [N,O,OH,OW] f32 elements their
         // descriptors describe (checked by Dims::new); the workspace holds at least fwd_bytes.
         cudnn::check("cudnnConvolutionForward", unsafe {
             cudarc::cudnn::sys::cudnnConvolutionForward(
-                h.raw(), cudnn::scalar(&one),
-                c.x.raw(), cudnn::ptr(xb.slice(), &st),
-                c.w.raw(), cudnn::ptr(w.cuda_buffer()?.slice(), &st),
+                h.raw(), cudnn::one(dt),
+                c.x.raw(), xb.ptr(),
+                c.w.raw(), w.cuda_buffer()?.ptr(),
                 c.conv.raw(), c.plan.fwd, cudnn::ptr_mut(ws, &st), c.plan.fwd_bytes,
-                cudnn::scalar(&zero), c.y.raw(), cudnn::ptr_mut(y.slice_mut(), &st),
+                cudnn::zero(dt), c.y.raw(), y.ptr_mut(),
             )
         })
     })?;
@@ -368,22 +368,22 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
     use cudarc::cudnn::sys;
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
-    let c = CudnnConv::new(&dev, &d)?;
+    let dt = x.dtype();
+    let c = CudnnConv::new(&dev, &d, dt)?;
     let st = dev.stream().clone();
-    let (one, zero) = (1.0f32, 0.0f32);
     let (wb, dyb) = (w.cuda_buffer()?, dy.cuda_buffer()?);
     let dx = if need_dx {
-        let mut dx = dev.alloc(x.numel())?;
+        let mut dx = dev.alloc_dtype(x.numel(), dt)?;
         dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
             let h = dev.cudnn()?;
             // SAFETY: as in forward_cuda; dx has x's shape, dy has y's.
             cudnn::check("cudnnConvolutionBackwardData", unsafe {
                 sys::cudnnConvolutionBackwardData(
-                    h.raw(), cudnn::scalar(&one),
-                    c.w.raw(), cudnn::ptr(wb.slice(), &st),
-                    c.y.raw(), cudnn::ptr(dyb.slice(), &st),
+                    h.raw(), cudnn::one(dt),
+                    c.w.raw(), wb.ptr(),
+                    c.y.raw(), dyb.ptr(),
                     c.conv.raw(), c.plan.bwd_data, cudnn::ptr_mut(ws, &st), c.plan.bwd_data_bytes,
-                    cudnn::scalar(&zero), c.x.raw(), cudnn::ptr_mut(dx.slice_mut(), &st),
+                    cudnn::zero(dt), c.x.raw(), dx.ptr_mut(),
                 )
             })
         })?;
@@ -391,17 +391,17 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
     } else {
         None
     };
-    let mut dw = dev.alloc(w.numel())?;
+    let mut dw = dev.alloc_dtype(w.numel(), dt)?;
     dev.with_workspace(c.plan.bwd_filter_bytes, |ws| {
         let h = dev.cudnn()?;
         // SAFETY: as in forward_cuda; dw has w's shape.
         cudnn::check("cudnnConvolutionBackwardFilter", unsafe {
             sys::cudnnConvolutionBackwardFilter(
-                h.raw(), cudnn::scalar(&one),
-                c.x.raw(), cudnn::ptr(xb.slice(), &st),
-                c.y.raw(), cudnn::ptr(dyb.slice(), &st),
+                h.raw(), cudnn::one(dt),
+                c.x.raw(), xb.ptr(),
+                c.y.raw(), dyb.ptr(),
                 c.conv.raw(), c.plan.bwd_filter, cudnn::ptr_mut(ws, &st), c.plan.bwd_filter_bytes,
-                cudnn::scalar(&zero), c.w.raw(), cudnn::ptr_mut(dw.slice_mut(), &st),
+                cudnn::zero(dt), c.w.raw(), dw.ptr_mut(),
             )
         })
     })?;

@@ -9,6 +9,7 @@
 //! `L = (1/N)·Σ_n ℓ_n`.
 //! Backward: `dz[n,k] = (p_k − q_k)·dL/N`.
 
+use crate::cuda::Elem;
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 use engine::Error;
 
@@ -139,49 +140,67 @@ fn backward_cpu<T: Float>(probs: &Tensor, labels: &[u32], s: f64, dl: f64, (n, k
     Tensor::new(&[n, k], dz)
 }
 
+fn forward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64) -> Result<Tensor> {
+    match z.dtype() {
+        DType::F32 => forward_cuda_t::<f32>(z, labels, s as f32),
+        DType::F64 => forward_cuda_t::<f64>(z, labels, s),
+    }
+}
+
+fn backward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64, dloss: &Tensor) -> Result<Tensor> {
+    match z.dtype() {
+        DType::F32 => backward_cuda_t::<f32>(z, labels, s as f32, dloss),
+        DType::F64 => backward_cuda_t::<f64>(z, labels, s, dloss),
+    }
+}
+
 /// Per-row losses with `cross_entropy_forward` (one thread per row), then their mean
 /// with the one-block `sum_reduce` (scale 1/N). Both of `ptx/`.
-fn forward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64) -> Result<Tensor> {
+fn forward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T) -> Result<Tensor> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let (n, k) = (crate::cuda::count(z.shape()[0])?, crate::cuda::count(z.shape()[1])?);
     let zb = z.cuda_buffer()?;
     let dev = zb.dev().clone();
-    let mut rows = dev.alloc_zeros(n as usize)?;
-    let mut loss = dev.alloc_zeros(1)?;
-    let smoothing = s as f32;
-    let f = crate::cuda::function(&dev, "cross_entropy.cu", "cross_entropy_forward")?;
-    let mut launch = dev.stream().launch_builder(&f);
+    let mut rows = dev.alloc_dtype(n as usize, T::DTYPE)?;
+    let mut loss = dev.alloc_dtype(1, T::DTYPE)?;
+    let f = crate::cuda::function_for::<T>(&dev, "cross_entropy.cu", "cross_entropy_forward")?;
     let labels = labels.view();
-    launch.arg(zb.slice()).arg(&labels).arg(rows.slice_mut()).arg(&n).arg(&k).arg(&smoothing);
+    let (zv, mut rv) = (zb.view::<T>()?, rows.view_mut::<T>()?);
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&zv).arg(&labels).arg(&mut rv).arg(&n).arg(&k).arg(&smoothing);
     // SAFETY: cross_entropy_forward(logits [n,k], labels [n], loss [n], n, k, smoothing); sizes as allocated/checked.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_forward"))?;
-    let (scale, overwrite) = (1.0f32 / n as f32, 0i32);
-    let f = crate::cuda::function(&dev, "reduce.cu", "sum_reduce")?;
+    drop(rv);
+    let (scale, overwrite) = (T::one() / T::of(n as f64), 0i32);
+    let f = crate::cuda::function_for::<T>(&dev, "reduce.cu", "sum_reduce")?;
+    let (rv, mut lv) = (rows.view::<T>()?, loss.view_mut::<T>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(rows.slice()).arg(loss.slice_mut()).arg(&n).arg(&scale).arg(&overwrite);
+    launch.arg(&rv).arg(&mut lv).arg(&n).arg(&scale).arg(&overwrite);
     let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: sum_reduce(x [n], out [1], n, scale, accumulate) must run as one block, as configured.
     unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("sum_reduce"))?;
+    drop(lv);
     Tensor::from_cuda(&[1], loss)
 }
 
 /// `cross_entropy_backward` of `ptx/` (one thread per row): `dz = (softmax(z) − q)·dL/N`,
 /// the softmax recomputed from the logits. dL is read by the kernel from device memory.
-fn backward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64, dloss: &Tensor) -> Result<Tensor> {
+fn backward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T, dloss: &Tensor) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let (n, k) = (crate::cuda::count(z.shape()[0])?, crate::cuda::count(z.shape()[1])?);
     if dloss.numel() != 1 {
         return Err(Error::shape("softmax_cross_entropy backward", format!("dL {:?} is not a scalar", dloss.shape())));
     }
-    let inv_n = 1.0f32 / n as f32;
-    let smoothing = s as f32;
+    let inv_n = T::one() / T::of(n as f64);
     let labels = labels.view();
     let (dev, mut dz) = crate::cuda::output_like(z)?;
-    let f = crate::cuda::function(&dev, "cross_entropy.cu", "cross_entropy_backward")?;
+    let f = crate::cuda::function_for::<T>(&dev, "cross_entropy.cu", "cross_entropy_backward")?;
+    let (zv, dlv, mut dzv) = (z.cuda_buffer()?.view::<T>()?, dloss.cuda_buffer()?.view::<T>()?, dz.view_mut::<T>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(z.cuda_buffer()?.slice()).arg(&labels).arg(dz.slice_mut()).arg(&n).arg(&k).arg(&smoothing).arg(dloss.cuda_buffer()?.slice()).arg(&inv_n);
+    launch.arg(&zv).arg(&labels).arg(&mut dzv).arg(&n).arg(&k).arg(&smoothing).arg(&dlv).arg(&inv_n);
     // SAFETY: cross_entropy_backward(logits [n,k], labels [n], dlogits [n,k], n, k, smoothing, dloss [1], inv_n).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_backward"))?;
+    drop(dzv);
     Tensor::from_cuda(z.shape(), dz)
 }
 

@@ -30,12 +30,31 @@ pub(crate) fn grid(n: u32) -> LaunchConfig {
     LaunchConfig::for_num_elems(n.max(1))
 }
 
-/// The device of a CUDA tensor and a buffer of its size from the pool, for an output that
-/// the kernel writes completely (contents unspecified until then).
+/// The device of a CUDA tensor and a buffer of its size and element type from the pool,
+/// for an output that the kernel writes completely (contents unspecified until then).
 pub(crate) fn output_like(x: &Tensor) -> Result<(Arc<CudaDevice>, CudaBuffer)> {
     let dev = x.cuda_buffer()?.dev().clone();
-    let buf = dev.alloc(x.numel())?;
+    let buf = dev.alloc_dtype(x.numel(), x.dtype())?;
     Ok((dev, buf))
+}
+
+/// An element type our kernels exist for: f32 (training) and f64 (gradient checks). Each
+/// kernel of `ptx/` is instantiated for both; the f64 one carries the suffix `_f64`.
+pub(crate) trait Elem: crate::Float + cudarc::driver::DeviceRepr {
+    const SUFFIX: &'static str;
+}
+
+impl Elem for f32 {
+    const SUFFIX: &'static str = "";
+}
+
+impl Elem for f64 {
+    const SUFFIX: &'static str = "_f64";
+}
+
+/// Kernel `base` of `ptx/<file>` for element type `T`.
+pub(crate) fn function_for<T: Elem>(dev: &CudaDevice, file: &str, base: &str) -> Result<CudaFunction> {
+    function(dev, file, &format!("{base}{}", T::SUFFIX))
 }
 
 /// A failed launch as our error.

@@ -31,11 +31,15 @@ pub struct GradCheck {
     pub max_elems_per_param: usize,
     /// Seed for the projection `r` and the element sample.
     pub seed: u64,
+    /// Where `f` runs: the parameters are copied there for every evaluation (perturbations
+    /// are made on the host copy). A CUDA device checks the CUDA backward rules in f64; the
+    /// inputs `f` creates itself must be on that device too.
+    pub device: crate::Device,
 }
 
 impl Default for GradCheck {
     fn default() -> Self {
-        GradCheck { eps: 1e-6, rtol: 1e-5, atol: 1e-7, max_elems_per_param: 64, seed: 1234 }
+        GradCheck { eps: 1e-6, rtol: 1e-5, atol: 1e-7, max_elems_per_param: 64, seed: 1234, device: crate::Device::Cpu }
     }
 }
 
@@ -69,17 +73,21 @@ impl GradCheck {
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
 
+        let on_device = |ps: &[Tensor]| -> Result<Vec<Tensor>> { ps.iter().map(|p| p.to_device(&self.device)).collect() };
+
         // Analytic gradients through the tape.
-        let mut g = Graph::new(params);
+        let dev_params = on_device(params)?;
+        let mut g = Graph::new(&dev_params);
         let y = f(&mut g)?;
         let out_shape = g.value(y).shape().to_vec();
         let r = Tensor::randn(&out_shape, DType::F64, 1.0, &mut rng);
         let rv = r.to_f64_vec();
-        let analytic = g.backward_with(y, r)?.into_param_grads(params.len())?;
+        let analytic = g.backward_with(y, r.to_device(&self.device)?)?.into_param_grads(params.len())?;
         drop(g);
 
         let objective = |ps: &[Tensor]| -> Result<f64> {
-            let mut g = Graph::new(ps);
+            let ps = on_device(ps)?;
+            let mut g = Graph::new(&ps);
             let y = f(&mut g)?;
             Ok(g.value(y).to_f64_vec().iter().zip(&rv).map(|(a, b)| a * b).sum())
         };

@@ -5,6 +5,8 @@
 //! Backward: `dx = dy·w` `[N, I]`, `dw = dyᵀ·x` `[O, I]`, `db = Σ_n dy[n, :]` `[O]`.
 
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
+use crate::cuda::Elem;
+use cudarc::driver::{CudaView, CudaViewMut};
 use engine::{Error, gemm};
 
 /// Record `y = x wᵀ + b`: x `[N, I]`, w `[O, I]`, b `[O]` -> y `[N, O]` (PyTorch's nn.Linear layout).
@@ -80,16 +82,20 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, (n, i, o): (usize
 // cuBLAS is column-major: a row-major matrix M[r×c] is, to cuBLAS, the column-major
 // Mᵀ[c×r] with leading dimension c. Each product below is written in that form.
 
-/// One cuBLAS SGEMM, column-major: `C[m×n] = op(A)·op(B) + beta·C` (`op` = transpose if `t`).
+/// One cuBLAS GEMM (SGEMM for f32, DGEMM for f64), column-major:
+/// `C[m×n] = op(A)·op(B) + beta·C` (`op` = transpose if `t`).
 #[allow(clippy::too_many_arguments)]
-fn sgemm(
+fn gemm_cuda<T: Elem>(
     dev: &engine::cuda::CudaDevice,
     (m, n, k): (usize, usize, usize),
-    a: &cudarc::driver::CudaSlice<f32>, ta: bool, lda: usize,
-    b: &cudarc::driver::CudaSlice<f32>, tb: bool, ldb: usize,
-    beta: f32,
-    c: &mut cudarc::driver::CudaSlice<f32>, ldc: usize,
-) -> Result<()> {
+    a: &CudaView<'_, T>, ta: bool, lda: usize,
+    b: &CudaView<'_, T>, tb: bool, ldb: usize,
+    beta: T,
+    c: &mut CudaViewMut<'_, T>, ldc: usize,
+) -> Result<()>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
     use cudarc::cublas::{Gemm, GemmConfig, sys::cublasOperation_t as Op};
     let int = |v: usize| i32::try_from(v).map_err(|_| Error::Invalid(format!("linear: dimension {v} too large for cuBLAS")));
     let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
@@ -99,39 +105,61 @@ fn sgemm(
         m: int(m)?,
         n: int(n)?,
         k: int(k)?,
-        alpha: 1.0f32,
+        alpha: T::one(),
         lda: int(lda)?,
         ldb: int(ldb)?,
         beta,
         ldc: int(ldc)?,
     };
     // SAFETY: the buffers hold the matrices the sizes and leading dimensions describe (checked by `dims`).
-    unsafe { dev.blas().gemm(cfg, a, b, c) }.map_err(|e| Error::Cuda { op: "cublasSgemm", msg: e.to_string() })
+    unsafe { dev.blas().gemm(cfg, a, b, c) }.map_err(|e| Error::Cuda { op: "cublas gemm", msg: e.to_string() })
+}
+
+fn forward_cuda(x: &Tensor, w: &Tensor, b: &Tensor, d: (usize, usize, usize)) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 => forward_cuda_t::<f32>(x, w, b, d),
+        DType::F64 => forward_cuda_t::<f64>(x, w, b, d),
+    }
+}
+
+fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: (usize, usize, usize)) -> Result<(Tensor, Tensor, Tensor)> {
+    match x.dtype() {
+        DType::F32 => backward_cuda_t::<f32>(x, w, dy, d),
+        DType::F64 => backward_cuda_t::<f64>(x, w, dy, d),
+    }
 }
 
 /// `yᵀ[O×N] = w·xᵀ` (cuBLAS), then `yᵀ += b·1ᵀ` (a rank-1 GEMM adds the bias to every row).
-fn forward_cuda(x: &Tensor, w: &Tensor, b: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<Tensor> {
+fn forward_cuda_t<T: Elem>(x: &Tensor, w: &Tensor, b: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<Tensor>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
     let dev = x.cuda_buffer()?.dev().clone();
-    let mut y = dev.alloc(n * o)?;
-    let ones = dev.upload_f32(&vec![1.0f32; n])?;
-    let (xb, wb, bb) = (x.cuda_buffer()?.slice(), w.cuda_buffer()?.slice(), b.cuda_buffer()?.slice());
+    let mut y = dev.alloc_dtype(n * o, T::DTYPE)?;
+    let ones = dev.upload_elems(&vec![T::one(); n])?;
+    let (xb, wb, bb) = (x.cuda_buffer()?.view::<T>()?, w.cuda_buffer()?.view::<T>()?, b.cuda_buffer()?.view::<T>()?);
+    let mut yv = y.view_mut::<T>()?;
     // w row-major [O×I] = column-major [I×O] (ld I), transposed; x row-major [N×I] = column-major [I×N] (ld I).
-    sgemm(&dev, (o, n, i), wb, true, i, xb, false, i, 0.0, y.slice_mut(), o)?;
+    gemm_cuda(&dev, (o, n, i), &wb, true, i, &xb, false, i, T::zero(), &mut yv, o)?;
     // b as [O×1] (ld O) times ones [1×N] (ld 1), added.
-    sgemm(&dev, (o, n, 1), bb, false, o, ones.slice(), false, 1, 1.0, y.slice_mut(), o)?;
+    gemm_cuda(&dev, (o, n, 1), &bb, false, o, &ones.view::<T>()?, false, 1, T::one(), &mut yv, o)?;
+    drop(yv);
     Tensor::from_cuda(&[n, o], y)
 }
 
 /// `dxᵀ[I×N] = wᵀ·dyᵀ`, `dwᵀ[I×O] = xᵀ·dy`, `db[O] = dyᵀ·1` (cuBLAS).
-fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<(Tensor, Tensor, Tensor)> {
+fn backward_cuda_t<T: Elem>(x: &Tensor, w: &Tensor, dy: &Tensor, (n, i, o): (usize, usize, usize)) -> Result<(Tensor, Tensor, Tensor)>
+where
+    cudarc::cublas::CudaBlas: cudarc::cublas::Gemm<T>,
+{
     let dev = x.cuda_buffer()?.dev().clone();
-    let (xb, wb, dyb) = (x.cuda_buffer()?.slice(), w.cuda_buffer()?.slice(), dy.cuda_buffer()?.slice());
+    let (xb, wb, dyb) = (x.cuda_buffer()?.view::<T>()?, w.cuda_buffer()?.view::<T>()?, dy.cuda_buffer()?.view::<T>()?);
     // Every output is written by a GEMM with beta = 0, so the buffers need no clearing.
-    let (mut dx, mut dw, mut db) = (dev.alloc(n * i)?, dev.alloc(o * i)?, dev.alloc(o)?);
-    let ones = dev.upload_f32(&vec![1.0f32; n])?;
-    sgemm(&dev, (i, n, o), wb, false, i, dyb, false, o, 0.0, dx.slice_mut(), i)?;
-    sgemm(&dev, (i, o, n), xb, false, i, dyb, true, o, 0.0, dw.slice_mut(), i)?;
-    sgemm(&dev, (o, 1, n), dyb, false, o, ones.slice(), false, n, 0.0, db.slice_mut(), o)?;
+    let (mut dx, mut dw, mut db) = (dev.alloc_dtype(n * i, T::DTYPE)?, dev.alloc_dtype(o * i, T::DTYPE)?, dev.alloc_dtype(o, T::DTYPE)?);
+    let ones = dev.upload_elems(&vec![T::one(); n])?;
+    gemm_cuda(&dev, (i, n, o), &wb, false, i, &dyb, false, o, T::zero(), &mut dx.view_mut::<T>()?, i)?;
+    gemm_cuda(&dev, (i, o, n), &xb, false, i, &dyb, true, o, T::zero(), &mut dw.view_mut::<T>()?, i)?;
+    gemm_cuda(&dev, (o, 1, n), &dyb, false, o, &ones.view::<T>()?, false, n, T::zero(), &mut db.view_mut::<T>()?, o)?;
     Ok((Tensor::from_cuda(&[n, i], dx)?, Tensor::from_cuda(&[o, i], dw)?, Tensor::from_cuda(&[o], db)?))
 }
 

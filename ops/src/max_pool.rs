@@ -110,17 +110,16 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
     let ys = [s[0], s[1], s[2] / k, s[3] / k];
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
-    let st = dev.stream().clone();
-    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::nchw(s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(ys[0], ys[1], ys[2], ys[3])?);
-    let mut y = dev.alloc(ys.iter().product())?;
-    let (one, zero) = (1.0f32, 0.0f32);
+    let dt = x.dtype();
+    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::nchw(dt, s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(dt, ys[0], ys[1], ys[2], ys[3])?);
+    let mut y = dev.alloc_dtype(ys.iter().product(), dt)?;
     let h = dev.cudnn()?;
     // SAFETY: x and y hold the elements their descriptors describe.
     cudnn::check("cudnnPoolingForward", unsafe {
         cudarc::cudnn::sys::cudnnPoolingForward(
-            h.raw(), pool.raw(), cudnn::scalar(&one),
-            xd.raw(), cudnn::ptr(xb.slice(), &st),
-            cudnn::scalar(&zero), yd.raw(), cudnn::ptr_mut(y.slice_mut(), &st),
+            h.raw(), pool.raw(), cudnn::one(dt),
+            xd.raw(), xb.ptr(),
+            cudnn::zero(dt), yd.raw(), y.ptr_mut(),
         )
     })?;
     Tensor::from_cuda(&ys, y)
@@ -136,19 +135,18 @@ pub fn backward_cuda(x: &Tensor, y: &Tensor, dy: &Tensor, k: usize) -> Result<Te
     }
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
-    let st = dev.stream().clone();
-    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::nchw(s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(ys[0], ys[1], ys[2], ys[3])?);
-    let mut dx = dev.alloc(x.numel())?;
-    let (one, zero) = (1.0f32, 0.0f32);
+    let dt = x.dtype();
+    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::nchw(dt, s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(dt, ys[0], ys[1], ys[2], ys[3])?);
+    let mut dx = dev.alloc_dtype(x.numel(), dt)?;
     let h = dev.cudnn()?;
     // SAFETY: x/dx and y/dy hold the elements their descriptors describe (checked above).
     cudnn::check("cudnnPoolingBackward", unsafe {
         cudarc::cudnn::sys::cudnnPoolingBackward(
-            h.raw(), pool.raw(), cudnn::scalar(&one),
-            yd.raw(), cudnn::ptr(y.cuda_buffer()?.slice(), &st),
-            yd.raw(), cudnn::ptr(dy.cuda_buffer()?.slice(), &st),
-            xd.raw(), cudnn::ptr(xb.slice(), &st),
-            cudnn::scalar(&zero), xd.raw(), cudnn::ptr_mut(dx.slice_mut(), &st),
+            h.raw(), pool.raw(), cudnn::one(dt),
+            yd.raw(), y.cuda_buffer()?.ptr(),
+            yd.raw(), dy.cuda_buffer()?.ptr(),
+            xd.raw(), xb.ptr(),
+            cudnn::zero(dt), xd.raw(), dx.ptr_mut(),
         )
     })?;
     Tensor::from_cuda(s, dx)

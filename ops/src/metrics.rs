@@ -46,14 +46,15 @@ impl DeviceMeter {
         }
         let stream = self.dev.stream().clone();
         stream
-            .memcpy_dtod(loss.cuda_buffer()?.slice(), &mut self.losses.slice_mut(b..b + 1))
+            .memcpy_dtod(&loss.cuda_buffer()?.view::<f32>()?, &mut self.losses.slice_mut(b..b + 1))
             .map_err(|e| Error::Cuda { op: "metrics: copy loss", msg: e.to_string() })?;
         let f = crate::cuda::function(&self.dev, "reduce.cu", "count_correct")?;
         let (nn, kk, overwrite) = (crate::cuda::count(n)?, crate::cuda::count(k)?, 0i32);
         let labels = labels.view();
         let mut out = self.correct.slice_mut(b..b + 1);
+        let lv = logits.cuda_buffer()?.view::<f32>()?;
         let mut launch = stream.launch_builder(&f);
-        launch.arg(logits.cuda_buffer()?.slice()).arg(&labels).arg(&mut out).arg(&nn).arg(&kk).arg(&overwrite);
+        launch.arg(&lv).arg(&labels).arg(&mut out).arg(&nn).arg(&kk).arg(&overwrite);
         let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: count_correct(logits [n,k], labels [n], out [1], n, k, accumulate), one block as required.
         unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("count_correct"))?;

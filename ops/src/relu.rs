@@ -8,6 +8,7 @@
 //! The backward reads the *output* `y` (not `x`): `y > 0` exactly when `x > 0`,
 //! and the output is what the CUDA path keeps anyway.
 
+use crate::cuda::Elem;
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 
 /// Record `y = relu(x)` on the graph.
@@ -49,29 +50,47 @@ fn backward_cpu<T: Float>(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     Tensor::new(y.shape(), ys.iter().zip(dys).map(|(&y, &d)| if y > T::zero() { d } else { T::zero() }).collect())
 }
 
-/// `relu_forward` of `ptx/elementwise.cu`: one thread per element.
 fn forward_cuda(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 => forward_cuda_t::<f32>(x),
+        DType::F64 => forward_cuda_t::<f64>(x),
+    }
+}
+
+fn backward_cuda(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    match y.dtype() {
+        DType::F32 => backward_cuda_t::<f32>(y, dy),
+        DType::F64 => backward_cuda_t::<f64>(y, dy),
+    }
+}
+
+/// `relu_forward` of `ptx/elementwise.cu`: one thread per element.
+fn forward_cuda_t<T: Elem>(x: &Tensor) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let n = crate::cuda::count(x.numel())?;
     let (dev, mut y) = crate::cuda::output_like(x)?;
-    let f = crate::cuda::function(&dev, "elementwise.cu", "relu_forward")?;
+    let f = crate::cuda::function_for::<T>(&dev, "elementwise.cu", "relu_forward")?;
+    let (xv, mut yv) = (x.cuda_buffer()?.view::<T>()?, y.view_mut::<T>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(x.cuda_buffer()?.slice()).arg(y.slice_mut()).arg(&n);
-    // SAFETY: relu_forward(const float* x, float* y, unsigned n) touches n elements of each; both hold n.
+    launch.arg(&xv).arg(&mut yv).arg(&n);
+    // SAFETY: relu_forward(const T* x, T* y, unsigned n) touches n elements of each; both hold n.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_forward"))?;
+    drop(yv);
     Tensor::from_cuda(x.shape(), y)
 }
 
 /// `relu_backward` of `ptx/elementwise.cu`: one thread per element.
-fn backward_cuda(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+fn backward_cuda_t<T: Elem>(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let n = crate::cuda::count(y.numel())?;
     let (dev, mut dx) = crate::cuda::output_like(y)?;
-    let f = crate::cuda::function(&dev, "elementwise.cu", "relu_backward")?;
+    let f = crate::cuda::function_for::<T>(&dev, "elementwise.cu", "relu_backward")?;
+    let (yv, dyv, mut dxv) = (y.cuda_buffer()?.view::<T>()?, dy.cuda_buffer()?.view::<T>()?, dx.view_mut::<T>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(y.cuda_buffer()?.slice()).arg(dy.cuda_buffer()?.slice()).arg(dx.slice_mut()).arg(&n);
-    // SAFETY: relu_backward(const float* y, const float* dy, float* dx, unsigned n); all hold n (shapes checked).
+    launch.arg(&yv).arg(&dyv).arg(&mut dxv).arg(&n);
+    // SAFETY: relu_backward(const T* y, const T* dy, T* dx, unsigned n); all hold n (shapes and dtypes checked).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_backward"))?;
+    drop(dxv);
     Tensor::from_cuda(y.shape(), dx)
 }
 

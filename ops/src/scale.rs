@@ -2,6 +2,7 @@
 //!
 //! Shapes: x, y, dy, dx all `S`. Forward: `y = α·x`. Backward: `dx = α·dy`.
 
+use crate::cuda::Elem;
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 
 /// Record `y = alpha · x`.
@@ -26,17 +27,25 @@ fn forward_cpu<T: Float>(x: &Tensor, alpha: f64) -> Result<Tensor> {
     Tensor::new(x.shape(), x.as_slice::<T>()?.iter().map(|&v| a * v).collect())
 }
 
-/// `scale` of `ptx/elementwise.cu`: one thread per element, `y = alpha·x` in f32.
 fn forward_cuda(x: &Tensor, alpha: f64) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 => forward_cuda_t::<f32>(x, alpha as f32),
+        DType::F64 => forward_cuda_t::<f64>(x, alpha),
+    }
+}
+
+/// `scale` of `ptx/elementwise.cu`: one thread per element, `y = alpha·x` in T.
+fn forward_cuda_t<T: Elem>(x: &Tensor, alpha: T) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let n = crate::cuda::count(x.numel())?;
-    let alpha = alpha as f32;
     let (dev, mut y) = crate::cuda::output_like(x)?;
-    let f = crate::cuda::function(&dev, "elementwise.cu", "scale")?;
+    let f = crate::cuda::function_for::<T>(&dev, "elementwise.cu", "scale")?;
+    let (xv, mut yv) = (x.cuda_buffer()?.view::<T>()?, y.view_mut::<T>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(x.cuda_buffer()?.slice()).arg(y.slice_mut()).arg(&n).arg(&alpha);
-    // SAFETY: scale(const float* x, float* y, unsigned n, float alpha); x and y hold n.
+    launch.arg(&xv).arg(&mut yv).arg(&n).arg(&alpha);
+    // SAFETY: scale(const T* x, T* y, unsigned n, T alpha); x and y hold n.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("scale"))?;
+    drop(yv);
     Tensor::from_cuda(x.shape(), y)
 }
 

@@ -118,11 +118,15 @@ fn update_cuda(p: &mut Tensor, g: &Tensor, buf: &mut Option<Tensor>, cfg: &Sgd) 
     let (lr, mom, damp, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.dampening as f32, cfg.weight_decay as f32);
     let nesterov = i32::from(cfg.nesterov);
     let stream = dev.stream().clone();
+    // f32 only (the kernel's type); view() refuses other element types.
+    let mut pv = p.cuda_buffer_mut()?.view_mut::<f32>()?;
+    let gv = g.cuda_buffer()?.view::<f32>()?;
+    let mut bv = b.cuda_buffer_mut()?.view_mut::<f32>()?;
     let mut launch = stream.launch_builder(&f);
     launch
-        .arg(p.cuda_buffer_mut()?.slice_mut())
-        .arg(g.cuda_buffer()?.slice())
-        .arg(b.cuda_buffer_mut()?.slice_mut())
+        .arg(&mut pv)
+        .arg(&gv)
+        .arg(&mut bv)
         .arg(&n)
         .arg(&lr)
         .arg(&mom)

@@ -35,7 +35,7 @@ tests() {
     local f="$OUT/cuda-tests-$day.txt"
     {
         header
-        for t in test-cuda test-cuda_ops test-cuda_train; do
+        for t in test-cuda test-cuda_ops test-cuda_gradcheck test-cuda_train; do
             echo "== $t --ignored --test-threads=1 --nocapture"
             # A hung test must not eat the whole call: 200 s per binary.
             timeout 200 /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1

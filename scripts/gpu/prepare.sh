@@ -29,7 +29,7 @@ for line in sys.stdin:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
     case "$name" in
-        cuda_ops|cuda_train|cuda) cp "$exe" "devbin/bin/test-$name" ;;
+        cuda_ops|cuda_train|cuda_gradcheck|cuda) cp "$exe" "devbin/bin/test-$name" ;;
     esac
 done
 strip devbin/bin/*

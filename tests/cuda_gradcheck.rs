@@ -1,0 +1,130 @@
+//! Gradient checks in f64 on the GPU: the CUDA backward rules (cuDNN convolution, batch
+//! norm and max-pooling in double precision, cuBLAS DGEMM, our `_f64` kernels) against
+//! central finite differences of the CUDA forward, op by op and for the whole ResNet-9
+//! topology at width 1/32. cuDNN supports f64 for all three; TF32 never applies to f64.
+//!
+//! Tolerance: `GradCheck`'s default (relative 1e-5 + absolute 1e-7), as on the CPU (see
+//! ops/src/gradcheck.rs): the GPU computes in f64 too, so rounding stays ~1e-10 relative.
+//! Run with `cargo test --release -- --ignored` on a GPU machine.
+
+use engine::{DType, Device, Tensor};
+use model::resnet::ResNet9;
+use ops::batch_norm::{BatchNormConfig, RunningStats};
+use ops::gradcheck::{GradCheck, random_params};
+use rand::SeedableRng;
+
+fn gpu() -> Device {
+    Device::cuda(0).unwrap_or_else(|e| panic!("this test needs a CUDA GPU: {e}"))
+}
+
+fn on_gpu() -> GradCheck {
+    GradCheck { device: gpu(), ..GradCheck::default() }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn conv2d_in_f64_on_the_gpu() {
+    use ops::conv2d::{Conv2dParams, conv2d};
+    let ps = random_params(&[&[2, 3, 6, 6], &[4, 3, 3, 3]], 1);
+    for p in [Conv2dParams { stride: 1, padding: 1 }, Conv2dParams { stride: 2, padding: 0 }] {
+        let r = on_gpu()
+            .run(&ps, |g| {
+                let (x, w) = (g.param(0)?, g.param(1)?);
+                conv2d(g, x, w, p)
+            })
+            .unwrap();
+        eprintln!("conv2d {p:?}: {} elements, max relative error {:.2e}", r.checked, r.max_rel_err);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batch_norm_in_f64_on_the_gpu() {
+    let dev = gpu();
+    let ps = random_params(&[&[3, 4, 3, 2], &[4], &[4]], 2);
+    let r = on_gpu()
+        .run(&ps, |g| {
+            let mut stats = RunningStats::new(4, DType::F64);
+            stats.mean = stats.mean.to_device(&dev)?;
+            stats.var = stats.var.to_device(&dev)?;
+            let (x, ga, be) = (g.param(0)?, g.param(1)?, g.param(2)?);
+            ops::batch_norm::batch_norm_train(g, x, ga, be, &mut stats, BatchNormConfig::default())
+        })
+        .unwrap();
+    eprintln!("batch norm: {} elements, max relative error {:.2e}", r.checked, r.max_rel_err);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn max_pool_linear_and_elementwise_in_f64_on_the_gpu() {
+    let ps = random_params(&[&[2, 3, 8, 8]], 3);
+    on_gpu()
+        .run(&ps, |g| {
+            let x = g.param(0)?;
+            ops::max_pool::max_pool2d(g, x, 2)
+        })
+        .unwrap();
+    let ps = random_params(&[&[5, 7], &[3, 7], &[3]], 4);
+    on_gpu()
+        .run(&ps, |g| {
+            let (x, w, b) = (g.param(0)?, g.param(1)?, g.param(2)?);
+            ops::linear::linear(g, x, w, b)
+        })
+        .unwrap();
+    let ps = random_params(&[&[4, 9], &[4, 9]], 5);
+    on_gpu()
+        .run(&ps, |g| {
+            let (a, b) = (g.param(0)?, g.param(1)?);
+            let s = ops::add::add(g, a, b)?;
+            let r = ops::relu::relu(g, s)?;
+            ops::scale::scale(g, r, 0.125)
+        })
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cross_entropy_in_f64_on_the_gpu() {
+    let ps = random_params(&[&[6, 10]], 6);
+    let labels = [3u32, 0, 9, 9, 1, 5];
+    for s in [0.0, 0.2] {
+        on_gpu()
+            .run(&ps, |g| {
+                let z = g.param(0)?;
+                ops::cross_entropy::softmax_cross_entropy(g, z, &labels, s)
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn whole_resnet9_in_f64_on_the_gpu() {
+    let dev = gpu();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let net = ResNet9::new(1.0 / 32.0, 0.125, DType::F64, &mut rng).unwrap();
+    let mut params = net.params.clone();
+    for (p, name) in params.iter_mut().zip(&net.arch.param_names) {
+        if name.contains(".bn") {
+            *p = Tensor::uniform(p.shape(), DType::F64, 0.5, 1.5, &mut rng);
+        }
+    }
+    let x = Tensor::randn(&[3, 3, 32, 32], DType::F64, 1.0, &mut rng).to_device(&dev).unwrap();
+    let mut bn0 = net.bn.clone();
+    for s in &mut bn0 {
+        s.mean = s.mean.to_device(&dev).unwrap();
+        s.var = s.var.to_device(&dev).unwrap();
+    }
+    let labels = [3u32, 7, 0];
+    let report = GradCheck { max_elems_per_param: 24, device: dev.clone(), ..GradCheck::default() }
+        .run(&params, |g| {
+            let mut bn = bn0.clone();
+            let input = g.input(x.clone());
+            let logits = net.arch.forward(g, input, true, &mut bn).map_err(|e| engine::Error::Invalid(e.to_string()))?;
+            ops::cross_entropy::softmax_cross_entropy(g, logits, &labels, 0.2)
+        })
+        .unwrap();
+    let expected: usize = params.iter().map(|p| p.numel().min(24)).sum();
+    assert_eq!(report.checked, expected);
+    eprintln!("whole-network gradient check on the GPU: {} elements, max relative error {:.2e}", report.checked, report.max_rel_err);
+}
