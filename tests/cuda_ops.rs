@@ -301,3 +301,41 @@ fn device_meter_matches_the_host_count() {
     assert_eq!(correct, want);
     assert!(meter.record(3, &Tensor::new(&[1], vec![0f32]).unwrap(), &rand(&[1, 10], 1), &ops::cross_entropy::DeviceLabels::new(std::sync::Arc::new(d.upload(&[0u32]).unwrap()), 0, 1).unwrap()).is_err());
 }
+
+/// The bf16 kernels against the host: f32 -> bf16 rounds to nearest even like the `half`
+/// crate (ties, NaN, infinities, subnormals included), widening is exact, and ReLU / add /
+/// accumulate in bf16 equal "widen, one f32 operation, round" on the host: exact.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_kernels_match_the_host_exactly() {
+    let dev = gpu();
+    let mut vals = rand(&[4096], 600).to_f32_vec();
+    // Exact ties between bf16 neighbours, specials and tiny values.
+    vals.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1e-40, -1e-39, 3.0e38, f32::MAX]);
+    let x = Tensor::new(&[vals.len()], vals.clone()).unwrap();
+    let xb = ops::cast::forward(&x.to_device(&dev).unwrap(), DType::BF16).unwrap();
+    assert_eq!(xb.dtype(), DType::BF16);
+    let host_bits: Vec<u16> = vals.iter().map(|&v| engine::tensor::bf16_bits(v as f64)).collect();
+    let dev_bits = match xb.to_device(&Device::Cpu).unwrap().storage() {
+        engine::tensor::Storage::BF16(b) => b.clone(),
+        other => panic!("expected bf16 on the host, got {other:?}"),
+    };
+    assert_eq!(dev_bits, host_bits, "f32 -> bf16 rounding");
+    let nan = ops::cast::forward(&Tensor::new(&[1], vec![f32::NAN]).unwrap().to_device(&dev).unwrap(), DType::BF16).unwrap();
+    assert!(nan.to_f32_vec()[0].is_nan(), "NaN stays NaN");
+    let widened = ops::cast::forward(&xb, DType::F32).unwrap().to_f32_vec();
+    let want: Vec<f32> = host_bits.iter().map(|&h| engine::tensor::bf16_to_f32(h)).collect();
+    assert_eq!(widened, want, "bf16 -> f32 is exact");
+    // ReLU, add and accumulate in bf16.
+    let a = ops::cast::forward(&rand(&[64, 32, 8, 8], 601).to_device(&dev).unwrap(), DType::BF16).unwrap();
+    let b = ops::cast::forward(&rand(&[64, 32, 8, 8], 602).to_device(&dev).unwrap(), DType::BF16).unwrap();
+    let (ah, bh) = (a.to_f32_vec(), b.to_f32_vec());
+    let round = |v: f32| engine::tensor::bf16_to_f32(engine::tensor::bf16_bits(v as f64));
+    let relu: Vec<f32> = ah.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect();
+    assert_eq!(ops::relu::forward(&a).unwrap().to_f32_vec(), relu);
+    let sum: Vec<f32> = ah.iter().zip(&bh).map(|(&x, &y)| round(x + y)).collect();
+    assert_eq!(ops::add::forward(&a, &b).unwrap().to_f32_vec(), sum);
+    let mut acc = a.clone();
+    acc.add_assign(&b).unwrap();
+    assert_eq!(acc.to_f32_vec(), sum);
+}

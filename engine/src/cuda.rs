@@ -87,6 +87,7 @@ pub fn dtype_size(dtype: DType) -> usize {
     match dtype {
         DType::F32 => 4,
         DType::F64 => 8,
+        DType::BF16 => 2,
     }
 }
 
@@ -156,6 +157,7 @@ impl CudaBuffer {
         Ok(match self.dtype {
             DType::F32 => self.dev.download_view(&self.view::<f32>()?)?.into_iter().map(f64::from).collect(),
             DType::F64 => self.dev.download_view(&self.view::<f64>()?)?,
+            DType::BF16 => self.to_host_bf16_bits()?.into_iter().map(|h| crate::tensor::bf16_to_f32(h) as f64).collect(),
         })
     }
 
@@ -164,7 +166,33 @@ impl CudaBuffer {
         Ok(match self.dtype {
             DType::F32 => self.dev.download_view(&self.view::<f32>()?)?,
             DType::F64 => self.dev.download_view(&self.view::<f64>()?)?.into_iter().map(|v| v as f32).collect(),
+            DType::BF16 => self.to_host_bf16_bits()?.into_iter().map(crate::tensor::bf16_to_f32).collect(),
         })
+    }
+
+    /// The bf16 bit patterns copied to the host.
+    pub fn to_host_bf16_bits(&self) -> Result<Vec<u16>> {
+        self.dev.download_view(&self.view_bf16()?)
+    }
+
+    /// The elements of a bf16 buffer as their 16-bit patterns (kernels take `unsigned short*`).
+    pub fn view_bf16(&self) -> Result<CudaView<'_, u16>> {
+        if self.dtype != DType::BF16 {
+            return Err(Error::DType { op: "CudaBuffer::view_bf16", a: self.dtype, b: DType::BF16 });
+        }
+        // SAFETY: the block holds `len` bf16 values, 2 bytes each.
+        unsafe { self.block().transmute::<u16>(self.len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
+    }
+
+    /// The elements of a bf16 buffer as their 16-bit patterns, mutably.
+    pub fn view_bf16_mut(&mut self) -> Result<CudaViewMut<'_, u16>> {
+        if self.dtype != DType::BF16 {
+            return Err(Error::DType { op: "CudaBuffer::view_bf16_mut", a: self.dtype, b: DType::BF16 });
+        }
+        let len = self.len;
+        let block = self.bytes.as_mut().expect("a CudaBuffer holds its block until dropped");
+        // SAFETY: as in `view_bf16`.
+        unsafe { block.transmute_mut::<u16>(len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
     }
 
     /// A copy on the same device (from the pool, filled by a device-to-device copy).
@@ -407,6 +435,17 @@ impl CudaDevice {
         self.stream.memcpy_htod(values, &mut b.view_mut::<T>()?).map_err(|e| Error::Cuda {
             op: "upload",
             msg: format!("copying {} bytes to {name}: {e}", std::mem::size_of_val(values)),
+        })?;
+        Ok(b)
+    }
+
+    /// A pooled bf16 buffer holding the bit patterns `bits`.
+    pub fn upload_bf16_bits(self: &Arc<Self>, bits: &[u16]) -> Result<CudaBuffer> {
+        let mut b = self.alloc_dtype(bits.len(), DType::BF16)?;
+        let name = self.name.clone();
+        self.stream.memcpy_htod(bits, &mut b.view_bf16_mut()?).map_err(|e| Error::Cuda {
+            op: "upload",
+            msg: format!("copying {} bytes to {name}: {e}", std::mem::size_of_val(bits)),
         })?;
         Ok(b)
     }

@@ -65,6 +65,15 @@ pub fn data_type(dtype: crate::DType) -> sys::cudnnDataType_t {
     match dtype {
         crate::DType::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
         crate::DType::F64 => sys::cudnnDataType_t::CUDNN_DATA_DOUBLE,
+        crate::DType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+    }
+}
+
+/// The type cuDNN computes (accumulates) in for data of `dtype`: f32 for bf16 data.
+pub fn compute_type(dtype: crate::DType) -> sys::cudnnDataType_t {
+    match dtype {
+        crate::DType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        d => data_type(d),
     }
 }
 
@@ -74,10 +83,10 @@ static ONE_F64: f64 = 1.0;
 static ZERO_F64: f64 = 0.0;
 
 /// The scaling factor 1 (cuDNN's alpha) as cuDNN wants it for data of `dtype`: a float
-/// for f32 data, a double for f64 data.
+/// for f32 and bf16 data, a double for f64 data.
 pub fn one(dtype: crate::DType) -> *const std::ffi::c_void {
     match dtype {
-        crate::DType::F32 => &ONE_F32 as *const f32 as *const std::ffi::c_void,
+        crate::DType::F32 | crate::DType::BF16 => &ONE_F32 as *const f32 as *const std::ffi::c_void,
         crate::DType::F64 => &ONE_F64 as *const f64 as *const std::ffi::c_void,
     }
 }
@@ -85,7 +94,7 @@ pub fn one(dtype: crate::DType) -> *const std::ffi::c_void {
 /// The scaling factor 0 (cuDNN's beta: overwrite the output), as in [`one`].
 pub fn zero(dtype: crate::DType) -> *const std::ffi::c_void {
     match dtype {
-        crate::DType::F32 => &ZERO_F32 as *const f32 as *const std::ffi::c_void,
+        crate::DType::F32 | crate::DType::BF16 => &ZERO_F32 as *const f32 as *const std::ffi::c_void,
         crate::DType::F64 => &ZERO_F64 as *const f64 as *const std::ffi::c_void,
     }
 }
@@ -168,8 +177,13 @@ impl ConvDesc {
         let (p, s) = (int(pad)?, int(stride)?);
         let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
         // SAFETY: a valid descriptor and plain values.
-        check("cudnnSetConvolution2dDescriptor", unsafe { sys::cudnnSetConvolution2dDescriptor(raw, p, p, s, s, 1, 1, mode, data_type(dtype)) })?;
-        let math = if tf32 && dtype == crate::DType::F32 { sys::cudnnMathType_t::CUDNN_DEFAULT_MATH } else { sys::cudnnMathType_t::CUDNN_FMA_MATH };
+        check("cudnnSetConvolution2dDescriptor", unsafe { sys::cudnnSetConvolution2dDescriptor(raw, p, p, s, s, 1, 1, mode, compute_type(dtype)) })?;
+        let math = match dtype {
+            // bf16 data: tensor cores, f32 accumulation.
+            crate::DType::BF16 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
+            crate::DType::F32 if tf32 => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
+            _ => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+        };
         // SAFETY: as above.
         check("cudnnSetConvolutionMathType", unsafe { sys::cudnnSetConvolutionMathType(raw, math) })?;
         Ok(d)

@@ -14,18 +14,24 @@ use rand_distr::{Distribution, StandardNormal};
 pub enum DType {
     F32,
     F64,
+    /// bfloat16: the top 16 bits of an f32 (the mixed-precision path's activations). Held
+    /// as bit patterns; no CPU reference op computes in it (they return an error).
+    BF16,
 }
 
-/// The elements of a tensor, owned: on the host (f32 or f64) or on a CUDA device (f32).
+/// The elements of a tensor, owned: on the host (f32, f64, or bf16 bit patterns) or on a
+/// CUDA device (any of the three).
 #[derive(Clone, Debug)]
 pub enum Storage {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    BF16(Vec<u16>),
     Cuda(CudaBuffer),
 }
 
-/// The accumulation kernel (`a += b`), shared with the ops crate's elementwise kernels.
+/// The accumulation kernels (`a += b`), shared with the ops crate's elementwise kernels.
 const ELEMENTWISE_CU: &str = include_str!("../../ptx/elementwise.cu");
+const BF16_CU: &str = include_str!("../../ptx/bf16.cu");
 
 /// A contiguous row-major array with a shape.
 #[derive(Clone, Debug)]
@@ -58,6 +64,7 @@ impl Tensor {
         let storage = match dtype {
             DType::F32 => Storage::F32(vec![value as f32; numel]),
             DType::F64 => Storage::F64(vec![value; numel]),
+            DType::BF16 => Storage::BF16(vec![bf16_bits(value); numel]),
         };
         Tensor { shape: shape.to_vec(), storage }
     }
@@ -81,6 +88,7 @@ impl Tensor {
         let storage = match dtype {
             DType::F32 => Storage::F32(values.into_iter().map(|v| v as f32).collect()),
             DType::F64 => Storage::F64(values),
+            DType::BF16 => Storage::BF16(values.into_iter().map(bf16_bits).collect()),
         };
         Tensor { shape: shape.to_vec(), storage }
     }
@@ -100,6 +108,7 @@ impl Tensor {
         match &self.storage {
             Storage::F32(_) => DType::F32,
             Storage::F64(_) => DType::F64,
+            Storage::BF16(_) => DType::BF16,
             Storage::Cuda(b) => b.dtype(),
         }
     }
@@ -127,6 +136,7 @@ impl Tensor {
             (Storage::Cuda(b), Device::Cpu) => match b.dtype() {
                 DType::F32 => Tensor::new(&self.shape, b.to_host_f32()?),
                 DType::F64 => Tensor::new(&self.shape, b.to_host_f64()?),
+                DType::BF16 => Ok(Tensor { shape: self.shape.clone(), storage: Storage::BF16(b.to_host_bf16_bits()?) }),
             },
             (Storage::Cuda(b), Device::Cuda(d)) if Arc::ptr_eq(b.dev(), d) => {
                 Ok(Tensor { shape: self.shape.clone(), storage: Storage::Cuda(b.try_clone()?) })
@@ -135,6 +145,7 @@ impl Tensor {
             (_, Device::Cpu) => Ok(self.clone()),
             (Storage::F32(v), Device::Cuda(d)) => Tensor::from_cuda(&self.shape, d.upload_elems(v)?),
             (Storage::F64(v), Device::Cuda(d)) => Tensor::from_cuda(&self.shape, d.upload_elems(v)?),
+            (Storage::BF16(v), Device::Cuda(d)) => Tensor::from_cuda(&self.shape, d.upload_bf16_bits(v)?),
         }
     }
 
@@ -187,6 +198,7 @@ impl Tensor {
         match &self.storage {
             Storage::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Storage::F64(v) => v.clone(),
+            Storage::BF16(v) => v.iter().map(|&h| bf16_to_f32(h) as f64).collect(),
             Storage::Cuda(b) => b.to_host_f64().unwrap_or_else(|e| panic!("copying a CUDA tensor to the host: {e}")),
         }
     }
@@ -196,6 +208,7 @@ impl Tensor {
         match &self.storage {
             Storage::F32(v) => v.clone(),
             Storage::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::BF16(v) => v.iter().map(|&h| bf16_to_f32(h)).collect(),
             Storage::Cuda(b) => b.to_host_f32().unwrap_or_else(|e| panic!("copying a CUDA tensor to the host: {e}")),
         }
     }
@@ -234,6 +247,10 @@ impl Tensor {
         match (&mut self.storage, &other.storage) {
             (Storage::F32(a), Storage::F32(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
             (Storage::F64(a), Storage::F64(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+            // One f32 addition of the widened values, rounded back (as the accumulate_bf16 kernel).
+            (Storage::BF16(a), Storage::BF16(b)) => {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x = bf16_bits((bf16_to_f32(*x) + bf16_to_f32(*y)) as f64))
+            }
             (Storage::Cuda(a), Storage::Cuda(b)) => cuda_accumulate(a, b)?,
             _ => unreachable!("dtypes and devices checked above"),
         }
@@ -284,7 +301,33 @@ fn cuda_accumulate(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
     match a.dtype() {
         DType::F32 => launch_accumulate::<f32>(a, b, "accumulate"),
         DType::F64 => launch_accumulate::<f64>(a, b, "accumulate_f64"),
+        DType::BF16 => launch_accumulate_bf16(a, b),
     }
+}
+
+/// `a += b` in bf16 with `accumulate_bf16` of `ptx/bf16.cu`.
+fn launch_accumulate_bf16(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let dev = a.dev().clone();
+    let n = u32::try_from(a.len()).map_err(|_| Error::Invalid(format!("{} elements exceed the kernels' 32-bit counts", a.len())))?;
+    let f = dev.function("bf16.cu", BF16_CU, "accumulate_bf16")?;
+    let (mut av, bv) = (a.view_bf16_mut()?, b.view_bf16()?);
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&mut av).arg(&bv).arg(&n);
+    // SAFETY: accumulate_bf16(bf16* a, const bf16* b, unsigned n); both hold n bf16 (checked by the caller).
+    unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.map_err(crate::cuda::driver_err("accumulate_bf16"))?;
+    Ok(())
+}
+
+/// The bf16 bit pattern nearest to `v` (round to nearest, ties to even; via f32 as the
+/// GPU does: `v` is first rounded to f32, exact for every f32 input).
+pub fn bf16_bits(v: f64) -> u16 {
+    half::bf16::from_f32(v as f32).to_bits()
+}
+
+/// The f32 value of a bf16 bit pattern (exact).
+pub fn bf16_to_f32(h: u16) -> f32 {
+    half::bf16::from_bits(h).to_f32()
 }
 
 fn launch_accumulate<T: Float + cudarc::driver::DeviceRepr>(a: &mut CudaBuffer, b: &CudaBuffer, kernel: &'static str) -> Result<()> {

@@ -133,6 +133,10 @@ struct TrainArgs {
     /// Forbid TF32 tensor-core math in f32 convolutions on the GPU (on by default, as in PyTorch).
     #[arg(long)]
     no_tf32: bool,
+    /// Mixed precision on the GPU: bf16 convolutions and activations, f32 parameters, BN
+    /// statistics, linear layer and loss (like PyTorch's bf16 autocast).
+    #[arg(long)]
+    bf16: bool,
 }
 
 impl TrainArgs {
@@ -166,6 +170,7 @@ impl TrainArgs {
             label_smoothing: self.label_smoothing,
             lr_min: self.lr_min.unwrap_or(0.0),
             lr_max: self.lr_max.unwrap_or(0.0),
+            bf16: self.bf16,
         };
         Ok(RunOptions {
             cfg,

@@ -46,6 +46,10 @@ pub struct Arch {
     pub channels: [usize; 4],
     /// Multiplier applied to the logits (1.0 = plain linear layer).
     pub out_scale: f64,
+    /// Element type of the activations in the convolutional trunk: the parameters' own
+    /// (f32, the default) or bf16 (mixed precision: bf16 copies of the conv weights and
+    /// bf16 activations, f32 BN parameters and statistics, f32 again from the final pool on).
+    pub compute: Option<DType>,
     units: Vec<ConvBn>,
     fc_w: usize,
     fc_b: usize,
@@ -78,6 +82,7 @@ impl Arch {
         let mut arch = Arch {
             channels,
             out_scale,
+            compute: None,
             units: Vec::new(),
             fc_w: 0,
             fc_b: 0,
@@ -175,6 +180,7 @@ impl Arch {
         if bn.len() != self.units.len() {
             return Err(Error::Invalid(format!("expected {} BN states, got {}", self.units.len(), bn.len())).into());
         }
+        let x = self.to_compute(g, x)?;
         let x = self.unit(g, x, PREP, train, bn)?;
         let x = self.unit(g, x, LAYER1, train, bn)?;
         let x = self.residual(g, x, RES1, train, bn)?;
@@ -182,6 +188,10 @@ impl Arch {
         let x = self.unit(g, x, LAYER3, train, bn)?;
         let x = self.residual(g, x, RES2, train, bn)?;
         let x = ops::max_pool::max_pool2d(g, x, 4)?;
+        let x = match self.compute {
+            Some(t) if t != DType::F32 && t != DType::F64 => ops::cast::cast(g, x, DType::F32)?,
+            _ => x,
+        };
         let x = ops::reshape::flatten(g, x)?;
         let (w, b) = (g.param(self.fc_w)?, g.param(self.fc_b)?);
         let logits = ops::linear::linear(g, x, w, b)?;
@@ -189,6 +199,14 @@ impl Arch {
             Ok(logits)
         } else {
             Ok(ops::scale::scale(g, logits, self.out_scale)?)
+        }
+    }
+
+    /// `x` in the trunk's compute type (a recorded cast when it differs).
+    fn to_compute(&self, g: &mut Graph<'_>, x: Var) -> Result<Var> {
+        match self.compute {
+            Some(t) if t != g.value(x).dtype() => Ok(ops::cast::cast(g, x, t)?),
+            _ => Ok(x),
         }
     }
 
@@ -203,6 +221,7 @@ impl Arch {
     fn unit(&self, g: &mut Graph<'_>, x: Var, i: usize, train: bool, bn: &mut [RunningStats]) -> Result<Var> {
         let u = &self.units[i];
         let w = g.param(u.conv_w)?;
+        let w = self.to_compute(g, w)?;
         let mut h = conv2d::conv2d(g, x, w, Conv2dParams { stride: 1, padding: 1 })?;
         if u.pool {
             h = ops::max_pool::max_pool2d(g, h, 2)?;

@@ -190,13 +190,18 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         (opts.cfg.clone(), model, SgdState::default(), Vec::new())
     };
     model.to_device(device)?;
+    model.arch.compute = cfg.compute_dtype();
+    if cfg.bf16 && !device.is_cuda() {
+        return Err(Error::Invalid("--bf16 (mixed precision) runs on a CUDA GPU only".into()));
+    }
     for b in state.momentum_buffers.iter_mut().flatten() {
         *b = b.to_device(device)?;
     }
     log.line(&format!(
-        "ResNet-9 width {} ({} parameters), batch {}, {} epochs, {} training images, seed {}",
+        "ResNet-9 width {} ({} parameters){}, batch {}, {} epochs, {} training images, seed {}",
         cfg.width,
         model.arch.num_params(),
+        if cfg.bf16 { ", bf16 mixed precision" } else { "" },
         cfg.batch_size,
         cfg.epochs,
         cfg.train_len(&ds.train),
@@ -425,6 +430,7 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
     model.to_device(device)?;
+    model.arch.compute = cfg.compute_dtype();
     let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
     let pb = progress_bar(opts.lr_find.steps, opts.progress);
     let r = lr_find::lr_find(&mut model, &ds.train, &mut pipeline, norm, cfg, &opts.lr_find, |_, lr, s| {
@@ -452,6 +458,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
     model.to_device(device)?;
+    model.arch.compute = cfg.compute_dtype();
     let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
     let mut state = SgdState::default();
     let n = cfg.train_len(&ds.train);

@@ -32,6 +32,9 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     pub lr_min: f64,
     pub lr_max: f64,
+    /// Mixed precision on the GPU: bf16 convolutions, BN inputs/outputs, ReLU, pooling and
+    /// residual adds, with f32 parameters, optimizer, BN statistics, linear layer and loss.
+    pub bf16: bool,
 }
 
 impl Default for TrainConfig {
@@ -50,6 +53,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             lr_min: 0.0,
             lr_max: 0.0,
+            bf16: false,
         }
     }
 }
@@ -71,6 +75,7 @@ impl TrainConfig {
             ("label_smoothing".into(), self.label_smoothing.to_string()),
             ("lr_min".into(), self.lr_min.to_string()),
             ("lr_max".into(), self.lr_max.to_string()),
+            ("bf16".into(), self.bf16.to_string()),
         ])
     }
 
@@ -99,7 +104,14 @@ impl TrainConfig {
             label_smoothing: get(m, "label_smoothing")?,
             lr_min: get(m, "lr_min")?,
             lr_max: get(m, "lr_max")?,
+            // Absent in checkpoints written before mixed precision existed.
+            bf16: if m.contains_key("bf16") { get(m, "bf16")? } else { false },
         })
+    }
+
+    /// The element type of the network's convolutional trunk (see `Arch::compute`).
+    pub fn compute_dtype(&self) -> Option<engine::DType> {
+        self.bf16.then_some(engine::DType::BF16)
     }
 
     /// The SGD settings at learning rate `lr`.

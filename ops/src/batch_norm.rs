@@ -52,7 +52,14 @@ fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &RunningStats) -> Res
     x.expect_rank(OP, 4, "input x [N, C, H, W]")?;
     let c = x.shape()[1];
     for (t, what) in [(gamma, "gamma"), (beta, "beta"), (&stats.mean, "running_mean"), (&stats.var, "running_var")] {
-        x.expect_same_kind(OP, t)?;
+        if x.dtype() == DType::BF16 {
+            // Mixed precision: bf16 activations, f32 parameters and statistics (cuDNN's rule).
+            if t.dtype() != DType::F32 || t.device() != x.device() {
+                return Err(Error::Invalid(format!("batch_norm: bf16 input needs f32 {what} on its device, got {:?} on {}", t.dtype(), t.device())));
+            }
+        } else {
+            x.expect_same_kind(OP, t)?;
+        }
         if t.shape() != [c] {
             return Err(Error::shape(OP, format!("{what} has shape {:?}, the input {:?} needs [{c}]", t.shape(), x.shape())));
         }
@@ -80,6 +87,7 @@ pub fn batch_norm_train(
         _ if xt.device().is_cuda() => train_forward_cuda(xt, gt, bt, running, cfg)?,
         DType::F32 => train_forward_cpu::<f32>(xt, gt, bt, running, cfg)?,
         DType::F64 => train_forward_cpu::<f64>(xt, gt, bt, running, cfg)?,
+        DType::BF16 => return Err(crate::bf16_unsupported("batch_norm")),
     };
     let rec = BatchNormRecord { x, gamma, beta, mean: out.mean, invstd: out.invstd, eps: cfg.eps };
     Ok(g.push(out.y, crate::Op::BatchNorm(rec), &[x, gamma, beta]))
@@ -104,10 +112,12 @@ pub fn batch_norm_eval(
     let (mean, invstd) = match xt.dtype() {
         DType::F32 => eval_stats::<f32>(running, cfg.eps)?,
         DType::F64 => eval_stats::<f64>(running, cfg.eps)?,
+        DType::BF16 => return Err(crate::bf16_unsupported("batch_norm")),
     };
     let y = match xt.dtype() {
         DType::F32 => normalize_cpu::<f32>(xt, gt, bt, &mean, &invstd)?,
         DType::F64 => normalize_cpu::<f64>(xt, gt, bt, &mean, &invstd)?,
+        DType::BF16 => return Err(crate::bf16_unsupported("batch_norm")),
     };
     let rec = BatchNormRecord { x, gamma, beta, mean: Stats::Fixed(mean), invstd, eps: cfg.eps };
     Ok(g.push(y, crate::Op::BatchNorm(rec), &[x, gamma, beta]))
@@ -209,6 +219,7 @@ impl BatchNormRecord {
             _ if x.device().is_cuda() => self.backward_cuda(x, g.value(self.gamma), dy)?,
             DType::F32 => self.backward_cpu::<f32>(x, g.value(self.gamma), dy)?,
             DType::F64 => self.backward_cpu::<f64>(x, g.value(self.gamma), dy)?,
+            DType::BF16 => return Err(crate::bf16_unsupported("batch_norm")),
         };
         for (v, t) in [(self.x, dx), (self.gamma, dgamma), (self.beta, dbeta)] {
             if g.requires_grad(v) {
@@ -265,11 +276,16 @@ impl BatchNormRecord {
 
 use engine::cudnn;
 
-/// Descriptors of x `[N, C, H, W]` and of the per-channel parameters `[1, C, 1, 1]` (same
-/// element type: cuDNN wants f32 parameters for f32 data and f64 for f64).
+/// Descriptors of x `[N, C, H, W]` and of the per-channel parameters `[1, C, 1, 1]`. cuDNN
+/// wants f32 parameters for f32 and bf16 data, f64 for f64.
 fn cuda_descs(x: &Tensor) -> Result<(cudnn::TensorDesc, cudnn::TensorDesc)> {
     let (s, dt) = (x.shape(), x.dtype());
-    Ok((cudnn::TensorDesc::nchw(dt, s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(dt, 1, s[1], 1, 1)?))
+    Ok((cudnn::TensorDesc::nchw(dt, s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(param_dtype(dt), 1, s[1], 1, 1)?))
+}
+
+/// The element type of the parameters and statistics for data of `dt`.
+fn param_dtype(dt: DType) -> DType {
+    if dt == DType::BF16 { DType::F32 } else { dt }
 }
 
 const SPATIAL: cudarc::cudnn::sys::cudnnBatchNormMode_t = cudarc::cudnn::sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
@@ -280,7 +296,8 @@ fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut R
     let c = x.shape()[1];
     let (xd, pd) = cuda_descs(x)?;
     let dt = x.dtype();
-    let (mut y, mut mean, mut invstd) = (dev.alloc_dtype(x.numel(), dt)?, dev.alloc_dtype(c, dt)?, dev.alloc_dtype(c, dt)?);
+    let pt = param_dtype(dt);
+    let (mut y, mut mean, mut invstd) = (dev.alloc_dtype(x.numel(), dt)?, dev.alloc_dtype(c, pt)?, dev.alloc_dtype(c, pt)?);
     let (gb, bb) = (gamma.cuda_buffer()?, beta.cuda_buffer()?);
     let (rm, rv) = (running.mean.cuda_buffer_mut()?.ptr_mut(), running.var.cuda_buffer_mut()?.ptr_mut());
     let h = dev.cudnn()?;
@@ -339,7 +356,8 @@ impl BatchNormRecord {
         let c = x.shape()[1];
         let (xd, pd) = cuda_descs(x)?;
         let dt = x.dtype();
-        let (mut dx, mut dgamma, mut dbeta) = (dev.alloc_dtype(x.numel(), dt)?, dev.alloc_dtype(c, dt)?, dev.alloc_dtype(c, dt)?);
+        let pt = param_dtype(dt);
+        let (mut dx, mut dgamma, mut dbeta) = (dev.alloc_dtype(x.numel(), dt)?, dev.alloc_dtype(c, pt)?, dev.alloc_dtype(c, pt)?);
         let h = dev.cudnn()?;
         // SAFETY: x, dy, dx hold N·C·H·W f32; gamma, dgamma, dbeta, mean, invstd hold C; the
         // saved statistics are the ones the forward computed for this x with the same epsilon.

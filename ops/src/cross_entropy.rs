@@ -95,6 +95,7 @@ pub fn forward(z: &Tensor, labels: &[u32], s: f64) -> Result<(Tensor, Tensor)> {
     match z.dtype() {
         DType::F32 => forward_cpu::<f32>(z, labels, s, nk),
         DType::F64 => forward_cpu::<f64>(z, labels, s, nk),
+        DType::BF16 => return Err(crate::bf16_unsupported("cross_entropy")),
     }
 }
 
@@ -104,6 +105,7 @@ pub fn backward(probs: &Tensor, labels: &[u32], s: f64, dloss: &Tensor) -> Resul
     match probs.dtype() {
         DType::F32 => backward_cpu::<f32>(probs, labels, s, dloss.scalar()?, (n, k)),
         DType::F64 => backward_cpu::<f64>(probs, labels, s, dloss.scalar()?, (n, k)),
+        DType::BF16 => return Err(crate::bf16_unsupported("cross_entropy")),
     }
 }
 
@@ -144,6 +146,7 @@ fn forward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64) -> Result<Tensor> {
     match z.dtype() {
         DType::F32 => forward_cuda_t::<f32>(z, labels, s as f32),
         DType::F64 => forward_cuda_t::<f64>(z, labels, s),
+        DType::BF16 => return Err(crate::bf16_unsupported("cross_entropy")),
     }
 }
 
@@ -151,6 +154,7 @@ fn backward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64, dloss: &Tensor) -> R
     match z.dtype() {
         DType::F32 => backward_cuda_t::<f32>(z, labels, s as f32, dloss),
         DType::F64 => backward_cuda_t::<f64>(z, labels, s, dloss),
+        DType::BF16 => return Err(crate::bf16_unsupported("cross_entropy")),
     }
 }
 

@@ -61,3 +61,25 @@ pub(crate) fn function_for<T: Elem>(dev: &CudaDevice, file: &str, base: &str) ->
 pub(crate) fn launch_err(kernel: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
     move |e| Error::Cuda { op: kernel, msg: e.to_string() }
 }
+
+/// Run the elementwise bf16 kernel `kernel(in_0, …, in_k, out, n)` of `ptx/bf16.cu` over
+/// `inputs` (bf16 CUDA tensors of one shape), writing a new bf16 tensor of that shape.
+pub(crate) fn bf16_map(kernel: &'static str, inputs: &[&Tensor]) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
+    let first = inputs.first().ok_or_else(|| Error::Invalid(format!("{kernel}: no inputs")))?;
+    let n = count(first.numel())?;
+    let (dev, mut out) = output_like(first)?;
+    let f = function(&dev, "bf16.cu", kernel)?;
+    let views = inputs.iter().map(|t| t.cuda_buffer().and_then(|b| b.view_bf16())).collect::<Result<Vec<_>>>()?;
+    let mut ov = out.view_bf16_mut()?;
+    let mut launch = dev.stream().launch_builder(&f);
+    for v in &views {
+        launch.arg(v);
+    }
+    launch.arg(&mut ov).arg(&n);
+    // SAFETY: the bf16.cu kernels take (const bf16* in..., bf16* out, unsigned n); every buffer
+    // holds n bf16 (the callers check the shapes; view_bf16 checks the element type).
+    unsafe { launch.launch(grid(n)) }.map_err(launch_err(kernel))?;
+    drop(ov);
+    Tensor::from_cuda(first.shape(), out)
+}

@@ -20,6 +20,7 @@ pub mod record;
 pub mod add;
 pub mod augment;
 pub mod batch_norm;
+pub mod cast;
 pub mod conv2d;
 pub mod cross_entropy;
 pub mod linear;
@@ -32,6 +33,13 @@ pub mod sgd;
 
 pub use engine::{DType, Device, Error, Float, Gradients, Result, Tensor, Var};
 pub use record::Op;
+
+/// The error for an operation that has no bf16 implementation (the CPU reference computes
+/// in f32 and f64 only; on the GPU, bf16 covers convolution, batch norm, pooling, ReLU and
+/// the residual add, and the network casts to f32 before the linear layer).
+pub(crate) fn bf16_unsupported(op: &'static str) -> Error {
+    Error::Unsupported { op, device: "bf16 tensors (cast to f32 first)".into() }
+}
 
 /// The tape specialised to this crate's closed set of operations.
 pub type Graph<'p> = engine::Tape<'p, Op>;

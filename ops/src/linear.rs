@@ -40,6 +40,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, w, b, d),
         DType::F64 => forward_cpu::<f64>(x, w, b, d),
+        DType::BF16 => return Err(crate::bf16_unsupported("linear")),
     }
 }
 
@@ -55,6 +56,7 @@ pub fn backward(x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tens
     match x.dtype() {
         DType::F32 => backward_cpu::<f32>(x, w, dy, d),
         DType::F64 => backward_cpu::<f64>(x, w, dy, d),
+        DType::BF16 => return Err(crate::bf16_unsupported("linear")),
     }
 }
 
@@ -119,6 +121,7 @@ fn forward_cuda(x: &Tensor, w: &Tensor, b: &Tensor, d: (usize, usize, usize)) ->
     match x.dtype() {
         DType::F32 => forward_cuda_t::<f32>(x, w, b, d),
         DType::F64 => forward_cuda_t::<f64>(x, w, b, d),
+        DType::BF16 => return Err(crate::bf16_unsupported("linear")),
     }
 }
 
@@ -126,6 +129,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: (usize, usize, usize)) 
     match x.dtype() {
         DType::F32 => backward_cuda_t::<f32>(x, w, dy, d),
         DType::F64 => backward_cuda_t::<f64>(x, w, dy, d),
+        DType::BF16 => return Err(crate::bf16_unsupported("linear")),
     }
 }
 

@@ -4,7 +4,7 @@
 //! each backward rule is in the doc comment of the op's file.
 
 use crate::{Gradients, Graph, Result, Tensor, Var};
-use crate::{add, batch_norm, conv2d, cross_entropy, linear, max_pool, relu, reshape, scale};
+use crate::{add, batch_norm, cast, conv2d, cross_entropy, linear, max_pool, relu, reshape, scale};
 
 /// One recorded operation.
 pub enum Op {
@@ -17,6 +17,7 @@ pub enum Op {
     Reshape(reshape::ReshapeRecord),
     Scale(scale::ScaleRecord),
     SoftmaxCrossEntropy(cross_entropy::CrossEntropyRecord),
+    Cast(cast::CastRecord),
 }
 
 impl engine::Backward for Op {
@@ -31,6 +32,7 @@ impl engine::Backward for Op {
             Op::Reshape(r) => r.backward(tape, grad_out, grads),
             Op::Scale(r) => r.backward(tape, grad_out, grads),
             Op::SoftmaxCrossEntropy(r) => r.backward(tape, grad_out, grads),
+            Op::Cast(r) => r.backward(tape, grad_out, grads),
         }
     }
 
@@ -45,6 +47,7 @@ impl engine::Backward for Op {
             Op::Reshape(_) => "reshape",
             Op::Scale(_) => "scale",
             Op::SoftmaxCrossEntropy(_) => "cross_entropy",
+            Op::Cast(_) => "cast",
         }
     }
 }

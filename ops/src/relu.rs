@@ -25,6 +25,7 @@ pub fn forward(x: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x),
         DType::F64 => forward_cpu::<f64>(x),
+        DType::BF16 => return Err(crate::bf16_unsupported("relu")),
     }
 }
 
@@ -37,6 +38,7 @@ pub fn backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     match y.dtype() {
         DType::F32 => backward_cpu::<f32>(y, dy),
         DType::F64 => backward_cpu::<f64>(y, dy),
+        DType::BF16 => return Err(crate::bf16_unsupported("relu")),
     }
 }
 
@@ -54,6 +56,7 @@ fn forward_cuda(x: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cuda_t::<f32>(x),
         DType::F64 => forward_cuda_t::<f64>(x),
+        DType::BF16 => crate::cuda::bf16_map("relu_forward_bf16", &[x]),
     }
 }
 
@@ -61,6 +64,7 @@ fn backward_cuda(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     match y.dtype() {
         DType::F32 => backward_cuda_t::<f32>(y, dy),
         DType::F64 => backward_cuda_t::<f64>(y, dy),
+        DType::BF16 => crate::cuda::bf16_map("relu_backward_bf16", &[y, dy]),
     }
 }
 

@@ -19,6 +19,7 @@ pub fn forward(x: &Tensor, alpha: f64) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, alpha),
         DType::F64 => forward_cpu::<f64>(x, alpha),
+        DType::BF16 => return Err(crate::bf16_unsupported("scale")),
     }
 }
 
@@ -31,6 +32,7 @@ fn forward_cuda(x: &Tensor, alpha: f64) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cuda_t::<f32>(x, alpha as f32),
         DType::F64 => forward_cuda_t::<f64>(x, alpha),
+        DType::BF16 => return Err(crate::bf16_unsupported("scale")),
     }
 }
 

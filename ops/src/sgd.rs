@@ -51,6 +51,9 @@ pub fn step(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdStat
     // Check every gradient and buffer before touching any parameter, so that an error leaves
     // the model and the optimizer state exactly as they were.
     for (i, ((p, g), buf)) in params.iter().zip(grads).zip(&state.momentum_buffers).enumerate() {
+        if p.dtype() == DType::BF16 {
+            return Err(Error::Invalid(format!("parameter {i} is bf16: parameters are kept in f32 (bf16 copies are made in the forward)")));
+        }
         let Some(g) = g else { continue };
         check_like(p, g, "gradient", i)?;
         if let (Some(b), true) = (buf, cfg.momentum != 0.0) {
@@ -66,6 +69,7 @@ pub fn step(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdStat
         match p.dtype() {
             DType::F32 => update::<f32>(p, g, buf, cfg)?,
             DType::F64 => update::<f64>(p, g, buf, cfg)?,
+            DType::BF16 => return Err(crate::bf16_unsupported("sgd")),
         }
     }
     Ok(())
