@@ -47,6 +47,9 @@ pub struct CudaDevice {
     allow_tf32: AtomicBool,
     /// Free blocks by exact size in bytes.
     pool: Mutex<HashMap<usize, Vec<CudaSlice<u8>>>>,
+    /// A block of ones per element type (the largest length asked so far), the source of
+    /// [`CudaDevice::ones`]: a device-to-device copy instead of an upload every step.
+    ones: Mutex<HashMap<DType, CudaSlice<u8>>>,
     /// Calls into the driver's allocator (pool misses and one-off uploads).
     driver_allocations: AtomicU64,
     /// Requests served from the pool.
@@ -256,6 +259,7 @@ impl CudaDevice {
             stream,
             modules: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
+            ones: Mutex::new(HashMap::new()),
             driver_allocations: AtomicU64::new(0),
             pool_hits: AtomicU64::new(0),
             in_use: AtomicU64::new(0),
@@ -437,6 +441,27 @@ impl CudaDevice {
             msg: format!("copying {} bytes to {name}: {e}", std::mem::size_of_val(values)),
         })?;
         Ok(b)
+    }
+
+    /// A pooled buffer of `n` ones of `dtype`, copied on the device from a cached block (the
+    /// tape's seed dL/dL and the linear layer's bias products need ones every step; an
+    /// upload from pageable host memory may wait for the stream).
+    pub fn ones(self: &Arc<Self>, n: usize, dtype: DType) -> Result<CudaBuffer> {
+        let bytes = n * dtype_size(dtype);
+        let mut cache = self.ones.lock().map_err(|_| Error::Invalid("ones cache poisoned".into()))?;
+        if cache.get(&dtype).is_none_or(|b| b.len() < bytes) {
+            let host: Vec<u8> = match dtype {
+                DType::F32 => (0..n).flat_map(|_| 1.0f32.to_le_bytes()).collect(),
+                DType::F64 => (0..n).flat_map(|_| 1.0f64.to_le_bytes()).collect(),
+                DType::BF16 => (0..n).flat_map(|_| crate::tensor::bf16_bits(1.0).to_le_bytes()).collect(),
+            };
+            cache.insert(dtype, self.upload(&host)?);
+        }
+        let src = cache.get(&dtype).expect("inserted above");
+        let mut out = self.alloc_dtype(n, dtype)?;
+        let dst = out.bytes.as_mut().expect("just allocated");
+        self.stream.memcpy_dtod(&src.slice(0..bytes), dst).map_err(driver_err("copy ones"))?;
+        Ok(out)
     }
 
     /// A pooled bf16 buffer holding the bit patterns `bits`.

@@ -157,7 +157,10 @@ impl<R: Backward> Tape<'_, R> {
         if value.numel() != 1 {
             return Err(Error::shape("Tape::backward", format!("the loss must be a scalar, got shape {:?}", value.shape())));
         }
-        let seed = Tensor::full(value.shape(), value.dtype(), 1.0).to_device(&value.device())?;
+        let seed = match value.device() {
+            crate::Device::Cpu => Tensor::full(value.shape(), value.dtype(), 1.0),
+            crate::Device::Cuda(d) => Tensor::from_cuda(value.shape(), d.ones(1, value.dtype())?)?,
+        };
         self.backward_with(loss, seed)
     }
 

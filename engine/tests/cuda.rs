@@ -84,3 +84,17 @@ fn f64_tensors_keep_their_type_on_the_device() {
     // Mixing element types on the device is an error, as on the host.
     assert!(d.add_assign(&b.to_dtype(DType::F32).to_device(&dev).unwrap()).is_err());
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn ones_are_ones_in_every_type_and_cost_no_upload_once_cached() {
+    let Device::Cuda(d) = gpu() else { unreachable!() };
+    assert_eq!(d.ones(700, DType::F32).unwrap().to_host_f32().unwrap(), vec![1.0f32; 700]);
+    assert_eq!(d.ones(3, DType::F64).unwrap().to_host_f64().unwrap(), vec![1.0f64; 3]);
+    assert_eq!(d.ones(9, DType::BF16).unwrap().to_host_f32().unwrap(), vec![1.0f32; 9]);
+    let before = d.driver_allocations();
+    let _a = d.ones(512, DType::F32).unwrap();
+    drop(_a);
+    let _b = d.ones(512, DType::F32).unwrap();
+    assert!(d.driver_allocations() <= before + 1, "a cached block serves smaller requests");
+}

@@ -140,7 +140,7 @@ where
 {
     let dev = x.cuda_buffer()?.dev().clone();
     let mut y = dev.alloc_dtype(n * o, T::DTYPE)?;
-    let ones = dev.upload_elems(&vec![T::one(); n])?;
+    let ones = dev.ones(n, T::DTYPE)?;
     let (xb, wb, bb) = (x.cuda_buffer()?.view::<T>()?, w.cuda_buffer()?.view::<T>()?, b.cuda_buffer()?.view::<T>()?);
     let mut yv = y.view_mut::<T>()?;
     // w row-major [O×I] = column-major [I×O] (ld I), transposed; x row-major [N×I] = column-major [I×N] (ld I).
@@ -160,7 +160,7 @@ where
     let (xb, wb, dyb) = (x.cuda_buffer()?.view::<T>()?, w.cuda_buffer()?.view::<T>()?, dy.cuda_buffer()?.view::<T>()?);
     // Every output is written by a GEMM with beta = 0, so the buffers need no clearing.
     let (mut dx, mut dw, mut db) = (dev.alloc_dtype(n * i, T::DTYPE)?, dev.alloc_dtype(o * i, T::DTYPE)?, dev.alloc_dtype(o, T::DTYPE)?);
-    let ones = dev.upload_elems(&vec![T::one(); n])?;
+    let ones = dev.ones(n, T::DTYPE)?;
     gemm_cuda(&dev, (i, n, o), &wb, false, i, &dyb, false, o, T::zero(), &mut dx.view_mut::<T>()?, i)?;
     gemm_cuda(&dev, (i, o, n), &xb, false, i, &dyb, true, o, T::zero(), &mut dw.view_mut::<T>()?, i)?;
     gemm_cuda(&dev, (o, 1, n), &dyb, false, o, &ones.view::<T>()?, false, n, T::zero(), &mut db.view_mut::<T>()?, o)?;
