@@ -301,7 +301,7 @@ fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut R
     let (gb, bb) = (gamma.cuda_buffer()?, beta.cuda_buffer()?);
     let (rm, rv) = (running.mean.cuda_buffer_mut()?.ptr_mut(), running.var.cuda_buffer_mut()?.ptr_mut());
     let h = dev.cudnn()?;
-    // SAFETY: x and y hold N·C·H·W f32, gamma, beta, the running statistics and the saved
+    // SAFETY: x and y hold N·C·H·W elements of x's type; gamma, beta, the running statistics and the saved
     // mean/invstd hold C (checked by `check`); the two running buffers are distinct tensors.
     cudnn::check("cudnnBatchNormalizationForwardTraining", unsafe {
         cudarc::cudnn::sys::cudnnBatchNormalizationForwardTraining(
