@@ -339,3 +339,61 @@ fn bf16_kernels_match_the_host_exactly() {
     acc.add_assign(&b).unwrap();
     assert_eq!(acc.to_f32_vec(), sum);
 }
+
+/// The layout kernels move every element to its NHWC (or back to NCHW) place exactly, in
+/// all three element sizes; and cuDNN's convolution, batch norm and pooling give the same
+/// results on channels-last tensors as on NCHW ones (compared after converting back; the
+/// tolerance of each op's NCHW test, since algorithms differ between layouts).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn channels_last_conversions_and_ops_match_nchw() {
+    use engine::Layout;
+    use ops::layout::forward as to_layout;
+    let dev = gpu();
+    cuda_dev(&dev).set_allow_tf32(false);
+    let x = rand(&[8, 24, 6, 5], 700);
+    for dt in [DType::F32, DType::F64, DType::BF16] {
+        let xd = x.to_dtype(dt);
+        let want = to_layout(&xd, Layout::Nhwc).unwrap();
+        let got = to_layout(&xd.to_device(&dev).unwrap(), Layout::Nhwc).unwrap();
+        assert_eq!(got.layout(), Layout::Nhwc);
+        assert_eq!(got.to_f64_vec(), want.to_f64_vec(), "NCHW -> NHWC in {dt:?}");
+        let back = to_layout(&got, Layout::Nchw).unwrap();
+        assert_eq!(back.to_f64_vec(), xd.to_f64_vec(), "NHWC -> NCHW in {dt:?}");
+    }
+    let g = |t: &Tensor| t.to_device(&dev).unwrap();
+    let nhwc = |t: &Tensor| to_layout(&g(t), Layout::Nhwc).unwrap();
+    let nchw = |t: &Tensor| to_layout(t, Layout::Nchw).unwrap();
+    // Convolution.
+    let p = ops::conv2d::Conv2dParams { stride: 1, padding: 1 };
+    let (xc, w) = (rand(&[16, 64, 16, 16], 701), rand(&[128, 64, 3, 3], 702));
+    let y = ops::conv2d::forward(&g(&xc), &g(&w), p).unwrap();
+    let y_cl = ops::conv2d::forward(&nhwc(&xc), &nhwc(&w), p).unwrap();
+    assert_eq!(y_cl.layout(), Layout::Nhwc);
+    close("conv NHWC y", &nchw(&y_cl), &y.to_device(&Device::Cpu).unwrap(), 2e-4);
+    let dy = rand(y.shape(), 703);
+    let (dx, dw) = ops::conv2d::backward(&g(&xc), &g(&w), &g(&dy), p, true).unwrap();
+    let (dx_cl, dw_cl) = ops::conv2d::backward(&nhwc(&xc), &nhwc(&w), &nhwc(&dy), p, true).unwrap();
+    close("conv NHWC dx", &nchw(&dx_cl.unwrap()), &dx.unwrap().to_device(&Device::Cpu).unwrap(), 2e-4);
+    close("conv NHWC dw", &nchw(&dw_cl), &dw.to_device(&Device::Cpu).unwrap(), 2e-4);
+    // Max-pooling (exact) and batch norm in training mode.
+    let (yp, _) = ops::max_pool::forward(&xc, 2).unwrap();
+    close("max pool NHWC", &nchw(&ops::max_pool::forward_cuda(&nhwc(&xc), 2).unwrap()), &yp, 0.0);
+    use ops::batch_norm::{BatchNormConfig, RunningStats};
+    let (gamma, beta) = (rand(&[64], 704), rand(&[64], 705));
+    let bn = |x: Tensor| {
+        let params = vec![x, g(&gamma), g(&beta)];
+        let mut stats = RunningStats::new(64, DType::F32);
+        stats.mean = g(&stats.mean);
+        stats.var = g(&stats.var);
+        let mut graph = Graph::new(&params);
+        let (xv, gv, bv) = (graph.param(0).unwrap(), graph.param(1).unwrap(), graph.param(2).unwrap());
+        let y = ops::batch_norm::batch_norm_train(&mut graph, xv, gv, bv, &mut stats, BatchNormConfig::default()).unwrap();
+        (graph.value(y).clone(), stats)
+    };
+    let (yb, sb) = bn(g(&xc));
+    let (yb_cl, sb_cl) = bn(nhwc(&xc));
+    close("batch norm NHWC y", &nchw(&yb_cl), &yb.to_device(&Device::Cpu).unwrap(), 1e-4);
+    close("batch norm NHWC running var", &sb_cl.var, &sb.var.to_device(&Device::Cpu).unwrap(), 1e-4);
+    cuda_dev(&dev).set_allow_tf32(true);
+}

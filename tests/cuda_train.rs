@@ -50,12 +50,20 @@ fn close(what: &str, gpu: &Tensor, cpu: &Tensor, rtol: f64) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn one_resnet_training_step_matches_the_cpu() {
+    for layout in [engine::Layout::Nchw, engine::Layout::Nhwc] {
+        eprintln!("== layout {layout:?}");
+        resnet_step_matches_the_cpu(layout);
+    }
+}
+
+fn resnet_step_matches_the_cpu(layout: engine::Layout) {
     let dev = gpu();
     cuda_dev(&dev).set_allow_tf32(false);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let cpu_net = ResNet9::new(1.0, 0.125, DType::F32, &mut rng).unwrap();
     let mut gpu_net = cpu_net.clone();
     gpu_net.to_device(&dev).unwrap();
+    gpu_net.arch.layout = layout;
     let x = Tensor::randn(&[16, 3, 32, 32], DType::F32, 1.0, &mut rng);
     let labels: Vec<u32> = (0..16).map(|i| (i * 3 % 10) as u32).collect();
     let step = |mut net: ResNet9, x: Tensor| {
@@ -194,15 +202,24 @@ fn cosine(a: &Tensor, b: &Tensor) -> f64 {
 /// through 8 conv + BN layers the activations drift by ~1%, so the loss must agree within 2%
 /// and every gradient must point the same way: cosine similarity >= 0.99 (a wrong cast, a
 /// gradient left in bf16 where f32 is expected, or f32 data read as bf16 gives ~0 or NaN).
+/// Both memory orders (channels last is what cuDNN's bf16 tensor-core kernels prefer).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn one_bf16_resnet_step_agrees_with_the_f32_cpu_step() {
+    for layout in [engine::Layout::Nchw, engine::Layout::Nhwc] {
+        eprintln!("== layout {layout:?}");
+        bf16_step_agrees(layout);
+    }
+}
+
+fn bf16_step_agrees(layout: engine::Layout) {
     let dev = gpu();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
     let cpu_net = ResNet9::new(1.0, 0.125, DType::F32, &mut rng).unwrap();
     let mut gpu_net = cpu_net.clone();
     gpu_net.to_device(&dev).unwrap();
     gpu_net.arch.compute = Some(DType::BF16);
+    gpu_net.arch.layout = layout;
     let x = Tensor::randn(&[32, 3, 32, 32], DType::F32, 1.0, &mut rng);
     let labels: Vec<u32> = (0..32).map(|i| (i * 3 % 10) as u32).collect();
     let run = |mut net: ResNet9, x: Tensor| {
@@ -226,7 +243,7 @@ fn one_bf16_resnet_step_agrees_with_the_f32_cpu_step() {
     }
 }
 
-/// A short bf16 run learns like the f32 one (see `a_short_run_learns_on_the_gpu`).
+/// A short bf16 channels-last run learns like the f32 one (see `a_short_run_learns_on_the_gpu`).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_short_bf16_run_learns_on_the_gpu() {
@@ -234,7 +251,7 @@ fn a_short_bf16_run_learns_on_the_gpu() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
     let runs = std::env::temp_dir().join(format!("train-gpu-bf16-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&runs);
-    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, ..TrainConfig::default() };
+    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, ..TrainConfig::default() };
     let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false };
     let acc = run_training(&ds, &dev, opts).unwrap();
     let rows = read_metrics(&runs.join("b/metrics.csv")).unwrap();

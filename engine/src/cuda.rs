@@ -173,6 +173,30 @@ impl CudaBuffer {
         })
     }
 
+    /// The elements as raw bit patterns of their size (`U` = u16, u32 or u64 for bf16, f32
+    /// or f64), for kernels that only move data. An error if the sizes differ.
+    pub fn view_bits<U: DeviceRepr>(&self) -> Result<CudaView<'_, U>> {
+        self.expect_size::<U>()?;
+        // SAFETY: the block holds `len` elements of U's size; any bit pattern is a valid integer.
+        unsafe { self.block().transmute::<U>(self.len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
+    }
+
+    /// As [`CudaBuffer::view_bits`], mutably.
+    pub fn view_bits_mut<U: DeviceRepr>(&mut self) -> Result<CudaViewMut<'_, U>> {
+        self.expect_size::<U>()?;
+        let len = self.len;
+        let block = self.bytes.as_mut().expect("a CudaBuffer holds its block until dropped");
+        // SAFETY: as in `view_bits`.
+        unsafe { block.transmute_mut::<U>(len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
+    }
+
+    fn expect_size<U>(&self) -> Result<()> {
+        if std::mem::size_of::<U>() != dtype_size(self.dtype) {
+            return Err(Error::Invalid(format!("CudaBuffer of {:?} viewed as {}-byte values", self.dtype, std::mem::size_of::<U>())));
+        }
+        Ok(())
+    }
+
     /// The bf16 bit patterns copied to the host.
     pub fn to_host_bf16_bits(&self) -> Result<Vec<u16>> {
         self.dev.download_view(&self.view_bf16()?)

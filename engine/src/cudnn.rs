@@ -99,6 +99,14 @@ pub fn zero(dtype: crate::DType) -> *const std::ffi::c_void {
     }
 }
 
+/// cuDNN's name for a memory order.
+fn format(layout: crate::Layout) -> sys::cudnnTensorFormat_t {
+    match layout {
+        crate::Layout::Nchw => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
+        crate::Layout::Nhwc => sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+    }
+}
+
 fn int(v: usize) -> crate::Result<c_int> {
     c_int::try_from(v).map_err(|_| crate::Error::Invalid(format!("dimension {v} too large for cuDNN")))
 }
@@ -109,15 +117,34 @@ pub struct TensorDesc(sys::cudnnTensorDescriptor_t);
 impl TensorDesc {
     /// Dense NCHW `[n, c, h, w]` of `dtype`.
     pub fn nchw(dtype: crate::DType, n: usize, c: usize, h: usize, w: usize) -> crate::Result<TensorDesc> {
-        let mut raw = std::ptr::null_mut();
-        // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
-        check("cudnnCreateTensorDescriptor", unsafe { sys::cudnnCreateTensorDescriptor(&mut raw) })?;
-        let d = TensorDesc(raw);
-        let fmt = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        TensorDesc::new(dtype, crate::Layout::Nchw, n, c, h, w)
+    }
+
+    /// Dense `[n, c, h, w]` of `dtype` in memory order `layout`.
+    pub fn new(dtype: crate::DType, layout: crate::Layout, n: usize, c: usize, h: usize, w: usize) -> crate::Result<TensorDesc> {
+        let d = TensorDesc::empty()?;
+        let raw = d.0;
+        let fmt = format(layout);
         // SAFETY: a valid descriptor and plain integers.
         check("cudnnSetTensor4dDescriptor", unsafe {
             sys::cudnnSetTensor4dDescriptor(raw, fmt, data_type(dtype), int(n)?, int(c)?, int(h)?, int(w)?)
         })?;
+        Ok(d)
+    }
+
+    fn empty() -> crate::Result<TensorDesc> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
+        check("cudnnCreateTensorDescriptor", unsafe { sys::cudnnCreateTensorDescriptor(&mut raw) })?;
+        Ok(TensorDesc(raw))
+    }
+
+    /// The descriptor of batch norm's per-channel parameters and statistics for input `x`
+    /// (cuDNN derives shape `[1, C, 1, 1]` and type: f32 for f32/bf16 input, f64 for f64).
+    pub fn batch_norm_params(x: &TensorDesc, mode: sys::cudnnBatchNormMode_t) -> crate::Result<TensorDesc> {
+        let d = TensorDesc::empty()?;
+        // SAFETY: both descriptors are valid; cuDNN sets `d` from `x`.
+        check("cudnnDeriveBNTensorDescriptor", unsafe { sys::cudnnDeriveBNTensorDescriptor(d.0, x.0, mode) })?;
         Ok(d)
     }
 
@@ -137,12 +164,13 @@ impl Drop for TensorDesc {
 pub struct FilterDesc(sys::cudnnFilterDescriptor_t);
 
 impl FilterDesc {
-    pub fn kcrs(dtype: crate::DType, k: usize, c: usize, r: usize, s: usize) -> crate::Result<FilterDesc> {
+    /// Filters `[k, c, r, s]` of `dtype` stored in `layout` order (NHWC: `k, r, s, c`).
+    pub fn kcrs(dtype: crate::DType, layout: crate::Layout, k: usize, c: usize, r: usize, s: usize) -> crate::Result<FilterDesc> {
         let mut raw = std::ptr::null_mut();
         // SAFETY: creates a descriptor into `raw`; it is owned by the returned value.
         check("cudnnCreateFilterDescriptor", unsafe { sys::cudnnCreateFilterDescriptor(&mut raw) })?;
         let d = FilterDesc(raw);
-        let fmt = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let fmt = format(layout);
         // SAFETY: a valid descriptor and plain integers.
         check("cudnnSetFilter4dDescriptor", unsafe {
             sys::cudnnSetFilter4dDescriptor(raw, data_type(dtype), fmt, int(k)?, int(c)?, int(r)?, int(s)?)
@@ -241,6 +269,7 @@ impl Drop for PoolDesc {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvKey {
     pub dtype: crate::DType,
+    pub layout: crate::Layout,
     pub x: [usize; 4],
     pub w: [usize; 4],
     pub pad: usize,

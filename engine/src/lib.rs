@@ -18,4 +18,4 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use float::{Float, gemm};
 pub use tape::{Backward, Gradients, Tape, Var};
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, Layout, Tensor};

@@ -33,11 +33,24 @@ pub enum Storage {
 const ELEMENTWISE_CU: &str = include_str!("../../ptx/elementwise.cu");
 const BF16_CU: &str = include_str!("../../ptx/bf16.cu");
 
-/// A contiguous row-major array with a shape.
+/// The memory order of a 4-d tensor whose shape is `[N, C, H, W]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// Row-major in the shape's order: element `(n, c, h, w)` at `((n·C + c)·H + h)·W + w`.
+    #[default]
+    Nchw,
+    /// "Channels last": element `(n, c, h, w)` at `((n·H + h)·W + w)·C + c`. cuDNN's fastest
+    /// tensor-core convolutions read this order. The shape stays `[N, C, H, W]`; only CUDA
+    /// ops (and the layout conversion itself) accept such tensors.
+    Nhwc,
+}
+
+/// A contiguous array with a shape (row-major, or channels-last for 4-d tensors, see [`Layout`]).
 #[derive(Clone, Debug)]
 pub struct Tensor {
     shape: Vec<usize>,
     storage: Storage,
+    layout: Layout,
 }
 
 impl Tensor {
@@ -50,7 +63,7 @@ impl Tensor {
                 format!("shape {shape:?} holds {numel} elements but {} were given", data.len()),
             ));
         }
-        Ok(Tensor { shape: shape.to_vec(), storage: T::wrap(data) })
+        Ok(Tensor { shape: shape.to_vec(), storage: T::wrap(data), layout: Layout::Nchw })
     }
 
     /// A tensor of zeros.
@@ -66,7 +79,7 @@ impl Tensor {
             DType::F64 => Storage::F64(vec![value; numel]),
             DType::BF16 => Storage::BF16(vec![bf16_bits(value); numel]),
         };
-        Tensor { shape: shape.to_vec(), storage }
+        Tensor { shape: shape.to_vec(), storage, layout: Layout::Nchw }
     }
 
     /// Independent standard-normal elements scaled by `std`.
@@ -90,7 +103,22 @@ impl Tensor {
             DType::F64 => Storage::F64(values),
             DType::BF16 => Storage::BF16(values.into_iter().map(bf16_bits).collect()),
         };
-        Tensor { shape: shape.to_vec(), storage }
+        Tensor { shape: shape.to_vec(), storage, layout: Layout::Nchw }
+    }
+
+    /// The memory order of the elements (see [`Layout`]).
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The same elements declared to be in `layout` (no data moves: for buffers an op wrote
+    /// in that order). Channels-last needs 4 dimensions.
+    pub fn with_layout(mut self, layout: Layout) -> Result<Tensor> {
+        if layout == Layout::Nhwc && self.shape.len() != 4 {
+            return Err(Error::shape("Tensor::with_layout", format!("channels-last needs [N, C, H, W], got {:?}", self.shape)));
+        }
+        self.layout = layout;
+        Ok(self)
     }
 
     /// The dimensions, outermost first.
@@ -127,19 +155,23 @@ impl Tensor {
         if numel != buf.len() {
             return Err(Error::shape("Tensor::from_cuda", format!("shape {shape:?} holds {numel} elements, the buffer {}", buf.len())));
         }
-        Ok(Tensor { shape: shape.to_vec(), storage: Storage::Cuda(buf) })
+        Ok(Tensor { shape: shape.to_vec(), storage: Storage::Cuda(buf), layout: Layout::Nchw })
     }
 
-    /// The same elements on `device` (a copy, of the same element type).
+    /// The same elements on `device` (a copy, of the same element type and layout).
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor { layout: self.layout, ..self.to_device_nchw(device)? })
+    }
+
+    fn to_device_nchw(&self, device: &Device) -> Result<Tensor> {
         match (&self.storage, device) {
             (Storage::Cuda(b), Device::Cpu) => match b.dtype() {
                 DType::F32 => Tensor::new(&self.shape, b.to_host_f32()?),
                 DType::F64 => Tensor::new(&self.shape, b.to_host_f64()?),
-                DType::BF16 => Ok(Tensor { shape: self.shape.clone(), storage: Storage::BF16(b.to_host_bf16_bits()?) }),
+                DType::BF16 => Ok(Tensor { shape: self.shape.clone(), storage: Storage::BF16(b.to_host_bf16_bits()?), layout: Layout::Nchw }),
             },
             (Storage::Cuda(b), Device::Cuda(d)) if Arc::ptr_eq(b.dev(), d) => {
-                Ok(Tensor { shape: self.shape.clone(), storage: Storage::Cuda(b.try_clone()?) })
+                Ok(Tensor { shape: self.shape.clone(), storage: Storage::Cuda(b.try_clone()?), layout: Layout::Nchw })
             }
             (Storage::Cuda(_), Device::Cuda(d)) => self.to_device(&Device::Cpu)?.to_device(&Device::Cuda(d.clone())),
             (_, Device::Cpu) => Ok(self.clone()),
@@ -170,17 +202,28 @@ impl Tensor {
         &self.storage
     }
 
-    /// The elements as a slice of `T`; an error if the dtype is not `T`.
+    /// The elements as a slice of `T`; an error if the dtype is not `T`, or if the tensor is
+    /// channels-last (CPU reference code indexes in NCHW order).
     pub fn as_slice<T: Float>(&self) -> Result<&[T]> {
         self.expect_host("Tensor::as_slice")?;
+        self.expect_nchw("Tensor::as_slice")?;
         T::slice(&self.storage).ok_or(Error::DType { op: "Tensor::as_slice", a: self.dtype(), b: T::DTYPE })
     }
 
     /// The elements as a mutable slice of `T`; an error if the dtype is not `T`.
     pub fn as_mut_slice<T: Float>(&mut self) -> Result<&mut [T]> {
         self.expect_host("Tensor::as_mut_slice")?;
+        self.expect_nchw("Tensor::as_mut_slice")?;
         let dtype = self.dtype();
         T::slice_mut(&mut self.storage).ok_or(Error::DType { op: "Tensor::as_mut_slice", a: dtype, b: T::DTYPE })
+    }
+
+    /// An error unless the elements are in NCHW (row-major) order.
+    pub fn expect_nchw(&self, op: &'static str) -> Result<()> {
+        match self.layout {
+            Layout::Nchw => Ok(()),
+            Layout::Nhwc => Err(Error::Unsupported { op, device: format!("channels-last tensors on {} (convert to NCHW first)", self.device()) }),
+        }
     }
 
     /// An error unless the elements are on the host (CPU reference code reads them directly).
@@ -226,11 +269,12 @@ impl Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
-        Tensor::from_f64_values(&self.shape, dtype, self.to_f64_vec())
+        Tensor { layout: self.layout, ..Tensor::from_f64_values(&self.shape, dtype, self.to_f64_vec()) }
     }
 
     /// The same elements under another shape with the same element count.
     pub fn reshape(self, shape: &[usize]) -> Result<Tensor> {
+        self.expect_nchw("Tensor::reshape")?;
         let numel: usize = shape.iter().product();
         if numel != self.numel() {
             return Err(Error::shape(
@@ -238,7 +282,7 @@ impl Tensor {
                 format!("cannot view {:?} ({} elements) as {shape:?} ({numel})", self.shape, self.numel()),
             ));
         }
-        Ok(Tensor { shape: shape.to_vec(), storage: self.storage })
+        Ok(Tensor { shape: shape.to_vec(), storage: self.storage, layout: Layout::Nchw })
     }
 
     /// `self += other`, elementwise; shapes, dtypes and devices must agree.
@@ -262,6 +306,9 @@ impl Tensor {
         self.expect_same_kind(op, other)?;
         if self.shape != other.shape {
             return Err(Error::shape(op, format!("{:?} vs {:?}", self.shape, other.shape)));
+        }
+        if self.layout != other.layout {
+            return Err(Error::shape(op, format!("layouts {:?} vs {:?}", self.layout, other.layout)));
         }
         Ok(())
     }

@@ -137,6 +137,10 @@ struct TrainArgs {
     /// statistics, linear layer and loss (like PyTorch's bf16 autocast).
     #[arg(long)]
     bf16: bool,
+    /// NHWC ("channels last") activations and conv weights on the GPU, the order cuDNN's
+    /// tensor-core convolutions read (like PyTorch's `channels_last`).
+    #[arg(long)]
+    channels_last: bool,
 }
 
 impl TrainArgs {
@@ -171,6 +175,7 @@ impl TrainArgs {
             lr_min: self.lr_min.unwrap_or(0.0),
             lr_max: self.lr_max.unwrap_or(0.0),
             bf16: self.bf16,
+            channels_last: self.channels_last,
         };
         Ok(RunOptions {
             cfg,

@@ -19,7 +19,7 @@
 //! `res1.conv1.weight`, `fc.bias`, ...), so checkpoints load into PyTorch unchanged.
 
 use crate::Result;
-use engine::{DType, Error, Tensor, Var};
+use engine::{DType, Error, Layout, Tensor, Var};
 use ops::Graph;
 use ops::batch_norm::{self, BatchNormConfig, RunningStats};
 use ops::conv2d::{self, Conv2dParams};
@@ -50,6 +50,10 @@ pub struct Arch {
     /// (f32, the default) or bf16 (mixed precision: bf16 copies of the conv weights and
     /// bf16 activations, f32 BN parameters and statistics, f32 again from the final pool on).
     pub compute: Option<DType>,
+    /// Memory order of the trunk's activations and conv weights on the GPU: NCHW (the
+    /// default) or NHWC ("channels last", what cuDNN's tensor-core kernels read). The
+    /// parameters stay NCHW (PyTorch's layout); converted copies are made in the forward.
+    pub layout: Layout,
     units: Vec<ConvBn>,
     fc_w: usize,
     fc_b: usize,
@@ -83,6 +87,7 @@ impl Arch {
             channels,
             out_scale,
             compute: None,
+            layout: Layout::Nchw,
             units: Vec::new(),
             fc_w: 0,
             fc_b: 0,
@@ -181,6 +186,7 @@ impl Arch {
             return Err(Error::Invalid(format!("expected {} BN states, got {}", self.units.len(), bn.len())).into());
         }
         let x = self.to_compute(g, x)?;
+        let x = self.to_trunk_layout(g, x)?;
         let x = self.unit(g, x, PREP, train, bn)?;
         let x = self.unit(g, x, LAYER1, train, bn)?;
         let x = self.residual(g, x, RES1, train, bn)?;
@@ -188,6 +194,7 @@ impl Arch {
         let x = self.unit(g, x, LAYER3, train, bn)?;
         let x = self.residual(g, x, RES2, train, bn)?;
         let x = ops::max_pool::max_pool2d(g, x, 4)?;
+        let x = if self.layout == Layout::Nchw { x } else { ops::layout::to_layout(g, x, Layout::Nchw)? };
         let x = match self.compute {
             Some(t) if t != DType::F32 && t != DType::F64 => ops::cast::cast(g, x, DType::F32)?,
             _ => x,
@@ -210,6 +217,14 @@ impl Arch {
         }
     }
 
+    /// `x` in the trunk's layout (a recorded conversion when it is not NCHW).
+    fn to_trunk_layout(&self, g: &mut Graph<'_>, x: Var) -> Result<Var> {
+        if self.layout == g.value(x).layout() {
+            return Ok(x);
+        }
+        Ok(ops::layout::to_layout(g, x, self.layout)?)
+    }
+
     /// `x + unit_b(unit_a(x))`.
     fn residual(&self, g: &mut Graph<'_>, x: Var, units: [usize; 2], train: bool, bn: &mut [RunningStats]) -> Result<Var> {
         let h = self.unit(g, x, units[0], train, bn)?;
@@ -222,6 +237,7 @@ impl Arch {
         let u = &self.units[i];
         let w = g.param(u.conv_w)?;
         let w = self.to_compute(g, w)?;
+        let w = self.to_trunk_layout(g, w)?;
         let mut h = conv2d::conv2d(g, x, w, Conv2dParams { stride: 1, padding: 1 })?;
         if u.pool {
             h = ops::max_pool::max_pool2d(g, h, 2)?;

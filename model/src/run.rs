@@ -190,9 +190,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         (opts.cfg.clone(), model, SgdState::default(), Vec::new())
     };
     model.to_device(device)?;
-    model.arch.compute = cfg.compute_dtype();
-    if cfg.bf16 && !device.is_cuda() {
-        return Err(Error::Invalid("--bf16 (mixed precision) runs on a CUDA GPU only".into()));
+    cfg.apply_to(&mut model.arch);
+    if (cfg.bf16 || cfg.channels_last) && !device.is_cuda() {
+        return Err(Error::Invalid("--bf16 and --channels-last run on a CUDA GPU only".into()));
     }
     for b in state.momentum_buffers.iter_mut().flatten() {
         *b = b.to_device(device)?;
@@ -201,7 +201,12 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         "ResNet-9 width {} ({} parameters){}, batch {}, {} epochs, {} training images, seed {}",
         cfg.width,
         model.arch.num_params(),
-        if cfg.bf16 { ", bf16 mixed precision" } else { "" },
+        match (cfg.bf16, cfg.channels_last) {
+            (true, true) => ", bf16 mixed precision, channels last",
+            (true, false) => ", bf16 mixed precision",
+            (false, true) => ", channels last",
+            (false, false) => "",
+        },
         cfg.batch_size,
         cfg.epochs,
         cfg.train_len(&ds.train),
@@ -430,7 +435,7 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
     model.to_device(device)?;
-    model.arch.compute = cfg.compute_dtype();
+    cfg.apply_to(&mut model.arch);
     let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
     let pb = progress_bar(opts.lr_find.steps, opts.progress);
     let r = lr_find::lr_find(&mut model, &ds.train, &mut pipeline, norm, cfg, &opts.lr_find, |_, lr, s| {
@@ -458,7 +463,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
     model.to_device(device)?;
-    model.arch.compute = cfg.compute_dtype();
+    cfg.apply_to(&mut model.arch);
     let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
     let mut state = SgdState::default();
     let n = cfg.train_len(&ds.train);

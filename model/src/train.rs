@@ -35,6 +35,8 @@ pub struct TrainConfig {
     /// Mixed precision on the GPU: bf16 convolutions, BN inputs/outputs, ReLU, pooling and
     /// residual adds, with f32 parameters, optimizer, BN statistics, linear layer and loss.
     pub bf16: bool,
+    /// NHWC ("channels last") activations and conv weights on the GPU.
+    pub channels_last: bool,
 }
 
 impl Default for TrainConfig {
@@ -54,6 +56,7 @@ impl Default for TrainConfig {
             lr_min: 0.0,
             lr_max: 0.0,
             bf16: false,
+            channels_last: false,
         }
     }
 }
@@ -76,6 +79,7 @@ impl TrainConfig {
             ("lr_min".into(), self.lr_min.to_string()),
             ("lr_max".into(), self.lr_max.to_string()),
             ("bf16".into(), self.bf16.to_string()),
+            ("channels_last".into(), self.channels_last.to_string()),
         ])
     }
 
@@ -106,12 +110,19 @@ impl TrainConfig {
             lr_max: get(m, "lr_max")?,
             // Absent in checkpoints written before mixed precision existed.
             bf16: if m.contains_key("bf16") { get(m, "bf16")? } else { false },
+            channels_last: if m.contains_key("channels_last") { get(m, "channels_last")? } else { false },
         })
     }
 
     /// The element type of the network's convolutional trunk (see `Arch::compute`).
     pub fn compute_dtype(&self) -> Option<engine::DType> {
         self.bf16.then_some(engine::DType::BF16)
+    }
+
+    /// Set the network's trunk type and layout from this configuration.
+    pub fn apply_to(&self, arch: &mut crate::resnet::Arch) {
+        arch.compute = self.compute_dtype();
+        arch.layout = if self.channels_last { engine::Layout::Nhwc } else { engine::Layout::Nchw };
     }
 
     /// The SGD settings at learning rate `lr`.

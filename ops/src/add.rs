@@ -50,7 +50,7 @@ fn forward_cuda_t<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     // SAFETY: add(const T* a, const T* b, T* y, unsigned n); all hold n (shapes and dtypes checked).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("add"))?;
     drop(yv);
-    Tensor::from_cuda(a.shape(), y)
+    crate::cuda::like(a, y)
 }
 
 /// Add's record: its two input nodes.

@@ -280,7 +280,9 @@ use engine::cudnn;
 /// wants f32 parameters for f32 and bf16 data, f64 for f64.
 fn cuda_descs(x: &Tensor) -> Result<(cudnn::TensorDesc, cudnn::TensorDesc)> {
     let (s, dt) = (x.shape(), x.dtype());
-    Ok((cudnn::TensorDesc::nchw(dt, s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(param_dtype(dt), 1, s[1], 1, 1)?))
+    let xd = cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?;
+    let pd = cudnn::TensorDesc::batch_norm_params(&xd, SPATIAL)?;
+    Ok((xd, pd))
 }
 
 /// The element type of the parameters and statistics for data of `dt`.
@@ -317,7 +319,7 @@ fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut R
     })?;
     running.num_batches_tracked += 1;
     Ok(TrainOut {
-        y: Tensor::from_cuda(x.shape(), y)?,
+        y: crate::cuda::like(x, y)?,
         mean: Stats::Batch(Tensor::from_cuda(&[c], mean)?),
         invstd: Tensor::from_cuda(&[c], invstd)?,
     })
@@ -343,7 +345,7 @@ fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &Runnin
             cfg.eps,
         )
     })?;
-    Tensor::from_cuda(x.shape(), y)
+    crate::cuda::like(x, y)
 }
 
 impl BatchNormRecord {
@@ -374,7 +376,7 @@ impl BatchNormRecord {
                 mean.cuda_buffer()?.ptr(), self.invstd.cuda_buffer()?.ptr(),
             )
         })?;
-        Ok((Tensor::from_cuda(x.shape(), dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
+        Ok((crate::cuda::like(x, dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
     }
 }
 

@@ -59,7 +59,7 @@ fn cast_cuda(x: &Tensor, dtype: DType, kernel: &'static str) -> Result<Tensor> {
     // the types the views checked.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err(kernel))?;
     drop(launch);
-    Tensor::from_cuda(x.shape(), y)
+    crate::cuda::like(x, y)
 }
 
 /// Cast's record: the input node and its type.

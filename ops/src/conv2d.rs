@@ -253,15 +253,15 @@ use engine::cudnn;
 const MAX_WORKSPACE: usize = 1 << 30;
 
 impl CudnnConv {
-    fn new(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType) -> Result<CudnnConv> {
+    fn new(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType, layout: engine::Layout) -> Result<CudnnConv> {
         let tf32 = dev.allow_tf32() && dtype == DType::F32;
         let c = Descs {
-            x: cudnn::TensorDesc::nchw(dtype, d.n, d.c, d.h, d.w)?,
-            w: cudnn::FilterDesc::kcrs(dtype, d.o, d.c, d.kh, d.kw)?,
+            x: cudnn::TensorDesc::new(dtype, layout, d.n, d.c, d.h, d.w)?,
+            w: cudnn::FilterDesc::kcrs(dtype, layout, d.o, d.c, d.kh, d.kw)?,
             conv: cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?,
-            y: cudnn::TensorDesc::nchw(dtype, d.n, d.o, d.oh, d.ow)?,
+            y: cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?,
         };
-        let key = cudnn::ConvKey { dtype, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
+        let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
         let plan = dev.conv_plan(key, || c.find(dev))?;
         Ok(CudnnConv { x: c.x, w: c.w, conv: c.conv, y: c.y, plan })
     }
@@ -340,12 +340,21 @@ fn no_algo(kind: &str, tried: &str) -> Error {
     }
 }
 
+/// cuDNN's convolutions take input, filter and output in one memory order.
+fn same_layout(a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.layout() != b.layout() {
+        return Err(Error::shape("conv2d", format!("tensors in layouts {:?} and {:?} (convert the weight too)", a.layout(), b.layout())));
+    }
+    Ok(())
+}
+
 /// `y = conv(x, w)` with cuDNN.
 fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
+    same_layout(x, w)?;
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
-    let c = CudnnConv::new(&dev, &d, dt)?;
+    let c = CudnnConv::new(&dev, &d, dt, x.layout())?;
     let mut y = dev.alloc_dtype(d.n * d.o * d.ohw(), dt)?;
     let st = dev.stream().clone();
     dev.with_workspace(c.plan.fwd_bytes, |ws| {
@@ -362,16 +371,18 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
             )
         })
     })?;
-    Tensor::from_cuda(&[d.n, d.o, d.oh, d.ow], y)
+    Tensor::from_cuda(&[d.n, d.o, d.oh, d.ow], y)?.with_layout(x.layout())
 }
 
 /// `(dx, dw)` with cuDNN's backward-data and backward-filter.
 fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
+    same_layout(x, w)?;
+    same_layout(x, dy)?;
     use cudarc::cudnn::sys;
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
-    let c = CudnnConv::new(&dev, &d, dt)?;
+    let c = CudnnConv::new(&dev, &d, dt, x.layout())?;
     let st = dev.stream().clone();
     let (wb, dyb) = (w.cuda_buffer()?, dy.cuda_buffer()?);
     let dx = if need_dx {
@@ -389,7 +400,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
                 )
             })
         })?;
-        Some(Tensor::from_cuda(x.shape(), dx)?)
+        Some(crate::cuda::like(x, dx)?)
     } else {
         None
     };
@@ -407,7 +418,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
             )
         })
     })?;
-    Ok((dx, Tensor::from_cuda(w.shape(), dw)?))
+    Ok((dx, crate::cuda::like(w, dw)?))
 }
 
 /// Conv2d's record: its input and weight nodes and the geometry.

@@ -38,6 +38,11 @@ pub(crate) fn output_like(x: &Tensor) -> Result<(Arc<CudaDevice>, CudaBuffer)> {
     Ok((dev, buf))
 }
 
+/// A tensor over `buf` with the shape and layout of `like` (elementwise outputs).
+pub(crate) fn like(like: &Tensor, buf: CudaBuffer) -> Result<Tensor> {
+    Tensor::from_cuda(like.shape(), buf)?.with_layout(like.layout())
+}
+
 /// An element type our kernels exist for: f32 (training) and f64 (gradient checks). Each
 /// kernel of `ptx/` is instantiated for both; the f64 one carries the suffix `_f64`.
 pub(crate) trait Elem: crate::Float + cudarc::driver::DeviceRepr {
@@ -81,5 +86,5 @@ pub(crate) fn bf16_map(kernel: &'static str, inputs: &[&Tensor]) -> Result<Tenso
     // holds n bf16 (the callers check the shapes; view_bf16 checks the element type).
     unsafe { launch.launch(grid(n)) }.map_err(launch_err(kernel))?;
     drop(ov);
-    Tensor::from_cuda(first.shape(), out)
+    like(first, out)
 }

@@ -113,7 +113,7 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
-    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::nchw(dt, s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(dt, ys[0], ys[1], ys[2], ys[3])?);
+    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::new(dt, x.layout(), ys[0], ys[1], ys[2], ys[3])?);
     let mut y = dev.alloc_dtype(ys.iter().product(), dt)?;
     let h = dev.cudnn()?;
     // SAFETY: x and y hold the elements their descriptors describe.
@@ -124,7 +124,7 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
             cudnn::zero(dt), yd.raw(), y.ptr_mut(),
         )
     })?;
-    Tensor::from_cuda(&ys, y)
+    Tensor::from_cuda(&ys, y)?.with_layout(x.layout())
 }
 
 /// `dx` with cuDNN, from the forward's input `x`, output `y` and the gradient `dy`.
@@ -138,7 +138,7 @@ pub fn backward_cuda(x: &Tensor, y: &Tensor, dy: &Tensor, k: usize) -> Result<Te
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
-    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::nchw(dt, s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::nchw(dt, ys[0], ys[1], ys[2], ys[3])?);
+    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::new(dt, x.layout(), ys[0], ys[1], ys[2], ys[3])?);
     let mut dx = dev.alloc_dtype(x.numel(), dt)?;
     let h = dev.cudnn()?;
     // SAFETY: x/dx and y/dy hold the elements their descriptors describe (checked above).
@@ -151,7 +151,7 @@ pub fn backward_cuda(x: &Tensor, y: &Tensor, dy: &Tensor, k: usize) -> Result<Te
             cudnn::zero(dt), xd.raw(), dx.ptr_mut(),
         )
     })?;
-    Tensor::from_cuda(s, dx)
+    crate::cuda::like(x, dx)
 }
 
 /// What the backward needs: the argmax of every window (CPU), or the window size (CUDA:

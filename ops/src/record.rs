@@ -4,7 +4,7 @@
 //! each backward rule is in the doc comment of the op's file.
 
 use crate::{Gradients, Graph, Result, Tensor, Var};
-use crate::{add, batch_norm, cast, conv2d, cross_entropy, linear, max_pool, relu, reshape, scale};
+use crate::{add, batch_norm, cast, conv2d, cross_entropy, layout, linear, max_pool, relu, reshape, scale};
 
 /// One recorded operation.
 pub enum Op {
@@ -18,6 +18,7 @@ pub enum Op {
     Scale(scale::ScaleRecord),
     SoftmaxCrossEntropy(cross_entropy::CrossEntropyRecord),
     Cast(cast::CastRecord),
+    Layout(layout::LayoutRecord),
 }
 
 impl engine::Backward for Op {
@@ -33,6 +34,7 @@ impl engine::Backward for Op {
             Op::Scale(r) => r.backward(tape, grad_out, grads),
             Op::SoftmaxCrossEntropy(r) => r.backward(tape, grad_out, grads),
             Op::Cast(r) => r.backward(tape, grad_out, grads),
+            Op::Layout(r) => r.backward(tape, grad_out, grads),
         }
     }
 
@@ -48,6 +50,7 @@ impl engine::Backward for Op {
             Op::Scale(_) => "scale",
             Op::SoftmaxCrossEntropy(_) => "cross_entropy",
             Op::Cast(_) => "cast",
+            Op::Layout(_) => "layout",
         }
     }
 }

@@ -80,7 +80,7 @@ fn forward_cuda_t<T: Elem>(x: &Tensor) -> Result<Tensor> {
     // SAFETY: relu_forward(const T* x, T* y, unsigned n) touches n elements of each; both hold n.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_forward"))?;
     drop(yv);
-    Tensor::from_cuda(x.shape(), y)
+    crate::cuda::like(x, y)
 }
 
 /// `relu_backward` of `ptx/elementwise.cu`: one thread per element.
@@ -95,7 +95,7 @@ fn backward_cuda_t<T: Elem>(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     // SAFETY: relu_backward(const T* y, const T* dy, T* dx, unsigned n); all hold n (shapes and dtypes checked).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_backward"))?;
     drop(dxv);
-    Tensor::from_cuda(y.shape(), dx)
+    crate::cuda::like(y, dx)
 }
 
 /// What ReLU's backward needs: its input node (for the gradient) — the output is the record's own node.

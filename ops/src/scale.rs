@@ -48,7 +48,7 @@ fn forward_cuda_t<T: Elem>(x: &Tensor, alpha: T) -> Result<Tensor> {
     // SAFETY: scale(const T* x, T* y, unsigned n, T alpha); x and y hold n.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("scale"))?;
     drop(yv);
-    Tensor::from_cuda(x.shape(), y)
+    crate::cuda::like(x, y)
 }
 
 /// Scale's record: the input node and the constant.
