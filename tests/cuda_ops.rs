@@ -296,6 +296,12 @@ fn device_meter_matches_the_host_count() {
         let loss = Tensor::new(&[1], vec![0.5f32 + b as f32]).unwrap().to_device(&dev).unwrap();
         meter.record(b, &loss, &logits.to_device(&dev).unwrap(), &dl).unwrap();
     }
+    d.synchronize().unwrap();
+    // After the work finished, a poll (which never waits) sees all three batches, then nothing new.
+    let (pl, pc) = meter.poll().unwrap().expect("three finished batches");
+    assert_eq!(pl, vec![0.5, 1.5, 2.5]);
+    assert_eq!(pc, want);
+    assert!(meter.poll().unwrap().is_none(), "nothing new since the last poll");
     let (losses, correct) = meter.read(3).unwrap();
     assert_eq!(losses, vec![0.5, 1.5, 2.5]);
     assert_eq!(correct, want);

@@ -264,7 +264,9 @@ impl CudaDevice {
         // synchronisation) would only cost time.
         // SAFETY: no other stream of this context ever touches our buffers.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own (not the legacy default stream, which implicitly waits for
+        // every other stream and cannot be captured into a CUDA graph).
+        let stream = ctx.new_stream().map_err(driver_err("create stream"))?;
         let blas = cudarc::cublas::CudaBlas::new(stream.clone())
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuBLAS handle: {e}")))?;
         ctx.bind_to_thread().map_err(driver_err("bind context"))?;

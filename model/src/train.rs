@@ -201,8 +201,8 @@ pub fn train_step_metered(model: &mut ResNet9, state: &mut SgdState, batch: Batc
     Ok(())
 }
 
-/// How often (in steps) a GPU epoch reads its device-side statistics for the progress bar.
-/// Each read waits for the GPU; between reads the host runs ahead and queues work.
+/// How often (in steps) a GPU epoch polls its device-side statistics for the progress bar
+/// (a poll never waits for the GPU: it reads the batches that have finished).
 pub const PROGRESS_EVERY: usize = 8;
 
 /// One training step (batch assembly included) with every operation marked: the time
@@ -314,15 +314,17 @@ pub fn train_epoch(
             }
             Some(m) => {
                 train_step_metered(model, state, batch, lr, cfg, m, b).map_err(|e| at(b, e))?;
-                if (b + 1) % PROGRESS_EVERY == 0 || b + 1 == spe {
-                    let (losses, counts) = m.read(b + 1)?;
+                let last = b + 1 == spe;
+                // Mid-epoch: whatever batches have finished (never waits); at the end: all.
+                let read = if last { Some(m.read(spe)?) } else if (b + 1) % PROGRESS_EVERY == 0 { m.poll()? } else { None };
+                if let Some((losses, counts)) = read {
                     if let Some((i, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
                         return Err(at(i, Error::Training(format!("the loss is {l} (not finite)"))));
                     }
                     loss_sum = losses.iter().enumerate().map(|(i, &l)| l as f64 * batch_len(i) as f64).sum();
                     correct = counts.iter().map(|&c| c as usize).sum();
-                    seen = (0..=b).map(batch_len).sum();
-                    on_step(b, lr, loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64);
+                    seen = (0..losses.len()).map(batch_len).sum();
+                    on_step(losses.len() - 1, lr, loss_sum / seen.max(1) as f64, 100.0 * correct as f64 / seen.max(1) as f64);
                 }
             }
         }

@@ -3,6 +3,10 @@
 //! work on the stream, and the host reads the arrays when it chooses (the progress bar,
 //! the end of the epoch) instead of waiting for every batch. Not differentiated.
 //!
+//! [`DeviceMeter::poll`] never waits: each recorded batch also records an event; a poll
+//! finds the newest batch whose event has completed and copies the slots up to it on a
+//! second stream that waits for that event only, so the training stream keeps running.
+//!
 //! Shapes: losses `[steps]` f32, correct `[steps]` u32; per batch, the loss `[1]`, the
 //! logits `[N, K]` and the labels `[N]` on the device.
 //! `correct[b] = #{ r : argmax_k logits[r, k] = labels[r] }` (first maximum on ties), by
@@ -20,12 +24,26 @@ pub struct DeviceMeter {
     dev: Arc<CudaDevice>,
     losses: CudaSlice<f32>,
     correct: CudaSlice<u32>,
+    /// Completion marker of each recorded batch.
+    done: Vec<Option<cudarc::driver::CudaEvent>>,
+    /// The stream polls copy on (non-blocking: it does not wait for the training stream).
+    reader: Arc<cudarc::driver::CudaStream>,
+    /// Batches already returned by `poll`.
+    polled: usize,
 }
 
 impl DeviceMeter {
     /// Room for `steps` batches.
     pub fn new(dev: &Arc<CudaDevice>, steps: usize) -> Result<DeviceMeter> {
-        Ok(DeviceMeter { dev: dev.clone(), losses: dev.upload(&vec![0f32; steps])?, correct: dev.upload(&vec![0u32; steps])? })
+        let reader = dev.context().new_stream().map_err(|e| Error::Cuda { op: "metrics: reader stream", msg: e.to_string() })?;
+        Ok(DeviceMeter {
+            dev: dev.clone(),
+            losses: dev.upload(&vec![0f32; steps])?,
+            correct: dev.upload(&vec![0u32; steps])?,
+            done: (0..steps).map(|_| None).collect(),
+            reader,
+            polled: 0,
+        })
     }
 
     /// Number of batch slots.
@@ -58,7 +76,26 @@ impl DeviceMeter {
         let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: count_correct(logits [n,k], labels [n], out [1], n, k, accumulate), one block as required.
         unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("count_correct"))?;
+        let ev = self.dev.context().new_event(None).map_err(|e| Error::Cuda { op: "metrics: event", msg: e.to_string() })?;
+        ev.record(&stream).map_err(|e| Error::Cuda { op: "metrics: event record", msg: e.to_string() })?;
+        self.done[b] = Some(ev);
         Ok(())
+    }
+
+    /// Without waiting for the GPU: the losses and correct counts of batches `0..k` for the
+    /// largest `k` whose work has finished, if that is more than the last poll returned.
+    pub fn poll(&mut self) -> Result<Option<(Vec<f32>, Vec<u32>)>> {
+        let Some(k) = (self.polled..self.done.len()).rev().find(|&b| self.done[b].as_ref().is_some_and(|e| e.is_complete())).map(|b| b + 1) else {
+            return Ok(None);
+        };
+        let ev = self.done[k - 1].as_ref().expect("found above");
+        let err = |e: cudarc::driver::DriverError| Error::Cuda { op: "metrics: poll", msg: e.to_string() };
+        // The event has completed, so this wait is immediate; it orders the copies after batch k.
+        self.reader.wait(ev).map_err(err)?;
+        let losses = self.reader.clone_dtoh(&self.losses.slice(0..k)).map_err(err)?;
+        let correct = self.reader.clone_dtoh(&self.correct.slice(0..k)).map_err(err)?;
+        self.polled = k;
+        Ok(Some((losses, correct)))
     }
 
     /// The losses and correct counts of batches `0..upto` (waits for their work).
