@@ -260,3 +260,22 @@ fn a_short_bf16_run_learns_on_the_gpu() {
     assert!(acc > 40.0, "test accuracy {acc}%");
     std::fs::remove_dir_all(&runs).unwrap();
 }
+
+/// The test-set evaluation gives the same count and loss whether the statistics stay on the
+/// device until the end (per-epoch evaluations) or come back batch by batch (the final one).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn device_side_evaluation_equals_the_host_side_one() {
+    let dev = gpu();
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
+    let mut net = ResNet9::new(0.5, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(2)).unwrap();
+    net.to_device(&dev).unwrap();
+    let a = train::evaluate(&mut net, &ds.test, &mut p, norm, 1000, false).unwrap();
+    let b = train::evaluate(&mut net, &ds.test, &mut p, norm, 1000, true).unwrap();
+    assert_eq!(a.correct, b.correct);
+    assert!((a.loss - b.loss).abs() <= 1e-6 * b.loss.abs(), "{} vs {}", a.loss, b.loss);
+    assert!(a.misclassified.is_empty() && b.misclassified.len() == b.total - b.correct);
+}

@@ -258,7 +258,8 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             Error::Training(format!("{e}; training stopped, {kept}"))
         })?;
         let eval_start = std::time::Instant::now();
-        let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000)?;
+        // The last epoch's evaluation also lists the misclassified images (for the plot).
+        let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000, epoch + 1 == cfg.epochs)?;
         let eval_seconds = eval_start.elapsed().as_secs_f64();
         log.line(&format!(
             "Train: Loss={:.4} Accuracy={:.2}% ({:.1}s)",
@@ -288,7 +289,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     }
     let eval = match last {
         Some(e) => e,
-        None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000)?,
+        None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000, true)?,
     };
     write_curves(&dir, &rows)?;
     write_lr_schedule(&dir, &schedule)?;

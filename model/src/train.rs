@@ -355,27 +355,46 @@ impl EvalStats {
     }
 }
 
-/// Evaluate on a whole split in eval mode (BN running statistics), in batches.
-pub fn evaluate(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, norm: Normalization, batch_size: usize) -> Result<EvalStats> {
+/// Evaluate on a whole split in eval mode (BN running statistics), in batches. With
+/// `predictions`, every misclassified image is listed (the logits come back to the host
+/// batch by batch); without, on a GPU, the loss and correct counts stay on the device until
+/// one read at the end.
+pub fn evaluate(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, norm: Normalization, batch_size: usize, predictions: bool) -> Result<EvalStats> {
     let (mut loss_sum, mut correct, mut misclassified) = (0.0, 0, Vec::new());
     let n = split.len();
+    let mut meter = match pipeline {
+        Pipeline::Gpu(g) if !predictions => Some(DeviceMeter::new(g.device(), n.div_ceil(batch_size.max(1)))?),
+        _ => None,
+    };
     let mut start = 0;
+    let mut lens = Vec::new();
     while start < n {
         let end = (start + batch_size).min(n);
         let Batch { x, labels, device_labels } = pipeline.test_batch(split, start, end, norm)?;
         let mut g = Graph::new(&model.params);
         let input = g.input(x);
         let logits = model.arch.forward(&mut g, input, false, &mut model.bn)?;
-        let loss = cross_entropy(&mut g, logits, &labels, device_labels, 0.0)?;
-        loss_sum += g.value(loss).scalar()? * (end - start) as f64;
-        let (c, preds) = batches::count_correct(g.value(logits), &labels);
-        correct += c;
-        for (i, (p, l)) in preds.iter().zip(&labels).enumerate() {
-            if p != l {
-                misclassified.push((start + i, *p));
+        let loss = cross_entropy(&mut g, logits, &labels, device_labels.clone(), 0.0)?;
+        match (&mut meter, &device_labels) {
+            (Some(m), Some(dl)) => m.record(lens.len(), g.value(loss), g.value(logits), dl)?,
+            _ => {
+                loss_sum += g.value(loss).scalar()? * (end - start) as f64;
+                let (c, preds) = batches::count_correct(g.value(logits), &labels);
+                correct += c;
+                for (i, (p, l)) in preds.iter().zip(&labels).enumerate() {
+                    if p != l {
+                        misclassified.push((start + i, *p));
+                    }
+                }
             }
         }
+        lens.push(end - start);
         start = end;
+    }
+    if let Some(m) = &meter {
+        let (losses, counts) = m.read(lens.len())?;
+        loss_sum = losses.iter().zip(&lens).map(|(&l, &k)| l as f64 * k as f64).sum();
+        correct = counts.iter().map(|&c| c as usize).sum();
     }
     Ok(EvalStats { loss: loss_sum / n.max(1) as f64, correct, total: n, misclassified })
 }
