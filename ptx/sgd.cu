@@ -1,5 +1,5 @@
-// The SGD update of one parameter tensor, with torch.optim.SGD semantics
-// (PyTorch's single-tensor "foreach=False" path):
+// The SGD update of every parameter tensor in ONE launch, with torch.optim.SGD
+// semantics (per element, as PyTorch's single-tensor path computes it):
 //
 //   d   = g + wd * p                              (only if wd != 0; else d = g)
 //   if momentum != 0:
@@ -7,31 +7,49 @@
 //       d   = nesterov ? d + momentum * buf : buf
 //   p   = p - lr * d
 //
-// ONE THREAD updates ONE ELEMENT i of p (and of buf), in a grid-stride loop
-// over n elements; any grid/block shape works.
+// The tensors arrive as a table passed BY VALUE in the kernel's parameters (up to
+// SGD_MAX_TENSORS of them; 1 KB, far under the 4 KB parameter limit), so no upload
+// precedes the launch (PyTorch's multi_tensor_apply does the same). Block row
+// blockIdx.y handles tensor t = blockIdx.y; within it, ONE THREAD updates ONE
+// ELEMENT i of p (and of buf) in a grid-stride loop over x.
 //
-// Every step is written with round-to-nearest intrinsics (__fmul_rn,
-// __fadd_rn, __fsub_rn), so the compiler cannot fuse a multiply and an add
-// into an FMA: the result is bit-identical to a CPU reference that evaluates
-// the expressions above in f32, left to right, one rounding per operation,
-// with (1 - dampening) computed in f32. Hyper-parameters are f32 here; the
-// caller converts its f64 settings with `as f32`.
+// Every step is written with round-to-nearest intrinsics (__fmul_rn, __fadd_rn,
+// __fsub_rn), so the compiler cannot fuse a multiply and an add into an FMA: the
+// result is bit-identical to a CPU reference that evaluates the expressions above
+// in f32, left to right, one rounding per operation, with (1 - dampening) computed
+// in f32. Hyper-parameters are f32 here; the caller converts its f64 settings.
 //
-// When momentum == 0 the buffer is neither read nor written (buf may be null),
-// as in PyTorch, which keeps no momentum buffer then.
+// When momentum == 0 the buffer is neither read nor written (buf may be null), as
+// in PyTorch, which keeps no momentum buffer then.
 
-extern "C" __global__ void sgd_update(
-    float* p,                 // [n] parameter, updated in place
-    const float* g,           // [n] gradient
-    float* buf,               // [n] momentum buffer, updated in place (unused if momentum == 0)
-    unsigned int n,
+#define SGD_MAX_TENSORS 32
+
+struct SgdTable {
+    float* p[SGD_MAX_TENSORS];          // parameters, updated in place
+    const float* g[SGD_MAX_TENSORS];    // gradients
+    float* buf[SGD_MAX_TENSORS];        // momentum buffers, updated in place
+    unsigned int n[SGD_MAX_TENSORS];    // element counts
+    int first_step[SGD_MAX_TENSORS];    // 1: buf = d (PyTorch's clone on the first step)
+};
+
+extern "C" __global__ void sgd_update_multi(
+    const SgdTable table,
+    unsigned int count,       // tensors in the table (= gridDim.y)
     float lr,
     float momentum,
     float dampening,
     float wd,                 // weight decay
-    int nesterov,             // 0 or 1
-    int first_step)           // 1 on the first step: buf = d (PyTorch's clone), 0 after
+    int nesterov)             // 0 or 1
 {
+    const unsigned int t = blockIdx.y;
+    if (t >= count) {
+        return;
+    }
+    float* p = table.p[t];
+    const float* g = table.g[t];
+    float* buf = table.buf[t];
+    const unsigned int n = table.n[t];
+    const int first_step = table.first_step[t];
     const float keep = __fsub_rn(1.0f, dampening);
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          i < (unsigned long long)n; i += (unsigned long long)blockDim.x * gridDim.x) {

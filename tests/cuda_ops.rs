@@ -71,7 +71,10 @@ fn softmax_cross_entropy_matches_the_cpu() {
 fn sgd_update_matches_the_cpu_exactly() {
     let dev = gpu();
     let cfg = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: true };
+    // The network's largest tensor, a small one, and enough others (34 in all) that the
+    // update needs two launches of the 32-tensor kernel.
     let mut cpu = vec![rand(&[512, 256, 3, 3], 4), rand(&[10], 5)];
+    cpu.extend((0..32).map(|i| rand(&[1 + 37 * i], 50 + i as u64)));
     let mut gpu_params: Vec<Tensor> = cpu.iter().map(|p| p.to_device(&dev).unwrap()).collect();
     let (mut sc, mut sg) = (SgdState::default(), SgdState::default());
     for step in 0..3 {

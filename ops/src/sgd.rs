@@ -56,14 +56,18 @@ pub fn step(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdStat
         }
         let Some(g) = g else { continue };
         check_like(p, g, "gradient", i)?;
+        if p.device().is_cuda() && (p.dtype() != DType::F32 || p.device() != params[0].device()) {
+            return Err(Error::Invalid(format!("parameter {i}: the CUDA update takes f32 parameters on one device, got {:?} on {}", p.dtype(), p.device())));
+        }
         if let (Some(b), true) = (buf, cfg.momentum != 0.0) {
             check_like(p, b, "momentum buffer", i)?;
         }
     }
+    let mut on_gpu = Vec::new();
     for ((p, g), buf) in params.iter_mut().zip(grads).zip(state.momentum_buffers.iter_mut()) {
         let Some(g) = g else { continue };
         if p.device().is_cuda() {
-            update_cuda(p, g, buf, cfg)?;
+            on_gpu.push((p, g, buf));
             continue;
         }
         match p.dtype() {
@@ -71,6 +75,9 @@ pub fn step(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdStat
             DType::F64 => update::<f64>(p, g, buf, cfg)?,
             DType::BF16 => return Err(crate::bf16_unsupported("sgd")),
         }
+    }
+    if !on_gpu.is_empty() {
+        update_cuda(on_gpu, cfg)?;
     }
     Ok(())
 }
@@ -108,38 +115,64 @@ fn update<T: Float>(p: &mut Tensor, g: &Tensor, buf: &mut Option<Tensor>, cfg: &
 }
 
 /// `sgd_update` of `ptx/sgd.cu`: one thread per element, the same formulas in f32.
-fn update_cuda(p: &mut Tensor, g: &Tensor, buf: &mut Option<Tensor>, cfg: &Sgd) -> Result<()> {
-    use cudarc::driver::PushKernelArg;
-    let n = crate::cuda::count(p.numel())?;
-    let first = i32::from(buf.is_none());
-    if buf.is_none() {
-        // The momentum buffer is needed even when momentum is 0, as a valid (unused) pointer.
-        *buf = Some(Tensor::zeros(p.shape(), DType::F32).to_device(&p.device())?);
+/// The kernel's table of tensors (`SgdTable` of `ptx/sgd.cu`, passed by value).
+const MAX_TENSORS: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SgdTable {
+    p: [u64; MAX_TENSORS],
+    g: [u64; MAX_TENSORS],
+    buf: [u64; MAX_TENSORS],
+    n: [u32; MAX_TENSORS],
+    first_step: [i32; MAX_TENSORS],
+}
+
+// SAFETY: plain C data with the layout of the CUDA struct (8-byte pointers, then 4-byte ints).
+unsafe impl cudarc::driver::DeviceRepr for SgdTable {}
+
+/// Update every CUDA parameter with one `sgd_update_multi` launch per 32 tensors.
+/// `items`: (parameter, gradient, momentum buffer) on one device, all f32.
+fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sgd) -> Result<()> {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let mut items = items;
+    for chunk in items.chunks_mut(MAX_TENSORS) {
+        let mut table = SgdTable { p: [0; MAX_TENSORS], g: [0; MAX_TENSORS], buf: [0; MAX_TENSORS], n: [0; MAX_TENSORS], first_step: [0; MAX_TENSORS] };
+        let mut dev = None;
+        let mut largest = 1u32;
+        for (t, (p, g, buf)) in chunk.iter_mut().enumerate() {
+            for x in [&**p, *g] {
+                if x.dtype() != DType::F32 {
+                    return Err(Error::DType { op: "sgd (CUDA)", a: x.dtype(), b: DType::F32 });
+                }
+            }
+            table.first_step[t] = i32::from(buf.is_none());
+            if buf.is_none() {
+                // The momentum buffer is needed even when momentum is 0, as a valid (unused) pointer.
+                **buf = Some(Tensor::zeros(p.shape(), DType::F32).to_device(&p.device())?);
+            }
+            let b = buf.as_mut().ok_or_else(|| Error::Invalid("momentum buffer missing".into()))?;
+            table.n[t] = crate::cuda::count(p.numel())?;
+            largest = largest.max(table.n[t]);
+            table.p[t] = p.cuda_buffer_mut()?.ptr_mut() as u64;
+            table.g[t] = g.cuda_buffer()?.ptr() as u64;
+            table.buf[t] = b.cuda_buffer_mut()?.ptr_mut() as u64;
+            dev.get_or_insert_with(|| p.device());
+        }
+        let Some(crate::Device::Cuda(dev)) = dev else { continue };
+        let f = crate::cuda::function(&dev, "sgd.cu", "sgd_update_multi")?;
+        let (lr, mom, damp, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.dampening as f32, cfg.weight_decay as f32);
+        let (nesterov, count) = (i32::from(cfg.nesterov), chunk.len() as u32);
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(&table).arg(&count).arg(&lr).arg(&mom).arg(&damp).arg(&wd).arg(&nesterov);
+        // Enough blocks along x for the largest tensor (grid-stride beyond 1024 blocks); one row per tensor.
+        let cfg_launch = LaunchConfig { grid_dim: (largest.div_ceil(256).min(1024), count, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: every table entry points at n f32 elements of p, g and buf (shapes and dtypes checked
+        // by `step` and above); the tensors stay alive until the stream has run the kernel (they are
+        // the model's, the caller's and the optimizer state's, and freed memory is only reused by
+        // work queued later on the same stream).
+        unsafe { launch.launch(cfg_launch) }.map_err(crate::cuda::launch_err("sgd_update_multi"))?;
     }
-    let b = buf.as_mut().ok_or_else(|| Error::Invalid("momentum buffer missing".into()))?;
-    let dev = p.cuda_buffer()?.dev().clone();
-    let f = crate::cuda::function(&dev, "sgd.cu", "sgd_update")?;
-    let (lr, mom, damp, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.dampening as f32, cfg.weight_decay as f32);
-    let nesterov = i32::from(cfg.nesterov);
-    let stream = dev.stream().clone();
-    // f32 only (the kernel's type); view() refuses other element types.
-    let mut pv = p.cuda_buffer_mut()?.view_mut::<f32>()?;
-    let gv = g.cuda_buffer()?.view::<f32>()?;
-    let mut bv = b.cuda_buffer_mut()?.view_mut::<f32>()?;
-    let mut launch = stream.launch_builder(&f);
-    launch
-        .arg(&mut pv)
-        .arg(&gv)
-        .arg(&mut bv)
-        .arg(&n)
-        .arg(&lr)
-        .arg(&mom)
-        .arg(&damp)
-        .arg(&wd)
-        .arg(&nesterov)
-        .arg(&first);
-    // SAFETY: sgd_update(p, g, buf, n, lr, momentum, dampening, wd, nesterov, first_step); p, g, buf hold n.
-    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("sgd_update"))?;
     Ok(())
 }
 
