@@ -10,11 +10,16 @@
 //! loss is not finite. The weights, BN statistics and optimizer state are restored
 //! afterwards: the test leaves the model exactly as it found it.
 //!
-//! Suggestion rule (Smith 2017, "Super-Convergence", §3: the cycle's upper bound is
-//! where the loss stops falling, its lower bound a tenth of that):
-//! `lr_max = lr(argmin smooth)`, `lr_min = lr_max / 10`, the value the one-cycle
-//! starts from and returns to. Only full batches are used: a small last batch
-//! gives a noisy loss that can fake the minimum.
+//! Suggestion rules (`LrRule`), both with `lr_min = lr_max / 10`, the value the one-cycle
+//! starts from and returns to:
+//! - `Minimum` (the default; Smith 2017, "Super-Convergence", §3: the cycle's upper bound
+//!   is where the loss stops falling): `lr_max = lr(argmin smooth)`.
+//! - `Steepest` (fastai's "steepest descent" suggestion): `lr_max` = the LR where the
+//!   smoothed loss falls fastest per unit of `ln lr`, before its minimum; the slope is a
+//!   central difference over ±`SLOPE_SPAN` points. When the loss never turns up inside the
+//!   range (e.g. with a 0.125 logit scale, where the minimum rule picks the range's end),
+//!   this still lands where training is fastest.
+//! Only full batches are used: a small last batch gives a noisy loss that can fake the minimum.
 
 use crate::pipeline::Pipeline;
 use crate::batches::Normalization;
@@ -24,6 +29,14 @@ use crate::{Error, Result};
 use data::Split;
 use ops::sgd::SgdState;
 
+/// Which point of the curve becomes LRMAX (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LrRule {
+    #[default]
+    Minimum,
+    Steepest,
+}
+
 /// Settings of the range test.
 #[derive(Clone, Copy, Debug)]
 pub struct LrFindConfig {
@@ -32,13 +45,17 @@ pub struct LrFindConfig {
     pub steps: usize,
     pub beta: f64,
     pub diverge: f64,
+    pub rule: LrRule,
 }
 
 impl Default for LrFindConfig {
     fn default() -> Self {
-        LrFindConfig { start_lr: 1e-4, end_lr: 10.0, steps: 100, beta: 0.98, diverge: 4.0 }
+        LrFindConfig { start_lr: 1e-4, end_lr: 10.0, steps: 100, beta: 0.98, diverge: 4.0, rule: LrRule::Minimum }
     }
 }
+
+/// Half-width, in points, of the central difference of the `Steepest` rule.
+const SLOPE_SPAN: usize = 3;
 
 /// What the range test measured and suggests.
 #[derive(Clone, Debug)]
@@ -47,6 +64,9 @@ pub struct LrFindResult {
     pub points: Vec<(f64, f64, f64)>,
     pub lr_max: f64,
     pub lr_min: f64,
+    /// The LR of each rule's choice, whichever was used (for the log and the plot).
+    pub lr_at_minimum: f64,
+    pub lr_steepest: f64,
     /// Whether it stopped early on divergence.
     pub diverged: bool,
 }
@@ -121,18 +141,33 @@ fn run(
             }
         }
     }
-    let (lr_max, lr_min) = suggest(&points)?;
-    Ok(LrFindResult { points, lr_max, lr_min, diverged })
+    let (lr_at_minimum, _) = suggest(&points, LrRule::Minimum)?;
+    let (lr_steepest, _) = suggest(&points, LrRule::Steepest)?;
+    let (lr_max, lr_min) = suggest(&points, lf.rule)?;
+    Ok(LrFindResult { points, lr_max, lr_min, lr_at_minimum, lr_steepest, diverged })
 }
 
-/// The suggestion rule (see the module doc) applied to `(lr, raw, smoothed)` points.
-pub fn suggest(points: &[(f64, f64, f64)]) -> Result<(f64, f64)> {
-    let best = points
+/// A suggestion rule (see the module doc) applied to `(lr, raw, smoothed)` points:
+/// `(lr_max, lr_min)`.
+pub fn suggest(points: &[(f64, f64, f64)], rule: LrRule) -> Result<(f64, f64)> {
+    let finite: Vec<(f64, f64)> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| (p.0, p.2)).collect();
+    let (imin, _) = finite
         .iter()
-        .filter(|p| p.2.is_finite())
-        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .enumerate()
+        .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
         .ok_or_else(|| Error::Training("the LR range test produced no finite loss".into()))?;
-    let lr_max = best.0;
+    let lr_max = match rule {
+        LrRule::Minimum => finite[imin].0,
+        LrRule::Steepest => {
+            // d smooth / d ln(lr) by central differences, over the points up to the minimum.
+            let slope = |i: usize| {
+                let (a, b) = (i.saturating_sub(SLOPE_SPAN), (i + SLOPE_SPAN).min(imin));
+                if b <= a { f64::INFINITY } else { (finite[b].1 - finite[a].1) / (finite[b].0.ln() - finite[a].0.ln()) }
+            };
+            let i = (0..=imin).min_by(|&a, &b| slope(a).total_cmp(&slope(b))).unwrap_or(imin);
+            finite[i].0
+        }
+    };
     Ok((lr_max, lr_max / 10.0))
 }
 
@@ -141,13 +176,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn steepest_rule_finds_the_fastest_fall_even_without_an_upturn() {
+        // A loss that falls like a logistic step centred at lr = 0.2 and stays flat to the end of
+        // the range: the minimum rule picks (nearly) the last point, the steepest rule the centre.
+        let pts: Vec<(f64, f64, f64)> = (0..101)
+            .map(|i| 1e-4 * 1e5f64.powf(i as f64 / 100.0))
+            .map(|lr| (lr, 0.0, 2.3 - 1.0 / (1.0 + (-(lr.ln() - 0.2f64.ln()) * 2.0).exp()) - 1e-3 * lr.ln()))
+            .collect();
+        let (at_min, _) = suggest(&pts, LrRule::Minimum).unwrap();
+        let (steep, low) = suggest(&pts, LrRule::Steepest).unwrap();
+        assert!(at_min > 5.0, "{at_min}");
+        assert!((steep / 0.2).ln().abs() < 0.2, "steepest at {steep}, expected about 0.2");
+        assert!((low - steep / 10.0).abs() < 1e-12);
+    }
+
+    #[test]
     fn suggestion_is_the_minimum_and_a_tenth_of_it() {
         // A synthetic U-shaped curve with its minimum at lr = 1.
         let pts: Vec<(f64, f64, f64)> =
             (0..50).map(|i| 10f64.powf(-3.0 + i as f64 * 0.1)).map(|lr| (lr, 0.0, (lr.log10()).powi(2) + 1.0)).collect();
-        let (max, min) = suggest(&pts).unwrap();
+        let (max, min) = suggest(&pts, LrRule::Minimum).unwrap();
         assert!((max - 1.0).abs() < 1e-9, "{max}");
         assert!((min - 0.1).abs() < 1e-12);
-        assert!(suggest(&[(0.1, f64::NAN, f64::NAN)]).is_err());
+        assert!(suggest(&[(0.1, f64::NAN, f64::NAN)], LrRule::Minimum).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use engine::Device;
-use model::lr_find::LrFindConfig;
+use model::lr_find::{LrFindConfig, LrRule};
 use model::run::{RunOptions, run_training};
 use model::train::TrainConfig;
 use model::{Error, Result};
@@ -115,6 +115,10 @@ struct TrainArgs {
     /// Multiplier of the logits.
     #[arg(long, default_value_t = 1.0)]
     out_scale: f64,
+    /// How the LR range test picks LRMAX: `minimum` (LR at the smoothed loss's minimum) or
+    /// `steepest` (LR where it falls fastest); LRMIN is a tenth of it either way.
+    #[arg(long, default_value = "minimum", value_parser = ["minimum", "steepest"])]
+    lr_rule: String,
     /// Steps of the LR range test.
     #[arg(long, default_value_t = 100)]
     lr_find_steps: usize,
@@ -180,7 +184,11 @@ impl TrainArgs {
         Ok(RunOptions {
             cfg,
             lr_given: self.lr_max.is_some(),
-            lr_find: LrFindConfig { steps: self.lr_find_steps, ..LrFindConfig::default() },
+            lr_find: LrFindConfig {
+                steps: self.lr_find_steps,
+                rule: if self.lr_rule == "steepest" { LrRule::Steepest } else { LrRule::Minimum },
+                ..LrFindConfig::default()
+            },
             runs_dir: self.out.clone(),
             name: self.name.clone(),
             resume: self.resume,

@@ -224,7 +224,15 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         write_lr_find_outputs(&dir, &r)?;
         cfg.lr_max = r.lr_max;
         cfg.lr_min = r.lr_min;
-        log.line(&format!("LR range test suggests LRMAX={:.4e} LRMIN={:.4e} (plot: {})", r.lr_max, r.lr_min, dir.join("lr_find.png").display()));
+        log.line(&format!(
+            "LR range test suggests LRMAX={:.4e} LRMIN={:.4e} (rule {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}; plot: {})",
+            r.lr_max,
+            r.lr_min,
+            opts.lr_find.rule,
+            r.lr_at_minimum,
+            r.lr_steepest,
+            dir.join("lr_find.png").display()
+        ));
     }
     if !(cfg.lr_max > 0.0 && cfg.lr_min > 0.0 && cfg.lr_min <= cfg.lr_max) {
         return Err(Error::Invalid(format!("need 0 < LRMIN <= LRMAX, got LRMIN={} LRMAX={}", cfg.lr_min, cfg.lr_max)));
@@ -334,7 +342,11 @@ fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
                 Series { name: "smoothed loss".into(), points: r.points.iter().map(|p| (p.0, cap(p.2))).collect() },
             ],
             log_x: true,
-            vlines: vec![(r.lr_max, format!("LRMAX {:.2e}", r.lr_max)), (r.lr_min, format!("LRMIN {:.2e}", r.lr_min))],
+            vlines: vec![
+                (r.lr_max, format!("LRMAX {:.2e}", r.lr_max)),
+                (r.lr_min, format!("LRMIN {:.2e}", r.lr_min)),
+                (if r.lr_max == r.lr_steepest { r.lr_at_minimum } else { r.lr_steepest }, if r.lr_max == r.lr_steepest { "minimum".into() } else { "steepest".into() }),
+            ],
         },
     )
 }
@@ -446,11 +458,14 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     pb.finish_and_clear();
     write_lr_find_outputs(&dir, &r)?;
     log.line(&format!(
-        "{} steps{}; suggested LRMAX={:.4e} LRMIN={:.4e}; plot {}",
+        "{} steps{}; suggested LRMAX={:.4e} LRMIN={:.4e} (rule {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}); plot {}",
         r.points.len(),
         if r.diverged { " (stopped at divergence)" } else { "" },
         r.lr_max,
         r.lr_min,
+        opts.lr_find.rule,
+        r.lr_at_minimum,
+        r.lr_steepest,
         dir.join("lr_find.png").display()
     ));
     Ok(())
