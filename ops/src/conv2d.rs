@@ -13,11 +13,15 @@
 //! CPU reference via im2col: per image, `col[(c,p,q), (i,j)] = x[n, c, i·S+p−P, j·S+q−P]`
 //! (`[C·KH·KW, OH·OW]`), then `y_n = W · col` with `W` viewed as `[O, C·KH·KW]`;
 //! backward `dW += dy_n · colᵀ` and `dcol = Wᵀ · dy_n`, scattered back by col2im.
-//! Images are processed in parallel (rayon); each thread sums its own `dW`.
+//! Images are processed in parallel (rayon); `dW` is summed in fixed groups of images and
+//! the group sums added in order, so the result does not depend on thread scheduling.
 
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 use engine::{Error, gemm};
 use rayon::prelude::*;
+
+/// Most partial weight gradients the CPU backward sums (memory: DW_GROUPS copies of dW).
+const DW_GROUPS: usize = 16;
 
 /// Stride and zero padding, the same along both spatial axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,18 +190,22 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx:
     let (xs, ws, dys) = (x.as_slice::<T>()?, w.as_slice::<T>()?, dy.as_slice::<T>()?);
     let (img, out, wlen) = (d.c * d.h * d.w, d.o * d.ohw(), d.o * d.ckk());
     let mut dx = if need_dx { vec![T::zero(); d.n * img] } else { Vec::new() };
-    let dx_chunks: Vec<Option<&mut [T]>> = if need_dx {
+    let mut dx_chunks: Vec<Option<&mut [T]>> = if need_dx {
         dx.chunks_mut(img.max(1)).map(Some).collect()
     } else {
         (0..d.n).map(|_| None).collect()
     };
-    // Per thread: a col buffer, a dcol buffer and a partial dW; partials summed at the end.
-    let dw = dx_chunks
-        .into_par_iter()
+    // The images are split into at most DW_GROUPS groups fixed by N alone; each group (in
+    // parallel) sums its images' dW in image order, then the group sums are added in group
+    // order. The result is the same on every run and every machine, whatever the threads do.
+    let per = d.n.div_ceil(DW_GROUPS).max(1);
+    let partials: Vec<Vec<T>> = dx_chunks
+        .par_chunks_mut(per)
         .enumerate()
-        .fold(
-            || (vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); wlen]),
-            |(mut col, mut dcol, mut dw), (n, dxn)| {
+        .map(|(gi, group)| {
+            let (mut col, mut dcol, mut dw) = (vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); wlen]);
+            for (k, dxn) in group.iter_mut().enumerate() {
+                let n = gi * per + k;
                 let dyn_ = &dys[n * out..(n + 1) * out];
                 im2col(&xs[n * img..(n + 1) * img], &d, &mut col);
                 // dW[O, CKK] += dy_n[O, OHW] · colᵀ[OHW, CKK]
@@ -207,17 +215,14 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx:
                     gemm(d.ckk(), d.o, d.ohw(), T::one(), ws, true, dyn_, false, T::zero(), &mut dcol);
                     col2im(&dcol, &d, dxn);
                 }
-                (col, dcol, dw)
-            },
-        )
-        .map(|(_, _, dw)| dw)
-        .reduce(
-            || vec![T::zero(); wlen],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += *y);
-                a
-            },
-        );
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![T::zero(); wlen];
+    for p in &partials {
+        dw.iter_mut().zip(p).for_each(|(x, y)| *x += *y);
+    }
     let dx = if need_dx { Some(Tensor::new(&[d.n, d.c, d.h, d.w], dx)?) } else { None };
     Ok((dx, Tensor::new(&[d.o, d.c, d.kh, d.kw], dw)?))
 }
@@ -533,6 +538,23 @@ mod tests {
 
     /// Forward + backward time of a ResNet-sized layer in f32 (a measurement, not an assertion):
     /// `cargo test -p ops --release -- --ignored --nocapture conv2d_timing`
+    /// The parallel backward gives the same bits every time (the weight gradient's sums
+    /// do not depend on thread scheduling).
+    #[test]
+    fn backward_is_deterministic() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let x = Tensor::randn(&[37, 8, 12, 12], DType::F32, 1.0, &mut rng);
+        let w = Tensor::randn(&[16, 8, 3, 3], DType::F32, 0.1, &mut rng);
+        let dy = Tensor::randn(&[37, 16, 12, 12], DType::F32, 1.0, &mut rng);
+        let p = Conv2dParams { stride: 1, padding: 1 };
+        let (dx0, dw0) = backward(&x, &w, &dy, p, true).unwrap();
+        for _ in 0..8 {
+            let (dx, dw) = backward(&x, &w, &dy, p, true).unwrap();
+            assert_eq!(dw.to_f32_vec(), dw0.to_f32_vec());
+            assert_eq!(dx.unwrap().to_f32_vec(), dx0.as_ref().unwrap().to_f32_vec());
+        }
+    }
+
     #[test]
     #[ignore = "timing; run by hand with --ignored --nocapture"]
     fn conv2d_timing() {
