@@ -202,22 +202,26 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx:
     let partials: Vec<Vec<T>> = dx_chunks
         .par_chunks_mut(per)
         .enumerate()
-        .map(|(gi, group)| {
-            let (mut col, mut dcol, mut dw) = (vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); wlen]);
-            for (k, dxn) in group.iter_mut().enumerate() {
-                let n = gi * per + k;
-                let dyn_ = &dys[n * out..(n + 1) * out];
-                im2col(&xs[n * img..(n + 1) * img], &d, &mut col);
-                // dW[O, CKK] += dy_n[O, OHW] · colᵀ[OHW, CKK]
-                gemm(d.o, d.ohw(), d.ckk(), T::one(), dyn_, false, &col, true, T::one(), &mut dw);
-                if let Some(dxn) = dxn {
-                    // dcol[CKK, OHW] = Wᵀ[CKK, O] · dy_n[O, OHW]
-                    gemm(d.ckk(), d.o, d.ohw(), T::one(), ws, true, dyn_, false, T::zero(), &mut dcol);
-                    col2im(&dcol, &d, dxn);
+        .map_init(
+            // Scratch reused by every group a worker takes (fresh large buffers cost page faults).
+            || (vec![T::zero(); d.ckk() * d.ohw()], vec![T::zero(); d.ckk() * d.ohw()]),
+            |(col, dcol), (gi, group)| {
+                let mut dw = vec![T::zero(); wlen];
+                for (k, dxn) in group.iter_mut().enumerate() {
+                    let n = gi * per + k;
+                    let dyn_ = &dys[n * out..(n + 1) * out];
+                    im2col(&xs[n * img..(n + 1) * img], &d, col);
+                    // dW[O, CKK] += dy_n[O, OHW] · colᵀ[OHW, CKK]
+                    gemm(d.o, d.ohw(), d.ckk(), T::one(), dyn_, false, col, true, T::one(), &mut dw);
+                    if let Some(dxn) = dxn {
+                        // dcol[CKK, OHW] = Wᵀ[CKK, O] · dy_n[O, OHW]
+                        gemm(d.ckk(), d.o, d.ohw(), T::one(), ws, true, dyn_, false, T::zero(), dcol);
+                        col2im(dcol, &d, dxn);
+                    }
                 }
-            }
-            dw
-        })
+                dw
+            },
+        )
         .collect();
     let mut dw = vec![T::zero(); wlen];
     for p in &partials {
