@@ -292,7 +292,44 @@ fn param_dtype(dt: DType) -> DType {
 
 const SPATIAL: cudarc::cudnn::sys::cudnnBatchNormMode_t = cudarc::cudnn::sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
 
+/// Whether a cuDNN failure on bf16 data is cuDNN declining the type (then the op runs in
+/// f32 between two casts instead; said once on stderr).
+fn declined_bf16(x: &Tensor, e: &Error) -> bool {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let declined = x.dtype() == DType::BF16
+        && matches!(e, Error::Cuda { msg, .. } if msg.contains("NOT_SUPPORTED") || msg.contains("BAD_PARAM"));
+    if declined && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("note: this cuDNN's batch norm does not take bf16 data ({e}); batch norm runs in f32 between casts");
+    }
+    declined
+}
+
+fn to_f32(t: &Tensor) -> Result<Tensor> {
+    crate::cast::forward(t, DType::F32)
+}
+
+fn to_bf16(t: &Tensor) -> Result<Tensor> {
+    crate::cast::forward(t, DType::BF16)
+}
+
 fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<TrainOut> {
+    match train_forward_cudnn(x, gamma, beta, running, cfg) {
+        Err(e) if declined_bf16(x, &e) => {
+            let out = train_forward_cudnn(&to_f32(x)?, gamma, beta, running, cfg)?;
+            Ok(TrainOut { y: to_bf16(&out.y)?, ..out })
+        }
+        r => r,
+    }
+}
+
+fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
+    match eval_forward_cudnn(x, gamma, beta, running, cfg) {
+        Err(e) if declined_bf16(x, &e) => to_bf16(&eval_forward_cudnn(&to_f32(x)?, gamma, beta, running, cfg)?),
+        r => r,
+    }
+}
+
+fn train_forward_cudnn(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<TrainOut> {
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let c = x.shape()[1];
@@ -325,7 +362,7 @@ fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut R
     })
 }
 
-fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
+fn eval_forward_cudnn(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let (xd, pd) = cuda_descs(x)?;
@@ -350,6 +387,16 @@ fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &Runnin
 
 impl BatchNormRecord {
     fn backward_cuda(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match self.backward_cudnn(x, gamma, dy) {
+            Err(e) if declined_bf16(x, &e) => {
+                let (dx, dgamma, dbeta) = self.backward_cudnn(&to_f32(x)?, gamma, &to_f32(dy)?)?;
+                Ok((to_bf16(&dx)?, dgamma, dbeta))
+            }
+            r => r,
+        }
+    }
+
+    fn backward_cudnn(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let Stats::Batch(mean) = &self.mean else {
             return Err(Error::Unsupported { op: "batch_norm backward in eval mode", device: x.device().to_string() });
         };
