@@ -21,7 +21,7 @@ use engine::{Error, gemm};
 use rayon::prelude::*;
 
 /// Most partial weight gradients the CPU backward sums (memory: DW_GROUPS copies of dW).
-const DW_GROUPS: usize = 16;
+const DW_GROUPS: usize = 8;
 
 /// Stride and zero padding, the same along both spatial axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
