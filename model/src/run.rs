@@ -224,15 +224,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         write_lr_find_outputs(&dir, &r)?;
         cfg.lr_max = r.lr_max;
         cfg.lr_min = r.lr_min;
-        log.line(&format!(
-            "LR range test suggests LRMAX={:.4e} LRMIN={:.4e} (rule {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}; plot: {})",
-            r.lr_max,
-            r.lr_min,
-            opts.lr_find.rule,
-            r.lr_at_minimum,
-            r.lr_steepest,
-            dir.join("lr_find.png").display()
-        ));
+        log.line(&format!("LR range test suggests {}; plot: {})", suggestion(&r, opts.lr_find.rule), dir.join("lr_find.png").display()));
     }
     if !(cfg.lr_max > 0.0 && cfg.lr_min > 0.0 && cfg.lr_min <= cfg.lr_max) {
         return Err(Error::Invalid(format!("need 0 < LRMIN <= LRMAX, got LRMIN={} LRMAX={}", cfg.lr_min, cfg.lr_max)));
@@ -320,6 +312,14 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         ));
     }
     Ok(eval.accuracy())
+}
+
+/// "LRMAX=… LRMIN=… (rule …; smoothed minimum at …, steepest descent at …" (the caller closes it).
+fn suggestion(r: &lr_find::LrFindResult, rule: lr_find::LrRule) -> String {
+    format!(
+        "LRMAX={:.4e} LRMIN={:.4e} (rule {rule:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}",
+        r.lr_max, r.lr_min, r.lr_at_minimum, r.lr_steepest
+    )
 }
 
 fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
@@ -458,14 +458,10 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     pb.finish_and_clear();
     write_lr_find_outputs(&dir, &r)?;
     log.line(&format!(
-        "{} steps{}; suggested LRMAX={:.4e} LRMIN={:.4e} (rule {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}); plot {}",
+        "{} steps{}; suggested {}); plot {}",
         r.points.len(),
         if r.diverged { " (stopped at divergence)" } else { "" },
-        r.lr_max,
-        r.lr_min,
-        opts.lr_find.rule,
-        r.lr_at_minimum,
-        r.lr_steepest,
+        suggestion(&r, opts.lr_find.rule),
         dir.join("lr_find.png").display()
     ));
     Ok(())
