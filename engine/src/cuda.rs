@@ -501,11 +501,6 @@ impl CudaDevice {
         Ok(b)
     }
 
-    /// A pooled buffer holding a copy of `values`.
-    pub fn upload_f32(self: &Arc<Self>, values: &[f32]) -> Result<CudaBuffer> {
-        self.upload_elems(values)
-    }
-
     /// Copy host values of any type to a new device buffer outside the pool (for data
     /// uploaded once: the dataset, per-epoch indices and labels).
     pub fn upload<T: DeviceRepr>(&self, values: &[T]) -> Result<CudaSlice<T>> {

@@ -115,11 +115,6 @@ fn int(v: usize) -> crate::Result<c_int> {
 pub struct TensorDesc(sys::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
-    /// Dense NCHW `[n, c, h, w]` of `dtype`.
-    pub fn nchw(dtype: crate::DType, n: usize, c: usize, h: usize, w: usize) -> crate::Result<TensorDesc> {
-        TensorDesc::new(dtype, crate::Layout::Nchw, n, c, h, w)
-    }
-
     /// Dense `[n, c, h, w]` of `dtype` in memory order `layout`.
     pub fn new(dtype: crate::DType, layout: crate::Layout, n: usize, c: usize, h: usize, w: usize) -> crate::Result<TensorDesc> {
         let d = TensorDesc::empty()?;
@@ -300,9 +295,4 @@ pub fn ptr<T>(s: &impl cudarc::driver::DevicePtr<T>, stream: &CudaStream) -> *co
 pub fn ptr_mut<T>(s: &mut impl cudarc::driver::DevicePtrMut<T>, stream: &CudaStream) -> *mut std::ffi::c_void {
     let (p, _guard) = s.device_ptr_mut(stream);
     p as usize as *mut std::ffi::c_void
-}
-
-/// A host f32 scaling factor (cuDNN's alpha/beta) as the pointer cuDNN takes.
-pub fn scalar(v: &f32) -> *const std::ffi::c_void {
-    v as *const f32 as *const std::ffi::c_void
 }

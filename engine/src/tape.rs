@@ -178,7 +178,10 @@ impl<R: Backward> Tape<'_, R> {
                     if let Some(g) = grads.by_node[i].take() {
                         if node.requires_grad {
                             record.backward(self, Var(i), &g, &mut grads)?;
-                            self.mark(&format!("{} backward", record.name()));
+                            // The label is only formatted when profiling (not on every step).
+                            if let Some(p) = self.profiler.borrow_mut().as_mut() {
+                                p.mark(&format!("{} backward", record.name()));
+                            }
                         }
                     }
                 }

@@ -51,7 +51,7 @@ fn the_pool_reuses_freed_blocks_and_the_architecture_is_known() {
     drop(buf);
     assert_eq!(d.pool_free_bytes(), 4 << 20, "a dropped buffer goes back to the pool");
     // The same size again: served from the pool, and cleared again even though it was used.
-    let mut again = d.upload_f32(&vec![7.0f32; 1 << 20]).unwrap();
+    let mut again = d.upload_elems(&vec![7.0f32; 1 << 20]).unwrap();
     assert_eq!(d.driver_allocations(), before + 1, "a freed block of the same size is reused");
     drop(std::mem::replace(&mut again, d.alloc_zeros(1 << 20).unwrap()));
     assert_eq!(d.driver_allocations(), before + 2, "two live blocks need two allocations");

@@ -162,16 +162,35 @@ pub struct StepResult {
 /// Forward in training mode (BN batch statistics, running statistics updated), the mean
 /// softmax cross-entropy, and backward: the loss `[1]` and the logits, on the batch's
 /// device, and one gradient per parameter.
-fn forward_backward(model: &mut ResNet9, x: engine::Tensor, labels: &[u32], device_labels: Option<DeviceLabels>, cfg: &TrainConfig) -> Result<(engine::Tensor, engine::Tensor, Vec<Option<engine::Tensor>>)> {
+fn forward_backward(
+    model: &mut ResNet9,
+    x: engine::Tensor,
+    labels: &[u32],
+    device_labels: Option<DeviceLabels>,
+    cfg: &TrainConfig,
+    profiler: Option<engine::profile::Profiler>,
+) -> Result<Step> {
     let mut g = Graph::new(&model.params);
+    if let Some(p) = profiler {
+        g.set_profiler(p);
+    }
     let input = g.input(x);
     let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
     let loss = cross_entropy(&mut g, logits, labels, device_labels, cfg.label_smoothing)?;
     let grads = g.backward(loss)?.into_param_grads(model.params.len())?;
     let missing = || Error::Invalid("the tape lost an output".into());
-    let loss_t = g.take_value(loss).ok_or_else(missing)?;
-    let logits_t = g.take_value(logits).ok_or_else(missing)?;
-    Ok((loss_t, logits_t, grads))
+    let loss = g.take_value(loss).ok_or_else(missing)?;
+    let logits = g.take_value(logits).ok_or_else(missing)?;
+    Ok(Step { loss, logits, grads, profiler: g.take_profiler() })
+}
+
+/// What [`forward_backward`] returns: the loss `[1]` and logits on the batch's device, one
+/// gradient per parameter, and the profiler if one was given.
+struct Step {
+    loss: engine::Tensor,
+    logits: engine::Tensor,
+    grads: Vec<Option<engine::Tensor>>,
+    profiler: Option<engine::profile::Profiler>,
 }
 
 /// One SGD step on a batch, reading the loss back: forward in training mode, mean softmax
@@ -179,7 +198,7 @@ fn forward_backward(model: &mut ResNet9, x: engine::Tensor, labels: &[u32], devi
 /// parameters untouched (the BN running statistics have seen the batch).
 pub fn train_step(model: &mut ResNet9, state: &mut SgdState, batch: Batch, lr: f64, cfg: &TrainConfig) -> Result<StepResult> {
     let Batch { x, labels, device_labels } = batch;
-    let (loss, logits, grads) = forward_backward(model, x, &labels, device_labels, cfg)?;
+    let Step { loss, logits, grads, .. } = forward_backward(model, x, &labels, device_labels, cfg, None)?;
     let loss_value = loss.scalar()?;
     if !loss_value.is_finite() {
         return Err(Error::Training(format!("the loss is {loss_value} (not finite)")));
@@ -195,7 +214,7 @@ pub fn train_step(model: &mut ResNet9, state: &mut SgdState, batch: Batch, lr: f
 pub fn train_step_metered(model: &mut ResNet9, state: &mut SgdState, batch: Batch, lr: f64, cfg: &TrainConfig, meter: &mut DeviceMeter, b: usize) -> Result<()> {
     let Batch { x, labels, device_labels } = batch;
     let dl = device_labels.ok_or_else(|| Error::Invalid("a metered step needs the labels on the device".into()))?;
-    let (loss, logits, grads) = forward_backward(model, x, &labels, Some(dl.clone()), cfg)?;
+    let Step { loss, logits, grads, .. } = forward_backward(model, x, &labels, Some(dl.clone()), cfg, None)?;
     meter.record(b, &loss, &logits, &dl)?;
     sgd::step(&mut model.params, &grads, state, &cfg.sgd(lr))?;
     Ok(())
@@ -226,22 +245,15 @@ pub fn profile_step(
     let mut prof = engine::profile::Profiler::new(&device)?;
     let Batch { x, labels, device_labels } = pipeline.train_batch(split, order, params, range, norm)?;
     prof.mark("data: augment batch");
-    let grads = {
-        let mut g = Graph::new(&model.params);
-        g.set_profiler(prof);
-        let input = g.input(x);
-        let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
-        let loss = cross_entropy(&mut g, logits, &labels, device_labels, cfg.label_smoothing)?;
-        let loss_value = g.value(loss).scalar()?;
-        batches::count_correct(g.value(logits), &labels);
-        g.mark("host: read loss and logits");
-        if !loss_value.is_finite() {
-            return Err(Error::Training(format!("the loss is {loss_value} (not finite)")));
-        }
-        let grads = g.backward(loss)?.into_param_grads(model.params.len())?;
-        prof = g.take_profiler().ok_or_else(|| Error::Invalid("the profiler went missing".into()))?;
-        grads
-    };
+    let step = forward_backward(model, x, &labels, device_labels, cfg, Some(prof))?;
+    let mut prof = step.profiler.ok_or_else(|| Error::Invalid("the profiler went missing".into()))?;
+    let loss_value = step.loss.scalar()?;
+    batches::count_correct(&step.logits, &labels);
+    prof.mark("host: read loss and logits");
+    if !loss_value.is_finite() {
+        return Err(Error::Training(format!("the loss is {loss_value} (not finite)")));
+    }
+    let grads = step.grads;
     sgd::step(&mut model.params, &grads, state, &cfg.sgd(lr))?;
     prof.mark("sgd update");
     Ok(prof.finish()?)

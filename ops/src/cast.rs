@@ -34,31 +34,29 @@ pub fn forward(x: &Tensor, dtype: DType) -> Result<Tensor> {
     cast_cuda(x, dtype, kernel)
 }
 
-/// One thread per element: `kernel(const src* x, dst* y, unsigned n)`.
+/// One thread per element: `kernel(const src* x, dst* y, unsigned n)`, the elements passed
+/// as their bit patterns (`u32` for f32, `u16` for bf16; the kernel knows the types).
 fn cast_cuda(x: &Tensor, dtype: DType, kernel: &'static str) -> Result<Tensor> {
+    match dtype {
+        DType::BF16 => launch_cast::<u32, u16>(x, dtype, kernel),
+        _ => launch_cast::<u16, u32>(x, dtype, kernel),
+    }
+}
+
+fn launch_cast<I: cudarc::driver::DeviceRepr, O: cudarc::driver::DeviceRepr>(x: &Tensor, dtype: DType, kernel: &'static str) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let n = crate::cuda::count(x.numel())?;
     let mut y = dev.alloc_dtype(x.numel(), dtype)?;
     let f = crate::cuda::function(&dev, "bf16.cu", kernel)?;
+    let (xv, mut yv) = (xb.view_bits::<I>()?, y.view_bits_mut::<O>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    let (xf, xh);
-    let (mut yf, mut yh);
-    if dtype == DType::BF16 {
-        xf = xb.view::<f32>()?;
-        yh = y.view_bf16_mut()?;
-        launch.arg(&xf).arg(&mut yh);
-    } else {
-        xh = xb.view_bf16()?;
-        yf = y.view_mut::<f32>()?;
-        launch.arg(&xh).arg(&mut yf);
-    }
-    launch.arg(&n);
-    // SAFETY: f32_to_bf16 / bf16_to_f32 (const src* x, dst* y, unsigned n); x and y hold n of
-    // the types the views checked.
+    launch.arg(&xv).arg(&mut yv).arg(&n);
+    // SAFETY: f32_to_bf16 / bf16_to_f32 (const src* x, dst* y, unsigned n); x and y hold n
+    // elements of the sizes the views checked.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err(kernel))?;
-    drop(launch);
+    drop(yv);
     crate::cuda::like(x, y)
 }
 

@@ -248,14 +248,6 @@ struct CudnnConv {
     plan: cudnn::ConvPlan,
 }
 
-/// The descriptors alone, before the plan is known.
-struct Descs {
-    x: cudnn::TensorDesc,
-    w: cudnn::FilterDesc,
-    conv: cudnn::ConvDesc,
-    y: cudnn::TensorDesc,
-}
-
 use engine::cudnn;
 
 /// Largest workspace an algorithm may ask for; faster ones needing more are skipped.
@@ -264,56 +256,58 @@ const MAX_WORKSPACE: usize = 1 << 30;
 impl CudnnConv {
     fn new(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType, layout: engine::Layout) -> Result<CudnnConv> {
         let tf32 = dev.allow_tf32() && dtype == DType::F32;
-        let c = Descs {
-            x: cudnn::TensorDesc::new(dtype, layout, d.n, d.c, d.h, d.w)?,
-            w: cudnn::FilterDesc::kcrs(dtype, layout, d.o, d.c, d.kh, d.kw)?,
-            conv: cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?,
-            y: cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?,
-        };
+        let x = cudnn::TensorDesc::new(dtype, layout, d.n, d.c, d.h, d.w)?;
+        let w = cudnn::FilterDesc::kcrs(dtype, layout, d.o, d.c, d.kh, d.kw)?;
+        let conv = cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?;
+        let y = cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?;
         let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
-        let plan = dev.conv_plan(key, || c.find(dev))?;
-        Ok(CudnnConv { x: c.x, w: c.w, conv: c.conv, y: c.y, plan })
+        let plan = dev.conv_plan(key, || find(dev, &x, &w, &conv, &y))?;
+        Ok(CudnnConv { x, w, conv, y, plan })
     }
 }
 
-impl Descs {
-    /// Measure every algorithm of the three kinds and keep the fastest that succeeds within
-    /// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time). If measuring fails (it needs
-    /// scratch memory of its own), cuDNN's heuristic ranking is used instead.
-    fn find(&self, dev: &engine::cuda::CudaDevice) -> Result<cudnn::ConvPlan> {
-        use cudarc::cudnn::sys;
-        let h = dev.cudnn()?;
-        let (hr, x, w, c, y) = (h.raw(), self.x.raw(), self.w.raw(), self.conv.raw(), self.y.raw());
-        let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
-        // SAFETY (all six calls): valid handle and descriptors; cuDNN writes at most `n` results
-        // into `out` and their number into `count`.
-        let f = choose::<sys::cudnnConvolutionFwdAlgoPerf_t>(
-            "forward",
-            |n, count, out| unsafe { sys::cudnnFindConvolutionForwardAlgorithm(hr, x, w, c, y, n, count, out) },
-            |n, count, out| unsafe { sys::cudnnGetConvolutionForwardAlgorithm_v7(hr, x, w, c, y, n, count, out) },
-            |p| p.status == ok && p.memory <= MAX_WORKSPACE,
-        )?;
-        let b = choose::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(
-            "backward data",
-            |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardDataAlgorithm(hr, w, y, c, x, n, count, out) },
-            |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(hr, w, y, c, x, n, count, out) },
-            |p| p.status == ok && p.memory <= MAX_WORKSPACE,
-        )?;
-        let bf = choose::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(
-            "backward filter",
-            |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardFilterAlgorithm(hr, x, y, c, w, n, count, out) },
-            |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hr, x, y, c, w, n, count, out) },
-            |p| p.status == ok && p.memory <= MAX_WORKSPACE,
-        )?;
-        Ok(cudnn::ConvPlan {
-            fwd: f.algo,
-            fwd_bytes: f.memory,
-            bwd_data: b.algo,
-            bwd_data_bytes: b.memory,
-            bwd_filter: bf.algo,
-            bwd_filter_bytes: bf.memory,
-        })
-    }
+/// Measure every algorithm of the three kinds and keep the fastest that succeeds within
+/// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time). If measuring fails (it needs
+/// scratch memory of its own), cuDNN's heuristic ranking is used instead.
+fn find(
+    dev: &engine::cuda::CudaDevice,
+    x: &cudnn::TensorDesc,
+    w: &cudnn::FilterDesc,
+    conv: &cudnn::ConvDesc,
+    y: &cudnn::TensorDesc,
+) -> Result<cudnn::ConvPlan> {
+    use cudarc::cudnn::sys;
+    let h = dev.cudnn()?;
+    let (hr, x, w, c, y) = (h.raw(), x.raw(), w.raw(), conv.raw(), y.raw());
+    let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+    // SAFETY (all six calls): valid handle and descriptors; cuDNN writes at most `n` results
+    // into `out` and their number into `count`.
+    let f = choose::<sys::cudnnConvolutionFwdAlgoPerf_t>(
+        "forward",
+        |n, count, out| unsafe { sys::cudnnFindConvolutionForwardAlgorithm(hr, x, w, c, y, n, count, out) },
+        |n, count, out| unsafe { sys::cudnnGetConvolutionForwardAlgorithm_v7(hr, x, w, c, y, n, count, out) },
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+    )?;
+    let b = choose::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(
+        "backward data",
+        |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardDataAlgorithm(hr, w, y, c, x, n, count, out) },
+        |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(hr, w, y, c, x, n, count, out) },
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+    )?;
+    let bf = choose::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(
+        "backward filter",
+        |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardFilterAlgorithm(hr, x, y, c, w, n, count, out) },
+        |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hr, x, y, c, w, n, count, out) },
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+    )?;
+    Ok(cudnn::ConvPlan {
+        fwd: f.algo,
+        fwd_bytes: f.memory,
+        bwd_data: b.algo,
+        bwd_data_bytes: b.memory,
+        bwd_filter: bf.algo,
+        bwd_filter_bytes: bf.memory,
+    })
 }
 
 /// The first usable result of cuDNN's measured search, or of its heuristics if the search
