@@ -40,9 +40,11 @@ fn conv2d_in_f64_on_the_gpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn batch_norm_in_f64_on_the_gpu() {
-    let dev = gpu();
+    // The running statistics on the check's own device (one device, one stream).
+    let gc = on_gpu();
+    let dev = gc.device.clone();
     let ps = random_params(&[&[3, 4, 3, 2], &[4], &[4]], 2);
-    let r = on_gpu()
+    let r = gc
         .run(&ps, |g| {
             let mut stats = RunningStats::new(4, DType::F64);
             stats.mean = stats.mean.to_device(&dev)?;

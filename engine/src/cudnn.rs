@@ -205,7 +205,9 @@ impl ConvDesc {
             // bf16 data: tensor cores, f32 accumulation.
             crate::DType::BF16 => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
             crate::DType::F32 if tf32 => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
-            _ => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            crate::DType::F32 => sys::cudnnMathType_t::CUDNN_FMA_MATH,
+            // TF32 never applies to f64; DEFAULT keeps any f64 tensor-core (DMMA) kernels, as PyTorch.
+            crate::DType::F64 => sys::cudnnMathType_t::CUDNN_DEFAULT_MATH,
         };
         // SAFETY: as above.
         check("cudnnSetConvolutionMathType", unsafe { sys::cudnnSetConvolutionMathType(raw, math) })?;
@@ -214,6 +216,14 @@ impl ConvDesc {
 
     pub fn raw(&self) -> sys::cudnnConvolutionDescriptor_t {
         self.0
+    }
+
+    /// Set the math type an algorithm was chosen with: cuDNN's search returns (algorithm,
+    /// math type) pairs, and the pair must be run as it was measured (an algorithm that has
+    /// no tensor-core version is returned with DEFAULT math, and needs the workspace measured so).
+    pub fn set_math(&self, math: sys::cudnnMathType_t) -> crate::Result<()> {
+        // SAFETY: a valid descriptor owned by self.
+        check("cudnnSetConvolutionMathType", unsafe { sys::cudnnSetConvolutionMathType(self.0, math) })
     }
 }
 
@@ -278,10 +288,13 @@ pub struct ConvKey {
 pub struct ConvPlan {
     pub fwd: FwdAlgo,
     pub fwd_bytes: usize,
+    pub fwd_math: sys::cudnnMathType_t,
     pub bwd_data: BwdDataAlgo,
     pub bwd_data_bytes: usize,
+    pub bwd_data_math: sys::cudnnMathType_t,
     pub bwd_filter: BwdFilterAlgo,
     pub bwd_filter_bytes: usize,
+    pub bwd_filter_math: sys::cudnnMathType_t,
 }
 
 /// The device address of `s` for a `sys` call reading it. Event tracking is off on our

@@ -90,7 +90,9 @@ impl PartialEq for Device {
     fn eq(&self, other: &Device) -> bool {
         match (self, other) {
             (Device::Cpu, Device::Cpu) => true,
-            (Device::Cuda(a), Device::Cuda(b)) => a.ordinal() == b.ordinal(),
+            // The same opened device, not just the same ordinal: two `Device::cuda(0)` have
+            // two streams, and nothing orders one's work after the other's.
+            (Device::Cuda(a), Device::Cuda(b)) => std::sync::Arc::ptr_eq(a, b),
             _ => false,
         }
     }

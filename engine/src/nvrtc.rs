@@ -8,9 +8,10 @@
 //! returns [`Error::CudaUnavailable`] instead.
 //!
 //! The PTX must come from an NVRTC no newer than the CUDA version of the driver
-//! that loads it (a 580-series driver is CUDA 13.0; newer PTX is refused with
-//! `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`). Compile on the machine that runs the
-//! kernels, with its NVRTC.
+//! that loads it (a 580-series driver is CUDA 13.0; the PTX of NVRTC 13.2 is refused
+//! with `CUDA_ERROR_UNSUPPORTED_PTX_VERSION`). When the driver refuses the PTX, the
+//! device loads machine code instead ([`compile_cubin`]): a CUDA 13.x cubin runs on
+//! any CUDA 13 driver.
 
 use crate::{Error, Result};
 
@@ -83,7 +84,12 @@ pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<String> {
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| match e {
         cudarc::nvrtc::CompileError::CompileError { nvrtc, options, log } => fail(format!(
-            "compiling {name} for {arch} failed ({nvrtc}; options {options:?}):\n{}",
+            "compiling {name} for {arch} failed ({nvrtc}; options {options:?}){}:\n{}",
+            if format!("{nvrtc:?}").contains("BUILTIN") {
+                " (libnvrtc-builtins.so.13.* must be beside libnvrtc.so.13 or on LD_LIBRARY_PATH)"
+            } else {
+                ""
+            },
             log.to_string_lossy().trim_end()
         )),
         other => fail(format!("compiling {name} for {arch} failed: {other}")),
@@ -93,6 +99,50 @@ pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<String> {
     // The image is NUL-terminated C text; PTX is ASCII.
     let text = bytes.split(|&b| b == 0).next().unwrap_or(&[]);
     Ok(String::from_utf8_lossy(text).into_owned())
+}
+
+/// Compiles one CUDA C source file to machine code (a cubin) for the real architecture
+/// `arch` (e.g. `"sm_90"`), with the same options as [`compile_ptx`]. Used when the driver
+/// refuses the PTX of a newer NVRTC; the errors are those of [`compile_ptx`].
+pub fn compile_cubin(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::CString;
+    let fail = |msg: String| Error::Cuda { op: "nvrtc", msg };
+    if !arch.starts_with("sm_") {
+        return Err(fail(format!("machine code needs a real architecture (sm_XY), not {arch}")));
+    }
+    let (Ok(src), Ok(cname)) = (CString::new(source), CString::new(name)) else {
+        return Err(fail(format!("{name}: the source or name contains a NUL byte")));
+    };
+    if !is_available() {
+        return Err(unavailable());
+    }
+    let prog = result::create_program(&src, Some(&cname)).map_err(|e| fail(format!("{name}: {e}")))?;
+    let options = [format!("--gpu-architecture={arch}")];
+    // SAFETY: `prog` was created above and is destroyed once, at the end; `src` and `cname`
+    // outlive it; the CUBIN buffer has the size NVRTC reports.
+    let out = unsafe {
+        match result::compile_program(prog, &options) {
+            Err(e) => {
+                let log = result::get_program_log(prog).unwrap_or_default();
+                let log: Vec<u8> = log.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                Err(fail(format!("compiling {name} for {arch} failed ({e}):\n{}", String::from_utf8_lossy(&log).trim_end())))
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                match sys::nvrtcGetCUBINSize(prog, &mut size).result() {
+                    Err(e) => Err(fail(format!("{name}: no machine code for {arch} ({e})"))),
+                    Ok(()) => {
+                        let mut bin = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast()).result().map(|()| bin).map_err(|e| fail(format!("{name}: {e}")))
+                    }
+                }
+            }
+        }
+    };
+    // SAFETY: created above, not destroyed before.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
 }
 
 #[cfg(test)]
@@ -116,5 +166,17 @@ mod tests {
                 assert!(msg.contains("libnvrtc.so") && msg.contains("LD_LIBRARY_PATH"), "{msg}");
             }
         }
+    }
+
+    /// With NVRTC, a kernel compiles to an ELF cubin for sm_90 (the fallback when a driver
+    /// refuses newer PTX); a virtual architecture is refused. Without NVRTC: the clear error.
+    #[test]
+    fn cubin_for_a_real_architecture() {
+        let src = "extern \"C\" __global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }";
+        match compile_cubin("k.cu", src, "sm_90") {
+            Ok(bin) => assert!(bin.len() > 64 && bin.starts_with(b"\x7fELF"), "{} bytes, not ELF", bin.len()),
+            Err(e) => assert!(!is_available() && e.to_string().contains("libnvrtc.so"), "{e}"),
+        }
+        assert!(compile_cubin("k.cu", src, "compute_90").is_err());
     }
 }

@@ -264,12 +264,18 @@ impl Tensor {
         Ok(self.to_f64_vec()[0])
     }
 
-    /// The same elements converted to `dtype`.
+    /// The same elements converted to `dtype`, on the same device (through the host: for
+    /// tests and set-up; the differentiable conversion on the GPU is `ops::cast`). Panics
+    /// only if a copy to the GPU fails, as `Clone` does.
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
-        Tensor { layout: self.layout, ..Tensor::from_f64_values(&self.shape, dtype, self.to_f64_vec()) }
+        let host = Tensor { layout: self.layout, ..Tensor::from_f64_values(&self.shape, dtype, self.to_f64_vec()) };
+        match self.device() {
+            Device::Cpu => host,
+            d => host.to_device(&d).unwrap_or_else(|e| panic!("copying a converted tensor back to {d}: {e}")),
+        }
     }
 
     /// The same elements under another shape with the same element count.
@@ -362,7 +368,7 @@ fn launch_accumulate_bf16(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&mut av).arg(&bv).arg(&n);
     // SAFETY: accumulate_bf16(bf16* a, const bf16* b, unsigned n); both hold n bf16 (checked by the caller).
-    unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.map_err(crate::cuda::driver_err("accumulate_bf16"))?;
+    unsafe { launch.launch(LaunchConfig::for_num_elems(n.max(1))) }.map_err(crate::cuda::driver_err("accumulate_bf16"))?;
     Ok(())
 }
 
@@ -387,7 +393,7 @@ fn launch_accumulate<T: Float + cudarc::driver::DeviceRepr>(a: &mut CudaBuffer, 
     launch.arg(&mut av).arg(&bv).arg(&n);
     // SAFETY: `accumulate(T* a, const T* b, unsigned int n)` reads and writes n elements of
     // buffers that both hold n of type T (shapes and dtypes checked by the caller and `view`).
-    unsafe { launch.launch(LaunchConfig::for_num_elems(n)) }.map_err(crate::cuda::driver_err(kernel))?;
+    unsafe { launch.launch(LaunchConfig::for_num_elems(n.max(1))) }.map_err(crate::cuda::driver_err(kernel))?;
     Ok(())
 }
 

@@ -56,7 +56,10 @@ fn the_pool_reuses_freed_blocks_and_the_architecture_is_known() {
     drop(std::mem::replace(&mut again, d.alloc_zeros(1 << 20).unwrap()));
     assert_eq!(d.driver_allocations(), before + 2, "two live blocks need two allocations");
     drop(again);
+    // The pool hands out the last block given back: make that one dirty, then ask for zeros.
+    drop(d.upload_elems(&vec![7.0f32; 1 << 20]).unwrap());
     let z = d.alloc_zeros(1 << 20).unwrap();
+    assert_eq!(d.driver_allocations(), before + 2, "the dirty block was reused");
     assert!(z.to_host_f32().unwrap().iter().all(|&v| v == 0.0), "a reused block is cleared by alloc_zeros");
     // A different size is a new block.
     let _other = d.alloc(1000).unwrap();

@@ -35,14 +35,41 @@ pub fn eval_batch(split: &Split, start: usize, end: usize, norm: Normalization) 
     Ok((Tensor::new(&[end - start, 3, 32, 32], x)?, labels))
 }
 
-/// Number of rows of `logits` `[N, K]` whose largest entry is at the label, and the argmax of each row.
+/// Number of rows of `logits` `[N, K]` whose largest entry is at the label, and the argmax of
+/// each row: the first maximum on ties, and a NaN never wins (as `count_correct` of
+/// `ptx/reduce.cu` decides, so host and device counts agree).
 pub fn count_correct(logits: &Tensor, labels: &[u32]) -> (usize, Vec<u32>) {
     let k = logits.shape()[1];
     let v = logits.to_f64_vec();
-    let preds: Vec<u32> = v
-        .chunks_exact(k)
-        .map(|row| row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as u32).unwrap_or(0))
-        .collect();
+    let preds: Vec<u32> = v.chunks_exact(k).map(argmax_first).collect();
     let correct = preds.iter().zip(labels).filter(|(p, l)| p == l).count();
     (correct, preds)
+}
+
+/// The index of the first largest entry of `row` (entries compared with `>`, so a NaN never
+/// replaces the best so far); 0 for an empty row.
+fn argmax_first(row: &[f64]) -> u32 {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate().skip(1) {
+        if v > row[best] {
+            best = j;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ties go to the first maximum and NaN never wins, as on the device.
+    #[test]
+    fn argmax_takes_the_first_maximum_and_skips_nan() {
+        assert_eq!(argmax_first(&[0.5, 2.0, 2.0, -1.0]), 1);
+        assert_eq!(argmax_first(&[3.0, 3.0]), 0);
+        assert_eq!(argmax_first(&[1.0, f64::NAN, 4.0, 4.0]), 2);
+        assert_eq!(argmax_first(&[f64::NAN, 9.0]), 0);
+        let logits = Tensor::new(&[2, 3], vec![1.0f32, 1.0, 0.0, 0.0, 2.0, 2.0]).unwrap();
+        assert_eq!(count_correct(&logits, &[0, 2]), (1, vec![0, 1]));
+    }
 }

@@ -295,13 +295,21 @@ const SPATIAL: cudarc::cudnn::sys::cudnnBatchNormMode_t = cudarc::cudnn::sys::cu
 /// Whether a cuDNN failure on bf16 data is cuDNN declining the type (then the op runs in
 /// f32 between two casts instead; said once on stderr).
 fn declined_bf16(x: &Tensor, e: &Error) -> bool {
-    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let declined = x.dtype() == DType::BF16
         && matches!(e, Error::Cuda { msg, .. } if msg.contains("NOT_SUPPORTED") || msg.contains("BAD_PARAM"));
-    if declined && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+    if declined && !BF16_DECLINED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         eprintln!("note: this cuDNN's batch norm does not take bf16 data ({e}); batch norm runs in f32 between casts");
     }
     declined
+}
+
+/// Set once cuDNN has declined bf16 batch norm: later calls go straight to f32 between casts
+/// (no failing call first, which a CUDA graph capture would also record).
+static BF16_DECLINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `x` is bf16 and cuDNN is known to decline it.
+fn known_declined(x: &Tensor) -> bool {
+    x.dtype() == DType::BF16 && BF16_DECLINED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn to_f32(t: &Tensor) -> Result<Tensor> {
@@ -313,7 +321,8 @@ fn to_bf16(t: &Tensor) -> Result<Tensor> {
 }
 
 fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<TrainOut> {
-    match train_forward_cudnn(x, gamma, beta, running, cfg) {
+    let first = if known_declined(x) { Err(Error::Cuda { op: "batch_norm", msg: "NOT_SUPPORTED (known)".into() }) } else { train_forward_cudnn(x, gamma, beta, running, cfg) };
+    match first {
         Err(e) if declined_bf16(x, &e) => {
             let out = train_forward_cudnn(&to_f32(x)?, gamma, beta, running, cfg)?;
             Ok(TrainOut { y: to_bf16(&out.y)?, ..out })
@@ -323,7 +332,8 @@ fn train_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut R
 }
 
 fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
-    match eval_forward_cudnn(x, gamma, beta, running, cfg) {
+    let first = if known_declined(x) { Err(Error::Cuda { op: "batch_norm", msg: "NOT_SUPPORTED (known)".into() }) } else { eval_forward_cudnn(x, gamma, beta, running, cfg) };
+    match first {
         Err(e) if declined_bf16(x, &e) => to_bf16(&eval_forward_cudnn(&to_f32(x)?, gamma, beta, running, cfg)?),
         r => r,
     }
@@ -387,7 +397,8 @@ fn eval_forward_cudnn(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &Runni
 
 impl BatchNormRecord {
     fn backward_cuda(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        match self.backward_cudnn(x, gamma, dy) {
+        let first = if known_declined(x) { Err(Error::Cuda { op: "batch_norm", msg: "NOT_SUPPORTED (known)".into() }) } else { self.backward_cudnn(x, gamma, dy) };
+        match first {
             Err(e) if declined_bf16(x, &e) => {
                 let (dx, dgamma, dbeta) = self.backward_cudnn(&to_f32(x)?, gamma, &to_f32(dy)?)?;
                 Ok((to_bf16(&dx)?, dgamma, dbeta))

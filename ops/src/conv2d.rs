@@ -261,7 +261,7 @@ impl CudnnConv {
         let conv = cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?;
         let y = cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?;
         let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
-        let plan = dev.conv_plan(key, || find(dev, &x, &w, &conv, &y))?;
+        let plan = dev.conv_plan(key, || find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32))?;
         Ok(CudnnConv { x, w, conv, y, plan })
     }
 }
@@ -275,38 +275,44 @@ fn find(
     w: &cudnn::FilterDesc,
     conv: &cudnn::ConvDesc,
     y: &cudnn::TensorDesc,
+    tensor_cores: bool,
 ) -> Result<cudnn::ConvPlan> {
     use cudarc::cudnn::sys;
     let h = dev.cudnn()?;
     let (hr, x, w, c, y) = (h.raw(), x.raw(), w.raw(), conv.raw(), y.raw());
     let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+    // With TF32 forbidden for f32 data, only plain FMA math is acceptable.
+    let math_ok = |m: sys::cudnnMathType_t| tensor_cores || m == sys::cudnnMathType_t::CUDNN_FMA_MATH;
     // SAFETY (all six calls): valid handle and descriptors; cuDNN writes at most `n` results
     // into `out` and their number into `count`.
     let f = choose::<sys::cudnnConvolutionFwdAlgoPerf_t>(
         "forward",
         |n, count, out| unsafe { sys::cudnnFindConvolutionForwardAlgorithm(hr, x, w, c, y, n, count, out) },
         |n, count, out| unsafe { sys::cudnnGetConvolutionForwardAlgorithm_v7(hr, x, w, c, y, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType),
     )?;
     let b = choose::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(
         "backward data",
         |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardDataAlgorithm(hr, w, y, c, x, n, count, out) },
         |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(hr, w, y, c, x, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType),
     )?;
     let bf = choose::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(
         "backward filter",
         |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardFilterAlgorithm(hr, x, y, c, w, n, count, out) },
         |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hr, x, y, c, w, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE,
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType),
     )?;
     Ok(cudnn::ConvPlan {
         fwd: f.algo,
         fwd_bytes: f.memory,
+        fwd_math: f.mathType,
         bwd_data: b.algo,
         bwd_data_bytes: b.memory,
+        bwd_data_math: b.mathType,
         bwd_filter: bf.algo,
         bwd_filter_bytes: bf.memory,
+        bwd_filter_math: bf.mathType,
     })
 }
 
@@ -360,6 +366,7 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     let c = CudnnConv::new(&dev, &d, dt, x.layout())?;
     let mut y = dev.alloc_dtype(d.n * d.o * d.ohw(), dt)?;
     let st = dev.stream().clone();
+    c.conv.set_math(c.plan.fwd_math)?;
     dev.with_workspace(c.plan.fwd_bytes, |ws| {
         let h = dev.cudnn()?;
         // SAFETY: x, w and y hold the [N,C,H,W], [O,C,KH,KW] and [N,O,OH,OW] f32 elements their
@@ -390,6 +397,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
     let (wb, dyb) = (w.cuda_buffer()?, dy.cuda_buffer()?);
     let dx = if need_dx {
         let mut dx = dev.alloc_dtype(x.numel(), dt)?;
+        c.conv.set_math(c.plan.bwd_data_math)?;
         dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
             let h = dev.cudnn()?;
             // SAFETY: as in forward_cuda; dx has x's shape, dy has y's.
@@ -408,6 +416,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
         None
     };
     let mut dw = dev.alloc_dtype(w.numel(), dt)?;
+    c.conv.set_math(c.plan.bwd_filter_math)?;
     dev.with_workspace(c.plan.bwd_filter_bytes, |ws| {
         let h = dev.cudnn()?;
         // SAFETY: as in forward_cuda; dw has w's shape.

@@ -65,7 +65,7 @@ impl DeviceLabels {
 pub fn softmax_cross_entropy_on_device(g: &mut Graph<'_>, logits: Var, labels: DeviceLabels, label_smoothing: f64) -> Result<Var> {
     let z = g.value(logits);
     z.expect_rank("softmax_cross_entropy", 2, "logits [N, K]")?;
-    if labels.len() != z.shape()[0] || !(0.0..=1.0).contains(&label_smoothing) {
+    if labels.len() != z.shape()[0] || z.numel() == 0 || !(0.0..=1.0).contains(&label_smoothing) {
         return Err(Error::shape("softmax_cross_entropy", format!("{} labels for logits {:?} (smoothing {label_smoothing})", labels.len(), z.shape())));
     }
     let loss = forward_cuda(z, &labels, label_smoothing)?;
