@@ -19,6 +19,9 @@
 // in f32, left to right, one rounding per operation, with (1 - dampening) computed
 // in f32. Hyper-parameters are f32 here; the caller converts its f64 settings.
 //
+// With lr_ptr not null, the LR is *lr_ptr instead of lr: a training step captured as a
+// CUDA graph reads each replay's LR from device memory (see graph_step.cu).
+//
 // When momentum == 0 the buffer is neither read nor written (buf may be null), as
 // in PyTorch, which keeps no momentum buffer then.
 
@@ -36,6 +39,7 @@ extern "C" __global__ void sgd_update_multi(
     const SgdTable table,
     unsigned int count,       // tensors in the table (= gridDim.y)
     float lr,
+    const float* lr_ptr,      // null, or where this step's LR is
     float momentum,
     float dampening,
     float wd,                 // weight decay
@@ -51,6 +55,9 @@ extern "C" __global__ void sgd_update_multi(
     const unsigned int n = table.n[t];
     const int first_step = table.first_step[t];
     const float keep = __fsub_rn(1.0f, dampening);
+    if (lr_ptr != 0) {
+        lr = *lr_ptr;
+    }
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          i < (unsigned long long)n; i += (unsigned long long)blockDim.x * gridDim.x) {
         const float pi = p[i];

@@ -176,6 +176,7 @@ fn a_short_run_learns_on_the_gpu() {
         name: Some("g".into()),
         resume: false,
         progress: false,
+        cuda_graph: false,
     };
     let acc = run_training(&ds, &dev, opts).unwrap();
     let rows = read_metrics(&runs.join("g/metrics.csv")).unwrap();
@@ -252,7 +253,7 @@ fn a_short_bf16_run_learns_on_the_gpu() {
     let runs = std::env::temp_dir().join(format!("train-gpu-bf16-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&runs);
     let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, ..TrainConfig::default() };
-    let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false };
+    let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false, cuda_graph: false };
     let acc = run_training(&ds, &dev, opts).unwrap();
     let rows = read_metrics(&runs.join("b/metrics.csv")).unwrap();
     eprintln!("{rows:#?}");
@@ -278,4 +279,61 @@ fn device_side_evaluation_equals_the_host_side_one() {
     assert_eq!(a.correct, b.correct);
     assert!((a.loss - b.loss).abs() <= 1e-6 * b.loss.abs(), "{} vs {}", a.loss, b.loss);
     assert!(a.misclassified.is_empty() && b.misclassified.len() == b.total - b.correct);
+}
+
+/// Two epochs of 5 full batches and a partial one, trained eagerly and with the step
+/// captured as a CUDA graph (`--cuda-graph`) from the same weights, on the same device (so
+/// both use the same convolution algorithms): the graph run replays the step 8 times
+/// (epoch 1: batches 3-5 after two warm-up steps; epoch 2: batches 1-5), makes no driver
+/// allocation in its second epoch, and ends with the same statistics and parameters.
+///
+/// Tolerance 1e-4 relative to each parameter's largest value: the kernels and their
+/// arguments are the same, so only cuDNN algorithms that sum with atomics (in any order)
+/// can make the runs differ, by a few f32 roundings per step. A wrong LR, batch or
+/// counter in the replay (e.g. a replay training on the captured batch again, or at the
+/// captured LR) changes parameters by 1e-2 or more.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_steps_match_eager_steps() {
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let cfg = TrainConfig { epochs: 2, subset: Some(5 * 512 + 100), width: 0.5, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
+    let spe = cfg.steps_per_epoch(&ds.train);
+    assert_eq!(spe, 6);
+    let mut runs = Vec::new();
+    for graph in [false, true] {
+        let mut net = ResNet9::new(cfg.width, 1.0, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5)).unwrap();
+        net.to_device(&dev).unwrap();
+        let mut state = SgdState::default();
+        let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
+        let mut sg = graph.then(|| model::graph::StepGraph::new(&d, cfg.batch_size, spe).unwrap());
+        let mut stats = Vec::new();
+        let mut allocs = Vec::new();
+        for epoch in 0..cfg.epochs {
+            let s = train::train_epoch(&mut net, &mut state, &ds.train, &mut p, norm, &cfg, epoch, sg.as_mut(), |_, _, _, _| {}).unwrap();
+            d.synchronize().unwrap();
+            allocs.push(d.driver_allocations());
+            stats.push((s.loss, s.accuracy));
+        }
+        if let Some(sg) = &sg {
+            assert_eq!(sg.failure(), None, "the capture failed");
+            assert_eq!(sg.replays(), 3 + 5, "launches of the captured step");
+            eprintln!("graph: {} MiB reserved; driver allocations after each epoch {allocs:?}", sg.reserved_bytes() >> 20);
+            assert_eq!(allocs[0], allocs[1], "the second epoch allocated from the driver");
+        }
+        assert!(net.bn.iter().all(|s| s.num_batches_tracked == (cfg.epochs * spe) as u64), "num_batches_tracked");
+        eprintln!("graph {graph}: {stats:?}");
+        runs.push((stats, net));
+    }
+    let ((eager_stats, eager), (graph_stats, graphed)) = (&runs[0], &runs[1]);
+    for ((la, aa), (lb, ab)) in eager_stats.iter().zip(graph_stats) {
+        assert!((la - lb).abs() <= 1e-4 * la.abs(), "epoch loss {la} vs {lb}");
+        assert!((aa - ab).abs() <= 0.2, "epoch accuracy {aa} vs {ab}");
+    }
+    for (i, (a, b)) in eager.params.iter().zip(&graphed.params).enumerate() {
+        close(&format!("parameter {} ({})", i, eager.arch.param_names[i]), b, a, 1e-4);
+    }
 }

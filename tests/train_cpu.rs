@@ -46,6 +46,7 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
         name: Some("t".into()),
         resume: false,
         progress: false,
+        cuda_graph: false,
     };
     let acc = run_training(&ds, &engine::Device::Cpu, opts.clone()).unwrap();
     let dir = runs.join("t");

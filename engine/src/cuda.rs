@@ -17,13 +17,25 @@
 //! called ([`CudaDevice::driver_allocations`] proves it). Reuse is safe without
 //! events because there is one stream: work queued by the block's next owner runs
 //! after all work queued by its previous owner.
+//!
+//! ## CUDA graphs
+//!
+//! [`CudaDevice::begin_capture`] and [`CudaDevice::end_capture`] record the work queued
+//! in between as a [`DeviceGraph`], replayed by one launch. A replay reuses the device
+//! addresses of the capture, so the graph must own its memory: every block handed out
+//! during the capture (and given back to the pool before it ended) is taken out of the
+//! pool and kept by the graph until it is dropped. A capture must not need new memory
+//! (a pool miss, a larger workspace or more ones is an error): run the same work once
+//! before capturing it. Blocks that a graph may read (the workspace, the ones) are
+//! never freed while a graph exists.
 
 use crate::cudnn::CudnnHandle;
 use crate::{DType, Error, Float, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A CUDA GPU: its context, the one stream all work is queued on, library handles,
@@ -62,6 +74,20 @@ pub struct CudaDevice {
     /// `max_memory_reserved`; includes the dataset, the workspace and the pool's free blocks).
     held: AtomicU64,
     peak_held: AtomicU64,
+    /// While a graph capture runs: the blocks handed out so far (see [`CudaDevice::begin_capture`]).
+    capture: Mutex<Option<CaptureLog>>,
+    /// Number of [`DeviceGraph`]s alive.
+    graphs_alive: AtomicUsize,
+    /// Workspaces and blocks of ones replaced while a graph existed (it may read them).
+    retired: Mutex<Vec<CudaSlice<u8>>>,
+}
+
+/// What a running capture has handed out, and why it cannot succeed (if it cannot).
+#[derive(Default)]
+struct CaptureLog {
+    /// Device addresses of the blocks handed out during the capture.
+    blocks: HashSet<u64>,
+    failure: Option<String>,
 }
 
 impl fmt::Debug for CudaDevice {
@@ -292,6 +318,9 @@ impl CudaDevice {
             peak_in_use: AtomicU64::new(0),
             held: AtomicU64::new(0),
             peak_held: AtomicU64::new(0),
+            capture: Mutex::new(None),
+            graphs_alive: AtomicUsize::new(0),
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -351,6 +380,8 @@ impl CudaDevice {
         if let Some(p) = plans.get(&key) {
             return Ok(*p);
         }
+        // The search runs and times kernels: impossible while a capture only records them.
+        self.refuse_while_capturing("a cuDNN algorithm search for a new convolution shape")?;
         let p = choose()?;
         plans.insert(key, p);
         Ok(p)
@@ -367,12 +398,22 @@ impl CudaDevice {
         let mut ws = self.workspace.lock().map_err(|_| Error::Invalid("workspace lock poisoned".into()))?;
         let need = bytes.max(1);
         if ws.as_ref().is_none_or(|w| w.len() < need) {
+            self.refuse_while_capturing(&format!("a cuDNN workspace of {need} bytes"))?;
             self.driver_allocations.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: a workspace is scratch memory that cuDNN writes before it reads.
             if let Some(old) = ws.take() {
-                self.held.fetch_sub(old.len() as u64, Ordering::Relaxed);
+                self.retire_or_free(old);
             }
-            let fresh = unsafe { self.stream.alloc::<u8>(need) }.map_err(|e| self.oom("workspace", need, e))?;
+            // SAFETY: a workspace is scratch memory that cuDNN writes before it reads.
+            let fresh = match unsafe { self.stream.alloc::<u8>(need) } {
+                Ok(w) => w,
+                Err(_) => {
+                    // As for tensors: give the pool's free blocks back and try once more.
+                    self.release_cached();
+                    self.synchronize()?;
+                    // SAFETY: as above.
+                    unsafe { self.stream.alloc::<u8>(need) }.map_err(|e| self.oom("workspace", need, e))?
+                }
+            };
             self.add_held(need);
             *ws = Some(fresh);
         }
@@ -431,15 +472,22 @@ impl CudaDevice {
 
     /// A buffer of `n` elements of `dtype`, contents unspecified (see [`CudaDevice::alloc`]).
     pub fn alloc_dtype(self: &Arc<Self>, n: usize, dtype: DType) -> Result<CudaBuffer> {
-        let bytes = n * dtype_size(dtype);
+        // At least one byte: the driver's answer to a zero-byte request is not a usable block.
+        let bytes = (n * dtype_size(dtype)).max(1);
         let reused = self.pool.lock().ok().and_then(|mut p| p.get_mut(&bytes).and_then(|v| v.pop()));
         let block = match reused {
             Some(s) => {
                 self.pool_hits.fetch_add(1, Ordering::Relaxed);
                 s
             }
-            None => self.driver_alloc(bytes)?,
+            None => {
+                self.refuse_while_capturing(&format!("a new block of {bytes} bytes"))?;
+                self.driver_alloc(bytes)?
+            }
         };
+        if let Some(log) = self.capture.lock().ok().as_deref_mut().and_then(Option::as_mut) {
+            log.blocks.insert(address(&block, &self.stream));
+        }
         let now = self.in_use.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
         self.peak_in_use.fetch_max(now, Ordering::Relaxed);
         Ok(CudaBuffer { bytes: Some(block), dtype, len: n, dev: self.clone() })
@@ -460,6 +508,7 @@ impl CudaDevice {
 
     /// A pooled buffer holding a copy of `values` (f32 or f64).
     pub fn upload_elems<T: Float + DeviceRepr>(self: &Arc<Self>, values: &[T]) -> Result<CudaBuffer> {
+        self.refuse_while_capturing("an upload from the host")?;
         let mut b = self.alloc_dtype(values.len(), T::DTYPE)?;
         let name = self.name.clone();
         self.stream.memcpy_htod(values, &mut b.view_mut::<T>()?).map_err(|e| Error::Cuda {
@@ -476,6 +525,10 @@ impl CudaDevice {
         let bytes = n * dtype_size(dtype);
         let mut cache = self.ones.lock().map_err(|_| Error::Invalid("ones cache poisoned".into()))?;
         if cache.get(&dtype).is_none_or(|b| b.len() < bytes) {
+            self.refuse_while_capturing(&format!("a block of {n} ones"))?;
+            if let Some(old) = cache.remove(&dtype) {
+                self.retire_or_free(old);
+            }
             let host: Vec<u8> = match dtype {
                 DType::F32 => (0..n).flat_map(|_| 1.0f32.to_le_bytes()).collect(),
                 DType::F64 => (0..n).flat_map(|_| 1.0f64.to_le_bytes()).collect(),
@@ -492,6 +545,7 @@ impl CudaDevice {
 
     /// A pooled bf16 buffer holding the bit patterns `bits`.
     pub fn upload_bf16_bits(self: &Arc<Self>, bits: &[u16]) -> Result<CudaBuffer> {
+        self.refuse_while_capturing("an upload from the host")?;
         let mut b = self.alloc_dtype(bits.len(), DType::BF16)?;
         let name = self.name.clone();
         self.stream.memcpy_htod(bits, &mut b.view_bf16_mut()?).map_err(|e| Error::Cuda {
@@ -504,6 +558,7 @@ impl CudaDevice {
     /// Copy host values of any type to a new device buffer outside the pool (for data
     /// uploaded once: the dataset, per-epoch indices and labels).
     pub fn upload<T: DeviceRepr>(&self, values: &[T]) -> Result<CudaSlice<T>> {
+        self.refuse_while_capturing("an upload from the host")?;
         self.driver_allocations.fetch_add(1, Ordering::Relaxed);
         self.stream.clone_htod(values).map_err(|e| Error::Cuda {
             op: "upload",
@@ -512,9 +567,23 @@ impl CudaDevice {
         })
     }
 
+    /// Overwrite a device buffer with host values (same length), keeping its address (buffers
+    /// that a captured graph reads, e.g. an epoch's indices, are refilled this way).
+    pub fn write<T: DeviceRepr>(&self, values: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
+        self.refuse_while_capturing("an upload from the host")?;
+        if values.len() != dst.len() {
+            return Err(Error::Invalid(format!("writing {} values into a device buffer of {}", values.len(), dst.len())));
+        }
+        self.stream.memcpy_htod(values, dst).map_err(|e| Error::Cuda {
+            op: "upload",
+            msg: format!("copying {} bytes to {}: {e}", std::mem::size_of_val(values), self.name),
+        })
+    }
+
     /// Copy several host byte slices back to back into one new device buffer (e.g. the
     /// memory-mapped files of a dataset split, without a host copy of their concatenation).
     pub fn upload_concat(&self, parts: &[&[u8]]) -> Result<CudaSlice<u8>> {
+        self.refuse_while_capturing("an upload from the host")?;
         let total: usize = parts.iter().map(|p| p.len()).sum();
         self.driver_allocations.fetch_add(1, Ordering::Relaxed);
         // SAFETY: every byte is written by the copies below before anything reads it.
@@ -534,16 +603,19 @@ impl CudaDevice {
 
     /// Copy a device buffer back to the host (waits for the stream's work on it).
     pub fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.refuse_while_capturing("a copy to the host")?;
         self.stream.clone_dtoh(buf).map_err(driver_err("download"))
     }
 
     /// Copy a view of device memory back to the host (waits for the stream's work on it).
     pub fn download_view<T: DeviceRepr>(&self, view: &CudaView<'_, T>) -> Result<Vec<T>> {
+        self.refuse_while_capturing("a copy to the host")?;
         self.stream.clone_dtoh(view).map_err(driver_err("download"))
     }
 
     /// Wait until all work queued on the stream has finished.
     pub fn synchronize(&self) -> Result<()> {
+        self.refuse_while_capturing("waiting for the GPU")?;
         self.stream.synchronize().map_err(driver_err("synchronize"))
     }
 
@@ -560,17 +632,40 @@ impl CudaDevice {
             match modules.get(file) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = crate::nvrtc::compile_ptx(file, source, &self.arch)?;
-                    let m = self
-                        .ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                        .map_err(|e| Error::Cuda { op: "load module", msg: format!("{file}: {e}") })?;
+                    let m = self.load_module(file, source)?;
                     modules.insert(file.to_string(), m.clone());
                     m
                 }
             }
         };
         module.load_function(name).map_err(|e| Error::Cuda { op: "load function", msg: format!("{file}: {name}: {e}") })
+    }
+
+    /// Compile `source` to PTX and load it. If the driver refuses the PTX (an NVRTC newer
+    /// than the driver writes a PTX version it cannot read), load machine code for this
+    /// architecture instead; if that fails too, the error gives both reasons and both versions.
+    fn load_module(&self, file: &str, source: &str) -> Result<Arc<CudaModule>> {
+        let ptx = crate::nvrtc::compile_ptx(file, source, &self.arch)?;
+        let ptx_err = match self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)) {
+            Ok(m) => return Ok(m),
+            Err(e) => e,
+        };
+        let cubin = crate::nvrtc::compile_cubin(file, source, &self.arch)?;
+        self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)).map_err(|e| {
+            let nvrtc = crate::nvrtc::version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|_| "?".into());
+            let mut driver = 0;
+            // SAFETY: cuDriverGetVersion writes one int (the driver is loaded: a context exists).
+            let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+            Error::Cuda {
+                op: "load module",
+                msg: format!(
+                    "{file}: the driver (CUDA {}.{}) refused the PTX of NVRTC {nvrtc} ({ptx_err}) and its machine code for {} ({e})",
+                    driver / 1000,
+                    (driver % 1000) / 10,
+                    self.arch
+                ),
+            }
+        })
     }
 
     /// A new block from the driver. On failure the pool's free blocks are released and
@@ -619,8 +714,146 @@ impl CudaDevice {
     /// Return a block to the free list of its size.
     fn recycle(&self, block: CudaSlice<u8>) {
         self.in_use.fetch_sub(block.len() as u64, Ordering::Relaxed);
-        if let Ok(mut p) = self.pool.lock() {
-            p.entry(block.len()).or_default().push(block);
+        match self.pool.lock() {
+            Ok(mut p) => p.entry(block.len()).or_default().push(block),
+            // A poisoned pool: the block is freed instead.
+            Err(_) => {
+                self.held.fetch_sub(block.len() as u64, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// An error (and a failed capture) if a graph capture is running: `what` would need new
+    /// device memory, which a replay could not have.
+    fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        let mut log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?;
+        match log.as_mut() {
+            None => Ok(()),
+            Some(log) => {
+                let msg = format!("{what} was needed while capturing a CUDA graph (run the same work once before capturing it)");
+                log.failure.get_or_insert_with(|| msg.clone());
+                Err(Error::Cuda { op: "graph capture", msg })
+            }
+        }
+    }
+
+    /// Free `block` (a replaced workspace or block of ones), or keep it for good if a graph
+    /// exists or is being captured (its replays may read it).
+    fn retire_or_free(&self, block: CudaSlice<u8>) {
+        let capturing = self.capture.lock().map(|l| l.is_some()).unwrap_or(true);
+        let keep = self.graphs_alive.load(Ordering::Relaxed) > 0 || capturing;
+        match self.retired.lock() {
+            Ok(mut r) if keep => r.push(block),
+            _ => {
+                self.held.fetch_sub(block.len() as u64, Ordering::Relaxed);
+                drop(block);
+            }
+        }
+    }
+
+    /// Start recording the work queued on the stream into a graph (nothing runs until the
+    /// graph is launched). Relaxed mode: other threads' calls are not checked.
+    pub fn begin_capture(&self) -> Result<()> {
+        let mut log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?;
+        if log.is_some() {
+            return Err(Error::Invalid("a graph capture is already running on this device".into()));
+        }
+        self.stream
+            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(driver_err("begin graph capture"))?;
+        *log = Some(CaptureLog::default());
+        Ok(())
+    }
+
+    /// End the capture begun by [`CudaDevice::begin_capture`] (always: the stream is usable
+    /// again afterwards, whatever happened) and instantiate the graph. Every block handed out
+    /// during the capture must be back in the pool (no tensor made during the capture may
+    /// outlive it): the graph takes them. An error if anything in the capture failed.
+    pub fn end_capture(self: &Arc<Self>) -> Result<DeviceGraph> {
+        let log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?.take();
+        let log = log.ok_or_else(|| Error::Invalid("end_capture without begin_capture".into()))?;
+        let graph = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        if let Some(why) = log.failure {
+            return Err(Error::Cuda { op: "graph capture", msg: why });
+        }
+        let graph = graph
+            .map_err(driver_err("end graph capture"))?
+            .ok_or_else(|| Error::Cuda { op: "graph capture", msg: "nothing was captured".into() })?;
+        let mut blocks = Vec::new();
+        {
+            let mut pool = self.pool.lock().map_err(|_| Error::Invalid("memory pool poisoned".into()))?;
+            for list in pool.values_mut() {
+                let mut i = 0;
+                while i < list.len() {
+                    if log.blocks.contains(&address(&list[i], &self.stream)) {
+                        blocks.push(list.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            if blocks.len() != log.blocks.len() {
+                let live = log.blocks.len() - blocks.len();
+                for b in blocks {
+                    pool.entry(b.len()).or_default().push(b);
+                }
+                return Err(Error::Invalid(format!(
+                    "{live} buffers made during the graph capture are still in use after it (a replay would overwrite them)"
+                )));
+            }
+        }
+        graph.upload().map_err(driver_err("upload graph"))?;
+        self.graphs_alive.fetch_add(1, Ordering::Relaxed);
+        Ok(DeviceGraph { graph, blocks, dev: self.clone() })
+    }
+
+    /// Whether a graph capture is running.
+    pub fn is_capturing(&self) -> bool {
+        self.capture.lock().map(|l| l.is_some()).unwrap_or(false)
+    }
+}
+
+/// The device address of a block (for identifying blocks, and for kernels' pointer tables).
+pub fn address<T>(s: &impl cudarc::driver::DevicePtr<T>, stream: &CudaStream) -> u64 {
+    crate::cudnn::ptr(s, stream) as usize as u64
+}
+
+/// Work captured by [`CudaDevice::begin_capture`]/[`CudaDevice::end_capture`], replayed by
+/// [`DeviceGraph::launch`]; it owns the pool blocks its work uses (back to the pool on drop).
+pub struct DeviceGraph {
+    graph: cudarc::driver::CudaGraph,
+    blocks: Vec<CudaSlice<u8>>,
+    dev: Arc<CudaDevice>,
+}
+
+impl DeviceGraph {
+    /// Queue one replay of the captured work on the device's stream.
+    pub fn launch(&self) -> Result<()> {
+        self.graph.launch().map_err(driver_err("launch graph"))
+    }
+
+    /// Bytes of pool blocks reserved for this graph's work.
+    pub fn reserved_bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.len()).sum()
+    }
+}
+
+impl fmt::Debug for DeviceGraph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceGraph({} blocks, {} bytes on {})", self.blocks.len(), self.reserved_bytes(), self.dev.name)
+    }
+}
+
+impl Drop for DeviceGraph {
+    fn drop(&mut self) {
+        // A replay may still be running: let it finish before its blocks can be handed out
+        // (later work is ordered after it anyway) and before the executable graph is destroyed.
+        let _ = self.dev.stream.synchronize();
+        if let Ok(mut pool) = self.dev.pool.lock() {
+            for b in self.blocks.drain(..) {
+                pool.entry(b.len()).or_default().push(b);
+            }
+        }
+        self.dev.graphs_alive.fetch_sub(1, Ordering::Relaxed);
     }
 }

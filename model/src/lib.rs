@@ -4,6 +4,7 @@
 pub mod batches;
 pub mod checkpoint;
 pub mod error;
+pub mod graph;
 pub mod image_grid;
 pub mod lr_find;
 pub mod pipeline;

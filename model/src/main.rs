@@ -145,6 +145,10 @@ struct TrainArgs {
     /// tensor-core convolutions read (like PyTorch's `channels_last`).
     #[arg(long)]
     channels_last: bool,
+    /// Capture the training step as a CUDA graph after two warm-up steps and replay it for
+    /// every full batch (one launch per step; the last, partial batch runs as usual).
+    #[arg(long)]
+    cuda_graph: bool,
 }
 
 impl TrainArgs {
@@ -193,6 +197,7 @@ impl TrainArgs {
             name: self.name.clone(),
             resume: self.resume,
             progress: !self.no_progress,
+            cuda_graph: self.cuda_graph,
         })
     }
 }
@@ -276,7 +281,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let opts = args.options()?;
             let ds = open_data(&args.data)?;
-            model::run::run_profile(&ds, &device, &opts.cfg, warmup, timed)
+            model::run::run_profile(&ds, &device, &opts.cfg, warmup, timed, opts.cuda_graph)
         }
         Command::Ptx { out, arch } => write_ptx(&out, &arch),
         Command::ShowData { data, out, seed } => {

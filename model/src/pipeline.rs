@@ -134,12 +134,44 @@ impl GpuData {
         }
         let labels = labels_of(split, order.iter().map(|&i| i as usize));
         let flat: &[i32] = bytemuck::cast_slice(params);
+        // Refill last epoch's buffers when they fit (a captured training step reads them at
+        // their addresses); new ones otherwise.
+        if let Some(ep) = self.epoch.as_mut().filter(|ep| ep.idx.len() == order.len()) {
+            if let Some(l) = Arc::get_mut(&mut ep.labels) {
+                self.dev.write(order, &mut ep.idx)?;
+                self.dev.write(flat, &mut ep.params)?;
+                self.dev.write(&labels, l)?;
+                return Ok(());
+            }
+        }
         self.epoch = Some(GpuEpoch {
             idx: self.dev.upload(order)?,
             params: self.dev.upload(flat)?,
             labels: Arc::new(self.dev.upload(&labels)?),
         });
         Ok(())
+    }
+
+    /// The current epoch's record indices `[n]`, augmentation values `[5n]` and labels `[n]`
+    /// on the device (what a captured training step stages its batches from).
+    pub fn epoch_arrays(&self) -> Result<(&CudaSlice<u32>, &CudaSlice<i32>, &CudaSlice<u32>)> {
+        let ep = self.epoch.as_ref().ok_or_else(|| crate::Error::Invalid("no epoch begun on the GPU".into()))?;
+        Ok((&ep.idx, &ep.params, &ep.labels))
+    }
+
+    /// The augmented, normalised batch of the records and parameters staged in `staged`
+    /// (the captured step's batch; see `ops::graph_step`), with its device labels.
+    pub fn staged_batch(&mut self, staged: &ops::graph_step::StagedBatch, norm: Normalization) -> Result<(Tensor, DeviceLabels)> {
+        let n = staged.len();
+        let x = ops::augment::augment_batch(
+            &self.dev,
+            &self.train,
+            &staged.idx.slice(0..n),
+            &staged.params.slice(0..5 * n),
+            &mut self.scratch_labels.slice_mut(0..n),
+            norm_of(norm),
+        )?;
+        Ok((x, DeviceLabels::new(staged.labels.clone(), 0, n)?))
     }
 
     fn train_batch(&mut self, split: &Split, order: &[u32], range: Range<usize>, norm: Normalization) -> Result<Batch> {

@@ -14,6 +14,7 @@
 
 use crate::batches::Normalization;
 use crate::checkpoint;
+use crate::graph::StepGraph;
 use crate::image_grid::{GridImage, write_image_grid};
 use crate::lr_find::{self, LrFindConfig};
 use crate::plots::{LinePlot, Series, write_line_plot};
@@ -121,6 +122,8 @@ pub struct RunOptions {
     pub name: Option<String>,
     pub resume: bool,
     pub progress: bool,
+    /// Capture the training step as a CUDA graph and replay it (GPU only; see `graph`).
+    pub cuda_graph: bool,
 }
 
 /// The first `runs_dir/run-N` that does not exist.
@@ -191,8 +194,8 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     };
     model.to_device(device)?;
     cfg.apply_to(&mut model.arch);
-    if (cfg.bf16 || cfg.channels_last) && !device.is_cuda() {
-        return Err(Error::Invalid("--bf16 and --channels-last run on a CUDA GPU only".into()));
+    if (cfg.bf16 || cfg.channels_last || opts.cuda_graph) && !device.is_cuda() {
+        return Err(Error::Invalid("--bf16, --channels-last and --cuda-graph run on a CUDA GPU only".into()));
     }
     for b in state.momentum_buffers.iter_mut().flatten() {
         *b = b.to_device(device)?;
@@ -238,17 +241,24 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         cfg.epochs
     ));
 
+    let mut step_graph = match device {
+        Device::Cuda(d) if opts.cuda_graph => Some(StepGraph::new(d, cfg.batch_size, schedule.steps_per_epoch)?),
+        _ => None,
+    };
     let start_epoch = rows.len();
     let mut last = None;
     for epoch in start_epoch..cfg.epochs {
         let spe = schedule.steps_per_epoch;
         log.line(&format!("EPOCH: {} (LR: {:.6})", epoch + 1, schedule.lr(epoch * spe)));
         let pb = progress_bar(spe, opts.progress);
-        let stats = train::train_epoch(&mut model, &mut state, &ds.train, &mut pipeline, norm, &cfg, epoch, |b, _lr, loss, acc| {
+        let stats = train::train_epoch(&mut model, &mut state, &ds.train, &mut pipeline, norm, &cfg, epoch, step_graph.as_mut(), |b, _lr, loss, acc| {
             pb.set_position(b as u64 + 1);
             pb.set_message(format!("Loss={loss:.4} Accuracy={acc:.2}"));
         });
         pb.finish_and_clear();
+        if let Some(notice) = step_graph.as_mut().and_then(|g| g.take_notice()) {
+            log.line(&notice);
+        }
         let stats = stats.map_err(|e| {
             // The curves of the epochs that finished (best effort: the error is what matters).
             let _ = write_curves(&dir, &rows);
@@ -469,7 +479,10 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
 
 /// The `profile` command: `warmup` training steps, one profiled step (the table of time
 /// per operation), then `timed` steps timed end to end with a synchronisation after each.
-pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usize, timed: usize) -> Result<()> {
+pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usize, timed: usize, cuda_graph: bool) -> Result<()> {
+    if cuda_graph && !device.is_cuda() {
+        return Err(Error::Invalid("--cuda-graph runs on a CUDA GPU only".into()));
+    }
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let norm = Normalization { mean, std };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -480,7 +493,9 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     let mut state = SgdState::default();
     let n = cfg.train_len(&ds.train);
     let bs = cfg.batch_size;
-    let steps = warmup + 1 + timed;
+    // Warm-up, the profiled step, `timed` synchronised steps, `timed` back to back, and with
+    // --cuda-graph the graph's warm-up and capture and `timed` replays.
+    let steps = warmup + 1 + 2 * timed + if cuda_graph { crate::graph::WARMUP_STEPS + 1 + timed } else { 0 };
     if n < steps * bs {
         return Err(Error::Invalid(format!("profiling {steps} steps of {bs} needs {} training images, have {n}", steps * bs)));
     }
@@ -503,7 +518,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     println!("One training step, time per operation ({}):", if device.is_cuda() { "GPU time between CUDA events" } else { "host time" });
     print!("{}", prof.table());
     let mut times = Vec::new();
-    for b in warmup + 1..steps {
+    for b in warmup + 1..warmup + 1 + timed {
         let t = std::time::Instant::now();
         step(&mut model, &mut state, &mut pipeline, b)?;
         device.synchronize()?;
@@ -519,6 +534,43 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             times[times.len() - 1],
             bs as f64 / (times[times.len() / 2] / 1e3)
         );
+        // As in training: the host queues steps without waiting, the GPU runs them back to back.
+        let first = warmup + 1 + timed;
+        let t = std::time::Instant::now();
+        for b in first..first + timed {
+            step(&mut model, &mut state, &mut pipeline, b)?;
+        }
+        device.synchronize()?;
+        println!("{timed} steps queued back to back: {:.2} ms per step", t.elapsed().as_secs_f64() * 1e3 / timed as f64);
+    }
+    if let (Device::Cuda(d), true, false) = (device, cuda_graph, times.is_empty()) {
+        let per_epoch = n / bs;
+        let mut sg = StepGraph::new(d, bs, per_epoch)?;
+        if let Pipeline::Gpu(g) = &pipeline {
+            sg.begin_epoch(g, &vec![lr; per_epoch])?;
+        }
+        let first = warmup + 1 + 2 * timed;
+        let replays = first + crate::graph::WARMUP_STEPS + 1;
+        let mut graph_step = |b: usize, model: &mut ResNet9, state: &mut SgdState, pipeline: &mut Pipeline| {
+            sg.step(b, model, state, &ds.train, pipeline, &order, &params, b * bs..(b + 1) * bs, norm, lr, cfg)
+        };
+        for b in first..replays {
+            graph_step(b, &mut model, &mut state, &mut pipeline)?;
+        }
+        device.synchronize()?;
+        let t = std::time::Instant::now();
+        for b in replays..replays + timed {
+            graph_step(b, &mut model, &mut state, &mut pipeline)?;
+        }
+        device.synchronize()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3 / timed as f64;
+        match sg.failure() {
+            Some(why) => println!("CUDA graph: the capture failed ({why}); {timed} eager steps took {ms:.2} ms each"),
+            None => println!(
+                "{timed} captured steps (CUDA graph) queued back to back: {ms:.2} ms per step; the graph keeps {:.0} MiB",
+                sg.reserved_bytes() as f64 / 1048576.0
+            ),
+        }
     }
     if let Device::Cuda(d) = device {
         println!(

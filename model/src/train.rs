@@ -1,6 +1,7 @@
 //! The training step, the epoch loop and the test-set evaluation.
 
 use crate::batches::{self, Normalization};
+use crate::graph::StepGraph;
 use crate::pipeline::{Batch, Pipeline};
 use crate::resnet::ResNet9;
 use crate::schedule::OneCycle;
@@ -162,7 +163,7 @@ pub struct StepResult {
 /// Forward in training mode (BN batch statistics, running statistics updated), the mean
 /// softmax cross-entropy, and backward: the loss `[1]` and the logits, on the batch's
 /// device, and one gradient per parameter.
-fn forward_backward(
+pub(crate) fn forward_backward(
     model: &mut ResNet9,
     x: engine::Tensor,
     labels: &[u32],
@@ -186,11 +187,11 @@ fn forward_backward(
 
 /// What [`forward_backward`] returns: the loss `[1]` and logits on the batch's device, one
 /// gradient per parameter, and the profiler if one was given.
-struct Step {
-    loss: engine::Tensor,
-    logits: engine::Tensor,
-    grads: Vec<Option<engine::Tensor>>,
-    profiler: Option<engine::profile::Profiler>,
+pub(crate) struct Step {
+    pub(crate) loss: engine::Tensor,
+    pub(crate) logits: engine::Tensor,
+    pub(crate) grads: Vec<Option<engine::Tensor>>,
+    pub(crate) profiler: Option<engine::profile::Profiler>,
 }
 
 /// One SGD step on a batch, reading the loss back: forward in training mode, mean softmax
@@ -295,6 +296,7 @@ pub fn train_epoch(
     norm: Normalization,
     cfg: &TrainConfig,
     epoch: usize,
+    mut graph: Option<&mut StepGraph>,
     mut on_step: impl FnMut(usize, f64, f64, f64),
 ) -> Result<EpochStats> {
     let start = Instant::now();
@@ -305,19 +307,37 @@ pub fn train_epoch(
     let spe = schedule.steps_per_epoch;
     let (mut loss_sum, mut correct, mut seen, mut last_lr) = (0.0, 0usize, 0usize, 0.0);
     pipeline.begin_epoch(split, &order, &params)?;
-    let mut meter = match pipeline {
-        Pipeline::Gpu(g) => Some(DeviceMeter::new(g.device(), spe)?),
-        Pipeline::Host => None,
+    if let (Some(sg), Pipeline::Gpu(g)) = (graph.as_deref_mut(), &*pipeline) {
+        let lrs: Vec<f64> = (0..spe).map(|b| schedule.lr(epoch * spe + b)).collect();
+        sg.begin_epoch(g, &lrs)?;
+    }
+    // On the GPU the statistics stay on the device: in the captured step's meter, or in one
+    // for this epoch.
+    let mut local_meter = match (&*pipeline, &graph) {
+        (Pipeline::Gpu(g), None) => Some(DeviceMeter::new(g.device(), spe)?),
+        _ => None,
     };
     let batch_len = |b: usize| ((b + 1) * cfg.batch_size).min(n) - b * cfg.batch_size;
     let at = |b: usize, e: Error| Error::Training(format!("epoch {}, batch {}: {e}", epoch + 1, b + 1));
     for b in 0..spe {
         let range = b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n);
         let lr = schedule.lr(epoch * spe + b);
-        let batch = pipeline.train_batch(split, &order, &params, range, norm)?;
         last_lr = lr;
-        match &mut meter {
+        let meter = match (graph.as_deref_mut(), local_meter.as_mut()) {
+            (Some(sg), _) => {
+                sg.step(b, model, state, split, pipeline, &order, &params, range.clone(), norm, lr, cfg).map_err(|e| at(b, e))?;
+                Some(&mut sg.meter)
+            }
+            (None, Some(m)) => {
+                let batch = pipeline.train_batch(split, &order, &params, range.clone(), norm)?;
+                train_step_metered(model, state, batch, lr, cfg, m, b).map_err(|e| at(b, e))?;
+                Some(m)
+            }
+            (None, None) => None,
+        };
+        match meter {
             None => {
+                let batch = pipeline.train_batch(split, &order, &params, range, norm)?;
                 let r = train_step(model, state, batch, lr, cfg).map_err(|e| at(b, e))?;
                 loss_sum += r.loss * batch_len(b) as f64;
                 correct += r.correct;
@@ -325,7 +345,6 @@ pub fn train_epoch(
                 on_step(b, lr, loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64);
             }
             Some(m) => {
-                train_step_metered(model, state, batch, lr, cfg, m, b).map_err(|e| at(b, e))?;
                 let last = b + 1 == spe;
                 // Mid-epoch: whatever batches have finished (never waits); at the end: all.
                 let read = if last { Some(m.read(spe)?) } else if (b + 1) % PROGRESS_EVERY == 0 { m.poll()? } else { None };

@@ -2,11 +2,12 @@
 //! compiled to PTX by NVRTC at run time for the device's architecture.
 
 /// (file name, source) of every kernel file in `ptx/`.
-pub const SOURCES: [(&str, &str); 7] = [
+pub const SOURCES: [(&str, &str); 8] = [
     ("augment.cu", include_str!("../../ptx/augment.cu")),
     ("bf16.cu", include_str!("../../ptx/bf16.cu")),
     ("cross_entropy.cu", include_str!("../../ptx/cross_entropy.cu")),
     ("elementwise.cu", include_str!("../../ptx/elementwise.cu")),
+    ("graph_step.cu", include_str!("../../ptx/graph_step.cu")),
     ("layout.cu", include_str!("../../ptx/layout.cu")),
     ("reduce.cu", include_str!("../../ptx/reduce.cu")),
     ("sgd.cu", include_str!("../../ptx/sgd.cu")),

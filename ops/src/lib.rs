@@ -23,6 +23,7 @@ pub mod batch_norm;
 pub mod cast;
 pub mod conv2d;
 pub mod cross_entropy;
+pub mod graph_step;
 pub mod layout;
 pub mod linear;
 pub mod max_pool;

@@ -7,6 +7,11 @@
 //! finds the newest batch whose event has completed and copies the slots up to it on a
 //! second stream that waits for that event only, so the training stream keeps running.
 //!
+//! A step captured as a CUDA graph cannot name its slot `b` (a replay repeats the
+//! captured arguments): [`DeviceMeter::record_at_device_step`] counts into a fixed slot and
+//! files it in slot `*step` on the device (`finish_step` of `ptx/graph_step.cu`), and the
+//! host marks each replay done with [`DeviceMeter::mark_done`].
+//!
 //! Shapes: losses `[steps]` f32, correct `[steps]` u32; per batch, the loss `[1]`, the
 //! logits `[N, K]` and the labels `[N]` on the device.
 //! `correct[b] = #{ r : argmax_k logits[r, k] = labels[r] }` (first maximum on ties), by
@@ -30,6 +35,8 @@ pub struct DeviceMeter {
     reader: Arc<cudarc::driver::CudaStream>,
     /// Batches already returned by `poll`.
     polled: usize,
+    /// The correct count of a graph-captured step, before `finish_step` files it.
+    correct_slot: CudaSlice<u32>,
 }
 
 impl DeviceMeter {
@@ -43,6 +50,7 @@ impl DeviceMeter {
             done: (0..steps).map(|_| None).collect(),
             reader,
             polled: 0,
+            correct_slot: dev.upload(&[0u32])?,
         })
     }
 
@@ -57,29 +65,47 @@ impl DeviceMeter {
         if b >= self.steps() {
             return Err(Error::Invalid(format!("batch {b} of a meter for {} batches", self.steps())));
         }
-        logits.expect_rank("metrics", 2, "logits [N, K]")?;
-        let (n, k) = (logits.shape()[0], logits.shape()[1]);
-        if loss.numel() != 1 || labels.len() != n {
-            return Err(Error::shape("metrics", format!("loss {:?}, logits {:?}, {} labels", loss.shape(), logits.shape(), labels.len())));
-        }
-        let stream = self.dev.stream().clone();
-        stream
+        check(loss, logits, labels)?;
+        self.dev
+            .stream()
             .memcpy_dtod(&loss.cuda_buffer()?.view::<f32>()?, &mut self.losses.slice_mut(b..b + 1))
             .map_err(|e| Error::Cuda { op: "metrics: copy loss", msg: e.to_string() })?;
-        let f = crate::cuda::function(&self.dev, "reduce.cu", "count_correct")?;
-        let (nn, kk, overwrite) = (crate::cuda::count(n)?, crate::cuda::count(k)?, 0i32);
-        let labels = labels.view();
-        let mut out = self.correct.slice_mut(b..b + 1);
-        let lv = logits.cuda_buffer()?.view::<f32>()?;
-        let mut launch = stream.launch_builder(&f);
-        launch.arg(&lv).arg(&labels).arg(&mut out).arg(&nn).arg(&kk).arg(&overwrite);
-        let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: count_correct(logits [n,k], labels [n], out [1], n, k, accumulate), one block as required.
-        unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("count_correct"))?;
+        count_correct(&self.dev, logits, labels, &mut self.correct.slice_mut(b..b + 1))?;
+        self.mark_done(b)
+    }
+
+    /// Queue the recording of the batch whose number is `*step` on the device, then advance
+    /// `*step` (for a step captured as a CUDA graph; see the module's comment). The host calls
+    /// [`DeviceMeter::mark_done`] after each launch of the graph.
+    pub fn record_at_device_step(&mut self, step: &mut CudaSlice<u32>, loss: &Tensor, logits: &Tensor, labels: &DeviceLabels) -> Result<()> {
+        check(loss, logits, labels)?;
+        count_correct(&self.dev, logits, labels, &mut self.correct_slot.slice_mut(0..1))?;
+        let f = crate::cuda::function(&self.dev, "graph_step.cu", "finish_step")?;
+        let steps = crate::cuda::count(self.steps())?;
+        let lv = loss.cuda_buffer()?.view::<f32>()?;
+        let mut launch = self.dev.stream().launch_builder(&f);
+        launch.arg(step).arg(&lv).arg(&self.correct_slot).arg(&mut self.losses).arg(&mut self.correct).arg(&steps);
+        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: finish_step(step [1], loss [1], correct_in [1], losses [steps], correct [steps], steps).
+        unsafe { launch.launch(one) }.map_err(crate::cuda::launch_err("finish_step"))?;
+        Ok(())
+    }
+
+    /// Mark batch `b` as queued: its statistics are complete when the stream reaches this point.
+    pub fn mark_done(&mut self, b: usize) -> Result<()> {
+        if b >= self.steps() {
+            return Err(Error::Invalid(format!("batch {b} of a meter for {} batches", self.steps())));
+        }
         let ev = self.dev.context().new_event(None).map_err(|e| Error::Cuda { op: "metrics: event", msg: e.to_string() })?;
-        ev.record(&stream).map_err(|e| Error::Cuda { op: "metrics: event record", msg: e.to_string() })?;
+        ev.record(self.dev.stream()).map_err(|e| Error::Cuda { op: "metrics: event record", msg: e.to_string() })?;
         self.done[b] = Some(ev);
         Ok(())
+    }
+
+    /// Forget every recorded batch (a new epoch that reuses this meter and its addresses).
+    pub fn reset(&mut self) {
+        self.done.iter_mut().for_each(|d| *d = None);
+        self.polled = 0;
     }
 
     /// Without waiting for the GPU: the losses and correct counts of batches `0..k` for the
@@ -107,4 +133,28 @@ impl DeviceMeter {
         correct.truncate(upto);
         Ok((losses, correct))
     }
+}
+
+/// An error unless `loss` is `[1]` and `logits` `[N, K]` has one label per row.
+fn check(loss: &Tensor, logits: &Tensor, labels: &DeviceLabels) -> Result<()> {
+    logits.expect_rank("metrics", 2, "logits [N, K]")?;
+    if loss.numel() != 1 || labels.len() != logits.shape()[0] {
+        return Err(Error::shape("metrics", format!("loss {:?}, logits {:?}, {} labels", loss.shape(), logits.shape(), labels.len())));
+    }
+    Ok(())
+}
+
+/// Queue `out[0] = #{ r : argmax_k logits[r, k] = labels[r] }` (`count_correct` of `ptx/reduce.cu`).
+fn count_correct(dev: &Arc<CudaDevice>, logits: &Tensor, labels: &DeviceLabels, out: &mut cudarc::driver::CudaViewMut<'_, u32>) -> Result<()> {
+    let f = crate::cuda::function(dev, "reduce.cu", "count_correct")?;
+    let (n, k) = (logits.shape()[0], logits.shape()[1]);
+    let (nn, kk, overwrite) = (crate::cuda::count(n)?, crate::cuda::count(k)?, 0i32);
+    let labels = labels.view();
+    let lv = logits.cuda_buffer()?.view::<f32>()?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&lv).arg(&labels).arg(out).arg(&nn).arg(&kk).arg(&overwrite);
+    let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: count_correct(logits [n,k], labels [n], out [1], n, k, accumulate), one block as required.
+    unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("count_correct"))?;
+    Ok(())
 }

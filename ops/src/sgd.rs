@@ -33,6 +33,27 @@ pub struct SgdState {
 
 /// One update of every parameter that has a gradient (`None` gradients are skipped).
 pub fn step(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdState, cfg: &Sgd) -> Result<()> {
+    step_with(params, grads, state, cfg, None)
+}
+
+/// [`step`] on CUDA parameters with the LR read from device memory (`lr` `[1]`) when the
+/// kernel runs, instead of `cfg.lr`: the update of a training step captured as a CUDA graph,
+/// whose replays cannot be given a new LR as an argument. Every parameter must be on the GPU.
+pub fn step_with_device_lr(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdState, cfg: &Sgd, lr: &cudarc::driver::CudaSlice<f32>) -> Result<()> {
+    if lr.len() != 1 {
+        return Err(Error::shape("sgd", format!("the device LR must be 1 value, got {}", lr.len())));
+    }
+    let Some(crate::Device::Cuda(dev)) = params.first().map(|p| p.device()) else {
+        return Err(Error::Invalid("sgd: a device LR needs the parameters on a GPU".into()));
+    };
+    if params.iter().any(|p| !p.device().is_cuda()) {
+        return Err(Error::Invalid("sgd: a device LR needs every parameter on the GPU".into()));
+    }
+    step_with(params, grads, state, cfg, Some(engine::cuda::address(lr, dev.stream())))
+}
+
+/// [`step`], with the CUDA kernel reading its LR at device address `lr_dev` if given.
+fn step_with(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdState, cfg: &Sgd, lr_dev: Option<u64>) -> Result<()> {
     if cfg.nesterov && (cfg.momentum <= 0.0 || cfg.dampening != 0.0) {
         return Err(Error::Invalid("Nesterov momentum requires a momentum > 0 and zero dampening".into()));
     }
@@ -77,7 +98,7 @@ pub fn step(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdStat
         }
     }
     if !on_gpu.is_empty() {
-        update_cuda(on_gpu, cfg)?;
+        update_cuda(on_gpu, cfg, lr_dev.unwrap_or(0))?;
     }
     Ok(())
 }
@@ -104,7 +125,8 @@ fn update<T: Float>(p: &mut Tensor, g: &Tensor, buf: &mut Option<Tensor>, cfg: &
         _ => None,
     };
     for i in 0..ps.len() {
-        let mut d = gs[i] + wd * ps[i];
+        // As PyTorch and the kernel: no weight-decay term at all when it is 0.
+        let mut d = if cfg.weight_decay != 0.0 { gs[i] + wd * ps[i] } else { gs[i] };
         if let Some(b) = bs.as_deref_mut() {
             b[i] = if first { d } else { mom * b[i] + (T::one() - damp) * d };
             d = if cfg.nesterov { d + mom * b[i] } else { b[i] };
@@ -132,8 +154,9 @@ struct SgdTable {
 unsafe impl cudarc::driver::DeviceRepr for SgdTable {}
 
 /// Update every CUDA parameter with one `sgd_update_multi` launch per 32 tensors.
-/// `items`: (parameter, gradient, momentum buffer) on one device, all f32.
-fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sgd) -> Result<()> {
+/// `items`: (parameter, gradient, momentum buffer) on one device, all f32. `lr_dev`: 0, or the
+/// device address of the f32 LR to use instead of `cfg.lr`.
+fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sgd, lr_dev: u64) -> Result<()> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let mut items = items;
     for chunk in items.chunks_mut(MAX_TENSORS) {
@@ -160,14 +183,20 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
             dev.get_or_insert_with(|| p.device());
         }
         let Some(crate::Device::Cuda(dev)) = dev else { continue };
+        if lr_dev != 0 && table.first_step[..chunk.len()].iter().any(|&f| f != 0) {
+            // A graph captures `first_step` too: every replay would be a first step.
+            return Err(Error::Invalid("sgd: a step with a device LR (a captured step) needs the momentum buffers made by an earlier step".into()));
+        }
         let f = crate::cuda::function(&dev, "sgd.cu", "sgd_update_multi")?;
         let (lr, mom, damp, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.dampening as f32, cfg.weight_decay as f32);
         let (nesterov, count) = (i32::from(cfg.nesterov), chunk.len() as u32);
         let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(&table).arg(&count).arg(&lr).arg(&mom).arg(&damp).arg(&wd).arg(&nesterov);
+        launch.arg(&table).arg(&count).arg(&lr).arg(&lr_dev).arg(&mom).arg(&damp).arg(&wd).arg(&nesterov);
         // Enough blocks along x for the largest tensor (grid-stride beyond 1024 blocks); one row per tensor.
         let cfg_launch = LaunchConfig { grid_dim: (largest.div_ceil(256).min(1024), count, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: every table entry points at n f32 elements of p, g and buf (shapes and dtypes checked
+        // SAFETY: sgd_update_multi(table, count, lr, lr_ptr, momentum, dampening, wd, nesterov); lr_ptr
+        // is null or one f32 on this device (`step_with_device_lr` checks it);
+        // every table entry points at n f32 elements of p, g and buf (shapes and dtypes checked
         // by `step` and above); the tensors stay alive until the stream has run the kernel (they are
         // the model's, the caller's and the optimizer state's, and freed memory is only reused by
         // work queued later on the same stream).

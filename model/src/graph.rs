@@ -1,0 +1,268 @@
+//! The training step captured once as a CUDA graph and replayed for every full batch
+//! (`--cuda-graph`): one launch per step instead of ~150, and no host work per step.
+//!
+//! A replay repeats the captured kernels with their captured arguments, so everything
+//! that changes from step to step is read from device memory:
+//! - the batch number `s`: a device counter, set to 0 when an epoch begins and advanced
+//!   by the step itself (`ops::graph_step`);
+//! - the batch's record indices, augmentation values and labels: staged at the start
+//!   of the step from the epoch's arrays (refilled in place every epoch, so their
+//!   addresses stay those of the capture);
+//! - the LR: staged from this epoch's table of LRs, read by the SGD kernel;
+//! - the loss and correct count: filed in slot `s` of a meter that lives as long as
+//!   the graph.
+//!
+//! Order of a run: the first [`WARMUP_STEPS`] full batches run eagerly (they create the
+//! momentum buffers, choose the convolution algorithms and fill the memory pool, none
+//! of which a capture may do), the next is captured and launched, the rest are
+//! launched. The last, partial batch of an epoch has other shapes and runs eagerly. If
+//! the capture fails, the run says why once and goes on eagerly: nothing is lost.
+
+use crate::Result;
+use crate::batches::Normalization;
+use crate::pipeline::{GpuData, Pipeline};
+use crate::resnet::ResNet9;
+use crate::train::{self, TrainConfig};
+use cudarc::driver::CudaSlice;
+use engine::cuda::{CudaDevice, DeviceGraph};
+use ops::graph_step::{self, EpochArrays, StagedBatch};
+use ops::metrics::DeviceMeter;
+use ops::sgd::{self, SgdState};
+use std::sync::Arc;
+
+/// Full batches run eagerly before the capture. Two: the first step creates the momentum
+/// buffers (a first SGD step is a different computation), the second is the steady state.
+pub const WARMUP_STEPS: usize = 2;
+
+/// What the next full batch does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Eager,
+    Capture,
+    Replay,
+}
+
+/// The captured step, its device-side inputs and its meter.
+pub struct StepGraph {
+    dev: Arc<CudaDevice>,
+    /// Batch number of the next replay, on the device.
+    step: CudaSlice<u32>,
+    /// What the host knows `step` holds (`None`: unknown).
+    step_host: Option<usize>,
+    /// This epoch's LR of every step.
+    lrs: CudaSlice<f32>,
+    staged: StagedBatch,
+    /// The training statistics of every epoch (one meter: the graph writes to its slots).
+    pub meter: DeviceMeter,
+    graph: Option<DeviceGraph>,
+    /// Addresses of the epoch arrays the graph reads.
+    captured_with: Option<[u64; 3]>,
+    warmup_left: usize,
+    /// Why the capture failed (every step then runs eagerly).
+    failed: Option<String>,
+    /// A message for the run's log, taken by [`StepGraph::take_notice`].
+    notice: Option<String>,
+    /// Replays so far.
+    replays: usize,
+}
+
+impl StepGraph {
+    /// For batches of `batch_size` and epochs of `steps_per_epoch` steps on `dev`.
+    pub fn new(dev: &Arc<CudaDevice>, batch_size: usize, steps_per_epoch: usize) -> Result<StepGraph> {
+        graph_step::preload(dev)?;
+        Ok(StepGraph {
+            dev: dev.clone(),
+            step: dev.upload(&[0u32])?,
+            step_host: None,
+            lrs: dev.upload(&vec![0f32; steps_per_epoch.max(1)])?,
+            staged: StagedBatch::new(dev, batch_size)?,
+            meter: DeviceMeter::new(dev, steps_per_epoch.max(1))?,
+            graph: None,
+            captured_with: None,
+            warmup_left: WARMUP_STEPS,
+            failed: None,
+            notice: None,
+            replays: 0,
+        })
+    }
+
+    /// Start an epoch whose steps have LRs `lrs`, on the arrays `pipeline` has just begun.
+    pub fn begin_epoch(&mut self, pipeline: &GpuData, lrs: &[f64]) -> Result<()> {
+        let lrs: Vec<f32> = lrs.iter().map(|&l| l as f32).collect();
+        self.dev.write(&lrs, &mut self.lrs)?;
+        self.dev.write(&[0u32], &mut self.step)?;
+        self.step_host = Some(0);
+        self.meter.reset();
+        if self.captured_with.is_some_and(|a| Some(a) != arrays_address(pipeline).ok()) {
+            // New epoch buffers (another size): capture again.
+            self.graph = None;
+            self.captured_with = None;
+        }
+        Ok(())
+    }
+
+    /// What a batch of `n` images does now.
+    pub fn mode(&self, n: usize) -> Mode {
+        if n != self.staged.len() || self.failed.is_some() || self.warmup_left > 0 {
+            Mode::Eager
+        } else if self.graph.is_none() {
+            Mode::Capture
+        } else {
+            Mode::Replay
+        }
+    }
+
+    /// Train on batch `b` (positions `range` of the epoch, LR `lr`): eagerly, by capturing
+    /// the step and launching it, or by launching the captured step (see [`StepGraph::mode`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        b: usize,
+        model: &mut ResNet9,
+        state: &mut SgdState,
+        split: &data::Split,
+        pipeline: &mut Pipeline,
+        order: &[u32],
+        params: &[data::augment::AugParams],
+        range: std::ops::Range<usize>,
+        norm: Normalization,
+        lr: f64,
+        cfg: &TrainConfig,
+    ) -> Result<()> {
+        let mode = self.mode(range.len());
+        if mode == Mode::Capture {
+            let Pipeline::Gpu(gpu) = &mut *pipeline else {
+                return Err(crate::Error::Invalid("a CUDA graph needs the GPU pipeline".into()));
+            };
+            match self.capture(b, model, state, gpu, norm, lr, cfg) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let why = e.to_string();
+                    self.notice = Some(format!("CUDA graph capture failed, training goes on without it: {why}"));
+                    self.failed = Some(why);
+                }
+            }
+        }
+        if mode == Mode::Replay {
+            return self.replay(b, model);
+        }
+        let batch = pipeline.train_batch(split, order, params, range, norm)?;
+        train::train_step_metered(model, state, batch, lr, cfg, &mut self.meter, b)?;
+        if self.warmup_left > 0 && mode == Mode::Eager {
+            self.warmup_left -= 1;
+        }
+        Ok(())
+    }
+
+    /// Capture batch `b`'s step (nothing runs), then launch it. On failure nothing has run
+    /// and the model is as it was.
+    #[allow(clippy::too_many_arguments)]
+    fn capture(&mut self, b: usize, model: &mut ResNet9, state: &mut SgdState, gpu: &mut GpuData, norm: Normalization, lr: f64, cfg: &TrainConfig) -> Result<()> {
+        self.set_counter(b)?;
+        let tracked: Vec<u64> = model.bn.iter().map(|s| s.num_batches_tracked).collect();
+        self.dev.begin_capture()?;
+        let recorded = self.record_step(model, state, gpu, norm, lr, cfg);
+        let graph = self.dev.end_capture();
+        let failed = match (recorded, graph) {
+            (Ok(()), Ok(g)) => Ok(g),
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(e.into()),
+        };
+        let graph = match failed {
+            Ok(g) => g,
+            Err(e) => {
+                // The host-side count moved during the capture, but nothing ran.
+                for (s, t) in model.bn.iter_mut().zip(tracked) {
+                    s.num_batches_tracked = t;
+                }
+                return Err(e);
+            }
+        };
+        self.captured_with = Some(arrays_address(gpu)?);
+        self.graph = Some(graph);
+        // The capture counted this step's batch in num_batches_tracked already.
+        self.launch(b)
+    }
+
+    /// The work of one step, queued on the capturing stream.
+    fn record_step(&mut self, model: &mut ResNet9, state: &mut SgdState, gpu: &mut GpuData, norm: Normalization, lr: f64, cfg: &TrainConfig) -> Result<()> {
+        {
+            let (idx, params, labels) = gpu.epoch_arrays()?;
+            let arrays = EpochArrays { idx, params, labels, lrs: &self.lrs };
+            graph_step::stage_batch(&self.dev, &self.step, &arrays, &mut self.staged)?;
+        }
+        let (x, labels) = gpu.staged_batch(&self.staged, norm)?;
+        let step = train::forward_backward(model, x, &[], Some(labels.clone()), cfg, None)?;
+        self.meter.record_at_device_step(&mut self.step, &step.loss, &step.logits, &labels)?;
+        // `lr` is this step's LR; replays read theirs from the staged slot.
+        sgd::step_with_device_lr(&mut model.params, &step.grads, state, &cfg.sgd(lr), &self.staged.lr)?;
+        Ok(())
+    }
+
+    /// Launch the captured step for batch `b`.
+    fn replay(&mut self, b: usize, model: &mut ResNet9) -> Result<()> {
+        self.set_counter(b)?;
+        for s in &mut model.bn {
+            s.num_batches_tracked += 1;
+        }
+        self.launch(b)
+    }
+
+    fn launch(&mut self, b: usize) -> Result<()> {
+        let graph = self.graph.as_ref().ok_or_else(|| crate::Error::Invalid("no captured step to launch".into()))?;
+        graph.launch()?;
+        self.meter.mark_done(b)?;
+        self.step_host = Some(b + 1);
+        self.replays += 1;
+        Ok(())
+    }
+
+    /// Make the device counter hold `b` (an upload only when the host does not know it does).
+    fn set_counter(&mut self, b: usize) -> Result<()> {
+        if self.step_host != Some(b) {
+            let v = u32::try_from(b).map_err(|_| crate::Error::Invalid(format!("batch {b} beyond a 32-bit counter")))?;
+            self.dev.write(&[v], &mut self.step)?;
+            self.step_host = Some(b);
+        }
+        Ok(())
+    }
+
+    /// Launches of the captured step so far (the capture's own launch included).
+    pub fn replays(&self) -> usize {
+        self.replays
+    }
+
+    /// Bytes of device memory the captured step keeps for itself.
+    pub fn reserved_bytes(&self) -> usize {
+        self.graph.as_ref().map_or(0, |g| g.reserved_bytes())
+    }
+
+    /// Why the capture failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// A line for the run's log, once (e.g. that the capture failed).
+    pub fn take_notice(&mut self) -> Option<String> {
+        self.notice.take()
+    }
+}
+
+/// Device addresses of the current epoch's arrays.
+fn arrays_address(gpu: &GpuData) -> Result<[u64; 3]> {
+    let (i, p, l) = gpu.epoch_arrays()?;
+    let s = gpu.device().stream();
+    Ok([engine::cuda::address(i, s), engine::cuda::address(p, s), engine::cuda::address(l, s)])
+}
+
+#[cfg(test)]
+mod tests {
+    /// The mode of a full batch: eager for the warm-up, then capture, then replays; a
+    /// partial batch is always eager. (The GPU test `graph_steps_match_eager_steps` runs it.)
+    #[test]
+    fn warmup_is_at_least_two_steps() {
+        // One step to create the momentum buffers and one in the steady state are needed
+        // before the pool holds every block a step uses.
+        assert!(super::WARMUP_STEPS >= 2);
+    }
+}
