@@ -4,7 +4,8 @@
 #   bash scripts/gpu/on-gpu.sh stage            copy the carried devbin/data*/ files to /root/cifar10
 #   bash scripts/gpu/on-gpu.sh tests            the GPU tests -> $OUT/cuda-tests-<date>.txt
 #   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> $OUT/train-24ep-<date>-seed<N>.log + run folders
-#   bash scripts/gpu/on-gpu.sh profile          time per operation of one step -> $OUT/profile-<date>.txt
+#   bash scripts/gpu/on-gpu.sh profile [FLAGS]  time per operation of one step -> $OUT/profile-<date>.txt
+#                                                (e.g. profile --cuda-graph, profile --bf16 --channels-last --cuda-graph)
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
 # The binaries persist between calls in /root/devbin (the machine keeps its files while warm).
@@ -57,8 +58,9 @@ train() {
     done
 }
 
+# Each call appends to the day's file, under a line naming its flags.
 profile() {
-    { header; /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee "$OUT/profile-$day.txt"
+    { header; echo "== model profile $*"; /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee -a "$OUT/profile-$day.txt"
 }
 
 mode=""
