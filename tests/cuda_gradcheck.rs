@@ -130,3 +130,24 @@ fn whole_resnet9_in_f64_on_the_gpu() {
     assert_eq!(report.checked, expected);
     eprintln!("whole-network gradient check on the GPU: {} elements, max relative error {:.2e}", report.checked, report.max_rel_err);
 }
+
+/// The fused batch norm + ReLU kernels in f64 (NCHW), with beta shifted so that both sides
+/// of the ReLU are exercised.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batch_norm_relu_in_f64_on_the_gpu() {
+    let gc = on_gpu();
+    let dev = gc.device.clone();
+    let mut ps = random_params(&[&[3, 4, 3, 2], &[4], &[4]], 5);
+    ps[2] = Tensor::new(&[4], vec![-0.4f64, 0.3, -0.1, 0.5]).unwrap();
+    let r = gc
+        .run(&ps, |g| {
+            let mut stats = RunningStats::new(4, DType::F64);
+            stats.mean = stats.mean.to_device(&dev)?;
+            stats.var = stats.var.to_device(&dev)?;
+            let (x, ga, be) = (g.param(0)?, g.param(1)?, g.param(2)?);
+            ops::batch_norm_relu::batch_norm_relu_train(g, x, ga, be, &mut stats, BatchNormConfig::default())
+        })
+        .unwrap();
+    eprintln!("batch norm + ReLU: {} elements, max relative error {:.2e}", r.checked, r.max_rel_err);
+}

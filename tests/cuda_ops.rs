@@ -408,3 +408,82 @@ fn channels_last_conversions_and_ops_match_nchw() {
     close("batch norm NHWC running var", &sb_cl.var, &sb.var.to_device(&Device::Cpu).unwrap(), 1e-4);
     cuda_dev(&dev).set_allow_tf32(true);
 }
+
+/// The fused batch norm + ReLU (our kernels) against the CPU reference (batch norm, then
+/// ReLU), in NCHW and NHWC, with f32 and bf16 data, at shapes whose channels are reduced
+/// in one and in several splits.
+///
+/// The backward's reference takes the ReLU mask from the GPU's output: where z is within
+/// rounding of 0 the two sides may disagree on the sign, which would move one element of
+/// dx by a whole dy (and dγ, dβ by as much); with the same mask only the sums' order and
+/// the element type differ. Tolerances, relative to the largest value: f32 1e-4 for y,
+/// the running statistics and dx (as cuDNN's batch norm), 1e-4 for dγ and dβ (sums of up
+/// to 20,480 terms in f32 in another order); bf16 data: the CPU gets the same bf16 inputs
+/// widened to f32, so y and dx differ by their bf16 rounding (2^-8 relative, 4e-3 of the
+/// largest value) plus f32 summation: 1e-2; dγ and dβ are f32 sums: 1e-3.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batch_norm_relu_matches_the_cpu() {
+    use engine::Layout;
+    use ops::batch_norm::{BatchNormConfig, RunningStats};
+    let dev = gpu();
+    let cfg = BatchNormConfig::default();
+    let host = |t: &Tensor| -> Tensor {
+        let t = if t.shape().len() == 4 { ops::layout::forward(t, Layout::Nchw).unwrap() } else { t.clone() };
+        let t = if t.dtype() == DType::F32 { t } else { ops::cast::forward(&t, DType::F32).unwrap() };
+        t.to_device(&Device::Cpu).unwrap()
+    };
+    let check = |what: &str, got: &Tensor, want: &Tensor, rtol: f64| {
+        let scale = want.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        let err = got.max_abs_diff(want).unwrap();
+        eprintln!("{what}: max abs difference {err:.3e}, relative {:.3e}", err / scale);
+        assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+    };
+    for (i, shape) in [[20usize, 64, 32, 32], [64, 128, 16, 16], [32, 512, 4, 4]].iter().enumerate() {
+        let c = shape[1];
+        let seed = 900 + 10 * i as u64;
+        let x32 = Tensor::new(shape, rand(shape, seed).to_f32_vec().iter().map(|v| 2.0 * v + 0.3).collect::<Vec<f32>>()).unwrap();
+        let gamma = Tensor::uniform(&[c], DType::F32, 0.5, 1.5, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed + 1));
+        let beta = Tensor::uniform(&[c], DType::F32, -0.5, 0.5, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed + 2));
+        let dy32 = rand(shape, seed + 3);
+        for dt in [DType::F32, DType::BF16] {
+            // The inputs as the GPU sees them (bf16-rounded for bf16), widened back to f32 for the CPU.
+            let (x, dy) = (x32.to_dtype(dt).to_dtype(DType::F32), dy32.to_dtype(dt).to_dtype(DType::F32));
+            let (rt, rt_sums) = if dt == DType::F32 { (1e-4, 1e-4) } else { (1e-2, 1e-3) };
+            for layout in [Layout::Nchw, Layout::Nhwc] {
+                let what = format!("batch norm + ReLU {shape:?} {dt:?} {layout:?}");
+                let on_gpu = |t: &Tensor| {
+                    let t = ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap();
+                    ops::layout::forward(&t, layout).unwrap()
+                };
+                // GPU: the fused op, forward and backward.
+                let params = vec![on_gpu(&x), gamma.to_device(&dev).unwrap(), beta.to_device(&dev).unwrap()];
+                let mut stats = RunningStats::new(c, DType::F32);
+                stats.mean = stats.mean.to_device(&dev).unwrap();
+                stats.var = stats.var.to_device(&dev).unwrap();
+                let mut g = Graph::new(&params);
+                let (xv, gv, bv) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap());
+                let y = ops::batch_norm_relu::batch_norm_relu_train(&mut g, xv, gv, bv, &mut stats, cfg).unwrap();
+                let y_gpu = host(g.value(y));
+                let grads = g.backward_with(y, on_gpu(&dy)).unwrap().into_param_grads(3).unwrap();
+                // CPU: batch norm, ReLU; backward through batch norm from dy masked by the GPU's y.
+                let cpu_params = vec![x.clone(), gamma.clone(), beta.clone()];
+                let mut cpu_stats = RunningStats::new(c, DType::F32);
+                let mut gc = Graph::new(&cpu_params);
+                let (xv, gv, bv) = (gc.param(0).unwrap(), gc.param(1).unwrap(), gc.param(2).unwrap());
+                let z = ops::batch_norm::batch_norm_train(&mut gc, xv, gv, bv, &mut cpu_stats, cfg).unwrap();
+                let y_cpu = ops::relu::forward(gc.value(z)).unwrap();
+                let mask: Vec<f32> = y_gpu.to_f32_vec().iter().zip(dy.to_f32_vec()).map(|(&yv, d)| if yv > 0.0 { d } else { 0.0 }).collect();
+                let dz = Tensor::new(shape, mask).unwrap();
+                let want = gc.backward_with(z, dz).unwrap().into_param_grads(3).unwrap();
+                check(&format!("{what}: y"), &y_gpu, &y_cpu, rt);
+                check(&format!("{what}: dx"), &host(grads[0].as_ref().unwrap()), want[0].as_ref().unwrap(), rt);
+                check(&format!("{what}: dgamma"), &host(grads[1].as_ref().unwrap()), want[1].as_ref().unwrap(), rt_sums);
+                check(&format!("{what}: dbeta"), &host(grads[2].as_ref().unwrap()), want[2].as_ref().unwrap(), rt_sums);
+                check(&format!("{what}: running mean"), &host(&stats.mean), &cpu_stats.mean, 1e-4);
+                check(&format!("{what}: running var"), &host(&stats.var), &cpu_stats.var, 1e-4);
+                assert_eq!(stats.num_batches_tracked, 1);
+            }
+        }
+    }
+}

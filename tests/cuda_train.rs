@@ -50,13 +50,16 @@ fn close(what: &str, gpu: &Tensor, cpu: &Tensor, rtol: f64) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn one_resnet_training_step_matches_the_cpu() {
-    for layout in [engine::Layout::Nchw, engine::Layout::Nhwc] {
-        eprintln!("== layout {layout:?}");
-        resnet_step_matches_the_cpu(layout);
+    // cuDNN's batch norm and our fused batch norm + ReLU (`--fused-bn-relu`), in both layouts.
+    for fused in [false, true] {
+        for layout in [engine::Layout::Nchw, engine::Layout::Nhwc] {
+            eprintln!("== layout {layout:?}, fused BN+ReLU {fused}");
+            resnet_step_matches_the_cpu(layout, fused);
+        }
     }
 }
 
-fn resnet_step_matches_the_cpu(layout: engine::Layout) {
+fn resnet_step_matches_the_cpu(layout: engine::Layout, fused: bool) {
     let dev = gpu();
     cuda_dev(&dev).set_allow_tf32(false);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -64,6 +67,7 @@ fn resnet_step_matches_the_cpu(layout: engine::Layout) {
     let mut gpu_net = cpu_net.clone();
     gpu_net.to_device(&dev).unwrap();
     gpu_net.arch.layout = layout;
+    gpu_net.arch.fuse_bn_relu = fused;
     let x = Tensor::randn(&[16, 3, 32, 32], DType::F32, 1.0, &mut rng);
     let labels: Vec<u32> = (0..16).map(|i| (i * 3 % 10) as u32).collect();
     let step = |mut net: ResNet9, x: Tensor| {
@@ -244,7 +248,9 @@ fn bf16_step_agrees(layout: engine::Layout) {
     }
 }
 
-/// A short bf16 channels-last run learns like the f32 one (see `a_short_run_learns_on_the_gpu`).
+/// A short run with every speed option on (bf16, channels last, fused BN+ReLU, CUDA graph)
+/// learns like the f32 one (see `a_short_run_learns_on_the_gpu`); the log must not say the
+/// capture failed.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_short_bf16_run_learns_on_the_gpu() {
@@ -252,11 +258,13 @@ fn a_short_bf16_run_learns_on_the_gpu() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
     let runs = std::env::temp_dir().join(format!("train-gpu-bf16-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&runs);
-    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, ..TrainConfig::default() };
-    let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false, cuda_graph: false };
+    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, fused_bn_relu: true, ..TrainConfig::default() };
+    let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false, cuda_graph: true };
     let acc = run_training(&ds, &dev, opts).unwrap();
     let rows = read_metrics(&runs.join("b/metrics.csv")).unwrap();
     eprintln!("{rows:#?}");
+    let log = std::fs::read_to_string(runs.join("b/train.log")).unwrap();
+    assert!(!log.contains("capture failed"), "{log}");
     assert!(rows[2].train_loss < rows[0].train_loss, "training loss did not fall: {rows:?}");
     assert!(acc > 40.0, "test accuracy {acc}%");
     std::fs::remove_dir_all(&runs).unwrap();

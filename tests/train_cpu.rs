@@ -100,3 +100,32 @@ fn a_profiled_step_accounts_for_every_operation() {
     // The step really trained: the momentum buffers exist now.
     assert!(state.momentum_buffers.iter().all(|b| b.is_some()));
 }
+
+/// `--fused-bn-relu` on the CPU: the fused op's reference is batch norm then ReLU, so two
+/// SGD steps give bit-identical losses, parameters and BN statistics with and without it.
+#[test]
+fn fused_bn_relu_steps_equal_unfused_steps_on_the_cpu() {
+    use model::pipeline::Batch;
+    use model::resnet::ResNet9;
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let x = engine::Tensor::randn(&[4, 3, 32, 32], engine::DType::F32, 1.0, &mut rng);
+    let labels = vec![1u32, 7, 3, 3];
+    let run = |fused: bool| {
+        let cfg = TrainConfig { width: 0.125, fused_bn_relu: fused, ..TrainConfig::default() };
+        let mut net = ResNet9::new(cfg.width, 1.0, engine::DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(4)).unwrap();
+        cfg.apply_to(&mut net.arch);
+        let mut state = ops::sgd::SgdState::default();
+        let mut losses = Vec::new();
+        for _ in 0..2 {
+            let batch = Batch { x: x.clone(), labels: labels.clone(), device_labels: None };
+            losses.push(model::train::train_step(&mut net, &mut state, batch, 0.05, &cfg).unwrap().loss);
+        }
+        let params: Vec<Vec<f64>> = net.params.iter().map(|p| p.to_f64_vec()).collect();
+        let stats: Vec<Vec<f64>> = net.bn.iter().map(|s| s.var.to_f64_vec()).collect();
+        (losses, params, stats)
+    };
+    let (fused, plain) = (run(true), run(false));
+    assert!(fused.0.iter().all(|l| l.is_finite()));
+    assert_eq!(fused, plain);
+}

@@ -149,6 +149,10 @@ struct TrainArgs {
     /// every full batch (one launch per step; the last, partial batch runs as usual).
     #[arg(long)]
     cuda_graph: bool,
+    /// Batch norm and the ReLU after it as one op in training: on the GPU our kernels (two
+    /// passes over memory forward, two backward) instead of cuDNN's batch norm and a ReLU.
+    #[arg(long)]
+    fused_bn_relu: bool,
 }
 
 impl TrainArgs {
@@ -184,6 +188,7 @@ impl TrainArgs {
             lr_max: self.lr_max.unwrap_or(0.0),
             bf16: self.bf16,
             channels_last: self.channels_last,
+            fused_bn_relu: self.fused_bn_relu,
         };
         Ok(RunOptions {
             cfg,

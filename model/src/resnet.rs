@@ -54,6 +54,8 @@ pub struct Arch {
     /// default) or NHWC ("channels last", what cuDNN's tensor-core kernels read). The
     /// parameters stay NCHW (PyTorch's layout); converted copies are made in the forward.
     pub layout: Layout,
+    /// In training, batch norm and the ReLU after it as one op (`ops::batch_norm_relu`).
+    pub fuse_bn_relu: bool,
     units: Vec<ConvBn>,
     fc_w: usize,
     fc_b: usize,
@@ -88,6 +90,7 @@ impl Arch {
             out_scale,
             compute: None,
             layout: Layout::Nchw,
+            fuse_bn_relu: false,
             units: Vec::new(),
             fc_w: 0,
             fc_b: 0,
@@ -244,6 +247,9 @@ impl Arch {
         }
         let (gamma, beta) = (g.param(u.bn_gamma)?, g.param(u.bn_beta)?);
         let cfg = BatchNormConfig::default();
+        if train && self.fuse_bn_relu {
+            return Ok(ops::batch_norm_relu::batch_norm_relu_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?);
+        }
         h = if train {
             batch_norm::batch_norm_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?
         } else {

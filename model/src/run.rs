@@ -204,12 +204,11 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         "ResNet-9 width {} ({} parameters){}, batch {}, {} epochs, {} training images, seed {}",
         cfg.width,
         model.arch.num_params(),
-        match (cfg.bf16, cfg.channels_last) {
-            (true, true) => ", bf16 mixed precision, channels last",
-            (true, false) => ", bf16 mixed precision",
-            (false, true) => ", channels last",
-            (false, false) => "",
-        },
+        [(cfg.bf16, ", bf16 mixed precision"), (cfg.channels_last, ", channels last"), (cfg.fused_bn_relu, ", fused BN+ReLU"), (opts.cuda_graph, ", CUDA graph")]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, s)| *s)
+            .collect::<String>(),
         cfg.batch_size,
         cfg.epochs,
         cfg.train_len(&ds.train),

@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub bf16: bool,
     /// NHWC ("channels last") activations and conv weights on the GPU.
     pub channels_last: bool,
+    /// Batch norm and the ReLU after it as one op in training (`ops::batch_norm_relu`: our
+    /// kernels on the GPU instead of cuDNN's batch norm and a separate ReLU).
+    pub fused_bn_relu: bool,
 }
 
 impl Default for TrainConfig {
@@ -58,6 +61,7 @@ impl Default for TrainConfig {
             lr_max: 0.0,
             bf16: false,
             channels_last: false,
+            fused_bn_relu: false,
         }
     }
 }
@@ -81,6 +85,7 @@ impl TrainConfig {
             ("lr_max".into(), self.lr_max.to_string()),
             ("bf16".into(), self.bf16.to_string()),
             ("channels_last".into(), self.channels_last.to_string()),
+            ("fused_bn_relu".into(), self.fused_bn_relu.to_string()),
         ])
     }
 
@@ -112,6 +117,7 @@ impl TrainConfig {
             // Absent in checkpoints written before mixed precision existed.
             bf16: if m.contains_key("bf16") { get(m, "bf16")? } else { false },
             channels_last: if m.contains_key("channels_last") { get(m, "channels_last")? } else { false },
+            fused_bn_relu: if m.contains_key("fused_bn_relu") { get(m, "fused_bn_relu")? } else { false },
         })
     }
 
@@ -124,6 +130,7 @@ impl TrainConfig {
     pub fn apply_to(&self, arch: &mut crate::resnet::Arch) {
         arch.compute = self.compute_dtype();
         arch.layout = if self.channels_last { engine::Layout::Nhwc } else { engine::Layout::Nchw };
+        arch.fuse_bn_relu = self.fused_bn_relu;
     }
 
     /// The SGD settings at learning rate `lr`.

@@ -47,7 +47,7 @@ impl Default for BatchNormConfig {
     }
 }
 
-fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &RunningStats) -> Result<usize> {
+pub(crate) fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &RunningStats) -> Result<usize> {
     const OP: &str = "batch_norm";
     x.expect_rank(OP, 4, "input x [N, C, H, W]")?;
     let c = x.shape()[1];
@@ -230,42 +230,69 @@ impl BatchNormRecord {
     }
 
     fn backward_cpu<T: Float>(&self, x: &Tensor, gamma: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let s = x.shape();
-        let (c, hw) = (s[1], s[2] * s[3]);
-        let m = T::of((s[0] * hw) as f64);
-        let (xs, gs, dys) = (x.as_slice::<T>()?, gamma.as_slice::<T>()?, dy.as_slice::<T>()?);
         let (mean, train) = match &self.mean {
             Stats::Batch(t) => (t, true),
             Stats::Fixed(t) => (t, false),
             Stats::FixedOnDevice => unreachable!("only recorded for CUDA tensors"),
         };
-        let (mu, r) = (mean.as_slice::<T>()?, self.invstd.as_slice::<T>()?);
-        // Σdy and Σdy·x̂ per channel, accumulated in f64 like the forward's statistics
-        // (M = N·H·W is 5·10^5 for the first layer at batch 512).
-        let (mut sdy64, mut sdyx64) = (vec![0.0f64; c], vec![0.0f64; c]);
-        for (i, (xb, db)) in xs.chunks_exact(hw).zip(dys.chunks_exact(hw)).enumerate() {
-            let ch = i % c;
-            for (&xv, &d) in xb.iter().zip(db) {
-                sdy64[ch] += d.f64();
-                sdyx64[ch] += (d * (xv - mu[ch]) * r[ch]).f64();
-            }
-        }
-        let sdy: Vec<T> = sdy64.into_iter().map(T::of).collect();
-        let sdyx: Vec<T> = sdyx64.into_iter().map(T::of).collect();
-        let mut dx = vec![T::zero(); xs.len()];
-        for (i, ((dxb, xb), db)) in dx.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).zip(dys.chunks_exact(hw)).enumerate() {
-            let ch = i % c;
-            for ((o, &xv), &d) in dxb.iter_mut().zip(xb).zip(db) {
-                *o = if train {
-                    let xhat = (xv - mu[ch]) * r[ch];
-                    gs[ch] * r[ch] / m * (m * d - sdy[ch] - xhat * sdyx[ch])
-                } else {
-                    gs[ch] * r[ch] * d
-                };
-            }
-        }
-        Ok((Tensor::new(s, dx)?, Tensor::new(&[c], sdyx)?, Tensor::new(&[c], sdy)?))
+        backward_cpu_t::<T>(x, gamma, dy, mean, &self.invstd, train)
     }
+}
+
+/// The CPU forward in training mode: `(y, mean, invstd)` (see [`batch_norm_train`]), updating
+/// `running` (for ops built on batch norm, e.g. `batch_norm_relu`).
+pub(crate) fn train_cpu(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<(Tensor, Tensor, Tensor)> {
+    let out = match x.dtype() {
+        DType::F32 => train_forward_cpu::<f32>(x, gamma, beta, running, cfg)?,
+        DType::F64 => train_forward_cpu::<f64>(x, gamma, beta, running, cfg)?,
+        DType::BF16 => return Err(crate::bf16_unsupported("batch_norm")),
+    };
+    let Stats::Batch(mean) = out.mean else { unreachable!("training mode keeps the batch mean") };
+    Ok((out.y, mean, out.invstd))
+}
+
+/// The CPU backward in training mode: `(dx, dgamma, dbeta)` from the forward's batch `mean`
+/// and `invstd` (see the module doc).
+pub(crate) fn backward_train_cpu(x: &Tensor, gamma: &Tensor, dy: &Tensor, mean: &Tensor, invstd: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    match x.dtype() {
+        DType::F32 => backward_cpu_t::<f32>(x, gamma, dy, mean, invstd, true),
+        DType::F64 => backward_cpu_t::<f64>(x, gamma, dy, mean, invstd, true),
+        DType::BF16 => Err(crate::bf16_unsupported("batch_norm")),
+    }
+}
+
+/// The backward's rules on the CPU, with batch statistics (`train`) or fixed ones.
+fn backward_cpu_t<T: Float>(x: &Tensor, gamma: &Tensor, dy: &Tensor, mean: &Tensor, invstd: &Tensor, train: bool) -> Result<(Tensor, Tensor, Tensor)> {
+    let s = x.shape();
+    let (c, hw) = (s[1], s[2] * s[3]);
+    let m = T::of((s[0] * hw) as f64);
+    let (xs, gs, dys) = (x.as_slice::<T>()?, gamma.as_slice::<T>()?, dy.as_slice::<T>()?);
+    let (mu, r) = (mean.as_slice::<T>()?, invstd.as_slice::<T>()?);
+    // Σdy and Σdy·x̂ per channel, accumulated in f64 like the forward's statistics
+    // (M = N·H·W is 5·10^5 for the first layer at batch 512).
+    let (mut sdy64, mut sdyx64) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for (i, (xb, db)) in xs.chunks_exact(hw).zip(dys.chunks_exact(hw)).enumerate() {
+        let ch = i % c;
+        for (&xv, &d) in xb.iter().zip(db) {
+            sdy64[ch] += d.f64();
+            sdyx64[ch] += (d * (xv - mu[ch]) * r[ch]).f64();
+        }
+    }
+    let sdy: Vec<T> = sdy64.into_iter().map(T::of).collect();
+    let sdyx: Vec<T> = sdyx64.into_iter().map(T::of).collect();
+    let mut dx = vec![T::zero(); xs.len()];
+    for (i, ((dxb, xb), db)) in dx.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).zip(dys.chunks_exact(hw)).enumerate() {
+        let ch = i % c;
+        for ((o, &xv), &d) in dxb.iter_mut().zip(xb).zip(db) {
+            *o = if train {
+                let xhat = (xv - mu[ch]) * r[ch];
+                gs[ch] * r[ch] / m * (m * d - sdy[ch] - xhat * sdyx[ch])
+            } else {
+                gs[ch] * r[ch] * d
+            };
+        }
+    }
+    Ok((Tensor::new(s, dx)?, Tensor::new(&[c], sdyx)?, Tensor::new(&[c], sdy)?))
 }
 
 // ---- CUDA: cuDNN (sys layer: cudarc's safe API has no batch norm) ----

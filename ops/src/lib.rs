@@ -20,6 +20,7 @@ pub mod record;
 pub mod add;
 pub mod augment;
 pub mod batch_norm;
+pub mod batch_norm_relu;
 pub mod cast;
 pub mod conv2d;
 pub mod cross_entropy;

@@ -4,12 +4,13 @@
 //! each backward rule is in the doc comment of the op's file.
 
 use crate::{Gradients, Graph, Result, Tensor, Var};
-use crate::{add, batch_norm, cast, conv2d, cross_entropy, layout, linear, max_pool, relu, reshape, scale};
+use crate::{add, batch_norm, batch_norm_relu, cast, conv2d, cross_entropy, layout, linear, max_pool, relu, reshape, scale};
 
 /// One recorded operation.
 pub enum Op {
     Conv2d(conv2d::Conv2dRecord),
     BatchNorm(batch_norm::BatchNormRecord),
+    BatchNormRelu(batch_norm_relu::BatchNormReluRecord),
     Relu(relu::ReluRecord),
     MaxPool2d(max_pool::MaxPoolRecord),
     Add(add::AddRecord),
@@ -26,6 +27,7 @@ impl engine::Backward for Op {
         match self {
             Op::Conv2d(r) => r.backward(tape, grad_out, grads),
             Op::BatchNorm(r) => r.backward(tape, grad_out, grads),
+            Op::BatchNormRelu(r) => r.backward(tape, out, grad_out, grads),
             Op::Relu(r) => r.backward(tape, out, grad_out, grads),
             Op::MaxPool2d(r) => r.backward(tape, out, grad_out, grads),
             Op::Add(r) => r.backward(tape, grad_out, grads),
@@ -42,6 +44,7 @@ impl engine::Backward for Op {
         match self {
             Op::Conv2d(_) => "conv2d",
             Op::BatchNorm(_) => "batch_norm",
+            Op::BatchNormRelu(_) => "batch_norm_relu",
             Op::Relu(_) => "relu",
             Op::MaxPool2d(_) => "max_pool2d",
             Op::Add(_) => "add",

@@ -1,0 +1,318 @@
+//! Batch norm in training mode fused with the ReLU that follows it (one op where the
+//! network has `relu(batch_norm(x))`).
+//!
+//! Shapes: x `[N, C, H, W]` (NCHW or NHWC in memory), gamma, beta `[C]`, y `[N, C, H, W]`.
+//! Per channel c, over its M = N·H·W values:
+//!
+//! ```text
+//! forward:  μ = mean(x), σ² = mean((x − μ)²), r = 1/√(σ² + ε), x̂ = (x − μ)·r
+//!           z = γ·x̂ + β,  y = max(z, 0)
+//!           running_mean ← (1−m)·running_mean + m·μ,  running_var ← (1−m)·running_var + m·σ²·M/(M−1)
+//! backward: dz = dy·[z > 0]
+//!           dβ = Σ dz,  dγ = Σ dz·x̂,  dx = γ·r·(dz − dβ/M − x̂·dγ/M)
+//! ```
+//!
+//! Exactly `batch_norm::batch_norm_train` followed by `relu::relu`, which is what the CPU
+//! reference computes. On the GPU our kernels (`ptx/batch_norm_relu.cu`) make two passes
+//! over x in the forward (statistics, then y) and two over x and dy in the backward (sums,
+//! then dx), where cuDNN's batch norm and a separate ReLU make five and eight, and the
+//! pre-ReLU z is never stored. f32, f64 (gradient checks) and bf16 data (f32 statistics
+//! and parameters), either layout.
+
+use crate::batch_norm::{BatchNormConfig, RunningStats};
+use crate::{DType, Gradients, Graph, Result, Tensor, Var};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use engine::Error;
+use engine::cuda::{CudaBuffer, CudaDevice};
+use std::sync::Arc;
+
+/// Record `y = relu(batch_norm_train(x))` on the graph, updating `running`.
+pub fn batch_norm_relu_train(
+    g: &mut Graph<'_>,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    running: &mut RunningStats,
+    cfg: BatchNormConfig,
+) -> Result<Var> {
+    let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
+    crate::batch_norm::check(xt, gt, bt, running)?;
+    let s = xt.shape();
+    if s[0] * s[2] * s[3] < 2 {
+        return Err(Error::shape("batch_norm_relu", format!("training mode needs more than one value per channel, got {s:?}")));
+    }
+    let (y, saved) = if xt.device().is_cuda() {
+        let (y, stats) = forward_cuda(xt, gt, bt, running, cfg)?;
+        (y, Saved::Cuda { stats })
+    } else {
+        let (z, mean, invstd) = crate::batch_norm::train_cpu(xt, gt, bt, running, cfg)?;
+        (crate::relu::forward(&z)?, Saved::Cpu { mean, invstd })
+    };
+    let rec = BatchNormReluRecord { x, gamma, beta, saved };
+    Ok(g.push(y, crate::Op::BatchNormRelu(rec), &[x, gamma, beta]))
+}
+
+/// What the backward needs besides the inputs.
+enum Saved {
+    /// The batch mean and 1/√(σ²+ε) `[C]` (the CPU reference).
+    Cpu { mean: Tensor, invstd: Tensor },
+    /// `[4, C]`: mean, invstd, scale γ·r and shift β − μ·γ·r, on the device.
+    Cuda { stats: Tensor },
+}
+
+/// The fused op's record: its inputs and saved statistics (the output is the node's own value).
+pub struct BatchNormReluRecord {
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    saved: Saved,
+}
+
+impl BatchNormReluRecord {
+    pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
+        let x = g.value(self.x);
+        x.expect_same("batch_norm_relu backward", dy)?;
+        let (dx, dgamma, dbeta) = match &self.saved {
+            // The composition: ReLU's rule (mask from the output), then batch norm's.
+            Saved::Cpu { mean, invstd } => {
+                let dz = crate::relu::backward(g.value(out), dy)?;
+                crate::batch_norm::backward_train_cpu(x, g.value(self.gamma), &dz, mean, invstd)?
+            }
+            Saved::Cuda { stats } => backward_cuda(x, g.value(self.gamma), dy, stats)?,
+        };
+        for (v, t) in [(self.x, dx), (self.gamma, dgamma), (self.beta, dbeta)] {
+            if g.requires_grad(v) {
+                grads.accumulate(v, t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- CUDA ----
+
+/// Threads of the NCHW reduction blocks (`BNR_THREADS` of the kernel file).
+const NCHW_THREADS: u32 = 256;
+/// Channels and rows of an NHWC reduction block (`BNR_NHWC_X`, `BNR_NHWC_Y`).
+const NHWC_BLOCK: (u32, u32) = (32, 8);
+/// Values one reduction block aims to cover, and the most splits of a channel.
+const PER_BLOCK: usize = 16384;
+const MAX_SPLITS: usize = 256;
+
+/// The shape of one launch's problem: x `[n, c, h, w]` with `hw = h·w`, and how the M = n·hw
+/// values of each channel are split among reduction blocks.
+struct Geometry {
+    n: u32,
+    c: u32,
+    hw: u32,
+    total: u32,
+    nhwc: bool,
+    splits: u32,
+}
+
+impl Geometry {
+    fn of(x: &Tensor) -> Result<Geometry> {
+        let s = x.shape();
+        let m = s[0] * s[2] * s[3];
+        let nhwc = x.layout() == engine::Layout::Nhwc;
+        // NCHW blocks reduce one channel, NHWC blocks 32 channels at once.
+        let per_block_rows = if nhwc { PER_BLOCK / NHWC_BLOCK.0 as usize } else { PER_BLOCK };
+        let splits = m.div_ceil(per_block_rows).clamp(1, MAX_SPLITS);
+        let count = crate::cuda::count;
+        Ok(Geometry { n: count(s[0])?, c: count(s[1])?, hw: count(s[2] * s[3])?, total: count(x.numel())?, nhwc, splits: count(splits)? })
+    }
+
+    fn m(&self) -> u32 {
+        self.n * self.hw
+    }
+
+    /// The reduction kernels' grid and blocks.
+    fn reduce_launch(&self) -> LaunchConfig {
+        if self.nhwc {
+            LaunchConfig { grid_dim: (self.c.div_ceil(NHWC_BLOCK.0), self.splits, 1), block_dim: (NHWC_BLOCK.0, NHWC_BLOCK.1, 1), shared_mem_bytes: 0 }
+        } else {
+            LaunchConfig { grid_dim: (self.c, self.splits, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 }
+        }
+    }
+
+    fn layout_name(&self) -> &'static str {
+        if self.nhwc { "nhwc" } else { "nchw" }
+    }
+}
+
+/// Kernel suffix for data of `dt`, and the statistics' type.
+fn types(dt: DType) -> (&'static str, &'static str, DType) {
+    match dt {
+        DType::F32 => ("", "", DType::F32),
+        DType::F64 => ("_f64", "_f64", DType::F64),
+        DType::BF16 => ("_bf16", "", DType::F32),
+    }
+}
+
+fn kernel(dev: &CudaDevice, name: &str) -> Result<cudarc::driver::CudaFunction> {
+    crate::cuda::function(dev, "batch_norm_relu.cu", name)
+}
+
+fn launch_err(name: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    crate::cuda::launch_err(name)
+}
+
+/// A scalar of the statistics' type as a kernel argument.
+enum Scalar {
+    F32(f32),
+    F64(f64),
+}
+
+impl Scalar {
+    fn of(dt: DType, v: f64) -> Scalar {
+        if dt == DType::F64 { Scalar::F64(v) } else { Scalar::F32(v as f32) }
+    }
+}
+
+fn push_scalar<'a>(launch: &mut cudarc::driver::LaunchArgs<'a>, s: &'a Scalar) {
+    match s {
+        Scalar::F32(v) => launch.arg(v),
+        Scalar::F64(v) => launch.arg(v),
+    };
+}
+
+/// y and the saved `[4, C]` statistics; the running statistics are updated on the device.
+fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<(Tensor, Tensor)> {
+    let geo = Geometry::of(x)?;
+    let xb = x.cuda_buffer()?;
+    let dev: Arc<CudaDevice> = xb.dev().clone();
+    let (sfx, stat_sfx, st) = types(x.dtype());
+    let c = geo.c as usize;
+    let mut partial = dev.alloc_dtype(geo.splits as usize * c * 3, st)?;
+    let mut stats = dev.alloc_dtype(4 * c, st)?;
+    let stream = dev.stream().clone();
+
+    // 1. Per-split (count, mean, M2) of every channel.
+    let name = format!("bnr_stats_{}{sfx}", geo.layout_name());
+    let f = kernel(&dev, &name)?;
+    let (xp, pp) = (xb.ptr() as u64, partial.ptr_mut() as u64);
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&xp).arg(&pp).arg(&geo.n).arg(&geo.c).arg(&geo.hw).arg(&geo.splits);
+    // SAFETY: bnr_stats_*(x [n·c·hw of T], partial [splits·c·3 of A], n, c, hw, splits), launched with the
+    // grid and block shape the kernel assumes (Geometry::reduce_launch).
+    unsafe { launch.launch(geo.reduce_launch()) }.map_err(launch_err("bnr_stats"))?;
+
+    // 2. Merge the splits: statistics, scale and shift, running statistics.
+    let f = kernel(&dev, &format!("bnr_finalize{stat_sfx}"))?;
+    let (gp, bp) = (gamma.cuda_buffer()?.ptr() as u64, beta.cuda_buffer()?.ptr() as u64);
+    let (rm, rv) = (running.mean.cuda_buffer_mut()?.ptr_mut() as u64, running.var.cuda_buffer_mut()?.ptr_mut() as u64);
+    let sp = stats.ptr_mut() as u64;
+    let (mom, eps) = (Scalar::of(st, cfg.momentum), Scalar::of(st, cfg.eps));
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&pp).arg(&geo.c).arg(&geo.splits).arg(&gp).arg(&bp).arg(&rm).arg(&rv);
+    push_scalar(&mut launch, &mom);
+    push_scalar(&mut launch, &eps);
+    launch.arg(&sp);
+    // SAFETY: bnr_finalize(partial, c, splits, gamma [c], beta [c], running_mean [c], running_var [c],
+    // momentum, eps, stats [4c]), all of the statistics' type A (checked by batch_norm::check).
+    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(launch_err("bnr_finalize"))?;
+    running.num_batches_tracked += 1;
+
+    // 3. y = max(x·scale + shift, 0).
+    let mut y = dev.alloc_dtype(x.numel(), x.dtype())?;
+    let f = kernel(&dev, &format!("bnr_apply{sfx}"))?;
+    let yp = y.ptr_mut() as u64;
+    let nhwc = i32::from(geo.nhwc);
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&xp).arg(&sp).arg(&yp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
+    // SAFETY: bnr_apply(x [total], stats [4c], y [total], total, c, hw, nhwc).
+    unsafe { launch.launch(crate::cuda::grid(geo.total)) }.map_err(launch_err("bnr_apply"))?;
+    drop(partial);
+    Ok((crate::cuda::like(x, y)?, Tensor::from_cuda(&[4, c], stats)?))
+}
+
+/// `(dx, dgamma, dbeta)` from x, the output's gradient dy and the saved statistics.
+fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let geo = Geometry::of(x)?;
+    let xb = x.cuda_buffer()?;
+    let dev = xb.dev().clone();
+    let (sfx, stat_sfx, st) = types(x.dtype());
+    let c = geo.c as usize;
+    let stream = dev.stream().clone();
+    let mut partial: CudaBuffer = dev.alloc_dtype(geo.splits as usize * c * 2, st)?;
+    let (mut dgamma, mut dbeta, mut coef) = (dev.alloc_dtype(c, st)?, dev.alloc_dtype(c, st)?, dev.alloc_dtype(3 * c, st)?);
+    let (xp, dyp, sp, pp) = (xb.ptr() as u64, dy.cuda_buffer()?.ptr() as u64, stats.cuda_buffer()?.ptr() as u64, partial.ptr_mut() as u64);
+
+    // 1. Per-split Σdz and Σdz·x̂ of every channel.
+    let f = kernel(&dev, &format!("bnr_bwd_sums_{}{sfx}", geo.layout_name()))?;
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&xp).arg(&dyp).arg(&sp).arg(&pp).arg(&geo.n).arg(&geo.c).arg(&geo.hw).arg(&geo.splits);
+    // SAFETY: bnr_bwd_sums_*(x, dy [n·c·hw of T], stats [4c], partial [splits·c·2], n, c, hw, splits),
+    // with the grid and blocks the kernel assumes.
+    unsafe { launch.launch(geo.reduce_launch()) }.map_err(launch_err("bnr_bwd_sums"))?;
+
+    // 2. dβ, dγ and the coefficients of dx.
+    let f = kernel(&dev, &format!("bnr_bwd_finalize{stat_sfx}"))?;
+    let gp = gamma.cuda_buffer()?.ptr() as u64;
+    let (dgp, dbp, cp) = (dgamma.ptr_mut() as u64, dbeta.ptr_mut() as u64, coef.ptr_mut() as u64);
+    let m = geo.m();
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&pp).arg(&geo.c).arg(&geo.splits).arg(&m).arg(&gp).arg(&sp).arg(&dgp).arg(&dbp).arg(&cp);
+    // SAFETY: bnr_bwd_finalize(partial, c, splits, m, gamma [c], stats [4c], dgamma [c], dbeta [c], coef [3c]).
+    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(launch_err("bnr_bwd_finalize"))?;
+
+    // 3. dx.
+    let mut dx = dev.alloc_dtype(x.numel(), x.dtype())?;
+    let f = kernel(&dev, &format!("bnr_bwd_apply{sfx}"))?;
+    let dxp = dx.ptr_mut() as u64;
+    let nhwc = i32::from(geo.nhwc);
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&xp).arg(&dyp).arg(&sp).arg(&cp).arg(&dxp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
+    // SAFETY: bnr_bwd_apply(x, dy [total], stats [4c], coef [3c], dx [total], total, c, hw, nhwc).
+    unsafe { launch.launch(crate::cuda::grid(geo.total)) }.map_err(launch_err("bnr_bwd_apply"))?;
+    drop((partial, coef));
+    Ok((crate::cuda::like(x, dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::{GradCheck, random_params};
+
+    /// The record's backward (ReLU's mask from the output, then batch norm's rule) against
+    /// central finite differences in f64, with the input shifted so that about a third of z
+    /// is negative (both sides of the ReLU are exercised).
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut ps = random_params(&[&[3, 4, 3, 2], &[4], &[4]], 21);
+        ps[2] = Tensor::new(&[4], vec![-0.4f64, 0.3, -0.1, 0.5]).unwrap();
+        let r = GradCheck::default()
+            .run(&ps, |g| {
+                let mut stats = RunningStats::new(4, DType::F64);
+                let (x, ga, be) = (g.param(0)?, g.param(1)?, g.param(2)?);
+                batch_norm_relu_train(g, x, ga, be, &mut stats, BatchNormConfig::default())
+            })
+            .unwrap();
+        assert!(r.checked > 0);
+    }
+
+    /// Forward, running statistics and every gradient equal those of batch_norm_train followed
+    /// by relu (the CPU path is that composition; this pins the record's wiring).
+    #[test]
+    fn equals_batch_norm_then_relu() {
+        let ps = random_params(&[&[4, 3, 5, 5], &[3], &[3], &[4, 3, 5, 5]], 22);
+        let run = |fused: bool| {
+            let mut stats = RunningStats::new(3, DType::F64);
+            let mut g = Graph::new(&ps[..3]);
+            let (x, ga, be) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap());
+            let y = if fused {
+                batch_norm_relu_train(&mut g, x, ga, be, &mut stats, BatchNormConfig::default()).unwrap()
+            } else {
+                let z = crate::batch_norm::batch_norm_train(&mut g, x, ga, be, &mut stats, BatchNormConfig::default()).unwrap();
+                crate::relu::relu(&mut g, z).unwrap()
+            };
+            let out = g.value(y).to_f64_vec();
+            let grads = g.backward_with(y, ps[3].clone()).unwrap().into_param_grads(3).unwrap();
+            let grads: Vec<Vec<f64>> = grads.into_iter().map(|t| t.unwrap().to_f64_vec()).collect();
+            (out, grads, stats.mean.to_f64_vec(), stats.var.to_f64_vec(), stats.num_batches_tracked)
+        };
+        let (a, b) = (run(true), run(false));
+        assert_eq!(a, b);
+        assert!(a.0.iter().any(|&v| v == 0.0) && a.0.iter().any(|&v| v > 0.0), "both sides of the ReLU");
+    }
+}

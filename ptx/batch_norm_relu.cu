@@ -1,0 +1,356 @@
+// Batch norm (training mode) fused with the ReLU that follows it: the forward reads x
+// twice (statistics, then output) and writes y once, where cuDNN's batch norm and a
+// separate ReLU read x twice, write z, read z and write y; the backward recomputes the
+// ReLU's mask from x instead of reading y or z. See ops/src/batch_norm_relu.rs for the
+// math; per channel c over its M = N*H*W values:
+//
+//   forward:  mean, var (biased) -> invstd = 1/sqrt(var + eps)
+//             scale = gamma*invstd, shift = beta - mean*scale
+//             z = fma(x, scale, shift), y = z > 0 ? z : 0
+//   backward: dz = z > 0 ? dy : 0, xhat = (x - mean)*invstd
+//             dbeta = sum dz, dgamma = sum dz*xhat
+//             dx = gamma*invstd * (dz - dbeta/M - xhat*dgamma/M)
+//
+// z is computed with the same fma in the forward and the backward, so the backward's
+// mask is exactly the forward's.
+//
+// Element types: data T in f32, f64 or bf16 (bit patterns in unsigned short), with
+// statistics, parameters and sums in A = f32 (f32 and bf16 data) or f64. Layouts: NCHW
+// (element (n, c, s) at (n*C + c)*HW + s) or NHWC (at (n*HW + s)*C + c). Per-channel
+// sums are done in two stages: each block reduces one chunk of one channel (NCHW) or of
+// 32 channels (NHWC) into `partial[split][c]`, and a finalize kernel merges the splits.
+// Means and variances are merged with Chan et al.'s pairwise update (count, mean, M2),
+// which does not lose precision to cancellation like a sum of squares.
+//
+// Kernel names: <name> for f32 data, <name>_f64, <name>_bf16.
+
+typedef unsigned short bf16;
+
+__device__ __forceinline__ float widen(float v) { return v; }
+__device__ __forceinline__ double widen(double v) { return v; }
+// The bf16 bits are the f32's top 16 bits (exact).
+__device__ __forceinline__ float widen(bf16 h) { return __uint_as_float(((unsigned int)h) << 16); }
+
+__device__ __forceinline__ void narrow(float v, float* out) { *out = v; }
+__device__ __forceinline__ void narrow(double v, double* out) { *out = v; }
+// Round to nearest even, NaN kept quiet: the same conversion as to_bf16 in bf16.cu.
+__device__ __forceinline__ void narrow(float v, bf16* out)
+{
+    const unsigned int u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        *out = (bf16)((u >> 16) | 0x0040u);
+        return;
+    }
+    *out = (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#define BNR_THREADS 256   // threads of the NCHW reduction blocks (launched with exactly this)
+#define BNR_NHWC_X 32     // channels per NHWC reduction block (threadIdx.x)
+#define BNR_NHWC_Y 8      // rows reduced in parallel per NHWC block (threadIdx.y)
+
+// Chan's merge of (nb, mb, qb) into (na, ma, qa): counts, means, sums of squared deviations.
+template <typename A>
+__device__ __forceinline__ void merge(A& na, A& ma, A& qa, A nb, A mb, A qb)
+{
+    const A n = na + nb;
+    if (nb == A(0)) {
+        return;
+    }
+    const A d = mb - ma;
+    const A f = nb / n;
+    ma = ma + d * f;
+    qa = qa + qb + d * d * na * f;
+    na = n;
+}
+
+// The chunk [j0, j1) of the M positions (n, s) handled by split `split` of `splits`.
+__device__ __forceinline__ void chunk(unsigned int m, unsigned int split, unsigned int splits, unsigned int& j0, unsigned int& j1)
+{
+    const unsigned int per = (m + splits - 1) / splits;
+    j0 = min(m, split * per);
+    j1 = min(m, j0 + per);
+}
+
+// ---- forward statistics ----
+
+// NCHW: block (c = blockIdx.x, split = blockIdx.y) of BNR_THREADS threads; ONE THREAD
+// folds positions j0 + t, j0 + t + 256, ... of channel c into its (count, mean, M2);
+// the block then merges its threads' triples and thread 0 writes partial[split][c][0..3).
+template <typename T, typename A>
+__device__ void stats_nchw(const T* x, A* partial, unsigned int n, unsigned int c_count, unsigned int hw, unsigned int splits)
+{
+    __shared__ A sn[BNR_THREADS], sm[BNR_THREADS], sq[BNR_THREADS];
+    const unsigned int c = blockIdx.x, split = blockIdx.y, t = threadIdx.x;
+    unsigned int j0, j1;
+    chunk(n * hw, split, splits, j0, j1);
+    A cn = 0, cm = 0, cq = 0;
+    for (unsigned int j = j0 + t; j < j1; j += BNR_THREADS) {
+        const unsigned int b = j / hw, s = j - b * hw;
+        const A v = widen(x[((unsigned long long)b * c_count + c) * hw + s]);
+        cn += A(1);
+        const A d = v - cm;
+        cm += d / cn;
+        cq += d * (v - cm);
+    }
+    sn[t] = cn; sm[t] = cm; sq[t] = cq;
+    __syncthreads();
+    for (unsigned int w = BNR_THREADS / 2; w > 0; w /= 2) {
+        if (t < w) {
+            merge(sn[t], sm[t], sq[t], sn[t + w], sm[t + w], sq[t + w]);
+        }
+        __syncthreads();
+    }
+    if (t == 0) {
+        A* p = partial + ((unsigned long long)split * c_count + c) * 3;
+        p[0] = sn[0]; p[1] = sm[0]; p[2] = sq[0];
+    }
+}
+
+// NHWC: block (channel group blockIdx.x, split blockIdx.y) of 32 x 8 threads; ONE THREAD
+// (tx, ty) folds rows j0 + ty, j0 + ty + 8, ... of channel c = 32*blockIdx.x + tx (a warp
+// reads 32 consecutive channels of one row); the 8 triples of each channel are merged
+// and thread (tx, 0) writes partial[split][c][0..3).
+template <typename T, typename A>
+__device__ void stats_nhwc(const T* x, A* partial, unsigned int n, unsigned int c_count, unsigned int hw, unsigned int splits)
+{
+    __shared__ A sn[BNR_NHWC_Y][BNR_NHWC_X], sm[BNR_NHWC_Y][BNR_NHWC_X], sq[BNR_NHWC_Y][BNR_NHWC_X];
+    const unsigned int tx = threadIdx.x, ty = threadIdx.y, split = blockIdx.y;
+    const unsigned int c = blockIdx.x * BNR_NHWC_X + tx;
+    unsigned int j0, j1;
+    chunk(n * hw, split, splits, j0, j1);
+    A cn = 0, cm = 0, cq = 0;
+    if (c < c_count) {
+        for (unsigned int j = j0 + ty; j < j1; j += BNR_NHWC_Y) {
+            const A v = widen(x[(unsigned long long)j * c_count + c]);
+            cn += A(1);
+            const A d = v - cm;
+            cm += d / cn;
+            cq += d * (v - cm);
+        }
+    }
+    sn[ty][tx] = cn; sm[ty][tx] = cm; sq[ty][tx] = cq;
+    __syncthreads();
+    for (unsigned int w = BNR_NHWC_Y / 2; w > 0; w /= 2) {
+        if (ty < w) {
+            merge(sn[ty][tx], sm[ty][tx], sq[ty][tx], sn[ty + w][tx], sm[ty + w][tx], sq[ty + w][tx]);
+        }
+        __syncthreads();
+    }
+    if (ty == 0 && c < c_count) {
+        A* p = partial + ((unsigned long long)split * c_count + c) * 3;
+        p[0] = sn[0][tx]; p[1] = sm[0][tx]; p[2] = sq[0][tx];
+    }
+}
+
+// ONE THREAD per channel c: merges the splits' triples in order, then writes
+// stats[0..4)[c] = mean, invstd, scale, shift and updates the running statistics
+// (running_var with the unbiased variance, as PyTorch).
+template <typename A>
+__device__ void finalize(const A* partial, unsigned int c_count, unsigned int splits, const A* gamma, const A* beta,
+                         A* running_mean, A* running_var, A momentum, A eps, A* stats)
+{
+    for (unsigned int c = blockIdx.x * blockDim.x + threadIdx.x; c < c_count; c += blockDim.x * gridDim.x) {
+        A n = 0, m = 0, q = 0;
+        for (unsigned int s = 0; s < splits; ++s) {
+            const A* p = partial + ((unsigned long long)s * c_count + c) * 3;
+            if (n == A(0)) {
+                n = p[0]; m = p[1]; q = p[2];
+            } else {
+                merge(n, m, q, p[0], p[1], p[2]);
+            }
+        }
+        const A var = q / n;
+        const A invstd = A(1) / sqrt(var + eps);
+        const A scale = gamma[c] * invstd;
+        stats[c] = m;
+        stats[c_count + c] = invstd;
+        stats[2 * c_count + c] = scale;
+        stats[3 * c_count + c] = beta[c] - m * scale;
+        running_mean[c] = (A(1) - momentum) * running_mean[c] + momentum * m;
+        running_var[c] = (A(1) - momentum) * running_var[c] + momentum * (q / (n - A(1)));
+    }
+}
+
+// ---- forward output ----
+
+// ONE THREAD per element i (grid-stride): y[i] = max(fma(x[i], scale[c], shift[c]), 0).
+template <typename T, typename A>
+__device__ void apply(const T* x, const A* stats, T* y, unsigned int total, unsigned int c_count, unsigned int hw, int nhwc)
+{
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        const unsigned int c = nhwc ? (unsigned int)(i % c_count) : (unsigned int)((i / hw) % c_count);
+        const A z = fma(widen(x[i]), stats[2 * c_count + c], stats[3 * c_count + c]);
+        narrow(z > A(0) ? z : A(0), y + i);
+    }
+}
+
+// ---- backward sums ----
+
+// The two per-element terms of the backward sums at x, dy of channel c: dz and dz*xhat.
+template <typename A>
+__device__ __forceinline__ void dz_terms(A xv, A dyv, const A* stats, unsigned int c_count, unsigned int c, A& dz, A& dzx)
+{
+    const A z = fma(xv, stats[2 * c_count + c], stats[3 * c_count + c]);
+    dz = z > A(0) ? dyv : A(0);
+    dzx = dz * ((xv - stats[c]) * stats[c_count + c]);
+}
+
+// NCHW, blocks as in stats_nchw: ONE THREAD sums dz and dz*xhat over its positions;
+// thread 0 writes the block's sums to partial[split][c][0..2).
+template <typename T, typename A>
+__device__ void bwd_sums_nchw(const T* x, const T* dy, const A* stats, A* partial, unsigned int n, unsigned int c_count,
+                              unsigned int hw, unsigned int splits)
+{
+    __shared__ A s0[BNR_THREADS], s1[BNR_THREADS];
+    const unsigned int c = blockIdx.x, split = blockIdx.y, t = threadIdx.x;
+    unsigned int j0, j1;
+    chunk(n * hw, split, splits, j0, j1);
+    A a0 = 0, a1 = 0;
+    for (unsigned int j = j0 + t; j < j1; j += BNR_THREADS) {
+        const unsigned int b = j / hw, s = j - b * hw;
+        const unsigned long long i = ((unsigned long long)b * c_count + c) * hw + s;
+        A dz, dzx;
+        dz_terms(widen(x[i]), widen(dy[i]), stats, c_count, c, dz, dzx);
+        a0 += dz;
+        a1 += dzx;
+    }
+    s0[t] = a0; s1[t] = a1;
+    __syncthreads();
+    for (unsigned int w = BNR_THREADS / 2; w > 0; w /= 2) {
+        if (t < w) {
+            s0[t] += s0[t + w];
+            s1[t] += s1[t + w];
+        }
+        __syncthreads();
+    }
+    if (t == 0) {
+        A* p = partial + ((unsigned long long)split * c_count + c) * 2;
+        p[0] = s0[0]; p[1] = s1[0];
+    }
+}
+
+// NHWC, blocks as in stats_nhwc: ONE THREAD (tx, ty) sums over rows j0 + ty, j0 + ty + 8, ...
+template <typename T, typename A>
+__device__ void bwd_sums_nhwc(const T* x, const T* dy, const A* stats, A* partial, unsigned int n, unsigned int c_count,
+                              unsigned int hw, unsigned int splits)
+{
+    __shared__ A s0[BNR_NHWC_Y][BNR_NHWC_X], s1[BNR_NHWC_Y][BNR_NHWC_X];
+    const unsigned int tx = threadIdx.x, ty = threadIdx.y, split = blockIdx.y;
+    const unsigned int c = blockIdx.x * BNR_NHWC_X + tx;
+    unsigned int j0, j1;
+    chunk(n * hw, split, splits, j0, j1);
+    A a0 = 0, a1 = 0;
+    if (c < c_count) {
+        for (unsigned int j = j0 + ty; j < j1; j += BNR_NHWC_Y) {
+            const unsigned long long i = (unsigned long long)j * c_count + c;
+            A dz, dzx;
+            dz_terms(widen(x[i]), widen(dy[i]), stats, c_count, c, dz, dzx);
+            a0 += dz;
+            a1 += dzx;
+        }
+    }
+    s0[ty][tx] = a0; s1[ty][tx] = a1;
+    __syncthreads();
+    for (unsigned int w = BNR_NHWC_Y / 2; w > 0; w /= 2) {
+        if (ty < w) {
+            s0[ty][tx] += s0[ty + w][tx];
+            s1[ty][tx] += s1[ty + w][tx];
+        }
+        __syncthreads();
+    }
+    if (ty == 0 && c < c_count) {
+        A* p = partial + ((unsigned long long)split * c_count + c) * 2;
+        p[0] = s0[0][tx]; p[1] = s1[0][tx];
+    }
+}
+
+// ONE THREAD per channel c: dbeta = sum dz, dgamma = sum dz*xhat (splits added in
+// order), and the coefficients of dx: coef[0..3)[c] = gamma*invstd, dbeta/M, dgamma/M.
+template <typename A>
+__device__ void bwd_finalize(const A* partial, unsigned int c_count, unsigned int splits, unsigned int m, const A* gamma,
+                             const A* stats, A* dgamma, A* dbeta, A* coef)
+{
+    for (unsigned int c = blockIdx.x * blockDim.x + threadIdx.x; c < c_count; c += blockDim.x * gridDim.x) {
+        A a0 = 0, a1 = 0;
+        for (unsigned int s = 0; s < splits; ++s) {
+            const A* p = partial + ((unsigned long long)s * c_count + c) * 2;
+            a0 += p[0];
+            a1 += p[1];
+        }
+        dbeta[c] = a0;
+        dgamma[c] = a1;
+        coef[c] = gamma[c] * stats[c_count + c];
+        coef[c_count + c] = a0 / A(m);
+        coef[2 * c_count + c] = a1 / A(m);
+    }
+}
+
+// ONE THREAD per element i (grid-stride): dx[i] = k1*(dz - k2 - xhat*k3) with the
+// channel's coefficients.
+template <typename T, typename A>
+__device__ void bwd_apply(const T* x, const T* dy, const A* stats, const A* coef, T* dx, unsigned int total,
+                          unsigned int c_count, unsigned int hw, int nhwc)
+{
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (unsigned long long)blockDim.x * gridDim.x) {
+        const unsigned int c = nhwc ? (unsigned int)(i % c_count) : (unsigned int)((i / hw) % c_count);
+        const A xv = widen(x[i]);
+        A dz, dzx;
+        dz_terms(xv, widen(dy[i]), stats, c_count, c, dz, dzx);
+        const A xhat = (xv - stats[c]) * stats[c_count + c];
+        narrow(coef[c] * (dz - coef[c_count + c] - xhat * coef[2 * c_count + c]), dx + i);
+    }
+}
+
+// ---- entry points: f32 data (no suffix), f64 (_f64), bf16 data with f32 statistics (_bf16) ----
+// The statistics kernels (finalize) exist for A = f32 (f32 and bf16 data) and f64.
+
+extern "C" __global__ void bnr_stats_nchw(const float* x, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ stats_nchw(x, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_stats_nhwc(const float* x, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ stats_nhwc(x, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_apply(const float* x, const float* stats, float* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ apply(x, stats, y, total, c, hw, nhwc); }
+extern "C" __global__ void bnr_bwd_sums_nchw(const float* x, const float* dy, const float* stats, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ bwd_sums_nchw(x, dy, stats, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_bwd_sums_nhwc(const float* x, const float* dy, const float* stats, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ bwd_sums_nhwc(x, dy, stats, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_bwd_apply(const float* x, const float* dy, const float* stats, const float* coef, float* dx, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ bwd_apply(x, dy, stats, coef, dx, total, c, hw, nhwc); }
+
+extern "C" __global__ void bnr_stats_nchw_f64(const double* x, double* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ stats_nchw(x, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_stats_nhwc_f64(const double* x, double* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ stats_nhwc(x, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_apply_f64(const double* x, const double* stats, double* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ apply(x, stats, y, total, c, hw, nhwc); }
+extern "C" __global__ void bnr_bwd_sums_nchw_f64(const double* x, const double* dy, const double* stats, double* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ bwd_sums_nchw(x, dy, stats, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_bwd_sums_nhwc_f64(const double* x, const double* dy, const double* stats, double* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ bwd_sums_nhwc(x, dy, stats, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_bwd_apply_f64(const double* x, const double* dy, const double* stats, const double* coef, double* dx, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ bwd_apply(x, dy, stats, coef, dx, total, c, hw, nhwc); }
+
+extern "C" __global__ void bnr_stats_nchw_bf16(const bf16* x, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ stats_nchw(x, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_stats_nhwc_bf16(const bf16* x, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ stats_nhwc(x, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_apply_bf16(const bf16* x, const float* stats, bf16* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ apply(x, stats, y, total, c, hw, nhwc); }
+extern "C" __global__ void bnr_bwd_sums_nchw_bf16(const bf16* x, const bf16* dy, const float* stats, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ bwd_sums_nchw(x, dy, stats, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_bwd_sums_nhwc_bf16(const bf16* x, const bf16* dy, const float* stats, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
+{ bwd_sums_nhwc(x, dy, stats, partial, n, c, hw, splits); }
+extern "C" __global__ void bnr_bwd_apply_bf16(const bf16* x, const bf16* dy, const float* stats, const float* coef, bf16* dx, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ bwd_apply(x, dy, stats, coef, dx, total, c, hw, nhwc); }
+
+extern "C" __global__ void bnr_finalize(const float* partial, unsigned int c, unsigned int splits, const float* gamma, const float* beta, float* running_mean, float* running_var, float momentum, float eps, float* stats)
+{ finalize(partial, c, splits, gamma, beta, running_mean, running_var, momentum, eps, stats); }
+extern "C" __global__ void bnr_bwd_finalize(const float* partial, unsigned int c, unsigned int splits, unsigned int m, const float* gamma, const float* stats, float* dgamma, float* dbeta, float* coef)
+{ bwd_finalize(partial, c, splits, m, gamma, stats, dgamma, dbeta, coef); }
+
+extern "C" __global__ void bnr_finalize_f64(const double* partial, unsigned int c, unsigned int splits, const double* gamma, const double* beta, double* running_mean, double* running_var, double momentum, double eps, double* stats)
+{ finalize(partial, c, splits, gamma, beta, running_mean, running_var, momentum, eps, stats); }
+extern "C" __global__ void bnr_bwd_finalize_f64(const double* partial, unsigned int c, unsigned int splits, unsigned int m, const double* gamma, const double* stats, double* dgamma, double* dbeta, double* coef)
+{ bwd_finalize(partial, c, splits, m, gamma, stats, dgamma, dbeta, coef); }
