@@ -179,7 +179,8 @@ __device__ void apply(const T* x, const A* stats, T* y, unsigned int total, unsi
 {
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (unsigned long long)blockDim.x * gridDim.x) {
-        const unsigned int c = nhwc ? (unsigned int)(i % c_count) : (unsigned int)((i / hw) % c_count);
+        const unsigned int e = (unsigned int)i;  // < total < 2^32: 32-bit division is much cheaper
+        const unsigned int c = nhwc ? e % c_count : (e / hw) % c_count;
         const A z = fma(widen(x[i]), stats[2 * c_count + c], stats[3 * c_count + c]);
         narrow(z > A(0) ? z : A(0), y + i);
     }
@@ -294,7 +295,8 @@ __device__ void bwd_apply(const T* x, const T* dy, const A* stats, const A* coef
 {
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (unsigned long long)blockDim.x * gridDim.x) {
-        const unsigned int c = nhwc ? (unsigned int)(i % c_count) : (unsigned int)((i / hw) % c_count);
+        const unsigned int e = (unsigned int)i;  // < total < 2^32: 32-bit division is much cheaper
+        const unsigned int c = nhwc ? e % c_count : (e / hw) % c_count;
         const A xv = widen(x[i]);
         A dz, dzx;
         dz_terms(xv, widen(dy[i]), stats, c_count, c, dz, dzx);
