@@ -129,6 +129,7 @@ impl StepGraph {
         lr: f64,
         cfg: &TrainConfig,
     ) -> Result<()> {
+        let full = range.len() == self.staged.len();
         let mode = self.mode(range.len());
         if mode == Mode::Capture {
             let Pipeline::Gpu(gpu) = &mut *pipeline else {
@@ -148,7 +149,8 @@ impl StepGraph {
         }
         let batch = pipeline.train_batch(split, order, params, range, norm)?;
         train::train_step_metered(model, state, batch, lr, cfg, &mut self.meter, b)?;
-        if self.warmup_left > 0 && mode == Mode::Eager {
+        // Only full batches warm up what the capture needs (the pool's blocks of their sizes).
+        if full && self.warmup_left > 0 && mode == Mode::Eager {
             self.warmup_left -= 1;
         }
         Ok(())
