@@ -50,24 +50,10 @@ fn close(what: &str, gpu: &Tensor, cpu: &Tensor, rtol: f64) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn one_resnet_training_step_matches_the_cpu() {
-    // cuDNN's batch norm and our fused batch norm + ReLU (`--fused-bn-relu`), in both layouts.
-    for fused in [false, true] {
-        for layout in [engine::Layout::Nchw, engine::Layout::Nhwc] {
-            eprintln!("== layout {layout:?}, fused BN+ReLU {fused}");
-            resnet_step_matches_the_cpu(layout, fused);
-        }
-    }
-}
-
-fn resnet_step_matches_the_cpu(layout: engine::Layout, fused: bool) {
     let dev = gpu();
     cuda_dev(&dev).set_allow_tf32(false);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let cpu_net = ResNet9::new(1.0, 0.125, DType::F32, &mut rng).unwrap();
-    let mut gpu_net = cpu_net.clone();
-    gpu_net.to_device(&dev).unwrap();
-    gpu_net.arch.layout = layout;
-    gpu_net.arch.fuse_bn_relu = fused;
     let x = Tensor::randn(&[16, 3, 32, 32], DType::F32, 1.0, &mut rng);
     let labels: Vec<u32> = (0..16).map(|i| (i * 3 % 10) as u32).collect();
     let step = |mut net: ResNet9, x: Tensor| {
@@ -83,17 +69,28 @@ fn resnet_step_matches_the_cpu(layout: engine::Layout, fused: bool) {
         ops::sgd::step(&mut net.params, &grads, &mut SgdState::default(), &cfg).unwrap();
         (net, grads, logits, loss)
     };
-    let (nc, gc, lc, lossc) = step(cpu_net, x.clone());
-    let (ng, gg, lg, lossg) = step(gpu_net, x.to_device(&dev).unwrap());
-    close("logits", &lg, &lc, 1e-3);
-    close("loss", &lossg, &lossc, 1e-4);
-    for (i, name) in nc.arch.param_names.iter().enumerate() {
-        close(&format!("grad of {name}"), gg[i].as_ref().unwrap(), gc[i].as_ref().unwrap(), 1e-3);
-        close(&format!("{name} after the step"), &ng.params[i], &nc.params[i], 1e-3);
-    }
-    for (i, (a, b)) in ng.bn.iter().zip(&nc.bn).enumerate() {
-        close(&format!("{} running mean", nc.arch.bn_name(i)), &a.mean, &b.mean, 1e-3);
-        close(&format!("{} running var", nc.arch.bn_name(i)), &a.var, &b.var, 1e-3);
+    // The CPU reference once (the slow part), then cuDNN's batch norm and our fused batch
+    // norm + ReLU (`--fused-bn-relu`), in both layouts.
+    let (nc, gc, lc, lossc) = step(cpu_net.clone(), x.clone());
+    for fused in [false, true] {
+        for layout in [engine::Layout::Nchw, engine::Layout::Nhwc] {
+            eprintln!("== layout {layout:?}, fused BN+ReLU {fused}");
+            let mut gpu_net = cpu_net.clone();
+            gpu_net.to_device(&dev).unwrap();
+            gpu_net.arch.layout = layout;
+            gpu_net.arch.fuse_bn_relu = fused;
+            let (ng, gg, lg, lossg) = step(gpu_net, x.to_device(&dev).unwrap());
+            close("logits", &lg, &lc, 1e-3);
+            close("loss", &lossg, &lossc, 1e-4);
+            for (i, name) in nc.arch.param_names.iter().enumerate() {
+                close(&format!("grad of {name}"), gg[i].as_ref().unwrap(), gc[i].as_ref().unwrap(), 1e-3);
+                close(&format!("{name} after the step"), &ng.params[i], &nc.params[i], 1e-3);
+            }
+            for (i, (a, b)) in ng.bn.iter().zip(&nc.bn).enumerate() {
+                close(&format!("{} running mean", nc.arch.bn_name(i)), &a.mean, &b.mean, 1e-3);
+                close(&format!("{} running var", nc.arch.bn_name(i)), &a.var, &b.var, 1e-3);
+            }
+        }
     }
     cuda_dev(&dev).set_allow_tf32(true);
 }
@@ -295,11 +292,12 @@ fn device_side_evaluation_equals_the_host_side_one() {
 /// (epoch 1: batches 3-5 after two warm-up steps; epoch 2: batches 1-5), makes no driver
 /// allocation in its second epoch, and ends with the same statistics and parameters.
 ///
-/// Tolerance 1e-4 relative to each parameter's largest value: the kernels and their
+/// Tolerance 1e-3 relative to each tensor's largest value: the kernels and their
 /// arguments are the same, so only cuDNN algorithms that sum with atomics (in any order)
-/// can make the runs differ, by a few f32 roundings per step. A wrong LR, batch or
-/// counter in the replay (e.g. a replay training on the captured batch again, or at the
-/// captured LR) changes parameters by 1e-2 or more.
+/// can make the runs differ, by a few f32 roundings per step growing over 12 steps. A
+/// wrong LR, batch or counter in the replay (e.g. a replay training on the captured batch
+/// again, or at the captured LR) changes parameters by 1e-2 or more. The BN running
+/// statistics are compared too (they never affect the training loss).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn graph_steps_match_eager_steps() {
@@ -338,10 +336,14 @@ fn graph_steps_match_eager_steps() {
     }
     let ((eager_stats, eager), (graph_stats, graphed)) = (&runs[0], &runs[1]);
     for ((la, aa), (lb, ab)) in eager_stats.iter().zip(graph_stats) {
-        assert!((la - lb).abs() <= 1e-4 * la.abs(), "epoch loss {la} vs {lb}");
+        assert!((la - lb).abs() <= 1e-3 * la.abs(), "epoch loss {la} vs {lb}");
         assert!((aa - ab).abs() <= 0.2, "epoch accuracy {aa} vs {ab}");
     }
     for (i, (a, b)) in eager.params.iter().zip(&graphed.params).enumerate() {
-        close(&format!("parameter {} ({})", i, eager.arch.param_names[i]), b, a, 1e-4);
+        close(&format!("parameter {} ({})", i, eager.arch.param_names[i]), b, &a.to_device(&Device::Cpu).unwrap(), 1e-3);
+    }
+    for (i, (a, b)) in eager.bn.iter().zip(&graphed.bn).enumerate() {
+        close(&format!("{} running mean", eager.arch.bn_name(i)), &b.mean, &a.mean.to_device(&Device::Cpu).unwrap(), 1e-3);
+        close(&format!("{} running var", eager.arch.bn_name(i)), &b.var, &a.var.to_device(&Device::Cpu).unwrap(), 1e-3);
     }
 }

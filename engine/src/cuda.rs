@@ -50,6 +50,9 @@ pub struct CudaDevice {
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     /// cuBLAS handle, bound to `stream`.
     blas: cudarc::cublas::CudaBlas,
+    /// cuBLAS's workspace, set on the handle (declared after it: dropped after the handle).
+    /// Without one, cuBLAS would allocate scratch memory inside a CUDA graph capture.
+    _blas_workspace: CudaSlice<u8>,
     /// cuDNN handle, bound to `stream` (cuDNN handles must not be used by two threads at once).
     cudnn: Mutex<CudnnHandle>,
     /// Convolution algorithms chosen per shape (see `ops::conv2d`), and the shared workspace.
@@ -295,11 +298,23 @@ impl CudaDevice {
         let stream = ctx.new_stream().map_err(driver_err("create stream"))?;
         let blas = cudarc::cublas::CudaBlas::new(stream.clone())
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuBLAS handle: {e}")))?;
+        // 32 MiB: NVIDIA's suggested cuBLAS workspace for Hopper.
+        const BLAS_WORKSPACE: usize = 32 << 20;
+        // SAFETY: scratch memory that cuBLAS writes before it reads.
+        let blas_workspace = unsafe { stream.alloc::<u8>(BLAS_WORKSPACE) }.map_err(driver_err("cuBLAS workspace"))?;
+        // SAFETY: a valid handle and a device buffer of BLAS_WORKSPACE bytes that outlives it
+        // (a field of the device, dropped after the handle).
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), crate::cudnn::ptr(&blas_workspace, &stream) as *mut _, BLAS_WORKSPACE)
+        }
+        .result()
+        .map_err(|e| Error::CudaUnavailable(format!("could not set the cuBLAS workspace: {e}")))?;
         ctx.bind_to_thread().map_err(driver_err("bind context"))?;
         let cudnn = CudnnHandle::new(&stream)
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuDNN handle: {e}")))?;
         Ok(CudaDevice {
             blas,
+            _blas_workspace: blas_workspace,
             cudnn: Mutex::new(cudnn),
             conv_plans: Mutex::new(HashMap::new()),
             workspace: Mutex::new(None),
@@ -770,9 +785,11 @@ impl CudaDevice {
     /// during the capture must be back in the pool (no tensor made during the capture may
     /// outlive it): the graph takes them. An error if anything in the capture failed.
     pub fn end_capture(self: &Arc<Self>) -> Result<DeviceGraph> {
+        // End the capture first, whatever else fails. Auto-free: should a library leave an
+        // allocation of its own in the graph, each launch frees it before the next.
+        let graph = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
         let log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?.take();
         let log = log.ok_or_else(|| Error::Invalid("end_capture without begin_capture".into()))?;
-        let graph = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
         if let Some(why) = log.failure {
             return Err(Error::Cuda { op: "graph capture", msg: why });
         }
@@ -854,6 +871,13 @@ impl Drop for DeviceGraph {
                 pool.entry(b.len()).or_default().push(b);
             }
         }
-        self.dev.graphs_alive.fetch_sub(1, Ordering::Relaxed);
+        // The last graph gone (and no capture running): nothing reads the retired blocks any more.
+        if self.dev.graphs_alive.fetch_sub(1, Ordering::Relaxed) == 1 && !self.dev.is_capturing() {
+            if let Ok(mut r) = self.dev.retired.lock() {
+                for b in r.drain(..) {
+                    self.dev.held.fetch_sub(b.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }

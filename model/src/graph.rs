@@ -55,8 +55,8 @@ pub struct StepGraph {
     /// The training statistics of every epoch (one meter: the graph writes to its slots).
     pub meter: DeviceMeter,
     graph: Option<DeviceGraph>,
-    /// Addresses of the epoch arrays the graph reads.
-    captured_with: Option<[u64; 3]>,
+    /// Addresses of the epoch arrays the graph reads, and their length (also captured).
+    captured_with: Option<[u64; 4]>,
     warmup_left: usize,
     /// Why the capture failed (every step then runs eagerly).
     failed: Option<String>,
@@ -136,7 +136,8 @@ impl StepGraph {
                 return Err(crate::Error::Invalid("a CUDA graph needs the GPU pipeline".into()));
             };
             match self.capture(b, model, state, gpu, norm, lr, cfg) {
-                Ok(()) => return Ok(()),
+                // Errors launching it are real errors, not a reason to train this batch again.
+                Ok(()) => return self.launch(b),
                 Err(e) => {
                     let why = e.to_string();
                     self.notice = Some(format!("CUDA graph capture failed, training goes on without it: {why}"));
@@ -156,8 +157,8 @@ impl StepGraph {
         Ok(())
     }
 
-    /// Capture batch `b`'s step (nothing runs), then launch it. On failure nothing has run
-    /// and the model is as it was.
+    /// Capture batch `b`'s step (nothing runs; the caller launches it). On failure nothing
+    /// has run and the model is as it was.
     #[allow(clippy::too_many_arguments)]
     fn capture(&mut self, b: usize, model: &mut ResNet9, state: &mut SgdState, gpu: &mut GpuData, norm: Normalization, lr: f64, cfg: &TrainConfig) -> Result<()> {
         self.set_counter(b)?;
@@ -182,8 +183,8 @@ impl StepGraph {
         };
         self.captured_with = Some(arrays_address(gpu)?);
         self.graph = Some(graph);
-        // The capture counted this step's batch in num_batches_tracked already.
-        self.launch(b)
+        // The capture counted this step's batch in num_batches_tracked already; the caller launches it.
+        Ok(())
     }
 
     /// The work of one step, queued on the capturing stream.
@@ -250,11 +251,11 @@ impl StepGraph {
     }
 }
 
-/// Device addresses of the current epoch's arrays.
-fn arrays_address(gpu: &GpuData) -> Result<[u64; 3]> {
+/// Device addresses of the current epoch's arrays, and its number of images.
+fn arrays_address(gpu: &GpuData) -> Result<[u64; 4]> {
     let (i, p, l) = gpu.epoch_arrays()?;
     let s = gpu.device().stream();
-    Ok([engine::cuda::address(i, s), engine::cuda::address(p, s), engine::cuda::address(l, s)])
+    Ok([engine::cuda::address(i, s), engine::cuda::address(p, s), engine::cuda::address(l, s), i.len() as u64])
 }
 
 #[cfg(test)]
