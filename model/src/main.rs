@@ -305,3 +305,11 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// mimalloc instead of the system allocator: the CPU path allocates large short-lived
+/// buffers every op, which glibc's malloc maps and unmaps each time (500,000 page faults in
+/// 6 training steps at width 0.25, batch 128; 26% of the step time). Measured on the 2-core
+/// VM, 2026-11-25, `model profile --device cpu --width 0.25 --batch-size 128 --timed 5
+/// --warmup 1`: median step 439 ms with glibc, 342 ms with mimalloc (page faults 510k -> 15k).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
