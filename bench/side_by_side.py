@@ -40,6 +40,8 @@ Outputs under --out (default bench/results), DATE = today (or --date):
   E epochs, training + test evaluation, first epoch included, mean over seeds), ours_acc, torch_acc
   (mean final test accuracy, %; torch_acc is the eager bf16 variant), their ratios and achieved TFLOP/s;
 - train-<E>ep-DATE-seed<S>.log: our whole log of each run (first line: the GPU's name), as issue 6 asks;
+- in the markdown: our `profile` output (time per operation of one step from CUDA events, step times), run
+  once before the seeds with the same flags (--ours-args included), as issue 7 asks;
 - side-by-side-DATE/: the PyTorch logs, the LR range test's log, the raw results of every run.
 
 `--from-json FILE [FILE ...]` writes the markdown table and speed JSON again from saved JSON files (no
@@ -356,6 +358,16 @@ def run_ours(args, seed, stamp, work, device):
     return summarize(r)
 
 
+def run_profile(args, work):
+    """Our `profile` command (the time of every operation of one training step, from CUDA events, and
+    step times eager and, with --cuda-graph among --ours-args, replayed) with this run's flags; its output."""
+    cmd = [args.bin, "profile", "--device", args.device, "--data", args.data, "--batch-size", str(args.batch_size),
+           "--width", str(args.width)] + args.ours_args
+    rc, lines, _ = run_streamed(cmd, os.path.join(work, "profile.log"), args.timeout_s)
+    text = "\n".join(line for _, line in lines)
+    return {"command": " ".join(shlex.quote(a) for a in cmd), "exit_code": rc, "output": text}
+
+
 def torch_settings(args, ours):
     """train_torch.py flags for the recipe: our run's recorded settings when there are any, else ours' CLI
     defaults as given to this script."""
@@ -562,6 +574,10 @@ def write_markdown(doc, path):
             cells.append(f"{fmt(get(a['epoch_train_s']))} / {fmt(get(a['epoch_train_eval_s']))} / "
                          f"{fmt(get(a['test_acc_per_epoch']))}")
         L.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    prof = doc.get("profile")
+    if prof:
+        L += ["", "## One training step of ours, time per operation (CUDA events)", "",
+              f"`{prof['command']}` (exit code {prof['exit_code']})", "", "```", prof["output"].rstrip(), "```"]
     L += ["", "## Cross-evaluation: our final checkpoint evaluated by PyTorch (fp32, strict=True)", "",
           "| seed | checkpoint | our accuracy (our log) | PyTorch's accuracy | difference (images) |",
           "| --- | --- | --- | --- | --- |"]
@@ -589,7 +605,8 @@ def merge_docs(paths):
     for p in paths:
         with open(p) as f:
             docs.append(json.load(f))
-    doc = {"meta": dict(docs[0]["meta"]), "runs": [], "cross_eval": []}
+    doc = {"meta": dict(docs[0]["meta"]), "runs": [], "cross_eval": [],
+           "profile": next((d["profile"] for d in docs if d.get("profile")), None)}
     for d in docs:
         for k in ("device", "epochs", "lr_max", "lr_min", "batch_size", "train_images", "width"):
             if d["meta"].get(k) != doc["meta"].get(k):
@@ -692,6 +709,9 @@ def main(argv=None):
         lr_source = "given on the command line"
     print(f"LR for every run: LRMAX={args.lr_max} LRMIN={args.lr_min} ({lr_source})", flush=True)
 
+    profile = None
+    if not args.skip_ours:
+        profile = run_profile(args, work)
     runs, cross = [], []
     for seed in args.seeds:
         ours = {}
@@ -710,7 +730,7 @@ def main(argv=None):
                     "batch_size": args.batch_size, "train_images": train_images, "width": args.width,
                     "torch_version": torch_version, "bin": args.bin,
                     "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)},
-           "runs": runs, "cross_eval": cross}
+           "runs": runs, "cross_eval": cross, "profile": profile}
     write_outputs(doc, args.out)
 
 
