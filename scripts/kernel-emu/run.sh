@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Build and run the CPU emulation of our CUDA kernels (see README.md beside this file).
+#
+#   scripts/kernel-emu/run.sh             plain build, then ASan+UBSan, then TSan builds of every test
+#   scripts/kernel-emu/run.sh --quick     the plain build only
+#   scripts/kernel-emu/run.sh --big       also batch_norm_relu's NCHW case with 256 splits (4.2M values)
+#   scripts/kernel-emu/run.sh --selftest  build deliberately broken copies of the kernels and check
+#                                         that the harness rejects each one
+#
+# Exits non-zero on any mismatch, sanitizer report, divergent barrier or build error.
+# Needs g++ >= 12 (C++20) with libasan/libubsan/libtsan; no GPU, no cargo.
+set -u -o pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+CXX="${CXX:-g++}"
+FLAGS=(-O1 -g -std=c++20 -pthread -ffp-contract=off -Wall -Wextra)
+ASAN=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+TSAN=(-fsanitize=thread)
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0"
+export UBSAN_OPTIONS="print_stacktrace=1"
+export TSAN_OPTIONS="halt_on_error=1:exitcode=66"
+TESTS=(batch_norm_relu graph_step reduce layout)
+mkdir -p build
+
+quick=0 big=0 selftest=0
+for a in "$@"; do
+    case "$a" in
+        --quick) quick=1 ;;
+        --big) big=1 ;;
+        --selftest) selftest=1 ;;
+        *) echo "usage: $0 [--quick] [--big] [--selftest]" >&2; exit 2 ;;
+    esac
+done
+
+fail=0
+# build VARIANT TEST OUT [extra flags...]
+build() {
+    local variant="$1" t="$2" out="$3"; shift 3
+    local extra=()
+    case "$variant" in
+        asan) extra=("${ASAN[@]}") ;;
+        tsan) extra=("${TSAN[@]}") ;;
+    esac
+    "$CXX" "${FLAGS[@]}" "${extra[@]}" "$@" -o "$out" "test_$t.cpp"
+}
+
+if [ "$selftest" = 1 ]; then
+    # name | kernel file | sed expression | build variant | test | what the harness must notice
+    mutants=(
+        "nosync|batch_norm_relu|/sn\[t\] = cn; sm\[t\] = cm; sq\[t\] = cq;/{n;s/__syncthreads();//}|tsan|batch_norm_relu|missing __syncthreads before the NCHW tree (data race)"
+        "divergent|batch_norm_relu|/merge(sn\[t\], sm\[t\], sq\[t\]/{n;n;s/__syncthreads();/if (t < w) __syncthreads();/}|plain|batch_norm_relu|__syncthreads inside a branch"
+        "stride|batch_norm_relu|0,/j += BNR_NHWC_Y/s//j += BNR_NHWC_X/|plain|batch_norm_relu|wrong row stride in stats_nhwc"
+        "biasedvar|batch_norm_relu|s#q / (n - A(1))#q / n#|plain|batch_norm_relu|biased variance in running_var"
+        "guard|batch_norm_relu|s/if (ty == 0 && c < c_count) {/if (ty == 0) {/|asan|batch_norm_relu|NHWC partial written past C (out of bounds)"
+        "channel|batch_norm_relu|0,/(e \/ hw) % c_count/s//(e % hw) % c_count/|plain|batch_norm_relu|wrong NCHW channel in apply"
+        "coef|batch_norm_relu|s/coef\[c_count + c\] = a0 \/ A(m);/coef[c_count + c] = a1 \/ A(m);/|plain|batch_norm_relu|dbeta/M from the wrong sum"
+        "clamp|graph_step|s/j = total - 1;/j = total;/|asan|graph_step|stage_batch clamp one past the end"
+        "lrclamp|graph_step|s/s < steps ? s : steps - 1/s/|asan|graph_step|stage_batch LR index unclamped"
+        "tree|reduce|0,/w \*= 2/s//w *= 4/|plain|reduce|sum_reduce tree skips levels"
+        "tie|reduce|s/z\[j\] > best_v/z[j] >= best_v/|plain|reduce|count_correct takes the last maximum"
+        "layout|layout|s/const unsigned long long ch = i % c;/const unsigned long long ch = i % hw;/|plain|layout|nchw_to_nhwc channel index"
+    )
+    mkdir -p build/mut
+    caught=0 missed=0 stale=0
+    for m in "${mutants[@]}"; do
+        IFS='|' read -r name file expr variant t why <<<"$m"
+        src="build/mut/$name.cu"
+        sed "$expr" "../../ptx/$file.cu" >"$src"
+        if cmp -s "$src" "../../ptx/$file.cu"; then
+            echo "selftest: STALE   $name: its sed no longer matches ptx/$file.cu (the kernel changed): update run.sh"
+            stale=$((stale + 1))
+            continue
+        fi
+        if ! build "$variant" "$t" "build/mut/$name.bin" -DKERNEL_SRC="\"$here/$src\"" 2>"build/mut/$name.log"; then
+            echo "selftest: mutant $name does not compile (see build/mut/$name.log)"
+            missed=$((missed + 1))
+            continue
+        fi
+        # (a subshell that reports a crash of the binary to /dev/null, not to the terminal)
+        rc=$( (timeout 300 "build/mut/$name.bin" --quick >"build/mut/$name.out" 2>&1; echo $?) 2>/dev/null)
+        if [ "$rc" = 0 ]; then
+            echo "selftest: MISSED  $name ($variant): $why"
+            missed=$((missed + 1))
+        else
+            reason="$(grep -m1 -E 'FAIL|ThreadSanitizer|AddressSanitizer|runtime error|emu:' "build/mut/$name.out" | cut -c1-110)"
+            [ -n "$reason" ] || reason="crashed"
+            echo "selftest: caught  $name ($variant, exit $rc): $why -- $reason"
+            caught=$((caught + 1))
+        fi
+    done
+    echo "selftest: $caught caught, $missed missed, $stale stale"
+    [ "$missed" = 0 ] || exit 1
+    exit 0
+fi
+
+variants=(plain)
+[ "$quick" = 1 ] || variants+=(asan tsan)
+for v in "${variants[@]}"; do
+    for t in "${TESTS[@]}"; do
+        if ! build "$v" "$t" "build/$t.$v"; then
+            echo "BUILD FAILED: $t ($v)"
+            fail=1
+            continue
+        fi
+        args=()
+        [ "$t" = batch_norm_relu ] && [ "$big" = 1 ] && [ "$v" = plain ] && args+=(--big)
+        start=$(date +%s)
+        out="build/$t.$v.out"
+        if "build/$t.$v" "${args[@]}" >"$out" 2>&1; then
+            echo "[$v] $(tail -n1 "$out") ($(( $(date +%s) - start )) s)"
+        else
+            rc=$?
+            echo "[$v] $t FAILED (exit $rc); its output: $here/$out"
+            grep -E "^ *FAIL|Sanitizer|runtime error|^emu:" "$out" | head -20
+            fail=1
+        fi
+    done
+done
+[ "$fail" = 0 ] && echo "kernel-emu: all passed" || echo "kernel-emu: FAILURES"
+exit "$fail"
