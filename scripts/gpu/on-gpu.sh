@@ -6,6 +6,8 @@
 #   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> $OUT/train-24ep-<date>-seed<N>.log + run folders
 #   bash scripts/gpu/on-gpu.sh profile [FLAGS]  time per operation of one step -> $OUT/profile-<date>.txt
 #                                                (e.g. profile --cuda-graph, profile --bf16 --channels-last --cuda-graph)
+#   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> $OUT/lr-find-<date>.txt
+#                                                (e.g. lrfind --out-scale 0.125 lrfind: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
 # The binaries persist between calls in /root/devbin (the machine keeps its files while warm).
@@ -63,11 +65,16 @@ profile() {
     { header; echo "== model profile $*"; /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee -a "$OUT/profile-$day.txt"
 }
 
+# The LR range test alone (prints both rules' suggestions; the curve goes to the run folder).
+lrfind() {
+    { header; echo "== model lr-find $*"; /root/devbin/model lr-find --data /root/cifar10 --out "$OUT/runs" --no-progress "$@" 2>&1; } | tee -a "$OUT/lr-find-$day.txt"
+}
+
 mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
+        stage|tests|train|profile|lrfind) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
