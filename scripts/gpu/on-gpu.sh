@@ -8,6 +8,7 @@
 #                                                (e.g. profile --cuda-graph, profile --bf16 --channels-last --cuda-graph)
 #   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> $OUT/lr-find-<date>.txt
 #                                                (e.g. lrfind --out-scale 0.125 lrfind: two settings, one call)
+#   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> $OUT/sanitize-<date>.txt
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
 # The binaries persist between calls in /root/devbin (the machine keeps its files while warm).
@@ -70,11 +71,21 @@ lrfind() {
     { header; echo "== model lr-find $*"; /root/devbin/model lr-find --data /root/cifar10 --out "$OUT/runs" --no-progress "$@" 2>&1; } | tee -a "$OUT/lr-find-$day.txt"
 }
 
+# One GPU test binary under compute-sanitizer (memcheck: out-of-bounds and misaligned accesses,
+# or another tool with TOOL=racecheck|synccheck|initcheck), e.g. `sanitize cuda_ops batch_norm_relu`.
+sanitize() {
+    local bin="$1"; shift
+    local sanitizer
+    sanitizer="$(command -v compute-sanitizer || find / -name compute-sanitizer -type f 2>/dev/null | head -n 1)"
+    { header; echo "== compute-sanitizer --tool ${TOOL:-memcheck} test-$bin --ignored $*";
+      timeout 500 "$sanitizer" --tool "${TOOL:-memcheck}" /root/devbin/test-"$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$OUT/sanitize-$day.txt"
+}
+
 mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile|lrfind) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
+        stage|tests|train|profile|lrfind|sanitize) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
