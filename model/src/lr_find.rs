@@ -19,6 +19,11 @@
 //!   central difference over ±`SLOPE_SPAN` points. When the loss never turns up inside the
 //!   range (e.g. with a 0.125 logit scale, where the minimum rule picks the range's end),
 //!   this still lands where training is fastest.
+//! - `Valley` (fastai's default suggestion since v2.4, `fastai.callback.schedule.valley`): the
+//!   longest stretch of points over which the smoothed loss keeps falling (the longest
+//!   decreasing subsequence, which tolerates noise), and the point half-way through its middle
+//!   third: `start + ⌊L/3⌋ + ⌊L/6⌋` for a stretch of L points. It lies between the steepest
+//!   point and the minimum.
 //! Only full batches are used: a small last batch gives a noisy loss that can fake the minimum.
 
 use crate::pipeline::Pipeline;
@@ -35,6 +40,7 @@ pub enum LrRule {
     #[default]
     Minimum,
     Steepest,
+    Valley,
 }
 
 /// Settings of the range test.
@@ -67,6 +73,7 @@ pub struct LrFindResult {
     /// The LR of each rule's choice, whichever was used (for the log and the plot).
     pub lr_at_minimum: f64,
     pub lr_steepest: f64,
+    pub lr_valley: f64,
     /// Whether it stopped early on divergence.
     pub diverged: bool,
 }
@@ -143,8 +150,9 @@ fn run(
     }
     let (lr_at_minimum, _) = suggest(&points, LrRule::Minimum)?;
     let (lr_steepest, _) = suggest(&points, LrRule::Steepest)?;
+    let (lr_valley, _) = suggest(&points, LrRule::Valley)?;
     let (lr_max, lr_min) = suggest(&points, lf.rule)?;
-    Ok(LrFindResult { points, lr_max, lr_min, lr_at_minimum, lr_steepest, diverged })
+    Ok(LrFindResult { points, lr_max, lr_min, lr_at_minimum, lr_steepest, lr_valley, diverged })
 }
 
 /// A suggestion rule (see the module doc) applied to `(lr, raw, smoothed)` points:
@@ -167,13 +175,64 @@ pub fn suggest(points: &[(f64, f64, f64)], rule: LrRule) -> Result<(f64, f64)> {
             let i = (0..=imin).min_by(|&a, &b| slope(a).total_cmp(&slope(b))).unwrap_or(imin);
             finite[i].0
         }
+        LrRule::Valley => {
+            let losses: Vec<f64> = finite.iter().map(|p| p.1).collect();
+            let (start, len) = longest_fall(&losses);
+            finite[start + len / 3 + len / 6].0
+        }
     };
     Ok((lr_max, lr_max / 10.0))
+}
+
+/// The longest decreasing subsequence of `v` (strictly), as (index of its first point, its
+/// span in points: last index − first index). O(n²), n ≤ a few hundred.
+fn longest_fall(v: &[f64]) -> (usize, usize) {
+    // run[i]: length of the longest decreasing subsequence ending at i; first[i]: where it starts.
+    let mut run = vec![1usize; v.len()];
+    let mut first: Vec<usize> = (0..v.len()).collect();
+    let mut best = 0;
+    for i in 0..v.len() {
+        for j in 0..i {
+            if v[i] < v[j] && run[j] + 1 > run[i] {
+                run[i] = run[j] + 1;
+                first[i] = first[j];
+            }
+        }
+        if run[i] > run[best] {
+            best = i;
+        }
+    }
+    if v.is_empty() {
+        return (0, 0);
+    }
+    (first[best], best - first[best])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn valley_rule_lands_inside_the_longest_fall() {
+        // Flat, then a fall from lr = 1e-2 to lr = 1 (with noise that breaks plain monotonicity),
+        // then a rise: the valley point is inside the fall and below the minimum. (A plateau that
+        // keeps falling slightly would count as part of the valley: the rule's known bias.)
+        let pts: Vec<(f64, f64, f64)> = (0..101)
+            .map(|i| (i, 1e-4 * 1e5f64.powf(i as f64 / 100.0)))
+            .map(|(i, lr)| {
+                let x = lr.log10();
+                let base = if x < -2.0 { 2.3 } else if x < 0.0 { 2.3 - 0.8 * (x + 2.0) } else { 0.7 + 2.0 * x };
+                let noise = if i % 7 == 3 { 0.01 } else { 0.0 };
+                (lr, 0.0, base + noise)
+            })
+            .collect();
+        let (valley, low) = suggest(&pts, LrRule::Valley).unwrap();
+        let (at_min, _) = suggest(&pts, LrRule::Minimum).unwrap();
+        assert!(valley > 1e-2 && valley < at_min, "valley at {valley}, minimum at {at_min}");
+        assert!((low - valley / 10.0).abs() < 1e-15);
+        assert_eq!(longest_fall(&[3.0, 1.0, 2.0, 0.5, 0.4]), (0, 4));
+        assert_eq!(longest_fall(&[]), (0, 0));
+    }
 
     #[test]
     fn steepest_rule_finds_the_fastest_fall_even_without_an_upturn() {

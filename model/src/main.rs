@@ -116,8 +116,9 @@ struct TrainArgs {
     #[arg(long, default_value_t = 1.0)]
     out_scale: f64,
     /// How the LR range test picks LRMAX: `minimum` (LR at the smoothed loss's minimum) or
-    /// `steepest` (LR where it falls fastest); LRMIN is a tenth of it either way.
-    #[arg(long, default_value = "minimum", value_parser = ["minimum", "steepest"])]
+    /// `steepest` (LR where it falls fastest) or `valley` (fastai's: the middle of the longest
+    /// fall); LRMIN is a tenth of it in each case.
+    #[arg(long, default_value = "minimum", value_parser = ["minimum", "steepest", "valley"])]
     lr_rule: String,
     /// Steps of the LR range test.
     #[arg(long, default_value_t = 100)]
@@ -195,7 +196,11 @@ impl TrainArgs {
             lr_given: self.lr_max.is_some(),
             lr_find: LrFindConfig {
                 steps: self.lr_find_steps,
-                rule: if self.lr_rule == "steepest" { LrRule::Steepest } else { LrRule::Minimum },
+                rule: match self.lr_rule.as_str() {
+                    "steepest" => LrRule::Steepest,
+                    "valley" => LrRule::Valley,
+                    _ => LrRule::Minimum,
+                },
                 ..LrFindConfig::default()
             },
             runs_dir: self.out.clone(),

@@ -326,8 +326,8 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
 /// "LRMAX=… LRMIN=… (rule …; smoothed minimum at …, steepest descent at …" (the caller closes it).
 fn suggestion(r: &lr_find::LrFindResult, rule: lr_find::LrRule) -> String {
     format!(
-        "LRMAX={:.4e} LRMIN={:.4e} (rule {rule:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}",
-        r.lr_max, r.lr_min, r.lr_at_minimum, r.lr_steepest
+        "LRMAX={:.4e} LRMIN={:.4e} (rule {rule:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}, valley at {:.3e}",
+        r.lr_max, r.lr_min, r.lr_at_minimum, r.lr_steepest, r.lr_valley
     )
 }
 
@@ -354,8 +354,15 @@ fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
             vlines: vec![
                 (r.lr_max, format!("LRMAX {:.2e}", r.lr_max)),
                 (r.lr_min, format!("LRMIN {:.2e}", r.lr_min)),
-                (if r.lr_max == r.lr_steepest { r.lr_at_minimum } else { r.lr_steepest }, if r.lr_max == r.lr_steepest { "minimum".into() } else { "steepest".into() }),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                [(r.lr_at_minimum, "minimum"), (r.lr_steepest, "steepest"), (r.lr_valley, "valley")]
+                    .into_iter()
+                    .filter(|(lr, _)| *lr != r.lr_max)
+                    .map(|(lr, name)| (lr, name.to_string())),
+            )
+            .collect(),
         },
     )
 }
