@@ -19,7 +19,7 @@ TSAN=(-fsanitize=thread)
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0"
 export UBSAN_OPTIONS="print_stacktrace=1"
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66"
-TESTS=(batch_norm_relu graph_step reduce layout)
+TESTS=(batch_norm_relu graph_step reduce layout sgd cross_entropy augment elementwise bf16)
 mkdir -p build
 
 quick=0 big=0 selftest=0
@@ -59,6 +59,22 @@ if [ "$selftest" = 1 ]; then
         "tree|reduce|0,/w \*= 2/s//w *= 4/|plain|reduce|sum_reduce tree skips levels"
         "tie|reduce|s/z\[j\] > best_v/z[j] >= best_v/|plain|reduce|count_correct takes the last maximum"
         "layout|layout|s/const unsigned long long ch = i % c;/const unsigned long long ch = i % hw;/|plain|layout|nchw_to_nhwc channel index"
+        "sgdfirst|sgd|s/first_step ? d :/0 ? d :/|plain|sgd|first step not buf = d"
+        "sgdlrptr|sgd|s/lr = \*lr_ptr;/(void)0;/|plain|sgd|device LR (lr_ptr) ignored"
+        "sgdkeep|sgd|s/__fsub_rn(1.0f, dampening)/1.0f/|plain|sgd|dampening ignored"
+        "sgdrow|sgd|s/const unsigned int t = blockIdx.y;/const unsigned int t = blockIdx.y % 31;/|plain|sgd|wrong table row"
+        "ceoff|cross_entropy|s/const T off = smoothing \/ (T)k;/const T off = smoothing \/ (T)(k + 1);/|plain|cross_entropy|smoothing spread over K + 1 classes"
+        "cedl|cross_entropy|s/const T scale = dloss\[0\] \* inv_n;/const T scale = inv_n;/|plain|cross_entropy|upstream dL ignored"
+        "cemax|cross_entropy|0,/for (unsigned int j = 1; j < k; ++j) {/s//for (unsigned int j = 1; j + 1 < k; ++j) {/|plain|cross_entropy|row max skips the last class (exp overflows)"
+        "reflect|augment|s/62 - i/63 - i/|plain|augment|reflect padding repeats the edge"
+        "cutout|augment|s/y < cutout_y + 4/y <= cutout_y + 4/|plain|augment|cutout 9 rows high"
+        "recip|augment|s#__fdiv_rn((float)p, 255.0f)#__fmul_rn((float)p, 1.0f / 255.0f)#|plain|augment|times 1/255 instead of / 255 (not bit-exact)"
+        "label|augment|0,/labels\[i\] = (unsigned int)rec\[0\];/s//labels[i] = (unsigned int)rec[1];/|plain|augment|label from a pixel byte"
+        "relu0|elementwise|0,/y\[i\] = v > T(0) ? v : T(0);/s//y[i] = v >= T(0) ? v : T(0);/|plain|elementwise|relu keeps -0"
+        "gstride|elementwise|s/i += (unsigned long long)blockDim.x \* gridDim.x)/i += (unsigned long long)blockDim.x)/|plain|elementwise|grid stride without gridDim"
+        "rne|bf16|s/(u + 0x7fffu + ((u >> 16) \& 1u)) >> 16/(u + 0x8000u) >> 16/|plain|bf16|f32->bf16 rounds half up, not to even"
+        "nan|bf16|s/> 0x7f800000u/> 0x7f800001u/|plain|bf16|a NaN pattern taken for a number"
+        "brelu|bf16|s/to_f32(x\[i\]) > 0.0f ? x\[i\]/to_f32(x[i]) >= 0.0f ? x[i]/|plain|bf16|bf16 relu keeps -0"
     )
     mkdir -p build/mut
     caught=0 missed=0 stale=0
