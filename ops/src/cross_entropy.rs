@@ -175,11 +175,11 @@ fn forward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T) -> R
     // SAFETY: cross_entropy_forward(logits [n,k], labels [n], loss [n], n, k, smoothing); sizes as allocated/checked.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_forward"))?;
     drop(rv);
-    let (scale, overwrite) = (T::one() / T::of(n as f64), 0i32);
+    let (scale, accumulate) = (T::one() / T::of(n as f64), 0i32);
     let f = crate::cuda::function_for::<T>(&dev, "reduce.cu", "sum_reduce")?;
     let (rv, mut lv) = (rows.view::<T>()?, loss.view_mut::<T>()?);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&rv).arg(&mut lv).arg(&n).arg(&scale).arg(&overwrite);
+    launch.arg(&rv).arg(&mut lv).arg(&n).arg(&scale).arg(&accumulate);
     let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: sum_reduce(x [n], out [1], n, scale, accumulate) must run as one block, as configured.
     unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("sum_reduce"))?;

@@ -148,11 +148,11 @@ fn check(loss: &Tensor, logits: &Tensor, labels: &DeviceLabels) -> Result<()> {
 fn count_correct(dev: &Arc<CudaDevice>, logits: &Tensor, labels: &DeviceLabels, out: &mut cudarc::driver::CudaViewMut<'_, u32>) -> Result<()> {
     let f = crate::cuda::function(dev, "reduce.cu", "count_correct")?;
     let (n, k) = (logits.shape()[0], logits.shape()[1]);
-    let (nn, kk, overwrite) = (crate::cuda::count(n)?, crate::cuda::count(k)?, 0i32);
+    let (nn, kk, accumulate) = (crate::cuda::count(n)?, crate::cuda::count(k)?, 0i32);
     let labels = labels.view();
     let lv = logits.cuda_buffer()?.view::<f32>()?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&lv).arg(&labels).arg(out).arg(&nn).arg(&kk).arg(&overwrite);
+    launch.arg(&lv).arg(&labels).arg(out).arg(&nn).arg(&kk).arg(&accumulate);
     let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: count_correct(logits [n,k], labels [n], out [1], n, k, accumulate), one block as required.
     unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("count_correct"))?;

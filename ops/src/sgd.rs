@@ -169,21 +169,24 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
                     return Err(Error::DType { op: "sgd (CUDA)", a: x.dtype(), b: DType::F32 });
                 }
             }
+            // As the CPU path and PyTorch: a buffer only with momentum, made on its first step.
             table.first_step[t] = i32::from(buf.is_none());
-            if buf.is_none() {
-                // The momentum buffer is needed even when momentum is 0, as a valid (unused) pointer.
+            if buf.is_none() && cfg.momentum != 0.0 {
                 **buf = Some(Tensor::zeros(p.shape(), DType::F32).to_device(&p.device())?);
             }
-            let b = buf.as_mut().ok_or_else(|| Error::Invalid("momentum buffer missing".into()))?;
             table.n[t] = crate::cuda::count(p.numel())?;
             largest = largest.max(table.n[t]);
             table.p[t] = p.cuda_buffer_mut()?.ptr_mut() as u64;
             table.g[t] = g.cuda_buffer()?.ptr() as u64;
-            table.buf[t] = b.cuda_buffer_mut()?.ptr_mut() as u64;
+            // Null without momentum: the kernel then neither reads nor writes it.
+            table.buf[t] = match buf.as_mut() {
+                Some(b) if cfg.momentum != 0.0 => b.cuda_buffer_mut()?.ptr_mut() as u64,
+                _ => 0,
+            };
             dev.get_or_insert_with(|| p.device());
         }
         let Some(crate::Device::Cuda(dev)) = dev else { continue };
-        if lr_dev != 0 && table.first_step[..chunk.len()].iter().any(|&f| f != 0) {
+        if lr_dev != 0 && cfg.momentum != 0.0 && table.first_step[..chunk.len()].iter().any(|&f| f != 0) {
             // A graph captures `first_step` too: every replay would be a first step.
             return Err(Error::Invalid("sgd: a step with a device LR (a captured step) needs the momentum buffers made by an earlier step".into()));
         }
