@@ -41,8 +41,8 @@ tests() {
         header
         for t in test-cuda test-cuda_ops test-cuda_gradcheck test-cuda_train; do
             echo "== $t --ignored --test-threads=1 --nocapture"
-            # A hung test must not eat the whole call: 200 s per binary.
-            timeout 200 /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1
+            # A hung test must not eat the whole call (600 s): TEST_TIMEOUT s per binary (default 150).
+            timeout "${TEST_TIMEOUT:-150}" /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1
             echo "== $t exit status $? (124: timed out)"
         done
     } > "$f" 2>&1
