@@ -268,7 +268,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         })?;
         let eval_start = std::time::Instant::now();
         // The last epoch's evaluation also lists the misclassified images (for the plot).
-        let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000, epoch + 1 == cfg.epochs)?;
+        // In batches of the training size: the tape keeps every activation of a batch, so larger
+        // evaluation batches would set the run's peak memory.
+        let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, epoch + 1 == cfg.epochs)?;
         let eval_seconds = eval_start.elapsed().as_secs_f64();
         log.line(&format!(
             "Train: Loss={:.4} Accuracy={:.2}% ({:.1}s)",
@@ -298,7 +300,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     }
     let eval = match last {
         Some(e) => e,
-        None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, 1000, true)?,
+        None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, true)?,
     };
     write_curves(&dir, &rows)?;
     write_lr_schedule(&dir, &schedule)?;
