@@ -73,6 +73,9 @@ def parse_args(argv=None):
     ap.add_argument("--channels-last", action="store_true", help="NHWC model weights and inputs")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune (default: default)")
+    ap.add_argument("--no-cudnn-benchmark", action="store_true",
+                    help="let cuDNN's heuristics pick the convolution algorithms instead of timing them "
+                         "(default: timed, torch.backends.cudnn.benchmark = True, as our engine's cudnnFind)")
     ap.add_argument("--no-tf32", action="store_true",
                     help="fp32 convolutions without TF32 (PyTorch's default lets cuDNN use TF32 for them)")
     ap.add_argument("--eval-checkpoint", metavar="PATH",
@@ -225,6 +228,9 @@ def main(argv=None):
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+    # Fixed shapes: time cuDNN's algorithms once per shape, as our engine does (and as D. Page's
+    # reference implementation of this recipe does).
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     torch.manual_seed(args.seed)
 
     train = load_split(args.data, TRAIN_FILES)
@@ -314,6 +320,7 @@ def main(argv=None):
         "device": name, "torch": torch.__version__, "amp": args.amp, "channels_last": args.channels_last,
         "compile": args.compile, "compile_mode": args.compile_mode,
         "tf32_conv": bool(cuda and torch.backends.cudnn.allow_tf32),
+        "cudnn_benchmark": bool(cuda and torch.backends.cudnn.benchmark),
         "seed": args.seed, "epochs": args.epochs, "batch_size": bs, "train_images": n,
         "lr_max": args.lr_max, "lr_min": args.lr_min, "peak_epoch": peak_epoch, "momentum": args.momentum,
         "nesterov": not args.no_nesterov, "weight_decay": args.weight_decay,
