@@ -101,3 +101,53 @@ fn ones_are_ones_in_every_type_and_cost_no_upload_once_cached() {
     let _b = d.ones(512, DType::F32).unwrap();
     assert!(d.driver_allocations() <= before + 1, "a cached block serves smaller requests");
 }
+
+/// The fallback for a driver that refuses our PTX (an NVRTC newer than the driver): NVRTC's
+/// machine code for the device's architecture loads and runs. Also: a graph captured from a
+/// kernel launch replays it, owning the pool blocks used during the capture.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn machine_code_loads_and_a_captured_launch_replays() {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    let Device::Cuda(d) = gpu() else { unreachable!() };
+    let src = "extern \"C\" __global__ void twice(float* x, unsigned int n) { unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) x[i] = 2.0f * x[i]; }";
+    let bin = engine::nvrtc::compile_cubin("twice.cu", src, d.arch()).unwrap();
+    let module = d.context().load_module(cudarc::nvrtc::Ptx::from_binary(bin)).unwrap();
+    let f = module.load_function("twice").unwrap();
+    let values: Vec<f32> = (0..1000).map(|i| i as f32 - 300.5).collect();
+    let mut buf = d.upload_elems(&values).unwrap();
+    let n = 1000u32;
+    let launch = |buf: &mut engine::cuda::CudaBuffer| {
+        let mut v = buf.view_mut::<f32>().unwrap();
+        let mut l = d.stream().launch_builder(&f);
+        l.arg(&mut v).arg(&n);
+        // SAFETY: twice(float* x [n], n).
+        unsafe { l.launch(LaunchConfig::for_num_elems(n)) }.unwrap();
+    };
+    launch(&mut buf);
+    let want: Vec<f32> = values.iter().map(|v| 2.0 * v).collect();
+    assert_eq!(buf.to_host_f32().unwrap(), want);
+    // Capture one launch on a block taken (and given back) during the capture, then replay twice.
+    drop(d.alloc(4096).unwrap());
+    let free_before = d.pool_free_bytes();
+    d.begin_capture().unwrap();
+    let scratch = d.alloc(4096).unwrap();
+    drop(scratch);
+    launch(&mut buf);
+    let graph = d.end_capture().unwrap();
+    assert_eq!(buf.to_host_f32().unwrap(), want, "a capture runs nothing");
+    assert_eq!(graph.reserved_bytes(), 4096 * 4, "the graph keeps the block used during its capture");
+    assert_eq!(d.pool_free_bytes(), free_before - 4096 * 4, "... and the pool no longer offers it");
+    graph.launch().unwrap();
+    graph.launch().unwrap();
+    let want4: Vec<f32> = values.iter().map(|v| 8.0 * v).collect();
+    assert_eq!(buf.to_host_f32().unwrap(), want4);
+    drop(graph);
+    assert_eq!(d.pool_free_bytes(), free_before, "a dropped graph gives its blocks back");
+    // New memory during a capture is refused, and the capture then fails cleanly.
+    d.begin_capture().unwrap();
+    assert!(d.alloc(12345).is_err());
+    assert!(d.end_capture().is_err());
+    assert!(!d.is_capturing());
+    d.synchronize().unwrap();
+}
