@@ -129,3 +129,32 @@ fn fused_bn_relu_steps_equal_unfused_steps_on_the_cpu() {
     assert!(fused.0.iter().all(|l| l.is_finite()));
     assert_eq!(fused, plain);
 }
+
+/// GPU-only options on the CPU: one clear error before anything is written (no run folder).
+#[test]
+fn gpu_only_options_are_refused_on_the_cpu_before_writing_anything() {
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let runs = std::env::temp_dir().join(format!("train-cpu-gpu-only-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&runs);
+    let base = RunOptions {
+        cfg: TrainConfig { lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() },
+        lr_given: true,
+        lr_find: Default::default(),
+        runs_dir: runs.clone(),
+        name: Some("x".into()),
+        resume: false,
+        progress: false,
+        cuda_graph: false,
+    };
+    let cases = [
+        RunOptions { cuda_graph: true, ..base.clone() },
+        RunOptions { cfg: TrainConfig { bf16: true, ..base.cfg.clone() }, ..base.clone() },
+        RunOptions { cfg: TrainConfig { channels_last: true, ..base.cfg.clone() }, ..base.clone() },
+    ];
+    for opts in cases {
+        let err = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
+        assert!(err.contains("CUDA GPU only"), "{err}");
+        assert!(!runs.join("x").exists(), "a run folder was written");
+    }
+    let _ = std::fs::remove_dir_all(&runs);
+}

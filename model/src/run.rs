@@ -126,6 +126,14 @@ pub struct RunOptions {
     pub cuda_graph: bool,
 }
 
+/// An error if a GPU-only option is asked for on the CPU.
+fn gpu_only(device: &Device, bf16: bool, channels_last: bool, cuda_graph: bool) -> Result<()> {
+    if (bf16 || channels_last || cuda_graph) && !device.is_cuda() {
+        return Err(Error::Invalid("--bf16, --channels-last and --cuda-graph run on a CUDA GPU only".into()));
+    }
+    Ok(())
+}
+
 /// The first `runs_dir/run-N` that does not exist.
 fn fresh_run_name(runs_dir: &Path) -> String {
     (1..).map(|i| format!("run-{i}")).find(|n| !runs_dir.join(n).exists()).unwrap_or_else(|| "run".into())
@@ -144,6 +152,8 @@ fn progress_bar(len: usize, enabled: bool) -> ProgressBar {
 
 /// Train as configured; returns the final test accuracy in percent.
 pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f64> {
+    // Before anything is written. (A resumed run's settings come from its checkpoint: checked below.)
+    gpu_only(device, opts.cfg.bf16, opts.cfg.channels_last, opts.cuda_graph)?;
     std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
     let name = match &opts.name {
         Some(n) => n.clone(),
@@ -192,11 +202,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         let model = ResNet9::new(opts.cfg.width, opts.cfg.out_scale, DType::F32, &mut rng)?;
         (opts.cfg.clone(), model, SgdState::default(), Vec::new())
     };
+    gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
     model.to_device(device)?;
     cfg.apply_to(&mut model.arch);
-    if (cfg.bf16 || cfg.channels_last || opts.cuda_graph) && !device.is_cuda() {
-        return Err(Error::Invalid("--bf16, --channels-last and --cuda-graph run on a CUDA GPU only".into()));
-    }
     for b in state.momentum_buffers.iter_mut().flatten() {
         *b = b.to_device(device)?;
     }
@@ -465,6 +473,7 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     let cfg = &opts.cfg;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
+    gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
     model.to_device(device)?;
     cfg.apply_to(&mut model.arch);
     let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
@@ -495,6 +504,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     let norm = Normalization { mean, std };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
+    gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
     model.to_device(device)?;
     cfg.apply_to(&mut model.arch);
     let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
