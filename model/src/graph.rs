@@ -60,7 +60,8 @@ pub struct StepGraph {
     warmup_left: usize,
     /// Why the capture failed (every step then runs eagerly).
     failed: Option<String>,
-    /// A message for the run's log, taken by [`StepGraph::take_notice`].
+    /// A message for the run's log (the capture succeeded, or why it failed), taken by
+    /// [`StepGraph::take_notice`].
     notice: Option<String>,
     /// Replays so far.
     replays: usize,
@@ -182,6 +183,11 @@ impl StepGraph {
             }
         };
         self.captured_with = Some(arrays_address(gpu)?);
+        self.notice = Some(format!(
+            "CUDA graph: the training step was captured at batch {} and is replayed from now on ({:.0} MiB of device memory kept for it)",
+            b + 1,
+            graph.reserved_bytes() as f64 / 1048576.0
+        ));
         self.graph = Some(graph);
         // The capture counted this step's batch in num_batches_tracked already; the caller launches it.
         Ok(())
@@ -245,7 +251,7 @@ impl StepGraph {
         self.failed.as_deref()
     }
 
-    /// A line for the run's log, once (e.g. that the capture failed).
+    /// A line for the run's log, once: that the step was captured, or why the capture failed.
     pub fn take_notice(&mut self) -> Option<String> {
         self.notice.take()
     }
