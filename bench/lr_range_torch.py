@@ -1,0 +1,126 @@
+"""Our LR range test (model/src/lr_find.rs) written in PyTorch, for a look at the curve of the full-width
+network where our engine's CPU path is too slow (or before a GPU session), and the three suggestion rules
+applied to it exactly as `lr_find::suggest` does.
+
+    python3 bench/lr_range_torch.py --data DIR [--device cpu|cuda] [--out-scale 0.125] [--steps 100] \\
+        [--width 1] [--batch-size 512] [--csv out.csv]
+
+Same as ours: SGD (momentum 0.9, Nesterov, weight decay 5e-4), mean cross-entropy, LR growing exponentially
+from 1e-4 to 10 over `steps` full batches of shuffled, augmented images (crop with reflect padding, flip,
+cutout 8x8), loss smoothed by an exponential moving average (beta 0.98) with bias correction, stopped
+when the smoothed loss exceeds 4 times its minimum. Not the same: PyTorch's own random streams (other
+batches and augmentations than ours) and initialisation draws. Prints the rules' suggestions and writes the
+curve as CSV (lr, loss, smoothed_loss).
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from resnet9 import ResNet9  # noqa: E402
+from train_torch import TRAIN_FILES, augment, channel_stats, load_split  # noqa: E402
+
+SLOPE_SPAN = 3  # as lr_find.rs
+
+
+def suggest(points, rule):
+    """lr_find::suggest: (lr_max, lr_min) from [(lr, raw, smoothed)]."""
+    finite = [(lr, s) for lr, _, s in points if math.isfinite(s) and lr > 0]
+    imin = min(range(len(finite)), key=lambda i: finite[i][1])
+    if rule == "minimum":
+        lr = finite[imin][0]
+    elif rule == "steepest":
+        def slope(i):
+            a, b = max(i - SLOPE_SPAN, 0), min(i + SLOPE_SPAN, imin)
+            if b <= a:
+                return math.inf
+            return (finite[b][1] - finite[a][1]) / (math.log(finite[b][0]) - math.log(finite[a][0]))
+        lr = finite[min(range(imin + 1), key=slope)][0]
+    else:  # valley: the longest strictly decreasing subsequence, half-way through its middle third
+        v = [s for _, s in finite]
+        run, first, best = [1] * len(v), list(range(len(v))), 0
+        for i in range(len(v)):
+            for j in range(i):
+                if v[i] < v[j] and run[j] + 1 > run[i]:
+                    run[i], first[i] = run[j] + 1, first[j]
+            if run[i] > run[best]:
+                best = i
+        start, span = first[best], best - first[best]
+        lr = finite[start + span // 3 + span // 6][0]
+    return lr, lr / 10
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--out-scale", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--start-lr", type=float, default=1e-4)
+    ap.add_argument("--end-lr", type=float, default=10.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--csv", help="write the curve here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    train = load_split(args.data, TRAIN_FILES)
+    mean, std = (t.to(dev) for t in channel_stats(train))
+    x = torch.from_numpy(train[:, 1:].reshape(-1, 3, 32, 32).copy()).to(dev)
+    y = torch.from_numpy(train[:, 0].astype("int64")).to(dev)
+    model = ResNet9(width=args.width, out_scale=args.out_scale).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=args.start_lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(args.seed)
+    n, bs, beta = x.shape[0], args.batch_size, 0.98
+    points, avg, best, step, t0 = [], 0.0, math.inf, 0, time.perf_counter()
+    diverged = False
+    while step < args.steps and not diverged:
+        perm = torch.randperm(n, device=dev, generator=gen)
+        for b in range(n // bs):
+            lr = args.start_lr * (args.end_lr / args.start_lr) ** (step / (args.steps - 1))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = perm[b * bs:(b + 1) * bs]
+            loss = F.cross_entropy(model(augment(x[idx], mean, std, gen)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            raw = loss.item()
+            if not math.isfinite(raw):
+                diverged = True
+                break
+            avg = beta * avg + (1 - beta) * raw
+            smooth = avg / (1 - beta ** (step + 1))
+            points.append((lr, raw, smooth))
+            best = min(best, smooth)
+            step += 1
+            print(f"step {step:3d} lr {lr:.3e} loss {raw:.4f} smoothed {smooth:.4f} ({time.perf_counter() - t0:.0f}s)",
+                  flush=True)
+            if smooth > 4 * best:
+                diverged = True
+                break
+            if step == args.steps:
+                break
+    if args.csv:
+        with open(args.csv, "w") as f:
+            f.write("lr,loss,smoothed_loss\n")
+            for lr, raw, s in points:
+                f.write(f"{lr:.6e},{raw:.6f},{s:.6f}\n")
+    rules = {r: suggest(points, r)[0] for r in ("minimum", "steepest", "valley")}
+    print(f"{len(points)} steps{' (stopped at divergence)' if diverged else ''}; width {args.width}, "
+          f"out scale {args.out_scale}, batch {bs}; initial smoothed loss {points[0][2]:.4f}; LRMAX by rule: "
+          + ", ".join(f"{r} {v:.3e}" for r, v in rules.items()) + " (LRMIN a tenth of it)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
