@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
     ap.add_argument("--width", type=float, default=1.0)
-    ap.add_argument("--out-scale", type=float, default=1.0)
+    ap.add_argument("--out-scale", type=float, help="multiplier of the logits (default: the checkpoint's metadata)")
     ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data/cifar-10-batches-bin"))
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,6 +36,10 @@ def main():
     px = train[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0
     mean = torch.tensor(px.mean(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(px.std(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
+    if args.out_scale is None:
+        # Our checkpoints record the logit scale in their metadata (model/src/checkpoint.rs).
+        with safe_open(args.checkpoint, "pt") as f:
+            args.out_scale = float((f.metadata() or {}).get("out_scale", 1.0))
     model = ResNet9(width=args.width, out_scale=args.out_scale)
     model.load_state_dict(load_file(args.checkpoint), strict=True)
     model = model.to(dev).eval()

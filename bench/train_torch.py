@@ -66,7 +66,7 @@ def parse_args(argv=None):
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--width", type=float, help="channel multiplier (default 1 = the real network; with "
                                                 "--eval-checkpoint, default: from the checkpoint)")
-    ap.add_argument("--out-scale", type=float, help="multiplier of the logits (default 1; with --eval-checkpoint, "
+    ap.add_argument("--out-scale", type=float, help="multiplier of the logits (default 0.125, as our CLI; with --eval-checkpoint, "
                                                     "default: from the checkpoint)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the initialisation, shuffle and augmentation")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (training and evaluation)")
@@ -250,7 +250,7 @@ def main(argv=None):
 
     peak_epoch = args.peak_epoch if args.peak_epoch is not None else default_peak_epoch(args.epochs)
     args.width = 1.0 if args.width is None else args.width
-    args.out_scale = 1.0 if args.out_scale is None else args.out_scale
+    args.out_scale = 0.125 if args.out_scale is None else args.out_scale  # our CLI's default
     model = ResNet9(width=args.width, out_scale=args.out_scale).to(dev)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -112,8 +112,10 @@ struct TrainArgs {
     no_nesterov: bool,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
-    /// Multiplier of the logits.
-    #[arg(long, default_value_t = 1.0)]
+    /// Multiplier of the logits. 0.125 as in D. Page's ResNet-9 ("How to Train Your ResNet",
+    /// myrtle.ai, 2018); with it the LR range test's minimum lands at Page's LR for this
+    /// network (bench/results/lr-range-torch-cpu-w1-2026-11-25.md).
+    #[arg(long, default_value_t = 0.125)]
     out_scale: f64,
     /// How the LR range test picks LRMAX: `minimum` (LR at the smoothed loss's minimum) or
     /// `steepest` (LR where it falls fastest) or `valley` (fastai's: the middle of the longest
@@ -213,7 +215,7 @@ impl TrainArgs {
 }
 
 const CPU_HINT: &str = "A smaller job runs on the CPU in minutes:\n  \
-    cargo run -p model --release -- train --device cpu --width 0.25 --subset 5000 --epochs 4 --batch-size 128";
+    cargo run -p model --release -- train --device cpu --width 0.25 --subset 5000 --epochs 4 --batch-size 128 --lr-rule steepest";
 
 /// Pick the device the user asked for; `auto` without a GPU is an error that says what to do.
 fn choose_device(name: &str) -> Result<Device> {

@@ -25,6 +25,7 @@ pub struct TrainConfig {
     /// Train on the first N training images only.
     pub subset: Option<usize>,
     pub width: f64,
+    /// Multiplier of the logits; 0.125 by default (D. Page's ResNet-9, see the CLI's `--out-scale`).
     pub out_scale: f64,
     pub peak_epoch: usize,
     pub momentum: f64,
@@ -51,7 +52,7 @@ impl Default for TrainConfig {
             seed: 0,
             subset: None,
             width: 1.0,
-            out_scale: 1.0,
+            out_scale: 0.125,
             peak_epoch: 5,
             momentum: 0.9,
             nesterov: true,
