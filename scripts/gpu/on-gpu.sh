@@ -7,7 +7,7 @@
 #   bash scripts/gpu/on-gpu.sh profile [FLAGS]  time per operation of one step -> $OUT/profile-<date>.txt
 #                                                (e.g. profile --cuda-graph, profile --bf16 --channels-last --cuda-graph)
 #   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> $OUT/lr-find-<date>.txt
-#                                                (e.g. lrfind --out-scale 0.125 lrfind: two settings, one call)
+#                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> $OUT/sanitize-<date>.txt
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
