@@ -172,7 +172,9 @@ fn a_short_run_learns_on_the_gpu() {
     let opts = RunOptions {
         cfg,
         lr_given: false,
-        lr_find: model::lr_find::LrFindConfig { steps: 19, ..Default::default() },
+        // The real job's range test (100 steps; seconds on a GPU): a short one's lagging smoothed
+        // loss can put the minimum at the end of the range.
+        lr_find: Default::default(),
         runs_dir: runs.clone(),
         name: Some("g".into()),
         resume: false,
