@@ -313,7 +313,7 @@ fn graph_steps_match_eager_steps() {
     assert_eq!(spe, 6);
     let mut runs = Vec::new();
     for graph in [false, true] {
-        let mut net = ResNet9::new(cfg.width, 1.0, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5)).unwrap();
+        let mut net = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(5)).unwrap();
         net.to_device(&dev).unwrap();
         let mut state = SgdState::default();
         let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
