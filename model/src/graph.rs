@@ -33,6 +33,8 @@ use std::sync::Arc;
 /// Full batches run eagerly before the capture. Two: the first step creates the momentum
 /// buffers (a first SGD step is a different computation), the second is the steady state.
 pub const WARMUP_STEPS: usize = 2;
+// One step to create the momentum buffers, one in the steady state: fewer cannot fill the pool.
+const _: () = assert!(WARMUP_STEPS >= 2);
 
 /// What the next full batch does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,16 +264,4 @@ fn arrays_address(gpu: &GpuData) -> Result<[u64; 4]> {
     let (i, p, l) = gpu.epoch_arrays()?;
     let s = gpu.device().stream();
     Ok([engine::cuda::address(i, s), engine::cuda::address(p, s), engine::cuda::address(l, s), i.len() as u64])
-}
-
-#[cfg(test)]
-mod tests {
-    /// The mode of a full batch: eager for the warm-up, then capture, then replays; a
-    /// partial batch is always eager. (The GPU test `graph_steps_match_eager_steps` runs it.)
-    #[test]
-    fn warmup_is_at_least_two_steps() {
-        // One step to create the momentum buffers and one in the steady state are needed
-        // before the pool holds every block a step uses.
-        assert!(super::WARMUP_STEPS >= 2);
-    }
 }

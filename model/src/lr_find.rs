@@ -24,6 +24,7 @@
 //!   decreasing subsequence, which tolerates noise), and the point half-way through its middle
 //!   third: `start + ⌊L/3⌋ + ⌊L/6⌋` for a stretch of L points. It lies between the steepest
 //!   point and the minimum.
+//!
 //! Only full batches are used: a small last batch gives a noisy loss that can fake the minimum.
 
 use crate::pipeline::Pipeline;
