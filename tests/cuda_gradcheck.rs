@@ -21,6 +21,14 @@ fn on_gpu() -> GradCheck {
     GradCheck { device: gpu(), ..GradCheck::default() }
 }
 
+/// Fresh f64 BN running statistics of `c` channels on `dev`.
+fn running_stats_on(dev: &Device, c: usize) -> engine::Result<RunningStats> {
+    let mut stats = RunningStats::new(c, DType::F64);
+    stats.mean = stats.mean.to_device(dev)?;
+    stats.var = stats.var.to_device(dev)?;
+    Ok(stats)
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn conv2d_in_f64_on_the_gpu() {
@@ -46,9 +54,7 @@ fn batch_norm_in_f64_on_the_gpu() {
     let ps = random_params(&[&[3, 4, 3, 2], &[4], &[4]], 2);
     let r = gc
         .run(&ps, |g| {
-            let mut stats = RunningStats::new(4, DType::F64);
-            stats.mean = stats.mean.to_device(&dev)?;
-            stats.var = stats.var.to_device(&dev)?;
+            let mut stats = running_stats_on(&dev, 4)?;
             let (x, ga, be) = (g.param(0)?, g.param(1)?, g.param(2)?);
             ops::batch_norm::batch_norm_train(g, x, ga, be, &mut stats, BatchNormConfig::default())
         })
@@ -142,9 +148,7 @@ fn batch_norm_relu_in_f64_on_the_gpu() {
     ps[2] = Tensor::new(&[4], vec![-0.4f64, 0.3, -0.1, 0.5]).unwrap();
     let r = gc
         .run(&ps, |g| {
-            let mut stats = RunningStats::new(4, DType::F64);
-            stats.mean = stats.mean.to_device(&dev)?;
-            stats.var = stats.var.to_device(&dev)?;
+            let mut stats = running_stats_on(&dev, 4)?;
             let (x, ga, be) = (g.param(0)?, g.param(1)?, g.param(2)?);
             ops::batch_norm_relu::batch_norm_relu_train(g, x, ga, be, &mut stats, BatchNormConfig::default())
         })

@@ -67,6 +67,17 @@ pub(crate) fn check(x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &RunningSt
     Ok(c)
 }
 
+/// [`check`], and more than one value per channel (training mode's statistics need them);
+/// `op` names the op in the error.
+pub(crate) fn check_train(op: &'static str, x: &Tensor, gamma: &Tensor, beta: &Tensor, stats: &RunningStats) -> Result<()> {
+    check(x, gamma, beta, stats)?;
+    let s = x.shape();
+    if s[0] * s[2] * s[3] < 2 {
+        return Err(Error::shape(op, format!("training mode needs more than one value per channel, got {s:?}")));
+    }
+    Ok(())
+}
+
 /// Training mode: normalise x `[N, C, H, W]` with the batch statistics, scale by gamma `[C]`,
 /// shift by beta `[C]`, and update `running`.
 pub fn batch_norm_train(
@@ -78,11 +89,7 @@ pub fn batch_norm_train(
     cfg: BatchNormConfig,
 ) -> Result<Var> {
     let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
-    check(xt, gt, bt, running)?;
-    let m = xt.shape()[0] * xt.shape()[2] * xt.shape()[3];
-    if m < 2 {
-        return Err(Error::shape("batch_norm", format!("training mode needs more than one value per channel, got {:?}", xt.shape())));
-    }
+    check_train("batch_norm", xt, gt, bt, running)?;
     let out = match xt.dtype() {
         _ if xt.device().is_cuda() => train_forward_cuda(xt, gt, bt, running, cfg)?,
         DType::F32 => train_forward_cpu::<f32>(xt, gt, bt, running, cfg)?,

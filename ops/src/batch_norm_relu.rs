@@ -22,7 +22,6 @@
 use crate::batch_norm::{BatchNormConfig, RunningStats};
 use crate::{DType, Gradients, Graph, Result, Tensor, Var};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use engine::Error;
 use engine::cuda::{CudaBuffer, CudaDevice};
 use std::sync::Arc;
 
@@ -36,11 +35,7 @@ pub fn batch_norm_relu_train(
     cfg: BatchNormConfig,
 ) -> Result<Var> {
     let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
-    crate::batch_norm::check(xt, gt, bt, running)?;
-    let s = xt.shape();
-    if s[0] * s[2] * s[3] < 2 {
-        return Err(Error::shape("batch_norm_relu", format!("training mode needs more than one value per channel, got {s:?}")));
-    }
+    crate::batch_norm::check_train("batch_norm_relu", xt, gt, bt, running)?;
     let (y, saved) = if xt.device().is_cuda() {
         let (y, stats) = forward_cuda(xt, gt, bt, running, cfg)?;
         (y, Saved::Cuda { stats })
@@ -153,10 +148,6 @@ fn kernel(dev: &CudaDevice, name: &str) -> Result<cudarc::driver::CudaFunction> 
     crate::cuda::function(dev, "batch_norm_relu.cu", name)
 }
 
-fn launch_err(name: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
-    crate::cuda::launch_err(name)
-}
-
 /// A scalar of the statistics' type as a kernel argument.
 enum Scalar {
     F32(f32),
@@ -195,7 +186,7 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
     launch.arg(&xp).arg(&pp).arg(&geo.n).arg(&geo.c).arg(&geo.hw).arg(&geo.splits);
     // SAFETY: bnr_stats_*(x [n·c·hw of T], partial [splits·c·3 of A], n, c, hw, splits), launched with the
     // grid and block shape the kernel assumes (Geometry::reduce_launch).
-    unsafe { launch.launch(geo.reduce_launch()) }.map_err(launch_err("bnr_stats"))?;
+    unsafe { launch.launch(geo.reduce_launch()) }.map_err(crate::cuda::launch_err("bnr_stats"))?;
 
     // 2. Merge the splits: statistics, scale and shift, running statistics.
     let f = kernel(&dev, &format!("bnr_finalize{stat_sfx}"))?;
@@ -210,7 +201,7 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
     launch.arg(&sp);
     // SAFETY: bnr_finalize(partial, c, splits, gamma [c], beta [c], running_mean [c], running_var [c],
     // momentum, eps, stats [4c]), all of the statistics' type A (checked by batch_norm::check).
-    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(launch_err("bnr_finalize"))?;
+    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(crate::cuda::launch_err("bnr_finalize"))?;
     running.num_batches_tracked += 1;
 
     // 3. y = max(x·scale + shift, 0).
@@ -221,8 +212,7 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
     let mut launch = stream.launch_builder(&f);
     launch.arg(&xp).arg(&sp).arg(&yp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_apply(x [total], stats [4c], y [total], total, c, hw, nhwc).
-    unsafe { launch.launch(crate::cuda::grid(geo.total)) }.map_err(launch_err("bnr_apply"))?;
-    drop(partial);
+    unsafe { launch.launch(crate::cuda::grid(geo.total)) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
     Ok((crate::cuda::like(x, y)?, Tensor::from_cuda(&[4, c], stats)?))
 }
 
@@ -244,7 +234,7 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     launch.arg(&xp).arg(&dyp).arg(&sp).arg(&pp).arg(&geo.n).arg(&geo.c).arg(&geo.hw).arg(&geo.splits);
     // SAFETY: bnr_bwd_sums_*(x, dy [n·c·hw of T], stats [4c], partial [splits·c·2], n, c, hw, splits),
     // with the grid and blocks the kernel assumes.
-    unsafe { launch.launch(geo.reduce_launch()) }.map_err(launch_err("bnr_bwd_sums"))?;
+    unsafe { launch.launch(geo.reduce_launch()) }.map_err(crate::cuda::launch_err("bnr_bwd_sums"))?;
 
     // 2. dβ, dγ and the coefficients of dx.
     let f = kernel(&dev, &format!("bnr_bwd_finalize{stat_sfx}"))?;
@@ -254,7 +244,7 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     let mut launch = stream.launch_builder(&f);
     launch.arg(&pp).arg(&geo.c).arg(&geo.splits).arg(&m).arg(&gp).arg(&sp).arg(&dgp).arg(&dbp).arg(&cp);
     // SAFETY: bnr_bwd_finalize(partial, c, splits, m, gamma [c], stats [4c], dgamma [c], dbeta [c], coef [3c]).
-    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(launch_err("bnr_bwd_finalize"))?;
+    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(crate::cuda::launch_err("bnr_bwd_finalize"))?;
 
     // 3. dx.
     let mut dx = dev.alloc_dtype(x.numel(), x.dtype())?;
@@ -264,8 +254,7 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     let mut launch = stream.launch_builder(&f);
     launch.arg(&xp).arg(&dyp).arg(&sp).arg(&cp).arg(&dxp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_bwd_apply(x, dy [total], stats [4c], coef [3c], dx [total], total, c, hw, nhwc).
-    unsafe { launch.launch(crate::cuda::grid(geo.total)) }.map_err(launch_err("bnr_bwd_apply"))?;
-    drop((partial, coef));
+    unsafe { launch.launch(crate::cuda::grid(geo.total)) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
     Ok((crate::cuda::like(x, dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
 }
 
