@@ -328,6 +328,7 @@ fn graph_steps_match_eager_steps() {
         }
         if let Some(sg) = &sg {
             assert_eq!(sg.failure(), None, "the capture failed");
+            assert_eq!(sg.eager_instead(), 0, "a replay found a block of the graph held by a tensor");
             assert_eq!(sg.replays(), 3 + 5, "launches of the captured step");
             eprintln!("graph: {} MiB reserved; driver allocations after each epoch {allocs:?}", sg.reserved_bytes() >> 20);
             assert_eq!(allocs[0], allocs[1], "the second epoch allocated from the driver");

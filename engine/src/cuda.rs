@@ -8,28 +8,30 @@
 //!
 //! ## The caching allocator
 //!
-//! Every buffer of a CUDA tensor (f32, or f64 for gradient checks) is a [`CudaBuffer`]
+//! Every buffer of a CUDA tensor (f32, bf16, or f64 for gradient checks) is a [`CudaBuffer`]
 //! taken from the device's pool: a block of bytes tagged with its element type. Dropping
-//! it does not free the memory: the block goes back to a free list keyed by its exact
-//! size in bytes, and the next request of that size takes it. A
-//! training step allocates the same sizes in the same order every time, so after
-//! the first step every request is served from the pool and the driver is never
-//! called ([`CudaDevice::driver_allocations`] proves it). Reuse is safe without
-//! events because there is one stream: work queued by the block's next owner runs
-//! after all work queued by its previous owner.
+//! it does not free the memory: the block goes back to a free list keyed by its size in
+//! bytes, and a later request of that size (or of at least half of it) takes it; the
+//! bookkeeping is [`crate::pool::BlockPool`]. A training step allocates the same sizes in
+//! the same order every time, so after the first step every request is served from the
+//! pool and the driver is never called ([`CudaDevice::driver_allocations`] proves it).
+//! Reuse is safe without events because there is one stream: work queued by the block's
+//! next owner runs after all work queued by its previous owner.
 //!
 //! ## CUDA graphs
 //!
 //! [`CudaDevice::begin_capture`] and [`CudaDevice::end_capture`] record the work queued
 //! in between as a [`DeviceGraph`], replayed by one launch. A replay reuses the device
-//! addresses of the capture, so the graph must own its memory: every block handed out
-//! during the capture (and given back to the pool before it ended) is taken out of the
-//! pool and kept by the graph until it is dropped. A capture must not need new memory
-//! (a pool miss, a larger workspace or more ones is an error): run the same work once
-//! before capturing it. Blocks that a graph may read (the workspace, the ones) are
-//! never freed while a graph exists.
+//! addresses of the capture, so those are the graph's memory: every block handed out during
+//! the capture (and given back to the pool before it ended) is *reserved* for the graph until
+//! it is dropped. Reserved blocks are lent to other work between replays (the evaluation, a
+//! partial batch), and a replay is refused while one is lent (see [`crate::pool`]). A capture
+//! must not need new memory (a pool miss, a larger workspace or more ones is an error): run
+//! the same work once before capturing it. Blocks that a graph may read (the workspace, the
+//! ones) are never freed while a graph exists.
 
 use crate::cudnn::CudnnHandle;
+use crate::pool::BlockPool;
 use crate::{DType, Error, Float, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr};
 use std::collections::HashMap;
@@ -60,8 +62,8 @@ pub struct CudaDevice {
     workspace: Mutex<Option<CudaSlice<u8>>>,
     /// Whether cuDNN convolutions may use TF32 tensor cores for f32 data (PyTorch's default: yes).
     allow_tf32: AtomicBool,
-    /// Free blocks by exact size in bytes.
-    pool: Mutex<HashMap<usize, Vec<CudaSlice<u8>>>>,
+    /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
+    pool: Mutex<BlockPool<CudaSlice<u8>>>,
     /// A block of ones per element type (the largest length asked so far), the source of
     /// [`CudaDevice::ones`]: a device-to-device copy instead of an upload every step.
     ones: Mutex<HashMap<DType, CudaSlice<u8>>>,
@@ -69,10 +71,6 @@ pub struct CudaDevice {
     driver_allocations: AtomicU64,
     /// Requests served from the pool.
     pool_hits: AtomicU64,
-    /// Bytes of live pooled buffers (in use by tensors), and its peak (PyTorch's
-    /// `max_memory_allocated`, for pooled buffers).
-    in_use: AtomicU64,
-    peak_in_use: AtomicU64,
     /// Bytes obtained from the driver and not given back, and its peak (PyTorch's
     /// `max_memory_reserved`; includes the dataset, the workspace and the pool's free blocks).
     held: AtomicU64,
@@ -107,8 +105,11 @@ pub(crate) fn driver_err(op: &'static str) -> impl Fn(cudarc::driver::DriverErro
 /// Elements of one type in device memory, taken from the device's pool and given back to it
 /// on drop. The memory is a block of bytes; [`CudaBuffer::view`] reads it as its element type.
 pub struct CudaBuffer {
-    /// Always `Some` until `drop` hands the block back.
+    /// Always `Some` until `drop` hands the block back. It may be larger than the buffer
+    /// (the pool serves a request with a block of up to twice its size).
     bytes: Option<CudaSlice<u8>>,
+    /// The block's device address (its name in the pool).
+    addr: u64,
     dtype: DType,
     len: usize,
     dev: Arc<CudaDevice>,
@@ -251,11 +252,18 @@ impl CudaBuffer {
         unsafe { block.transmute_mut::<u16>(len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
     }
 
+    /// The buffer's size in bytes (its block may be larger).
+    pub fn size_bytes(&self) -> usize {
+        self.len * dtype_size(self.dtype)
+    }
+
     /// A copy on the same device (from the pool, filled by a device-to-device copy).
     pub fn try_clone(&self) -> Result<CudaBuffer> {
+        let bytes = self.size_bytes();
         let mut out = self.dev.alloc_dtype(self.len, self.dtype)?;
         let dst = out.bytes.as_mut().expect("just allocated");
-        self.dev.stream.memcpy_dtod(self.block(), dst).map_err(driver_err("copy on device"))?;
+        // Both blocks may be larger than the buffer: copy the buffer's bytes only.
+        self.dev.stream.memcpy_dtod(&self.block().slice(0..bytes), &mut dst.slice_mut(0..bytes)).map_err(driver_err("copy on device"))?;
         Ok(out)
     }
 }
@@ -277,7 +285,7 @@ impl Clone for CudaBuffer {
 impl Drop for CudaBuffer {
     fn drop(&mut self) {
         if let Some(bytes) = self.bytes.take() {
-            self.dev.recycle(bytes);
+            self.dev.recycle(self.addr, bytes);
         }
     }
 }
@@ -325,12 +333,10 @@ impl CudaDevice {
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
-            pool: Mutex::new(HashMap::new()),
+            pool: Mutex::new(BlockPool::new()),
             ones: Mutex::new(HashMap::new()),
             driver_allocations: AtomicU64::new(0),
             pool_hits: AtomicU64::new(0),
-            in_use: AtomicU64::new(0),
-            peak_in_use: AtomicU64::new(0),
             held: AtomicU64::new(0),
             peak_held: AtomicU64::new(0),
             capture: Mutex::new(None),
@@ -445,25 +451,31 @@ impl CudaDevice {
         self.pool_hits.load(Ordering::Relaxed)
     }
 
-    /// Bytes held by the pool's free lists (not in use by any tensor).
-    pub fn pool_free_bytes(&self) -> usize {
-        self.pool.lock().map(|p| p.iter().map(|(bytes, v)| bytes * v.len()).sum()).unwrap_or(0)
+    fn lock_pool(&self) -> Result<MutexGuard<'_, BlockPool<CudaSlice<u8>>>> {
+        self.pool.lock().map_err(|_| Error::Invalid("memory pool poisoned".into()))
     }
 
-    /// Give every free block of the pool back to the driver.
+    /// Bytes of the pool's free blocks that no CUDA graph reserves (what
+    /// [`CudaDevice::release_cached`] gives back).
+    pub fn pool_free_bytes(&self) -> usize {
+        self.pool.lock().map(|p| p.free_unreserved_bytes()).unwrap_or(0)
+    }
+
+    /// Give every free block of the pool that no CUDA graph reserves back to the driver.
     pub fn release_cached(&self) {
         if let Ok(mut p) = self.pool.lock() {
-            let bytes: usize = p.iter().map(|(b, v)| b * v.len()).sum();
-            p.clear();
+            let blocks = p.drain_unreserved();
+            let bytes: usize = blocks.iter().map(|b| b.len()).sum();
+            drop(blocks);
             self.held.fetch_sub(bytes as u64, Ordering::Relaxed);
         }
     }
 
-    /// Peak bytes of pooled buffers in use by tensors at once (like PyTorch's
-    /// `torch.cuda.max_memory_allocated`; the dataset and cuDNN's workspace are not pooled
-    /// and not counted here).
+    /// Peak bytes of pooled memory in use at once: blocks held by tensors, and the blocks
+    /// of live CUDA graphs (like PyTorch's `torch.cuda.max_memory_allocated`; the dataset
+    /// and cuDNN's workspace are not pooled and not counted here).
     pub fn peak_in_use_bytes(&self) -> u64 {
-        self.peak_in_use.load(Ordering::Relaxed)
+        self.pool.lock().map(|p| p.peak_in_use()).unwrap_or(0)
     }
 
     /// Peak bytes obtained from the driver through this device and not yet given back (like
@@ -486,26 +498,27 @@ impl CudaDevice {
     }
 
     /// A buffer of `n` elements of `dtype`, contents unspecified (see [`CudaDevice::alloc`]).
+    /// Its block may be up to twice as large (see [`crate::pool`]).
     pub fn alloc_dtype(self: &Arc<Self>, n: usize, dtype: DType) -> Result<CudaBuffer> {
         // At least one byte: the driver's answer to a zero-byte request is not a usable block.
         let bytes = (n * dtype_size(dtype)).max(1);
-        let reused = self.pool.lock().ok().and_then(|mut p| p.get_mut(&bytes).and_then(|v| v.pop()));
-        let block = match reused {
-            Some(s) => {
+        let reused = self.lock_pool()?.take(bytes);
+        let (addr, block) = match reused {
+            Some(b) => {
                 self.pool_hits.fetch_add(1, Ordering::Relaxed);
-                s
+                b
             }
             None => {
                 self.refuse_while_capturing(&format!("a new block of {bytes} bytes"))?;
-                self.driver_alloc(bytes)?
+                let block = self.driver_alloc(bytes)?;
+                self.lock_pool()?.add_new(bytes);
+                (address(&block, &self.stream), block)
             }
         };
         if let Some(log) = self.capture.lock().ok().as_deref_mut().and_then(Option::as_mut) {
-            log.blocks.insert(address(&block, &self.stream));
+            log.blocks.insert(addr);
         }
-        let now = self.in_use.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
-        self.peak_in_use.fetch_max(now, Ordering::Relaxed);
-        Ok(CudaBuffer { bytes: Some(block), dtype, len: n, dev: self.clone() })
+        Ok(CudaBuffer { bytes: Some(block), addr, dtype, len: n, dev: self.clone() })
     }
 
     /// A buffer of `n` f32 zeros (from the pool, then cleared on the stream).
@@ -516,8 +529,9 @@ impl CudaDevice {
     /// A buffer of `n` zeros of `dtype`.
     pub fn alloc_zeros_dtype(self: &Arc<Self>, n: usize, dtype: DType) -> Result<CudaBuffer> {
         let mut b = self.alloc_dtype(n, dtype)?;
+        let bytes = b.size_bytes();
         let block = b.bytes.as_mut().expect("just allocated");
-        self.stream.memset_zeros(block).map_err(driver_err("memset"))?;
+        self.stream.memset_zeros(&mut block.slice_mut(0..bytes)).map_err(driver_err("memset"))?;
         Ok(b)
     }
 
@@ -554,7 +568,7 @@ impl CudaDevice {
         let src = cache.get(&dtype).expect("inserted above");
         let mut out = self.alloc_dtype(n, dtype)?;
         let dst = out.bytes.as_mut().expect("just allocated");
-        self.stream.memcpy_dtod(&src.slice(0..bytes), dst).map_err(driver_err("copy ones"))?;
+        self.stream.memcpy_dtod(&src.slice(0..bytes), &mut dst.slice_mut(0..bytes)).map_err(driver_err("copy ones"))?;
         Ok(out)
     }
 
@@ -726,11 +740,10 @@ impl CudaDevice {
         }
     }
 
-    /// Return a block to the free list of its size.
-    fn recycle(&self, block: CudaSlice<u8>) {
-        self.in_use.fetch_sub(block.len() as u64, Ordering::Relaxed);
+    /// Return the block at `addr` to the pool.
+    fn recycle(&self, addr: u64, block: CudaSlice<u8>) {
         match self.pool.lock() {
-            Ok(mut p) => p.entry(block.len()).or_default().push(block),
+            Ok(mut p) => p.give_back(addr, block),
             // A poisoned pool: the block is freed instead.
             Err(_) => {
                 self.held.fetch_sub(block.len() as u64, Ordering::Relaxed);
@@ -783,7 +796,7 @@ impl CudaDevice {
     /// End the capture begun by [`CudaDevice::begin_capture`] (always: the stream is usable
     /// again afterwards, whatever happened) and instantiate the graph. Every block handed out
     /// during the capture must be back in the pool (no tensor made during the capture may
-    /// outlive it): the graph takes them. An error if anything in the capture failed.
+    /// outlive it): they are reserved for the graph. An error if anything in the capture failed.
     pub fn end_capture(self: &Arc<Self>) -> Result<DeviceGraph> {
         // End the capture first, whatever else fails. Auto-free: should a library leave an
         // allocation of its own in the graph, each launch frees it before the next.
@@ -796,32 +809,13 @@ impl CudaDevice {
         let graph = graph
             .map_err(driver_err("end graph capture"))?
             .ok_or_else(|| Error::Cuda { op: "graph capture", msg: "nothing was captured".into() })?;
-        let mut blocks = Vec::new();
-        {
-            let mut pool = self.pool.lock().map_err(|_| Error::Invalid("memory pool poisoned".into()))?;
-            for list in pool.values_mut() {
-                let mut i = 0;
-                while i < list.len() {
-                    if log.blocks.contains(&address(&list[i], &self.stream)) {
-                        blocks.push(list.swap_remove(i));
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            if blocks.len() != log.blocks.len() {
-                let live = log.blocks.len() - blocks.len();
-                for b in blocks {
-                    pool.entry(b.len()).or_default().push(b);
-                }
-                return Err(Error::Invalid(format!(
-                    "{live} buffers made during the graph capture are still in use after it (a replay would overwrite them)"
-                )));
-            }
-        }
+        let blocks: Vec<u64> = log.blocks.into_iter().collect();
         graph.upload().map_err(driver_err("upload graph"))?;
+        let bytes = self.lock_pool()?.reserve(&blocks).map_err(|live| {
+            Error::Invalid(format!("{live} buffers made during the graph capture are still in use after it (a replay would overwrite them)"))
+        })?;
         self.graphs_alive.fetch_add(1, Ordering::Relaxed);
-        Ok(DeviceGraph { graph, blocks, dev: self.clone() })
+        Ok(DeviceGraph { graph, blocks, bytes, dev: self.clone() })
     }
 
     /// Whether a graph capture is running.
@@ -836,22 +830,38 @@ pub fn address<T>(s: &impl cudarc::driver::DevicePtr<T>, stream: &CudaStream) ->
 }
 
 /// Work captured by [`CudaDevice::begin_capture`]/[`CudaDevice::end_capture`], replayed by
-/// [`DeviceGraph::launch`]; it owns the pool blocks its work uses (back to the pool on drop).
+/// [`DeviceGraph::launch`]; the pool blocks its work uses are reserved for it until it is
+/// dropped (lent to other work between replays).
 pub struct DeviceGraph {
     graph: cudarc::driver::CudaGraph,
-    blocks: Vec<CudaSlice<u8>>,
+    /// Addresses of the reserved blocks, and their total size.
+    blocks: Vec<u64>,
+    bytes: usize,
     dev: Arc<CudaDevice>,
 }
 
 impl DeviceGraph {
-    /// Queue one replay of the captured work on the device's stream.
+    /// Queue one replay of the captured work on the device's stream. An error, and nothing
+    /// queued, while a tensor holds one of the graph's blocks (see [`DeviceGraph::blocks_lent`]).
     pub fn launch(&self) -> Result<()> {
+        let lent = self.blocks_lent()?;
+        if lent > 0 {
+            return Err(Error::Invalid(format!(
+                "{lent} of the CUDA graph's {} memory blocks are held by tensors made since its capture: a replay would overwrite them",
+                self.blocks.len()
+            )));
+        }
         self.graph.launch().map_err(driver_err("launch graph"))
+    }
+
+    /// How many of the graph's blocks tensors hold now (a replay needs none).
+    pub fn blocks_lent(&self) -> Result<usize> {
+        Ok(self.dev.lock_pool()?.lent_among(&self.blocks))
     }
 
     /// Bytes of pool blocks reserved for this graph's work.
     pub fn reserved_bytes(&self) -> usize {
-        self.blocks.iter().map(|b| b.len()).sum()
+        self.bytes
     }
 }
 
@@ -867,9 +877,7 @@ impl Drop for DeviceGraph {
         // (later work is ordered after it anyway) and before the executable graph is destroyed.
         let _ = self.dev.stream.synchronize();
         if let Ok(mut pool) = self.dev.pool.lock() {
-            for b in self.blocks.drain(..) {
-                pool.entry(b.len()).or_default().push(b);
-            }
+            pool.unreserve(&self.blocks);
         }
         // The last graph gone (and no capture running): nothing reads the retired blocks any more.
         if self.dev.graphs_alive.fetch_sub(1, Ordering::Relaxed) == 1 && !self.dev.is_capturing() {

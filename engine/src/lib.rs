@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod float;
 pub mod nvrtc;
+pub mod pool;
 pub mod profile;
 pub mod tape;
 pub mod tensor;

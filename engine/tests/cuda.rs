@@ -136,14 +136,20 @@ fn machine_code_loads_and_a_captured_launch_replays() {
     launch(&mut buf);
     let graph = d.end_capture().unwrap();
     assert_eq!(buf.to_host_f32().unwrap(), want, "a capture runs nothing");
-    assert_eq!(graph.reserved_bytes(), 4096 * 4, "the graph keeps the block used during its capture");
-    assert_eq!(d.pool_free_bytes(), free_before - 4096 * 4, "... and the pool no longer offers it");
+    assert_eq!(graph.reserved_bytes(), 4096 * 4, "the graph reserves the block used during its capture");
+    assert_eq!(d.pool_free_bytes(), free_before - 4096 * 4, "... which the pool no longer counts as free");
     graph.launch().unwrap();
+    // Between replays the reserved block is lent to other work; a replay is refused while it is held.
+    let borrowed = d.upload_elems(&vec![5.0f32; 3000]).unwrap();
+    assert_eq!(graph.blocks_lent().unwrap(), 1, "a request of 3000 f32 is served by the reserved 4096");
+    assert!(graph.launch().is_err(), "a replay would overwrite the borrowed block");
+    assert_eq!(borrowed.to_host_f32().unwrap(), vec![5.0f32; 3000], "the refused replay ran nothing");
+    drop(borrowed);
     graph.launch().unwrap();
     let want4: Vec<f32> = values.iter().map(|v| 8.0 * v).collect();
     assert_eq!(buf.to_host_f32().unwrap(), want4);
     drop(graph);
-    assert_eq!(d.pool_free_bytes(), free_before, "a dropped graph gives its blocks back");
+    assert_eq!(d.pool_free_bytes(), free_before, "a dropped graph's blocks are ordinary free blocks again");
     // New memory during a capture is refused, and the capture then fails cleanly.
     d.begin_capture().unwrap();
     assert!(d.alloc(12345).is_err());

@@ -16,7 +16,16 @@
 //! momentum buffers, choose the convolution algorithms and fill the memory pool, none
 //! of which a capture may do), the next is captured and launched, the rest are
 //! launched. The last, partial batch of an epoch has other shapes and runs eagerly. If
-//! the capture fails, the run says why once and goes on eagerly: nothing is lost.
+//! a capture fails, that batch runs eagerly and the capture is tried again after one more
+//! eager step (the failed capture may have needed memory the pool did not have yet), at
+//! most [`CAPTURE_ATTEMPTS`] times; then the run says why and goes on eagerly: nothing is
+//! lost.
+//!
+//! Memory: the blocks the captured step uses are reserved for the graph and lent to the
+//! eager work between replays (the partial batch, the evaluation; see `engine::pool`), so
+//! a graph costs no memory beyond one step's. A replay is refused while a tensor holds a
+//! reserved block; should that ever happen, the batch runs eagerly instead and the run says
+//! so once.
 
 use crate::Result;
 use crate::batches::Normalization;
@@ -35,6 +44,9 @@ use std::sync::Arc;
 pub const WARMUP_STEPS: usize = 2;
 // One step to create the momentum buffers, one in the steady state: fewer cannot fill the pool.
 const _: () = assert!(WARMUP_STEPS >= 2);
+
+/// Captures tried before the run gives up on the graph.
+pub const CAPTURE_ATTEMPTS: usize = 3;
 
 /// What the next full batch does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,13 +72,17 @@ pub struct StepGraph {
     /// Addresses of the epoch arrays the graph reads, and their length (also captured).
     captured_with: Option<[u64; 4]>,
     warmup_left: usize,
-    /// Why the capture failed (every step then runs eagerly).
+    /// Captures tried so far.
+    attempts: usize,
+    /// Why the last capture failed, once no attempt is left (every step then runs eagerly).
     failed: Option<String>,
-    /// A message for the run's log (the capture succeeded, or why it failed), taken by
-    /// [`StepGraph::take_notice`].
-    notice: Option<String>,
+    /// Messages for the run's log (the capture succeeded, or why it failed), taken by
+    /// [`StepGraph::take_notices`].
+    notices: Vec<String>,
     /// Replays so far.
     replays: usize,
+    /// Full batches run eagerly after the capture because a tensor held a block of the graph.
+    eager_instead: usize,
 }
 
 impl StepGraph {
@@ -83,9 +99,11 @@ impl StepGraph {
             graph: None,
             captured_with: None,
             warmup_left: WARMUP_STEPS,
+            attempts: 0,
             failed: None,
-            notice: None,
+            notices: Vec::new(),
             replays: 0,
+            eager_instead: 0,
         })
     }
 
@@ -138,18 +156,37 @@ impl StepGraph {
             let Pipeline::Gpu(gpu) = &mut *pipeline else {
                 return Err(crate::Error::Invalid("a CUDA graph needs the GPU pipeline".into()));
             };
+            self.attempts += 1;
             match self.capture(b, model, state, gpu, norm, lr, cfg) {
                 // Errors launching it are real errors, not a reason to train this batch again.
                 Ok(()) => return self.launch(b),
+                // This batch runs eagerly below (filling the pool with what the capture lacked);
+                // the next full batch tries again.
+                Err(e) if self.attempts < CAPTURE_ATTEMPTS => {
+                    self.notices.push(format!(
+                        "CUDA graph capture {} of {CAPTURE_ATTEMPTS} failed, trying again after one more eager step: {e}",
+                        self.attempts
+                    ));
+                }
                 Err(e) => {
                     let why = e.to_string();
-                    self.notice = Some(format!("CUDA graph capture failed, training goes on without it: {why}"));
+                    self.notices.push(format!("CUDA graph capture failed {CAPTURE_ATTEMPTS} times, training goes on without it: {why}"));
                     self.failed = Some(why);
                 }
             }
         }
         if mode == Mode::Replay {
-            return self.replay(b, model);
+            let lent = self.graph.as_ref().map_or(Ok(0), |g| g.blocks_lent())?;
+            if lent == 0 {
+                return self.replay(b, model);
+            }
+            if self.eager_instead == 0 {
+                self.notices.push(format!(
+                    "CUDA graph: batch {} ran eagerly, {lent} of the graph's memory blocks being held by other tensors (a replay would overwrite them)",
+                    b + 1
+                ));
+            }
+            self.eager_instead += 1;
         }
         let batch = pipeline.train_batch(split, order, params, range, norm)?;
         train::train_step_metered(model, state, batch, lr, cfg, &mut self.meter, b)?;
@@ -185,8 +222,8 @@ impl StepGraph {
             }
         };
         self.captured_with = Some(arrays_address(gpu)?);
-        self.notice = Some(format!(
-            "CUDA graph: the training step was captured at batch {} and is replayed from now on ({:.0} MiB of device memory kept for it)",
+        self.notices.push(format!(
+            "CUDA graph: the training step was captured at batch {} and is replayed from now on ({:.0} MiB of device memory reserved for it, lent to other work between replays)",
             b + 1,
             graph.reserved_bytes() as f64 / 1048576.0
         ));
@@ -243,6 +280,12 @@ impl StepGraph {
         self.replays
     }
 
+    /// Full batches that ran eagerly after the capture because other tensors held blocks of
+    /// the graph (0 in a run where everything works as designed).
+    pub fn eager_instead(&self) -> usize {
+        self.eager_instead
+    }
+
     /// Bytes of device memory the captured step keeps for itself.
     pub fn reserved_bytes(&self) -> usize {
         self.graph.as_ref().map_or(0, |g| g.reserved_bytes())
@@ -253,9 +296,10 @@ impl StepGraph {
         self.failed.as_deref()
     }
 
-    /// A line for the run's log, once: that the step was captured, or why the capture failed.
-    pub fn take_notice(&mut self) -> Option<String> {
-        self.notice.take()
+    /// Lines for the run's log since the last call: that the step was captured, or why a
+    /// capture failed, or that a replay had to run eagerly.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
     }
 }
 

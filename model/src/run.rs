@@ -263,7 +263,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             pb.set_message(format!("Loss={loss:.4} Accuracy={acc:.2}"));
         });
         pb.finish_and_clear();
-        if let Some(notice) = step_graph.as_mut().and_then(|g| g.take_notice()) {
+        for notice in step_graph.as_mut().map(|g| g.take_notices()).unwrap_or_default() {
             log.line(&notice);
         }
         let stats = stats.map_err(|e| {
@@ -585,8 +585,12 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         match sg.failure() {
             Some(why) => println!("CUDA graph: the capture failed ({why}); {timed} eager steps took {ms:.2} ms each"),
             None => println!(
-                "{timed} captured steps (CUDA graph) queued back to back: {ms:.2} ms per step; the graph keeps {:.0} MiB",
-                sg.reserved_bytes() as f64 / 1048576.0
+                "{timed} captured steps (CUDA graph) queued back to back: {ms:.2} ms per step; the graph reserves {:.0} MiB{}",
+                sg.reserved_bytes() as f64 / 1048576.0,
+                match sg.eager_instead() {
+                    0 => String::new(),
+                    k => format!(" ({k} of them ran eagerly: other tensors held blocks of the graph)"),
+                }
             ),
         }
     }
