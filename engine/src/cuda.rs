@@ -880,12 +880,11 @@ impl Drop for DeviceGraph {
             pool.unreserve(&self.blocks);
         }
         // The last graph gone (and no capture running): nothing reads the retired blocks any more.
-        if self.dev.graphs_alive.fetch_sub(1, Ordering::Relaxed) == 1 && !self.dev.is_capturing() {
-            if let Ok(mut r) = self.dev.retired.lock() {
+        if self.dev.graphs_alive.fetch_sub(1, Ordering::Relaxed) == 1 && !self.dev.is_capturing()
+            && let Ok(mut r) = self.dev.retired.lock() {
                 for b in r.drain(..) {
                     self.dev.held.fetch_sub(b.len() as u64, Ordering::Relaxed);
                 }
             }
-        }
     }
 }

@@ -175,15 +175,14 @@ impl<R: Backward> Tape<'_, R> {
             match &node.source {
                 Source::Op { record, .. } => {
                     // An intermediate's gradient is complete here and is not needed after: free it.
-                    if let Some(g) = grads.by_node[i].take() {
-                        if node.requires_grad {
+                    if let Some(g) = grads.by_node[i].take()
+                        && node.requires_grad {
                             record.backward(self, Var(i), &g, &mut grads)?;
                             // The label is only formatted when profiling (not on every step).
                             if let Some(p) = self.profiler.borrow_mut().as_mut() {
                                 p.mark(&format!("{} backward", record.name()));
                             }
                         }
-                    }
                 }
                 Source::Param(p) => grads.params.push((*p, i)),
                 Source::Input(_) => {}

@@ -136,14 +136,13 @@ impl GpuData {
         let flat: &[i32] = bytemuck::cast_slice(params);
         // Refill last epoch's buffers when they fit (a captured training step reads them at
         // their addresses); new ones otherwise.
-        if let Some(ep) = self.epoch.as_mut().filter(|ep| ep.idx.len() == order.len()) {
-            if let Some(l) = Arc::get_mut(&mut ep.labels) {
+        if let Some(ep) = self.epoch.as_mut().filter(|ep| ep.idx.len() == order.len())
+            && let Some(l) = Arc::get_mut(&mut ep.labels) {
                 self.dev.write(order, &mut ep.idx)?;
                 self.dev.write(flat, &mut ep.params)?;
                 self.dev.write(&labels, l)?;
                 return Ok(());
             }
-        }
         self.epoch = Some(GpuEpoch {
             idx: self.dev.upload(order)?,
             params: self.dev.upload(flat)?,

@@ -436,30 +436,6 @@ fn write_misclassified(dir: &Path, ds: &Cifar10, wrong: &[(usize, u32)]) -> Resu
     write_image_grid(&dir.join("misclassified.png"), "Misclassified test images (true / predicted)", &images, 8, 3)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_round_trip() {
-        let dir = std::env::temp_dir().join(format!("metrics-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("metrics.csv");
-        let rows = vec![
-            EpochRecord { epoch: 1, lr: 0.0123, train_loss: 1.5, train_acc: 45.5, test_loss: 1.25, test_acc: 55.25, seconds: 3.5, eval_seconds: 0.25 },
-            EpochRecord { epoch: 2, lr: 0.25, train_loss: 1.0, train_acc: 65.0, test_loss: 0.75, test_acc: 75.0, seconds: 3.25, eval_seconds: 0.5 },
-        ];
-        write_metrics(&p, &rows).unwrap();
-        assert_eq!(read_metrics(&p).unwrap(), rows);
-        // A file from before the eval_seconds column still reads.
-        std::fs::write(&p, "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds\n1,1.23e-2,1.5,45.5,1.25,55.25,3.5\n").unwrap();
-        assert_eq!(read_metrics(&p).unwrap()[0], EpochRecord { eval_seconds: 0.0, ..rows[0].clone() });
-        std::fs::write(&p, "epoch,lr\n1,2\n").unwrap();
-        assert!(read_metrics(&p).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// The `lr-find` command: the range test alone, its plot and CSV in `runs/<name>/`.
 pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()> {
     std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
@@ -634,4 +610,28 @@ pub fn show_data(ds: &Cifar10, out: &Path, seed: u64) -> Result<()> {
     println!("channel mean {mean:?}, std {std:?}");
     println!("wrote {}", path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_round_trip() {
+        let dir = std::env::temp_dir().join(format!("metrics-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("metrics.csv");
+        let rows = vec![
+            EpochRecord { epoch: 1, lr: 0.0123, train_loss: 1.5, train_acc: 45.5, test_loss: 1.25, test_acc: 55.25, seconds: 3.5, eval_seconds: 0.25 },
+            EpochRecord { epoch: 2, lr: 0.25, train_loss: 1.0, train_acc: 65.0, test_loss: 0.75, test_acc: 75.0, seconds: 3.25, eval_seconds: 0.5 },
+        ];
+        write_metrics(&p, &rows).unwrap();
+        assert_eq!(read_metrics(&p).unwrap(), rows);
+        // A file from before the eval_seconds column still reads.
+        std::fs::write(&p, "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds\n1,1.23e-2,1.5,45.5,1.25,55.25,3.5\n").unwrap();
+        assert_eq!(read_metrics(&p).unwrap()[0], EpochRecord { eval_seconds: 0.0, ..rows[0].clone() });
+        std::fs::write(&p, "epoch,lr\n1,2\n").unwrap();
+        assert!(read_metrics(&p).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

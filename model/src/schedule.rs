@@ -65,7 +65,7 @@ mod tests {
         let lrs: Vec<f64> = (0..s.total_steps()).map(|t| s.lr(t)).collect();
         let argmax = lrs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         assert_eq!(argmax, 490);
-        assert!(lrs.iter().all(|&lr| lr >= 0.01 - 1e-15 && lr <= 0.4 + 1e-15));
+        assert!(lrs.iter().all(|&lr| (0.01 - 1e-15..=0.4 + 1e-15).contains(&lr)));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub fn forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match a.dtype() {
         DType::F32 => forward_cpu::<f32>(a, b),
         DType::F64 => forward_cpu::<f64>(a, b),
-        DType::BF16 => return Err(crate::bf16_unsupported("add")),
+        DType::BF16 => Err(crate::bf16_unsupported("add")),
     }
 }
 
@@ -49,7 +49,6 @@ fn forward_cuda_t<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     launch.arg(&av).arg(&bv).arg(&mut yv).arg(&n);
     // SAFETY: add(const T* a, const T* b, T* y, unsigned n); all hold n (shapes and dtypes checked).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("add"))?;
-    drop(yv);
     crate::cuda::like(a, y)
 }
 

@@ -26,7 +26,7 @@ pub struct Norm {
 }
 
 fn check(data: &CudaSlice<u8>, n: usize, idx_len: usize, labels_len: usize) -> Result<()> {
-    if data.len() % RECORD != 0 || data.is_empty() {
+    if !data.len().is_multiple_of(RECORD) || data.is_empty() {
         return Err(Error::shape("augment", format!("{} bytes of data are not whole 3073-byte records", data.len())));
     }
     if idx_len != n || labels_len != n {
@@ -64,7 +64,6 @@ pub fn augment_batch(
     // SAFETY: augment_batch(data, idx [n], params [5n], out [n*3072], labels [n], n, mean0..2, std0..2);
     // the lengths are checked above, and every idx is a record of `data` (the caller's contract).
     unsafe { launch.launch(crate::cuda::grid(crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("augment_batch"))?;
-    drop(outv);
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }
 
@@ -89,6 +88,5 @@ pub fn normalize_batch(
     }
     // SAFETY: normalize_batch(data, idx [n], out [n*3072], labels [n], n, mean0..2, std0..2), as above.
     unsafe { launch.launch(crate::cuda::grid(crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("normalize_batch"))?;
-    drop(outv);
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }

@@ -56,7 +56,6 @@ fn launch_cast<I: cudarc::driver::DeviceRepr, O: cudarc::driver::DeviceRepr>(x: 
     // SAFETY: f32_to_bf16 / bf16_to_f32 (const src* x, dst* y, unsigned n); x and y hold n
     // elements of the sizes the views checked.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err(kernel))?;
-    drop(yv);
     crate::cuda::like(x, y)
 }
 

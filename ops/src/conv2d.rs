@@ -104,7 +104,7 @@ pub fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, w, d),
         DType::F64 => forward_cpu::<f64>(x, w, d),
-        DType::BF16 => return Err(crate::bf16_unsupported("conv2d")),
+        DType::BF16 => Err(crate::bf16_unsupported("conv2d")),
     }
 }
 
@@ -121,7 +121,7 @@ pub fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv2dParams, need_dx: b
     match x.dtype() {
         DType::F32 => backward_cpu::<f32>(x, w, dy, d, need_dx),
         DType::F64 => backward_cpu::<f64>(x, w, dy, d, need_dx),
-        DType::BF16 => return Err(crate::bf16_unsupported("conv2d")),
+        DType::BF16 => Err(crate::bf16_unsupported("conv2d")),
     }
 }
 

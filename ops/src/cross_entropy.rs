@@ -95,7 +95,7 @@ pub fn forward(z: &Tensor, labels: &[u32], s: f64) -> Result<(Tensor, Tensor)> {
     match z.dtype() {
         DType::F32 => forward_cpu::<f32>(z, labels, s, nk),
         DType::F64 => forward_cpu::<f64>(z, labels, s, nk),
-        DType::BF16 => return Err(crate::bf16_unsupported("cross_entropy")),
+        DType::BF16 => Err(crate::bf16_unsupported("cross_entropy")),
     }
 }
 
@@ -105,7 +105,7 @@ pub fn backward(probs: &Tensor, labels: &[u32], s: f64, dloss: &Tensor) -> Resul
     match probs.dtype() {
         DType::F32 => backward_cpu::<f32>(probs, labels, s, dloss.scalar()?, (n, k)),
         DType::F64 => backward_cpu::<f64>(probs, labels, s, dloss.scalar()?, (n, k)),
-        DType::BF16 => return Err(crate::bf16_unsupported("cross_entropy")),
+        DType::BF16 => Err(crate::bf16_unsupported("cross_entropy")),
     }
 }
 
@@ -146,7 +146,7 @@ fn forward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64) -> Result<Tensor> {
     match z.dtype() {
         DType::F32 => forward_cuda_t::<f32>(z, labels, s as f32),
         DType::F64 => forward_cuda_t::<f64>(z, labels, s),
-        DType::BF16 => return Err(crate::bf16_unsupported("cross_entropy")),
+        DType::BF16 => Err(crate::bf16_unsupported("cross_entropy")),
     }
 }
 
@@ -154,7 +154,7 @@ fn backward_cuda(z: &Tensor, labels: &DeviceLabels, s: f64, dloss: &Tensor) -> R
     match z.dtype() {
         DType::F32 => backward_cuda_t::<f32>(z, labels, s as f32, dloss),
         DType::F64 => backward_cuda_t::<f64>(z, labels, s, dloss),
-        DType::BF16 => return Err(crate::bf16_unsupported("cross_entropy")),
+        DType::BF16 => Err(crate::bf16_unsupported("cross_entropy")),
     }
 }
 
@@ -174,7 +174,6 @@ fn forward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T) -> R
     launch.arg(&zv).arg(&labels).arg(&mut rv).arg(&n).arg(&k).arg(&smoothing);
     // SAFETY: cross_entropy_forward(logits [n,k], labels [n], loss [n], n, k, smoothing); sizes as allocated/checked.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_forward"))?;
-    drop(rv);
     let (scale, accumulate) = (T::one() / T::of(n as f64), 0i32);
     let f = crate::cuda::function_for::<T>(&dev, "reduce.cu", "sum_reduce")?;
     let (rv, mut lv) = (rows.view::<T>()?, loss.view_mut::<T>()?);
@@ -183,7 +182,6 @@ fn forward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T) -> R
     let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: sum_reduce(x [n], out [1], n, scale, accumulate) must run as one block, as configured.
     unsafe { launch.launch(one_block) }.map_err(crate::cuda::launch_err("sum_reduce"))?;
-    drop(lv);
     Tensor::from_cuda(&[1], loss)
 }
 
@@ -204,7 +202,6 @@ fn backward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T, dlo
     launch.arg(&zv).arg(&labels).arg(&mut dzv).arg(&n).arg(&k).arg(&smoothing).arg(&dlv).arg(&inv_n);
     // SAFETY: cross_entropy_backward(logits [n,k], labels [n], dlogits [n,k], n, k, smoothing, dloss [1], inv_n).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_backward"))?;
-    drop(dzv);
     Tensor::from_cuda(z.shape(), dz)
 }
 

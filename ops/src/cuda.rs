@@ -87,6 +87,5 @@ pub(crate) fn bf16_map(kernel: &'static str, inputs: &[&Tensor]) -> Result<Tenso
     // SAFETY: the bf16.cu kernels take (const bf16* in..., bf16* out, unsigned n); every buffer
     // holds n bf16 (the callers check the shapes; view_bf16 checks the element type).
     unsafe { launch.launch(grid(n)) }.map_err(launch_err(kernel))?;
-    drop(ov);
     like(first, out)
 }

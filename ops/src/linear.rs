@@ -40,7 +40,7 @@ pub fn forward(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, w, b, d),
         DType::F64 => forward_cpu::<f64>(x, w, b, d),
-        DType::BF16 => return Err(crate::bf16_unsupported("linear")),
+        DType::BF16 => Err(crate::bf16_unsupported("linear")),
     }
 }
 
@@ -56,7 +56,7 @@ pub fn backward(x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tens
     match x.dtype() {
         DType::F32 => backward_cpu::<f32>(x, w, dy, d),
         DType::F64 => backward_cpu::<f64>(x, w, dy, d),
-        DType::BF16 => return Err(crate::bf16_unsupported("linear")),
+        DType::BF16 => Err(crate::bf16_unsupported("linear")),
     }
 }
 
@@ -121,7 +121,7 @@ fn forward_cuda(x: &Tensor, w: &Tensor, b: &Tensor, d: (usize, usize, usize)) ->
     match x.dtype() {
         DType::F32 => forward_cuda_t::<f32>(x, w, b, d),
         DType::F64 => forward_cuda_t::<f64>(x, w, b, d),
-        DType::BF16 => return Err(crate::bf16_unsupported("linear")),
+        DType::BF16 => Err(crate::bf16_unsupported("linear")),
     }
 }
 
@@ -129,7 +129,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: (usize, usize, usize)) 
     match x.dtype() {
         DType::F32 => backward_cuda_t::<f32>(x, w, dy, d),
         DType::F64 => backward_cuda_t::<f64>(x, w, dy, d),
-        DType::BF16 => return Err(crate::bf16_unsupported("linear")),
+        DType::BF16 => Err(crate::bf16_unsupported("linear")),
     }
 }
 
@@ -147,7 +147,6 @@ where
     gemm_cuda(&dev, (o, n, i), &wb, true, i, &xb, false, i, T::zero(), &mut yv, o)?;
     // b as [O×1] (ld O) times ones [1×N] (ld 1), added.
     gemm_cuda(&dev, (o, n, 1), &bb, false, o, &ones.view::<T>()?, false, 1, T::one(), &mut yv, o)?;
-    drop(yv);
     Tensor::from_cuda(&[n, o], y)
 }
 

@@ -41,7 +41,7 @@ pub fn forward(x: &Tensor, k: usize) -> Result<(Tensor, Vec<u32>)> {
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, k),
         DType::F64 => forward_cpu::<f64>(x, k),
-        DType::BF16 => return Err(crate::bf16_unsupported("max_pool")),
+        DType::BF16 => Err(crate::bf16_unsupported("max_pool")),
     }
 }
 
@@ -57,7 +57,7 @@ pub fn backward(x_shape: &[usize], argmax: &[u32], dy: &Tensor) -> Result<Tensor
     match dy.dtype() {
         DType::F32 => backward_cpu::<f32>(x_shape, argmax, dy),
         DType::F64 => backward_cpu::<f64>(x_shape, argmax, dy),
-        DType::BF16 => return Err(crate::bf16_unsupported("max_pool")),
+        DType::BF16 => Err(crate::bf16_unsupported("max_pool")),
     }
 }
 

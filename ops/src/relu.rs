@@ -25,7 +25,7 @@ pub fn forward(x: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x),
         DType::F64 => forward_cpu::<f64>(x),
-        DType::BF16 => return Err(crate::bf16_unsupported("relu")),
+        DType::BF16 => Err(crate::bf16_unsupported("relu")),
     }
 }
 
@@ -38,7 +38,7 @@ pub fn backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     match y.dtype() {
         DType::F32 => backward_cpu::<f32>(y, dy),
         DType::F64 => backward_cpu::<f64>(y, dy),
-        DType::BF16 => return Err(crate::bf16_unsupported("relu")),
+        DType::BF16 => Err(crate::bf16_unsupported("relu")),
     }
 }
 
@@ -79,7 +79,6 @@ fn forward_cuda_t<T: Elem>(x: &Tensor) -> Result<Tensor> {
     launch.arg(&xv).arg(&mut yv).arg(&n);
     // SAFETY: relu_forward(const T* x, T* y, unsigned n) touches n elements of each; both hold n.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_forward"))?;
-    drop(yv);
     crate::cuda::like(x, y)
 }
 
@@ -94,7 +93,6 @@ fn backward_cuda_t<T: Elem>(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     launch.arg(&yv).arg(&dyv).arg(&mut dxv).arg(&n);
     // SAFETY: relu_backward(const T* y, const T* dy, T* dx, unsigned n); all hold n (shapes and dtypes checked).
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_backward"))?;
-    drop(dxv);
     crate::cuda::like(y, dx)
 }
 

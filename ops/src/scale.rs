@@ -19,7 +19,7 @@ pub fn forward(x: &Tensor, alpha: f64) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cpu::<f32>(x, alpha),
         DType::F64 => forward_cpu::<f64>(x, alpha),
-        DType::BF16 => return Err(crate::bf16_unsupported("scale")),
+        DType::BF16 => Err(crate::bf16_unsupported("scale")),
     }
 }
 
@@ -32,7 +32,7 @@ fn forward_cuda(x: &Tensor, alpha: f64) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cuda_t::<f32>(x, alpha as f32),
         DType::F64 => forward_cuda_t::<f64>(x, alpha),
-        DType::BF16 => return Err(crate::bf16_unsupported("scale")),
+        DType::BF16 => Err(crate::bf16_unsupported("scale")),
     }
 }
 
@@ -47,7 +47,6 @@ fn forward_cuda_t<T: Elem>(x: &Tensor, alpha: T) -> Result<Tensor> {
     launch.arg(&xv).arg(&mut yv).arg(&n).arg(&alpha);
     // SAFETY: scale(const T* x, T* y, unsigned n, T alpha); x and y hold n.
     unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("scale"))?;
-    drop(yv);
     crate::cuda::like(x, y)
 }
 

@@ -247,10 +247,11 @@ mod tests {
                 step(&mut params, &[Some(g.clone())], &mut state, &c).unwrap();
             }
             let got = params[0].to_f64_vec();
-            for i in 0..6 {
+            assert_eq!(got.len(), 6);
+            for (i, &v) in got.iter().enumerate() {
                 let gs = [ps[1].to_f64_vec()[i], ps[2].to_f64_vec()[i], ps[3].to_f64_vec()[i]];
                 let want = by_hand(ps[0].to_f64_vec()[i], gs, &c);
-                assert!((got[i] - want).abs() < 1e-14, "{c:?}: {} vs {want}", got[i]);
+                assert!((v - want).abs() < 1e-14, "{c:?}: {v} vs {want}");
             }
         }
     }
