@@ -11,10 +11,12 @@
 //! Every buffer of a CUDA tensor (f32, bf16, or f64 for gradient checks) is a [`CudaBuffer`]
 //! taken from the device's pool: a block of bytes tagged with its element type. Dropping
 //! it does not free the memory: the block goes back to a free list keyed by its size in
-//! bytes, and a later request of that size (or of at least half of it) takes it; the
-//! bookkeeping is [`crate::pool::BlockPool`]. A training step allocates the same sizes in
-//! the same order every time, so after the first step every request is served from the
-//! pool and the driver is never called ([`CudaDevice::driver_allocations`] proves it).
+//! bytes, and the next request of that size takes it; the bookkeeping is
+//! [`crate::pool::BlockPool`]. A training step allocates the same sizes in the same order
+//! every time, so after the first step every request is served from the pool and the
+//! driver is never called ([`CudaDevice::driver_allocations`] proves it). Work of other
+//! sizes (a partial batch, the evaluation) runs under [`CudaDevice::best_fit`]: it may take
+//! free blocks of up to twice its requests' sizes, i.e. the training step's.
 //! Reuse is safe without events because there is one stream: work queued by the block's
 //! next owner runs after all work queued by its previous owner.
 //!
@@ -64,6 +66,8 @@ pub struct CudaDevice {
     allow_tf32: AtomicBool,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
+    /// Requests may take a larger free block (see [`CudaDevice::best_fit`]).
+    best_fit: AtomicBool,
     /// A block of ones per element type (the largest length asked so far), the source of
     /// [`CudaDevice::ones`]: a device-to-device copy instead of an upload every step.
     ones: Mutex<HashMap<DType, CudaSlice<u8>>>,
@@ -261,9 +265,11 @@ impl CudaBuffer {
     pub fn try_clone(&self) -> Result<CudaBuffer> {
         let bytes = self.size_bytes();
         let mut out = self.dev.alloc_dtype(self.len, self.dtype)?;
-        let dst = out.bytes.as_mut().expect("just allocated");
-        // Both blocks may be larger than the buffer: copy the buffer's bytes only.
-        self.dev.stream.memcpy_dtod(&self.block().slice(0..bytes), &mut dst.slice_mut(0..bytes)).map_err(driver_err("copy on device"))?;
+        if bytes > 0 {
+            let dst = out.bytes.as_mut().expect("just allocated");
+            // Both blocks may be larger than the buffer: copy the buffer's bytes only.
+            self.dev.stream.memcpy_dtod(&self.block().slice(0..bytes), &mut dst.slice_mut(0..bytes)).map_err(driver_err("copy on device"))?;
+        }
         Ok(out)
     }
 }
@@ -334,6 +340,7 @@ impl CudaDevice {
             stream,
             modules: Mutex::new(HashMap::new()),
             pool: Mutex::new(BlockPool::new()),
+            best_fit: AtomicBool::new(false),
             ones: Mutex::new(HashMap::new()),
             driver_allocations: AtomicU64::new(0),
             pool_hits: AtomicU64::new(0),
@@ -491,6 +498,17 @@ impl CudaDevice {
         self.peak_held.fetch_max(now, Ordering::Relaxed);
     }
 
+    /// Until the guard is dropped, a request with no free block of its exact size may take
+    /// the smallest free block of up to twice its size (see [`crate::pool`]): for work whose
+    /// sizes differ from the training step's (the last, partial batch of an epoch, the
+    /// evaluation), so that it runs in the step's blocks (also those of a CUDA graph, lent
+    /// between replays) instead of new ones. The training step itself allocates with exact
+    /// fit, which keeps its steady state free of driver allocations.
+    pub fn best_fit(self: &Arc<Self>) -> BestFit {
+        let previous = self.best_fit.swap(true, Ordering::Relaxed);
+        BestFit { dev: self.clone(), previous }
+    }
+
     /// A buffer of `n` f32 whose contents are unspecified (for outputs a kernel or
     /// library call overwrites completely). From the pool when a block of that size is free.
     pub fn alloc(self: &Arc<Self>, n: usize) -> Result<CudaBuffer> {
@@ -502,7 +520,7 @@ impl CudaDevice {
     pub fn alloc_dtype(self: &Arc<Self>, n: usize, dtype: DType) -> Result<CudaBuffer> {
         // At least one byte: the driver's answer to a zero-byte request is not a usable block.
         let bytes = (n * dtype_size(dtype)).max(1);
-        let reused = self.lock_pool()?.take(bytes);
+        let reused = self.lock_pool()?.take(bytes, self.best_fit.load(Ordering::Relaxed));
         let (addr, block) = match reused {
             Some(b) => {
                 self.pool_hits.fetch_add(1, Ordering::Relaxed);
@@ -530,8 +548,10 @@ impl CudaDevice {
     pub fn alloc_zeros_dtype(self: &Arc<Self>, n: usize, dtype: DType) -> Result<CudaBuffer> {
         let mut b = self.alloc_dtype(n, dtype)?;
         let bytes = b.size_bytes();
-        let block = b.bytes.as_mut().expect("just allocated");
-        self.stream.memset_zeros(&mut block.slice_mut(0..bytes)).map_err(driver_err("memset"))?;
+        if bytes > 0 {
+            let block = b.bytes.as_mut().expect("just allocated");
+            self.stream.memset_zeros(&mut block.slice_mut(0..bytes)).map_err(driver_err("memset"))?;
+        }
         Ok(b)
     }
 
@@ -567,8 +587,10 @@ impl CudaDevice {
         }
         let src = cache.get(&dtype).expect("inserted above");
         let mut out = self.alloc_dtype(n, dtype)?;
-        let dst = out.bytes.as_mut().expect("just allocated");
-        self.stream.memcpy_dtod(&src.slice(0..bytes), &mut dst.slice_mut(0..bytes)).map_err(driver_err("copy ones"))?;
+        if bytes > 0 {
+            let dst = out.bytes.as_mut().expect("just allocated");
+            self.stream.memcpy_dtod(&src.slice(0..bytes), &mut dst.slice_mut(0..bytes)).map_err(driver_err("copy ones"))?;
+        }
         Ok(out)
     }
 
@@ -744,7 +766,9 @@ impl CudaDevice {
     fn recycle(&self, addr: u64, block: CudaSlice<u8>) {
         match self.pool.lock() {
             Ok(mut p) => p.give_back(addr, block),
-            // A poisoned pool: the block is freed instead.
+            // A poisoned pool (a thread panicked holding it): the block is freed instead, unless
+            // a graph exists (it may be that graph's, and a replay would write freed memory).
+            Err(_) if self.graphs_alive.load(Ordering::Relaxed) > 0 => std::mem::forget(block),
             Err(_) => {
                 self.held.fetch_sub(block.len() as u64, Ordering::Relaxed);
             }
@@ -827,6 +851,18 @@ impl CudaDevice {
 /// The device address of a block (for identifying blocks, and for kernels' pointer tables).
 pub fn address<T>(s: &impl cudarc::driver::DevicePtr<T>, stream: &CudaStream) -> u64 {
     crate::cudnn::ptr(s, stream) as usize as u64
+}
+
+/// The scope of [`CudaDevice::best_fit`]: dropping it restores the previous fit.
+pub struct BestFit {
+    dev: Arc<CudaDevice>,
+    previous: bool,
+}
+
+impl Drop for BestFit {
+    fn drop(&mut self) {
+        self.dev.best_fit.store(self.previous, Ordering::Relaxed);
+    }
 }
 
 /// Work captured by [`CudaDevice::begin_capture`]/[`CudaDevice::end_capture`], replayed by

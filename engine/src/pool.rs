@@ -18,10 +18,18 @@
 //! ## Fit
 //!
 //! A request of `n` bytes takes a free block of exactly `n` bytes if there is one, else the
-//! smallest free block of at most `2n` bytes (so the last, partial batch of an epoch runs in
-//! the blocks of the full batches instead of new ones), else the caller allocates a new
-//! block. Within one size the most recently given back unreserved block goes first; a
-//! reserved one is lent only when no unreserved block of that size is free.
+//! caller allocates a new block. So a training step, which asks for the same sizes in the
+//! same order every time, needs no new block after its first run: each size has as many
+//! blocks as the step ever holds at once.
+//!
+//! Work of other sizes (the last, partial batch of an epoch, the evaluation) may ask for
+//! *best fit* instead: without a free block of its exact size, a request takes the smallest
+//! free block of at most `2n` bytes, so that it runs in the training step's blocks instead of
+//! new ones. Best fit is not for the training step itself: a request taking a larger block
+//! can leave a later request of that larger size without one, so a repeated step could keep
+//! needing new blocks (e.g. momentum buffers created in the first step taking free
+//! activation blocks). Within one size the most recently given back unreserved block goes
+//! first; a reserved one is lent only when no unreserved block of that size is free.
 //!
 //! ## Accounting
 //!
@@ -67,14 +75,16 @@ impl<B: Block> BlockPool<B> {
         Self::default()
     }
 
-    /// A free block for a request of `bytes` (exact size first, else the smallest of at
-    /// most `2 * bytes`), now in use; `None` when the caller must allocate a new block
-    /// (and then call [`BlockPool::add_new`]).
-    pub fn take(&mut self, bytes: usize) -> Option<(u64, B)> {
+    /// A free block for a request of `bytes` (of exactly that size; with `best_fit`, else the
+    /// smallest of at most `2 * bytes`), now in use; `None` when the caller must allocate a
+    /// new block (and then call [`BlockPool::add_new`]).
+    pub fn take(&mut self, bytes: usize, best_fit: bool) -> Option<(u64, B)> {
         let size = if self.free.contains_key(&bytes) {
             bytes
-        } else {
+        } else if best_fit {
             *self.free.range(bytes..=bytes.saturating_mul(2)).next()?.0
+        } else {
+            return None;
         };
         let list = self.free.get_mut(&size)?;
         let reserved = &self.reserved;
@@ -102,7 +112,7 @@ impl<B: Block> BlockPool<B> {
         if self.reserved.contains_key(&addr) {
             self.lent.remove(&addr);
         } else {
-            self.in_use -= size as u64;
+            self.count_out(size);
         }
         self.free.entry(size).or_default().push((addr, block));
     }
@@ -139,7 +149,7 @@ impl<B: Block> BlockPool<B> {
                 let size = entry.0;
                 self.reserved.remove(a);
                 if !self.lent.remove(a) {
-                    self.in_use -= size as u64;
+                    self.count_out(size);
                 }
             }
         }
@@ -186,6 +196,12 @@ impl<B: Block> BlockPool<B> {
         self.in_use += bytes as u64;
         self.peak_in_use = self.peak_in_use.max(self.in_use);
     }
+
+    fn count_out(&mut self, bytes: usize) {
+        // Below zero only if a block were given back twice, which the owning buffer's drop rules out.
+        debug_assert!(self.in_use >= bytes as u64, "pool: {bytes} bytes given back with {} in use", self.in_use);
+        self.in_use = self.in_use.saturating_sub(bytes as u64);
+    }
 }
 
 #[cfg(test)]
@@ -208,14 +224,15 @@ mod tests {
         pool: BlockPool<Fake>,
         next: u64,
         new_blocks: usize,
+        best_fit: bool,
     }
 
     impl Alloc {
         fn new() -> Self {
-            Alloc { pool: BlockPool::new(), next: 0x1000, new_blocks: 0 }
+            Alloc { pool: BlockPool::new(), next: 0x1000, new_blocks: 0, best_fit: true }
         }
         fn get(&mut self, bytes: usize) -> (u64, Fake) {
-            self.pool.take(bytes).unwrap_or_else(|| {
+            self.pool.take(bytes, self.best_fit).unwrap_or_else(|| {
                 self.pool.add_new(bytes);
                 self.new_blocks += 1;
                 self.next += 0x10000;
@@ -263,7 +280,44 @@ mod tests {
         a.put(r);
         assert_eq!(a.pool.drain_unreserved(), vec![Fake(32)]);
         assert_eq!(a.pool.free_unreserved_bytes(), 0);
-        assert!(a.pool.take(32).is_none(), "nothing left to take");
+        assert!(a.pool.take(32, true).is_none(), "nothing left to take");
+    }
+
+    /// Exact fit only (the training step's mode): a free larger block is not taken.
+    #[test]
+    fn without_best_fit_only_the_exact_size_is_taken() {
+        let mut a = Alloc::new();
+        let b = a.get(1000);
+        a.put(b);
+        assert!(a.pool.take(900, false).is_none(), "exact fit: 1000 does not serve 900");
+        assert!(a.pool.take(1000, false).is_some());
+    }
+
+    /// The case that rules best fit out for the training step: repeating the same requests
+    /// (take 64, give it back, take 48 twice, give the second back, take 24) needs a new block
+    /// in the second repetition under best fit, and never after the first under exact fit.
+    #[test]
+    fn a_repeated_sequence_allocates_only_once_under_exact_fit() {
+        let run = |best_fit: bool| {
+            let mut a = Alloc::new();
+            a.best_fit = best_fit;
+            let mut news = Vec::new();
+            for _ in 0..4 {
+                let before = a.new_blocks;
+                let x = a.get(64);
+                a.put(x);
+                let (p, q) = (a.get(48), a.get(48));
+                a.put(q);
+                let r = a.get(24);
+                a.put(p);
+                a.put(r);
+                news.push(a.new_blocks - before);
+            }
+            news
+        };
+        assert_eq!(run(false), vec![4, 0, 0, 0]);
+        let best = run(true);
+        assert!(best[1..].iter().any(|&k| k > 0), "best fit settled after one repetition: {best:?}");
     }
 
     /// The life of a graph's blocks: reserved at the end of the capture (counted as in use

@@ -45,7 +45,7 @@ pub const WARMUP_STEPS: usize = 2;
 // One step to create the momentum buffers, one in the steady state: fewer cannot fill the pool.
 const _: () = assert!(WARMUP_STEPS >= 2);
 
-/// Captures tried before the run gives up on the graph.
+/// Failed captures after which the run gives up on the graph.
 pub const CAPTURE_ATTEMPTS: usize = 3;
 
 /// What the next full batch does.
@@ -72,8 +72,8 @@ pub struct StepGraph {
     /// Addresses of the epoch arrays the graph reads, and their length (also captured).
     captured_with: Option<[u64; 4]>,
     warmup_left: usize,
-    /// Captures tried so far.
-    attempts: usize,
+    /// Captures that failed so far.
+    failures: usize,
     /// Why the last capture failed, once no attempt is left (every step then runs eagerly).
     failed: Option<String>,
     /// Messages for the run's log (the capture succeeded, or why it failed), taken by
@@ -99,7 +99,7 @@ impl StepGraph {
             graph: None,
             captured_with: None,
             warmup_left: WARMUP_STEPS,
-            attempts: 0,
+            failures: 0,
             failed: None,
             notices: Vec::new(),
             replays: 0,
@@ -156,19 +156,20 @@ impl StepGraph {
             let Pipeline::Gpu(gpu) = &mut *pipeline else {
                 return Err(crate::Error::Invalid("a CUDA graph needs the GPU pipeline".into()));
             };
-            self.attempts += 1;
             match self.capture(b, model, state, gpu, norm, lr, cfg) {
                 // Errors launching it are real errors, not a reason to train this batch again.
                 Ok(()) => return self.launch(b),
                 // This batch runs eagerly below (filling the pool with what the capture lacked);
                 // the next full batch tries again.
-                Err(e) if self.attempts < CAPTURE_ATTEMPTS => {
+                Err(e) if self.failures + 1 < CAPTURE_ATTEMPTS => {
+                    self.failures += 1;
                     self.notices.push(format!(
-                        "CUDA graph capture {} of {CAPTURE_ATTEMPTS} failed, trying again after one more eager step: {e}",
-                        self.attempts
+                        "CUDA graph capture failed ({} of {CAPTURE_ATTEMPTS} tries), trying again after one more eager step: {e}",
+                        self.failures
                     ));
                 }
                 Err(e) => {
+                    self.failures += 1;
                     let why = e.to_string();
                     self.notices.push(format!("CUDA graph capture failed {CAPTURE_ATTEMPTS} times, training goes on without it: {why}"));
                     self.failed = Some(why);
@@ -202,6 +203,7 @@ impl StepGraph {
     #[allow(clippy::too_many_arguments)]
     fn capture(&mut self, b: usize, model: &mut ResNet9, state: &mut SgdState, gpu: &mut GpuData, norm: Normalization, lr: f64, cfg: &TrainConfig) -> Result<()> {
         self.set_counter(b)?;
+        let arrays = arrays_address(gpu)?;
         let tracked: Vec<u64> = model.bn.iter().map(|s| s.num_batches_tracked).collect();
         self.dev.begin_capture()?;
         let recorded = self.record_step(model, state, gpu, norm, lr, cfg);
@@ -221,7 +223,7 @@ impl StepGraph {
                 return Err(e);
             }
         };
-        self.captured_with = Some(arrays_address(gpu)?);
+        self.captured_with = Some(arrays);
         self.notices.push(format!(
             "CUDA graph: the training step was captured at batch {} and is replayed from now on ({:.0} MiB of device memory reserved for it, lent to other work between replays)",
             b + 1,
@@ -250,10 +252,11 @@ impl StepGraph {
     /// Launch the captured step for batch `b`.
     fn replay(&mut self, b: usize, model: &mut ResNet9) -> Result<()> {
         self.set_counter(b)?;
+        self.launch(b)?;
         for s in &mut model.bn {
             s.num_batches_tracked += 1;
         }
-        self.launch(b)
+        Ok(())
     }
 
     fn launch(&mut self, b: usize) -> Result<()> {
