@@ -1,6 +1,7 @@
 """Load one of our checkpoints into the PyTorch ResNet-9 (bench/resnet9.py) and evaluate it on the
 CIFAR-10 test set, independently of our engine: the state_dict must load with strict=True (same names,
-shapes, dtypes) and the accuracy must equal the one our run printed.
+shapes, dtypes) and the accuracy must equal the one our run printed. Also prints the accuracy with flip
+test-time augmentation (the mean of the logits of each image and of its mirror image), for runs with --tta.
 
     python3 bench/eval_checkpoint.py runs/run-1/model.safetensors --width 0.25 --data DIR
 
@@ -45,14 +46,20 @@ def main():
     model = model.to(dev).eval()
     x = (torch.from_numpy(test[:, 1:].reshape(-1, 3, 32, 32).copy()).float() / 255.0 - mean) / std
     y = torch.from_numpy(test[:, 0].astype(np.int64))
-    correct, loss = 0, 0.0
+    correct, loss, tta_correct, tta_loss = 0, 0.0, 0, 0.0
     with torch.no_grad():
         for i in range(0, len(y), 1000):
-            out = model(x[i:i + 1000].to(dev)).cpu()
-            loss += F.cross_entropy(out, y[i:i + 1000], reduction="sum").item()
-            correct += (out.argmax(1) == y[i:i + 1000]).sum().item()
+            xb, yb = x[i:i + 1000].to(dev), y[i:i + 1000]
+            out = model(xb).cpu()
+            loss += F.cross_entropy(out, yb, reduction="sum").item()
+            correct += (out.argmax(1) == yb).sum().item()
+            avg = (out + model(xb.flip(3)).cpu()) / 2
+            tta_loss += F.cross_entropy(avg, yb, reduction="sum").item()
+            tta_correct += (avg.argmax(1) == yb).sum().item()
     print(json.dumps({"checkpoint": args.checkpoint, "device": str(dev), "torch": torch.__version__,
-                      "test_loss": loss / len(y), "correct": correct, "accuracy": 100.0 * correct / len(y)}))
+                      "test_loss": loss / len(y), "correct": correct, "accuracy": 100.0 * correct / len(y),
+                      "tta_test_loss": tta_loss / len(y), "tta_correct": tta_correct,
+                      "tta_accuracy": 100.0 * tta_correct / len(y)}))
 
 
 if __name__ == "__main__":

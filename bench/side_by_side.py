@@ -184,18 +184,21 @@ def safetensors_metadata(path):
 
 
 def read_metrics_csv(path):
-    """Our metrics.csv (model/src/run.rs): epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds[,eval_seconds]."""
+    """Our metrics.csv (model/src/run.rs): epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds[,eval_seconds
+    [,test_acc_tta]]; an empty cell (test_acc_tta without --tta) is None."""
     rows = []
     with open(path) as f:
         header = f.readline().strip().split(",")
         for line in f:
             if line.strip():
-                rows.append(dict(zip(header, (float(v) for v in line.strip().split(",")))))
+                rows.append(dict(zip(header, (float(v) if v.strip() else None for v in line.strip().split(",")))))
     return rows
 
 
 EPOCH_RE = re.compile(r"^EPOCH: (\d+)\b")
 TEST_RE = re.compile(r"Test set: Average loss: ([-0-9.eE+naif]+), Accuracy: (\d+)/(\d+)")
+# With --tta, after each "Test set:" line (model/src/run.rs).
+TTA_RE = re.compile(r"Test set with flip TTA: Average loss: ([-0-9.eE+naif]+), Accuracy: (\d+)/(\d+)")
 _NUM_UNIT = r"([0-9]+(?:\.[0-9]+)?)\s*(GiB|MiB|KiB|GB|MB|KB|bytes|B)\b"
 # Our log's memory line (model/src/run.rs), e.g. "GPU memory: peak 812 MiB in tensors, peak 1024 MiB held from
 # the driver (pool, dataset, workspace)"; a plain "Peak GPU memory: 812 MiB" is read as the tensors' peak.
@@ -254,6 +257,8 @@ def summarize(r):
     r["train_eval_total_s_excl_first"] = sum(te[1:]) if len(te) > 1 else None
     accs = r.get("test_acc_per_epoch") or []
     r["final_acc"] = accs[-1] if accs else None
+    tta = [a for a in r.get("test_acc_tta_per_epoch") or [] if a is not None]
+    r["final_acc_tta"] = tta[-1] if tta else None
     return r
 
 
@@ -326,10 +331,14 @@ def run_ours(args, seed, stamp, work, device):
     tests = [t for t in tests if t]
     if tests:
         r["final_test_correct"], r["final_test_total"] = int(tests[-1].group(2)), int(tests[-1].group(3))
+    ttas = [m for m in (TTA_RE.search(l) for l in log_text.splitlines()) if m]
+    if ttas:
+        r["final_test_tta_correct"] = int(ttas[-1].group(2))
     metrics = os.path.join(run_dir, "metrics.csv")
     rows = read_metrics_csv(metrics) if os.path.exists(metrics) else []
     r["epoch_train_s"] = [row["seconds"] for row in rows]
     r["test_acc_per_epoch"] = [row["test_acc"] for row in rows]
+    r["test_acc_tta_per_epoch"] = [row.get("test_acc_tta") for row in rows]
     r["test_loss_per_epoch"] = [row["test_loss"] for row in rows]
     r["train_acc_per_epoch"] = [row["train_acc"] for row in rows]
     r["train_loss_per_epoch"] = [row["train_loss"] for row in rows]
@@ -381,6 +390,8 @@ def torch_settings(args, ours):
             flags += [flag, s[key]]
     if s.get("nesterov") == "false":
         flags.append("--no-nesterov")
+    if s.get("tta") == "true":
+        flags.append("--tta")
     if args.subset:
         flags += ["--subset", str(args.subset)]
     return flags
@@ -400,7 +411,8 @@ def run_torch(args, seed, key, recipe_flags, work):
          "peak_mem_source": "torch.cuda.max_memory_allocated" if res.get("peak_mem_allocated_bytes") else None,
          "epoch_train_s": res.get("epoch_train_s", []),
          "epoch_train_eval_s": [a + b for a, b in zip(res.get("epoch_train_s", []), res.get("epoch_eval_s", []))],
-         "test_acc_per_epoch": res.get("test_acc_per_epoch", []), "torch_result": res}
+         "test_acc_per_epoch": res.get("test_acc_per_epoch", []),
+         "test_acc_tta_per_epoch": res.get("test_acc_tta_per_epoch", []), "torch_result": res}
     if rc != 0 or not res:
         r["error"] = "\n".join(l for _, l in lines[-15:])
     return summarize(r)
@@ -416,9 +428,12 @@ def cross_eval(args, ours, work):
     res = last_json(lines) or {}
     e = {"seed": ours["seed"], "checkpoint": ck, "command": " ".join(shlex.quote(c) for c in cmd),
          "ours_correct": ours.get("final_test_correct"), "ours_acc": ours.get("final_acc"),
-         "torch_correct": res.get("test_correct"), "torch_acc": res.get("test_acc"), "torch_result": res}
+         "torch_correct": res.get("test_correct"), "torch_acc": res.get("test_acc"), "torch_result": res,
+         "ours_tta_correct": ours.get("final_test_tta_correct"), "torch_tta_correct": res.get("test_tta_correct")}
     if e["ours_correct"] is not None and e["torch_correct"] is not None:
         e["diff_images"] = e["torch_correct"] - e["ours_correct"]
+    if e["ours_tta_correct"] is not None and e["torch_tta_correct"] is not None:
+        e["tta_diff_images"] = e["torch_tta_correct"] - e["ours_tta_correct"]
     if rc != 0 or not res:
         e["error"] = "\n".join(l for _, l in lines[-15:])
     return e
@@ -437,8 +452,9 @@ def aggregate(runs):
         if not rs:
             continue
         a = {"label": LABELS[key], "seeds": [r["seed"] for r in rs], "seeds_ok": [r["seed"] for r in ok],
-             "final_acc_per_seed": [r.get("final_acc") for r in ok]}
-        for k in ("final_acc", "train_total_s", "train_total_s_excl_first", "train_eval_total_s",
+             "final_acc_per_seed": [r.get("final_acc") for r in ok],
+             "final_acc_tta_per_seed": [r.get("final_acc_tta") for r in ok if r.get("final_acc_tta") is not None]}
+        for k in ("final_acc", "final_acc_tta", "train_total_s", "train_total_s_excl_first", "train_eval_total_s",
                   "train_eval_total_s_excl_first", "process_wall_s"):
             a[k] = mean([r.get(k) for r in ok])
         a["min_final_acc"] = min(a["final_acc_per_seed"]) if ok else None
@@ -472,6 +488,7 @@ def speed_json(doc):
         "ours_s": ours_s, "torch_eager_amp_s": eager_s, "torch_compile_s": comp_s,
         "torch_fp32_s": g("torch_fp32", "train_eval_total_s"),
         "ours_acc": g(OURS, "final_acc"), "torch_acc": g("torch_eager_amp", "final_acc"),
+        "ours_acc_tta": g(OURS, "final_acc_tta"), "torch_acc_tta": g("torch_eager_amp", "final_acc_tta"),
         "ours_acc_per_seed": g(OURS, "final_acc_per_seed"),
         "torch_acc_per_seed": g("torch_eager_amp", "final_acc_per_seed"),
         "torch_compile_acc": g("torch_compile", "final_acc"), "torch_fp32_acc": g("torch_fp32", "final_acc"),
@@ -499,7 +516,8 @@ def speed_json(doc):
             "*_s: sum over the epochs of training + test-evaluation time, first epoch included, mean over seeds "
             "(ours: from the arrival of our 'EPOCH: k' line to that of the epoch's 'Test set:' line; PyTorch: its "
             "device-synchronised timers); *_acc: final test accuracy in percent, mean over seeds; torch_acc is the "
-            "eager bf16 channels-last variant; *_over_ours: PyTorch time / our time; timed_pflop: forward FLOPs "
+            "eager bf16 channels-last variant; *_acc_tta: the same with flip test-time augmentation (--tta; null "
+            "without); *_over_ours: PyTorch time / our time; timed_pflop: forward FLOPs "
             "x (3 x training images + test images) x epochs (conv and linear multiply-adds x 2); *_tflops: "
             "timed_pflop / *_s; floor_pflop_issue7: the 2.7 PFLOP of issue 7 (training only); "
             "*_peak_mem_bytes: peak of the memory in tensors (PyTorch: max_memory_allocated; ours: the 'peak ... in "
@@ -549,6 +567,13 @@ def write_markdown(doc, path):
                  f"{fmt(mib(a['peak_mem_allocated_bytes']), '.0f')} | {fmt(mib(a['peak_mem_held_bytes']), '.0f')} | "
                  f"{fmt(mib(a['smi_peak_delta_bytes']), '.0f')} | "
                  f"{fmt(a['process_wall_s'], '.1f')} |")
+    tta_keys = [k for k in keys if agg[k].get("final_acc_tta") is not None]
+    if tta_keys:
+        L += ["", "With flip test-time augmentation (`--tta`: the mean of the logits of each test image and of its "
+              "mirror image; D. Page, \"How to Train Your ResNet 8: Bag of Tricks\", 2019), final test accuracy %, "
+              "mean (per seed): " + "; ".join(
+                  f"{agg[k]['label']} {fmt(agg[k]['final_acc_tta'])} "
+                  f"({', '.join(fmt(x) for x in agg[k]['final_acc_tta_per_seed'])})" for k in tta_keys)]
     L += ["",
           "## Speed (issue 7)",
           "",
@@ -579,14 +604,17 @@ def write_markdown(doc, path):
         L += ["", "## One training step of ours, time per operation (CUDA events)", "",
               f"`{prof['command']}` (exit code {prof['exit_code']})", "", "```", prof["output"].rstrip(), "```"]
     L += ["", "## Cross-evaluation: our final checkpoint evaluated by PyTorch (fp32, strict=True)", "",
-          "| seed | checkpoint | our accuracy (our log) | PyTorch's accuracy | difference (images) |",
-          "| --- | --- | --- | --- | --- |"]
+          "| seed | checkpoint | our accuracy (our log) | PyTorch's accuracy | difference (images) | flip TTA: ours / "
+          "PyTorch (correct of 10000) |",
+          "| --- | --- | --- | --- | --- | --- |"]
     for e in doc["cross_eval"]:
         if e.get("error") and e.get("torch_acc") is None:
-            L.append(f"| {e['seed']} | {e.get('checkpoint', '')} | {fmt(e.get('ours_acc'))} | failed | |")
+            L.append(f"| {e['seed']} | {e.get('checkpoint', '')} | {fmt(e.get('ours_acc'))} | failed | | |")
             continue
+        tta = f"{e.get('ours_tta_correct')} / {e.get('torch_tta_correct')}" if e.get("ours_tta_correct") is not None \
+            else "n/a"
         L.append(f"| {e['seed']} | `{e['checkpoint']}` | {e.get('ours_correct')}/10000 ({fmt(e.get('ours_acc'))}%) | "
-                 f"{e.get('torch_correct')}/10000 ({fmt(e.get('torch_acc'))}%) | {e.get('diff_images', 'n/a')} |")
+                 f"{e.get('torch_correct')}/10000 ({fmt(e.get('torch_acc'))}%) | {e.get('diff_images', 'n/a')} | {tta} |")
     errors = [r for r in doc["runs"] if r.get("error")]
     if errors:
         L += ["", "## Failed runs", ""]

@@ -72,6 +72,9 @@ def parse_args(argv=None):
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (training and evaluation)")
     ap.add_argument("--channels-last", action="store_true", help="NHWC model weights and inputs")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--tta", action="store_true",
+                    help="also evaluate with flip test-time augmentation (mean of the logits of each test image and "
+                         "of its mirror image; D. Page, 'How to Train Your ResNet 8: Bag of Tricks', 2019)")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune (default: default)")
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="let cuDNN's heuristics pick the convolution algorithms instead of timing them "
@@ -168,22 +171,34 @@ def sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def evaluate(model, x_test, y_test, mean, std, amp, channels_last, batch=1000):
-    """Test loss (mean cross-entropy, no smoothing) and number correct, in eval mode (BN running stats)."""
+def evaluate(model, x_test, y_test, mean, std, amp, channels_last, batch=1000, tta=False):
+    """Test loss (mean cross-entropy, no smoothing) and number correct, in eval mode (BN running stats); with
+    `tta` also those of flip test-time augmentation, the mean of the logits of each image and of its mirror
+    image (as our engine's --tta), else None for both."""
     model.eval()
     dev = x_test.device
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.int64)
+    tta_loss, tta_correct = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.int64)
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
         for i in range(0, x_test.shape[0], batch):
-            xb = normalize(x_test[i:i + batch], mean, std)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            x = normalize(x_test[i:i + batch], mean, std)
+            y = y_test[i:i + batch]
+            xb = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             out = model(xb).float()
-            loss_sum += F.cross_entropy(out, y_test[i:i + batch], reduction="sum")
-            correct += (out.argmax(1) == y_test[i:i + batch]).sum()
+            loss_sum += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+            if tta:
+                xf = x.flip(3)
+                xf = xf.contiguous(memory_format=torch.channels_last) if channels_last else xf.contiguous()
+                avg = (out + model(xf).float()) / 2
+                tta_loss += F.cross_entropy(avg, y, reduction="sum")
+                tta_correct += (avg.argmax(1) == y).sum()
     model.train()
-    return loss_sum.item() / x_test.shape[0], int(correct.item())
+    n = x_test.shape[0]
+    if not tta:
+        return loss_sum.item() / n, int(correct.item()), None, None
+    return loss_sum.item() / n, int(correct.item()), tta_loss.item() / n, int(tta_correct.item())
 
 
 def device_name(dev):
@@ -208,15 +223,18 @@ def eval_checkpoint(args, dev, mean, std, x_test, y_test):
     model.load_state_dict(load_file(args.eval_checkpoint), strict=True)
     model = model.to(dev)
     t0 = time.perf_counter()
-    loss, correct = evaluate(model, x_test, y_test, mean, std, amp=False, channels_last=False)
+    loss, correct, tta_loss, tta_correct = evaluate(model, x_test, y_test, mean, std, amp=False, channels_last=False,
+                                                    tta=True)
     n = x_test.shape[0]
     channels = [layer.conv.out_channels for layer in (model.prep, model.layer1, model.layer2, model.layer3)]
     print(f"Checkpoint {args.eval_checkpoint} (channels {channels}, out_scale {out_scale}) on {device_name(dev)}: "
-          f"Test set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} ({100.0 * correct / n:.2f}%)")
+          f"Test set: Average loss: {loss:.4f}, Accuracy: {correct}/{n} ({100.0 * correct / n:.2f}%); "
+          f"with flip TTA: Average loss: {tta_loss:.4f}, Accuracy: {tta_correct}/{n} ({100.0 * tta_correct / n:.2f}%)")
     print(json.dumps({"checkpoint": args.eval_checkpoint, "device": device_name(dev), "torch": torch.__version__,
                       "channels": channels, "out_scale": out_scale, "precision": "fp32 (TF32 off)",
                       "test_loss": loss, "test_correct": correct, "test_total": n, "test_acc": 100.0 * correct / n,
-                      "eval_s": time.perf_counter() - t0}))
+                      "test_tta_loss": tta_loss, "test_tta_correct": tta_correct,
+                      "test_tta_acc": 100.0 * tta_correct / n, "eval_s": time.perf_counter() - t0}))
 
 
 def main(argv=None):
@@ -270,7 +288,8 @@ def main(argv=None):
     print(f"One-cycle: LRMIN={args.lr_min:.4e} -> LRMAX={args.lr_max:.4e} at the end of epoch "
           f"{min(peak_epoch, args.epochs)} -> LRMIN at the end of epoch {args.epochs}", flush=True)
 
-    rec = {k: [] for k in ("train_s", "eval_s", "train_loss", "train_acc", "test_loss", "test_acc", "lr")}
+    rec = {k: [] for k in ("train_s", "eval_s", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_tta",
+                           "lr")}
     step = 0
     for epoch in range(args.epochs):
         sync(dev)
@@ -297,7 +316,8 @@ def main(argv=None):
             step += 1
         sync(dev)
         t1 = time.perf_counter()
-        test_loss, test_correct = evaluate(fwd, x_test, y_test, mean, std, args.amp, args.channels_last)
+        test_loss, test_correct, tta_loss, tta_correct = evaluate(fwd, x_test, y_test, mean, std, args.amp,
+                                                                  args.channels_last, tta=args.tta)
         sync(dev)
         t2 = time.perf_counter()
         nt = x_test.shape[0]
@@ -307,10 +327,13 @@ def main(argv=None):
         rec["train_acc"].append(100.0 * correct.item() / n)
         rec["test_loss"].append(test_loss)
         rec["test_acc"].append(100.0 * test_correct / nt)
+        rec["test_acc_tta"].append(None if tta_correct is None else 100.0 * tta_correct / nt)
         rec["lr"].append(lr)
         print(f"EPOCH: {epoch + 1} (LR: {lr:.6f}) Train: Loss={rec['train_loss'][-1]:.4f} "
               f"Accuracy={rec['train_acc'][-1]:.2f}% ({t1 - t0:.2f}s, eval {t2 - t1:.2f}s)  "
-              f"Test set: Average loss: {test_loss:.4f}, Accuracy: {test_correct}/{nt} ({rec['test_acc'][-1]:.2f}%)",
+              f"Test set: Average loss: {test_loss:.4f}, Accuracy: {test_correct}/{nt} ({rec['test_acc'][-1]:.2f}%)"
+              + ("" if tta_correct is None else f"  Test set with flip TTA: Average loss: {tta_loss:.4f}, "
+                 f"Accuracy: {tta_correct}/{nt} ({rec['test_acc_tta'][-1]:.2f}%)"),
               flush=True)
 
     tr, ev = rec["train_s"], rec["eval_s"]
@@ -331,12 +354,15 @@ def main(argv=None):
         "train_loss_per_epoch": rec["train_loss"], "train_acc_per_epoch": rec["train_acc"],
         "test_loss_per_epoch": rec["test_loss"], "test_acc_per_epoch": rec["test_acc"],
         "final_acc": rec["test_acc"][-1] if rec["test_acc"] else None,
+        "tta": args.tta, "test_acc_tta_per_epoch": rec["test_acc_tta"] if args.tta else [],
+        "final_acc_tta": rec["test_acc_tta"][-1] if args.tta and rec["test_acc_tta"] else None,
         "peak_mem_allocated_bytes": torch.cuda.max_memory_allocated(dev) if cuda else None,
         "peak_mem_reserved_bytes": torch.cuda.max_memory_reserved(dev) if cuda else None,
         "dataset_device_bytes": dataset_bytes,
         "process_wall_s": time.perf_counter() - t_start,
     }
-    print(f"Done: test accuracy {result['final_acc']:.2f}% after {args.epochs} epochs, "
+    tta_note = f" ({result['final_acc_tta']:.2f}% with flip TTA)" if result["final_acc_tta"] is not None else ""
+    print(f"Done: test accuracy {result['final_acc']:.2f}%{tta_note} after {args.epochs} epochs, "
           f"{result['train_total_s']:.2f}s of training ({result['train_total_s_excl_first']:.2f}s without epoch 1), "
           f"{result['train_eval_total_s']:.2f}s with the evaluations; peak memory "
           + (f"{result['peak_mem_allocated_bytes'] / 2**20:.0f} MiB allocated" if cuda else "n/a (cpu)"), flush=True)

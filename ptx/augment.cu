@@ -95,12 +95,14 @@ extern "C" __global__ void augment_batch(
     }
 }
 
-// normalize_batch: the test-time path, no augmentation. ONE THREAD computes ONE
+// normalize_batch: the test-time path, no augmentation except an optional
+// horizontal flip (for flip test-time augmentation). ONE THREAD computes ONE
 // output element out[i, c, y, x] (grid-stride loop over n * 3072 elements);
 // the thread with (c, y, x) == (0, 0, 0) also writes labels[i].
 //
 //   img = data + idx[i] * 3073 + 1
-//   out[((i*3 + c)*32 + y)*32 + x] = ((float)img[c*1024 + y*32 + x] / 255 - mean_c) / std_c
+//   sx  = flip ? 31 - x : x
+//   out[((i*3 + c)*32 + y)*32 + x] = ((float)img[c*1024 + y*32 + sx] / 255 - mean_c) / std_c
 //   labels[i] = data[idx[i] * 3073]
 //
 // Same rounding as augment_batch: bit-identical to the CPU reference.
@@ -110,6 +112,7 @@ extern "C" __global__ void normalize_batch(
     float* out,                  // [n, 3, 32, 32]
     unsigned int* labels,        // [n]
     unsigned int n,              // images in the batch
+    unsigned int flip,           // 1: every image mirrored horizontally
     float mean0, float mean1, float mean2,
     float std0, float std1, float std2)
 {
@@ -119,8 +122,10 @@ extern "C" __global__ void normalize_batch(
         const unsigned int i = (unsigned int)(e / 3072ULL);
         const int within = (int)(e % 3072ULL);
         const int c = within / 1024;
+        const int x = within % 32;
+        const int src = flip ? within - x + (31 - x) : within;
         const unsigned char* rec = data + (unsigned long long)idx[i] * 3073ULL;
-        out[e] = normalize_pixel(rec[1 + within], pick3(c, mean0, mean1, mean2), pick3(c, std0, std1, std2));
+        out[e] = normalize_pixel(rec[1 + src], pick3(c, mean0, mean1, mean2), pick3(c, std0, std1, std2));
         if (within == 0) {
             labels[i] = (unsigned int)rec[0];
         }

@@ -271,8 +271,13 @@ fn augmentation_kernel_matches_the_cpu_exactly() {
     assert!(first_bad.is_none(), "augment differs at element {first_bad:?}: {} vs {}", got[first_bad.unwrap()], want[first_bad.unwrap()]);
     let want_labels: Vec<u32> = idx.iter().map(|&r| r % 10).collect();
     assert_eq!(d.download(&labels_g).unwrap(), want_labels);
-    let xe = ops::augment::normalize_batch(&d, &data_g, &idx_g.slice(..), &mut labels_g.slice_mut(..), norm).unwrap();
+    let xe = ops::augment::normalize_batch(&d, &data_g, &idx_g.slice(..), &mut labels_g.slice_mut(..), norm, false).unwrap();
     assert_eq!(xe.to_f32_vec(), want_eval, "normalize_batch differs from the CPU");
+    // Flipped (flip test-time augmentation): each row of 32 pixels reversed.
+    let xf = ops::augment::normalize_batch(&d, &data_g, &idx_g.slice(..), &mut labels_g.slice_mut(..), norm, true).unwrap();
+    let mut want_flip = want_eval.clone();
+    want_flip.chunks_exact_mut(32).for_each(<[f32]>::reverse);
+    assert_eq!(xf.to_f32_vec(), want_flip, "flipped normalize_batch differs from the CPU");
     // A batch of 8 images from an offset: views into the epoch's arrays, as training uses them.
     let x8 = ops::augment::augment_batch(&d, &data_g, &idx_g.slice(16..24), &params_g.slice(80..120), &mut labels_g.slice_mut(0..8), norm).unwrap();
     assert_eq!(x8.to_f32_vec(), want[16 * 3072..24 * 3072].to_vec());

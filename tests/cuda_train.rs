@@ -123,10 +123,13 @@ fn gpu_batches_equal_host_batches_on_the_real_files() {
             assert_eq!(data.kernel_labels(range.len()).unwrap(), h.labels, "labels read by the kernel");
         }
     }
-    let h = host.test_batch(&ds.test, 9000, 10_000, norm).unwrap();
-    let g = gpu_p.test_batch(&ds.test, 9000, 10_000, norm).unwrap();
-    assert_eq!(g.x.to_f32_vec(), h.x.to_f32_vec(), "test batch");
-    assert_eq!(g.labels, h.labels);
+    // The test batch, plain and mirrored (flip test-time augmentation).
+    for flip in [false, true] {
+        let h = host.test_batch(&ds.test, 9000, 10_000, norm, flip).unwrap();
+        let g = gpu_p.test_batch(&ds.test, 9000, 10_000, norm, flip).unwrap();
+        assert_eq!(g.x.to_f32_vec(), h.x.to_f32_vec(), "test batch (flip {flip})");
+        assert_eq!(g.labels, h.labels);
+    }
 }
 
 /// After the first steps, a training step takes every buffer from the pool: the driver's
@@ -281,11 +284,18 @@ fn device_side_evaluation_equals_the_host_side_one() {
     let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
     let mut net = ResNet9::new(0.5, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(2)).unwrap();
     net.to_device(&dev).unwrap();
-    let a = train::evaluate(&mut net, &ds.test, &mut p, norm, 1000, false).unwrap();
-    let b = train::evaluate(&mut net, &ds.test, &mut p, norm, 1000, true).unwrap();
+    // With flip test-time augmentation on both sides (it must not change the plain figures).
+    let a = train::evaluate(&mut net, &ds.test, &mut p, norm, 1000, false, true).unwrap();
+    let b = train::evaluate(&mut net, &ds.test, &mut p, norm, 1000, true, true).unwrap();
+    let plain = train::evaluate(&mut net, &ds.test, &mut p, norm, 1000, false, false).unwrap();
     assert_eq!(a.correct, b.correct);
+    assert_eq!(a.correct, plain.correct, "TTA changed the plain count");
     assert!((a.loss - b.loss).abs() <= 1e-6 * b.loss.abs(), "{} vs {}", a.loss, b.loss);
     assert!(a.misclassified.is_empty() && b.misclassified.len() == b.total - b.correct);
+    let (ta, tb) = (a.tta.unwrap(), b.tta.unwrap());
+    assert_eq!(ta.correct, tb.correct, "TTA count on the device vs on the host");
+    assert!((ta.loss - tb.loss).abs() <= 1e-6 * tb.loss.abs(), "TTA loss {} vs {}", ta.loss, tb.loss);
+    assert!(plain.tta.is_none());
 }
 
 /// Two epochs of 5 full batches and a partial one, trained eagerly and with the step

@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for train_mode in [false, true] {
             let mut correct = 0;
             for start in (0..10_000).step_by(1000) {
-                let (x, labels) = eval_batch(split, start, start + 1000, norm)?;
+                let (x, labels) = eval_batch(split, start, start + 1000, norm, false)?;
                 let mut bn = m.bn.clone();
                 let mut g = Graph::new(&m.params);
                 let input = g.input(x);

@@ -24,12 +24,16 @@ pub fn train_batch(split: &Split, indices: &[u32], params: &[AugParams], norm: N
     Ok((Tensor::new(&[indices.len(), 3, 32, 32], x)?, labels))
 }
 
-/// The normalised (not augmented) batch of records `start..end`.
-pub fn eval_batch(split: &Split, start: usize, end: usize, norm: Normalization) -> Result<(Tensor, Vec<u32>)> {
+/// The normalised (not augmented) batch of records `start..end`; with `flip`, every image
+/// mirrored horizontally (each row of 32 pixels reversed: flip test-time augmentation).
+pub fn eval_batch(split: &Split, start: usize, end: usize, norm: Normalization, flip: bool) -> Result<(Tensor, Vec<u32>)> {
     let mut x = vec![0f32; (end - start) * 3072];
     let mut labels = Vec::with_capacity(end - start);
     for (i, out) in (start..end).zip(x.chunks_exact_mut(3072)) {
         augment::normalize_into(split.image(i), norm.mean, norm.std, out);
+        if flip {
+            out.chunks_exact_mut(32).for_each(<[f32]>::reverse);
+        }
         labels.push(split.label(i) as u32);
     }
     Ok((Tensor::new(&[end - start, 3, 32, 32], x)?, labels))

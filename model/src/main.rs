@@ -156,6 +156,11 @@ struct TrainArgs {
     /// passes over memory forward, two backward) instead of cuDNN's batch norm and a ReLU.
     #[arg(long)]
     fused_bn_relu: bool,
+    /// Also report test accuracy with flip test-time augmentation: the mean of the logits of
+    /// each test image and of its mirror image (D. Page, "How to Train Your ResNet 8: Bag of
+    /// Tricks", myrtle.ai, 2019). The plain accuracy is still reported.
+    #[arg(long)]
+    tta: bool,
 }
 
 impl TrainArgs {
@@ -192,6 +197,7 @@ impl TrainArgs {
             bf16: self.bf16,
             channels_last: self.channels_last,
             fused_bn_relu: self.fused_bn_relu,
+            tta: self.tta,
         };
         Ok(RunOptions {
             cfg,

@@ -87,14 +87,14 @@ impl Pipeline {
         }
     }
 
-    /// The normalised test batch of records `start..end`.
-    pub fn test_batch(&mut self, split: &Split, start: usize, end: usize, norm: Normalization) -> Result<Batch> {
+    /// The normalised test batch of records `start..end`, mirrored horizontally when `flip`.
+    pub fn test_batch(&mut self, split: &Split, start: usize, end: usize, norm: Normalization, flip: bool) -> Result<Batch> {
         match self {
             Pipeline::Host => {
-                let (x, labels) = batches::eval_batch(split, start, end, norm)?;
+                let (x, labels) = batches::eval_batch(split, start, end, norm, flip)?;
                 Ok(Batch { x, labels, device_labels: None })
             }
-            Pipeline::Gpu(g) => g.test_batch(split, start..end, norm),
+            Pipeline::Gpu(g) => g.test_batch(split, start..end, norm, flip),
         }
     }
 }
@@ -192,7 +192,7 @@ impl GpuData {
         Ok(Batch { x, labels, device_labels })
     }
 
-    fn test_batch(&mut self, split: &Split, range: Range<usize>, norm: Normalization) -> Result<Batch> {
+    fn test_batch(&mut self, split: &Split, range: Range<usize>, norm: Normalization, flip: bool) -> Result<Batch> {
         if range.end > self.test_idx.len() {
             return Err(crate::Error::Invalid(format!("test batch {range:?} outside the split of {}", self.test_idx.len())));
         }
@@ -203,6 +203,7 @@ impl GpuData {
             &self.test_idx.slice(range.clone()),
             &mut self.scratch_labels.slice_mut(0..n),
             norm_of(norm),
+            flip,
         )?;
         let labels = labels_of(split, range.clone());
         let device_labels = Some(DeviceLabels::new(self.test_labels.clone(), range.start, n)?);

@@ -68,9 +68,11 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Seconds of the test-set evaluation after the epoch.
     pub eval_seconds: f64,
+    /// Test accuracy with flip test-time augmentation (`--tta`), if measured.
+    pub test_acc_tta: Option<f64>,
 }
 
-const CSV_HEADER: &str = "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds,eval_seconds";
+const CSV_HEADER: &str = "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds,eval_seconds,test_acc_tta";
 
 /// Write all rows to `metrics.csv` (atomically).
 pub fn write_metrics(path: &Path, rows: &[EpochRecord]) -> Result<()> {
@@ -78,8 +80,16 @@ pub fn write_metrics(path: &Path, rows: &[EpochRecord]) -> Result<()> {
     s.push('\n');
     for r in rows {
         s.push_str(&format!(
-            "{},{:.6e},{:.6},{:.4},{:.6},{:.4},{:.3},{:.3}\n",
-            r.epoch, r.lr, r.train_loss, r.train_acc, r.test_loss, r.test_acc, r.seconds, r.eval_seconds
+            "{},{:.6e},{:.6},{:.4},{:.6},{:.4},{:.3},{:.3},{}\n",
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            r.train_acc,
+            r.test_loss,
+            r.test_acc,
+            r.seconds,
+            r.eval_seconds,
+            r.test_acc_tta.map(|a| format!("{a:.4}")).unwrap_or_default()
         ));
     }
     checkpoint::write_atomic(path, s.as_bytes())
@@ -92,8 +102,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochRecord>> {
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').collect();
-        // 7 columns: written before eval_seconds existed (read as 0).
-        if f.len() != 7 && f.len() != 8 {
+        // 7 columns: written before eval_seconds existed (read as 0); 8: before test_acc_tta.
+        if !(7..=9).contains(&f.len()) {
             return Err(bad(n + 1));
         }
         let num = |i: usize| f[i].parse::<f64>().map_err(|_| bad(n + 1));
@@ -105,7 +115,8 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochRecord>> {
             test_loss: num(4)?,
             test_acc: num(5)?,
             seconds: num(6)?,
-            eval_seconds: if f.len() == 8 { num(7)? } else { 0.0 },
+            eval_seconds: if f.len() >= 8 { num(7)? } else { 0.0 },
+            test_acc_tta: if f.len() == 9 && !f[8].trim().is_empty() { Some(num(8)?) } else { None },
         });
     }
     Ok(rows)
@@ -278,7 +289,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         // The last epoch's evaluation also lists the misclassified images (for the plot).
         // In batches of the training size: the tape keeps every activation of a batch, so larger
         // evaluation batches would set the run's peak memory.
-        let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, epoch + 1 == cfg.epochs)?;
+        let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, epoch + 1 == cfg.epochs, cfg.tta)?;
         let eval_seconds = eval_start.elapsed().as_secs_f64();
         log.line(&format!(
             "Train: Loss={:.4} Accuracy={:.2}% ({:.1}s)",
@@ -288,6 +299,15 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             "Test set: Average loss: {:.4}, Accuracy: {}/{} ({:.2}%)",
             eval.loss, eval.correct, eval.total, eval.accuracy()
         ));
+        if let Some(t) = eval.tta {
+            log.line(&format!(
+                "Test set with flip TTA: Average loss: {:.4}, Accuracy: {}/{} ({:.2}%)",
+                t.loss,
+                t.correct,
+                eval.total,
+                eval.tta_accuracy().unwrap_or(0.0)
+            ));
+        }
         rows.push(EpochRecord {
             epoch: epoch + 1,
             lr: stats.last_lr,
@@ -297,6 +317,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             test_acc: eval.accuracy(),
             seconds: stats.seconds,
             eval_seconds,
+            test_acc_tta: eval.tta_accuracy(),
         });
         // Checkpoint first, then the metrics that say it exists.
         checkpoint::save_model(&model_path, &model)?;
@@ -308,7 +329,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     }
     let eval = match last {
         Some(e) => e,
-        None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, true)?,
+        None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, true, cfg.tta)?,
     };
     write_curves(&dir, &rows)?;
     write_lr_schedule(&dir, &schedule)?;
@@ -316,8 +337,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
     let with_eval: f64 = rows.iter().map(|r| r.seconds + r.eval_seconds).sum();
     log.line(&format!(
-        "Done: test accuracy {:.2}% after {} epochs, {:.1}s of training ({:.1}s with the test evaluations). Outputs in {}",
+        "Done: test accuracy {:.2}%{} after {} epochs, {:.1}s of training ({:.1}s with the test evaluations). Outputs in {}",
         eval.accuracy(),
+        eval.tta_accuracy().map(|a| format!(" ({a:.2}% with flip TTA)")).unwrap_or_default(),
         rows.len(),
         total,
         with_eval,
@@ -399,7 +421,16 @@ fn write_curves(dir: &Path, rows: &[EpochRecord]) -> Result<()> {
             title: "Accuracy",
             x_label: "epoch",
             y_label: "accuracy (%)",
-            series: vec![series("train", |r| r.train_acc), series("test", |r| r.test_acc)],
+            series: {
+                let mut s = vec![series("train", |r| r.train_acc), series("test", |r| r.test_acc)];
+                if rows.iter().any(|r| r.test_acc_tta.is_some()) {
+                    s.push(Series {
+                        name: "test, flip TTA".into(),
+                        points: rows.iter().filter_map(|r| r.test_acc_tta.map(|a| (r.epoch as f64, a))).collect(),
+                    });
+                }
+                s
+            },
             log_x: false,
             vlines: vec![],
         },
@@ -622,14 +653,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("metrics.csv");
         let rows = vec![
-            EpochRecord { epoch: 1, lr: 0.0123, train_loss: 1.5, train_acc: 45.5, test_loss: 1.25, test_acc: 55.25, seconds: 3.5, eval_seconds: 0.25 },
-            EpochRecord { epoch: 2, lr: 0.25, train_loss: 1.0, train_acc: 65.0, test_loss: 0.75, test_acc: 75.0, seconds: 3.25, eval_seconds: 0.5 },
+            EpochRecord { epoch: 1, lr: 0.0123, train_loss: 1.5, train_acc: 45.5, test_loss: 1.25, test_acc: 55.25, seconds: 3.5, eval_seconds: 0.25, test_acc_tta: None },
+            EpochRecord { epoch: 2, lr: 0.25, train_loss: 1.0, train_acc: 65.0, test_loss: 0.75, test_acc: 75.0, seconds: 3.25, eval_seconds: 0.5, test_acc_tta: Some(75.5) },
         ];
         write_metrics(&p, &rows).unwrap();
         assert_eq!(read_metrics(&p).unwrap(), rows);
         // A file from before the eval_seconds column still reads.
         std::fs::write(&p, "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds\n1,1.23e-2,1.5,45.5,1.25,55.25,3.5\n").unwrap();
         assert_eq!(read_metrics(&p).unwrap()[0], EpochRecord { eval_seconds: 0.0, ..rows[0].clone() });
+        // ... and one from before the test_acc_tta column.
+        std::fs::write(&p, "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds,eval_seconds\n2,0.25,1.0,65.0,0.75,75.0,3.25,0.5\n").unwrap();
+        assert_eq!(read_metrics(&p).unwrap()[0], EpochRecord { test_acc_tta: None, ..rows[1].clone() });
         std::fs::write(&p, "epoch,lr\n1,2\n").unwrap();
         assert!(read_metrics(&p).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -42,6 +42,9 @@ pub struct TrainConfig {
     /// Batch norm and the ReLU after it as one op in training (`ops::batch_norm_relu`: our
     /// kernels on the GPU instead of cuDNN's batch norm and a separate ReLU).
     pub fused_bn_relu: bool,
+    /// Also evaluate with flip test-time augmentation (see [`evaluate`]): the log and the
+    /// metrics then carry both test accuracies.
+    pub tta: bool,
 }
 
 impl Default for TrainConfig {
@@ -63,6 +66,7 @@ impl Default for TrainConfig {
             bf16: false,
             channels_last: false,
             fused_bn_relu: false,
+            tta: false,
         }
     }
 }
@@ -87,6 +91,7 @@ impl TrainConfig {
             ("bf16".into(), self.bf16.to_string()),
             ("channels_last".into(), self.channels_last.to_string()),
             ("fused_bn_relu".into(), self.fused_bn_relu.to_string()),
+            ("tta".into(), self.tta.to_string()),
         ])
     }
 
@@ -119,6 +124,7 @@ impl TrainConfig {
             bf16: if m.contains_key("bf16") { get(m, "bf16")? } else { false },
             channels_last: if m.contains_key("channels_last") { get(m, "channels_last")? } else { false },
             fused_bn_relu: if m.contains_key("fused_bn_relu") { get(m, "fused_bn_relu")? } else { false },
+            tta: if m.contains_key("tta") { get(m, "tta")? } else { false },
         })
     }
 
@@ -329,6 +335,8 @@ pub fn train_epoch(
     let at = |b: usize, e: Error| Error::Training(format!("epoch {}, batch {}: {e}", epoch + 1, b + 1));
     for b in 0..spe {
         let range = b * cfg.batch_size..((b + 1) * cfg.batch_size).min(n);
+        // The last, partial batch runs in the full batches' memory blocks (see `best_fit`).
+        let _fit = if range.len() < cfg.batch_size { best_fit(&model.device()) } else { None };
         let lr = schedule.lr(epoch * spe + b);
         last_lr = lr;
         let meter = match (graph.as_deref_mut(), local_meter.as_mut()) {
@@ -383,8 +391,19 @@ pub struct EvalStats {
     pub loss: f64,
     pub correct: usize,
     pub total: usize,
-    /// (record index, predicted class) of every misclassified image.
+    /// (record index, predicted class) of every misclassified image (plain predictions).
     pub misclassified: Vec<(usize, u32)>,
+    /// With flip test-time augmentation: the loss and correct count of the mean of the
+    /// logits of each image and of its mirror image.
+    pub tta: Option<TtaStats>,
+}
+
+/// The test-set figures of flip test-time augmentation (see [`evaluate`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TtaStats {
+    /// Mean cross-entropy of the averaged logits.
+    pub loss: f64,
+    pub correct: usize,
 }
 
 impl EvalStats {
@@ -392,48 +411,130 @@ impl EvalStats {
     pub fn accuracy(&self) -> f64 {
         100.0 * self.correct as f64 / self.total.max(1) as f64
     }
+
+    /// Accuracy with flip test-time augmentation in percent, if it was measured.
+    pub fn tta_accuracy(&self) -> Option<f64> {
+        self.tta.map(|t| 100.0 * t.correct as f64 / self.total.max(1) as f64)
+    }
+}
+
+/// On a GPU, until the value is dropped: allocations that find no free block of their exact
+/// size may take one of up to twice it (`engine::cuda::CudaDevice::best_fit`). For the work
+/// whose sizes differ from a full training step's: the partial batch, the evaluation. (The
+/// training step keeps exact fit: that is what makes its steady state allocation-free.)
+fn best_fit(device: &engine::Device) -> Option<engine::cuda::BestFit> {
+    match device {
+        engine::Device::Cuda(d) => Some(d.best_fit()),
+        engine::Device::Cpu => None,
+    }
+}
+
+/// Loss and correct counts of the batches of one evaluation: on the device (read once at
+/// the end) or added up on the host.
+struct Tally {
+    meter: Option<DeviceMeter>,
+    /// Sum of batch mean losses weighted by batch size, and correct predictions (host).
+    loss_sum: f64,
+    correct: usize,
+}
+
+impl Tally {
+    fn new(pipeline: &Pipeline, on_device: bool, batches: usize) -> Result<Tally> {
+        let meter = match pipeline {
+            Pipeline::Gpu(g) if on_device => Some(DeviceMeter::new(g.device(), batches)?),
+            _ => None,
+        };
+        Ok(Tally { meter, loss_sum: 0.0, correct: 0 })
+    }
+
+    /// Batch `b`: the mean loss of `logits` `[n, 10]` against the labels, and the correct
+    /// count. Returns the host's predictions when they were computed on the host.
+    fn add(&mut self, b: usize, logits: engine::Tensor, labels: &[u32], device_labels: Option<DeviceLabels>) -> Result<Option<Vec<u32>>> {
+        let mut g = Graph::new(&[]);
+        let logits = g.input(logits);
+        let loss = cross_entropy(&mut g, logits, labels, device_labels.clone(), 0.0)?;
+        match (&mut self.meter, &device_labels) {
+            (Some(m), Some(dl)) => {
+                m.record(b, g.value(loss), g.value(logits), dl)?;
+                Ok(None)
+            }
+            _ => {
+                self.loss_sum += g.value(loss).scalar()? * labels.len() as f64;
+                let (c, preds) = batches::count_correct(g.value(logits), labels);
+                self.correct += c;
+                Ok(Some(preds))
+            }
+        }
+    }
+
+    /// The summed loss (weighted by batch sizes `lens`) and the correct count.
+    fn finish(self, lens: &[usize]) -> Result<(f64, usize)> {
+        match &self.meter {
+            Some(m) => {
+                let (losses, counts) = m.read(lens.len())?;
+                let loss = losses.iter().zip(lens).map(|(&l, &k)| l as f64 * k as f64).sum();
+                Ok((loss, counts.iter().map(|&c| c as usize).sum()))
+            }
+            None => Ok((self.loss_sum, self.correct)),
+        }
+    }
+}
+
+/// The logits `[n, 10]` of a batch in eval mode (BN running statistics); the forward's tape
+/// is dropped here, so only one batch's activations are alive at a time.
+fn eval_logits(model: &mut ResNet9, x: engine::Tensor) -> Result<engine::Tensor> {
+    let mut g = Graph::new(&model.params);
+    let input = g.input(x);
+    let logits = model.arch.forward(&mut g, input, false, &mut model.bn)?;
+    g.take_value(logits).ok_or_else(|| Error::Invalid("the tape lost the logits".into()))
 }
 
 /// Evaluate on a whole split in eval mode (BN running statistics), in batches. With
 /// `predictions`, every misclassified image is listed (the logits come back to the host
 /// batch by batch); without, on a GPU, the loss and correct counts stay on the device until
 /// one read at the end.
-pub fn evaluate(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, norm: Normalization, batch_size: usize, predictions: bool) -> Result<EvalStats> {
-    let (mut loss_sum, mut correct, mut misclassified) = (0.0, 0, Vec::new());
+///
+/// With `tta` (flip test-time augmentation, as in D. Page, "How to Train Your ResNet 8: Bag
+/// of Tricks", myrtle.ai, 2019): each batch is also evaluated mirrored horizontally, and
+/// [`EvalStats::tta`] scores the mean of the two logits, `(f(x) + f(flip(x))) / 2`. The plain
+/// figures are computed as well, from the same first forward pass.
+pub fn evaluate(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, norm: Normalization, batch_size: usize, predictions: bool, tta: bool) -> Result<EvalStats> {
+    // In the training step's memory blocks, as far as they fit (see `best_fit`).
+    let _fit = best_fit(&model.device());
     let n = split.len();
-    let mut meter = match pipeline {
-        Pipeline::Gpu(g) if !predictions => Some(DeviceMeter::new(g.device(), n.div_ceil(batch_size.max(1)))?),
-        _ => None,
-    };
+    let batches = n.div_ceil(batch_size.max(1));
+    let mut plain = Tally::new(pipeline, !predictions, batches)?;
+    let mut flipped = if tta { Some(Tally::new(pipeline, !predictions, batches)?) } else { None };
+    let mut misclassified = Vec::new();
     let mut start = 0;
     let mut lens = Vec::new();
     while start < n {
         let end = (start + batch_size).min(n);
-        let Batch { x, labels, device_labels } = pipeline.test_batch(split, start, end, norm)?;
-        let mut g = Graph::new(&model.params);
-        let input = g.input(x);
-        let logits = model.arch.forward(&mut g, input, false, &mut model.bn)?;
-        let loss = cross_entropy(&mut g, logits, &labels, device_labels.clone(), 0.0)?;
-        match (&mut meter, &device_labels) {
-            (Some(m), Some(dl)) => m.record(lens.len(), g.value(loss), g.value(logits), dl)?,
-            _ => {
-                loss_sum += g.value(loss).scalar()? * (end - start) as f64;
-                let (c, preds) = batches::count_correct(g.value(logits), &labels);
-                correct += c;
-                for (i, (p, l)) in preds.iter().zip(&labels).enumerate() {
-                    if p != l {
-                        misclassified.push((start + i, *p));
-                    }
+        let b = lens.len();
+        let Batch { x, labels, device_labels } = pipeline.test_batch(split, start, end, norm, false)?;
+        let logits = eval_logits(model, x)?;
+        if let Some(t) = &mut flipped {
+            let mirrored = eval_logits(model, pipeline.test_batch(split, start, end, norm, true)?.x)?;
+            let mean = ops::scale::forward(&ops::add::forward(&logits, &mirrored)?, 0.5)?;
+            t.add(b, mean, &labels, device_labels.clone())?;
+        }
+        if let Some(preds) = plain.add(b, logits, &labels, device_labels)? {
+            for (i, (p, l)) in preds.iter().zip(&labels).enumerate() {
+                if p != l {
+                    misclassified.push((start + i, *p));
                 }
             }
         }
         lens.push(end - start);
         start = end;
     }
-    if let Some(m) = &meter {
-        let (losses, counts) = m.read(lens.len())?;
-        loss_sum = losses.iter().zip(&lens).map(|(&l, &k)| l as f64 * k as f64).sum();
-        correct = counts.iter().map(|&c| c as usize).sum();
-    }
-    Ok(EvalStats { loss: loss_sum / n.max(1) as f64, correct, total: n, misclassified })
+    let (loss_sum, correct) = plain.finish(&lens)?;
+    let tta = match flipped {
+        Some(t) => {
+            let (loss_sum, correct) = t.finish(&lens)?;
+            Some(TtaStats { loss: loss_sum / n.max(1) as f64, correct })
+        }
+        None => None,
+    };
+    Ok(EvalStats { loss: loss_sum / n.max(1) as f64, correct, total: n, misclassified, tta })
 }

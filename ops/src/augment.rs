@@ -67,13 +67,15 @@ pub fn augment_batch(
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }
 
-/// The normalised (not augmented) batch of records `idx`, and their labels.
+/// The normalised (not augmented) batch of records `idx`, every image mirrored horizontally
+/// when `flip` (flip test-time augmentation), and their labels.
 pub fn normalize_batch(
     dev: &Arc<CudaDevice>,
     data: &CudaSlice<u8>,
     idx: &CudaView<'_, u32>,
     labels: &mut CudaViewMut<'_, u32>,
     norm: Norm,
+    flip: bool,
 ) -> Result<Tensor> {
     let n = idx.len();
     check(data, n, idx.len(), labels.len())?;
@@ -82,11 +84,12 @@ pub fn normalize_batch(
     let count = crate::cuda::count(n)?;
     let mut outv = out.view_mut::<f32>()?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(data).arg(idx).arg(&mut outv).arg(labels).arg(&count);
+    let flip = u32::from(flip);
+    launch.arg(data).arg(idx).arg(&mut outv).arg(labels).arg(&count).arg(&flip);
     for v in norm.mean.iter().chain(&norm.std) {
         launch.arg(v);
     }
-    // SAFETY: normalize_batch(data, idx [n], out [n*3072], labels [n], n, mean0..2, std0..2), as above.
+    // SAFETY: normalize_batch(data, idx [n], out [n*3072], labels [n], n, flip, mean0..2, std0..2), as above.
     unsafe { launch.launch(crate::cuda::grid(crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("normalize_batch"))?;
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }

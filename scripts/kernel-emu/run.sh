@@ -70,6 +70,7 @@ if [ "$selftest" = 1 ]; then
         "cutout|augment|s/y < cutout_y + 4/y <= cutout_y + 4/|plain|augment|cutout 9 rows high"
         "recip|augment|s#__fdiv_rn((float)p, 255.0f)#__fmul_rn((float)p, 1.0f / 255.0f)#|plain|augment|times 1/255 instead of / 255 (not bit-exact)"
         "label|augment|0,/labels\[i\] = (unsigned int)rec\[0\];/s//labels[i] = (unsigned int)rec[1];/|plain|augment|label from a pixel byte"
+        "ttaflip|augment|s/within - x + (31 - x)/within - x + (30 - x)/|asan|augment|flipped test image off by one column"
         "relu0|elementwise|0,/y\[i\] = v > T(0) ? v : T(0);/s//y[i] = v >= T(0) ? v : T(0);/|plain|elementwise|relu keeps -0"
         "gstride|elementwise|s/i += (unsigned long long)blockDim.x \* gridDim.x)/i += (unsigned long long)blockDim.x)/|plain|elementwise|grid stride without gridDim"
         "rne|bf16|s/(u + 0x7fffu + ((u >> 16) \& 1u)) >> 16/(u + 0x8000u) >> 16/|plain|bf16|f32->bf16 rounds half up, not to even"

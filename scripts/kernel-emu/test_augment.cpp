@@ -1,12 +1,13 @@
 // ptx/augment.cu on the CPU: augment_batch(data, idx, params, out, labels, n, mean0..2, std0..2)
-// and normalize_batch(data, idx, out, labels, n, mean0..2, std0..2) as ops/src/augment.rs
+// and normalize_batch(data, idx, out, labels, n, flip, mean0..2, std0..2) as ops/src/augment.rs
 // launches them (grid(n * 3072): 1024-thread blocks; idx, params and labels views at an
 // offset into the epoch's arrays, as model/src/pipeline.rs passes them), compared BIT FOR BIT
 // with data/src/augment.rs's CPU reference (`augment_into`, `normalize_into`) re-implemented
 // here in f32: v = (byte as f32 / 255.0 - mean[c]) / std[c], then cutout -> 0.0. The reflect
 // padding is built here as an explicit 40x40 image (edge not repeated), not with the kernel's
 // index formula. Labels: the record's first byte. Every crop corner, both flips, cutouts at
-// and beyond the borders (clipped) and none (-100, AugParams::identity).
+// and beyond the borders (clipped) and none (-100, AugParams::identity). normalize_batch with
+// flip = 1 (flip test-time augmentation) against the plain reference with each row reversed.
 #include "emu.h"
 #ifdef KERNEL_SRC
 #include KERNEL_SRC
@@ -97,12 +98,20 @@ void case_batch(const Split& d, const std::vector<unsigned>& idx_all, const std:
     chk::equal(P + "augment_batch bits", bits(out.data(), out.size()), bits(want.data(), want.size()));
     chk::equal(P + "augment_batch labels", labels, want_labels);
 
-    std::vector<float> out_eval((size_t)n * 3072, std::numeric_limits<float>::quiet_NaN());
-    std::vector<unsigned> labels_eval(n, 99u);
-    emu::launch_seq(normalize_batch, cfg.grid, cfg.block, (const unsigned char*)d.bytes.data(), (const unsigned*)idx.data(),
-                    out_eval.data(), labels_eval.data(), n, mean[0], mean[1], mean[2], sd[0], sd[1], sd[2]);
-    chk::equal(P + "normalize_batch bits", bits(out_eval.data(), out_eval.size()), bits(want_eval.data(), want_eval.size()));
-    chk::equal(P + "normalize_batch labels", labels_eval, want_labels);
+    // The flipped test batch: every row of the plain reference reversed.
+    std::vector<float> want_flip((size_t)n * 3072);
+    for (size_t row = 0; row < (size_t)n * 96; ++row)
+        for (int x = 0; x < 32; ++x) want_flip[row * 32 + x] = want_eval[row * 32 + (31 - x)];
+    for (unsigned flip : {0u, 1u}) {
+        std::vector<float> out_eval((size_t)n * 3072, std::numeric_limits<float>::quiet_NaN());
+        std::vector<unsigned> labels_eval(n, 99u);
+        emu::launch_seq(normalize_batch, cfg.grid, cfg.block, (const unsigned char*)d.bytes.data(), (const unsigned*)idx.data(),
+                        out_eval.data(), labels_eval.data(), n, flip, mean[0], mean[1], mean[2], sd[0], sd[1], sd[2]);
+        const std::vector<float>& want_n = flip ? want_flip : want_eval;
+        const std::string Q = P + (flip ? "normalize_batch flipped" : "normalize_batch");
+        chk::equal(Q + " bits", bits(out_eval.data(), out_eval.size()), bits(want_n.data(), want_n.size()));
+        chk::equal(Q + " labels", labels_eval, want_labels);
+    }
 }
 
 int main(int argc, char** argv)
