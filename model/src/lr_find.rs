@@ -10,8 +10,7 @@
 //! loss is not finite. The weights, BN statistics and optimizer state are restored
 //! afterwards: the test leaves the model exactly as it found it.
 //!
-//! Suggestion rules (`LrRule`), both with `lr_min = lr_max / 10`, the value the one-cycle
-//! starts from and returns to:
+//! Suggestion rules for LRMAX (`LrRule`):
 //! - `Minimum` (the default; Smith 2017, "Super-Convergence", §3: the cycle's upper bound
 //!   is where the loss stops falling): `lr_max = lr(argmin smooth)`.
 //! - `Steepest` (fastai's "steepest descent" suggestion): `lr_max` = the LR where the
@@ -24,6 +23,13 @@
 //!   decreasing subsequence, which tolerates noise), and the point half-way through its middle
 //!   third: `start + ⌊L/3⌋ + ⌊L/6⌋` for a stretch of L points. It lies between the steepest
 //!   point and the minimum.
+//!
+//! Rules for LRMIN, the LR the one-cycle starts from and returns to (`LrMinRule`):
+//! - `Tenth`: `lr_min = lr_max / 10`.
+//! - `Onset` (Smith 2015, §3.3: the cycle's lower bound is where the loss starts to fall):
+//!   the first LR at which the smoothed loss has made `ONSET_FRACTION` of its fall from its
+//!   start (the mean of the first `ONSET_BASE` smoothed values) to its minimum, kept within
+//!   `[lr_max / 100, lr_max / 10]`; `lr_max / 10` if the loss never falls.
 //!
 //! Only full batches are used: a small last batch gives a noisy loss that can fake the minimum.
 
@@ -44,6 +50,14 @@ pub enum LrRule {
     Valley,
 }
 
+/// Which LR becomes LRMIN (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LrMinRule {
+    #[default]
+    Tenth,
+    Onset,
+}
+
 /// Settings of the range test.
 #[derive(Clone, Copy, Debug)]
 pub struct LrFindConfig {
@@ -53,13 +67,27 @@ pub struct LrFindConfig {
     pub beta: f64,
     pub diverge: f64,
     pub rule: LrRule,
+    pub min_rule: LrMinRule,
 }
 
 impl Default for LrFindConfig {
     fn default() -> Self {
-        LrFindConfig { start_lr: 1e-4, end_lr: 10.0, steps: 100, beta: 0.98, diverge: 4.0, rule: LrRule::Minimum }
+        LrFindConfig {
+            start_lr: 1e-4,
+            end_lr: 10.0,
+            steps: 100,
+            beta: 0.98,
+            diverge: 4.0,
+            rule: LrRule::Minimum,
+            min_rule: LrMinRule::default(),
+        }
     }
 }
+
+/// The `Onset` rule: the share of the smoothed loss's fall (start to minimum) that marks the
+/// onset, and the number of first smoothed values averaged for the start.
+const ONSET_FRACTION: f64 = 0.1;
+const ONSET_BASE: usize = 5;
 
 /// Half-width, in points, of the central difference of the `Steepest` rule.
 const SLOPE_SPAN: usize = 3;
@@ -75,6 +103,8 @@ pub struct LrFindResult {
     pub lr_at_minimum: f64,
     pub lr_steepest: f64,
     pub lr_valley: f64,
+    /// Where the loss starts to fall (the `Onset` rule before its bounds), if it falls.
+    pub lr_onset: Option<f64>,
     /// Whether it stopped early on divergence.
     pub diverged: bool,
 }
@@ -152,8 +182,35 @@ fn run(
     let (lr_at_minimum, _) = suggest(&points, LrRule::Minimum)?;
     let (lr_steepest, _) = suggest(&points, LrRule::Steepest)?;
     let (lr_valley, _) = suggest(&points, LrRule::Valley)?;
-    let (lr_max, lr_min) = suggest(&points, lf.rule)?;
-    Ok(LrFindResult { points, lr_max, lr_min, lr_at_minimum, lr_steepest, lr_valley, diverged })
+    let (lr_max, tenth) = suggest(&points, lf.rule)?;
+    let lr_onset = onset(&points);
+    let lr_min = match lf.min_rule {
+        LrMinRule::Tenth => tenth,
+        LrMinRule::Onset => lr_min_at_onset(lr_onset, lr_max),
+    };
+    Ok(LrFindResult { points, lr_max, lr_min, lr_at_minimum, lr_steepest, lr_valley, lr_onset, diverged })
+}
+
+/// The first LR at which the smoothed loss of `(lr, raw, smoothed)` points has made
+/// `ONSET_FRACTION` of its fall from its start to its minimum; `None` if it does not fall.
+pub fn onset(points: &[(f64, f64, f64)]) -> Option<f64> {
+    let finite: Vec<(f64, f64)> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| (p.0, p.2)).collect();
+    if finite.len() <= ONSET_BASE {
+        return None;
+    }
+    let start = finite[..ONSET_BASE].iter().map(|p| p.1).sum::<f64>() / ONSET_BASE as f64;
+    let min = finite.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    if min >= start {
+        return None;
+    }
+    let threshold = start - ONSET_FRACTION * (start - min);
+    finite[ONSET_BASE..].iter().find(|p| p.1 < threshold).map(|p| p.0)
+}
+
+/// LRMIN by the `Onset` rule: the onset kept within `[lr_max / 100, lr_max / 10]`, or
+/// `lr_max / 10` without one.
+pub fn lr_min_at_onset(onset: Option<f64>, lr_max: f64) -> f64 {
+    onset.map_or(lr_max / 10.0, |lr| lr.clamp(lr_max / 100.0, lr_max / 10.0))
 }
 
 /// A suggestion rule (see the module doc) applied to `(lr, raw, smoothed)` points:
@@ -248,6 +305,32 @@ mod tests {
         assert!(at_min > 5.0, "{at_min}");
         assert!((steep / 0.2).ln().abs() < 0.2, "steepest at {steep}, expected about 0.2");
         assert!((low - steep / 10.0).abs() < 1e-12);
+    }
+
+    /// The smoothed loss is flat (with noise) up to LR 1e-3, then falls linearly in ln(lr) by
+    /// 1.0 up to LR 1 and turns up: a tenth of the fall is made at LR 1e-3 · 1000^0.1 ≈ 2.0e-3.
+    #[test]
+    fn onset_is_where_the_loss_starts_to_fall_and_lr_min_stays_within_its_bounds() {
+        let pts: Vec<(f64, f64, f64)> = (0..121)
+            .map(|i| (i, 1e-5 * 1e6f64.powf(i as f64 / 120.0)))
+            .map(|(i, lr)| {
+                let t = (lr.ln() - 1e-3f64.ln()) / (1.0f64.ln() - 1e-3f64.ln());
+                let base = if t < 0.0 { 2.3 } else if t <= 1.0 { 2.3 - t } else { 1.3 + (t - 1.0) * 3.0 };
+                let noise = if i % 5 == 2 { 0.004 } else { -0.001 };
+                (lr, 0.0, base + noise)
+            })
+            .collect();
+        let at = onset(&pts).unwrap();
+        assert!((at / 2.0e-3).ln().abs() < 0.15, "onset at {at}, expected about 2.0e-3");
+        let (lr_max, _) = suggest(&pts, LrRule::Minimum).unwrap();
+        assert!((lr_max - 1.0).abs() < 0.15, "{lr_max}");
+        assert!((lr_min_at_onset(Some(at), lr_max) - lr_max / 100.0).abs() < 1e-12, "an onset below LRMAX/100 is raised to it");
+        assert!((lr_min_at_onset(Some(0.05), 1.0) - 0.05).abs() < 1e-12, "an onset inside the bounds is kept");
+        assert!((lr_min_at_onset(Some(0.5), 1.0) - 0.1).abs() < 1e-12, "an onset above LRMAX/10 is lowered to it");
+        // A loss that never falls has no onset: LRMIN is a tenth of LRMAX.
+        let rising: Vec<(f64, f64, f64)> = (0..20).map(|i| (1e-3 * 1.5f64.powi(i), 0.0, 2.3 + 0.01 * i as f64)).collect();
+        assert_eq!(onset(&rising), None);
+        assert!((lr_min_at_onset(None, 0.4) - 0.04).abs() < 1e-15);
     }
 
     #[test]

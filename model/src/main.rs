@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use engine::Device;
-use model::lr_find::{LrFindConfig, LrRule};
+use model::lr_find::{LrFindConfig, LrMinRule, LrRule};
 use model::run::{RunOptions, run_training};
 use model::train::TrainConfig;
 use model::{Error, Result};
@@ -119,9 +119,13 @@ struct TrainArgs {
     out_scale: f64,
     /// How the LR range test picks LRMAX: `minimum` (LR at the smoothed loss's minimum) or
     /// `steepest` (LR where it falls fastest) or `valley` (fastai's: the middle of the longest
-    /// fall); LRMIN is a tenth of it in each case.
+    /// fall).
     #[arg(long, default_value = "minimum", value_parser = ["minimum", "steepest", "valley"])]
     lr_rule: String,
+    /// How it picks LRMIN, where the one-cycle starts and ends: `tenth` (LRMAX / 10) or
+    /// `onset` (where the smoothed loss starts to fall, kept within LRMAX/100 .. LRMAX/10).
+    #[arg(long, default_value = "tenth", value_parser = ["tenth", "onset"])]
+    lr_min_rule: String,
     /// Steps of the LR range test.
     #[arg(long, default_value_t = 100)]
     lr_find_steps: usize,
@@ -209,6 +213,7 @@ impl TrainArgs {
                     "valley" => LrRule::Valley,
                     _ => LrRule::Minimum,
                 },
+                min_rule: if self.lr_min_rule == "onset" { LrMinRule::Onset } else { LrMinRule::Tenth },
                 ..LrFindConfig::default()
             },
             runs_dir: self.out.clone(),

@@ -245,7 +245,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         write_lr_find_outputs(&dir, &r)?;
         cfg.lr_max = r.lr_max;
         cfg.lr_min = r.lr_min;
-        log.line(&format!("LR range test suggests {}; plot: {})", suggestion(&r, opts.lr_find.rule), dir.join("lr_find.png").display()));
+        log.line(&format!("LR range test suggests {}; plot: {})", suggestion(&r, &opts.lr_find), dir.join("lr_find.png").display()));
     }
     if !(cfg.lr_max > 0.0 && cfg.lr_min > 0.0 && cfg.lr_min <= cfg.lr_max) {
         return Err(Error::Invalid(format!("need 0 < LRMIN <= LRMAX, got LRMIN={} LRMAX={}", cfg.lr_min, cfg.lr_max)));
@@ -356,10 +356,17 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
 }
 
 /// "LRMAX=… LRMIN=… (rule …; smoothed minimum at …, steepest descent at …" (the caller closes it).
-fn suggestion(r: &lr_find::LrFindResult, rule: lr_find::LrRule) -> String {
+fn suggestion(r: &lr_find::LrFindResult, lf: &LrFindConfig) -> String {
     format!(
-        "LRMAX={:.4e} LRMIN={:.4e} (rule {rule:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}, valley at {:.3e}",
-        r.lr_max, r.lr_min, r.lr_at_minimum, r.lr_steepest, r.lr_valley
+        "LRMAX={:.4e} LRMIN={:.4e} (rules {:?} and {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}, valley at {:.3e}, loss falls from {}",
+        r.lr_max,
+        r.lr_min,
+        lf.rule,
+        lf.min_rule,
+        r.lr_at_minimum,
+        r.lr_steepest,
+        r.lr_valley,
+        r.lr_onset.map_or("nowhere".to_string(), |lr| format!("{lr:.3e}"))
     )
 }
 
@@ -391,7 +398,8 @@ fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
             .chain(
                 [(r.lr_at_minimum, "minimum"), (r.lr_steepest, "steepest"), (r.lr_valley, "valley")]
                     .into_iter()
-                    .filter(|(lr, _)| *lr != r.lr_max)
+                    .chain(r.lr_onset.map(|lr| (lr, "onset")))
+                    .filter(|(lr, _)| *lr != r.lr_max && *lr != r.lr_min)
                     .map(|(lr, name)| (lr, name.to_string())),
             )
             .collect(),
@@ -495,7 +503,7 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
         "{} steps{}; suggested {}); plot {}",
         r.points.len(),
         if r.diverged { " (stopped at divergence)" } else { "" },
-        suggestion(&r, opts.lr_find.rule),
+        suggestion(&r, &opts.lr_find),
         dir.join("lr_find.png").display()
     ));
     Ok(())
