@@ -390,7 +390,8 @@ def torch_settings(args, ours):
             flags += [flag, s[key]]
     if s.get("nesterov") == "false":
         flags.append("--no-nesterov")
-    if s.get("tta") == "true":
+    # Flip TTA: as our run recorded it, or (no run of ours in this call) as given to ours.
+    if s.get("tta") == "true" or (not s and "--tta" in args.ours_args):
         flags.append("--tta")
     if args.subset:
         flags += ["--subset", str(args.subset)]
@@ -480,7 +481,9 @@ def speed_json(doc):
     ratio = lambda a, b: a / b if a and b else None  # noqa: E731
     fwd = forward_flops(meta["width"])
     n_train, n_test, epochs = meta["train_images"], 10000, meta["epochs"]
-    flop = fwd * (3 * n_train + n_test) * epochs
+    # With flip TTA every evaluation makes two forward passes over the test set.
+    test_passes = 2 if meta.get("tta") else 1
+    flop = fwd * (3 * n_train + test_passes * n_test) * epochs
     tflops = lambda s: flop / s / 1e12 if s else None  # noqa: E731
     return {
         "device": meta["device"], "date": meta["date"], "epochs": epochs, "train_images": n_train,
@@ -518,7 +521,8 @@ def speed_json(doc):
             "device-synchronised timers); *_acc: final test accuracy in percent, mean over seeds; torch_acc is the "
             "eager bf16 channels-last variant; *_acc_tta: the same with flip test-time augmentation (--tta; null "
             "without); *_over_ours: PyTorch time / our time; timed_pflop: forward FLOPs "
-            "x (3 x training images + test images) x epochs (conv and linear multiply-adds x 2); *_tflops: "
+            "x (3 x training images + test images, twice the test images with --tta) x epochs (conv and linear "
+            "multiply-adds x 2); *_tflops: "
             "timed_pflop / *_s; floor_pflop_issue7: the 2.7 PFLOP of issue 7 (training only); "
             "*_peak_mem_bytes: peak of the memory in tensors (PyTorch: max_memory_allocated; ours: the 'peak ... in "
             "tensors' of our log's 'GPU memory:' line, null if absent); *_held_peak_bytes / *_reserved_peak_bytes: "
@@ -582,7 +586,8 @@ def write_markdown(doc, path):
           f"(PyTorch / ours: {fmt(sp['torch_eager_amp_over_ours'])}); torch.compile {fmt(sp['torch_compile_s'])} s "
           f"(PyTorch / ours: {fmt(sp['torch_compile_over_ours'])})",
           f"- arithmetic timed: {sp['timed_pflop']:.4g} PFLOP ({sp['forward_gflop_per_image']:.4f} GFLOP forward per "
-          f"image x (3 x {meta['train_images']} training + 10000 test images) x {meta['epochs']} epochs; the training "
+          f"image x (3 x {meta['train_images']} training + {20000 if meta.get('tta') else 10000} test images"
+          f"{' (flip TTA: two passes)' if meta.get('tta') else ''}) x {meta['epochs']} epochs; the training "
           f"alone is {sp['floor_pflop_training']:.4g} PFLOP, issue 7's floor is {ISSUE7_FLOOR_PFLOP} PFLOP for 24 "
           f"full epochs); at {ISSUE7_REFERENCE_TFLOPS:.0f} TFLOP/s that is {sp['floor_s_at_800_tflops']:.3g} s",
           f"- achieved TFLOP/s: ours {fmt(sp['ours_tflops'], '.1f')}, PyTorch eager bf16 "
@@ -756,6 +761,7 @@ def main(argv=None):
     doc = {"meta": {"device": device, "device_names": names, "date": args.date, "epochs": args.epochs,
                     "seeds": args.seeds, "lr_max": args.lr_max, "lr_min": args.lr_min, "lr_source": lr_source,
                     "batch_size": args.batch_size, "train_images": train_images, "width": args.width,
+                    "tta": "--tta" in args.ours_args or "--tta" in args.torch_args,
                     "torch_version": torch_version, "bin": args.bin,
                     "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)},
            "runs": runs, "cross_eval": cross, "profile": profile}

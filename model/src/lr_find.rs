@@ -27,9 +27,14 @@
 //! Rules for LRMIN, the LR the one-cycle starts from and returns to (`LrMinRule`):
 //! - `Tenth`: `lr_min = lr_max / 10`.
 //! - `Onset` (Smith 2015, §3.3: the cycle's lower bound is where the loss starts to fall):
-//!   the first LR at which the smoothed loss has made `ONSET_FRACTION` of its fall from its
-//!   start (the mean of the first `ONSET_BASE` smoothed values) to its minimum, kept within
-//!   `[lr_max / 100, lr_max / 10]`; `lr_max / 10` if the loss never falls.
+//!   on the raw losses averaged over a centred window of ±`ONSET_HALF_WINDOW` points (`c_i`;
+//!   centred, so unlike the exponential average it does not lag behind the LR), the first
+//!   LR at which `c` has made `ONSET_FRACTION` of its fall from its start `c_h` (h = the
+//!   half-window: the first full window) to its minimum, searching from the start to the
+//!   minimum; kept within `[lr_max / 100, lr_max / 10]`. When the fall is less than
+//!   `ONSET_MIN_FALL` of the start (noise, or no fall), there is no onset and `lr_min =
+//!   lr_max / 10`. (A loss that falls from the first steps has its onset a tenth of the way
+//!   along its fall.)
 //!
 //! Only full batches are used: a small last batch gives a noisy loss that can fake the minimum.
 
@@ -55,6 +60,8 @@ pub enum LrRule {
 pub enum LrMinRule {
     #[default]
     Tenth,
+    /// At full width the one-cycle then ends near LRMAX/100 (Page's schedule for this network
+    /// ends at 0); not the default until a GPU run measures it (bench/results/cpu-lr-min-2026-11-25.md).
     Onset,
 }
 
@@ -84,10 +91,12 @@ impl Default for LrFindConfig {
     }
 }
 
-/// The `Onset` rule: the share of the smoothed loss's fall (start to minimum) that marks the
-/// onset, and the number of first smoothed values averaged for the start.
+/// The `Onset` rule (see the module doc): the share of the fall that marks the onset, the
+/// half-width of the centred average, and the smallest fall (relative to the start) that
+/// counts as one.
 const ONSET_FRACTION: f64 = 0.1;
-const ONSET_BASE: usize = 5;
+const ONSET_HALF_WINDOW: usize = 5;
+const ONSET_MIN_FALL: f64 = 0.05;
 
 /// Half-width, in points, of the central difference of the `Steepest` rule.
 const SLOPE_SPAN: usize = 3;
@@ -184,27 +193,38 @@ fn run(
     let (lr_valley, _) = suggest(&points, LrRule::Valley)?;
     let (lr_max, tenth) = suggest(&points, lf.rule)?;
     let lr_onset = onset(&points);
-    let lr_min = match lf.min_rule {
-        LrMinRule::Tenth => tenth,
-        LrMinRule::Onset => lr_min_at_onset(lr_onset, lr_max),
-    };
+    let lr_min = choose_lr_min(lf.min_rule, lr_max, lr_onset);
+    debug_assert!(lf.min_rule != LrMinRule::Tenth || lr_min == tenth);
     Ok(LrFindResult { points, lr_max, lr_min, lr_at_minimum, lr_steepest, lr_valley, lr_onset, diverged })
 }
 
-/// The first LR at which the smoothed loss of `(lr, raw, smoothed)` points has made
-/// `ONSET_FRACTION` of its fall from its start to its minimum; `None` if it does not fall.
+/// Where the loss starts to fall (see the module doc: the `Onset` rule before its bounds),
+/// from the raw losses of `(lr, raw, smoothed)` points; `None` without a clear fall.
 pub fn onset(points: &[(f64, f64, f64)]) -> Option<f64> {
-    let finite: Vec<(f64, f64)> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| (p.0, p.2)).collect();
-    if finite.len() <= ONSET_BASE {
+    let finite: Vec<(f64, f64)> = points.iter().filter(|p| p.1.is_finite() && p.0 > 0.0).map(|p| (p.0, p.1)).collect();
+    let h = ONSET_HALF_WINDOW;
+    if finite.len() < 2 * h + 2 {
         return None;
     }
-    let start = finite[..ONSET_BASE].iter().map(|p| p.1).sum::<f64>() / ONSET_BASE as f64;
-    let min = finite.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    if min >= start {
+    // c_i: the mean raw loss over points i-h ..= i+h, for the points with a full window.
+    let centred: Vec<(f64, f64)> = (h..finite.len() - h)
+        .map(|i| (finite[i].0, finite[i - h..=i + h].iter().map(|p| p.1).sum::<f64>() / (2 * h + 1) as f64))
+        .collect();
+    let start = centred[0].1;
+    let (imin, &(_, min)) = centred.iter().enumerate().min_by(|a, b| a.1.1.total_cmp(&b.1.1))?;
+    if start - min < ONSET_MIN_FALL * start.abs() {
         return None;
     }
     let threshold = start - ONSET_FRACTION * (start - min);
-    finite[ONSET_BASE..].iter().find(|p| p.1 < threshold).map(|p| p.0)
+    centred[..=imin].iter().find(|p| p.1 < threshold).map(|p| p.0)
+}
+
+/// LRMIN by `rule`, given LRMAX and the onset (see the module doc).
+pub fn choose_lr_min(rule: LrMinRule, lr_max: f64, onset: Option<f64>) -> f64 {
+    match rule {
+        LrMinRule::Tenth => lr_max / 10.0,
+        LrMinRule::Onset => lr_min_at_onset(onset, lr_max),
+    }
 }
 
 /// LRMIN by the `Onset` rule: the onset kept within `[lr_max / 100, lr_max / 10]`, or
@@ -307,30 +327,42 @@ mod tests {
         assert!((low - steep / 10.0).abs() < 1e-12);
     }
 
-    /// The smoothed loss is flat (with noise) up to LR 1e-3, then falls linearly in ln(lr) by
-    /// 1.0 up to LR 1 and turns up: a tenth of the fall is made at LR 1e-3 · 1000^0.1 ≈ 2.0e-3.
+    /// Raw losses on a grid of 20 points per decade from LR 1e-5 (point i at 1e-5 · 10^(i/20)):
+    /// 2.3 up to point 40 (LR 1e-3), then falling by 1/60 per point to 1.3 at point 100 (LR 1),
+    /// then rising by 0.05 per point. Centred means over 11 points: the start (point 5) is 2.3;
+    /// point k in 45..=95 has mean 2.3 − (k − 40)/60; the smallest mean is at point 97,
+    /// 1.3 + (36/60 + 0.15)/11 = 1.3682. Threshold 2.3 − 0.1 · 0.9318 = 2.2068: first passed
+    /// at point 46 (2.2; point 45 has 2.2167), so the onset is LR 10^-2.7. (A fraction of 0.08
+    /// or 0.12 would give point 45 or 47.)
     #[test]
     fn onset_is_where_the_loss_starts_to_fall_and_lr_min_stays_within_its_bounds() {
-        let pts: Vec<(f64, f64, f64)> = (0..121)
-            .map(|i| (i, 1e-5 * 1e6f64.powf(i as f64 / 120.0)))
-            .map(|(i, lr)| {
-                let t = (lr.ln() - 1e-3f64.ln()) / (1.0f64.ln() - 1e-3f64.ln());
-                let base = if t < 0.0 { 2.3 } else if t <= 1.0 { 2.3 - t } else { 1.3 + (t - 1.0) * 3.0 };
-                let noise = if i % 5 == 2 { 0.004 } else { -0.001 };
-                (lr, 0.0, base + noise)
-            })
-            .collect();
+        let lr = |i: usize| 1e-5 * 10f64.powf(i as f64 / 20.0);
+        let raw = |i: usize| match i {
+            0..=40 => 2.3,
+            41..=100 => 2.3 - (i - 40) as f64 / 60.0,
+            _ => 1.3 + 0.05 * (i - 100) as f64,
+        };
+        // The smoothed column is garbage on purpose: the rule must read the raw losses.
+        let pts: Vec<(f64, f64, f64)> = (0..=120).map(|i| (lr(i), raw(i), 9.0 - i as f64)).collect();
         let at = onset(&pts).unwrap();
-        assert!((at / 2.0e-3).ln().abs() < 0.15, "onset at {at}, expected about 2.0e-3");
-        let (lr_max, _) = suggest(&pts, LrRule::Minimum).unwrap();
-        assert!((lr_max - 1.0).abs() < 0.15, "{lr_max}");
-        assert!((lr_min_at_onset(Some(at), lr_max) - lr_max / 100.0).abs() < 1e-12, "an onset below LRMAX/100 is raised to it");
+        assert!((at / lr(46) - 1.0).abs() < 1e-12, "onset at {at}, expected {} (point 46)", lr(46));
+        assert!((lr_min_at_onset(Some(at), 1.0) - 0.01).abs() < 1e-12, "an onset below LRMAX/100 is raised to it");
         assert!((lr_min_at_onset(Some(0.05), 1.0) - 0.05).abs() < 1e-12, "an onset inside the bounds is kept");
         assert!((lr_min_at_onset(Some(0.5), 1.0) - 0.1).abs() < 1e-12, "an onset above LRMAX/10 is lowered to it");
-        // A loss that never falls has no onset: LRMIN is a tenth of LRMAX.
-        let rising: Vec<(f64, f64, f64)> = (0..20).map(|i| (1e-3 * 1.5f64.powi(i), 0.0, 2.3 + 0.01 * i as f64)).collect();
+        assert!((lr_min_at_onset(None, 0.4) - 0.04).abs() < 1e-15, "no onset: a tenth of LRMAX");
+        assert_eq!(choose_lr_min(LrMinRule::Onset, 1.0, Some(0.05)), 0.05);
+        assert_eq!(choose_lr_min(LrMinRule::Tenth, 1.0, Some(0.05)), 0.1);
+        // Noise of ±0.03 around a flat 2.3 is not a fall (less than 5% of the start).
+        let noisy: Vec<(f64, f64, f64)> = (0..=120).map(|i| (lr(i), 2.3 + if i % 3 == 0 { 0.03 } else { -0.03 }, 0.0)).collect();
+        assert_eq!(onset(&noisy), None);
+        // A loss that only rises has no onset; one that bottoms out in the first window either.
+        let rising: Vec<(f64, f64, f64)> = (0..=120).map(|i| (lr(i), 2.3 + 0.01 * i as f64, 0.0)).collect();
         assert_eq!(onset(&rising), None);
-        assert!((lr_min_at_onset(None, 0.4) - 0.04).abs() < 1e-15);
+        // A loss falling steadily from the first step: means 2.3 − 0.01·k from 2.25 (point 5) to
+        // 1.15 (point 115); a tenth of that fall (2.14) is passed at point 17.
+        let falling: Vec<(f64, f64, f64)> = (0..=120).map(|i| (lr(i), 2.3 - 0.01 * i as f64, 0.0)).collect();
+        assert!((onset(&falling).unwrap() / lr(17) - 1.0).abs() < 1e-12, "{:?}", onset(&falling));
+        assert_eq!(onset(&pts[..11]), None, "too few points for one window");
     }
 
     #[test]

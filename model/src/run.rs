@@ -207,6 +207,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         let (state, _) = checkpoint::load_optimizer(&opt_path, &model)?;
         let rows = read_metrics(&metrics_path)?;
         log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), rows.len(), probe_cfg.epochs));
+        // The recipe comes from the checkpoint; --tta only adds to the evaluation, so the
+        // command line's choice holds (as --cuda-graph's does).
+        let probe_cfg = TrainConfig { tta: opts.cfg.tta, ..probe_cfg };
         (probe_cfg, model, state, rows)
     } else {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.cfg.seed);
@@ -223,7 +226,13 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         "ResNet-9 width {} ({} parameters){}, batch {}, {} epochs, {} training images, seed {}",
         cfg.width,
         model.arch.num_params(),
-        [(cfg.bf16, ", bf16 mixed precision"), (cfg.channels_last, ", channels last"), (cfg.fused_bn_relu, ", fused BN+ReLU"), (opts.cuda_graph, ", CUDA graph")]
+        [
+            (cfg.bf16, ", bf16 mixed precision"),
+            (cfg.channels_last, ", channels last"),
+            (cfg.fused_bn_relu, ", fused BN+ReLU"),
+            (opts.cuda_graph, ", CUDA graph"),
+            (cfg.tta, ", flip TTA in evaluation"),
+        ]
             .iter()
             .filter(|(on, _)| *on)
             .map(|(_, s)| *s)
@@ -355,7 +364,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     Ok(eval.accuracy())
 }
 
-/// "LRMAX=… LRMIN=… (rule …; smoothed minimum at …, steepest descent at …" (the caller closes it).
+/// "LRMAX=… LRMIN=… (rules … and …; smoothed minimum at …, steepest descent at …, valley at …,
+/// loss falls from …" (the caller closes it). The onset is shown before the bounds of the
+/// `onset` rule apply.
 fn suggestion(r: &lr_find::LrFindResult, lf: &LrFindConfig) -> String {
     format!(
         "LRMAX={:.4e} LRMIN={:.4e} (rules {:?} and {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}, valley at {:.3e}, loss falls from {}",
