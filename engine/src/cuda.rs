@@ -880,14 +880,23 @@ impl DeviceGraph {
     /// Queue one replay of the captured work on the device's stream. An error, and nothing
     /// queued, while a tensor holds one of the graph's blocks (see [`DeviceGraph::blocks_lent`]).
     pub fn launch(&self) -> Result<()> {
-        let lent = self.blocks_lent()?;
-        if lent > 0 {
-            return Err(Error::Invalid(format!(
+        match self.try_launch()? {
+            0 => Ok(()),
+            lent => Err(Error::Invalid(format!(
                 "{lent} of the CUDA graph's {} memory blocks are held by tensors made since its capture: a replay would overwrite them",
                 self.blocks.len()
-            )));
+            ))),
         }
-        self.graph.launch().map_err(driver_err("launch graph"))
+    }
+
+    /// Queue one replay if none of the graph's blocks is lent; returns how many are (0: queued,
+    /// else nothing was queued). One look at the pool for both the check and the decision.
+    pub fn try_launch(&self) -> Result<usize> {
+        let lent = self.blocks_lent()?;
+        if lent == 0 {
+            self.graph.launch().map_err(driver_err("launch graph"))?;
+        }
+        Ok(lent)
     }
 
     /// How many of the graph's blocks tensors hold now (a replay needs none).

@@ -177,9 +177,9 @@ impl StepGraph {
             }
         }
         if mode == Mode::Replay {
-            let lent = self.graph.as_ref().map_or(Ok(0), |g| g.blocks_lent())?;
+            let lent = self.replay(b, model)?;
             if lent == 0 {
-                return self.replay(b, model);
+                return Ok(());
             }
             if self.eager_instead == 0 {
                 self.notices.push(format!(
@@ -249,23 +249,36 @@ impl StepGraph {
         Ok(())
     }
 
-    /// Launch the captured step for batch `b`.
-    fn replay(&mut self, b: usize, model: &mut ResNet9) -> Result<()> {
+    /// Launch the captured step for batch `b`, unless tensors hold some of its blocks: returns
+    /// how many they hold (0: launched; else nothing ran and the caller runs the batch eagerly).
+    fn replay(&mut self, b: usize, model: &mut ResNet9) -> Result<usize> {
         self.set_counter(b)?;
-        self.launch(b)?;
-        for s in &mut model.bn {
-            s.num_batches_tracked += 1;
+        let lent = self.try_launch(b)?;
+        if lent == 0 {
+            for s in &mut model.bn {
+                s.num_batches_tracked += 1;
+            }
         }
-        Ok(())
+        Ok(lent)
     }
 
+    /// Launch the step just captured for batch `b` (its blocks were all given back by the capture).
     fn launch(&mut self, b: usize) -> Result<()> {
+        match self.try_launch(b)? {
+            0 => Ok(()),
+            lent => Err(crate::Error::Invalid(format!("{lent} blocks of the graph are held right after its capture"))),
+        }
+    }
+
+    fn try_launch(&mut self, b: usize) -> Result<usize> {
         let graph = self.graph.as_ref().ok_or_else(|| crate::Error::Invalid("no captured step to launch".into()))?;
-        graph.launch()?;
-        self.meter.mark_done(b)?;
-        self.step_host = Some(b + 1);
-        self.replays += 1;
-        Ok(())
+        let lent = graph.try_launch()?;
+        if lent == 0 {
+            self.meter.mark_done(b)?;
+            self.step_host = Some(b + 1);
+            self.replays += 1;
+        }
+        Ok(lent)
     }
 
     /// Make the device counter hold `b` (an upload only when the host does not know it does).
