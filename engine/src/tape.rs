@@ -41,6 +41,12 @@ pub trait Backward: Sized {
     fn name(&self) -> &'static str {
         "op"
     }
+
+    /// Whether this rule reads the value of node `v` (one of its inputs, or `out`, its own
+    /// output), for [`Tape::release_unread`]. The default, `true`, is always safe.
+    fn reads(&self, _v: Var, _out: Var) -> bool {
+        true
+    }
 }
 
 enum Source<R> {
@@ -127,6 +133,18 @@ impl<'p, R> Tape<'p, R> {
         self.nodes[v.0].requires_grad
     }
 
+    /// Elements held by the values of the tape's inputs and operations (parameters are
+    /// borrowed, not counted): what keeping this tape costs, in elements.
+    pub fn held_elements(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| match &n.source {
+                Source::Input(t) | Source::Op { value: t, .. } => t.numel(),
+                Source::Param(_) => 0,
+            })
+            .sum()
+    }
+
     /// Number of nodes recorded.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -153,42 +171,117 @@ impl<'p, R> Tape<'p, R> {
 impl<R: Backward> Tape<'_, R> {
     /// Gradients of a scalar `loss` (one element) with respect to every parameter.
     pub fn backward(&self, loss: Var) -> Result<Gradients> {
-        let value = self.value(loss);
-        if value.numel() != 1 {
-            return Err(Error::shape("Tape::backward", format!("the loss must be a scalar, got shape {:?}", value.shape())));
-        }
-        let seed = match value.device() {
-            crate::Device::Cpu => Tensor::full(value.shape(), value.dtype(), 1.0),
-            crate::Device::Cuda(d) => Tensor::from_cuda(value.shape(), d.ones(1, value.dtype())?)?,
-        };
-        self.backward_with(loss, seed)
+        self.backward_with(loss, self.loss_seed(loss)?)
     }
 
     /// Reverse pass seeded with `seed` = dL/d`out` (same shape as `out`): the
     /// vector-Jacobian product of everything recorded up to `out`.
     pub fn backward_with(&self, out: Var, seed: Tensor) -> Result<Gradients> {
-        self.value(out).expect_same("Tape::backward_with", &seed)?;
-        let mut grads = Gradients { by_node: (0..self.nodes.len()).map(|_| None).collect(), params: Vec::new() };
-        grads.by_node[out.0] = Some(seed);
+        let mut grads = self.seed(out, seed)?;
         for i in (0..=out.0).rev() {
-            let node = &self.nodes[i];
-            match &node.source {
-                Source::Op { record, .. } => {
-                    // An intermediate's gradient is complete here and is not needed after: free it.
-                    if let Some(g) = grads.by_node[i].take()
-                        && node.requires_grad {
-                            record.backward(self, Var(i), &g, &mut grads)?;
-                            // The label is only formatted when profiling (not on every step).
-                            if let Some(p) = self.profiler.borrow_mut().as_mut() {
-                                p.mark(&format!("{} backward", record.name()));
-                            }
-                        }
-                }
-                Source::Param(p) => grads.params.push((*p, i)),
-                Source::Input(_) => {}
+            self.backward_node(i, &mut grads)?;
+        }
+        Ok(grads)
+    }
+
+    /// [`Tape::backward`], freeing each value as soon as the walk no longer needs it, except
+    /// the values of `keep` (e.g. the loss and the logits, read after the step).
+    ///
+    /// Why it is safe: the backward rule of node `j` reads only values recorded before it
+    /// (its inputs) and its own output, and the walk runs `j` = last ..= 0. Once node `i`'s
+    /// rule has run, every rule that could read value `i` (those of `i` and of its consumers,
+    /// all after `i`) has run, so value `i` is dropped there.
+    ///
+    /// Why it matters: without it every activation of the batch stays alive until the end of
+    /// the walk, while the largest gradients (those of the first, full-resolution layers)
+    /// are made at that end. With it, the activations of the later layers are gone by then,
+    /// so the step's peak memory is about the activations alone (on a GPU the freed blocks
+    /// go back to the pool, reused by the following gradients).
+    pub fn backward_releasing(&mut self, loss: Var, keep: &[Var]) -> Result<Gradients> {
+        let seed = self.loss_seed(loss)?;
+        let mut grads = self.seed(loss, seed)?;
+        for i in (0..=loss.0).rev() {
+            self.backward_node(i, &mut grads)?;
+            if !keep.contains(&Var(i)) {
+                self.release(Var(i));
             }
         }
         Ok(grads)
+    }
+
+    /// dL/dL = 1 for a scalar loss, on the loss's device.
+    fn loss_seed(&self, loss: Var) -> Result<Tensor> {
+        let value = self.value(loss);
+        if value.numel() != 1 {
+            return Err(Error::shape("Tape::backward", format!("the loss must be a scalar, got shape {:?}", value.shape())));
+        }
+        match value.device() {
+            crate::Device::Cpu => Ok(Tensor::full(value.shape(), value.dtype(), 1.0)),
+            crate::Device::Cuda(d) => Tensor::from_cuda(value.shape(), d.ones(1, value.dtype())?),
+        }
+    }
+
+    /// Empty gradients, with `seed` as the gradient of `out`.
+    fn seed(&self, out: Var, seed: Tensor) -> Result<Gradients> {
+        self.value(out).expect_same("Tape::backward_with", &seed)?;
+        let mut grads = Gradients { by_node: (0..self.nodes.len()).map(|_| None).collect(), params: Vec::new() };
+        grads.by_node[out.0] = Some(seed);
+        Ok(grads)
+    }
+
+    /// One step of the walk: node `i`'s backward rule, if it received a gradient and needs
+    /// one (its gradient is complete here and is freed after); a parameter leaf is noted.
+    fn backward_node(&self, i: usize, grads: &mut Gradients) -> Result<()> {
+        let node = &self.nodes[i];
+        match &node.source {
+            Source::Op { record, .. } => {
+                if let Some(g) = grads.by_node[i].take()
+                    && node.requires_grad
+                {
+                    record.backward(self, Var(i), &g, grads)?;
+                    // The label is only formatted when profiling (not on every step).
+                    if let Some(p) = self.profiler.borrow_mut().as_mut() {
+                        p.mark(&format!("{} backward", record.name()));
+                    }
+                }
+            }
+            Source::Param(p) => grads.params.push((*p, i)),
+            Source::Input(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Free the value of node `v` during the forward pass when no backward rule recorded so
+    /// far reads it (e.g. a batch norm's output once the ReLU after it is recorded: batch
+    /// norm's rule reads its input, ReLU's its own output). Returns whether it was freed.
+    ///
+    /// The caller vouches that no operation recorded later uses `v`; one that did would find
+    /// an empty tensor and fail on its shape. Parameters are never freed.
+    pub fn release_unread(&mut self, v: Var) -> bool {
+        if matches!(self.nodes[v.0].source, Source::Param(_)) {
+            return false;
+        }
+        let read = self.nodes[v.0..].iter().enumerate().any(|(k, node)| match &node.source {
+            Source::Op { record, .. } => record.reads(v, Var(v.0 + k)),
+            _ => false,
+        });
+        if read {
+            return false;
+        }
+        let source = &mut self.nodes[v.0].source;
+        if let Source::Op { value, .. } | Source::Input(value) = source {
+            *value = Tensor::zeros(&[0], value.dtype());
+        }
+        true
+    }
+
+    /// Drop the value of an input or operation node, and the operation's record with its
+    /// saved tensors (parameters are borrowed, not held). What stays is an empty input.
+    fn release(&mut self, v: Var) {
+        let source = &mut self.nodes[v.0].source;
+        if let Source::Op { value, .. } | Source::Input(value) = source {
+            *source = Source::Input(Tensor::zeros(&[0], value.dtype()));
+        }
     }
 }
 
@@ -240,10 +333,18 @@ mod tests {
     /// A tiny op set to test the tape alone: y = a * b (elementwise) and y = sum(x).
     enum TestOp {
         Mul(Var, Var),
-        Sum(Var),
+        Sum(Var, Vec<usize>),
     }
 
     impl Backward for TestOp {
+        fn reads(&self, v: Var, _out: Var) -> bool {
+            match *self {
+                TestOp::Mul(a, b) => v == a || v == b,
+                // Sum's rule needs only its input's shape, kept in the record: it reads no value.
+                TestOp::Sum(..) => false,
+            }
+        }
+
         fn backward(&self, tape: &Tape<'_, Self>, _out: Var, g: &Tensor, grads: &mut Gradients) -> Result<()> {
             match *self {
                 TestOp::Mul(a, b) => {
@@ -256,10 +357,9 @@ mod tests {
                         grads.accumulate(b, Tensor::new(&shape, vg.iter().zip(&va).map(|(g, a)| g * a).collect())?)?;
                     }
                 }
-                TestOp::Sum(x) => {
-                    let shape = tape.value(x).shape().to_vec();
-                    let n = tape.value(x).numel();
-                    grads.accumulate(x, Tensor::new(&shape, vec![g.scalar()?; n])?)?;
+                TestOp::Sum(x, ref shape) => {
+                    let n = shape.iter().product();
+                    grads.accumulate(x, Tensor::new(shape, vec![g.scalar()?; n])?)?;
                 }
             }
             Ok(())
@@ -274,7 +374,8 @@ mod tests {
 
     fn sum(t: &mut Tape<'_, TestOp>, x: Var) -> Var {
         let s: f64 = t.value(x).to_f64_vec().iter().sum();
-        t.push(Tensor::new(&[1], vec![s]).unwrap(), TestOp::Sum(x), &[x])
+        let shape = t.value(x).shape().to_vec();
+        t.push(Tensor::new(&[1], vec![s]).unwrap(), TestOp::Sum(x, shape), &[x])
     }
 
     /// L = sum(p0 * p0 * c): dL/dp0 = 2 * p0 * c; p0 used twice, so accumulation must add.
@@ -303,6 +404,59 @@ mod tests {
         let l = sum(&mut t, y);
         let g = t.backward(l).unwrap().into_param_grads(1).unwrap();
         assert_eq!(g[0].as_ref().unwrap().to_f64_vec(), vec![4.0, 10.0]);
+    }
+
+    /// Releasing the values during the walk gives the same gradients as keeping them (the
+    /// `Mul` rules read their inputs' values, so a value dropped before its last reader ran
+    /// would make a rule fail), and afterwards only the kept values and the parameters remain.
+    #[test]
+    fn backward_releasing_frees_values_after_their_last_reader() {
+        let params = vec![Tensor::new(&[3], vec![1.5f64, -2.0, 0.25]).unwrap()];
+        let build = |t: &mut Tape<'_, TestOp>| {
+            let p = t.param(0).unwrap();
+            let c = t.input(Tensor::new(&[3], vec![0.5f64, 4.0, -1.0]).unwrap());
+            let sq = mul(t, p, p);
+            let y = mul(t, sq, c);
+            let z = mul(t, y, sq);
+            (p, c, sq, y, z, sum(t, z))
+        };
+        let mut kept = Tape::new(&params);
+        let (.., l) = build(&mut kept);
+        let want = kept.backward(l).unwrap().into_param_grads(1).unwrap();
+
+        let mut t = Tape::new(&params);
+        let (p, c, sq, y, z, l) = build(&mut t);
+        let z_before = t.value(z).to_f64_vec();
+        let got = t.backward_releasing(l, &[z, l]).unwrap().into_param_grads(1).unwrap();
+        assert_eq!(got[0].as_ref().unwrap().to_f64_vec(), want[0].as_ref().unwrap().to_f64_vec());
+        for v in [c, sq, y] {
+            assert_eq!(t.value(v).numel(), 0, "node {} still holds its value", v.index());
+        }
+        assert_eq!(t.value(z).to_f64_vec(), z_before, "a kept value must survive");
+        assert_eq!(t.value(l).numel(), 1);
+        assert_eq!(t.value(p).numel(), 3, "parameters are borrowed, never released");
+    }
+
+    /// `Mul` reads both inputs, not its output; `Sum` reads no value.
+    /// A value read by a recorded rule is kept; one read by none is freed, and the walk
+    /// still gives the same gradients.
+    #[test]
+    fn release_unread_frees_only_values_no_rule_reads() {
+        let params = vec![Tensor::new(&[3], vec![0.5f64, -1.0, 2.0]).unwrap()];
+        let mut t = Tape::new(&params);
+        let p = t.param(0).unwrap();
+        let sq = mul(&mut t, p, p);
+        let s1 = sum(&mut t, sq);
+        let y = mul(&mut t, s1, s1);
+        assert!(!t.release_unread(p), "parameters are borrowed, never freed");
+        assert!(!t.release_unread(s1), "the second Mul reads s1");
+        let held = t.held_elements();
+        assert!(t.release_unread(sq), "only Sum consumes sq, and Sum reads no value");
+        assert_eq!(t.value(sq).numel(), 0);
+        assert_eq!(t.held_elements(), held - 3);
+        let g = t.backward(y).unwrap().into_param_grads(1).unwrap();
+        // y = (Σ p²)², dy/dp = 2·(Σ p²)·2p = 4·5.25·p
+        assert_eq!(g[0].as_ref().unwrap().to_f64_vec(), vec![10.5, -21.0, 42.0]);
     }
 
     #[test]

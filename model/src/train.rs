@@ -192,7 +192,9 @@ pub(crate) fn forward_backward(
     let input = g.input(x);
     let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
     let loss = cross_entropy(&mut g, logits, labels, device_labels, cfg.label_smoothing)?;
-    let grads = g.backward(loss)?.into_param_grads(model.params.len())?;
+    // Each activation is freed once the walk has passed it (see `Tape::backward_releasing`):
+    // the step's peak memory is then about the activations alone.
+    let grads = g.backward_releasing(loss, &[loss, logits])?.into_param_grads(model.params.len())?;
     let missing = || Error::Invalid("the tape lost an output".into());
     let loss = g.take_value(loss).ok_or_else(missing)?;
     let logits = g.take_value(logits).ok_or_else(missing)?;

@@ -59,6 +59,11 @@ pub struct AddRecord {
 }
 
 impl AddRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads no value: the gradient passes through.
+    pub(crate) fn reads(&self, _v: Var, _out: Var) -> bool {
+        false
+    }
+
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         if g.requires_grad(self.a) {
             grads.accumulate(self.a, dy.clone())?;

@@ -219,6 +219,11 @@ pub struct BatchNormRecord {
 }
 
 impl BatchNormRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input and γ (x̂ is recomputed from `x` and the saved statistics); not its output.
+    pub(crate) fn reads(&self, v: Var, _out: Var) -> bool {
+        v == self.x || v == self.gamma
+    }
+
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         let x = g.value(self.x);
         x.expect_same("batch_norm backward", dy)?;

@@ -64,6 +64,11 @@ pub struct BatchNormReluRecord {
 }
 
 impl BatchNormReluRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input, γ, and its output (the ReLU mask).
+    pub(crate) fn reads(&self, v: Var, out: Var) -> bool {
+        v == self.x || v == self.gamma || v == out
+    }
+
     pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         let x = g.value(self.x);
         x.expect_same("batch_norm_relu backward", dy)?;

@@ -66,6 +66,11 @@ pub struct CastRecord {
 }
 
 impl CastRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads no value (the source dtype is kept in the record).
+    pub(crate) fn reads(&self, _v: Var, _out: Var) -> bool {
+        false
+    }
+
     pub(crate) fn backward(&self, _g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         grads.accumulate(self.x, forward(dy, self.from)?)
     }

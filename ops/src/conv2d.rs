@@ -441,6 +441,11 @@ pub struct Conv2dRecord {
 }
 
 impl Conv2dRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads the input and the filter (dW needs `x`, dX needs `w`).
+    pub(crate) fn reads(&self, v: Var, _out: Var) -> bool {
+        v == self.x || v == self.w
+    }
+
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         let need_dx = g.requires_grad(self.x);
         let (dx, dw) = backward(g.value(self.x), g.value(self.w), dy, self.p, need_dx)?;

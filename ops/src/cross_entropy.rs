@@ -221,6 +221,11 @@ pub struct CrossEntropyRecord {
 }
 
 impl CrossEntropyRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads the logits (the CUDA rule recomputes the softmax from them).
+    pub(crate) fn reads(&self, v: Var, _out: Var) -> bool {
+        v == self.logits
+    }
+
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         let dz = match &self.saved {
             Saved::Probs(p) => backward(p, &self.labels, self.smoothing, dy)?,

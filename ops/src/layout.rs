@@ -88,6 +88,11 @@ pub struct LayoutRecord {
 }
 
 impl LayoutRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads no value (the source layout is kept in the record).
+    pub(crate) fn reads(&self, _v: Var, _out: Var) -> bool {
+        false
+    }
+
     pub(crate) fn backward(&self, _g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         grads.accumulate(self.x, forward(dy, self.from)?)
     }

@@ -174,6 +174,11 @@ pub struct LinearRecord {
 }
 
 impl LinearRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input, weight and bias.
+    pub(crate) fn reads(&self, v: Var, _out: Var) -> bool {
+        v == self.x || v == self.w || v == self.b
+    }
+
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         let (dx, dw, db) = backward(g.value(self.x), g.value(self.w), g.value(self.b), dy)?;
         for (v, t) in [(self.x, dx), (self.w, dw), (self.b, db)] {

@@ -168,6 +168,11 @@ pub struct MaxPoolRecord {
 }
 
 impl MaxPoolRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input (the CPU rule its shape, cuDNN's its values) and its output (cuDNN).
+    pub(crate) fn reads(&self, v: Var, out: Var) -> bool {
+        v == self.x || v == out
+    }
+
     pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         let x = g.value(self.x);
         let dx = match &self.saved {

@@ -102,6 +102,11 @@ pub struct ReluRecord {
 }
 
 impl ReluRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads only its output (the mask `y > 0`), not its input.
+    pub(crate) fn reads(&self, v: Var, out: Var) -> bool {
+        v == out
+    }
+
     pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         grads.accumulate(self.x, backward(g.value(out), dy)?)
     }

@@ -57,6 +57,11 @@ pub struct ScaleRecord {
 }
 
 impl ScaleRecord {
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads no value.
+    pub(crate) fn reads(&self, _v: Var, _out: Var) -> bool {
+        false
+    }
+
     pub(crate) fn backward(&self, _g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         grads.accumulate(self.x, forward(dy, self.alpha)?)
     }
