@@ -16,6 +16,13 @@
 //! Leaves are of two kinds: *inputs* (constants such as images and labels: no
 //! gradient) and *parameters* (borrowed from the model, not copied: they get
 //! gradients, returned by [`Gradients::into_param_grads`]).
+//!
+//! Memory: a value is needed after its forward only if some backward rule reads it
+//! ([`Backward::reads`]). Two calls free values early: [`Tape::release_unread`] during the
+//! forward (a value no recorded rule reads, once nothing later uses it, e.g. a batch
+//! norm's output after its ReLU), and [`Tape::backward_releasing`] during the walk (each
+//! value once every rule that could read it has run). Together they keep a training
+//! step's peak near the activations the backward pass really needs.
 
 use crate::profile::Profiler;
 use crate::{Error, Result, Tensor};
