@@ -155,3 +155,39 @@ fn batch_norm_relu_in_f64_on_the_gpu() {
         .unwrap();
     eprintln!("batch norm + ReLU: {} elements, max relative error {:.2e}", r.checked, r.max_rel_err);
 }
+
+/// The ops' `reads` claims (which values their backward rules read; the forward frees the
+/// others, e.g. a batch norm's output after its ReLU) hold for the CUDA rules too: freeing
+/// every value an op claims not to read leaves its gradients unchanged. f64, so the only
+/// difference allowed is the order of cuDNN's sums from one call to the next (1e-12 of the
+/// largest gradient; a rule that read a freed value fails on the empty host tensor instead).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_op_reads_what_it_claims_on_the_gpu() {
+    use ops::gradcheck::check_reads;
+    let dev = gpu();
+    let tol = 1e-12;
+    let conv = ops::conv2d::Conv2dParams { stride: 1, padding: 1 };
+    check_reads(&dev, &[&[8, 16, 8, 8], &[32, 16, 3, 3]], &[false, false, true], tol, |g, v| ops::conv2d::conv2d(g, v[0], v[1], conv)).unwrap();
+    let bn: &[&[usize]] = &[&[8, 16, 6, 6], &[16], &[16]];
+    check_reads(&dev, bn, &[false, false, true, true], tol, |g, v| {
+        ops::batch_norm::batch_norm_train(g, v[0], v[1], v[2], &mut running_stats_on(&dev, 16)?, BatchNormConfig::default())
+    })
+    .unwrap();
+    check_reads(&dev, bn, &[false, false, true, true], tol, |g, v| {
+        ops::batch_norm::batch_norm_eval(g, v[0], v[1], v[2], &running_stats_on(&dev, 16)?, BatchNormConfig::default())
+    })
+    .unwrap();
+    check_reads(&dev, bn, &[false, false, true, false], tol, |g, v| {
+        ops::batch_norm_relu::batch_norm_relu_train(g, v[0], v[1], v[2], &mut running_stats_on(&dev, 16)?, BatchNormConfig::default())
+    })
+    .unwrap();
+    check_reads(&dev, &[&[8, 16, 6, 6]], &[true, false], tol, |g, v| ops::relu::relu(g, v[0])).unwrap();
+    check_reads(&dev, &[&[8, 16, 8, 8]], &[false, false], tol, |g, v| ops::max_pool::max_pool2d(g, v[0], 2)).unwrap();
+    check_reads(&dev, &[&[8, 16, 6, 6], &[8, 16, 6, 6]], &[true, true, true], tol, |g, v| ops::add::add(g, v[0], v[1])).unwrap();
+    check_reads(&dev, &[&[8, 64], &[10, 64], &[10]], &[false, false, false, true], tol, |g, v| ops::linear::linear(g, v[0], v[1], v[2])).unwrap();
+    check_reads(&dev, &[&[8, 16, 2, 2]], &[true, true], tol, |g, v| ops::reshape::flatten(g, v[0])).unwrap();
+    check_reads(&dev, &[&[8, 10]], &[true, true], tol, |g, v| ops::scale::scale(g, v[0], 0.125)).unwrap();
+    let labels = [3u32, 1, 4, 1, 5, 9, 2, 6];
+    check_reads(&dev, &[&[8, 10]], &[false, true], tol, |g, v| ops::cross_entropy::softmax_cross_entropy(g, v[0], &labels, 0.2)).unwrap();
+}

@@ -73,12 +73,15 @@ pub struct Tape<'p, R> {
     nodes: Vec<Node<R>>,
     /// When set, every push and every backward rule is marked (see [`crate::profile`]).
     profiler: std::cell::RefCell<Option<Profiler>>,
+    /// Set by [`Tape::backward_releasing`]: the walk freed the values and records, so a
+    /// second walk would find nothing to differentiate and is refused.
+    walked_and_released: bool,
 }
 
 impl<'p, R> Tape<'p, R> {
     /// An empty tape over the model's parameters (referenced, not copied).
     pub fn new(params: &'p [Tensor]) -> Self {
-        Tape { params, nodes: Vec::new(), profiler: std::cell::RefCell::new(None) }
+        Tape { params, nodes: Vec::new(), profiler: std::cell::RefCell::new(None), walked_and_released: false }
     }
 
     /// Mark every operation from now on: its forward when it is pushed (the work queued
@@ -202,11 +205,13 @@ impl<R: Backward> Tape<'_, R> {
     /// Why it matters: without it every activation of the batch stays alive until the end of
     /// the walk, while the largest gradients (those of the first, full-resolution layers)
     /// are made at that end. With it, the activations of the later layers are gone by then,
-    /// so the step's peak memory is about the activations alone (on a GPU the freed blocks
-    /// go back to the pool, reused by the following gradients).
+    /// so the bytes in use at the step's peak are about the activations alone. On a GPU the
+    /// freed blocks go back to the pool, whose training step reuses only blocks of exactly
+    /// the requested size: the memory held from the driver falls less than the bytes in use.
     pub fn backward_releasing(&mut self, loss: Var, keep: &[Var]) -> Result<Gradients> {
         let seed = self.loss_seed(loss)?;
         let mut grads = self.seed(loss, seed)?;
+        self.walked_and_released = true;
         for i in (0..=loss.0).rev() {
             self.backward_node(i, &mut grads)?;
             if !keep.contains(&Var(i)) {
@@ -230,6 +235,9 @@ impl<R: Backward> Tape<'_, R> {
 
     /// Empty gradients, with `seed` as the gradient of `out`.
     fn seed(&self, out: Var, seed: Tensor) -> Result<Gradients> {
+        if self.walked_and_released {
+            return Err(Error::Invalid("this tape's values were freed by backward_releasing: record the forward again".into()));
+        }
         self.value(out).expect_same("Tape::backward_with", &seed)?;
         let mut grads = Gradients { by_node: (0..self.nodes.len()).map(|_| None).collect(), params: Vec::new() };
         grads.by_node[out.0] = Some(seed);
@@ -341,18 +349,21 @@ mod tests {
     enum TestOp {
         Mul(Var, Var),
         Sum(Var, Vec<usize>),
+        /// y = exp(x); its rule reads its own output: dx = dy · y.
+        Exp(Var),
     }
 
     impl Backward for TestOp {
-        fn reads(&self, v: Var, _out: Var) -> bool {
+        fn reads(&self, v: Var, out: Var) -> bool {
             match *self {
                 TestOp::Mul(a, b) => v == a || v == b,
+                TestOp::Exp(_) => v == out,
                 // Sum's rule needs only its input's shape, kept in the record: it reads no value.
                 TestOp::Sum(..) => false,
             }
         }
 
-        fn backward(&self, tape: &Tape<'_, Self>, _out: Var, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        fn backward(&self, tape: &Tape<'_, Self>, out: Var, g: &Tensor, grads: &mut Gradients) -> Result<()> {
             match *self {
                 TestOp::Mul(a, b) => {
                     let (va, vb, vg) = (tape.value(a).to_f64_vec(), tape.value(b).to_f64_vec(), g.to_f64_vec());
@@ -368,6 +379,11 @@ mod tests {
                     let n = shape.iter().product();
                     grads.accumulate(x, Tensor::new(shape, vec![g.scalar()?; n])?)?;
                 }
+                TestOp::Exp(x) => {
+                    let y = tape.value(out);
+                    let dx = y.to_f64_vec().iter().zip(g.to_f64_vec()).map(|(y, g)| y * g).collect();
+                    grads.accumulate(x, Tensor::new(y.shape(), dx)?)?;
+                }
             }
             Ok(())
         }
@@ -377,6 +393,12 @@ mod tests {
         let v: Vec<f64> = t.value(a).to_f64_vec().iter().zip(t.value(b).to_f64_vec()).map(|(x, y)| x * y).collect();
         let shape = t.value(a).shape().to_vec();
         t.push(Tensor::new(&shape, v).unwrap(), TestOp::Mul(a, b), &[a, b])
+    }
+
+    fn exp(t: &mut Tape<'_, TestOp>, x: Var) -> Var {
+        let v: Vec<f64> = t.value(x).to_f64_vec().iter().map(|x| x.exp()).collect();
+        let shape = t.value(x).shape().to_vec();
+        t.push(Tensor::new(&shape, v).unwrap(), TestOp::Exp(x), &[x])
     }
 
     fn sum(t: &mut Tape<'_, TestOp>, x: Var) -> Var {
@@ -414,8 +436,9 @@ mod tests {
     }
 
     /// Releasing the values during the walk gives the same gradients as keeping them (the
-    /// `Mul` rules read their inputs' values, so a value dropped before its last reader ran
-    /// would make a rule fail), and afterwards only the kept values and the parameters remain.
+    /// `Mul` rules read their inputs' values and `Exp`'s its own output, so a value dropped
+    /// before its last reader ran would make a rule fail), and afterwards only the kept values
+    /// and the parameters remain. A second walk over the released tape is refused.
     #[test]
     fn backward_releasing_frees_values_after_their_last_reader() {
         let params = vec![Tensor::new(&[3], vec![1.5f64, -2.0, 0.25]).unwrap()];
@@ -424,7 +447,8 @@ mod tests {
             let c = t.input(Tensor::new(&[3], vec![0.5f64, 4.0, -1.0]).unwrap());
             let sq = mul(t, p, p);
             let y = mul(t, sq, c);
-            let z = mul(t, y, sq);
+            let e = exp(t, y);
+            let z = mul(t, e, sq);
             (p, c, sq, y, z, sum(t, z))
         };
         let mut kept = Tape::new(&params);
@@ -442,6 +466,7 @@ mod tests {
         assert_eq!(t.value(z).to_f64_vec(), z_before, "a kept value must survive");
         assert_eq!(t.value(l).numel(), 1);
         assert_eq!(t.value(p).numel(), 3, "parameters are borrowed, never released");
+        assert!(t.backward(l).is_err(), "a released tape has nothing left to differentiate");
     }
 
     /// `Mul` reads both inputs, not its output; `Sum` reads no value.

@@ -130,3 +130,57 @@ impl GradCheck {
         Ok(report)
     }
 }
+
+/// Check that an op's `reads` claims (`engine::Backward::reads`) are truthful on `device`.
+///
+/// `f` records the op on inputs that are themselves op outputs (each parameter through
+/// `scale(·, 1)`, so that they can be freed), and `scale(·, 0.5)` follows its output. Then
+/// every value that [`engine::Tape::release_unread`] allows is freed, and the gradients must
+/// equal those of the same tape with nothing freed: exactly on the CPU, within `rtol` of the
+/// largest gradient on a GPU (cuDNN's backward algorithms may add in a different order from
+/// one call to the next). `freeable[i]` states which of the inputs (then the output, last)
+/// the op claims not to read, so that a claim changed by mistake in either direction fails.
+/// A rule that does read a freed value finds an empty host tensor and returns an error.
+pub fn check_reads(
+    device: &crate::Device,
+    shapes: &[&[usize]],
+    freeable: &[bool],
+    rtol: f64,
+    f: impl Fn(&mut Graph<'_>, &[Var]) -> Result<Var>,
+) -> Result<()> {
+    if freeable.len() != shapes.len() + 1 {
+        return Err(Error::Invalid("check_reads: one flag per input and one for the output".into()));
+    }
+    let params: Vec<Tensor> = random_params(shapes, 7).iter().map(|p| p.to_device(device)).collect::<Result<_>>()?;
+    let run = |release: bool| -> Result<(Vec<bool>, Vec<Vec<f64>>)> {
+        let mut g = Graph::new(&params);
+        let mut vars = Vec::new();
+        for i in 0..params.len() {
+            let p = g.param(i)?;
+            vars.push(crate::scale::scale(&mut g, p, 1.0)?);
+        }
+        let y = f(&mut g, &vars)?;
+        let z = crate::scale::scale(&mut g, y, 0.5)?;
+        vars.push(y);
+        let freed: Vec<bool> = vars.iter().map(|&v| release && g.release_unread(v)).collect();
+        let seed = Tensor::full(g.value(z).shape(), g.value(z).dtype(), 1.0).to_device(device)?;
+        let grads = g.backward_with(z, seed)?.into_param_grads(params.len())?;
+        let grads = grads.into_iter().map(|t| t.map(|t| t.to_f64_vec()).unwrap_or_default()).collect();
+        Ok((freed, grads))
+    };
+    let (_, kept) = run(false)?;
+    let (freed, released) = run(true)?;
+    if freed != freeable {
+        return Err(Error::Invalid(format!("the op's rule claims not to read {freed:?} (inputs, then output); expected {freeable:?}")));
+    }
+    for (i, (a, b)) in kept.iter().zip(&released).enumerate() {
+        let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        if a.len() != b.len() || err > rtol * scale {
+            return Err(Error::Invalid(format!(
+                "input {i}: gradients differ once unread values are freed (max difference {err:e}, largest {scale:e})"
+            )));
+        }
+    }
+    Ok(())
+}

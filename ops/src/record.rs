@@ -78,71 +78,49 @@ impl engine::Backward for Op {
 #[cfg(test)]
 mod tests {
     use crate::batch_norm::{BatchNormConfig, RunningStats};
-    use crate::gradcheck::random_params;
-    use crate::{DType, Graph, Result, Tensor, Var};
+    use crate::gradcheck::check_reads;
+    use crate::{DType, Device, Tensor};
     use engine::Layout;
 
-    /// The `reads` claims of one op are truthful: on a tape where every input of the op is
-    /// itself an op output (`scale(param, 1)`) and the op's output feeds `scale(·, 0.5)`,
-    /// freeing every value that [`engine::Tape::release_unread`] allows must leave the
-    /// gradients bit for bit unchanged. `freeable[i]` says which of the inputs (then the
-    /// output, last) the op claims not to read, so that a claim changed by mistake in
-    /// either direction shows up here.
-    fn check_reads(shapes: &[&[usize]], freeable: &[bool], f: impl Fn(&mut Graph<'_>, &[Var]) -> Result<Var>) {
-        assert_eq!(freeable.len(), shapes.len() + 1, "one flag per input and one for the output");
-        let params = random_params(shapes, 7);
-        let run = |release: bool| {
-            let mut g = Graph::new(&params);
-            let mut vars = Vec::new();
-            for i in 0..params.len() {
-                let p = g.param(i).unwrap();
-                vars.push(crate::scale::scale(&mut g, p, 1.0).unwrap());
-            }
-            let y = f(&mut g, &vars).unwrap();
-            let z = crate::scale::scale(&mut g, y, 0.5).unwrap();
-            vars.push(y);
-            let freed: Vec<bool> = vars.iter().map(|&v| release && g.release_unread(v)).collect();
-            let seed = Tensor::full(g.value(z).shape(), g.value(z).dtype(), 1.0);
-            let grads = g.backward_with(z, seed).unwrap().into_param_grads(params.len()).unwrap();
-            (freed, grads.into_iter().map(|t| t.unwrap().to_f64_vec()).collect::<Vec<_>>())
-        };
-        let (_, kept) = run(false);
-        let (freed, released) = run(true);
-        assert_eq!(freed, freeable, "which values the op's rule claims not to read");
-        assert_eq!(kept, released, "a freed value was read by a backward rule");
-    }
-
+    /// Every op's `reads` claims hold for its CPU rule, bit for bit (the CUDA rules are
+    /// checked the same way by `tests/cuda_ops.rs` on a GPU).
     #[test]
     fn every_op_reads_what_it_claims() {
         use crate::{add, batch_norm, batch_norm_relu, cast, conv2d, cross_entropy, layout, linear, max_pool, relu, reshape, scale};
+        let cpu = Device::Cpu;
         let conv = conv2d::Conv2dParams { stride: 1, padding: 1 };
-        check_reads(&[&[2, 3, 5, 5], &[4, 3, 3, 3]], &[false, false, true], |g, v| conv2d::conv2d(g, v[0], v[1], conv));
+        check_reads(&cpu, &[&[2, 3, 5, 5], &[4, 3, 3, 3]], &[false, false, true], 0.0, |g, v| conv2d::conv2d(g, v[0], v[1], conv)).unwrap();
         let bn_shapes: &[&[usize]] = &[&[4, 3, 2, 2], &[3], &[3]];
-        check_reads(bn_shapes, &[false, false, true, true], |g, v| {
+        check_reads(&cpu, bn_shapes, &[false, false, true, true], 0.0, |g, v| {
             batch_norm::batch_norm_train(g, v[0], v[1], v[2], &mut RunningStats::new(3, DType::F64), BatchNormConfig::default())
-        });
-        check_reads(bn_shapes, &[false, false, true, true], |g, v| {
+        })
+        .unwrap();
+        check_reads(&cpu, bn_shapes, &[false, false, true, true], 0.0, |g, v| {
             let mut stats = RunningStats::new(3, DType::F64);
             stats.mean = Tensor::new(&[3], vec![0.2f64, -0.1, 0.4]).unwrap();
             batch_norm::batch_norm_eval(g, v[0], v[1], v[2], &stats, BatchNormConfig::default())
-        });
-        check_reads(bn_shapes, &[false, false, true, false], |g, v| {
+        })
+        .unwrap();
+        check_reads(&cpu, bn_shapes, &[false, false, true, false], 0.0, |g, v| {
             batch_norm_relu::batch_norm_relu_train(g, v[0], v[1], v[2], &mut RunningStats::new(3, DType::F64), BatchNormConfig::default())
-        });
-        check_reads(&[&[3, 4]], &[true, false], |g, v| relu::relu(g, v[0]));
-        check_reads(&[&[2, 3, 4, 4]], &[false, false], |g, v| max_pool::max_pool2d(g, v[0], 2));
-        check_reads(&[&[3, 4], &[3, 4]], &[true, true, true], |g, v| add::add(g, v[0], v[1]));
-        check_reads(&[&[3, 6], &[4, 6], &[4]], &[false, false, false, true], |g, v| linear::linear(g, v[0], v[1], v[2]));
-        check_reads(&[&[2, 3, 2]], &[true, true], |g, v| reshape::flatten(g, v[0]));
-        check_reads(&[&[5]], &[true, true], |g, v| scale::scale(g, v[0], -3.0));
-        check_reads(&[&[4, 5]], &[false, true], |g, v| cross_entropy::softmax_cross_entropy(g, v[0], &[0, 4, 2, 2], 0.1));
-        check_reads(&[&[6]], &[true, true], |g, v| {
+        })
+        .unwrap();
+        check_reads(&cpu, &[&[3, 4]], &[true, false], 0.0, |g, v| relu::relu(g, v[0])).unwrap();
+        check_reads(&cpu, &[&[2, 3, 4, 4]], &[false, false], 0.0, |g, v| max_pool::max_pool2d(g, v[0], 2)).unwrap();
+        check_reads(&cpu, &[&[3, 4], &[3, 4]], &[true, true, true], 0.0, |g, v| add::add(g, v[0], v[1])).unwrap();
+        check_reads(&cpu, &[&[3, 6], &[4, 6], &[4]], &[false, false, false, true], 0.0, |g, v| linear::linear(g, v[0], v[1], v[2])).unwrap();
+        check_reads(&cpu, &[&[2, 3, 2]], &[true, true], 0.0, |g, v| reshape::flatten(g, v[0])).unwrap();
+        check_reads(&cpu, &[&[5]], &[true, true], 0.0, |g, v| scale::scale(g, v[0], -3.0)).unwrap();
+        check_reads(&cpu, &[&[4, 5]], &[false, true], 0.0, |g, v| cross_entropy::softmax_cross_entropy(g, v[0], &[0, 4, 2, 2], 0.1)).unwrap();
+        check_reads(&cpu, &[&[6]], &[true, true], 0.0, |g, v| {
             let h = cast::cast(g, v[0], DType::F32)?;
             cast::cast(g, h, DType::F64)
-        });
-        check_reads(&[&[2, 3, 2, 2]], &[true, true], |g, v| {
+        })
+        .unwrap();
+        check_reads(&cpu, &[&[2, 3, 2, 2]], &[true, true], 0.0, |g, v| {
             let h = layout::to_layout(g, v[0], Layout::Nhwc)?;
             layout::to_layout(g, h, Layout::Nchw)
-        });
+        })
+        .unwrap();
     }
 }
