@@ -273,21 +273,12 @@ impl<R: Backward> Tape<'_, R> {
     /// The caller vouches that no operation recorded later uses `v`; one that did would find
     /// an empty tensor and fail on its shape. Parameters are never freed.
     pub fn release_unread(&mut self, v: Var) -> bool {
-        if matches!(self.nodes[v.0].source, Source::Param(_)) {
-            return false;
-        }
         let read = self.nodes[v.0..].iter().enumerate().any(|(k, node)| match &node.source {
             Source::Op { record, .. } => record.reads(v, Var(v.0 + k)),
             _ => false,
         });
-        if read {
-            return false;
-        }
-        let source = &mut self.nodes[v.0].source;
-        if let Source::Op { value, .. } | Source::Input(value) = source {
-            *value = Tensor::zeros(&[0], value.dtype());
-        }
-        true
+        // `take_value` leaves an empty tensor behind and never touches a parameter.
+        !read && self.take_value(v).is_some()
     }
 
     /// Drop the value of an input or operation node, and the operation's record with its
