@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from resnet9 import ResNet9  # noqa: E402
+from train_torch import TEST_FILES, TRAIN_FILES, load_split  # noqa: E402
 
 
 def main():
@@ -30,9 +31,8 @@ def main():
     ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data/cifar-10-batches-bin"))
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train = np.concatenate([np.fromfile(os.path.join(args.data, f"data_batch_{i}.bin"), np.uint8).reshape(-1, 3073)
-                            for i in range(1, 6)])
-    test = np.fromfile(os.path.join(args.data, "test_batch.bin"), np.uint8).reshape(-1, 3073)
+    train = load_split(args.data, TRAIN_FILES)
+    test = load_split(args.data, TEST_FILES)
     # Same normalisation as the engine: per-channel mean and population std of the training pixels.
     px = train[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0
     mean = torch.tensor(px.mean(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)

@@ -32,6 +32,7 @@ dataset kept on the GPU; `dataset_device_bytes` says how much that is), and the 
 Prints one line per epoch and, last, one JSON line with everything measured (bench/side_by_side.py reads it).
 """
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -88,13 +89,19 @@ def parse_args(argv=None):
 
 
 def load_split(data_dir, names):
-    """The records of the binary files as one uint8 array [N, 3073] (label byte + 3072 CHW pixels)."""
+    """The records of the binary files as one uint8 array [N, 3073] (label byte + 3072 CHW pixels).
+    A file `NAME` that is absent is read from a gzip-compressed `NAME.gz`, as our engine does."""
     parts = []
     for n in names:
         path = os.path.join(data_dir, n)
-        if not os.path.exists(path):
-            sys.exit(f"error: {path} not found (--data must name the folder of the CIFAR-10 binary version)")
-        raw = np.fromfile(path, dtype=np.uint8)
+        if os.path.exists(path):
+            raw = np.fromfile(path, dtype=np.uint8)
+        elif os.path.exists(path + ".gz"):
+            with gzip.open(path + ".gz", "rb") as f:
+                raw = np.frombuffer(f.read(), dtype=np.uint8)
+            path += ".gz"
+        else:
+            sys.exit(f"error: {path} not found, nor {n}.gz (--data must name the folder of the CIFAR-10 binary version)")
         if raw.size % RECORD:
             sys.exit(f"error: {path} is {raw.size} bytes, not a multiple of {RECORD}")
         parts.append(raw.reshape(-1, RECORD))

@@ -26,7 +26,7 @@ fn cifar_dir() -> PathBuf {
     let dir = std::env::var_os("CIFAR10_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/cifar10"));
-    assert!(dir.join("data_batch_1.bin").exists(), "CIFAR-10 binary files not found in {} (set CIFAR10_DIR)", dir.display());
+    assert!(data::locate::holds_dataset(&dir), "CIFAR-10 binary files not found in {} (set CIFAR10_DIR)", dir.display());
     dir
 }
 

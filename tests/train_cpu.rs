@@ -15,11 +15,7 @@ fn cifar_dir() -> PathBuf {
     let dir = std::env::var_os("CIFAR10_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/cifar10"));
-    assert!(
-        dir.join("data_batch_1.bin").exists(),
-        "CIFAR-10 binary files not found in {} (set CIFAR10_DIR)",
-        dir.display()
-    );
+    assert!(data::locate::holds_dataset(&dir), "CIFAR-10 binary files not found in {} (set CIFAR10_DIR)", dir.display());
     dir
 }
 
@@ -179,7 +175,7 @@ fn flip_tta_scores_the_mean_of_plain_and_mirrored_logits() {
     let n = 1000;
     let dir = std::env::temp_dir().join(format!("tta-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let full = std::fs::read(cifar_dir().join("test_batch.bin")).unwrap();
+    let (_, full) = data::cifar::open_file(&cifar_dir(), "test_batch.bin").unwrap();
     std::fs::write(dir.join("part.bin"), &full[..n * 3073]).unwrap();
     let split = data::Split::open(&dir, &["part.bin"], n).unwrap();
     let norm = Normalization { mean: [0.49, 0.48, 0.45], std: [0.25, 0.24, 0.26] };

@@ -13,11 +13,28 @@ pub const TRAIN_RECORDS: usize = 50_000;
 /// Records in the official test split.
 pub const TEST_RECORDS: usize = 10_000;
 
-/// One split: its memory-mapped files, read in place.
+/// One split: its files, read in place.
 pub struct Split {
-    maps: Vec<Mmap>,
+    files: Vec<FileBytes>,
     /// Index of the first record of each file, plus the total at the end.
     starts: Vec<usize>,
+}
+
+/// The bytes of one dataset file: memory-mapped in place, or, for a gzip-compressed copy
+/// (`NAME.gz` where `NAME` is absent), decompressed once into memory (about 30 MB per file).
+pub enum FileBytes {
+    Mapped(Mmap),
+    Decompressed(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Decompressed(v) => v,
+        }
+    }
 }
 
 /// Both splits of CIFAR-10.
@@ -59,56 +76,95 @@ fn check_folder(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Map one file and check its size and labels.
-fn map_file(path: &Path) -> Result<Mmap> {
-    let io = |e| Error::Io { path: path.to_path_buf(), source: e };
-    if !path.exists() {
-        return Err(Error::NotFound(format!(
-            "{} is missing: a CIFAR-10 folder holds {}, and {TEST_FILE}",
-            path.display(),
-            TRAIN_FILES.join(", ")
-        )));
+/// The largest file a gzip-compressed copy may decompress to: the whole training split.
+/// A larger stream is not CIFAR-10, and reading it on would only fill the memory.
+const MAX_DECOMPRESSED: usize = TRAIN_RECORDS * RECORD_BYTES;
+
+/// `dir/name` memory-mapped, else `dir/name.gz` decompressed, with the path it came from.
+/// Nothing is checked here but that the bytes can be read (see [`validate`]).
+pub fn open_file(dir: &Path, name: &str) -> Result<(PathBuf, FileBytes)> {
+    let path = dir.join(name);
+    if path.exists() {
+        let io = |e| Error::Io { path: path.clone(), source: e };
+        let file = std::fs::File::open(&path).map_err(io)?;
+        // SAFETY: the map is read-only and the dataset files are not modified while the
+        // program runs; a concurrent truncation by another process would be outside Rust's model.
+        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+        return Ok((path, FileBytes::Mapped(map)));
     }
-    let file = std::fs::File::open(path).map_err(io)?;
-    // SAFETY: the map is read-only and the dataset files are not modified while the
-    // program runs; a concurrent truncation by another process would be outside Rust's model.
-    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let gz = dir.join(format!("{name}.gz"));
+    if gz.exists() {
+        let bytes = decompress(&gz, MAX_DECOMPRESSED)?;
+        return Ok((gz, FileBytes::Decompressed(bytes)));
+    }
+    Err(Error::NotFound(format!(
+        "{} is missing (nor is there a gzip-compressed {name}.gz): a CIFAR-10 folder holds {}, and {TEST_FILE}",
+        path.display(),
+        TRAIN_FILES.join(", ")
+    )))
+}
+
+/// The whole decompressed contents of the gzip file `gz` (several gzip members are read as
+/// one stream, as `gunzip` does), at most `limit` bytes.
+fn decompress(gz: &Path, limit: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(gz).map_err(|e| Error::Io { path: gz.to_path_buf(), source: e })?;
+    let mut bytes = Vec::new();
+    flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file))
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::Corrupt {
+            path: gz.to_path_buf(),
+            msg: format!("could not decompress it ({e}): the gzip stream is damaged or truncated; decompress it with gunzip to see more"),
+        })?;
+    if bytes.len() > limit {
+        return Err(Error::Corrupt {
+            path: gz.to_path_buf(),
+            msg: format!("it decompresses to more than {limit} bytes, the size of the whole training split: not a CIFAR-10 file"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Check a file's size and labels (`path` names it in the errors).
+fn validate(path: &Path, bytes: &[u8]) -> Result<()> {
     let corrupt = |msg: String| Error::Corrupt { path: path.to_path_buf(), msg };
-    if map.is_empty() {
+    if bytes.is_empty() {
         return Err(corrupt("the file is empty".into()));
     }
-    if map.len() % RECORD_BYTES != 0 {
-        let whole = map.len() / RECORD_BYTES;
+    if !bytes.len().is_multiple_of(RECORD_BYTES) {
+        let whole = bytes.len() / RECORD_BYTES;
         return Err(corrupt(format!(
             "truncated at byte {}: the size is not a multiple of the {RECORD_BYTES}-byte record (record {whole} is incomplete)",
-            map.len()
+            bytes.len()
         )));
     }
-    if let Some((r, &label)) = map.chunks_exact(RECORD_BYTES).map(|rec| &rec[0]).enumerate().find(|(_, l)| **l > 9) {
+    if let Some((r, &label)) = bytes.chunks_exact(RECORD_BYTES).map(|rec| &rec[0]).enumerate().find(|(_, l)| **l > 9) {
         return Err(corrupt(format!("label {label} at record {r} (labels are 0-9): not a CIFAR-10 binary file")));
     }
-    Ok(map)
+    Ok(())
 }
 
 impl Split {
-    /// Map `files` of `dir` and check that they hold `expected` records in all.
-    pub fn open(dir: &Path, files: &[&str], expected: usize) -> Result<Split> {
-        let mut maps = Vec::new();
+    /// Open `files` of `dir` (each memory-mapped, or its `.gz` copy decompressed: see
+    /// [`open_file`]), check each, and check that they hold `expected` records in all.
+    pub fn open(dir: &Path, names: &[&str], expected: usize) -> Result<Split> {
+        let mut files = Vec::new();
         let mut starts = vec![0];
-        for name in files {
-            let map = map_file(&dir.join(name))?;
-            starts.push(starts.last().copied().unwrap_or(0) + map.len() / RECORD_BYTES);
-            maps.push(map);
+        for name in names {
+            let (path, bytes) = open_file(dir, name)?;
+            validate(&path, &bytes)?;
+            starts.push(starts.last().copied().unwrap_or(0) + bytes.len() / RECORD_BYTES);
+            files.push(bytes);
         }
         let total = *starts.last().unwrap_or(&0);
         if total != expected {
-            let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
             return Err(Error::Corrupt {
-                path: paths[0].clone(),
-                msg: format!("{} hold {total} records, expected {expected}", files.join(", ")),
+                path: dir.join(names[0]),
+                msg: format!("{} hold {total} records, expected {expected}", names.join(", ")),
             });
         }
-        Ok(Split { maps, starts })
+        Ok(Split { files, starts })
     }
 
     /// Number of records.
@@ -129,7 +185,7 @@ impl Split {
         assert!(i < self.len(), "record {i} of a split of {}", self.len());
         let f = self.starts.partition_point(|&s| s <= i) - 1;
         let off = (i - self.starts[f]) * RECORD_BYTES;
-        &self.maps[f][off..off + RECORD_BYTES]
+        &self.files[f][off..off + RECORD_BYTES]
     }
 
     /// The 3072 pixel bytes of image `i`, CHW.
@@ -142,10 +198,10 @@ impl Split {
         self.record(i)[0]
     }
 
-    /// The raw bytes of each mapped file, in order (records back to back), for a bulk
+    /// The raw bytes of each file, in order (records back to back), for a bulk
     /// upload to the GPU.
     pub fn files(&self) -> impl Iterator<Item = &[u8]> {
-        self.maps.iter().map(|m| &m[..])
+        self.files.iter().map(|f| &f[..])
     }
 }
 
@@ -169,7 +225,7 @@ pub(crate) mod tests {
         let dir = std::env::var_os("CIFAR10_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cifar10"));
-        assert!(dir.join("test_batch.bin").exists(), "CIFAR-10 not found in {} (set CIFAR10_DIR)", dir.display());
+        assert!(crate::locate::holds_dataset(&dir), "CIFAR-10 not found in {} (set CIFAR10_DIR)", dir.display());
         dir
     }
 
@@ -211,8 +267,8 @@ pub(crate) mod tests {
         assert_eq!((ds.train.len(), ds.test.len()), (50_000, 10_000));
         assert_eq!(class_counts(&ds.train), [5000; 10]);
         assert_eq!(class_counts(&ds.test), [1000; 10]);
-        // Record 10,000 is the first of data_batch_2.bin.
-        let f2 = std::fs::read(real_dir().join("data_batch_2.bin")).unwrap();
+        // Record 10,000 is the first of data_batch_2.bin (as is, or decompressed from .gz).
+        let (_, f2) = open_file(&real_dir(), "data_batch_2.bin").unwrap();
         assert_eq!(ds.train.record(10_000), &f2[..RECORD_BYTES]);
         assert_eq!(ds.train.image(10_001), &f2[RECORD_BYTES + 1..2 * RECORD_BYTES]);
         assert_eq!(ds.train.label(10_001), f2[RECORD_BYTES]);
@@ -278,5 +334,71 @@ pub(crate) mod tests {
         let dir = synthetic(1);
         std::fs::write(dir.path().join("data_batch_5.bin"), b"").unwrap();
         assert!(open_err(dir.path()).contains("data_batch_5.bin: the file is empty"));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// Replace `dir/name` by a gzip-compressed `dir/name.gz` of `bytes` (its contents if None).
+    fn gzip_in_place(dir: &Path, name: &str, bytes: Option<&[u8]>) {
+        let p = dir.join(name);
+        let original = std::fs::read(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(dir.join(format!("{name}.gz")), gzip(bytes.unwrap_or(&original))).unwrap();
+    }
+
+    #[test]
+    fn gzip_compressed_files_read_as_the_originals() {
+        let dir = synthetic(4);
+        let plain: Vec<Vec<u8>> = TRAIN_FILES.iter().map(|f| std::fs::read(dir.path().join(f)).unwrap()).collect();
+        gzip_in_place(dir.path(), "data_batch_1.bin", None);
+        gzip_in_place(dir.path(), "data_batch_4.bin", None);
+        assert!(crate::locate::holds_dataset(dir.path()));
+        let split = Split::open(dir.path(), &TRAIN_FILES, 20).unwrap();
+        let got: Vec<&[u8]> = split.files().collect();
+        assert_eq!(got, plain.iter().map(|v| &v[..]).collect::<Vec<_>>());
+        assert_eq!(split.record(13), &plain[3][RECORD_BYTES..2 * RECORD_BYTES]);
+    }
+
+    #[test]
+    fn a_plain_file_wins_over_its_gzip_copy() {
+        let dir = synthetic(2);
+        std::fs::write(dir.path().join("data_batch_2.bin.gz"), b"not gzip").unwrap();
+        let split = Split::open(dir.path(), &TRAIN_FILES, 10).unwrap();
+        assert_eq!(split.len(), 10);
+    }
+
+    #[test]
+    fn damaged_gzip_copies_are_named() {
+        let dir = synthetic(2);
+        let p = dir.path().join("data_batch_3.bin");
+        let original = std::fs::read(&p).unwrap();
+        let mut gz = gzip(&original);
+        gz.truncate(gz.len() / 2);
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(dir.path().join("data_batch_3.bin.gz"), gz).unwrap();
+        let e = open_err(dir.path());
+        assert!(e.contains("data_batch_3.bin.gz: could not decompress it"), "{e}");
+
+        // Whole gzip stream, but the records inside are cut short.
+        let dir = synthetic(2);
+        let original = std::fs::read(dir.path().join("data_batch_2.bin")).unwrap();
+        gzip_in_place(dir.path(), "data_batch_2.bin", Some(&original[..RECORD_BYTES + 100]));
+        let e = open_err(dir.path());
+        assert!(e.contains("data_batch_2.bin.gz: truncated at byte 3173"), "{e}");
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.gz");
+        std::fs::write(&p, gzip(&records(5, 7))).unwrap();
+        assert_eq!(decompress(&p, 5 * RECORD_BYTES).unwrap(), records(5, 7));
+        let e = decompress(&p, 5 * RECORD_BYTES - 1).unwrap_err().to_string();
+        assert!(e.contains("big.gz: it decompresses to more than 15364 bytes"), "{e}");
     }
 }

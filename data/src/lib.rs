@@ -2,7 +2,8 @@
 //!
 //! The six files `data_batch_1.bin` … `data_batch_5.bin` (training, 50,000 records)
 //! and `test_batch.bin` (10,000) are memory-mapped and validated, never copied
-//! into another format. A record is 3073 bytes: the label (0-9), then 3072 pixels,
+//! into another format (a file present only gzip-compressed, `NAME.bin.gz`, is
+//! decompressed into memory instead: [`cifar::open_file`]). A record is 3073 bytes: the label (0-9), then 3072 pixels,
 //! 1024 red, 1024 green, 1024 blue, each plane row-major 32x32 (CHW).
 //!
 //! - [`cifar`]: opening and validating the files, record access;

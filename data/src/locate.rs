@@ -11,8 +11,9 @@ pub const MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
 /// The default folder, relative to the working directory.
 pub const DEFAULT_DIR: &str = "data/cifar-10-batches-bin";
 
-fn holds_dataset(dir: &Path) -> bool {
-    dir.join("data_batch_1.bin").is_file()
+/// Whether `dir` holds the first training file, as is or gzip-compressed.
+pub fn holds_dataset(dir: &Path) -> bool {
+    dir.join("data_batch_1.bin").is_file() || dir.join("data_batch_1.bin.gz").is_file()
 }
 
 /// The folder to read: `flag` (`--data`) if given, else `$CIFAR10_DIR`, else
@@ -30,7 +31,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
         return Ok(default);
     }
     Err(Error::NotFound(format!(
-        "CIFAR-10 not found: no --data, no CIFAR10_DIR, and {} does not hold data_batch_1.bin. \
+        "CIFAR-10 not found: no --data, no CIFAR10_DIR, and {} does not hold data_batch_1.bin (or data_batch_1.bin.gz). \
          Rerun with --download, or download {URL} (MD5 {MD5}) and extract it in ./data/ \
          so that the files are in {}/ (or pass --data DIR)",
         default.display(),
