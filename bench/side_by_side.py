@@ -654,7 +654,7 @@ def merge_docs(paths):
     return doc
 
 
-def write_outputs(doc, out):
+def write_outputs(doc, out, show=True):
     doc["aggregate"] = aggregate(doc["runs"])
     doc["speed"] = speed_json(doc)
     date = doc["meta"]["date"]
@@ -667,8 +667,9 @@ def write_outputs(doc, out):
     with open(paths["speed"], "w") as f:
         json.dump(doc["speed"], f, indent=1)
     write_markdown(doc, md)
-    print("\n" + open(md).read())
-    print("wrote " + ", ".join(doc["files"][:3]))
+    if show:
+        print("\n" + open(md).read())
+        print("wrote " + ", ".join(doc["files"][:3]))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -746,26 +747,34 @@ def main(argv=None):
     if not args.skip_ours:
         profile = run_profile(args, work)
     runs, cross = [], []
+    train_images = min(args.subset or 50000, 50000)
+
+    def save(show=False):
+        """Write the table and JSON of what has finished so far: a run cut short by the caller's
+        time limit (the lent GPU machine's 10-minute calls) still leaves the runs before it."""
+        torch_version = names.get("torch_version") or next(
+            (r["torch_result"].get("torch") for r in runs if r.get("torch_result")), None)
+        doc = {"meta": {"device": device, "device_names": names, "date": args.date, "epochs": args.epochs,
+                        "seeds": args.seeds, "lr_max": args.lr_max, "lr_min": args.lr_min, "lr_source": lr_source,
+                        "batch_size": args.batch_size, "train_images": train_images, "width": args.width,
+                        "tta": "--tta" in args.ours_args or "--tta" in args.torch_args,
+                        "torch_version": torch_version, "bin": args.bin,
+                        "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)},
+               "runs": runs, "cross_eval": cross, "profile": profile}
+        write_outputs(doc, args.out, show)
+
     for seed in args.seeds:
         ours = {}
         if not args.skip_ours:
             ours = run_ours(args, seed, stamp, work, device)
             runs.append(ours)
             cross.append(cross_eval(args, ours, work))
+            save()
         recipe = torch_settings(args, ours)
         for key in args.variants:
             runs.append(run_torch(args, seed, key, recipe, work))
-    train_images = min(args.subset or 50000, 50000)
-    torch_version = names.get("torch_version") or next(
-        (r["torch_result"].get("torch") for r in runs if r.get("torch_result")), None)
-    doc = {"meta": {"device": device, "device_names": names, "date": args.date, "epochs": args.epochs,
-                    "seeds": args.seeds, "lr_max": args.lr_max, "lr_min": args.lr_min, "lr_source": lr_source,
-                    "batch_size": args.batch_size, "train_images": train_images, "width": args.width,
-                    "tta": "--tta" in args.ours_args or "--tta" in args.torch_args,
-                    "torch_version": torch_version, "bin": args.bin,
-                    "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)},
-           "runs": runs, "cross_eval": cross, "profile": profile}
-    write_outputs(doc, args.out)
+            save()
+    save(show=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (no Rust there: it uses the binaries of scripts/gpu/prepare.sh).
 #
-#   bash scripts/gpu/on-gpu.sh stage            copy the carried devbin/data*/ files to /root/cifar10
+#   bash scripts/gpu/on-gpu.sh stage            unpack the carried devbin/bin/ to /root/devbin and the
+#                                                devbin/data*/ files (gzip) to /root/cifar10/*.bin
 #   bash scripts/gpu/on-gpu.sh tests            the GPU tests -> $OUT/cuda-tests-<date>.txt
 #   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> $OUT/train-24ep-<date>-seed<N>.log + run folders
 #   bash scripts/gpu/on-gpu.sh profile [FLAGS]  time per operation of one step -> $OUT/profile-<date>.txt
@@ -9,7 +10,14 @@
 #   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> $OUT/lr-find-<date>.txt
 #                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> $OUT/sanitize-<date>.txt
+#   bash scripts/gpu/on-gpu.sh sbs SEED... [-- ARGS]  bench/side_by_side.py (ours, cross-evaluation, PyTorch)
+#                                                -> $OUT/sbs/ (table, JSON and logs written after every run)
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
+#
+# Modes chain in one command. BUDGET_S=N (seconds) bounds the whole command: each step's time
+# limit is cut to what is left (less a 15 s margin for the results to come back), and a step with
+# under 30 s left is skipped with a line saying so. Use it with the call's timeout_s, so that a
+# slow step ends cleanly instead of the call being killed in the middle of writing.
 #
 # The binaries persist between calls in /root/devbin (the machine keeps its files while warm).
 set -uo pipefail
@@ -21,10 +29,31 @@ mkdir -p "$OUT" /root/cifar10 /root/devbin
 source scripts/gpu/env.sh
 export CIFAR10_DIR=/root/cifar10
 day="$(date -u +%Y-%m-%d)"
+start=$SECONDS
+
+# The time limit for a step that wants $1 seconds: $1, or what is left of BUDGET_S less 15 s.
+# Prints nothing (and the caller skips the step) when under 30 s are left.
+limit() {
+    local want="$1"
+    [ -z "${BUDGET_S:-}" ] && { echo "$want"; return; }
+    local left=$(( BUDGET_S - (SECONDS - start) - 15 ))
+    [ "$left" -lt 30 ] && { echo "on-gpu.sh: ${left}s left of BUDGET_S=$BUDGET_S: skipped" >&2; return; }
+    [ "$left" -lt "$want" ] && want="$left"
+    echo "$want"
+}
 
 stage() {
-    [ -d devbin/bin ] && cp devbin/bin/* /root/devbin/
-    for d in devbin/data*; do [ -d "$d" ] && cp "$d"/*.bin /root/cifar10/ 2>/dev/null; done
+    if [ -f devbin/bin/devbin.tar.xz ]; then
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' devbin/bin/devbin.tar.xz /root/devbin
+    fi
+    for f in devbin/data*/*; do
+        [ -f "$f" ] || continue
+        case "$f" in
+            *.gz) python3 -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], "wb"), 1 << 20)' \
+                      "$f" "/root/cifar10/$(basename "${f%.gz}")" ;;
+            *) cp "$f" /root/cifar10/ ;;
+        esac
+    done
     ls -la /root/cifar10 /root/devbin
 }
 
@@ -42,8 +71,9 @@ tests() {
         for t in test-cuda test-cuda_ops test-cuda_gradcheck test-cuda_train; do
             echo "== $t --ignored --test-threads=1 --nocapture"
             # A hung test must not eat the whole call (600 s): TEST_TIMEOUT s per binary (default 150).
-            timeout "${TEST_TIMEOUT:-150}" /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1
-            echo "== $t exit status $? (124: timed out)"
+            local t_s; t_s="$(limit "${TEST_TIMEOUT:-150}")"; [ -n "$t_s" ] || continue
+            timeout "$t_s" /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1
+            echo "== $t exit status $? (124: it ran into its limit of ${t_s} s)"
         done
     } > "$f" 2>&1
     grep -E '^test |test result|exit status' "$f"
@@ -56,19 +86,22 @@ train() {
     local seeds=("$@")
     [ ${#seeds[@]} -eq 0 ] && seeds=(0)
     for s in "${seeds[@]}"; do
-        local log="$OUT/train-24ep-$day-seed$s.log"
-        { nvidia-smi -L | head -n 1; timeout "${TRAIN_TIMEOUT:-500}" /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$OUT/runs" --name "seed$s" --no-progress "${TRAIN_ARGS[@]}" 2>&1; } | tee "$log"
+        local log="$OUT/train-24ep-$day-seed$s.log" t_s
+        t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 0
+        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$OUT/runs" --name "seed$s" --no-progress "${TRAIN_ARGS[@]}" 2>&1; } | tee "$log"
     done
 }
 
 # Each call appends to the day's file, under a line naming its flags.
 profile() {
-    { header; echo "== model profile $*"; /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee -a "$OUT/profile-$day.txt"
+    local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
+    { header; echo "== model profile $*"; timeout "$t_s" /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee -a "$OUT/profile-$day.txt"
 }
 
 # The LR range test alone (prints both rules' suggestions; the curve goes to the run folder).
 lrfind() {
-    { header; echo "== model lr-find $*"; /root/devbin/model lr-find --data /root/cifar10 --out "$OUT/runs" --no-progress "$@" 2>&1; } | tee -a "$OUT/lr-find-$day.txt"
+    local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
+    { header; echo "== model lr-find $*"; timeout "$t_s" /root/devbin/model lr-find --data /root/cifar10 --out "$OUT/runs" --no-progress "$@" 2>&1; } | tee -a "$OUT/lr-find-$day.txt"
 }
 
 # One GPU test binary under compute-sanitizer (memcheck: out-of-bounds and misaligned accesses,
@@ -77,15 +110,31 @@ sanitize() {
     local bin="$1"; shift
     local sanitizer
     sanitizer="$(command -v compute-sanitizer || find / -name compute-sanitizer -type f 2>/dev/null | head -n 1)"
+    local t_s; t_s="$(limit 500)"; [ -n "$t_s" ] || return 0
     { header; echo "== compute-sanitizer --tool ${TOOL:-memcheck} test-$bin --ignored $*";
-      timeout 500 "$sanitizer" --tool "${TOOL:-memcheck}" /root/devbin/test-"$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$OUT/sanitize-$day.txt"
+      timeout "$t_s" "$sanitizer" --tool "${TOOL:-memcheck}" /root/devbin/test-"$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$OUT/sanitize-$day.txt"
+}
+
+# Our binary and PyTorch side by side (bench/side_by_side.py), e.g.
+#   sbs 0 -- --ours-args="--tta --lr-min-rule onset"          ours + PyTorch variants, seed 0
+#   sbs 1 2 -- --variants --ours-args="--tta"                  ours alone, seeds 1 and 2
+# The table, JSON and logs are rewritten after every run, in $OUT/sbs.
+sbs() {
+    local seeds=() extra=() seen="" a
+    for a in "$@"; do
+        if [ -n "$seen" ]; then extra+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
+    done
+    local t_s; t_s="$(limit 590)"; [ -n "$t_s" ] || return 0
+    timeout "$t_s" python3 bench/side_by_side.py --data /root/cifar10 --bin /root/devbin/model \
+        --seeds "${seeds[@]:-0}" --out "$OUT/sbs" --runs-dir /root/runs --date "$day" "${extra[@]}" 2>&1 \
+        | tee -a "$OUT/sbs-$day.txt"
 }
 
 mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile|lrfind|sanitize) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
+        stage|tests|train|profile|lrfind|sanitize|sbs) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
