@@ -18,13 +18,15 @@ pub fn holds_dataset(dir: &Path) -> bool {
 
 /// The folder to read: `flag` (`--data`) if given, else `$CIFAR10_DIR`, else
 /// `./data/cifar-10-batches-bin`. A folder given explicitly is returned as is (opening it
-/// then says what is wrong with it); otherwise the error says where it looked and what to do.
+/// then says what is wrong with it), unless it is the folder the official archive was
+/// extracted in: then its `cifar-10-batches-bin/` is returned. Otherwise the error says
+/// where it looked and what to do.
 pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = flag {
-        return Ok(dir.to_path_buf());
+        return Ok(archive_folder_within(dir));
     }
     if let Some(dir) = std::env::var_os("CIFAR10_DIR") {
-        return Ok(PathBuf::from(dir));
+        return Ok(archive_folder_within(Path::new(&dir)));
     }
     let default = PathBuf::from(DEFAULT_DIR);
     if holds_dataset(&default) {
@@ -37,6 +39,13 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
         default.display(),
         default.display()
     )))
+}
+
+/// `dir/cifar-10-batches-bin` when `dir` does not hold the dataset but that subfolder does
+/// (`--data data` after extracting the archive in `data/`), else `dir`.
+fn archive_folder_within(dir: &Path) -> PathBuf {
+    let inner = dir.join("cifar-10-batches-bin");
+    if !holds_dataset(dir) && holds_dataset(&inner) { inner } else { dir.to_path_buf() }
 }
 
 /// Download the official archive into `into` (e.g. `./data`), check its MD5, extract it,
@@ -172,5 +181,19 @@ mod tests {
     #[test]
     fn an_explicit_folder_wins() {
         assert_eq!(locate(Some(Path::new("/some/where"))).unwrap(), PathBuf::from("/some/where"));
+    }
+
+    #[test]
+    fn the_folder_of_the_extracted_archive_leads_to_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("cifar-10-batches-bin");
+        std::fs::create_dir(&inner).unwrap();
+        // Nothing in the subfolder yet: the folder is returned as given.
+        assert_eq!(locate(Some(dir.path())).unwrap(), dir.path());
+        std::fs::write(inner.join("data_batch_1.bin.gz"), b"x").unwrap();
+        assert_eq!(locate(Some(dir.path())).unwrap(), inner);
+        // A folder that holds the files itself is never replaced by a subfolder.
+        std::fs::write(dir.path().join("data_batch_1.bin"), b"x").unwrap();
+        assert_eq!(locate(Some(dir.path())).unwrap(), dir.path());
     }
 }
