@@ -26,6 +26,7 @@ from resnet9 import ResNet9  # noqa: E402
 from train_torch import TRAIN_FILES, augment, channel_stats, load_split  # noqa: E402
 
 SLOPE_SPAN = 3  # as lr_find.rs
+ONSET_FRACTION, ONSET_HALF_WINDOW, ONSET_MIN_FALL = 0.1, 5, 0.05  # as lr_find.rs
 
 
 def suggest(points, rule):
@@ -55,6 +56,40 @@ def suggest(points, rule):
     return lr, lr / 10
 
 
+def onset(points):
+    """lr_find::onset: the first LR at which the centred average (+-5 points) of the raw losses has
+    made a tenth of its fall from its start to its minimum; None without a fall of 5% of the start."""
+    finite = [(lr, raw) for lr, raw, _ in points if math.isfinite(raw) and lr > 0]
+    h = ONSET_HALF_WINDOW
+    if len(finite) < 2 * h + 2:
+        return None
+    centred = [(finite[i][0], sum(r for _, r in finite[i - h:i + h + 1]) / (2 * h + 1))
+               for i in range(h, len(finite) - h)]
+    start = centred[0][1]
+    imin = min(range(len(centred)), key=lambda i: centred[i][1])
+    if start - centred[imin][1] < ONSET_MIN_FALL * abs(start):
+        return None
+    threshold = start - ONSET_FRACTION * (start - centred[imin][1])
+    return next((lr for lr, c in centred[:imin + 1] if c < threshold), None)
+
+
+def lr_min_rules(lr_max, points):
+    """LRMIN by lr_find.rs's rules: tenth, and onset kept within [LRMAX/100, LRMAX/10]."""
+    at = onset(points)
+    return {"tenth": lr_max / 10,
+            "onset": lr_max / 10 if at is None else min(max(at, lr_max / 100), lr_max / 10), "onset_lr": at}
+
+
+def report(points, diverged, what):
+    rules = {r: suggest(points, r)[0] for r in ("minimum", "steepest", "valley")}
+    mins = lr_min_rules(rules["minimum"], points)
+    at = "none" if mins["onset_lr"] is None else f"{mins['onset_lr']:.3e}"
+    print(f"{len(points)} steps{' (stopped at divergence)' if diverged else ''}; {what}; initial smoothed loss "
+          f"{points[0][2]:.4f}; LRMAX by rule: " + ", ".join(f"{r} {v:.3e}" for r, v in rules.items())
+          + f"; with the minimum rule's LRMAX, LRMIN by rule: tenth {mins['tenth']:.3e}, onset {mins['onset']:.3e} "
+          f"(the loss starts to fall at {at})", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR"))
@@ -68,7 +103,13 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     ap.add_argument("--csv", help="write the curve here")
+    ap.add_argument("--from-csv", metavar="CSV", help="no training: apply the rules to a curve this script wrote")
     args = ap.parse_args()
+    if args.from_csv:
+        with open(args.from_csv) as f:
+            rows = [line.strip().split(",") for line in f.readlines()[1:] if line.strip()]
+        report([(float(lr), float(raw), float(sm)) for lr, raw, sm in rows], False, f"the curve of {args.from_csv}")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -116,10 +157,7 @@ def main():
             f.write("lr,loss,smoothed_loss\n")
             for lr, raw, s in points:
                 f.write(f"{lr:.6e},{raw:.6f},{s:.6f}\n")
-    rules = {r: suggest(points, r)[0] for r in ("minimum", "steepest", "valley")}
-    print(f"{len(points)} steps{' (stopped at divergence)' if diverged else ''}; width {args.width}, "
-          f"out scale {args.out_scale}, batch {bs}; initial smoothed loss {points[0][2]:.4f}; LRMAX by rule: "
-          + ", ".join(f"{r} {v:.3e}" for r, v in rules.items()) + " (LRMIN a tenth of it)", flush=True)
+    report(points, diverged, f"width {args.width}, out scale {args.out_scale}, batch {bs}")
 
 
 if __name__ == "__main__":
