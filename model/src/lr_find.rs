@@ -58,10 +58,13 @@ pub enum LrRule {
 /// Which LR becomes LRMIN (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum LrMinRule {
-    #[default]
     Tenth,
-    /// At full width the one-cycle then ends near LRMAX/100 (Page's schedule for this network
-    /// ends at 0); not the default until a GPU run measures it (bench/results/cpu-lr-min-2026-11-25.md).
+    /// The default since 2026-11-26: over 24 epochs it beat `Tenth` on every seed of a CPU
+    /// comparison (bench/results/cpu-lr-min-24ep-2026-11-25.md), and at full width the
+    /// one-cycle then ends near LRMAX/100 (bench/lr_range_torch.py --from-csv on the
+    /// full-width curve), nearer Page's schedule for this network, which ends at 0. Not yet
+    /// measured at full width on a GPU.
+    #[default]
     Onset,
 }
 

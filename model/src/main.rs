@@ -122,9 +122,9 @@ struct TrainArgs {
     /// fall).
     #[arg(long, default_value = "minimum", value_parser = ["minimum", "steepest", "valley"])]
     lr_rule: String,
-    /// How it picks LRMIN, where the one-cycle starts and ends: `tenth` (LRMAX / 10) or
-    /// `onset` (where the smoothed loss starts to fall, kept within LRMAX/100 .. LRMAX/10).
-    #[arg(long, default_value = "tenth", value_parser = ["tenth", "onset"])]
+    /// How it picks LRMIN, where the one-cycle starts and ends: `onset` (where the loss starts
+    /// to fall, kept within LRMAX/100 .. LRMAX/10) or `tenth` (LRMAX / 10).
+    #[arg(long, default_value = "onset", value_parser = ["onset", "tenth"])]
     lr_min_rule: String,
     /// Steps of the LR range test.
     #[arg(long, default_value_t = 100)]

@@ -116,7 +116,7 @@ sanitize() {
 }
 
 # Our binary and PyTorch side by side (bench/side_by_side.py), e.g.
-#   sbs 0 -- --ours-args="--tta --lr-min-rule onset"          ours + PyTorch variants, seed 0
+#   sbs 0 -- --ours-args="--tta"                               ours + PyTorch variants, seed 0
 #   sbs 1 2 -- --variants --ours-args="--tta"                  ours alone, seeds 1 and 2
 # The table, JSON and logs are rewritten after every run, in $OUT/sbs.
 sbs() {
