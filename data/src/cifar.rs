@@ -120,7 +120,7 @@ fn decompress(gz: &Path, limit: usize) -> Result<Vec<u8>> {
     if bytes.len() > limit {
         return Err(Error::Corrupt {
             path: gz.to_path_buf(),
-            msg: format!("it decompresses to more than {limit} bytes, the size of the whole training split: not a CIFAR-10 file"),
+            msg: format!("it decompresses to more than {limit} bytes, more than a CIFAR-10 file can hold"),
         });
     }
     Ok(bytes)
@@ -146,7 +146,7 @@ fn validate(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 impl Split {
-    /// Open `files` of `dir` (each memory-mapped, or its `.gz` copy decompressed: see
+    /// Open the files `names` of `dir` (each memory-mapped, or its `.gz` copy decompressed: see
     /// [`open_file`]), check each, and check that they hold `expected` records in all.
     pub fn open(dir: &Path, names: &[&str], expected: usize) -> Result<Split> {
         let mut files = Vec::new();
