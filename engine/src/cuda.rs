@@ -90,7 +90,7 @@ pub struct CudaDevice {
 /// What a running capture has handed out, and why it cannot succeed (if it cannot).
 #[derive(Default)]
 struct CaptureLog {
-    /// Device addresses of the blocks handed out during the capture.
+    /// Device addresses of the blocks handed out or given back during the capture.
     blocks: HashSet<u64>,
     failure: Option<String>,
 }
@@ -583,7 +583,9 @@ impl CudaDevice {
                 DType::F64 => (0..n).flat_map(|_| 1.0f64.to_le_bytes()).collect(),
                 DType::BF16 => (0..n).flat_map(|_| crate::tensor::bf16_bits(1.0).to_le_bytes()).collect(),
             };
-            cache.insert(dtype, self.upload(&host)?);
+            let block = self.upload(&host)?;
+            self.add_held(block.len());
+            cache.insert(dtype, block);
         }
         let src = cache.get(&dtype).expect("inserted above");
         let mut out = self.alloc_dtype(n, dtype)?;
@@ -701,7 +703,10 @@ impl CudaDevice {
             Ok(m) => return Ok(m),
             Err(e) => e,
         };
-        let cubin = crate::nvrtc::compile_cubin(file, source, &self.arch)?;
+        let cubin = crate::nvrtc::compile_cubin(file, source, &self.arch).map_err(|e| Error::Cuda {
+            op: "load module",
+            msg: format!("{file}: the driver refused the PTX ({ptx_err}), and compiling machine code instead failed: {e}"),
+        })?;
         self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)).map_err(|e| {
             let nvrtc = crate::nvrtc::version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|_| "?".into());
             let mut driver = 0;
@@ -762,8 +767,14 @@ impl CudaDevice {
         }
     }
 
-    /// Return the block at `addr` to the pool.
+    /// Return the block at `addr` to the pool. During a capture the block joins the capture's
+    /// blocks: a buffer made before the capture and dropped during it may have been read or
+    /// written by the captured work, so a replay uses it too (and it must not be lent to other
+    /// work as if free).
     fn recycle(&self, addr: u64, block: CudaSlice<u8>) {
+        if let Some(log) = self.capture.lock().ok().as_deref_mut().and_then(Option::as_mut) {
+            log.blocks.insert(addr);
+        }
         match self.pool.lock() {
             Ok(mut p) => p.give_back(addr, block),
             // A poisoned pool (a thread panicked holding it): the block is freed instead, unless
@@ -822,11 +833,18 @@ impl CudaDevice {
     /// during the capture must be back in the pool (no tensor made during the capture may
     /// outlive it): they are reserved for the graph. An error if anything in the capture failed.
     pub fn end_capture(self: &Arc<Self>) -> Result<DeviceGraph> {
-        // End the capture first, whatever else fails. Auto-free: should a library leave an
-        // allocation of its own in the graph, each launch frees it before the next.
+        // End the capture first, whatever else fails. cudarc's `end_capture` first returns any
+        // error a drop stored in the context (`check_err`) without ending the capture, which
+        // would leave the stream capturing: take such an error here and fail the capture with it.
+        // Auto-free: should a library leave an allocation of its own in the graph, each launch
+        // frees it before the next.
+        let parked = self.ctx.check_err();
         let graph = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
         let log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?.take();
         let log = log.ok_or_else(|| Error::Invalid("end_capture without begin_capture".into()))?;
+        if let Err(e) = parked {
+            return Err(Error::Cuda { op: "graph capture", msg: format!("an earlier driver call failed during the capture: {e}") });
+        }
         if let Some(why) = log.failure {
             return Err(Error::Cuda { op: "graph capture", msg: why });
         }
@@ -920,7 +938,11 @@ impl Drop for DeviceGraph {
     fn drop(&mut self) {
         // A replay may still be running: let it finish before its blocks can be handed out
         // (later work is ordered after it anyway) and before the executable graph is destroyed.
-        let _ = self.dev.stream.synchronize();
+        // Not during a capture, where a synchronisation is illegal and would invalidate it
+        // (the capture's work is ordered after the replay on the one stream anyway).
+        if !self.dev.is_capturing() {
+            let _ = self.dev.stream.synchronize();
+        }
         if let Ok(mut pool) = self.dev.pool.lock() {
             pool.unreserve(&self.blocks);
         }

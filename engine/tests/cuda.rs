@@ -152,6 +152,15 @@ fn machine_code_loads_and_a_captured_launch_replays() {
     assert_eq!(buf.to_host_f32().unwrap(), want4);
     drop(graph);
     assert_eq!(d.pool_free_bytes(), free_before, "a dropped graph's blocks are ordinary free blocks again");
+    // A buffer made before a capture, used by the captured work and dropped during the capture
+    // belongs to the graph too: every replay uses its address.
+    let mut early = d.upload_elems(&values).unwrap();
+    d.begin_capture().unwrap();
+    launch(&mut early);
+    drop(early);
+    let graph = d.end_capture().unwrap();
+    assert_eq!(graph.reserved_bytes(), 4000, "the block given back during the capture is reserved");
+    drop(graph);
     // New memory during a capture is refused, and the capture then fails cleanly.
     d.begin_capture().unwrap();
     assert!(d.alloc(12345).is_err());
