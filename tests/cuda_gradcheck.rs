@@ -174,10 +174,14 @@ fn every_op_reads_what_it_claims_on_the_gpu() {
         ops::batch_norm::batch_norm_train(g, v[0], v[1], v[2], &mut running_stats_on(&dev, 16)?, BatchNormConfig::default())
     })
     .unwrap();
-    check_reads(&dev, bn, &[false, false, true, true], tol, |g, v| {
+    // Evaluation never runs a backward pass, and on the GPU the eval-mode batch norm has no
+    // backward rule (cuDNN's backward takes batch statistics): it must say so, not fail later.
+    let e = check_reads(&dev, bn, &[false, false, true, true], tol, |g, v| {
         ops::batch_norm::batch_norm_eval(g, v[0], v[1], v[2], &running_stats_on(&dev, 16)?, BatchNormConfig::default())
     })
-    .unwrap();
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("batch_norm backward in eval mode"), "{e}");
     check_reads(&dev, bn, &[false, false, true, false], tol, |g, v| {
         ops::batch_norm_relu::batch_norm_relu_train(g, v[0], v[1], v[2], &mut running_stats_on(&dev, 16)?, BatchNormConfig::default())
     })

@@ -111,7 +111,7 @@ fn int(v: usize) -> crate::Result<c_int> {
     c_int::try_from(v).map_err(|_| crate::Error::Invalid(format!("dimension {v} too large for cuDNN")))
 }
 
-/// A 4-d tensor descriptor, dense NCHW.
+/// A 4-d tensor descriptor: dense, logical sizes `[n, c, h, w]`, in NCHW or NHWC memory order.
 pub struct TensorDesc(sys::cudnnTensorDescriptor_t);
 
 impl TensorDesc {
@@ -185,8 +185,8 @@ impl Drop for FilterDesc {
     }
 }
 
-/// A 2-d cross-correlation (what deep learning calls convolution), accumulating in the
-/// data's own type.
+/// A 2-d cross-correlation (what deep learning calls convolution), accumulating in f32 for
+/// f32 and bf16 data and in f64 for f64 data.
 pub struct ConvDesc(sys::cudnnConvolutionDescriptor_t);
 
 impl ConvDesc {

@@ -369,7 +369,7 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     c.conv.set_math(c.plan.fwd_math)?;
     dev.with_workspace(c.plan.fwd_bytes, |ws| {
         let h = dev.cudnn()?;
-        // SAFETY: x, w and y hold the [N,C,H,W], [O,C,KH,KW] and [N,O,OH,OW] f32 elements their
+        // SAFETY: x, w and y hold the [N,C,H,W], [O,C,KH,KW] and [N,O,OH,OW] elements their
         // descriptors describe (checked by Dims::new); the workspace holds at least fwd_bytes.
         cudnn::check("cudnnConvolutionForward", unsafe {
             cudarc::cudnn::sys::cudnnConvolutionForward(
