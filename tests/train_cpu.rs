@@ -71,6 +71,33 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     std::fs::remove_dir_all(&runs).unwrap();
 }
 
+/// An LR so large that the updates break the weights ends the run with an error and writes no
+/// checkpoint of broken weights: with three steps an epoch, the third step's loss is not finite
+/// (after the first update the loss is huge but finite: batch norm bounds the activations); with
+/// one, every training loss is finite (each is computed before its update), and the test loss
+/// after the epoch is the only sign.
+#[test]
+fn broken_weights_stop_the_run_without_a_checkpoint() {
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    for (subset, name, says) in [(192, "three-steps", "batch 3: the loss is"), (64, "one-step", "the test loss is")] {
+        let cfg = TrainConfig { epochs: 2, batch_size: 64, subset: Some(subset), width: 0.125, peak_epoch: 1, lr_min: 1e38, lr_max: 1e38, ..TrainConfig::default() };
+        let opts = RunOptions {
+            cfg,
+            lr_given: true,
+            lr_find: Default::default(),
+            runs_dir: runs.path().to_path_buf(),
+            name: Some(name.into()),
+            resume: false,
+            progress: false,
+            cuda_graph: false,
+        };
+        let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
+        assert!(e.contains(says) && e.contains("(not finite)") && e.contains("no checkpoint was written yet"), "{name}: {e}");
+        assert!(!runs.path().join(name).join("model.safetensors").exists(), "{name}: broken weights were saved");
+    }
+}
+
 /// A profiled step on the CPU marks every operation of the network once per use: 8
 /// convolutions and 8 batch norms forward and backward, one SGD update, the batch.
 #[test]

@@ -286,14 +286,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         for notice in step_graph.as_mut().map(|g| g.take_notices()).unwrap_or_default() {
             log.line(&notice);
         }
-        let stats = stats.map_err(|e| {
-            // The curves of the epochs that finished (best effort: the error is what matters).
-            let _ = write_curves(&dir, &rows);
-            let kept = if rows.is_empty() { "no checkpoint was written yet".to_string() } else {
-                format!("the last good checkpoint (end of epoch {}) is kept in {}", rows.len(), dir.display())
-            };
-            Error::Training(format!("{e}; training stopped, {kept}"))
-        })?;
+        let stats = stats.map_err(|e| stopped(e, &dir, &rows))?;
         let eval_start = std::time::Instant::now();
         // The last epoch's evaluation also lists the misclassified images (for the plot).
         // In batches of the training size: the tape keeps every activation of a batch, so larger
@@ -316,6 +309,12 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
                 eval.total,
                 eval.tta_accuracy().unwrap_or(0.0)
             ));
+        }
+        // The losses of the epoch were finite, but each was computed before its step's update:
+        // the last update may still have broken the weights. Then they are not saved.
+        if !eval.loss.is_finite() {
+            let e = format!("epoch {}: the test loss is {} (not finite) after the epoch's last update", epoch + 1, eval.loss);
+            return Err(stopped(e, &dir, &rows));
         }
         rows.push(EpochRecord {
             epoch: epoch + 1,
@@ -416,6 +415,19 @@ fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
             .collect(),
         },
     )
+}
+
+/// The error that ends a run whose training broke (`e`: a non-finite loss), saying which
+/// checkpoint is kept; the curves of the epochs that finished are written (best effort: the
+/// error is what matters).
+fn stopped(e: impl std::fmt::Display, dir: &Path, rows: &[EpochRecord]) -> Error {
+    let _ = write_curves(dir, rows);
+    let kept = if rows.is_empty() {
+        "no checkpoint was written yet".to_string()
+    } else {
+        format!("the last good checkpoint (end of epoch {}) is kept in {}", rows.len(), dir.display())
+    };
+    Error::Training(format!("{e}; training stopped, {kept}"))
 }
 
 fn write_curves(dir: &Path, rows: &[EpochRecord]) -> Result<()> {
