@@ -1,19 +1,31 @@
 # Source ON THE GPU MACHINE: put the CUDA libraries that PyTorch's Python packages carry
 # (cuBLAS, cuDNN, NVRTC) on LD_LIBRARY_PATH for cudarc, which loads them at run time.
 # libcuda.so comes with the driver and is found by the loader already.
-# The search walks the whole file system (seconds), so its result is kept in
-# /root/devbin/ld-library-path for the later calls on the same (warm) machine.
+# The search takes seconds, so its result is kept in /root/devbin/ld-library-path for the
+# later calls on the same (warm) machine.
+#
+# Never a `stubs` folder: the CUDA toolkit's link-time stubs (libcuda.so, libcublas.so, ...)
+# load but do nothing, and cudarc tries the unversioned libX.so name before the versioned
+# ones. The versioned names are looked for first (cuDNN 9, cuBLAS 13, NVRTC 13).
 _cache=/root/devbin/ld-library-path
+_find_lib() {
+    find /opt /usr/local /usr/lib /usr/lib64 /root \( -path '*/stubs' -o -path /proc -o -path /sys \) -prune \
+        -o -name "$1" -print 2>/dev/null | head -n 1
+}
 if [ -s "$_cache" ]; then
     _dirs="$(cat "$_cache")"
 else
     _dirs=""
-    for lib in 'libcudnn.so*' 'libcublas.so*' 'libnvrtc.so*'; do
-        f="$(find / \( -path /proc -o -path /sys \) -prune -o -name "$lib" -print 2>/dev/null | head -n 1)"
-        [ -n "$f" ] && _dirs="$_dirs:$(dirname "$f")"
+    for _pair in 'libcudnn.so.9 libcudnn.so' 'libcublas.so.13 libcublas.so' 'libnvrtc.so.13 libnvrtc.so'; do
+        read -r _versioned _plain <<< "$_pair"
+        _f="$(_find_lib "$_versioned*")"
+        [ -n "$_f" ] || _f="$(_find_lib "$_plain*")"
+        [ -n "$_f" ] || { echo "env.sh: no $_plain* found (outside stubs/ folders)" >&2; continue; }
+        case ":$_dirs:" in *":$(dirname "$_f"):"*) ;; *) _dirs="$_dirs:$(dirname "$_f")" ;; esac
     done
     _dirs="${_dirs#:}"
     mkdir -p /root/devbin 2>/dev/null && [ -n "$_dirs" ] && echo "$_dirs" > "$_cache"
 fi
 export LD_LIBRARY_PATH="${_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-unset _dirs _cache lib f
+unset -f _find_lib
+unset _dirs _cache _pair _versioned _plain _f

@@ -3,16 +3,22 @@
 #
 #   bash scripts/gpu/on-gpu.sh stage            unpack the carried devbin/bin/ to /root/devbin and the
 #                                                devbin/data*/ files (gzip) to /root/cifar10/*.bin
-#   bash scripts/gpu/on-gpu.sh tests            the GPU tests -> $OUT/cuda-tests-<date>.txt
-#   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> $OUT/train-24ep-<date>-seed<N>.log + run folders
-#   bash scripts/gpu/on-gpu.sh profile [FLAGS]  time per operation of one step -> $OUT/profile-<date>.txt
+#   bash scripts/gpu/on-gpu.sh tests            the GPU tests -> cuda-tests-<date>.txt
+#   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> train-24ep-<date>-seed<N>.log + runs/seed<N>/
+#   bash scripts/gpu/on-gpu.sh profile [FLAGS]  time per operation of one step -> profile-<date>.txt
 #                                                (e.g. profile --cuda-graph, profile --bf16 --channels-last --cuda-graph)
-#   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> $OUT/lr-find-<date>.txt
+#   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> lr-find-<date>.txt
 #                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
-#   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> $OUT/sanitize-<date>.txt
+#   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> sanitize-<date>.txt
 #   bash scripts/gpu/on-gpu.sh sbs SEED... [-- ARGS]  bench/side_by_side.py (ours, cross-evaluation, PyTorch)
-#                                                -> $OUT/sbs/ (table, JSON and logs written after every run)
+#                                                -> sbs/ (table, JSON and logs written after every run)
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
+#
+# Every result goes to /root/results on the device (kept while the machine is warm), and after
+# each step the whole folder but the checkpoints (*.safetensors, 25 MiB each at full width) is
+# packed into $OUT/results.tgz: the tool brings back at most 8 files of at most 16 MiB, so one
+# archive, rewritten after every step, comes back whole even if a later step is cut short.
+# Unpack it here with `tar -xzf results.tgz -C DIR`.
 #
 # Modes chain in one command. BUDGET_S=N (seconds) bounds the whole command: each step's time
 # limit is cut to what is left (less a 15 s margin for the results to come back), and a step with
@@ -24,7 +30,8 @@ set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
 OUT="${OUT:-/tmp/out}"
-mkdir -p "$OUT" /root/cifar10 /root/devbin
+RES=/root/results
+mkdir -p "$OUT" "$RES" /root/cifar10 /root/devbin
 # shellcheck source=/dev/null
 source scripts/gpu/env.sh
 export CIFAR10_DIR=/root/cifar10
@@ -57,6 +64,22 @@ stage() {
     ls -la /root/cifar10 /root/devbin
 }
 
+# Rewrite $OUT/results.tgz from $RES (checkpoints left out).
+pack() {
+    tar -czf "$OUT/results.tgz.part" --exclude='*.safetensors' -C "$RES" . && mv "$OUT/results.tgz.part" "$OUT/results.tgz"
+    echo "on-gpu.sh: packed $(du -h "$OUT/results.tgz" | cut -f1) of results into \$OUT/results.tgz"
+}
+
+# Steps other than `stage` need what the staging calls left; a machine that went cold in between
+# (30 s idle) has lost it, and every step would fail: stop at once and say so.
+need_staged() {
+    local n; n=$(ls /root/cifar10/*.bin 2>/dev/null | wc -l)
+    if [ "$n" -ne 6 ] || [ ! -x /root/devbin/model ]; then
+        echo "on-gpu.sh: /root/cifar10 holds $n of the 6 .bin files and /root/devbin/model is $([ -x /root/devbin/model ] || echo 'not ')there: stage again (the machine went cold between calls?)" >&2
+        exit 3
+    fi
+}
+
 header() {
     nvidia-smi -L
     nvidia-smi --query-gpu=driver_version --format=csv,noheader | sed 's/^/driver version: /'
@@ -65,7 +88,7 @@ header() {
 }
 
 tests() {
-    local f="$OUT/cuda-tests-$day.txt"
+    local f="$RES/cuda-tests-$day.txt"
     {
         header
         for t in test-cuda test-cuda_ops test-cuda_gradcheck test-cuda_train; do
@@ -86,22 +109,22 @@ train() {
     local seeds=("$@")
     [ ${#seeds[@]} -eq 0 ] && seeds=(0)
     for s in "${seeds[@]}"; do
-        local log="$OUT/train-24ep-$day-seed$s.log" t_s
+        local log="$RES/train-24ep-$day-seed$s.log" t_s
         t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 0
-        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$OUT/runs" --name "seed$s" --no-progress "${TRAIN_ARGS[@]}" 2>&1; } | tee "$log"
+        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$RES/runs" --name "seed$s" --no-progress "${TRAIN_ARGS[@]}" 2>&1; } | tee "$log"
     done
 }
 
 # Each call appends to the day's file, under a line naming its flags.
 profile() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
-    { header; echo "== model profile $*"; timeout "$t_s" /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee -a "$OUT/profile-$day.txt"
+    { header; echo "== model profile $*"; timeout "$t_s" /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
 }
 
 # The LR range test alone (prints both rules' suggestions; the curve goes to the run folder).
 lrfind() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
-    { header; echo "== model lr-find $*"; timeout "$t_s" /root/devbin/model lr-find --data /root/cifar10 --out "$OUT/runs" --no-progress "$@" 2>&1; } | tee -a "$OUT/lr-find-$day.txt"
+    { header; echo "== model lr-find $*"; timeout "$t_s" /root/devbin/model lr-find --data /root/cifar10 --out "$RES/runs" --no-progress "$@" 2>&1; } | tee -a "$RES/lr-find-$day.txt"
 }
 
 # One GPU test binary under compute-sanitizer (memcheck: out-of-bounds and misaligned accesses,
@@ -112,13 +135,14 @@ sanitize() {
     sanitizer="$(command -v compute-sanitizer || find / -name compute-sanitizer -type f 2>/dev/null | head -n 1)"
     local t_s; t_s="$(limit 500)"; [ -n "$t_s" ] || return 0
     { header; echo "== compute-sanitizer --tool ${TOOL:-memcheck} test-$bin --ignored $*";
-      timeout "$t_s" "$sanitizer" --tool "${TOOL:-memcheck}" /root/devbin/test-"$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$OUT/sanitize-$day.txt"
+      timeout "$t_s" "$sanitizer" --tool "${TOOL:-memcheck}" /root/devbin/test-"$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$RES/sanitize-$day.txt"
 }
 
 # Our binary and PyTorch side by side (bench/side_by_side.py), e.g.
 #   sbs 0 -- --ours-args="--tta"                               ours + PyTorch variants, seed 0
 #   sbs 1 2 -- --variants --ours-args="--tta"                  ours alone, seeds 1 and 2
-# The table, JSON and logs are rewritten after every run, in $OUT/sbs.
+# The table, JSON and logs are rewritten after every run, in $RES/sbs; its run folders go to
+# $RES/sbs-runs.
 sbs() {
     local seeds=() extra=() seen="" a
     for a in "$@"; do
@@ -126,16 +150,23 @@ sbs() {
     done
     local t_s; t_s="$(limit 590)"; [ -n "$t_s" ] || return 0
     timeout "$t_s" python3 bench/side_by_side.py --data /root/cifar10 --bin /root/devbin/model \
-        --seeds "${seeds[@]:-0}" --out "$OUT/sbs" --runs-dir /root/runs --date "$day" "${extra[@]}" 2>&1 \
-        | tee -a "$OUT/sbs-$day.txt"
+        --seeds "${seeds[@]:-0}" --out "$RES/sbs" --runs-dir "$RES/sbs-runs" --date "$day" "${extra[@]}" 2>&1 \
+        | tee -a "$RES/sbs-$day.txt"
+}
+
+# One step: check the staging (all but `stage`), run it, pack the results.
+step() {
+    [ "$1" = stage ] || need_staged
+    "$@"
+    pack
 }
 
 mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile|lrfind|sanitize|sbs) [ -n "$mode" ] && { "$mode" "${args[@]}"; }; mode="$a"; args=() ;;
+        stage|tests|train|profile|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
-[ -n "$mode" ] && "$mode" "${args[@]}"
+[ -n "$mode" ] && step "$mode" "${args[@]}"
