@@ -38,6 +38,30 @@ fn missing_cuda_libraries() -> Vec<&'static str> {
     missing
 }
 
+/// The libraries found whose versions this build cannot use (cudarc's bindings are for CUDA
+/// 13.0 and cuDNN 9: an older driver lacks some of their entry points, and cudarc panics at the
+/// first call of a missing one), each as "libX is version V". The libraries must be loadable.
+fn wrong_cuda_versions() -> Vec<String> {
+    let mut wrong = Vec::new();
+    let mut driver = 0;
+    // SAFETY: the driver library is present (checked first) and initialised by device_count;
+    // cuDriverGetVersion writes one int.
+    if unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) } == cudarc::driver::sys::CUresult::CUDA_SUCCESS && driver < 13000 {
+        wrong.push(format!("the NVIDIA driver supports CUDA {}.{}", driver / 1000, (driver % 1000) / 10));
+    }
+    // SAFETY: cuDNN is present (checked first); cudnnGetVersion only returns a number
+    // (major * 10000 + minor * 100 + patch since cuDNN 9).
+    let cudnn = unsafe { cudarc::cudnn::sys::cudnnGetVersion() };
+    if cudnn / 10000 != 9 {
+        wrong.push(format!("libcudnn is version {cudnn} (cuDNN 9 is needed)"));
+    }
+    match crate::nvrtc::version() {
+        Ok((major, minor)) if major != 13 => wrong.push(format!("libnvrtc is version {major}.{minor}")),
+        _ => {}
+    }
+    wrong
+}
+
 impl Device {
     /// The CUDA GPU with this ordinal.
     ///
@@ -56,6 +80,15 @@ impl Device {
         }
         let count = cudarc::driver::CudaContext::device_count()
             .map_err(|e| Error::CudaUnavailable(format!("the CUDA driver could not count devices: {e}")))?;
+        let wrong = wrong_cuda_versions();
+        if !wrong.is_empty() {
+            return Err(Error::CudaUnavailable(format!(
+                "{}. This build needs a driver for CUDA 13.0 or newer (the 580 series), cuDNN 9 and NVRTC 13 \
+                 (e.g. from PyTorch's CUDA 13 wheels: nvidia-cudnn-cu13, nvidia-cuda-nvrtc); \
+                 point LD_LIBRARY_PATH at their folders",
+                wrong.join("; ")
+            )));
+        }
         if ordinal >= count as usize {
             return Err(Error::CudaUnavailable(format!(
                 "CUDA device {ordinal} requested but the driver reports {count} device(s)"
