@@ -38,7 +38,8 @@ for line in sys.stdin:
 done
 strip devbin/pack/*
 # The device runs these binaries as they are: its C library must be at least this version
-# (the image of 2026-11 has Python 3.12.3, i.e. Ubuntu 24.04 and glibc 2.39).
+# (the device image of 2026-11 has Python 3.12.3, as Ubuntu 24.04 does, whose glibc is 2.39;
+# not checked there: `ldd --version` in the first call would say).
 echo "the binaries need glibc $(objdump -T devbin/pack/* | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1 | cut -d_ -f2) or newer"
 # ~15 MB of binaries -> ~3 MB.
 tar -C devbin/pack -cJf devbin/bin/devbin.tar.xz .
