@@ -62,6 +62,11 @@ stage() {
         esac
     done
     ls -la /root/cifar10 /root/devbin
+    # Our binaries were built elsewhere: check at once that this machine's C library runs them.
+    if [ -x /root/devbin/model ]; then
+        ldd --version 2>&1 | head -n 1
+        /root/devbin/model --help > /dev/null && echo "on-gpu.sh: /root/devbin/model runs here"
+    fi
 }
 
 # Rewrite $OUT/results.tgz from $RES (checkpoints left out).
