@@ -169,8 +169,8 @@ fn steady_state_training_steps_make_no_driver_allocations() {
 fn a_short_run_learns_on_the_gpu() {
     let dev = gpu();
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
-    let runs = std::env::temp_dir().join(format!("train-gpu-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&runs);
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().to_path_buf();
     let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, ..TrainConfig::default() };
     let opts = RunOptions {
         cfg,
@@ -193,7 +193,6 @@ fn a_short_run_learns_on_the_gpu() {
     for f in ["model.safetensors", "optimizer.safetensors", "loss.png", "lr_find.png", "train.log"] {
         assert!(runs.join("g").join(f).exists(), "{f} missing");
     }
-    std::fs::remove_dir_all(&runs).unwrap();
 }
 
 /// Cosine similarity of two tensors' values.
@@ -258,8 +257,8 @@ fn bf16_step_agrees(layout: engine::Layout) {
 fn a_short_bf16_run_learns_on_the_gpu() {
     let dev = gpu();
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
-    let runs = std::env::temp_dir().join(format!("train-gpu-bf16-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&runs);
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().to_path_buf();
     let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, fused_bn_relu: true, ..TrainConfig::default() };
     let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false, cuda_graph: true };
     let acc = run_training(&ds, &dev, opts).unwrap();
@@ -269,7 +268,6 @@ fn a_short_bf16_run_learns_on_the_gpu() {
     assert!(!log.contains("capture failed") && log.contains("training step was captured"), "{log}");
     assert!(rows[2].train_loss < rows[0].train_loss, "training loss did not fall: {rows:?}");
     assert!(acc > 40.0, "test accuracy {acc}%");
-    std::fs::remove_dir_all(&runs).unwrap();
 }
 
 /// The test-set evaluation gives the same count and loss whether the statistics stay on the

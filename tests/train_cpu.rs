@@ -22,8 +22,8 @@ fn cifar_dir() -> PathBuf {
 #[test]
 fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
-    let runs = std::env::temp_dir().join(format!("train-cpu-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&runs);
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().to_path_buf();
     let cfg = TrainConfig {
         epochs: 3,
         batch_size: 64,
@@ -68,7 +68,6 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     let resumed = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts }).unwrap();
     assert!((resumed - acc).abs() < 1e-9, "resumed model evaluates differently: {resumed} vs {acc}");
     assert_eq!(read_metrics(&dir.join("metrics.csv")).unwrap().len(), 3);
-    std::fs::remove_dir_all(&runs).unwrap();
 }
 
 /// An LR so large that the updates break the weights ends the run with an error and writes no
@@ -162,8 +161,8 @@ fn fused_bn_relu_steps_equal_unfused_steps_on_the_cpu() {
 #[test]
 fn gpu_only_options_are_refused_on_the_cpu_before_writing_anything() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
-    let runs = std::env::temp_dir().join(format!("train-cpu-gpu-only-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&runs);
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().to_path_buf();
     let base = RunOptions {
         cfg: TrainConfig { lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() },
         lr_given: true,
@@ -184,7 +183,6 @@ fn gpu_only_options_are_refused_on_the_cpu_before_writing_anything() {
         assert!(err.contains("CUDA GPU only"), "{err}");
         assert!(!runs.join("x").exists(), "a run folder was written");
     }
-    let _ = std::fs::remove_dir_all(&runs);
 }
 
 /// Flip test-time augmentation (`--tta`) scores the mean of the logits of each image and of
@@ -200,8 +198,8 @@ fn flip_tta_scores_the_mean_of_plain_and_mirrored_logits() {
     use model::resnet::ResNet9;
     use rand::SeedableRng;
     let n = 1000;
-    let dir = std::env::temp_dir().join(format!("tta-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let (_, full) = data::cifar::open_file(&cifar_dir(), "test_batch.bin").unwrap();
     std::fs::write(dir.join("part.bin"), &full[..n * 3073]).unwrap();
     let split = data::Split::open(&dir, &["part.bin"], n).unwrap();
@@ -240,5 +238,4 @@ fn flip_tta_scores_the_mean_of_plain_and_mirrored_logits() {
     assert_eq!(tta.correct, correct);
     let loss = loss / n as f64;
     assert!((tta.loss - loss).abs() <= 1e-5 * loss, "TTA loss {} vs {loss}", tta.loss);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

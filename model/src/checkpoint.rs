@@ -154,8 +154,8 @@ mod tests {
 
     #[test]
     fn model_round_trips_and_rejects_a_mismatched_network() {
-        let dir = std::env::temp_dir().join(format!("ckpt-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("model.safetensors");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mut a = ResNet9::new(0.125, 1.0, DType::F32, &mut rng).unwrap();
@@ -179,6 +179,5 @@ mod tests {
 
         std::fs::write(&path, b"garbage").unwrap();
         assert!(load_model(&path, &mut b).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -680,9 +680,8 @@ mod tests {
 
     #[test]
     fn metrics_round_trip() {
-        let dir = std::env::temp_dir().join(format!("metrics-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("metrics.csv");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.csv");
         let rows = vec![
             EpochRecord { epoch: 1, lr: 0.0123, train_loss: 1.5, train_acc: 45.5, test_loss: 1.25, test_acc: 55.25, seconds: 3.5, eval_seconds: 0.25, test_acc_tta: None },
             EpochRecord { epoch: 2, lr: 0.25, train_loss: 1.0, train_acc: 65.0, test_loss: 0.75, test_acc: 75.0, seconds: 3.25, eval_seconds: 0.5, test_acc_tta: Some(75.5) },
@@ -697,6 +696,5 @@ mod tests {
         assert_eq!(read_metrics(&p).unwrap()[0], EpochRecord { test_acc_tta: None, ..rows[1].clone() });
         std::fs::write(&p, "epoch,lr\n1,2\n").unwrap();
         assert!(read_metrics(&p).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
