@@ -202,7 +202,7 @@ fn flip_tta_scores_the_mean_of_plain_and_mirrored_logits() {
     let dir = tmp.path();
     let (_, full) = data::cifar::open_file(&cifar_dir(), "test_batch.bin").unwrap();
     std::fs::write(dir.join("part.bin"), &full[..n * 3073]).unwrap();
-    let split = data::Split::open(&dir, &["part.bin"], n).unwrap();
+    let split = data::Split::open(dir, &["part.bin"], n).unwrap();
     let norm = Normalization { mean: [0.49, 0.48, 0.45], std: [0.25, 0.24, 0.26] };
     let mut net = ResNet9::new(0.125, 0.125, engine::DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(8)).unwrap();
     let with = model::train::evaluate(&mut net, &split, &mut Pipeline::Host, norm, 300, true, true).unwrap();
