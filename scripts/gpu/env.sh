@@ -8,8 +8,14 @@
 # load but do nothing, and cudarc tries the unversioned libX.so name before the versioned
 # ones. The versioned names are looked for first (cuDNN 9, cuBLAS 13, NVRTC 13).
 _cache=/root/devbin/ld-library-path
+# Where to look, in order (find walks its roots in the order given): the `nvidia` packages of
+# the Python that holds PyTorch (the libraries PyTorch itself uses), then the usual places.
+_roots=()
+_nv="$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null)"
+[ -d "$_nv" ] && _roots+=("$_nv")
+for _r in /usr/local /opt /usr/lib /usr/lib64 /root; do [ -d "$_r" ] && _roots+=("$_r"); done
 _find_lib() {
-    find /opt /usr/local /usr/lib /usr/lib64 /root \( -path '*/stubs' -o -path /proc -o -path /sys \) -prune \
+    find "${_roots[@]}" \( -path '*/stubs' -o -path /proc -o -path /sys \) -prune \
         -o -name "$1" -print 2>/dev/null | head -n 1
 }
 if [ -s "$_cache" ]; then
@@ -28,4 +34,4 @@ else
 fi
 export LD_LIBRARY_PATH="${_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 unset -f _find_lib
-unset _dirs _cache _pair _versioned _plain _f
+unset _dirs _cache _pair _versioned _plain _f _roots _nv _r
