@@ -67,7 +67,10 @@ class ResNet9(nn.Module):
         x = self.layer2(x)
         x = self.res2(self.layer3(x))
         x = self.pool(x).flatten(1)
-        return self.fc(x) * self.out_scale
+        # The linear layer and the logits stay in the parameters' precision under bf16 autocast,
+        # as in our engine (its --bf16 runs the convolutions in bf16, the linear layer in f32).
+        with torch.autocast(x.device.type, enabled=False):
+            return self.fc(x.to(self.fc.weight.dtype)) * self.out_scale
 
 
 if __name__ == "__main__":

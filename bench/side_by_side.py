@@ -68,10 +68,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_TORCH = os.path.join(HERE, "train_torch.py")
 
 # PyTorch variants: key -> (label, extra train_torch.py flags).
+# In the order they run: issue 7's two first, so a command cut short keeps them.
 VARIANTS = {
-    "torch_fp32": ("PyTorch eager fp32", []),
     "torch_eager_amp": ("PyTorch eager bf16 autocast, channels-last", ["--amp", "--channels-last"]),
     "torch_compile": ("PyTorch torch.compile, bf16 autocast, channels-last", ["--amp", "--channels-last", "--compile"]),
+    "torch_fp32": ("PyTorch eager fp32", []),
 }
 OURS = "ours"
 LABELS = {OURS: "ours (this engine)", **{k: v[0] for k, v in VARIANTS.items()}}
@@ -489,6 +490,9 @@ def speed_json(doc):
         "device": meta["device"], "date": meta["date"], "epochs": epochs, "train_images": n_train,
         "seeds": meta["seeds"], "lr_max": meta["lr_max"], "lr_min": meta["lr_min"],
         "ours_s": ours_s, "torch_eager_amp_s": eager_s, "torch_compile_s": comp_s,
+        # Our precision and speed flags: without --bf16, ours_s is an f32 (TF32) run compared with
+        # PyTorch's bf16 ones.
+        "ours_args": meta.get("ours_args"),
         "torch_fp32_s": g("torch_fp32", "train_eval_total_s"),
         "ours_acc": g(OURS, "final_acc"), "torch_acc": g("torch_eager_amp", "final_acc"),
         "ours_acc_tta": g(OURS, "final_acc_tta"), "torch_acc_tta": g("torch_eager_amp", "final_acc_tta"),
@@ -517,7 +521,7 @@ def speed_json(doc):
         "ours_tflops": tflops(ours_s), "torch_eager_amp_tflops": tflops(eager_s), "torch_compile_tflops": tflops(comp_s),
         "definitions": (
             "*_s: sum over the epochs of training + test-evaluation time, first epoch included, mean over seeds "
-            "(ours: from the arrival of our 'EPOCH: k' line to that of the epoch's 'Test set:' line; PyTorch: its "
+            "(ours: metrics.csv's seconds + eval_seconds, host clock after the GPU finished; PyTorch: its "
             "device-synchronised timers); *_acc: final test accuracy in percent, mean over seeds; torch_acc is the "
             "eager bf16 channels-last variant; *_acc_tta: the same with flip test-time augmentation (--tta; null "
             "without); *_over_ours: PyTorch time / our time; timed_pflop: forward FLOPs "
@@ -550,10 +554,11 @@ def write_markdown(doc, path):
          f"LRMIN={meta['lr_min']:.4g} -> LRMAX={meta['lr_max']:.4g} ({meta['lr_source']}), seeds {meta['seeds']}",
          f"- command: `{meta['command']}`",
          "- times: *train* = the epochs' training loops; *train+eval* = training plus the test evaluation after "
-         "each epoch (ours: measured from the arrival of our output lines, PyTorch: synchronised timers); "
+         "each epoch (ours: metrics.csv's seconds + eval_seconds; PyTorch: synchronised timers); "
          "means over the seeds; epoch 1 holds warm-up (and compilation for torch.compile)",
-         "- peak memory: *tensors* = the allocator's peak in live tensors (PyTorch: max_memory_allocated; ours: "
-         "our log's 'GPU memory: peak ... in tensors'); *held* = held by the caching allocator (PyTorch: "
+         "- peak memory: *tensors* = the allocator's peak in live tensors, the dataset left out (PyTorch: "
+         "max_memory_allocated after the dataset's upload less the dataset, cuDNN workspaces included; ours: our "
+         "log's 'GPU memory: peak ... in tensors', without cuDNN's workspace); *held* = held by the caching allocator (PyTorch: "
          "max_memory_reserved; ours: '... held from the driver'); *GPU* = nvidia-smi's used memory at its peak "
          "during the run minus before it (the whole process: CUDA context, libraries, pools)",
          "",
@@ -758,6 +763,7 @@ def main(argv=None):
                         "seeds": args.seeds, "lr_max": args.lr_max, "lr_min": args.lr_min, "lr_source": lr_source,
                         "batch_size": args.batch_size, "train_images": train_images, "width": args.width,
                         "tta": "--tta" in args.ours_args or "--tta" in args.torch_args,
+                        "ours_args": " ".join(args.ours_args),
                         "torch_version": torch_version, "bin": args.bin,
                         "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)},
                "runs": runs, "cross_eval": cross, "profile": profile}

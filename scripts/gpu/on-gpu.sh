@@ -154,7 +154,8 @@ sbs() {
         if [ -n "$seen" ]; then extra+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
     done
     local t_s; t_s="$(limit 590)"; [ -n "$t_s" ] || return 0
-    timeout "$t_s" python3 bench/side_by_side.py --data /root/cifar10 --bin /root/devbin/model \
+    # --timeout-s: no single run (ours, a PyTorch variant, a compile) may take more than 300 s.
+    timeout "$t_s" python3 bench/side_by_side.py --data /root/cifar10 --bin /root/devbin/model --timeout-s 300 \
         --seeds "${seeds[@]:-0}" --out "$RES/sbs" --runs-dir "$RES/sbs-runs" --date "$day" "${extra[@]}" 2>&1 \
         | tee -a "$RES/sbs-$day.txt"
 }
