@@ -333,8 +333,9 @@ def main(argv=None):
             step += 1
         sync(dev)
         t1 = time.perf_counter()
+        # In batches of the training size, as our engine evaluates.
         test_loss, test_correct, tta_loss, tta_correct = evaluate(fwd, x_test, y_test, mean, std, args.amp,
-                                                                  args.channels_last, tta=args.tta)
+                                                                  args.channels_last, batch=bs, tta=args.tta)
         sync(dev)
         t2 = time.perf_counter()
         nt = x_test.shape[0]
