@@ -187,10 +187,11 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use std::path::PathBuf;
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("model-grid-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+    /// A path `name` in a fresh folder that is removed when the returned guard drops.
+    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        (dir, path)
     }
 
     fn decode_png(path: &Path) -> (u32, u32, Vec<u8>) {
@@ -217,7 +218,7 @@ mod tests {
             .map(|(i, p)| GridImage { chw: p, caption: if i == 1 { "true: cat / pred: dog".into() } else { format!("img {i}") } })
             .collect();
         let (cols, scale) = (3, 2);
-        let path = tmp("grid.png");
+        let (_dir, path) = tmp("grid.png");
         write_image_grid(&path, "Random images", &images, cols, scale).unwrap();
         let l = layout(&path, "Random images", &images, cols, scale).unwrap();
         let (w, h, rgb) = decode_png(&path);
@@ -243,7 +244,6 @@ mod tests {
         let below = (((oy + l.img + 4 + 8) * w) * 3) as usize;
         assert!(rgb[below..below + (w * 3 * 6) as usize].iter().any(|&b| b < 128), "no caption under row 0");
         let _ = ox;
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -253,7 +253,7 @@ mod tests {
         chw[0] = 255; // R plane, row 0, col 0
         chw[2048 + 31 * 32 + 31] = 255; // B plane, row 31, col 31
         chw[1024 + 31] = 255; // G plane, row 0, col 31
-        let path = tmp("orient.png");
+        let (_dir, path) = tmp("orient.png");
         let images = [GridImage { chw: &chw, caption: "x".into() }];
         write_image_grid(&path, "t", &images, 4, 1).unwrap();
         let l = layout(&path, "t", &images, 4, 1).unwrap();
@@ -267,7 +267,6 @@ mod tests {
         assert_eq!(px(31, 0), [0, 255, 0]);
         assert_eq!(px(0, 31), [0, 0, 0]);
         assert_eq!(px(31, 31), [0, 0, 255]);
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -275,7 +274,7 @@ mod tests {
         let good = vec![0u8; IMAGE_BYTES];
         let short = vec![0u8; IMAGE_BYTES - 1];
         let ok = [GridImage { chw: &good, caption: "a".into() }];
-        let path = tmp("bad.png");
+        let (_dir, path) = tmp("bad.png");
         let is_plot_err = |r: Result<()>| match r {
             Err(Error::Plot { path: p, .. }) => assert_eq!(p, path),
             other => panic!("expected a plot error, got {other:?}"),
@@ -294,7 +293,6 @@ mod tests {
         // No images, or more columns than images: fine.
         write_image_grid(&path, "empty", &[], 8, 3).unwrap();
         write_image_grid(&path, "wide", &ok, 100, 1).unwrap();
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -530,10 +530,16 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn tmp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("model-plots-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
+    /// A path `name` in a fresh folder that is removed when the returned guard drops (kept,
+    /// and its path printed, with KEEP_PLOTS set, to look at the plots).
+    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let mut dir = tempfile::tempdir().unwrap();
+        if std::env::var_os("KEEP_PLOTS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("KEEP_PLOTS: {}", dir.path().join(name).display());
+        }
+        let path = dir.path().join(name);
+        (dir, path)
     }
 
     /// Decodes an RGB8 PNG: (width, height, pixels).
@@ -585,7 +591,7 @@ mod tests {
     #[test]
     fn plots_line_plot_writes_decodable_png() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let path = tmp("lr.png");
+        let (_dir, path) = tmp("lr.png");
         write_line_plot(&path, &lr_plot(&mut rng)).unwrap();
         let (w, h, rgb) = decode_png(&path);
         assert_eq!((w, h), (PLOT_WIDTH, PLOT_HEIGHT));
@@ -595,7 +601,6 @@ mod tests {
             assert!(rgb.chunks_exact(3).any(|p| p == [c.0, c.1, c.2]), "colour {c:?} missing");
         }
         assert!(!tmp_path(&path).unwrap().exists(), "the temporary file was left behind");
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -608,12 +613,11 @@ mod tests {
             })
             .collect();
         let plot = LinePlot { title: "Random", x_label: "x", y_label: "y", series, log_x: false, vlines: vec![(12.5, "marker".into())] };
-        let path = tmp("random.png");
+        let (_dir, path) = tmp("random.png");
         write_line_plot(&path, &plot).unwrap();
         let (w, h, rgb) = decode_png(&path);
         assert_eq!((w, h), (PLOT_WIDTH, PLOT_HEIGHT));
         assert!(distinct_colours(&rgb) > 10);
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -647,15 +651,12 @@ mod tests {
             (true, vec![], vec![(0.01, "lr".into())]),
         ];
         for (i, (log_x, series, vlines)) in cases.into_iter().enumerate() {
-            let path = tmp(&format!("edge-{i}.png"));
+            let (_dir, path) = tmp(&format!("edge-{i}.png"));
             let plot = LinePlot { title: "edge case", x_label: "x", y_label: "y", series, log_x, vlines };
             match write_line_plot(&path, &plot) {
                 Ok(()) => {
                     let (w, h, _) = decode_png(&path);
                     assert_eq!((w, h), (PLOT_WIDTH, PLOT_HEIGHT), "case {i}");
-                    if std::env::var_os("KEEP_PLOTS").is_none() {
-                        std::fs::remove_file(&path).unwrap();
-                    }
                 }
                 Err(e) => assert!(matches!(e, Error::Plot { .. }), "case {i}: {e}"),
             }
