@@ -66,6 +66,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_TORCH = os.path.join(HERE, "train_torch.py")
+sys.path.insert(0, HERE)
+import step_model  # noqa: E402
 
 # PyTorch variants: key -> (label, extra train_torch.py flags).
 # In the order they run: issue 7's two first, so a command cut short keeps them.
@@ -233,15 +235,9 @@ def epoch_spans(lines):
 
 def forward_flops(width=1.0):
     """FLOPs of one image's forward pass (2 per multiply-add of the convolutions and the linear layer;
-    BN, ReLU, pooling are left out): 0.7585 GFLOP for width 1, the 0.76 of issue 7."""
-    c = [max(1, int(b * width + 0.5)) for b in (64, 128, 256, 512)]
-    macs = 9 * (32 * 32 * 3 * c[0]            # prep, 32x32
-                + 32 * 32 * c[0] * c[1]       # layer1 conv (before its pool), 32x32
-                + 2 * 16 * 16 * c[1] * c[1]   # res1, 16x16
-                + 16 * 16 * c[1] * c[2]       # layer2, 16x16
-                + 8 * 8 * c[2] * c[3]         # layer3, 8x8
-                + 2 * 4 * 4 * c[3] * c[3])    # res2, 4x4
-    return 2 * (macs + c[3] * 10)
+    BN, ReLU, pooling are left out): 0.7585 GFLOP for width 1, the 0.76 of issue 7. From the layer
+    list of bench/step_model.py."""
+    return sum(flops for _, _, flops, _ in step_model.layers(width, batch=1))
 
 
 def mean(xs):

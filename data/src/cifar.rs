@@ -80,10 +80,15 @@ fn check_folder(dir: &Path) -> Result<()> {
 /// A larger stream is not CIFAR-10, and reading it on would only fill the memory.
 const MAX_DECOMPRESSED: usize = TRAIN_RECORDS * RECORD_BYTES;
 
+/// Where file `name` of `dir` may be: as is, or gzip-compressed beside it (`name.gz`).
+pub fn file_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (dir.join(name), dir.join(format!("{name}.gz")))
+}
+
 /// `dir/name` memory-mapped, else `dir/name.gz` decompressed, with the path it came from.
 /// Nothing is checked here but that the bytes can be read (see [`validate`]).
 pub fn open_file(dir: &Path, name: &str) -> Result<(PathBuf, FileBytes)> {
-    let path = dir.join(name);
+    let (path, gz) = file_paths(dir, name);
     if path.exists() {
         let io = |e| Error::Io { path: path.clone(), source: e };
         let file = std::fs::File::open(&path).map_err(io)?;
@@ -92,7 +97,6 @@ pub fn open_file(dir: &Path, name: &str) -> Result<(PathBuf, FileBytes)> {
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
         return Ok((path, FileBytes::Mapped(map)));
     }
-    let gz = dir.join(format!("{name}.gz"));
     if gz.exists() {
         let bytes = decompress(&gz, MAX_DECOMPRESSED)?;
         return Ok((gz, FileBytes::Decompressed(bytes)));

@@ -13,7 +13,8 @@ pub const DEFAULT_DIR: &str = "data/cifar-10-batches-bin";
 
 /// Whether `dir` holds the first training file, as is or gzip-compressed.
 pub fn holds_dataset(dir: &Path) -> bool {
-    dir.join("data_batch_1.bin").is_file() || dir.join("data_batch_1.bin.gz").is_file()
+    let (plain, gz) = crate::cifar::file_paths(dir, crate::cifar::TRAIN_FILES[0]);
+    plain.is_file() || gz.is_file()
 }
 
 /// The folder to read: `flag` (`--data`) if given, else `$CIFAR10_DIR`, else
