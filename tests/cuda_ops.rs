@@ -414,6 +414,59 @@ fn channels_last_conversions_and_ops_match_nchw() {
     cuda_dev(&dev).set_allow_tf32(true);
 }
 
+/// The prep layer's convolution (3 input channels) in channels-last bf16 and f32 against
+/// the same convolution in NCHW, whichever way cuDNN serves it: with its own NHWC kernel,
+/// or, if it refuses the shape, through our NCHW route. That route itself is compared with
+/// cuDNN's NHWC kernels on a shape cuDNN runs (64 -> 128 channels). Tolerances, relative
+/// to the largest value: f32 2e-4 (as `channels_last_conversions_and_ops_match_nchw`, TF32
+/// off); both sides' bf16 outputs are f32 sums in different orders rounded to 8 significant
+/// bits, so they may differ by one bf16 step, 2^-7 = 7.8e-3 of the value: 1e-2.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
+    use engine::Layout;
+    use ops::layout::forward as to_layout;
+    let dev = gpu();
+    let cd = cuda_dev(&dev);
+    cd.set_allow_tf32(false);
+    let p = ops::conv2d::Conv2dParams { stride: 1, padding: 1 };
+    // GPU tensors, in NCHW f64 on the host, compared relative to the reference's largest value.
+    let host = |t: &Tensor| to_layout(t, Layout::Nchw).unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F64);
+    let close = |what: &str, got: &Tensor, want: &Tensor, rtol: f64| {
+        let (got, want) = (host(got), host(want));
+        let scale = want.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        let err = got.max_abs_diff(&want).unwrap();
+        assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+    };
+    for (dt, tol) in [(DType::BF16, 1e-2), (DType::F32, 2e-4)] {
+        let on = |t: &Tensor, layout: Layout| to_layout(&t.to_dtype(dt).to_device(&dev).unwrap(), layout).unwrap();
+        for (xs, ws, seed) in [([32, 3, 32, 32], [64, 3, 3, 3], 900), ([16, 64, 16, 16], [128, 64, 3, 3], 910)] {
+            let (x, w) = (rand(&xs, seed), rand(&ws, seed + 1));
+            let dy = rand(&[xs[0], ws[0], xs[2], xs[3]], seed + 2);
+            let y = ops::conv2d::forward(&on(&x, Layout::Nchw), &on(&w, Layout::Nchw), p).unwrap();
+            let (dx, dw) = ops::conv2d::backward(&on(&x, Layout::Nchw), &on(&w, Layout::Nchw), &on(&dy, Layout::Nchw), p, true).unwrap();
+            let (xc, wc, dyc) = (on(&x, Layout::Nhwc), on(&w, Layout::Nhwc), on(&dy, Layout::Nhwc));
+            let y_cl = ops::conv2d::forward(&xc, &wc, p).unwrap();
+            let (dx_cl, dw_cl) = ops::conv2d::backward(&xc, &wc, &dyc, p, true).unwrap();
+            assert_eq!((y_cl.layout(), dw_cl.layout()), (Layout::Nhwc, Layout::Nhwc));
+            assert_eq!(y_cl.dtype(), dt);
+            let what = format!("{dt:?} x {xs:?}");
+            close(&format!("{what}: NHWC y"), &y_cl, &y, tol);
+            close(&format!("{what}: NHWC dx"), &dx_cl.unwrap(), dx.as_ref().unwrap(), tol);
+            close(&format!("{what}: NHWC dw"), &dw_cl, &dw, tol);
+            let (y_r, dx_r, dw_r) = ops::conv2d::via_nchw_for_tests(&xc, &wc, &dyc, p).unwrap();
+            assert_eq!(y_r.layout(), Layout::Nhwc);
+            close(&format!("{what}: NCHW route y"), &y_r, &y, tol);
+            close(&format!("{what}: NCHW route dx"), &dx_r.unwrap(), dx.as_ref().unwrap(), tol);
+            close(&format!("{what}: NCHW route dw"), &dw_r, &dw, tol);
+        }
+    }
+    // Which shapes cuDNN refused (and so ran through the NCHW route), for the record.
+    let refused = cd.conv_refusals();
+    eprintln!("cuDNN refused {} convolution shape(s){}", refused.len(), if refused.is_empty() { String::new() } else { format!(":\n  {}", refused.join("\n  ")) });
+    cd.set_allow_tf32(true);
+}
+
 /// The fused batch norm + ReLU (our kernels) against the CPU reference (batch norm, then
 /// ReLU), in NCHW and NHWC, with f32 and bf16 data, at shapes whose channels are reduced
 /// in one and in several splits.

@@ -60,7 +60,7 @@ pub struct CudaDevice {
     /// cuDNN handle, bound to `stream` (cuDNN handles must not be used by two threads at once).
     cudnn: Mutex<CudnnHandle>,
     /// Convolution algorithms chosen per shape (see `ops::conv2d`), and the shared workspace.
-    conv_plans: Mutex<HashMap<crate::cudnn::ConvKey, crate::cudnn::ConvPlan>>,
+    conv_plans: Mutex<HashMap<crate::cudnn::ConvKey, crate::cudnn::ConvChoice>>,
     workspace: Mutex<Option<CudaSlice<u8>>>,
     /// Whether cuDNN convolutions may use TF32 tensor cores for f32 data (PyTorch's default: yes).
     allow_tf32: AtomicBool,
@@ -398,26 +398,42 @@ impl CudaDevice {
         self.allow_tf32.store(allow, Ordering::Relaxed);
     }
 
-    /// The convolution plan for `key`, computing it with `choose` the first time.
+    /// The convolution plan for `key` (or cuDNN's refusal), computing it with `choose` the
+    /// first time. An error from `choose` is not remembered.
     pub fn conv_plan(
         &self,
         key: crate::cudnn::ConvKey,
-        choose: impl FnOnce() -> Result<crate::cudnn::ConvPlan>,
-    ) -> Result<crate::cudnn::ConvPlan> {
+        choose: impl FnOnce() -> Result<crate::cudnn::ConvChoice>,
+    ) -> Result<crate::cudnn::ConvChoice> {
         let mut plans = self.conv_plans.lock().map_err(|_| Error::Invalid("convolution plan cache poisoned".into()))?;
         if let Some(p) = plans.get(&key) {
-            return Ok(*p);
+            return Ok(p.clone());
         }
         // The search runs and times kernels: impossible while a capture only records them.
         self.refuse_while_capturing("a cuDNN algorithm search for a new convolution shape")?;
         let p = choose()?;
-        plans.insert(key, p);
+        plans.insert(key, p.clone());
         Ok(p)
     }
 
-    /// Number of convolution shapes planned so far.
+    /// Number of convolution shapes planned (or refused) so far.
     pub fn conv_plan_count(&self) -> usize {
         self.conv_plans.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// The refusals among them: what cuDNN said for each shape it has no algorithm for.
+    pub fn conv_refusals(&self) -> Vec<String> {
+        let plans = match self.conv_plans.lock() {
+            Ok(p) => p,
+            Err(_) => return Vec::new(),
+        };
+        plans
+            .iter()
+            .filter_map(|(k, c)| match c {
+                crate::cudnn::ConvChoice::Refused(why) => Some(format!("{k:?}: {why}")),
+                crate::cudnn::ConvChoice::Plan(_) => None,
+            })
+            .collect()
     }
 
     /// Run `f` with a workspace of at least `bytes` bytes (one buffer, grown when a

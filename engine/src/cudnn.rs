@@ -282,6 +282,15 @@ pub struct ConvKey {
     pub tf32: bool,
 }
 
+/// What cuDNN offers for one convolution shape: a plan, or nothing (with what was tried).
+/// A refusal is remembered like a plan, so a shape cuDNN cannot run is searched once.
+#[derive(Clone, Debug)]
+pub enum ConvChoice {
+    Plan(ConvPlan),
+    /// No usable algorithm of some kind: which kind, and what each search said.
+    Refused(String),
+}
+
 /// The algorithms chosen for one convolution shape (the fastest cuDNN measured) and the
 /// workspace each needs, in bytes.
 #[derive(Clone, Copy, Debug)]

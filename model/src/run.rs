@@ -640,6 +640,11 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             d.peak_in_use_bytes() as f64 / 1048576.0,
             d.peak_held_bytes() as f64 / 1048576.0
         );
+        // Convolutions cuDNN has no algorithm for in their layout ran in NCHW between
+        // layout conversions (see `ops::conv2d`); the breakdown above shows their cost.
+        for r in d.conv_refusals() {
+            println!("cuDNN refused a convolution, run in NCHW instead: {r}");
+        }
     }
     Ok(())
 }

@@ -17,7 +17,8 @@
 //! the group sums added in order, so the result does not depend on thread scheduling.
 
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
-use engine::{Error, gemm};
+use crate::layout::forward as to_layout;
+use engine::{Error, Layout, gemm};
 use rayon::prelude::*;
 
 /// Most partial weight gradients the CPU backward sums (memory: DW_GROUPS copies of dW).
@@ -238,6 +239,11 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx:
 // fastest algorithm of each kind is measured once with cudnnFind*Algorithm and kept
 // on the device ([`engine::cuda::CudaDevice::conv_plan`]); every call then reuses it
 // and the device's one workspace buffer.
+//
+// cuDNN may have no kernel for a shape in one layout that it runs in another (a review
+// suspected NHWC bf16 with 3 input channels, the prep layer: not verified on a GPU). A
+// refused NHWC convolution runs in NCHW between layout conversions ([`forward_via_nchw`],
+// [`backward_via_nchw`]); the refusal is remembered, so the search happens once per shape.
 
 /// cuDNN descriptors of one convolution and its plan (cached on the device per shape).
 struct CudnnConv {
@@ -253,22 +259,32 @@ use engine::cudnn;
 /// Largest workspace an algorithm may ask for; faster ones needing more are skipped.
 const MAX_WORKSPACE: usize = 1 << 30;
 
+/// A convolution cuDNN can run, or its refusal (which kind of algorithm is missing, and why).
+enum Planned {
+    Ready(CudnnConv),
+    Refused(String),
+}
+
 impl CudnnConv {
-    fn new(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType, layout: engine::Layout) -> Result<CudnnConv> {
+    /// Descriptors for `d` in `dtype` and `layout`, and the (cached) plan, or cuDNN's refusal.
+    fn plan(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType, layout: engine::Layout) -> Result<Planned> {
         let tf32 = dev.allow_tf32() && dtype == DType::F32;
         let x = cudnn::TensorDesc::new(dtype, layout, d.n, d.c, d.h, d.w)?;
         let w = cudnn::FilterDesc::kcrs(dtype, layout, d.o, d.c, d.kh, d.kw)?;
         let conv = cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?;
         let y = cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?;
         let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
-        let plan = dev.conv_plan(key, || find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32))?;
-        Ok(CudnnConv { x, w, conv, y, plan })
+        match dev.conv_plan(key, || find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32))? {
+            cudnn::ConvChoice::Plan(plan) => Ok(Planned::Ready(CudnnConv { x, w, conv, y, plan })),
+            cudnn::ConvChoice::Refused(why) => Ok(Planned::Refused(why)),
+        }
     }
 }
 
 /// Measure every algorithm of the three kinds and keep the fastest that succeeds within
 /// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time). If measuring fails (it needs
-/// scratch memory of its own), cuDNN's heuristic ranking is used instead.
+/// scratch memory of its own), cuDNN's heuristic ranking is used instead. A kind with no
+/// usable algorithm either way makes the shape [`cudnn::ConvChoice::Refused`].
 fn find(
     dev: &engine::cuda::CudaDevice,
     x: &cudnn::TensorDesc,
@@ -276,10 +292,24 @@ fn find(
     conv: &cudnn::ConvDesc,
     y: &cudnn::TensorDesc,
     tensor_cores: bool,
-) -> Result<cudnn::ConvPlan> {
-    use cudarc::cudnn::sys;
+) -> Result<cudnn::ConvChoice> {
     let h = dev.cudnn()?;
-    let (hr, x, w, c, y) = (h.raw(), x.raw(), w.raw(), conv.raw(), y.raw());
+    Ok(match plan_all(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), tensor_cores) {
+        Ok(plan) => cudnn::ConvChoice::Plan(plan),
+        Err(why) => cudnn::ConvChoice::Refused(why),
+    })
+}
+
+/// [`find`]'s three searches on raw handles; `Err` says which kind has no usable algorithm.
+fn plan_all(
+    hr: cudarc::cudnn::sys::cudnnHandle_t,
+    x: cudarc::cudnn::sys::cudnnTensorDescriptor_t,
+    w: cudarc::cudnn::sys::cudnnFilterDescriptor_t,
+    c: cudarc::cudnn::sys::cudnnConvolutionDescriptor_t,
+    y: cudarc::cudnn::sys::cudnnTensorDescriptor_t,
+    tensor_cores: bool,
+) -> std::result::Result<cudnn::ConvPlan, String> {
+    use cudarc::cudnn::sys;
     let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
     // With TF32 forbidden for f32 data, only plain FMA math is acceptable.
     let math_ok = |m: sys::cudnnMathType_t| tensor_cores || m == sys::cudnnMathType_t::CUDNN_FMA_MATH;
@@ -317,13 +347,14 @@ fn find(
 }
 
 /// The first usable result of cuDNN's measured search, or of its heuristics if the search
-/// fails or offers nothing usable. `P` is one of cuDNN's `*AlgoPerf_t` structs.
+/// fails or offers nothing usable; `Err` says what each said. `P` is one of cuDNN's
+/// `*AlgoPerf_t` structs.
 fn choose<P: Copy>(
     kind: &str,
     measured: impl Fn(i32, &mut i32, *mut P) -> cudarc::cudnn::sys::cudnnStatus_t,
     heuristic: impl Fn(i32, &mut i32, *mut P) -> cudarc::cudnn::sys::cudnnStatus_t,
     usable: impl Fn(&P) -> bool,
-) -> Result<P> {
+) -> std::result::Result<P, String> {
     const N: usize = 16;
     let mut tried = Vec::new();
     for (how, search) in [("cudnnFind", &measured as &dyn Fn(i32, &mut i32, *mut P) -> _), ("heuristics", &heuristic)] {
@@ -339,14 +370,13 @@ fn choose<P: Copy>(
             Err(e) => tried.push(format!("{how}: {e}")),
         }
     }
-    Err(no_algo(kind, &tried.join("; ")))
+    Err(format!("cuDNN offers no {kind} algorithm within {} MiB of workspace ({})", MAX_WORKSPACE >> 20, tried.join("; ")))
 }
 
-fn no_algo(kind: &str, tried: &str) -> Error {
-    Error::Cuda {
-        op: "conv2d",
-        msg: format!("cuDNN offers no {kind} algorithm for this shape within {} MiB of workspace ({tried})", MAX_WORKSPACE >> 20),
-    }
+/// The error for a shape cuDNN refused in the layout it is in.
+fn refused(d: &Dims, dtype: DType, layout: engine::Layout, why: &str) -> Error {
+    let shape = format!("x [{}, {}, {}, {}], w [{}, {}, {}, {}]", d.n, d.c, d.h, d.w, d.o, d.c, d.kh, d.kw);
+    Error::Cuda { op: "conv2d", msg: format!("{why}, for {shape} in {dtype:?} {layout:?}") }
 }
 
 /// cuDNN's convolutions take input, filter and output in one memory order.
@@ -363,7 +393,11 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
-    let c = CudnnConv::new(&dev, &d, dt, x.layout())?;
+    let c = match CudnnConv::plan(&dev, &d, dt, x.layout())? {
+        Planned::Ready(c) => c,
+        Planned::Refused(_) if x.layout() == Layout::Nhwc => return forward_via_nchw(x, w, d),
+        Planned::Refused(why) => return Err(refused(&d, dt, x.layout(), &why)),
+    };
     let mut y = dev.alloc_dtype(d.n * d.o * d.ohw(), dt)?;
     let st = dev.stream().clone();
     c.conv.set_math(c.plan.fwd_math)?;
@@ -392,7 +426,11 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
-    let c = CudnnConv::new(&dev, &d, dt, x.layout())?;
+    let c = match CudnnConv::plan(&dev, &d, dt, x.layout())? {
+        Planned::Ready(c) => c,
+        Planned::Refused(_) if x.layout() == Layout::Nhwc => return backward_via_nchw(x, w, dy, d, need_dx),
+        Planned::Refused(why) => return Err(refused(&d, dt, x.layout(), &why)),
+    };
     let st = dev.stream().clone();
     let (wb, dyb) = (w.cuda_buffer()?, dy.cuda_buffer()?);
     let dx = if need_dx {
@@ -431,6 +469,36 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
         })
     })?;
     Ok((dx, crate::cuda::like(w, dw)?))
+}
+
+/// `y = conv(x, w)` for NHWC `x` and `w` that cuDNN refused in NHWC: the same convolution
+/// in NCHW, `y` converted back to NHWC (two more passes over `x`, `w` and `y`).
+fn forward_via_nchw(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
+    let y = forward_cuda(&to_layout(x, Layout::Nchw)?, &to_layout(w, Layout::Nchw)?, d)?;
+    to_layout(&y, Layout::Nhwc)
+}
+
+/// `(dx, dw)` for NHWC tensors that cuDNN refused in NHWC, computed in NCHW (see
+/// [`forward_via_nchw`]) and converted back.
+fn backward_via_nchw(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
+    let nchw = |t: &Tensor| to_layout(t, Layout::Nchw);
+    let (dx, dw) = backward_cuda(&nchw(x)?, &nchw(w)?, &nchw(dy)?, d, need_dx)?;
+    Ok((dx.map(|t| to_layout(&t, Layout::Nhwc)).transpose()?, to_layout(&dw, Layout::Nhwc)?))
+}
+
+/// The NCHW route of the two functions above, for any NHWC shape (the GPU tests compare
+/// it with cuDNN's own NHWC kernels, since no shape can be made to be refused on demand):
+/// `y`, then `(dx, dw)` for `dy`.
+pub fn via_nchw_for_tests(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv2dParams) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+    let d = Dims::new(x, w, p)?;
+    for t in [x, w, dy] {
+        if t.layout() != Layout::Nhwc || !t.device().is_cuda() {
+            return Err(Error::Invalid("via_nchw_for_tests takes NHWC tensors on a GPU".into()));
+        }
+    }
+    let y = forward_via_nchw(x, w, d)?;
+    let (dx, dw) = backward_via_nchw(x, w, dy, d, true)?;
+    Ok((y, dx, dw))
 }
 
 /// Conv2d's record: its input and weight nodes and the geometry.
