@@ -2,7 +2,7 @@
 # Run ON THE GPU MACHINE (no Rust there: it uses the binaries of scripts/gpu/prepare.sh).
 #
 #   bash scripts/gpu/on-gpu.sh stage            unpack the carried devbin/bin/ to /root/devbin and the
-#                                                devbin/data*/ files (gzip) to /root/cifar10/*.bin
+#                                                devbin/data*/ files (packed) to /root/cifar10/*.bin
 #   bash scripts/gpu/on-gpu.sh tests            the GPU tests -> cuda-tests-<date>.txt
 #   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> train-24ep-<date>-seed<N>.log + runs/seed<N>/
 #   bash scripts/gpu/on-gpu.sh profile [FLAGS]  time per operation of one step -> profile-<date>.txt
@@ -53,13 +53,12 @@ stage() {
     if [ -f devbin/bin/devbin.tar.xz ]; then
         python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' devbin/bin/devbin.tar.xz /root/devbin
     fi
-    for f in devbin/data*/*; do
-        [ -f "$f" ] || continue
-        case "$f" in
-            *.gz) python3 -c 'import gzip, shutil, sys; shutil.copyfileobj(gzip.open(sys.argv[1]), open(sys.argv[2], "wb"), 1 << 20)' \
-                      "$f" "/root/cifar10/$(basename "${f%.gz}")" ;;
-            *) cp "$f" /root/cifar10/ ;;
-        esac
+    # Each carried part: its packed files (scripts/gpu/prepare.sh) unpacked to plain .bin files,
+    # then checked against the sums made where they were packed.
+    for d in devbin/data*/; do
+        [ -f "$d/sums.txt" ] || continue
+        /root/devbin/cifar_pack unpack "$d" /root/cifar10 || { echo "on-gpu.sh: unpacking $d failed" >&2; exit 3; }
+        (cd /root/cifar10 && sha256sum -c "$repo/$d/sums.txt") || { echo "on-gpu.sh: $d unpacked wrong" >&2; exit 3; }
     done
     ls -la /root/cifar10 /root/devbin
     # Our binaries were built elsewhere: check at once that this machine's C library runs them.
