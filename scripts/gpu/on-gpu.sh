@@ -91,18 +91,28 @@ header() {
     echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 }
 
+# The four GPU test binaries run at once (one GPU, one process each: about the longest one's
+# time instead of the sum); their outputs are then written one after the other, in order.
 tests() {
-    local f="$RES/cuda-tests-$day.txt"
+    local f="$RES/cuda-tests-$day.txt" tmp t_s
+    # A hung test must not eat the whole call (600 s): TEST_TIMEOUT s for all four (default 240).
+    t_s="$(limit "${TEST_TIMEOUT:-240}")"; [ -n "$t_s" ] || return 0
+    tmp="$(mktemp -d)"
+    local bins=(test-cuda test-cuda_ops test-cuda_gradcheck test-cuda_train)
+    for t in "${bins[@]}"; do
+        ( timeout "$t_s" /root/devbin/$t --ignored --test-threads=1 --nocapture > "$tmp/$t.txt" 2>&1
+          echo "== $t exit status $? (124: it ran into its limit of ${t_s} s)" >> "$tmp/$t.txt" ) &
+    done
+    wait
     {
         header
-        for t in test-cuda test-cuda_ops test-cuda_gradcheck test-cuda_train; do
+        echo "(the four binaries ran at the same time, each with --test-threads=1)"
+        for t in "${bins[@]}"; do
             echo "== $t --ignored --test-threads=1 --nocapture"
-            # A hung test must not eat the whole call (600 s): TEST_TIMEOUT s per binary (default 150).
-            local t_s; t_s="$(limit "${TEST_TIMEOUT:-150}")"; [ -n "$t_s" ] || continue
-            timeout "$t_s" /root/devbin/$t --ignored --test-threads=1 --nocapture 2>&1
-            echo "== $t exit status $? (124: it ran into its limit of ${t_s} s)"
+            cat "$tmp/$t.txt"
         done
     } > "$f" 2>&1
+    rm -rf "$tmp"
     grep -E '^test |test result|exit status' "$f"
 }
 
