@@ -359,6 +359,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             d.peak_in_use_bytes() as f64 / 1048576.0,
             d.peak_held_bytes() as f64 / 1048576.0
         ));
+        for r in d.conv_refusals() {
+            log.line(&format!("cuDNN refused a convolution, run in NCHW instead: {r}"));
+        }
     }
     Ok(eval.accuracy())
 }
