@@ -94,7 +94,7 @@ fn decode_image(res: &[u8], px: &mut [u8]) {
 
 /// A whole CIFAR-10 binary file -> the packed file.
 fn pack(bytes: &[u8]) -> Result<Vec<u8>> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(format!("{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records", bytes.len()));
     }
     let n = bytes.len() / RECORD;
