@@ -86,7 +86,7 @@ pub fn file_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 /// `dir/name` memory-mapped, else `dir/name.gz` decompressed, with the path it came from.
-/// Nothing is checked here but that the bytes can be read (see [`validate`]).
+/// Nothing is checked here but that the bytes can be read (validation comes after, when the dataset is opened).
 pub fn open_file(dir: &Path, name: &str) -> Result<(PathBuf, FileBytes)> {
     let (path, gz) = file_paths(dir, name);
     if path.exists() {

@@ -7,7 +7,7 @@
 //! 1024 red, 1024 green, 1024 blue, each plane row-major 32x32 (CHW).
 //!
 //! - [`cifar`]: opening and validating the files, record access;
-//! - [`locate`]: finding the folder (`--data`, `$CIFAR10_DIR`, `./data/…`) and downloading it;
+//! - [`locate`](mod@locate): finding the folder (`--data`, `$CIFAR10_DIR`, `./data/…`) and downloading it;
 //! - [`shuffle`]: the seeded per-epoch order;
 //! - [`augment`]: crop + flip + cutout + normalisation, the CPU reference.
 

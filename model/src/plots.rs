@@ -1,7 +1,7 @@
 //! Line plots as PNG files: training curves, the LR range test, the LR schedule.
 //!
 //! Rendering uses `plotters` on an in-memory RGB buffer; text is drawn by
-//! [`TextBackend`] with `ab_glyph` from a font compiled into the binary
+//! `TextBackend` with `ab_glyph` from a font compiled into the binary
 //! (DejaVu Sans, `model/assets/`), so no system font library (fontconfig,
 //! freetype) is needed. The buffer is encoded with the `png` crate and written
 //! atomically (`<path>.tmp`, then renamed over `<path>`).
