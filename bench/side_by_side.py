@@ -15,7 +15,8 @@ For each seed it runs, one after the other (never two at once):
    width, logit scale, batch size): fp32 eager; bf16 autocast + channels-last eager; the same with
    torch.compile.
 Without --lr-max/--lr-min, our `lr-find` command runs once first (seed of the first run) and its
-suggestion is used by every run, ours and PyTorch's alike.
+suggestion is used by every run, ours and PyTorch's alike. If it fails, bench/lr_range_torch.py (the same
+test in PyTorch) picks the LRs by the same rules, and the PyTorch runs go on (the table says which).
 
 What is measured, per run:
 - per-epoch training time: ours from `runs/<name>/metrics.csv` (`seconds`: host clock around the
@@ -66,6 +67,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_TORCH = os.path.join(HERE, "train_torch.py")
+LR_RANGE_TORCH = os.path.join(HERE, "lr_range_torch.py")
 sys.path.insert(0, HERE)
 import step_model  # noqa: E402
 
@@ -209,6 +211,9 @@ TENSORS_RE = re.compile(r"GPU memory: peak " + _NUM_UNIT + r" in tensors")
 HELD_RE = re.compile(r"GPU memory:.*peak " + _NUM_UNIT + r" held")
 PEAK_RE = re.compile(r"[Pp]eak (?:GPU |device )?memory\D*?" + _NUM_UNIT)
 LR_SUGGEST_RE = re.compile(r"LRMAX=([0-9.eE+-]+) LRMIN=([0-9.eE+-]+)")
+# bench/lr_range_torch.py's report line.
+TORCH_LR_RE = re.compile(r"LRMAX by rule: minimum ([0-9.eE+-]+), steepest ([0-9.eE+-]+), valley ([0-9.eE+-]+);"
+                         r".*the loss starts to fall at ([0-9.eE+-]+|none)")
 UNITS = {"B": 1, "bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
@@ -294,15 +299,60 @@ def common_ours_flags(args):
 
 
 def run_lr_find(args, stamp, work):
-    """Our LR range test, once; returns (lr_max, lr_min) from its printed suggestion."""
+    """Our LR range test, once; returns (lr_max, lr_min, source) from its printed suggestion. If ours fails
+    (on a GPU it may, before its first GPU run has passed), the same test in PyTorch picks them instead, so
+    that the PyTorch runs still happen and show what the recipe reaches on this machine and data."""
     name = f"sbs-{stamp}-lrfind"
     cmd = [args.bin, "lr-find"] + common_ours_flags(args) + ["--seed", str(args.seeds[0]), "--name", name] + args.ours_args
     rc, lines, _ = run_streamed(cmd, os.path.join(work, "lr-find.log"), args.timeout_s)
     for _, line in reversed(lines):
         m = LR_SUGGEST_RE.search(line)
         if m:
-            return float(m.group(1)), float(m.group(2))
-    sys.exit(f"error: our lr-find (exit {rc}) printed no 'LRMAX=.. LRMIN=..' suggestion; "
+            return float(m.group(1)), float(m.group(2)), "our lr-find's suggestion, used by every run"
+    print(f"our lr-find (exit {rc}) printed no 'LRMAX=.. LRMIN=..' suggestion: the LR range test of "
+          f"bench/lr_range_torch.py picks the LRs instead", flush=True)
+    return run_lr_find_torch(args, work, rc)
+
+
+def flag_value(flags, name, default):
+    """The value of `--name V` or `--name=V` in a flag list, else `default`."""
+    for i, f in enumerate(flags):
+        if f == name and i + 1 < len(flags):
+            return flags[i + 1]
+        if f.startswith(name + "="):
+            return f.split("=", 1)[1]
+    return default
+
+
+def lr_from_torch_report(line, lr_rule, lr_min_rule):
+    """(LRMAX, LRMIN) from lr_range_torch.py's report line by our CLI's rules (model/src/lr_find.rs): LRMAX by
+    `lr_rule`; LRMIN a tenth of it, or (`onset`) where the loss starts to fall, kept within [LRMAX/100,
+    LRMAX/10]. None if the line is not the report."""
+    m = TORCH_LR_RE.search(line)
+    if not m:
+        return None
+    lr_max = float(m.group({"minimum": 1, "steepest": 2, "valley": 3}[lr_rule]))
+    onset = None if m.group(4) == "none" else float(m.group(4))
+    if lr_min_rule == "tenth" or onset is None:
+        return lr_max, lr_max / 10
+    return lr_max, min(max(onset, lr_max / 100), lr_max / 10)
+
+
+def run_lr_find_torch(args, work, our_rc):
+    """bench/lr_range_torch.py with our run's settings (width, batch, logit scale, seed) and rules."""
+    lr_rule = flag_value(args.ours_args, "--lr-rule", "minimum")
+    lr_min_rule = flag_value(args.ours_args, "--lr-min-rule", "onset")
+    cmd = [args.python, LR_RANGE_TORCH, "--device", args.device, "--data", args.data, "--width", str(args.width),
+           "--batch-size", str(args.batch_size), "--seed", str(args.seeds[0]),
+           "--out-scale", flag_value(args.ours_args, "--out-scale", "0.125")]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    rc, lines, _ = run_streamed(cmd, os.path.join(work, "lr-find-torch.log"), args.timeout_s, env)
+    for _, line in reversed(lines):
+        lrs = lr_from_torch_report(line, lr_rule, lr_min_rule)
+        if lrs:
+            return lrs[0], lrs[1], (f"PyTorch's LR range test (bench/lr_range_torch.py, rules {lr_rule} and "
+                                    f"{lr_min_rule}), because our lr-find failed (exit {our_rc})")
+    sys.exit(f"error: our lr-find (exit {our_rc}) and bench/lr_range_torch.py (exit {rc}) suggested no LR; "
              "pass --lr-max and --lr-min instead")
 
 
@@ -738,8 +788,7 @@ def main(argv=None):
     print(f"Device: {device}", flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     if args.lr_max is None:
-        args.lr_max, args.lr_min = run_lr_find(args, stamp, work)
-        lr_source = "our lr-find's suggestion, used by every run"
+        args.lr_max, args.lr_min, lr_source = run_lr_find(args, stamp, work)
     else:
         lr_source = "given on the command line"
     print(f"LR for every run: LRMAX={args.lr_max} LRMIN={args.lr_min} ({lr_source})", flush=True)
