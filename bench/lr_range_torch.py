@@ -80,7 +80,7 @@ def lr_min_rules(lr_max, points):
             "onset": lr_max / 10 if at is None else min(max(at, lr_max / 100), lr_max / 10), "onset_lr": at}
 
 
-def report(points, diverged, what):
+def report(points, diverged, what, lr_rule="minimum", lr_min_rule="onset"):
     rules = {r: suggest(points, r)[0] for r in ("minimum", "steepest", "valley")}
     mins = lr_min_rules(rules["minimum"], points)
     at = "none" if mins["onset_lr"] is None else f"{mins['onset_lr']:.3e}"
@@ -88,6 +88,10 @@ def report(points, diverged, what):
           f"{points[0][2]:.4f}; LRMAX by rule: " + ", ".join(f"{r} {v:.3e}" for r, v in rules.items())
           + f"; with the minimum rule's LRMAX, LRMIN by rule: tenth {mins['tenth']:.3e}, onset {mins['onset']:.3e} "
           f"(the loss starts to fall at {at})", flush=True)
+    # The suggestion by the chosen rules, in our CLI's words (bench/side_by_side.py reads this line).
+    lr_max = rules[lr_rule]
+    print(f"suggestion (rules {lr_rule} and {lr_min_rule}): LRMAX={lr_max:.4e} "
+          f"LRMIN={lr_min_rules(lr_max, points)[lr_min_rule]:.4e}", flush=True)
 
 
 def main():
@@ -104,11 +108,16 @@ def main():
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     ap.add_argument("--csv", help="write the curve here")
     ap.add_argument("--from-csv", metavar="CSV", help="no training: apply the rules to a curve this script wrote")
+    ap.add_argument("--lr-rule", default="minimum", choices=["minimum", "steepest", "valley"],
+                    help="the rule of the last line's LRMAX (as our CLI's --lr-rule)")
+    ap.add_argument("--lr-min-rule", default="onset", choices=["tenth", "onset"],
+                    help="the rule of the last line's LRMIN (as our CLI's --lr-min-rule)")
     args = ap.parse_args()
     if args.from_csv:
         with open(args.from_csv) as f:
             rows = [line.strip().split(",") for line in f.readlines()[1:] if line.strip()]
-        report([(float(lr), float(raw), float(sm)) for lr, raw, sm in rows], False, f"the curve of {args.from_csv}")
+        report([(float(lr), float(raw), float(sm)) for lr, raw, sm in rows], False, f"the curve of {args.from_csv}",
+               args.lr_rule, args.lr_min_rule)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,7 +166,8 @@ def main():
             f.write("lr,loss,smoothed_loss\n")
             for lr, raw, s in points:
                 f.write(f"{lr:.6e},{raw:.6f},{s:.6f}\n")
-    report(points, diverged, f"width {args.width}, out scale {args.out_scale}, batch {bs}")
+    report(points, diverged, f"width {args.width}, out scale {args.out_scale}, batch {bs}", args.lr_rule,
+           args.lr_min_rule)
 
 
 if __name__ == "__main__":

@@ -211,9 +211,6 @@ TENSORS_RE = re.compile(r"GPU memory: peak " + _NUM_UNIT + r" in tensors")
 HELD_RE = re.compile(r"GPU memory:.*peak " + _NUM_UNIT + r" held")
 PEAK_RE = re.compile(r"[Pp]eak (?:GPU |device )?memory\D*?" + _NUM_UNIT)
 LR_SUGGEST_RE = re.compile(r"LRMAX=([0-9.eE+-]+) LRMIN=([0-9.eE+-]+)")
-# bench/lr_range_torch.py's report line.
-TORCH_LR_RE = re.compile(r"LRMAX by rule: minimum ([0-9.eE+-]+), steepest ([0-9.eE+-]+), valley ([0-9.eE+-]+);"
-                         r".*the loss starts to fall at ([0-9.eE+-]+|none)")
 UNITS = {"B": 1, "bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
@@ -324,34 +321,23 @@ def flag_value(flags, name, default):
     return default
 
 
-def lr_from_torch_report(line, lr_rule, lr_min_rule):
-    """(LRMAX, LRMIN) from lr_range_torch.py's report line by our CLI's rules (model/src/lr_find.rs): LRMAX by
-    `lr_rule`; LRMIN a tenth of it, or (`onset`) where the loss starts to fall, kept within [LRMAX/100,
-    LRMAX/10]. None if the line is not the report."""
-    m = TORCH_LR_RE.search(line)
-    if not m:
-        return None
-    lr_max = float(m.group({"minimum": 1, "steepest": 2, "valley": 3}[lr_rule]))
-    onset = None if m.group(4) == "none" else float(m.group(4))
-    if lr_min_rule == "tenth" or onset is None:
-        return lr_max, lr_max / 10
-    return lr_max, min(max(onset, lr_max / 100), lr_max / 10)
-
-
 def run_lr_find_torch(args, work, our_rc):
-    """bench/lr_range_torch.py with our run's settings (width, batch, logit scale, seed) and rules."""
+    """bench/lr_range_torch.py with our run's settings (width, batch, logit scale, seed) and rules (our CLI's
+    defaults unless --ours-args names others)."""
     lr_rule = flag_value(args.ours_args, "--lr-rule", "minimum")
     lr_min_rule = flag_value(args.ours_args, "--lr-min-rule", "onset")
     cmd = [args.python, LR_RANGE_TORCH, "--device", args.device, "--data", args.data, "--width", str(args.width),
            "--batch-size", str(args.batch_size), "--seed", str(args.seeds[0]),
-           "--out-scale", flag_value(args.ours_args, "--out-scale", "0.125")]
+           "--out-scale", flag_value(args.ours_args, "--out-scale", "0.125"),
+           "--lr-rule", lr_rule, "--lr-min-rule", lr_min_rule]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     rc, lines, _ = run_streamed(cmd, os.path.join(work, "lr-find-torch.log"), args.timeout_s, env)
     for _, line in reversed(lines):
-        lrs = lr_from_torch_report(line, lr_rule, lr_min_rule)
-        if lrs:
-            return lrs[0], lrs[1], (f"PyTorch's LR range test (bench/lr_range_torch.py, rules {lr_rule} and "
-                                    f"{lr_min_rule}), because our lr-find failed (exit {our_rc})")
+        m = LR_SUGGEST_RE.search(line)
+        if m:
+            return float(m.group(1)), float(m.group(2)), (
+                f"PyTorch's LR range test (bench/lr_range_torch.py, rules {lr_rule} and {lr_min_rule}), "
+                f"because our lr-find failed (exit {our_rc})")
     sys.exit(f"error: our lr-find (exit {our_rc}) and bench/lr_range_torch.py (exit {rc}) suggested no LR; "
              "pass --lr-max and --lr-min instead")
 

@@ -32,10 +32,10 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"CIFARPK1";
-/// Label byte + 3 planes of 32x32 pixels.
-const RECORD: usize = 1 + PIXELS;
-const PIXELS: usize = 3 * PLANE;
-const PLANE: usize = SIDE * SIDE;
+/// A record: the label byte, then the image's 3 planes of 32x32 pixels.
+const RECORD: usize = data::RECORD_BYTES;
+const PIXELS: usize = data::IMAGE_BYTES;
+const PLANE: usize = PIXELS / 3;
 const SIDE: usize = 32;
 
 type Result<T> = std::result::Result<T, String>;

@@ -194,7 +194,11 @@ fn run(
     let (lr_at_minimum, _) = suggest(&points, LrRule::Minimum)?;
     let (lr_steepest, _) = suggest(&points, LrRule::Steepest)?;
     let (lr_valley, _) = suggest(&points, LrRule::Valley)?;
-    let (lr_max, _) = suggest(&points, lf.rule)?;
+    let lr_max = match lf.rule {
+        LrRule::Minimum => lr_at_minimum,
+        LrRule::Steepest => lr_steepest,
+        LrRule::Valley => lr_valley,
+    };
     let lr_onset = onset(&points);
     let lr_min = choose_lr_min(lf.min_rule, lr_max, lr_onset);
     Ok(LrFindResult { points, lr_max, lr_min, lr_at_minimum, lr_steepest, lr_valley, lr_onset, diverged })
