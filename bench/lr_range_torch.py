@@ -26,6 +26,7 @@ from resnet9 import ResNet9  # noqa: E402
 from train_torch import TRAIN_FILES, augment, channel_stats, load_split  # noqa: E402
 
 SLOPE_SPAN = 3  # as lr_find.rs
+NO_UPTURN_TAIL = 0.05  # as lr_find.rs
 ONSET_FRACTION, ONSET_HALF_WINDOW, ONSET_MIN_FALL = 0.1, 5, 0.05  # as lr_find.rs
 
 
@@ -54,6 +55,16 @@ def suggest(points, rule):
         start, span = first[best], best - first[best]
         lr = finite[start + span // 3 + span // 6][0]
     return lr, lr / 10
+
+
+def no_upturn(points, diverged):
+    """lr_find::no_upturn: no divergence and the smoothed minimum in the last 5% of the points."""
+    finite = [s for lr, _, s in points if math.isfinite(s) and lr > 0]
+    if not finite:
+        return False
+    imin = min(range(len(finite)), key=lambda i: finite[i])
+    tail = max(math.ceil(len(finite) * NO_UPTURN_TAIL), 1)
+    return not diverged and imin + tail >= len(finite)
 
 
 def onset(points):
@@ -89,6 +100,10 @@ def report(points, diverged, what, lr_rule="minimum", lr_min_rule="onset"):
           + f"; with the minimum rule's LRMAX, LRMIN by rule: tenth {mins['tenth']:.3e}, onset {mins['onset']:.3e} "
           f"(the loss starts to fall at {at})", flush=True)
     # The suggestion by the chosen rules, in our CLI's words (bench/side_by_side.py reads this line).
+    if lr_rule == "minimum" and no_upturn(points, diverged):
+        # as lr_find.rs: a minimum at the range's end only marks the end; take the steepest descent
+        print("the loss never turned up inside the range: LRMAX from the steepest rule, not the minimum", flush=True)
+        lr_rule = "steepest"
     lr_max = rules[lr_rule]
     print(f"suggestion (rules {lr_rule} and {lr_min_rule}): LRMAX={lr_max:.4e} "
           f"LRMIN={lr_min_rules(lr_max, points)[lr_min_rule]:.4e}", flush=True)

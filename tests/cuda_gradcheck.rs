@@ -187,7 +187,7 @@ fn every_op_reads_what_it_claims_on_the_gpu() {
     })
     .unwrap();
     check_reads(&dev, &[&[8, 16, 6, 6]], &[true, false], tol, |g, v| ops::relu::relu(g, v[0])).unwrap();
-    check_reads(&dev, &[&[8, 16, 8, 8]], &[false, false], tol, |g, v| ops::max_pool::max_pool2d(g, v[0], 2)).unwrap();
+    check_reads(&dev, &[&[8, 16, 8, 8]], &[false, true], tol, |g, v| ops::max_pool::max_pool2d(g, v[0], 2)).unwrap();
     check_reads(&dev, &[&[8, 16, 6, 6], &[8, 16, 6, 6]], &[true, true, true], tol, |g, v| ops::add::add(g, v[0], v[1])).unwrap();
     check_reads(&dev, &[&[8, 64], &[10, 64], &[10]], &[false, false, false, true], tol, |g, v| ops::linear::linear(g, v[0], v[1], v[2])).unwrap();
     check_reads(&dev, &[&[8, 16, 2, 2]], &[true, true], tol, |g, v| ops::reshape::flatten(g, v[0])).unwrap();

@@ -203,22 +203,36 @@ fn batch_norm_matches_the_cpu() {
     }
 }
 
-/// Max-pooling forward and backward: selection and routing of values, exact. Random
-/// normal inputs have no ties.
+/// Max-pooling forward (cuDNN) and backward (`ptx/max_pool.cu`): selection and routing of
+/// values, exact, in f32 and bf16, NCHW and NHWC, on the network's shapes and on one whose
+/// last rows and columns fill no window. The CPU reference runs in f32 on the same values
+/// (bf16 inputs widened exactly); bf16's 8 bits make ties common, and both sides give a tie
+/// to the first maximum.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn max_pool_matches_the_cpu_exactly() {
+    use engine::Layout;
     let dev = gpu();
-    for (shape, k) in [([32usize, 128, 16, 16], 2), ([16, 512, 4, 4], 4)] {
-        let x = rand(&shape, 300 + k as u64);
-        let (y, argmax) = ops::max_pool::forward(&x, k).unwrap();
-        let dy = rand(y.shape(), 310 + k as u64);
-        let xg = x.to_device(&dev).unwrap();
-        let yg = ops::max_pool::forward_cuda(&xg, k).unwrap();
-        close(&format!("max pool {shape:?} k={k}: y"), &yg, &y, 0.0);
-        let dx = ops::max_pool::backward(x.shape(), &argmax, &dy).unwrap();
-        let dxg = ops::max_pool::backward_cuda(&xg, &yg, &dy.to_device(&dev).unwrap(), k).unwrap();
-        close(&format!("max pool {shape:?} k={k}: dx"), &dxg, &dx, 0.0);
+    for (shape, k) in [([32usize, 128, 16, 16], 2), ([16, 512, 4, 4], 4), ([4, 8, 9, 11], 2)] {
+        for dt in [DType::F32, DType::BF16] {
+            // Values representable in dt, so that the f32 reference sees what the GPU sees.
+            let x = rand(&shape, 300 + k as u64).to_dtype(dt).to_dtype(DType::F32);
+            let (y, argmax) = ops::max_pool::forward(&x, k).unwrap();
+            let dy = rand(y.shape(), 310 + k as u64).to_dtype(dt).to_dtype(DType::F32);
+            let dx = ops::max_pool::backward(x.shape(), &argmax, &dy).unwrap();
+            for layout in [Layout::Nchw, Layout::Nhwc] {
+                let on_gpu = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
+                let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), DType::F32).unwrap();
+                let what = format!("max pool {shape:?} k={k} {dt:?} {layout:?}");
+                let xg = on_gpu(&x);
+                let yg = ops::max_pool::forward_cuda(&xg, k).unwrap();
+                assert_eq!((yg.dtype(), yg.layout()), (dt, layout), "{what}: y's type and layout");
+                close(&format!("{what}: y"), &back(&yg), &y, 0.0);
+                let dxg = ops::max_pool::backward_cuda(&xg, &on_gpu(&dy), k).unwrap();
+                assert_eq!((dxg.dtype(), dxg.layout()), (dt, layout), "{what}: dx's type and layout");
+                close(&format!("{what}: dx"), &back(&dxg), &dx, 0.0);
+            }
+        }
     }
 }
 

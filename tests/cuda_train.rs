@@ -30,23 +30,50 @@ fn cifar_dir() -> PathBuf {
     dir
 }
 
-fn close(what: &str, gpu: &Tensor, cpu: &Tensor, rtol: f64) {
-    assert!(gpu.device().is_cuda(), "{what}: not on the GPU");
-    let scale = cpu.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let err = gpu.max_abs_diff(cpu).unwrap();
-    eprintln!("{what}: max abs difference {err:.3e}, relative {:.3e}", err / scale);
-    assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+/// Comparisons of GPU tensors with references that print every result and fail at the end,
+/// listing each one out of tolerance (so one run on a GPU shows the whole picture).
+#[derive(Default)]
+struct Report {
+    failures: Vec<String>,
+}
+
+impl Report {
+    /// `gpu` within `rtol` times `cpu`'s largest absolute value of `cpu`, elementwise.
+    fn close(&mut self, what: &str, gpu: &Tensor, cpu: &Tensor, rtol: f64) {
+        assert!(gpu.device().is_cuda(), "{what}: not on the GPU");
+        let scale = cpu.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        let err = gpu.max_abs_diff(cpu).unwrap();
+        eprintln!("{what}: max abs difference {err:.3e}, relative {:.3e}", err / scale);
+        if err.is_nan() || err > rtol * scale {
+            self.failures.push(format!("{what}: max abs difference {err:e}, largest value {scale:e} (relative {:.3e} > {rtol:e})", err / scale));
+        }
+    }
+
+    /// A condition, with what it means when it fails.
+    fn check(&mut self, ok: bool, what: String) {
+        if !ok {
+            eprintln!("FAILED: {what}");
+            self.failures.push(what);
+        }
+    }
+
+    fn finish(self) {
+        assert!(self.failures.is_empty(), "{} comparisons failed:\n{}", self.failures.len(), self.failures.join("\n"));
+    }
 }
 
 /// One training step of the full-width ResNet-9 (6.57 M parameters) on both devices from
 /// the same weights and batch: logits, loss, every gradient, the BN running statistics and
 /// the parameters after the SGD step.
 ///
-/// Tolerance 1e-3 relative to each tensor's largest value, TF32 off: both sides compute in
-/// f32 but sum in other orders through 8 convolutions and 8 batch norms; each layer adds
-/// ~1e-5 relative error and batch norm divides by the batch's std, amplifying it. A wrong
-/// rule (a missing term, a transposed filter, biased vs unbiased variance) is off by 1e-1
-/// or more.
+/// Tolerance, TF32 off, relative to each tensor's largest value: 1e-3 for the forward values
+/// (logits, loss, running statistics) and 5e-3 for gradients and the parameters after the
+/// step. Both sides compute in f32 but sum in other orders through 8 convolutions and 8
+/// batch norms, and batch norm's backward subtracts two means from each gradient, so the
+/// rounding of terms far larger than the result remains; cuDNN's backward algorithms (the
+/// fastest, which may be FFT or Winograd based) add their own. Measured on an H200
+/// (2026-11-26): logits 7.3e-6, gradients up to 1.1e-3 (layer1's weight). A wrong rule
+/// (a missing term, a transposed filter, biased vs unbiased variance) is off by 1e-1 or more.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn one_resnet_training_step_matches_the_cpu() {
@@ -72,6 +99,7 @@ fn one_resnet_training_step_matches_the_cpu() {
     // The CPU reference once (the slow part), then cuDNN's batch norm and our fused batch
     // norm + ReLU (`--fused-bn-relu`), in both layouts.
     let (nc, gc, lc, lossc) = step(cpu_net.clone(), x.clone());
+    let mut report = Report::default();
     for fused in [false, true] {
         for layout in [engine::Layout::Nchw, engine::Layout::Nhwc] {
             eprintln!("== layout {layout:?}, fused BN+ReLU {fused}");
@@ -80,19 +108,21 @@ fn one_resnet_training_step_matches_the_cpu() {
             gpu_net.arch.layout = layout;
             gpu_net.arch.fuse_bn_relu = fused;
             let (ng, gg, lg, lossg) = step(gpu_net, x.to_device(&dev).unwrap());
-            close("logits", &lg, &lc, 1e-3);
-            close("loss", &lossg, &lossc, 1e-4);
+            let tag = format!("{layout:?}, fused {fused}");
+            report.close(&format!("{tag}: logits"), &lg, &lc, 1e-3);
+            report.close(&format!("{tag}: loss"), &lossg, &lossc, 1e-4);
             for (i, name) in nc.arch.param_names.iter().enumerate() {
-                close(&format!("grad of {name}"), gg[i].as_ref().unwrap(), gc[i].as_ref().unwrap(), 1e-3);
-                close(&format!("{name} after the step"), &ng.params[i], &nc.params[i], 1e-3);
+                report.close(&format!("{tag}: grad of {name}"), gg[i].as_ref().unwrap(), gc[i].as_ref().unwrap(), 5e-3);
+                report.close(&format!("{tag}: {name} after the step"), &ng.params[i], &nc.params[i], 5e-3);
             }
             for (i, (a, b)) in ng.bn.iter().zip(&nc.bn).enumerate() {
-                close(&format!("{} running mean", nc.arch.bn_name(i)), &a.mean, &b.mean, 1e-3);
-                close(&format!("{} running var", nc.arch.bn_name(i)), &a.var, &b.var, 1e-3);
+                report.close(&format!("{tag}: {} running mean", nc.arch.bn_name(i)), &a.mean, &b.mean, 1e-3);
+                report.close(&format!("{tag}: {} running var", nc.arch.bn_name(i)), &a.var, &b.var, 1e-3);
             }
         }
     }
     cuda_dev(&dev).set_allow_tf32(true);
+    report.finish();
 }
 
 /// The GPU pipeline assembles exactly the batches the host pipeline does, from the real
@@ -206,9 +236,17 @@ fn cosine(a: &Tensor, b: &Tensor) -> f64 {
 /// One bf16 mixed-precision step of the full-width ResNet-9 against the f32 CPU reference
 /// from the same weights and batch. bf16 keeps 8 significant bits (relative rounding 2^-9);
 /// through 8 conv + BN layers the activations drift by ~1%, so the loss must agree within 2%
-/// and every gradient must point the same way: cosine similarity >= 0.99 (a wrong cast, a
-/// gradient left in bf16 where f32 is expected, or f32 data read as bf16 gives ~0 or NaN).
-/// Both memory orders (channels last is what cuDNN's bf16 tensor-core kernels prefer).
+/// and every gradient must point the same way: cosine similarity >= 0.85. Why so low: at
+/// initialisation each batch norm's backward subtracts two means from the gradient, leaving
+/// a small remainder of terms that carry bf16 rounding, and this compounds layer by layer.
+/// PyTorch's own bf16 autocast does the same: on this network at init, batch 32, its
+/// gradients have cosines 0.918 to 0.989 against f32 (0.94 for the first convolution's
+/// weight) except the linear layer's (0.9995), over 3 seeds (`bench/bf16_grad_cosine.py`,
+/// bench/results/bf16-grad-cosine-torch-cpu-2026-11-26.md); ours measured 0.942 for the first
+/// convolution's weight on an H200 (2026-11-26). A wrong cast, a gradient left in bf16 where
+/// f32 is expected, or f32 data read as bf16 gives ~0 or NaN. Both memory orders (channels
+/// last is what cuDNN's bf16 tensor-core kernels prefer); every gradient is printed before
+/// the test fails.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn one_bf16_resnet_step_agrees_with_the_f32_cpu_step() {
@@ -239,14 +277,16 @@ fn bf16_step_agrees(layout: engine::Layout) {
     let (lc, gc, names) = run(cpu_net, x.clone());
     let (lg, gg, _) = run(gpu_net, x.to_device(&dev).unwrap());
     eprintln!("loss: f32 CPU {lc:.6}, bf16 GPU {lg:.6}");
-    assert!((lg - lc).abs() <= 0.02 * lc.abs(), "loss {lg} vs {lc}");
+    let mut report = Report::default();
+    report.check((lg - lc).abs() <= 0.02 * lc.abs(), format!("{layout:?}: loss {lg} vs {lc}"));
     for (i, name) in names.iter().enumerate() {
         let (a, b) = (gg[i].as_ref().unwrap(), gc[i].as_ref().unwrap());
-        assert_eq!(a.dtype(), DType::F32, "{name}: parameter gradients are f32");
+        report.check(a.dtype() == DType::F32, format!("{layout:?}: grad of {name} is {:?}, not f32", a.dtype()));
         let c = cosine(a, b);
         eprintln!("grad of {name}: cosine {c:.5}");
-        assert!(c >= 0.99, "grad of {name}: cosine similarity {c}");
+        report.check(c >= 0.85, format!("{layout:?}: grad of {name}: cosine similarity {c}"));
     }
+    report.finish();
 }
 
 /// A short run with every speed option on (bf16, channels last, fused BN+ReLU, CUDA graph)
@@ -297,22 +337,27 @@ fn device_side_evaluation_equals_the_host_side_one() {
 }
 
 /// Two epochs of 5 full batches and a partial one, trained eagerly and with the step
-/// captured as a CUDA graph (`--cuda-graph`) from the same weights, on the same device (so
-/// both use the same convolution algorithms): the graph run replays the step 8 times
+/// captured as a CUDA graph (`--cuda-graph`) from the same weights, on the same device, with
+/// cuDNN restricted to deterministic convolution algorithms (`--deterministic`; our kernels
+/// and cuBLAS's GEMMs are deterministic anyway): the graph run replays the step 8 times
 /// (epoch 1: batches 3-5 after two warm-up steps; epoch 2: batches 1-5), makes no driver
 /// allocation in its second epoch, and ends with the same statistics and parameters.
 ///
-/// Tolerance 1e-3 relative to each tensor's largest value: the kernels and their
-/// arguments are the same, so only cuDNN algorithms that sum with atomics (in any order)
-/// can make the runs differ, by a few f32 roundings per step growing over 12 steps. A
-/// wrong LR, batch or counter in the replay (e.g. a replay training on the captured batch
-/// again, or at the captured LR) changes parameters by 1e-2 or more. The BN running
-/// statistics are compared too (they never affect the training loss).
+/// Tolerance 1e-5 relative to each tensor's largest value: the same kernels run on the
+/// same arguments in the same order, so the runs should agree bit for bit; the margin only
+/// spares the test a difference of a few roundings (e.g. an LR read from the device in one
+/// run and passed by value in the other), grown over 12 steps. (Without the deterministic
+/// restriction, cuDNN's fastest algorithms sum with atomics in a varying order: on an H200,
+/// 2026-11-26, the second epoch's loss then differed by 1.4e-3 relative, which says nothing
+/// about the replay.) A wrong LR, batch or counter in the replay (e.g. a replay training on
+/// the captured batch again, or at the captured LR) changes parameters by 1e-2 or more. The
+/// BN running statistics are compared too (they never affect the training loss).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn graph_steps_match_eager_steps() {
     let dev = gpu();
     let d = cuda_dev(&dev);
+    d.set_deterministic(true);
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let norm = model::batches::Normalization { mean, std };
@@ -345,16 +390,19 @@ fn graph_steps_match_eager_steps() {
         eprintln!("graph {graph}: {stats:?}");
         runs.push((stats, net));
     }
+    d.set_deterministic(false);
     let ((eager_stats, eager), (graph_stats, graphed)) = (&runs[0], &runs[1]);
-    for ((la, aa), (lb, ab)) in eager_stats.iter().zip(graph_stats) {
-        assert!((la - lb).abs() <= 1e-3 * la.abs(), "epoch loss {la} vs {lb}");
-        assert!((aa - ab).abs() <= 0.2, "epoch accuracy {aa} vs {ab}");
+    let mut report = Report::default();
+    for (e, ((la, aa), (lb, ab))) in eager_stats.iter().zip(graph_stats).enumerate() {
+        report.check((la - lb).abs() <= 1e-5 * la.abs(), format!("epoch {} loss {la} (eager) vs {lb} (graph)", e + 1));
+        report.check((aa - ab).abs() <= 0.1, format!("epoch {} accuracy {aa} (eager) vs {ab} (graph)", e + 1));
     }
     for (i, (a, b)) in eager.params.iter().zip(&graphed.params).enumerate() {
-        close(&format!("parameter {} ({})", i, eager.arch.param_names[i]), b, &a.to_device(&Device::Cpu).unwrap(), 1e-3);
+        report.close(&format!("parameter {} ({})", i, eager.arch.param_names[i]), b, &a.to_device(&Device::Cpu).unwrap(), 1e-5);
     }
     for (i, (a, b)) in eager.bn.iter().zip(&graphed.bn).enumerate() {
-        close(&format!("{} running mean", eager.arch.bn_name(i)), &b.mean, &a.mean.to_device(&Device::Cpu).unwrap(), 1e-3);
-        close(&format!("{} running var", eager.arch.bn_name(i)), &b.var, &a.var.to_device(&Device::Cpu).unwrap(), 1e-3);
+        report.close(&format!("{} running mean", eager.arch.bn_name(i)), &b.mean, &a.mean.to_device(&Device::Cpu).unwrap(), 1e-5);
+        report.close(&format!("{} running var", eager.arch.bn_name(i)), &b.var, &a.var.to_device(&Device::Cpu).unwrap(), 1e-5);
     }
+    report.finish();
 }

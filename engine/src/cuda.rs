@@ -64,6 +64,9 @@ pub struct CudaDevice {
     workspace: Mutex<Option<CudaSlice<u8>>>,
     /// Whether cuDNN convolutions may use TF32 tensor cores for f32 data (PyTorch's default: yes).
     allow_tf32: AtomicBool,
+    /// Whether convolutions may only use algorithms cuDNN marks deterministic (PyTorch's
+    /// `torch.backends.cudnn.deterministic`; off by default).
+    deterministic: AtomicBool,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
     /// Requests may take a larger free block (see [`CudaDevice::best_fit`]).
@@ -333,6 +336,7 @@ impl CudaDevice {
             conv_plans: Mutex::new(HashMap::new()),
             workspace: Mutex::new(None),
             allow_tf32: AtomicBool::new(true),
+            deterministic: AtomicBool::new(false),
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
@@ -396,6 +400,19 @@ impl CudaDevice {
     /// Allow or forbid TF32 in f32 convolutions (tests compare against the CPU both ways).
     pub fn set_allow_tf32(&self, allow: bool) {
         self.allow_tf32.store(allow, Ordering::Relaxed);
+    }
+
+    /// Whether convolutions are restricted to algorithms cuDNN marks deterministic (the same
+    /// inputs give the same bits every run). Off by default: the fastest algorithm may sum
+    /// with atomics, in an order that changes from run to run.
+    pub fn deterministic(&self) -> bool {
+        self.deterministic.load(Ordering::Relaxed)
+    }
+
+    /// Restrict convolutions to deterministic algorithms, or lift the restriction. Shapes
+    /// searched before keep their plans under the old setting (the setting is part of the key).
+    pub fn set_deterministic(&self, on: bool) {
+        self.deterministic.store(on, Ordering::Relaxed);
     }
 
     /// The convolution plan for `key` (or cuDNN's refusal), computing it with `choose` the

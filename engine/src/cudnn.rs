@@ -270,7 +270,8 @@ impl Drop for PoolDesc {
 }
 
 /// What identifies a convolution for algorithm choice: element type, input `[n, c, h, w]`,
-/// filter `[k, c, r, s]`, padding, stride, and whether TF32 is allowed.
+/// filter `[k, c, r, s]`, padding, stride, whether TF32 is allowed, and whether only
+/// deterministic algorithms are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvKey {
     pub dtype: crate::DType,
@@ -280,6 +281,7 @@ pub struct ConvKey {
     pub pad: usize,
     pub stride: usize,
     pub tf32: bool,
+    pub deterministic: bool,
 }
 
 /// What cuDNN offers for one convolution shape: a plan, or nothing (with what was tried).

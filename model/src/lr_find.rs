@@ -12,7 +12,13 @@
 //!
 //! Suggestion rules for LRMAX (`LrRule`):
 //! - `Minimum` (the default; Smith 2017, "Super-Convergence", §3: the cycle's upper bound
-//!   is where the loss stops falling): `lr_max = lr(argmin smooth)`.
+//!   is where the loss stops falling): `lr_max = lr(argmin smooth)`. If the loss never turns
+//!   up inside the range (the test did not stop on divergence and the minimum lies in the
+//!   last `NO_UPTURN_TAIL` of the points), the minimum only marks the range's end, not where
+//!   the loss stops falling, and the `Steepest` rule's LR is used instead (the log says so).
+//!   On an H200 (2026-11-26) a half-width network on 10,000 images had its smoothed minimum
+//!   at 10, the range's end; the one-cycle up to LR 10 ended at 19% test accuracy after 3
+//!   epochs, where the full-width runs found their minimum at 0.34 to 0.61.
 //! - `Steepest` (fastai's "steepest descent" suggestion): `lr_max` = the LR where the
 //!   smoothed loss falls fastest per unit of `ln lr`, before its minimum; the slope is a
 //!   central difference over ±`SLOPE_SPAN` points. When the loss never turns up inside the
@@ -104,6 +110,10 @@ const ONSET_MIN_FALL: f64 = 0.05;
 /// Half-width, in points, of the central difference of the `Steepest` rule.
 const SLOPE_SPAN: usize = 3;
 
+/// The `Minimum` rule's guard (see the module doc): a minimum in this last share of the
+/// points, without divergence, means the loss never turned up inside the range.
+const NO_UPTURN_TAIL: f64 = 0.05;
+
 /// What the range test measured and suggests.
 #[derive(Clone, Debug)]
 pub struct LrFindResult {
@@ -111,6 +121,12 @@ pub struct LrFindResult {
     pub points: Vec<(f64, f64, f64)>,
     pub lr_max: f64,
     pub lr_min: f64,
+    /// The rule LRMAX came from: the configured one, or `Steepest` where `Minimum` was asked
+    /// for and the loss never turned up (`no_upturn`).
+    pub lr_max_rule: LrRule,
+    /// Whether the smoothed loss was still at its lowest at the end of the range (see
+    /// [`no_upturn`]).
+    pub no_upturn: bool,
     /// The LR of each rule's choice, whichever was used (for the log and the plot).
     pub lr_at_minimum: f64,
     pub lr_steepest: f64,
@@ -194,14 +210,25 @@ fn run(
     let (lr_at_minimum, _) = suggest(&points, LrRule::Minimum)?;
     let (lr_steepest, _) = suggest(&points, LrRule::Steepest)?;
     let (lr_valley, _) = suggest(&points, LrRule::Valley)?;
-    let lr_max = match lf.rule {
+    let no_upturn = no_upturn(&points, diverged);
+    let lr_max_rule = if lf.rule == LrRule::Minimum && no_upturn { LrRule::Steepest } else { lf.rule };
+    let lr_max = match lr_max_rule {
         LrRule::Minimum => lr_at_minimum,
         LrRule::Steepest => lr_steepest,
         LrRule::Valley => lr_valley,
     };
     let lr_onset = onset(&points);
     let lr_min = choose_lr_min(lf.min_rule, lr_max, lr_onset);
-    Ok(LrFindResult { points, lr_max, lr_min, lr_at_minimum, lr_steepest, lr_valley, lr_onset, diverged })
+    Ok(LrFindResult { points, lr_max, lr_min, lr_max_rule, no_upturn, lr_at_minimum, lr_steepest, lr_valley, lr_onset, diverged })
+}
+
+/// Whether the loss never turned up inside the range: the test did not stop on divergence
+/// and the smoothed loss has its minimum in the last [`NO_UPTURN_TAIL`] of the finite points.
+pub fn no_upturn(points: &[(f64, f64, f64)], diverged: bool) -> bool {
+    let finite: Vec<f64> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| p.2).collect();
+    let Some((imin, _)) = finite.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)) else { return false };
+    let tail = ((finite.len() as f64 * NO_UPTURN_TAIL).ceil() as usize).max(1);
+    !diverged && imin + tail >= finite.len()
 }
 
 /// Where the loss starts to fall (see the module doc: the `Onset` rule before its bounds),
@@ -295,6 +322,25 @@ fn longest_fall(v: &[f64]) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `n` points from LR 1e-4 to 10 whose smoothed loss is `f(i)`.
+    fn curve(n: usize, f: impl Fn(usize) -> f64) -> Vec<(f64, f64, f64)> {
+        (0..n).map(|i| (1e-4 * 1e5f64.powf(i as f64 / (n - 1) as f64), f(i), f(i))).collect()
+    }
+
+    #[test]
+    fn a_minimum_at_the_range_end_without_divergence_is_no_upturn() {
+        // Falls all the way to the last point: no upturn, unless the test stopped on divergence.
+        let falling = curve(100, |i| 3.0 - 0.02 * i as f64);
+        assert!(no_upturn(&falling, false));
+        assert!(!no_upturn(&falling, true));
+        // Minimum at point 96 of 100 (inside the last 5): still none; at point 80: an upturn.
+        let late = curve(100, |i| (i as f64 - 96.0).powi(2));
+        assert!(no_upturn(&late, false));
+        let turned = curve(100, |i| (i as f64 - 80.0).powi(2));
+        assert!(!no_upturn(&turned, false));
+        assert!(!no_upturn(&[], false));
+    }
 
     #[test]
     fn valley_rule_lands_inside_the_longest_fall() {

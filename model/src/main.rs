@@ -144,6 +144,10 @@ struct TrainArgs {
     /// Forbid TF32 tensor-core math in f32 convolutions on the GPU (on by default, as in PyTorch).
     #[arg(long)]
     no_tf32: bool,
+    /// Only convolution algorithms cuDNN marks deterministic, so that a seed gives the same
+    /// run every time on one GPU (off by default: the fastest ones may sum with atomics).
+    #[arg(long)]
+    deterministic: bool,
     /// Mixed precision on the GPU: bf16 convolutions and activations, f32 parameters, BN
     /// statistics, linear layer and loss (like PyTorch's bf16 autocast).
     #[arg(long)]
@@ -259,6 +263,7 @@ fn train(args: &TrainArgs, only_lr_find: bool) -> Result<()> {
     let device = choose_device(&args.device)?;
     if let Device::Cuda(d) = &device {
         d.set_allow_tf32(!args.no_tf32);
+        d.set_deterministic(args.deterministic);
     }
     let mut opts = args.options()?;
     let ds = open_data(&args.data)?;
@@ -301,6 +306,7 @@ fn run(cli: Cli) -> Result<()> {
             let device = choose_device(&args.device)?;
             if let Device::Cuda(d) = &device {
                 d.set_allow_tf32(!args.no_tf32);
+                d.set_deterministic(args.deterministic);
             }
             let opts = args.options()?;
             let ds = open_data(&args.data)?;

@@ -371,10 +371,10 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
 /// `onset` rule apply.
 fn suggestion(r: &lr_find::LrFindResult, lf: &LrFindConfig) -> String {
     format!(
-        "LRMAX={:.4e} LRMIN={:.4e} (rules {:?} and {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}, valley at {:.3e}, loss falls from {}",
+        "LRMAX={:.4e} LRMIN={:.4e} (rules {} and {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}, valley at {:.3e}, loss falls from {}",
         r.lr_max,
         r.lr_min,
-        lf.rule,
+        if r.lr_max_rule == lf.rule { format!("{:?}", r.lr_max_rule) } else { format!("{:?} (the loss never turned up inside the range, so not {:?})", r.lr_max_rule, lf.rule) },
         lf.min_rule,
         r.lr_at_minimum,
         r.lr_steepest,

@@ -269,12 +269,13 @@ impl CudnnConv {
     /// Descriptors for `d` in `dtype` and `layout`, and the (cached) plan, or cuDNN's refusal.
     fn plan(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType, layout: engine::Layout) -> Result<Planned> {
         let tf32 = dev.allow_tf32() && dtype == DType::F32;
+        let deterministic = dev.deterministic();
         let x = cudnn::TensorDesc::new(dtype, layout, d.n, d.c, d.h, d.w)?;
         let w = cudnn::FilterDesc::kcrs(dtype, layout, d.o, d.c, d.kh, d.kw)?;
         let conv = cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?;
         let y = cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?;
-        let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32 };
-        match dev.conv_plan(key, || find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32))? {
+        let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32, deterministic };
+        match dev.conv_plan(key, || find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32, deterministic))? {
             cudnn::ConvChoice::Plan(plan) => Ok(Planned::Ready(CudnnConv { x, w, conv, y, plan })),
             cudnn::ConvChoice::Refused(why) => Ok(Planned::Refused(why)),
         }
@@ -284,7 +285,8 @@ impl CudnnConv {
 /// Measure every algorithm of the three kinds and keep the fastest that succeeds within
 /// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time). If measuring fails (it needs
 /// scratch memory of its own), cuDNN's heuristic ranking is used instead. A kind with no
-/// usable algorithm either way makes the shape [`cudnn::ConvChoice::Refused`].
+/// usable algorithm either way makes the shape [`cudnn::ConvChoice::Refused`]. With
+/// `deterministic`, only algorithms cuDNN marks `CUDNN_DETERMINISTIC` are usable.
 fn find(
     dev: &engine::cuda::CudaDevice,
     x: &cudnn::TensorDesc,
@@ -292,9 +294,10 @@ fn find(
     conv: &cudnn::ConvDesc,
     y: &cudnn::TensorDesc,
     tensor_cores: bool,
+    deterministic: bool,
 ) -> Result<cudnn::ConvChoice> {
     let h = dev.cudnn()?;
-    Ok(match plan_all(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), tensor_cores) {
+    Ok(match plan_all(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), tensor_cores, deterministic) {
         Ok(plan) => cudnn::ConvChoice::Plan(plan),
         Err(why) => cudnn::ConvChoice::Refused(why),
     })
@@ -308,30 +311,32 @@ fn plan_all(
     c: cudarc::cudnn::sys::cudnnConvolutionDescriptor_t,
     y: cudarc::cudnn::sys::cudnnTensorDescriptor_t,
     tensor_cores: bool,
+    deterministic: bool,
 ) -> std::result::Result<cudnn::ConvPlan, String> {
     use cudarc::cudnn::sys;
     let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
     // With TF32 forbidden for f32 data, only plain FMA math is acceptable.
     let math_ok = |m: sys::cudnnMathType_t| tensor_cores || m == sys::cudnnMathType_t::CUDNN_FMA_MATH;
+    let det_ok = |d: sys::cudnnDeterminism_t| !deterministic || d == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC;
     // SAFETY (all six calls): valid handle and descriptors; cuDNN writes at most `n` results
     // into `out` and their number into `count`.
     let f = choose::<sys::cudnnConvolutionFwdAlgoPerf_t>(
         "forward",
         |n, count, out| unsafe { sys::cudnnFindConvolutionForwardAlgorithm(hr, x, w, c, y, n, count, out) },
         |n, count, out| unsafe { sys::cudnnGetConvolutionForwardAlgorithm_v7(hr, x, w, c, y, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType),
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
     )?;
     let b = choose::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(
         "backward data",
         |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardDataAlgorithm(hr, w, y, c, x, n, count, out) },
         |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(hr, w, y, c, x, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType),
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
     )?;
     let bf = choose::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(
         "backward filter",
         |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardFilterAlgorithm(hr, x, y, c, w, n, count, out) },
         |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hr, x, y, c, w, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType),
+        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
     )?;
     Ok(cudnn::ConvPlan {
         fwd: f.algo,

@@ -2,7 +2,7 @@
 //! compiled to PTX by NVRTC at run time for the device's architecture.
 
 /// (file name, source) of every kernel file in `ptx/`.
-pub const SOURCES: [(&str, &str); 9] = [
+pub const SOURCES: [(&str, &str); 10] = [
     ("augment.cu", include_str!("../../ptx/augment.cu")),
     ("batch_norm_relu.cu", include_str!("../../ptx/batch_norm_relu.cu")),
     ("bf16.cu", include_str!("../../ptx/bf16.cu")),
@@ -10,6 +10,7 @@ pub const SOURCES: [(&str, &str); 9] = [
     ("elementwise.cu", include_str!("../../ptx/elementwise.cu")),
     ("graph_step.cu", include_str!("../../ptx/graph_step.cu")),
     ("layout.cu", include_str!("../../ptx/layout.cu")),
+    ("max_pool.cu", include_str!("../../ptx/max_pool.cu")),
     ("reduce.cu", include_str!("../../ptx/reduce.cu")),
     ("sgd.cu", include_str!("../../ptx/sgd.cu")),
 ];

@@ -6,8 +6,8 @@
 //! Forward: `y[n,c,i,j] = max_{0≤p,q<k} x[n, c, i·k + p, j·k + q]`.
 //! Backward: `dx[n,c,h,w] = dy[n,c,i,j]` if `(h, w)` is the position of that window's
 //! maximum (the first in row-major order on ties, as PyTorch), else 0.
-//! The forward saves the argmax of every window (CPU), or its output (CUDA: cuDNN's
-//! pooling backward finds each window's maximum again from x and y).
+//! The forward saves the argmax of every window (CPU); on the GPU the backward finds each
+//! window's maximum again from x (`ptx/max_pool.cu`).
 
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 use engine::Error;
@@ -17,7 +17,7 @@ pub fn max_pool2d(g: &mut Graph<'_>, x: Var, k: usize) -> Result<Var> {
     let xt = g.value(x);
     if xt.device().is_cuda() {
         let y = forward_cuda(xt, k)?;
-        return Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, saved: Saved::Output { k } }), &[x]));
+        return Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, saved: Saved::Window { k } }), &[x]));
     }
     let (y, argmax) = forward(xt, k)?;
     Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, saved: Saved::Argmax(argmax) }), &[x]))
@@ -97,11 +97,10 @@ fn backward_cpu<T: Float>(x_shape: &[usize], argmax: &[u32], dy: &Tensor) -> Res
     Tensor::new(x_shape, dx)
 }
 
-// ---- CUDA: cuDNN ----
+// ---- CUDA: cuDNN forward, our backward ----
 //
-// cudnnPoolingForward computes y; cudnnPoolingBackward (sys layer: cudarc's safe API has no
-// pooling backward) routes each dy to its window's maximum, found again from x and y. Mode
-// MAX_DETERMINISTIC picks the first maximum on ties, like the CPU reference.
+// cudnnPoolingForward computes y (mode MAX_DETERMINISTIC: the first maximum on ties, like the
+// CPU reference); the backward is our kernel `ptx/max_pool.cu` (see `backward_cuda`).
 
 use engine::cudnn;
 
@@ -127,38 +126,70 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
     Tensor::from_cuda(&ys, y)?.with_layout(x.layout())
 }
 
-/// `dx` with cuDNN, from the forward's input `x`, output `y` and the gradient `dy`.
-pub fn backward_cuda(x: &Tensor, y: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
+/// `dx` on the GPU from the forward's input `x` and the gradient `dy`: `max_pool_backward`
+/// of `ptx/max_pool.cu`, one thread per window, which finds the window's first maximum
+/// again from x (cuDNN's `cudnnPoolingBackward` took 2.5x to 10x longer for the same work on an
+/// H200, see the kernel file). f32, f64 and bf16; NCHW or NHWC (x and dy in the same order).
+pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
     check(x, k)?;
-    y.expect_same("max_pool2d backward", dy)?;
-    let (s, ys) = (x.shape(), y.shape());
+    let (s, ys) = (x.shape(), dy.shape());
     if ys != [s[0], s[1], s[2] / k, s[3] / k] {
-        return Err(Error::shape("max_pool2d backward", format!("y {ys:?} is not the pooled shape of x {s:?} with k = {k}")));
+        return Err(Error::shape("max_pool2d backward", format!("dy {ys:?} is not the pooled shape of x {s:?} with k = {k}")));
+    }
+    if dy.dtype() != x.dtype() || dy.layout() != x.layout() {
+        return Err(Error::shape(
+            "max_pool2d backward",
+            format!("dy is {:?} {:?}, x is {:?} {:?}", dy.dtype(), dy.layout(), x.dtype(), x.layout()),
+        ));
     }
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
-    let dt = x.dtype();
-    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::new(dt, x.layout(), ys[0], ys[1], ys[2], ys[3])?);
-    let mut dx = dev.alloc_dtype(x.numel(), dt)?;
-    let h = dev.cudnn()?;
-    // SAFETY: x/dx and y/dy hold the elements their descriptors describe (checked above).
-    cudnn::check("cudnnPoolingBackward", unsafe {
-        cudarc::cudnn::sys::cudnnPoolingBackward(
-            h.raw(), pool.raw(), cudnn::one(dt),
-            yd.raw(), y.cuda_buffer()?.ptr(),
-            yd.raw(), dy.cuda_buffer()?.ptr(),
-            xd.raw(), xb.ptr(),
-            cudnn::zero(dt), xd.raw(), dx.ptr_mut(),
-        )
-    })?;
+    let count = crate::cuda::count;
+    let (n, c, h, w, kk) = (count(s[0])?, count(s[1])?, count(s[2])?, count(s[3])?, count(k)?);
+    let nhwc = u32::from(x.layout() == engine::Layout::Nhwc);
+    // Rows and columns past the last whole window get no thread: zero them first.
+    let whole = s[2] % k == 0 && s[3] % k == 0;
+    let mut dx = if whole { dev.alloc_dtype(x.numel(), x.dtype())? } else { dev.alloc_zeros_dtype(x.numel(), x.dtype())? };
+    let kernel = match x.dtype() {
+        DType::F32 => "max_pool_backward",
+        DType::F64 => "max_pool_backward_f64",
+        DType::BF16 => "max_pool_backward_bf16",
+    };
+    let f = crate::cuda::function(&dev, "max_pool.cu", kernel)?;
+    let dyb = dy.cuda_buffer()?;
+    let windows = count(dy.numel())?;
+    let mut launch = dev.stream().launch_builder(&f);
+    let launched = match x.dtype() {
+        DType::BF16 => {
+            let (xv, dyv, mut dxv) = (xb.view_bits::<u16>()?, dyb.view_bits::<u16>()?, dx.view_bits_mut::<u16>()?);
+            launch.arg(&xv).arg(&dyv).arg(&mut dxv).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
+            // SAFETY: the kernel reads x (n·c·h·w elements) and dy (one per window) and writes dx
+            // (as x); the buffers hold those counts of 16-bit elements (shapes and dtypes checked).
+            unsafe { launch.launch(crate::cuda::grid(windows)) }
+        }
+        DType::F32 => {
+            let (xv, dyv, mut dxv) = (xb.view_bits::<u32>()?, dyb.view_bits::<u32>()?, dx.view_bits_mut::<u32>()?);
+            launch.arg(&xv).arg(&dyv).arg(&mut dxv).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
+            // SAFETY: as above, with 32-bit elements (the kernel reads them as f32).
+            unsafe { launch.launch(crate::cuda::grid(windows)) }
+        }
+        DType::F64 => {
+            let (xv, dyv, mut dxv) = (xb.view_bits::<u64>()?, dyb.view_bits::<u64>()?, dx.view_bits_mut::<u64>()?);
+            launch.arg(&xv).arg(&dyv).arg(&mut dxv).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
+            // SAFETY: as above, with 64-bit elements (the kernel reads them as f64).
+            unsafe { launch.launch(crate::cuda::grid(windows)) }
+        }
+    };
+    launched.map_err(crate::cuda::launch_err(kernel))?;
     crate::cuda::like(x, dx)
 }
 
 /// What the backward needs: the argmax of every window (CPU), or the window size (CUDA:
-/// the forward's output is the op's own node on the graph).
+/// the kernel finds the maxima again in the forward's input).
 enum Saved {
     Argmax(Vec<u32>),
-    Output { k: usize },
+    Window { k: usize },
 }
 
 /// Max pool's record: the input node and what the backward needs.
@@ -168,16 +199,16 @@ pub struct MaxPoolRecord {
 }
 
 impl MaxPoolRecord {
-    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input (the CPU rule its shape, cuDNN's its values) and its output (cuDNN).
-    pub(crate) fn reads(&self, v: Var, out: Var) -> bool {
-        v == self.x || v == out
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input (the CPU rule its shape, the CUDA kernel its values), not its output.
+    pub(crate) fn reads(&self, v: Var, _out: Var) -> bool {
+        v == self.x
     }
 
-    pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
+    pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
         let x = g.value(self.x);
         let dx = match &self.saved {
             Saved::Argmax(argmax) => backward(x.shape(), argmax, dy)?,
-            Saved::Output { k } => backward_cuda(x, g.value(out), dy, *k)?,
+            Saved::Window { k } => backward_cuda(x, dy, *k)?,
         };
         grads.accumulate(self.x, dx)
     }

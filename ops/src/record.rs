@@ -29,7 +29,7 @@ impl engine::Backward for Op {
             Op::BatchNorm(r) => r.backward(tape, grad_out, grads),
             Op::BatchNormRelu(r) => r.backward(tape, out, grad_out, grads),
             Op::Relu(r) => r.backward(tape, out, grad_out, grads),
-            Op::MaxPool2d(r) => r.backward(tape, out, grad_out, grads),
+            Op::MaxPool2d(r) => r.backward(tape, grad_out, grads),
             Op::Add(r) => r.backward(tape, grad_out, grads),
             Op::Linear(r) => r.backward(tape, grad_out, grads),
             Op::Reshape(r) => r.backward(tape, grad_out, grads),
@@ -106,7 +106,7 @@ mod tests {
         })
         .unwrap();
         check_reads(&cpu, &[&[3, 4]], &[true, false], 0.0, |g, v| relu::relu(g, v[0])).unwrap();
-        check_reads(&cpu, &[&[2, 3, 4, 4]], &[false, false], 0.0, |g, v| max_pool::max_pool2d(g, v[0], 2)).unwrap();
+        check_reads(&cpu, &[&[2, 3, 4, 4]], &[false, true], 0.0, |g, v| max_pool::max_pool2d(g, v[0], 2)).unwrap();
         check_reads(&cpu, &[&[3, 4], &[3, 4]], &[true, true, true], 0.0, |g, v| add::add(g, v[0], v[1])).unwrap();
         check_reads(&cpu, &[&[3, 6], &[4, 6], &[4]], &[false, false, false, true], 0.0, |g, v| linear::linear(g, v[0], v[1], v[2])).unwrap();
         check_reads(&cpu, &[&[2, 3, 2]], &[true, true], 0.0, |g, v| reshape::flatten(g, v[0])).unwrap();

@@ -19,7 +19,7 @@ TSAN=(-fsanitize=thread)
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0"
 export UBSAN_OPTIONS="print_stacktrace=1"
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66"
-TESTS=(batch_norm_relu graph_step reduce layout sgd cross_entropy augment elementwise bf16)
+TESTS=(batch_norm_relu graph_step reduce layout sgd cross_entropy augment elementwise bf16 max_pool)
 mkdir -p build
 
 quick=0 big=0 selftest=0
@@ -76,6 +76,10 @@ if [ "$selftest" = 1 ]; then
         "rne|bf16|s/(u + 0x7fffu + ((u >> 16) \& 1u)) >> 16/(u + 0x8000u) >> 16/|plain|bf16|f32->bf16 rounds half up, not to even"
         "nan|bf16|s/> 0x7f800000u/> 0x7f800001u/|plain|bf16|a NaN pattern taken for a number"
         "brelu|bf16|s/to_f32(x\[i\]) > 0.0f ? x\[i\]/to_f32(x[i]) >= 0.0f ? x[i]/|plain|bf16|bf16 relu keeps -0"
+        "mptie|max_pool|s/if (v > best_v /if (v >= best_v /|plain|max_pool|pool backward routes ties to the last maximum"
+        "mpnan|max_pool|s/(v != v \&\& best_v == best_v)/false/|plain|max_pool|pool backward lets a number beat a NaN"
+        "mpnhwc|max_pool|s/? ((n \* hh + h) \* ww + w) \* cc + c/? ((n * hh + w) * ww + h) * cc + c/|plain|max_pool|NHWC index with h and w swapped"
+        "mpedge|max_pool|0,/for (unsigned int q = 0; q < k; ++q) {/s//for (unsigned int q = 1; q < k; ++q) {/|asan|max_pool|window search skips its first column"
     )
     mkdir -p build/mut
     caught=0 missed=0 stale=0
