@@ -453,6 +453,39 @@ impl CudaDevice {
             .collect()
     }
 
+    /// The plans chosen so far, one line per shape: the shape and each kind's algorithm and
+    /// math type (sorted, so two processes' choices can be compared line by line).
+    pub fn conv_plan_lines(&self) -> Vec<String> {
+        let plans = match self.conv_plans.lock() {
+            Ok(p) => p,
+            Err(_) => return Vec::new(),
+        };
+        let mut lines: Vec<String> = plans
+            .iter()
+            .filter_map(|(k, c)| match c {
+                crate::cudnn::ConvChoice::Plan(p) => Some(format!(
+                    "{:?} {:?} x {:?} w {:?} pad {} stride {}{}: forward {:?} ({:?}), backward data {:?} ({:?}), backward filter {:?} ({:?})",
+                    k.dtype,
+                    k.layout,
+                    k.x,
+                    k.w,
+                    k.pad,
+                    k.stride,
+                    if k.tf32 { ", TF32 allowed" } else { "" },
+                    p.fwd,
+                    p.fwd_math,
+                    p.bwd_data,
+                    p.bwd_data_math,
+                    p.bwd_filter,
+                    p.bwd_filter_math
+                )),
+                crate::cudnn::ConvChoice::Refused(_) => None,
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
     /// Run `f` with a workspace of at least `bytes` bytes (one buffer, grown when a
     /// larger request comes, reused by every cuDNN call on this device).
     pub fn with_workspace<T>(&self, bytes: usize, f: impl FnOnce(&mut CudaSlice<u8>) -> Result<T>) -> Result<T> {

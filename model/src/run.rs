@@ -648,6 +648,10 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         for r in d.conv_refusals() {
             println!("cuDNN refused a convolution, run in NCHW instead: {r}");
         }
+        // The algorithms cuDNN's search chose: the step's speed depends on them.
+        for line in d.conv_plan_lines() {
+            println!("convolution plan: {line}");
+        }
     }
     Ok(())
 }
