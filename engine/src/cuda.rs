@@ -67,6 +67,9 @@ pub struct CudaDevice {
     /// Whether convolutions may only use algorithms cuDNN marks deterministic (PyTorch's
     /// `torch.backends.cudnn.deterministic`; off by default).
     deterministic: AtomicBool,
+    /// How many times cuDNN's measured algorithm search runs per convolution kind (the
+    /// median time picks; see [`CudaDevice::set_find_repeats`]).
+    find_repeats: std::sync::atomic::AtomicUsize,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
     /// Requests may take a larger free block (see [`CudaDevice::best_fit`]).
@@ -337,6 +340,7 @@ impl CudaDevice {
             workspace: Mutex::new(None),
             allow_tf32: AtomicBool::new(true),
             deterministic: AtomicBool::new(false),
+            find_repeats: std::sync::atomic::AtomicUsize::new(1),
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
@@ -407,6 +411,23 @@ impl CudaDevice {
     /// with atomics, in an order that changes from run to run.
     pub fn deterministic(&self) -> bool {
         self.deterministic.load(Ordering::Relaxed)
+    }
+
+    /// How many times cuDNN's measured search (`cudnnFind*`) runs per convolution kind.
+    pub fn find_repeats(&self) -> usize {
+        self.find_repeats.load(Ordering::Relaxed)
+    }
+
+    /// Run cuDNN's measured search `n` times per convolution kind (at least once) and pick
+    /// the algorithm with the lowest median time. `cudnnFind*` times each algorithm once, and
+    /// one timing can mislead: on an H200 (2026-11-26), one of five processes with the same
+    /// shapes and flags chose a backward algorithm that made the bf16 step 7.7 ms instead of
+    /// 5.3 ms. Three searches chose the fast plans in all three processes that used them, but
+    /// each search of the network's shapes took 2 to 3.5 s there (the warm-up went from 2.4 s
+    /// to 5.8 to 9.5 s), so the default is one: a 24-epoch run gains more from the shorter
+    /// first epoch than it loses, on average, to an occasional slow choice.
+    pub fn set_find_repeats(&self, n: usize) {
+        self.find_repeats.store(n.max(1), Ordering::Relaxed);
     }
 
     /// Restrict convolutions to deterministic algorithms, or lift the restriction. Shapes

@@ -275,7 +275,7 @@ impl CudnnConv {
         let conv = cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?;
         let y = cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?;
         let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32, deterministic };
-        match dev.conv_plan(key, || find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32, deterministic))? {
+        match dev.conv_plan(key, || find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32))? {
             cudnn::ConvChoice::Plan(plan) => Ok(Planned::Ready(CudnnConv { x, w, conv, y, plan })),
             cudnn::ConvChoice::Refused(why) => Ok(Planned::Refused(why)),
         }
@@ -285,8 +285,7 @@ impl CudnnConv {
 /// Measure every algorithm of the three kinds and keep the fastest that succeeds within
 /// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time). If measuring fails (it needs
 /// scratch memory of its own), cuDNN's heuristic ranking is used instead. A kind with no
-/// usable algorithm either way makes the shape [`cudnn::ConvChoice::Refused`]. With
-/// `deterministic`, only algorithms cuDNN marks `CUDNN_DETERMINISTIC` are usable.
+/// usable algorithm either way makes the shape [`cudnn::ConvChoice::Refused`].
 fn find(
     dev: &engine::cuda::CudaDevice,
     x: &cudnn::TensorDesc,
@@ -294,13 +293,24 @@ fn find(
     conv: &cudnn::ConvDesc,
     y: &cudnn::TensorDesc,
     tensor_cores: bool,
-    deterministic: bool,
 ) -> Result<cudnn::ConvChoice> {
     let h = dev.cudnn()?;
-    Ok(match plan_all(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), tensor_cores, deterministic) {
+    let rules = SearchRules { tensor_cores, deterministic: dev.deterministic(), repeats: dev.find_repeats() };
+    Ok(match plan_all(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), rules) {
         Ok(plan) => cudnn::ConvChoice::Plan(plan),
         Err(why) => cudnn::ConvChoice::Refused(why),
     })
+}
+
+/// What the algorithm search may choose, and how it measures.
+#[derive(Clone, Copy, Debug)]
+struct SearchRules {
+    /// Tensor-core math types allowed (bf16 data, or f32 with TF32 allowed).
+    tensor_cores: bool,
+    /// Only algorithms cuDNN marks `CUDNN_DETERMINISTIC` (`--deterministic`).
+    deterministic: bool,
+    /// Measured searches per kind; the median time picks (`--cudnn-find-repeats`).
+    repeats: usize,
 }
 
 /// [`find`]'s three searches on raw handles; `Err` says which kind has no usable algorithm.
@@ -310,10 +320,10 @@ fn plan_all(
     w: cudarc::cudnn::sys::cudnnFilterDescriptor_t,
     c: cudarc::cudnn::sys::cudnnConvolutionDescriptor_t,
     y: cudarc::cudnn::sys::cudnnTensorDescriptor_t,
-    tensor_cores: bool,
-    deterministic: bool,
+    rules: SearchRules,
 ) -> std::result::Result<cudnn::ConvPlan, String> {
     use cudarc::cudnn::sys;
+    let SearchRules { tensor_cores, deterministic, repeats } = rules;
     let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
     // With TF32 forbidden for f32 data, only plain FMA math is acceptable.
     let math_ok = |m: sys::cudnnMathType_t| tensor_cores || m == sys::cudnnMathType_t::CUDNN_FMA_MATH;
@@ -327,6 +337,7 @@ fn plan_all(
         |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
         |p| (p.algo as u32, p.mathType as u32),
         |p| p.time,
+        repeats,
     )?;
     let b = choose::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(
         "backward data",
@@ -335,6 +346,7 @@ fn plan_all(
         |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
         |p| (p.algo as u32, p.mathType as u32),
         |p| p.time,
+        repeats,
     )?;
     let bf = choose::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(
         "backward filter",
@@ -343,6 +355,7 @@ fn plan_all(
         |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
         |p| (p.algo as u32, p.mathType as u32),
         |p| p.time,
+        repeats,
     )?;
     Ok(cudnn::ConvPlan {
         fwd: f.algo,
@@ -357,14 +370,8 @@ fn plan_all(
     })
 }
 
-/// How many times cuDNN's measured search runs per convolution kind. `cudnnFind*` times each
-/// algorithm once, and one timing can mislead: on an H200 (2026-11-26) two processes with the
-/// same shapes and flags got steps of 5.3 ms and 7.7 ms, the difference all in `conv2d
-/// backward` (1.6 ms against 3.8 ms). The median of three timings picks steadily; the cost
-/// is two more searches per shape, once per process (about 2 x 24 searches for ResNet-9).
-const FIND_REPEATS: usize = 3;
-
-/// The fastest usable algorithm by the median of [`FIND_REPEATS`] measured searches, or the
+/// The fastest usable algorithm by the median of `repeats` measured searches (the device's
+/// `find_repeats`, see [`engine::cuda::CudaDevice::set_find_repeats`]), or the
 /// first usable result of cuDNN's heuristics if the search fails or offers nothing usable;
 /// `Err` says what each said. `P` is one of cuDNN's `*AlgoPerf_t` structs; `id` gives its
 /// (algorithm, math type) and `time` its measured milliseconds.
@@ -375,6 +382,7 @@ fn choose<P: Copy>(
     usable: impl Fn(&P) -> bool,
     id: impl Fn(&P) -> (u32, u32),
     time: impl Fn(&P) -> f32,
+    repeats: usize,
 ) -> std::result::Result<P, String> {
     const N: usize = 16;
     let mut tried = Vec::new();
@@ -388,7 +396,7 @@ fn choose<P: Copy>(
         Ok((count, out[..(count.max(0) as usize).min(N)].iter().filter(|p| usable(p)).copied().collect()))
     };
     let mut runs = Vec::new();
-    for _ in 0..FIND_REPEATS {
+    for _ in 0..repeats.max(1) {
         match search(&measured) {
             Ok((count, usable_ones)) if usable_ones.is_empty() => {
                 tried.push(format!("cudnnFind: {count} algorithms, none usable"));
