@@ -402,7 +402,7 @@ def run_ours(args, seed, stamp, work, device):
 
 def run_profile(args, work):
     """Our `profile` command (the time of every operation of one training step, from CUDA events, and
-    step times eager and, with --cuda-graph among --ours-args, replayed) with this run's flags; its output."""
+    step times eager and, with the CUDA graph on (the default on a GPU; not with --plain), replayed) with this run's flags; its output."""
     cmd = [args.bin, "profile", "--device", args.device, "--data", args.data, "--batch-size", str(args.batch_size),
            "--width", str(args.width)] + args.ours_args
     rc, lines, _ = run_streamed(cmd, os.path.join(work, "profile.log"), args.timeout_s)

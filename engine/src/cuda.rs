@@ -420,12 +420,12 @@ impl CudaDevice {
 
     /// Run cuDNN's measured search `n` times per convolution kind (at least once) and pick
     /// the algorithm with the lowest median time. `cudnnFind*` times each algorithm once, and
-    /// one timing can mislead: on an H200 (2026-11-26), one of five processes with the same
+    /// one timing can mislead: on an H200 (2026-11-26), two of five processes with the same
     /// shapes and flags chose a backward algorithm that made the bf16 step 7.7 ms instead of
-    /// 5.3 ms. Three searches chose the fast plans in all three processes that used them, but
+    /// 5.3 ms. Three searches chose the fast plans in all four processes that used them, but
     /// each search of the network's shapes took 2 to 3.5 s there (the warm-up went from 2.4 s
-    /// to 5.8 to 9.5 s), so the default is one: a 24-epoch run gains more from the shorter
-    /// first epoch than it loses, on average, to an occasional slow choice.
+    /// to 5.8 to 9.5 s), so the default is one: a slow choice costs a 24-epoch run about 5 s
+    /// (2.4 ms x 98 steps x 24), two more searches 3.5 to 7 s every time.
     pub fn set_find_repeats(&self, n: usize) {
         self.find_repeats.store(n.max(1), Ordering::Relaxed);
     }

@@ -223,7 +223,7 @@ fn run(
 }
 
 /// Whether the loss never turned up inside the range: the test did not stop on divergence
-/// and the smoothed loss has its minimum in the last [`NO_UPTURN_TAIL`] of the finite points.
+/// and the smoothed loss has its minimum in the last 5% (`NO_UPTURN_TAIL`) of the finite points.
 pub fn no_upturn(points: &[(f64, f64, f64)], diverged: bool) -> bool {
     let finite: Vec<f64> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| p.2).collect();
     let Some((imin, _)) = finite.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)) else { return false };
