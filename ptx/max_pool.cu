@@ -22,19 +22,16 @@
 // reference bit for bit. Element types: f32, f64 (`_f64`) and bf16 (`_bf16`, 16-bit
 // patterns compared after exact widening to f32).
 
-#define GRID_STRIDE_LOOP(i, n) \
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; \
-         i < (unsigned long long)(n); i += (unsigned long long)blockDim.x * gridDim.x)
-
 // Values compare as themselves in f32 and f64; bf16 bit patterns widen exactly to f32.
 __device__ __forceinline__ float mp_value(float v) { return v; }
 __device__ __forceinline__ double mp_value(double v) { return v; }
 __device__ __forceinline__ float mp_value(unsigned short v) { return __uint_as_float(((unsigned int)v) << 16); }
 
-// Flat index of element (n, c, h, w) of an [N, C, H, W] tensor in its memory order.
-__device__ __forceinline__ unsigned long long mp_index(unsigned long long n, unsigned long long c, unsigned long long h,
-                                                       unsigned long long w, unsigned int cc, unsigned int hh,
-                                                       unsigned int ww, unsigned int nhwc)
+// Flat index of element (n, c, h, w) of an [N, C, H, W] tensor in its memory order. 32-bit
+// arithmetic: the caller checks that x has fewer than 2^32 elements (64-bit division and
+// multiplication cost several times more instructions on the GPU).
+__device__ __forceinline__ unsigned int mp_index(unsigned int n, unsigned int c, unsigned int h, unsigned int w,
+                                                 unsigned int cc, unsigned int hh, unsigned int ww, unsigned int nhwc)
 {
     return nhwc ? ((n * hh + h) * ww + w) * cc + c : ((n * cc + c) * hh + h) * ww + w;
 }
@@ -44,10 +41,10 @@ __device__ void max_pool_backward_t(const T* x, const T* dy, T* dx, unsigned int
                                     unsigned int w, unsigned int k, unsigned int nhwc)
 {
     const unsigned int oh = h / k, ow = w / k;
-    const unsigned long long total = (unsigned long long)n * c * oh * ow;
-    GRID_STRIDE_LOOP(o, total) {
+    const unsigned int total = n * c * oh * ow;
+    for (unsigned int o = blockIdx.x * blockDim.x + threadIdx.x; o < total; o += blockDim.x * gridDim.x) {
         // (ni, ci, i, j) of dy element o.
-        unsigned long long r = o, ci, i, j;
+        unsigned int r = o, ci, i, j;
         if (nhwc) {
             ci = r % c; r /= c;
             j = r % ow; r /= ow;
@@ -57,12 +54,12 @@ __device__ void max_pool_backward_t(const T* x, const T* dy, T* dx, unsigned int
             i = r % oh; r /= oh;
             ci = r % c; r /= c;
         }
-        const unsigned long long ni = r;
-        unsigned long long best = mp_index(ni, ci, i * k, j * k, c, h, w, nhwc);
+        const unsigned int ni = r;
+        unsigned int best = mp_index(ni, ci, i * k, j * k, c, h, w, nhwc);
         auto best_v = mp_value(x[best]);
         for (unsigned int p = 0; p < k; ++p) {
             for (unsigned int q = 0; q < k; ++q) {
-                const unsigned long long at = mp_index(ni, ci, i * k + p, j * k + q, c, h, w, nhwc);
+                const unsigned int at = mp_index(ni, ci, i * k + p, j * k + q, c, h, w, nhwc);
                 const auto v = mp_value(x[at]);
                 // v != v: v is NaN (no isnan without headers in NVRTC).
                 if (v > best_v || (v != v && best_v == best_v)) {
@@ -74,7 +71,7 @@ __device__ void max_pool_backward_t(const T* x, const T* dy, T* dx, unsigned int
         const T g = dy[o];
         for (unsigned int p = 0; p < k; ++p) {
             for (unsigned int q = 0; q < k; ++q) {
-                const unsigned long long at = mp_index(ni, ci, i * k + p, j * k + q, c, h, w, nhwc);
+                const unsigned int at = mp_index(ni, ci, i * k + p, j * k + q, c, h, w, nhwc);
                 dx[at] = at == best ? g : T(0);
             }
         }

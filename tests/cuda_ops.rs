@@ -483,7 +483,9 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 
 /// The fused batch norm + ReLU (our kernels) against the CPU reference (batch norm, then
 /// ReLU), in NCHW and NHWC, with f32 and bf16 data, at shapes whose channels are reduced
-/// in one and in several splits.
+/// in one and in several splits. The network's shapes take the vectorised elementwise
+/// passes (`bnr_apply_vec*`); `[6, 12, 7, 5]` takes the scalar ones in NCHW (H·W = 35) and,
+/// for bf16, in NHWC (12 channels are no multiple of 8; f32's width 4 divides them).
 ///
 /// The backward's reference takes the ReLU mask from the GPU's output: where z is within
 /// rounding of 0 the two sides may disagree on the sign, which would move one element of
@@ -511,7 +513,7 @@ fn batch_norm_relu_matches_the_cpu() {
         eprintln!("{what}: max abs difference {err:.3e}, relative {:.3e}", err / scale);
         assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
     };
-    for (i, shape) in [[20usize, 64, 32, 32], [64, 128, 16, 16], [32, 512, 4, 4]].iter().enumerate() {
+    for (i, shape) in [[20usize, 64, 32, 32], [64, 128, 16, 16], [32, 512, 4, 4], [6, 12, 7, 5]].iter().enumerate() {
         let c = shape[1];
         let seed = 900 + 10 * i as u64;
         let x32 = Tensor::new(shape, rand(shape, seed).to_f32_vec().iter().map(|v| 2.0 * v + 0.3).collect::<Vec<f32>>()).unwrap();

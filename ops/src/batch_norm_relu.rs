@@ -140,6 +140,21 @@ impl Geometry {
     }
 }
 
+/// Elements per thread of the vectorised passes (`bnr_apply_vec*`, `bnr_bwd_apply_vec*`: one
+/// 16-byte load or store moves 8 bf16 or 4 f32 values, bit for bit the scalar kernels'
+/// results), or `None` where the scalar kernels must run: f64 data, a channel pattern that a
+/// group of consecutive elements does not share (NHWC: C not a multiple of the width; NCHW:
+/// H·W not one), or a buffer not 16-byte aligned (`ptrs`: the device addresses involved).
+fn vec_width(geo: &Geometry, dt: DType, ptrs: &[u64]) -> Option<u32> {
+    let width = match dt {
+        DType::BF16 => 8,
+        DType::F32 => 4,
+        DType::F64 => return None,
+    };
+    let run = if geo.nhwc { geo.c } else { geo.hw };
+    (run % width == 0 && ptrs.iter().all(|p| p % 16 == 0)).then_some(width)
+}
+
 /// Kernel suffix for data of `dt`, and the statistics' type.
 fn types(dt: DType) -> (&'static str, &'static str, DType) {
     match dt {
@@ -211,13 +226,15 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
 
     // 3. y = max(x·scale + shift, 0).
     let mut y = dev.alloc_dtype(x.numel(), x.dtype())?;
-    let f = kernel(&dev, &format!("bnr_apply{sfx}"))?;
     let yp = y.ptr_mut() as u64;
+    let width = vec_width(&geo, x.dtype(), &[xp, yp]);
+    let f = kernel(&dev, &format!("bnr_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
     let nhwc = i32::from(geo.nhwc);
     let mut launch = stream.launch_builder(&f);
     launch.arg(&xp).arg(&sp).arg(&yp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
-    // SAFETY: bnr_apply(x [total], stats [4c], y [total], total, c, hw, nhwc).
-    unsafe { launch.launch(crate::cuda::grid(geo.total)) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
+    // SAFETY: bnr_apply[_vec](x [total], stats [4c], y [total], total, c, hw, nhwc); the _vec
+    // kernels only where vec_width found the buffers aligned and the channel pattern shared.
+    unsafe { launch.launch(crate::cuda::grid(geo.total / width.unwrap_or(1))) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
     Ok((crate::cuda::like(x, y)?, Tensor::from_cuda(&[4, c], stats)?))
 }
 
@@ -253,13 +270,15 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
 
     // 3. dx.
     let mut dx = dev.alloc_dtype(x.numel(), x.dtype())?;
-    let f = kernel(&dev, &format!("bnr_bwd_apply{sfx}"))?;
     let dxp = dx.ptr_mut() as u64;
+    let width = vec_width(&geo, x.dtype(), &[xp, dyp, dxp]);
+    let f = kernel(&dev, &format!("bnr_bwd_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
     let nhwc = i32::from(geo.nhwc);
     let mut launch = stream.launch_builder(&f);
     launch.arg(&xp).arg(&dyp).arg(&sp).arg(&cp).arg(&dxp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
-    // SAFETY: bnr_bwd_apply(x, dy [total], stats [4c], coef [3c], dx [total], total, c, hw, nhwc).
-    unsafe { launch.launch(crate::cuda::grid(geo.total)) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
+    // SAFETY: bnr_bwd_apply[_vec](x, dy [total], stats [4c], coef [3c], dx [total], total, c, hw,
+    // nhwc); the _vec kernels only where vec_width allowed them.
+    unsafe { launch.launch(crate::cuda::grid(geo.total / width.unwrap_or(1))) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
     Ok((crate::cuda::like(x, dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
 }
 

@@ -146,6 +146,10 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let count = crate::cuda::count;
+    // The kernel indexes in 32 bits, and its grid-stride loop must not wrap around.
+    if x.numel() >= 1 << 31 {
+        return Err(Error::shape("max_pool2d backward", format!("x {s:?} has 2^31 elements or more")));
+    }
     let (n, c, h, w, kk) = (count(s[0])?, count(s[1])?, count(s[2])?, count(s[3])?, count(k)?);
     let nhwc = u32::from(x.layout() == engine::Layout::Nhwc);
     // Rows and columns past the last whole window get no thread: zero them first.

@@ -42,6 +42,11 @@
 #define __restrict__
 #define __shared__ static
 
+// CUDA's built-in 16-byte vector type (the vectorised passes of batch_norm_relu.cu).
+struct alignas(16) uint4 {
+    unsigned int x, y, z, w;
+};
+
 struct dim3 {
     unsigned int x = 1, y = 1, z = 1;
     constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}

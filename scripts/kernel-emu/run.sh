@@ -76,6 +76,8 @@ if [ "$selftest" = 1 ]; then
         "rne|bf16|s/(u + 0x7fffu + ((u >> 16) \& 1u)) >> 16/(u + 0x8000u) >> 16/|plain|bf16|f32->bf16 rounds half up, not to even"
         "nan|bf16|s/> 0x7f800000u/> 0x7f800001u/|plain|bf16|a NaN pattern taken for a number"
         "brelu|bf16|s/to_f32(x\[i\]) > 0.0f ? x\[i\]/to_f32(x[i]) >= 0.0f ? x[i]/|plain|bf16|bf16 relu keeps -0"
+        "bnrvecch|batch_norm_relu|s/c\[k\] = nhwc ? c0 + k : c0;/c[k] = c0;/|plain|batch_norm_relu|vectorised NHWC pass uses one channel for its whole group"
+        "bnrvecpack|batch_norm_relu|s/e\[2 \* k\] = (bf16)(w\[k\] \& 0xffffu);/e[2 * k] = (bf16)(w[k] >> 16);/|plain|batch_norm_relu|bf16 pairs unpacked in the wrong order"
         "mptie|max_pool|s/if (v > best_v /if (v >= best_v /|plain|max_pool|pool backward routes ties to the last maximum"
         "mpnan|max_pool|s/(v != v \&\& best_v == best_v)/false/|plain|max_pool|pool backward lets a number beat a NaN"
         "mpnhwc|max_pool|s/? ((n \* hh + h) \* ww + w) \* cc + c/? ((n * hh + w) * ww + h) * cc + c/|plain|max_pool|NHWC index with h and w swapped"

@@ -23,6 +23,9 @@ template <>
 struct K<float> {
     using A = float;
     static constexpr const char* name = "f32";
+    static constexpr unsigned vec = 4;  // the vectorised passes: 4 f32 per 16-byte access
+    static constexpr auto apply_vec = bnr_apply_vec;
+    static constexpr auto bwd_apply_vec = bnr_bwd_apply_vec;
     static constexpr auto stats_nchw = bnr_stats_nchw;
     static constexpr auto stats_nhwc = bnr_stats_nhwc;
     static constexpr auto finalize = bnr_finalize;
@@ -39,6 +42,7 @@ template <>
 struct K<double> {
     using A = double;
     static constexpr const char* name = "f64";
+    static constexpr unsigned vec = 0;  // no vectorised passes for f64
     static constexpr auto stats_nchw = bnr_stats_nchw_f64;
     static constexpr auto stats_nhwc = bnr_stats_nhwc_f64;
     static constexpr auto finalize = bnr_finalize_f64;
@@ -55,6 +59,9 @@ template <>
 struct K<bf16> {
     using A = float;  // bf16 data: f32 statistics and parameters, the f32 finalize kernels
     static constexpr const char* name = "bf16";
+    static constexpr unsigned vec = 8;  // 8 bf16 per 16-byte access
+    static constexpr auto apply_vec = bnr_apply_vec_bf16;
+    static constexpr auto bwd_apply_vec = bnr_bwd_apply_vec_bf16;
     static constexpr auto stats_nchw = bnr_stats_nchw_bf16;
     static constexpr auto stats_nhwc = bnr_stats_nhwc_bf16;
     static constexpr auto finalize = bnr_finalize;
@@ -167,6 +174,33 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, unsigne
     emu::launch_seq(K<T>::bwd_apply, ct.grid, ct.block, x.data(), dy.data(), stats.data(), coef.data(), dx.data(), g.total, g.c,
                     g.hw, int(nhwc));
 
+    // The vectorised passes, where ops/src/batch_norm_relu.rs launches them (vec_width: a
+    // channel pattern shared by each group of `vec` elements; std::vector's buffers are
+    // 16-byte aligned here): the scalar kernels' results bit for bit, with one thread per
+    // group and with a small grid (grid-stride loop).
+    if constexpr (K<T>::vec > 0) {
+        if ((nhwc ? C : HW) % K<T>::vec == 0) {
+            using U = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
+            auto bits = [](const std::vector<T>& v) {
+                std::vector<U> b(v.size());
+                std::memcpy(b.data(), v.data(), v.size() * sizeof(T));
+                return b;
+            };
+            const unsigned groups = g.total / K<T>::vec;
+            const auto cv = emu::for_num_elems(groups);
+            for (int small = 0; small < 2; ++small) {
+                const dim3 grid = small ? dim3(std::min(3u, cv.grid.x)) : cv.grid, block = small ? dim3(32) : cv.block;
+                std::vector<T> yv(g.total, K<T>::nan()), dxv(g.total, K<T>::nan());
+                emu::launch_seq(K<T>::apply_vec, grid, block, x.data(), stats.data(), yv.data(), g.total, g.c, g.hw, int(nhwc));
+                emu::launch_seq(K<T>::bwd_apply_vec, grid, block, x.data(), dy.data(), stats.data(), coef.data(), dxv.data(), g.total,
+                                g.c, g.hw, int(nhwc));
+                const std::string v = std::string(label) + (small ? ": vectorised (small grid) " : ": vectorised ");
+                chk::equal(v + "y == scalar y", bits(yv), bits(y));
+                chk::equal(v + "dx == scalar dx", bits(dxv), bits(dx));
+            }
+        }
+    }
+
     // ---- reference, in double, from the same (widened) input values ----
     std::vector<double> r_stats(4 * (size_t)C), r_rm(C), r_rv(C), r_y(g.total), r_dx(g.total), r_dg(C), r_db(C);
     double dx_terms = 0;  // largest |gamma*invstd|*(|dz| + |dbeta/M| + |xhat*dgamma/M|): dx's scale before cancellation
@@ -277,6 +311,11 @@ int main(int argc, char** argv)
         // NHWC: C a multiple of 32, 2 splits; C < 32
         {5, 64, 11, 11, true},
         {7, 5, 9, 9, true},
+        // the vectorised passes: NCHW with H*W a multiple of 8; NHWC with C = 16 (both widths)
+        // and C = 12 (f32's width 4 only; bf16 keeps the scalar kernels)
+        {4, 6, 8, 8, false},
+        {3, 16, 5, 5, true},
+        {3, 12, 5, 5, true},
         // NHWC: tiny M (= 2): 6 of the 8 rows of each block idle
         {2, 33, 1, 1, true},
         // NHWC: M = 144000 > 256*512: the split count is clamped to 256
