@@ -203,7 +203,7 @@ fn batch_norm_matches_the_cpu() {
     }
 }
 
-/// Max-pooling forward (cuDNN) and backward (`ptx/max_pool.cu`): selection and routing of
+/// Max-pooling forward (cuDNN) and backward (`ptx/max_pool.cu`, and cuDNN's): selection and routing of
 /// values, exact, in f32 and bf16, NCHW and NHWC, on the network's shapes and on one whose
 /// last rows and columns fill no window. The CPU reference runs in f32 on the same values
 /// (bf16 inputs widened exactly); bf16's 8 bits make ties common, and both sides give a tie
@@ -231,6 +231,13 @@ fn max_pool_matches_the_cpu_exactly() {
                 let dxg = ops::max_pool::backward_cuda(&xg, &on_gpu(&dy), k).unwrap();
                 assert_eq!((dxg.dtype(), dxg.layout()), (dt, layout), "{what}: dx's type and layout");
                 close(&format!("{what}: dx"), &back(&dxg), &dx, 0.0);
+                // cuDNN's backward (not used in training) where its answer is defined like ours: f32
+                // (random normal values have no ties; which of tied bf16 values cuDNN picks is not
+                // documented) and windows covering x.
+                if dt == DType::F32 && shape[2] % k == 0 && shape[3] % k == 0 {
+                    let dx_cudnn = ops::max_pool::backward_cudnn(&xg, &yg, &on_gpu(&dy), k).unwrap();
+                    close(&format!("{what}: dx (cuDNN)"), &back(&dx_cudnn), &dx, 0.0);
+                }
             }
         }
     }
