@@ -437,11 +437,13 @@ impl CudaDevice {
     }
 
     /// The convolution plan for `key` (or cuDNN's refusal), computing it with `choose` the
-    /// first time. An error from `choose` is not remembered.
+    /// first time. `choose` gets the plan of the same convolution at another batch size, if
+    /// one was made (the largest such batch): its algorithms can serve this batch too (see
+    /// `ops::conv2d`). An error from `choose` is not remembered.
     pub fn conv_plan(
         &self,
         key: crate::cudnn::ConvKey,
-        choose: impl FnOnce() -> Result<crate::cudnn::ConvChoice>,
+        choose: impl FnOnce(Option<(usize, crate::cudnn::ConvPlan)>) -> Result<crate::cudnn::ConvChoice>,
     ) -> Result<crate::cudnn::ConvChoice> {
         let mut plans = self.conv_plans.lock().map_err(|_| Error::Invalid("convolution plan cache poisoned".into()))?;
         if let Some(p) = plans.get(&key) {
@@ -449,7 +451,14 @@ impl CudaDevice {
         }
         // The search runs and times kernels: impossible while a capture only records them.
         self.refuse_while_capturing("a cuDNN algorithm search for a new convolution shape")?;
-        let p = choose()?;
+        let other_batch = plans
+            .iter()
+            .filter_map(|(k, c)| match c {
+                crate::cudnn::ConvChoice::Plan(p) if k.same_but_batch(&key) => Some((k.x[0], *p)),
+                _ => None,
+            })
+            .max_by_key(|(n, _)| *n);
+        let p = choose(other_batch)?;
         plans.insert(key, p.clone());
         Ok(p)
     }
@@ -485,7 +494,7 @@ impl CudaDevice {
             .iter()
             .filter_map(|(k, c)| match c {
                 crate::cudnn::ConvChoice::Plan(p) => Some(format!(
-                    "{:?} {:?} x {:?} w {:?} pad {} stride {}{}: forward {:?} ({:?}), backward data {:?} ({:?}), backward filter {:?} ({:?})",
+                    "{:?} {:?} x {:?} w {:?} pad {} stride {}{}: forward {:?} ({:?}), backward data {:?} ({:?}), backward filter {:?} ({:?}){}",
                     k.dtype,
                     k.layout,
                     k.x,
@@ -498,7 +507,8 @@ impl CudaDevice {
                     p.bwd_data,
                     p.bwd_data_math,
                     p.bwd_filter,
-                    p.bwd_filter_math
+                    p.bwd_filter_math,
+                    p.searched_at_batch.map_or(String::new(), |n| format!(" (searched at batch {n})"))
                 )),
                 crate::cudnn::ConvChoice::Refused(_) => None,
             })

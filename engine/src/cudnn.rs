@@ -284,6 +284,14 @@ pub struct ConvKey {
     pub deterministic: bool,
 }
 
+impl ConvKey {
+    /// The same convolution (type, layout, channels, image size, filter, padding, stride,
+    /// math and determinism rules) at another batch size.
+    pub fn same_but_batch(&self, other: &ConvKey) -> bool {
+        self.x[0] != other.x[0] && self.x[1..] == other.x[1..] && ConvKey { x: other.x, ..*self } == *other
+    }
+}
+
 /// What cuDNN offers for one convolution shape: a plan, or nothing (with what was tried).
 /// A refusal is remembered like a plan, so a shape cuDNN cannot run is searched once.
 #[derive(Clone, Debug)]
@@ -306,6 +314,9 @@ pub struct ConvPlan {
     pub bwd_filter: BwdFilterAlgo,
     pub bwd_filter_bytes: usize,
     pub bwd_filter_math: sys::cudnnMathType_t,
+    /// The batch size whose search chose these algorithms, when it is not this shape's own
+    /// (`ops::conv2d` reuses a full batch's algorithms for the last, smaller batch).
+    pub searched_at_batch: Option<usize>,
 }
 
 /// The device address of `s` for a `sys` call reading it. Event tracking is off on our
@@ -319,4 +330,21 @@ pub fn ptr<T>(s: &impl cudarc::driver::DevicePtr<T>, stream: &CudaStream) -> *co
 pub fn ptr_mut<T>(s: &mut impl cudarc::driver::DevicePtrMut<T>, stream: &CudaStream) -> *mut std::ffi::c_void {
     let (p, _guard) = s.device_ptr_mut(stream);
     p as usize as *mut std::ffi::c_void
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_but_batch_differs_in_the_batch_only() {
+        let k = ConvKey { dtype: crate::DType::BF16, layout: crate::Layout::Nhwc, x: [512, 64, 32, 32], w: [128, 64, 3, 3], pad: 1, stride: 1, tf32: false, deterministic: false };
+        assert!(ConvKey { x: [336, 64, 32, 32], ..k }.same_but_batch(&k));
+        assert!(!k.same_but_batch(&k), "the same key is not another batch");
+        assert!(!ConvKey { x: [336, 64, 16, 16], ..k }.same_but_batch(&k), "another image size");
+        assert!(!ConvKey { x: [336, 64, 32, 32], w: [64, 64, 3, 3], ..k }.same_but_batch(&k), "another filter");
+        assert!(!ConvKey { x: [336, 64, 32, 32], deterministic: true, ..k }.same_but_batch(&k), "other rules");
+        assert!(!ConvKey { x: [336, 64, 32, 32], dtype: crate::DType::F32, ..k }.same_but_batch(&k), "another type");
+        assert!(!ConvKey { x: [336, 64, 32, 32], layout: crate::Layout::Nchw, ..k }.same_but_batch(&k), "another layout");
+    }
 }

@@ -238,7 +238,9 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx:
 // backward-filter. For each shape (input, filter, padding, stride, TF32 on/off) the
 // fastest algorithm of each kind is measured once with cudnnFind*Algorithm and kept
 // on the device ([`engine::cuda::CudaDevice::conv_plan`]); every call then reuses it
-// and the device's one workspace buffer.
+// and the device's one workspace buffer. A shape that differs from a planned one only in
+// its batch size (an epoch's last, smaller batch) takes that plan's algorithms without a
+// search of its own ([`reuse_at_this_batch`]).
 //
 // cuDNN may have no kernel for a shape in one layout that it runs in another (a review
 // suspected NHWC bf16 with 3 input channels, the prep layer: not verified on a GPU). A
@@ -275,11 +277,68 @@ impl CudnnConv {
         let conv = cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?;
         let y = cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?;
         let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32, deterministic };
-        match dev.conv_plan(key, || find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32))? {
+        let choose = |other_batch: Option<(usize, cudnn::ConvPlan)>| {
+            let reused = other_batch.and_then(|(n, p)| reuse_at_this_batch(dev, &x, &w, &y, dtype, d, tf32, n, p));
+            match reused {
+                Some(p) => Ok(cudnn::ConvChoice::Plan(p)),
+                None => find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32),
+            }
+        };
+        match dev.conv_plan(key, choose)? {
             cudnn::ConvChoice::Plan(plan) => Ok(Planned::Ready(CudnnConv { x, w, conv, y, plan })),
             cudnn::ConvChoice::Refused(why) => Ok(Planned::Refused(why)),
         }
     }
+}
+
+/// The algorithms chosen for the same convolution at batch `n` (`plan`), for this shape's
+/// batch, with this shape's workspace sizes; `None` if cuDNN does not take one of them here
+/// (then this shape gets its own search). The last batch of an epoch (336 of 50,000 images
+/// at batch 512) and of the test set (272 of 10,000) would otherwise each pay for a search of
+/// every convolution, all three kinds, in the first epoch: 24 measured searches, about 2 s on
+/// an H200 (2026-11-26, from the warm-up times with one and three searches), and the test
+/// batches need only the forward. An algorithm's speed hardly depends on the batch size.
+#[allow(clippy::too_many_arguments)]
+fn reuse_at_this_batch(
+    dev: &engine::cuda::CudaDevice,
+    x: &cudnn::TensorDesc,
+    w: &cudnn::FilterDesc,
+    y: &cudnn::TensorDesc,
+    dtype: DType,
+    d: &Dims,
+    tf32: bool,
+    n: usize,
+    plan: cudnn::ConvPlan,
+) -> Option<cudnn::ConvPlan> {
+    use cudarc::cudnn::sys;
+    // A descriptor of our own: the queries set its math type.
+    let conv = cudnn::ConvDesc::new(dtype, d.p, d.s, tf32).ok()?;
+    let h = dev.cudnn().ok()?;
+    let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
+    let (mut fwd, mut bwd_data, mut bwd_filter) = (0usize, 0usize, 0usize);
+    conv.set_math(plan.fwd_math).ok()?;
+    // SAFETY (three calls): valid handle and descriptors; cuDNN writes one size_t.
+    if unsafe { sys::cudnnGetConvolutionForwardWorkspaceSize(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), plan.fwd, &mut fwd) } != ok {
+        return None;
+    }
+    conv.set_math(plan.bwd_data_math).ok()?;
+    if unsafe { sys::cudnnGetConvolutionBackwardDataWorkspaceSize(h.raw(), w.raw(), y.raw(), conv.raw(), x.raw(), plan.bwd_data, &mut bwd_data) } != ok {
+        return None;
+    }
+    conv.set_math(plan.bwd_filter_math).ok()?;
+    if unsafe { sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(h.raw(), x.raw(), y.raw(), conv.raw(), w.raw(), plan.bwd_filter, &mut bwd_filter) } != ok {
+        return None;
+    }
+    if fwd.max(bwd_data).max(bwd_filter) > MAX_WORKSPACE {
+        return None;
+    }
+    Some(cudnn::ConvPlan {
+        fwd_bytes: fwd,
+        bwd_data_bytes: bwd_data,
+        bwd_filter_bytes: bwd_filter,
+        searched_at_batch: Some(plan.searched_at_batch.unwrap_or(n)),
+        ..plan
+    })
 }
 
 /// Measure every algorithm of the three kinds and keep the fastest that succeeds within
@@ -367,6 +426,7 @@ fn plan_all(
         bwd_filter: bf.algo,
         bwd_filter_bytes: bf.memory,
         bwd_filter_math: bf.mathType,
+        searched_at_batch: None,
     })
 }
 
