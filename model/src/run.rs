@@ -161,6 +161,16 @@ fn progress_bar(len: usize, enabled: bool) -> ProgressBar {
     pb
 }
 
+/// On a GPU, compile every kernel file of `ptx/` now, one thread each
+/// (`CudaDevice::precompile`), instead of one file at a time as the first steps need them;
+/// the line to log says how long it took. `None` on the CPU.
+fn precompile_kernels(device: &Device) -> Result<Option<String>> {
+    let Device::Cuda(d) = device else { return Ok(None) };
+    let t = std::time::Instant::now();
+    let n = d.precompile(&ops::kernels::SOURCES)?;
+    Ok(Some(format!("Compiled our CUDA kernels ({n} files, NVRTC, one thread each) in {:.2}s", t.elapsed().as_secs_f64())))
+}
+
 /// Train as configured; returns the final test accuracy in percent.
 pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f64> {
     // Before anything is written. (A resumed run's settings come from its checkpoint: checked below.)
@@ -242,6 +252,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         cfg.train_len(&ds.train),
         cfg.seed
     ));
+    if let Some(line) = precompile_kernels(device)? {
+        log.line(&line);
+    }
 
     if !opts.resume && !opts.lr_given {
         log.line(&format!("LR range test: {} steps, LR {:.0e} -> {:.0e}", opts.lr_find.steps, opts.lr_find.start_lr, opts.lr_find.end_lr));
@@ -509,6 +522,9 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut log = Logger::new(Some(&dir.join("lr_find.log")))?;
     log.line(&format!("Device: {device}"));
+    if let Some(line) = precompile_kernels(device)? {
+        log.line(&line);
+    }
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let norm = Normalization { mean, std };
     let cfg = &opts.cfg;
@@ -540,6 +556,9 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
 pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usize, timed: usize, cuda_graph: bool) -> Result<()> {
     if cuda_graph && !device.is_cuda() {
         return Err(Error::Invalid("--cuda-graph runs on a CUDA GPU only".into()));
+    }
+    if let Some(line) = precompile_kernels(device)? {
+        println!("{line}");
     }
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let norm = Normalization { mean, std };
