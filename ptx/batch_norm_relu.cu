@@ -173,6 +173,15 @@ __device__ void finalize(const A* partial, unsigned int c_count, unsigned int sp
 
 // ---- forward output ----
 
+// One output element of channel c, in the statistics' type: max(fma(x, scale, shift), 0)
+// (shared by apply and apply_vec, so that both give the same bits).
+template <typename A>
+__device__ __forceinline__ A bnr_y(A xv, const A* stats, unsigned int c_count, unsigned int c)
+{
+    const A z = fma(xv, stats[2 * c_count + c], stats[3 * c_count + c]);
+    return z > A(0) ? z : A(0);
+}
+
 // ONE THREAD per element i (grid-stride): y[i] = max(fma(x[i], scale[c], shift[c]), 0).
 template <typename T, typename A>
 __device__ void apply(const T* x, const A* stats, T* y, unsigned int total, unsigned int c_count, unsigned int hw, int nhwc)
@@ -181,8 +190,7 @@ __device__ void apply(const T* x, const A* stats, T* y, unsigned int total, unsi
          i += (unsigned long long)blockDim.x * gridDim.x) {
         const unsigned int e = (unsigned int)i;  // < total < 2^32: 32-bit division is much cheaper
         const unsigned int c = nhwc ? e % c_count : (e / hw) % c_count;
-        const A z = fma(widen(x[i]), stats[2 * c_count + c], stats[3 * c_count + c]);
-        narrow(z > A(0) ? z : A(0), y + i);
+        narrow(bnr_y(widen(x[i]), stats, c_count, c), y + i);
     }
 }
 
@@ -195,6 +203,17 @@ __device__ __forceinline__ void dz_terms(A xv, A dyv, const A* stats, unsigned i
     const A z = fma(xv, stats[2 * c_count + c], stats[3 * c_count + c]);
     dz = z > A(0) ? dyv : A(0);
     dzx = dz * ((xv - stats[c]) * stats[c_count + c]);
+}
+
+// One element of dx of channel c, in the statistics' type: k1*(dz - k2 - xhat*k3) (shared by
+// bwd_apply and bwd_apply_vec, so that both give the same bits).
+template <typename A>
+__device__ __forceinline__ A bnr_dx(A xv, A dyv, const A* stats, const A* coef, unsigned int c_count, unsigned int c)
+{
+    A dz, dzx;
+    dz_terms(xv, dyv, stats, c_count, c, dz, dzx);
+    const A xhat = (xv - stats[c]) * stats[c_count + c];
+    return coef[c] * (dz - coef[c_count + c] - xhat * coef[2 * c_count + c]);
 }
 
 // ---- vectorised elementwise passes ----
@@ -266,8 +285,7 @@ __device__ void apply_vec(const T* x, const float* stats, T* y, unsigned int tot
         T xs[VEC], ys[VEC];
         unpack(reinterpret_cast<const bnr_v16*>(x)[g], xs);
         for (int k = 0; k < VEC; ++k) {
-            const float z = fma(widen(xs[k]), stats[2 * c_count + c[k]], stats[3 * c_count + c[k]]);
-            narrow(z > 0.0f ? z : 0.0f, ys + k);
+            narrow(bnr_y(widen(xs[k]), stats, c_count, c[k]), ys + k);
         }
         reinterpret_cast<bnr_v16*>(y)[g] = pack(ys);
     }
@@ -286,11 +304,7 @@ __device__ void bwd_apply_vec(const T* x, const T* dy, const float* stats, const
         unpack(reinterpret_cast<const bnr_v16*>(x)[g], xs);
         unpack(reinterpret_cast<const bnr_v16*>(dy)[g], dys);
         for (int k = 0; k < VEC; ++k) {
-            const float xv = widen(xs[k]);
-            float dz, dzx;
-            dz_terms(xv, widen(dys[k]), stats, c_count, c[k], dz, dzx);
-            const float xhat = (xv - stats[c[k]]) * stats[c_count + c[k]];
-            narrow(coef[c[k]] * (dz - coef[c_count + c[k]] - xhat * coef[2 * c_count + c[k]]), dxs + k);
+            narrow(bnr_dx(widen(xs[k]), widen(dys[k]), stats, coef, c_count, c[k]), dxs + k);
         }
         reinterpret_cast<bnr_v16*>(dx)[g] = pack(dxs);
     }
@@ -396,11 +410,7 @@ __device__ void bwd_apply(const T* x, const T* dy, const A* stats, const A* coef
          i += (unsigned long long)blockDim.x * gridDim.x) {
         const unsigned int e = (unsigned int)i;  // < total < 2^32: 32-bit division is much cheaper
         const unsigned int c = nhwc ? e % c_count : (e / hw) % c_count;
-        const A xv = widen(x[i]);
-        A dz, dzx;
-        dz_terms(xv, widen(dy[i]), stats, c_count, c, dz, dzx);
-        const A xhat = (xv - stats[c]) * stats[c_count + c];
-        narrow(coef[c] * (dz - coef[c_count + c] - xhat * coef[2 * c_count + c]), dx + i);
+        narrow(bnr_dx(widen(x[i]), widen(dy[i]), stats, coef, c_count, c), dx + i);
     }
 }
 

@@ -162,30 +162,14 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
         DType::BF16 => "max_pool_backward_bf16",
     };
     let f = crate::cuda::function(&dev, "max_pool.cu", kernel)?;
-    let dyb = dy.cuda_buffer()?;
+    let (xp, dyp, dxp) = (xb.ptr() as u64, dy.cuda_buffer()?.ptr() as u64, dx.ptr_mut() as u64);
     let windows = count(dy.numel())?;
     let mut launch = dev.stream().launch_builder(&f);
-    let launched = match x.dtype() {
-        DType::BF16 => {
-            let (xv, dyv, mut dxv) = (xb.view_bits::<u16>()?, dyb.view_bits::<u16>()?, dx.view_bits_mut::<u16>()?);
-            launch.arg(&xv).arg(&dyv).arg(&mut dxv).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
-            // SAFETY: the kernel reads x (n·c·h·w elements) and dy (one per window) and writes dx
-            // (as x); the buffers hold those counts of 16-bit elements (shapes and dtypes checked).
-            unsafe { launch.launch(crate::cuda::grid(windows)) }
-        }
-        DType::F32 => {
-            let (xv, dyv, mut dxv) = (xb.view_bits::<u32>()?, dyb.view_bits::<u32>()?, dx.view_bits_mut::<u32>()?);
-            launch.arg(&xv).arg(&dyv).arg(&mut dxv).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
-            // SAFETY: as above, with 32-bit elements (the kernel reads them as f32).
-            unsafe { launch.launch(crate::cuda::grid(windows)) }
-        }
-        DType::F64 => {
-            let (xv, dyv, mut dxv) = (xb.view_bits::<u64>()?, dyb.view_bits::<u64>()?, dx.view_bits_mut::<u64>()?);
-            launch.arg(&xv).arg(&dyv).arg(&mut dxv).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
-            // SAFETY: as above, with 64-bit elements (the kernel reads them as f64).
-            unsafe { launch.launch(crate::cuda::grid(windows)) }
-        }
-    };
+    launch.arg(&xp).arg(&dyp).arg(&dxp).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
+    // SAFETY: the kernel for this element type reads x (n·c·h·w elements) and dy (one per
+    // window) and writes dx (as x); the buffers hold those counts (shapes, types and layouts
+    // checked above).
+    let launched = unsafe { launch.launch(crate::cuda::grid(windows)) };
     launched.map_err(crate::cuda::launch_err(kernel))?;
     crate::cuda::like(x, dx)
 }
