@@ -491,8 +491,10 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 /// The fused batch norm + ReLU (our kernels) against the CPU reference (batch norm, then
 /// ReLU), in NCHW and NHWC, with f32 and bf16 data, at shapes whose channels are reduced
 /// in one and in several splits. The network's shapes take the vectorised elementwise
-/// passes (`bnr_apply_vec*`); `[6, 12, 7, 5]` takes the scalar ones in NCHW (H·W = 35) and,
-/// for bf16, in NHWC (12 channels are no multiple of 8; f32's width 4 divides them).
+/// passes (`bnr_apply_vec*`) and, in NHWC, the vectorised reductions (`bnr_stats_nhwc_vec*`,
+/// `bnr_bwd_sums_nhwc_vec*`); `[6, 12, 7, 5]` takes the scalar passes in NCHW (H·W = 35) and,
+/// for bf16, in NHWC (12 channels are no multiple of 8; f32's width 4 divides them), and the
+/// one-value NHWC reductions for both (3 f32 loads a row are not a power of two).
 ///
 /// The backward's reference takes the ReLU mask from the GPU's output: where z is within
 /// rounding of 0 the two sides may disagree on the sign, which would move one element of

@@ -91,13 +91,30 @@ impl BatchNormReluRecord {
 
 // ---- CUDA ----
 
-/// Threads of the NCHW reduction blocks (`BNR_THREADS` of the kernel file).
+/// Threads of the NCHW reduction blocks and of the vectorised NHWC ones (`BNR_THREADS` of the kernel file).
 const NCHW_THREADS: u32 = 256;
-/// Channels and rows of an NHWC reduction block (`BNR_NHWC_X`, `BNR_NHWC_Y`).
+/// Channels and rows of an NHWC reduction block (`BNR_NHWC_X`, `BNR_NHWC_Y`), and channels and
+/// split lanes of a finalize block (`BNR_FIN_X`, `BNR_FIN_Y`).
 const NHWC_BLOCK: (u32, u32) = (32, 8);
+const FINALIZE_BLOCK: (u32, u32) = (32, 8);
 /// Values one reduction block aims to cover, and the most splits of a channel.
 const PER_BLOCK: usize = 16384;
 const MAX_SPLITS: usize = 256;
+/// The vectorised NHWC reductions: at most this many splits, each of at least this many rows
+/// (a split's partial results, 12 bytes per channel, stay a small fraction of its rows' data).
+const MAX_SPLITS_VEC: usize = 512;
+const MIN_ROWS_VEC: usize = 64;
+
+/// How the per-channel reductions run (the kernel name's layout part, and its launch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reduce {
+    /// `_nchw`: a block per (channel, split), 256 threads.
+    Nchw,
+    /// `_nhwc`: a block per (32 channels, split), 32 x 8 threads, one value per load.
+    Nhwc,
+    /// `_nhwc_vec`: a block per split covering all channels, 256 threads, 16-byte loads.
+    NhwcVec,
+}
 
 /// The shape of one launch's problem: x `[n, c, h, w]` with `hw = h·w`, and how the M = n·hw
 /// values of each channel are split among reduction blocks.
@@ -107,19 +124,27 @@ struct Geometry {
     hw: u32,
     total: u32,
     nhwc: bool,
+    reduce: Reduce,
     splits: u32,
 }
 
 impl Geometry {
-    fn of(x: &Tensor) -> Result<Geometry> {
+    /// The geometry of x; `reads` are the device addresses the reductions read (x, and dy in
+    /// the backward), whose alignment decides whether the vectorised reductions may run.
+    fn of(x: &Tensor, reads: &[u64]) -> Result<Geometry> {
         let s = x.shape();
         let m = s[0] * s[2] * s[3];
         let nhwc = x.layout() == engine::Layout::Nhwc;
-        // NCHW blocks reduce one channel, NHWC blocks 32 channels at once.
-        let per_block_rows = if nhwc { PER_BLOCK / NHWC_BLOCK.0 as usize } else { PER_BLOCK };
-        let splits = m.div_ceil(per_block_rows).clamp(1, MAX_SPLITS);
+        let reduce = if !nhwc {
+            Reduce::Nchw
+        } else if vec_reduce_fits(s[1], x.dtype(), reads) {
+            Reduce::NhwcVec
+        } else {
+            Reduce::Nhwc
+        };
         let count = crate::cuda::count;
-        Ok(Geometry { n: count(s[0])?, c: count(s[1])?, hw: count(s[2] * s[3])?, total: count(x.numel())?, nhwc, splits: count(splits)? })
+        let splits = count(splits(reduce, m, x.numel()))?;
+        Ok(Geometry { n: count(s[0])?, c: count(s[1])?, hw: count(s[2] * s[3])?, total: count(x.numel())?, nhwc, reduce, splits })
     }
 
     fn m(&self) -> u32 {
@@ -128,16 +153,52 @@ impl Geometry {
 
     /// The reduction kernels' grid and blocks.
     fn reduce_launch(&self) -> LaunchConfig {
-        if self.nhwc {
-            LaunchConfig { grid_dim: (self.c.div_ceil(NHWC_BLOCK.0), self.splits, 1), block_dim: (NHWC_BLOCK.0, NHWC_BLOCK.1, 1), shared_mem_bytes: 0 }
-        } else {
-            LaunchConfig { grid_dim: (self.c, self.splits, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 }
+        match self.reduce {
+            Reduce::Nchw => LaunchConfig { grid_dim: (self.c, self.splits, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 },
+            Reduce::Nhwc => LaunchConfig { grid_dim: (self.c.div_ceil(NHWC_BLOCK.0), self.splits, 1), block_dim: (NHWC_BLOCK.0, NHWC_BLOCK.1, 1), shared_mem_bytes: 0 },
+            Reduce::NhwcVec => LaunchConfig { grid_dim: (1, self.splits, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 },
         }
     }
 
-    fn layout_name(&self) -> &'static str {
-        if self.nhwc { "nhwc" } else { "nchw" }
+    /// The finalize kernels' grid and blocks.
+    fn finalize_launch(&self) -> LaunchConfig {
+        LaunchConfig { grid_dim: (self.c.div_ceil(FINALIZE_BLOCK.0), 1, 1), block_dim: (FINALIZE_BLOCK.0, FINALIZE_BLOCK.1, 1), shared_mem_bytes: 0 }
     }
+
+    /// The layout part of the reduction kernels' names.
+    fn reduce_name(&self) -> &'static str {
+        match self.reduce {
+            Reduce::Nchw => "nchw",
+            Reduce::Nhwc => "nhwc",
+            Reduce::NhwcVec => "nhwc_vec",
+        }
+    }
+}
+
+/// How many blocks share the M = n·h·w rows of each channel (`total` values in all) in a reduction.
+fn splits(reduce: Reduce, m: usize, total: usize) -> usize {
+    match reduce {
+        // NCHW blocks reduce one channel, NHWC blocks 32 channels at once.
+        Reduce::Nchw => m.div_ceil(PER_BLOCK).clamp(1, MAX_SPLITS),
+        Reduce::Nhwc => m.div_ceil(PER_BLOCK / NHWC_BLOCK.0 as usize).clamp(1, MAX_SPLITS),
+        // Vectorised blocks cover all channels: about PER_BLOCK values each, but no fewer
+        // than MIN_ROWS_VEC rows.
+        Reduce::NhwcVec => total.div_ceil(PER_BLOCK).min(m.div_ceil(MIN_ROWS_VEC)).clamp(1, MAX_SPLITS_VEC),
+    }
+}
+
+/// Whether the vectorised NHWC reductions (`bnr_stats_nhwc_vec*`, `bnr_bwd_sums_nhwc_vec*`) can
+/// take `c` channels of `dt` data at the addresses `reads`: one 16-byte load holds 8 bf16 or 4
+/// f32 channels, so C must be a multiple of that width, the C/width loads of a row a power of
+/// two that divides the block's 256 threads, and every buffer read 16-byte aligned.
+fn vec_reduce_fits(c: usize, dt: DType, reads: &[u64]) -> bool {
+    let width = match dt {
+        DType::BF16 => 8,
+        DType::F32 => 4,
+        DType::F64 => return false,
+    };
+    let groups = c / width;
+    c.is_multiple_of(width) && groups.is_power_of_two() && (NCHW_THREADS as usize).is_multiple_of(groups) && reads.iter().all(|p| p % 16 == 0)
 }
 
 /// Elements per thread of the vectorised passes (`bnr_apply_vec*`, `bnr_bwd_apply_vec*`: one
@@ -189,8 +250,9 @@ fn push_scalar<'a>(launch: &mut cudarc::driver::LaunchArgs<'a>, s: &'a Scalar) {
 
 /// y and the saved `[4, C]` statistics; the running statistics are updated on the device.
 fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<(Tensor, Tensor)> {
-    let geo = Geometry::of(x)?;
     let xb = x.cuda_buffer()?;
+    let xp = xb.ptr() as u64;
+    let geo = Geometry::of(x, &[xp])?;
     let dev: Arc<CudaDevice> = xb.dev().clone();
     let (sfx, stat_sfx, st) = types(x.dtype());
     let c = geo.c as usize;
@@ -199,9 +261,9 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
     let stream = dev.stream().clone();
 
     // 1. Per-split (count, mean, M2) of every channel.
-    let name = format!("bnr_stats_{}{sfx}", geo.layout_name());
+    let name = format!("bnr_stats_{}{sfx}", geo.reduce_name());
     let f = kernel(&dev, &name)?;
-    let (xp, pp) = (xb.ptr() as u64, partial.ptr_mut() as u64);
+    let pp = partial.ptr_mut() as u64;
     let mut launch = stream.launch_builder(&f);
     launch.arg(&xp).arg(&pp).arg(&geo.n).arg(&geo.c).arg(&geo.hw).arg(&geo.splits);
     // SAFETY: bnr_stats_*(x [n·c·hw of T], partial [splits·c·3 of A], n, c, hw, splits), launched with the
@@ -220,8 +282,9 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
     push_scalar(&mut launch, &eps);
     launch.arg(&sp);
     // SAFETY: bnr_finalize(partial, c, splits, gamma [c], beta [c], running_mean [c], running_var [c],
-    // momentum, eps, stats [4c]), all of the statistics' type A (checked by batch_norm::check).
-    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(crate::cuda::launch_err("bnr_finalize"))?;
+    // momentum, eps, stats [4c]), all of the statistics' type A (checked by batch_norm::check),
+    // with the grid and blocks the kernel assumes.
+    unsafe { launch.launch(geo.finalize_launch()) }.map_err(crate::cuda::launch_err("bnr_finalize"))?;
     running.num_batches_tracked += 1;
 
     // 3. y = max(x·scale + shift, 0).
@@ -240,18 +303,19 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
 
 /// `(dx, dgamma, dbeta)` from x, the output's gradient dy and the saved statistics.
 fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let geo = Geometry::of(x)?;
     let xb = x.cuda_buffer()?;
+    let (xp, dyp) = (xb.ptr() as u64, dy.cuda_buffer()?.ptr() as u64);
+    let geo = Geometry::of(x, &[xp, dyp])?;
     let dev = xb.dev().clone();
     let (sfx, stat_sfx, st) = types(x.dtype());
     let c = geo.c as usize;
     let stream = dev.stream().clone();
     let mut partial: CudaBuffer = dev.alloc_dtype(geo.splits as usize * c * 2, st)?;
     let (mut dgamma, mut dbeta, mut coef) = (dev.alloc_dtype(c, st)?, dev.alloc_dtype(c, st)?, dev.alloc_dtype(3 * c, st)?);
-    let (xp, dyp, sp, pp) = (xb.ptr() as u64, dy.cuda_buffer()?.ptr() as u64, stats.cuda_buffer()?.ptr() as u64, partial.ptr_mut() as u64);
+    let (sp, pp) = (stats.cuda_buffer()?.ptr() as u64, partial.ptr_mut() as u64);
 
     // 1. Per-split Σdz and Σdz·x̂ of every channel.
-    let f = kernel(&dev, &format!("bnr_bwd_sums_{}{sfx}", geo.layout_name()))?;
+    let f = kernel(&dev, &format!("bnr_bwd_sums_{}{sfx}", geo.reduce_name()))?;
     let mut launch = stream.launch_builder(&f);
     launch.arg(&xp).arg(&dyp).arg(&sp).arg(&pp).arg(&geo.n).arg(&geo.c).arg(&geo.hw).arg(&geo.splits);
     // SAFETY: bnr_bwd_sums_*(x, dy [n·c·hw of T], stats [4c], partial [splits·c·2], n, c, hw, splits),
@@ -265,8 +329,9 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     let m = geo.m();
     let mut launch = stream.launch_builder(&f);
     launch.arg(&pp).arg(&geo.c).arg(&geo.splits).arg(&m).arg(&gp).arg(&sp).arg(&dgp).arg(&dbp).arg(&cp);
-    // SAFETY: bnr_bwd_finalize(partial, c, splits, m, gamma [c], stats [4c], dgamma [c], dbeta [c], coef [3c]).
-    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(crate::cuda::launch_err("bnr_bwd_finalize"))?;
+    // SAFETY: bnr_bwd_finalize(partial, c, splits, m, gamma [c], stats [4c], dgamma [c], dbeta [c], coef [3c]),
+    // with the grid and blocks the kernel assumes.
+    unsafe { launch.launch(geo.finalize_launch()) }.map_err(crate::cuda::launch_err("bnr_bwd_finalize"))?;
 
     // 3. dx.
     let mut dx = dev.alloc_dtype(x.numel(), x.dtype())?;
@@ -327,5 +392,40 @@ mod tests {
         let (a, b) = (run(true), run(false));
         assert_eq!(a, b);
         assert!(a.0.contains(&0.0) && a.0.iter().any(|&v| v > 0.0), "both sides of the ReLU");
+    }
+
+    /// The network's eight batch norms (bf16 and f32, channels 64 to 512) take the vectorised
+    /// NHWC reductions at aligned addresses; channel counts whose 16-byte loads per row are
+    /// not a power of two dividing 256, f64 data and unaligned buffers do not.
+    #[test]
+    fn vectorised_reductions_where_the_channels_allow() {
+        for c in [64, 128, 256, 512] {
+            assert!(vec_reduce_fits(c, DType::BF16, &[0x1000, 0x2010]), "bf16 C={c}");
+            assert!(vec_reduce_fits(c, DType::F32, &[0x1000]), "f32 C={c}");
+            assert!(!vec_reduce_fits(c, DType::F64, &[0x1000]), "f64 C={c}");
+            assert!(!vec_reduce_fits(c, DType::BF16, &[0x1000, 0x2008]), "unaligned dy, C={c}");
+        }
+        // 3 (bf16) and 6 (f32) loads per row; 12 channels: no whole bf16 load, 3 f32 loads;
+        // 4096 f32 channels: 1024 loads per row, more than a block's threads.
+        for (c, dt) in [(24, DType::BF16), (24, DType::F32), (12, DType::BF16), (12, DType::F32), (4096, DType::F32)] {
+            assert!(!vec_reduce_fits(c, dt, &[0]), "{dt:?} C={c}");
+        }
+        assert!(vec_reduce_fits(8, DType::BF16, &[0]) && vec_reduce_fits(2048, DType::BF16, &[0]));
+    }
+
+    /// Split counts: at least one, within each kind's clamp, and for the vectorised kernels at
+    /// least MIN_ROWS_VEC rows per split (the prep layer's and the last residual's shapes at
+    /// batch 512, and a single row).
+    #[test]
+    fn split_counts_stay_within_their_bounds() {
+        let prep = (512 * 32 * 32, 512 * 64 * 32 * 32);
+        let res3 = (512 * 4 * 4, 512 * 512 * 4 * 4);
+        assert_eq!(splits(Reduce::NhwcVec, prep.0, prep.1), MAX_SPLITS_VEC);
+        assert_eq!(splits(Reduce::NhwcVec, res3.0, res3.1), res3.0 / MIN_ROWS_VEC);
+        assert_eq!(splits(Reduce::Nhwc, prep.0, prep.1), MAX_SPLITS);
+        assert_eq!(splits(Reduce::Nchw, 2, 2 * 64), 1);
+        for reduce in [Reduce::Nchw, Reduce::Nhwc, Reduce::NhwcVec] {
+            assert_eq!(splits(reduce, 1, 8), 1, "{reduce:?}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 // ptx/batch_norm_relu.cu on the CPU: the launch sequence of ops/src/batch_norm_relu.rs
-// (forward: bnr_stats_<layout> -> bnr_finalize -> bnr_apply; backward: bnr_bwd_sums_<layout>
-// -> bnr_bwd_finalize -> bnr_bwd_apply) for f32, f64 and bf16 data in NCHW and NHWC, against
-// a double-precision reference of relu(batch_norm(x)) and its gradient written here.
+// (forward: bnr_stats_<reduce> -> bnr_finalize -> bnr_apply; backward: bnr_bwd_sums_<reduce>
+// -> bnr_bwd_finalize -> bnr_bwd_apply) for f32, f64 and bf16 data in NCHW and NHWC (with
+// the one-value and, where the channels allow, the 16-byte-load reductions), against a
+// double-precision reference of relu(batch_norm(x)) and its gradient written here.
 #include "emu.h"
 #ifdef KERNEL_SRC  // run.sh --selftest builds deliberately broken copies of the kernel file
 #include KERNEL_SRC
@@ -26,6 +27,8 @@ struct K<float> {
     static constexpr unsigned vec = 4;  // the vectorised passes: 4 f32 per 16-byte access
     static constexpr auto apply_vec = bnr_apply_vec;
     static constexpr auto bwd_apply_vec = bnr_bwd_apply_vec;
+    static constexpr auto stats_nhwc_vec = bnr_stats_nhwc_vec;
+    static constexpr auto bwd_sums_nhwc_vec = bnr_bwd_sums_nhwc_vec;
     static constexpr auto stats_nchw = bnr_stats_nchw;
     static constexpr auto stats_nhwc = bnr_stats_nhwc;
     static constexpr auto finalize = bnr_finalize;
@@ -62,6 +65,8 @@ struct K<bf16> {
     static constexpr unsigned vec = 8;  // 8 bf16 per 16-byte access
     static constexpr auto apply_vec = bnr_apply_vec_bf16;
     static constexpr auto bwd_apply_vec = bnr_bwd_apply_vec_bf16;
+    static constexpr auto stats_nhwc_vec = bnr_stats_nhwc_vec_bf16;
+    static constexpr auto bwd_sums_nhwc_vec = bnr_bwd_sums_nhwc_vec_bf16;
     static constexpr auto stats_nchw = bnr_stats_nchw_bf16;
     static constexpr auto stats_nhwc = bnr_stats_nhwc_bf16;
     static constexpr auto finalize = bnr_finalize;
@@ -77,26 +82,42 @@ struct K<bf16> {
 
 // ---- Geometry of ops/src/batch_norm_relu.rs ----
 
+enum class Reduce { nchw, nhwc, nhwc_vec };
+
 struct Geo {
     unsigned n, c, hw, total, splits, m;
     bool nhwc;
-    dim3 rgrid, rblock;
+    Reduce reduce;
+    dim3 rgrid, rblock, fgrid, fblock;
 };
 
-Geo geometry(unsigned n, unsigned c, unsigned h, unsigned w, bool nhwc)
+// Whether vec_reduce_fits would choose the 16-byte-load reductions (the buffers here are
+// std::vectors, 16-byte aligned).
+bool vec_reduce_fits(unsigned c, unsigned vec)
 {
-    const unsigned long long PER_BLOCK = 16384, MAX_SPLITS = 256;
-    const unsigned long long m = (unsigned long long)n * h * w;
-    const unsigned long long per_block_rows = nhwc ? PER_BLOCK / 32 : PER_BLOCK;
-    unsigned long long splits = (m + per_block_rows - 1) / per_block_rows;
-    splits = std::clamp(splits, 1ull, MAX_SPLITS);
-    Geo g{n, c, h * w, n * c * h * w, (unsigned)splits, (unsigned)m, nhwc, dim3(), dim3()};
-    if (nhwc) {
-        g.rgrid = dim3((c + 31) / 32, g.splits, 1);
-        g.rblock = dim3(32, 8, 1);
-    } else {
-        g.rgrid = dim3(c, g.splits, 1);
-        g.rblock = dim3(256, 1, 1);
+    if (vec == 0 || c % vec != 0) return false;
+    const unsigned groups = c / vec;
+    return (groups & (groups - 1)) == 0 && 256 % groups == 0;
+}
+
+Geo geometry(unsigned n, unsigned c, unsigned h, unsigned w, bool nhwc, bool vec_ok)
+{
+    const unsigned long long PER_BLOCK = 16384, MAX_SPLITS = 256, MAX_SPLITS_VEC = 512, MIN_ROWS_VEC = 64;
+    const unsigned long long m = (unsigned long long)n * h * w, total = m * c;
+    const Reduce reduce = !nhwc ? Reduce::nchw : vec_ok ? Reduce::nhwc_vec : Reduce::nhwc;
+    unsigned long long splits;
+    switch (reduce) {
+        case Reduce::nchw: splits = std::clamp((m + PER_BLOCK - 1) / PER_BLOCK, 1ull, MAX_SPLITS); break;
+        case Reduce::nhwc: splits = std::clamp((m + PER_BLOCK / 32 - 1) / (PER_BLOCK / 32), 1ull, MAX_SPLITS); break;
+        default:
+            splits = std::min((total + PER_BLOCK - 1) / PER_BLOCK, (m + MIN_ROWS_VEC - 1) / MIN_ROWS_VEC);
+            splits = std::clamp(splits, 1ull, MAX_SPLITS_VEC);
+    }
+    Geo g{n, c, h * w, n * c * h * w, (unsigned)splits, (unsigned)m, nhwc, reduce, dim3(), dim3(), dim3((c + 31) / 32), dim3(32, 8)};
+    switch (reduce) {
+        case Reduce::nchw: g.rgrid = dim3(c, g.splits, 1); g.rblock = dim3(256, 1, 1); break;
+        case Reduce::nhwc: g.rgrid = dim3((c + 31) / 32, g.splits, 1); g.rblock = dim3(32, 8, 1); break;
+        default: g.rgrid = dim3(1, g.splits, 1); g.rblock = dim3(256, 1, 1);
     }
     return g;
 }
@@ -105,15 +126,21 @@ struct Tol {
     double stats, y, dx, sums, zband;
 };
 
+// One shape through the whole sequence; `vec` asks for the 16-byte-load reductions, which
+// run where Rust would choose them (NHWC, channels that fit), else the case is skipped.
 template <typename T>
-void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, unsigned seed, Tol tol)
+void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, bool vec, unsigned seed, Tol tol)
 {
     using A = typename K<T>::A;
-    const Geo g = geometry(N, C, H, W, nhwc);
+    if (vec && !(nhwc && vec_reduce_fits(C, K<T>::vec))) {
+        return;
+    }
+    const Geo g = geometry(N, C, H, W, nhwc, vec);
     const unsigned HW = g.hw, M = g.m;
+    static const char* const reduce_names[] = {"nchw", "nhwc", "nhwc_vec"};
     char label[160];
     std::snprintf(label, sizeof label, "%s %s N=%u C=%u H=%u W=%u (M=%u splits=%u grid=%ux%u block=%ux%u)", K<T>::name,
-                  nhwc ? "nhwc" : "nchw", N, C, H, W, M, g.splits, g.rgrid.x, g.rgrid.y, g.rblock.x, g.rblock.y);
+                  reduce_names[int(g.reduce)], N, C, H, W, M, g.splits, g.rgrid.x, g.rgrid.y, g.rblock.x, g.rblock.y);
     const int fails_before = chk::failures;
     auto at = [&](unsigned b, unsigned c, unsigned s) -> size_t {
         return nhwc ? ((size_t)b * HW + s) * C + c : ((size_t)b * C + c) * HW + s;
@@ -149,28 +176,36 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, unsigne
     const A anan = std::numeric_limits<A>::quiet_NaN();
     std::vector<A> partial((size_t)g.splits * C * 3, anan), stats(4 * (size_t)C, anan);
     std::vector<T> y(g.total, K<T>::nan());
-    if (nhwc) {
+    if (g.reduce == Reduce::nhwc_vec) {
+        if constexpr (K<T>::vec > 0) {
+            emu::launch(K<T>::stats_nhwc_vec, g.rgrid, g.rblock, x.data(), partial.data(), g.n, g.c, g.hw, g.splits);
+        }
+    } else if (nhwc) {
         emu::launch(K<T>::stats_nhwc, g.rgrid, g.rblock, x.data(), partial.data(), g.n, g.c, g.hw, g.splits);
     } else {
         emu::launch(K<T>::stats_nchw, g.rgrid, g.rblock, x.data(), partial.data(), g.n, g.c, g.hw, g.splits);
     }
-    auto cc = emu::for_num_elems(g.c);
-    emu::launch_seq(K<T>::finalize, cc.grid, cc.block, partial.data(), g.c, g.splits, gamma.data(), beta.data(), rmean.data(),
-                    rvar.data(), A(momentum), A(eps), stats.data());
+    emu::launch(K<T>::finalize, g.fgrid, g.fblock, partial.data(), g.c, g.splits, gamma.data(), beta.data(), rmean.data(),
+                rvar.data(), A(momentum), A(eps), stats.data());
     auto ct = emu::for_num_elems(g.total);
     emu::launch_seq(K<T>::apply, ct.grid, ct.block, x.data(), stats.data(), y.data(), g.total, g.c, g.hw, int(nhwc));
 
     std::vector<A> partial2((size_t)g.splits * C * 2, anan), dgamma(C, anan), dbeta(C, anan), coef(3 * (size_t)C, anan);
     std::vector<T> dx(g.total, K<T>::nan());
-    if (nhwc) {
+    if (g.reduce == Reduce::nhwc_vec) {
+        if constexpr (K<T>::vec > 0) {
+            emu::launch(K<T>::bwd_sums_nhwc_vec, g.rgrid, g.rblock, x.data(), dy.data(), stats.data(), partial2.data(), g.n, g.c,
+                        g.hw, g.splits);
+        }
+    } else if (nhwc) {
         emu::launch(K<T>::bwd_sums_nhwc, g.rgrid, g.rblock, x.data(), dy.data(), stats.data(), partial2.data(), g.n, g.c, g.hw,
                     g.splits);
     } else {
         emu::launch(K<T>::bwd_sums_nchw, g.rgrid, g.rblock, x.data(), dy.data(), stats.data(), partial2.data(), g.n, g.c, g.hw,
                     g.splits);
     }
-    emu::launch_seq(K<T>::bwd_finalize, cc.grid, cc.block, partial2.data(), g.c, g.splits, g.m, gamma.data(), stats.data(),
-                    dgamma.data(), dbeta.data(), coef.data());
+    emu::launch(K<T>::bwd_finalize, g.fgrid, g.fblock, partial2.data(), g.c, g.splits, g.m, gamma.data(), stats.data(),
+                dgamma.data(), dbeta.data(), coef.data());
     emu::launch_seq(K<T>::bwd_apply, ct.grid, ct.block, x.data(), dy.data(), stats.data(), coef.data(), dx.data(), g.total, g.c,
                     g.hw, int(nhwc));
 
@@ -203,6 +238,9 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, unsigne
 
     // ---- reference, in double, from the same (widened) input values ----
     std::vector<double> r_stats(4 * (size_t)C), r_rm(C), r_rv(C), r_y(g.total), r_dx(g.total), r_dg(C), r_db(C);
+    // The sums' scale before cancellation: the largest Σ|dz| and Σ|dz·xhat| of a channel (a sum
+    // of M random-signed terms can nearly cancel; its rounding error scales with its terms).
+    double db_terms = 0, dg_terms = 0;
     double dx_terms = 0;  // largest |gamma*invstd|*(|dz| + |dbeta/M| + |xhat*dgamma/M|): dx's scale before cancellation
     std::vector<char> band(g.total, 0);
     size_t ambiguous = 0;
@@ -228,7 +266,7 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, unsigne
         // forward and the ReLU mask; in the band |z| < zband, where rounding may decide the
         // mask, the kernel's own forward decision (y > 0) is taken (its backward must agree).
         std::vector<double> dz(g.total);
-        double db = 0, dg = 0;
+        double db = 0, dg = 0, db_abs = 0, dg_abs = 0;
         for (unsigned b = 0; b < N; ++b)
             for (unsigned p = 0; p < HW; ++p) {
                 const size_t i = at(b, c, p);
@@ -244,9 +282,13 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, unsigne
                 dz[i] = on ? K<T>::val(dy[i]) : 0.0;
                 db += dz[i];
                 dg += dz[i] * xhat;
+                db_abs += std::fabs(dz[i]);
+                dg_abs += std::fabs(dz[i] * xhat);
             }
         r_db[c] = db;
         r_dg[c] = dg;
+        db_terms = std::max(db_terms, db_abs);
+        dg_terms = std::max(dg_terms, dg_abs);
         for (unsigned b = 0; b < N; ++b)
             for (unsigned p = 0; p < HW; ++p) {
                 const size_t i = at(b, c, p);
@@ -274,8 +316,8 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, unsigne
     chk::close(L + "running_mean", widen_a(rmean), r_rm, tol.stats);
     chk::close(L + "running_var", widen_a(rvar), r_rv, tol.stats);
     chk::close(L + "y", widen_v(y), r_y, tol.y);
-    chk::close(L + "dbeta", widen_a(dbeta), r_db, tol.sums);
-    chk::close(L + "dgamma", widen_a(dgamma), r_dg, tol.sums);
+    chk::close(L + "dbeta", widen_a(dbeta), r_db, tol.sums, db_terms);
+    chk::close(L + "dgamma", widen_a(dgamma), r_dg, tol.sums, dg_terms);
     // dx = k1*(dz - k2 - xhat*k3) cancels (completely for M = 2: dx is then of the order of eps);
     // its rounding error scales with the terms, so they are the norm.
     chk::close(L + "dx", widen_v(dx), r_dx, tol.dx, dx_terms);
@@ -318,10 +360,22 @@ int main(int argc, char** argv)
         {3, 12, 5, 5, true},
         // NHWC: tiny M (= 2): 6 of the 8 rows of each block idle
         {2, 33, 1, 1, true},
+        // the vectorised reductions (as well as the one-value NHWC ones): 8 bf16 / 4 f32 channels
+        // per load; C = 8: one load per row (256 rows at once, bf16), M = 1800 not a multiple of
+        // 256*4; C = 512: 64 (bf16) or 128 (f32) loads per row, 4 or 2 rows at once; M = 2 (one
+        // split, most rows idle); C = 24 (3 bf16 loads a row: not a power of two, the one-value
+        // kernels; f32's 6 neither)
+        {8, 8, 15, 15, true},
+        {9, 512, 4, 4, true},
+        {2, 64, 1, 1, true},
+        {5, 24, 6, 6, true},
         // NHWC: M = 144000 > 256*512: the split count is clamped to 256
         {1000, 3, 12, 12, true},
+        // vectorised: total = 9.4M > 512*16384 and M = 147456 > 512*64: clamped to 512 splits
+        {1024, 64, 12, 12, true},
     };
     if (quick) {
+        shapes.pop_back();
         shapes.pop_back();
     }
     if (big) {
@@ -333,9 +387,11 @@ int main(int argc, char** argv)
     const Tol tb16{1e-4, 1e-2, 1e-2, 1e-4, 1e-4};
     unsigned seed = 1;
     for (const Shape& s : shapes) {
-        run_case<double>(s.n, s.c, s.h, s.w, s.nhwc, seed++, t64);
-        run_case<float>(s.n, s.c, s.h, s.w, s.nhwc, seed++, t32);
-        run_case<bf16>(s.n, s.c, s.h, s.w, s.nhwc, seed++, tb16);
+        for (bool vec : {false, true}) {
+            run_case<double>(s.n, s.c, s.h, s.w, s.nhwc, vec, seed++, t64);
+            run_case<float>(s.n, s.c, s.h, s.w, s.nhwc, vec, seed++, t32);
+            run_case<bf16>(s.n, s.c, s.h, s.w, s.nhwc, vec, seed++, tb16);
+        }
     }
     std::printf("(%llu emulated threads)\n", emu::threads_started);
     return chk::finish("batch_norm_relu");
