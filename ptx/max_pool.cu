@@ -78,6 +78,77 @@ __device__ void max_pool_backward_t(const T* x, const T* dy, T* dx, unsigned int
     }
 }
 
+// ---- NHWC with 16-byte accesses ----
+//
+// The same rule, ONE THREAD per window and group of LANES consecutive channels (4 f32 or 8
+// bf16 values, one 16-byte load or store), where the kernel above moves 2 or 4 bytes per
+// access. Needs NHWC, C a multiple of LANES and 16-byte aligned buffers; the caller checks.
+// The thread index o runs over dy in 16-byte units, so o is dy's vector index.
+
+// Lane l of a 16-byte vector held as 4 words: f32 (LANES = 4, lane l is word l) or bf16
+// (LANES = 8, lane 2m is word m's low half, 2m + 1 its high half): its value, exactly
+// widened to f32, and the bits it occupies in its word.
+template <int LANES>
+__device__ __forceinline__ float mp_lane_value(const unsigned int* words, int l)
+{
+    return LANES == 4 ? __uint_as_float(words[l]) : __uint_as_float((words[l / 2] >> (16 * (l % 2))) << 16);
+}
+template <int LANES>
+__device__ __forceinline__ unsigned int mp_lane_bits(int l)
+{
+    return LANES == 4 ? 0xffffffffu : 0xffffu << (16 * (l % 2));
+}
+
+template <int LANES>
+__device__ void max_pool_backward_nhwc_vec_t(const uint4* x, const uint4* dy, uint4* dx, unsigned int n, unsigned int c,
+                                             unsigned int h, unsigned int w, unsigned int k)
+{
+    const unsigned int groups = c / LANES, oh = h / k, ow = w / k;
+    const unsigned int total = n * oh * ow * groups;
+    for (unsigned int o = blockIdx.x * blockDim.x + threadIdx.x; o < total; o += blockDim.x * gridDim.x) {
+        // (ni, i, j, channel group g) of dy vector o.
+        unsigned int r = o;
+        const unsigned int g = r % groups; r /= groups;
+        const unsigned int j = r % ow; r /= ow;
+        const unsigned int i = r % oh;
+        const unsigned int ni = r / oh;
+        // Each lane's first maximum, as its position p*k + q in the window.
+        unsigned int best[LANES];
+        float best_v[LANES];
+        for (int l = 0; l < LANES; ++l) {
+            best[l] = 0;
+            best_v[l] = 0.0f;  // replaced by the window's first value below
+        }
+        for (unsigned int p = 0; p < k; ++p) {
+            for (unsigned int q = 0; q < k; ++q) {
+                const uint4 v = x[((ni * h + i * k + p) * w + j * k + q) * groups + g];
+                const unsigned int words[4] = {v.x, v.y, v.z, v.w};
+                for (int l = 0; l < LANES; ++l) {
+                    const float val = mp_lane_value<LANES>(words, l);
+                    // v != v: NaN, as in the kernel above.
+                    if ((p == 0 && q == 0) || val > best_v[l] || (val != val && best_v[l] == best_v[l])) {
+                        best[l] = p * k + q;
+                        best_v[l] = val;
+                    }
+                }
+            }
+        }
+        const uint4 d = dy[o];
+        const unsigned int dwords[4] = {d.x, d.y, d.z, d.w};
+        for (unsigned int p = 0; p < k; ++p) {
+            for (unsigned int q = 0; q < k; ++q) {
+                unsigned int out[4] = {0, 0, 0, 0};
+                for (int l = 0; l < LANES; ++l) {
+                    if (best[l] == p * k + q) {
+                        out[l / (LANES / 4)] |= dwords[l / (LANES / 4)] & mp_lane_bits<LANES>(l);
+                    }
+                }
+                dx[((ni * h + i * k + p) * w + j * k + q) * groups + g] = uint4{out[0], out[1], out[2], out[3]};
+            }
+        }
+    }
+}
+
 extern "C" __global__ void max_pool_backward(const float* x, const float* dy, float* dx, unsigned int n, unsigned int c,
                                              unsigned int h, unsigned int w, unsigned int k, unsigned int nhwc)
 {
@@ -94,4 +165,14 @@ extern "C" __global__ void max_pool_backward_bf16(const unsigned short* x, const
                                                   unsigned int k, unsigned int nhwc)
 {
     max_pool_backward_t(x, dy, dx, n, c, h, w, k, nhwc);
+}
+extern "C" __global__ void max_pool_backward_nhwc_vec(const uint4* x, const uint4* dy, uint4* dx, unsigned int n,
+                                                      unsigned int c, unsigned int h, unsigned int w, unsigned int k)
+{
+    max_pool_backward_nhwc_vec_t<4>(x, dy, dx, n, c, h, w, k);
+}
+extern "C" __global__ void max_pool_backward_nhwc_vec_bf16(const uint4* x, const uint4* dy, uint4* dx, unsigned int n,
+                                                           unsigned int c, unsigned int h, unsigned int w, unsigned int k)
+{
+    max_pool_backward_nhwc_vec_t<8>(x, dy, dx, n, c, h, w, k);
 }

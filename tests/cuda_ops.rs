@@ -205,7 +205,9 @@ fn batch_norm_matches_the_cpu() {
 
 /// Max-pooling forward (cuDNN) and backward (`ptx/max_pool.cu`, and cuDNN's): selection and routing of
 /// values, exact, in f32 and bf16, NCHW and NHWC, on the network's shapes and on one whose
-/// last rows and columns fill no window. The CPU reference runs in f32 on the same values
+/// last rows and columns fill no window. In NHWC the first three shapes take the vectorised
+/// backward (`max_pool_backward_nhwc_vec*`), and `[3, 12, 8, 8]` takes it in f32 only (12
+/// channels are 3 f32 groups of 4, and no whole bf16 group of 8). The CPU reference runs in f32 on the same values
 /// (bf16 inputs widened exactly); bf16's 8 bits make ties common, and both sides give a tie
 /// to the first maximum.
 #[test]
@@ -213,7 +215,7 @@ fn batch_norm_matches_the_cpu() {
 fn max_pool_matches_the_cpu_exactly() {
     use engine::Layout;
     let dev = gpu();
-    for (shape, k) in [([32usize, 128, 16, 16], 2), ([16, 512, 4, 4], 4), ([4, 8, 9, 11], 2)] {
+    for (shape, k) in [([32usize, 128, 16, 16], 2), ([16, 512, 4, 4], 4), ([4, 8, 9, 11], 2), ([3, 12, 8, 8], 2)] {
         for dt in [DType::F32, DType::BF16] {
             // Values representable in dt, so that the f32 reference sees what the GPU sees.
             let x = rand(&shape, 300 + k as u64).to_dtype(dt).to_dtype(DType::F32);

@@ -130,7 +130,9 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
 /// `dx` on the GPU from the forward's input `x` and the gradient `dy`: `max_pool_backward`
 /// of `ptx/max_pool.cu`, one thread per window, which finds the window's first maximum
 /// again from x (cuDNN's `cudnnPoolingBackward` took 2.5x to 10x longer for the same work on an
-/// H200, see the kernel file). f32, f64 and bf16; NCHW or NHWC (x and dy in the same order).
+/// H200, see the kernel file); in NHWC with whole 16-byte groups of channels, one thread per
+/// window and group (`max_pool_backward_nhwc_vec*`). f32, f64 and bf16; NCHW or NHWC (x and
+/// dy in the same order).
 pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     check(x, k)?;
@@ -156,22 +158,41 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     // Rows and columns past the last whole window get no thread: zero them first.
     let whole = s[2] % k == 0 && s[3] % k == 0;
     let mut dx = if whole { dev.alloc_dtype(x.numel(), x.dtype())? } else { dev.alloc_zeros_dtype(x.numel(), x.dtype())? };
-    let kernel = match x.dtype() {
-        DType::F32 => "max_pool_backward",
-        DType::F64 => "max_pool_backward_f64",
-        DType::BF16 => "max_pool_backward_bf16",
+    let (xp, dyp, dxp) = (xb.ptr() as u64, dy.cuda_buffer()?.ptr() as u64, dx.ptr_mut() as u64);
+    let lanes = vec_lanes(x.dtype(), x.layout(), s[1], &[xp, dyp, dxp]);
+    let kernel = match (x.dtype(), lanes) {
+        (DType::F32, Some(_)) => "max_pool_backward_nhwc_vec",
+        (DType::BF16, Some(_)) => "max_pool_backward_nhwc_vec_bf16",
+        (DType::F32, None) => "max_pool_backward",
+        (DType::F64, _) => "max_pool_backward_f64",
+        (DType::BF16, None) => "max_pool_backward_bf16",
     };
     let f = crate::cuda::function(&dev, "max_pool.cu", kernel)?;
-    let (xp, dyp, dxp) = (xb.ptr() as u64, dy.cuda_buffer()?.ptr() as u64, dx.ptr_mut() as u64);
-    let windows = count(dy.numel())?;
+    // One thread per window (and, vectorised, per group of channels).
+    let threads = count(dy.numel() / lanes.unwrap_or(1))?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&xp).arg(&dyp).arg(&dxp).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
+    launch.arg(&xp).arg(&dyp).arg(&dxp).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk);
+    if lanes.is_none() {
+        launch.arg(&nhwc);
+    }
     // SAFETY: the kernel for this element type reads x (n·c·h·w elements) and dy (one per
     // window) and writes dx (as x); the buffers hold those counts (shapes, types and layouts
-    // checked above).
-    let launched = unsafe { launch.launch(crate::cuda::grid(windows)) };
+    // checked above); the vectorised kernels (no `nhwc` argument) only where vec_lanes allows.
+    let launched = unsafe { launch.launch(crate::cuda::grid(threads)) };
     launched.map_err(crate::cuda::launch_err(kernel))?;
     crate::cuda::like(x, dx)
+}
+
+/// Channels per thread of the vectorised backward (`max_pool_backward_nhwc_vec*`: one 16-byte
+/// access moves 4 f32 or 8 bf16 values of consecutive channels), or `None` where the one-value
+/// kernels run: NCHW, f64, C not a multiple of the width, or a buffer (`ptrs`) not 16-byte aligned.
+fn vec_lanes(dt: DType, layout: engine::Layout, c: usize, ptrs: &[u64]) -> Option<usize> {
+    let lanes = match dt {
+        DType::F32 => 4,
+        DType::BF16 => 8,
+        DType::F64 => return None,
+    };
+    (layout == engine::Layout::Nhwc && c.is_multiple_of(lanes) && ptrs.iter().all(|p| p % 16 == 0)).then_some(lanes)
 }
 
 /// `dx` with cuDNN's `cudnnPoolingBackward` (sys layer: cudarc's safe API has no pooling
@@ -317,5 +338,21 @@ mod tests {
         let dy = random_params(&[&[1, 1, 1, 1]], 6).remove(0);
         assert!(backward(&[1, 1, 3, 3], &[9], &dy).is_err());
         assert!(backward(&[1, 1, 3, 3], &[0, 1], &dy).is_err());
+    }
+
+    /// The vectorised backward takes the network's NHWC pools (64 to 512 channels) in f32 and
+    /// bf16 at aligned addresses, and nothing else.
+    #[test]
+    fn vectorised_backward_where_channels_and_alignment_allow() {
+        use engine::Layout::{Nchw, Nhwc};
+        for c in [64, 128, 256, 512] {
+            assert_eq!(vec_lanes(DType::BF16, Nhwc, c, &[0x100, 0x200, 0x300]), Some(8));
+            assert_eq!(vec_lanes(DType::F32, Nhwc, c, &[0x100, 0x200, 0x300]), Some(4));
+            assert_eq!(vec_lanes(DType::F32, Nchw, c, &[0x100, 0x200, 0x300]), None);
+            assert_eq!(vec_lanes(DType::F64, Nhwc, c, &[0x100, 0x200, 0x300]), None);
+            assert_eq!(vec_lanes(DType::BF16, Nhwc, c, &[0x100, 0x208, 0x300]), None);
+        }
+        assert_eq!(vec_lanes(DType::BF16, Nhwc, 12, &[0]), None);
+        assert_eq!(vec_lanes(DType::F32, Nhwc, 12, &[0]), Some(4));
     }
 }

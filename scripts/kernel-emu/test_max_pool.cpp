@@ -2,6 +2,9 @@
 // ops/src/max_pool.rs launches it (grid(windows): 1024-thread blocks, dx zeroed first when
 // H or W is not a multiple of k), compared bit for bit with the rule written here on NCHW
 // loops: dy goes to the first maximum of its window (a NaN wins its window), 0 elsewhere.
+// In NHWC with C a multiple of 4 (f32) or 8 (bf16) also max_pool_backward_nhwc_vec{,_bf16}(x, dy,
+// dx, n, c, h, w, k) on 16-byte vectors (grid(windows * C / lanes)), as ops/src/max_pool.rs
+// launches it there.
 // Inputs: random values with deliberate ties (small integers) and NaNs; shapes with and
 // without trailing rows/columns; both memory orders; also a grid smaller than the windows.
 #include "emu.h"
@@ -20,6 +23,8 @@ template <>
 struct MK<float> {
     using U = uint32_t;
     static constexpr auto kernel = max_pool_backward;
+    static constexpr auto vec_kernel = max_pool_backward_nhwc_vec;
+    static constexpr unsigned lanes = 4;
     static constexpr const char* name = "f32";
     static float make(double v) { return float(v); }
     static double value(float v) { return v; }
@@ -28,6 +33,7 @@ template <>
 struct MK<double> {
     using U = uint64_t;
     static constexpr auto kernel = max_pool_backward_f64;
+    static constexpr unsigned lanes = 0;  // no vectorised kernel
     static constexpr const char* name = "f64";
     static double make(double v) { return v; }
     static double value(double v) { return v; }
@@ -36,6 +42,8 @@ template <>
 struct MK<unsigned short> {
     using U = uint16_t;
     static constexpr auto kernel = max_pool_backward_bf16;
+    static constexpr auto vec_kernel = max_pool_backward_nhwc_vec_bf16;
+    static constexpr unsigned lanes = 8;
     static constexpr const char* name = "bf16";
     static unsigned short make(double v) { return chk::to_bf16(float(v)); }
     static double value(unsigned short v) { return chk::from_bf16(v); }
@@ -95,6 +103,24 @@ void case_pool(unsigned n, unsigned c, unsigned h, unsigned w, unsigned k, bool 
         std::memcpy(r.data(), want.data(), xn * sizeof(T));
         chk::equal(std::string(L) + (small_grid ? " (2x32 threads, grid-stride)" : ""), g, r);
     }
+    if constexpr (K::lanes > 0) {
+        if (nhwc && c % K::lanes == 0) {
+            // The vectorised kernel on the same inputs (std::vector's buffers are 16-byte aligned
+            // here, as the Rust side requires); 16-byte units, one thread per window and group.
+            static_assert(sizeof(uint4) == 16);
+            const auto vcfg = emu::for_num_elems(unsigned(yn / K::lanes));
+            for (int small_grid = 0; small_grid < 2; ++small_grid) {
+                std::vector<T> dx(xn, whole ? K::make(std::nan("")) : K::make(0.0));
+                const dim3 grid = small_grid ? dim3(std::min(2u, vcfg.grid.x)) : vcfg.grid, block = small_grid ? dim3(32) : vcfg.block;
+                emu::launch_seq(K::vec_kernel, grid, block, reinterpret_cast<const uint4*>(x.data()),
+                                reinterpret_cast<const uint4*>(dy.data()), reinterpret_cast<uint4*>(dx.data()), n, c, h, w, k);
+                std::vector<typename K::U> g(xn), r(xn);
+                std::memcpy(g.data(), dx.data(), xn * sizeof(T));
+                std::memcpy(r.data(), want.data(), xn * sizeof(T));
+                chk::equal(std::string(L) + " vectorised" + (small_grid ? " (2x32 threads, grid-stride)" : ""), g, r);
+            }
+        }
+    }
 }
 
 int main(int argc, char** argv)
@@ -102,8 +128,11 @@ int main(int argc, char** argv)
     for (int i = 1; i < argc; ++i)
         if (std::string(argv[i]) == "-v") chk::verbose = true;
     std::mt19937_64 rng(11);
-    // the network's pools (scaled down), trailing rows/columns, a 1x1 output, one channel
-    const unsigned shapes[][5] = {{2, 8, 8, 8, 2}, {3, 5, 9, 11, 2}, {2, 16, 4, 4, 4}, {1, 3, 11, 10, 4}, {2, 1, 6, 6, 3}, {1, 4, 2, 2, 2}};
+    // the network's pools (scaled down), trailing rows/columns, a 1x1 output, one channel;
+    // vectorised (NHWC): 8 and 16 channels (both widths), 4 and 12 (f32 only), with trailing
+    // rows/columns, k = 3
+    const unsigned shapes[][5] = {{2, 8, 8, 8, 2},  {3, 5, 9, 11, 2}, {2, 16, 4, 4, 4}, {1, 3, 11, 10, 4}, {2, 1, 6, 6, 3},
+                                  {1, 4, 2, 2, 2},  {3, 8, 9, 11, 2}, {1, 16, 11, 10, 4}, {2, 12, 7, 6, 3}, {2, 24, 6, 6, 2}};
     for (const auto& s : shapes)
         for (bool nhwc : {false, true}) {
             case_pool<float>(s[0], s[1], s[2], s[3], s[4], nhwc, rng);
