@@ -5,6 +5,7 @@
 // math; per channel c over its M = N*H*W values:
 //
 //   forward:  mean, var (biased) -> invstd = 1/sqrt(var + eps)
+//             (evaluation: the running mean and variance instead)
 //             scale = gamma*invstd, shift = beta - mean*scale
 //             z = fma(x, scale, shift), y = z > 0 ? z : 0
 //   backward: dz = z > 0 ? dy : 0, xhat = (x - mean)*invstd
@@ -190,6 +191,25 @@ __device__ void finalize(const A* partial, unsigned int c_count, unsigned int sp
         stats[3 * c_count + c] = beta[c] - m * scale;
         running_mean[c] = (A(1) - momentum) * running_mean[c] + momentum * m;
         running_var[c] = (A(1) - momentum) * running_var[c] + momentum * (q / (n - A(1)));
+    }
+}
+
+// ---- evaluation: the running statistics in place of the batch's ----
+
+// ONE THREAD per channel c: stats[0..4)[c] = mean, invstd, scale, shift from the running
+// statistics (eval mode: invstd = 1/sqrt(running_var + eps)), for apply / apply_vec.
+template <typename A>
+__device__ void eval_stats(const A* gamma, const A* beta, const A* running_mean, const A* running_var, A eps,
+                           unsigned int c_count, A* stats)
+{
+    for (unsigned int c = blockIdx.x * blockDim.x + threadIdx.x; c < c_count; c += blockDim.x * gridDim.x) {
+        const A m = running_mean[c];
+        const A invstd = A(1) / sqrt(running_var[c] + eps);
+        const A scale = gamma[c] * invstd;
+        stats[c] = m;
+        stats[c_count + c] = invstd;
+        stats[2 * c_count + c] = scale;
+        stats[3 * c_count + c] = beta[c] - m * scale;
     }
 }
 
@@ -666,6 +686,11 @@ extern "C" __global__ void bnr_finalize(const float* partial, unsigned int c, un
 { finalize(partial, c, splits, gamma, beta, running_mean, running_var, momentum, eps, stats); }
 extern "C" __global__ void bnr_bwd_finalize(const float* partial, unsigned int c, unsigned int splits, unsigned int m, const float* gamma, const float* stats, float* dgamma, float* dbeta, float* coef)
 { bwd_finalize(partial, c, splits, m, gamma, stats, dgamma, dbeta, coef); }
+
+extern "C" __global__ void bnr_eval_stats(const float* gamma, const float* beta, const float* running_mean, const float* running_var, float eps, unsigned int c, float* stats)
+{ eval_stats(gamma, beta, running_mean, running_var, eps, c, stats); }
+extern "C" __global__ void bnr_eval_stats_f64(const double* gamma, const double* beta, const double* running_mean, const double* running_var, double eps, unsigned int c, double* stats)
+{ eval_stats(gamma, beta, running_mean, running_var, eps, c, stats); }
 
 extern "C" __global__ void bnr_finalize_f64(const double* partial, unsigned int c, unsigned int splits, const double* gamma, const double* beta, double* running_mean, double* running_var, double momentum, double eps, double* stats)
 { finalize(partial, c, splits, gamma, beta, running_mean, running_var, momentum, eps, stats); }

@@ -505,7 +505,9 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 /// the running statistics and dx (as cuDNN's batch norm), 1e-4 for dγ and dβ (sums of up
 /// to 20,480 terms in f32 in another order); bf16 data: the CPU gets the same bf16 inputs
 /// widened to f32, so y and dx differ by their bf16 rounding (2^-8 relative, 4e-3 of the
-/// largest value) plus f32 summation: 1e-2; dγ and dβ are f32 sums: 1e-3.
+/// largest value) plus f32 summation: 1e-2; dγ and dβ are f32 sums: 1e-3. Evaluation mode
+/// (`batch_norm_relu_eval`, with the running statistics the training step left) is checked
+/// against batch norm's eval mode and ReLU with y's tolerance.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn batch_norm_relu_matches_the_cpu() {
@@ -568,6 +570,16 @@ fn batch_norm_relu_matches_the_cpu() {
                 check(&format!("{what}: running mean"), &host(&stats.mean), &cpu_stats.mean, 1e-4);
                 check(&format!("{what}: running var"), &host(&stats.var), &cpu_stats.var, 1e-4);
                 assert_eq!(stats.num_batches_tracked, 1);
+                // Evaluation with the updated running statistics: the fused op (one pass) against
+                // batch norm's eval mode, then ReLU, on the CPU; and it refuses a backward.
+                let mut ge = Graph::new(&params);
+                let (xv, gv, bv) = (ge.param(0).unwrap(), ge.param(1).unwrap(), ge.param(2).unwrap());
+                let ye = ops::batch_norm_relu::batch_norm_relu_eval(&mut ge, xv, gv, bv, &stats, cfg).unwrap();
+                let mut gce = Graph::new(&cpu_params);
+                let (xv, gv, bv) = (gce.param(0).unwrap(), gce.param(1).unwrap(), gce.param(2).unwrap());
+                let ze = ops::batch_norm::batch_norm_eval(&mut gce, xv, gv, bv, &cpu_stats, cfg).unwrap();
+                check(&format!("{what}: eval-mode y"), &host(ge.value(ye)), &ops::relu::forward(gce.value(ze)).unwrap(), rt);
+                assert!(ge.backward_with(ye, on_gpu(&dy)).is_err(), "{what}: eval-mode backward must be refused");
             }
         }
     }

@@ -54,7 +54,8 @@ pub struct Arch {
     /// default) or NHWC ("channels last", what cuDNN's tensor-core kernels read). The
     /// parameters stay NCHW (PyTorch's layout); converted copies are made in the forward.
     pub layout: Layout,
-    /// In training, batch norm and the ReLU after it as one op (`ops::batch_norm_relu`).
+    /// Batch norm and the ReLU after it as one op (`ops::batch_norm_relu`), in training and in
+    /// evaluation.
     pub fuse_bn_relu: bool,
     units: Vec<ConvBn>,
     fc_w: usize,
@@ -247,8 +248,12 @@ impl Arch {
         }
         let (gamma, beta) = (g.param(u.bn_gamma)?, g.param(u.bn_beta)?);
         let cfg = BatchNormConfig::default();
-        if train && self.fuse_bn_relu {
-            return Ok(ops::batch_norm_relu::batch_norm_relu_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?);
+        if self.fuse_bn_relu {
+            return Ok(if train {
+                ops::batch_norm_relu::batch_norm_relu_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?
+            } else {
+                ops::batch_norm_relu::batch_norm_relu_eval(g, h, gamma, beta, &bn[u.bn_stats], cfg)?
+            });
         }
         h = if train {
             batch_norm::batch_norm_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?
@@ -349,8 +354,9 @@ mod tests {
         };
         let (unfused, fused) = (held(false, true), held(true, true));
         assert_eq!(unfused, fused, "the unfused tape holds {} more elements", unfused as i64 - fused as i64);
-        // Evaluation runs the unfused units: the same values again.
+        // Evaluation, with either: the same values again.
         assert_eq!(held(false, false), fused);
+        assert_eq!(held(true, false), fused);
     }
 
     #[test]

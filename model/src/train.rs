@@ -39,8 +39,8 @@ pub struct TrainConfig {
     pub bf16: bool,
     /// NHWC ("channels last") activations and conv weights on the GPU.
     pub channels_last: bool,
-    /// Batch norm and the ReLU after it as one op in training (`ops::batch_norm_relu`: our
-    /// kernels on the GPU instead of cuDNN's batch norm and a separate ReLU).
+    /// Batch norm and the ReLU after it as one op, in training and evaluation
+    /// (`ops::batch_norm_relu`: our kernels on the GPU instead of cuDNN's batch norm and a ReLU).
     pub fused_bn_relu: bool,
     /// Also evaluate with flip test-time augmentation (see [`evaluate`]): the log and the
     /// metrics then carry both test accuracies.

@@ -47,12 +47,34 @@ pub fn batch_norm_relu_train(
     Ok(g.push(y, crate::Op::BatchNormRelu(rec), &[x, gamma, beta]))
 }
 
+/// Record `y = relu(batch_norm_eval(x))` on the graph: batch norm with the running
+/// statistics, then ReLU (evaluation). On the GPU one pass over x (`bnr_eval_stats`, then the
+/// forward's `bnr_apply*`), where cuDNN's inference kernel and a separate ReLU make two; it has
+/// no backward there (evaluation needs none; cuDNN's eval-mode batch norm has none either). On
+/// the CPU it records the two ops, batch norm's eval mode and ReLU.
+pub fn batch_norm_relu_eval(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, running: &RunningStats, cfg: BatchNormConfig) -> Result<Var> {
+    let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
+    if !xt.device().is_cuda() {
+        let z = crate::batch_norm::batch_norm_eval(g, x, gamma, beta, running, cfg)?;
+        let y = crate::relu::relu(g, z)?;
+        // Nothing reads z any more (as in the fused op, which never makes it).
+        g.release_unread(z);
+        return Ok(y);
+    }
+    crate::batch_norm::check(xt, gt, bt, running)?;
+    let y = eval_forward_cuda(xt, gt, bt, running, cfg)?;
+    let rec = BatchNormReluRecord { x, gamma, beta, saved: Saved::Eval };
+    Ok(g.push(y, crate::Op::BatchNormRelu(rec), &[x, gamma, beta]))
+}
+
 /// What the backward needs besides the inputs.
 enum Saved {
     /// The batch mean and 1/√(σ²+ε) `[C]` (the CPU reference).
     Cpu { mean: Tensor, invstd: Tensor },
     /// `[4, C]`: mean, invstd, scale γ·r and shift β − μ·γ·r, on the device.
     Cuda { stats: Tensor },
+    /// Evaluation on the device (no backward).
+    Eval,
 }
 
 /// The fused op's record: its inputs and saved statistics (the output is the node's own value).
@@ -79,6 +101,7 @@ impl BatchNormReluRecord {
                 crate::batch_norm::backward_train_cpu(x, g.value(self.gamma), &dz, mean, invstd)?
             }
             Saved::Cuda { stats } => backward_cuda(x, g.value(self.gamma), dy, stats)?,
+            Saved::Eval => return Err(engine::Error::Unsupported { op: "batch_norm_relu backward in eval mode", device: x.device().to_string() }),
         };
         for (v, t) in [(self.x, dx), (self.gamma, dgamma), (self.beta, dbeta)] {
             if g.requires_grad(v) {
@@ -288,17 +311,50 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
     running.num_batches_tracked += 1;
 
     // 3. y = max(x·scale + shift, 0).
+    let y = apply_cuda(&dev, x, &geo, sp)?;
+    Ok((y, Tensor::from_cuda(&[4, c], stats)?))
+}
+
+/// `y = max(x·scale + shift, 0)` with the `[4, C]` statistics at device address `sp` (of the
+/// statistics' type): `bnr_apply`, or `bnr_apply_vec` where [`vec_width`] allows.
+fn apply_cuda(dev: &Arc<CudaDevice>, x: &Tensor, geo: &Geometry, sp: u64) -> Result<Tensor> {
+    let (sfx, _, _) = types(x.dtype());
+    let xp = x.cuda_buffer()?.ptr() as u64;
     let mut y = dev.alloc_dtype(x.numel(), x.dtype())?;
     let yp = y.ptr_mut() as u64;
-    let width = vec_width(&geo, x.dtype(), &[xp, yp]);
-    let f = kernel(&dev, &format!("bnr_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
+    let width = vec_width(geo, x.dtype(), &[xp, yp]);
+    let f = kernel(dev, &format!("bnr_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
     let nhwc = i32::from(geo.nhwc);
-    let mut launch = stream.launch_builder(&f);
+    let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&xp).arg(&sp).arg(&yp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_apply[_vec](x [total], stats [4c], y [total], total, c, hw, nhwc); the _vec
     // kernels only where vec_width found the buffers aligned and the channel pattern shared.
     unsafe { launch.launch(crate::cuda::grid(geo.total / width.unwrap_or(1))) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
-    Ok((crate::cuda::like(x, y)?, Tensor::from_cuda(&[4, c], stats)?))
+    crate::cuda::like(x, y)
+}
+
+/// Evaluation's y from the running statistics: their `[4, C]` form (`bnr_eval_stats`), then
+/// [`apply_cuda`].
+fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
+    let xb = x.cuda_buffer()?;
+    let geo = Geometry::of(x, &[xb.ptr() as u64])?;
+    let dev: Arc<CudaDevice> = xb.dev().clone();
+    let (_, stat_sfx, st) = types(x.dtype());
+    let mut stats = dev.alloc_dtype(4 * geo.c as usize, st)?;
+    let f = kernel(&dev, &format!("bnr_eval_stats{stat_sfx}"))?;
+    let (gp, bp) = (gamma.cuda_buffer()?.ptr() as u64, beta.cuda_buffer()?.ptr() as u64);
+    let (rm, rv) = (running.mean.cuda_buffer()?.ptr() as u64, running.var.cuda_buffer()?.ptr() as u64);
+    let sp = stats.ptr_mut() as u64;
+    let eps = Scalar::of(st, cfg.eps);
+    let stream = dev.stream().clone();
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(&gp).arg(&bp).arg(&rm).arg(&rv);
+    push_scalar(&mut launch, &eps);
+    launch.arg(&geo.c).arg(&sp);
+    // SAFETY: bnr_eval_stats(gamma, beta, running_mean, running_var [c], eps, c, stats [4c]), all
+    // of the statistics' type A (checked by batch_norm::check).
+    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(crate::cuda::launch_err("bnr_eval_stats"))?;
+    apply_cuda(&dev, x, &geo, sp)
 }
 
 /// `(dx, dgamma, dbeta)` from x, the output's gradient dy and the saved statistics.

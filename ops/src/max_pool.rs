@@ -97,24 +97,45 @@ fn backward_cpu<T: Float>(x_shape: &[usize], argmax: &[u32], dy: &Tensor) -> Res
     Tensor::new(x_shape, dx)
 }
 
-// ---- CUDA: cuDNN forward, our backward ----
+// ---- CUDA: our kernels, and cuDNN's forward where ours do not apply ----
 //
-// cudnnPoolingForward computes y (mode MAX_DETERMINISTIC: the first maximum on ties, like the
-// CPU reference); the backward is our kernel `ptx/max_pool.cu` (see `backward_cuda`), with
-// cuDNN's `cudnnPoolingBackward` beside it (`backward_cudnn`) for comparison.
+// The backward is our kernel `ptx/max_pool.cu` (see `backward_cuda`), with cuDNN's
+// `cudnnPoolingBackward` beside it (`backward_cudnn`) for comparison. The forward is ours in
+// NHWC with whole 16-byte groups of channels (the fast path's layout), else
+// cudnnPoolingForward (mode MAX_DETERMINISTIC: the first maximum on ties, like the CPU
+// reference).
 
 use engine::cudnn;
 
-/// `y = max_pool2d(x, k)` with cuDNN: x `[N, C, H, W]` -> y `[N, C, H/k, W/k]`.
+/// `y = max_pool2d(x, k)`: x `[N, C, H, W]` -> y `[N, C, H/k, W/k]`, each y the first maximum
+/// of its window. In NHWC with whole 16-byte groups of channels our kernel
+/// (`max_pool_forward_nhwc_vec*`, one thread per window and group), otherwise cuDNN's.
 pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
     check(x, k)?;
     let s = x.shape();
     let ys = [s[0], s[1], s[2] / k, s[3] / k];
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
-    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::new(dt, x.layout(), ys[0], ys[1], ys[2], ys[3])?);
     let mut y = dev.alloc_dtype(ys.iter().product(), dt)?;
+    let (xp, yp) = (xb.ptr() as u64, y.ptr_mut() as u64);
+    if let Some(lanes) = vec_lanes(dt, x.layout(), s[1], &[xp, yp])
+        && x.numel() < 1 << 31
+    {
+        let count = crate::cuda::count;
+        let (n, c, h, w, kk) = (count(s[0])?, count(s[1])?, count(s[2])?, count(s[3])?, count(k)?);
+        let kernel = if dt == DType::BF16 { "max_pool_forward_nhwc_vec_bf16" } else { "max_pool_forward_nhwc_vec" };
+        let f = crate::cuda::function(&dev, "max_pool.cu", kernel)?;
+        let mut launch = dev.stream().launch_builder(&f);
+        launch.arg(&xp).arg(&yp).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk);
+        // SAFETY: the kernel reads x (n·c·h·w elements) and writes y (n·c·(h/k)·(w/k)) in
+        // 16-byte vectors; vec_lanes checked the layout, the channel count and the alignment,
+        // and the 32-bit indices cannot wrap (fewer than 2^31 elements).
+        unsafe { launch.launch(crate::cuda::grid(count(y.len() / lanes)?)) }.map_err(crate::cuda::launch_err(kernel))?;
+        return Tensor::from_cuda(&ys, y)?.with_layout(x.layout());
+    }
+    let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::new(dt, x.layout(), ys[0], ys[1], ys[2], ys[3])?);
     let h = dev.cudnn()?;
     // SAFETY: x and y hold the elements their descriptors describe.
     cudnn::check("cudnnPoolingForward", unsafe {

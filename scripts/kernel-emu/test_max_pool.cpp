@@ -3,8 +3,9 @@
 // H or W is not a multiple of k), compared bit for bit with the rule written here on NCHW
 // loops: dy goes to the first maximum of its window (a NaN wins its window), 0 elsewhere.
 // In NHWC with C a multiple of 4 (f32) or 8 (bf16) also max_pool_backward_nhwc_vec{,_bf16}(x, dy,
-// dx, n, c, h, w, k) on 16-byte vectors (grid(windows * C / lanes)), as ops/src/max_pool.rs
-// launches it there.
+// dx, n, c, h, w, k) and max_pool_forward_nhwc_vec{,_bf16}(x, y, n, c, h, w, k) on 16-byte
+// vectors (grid(windows * C / lanes)), as ops/src/max_pool.rs launches them there; the
+// forward's y must be the bits of x at each window's first maximum.
 // Inputs: random values with deliberate ties (small integers) and NaNs; shapes with and
 // without trailing rows/columns; both memory orders; also a grid smaller than the windows.
 #include "emu.h"
@@ -24,6 +25,7 @@ struct MK<float> {
     using U = uint32_t;
     static constexpr auto kernel = max_pool_backward;
     static constexpr auto vec_kernel = max_pool_backward_nhwc_vec;
+    static constexpr auto vec_forward = max_pool_forward_nhwc_vec;
     static constexpr unsigned lanes = 4;
     static constexpr const char* name = "f32";
     static float make(double v) { return float(v); }
@@ -43,6 +45,7 @@ struct MK<unsigned short> {
     using U = uint16_t;
     static constexpr auto kernel = max_pool_backward_bf16;
     static constexpr auto vec_kernel = max_pool_backward_nhwc_vec_bf16;
+    static constexpr auto vec_forward = max_pool_forward_nhwc_vec_bf16;
     static constexpr unsigned lanes = 8;
     static constexpr const char* name = "bf16";
     static unsigned short make(double v) { return chk::to_bf16(float(v)); }
@@ -71,7 +74,7 @@ void case_pool(unsigned n, unsigned c, unsigned h, unsigned w, unsigned k, bool 
     }
     for (auto& v : dy) v = K::make(normal(rng) + 0.5);
     // the reference: NCHW loops over windows, the CPU rule of ops/src/max_pool.rs
-    std::vector<T> want(xn, K::make(0.0));
+    std::vector<T> want(xn, K::make(0.0)), want_y(yn);
     for (size_t b = 0; b < n; ++b)
         for (size_t ch = 0; ch < c; ++ch)
             for (size_t i = 0; i < oh; ++i)
@@ -84,6 +87,7 @@ void case_pool(unsigned n, unsigned c, unsigned h, unsigned w, unsigned k, bool 
                             if (v > bv || (std::isnan(v) && !std::isnan(bv))) best = at;
                         }
                     want[best] = dy[yi(b, ch, i, j)];
+                    want_y[yi(b, ch, i, j)] = x[best];
                 }
     const bool whole = h % k == 0 && w % k == 0;
     char L[160];
@@ -118,6 +122,16 @@ void case_pool(unsigned n, unsigned c, unsigned h, unsigned w, unsigned k, bool 
                 std::memcpy(g.data(), dx.data(), xn * sizeof(T));
                 std::memcpy(r.data(), want.data(), xn * sizeof(T));
                 chk::equal(std::string(L) + " vectorised" + (small_grid ? " (2x32 threads, grid-stride)" : ""), g, r);
+                // The forward on the same plan: y poisoned, then the first maxima's bits.
+                std::vector<T> y(yn, K::make(std::nan("1")));
+                emu::launch_seq(K::vec_forward, grid, block, reinterpret_cast<const uint4*>(x.data()), reinterpret_cast<uint4*>(y.data()), n,
+                                c, h, w, k);
+                std::vector<typename K::U> gy(yn), ry(yn);
+                std::memcpy(gy.data(), y.data(), yn * sizeof(T));
+                std::memcpy(ry.data(), want_y.data(), yn * sizeof(T));
+                std::string Lf = L;
+                Lf.replace(0, std::string("max_pool_backward").size(), "max_pool_forward");
+                chk::equal(Lf + " vectorised" + (small_grid ? " (2x32 threads, grid-stride)" : ""), gy, ry);
             }
         }
     }
