@@ -418,8 +418,9 @@ impl CudaDevice {
         self.find_repeats.load(Ordering::Relaxed)
     }
 
-    /// Run cuDNN's measured search `n` times per convolution kind (at least once) and pick
-    /// the algorithm with the lowest median time. `cudnnFind*` times each algorithm once, and
+    /// Run cuDNN's measured search `n` times per convolution kind and pick the algorithm with
+    /// the lowest median time; with `n = 0` no measured search runs, and the first usable
+    /// algorithm of cuDNN's heuristic ranking (`cudnnGet*Algorithm_v7`) is taken. `cudnnFind*` times each algorithm once, and
     /// one timing can mislead: on an H200 (2026-11-26), two of five processes with the same
     /// shapes and flags chose a backward algorithm that made the bf16 step 7.7 ms instead of
     /// 5.3 ms. Three searches chose the fast plans in all four processes that used them, but
@@ -427,7 +428,7 @@ impl CudaDevice {
     /// to 5.8 to 9.5 s), so the default is one: a slow choice costs a 24-epoch run about 5 s
     /// (2.4 ms x 98 steps x 24), two more searches 3.5 to 7 s every time.
     pub fn set_find_repeats(&self, n: usize) {
-        self.find_repeats.store(n.max(1), Ordering::Relaxed);
+        self.find_repeats.store(n, Ordering::Relaxed);
     }
 
     /// Restrict convolutions to deterministic algorithms, or lift the restriction. Shapes

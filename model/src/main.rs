@@ -150,7 +150,8 @@ struct TrainArgs {
     deterministic: bool,
     /// Run cuDNN's timed algorithm search this many times per convolution and pick by the
     /// median time: steadier choices, a longer first step (2-3.5 s per extra search on an H200).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    /// 0: no timed search; cuDNN's heuristic ranking picks (no search cost, maybe slower plans).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     cudnn_find_repeats: u32,
     /// On the GPU, the reference path: f32 (TF32 convolutions), NCHW, cuDNN's batch norm and
     /// a separate ReLU, one launch per op. Without it a GPU trains with all four speed options
@@ -170,8 +171,8 @@ struct TrainArgs {
     /// every full batch (one launch per step; the last, partial batch runs as usual).
     #[arg(long)]
     cuda_graph: bool,
-    /// Batch norm and the ReLU after it as one op in training: on the GPU our kernels (two
-    /// passes over memory forward, two backward) instead of cuDNN's batch norm and a ReLU.
+    /// Batch norm and the ReLU after it as one op: on the GPU our kernels (two passes over
+    /// memory forward, two backward, one in evaluation) instead of cuDNN's batch norm and a ReLU.
     #[arg(long)]
     fused_bn_relu: bool,
     /// Also report test accuracy with flip test-time augmentation: the mean of the logits of

@@ -368,7 +368,8 @@ struct SearchRules {
     tensor_cores: bool,
     /// Only algorithms cuDNN marks `CUDNN_DETERMINISTIC` (`--deterministic`).
     deterministic: bool,
-    /// Measured searches per kind; the median time picks (`--cudnn-find-repeats`).
+    /// Measured searches per kind; the median time picks (`--cudnn-find-repeats`). With 0,
+    /// cuDNN's heuristic ranking picks instead.
     repeats: usize,
 }
 
@@ -432,7 +433,8 @@ fn plan_all(
 
 /// The fastest usable algorithm by the median of `repeats` measured searches (the device's
 /// `find_repeats`, see [`engine::cuda::CudaDevice::set_find_repeats`]), or the
-/// first usable result of cuDNN's heuristics if the search fails or offers nothing usable;
+/// first usable result of cuDNN's heuristics if `repeats` is 0, or the search fails or offers
+/// nothing usable;
 /// `Err` says what each said. `P` is one of cuDNN's `*AlgoPerf_t` structs; `id` gives its
 /// (algorithm, math type) and `time` its measured milliseconds.
 fn choose<P: Copy>(
@@ -456,7 +458,7 @@ fn choose<P: Copy>(
         Ok((count, out[..(count.max(0) as usize).min(N)].iter().filter(|p| usable(p)).copied().collect()))
     };
     let mut runs = Vec::new();
-    for _ in 0..repeats.max(1) {
+    for _ in 0..repeats {
         match search(&measured) {
             Ok((count, usable_ones)) if usable_ones.is_empty() => {
                 tried.push(format!("cudnnFind: {count} algorithms, none usable"));
@@ -762,6 +764,53 @@ mod tests {
         // Nothing common to all searches: the first search's fastest.
         assert_eq!(pick(&[vec![(1, 1.0)], vec![(2, 1.0)]]), Some(1));
         assert_eq!(pick(&[]), None);
+    }
+
+    /// `choose` with stand-in searches (cuDNN's perf structs replaced by (algorithm, time)
+    /// pairs): `repeats` measured searches are made and the median picks; with 0 none is made
+    /// and the heuristic ranking's first usable algorithm wins (`--cudnn-find-repeats 0`); a
+    /// failed measured search falls back to the heuristics; nothing usable is an error.
+    #[test]
+    fn choose_searches_as_often_as_asked_and_falls_back_to_heuristics() {
+        use cudarc::cudnn::sys::cudnnStatus_t as S;
+        use std::cell::Cell;
+        let measured_calls = Cell::new(0);
+        // Each measured search: algorithms 7 (slow), 3, 5 (fastest); the heuristics rank 9
+        // (unusable), 3, 7.
+        let fill = |out: *mut (u32, f32), list: &[(u32, f32)], count: &mut i32| {
+            for (i, p) in list.iter().enumerate() {
+                // SAFETY: choose passes room for 16 results; the lists here are shorter.
+                unsafe { *out.add(i) = *p };
+            }
+            *count = list.len() as i32;
+        };
+        let measured = |ok: bool| {
+            let calls = &measured_calls;
+            move |_n: i32, count: &mut i32, out: *mut (u32, f32)| {
+                calls.set(calls.get() + 1);
+                if !ok {
+                    return S::CUDNN_STATUS_EXECUTION_FAILED;
+                }
+                fill(out, &[(7, 3.0), (3, 2.0), (5, 1.0)], count);
+                S::CUDNN_STATUS_SUCCESS
+            }
+        };
+        let heuristic = |_n: i32, count: &mut i32, out: *mut (u32, f32)| {
+            fill(out, &[(9, 0.0), (3, 0.0), (7, 0.0)], count);
+            S::CUDNN_STATUS_SUCCESS
+        };
+        let usable = |p: &(u32, f32)| p.0 != 9;
+        let pick = |ok: bool, repeats: usize| choose("forward", measured(ok), heuristic, usable, |p| (p.0, 0), |p| p.1, repeats).map(|p| p.0);
+        assert_eq!(pick(true, 1), Ok(5));
+        assert_eq!(measured_calls.replace(0), 1);
+        assert_eq!(pick(true, 3), Ok(5));
+        assert_eq!(measured_calls.replace(0), 3);
+        assert_eq!(pick(true, 0), Ok(3), "no measured search: the heuristics' first usable");
+        assert_eq!(measured_calls.replace(0), 0);
+        assert_eq!(pick(false, 2), Ok(3), "a failed search falls back to the heuristics");
+        assert_eq!(measured_calls.replace(0), 1, "and is not repeated");
+        let none = choose("forward", measured(true), heuristic, |_| false, |p| (p.0, 0), |p| p.1, 1);
+        assert!(none.unwrap_err().contains("no forward algorithm"));
     }
 
     /// The parallel backward gives the same bits every time (the weight gradient's sums
