@@ -119,13 +119,23 @@ tests() {
 # Extra flags for `model train`, e.g. TRAIN_ARGS="--lr-max 0.4 --lr-min 0.04" (word-split).
 read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 
+# `train 0 1 2`: seeds 0-2 with TRAIN_ARGS, logs train-24ep-<date>-seed<N>.log, run folders
+# runs/seed<N>. `train 11 12 -- --weight-decay 1e-3`: those flags too (after TRAIN_ARGS), and
+# their words in the names (train-24ep-<date>-seed11-weight-decay-1e-3.log, runs/seed11-...),
+# so that one command can compare settings.
 train() {
-    local seeds=("$@")
+    local seeds=() extra=() seen="" a tag=""
+    for a in "$@"; do
+        if [ -n "$seen" ]; then extra+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
+    done
     [ ${#seeds[@]} -eq 0 ] && seeds=(0)
+    if [ ${#extra[@]} -gt 0 ]; then
+        tag="-$(printf '%s-' "${extra[@]}" | sed -E 's/^-+//; s/[^A-Za-z0-9.]+/-/g; s/-+$//')"
+    fi
     for s in "${seeds[@]}"; do
-        local log="$RES/train-24ep-$day-seed$s.log" t_s
+        local log="$RES/train-24ep-$day-seed$s$tag.log" t_s
         t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 0
-        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$RES/runs" --name "seed$s" --no-progress "${TRAIN_ARGS[@]}" 2>&1; } | tee "$log"
+        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$RES/runs" --name "seed$s$tag" --no-progress "${TRAIN_ARGS[@]}" "${extra[@]}" 2>&1; } | tee "$log"
     done
 }
 
