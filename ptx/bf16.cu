@@ -78,3 +78,59 @@ extern "C" __global__ void accumulate_bf16(bf16* a, const bf16* b, unsigned int 
         a[i] = to_bf16(__fadd_rn(to_f32(a[i]), to_f32(b[i])));
     }
 }
+
+// ---- 8 values per thread (16-byte loads and stores) ----
+//
+// add_bf16_x8 and accumulate_bf16_x8 compute exactly what add_bf16 and accumulate_bf16 do,
+// element for element, but each thread moves 8 bf16 (one 16-byte access per operand) where
+// those move 2 bytes; the residual adds and gradient accumulations are such passes over
+// activations. Thread g takes elements 8g .. 8g+7 for g < n/8, and the last n % 8 elements
+// one per thread. The caller checks that every buffer is 16-byte aligned.
+
+// Element k (0..7) of 16 bytes held as 4 words (element 2m is word m's low half), and back.
+__device__ __forceinline__ bf16 lane8(const uint4 v, int k)
+{
+    const unsigned int w = k < 2 ? v.x : k < 4 ? v.y : k < 6 ? v.z : v.w;
+    return (bf16)(k % 2 ? w >> 16 : w & 0xffffu);
+}
+__device__ __forceinline__ uint4 join8(const bf16* e)
+{
+    return uint4{(unsigned int)e[0] | ((unsigned int)e[1] << 16), (unsigned int)e[2] | ((unsigned int)e[3] << 16),
+                 (unsigned int)e[4] | ((unsigned int)e[5] << 16), (unsigned int)e[6] | ((unsigned int)e[7] << 16)};
+}
+
+// The sum of two 16-byte groups, element by element as add_bf16 rounds it.
+__device__ __forceinline__ uint4 add8(const uint4 a, const uint4 b)
+{
+    bf16 y[8];
+    for (int k = 0; k < 8; ++k) {
+        y[k] = to_bf16(__fadd_rn(to_f32(lane8(a, k)), to_f32(lane8(b, k))));
+    }
+    return join8(y);
+}
+
+// add_bf16_x8: y[i] = bf16(f32(a[i]) + f32(b[i])), 8 per thread
+extern "C" __global__ void add_bf16_x8(const bf16* a, const bf16* b, bf16* y, unsigned int n)
+{
+    GRID_STRIDE_LOOP(g, n / 8) {
+        reinterpret_cast<uint4*>(y)[g] = add8(reinterpret_cast<const uint4*>(a)[g], reinterpret_cast<const uint4*>(b)[g]);
+    }
+    GRID_STRIDE_LOOP(t, n % 8) {
+        const unsigned long long i = n / 8 * 8 + t;
+        y[i] = to_bf16(__fadd_rn(to_f32(a[i]), to_f32(b[i])));
+    }
+}
+
+// accumulate_bf16_x8: a[i] = bf16(f32(a[i]) + f32(b[i])), 8 per thread
+extern "C" __global__ void accumulate_bf16_x8(bf16* a, const bf16* b, unsigned int n)
+{
+    GRID_STRIDE_LOOP(g, n / 8) {
+        uint4* av = reinterpret_cast<uint4*>(a);
+        av[g] = add8(av[g], reinterpret_cast<const uint4*>(b)[g]);
+    }
+    GRID_STRIDE_LOOP(t, n % 8) {
+        const unsigned long long i = n / 8 * 8 + t;
+        a[i] = to_bf16(__fadd_rn(to_f32(a[i]), to_f32(b[i])));
+    }
+}
+

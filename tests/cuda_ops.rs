@@ -343,7 +343,8 @@ fn device_meter_matches_the_host_count() {
 
 /// The bf16 kernels against the host: f32 -> bf16 rounds to nearest even like the `half`
 /// crate (ties, NaN, infinities, subnormals included), widening is exact, and ReLU / add /
-/// accumulate in bf16 equal "widen, one f32 operation, round" on the host: exact.
+/// accumulate in bf16 equal "widen, one f32 operation, round" on the host: exact (add and
+/// accumulate run their 8-per-thread kernels on these fresh, aligned buffers).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn bf16_kernels_match_the_host_exactly() {
@@ -377,6 +378,13 @@ fn bf16_kernels_match_the_host_exactly() {
     let mut acc = a.clone();
     acc.add_assign(&b).unwrap();
     assert_eq!(acc.to_f32_vec(), sum);
+    // A length that is no multiple of 8: the 8-per-thread kernels' last 5 elements one by one.
+    let (a, b) = (ops::cast::forward(&rand(&[4101], 603).to_device(&dev).unwrap(), DType::BF16).unwrap(), ops::cast::forward(&rand(&[4101], 604).to_device(&dev).unwrap(), DType::BF16).unwrap());
+    let sum: Vec<f32> = a.to_f32_vec().iter().zip(b.to_f32_vec()).map(|(&x, y)| round(x + y)).collect();
+    assert_eq!(ops::add::forward(&a, &b).unwrap().to_f32_vec(), sum, "add, 4101 elements");
+    let mut acc = a.clone();
+    acc.add_assign(&b).unwrap();
+    assert_eq!(acc.to_f32_vec(), sum, "accumulate, 4101 elements");
 }
 
 /// The layout kernels move every element to its NHWC (or back to NCHW) place exactly, in

@@ -358,17 +358,21 @@ fn cuda_accumulate(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
     }
 }
 
-/// `a += b` in bf16 with `accumulate_bf16` of `ptx/bf16.cu`.
+/// `a += b` in bf16 with `accumulate_bf16` of `ptx/bf16.cu`, or its 8-per-thread twin
+/// `accumulate_bf16_x8` (the same results) where both buffers are 16-byte aligned.
 fn launch_accumulate_bf16(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let dev = a.dev().clone();
     let n = u32::try_from(a.len()).map_err(|_| Error::Invalid(format!("{} elements exceed the kernels' 32-bit counts", a.len())))?;
-    let f = dev.function("bf16.cu", BF16_CU, "accumulate_bf16")?;
+    let x8 = (a.ptr() as u64).is_multiple_of(16) && (b.ptr() as u64).is_multiple_of(16);
+    let (name, threads) = if x8 { ("accumulate_bf16_x8", n / 8 + n % 8) } else { ("accumulate_bf16", n) };
+    let f = dev.function("bf16.cu", BF16_CU, name)?;
     let (mut av, bv) = (a.view_bf16_mut()?, b.view_bf16()?);
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&mut av).arg(&bv).arg(&n);
-    // SAFETY: accumulate_bf16(bf16* a, const bf16* b, unsigned n); both hold n bf16 (checked by the caller).
-    unsafe { launch.launch(LaunchConfig::for_num_elems(n.max(1))) }.map_err(crate::cuda::driver_err("accumulate_bf16"))?;
+    // SAFETY: accumulate_bf16[_x8](bf16* a, const bf16* b, unsigned n); both hold n bf16 (checked by
+    // the caller), 16-byte aligned for _x8; any grid is correct (grid-stride loops).
+    unsafe { launch.launch(LaunchConfig::for_num_elems(threads.max(1))) }.map_err(crate::cuda::driver_err("accumulate_bf16"))?;
     Ok(())
 }
 

@@ -34,7 +34,7 @@ fn forward_cuda(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match a.dtype() {
         DType::F32 => forward_cuda_t::<f32>(a, b),
         DType::F64 => forward_cuda_t::<f64>(a, b),
-        DType::BF16 => crate::cuda::bf16_map("add_bf16", &[a, b]),
+        DType::BF16 => crate::cuda::bf16_map("add_bf16", Some("add_bf16_x8"), &[a, b]),
     }
 }
 

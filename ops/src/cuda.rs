@@ -70,14 +70,22 @@ pub(crate) fn launch_err(kernel: &'static str) -> impl Fn(cudarc::driver::Driver
 }
 
 /// Run the elementwise bf16 kernel `kernel(in_0, …, in_k, out, n)` of `ptx/bf16.cu` over
-/// `inputs` (bf16 CUDA tensors of one shape), writing a new bf16 tensor of that shape.
-pub(crate) fn bf16_map(kernel: &'static str, inputs: &[&Tensor]) -> Result<Tensor> {
+/// `inputs` (bf16 CUDA tensors of one shape), writing a new bf16 tensor of that shape; or its
+/// 8-per-thread twin `x8` (same arguments, same results), where given and every buffer is
+/// 16-byte aligned.
+pub(crate) fn bf16_map(kernel: &'static str, x8: Option<&'static str>, inputs: &[&Tensor]) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let first = inputs.first().ok_or_else(|| Error::Invalid(format!("{kernel}: no inputs")))?;
     let n = count(first.numel())?;
     let (dev, mut out) = output_like(first)?;
-    let f = function(&dev, "bf16.cu", kernel)?;
-    let views = inputs.iter().map(|t| t.cuda_buffer().and_then(|b| b.view_bf16())).collect::<Result<Vec<_>>>()?;
+    let buffers = inputs.iter().map(|t| t.cuda_buffer()).collect::<Result<Vec<_>>>()?;
+    let aligned = buffers.iter().all(|b| (b.ptr() as u64).is_multiple_of(16)) && (out.ptr() as u64).is_multiple_of(16);
+    let (name, threads) = match x8 {
+        Some(name) if aligned => (name, n / 8 + n % 8),
+        _ => (kernel, n),
+    };
+    let f = function(&dev, "bf16.cu", name)?;
+    let views = buffers.iter().map(|b| b.view_bf16()).collect::<Result<Vec<_>>>()?;
     let mut ov = out.view_bf16_mut()?;
     let mut launch = dev.stream().launch_builder(&f);
     for v in &views {
@@ -85,7 +93,8 @@ pub(crate) fn bf16_map(kernel: &'static str, inputs: &[&Tensor]) -> Result<Tenso
     }
     launch.arg(&mut ov).arg(&n);
     // SAFETY: the bf16.cu kernels take (const bf16* in..., bf16* out, unsigned n); every buffer
-    // holds n bf16 (the callers check the shapes; view_bf16 checks the element type).
-    unsafe { launch.launch(grid(n)) }.map_err(launch_err(kernel))?;
+    // holds n bf16 (the callers check the shapes; view_bf16 checks the element type); the _x8
+    // kernels only with every buffer 16-byte aligned. Any grid is correct (grid-stride loops).
+    unsafe { launch.launch(grid(threads)) }.map_err(launch_err(kernel))?;
     like(first, out)
 }

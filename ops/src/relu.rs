@@ -56,7 +56,7 @@ fn forward_cuda(x: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 => forward_cuda_t::<f32>(x),
         DType::F64 => forward_cuda_t::<f64>(x),
-        DType::BF16 => crate::cuda::bf16_map("relu_forward_bf16", &[x]),
+        DType::BF16 => crate::cuda::bf16_map("relu_forward_bf16", None, &[x]),
     }
 }
 
@@ -64,7 +64,7 @@ fn backward_cuda(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     match y.dtype() {
         DType::F32 => backward_cuda_t::<f32>(y, dy),
         DType::F64 => backward_cuda_t::<f64>(y, dy),
-        DType::BF16 => crate::cuda::bf16_map("relu_backward_bf16", &[y, dy]),
+        DType::BF16 => crate::cuda::bf16_map("relu_backward_bf16", None, &[y, dy]),
     }
 }
 

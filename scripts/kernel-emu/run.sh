@@ -82,6 +82,8 @@ if [ "$selftest" = 1 ]; then
         "bnrvrcp|batch_norm_relu|s/const float f = 1.0f \/ cn;/const float f = 1.0f \/ (cn + 1.0f);/|plain|batch_norm_relu|vectorised Welford update with the count off by one"
         "bnrvtail|batch_norm_relu|0,/            if (j + u \* rows < j1) {/s//            {/|asan|batch_norm_relu|vectorised statistics load past the split's last row"
         "bnrfin|batch_norm_relu|s/for (unsigned int s = ty; s < splits; s += BNR_FIN_Y) {/for (unsigned int s = ty; s < splits; s += 2 * BNR_FIN_Y) {/|plain|batch_norm_relu|finalize skips half the splits"
+        "bf16x8|bf16|s/return (bf16)(k % 2 ? w >> 16 : w \& 0xffffu);/return (bf16)(k % 2 ? w \& 0xffffu : w >> 16);/|plain|bf16|8-per-thread kernels read each word's halves swapped"
+        "bf16tail|bf16|0,/const unsigned long long i = n \/ 8 \* 8 + t;/s//const unsigned long long i = n \/ 8 * 8 + t + 1;/|asan|bf16|add_bf16_x8's tail starts one element late"
         "bnreval|batch_norm_relu|s/const A m = running_mean\[c\];/const A m = running_var[c];/|plain|batch_norm_relu|evaluation's statistics take the running variance for the mean"
         "mpvlane|max_pool|s/(words\[l \/ 2\] >> (16 \* (l % 2))) << 16/(words[l \/ 2] >> 16) << 16/|plain|max_pool|vectorised pool compares the high bf16 half for both lanes of a word"
         "mpvword|max_pool|s/\] .= dwords\[l \/ (LANES \/ 4)\]/] ^= dwords[l % 4]/|plain|max_pool|vectorised pool takes dy from the wrong word"

@@ -1,6 +1,7 @@
 // ptx/bf16.cu on the CPU: f32_to_bf16 / bf16_to_f32 as ops/src/cast.rs launches them (x, y, n),
-// relu_forward_bf16, relu_backward_bf16 and add_bf16 as ops/src/cuda.rs bf16_map launches them
-// (inputs..., out, n), accumulate_bf16(a, b, n) as engine/src/tensor.rs does; all on
+// relu_forward_bf16, relu_backward_bf16 and add_bf16 (and add_bf16_x8) as ops/src/cuda.rs bf16_map
+// launches them (inputs..., out, n), accumulate_bf16(a, b, n) (and _x8) as engine/src/tensor.rs
+// does; the one-value-per-thread kernels on
 // grid(n) = for_num_elems(max(n, 1)). Compared bit for bit with references written here from
 // the VALUES, not the kernel's bit trick:
 //  - f32 -> bf16: the nearer of the two bf16 neighbours of |x| (found by truncation and +1),
@@ -157,6 +158,21 @@ void case_ops(unsigned n, std::mt19937_64& rng)
     std::vector<u16> acc = a;
     emu::launch_seq(accumulate_bf16, cfg.grid, cfg.block, acc.data(), (const u16*)b.data(), n);
     same16(P + "accumulate_bf16", acc, want);
+
+    // The 8-per-thread twins, launched for n/8 + n%8 threads as ops/src/cuda.rs and
+    // engine/src/tensor.rs do (std::vector's buffers are 16-byte aligned here), and with a
+    // small grid (both grid-stride loops): the same bits.
+    const auto c8 = emu::for_num_elems(std::max(1u, n / 8 + n % 8));
+    for (int small = 0; small < 2; ++small) {
+        const dim3 grid = small ? dim3(2) : c8.grid, block = small ? dim3(32) : c8.block;
+        const std::string how = small ? " (2x32 threads)" : "";
+        std::vector<u16> s8(n, 0xdead);
+        emu::launch_seq(add_bf16_x8, grid, block, (const u16*)a.data(), (const u16*)b.data(), s8.data(), n);
+        same16(P + "add_bf16_x8" + how, s8, want);
+        std::vector<u16> acc8 = a;
+        emu::launch_seq(accumulate_bf16_x8, grid, block, acc8.data(), (const u16*)b.data(), n);
+        same16(P + "accumulate_bf16_x8" + how, acc8, want);
+    }
 }
 
 int main(int argc, char** argv)
@@ -174,6 +190,6 @@ int main(int argc, char** argv)
         for (u32 h = 0; h < 0x10000; ++h) want[h] = bf16_value(u16(h)) > 0 ? u16(h) : u16(0);
         chk::equal("relu_forward_bf16: all 65536 patterns", y, want);
     }
-    for (unsigned n : {0u, 1u, 1023u, 1025u, 4096u, 100003u}) case_ops(n, rng);
+    for (unsigned n : {0u, 1u, 7u, 8u, 1023u, 1025u, 4096u, 100003u}) case_ops(n, rng);
     return chk::finish("bf16");
 }
