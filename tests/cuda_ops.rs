@@ -150,6 +150,48 @@ fn conv2d_forward_and_backward_match_the_cpu() {
     assert_eq!(d.conv_plan_count(), plans, "a second call with the same shape re-planned");
 }
 
+/// Convolutions planned by our timed search (`--cudnn-timed-search`: cuDNN's first heuristic
+/// candidates, timed by us) compute what the CPU does, in f32 (FMA math: TF32 off) and bf16
+/// channels-last, at shapes no other test plans (so they are searched here). Tolerances: f32 as in `conv2d_forward_and_backward_match_the_cpu`; bf16 inputs
+/// are rounded to 8 bits before both sides see them, the outputs are bf16 (2^-8 relative)
+/// after f32 sums: 1e-2.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn timed_search_plans_convolutions_that_match_the_cpu() {
+    use engine::Layout;
+    use ops::conv2d::Conv2dParams;
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    d.set_timed_search(true);
+    for (dt, layout, rtol, xs, ws) in [
+        (DType::F32, Layout::Nchw, 2e-4, [6usize, 24, 12, 12], [40usize, 24, 3, 3]),
+        (DType::BF16, Layout::Nhwc, 1e-2, [6, 32, 12, 12], [48, 32, 3, 3]),
+    ] {
+        d.set_allow_tf32(false);
+        let what = format!("timed search: conv {xs:?} * {ws:?} {dt:?} {layout:?}");
+        // The values each side sees: rounded to dt.
+        let (x, w) = (rand(&xs, 700).to_dtype(dt).to_dtype(DType::F32), rand(&ws, 701).to_dtype(dt).to_dtype(DType::F32));
+        let y = ops::conv2d::forward(&x, &w, p).unwrap();
+        let dy = rand(y.shape(), 702).to_dtype(dt).to_dtype(DType::F32);
+        let (dx, dw) = ops::conv2d::backward(&x, &w, &dy, p, true).unwrap();
+        let g = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
+        let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), DType::F32).unwrap();
+        let plans = d.conv_plan_count();
+        close(&format!("{what}: y"), &back(&ops::conv2d::forward(&g(&x), &g(&w), p).unwrap()), &y, rtol);
+        // (Two if cuDNN refused the layout and the NCHW route planned its own shape.)
+        assert!(d.conv_plan_count() > plans, "{what}: searched here");
+        let (dxg, dwg) = ops::conv2d::backward(&g(&x), &g(&w), &g(&dy), p, true).unwrap();
+        close(&format!("{what}: dx"), &back(&dxg.unwrap()), dx.as_ref().unwrap(), rtol);
+        close(&format!("{what}: dw"), &back(&dwg), &dw, rtol);
+    }
+    d.set_timed_search(false);
+    d.set_allow_tf32(true);
+    for line in d.conv_plan_lines() {
+        eprintln!("convolution plan: {line}");
+    }
+}
+
 /// Batch norm in training mode (output, saved statistics through the backward, running
 /// statistics), in eval mode, and backward, against the CPU reference.
 ///

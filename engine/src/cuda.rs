@@ -70,6 +70,9 @@ pub struct CudaDevice {
     /// How many times cuDNN's measured algorithm search runs per convolution kind (the
     /// median time picks; see [`CudaDevice::set_find_repeats`]).
     find_repeats: std::sync::atomic::AtomicUsize,
+    /// Whether the algorithm search times cuDNN's top heuristic candidates itself instead
+    /// of running `cudnnFind*`; see [`CudaDevice::set_timed_search`].
+    timed_search: AtomicBool,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
     /// Requests may take a larger free block (see [`CudaDevice::best_fit`]).
@@ -341,6 +344,7 @@ impl CudaDevice {
             allow_tf32: AtomicBool::new(true),
             deterministic: AtomicBool::new(false),
             find_repeats: std::sync::atomic::AtomicUsize::new(1),
+            timed_search: AtomicBool::new(false),
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
@@ -429,6 +433,21 @@ impl CudaDevice {
     /// (2.4 ms x 98 steps x 24), two more searches 3.5 to 7 s every time.
     pub fn set_find_repeats(&self, n: usize) {
         self.find_repeats.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether the algorithm search is our own timing of cuDNN's top heuristic candidates.
+    pub fn timed_search(&self) -> bool {
+        self.timed_search.load(Ordering::Relaxed)
+    }
+
+    /// Search convolution algorithms by timing the first few usable algorithms of cuDNN's
+    /// heuristic ranking ourselves, each run several times (the median decides), instead of
+    /// `cudnnFind*`, which times every algorithm once: fewer algorithms to run (the Find round
+    /// of the network's shapes took 2 to 3.5 s on an H200, 2026-11-26) and no choice decided by
+    /// one timing (two of five processes chose plans that made the step 7.7 ms instead of
+    /// 5.3 ms). `find_repeats` 0 (heuristics only) takes precedence.
+    pub fn set_timed_search(&self, on: bool) {
+        self.timed_search.store(on, Ordering::Relaxed);
     }
 
     /// Restrict convolutions to deterministic algorithms, or lift the restriction. Shapes
@@ -544,6 +563,23 @@ impl CudaDevice {
             *ws = Some(fresh);
         }
         f(ws.as_mut().expect("set above"))
+    }
+
+    /// Size of the cuDNN workspace buffer now (0 before the first use).
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.lock().map(|w| w.as_ref().map_or(0, |w| w.len())).unwrap_or(0)
+    }
+
+    /// Give back the workspace buffer if it is larger than `keep` bytes (the next cuDNN call
+    /// allocates what it needs): after an algorithm search that ran candidates needing more
+    /// than the chosen ones do.
+    pub fn trim_workspace(&self, keep: usize) {
+        if let Ok(mut ws) = self.workspace.lock()
+            && ws.as_ref().is_some_and(|w| w.len() > keep)
+            && let Some(old) = ws.take()
+        {
+            self.retire_or_free(old);
+        }
     }
 
     /// Calls into the driver's allocator so far. In steady-state training this stops growing.

@@ -86,7 +86,24 @@ impl Profiler {
     }
 }
 
-fn timing_event(dev: &Arc<CudaDevice>) -> Result<CudaEvent> {
+/// The GPU time of each of `runs` calls of `f` (each queues work on the device's stream), in
+/// milliseconds, after one untimed call (which may load modules or warm caches). Waits for
+/// the device.
+pub fn time_each(dev: &CudaDevice, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    f()?;
+    let mut events = vec![timing_event(dev)?];
+    for _ in 0..runs {
+        f()?;
+        events.push(timing_event(dev)?);
+    }
+    dev.synchronize()?;
+    events
+        .windows(2)
+        .map(|w| w[0].elapsed_ms(&w[1]).map(|v| v as f64).map_err(crate::cuda::driver_err("event elapsed time")))
+        .collect()
+}
+
+fn timing_event(dev: &CudaDevice) -> Result<CudaEvent> {
     let e = dev.context().new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(crate::cuda::driver_err("event"))?;
     e.record(dev.stream()).map_err(crate::cuda::driver_err("event record"))?;
     Ok(e)

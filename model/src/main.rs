@@ -153,6 +153,11 @@ struct TrainArgs {
     /// 0: no timed search; cuDNN's heuristic ranking picks (no search cost, maybe slower plans).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     cudnn_find_repeats: u32,
+    /// Instead of cuDNN's timed search (every algorithm, timed once), time the first 4 usable
+    /// algorithms of cuDNN's heuristic ranking ourselves, 3 runs each, and take the fastest
+    /// median: fewer algorithms to run in the first step, and no choice made by one timing.
+    #[arg(long)]
+    cudnn_timed_search: bool,
     /// On the GPU, the reference path: f32 (TF32 convolutions), NCHW, cuDNN's batch norm and
     /// a separate ReLU, one launch per op. Without it a GPU trains with all four speed options
     /// below (on an H200, 2026-11-26: 0.52 s per epoch against 1.2 s, at the same accuracy);
@@ -278,6 +283,7 @@ fn train(args: &TrainArgs, only_lr_find: bool) -> Result<()> {
         d.set_allow_tf32(!args.no_tf32);
         d.set_deterministic(args.deterministic);
         d.set_find_repeats(args.cudnn_find_repeats as usize);
+        d.set_timed_search(args.cudnn_timed_search);
     }
     let mut opts = args.options(&device)?;
     let ds = open_data(&args.data)?;
@@ -322,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
                 d.set_allow_tf32(!args.no_tf32);
                 d.set_deterministic(args.deterministic);
                 d.set_find_repeats(args.cudnn_find_repeats as usize);
+                d.set_timed_search(args.cudnn_timed_search);
             }
             let opts = args.options(&device)?;
             let ds = open_data(&args.data)?;

@@ -668,6 +668,16 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             println!("cuDNN refused a convolution, run in NCHW instead: {r}");
         }
         // The algorithms cuDNN's search chose: the step's speed depends on them.
+        let search = match (d.find_repeats(), d.timed_search()) {
+            (0, _) => "cuDNN's heuristic ranking, no timing".to_string(),
+            (_, true) => format!(
+                "our timing of cuDNN's first {} heuristic candidates per kind, median of {} runs",
+                ops::conv2d::TIMED_CANDIDATES,
+                ops::conv2d::TIMED_RUNS
+            ),
+            (n, false) => format!("cudnnFind, {n} search(es) per kind, median time"),
+        };
+        println!("convolution search: {search}");
         for line in d.conv_plan_lines() {
             println!("convolution plan: {line}");
         }

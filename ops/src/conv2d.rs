@@ -257,6 +257,7 @@ struct CudnnConv {
 }
 
 use engine::cudnn;
+use std::sync::Arc;
 
 /// Largest workspace an algorithm may ask for; faster ones needing more are skipped.
 const MAX_WORKSPACE: usize = 1 << 30;
@@ -269,7 +270,7 @@ enum Planned {
 
 impl CudnnConv {
     /// Descriptors for `d` in `dtype` and `layout`, and the (cached) plan, or cuDNN's refusal.
-    fn plan(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType, layout: engine::Layout) -> Result<Planned> {
+    fn plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layout: engine::Layout) -> Result<Planned> {
         let tf32 = dev.allow_tf32() && dtype == DType::F32;
         let deterministic = dev.deterministic();
         let x = cudnn::TensorDesc::new(dtype, layout, d.n, d.c, d.h, d.w)?;
@@ -281,7 +282,7 @@ impl CudnnConv {
             let reused = other_batch.and_then(|(n, p)| reuse_at_this_batch(dev, &x, &w, &y, dtype, d, tf32, n, p));
             match reused {
                 Some(p) => Ok(cudnn::ConvChoice::Plan(p)),
-                None => find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32),
+                None => find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32, d, dtype),
             }
         };
         match dev.conv_plan(key, choose)? {
@@ -342,23 +343,126 @@ fn reuse_at_this_batch(
 }
 
 /// Measure every algorithm of the three kinds and keep the fastest that succeeds within
-/// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time). If measuring fails (it needs
-/// scratch memory of its own), cuDNN's heuristic ranking is used instead. A kind with no
-/// usable algorithm either way makes the shape [`cudnn::ConvChoice::Refused`].
+/// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time); with the device's timed search
+/// (`--cudnn-timed-search`), time only the first [`TIMED_CANDIDATES`] usable algorithms of
+/// cuDNN's heuristic ranking ourselves, [`TIMED_RUNS`] runs each on scratch buffers of the
+/// shape. If measuring fails (it needs scratch memory of its own), cuDNN's heuristic ranking
+/// is used instead. A kind with no usable algorithm either way makes the shape
+/// [`cudnn::ConvChoice::Refused`].
+#[allow(clippy::too_many_arguments)]
 fn find(
-    dev: &engine::cuda::CudaDevice,
+    dev: &Arc<engine::cuda::CudaDevice>,
     x: &cudnn::TensorDesc,
     w: &cudnn::FilterDesc,
     conv: &cudnn::ConvDesc,
     y: &cudnn::TensorDesc,
     tensor_cores: bool,
+    d: &Dims,
+    dtype: DType,
 ) -> Result<cudnn::ConvChoice> {
-    let h = dev.cudnn()?;
     let rules = SearchRules { tensor_cores, deterministic: dev.deterministic(), repeats: dev.find_repeats() };
-    Ok(match plan_all(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), rules) {
+    // Scratch x, w and y (zeros: the values do not change the time) for our own timing.
+    let mut scratch = None;
+    if dev.timed_search() && rules.repeats > 0 {
+        let (mut xs, mut ws, mut ys) = (dev.alloc_zeros_dtype(d.n * d.c * d.h * d.w, dtype)?, dev.alloc_zeros_dtype(d.o * d.ckk(), dtype)?, dev.alloc_zeros_dtype(d.n * d.o * d.ohw(), dtype)?);
+        let ptrs = (xs.ptr_mut(), ws.ptr_mut(), ys.ptr_mut());
+        scratch = Some(((xs, ws, ys), ptrs));
+    }
+    let timing = scratch.as_ref().map(|(_, (xp, wp, yp))| Timing { dev, dtype, x: *xp, w: *wp, y: *yp });
+    let workspace_before = dev.workspace_bytes();
+    let h = dev.cudnn()?;
+    let planned = plan_all(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), rules, timing.as_ref());
+    drop(h);
+    if let (Some(_), Ok(plan)) = (&timing, &planned) {
+        // Candidates that lost may have grown the workspace beyond what is kept.
+        dev.trim_workspace(workspace_before.max(plan.fwd_bytes).max(plan.bwd_data_bytes).max(plan.bwd_filter_bytes));
+    }
+    Ok(match planned {
         Ok(plan) => cudnn::ConvChoice::Plan(plan),
         Err(why) => cudnn::ConvChoice::Refused(why),
     })
+}
+
+/// Algorithms of each kind that our timed search runs: the first usable ones of cuDNN's
+/// heuristic ranking.
+pub const TIMED_CANDIDATES: usize = 4;
+/// Timed runs of each (after one untimed run); their median is its time.
+pub const TIMED_RUNS: usize = 3;
+/// The largest workspace a timed candidate may use (less than [`MAX_WORKSPACE`]: the
+/// workspace grows to what a candidate needs while it is timed).
+const TIMED_MAX_WORKSPACE: usize = 256 << 20;
+
+/// What our own timed search needs: the device (its stream, events and workspace), the data
+/// type (for alpha and beta), and device addresses of scratch x, w and y of the shape.
+struct Timing<'a> {
+    dev: &'a engine::cuda::CudaDevice,
+    dtype: DType,
+    x: *mut std::ffi::c_void,
+    w: *mut std::ffi::c_void,
+    y: *mut std::ffi::c_void,
+}
+
+impl Timing<'_> {
+    /// The median GPU time of `TIMED_RUNS` runs of `run` (given a workspace of `bytes`), in
+    /// ms; `None` if a run fails.
+    fn median_ms(&self, bytes: usize, run: impl Fn(*mut std::ffi::c_void) -> cudarc::cudnn::sys::cudnnStatus_t) -> Option<f32> {
+        let st = self.dev.stream().clone();
+        let once = || self.dev.with_workspace(bytes, |ws| cudnn::check("cudnn convolution (timed search)", run(cudnn::ptr_mut(ws, &st))));
+        let mut ms = engine::profile::time_each(self.dev, TIMED_RUNS, once).ok()?;
+        ms.sort_by(f64::total_cmp);
+        Some(ms[ms.len() / 2] as f32)
+    }
+}
+
+/// Our timed search of one kind, in the shape of a `cudnnFind*` call (so that [`choose`] takes
+/// either): the first [`TIMED_CANDIDATES`] `usable` results of `heuristic`, each timed by
+/// `time_one` (its median ms and the workspace it ran with, or `None` if it failed), written
+/// to `out` fastest first with `set(p, ms, bytes)` recorded in them; at most `n`, their number
+/// in `count`. Not supported when none ran. (The search's parts and cudnnFind's output
+/// arguments: more than clippy's seven.)
+#[allow(clippy::too_many_arguments)]
+fn timed_search<P: Copy>(
+    heuristic: &dyn Fn(i32, &mut i32, *mut P) -> cudarc::cudnn::sys::cudnnStatus_t,
+    usable: &dyn Fn(&P) -> bool,
+    time_one: &dyn Fn(&P) -> Option<(f32, usize)>,
+    set: &dyn Fn(&mut P, f32, usize),
+    time: &dyn Fn(&P) -> f32,
+    n: i32,
+    count: &mut i32,
+    out: *mut P,
+) -> cudarc::cudnn::sys::cudnnStatus_t {
+    use cudarc::cudnn::sys::cudnnStatus_t as S;
+    const N: usize = 16;
+    // SAFETY: cuDNN's perf structs are plain C data for which all-zero bytes are valid (as in choose).
+    let mut ranked: [P; N] = unsafe { std::mem::zeroed() };
+    let mut got = 0i32;
+    let status = heuristic(N as i32, &mut got, ranked.as_mut_ptr());
+    if status != S::CUDNN_STATUS_SUCCESS {
+        return status;
+    }
+    let mut timed: Vec<P> = ranked[..(got.max(0) as usize).min(N)]
+        .iter()
+        .filter(|p| usable(p))
+        .take(TIMED_CANDIDATES)
+        .filter_map(|p| {
+            let (ms, bytes) = time_one(p)?;
+            let mut q = *p;
+            set(&mut q, ms, bytes);
+            Some(q)
+        })
+        .collect();
+    timed.sort_by(|a, b| time(a).total_cmp(&time(b)));
+    timed.truncate(n.max(0) as usize);
+    if timed.is_empty() {
+        *count = 0;
+        return S::CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    for (i, p) in timed.iter().enumerate() {
+        // SAFETY: the caller's `out` has room for `n` results, and i < n.
+        unsafe { *out.add(i) = *p };
+    }
+    *count = timed.len() as i32;
+    S::CUDNN_STATUS_SUCCESS
 }
 
 /// What the algorithm search may choose, and how it measures.
@@ -374,6 +478,7 @@ struct SearchRules {
 }
 
 /// [`find`]'s three searches on raw handles; `Err` says which kind has no usable algorithm.
+/// With `timing`, our timed search ([`timed_search`]) takes `cudnnFind*`'s place.
 fn plan_all(
     hr: cudarc::cudnn::sys::cudnnHandle_t,
     x: cudarc::cudnn::sys::cudnnTensorDescriptor_t,
@@ -381,38 +486,97 @@ fn plan_all(
     c: cudarc::cudnn::sys::cudnnConvolutionDescriptor_t,
     y: cudarc::cudnn::sys::cudnnTensorDescriptor_t,
     rules: SearchRules,
+    timing: Option<&Timing<'_>>,
 ) -> std::result::Result<cudnn::ConvPlan, String> {
     use cudarc::cudnn::sys;
     let SearchRules { tensor_cores, deterministic, repeats } = rules;
+    // One timed search: its median of runs already steadies the choice.
+    let repeats = if timing.is_some() { repeats.min(1) } else { repeats };
     let ok = sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS;
     // With TF32 forbidden for f32 data, only plain FMA math is acceptable.
     let math_ok = |m: sys::cudnnMathType_t| tensor_cores || m == sys::cudnnMathType_t::CUDNN_FMA_MATH;
     let det_ok = |d: sys::cudnnDeterminism_t| !deterministic || d == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC;
-    // SAFETY (all six calls): valid handle and descriptors; cuDNN writes at most `n` results
-    // into `out` and their number into `count`.
+    // Before timing a candidate: its math type on the descriptor, and its workspace size
+    // (`size` queries it), within TIMED_MAX_WORKSPACE.
+    let prepare = |math: sys::cudnnMathType_t, size: &dyn Fn(&mut usize) -> sys::cudnnStatus_t| -> Option<usize> {
+        // SAFETY: a valid convolution descriptor.
+        if unsafe { sys::cudnnSetConvolutionMathType(c, math) } != ok {
+            return None;
+        }
+        let mut bytes = 0usize;
+        (size(&mut bytes) == ok && bytes <= TIMED_MAX_WORKSPACE).then_some(bytes)
+    };
+
+    // SAFETY (all the cuDNN calls below): valid handle and descriptors; searches write at most
+    // `n` results into `out` and their number into `count`; workspace queries one size_t; the
+    // timed runs read and write the scratch buffers of `timing`, which hold this shape's x, w
+    // and y, with a workspace of the queried size.
+    let fwd_heuristic = |n, count: &mut i32, out| unsafe { sys::cudnnGetConvolutionForwardAlgorithm_v7(hr, x, w, c, y, n, count, out) };
+    let fwd_usable = |p: &sys::cudnnConvolutionFwdAlgoPerf_t| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism);
+    let fwd_time = |p: &sys::cudnnConvolutionFwdAlgoPerf_t| -> Option<(f32, usize)> {
+        let t = timing?;
+        let bytes = prepare(p.mathType, &|b| unsafe { sys::cudnnGetConvolutionForwardWorkspaceSize(hr, x, w, c, y, p.algo, b) })?;
+        let ms = t.median_ms(bytes, |ws| unsafe {
+            sys::cudnnConvolutionForward(hr, cudnn::one(t.dtype), x, t.x, w, t.w, c, p.algo, ws, bytes, cudnn::zero(t.dtype), y, t.y)
+        })?;
+        Some((ms, bytes))
+    };
     let f = choose::<sys::cudnnConvolutionFwdAlgoPerf_t>(
         "forward",
-        |n, count, out| unsafe { sys::cudnnFindConvolutionForwardAlgorithm(hr, x, w, c, y, n, count, out) },
-        |n, count, out| unsafe { sys::cudnnGetConvolutionForwardAlgorithm_v7(hr, x, w, c, y, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
+        |n, count, out| match timing {
+            Some(_) => timed_search(&fwd_heuristic, &fwd_usable, &fwd_time, &|p, ms, b| (p.time, p.memory) = (ms, b), &|p| p.time, n, count, out),
+            None => unsafe { sys::cudnnFindConvolutionForwardAlgorithm(hr, x, w, c, y, n, count, out) },
+        },
+        &fwd_heuristic,
+        &fwd_usable,
         |p| (p.algo as u32, p.mathType as u32),
         |p| p.time,
         repeats,
     )?;
+
+    let bwd_data_heuristic = |n, count: &mut i32, out| unsafe { sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(hr, w, y, c, x, n, count, out) };
+    let bwd_data_usable = |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism);
+    let bwd_data_time = |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| -> Option<(f32, usize)> {
+        let t = timing?;
+        let bytes = prepare(p.mathType, &|b| unsafe { sys::cudnnGetConvolutionBackwardDataWorkspaceSize(hr, w, y, c, x, p.algo, b) })?;
+        // dy is the scratch y, dx the scratch x.
+        let ms = t.median_ms(bytes, |ws| unsafe {
+            sys::cudnnConvolutionBackwardData(hr, cudnn::one(t.dtype), w, t.w, y, t.y, c, p.algo, ws, bytes, cudnn::zero(t.dtype), x, t.x)
+        })?;
+        Some((ms, bytes))
+    };
     let b = choose::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(
         "backward data",
-        |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardDataAlgorithm(hr, w, y, c, x, n, count, out) },
-        |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(hr, w, y, c, x, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
+        |n, count, out| match timing {
+            Some(_) => timed_search(&bwd_data_heuristic, &bwd_data_usable, &bwd_data_time, &|p, ms, b| (p.time, p.memory) = (ms, b), &|p| p.time, n, count, out),
+            None => unsafe { sys::cudnnFindConvolutionBackwardDataAlgorithm(hr, w, y, c, x, n, count, out) },
+        },
+        &bwd_data_heuristic,
+        &bwd_data_usable,
         |p| (p.algo as u32, p.mathType as u32),
         |p| p.time,
         repeats,
     )?;
+
+    let bwd_filter_heuristic = |n, count: &mut i32, out| unsafe { sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hr, x, y, c, w, n, count, out) };
+    let bwd_filter_usable = |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism);
+    let bwd_filter_time = |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| -> Option<(f32, usize)> {
+        let t = timing?;
+        let bytes = prepare(p.mathType, &|b| unsafe { sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(hr, x, y, c, w, p.algo, b) })?;
+        // dy is the scratch y, dw the scratch w.
+        let ms = t.median_ms(bytes, |ws| unsafe {
+            sys::cudnnConvolutionBackwardFilter(hr, cudnn::one(t.dtype), x, t.x, y, t.y, c, p.algo, ws, bytes, cudnn::zero(t.dtype), w, t.w)
+        })?;
+        Some((ms, bytes))
+    };
     let bf = choose::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(
         "backward filter",
-        |n, count, out| unsafe { sys::cudnnFindConvolutionBackwardFilterAlgorithm(hr, x, y, c, w, n, count, out) },
-        |n, count, out| unsafe { sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(hr, x, y, c, w, n, count, out) },
-        |p| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism),
+        |n, count, out| match timing {
+            Some(_) => timed_search(&bwd_filter_heuristic, &bwd_filter_usable, &bwd_filter_time, &|p, ms, b| (p.time, p.memory) = (ms, b), &|p| p.time, n, count, out),
+            None => unsafe { sys::cudnnFindConvolutionBackwardFilterAlgorithm(hr, x, y, c, w, n, count, out) },
+        },
+        &bwd_filter_heuristic,
+        &bwd_filter_usable,
         |p| (p.algo as u32, p.mathType as u32),
         |p| p.time,
         repeats,
@@ -811,6 +975,54 @@ mod tests {
         assert_eq!(measured_calls.replace(0), 1, "and is not repeated");
         let none = choose("forward", measured(true), heuristic, |_| false, |p| (p.0, 0), |p| p.1, 1);
         assert!(none.unwrap_err().contains("no forward algorithm"));
+    }
+
+    /// Our timed search with stand-ins ((algorithm, time, workspace) for cuDNN's perf structs):
+    /// it times only the first TIMED_CANDIDATES usable algorithms of the heuristic ranking,
+    /// records each one's measured time and workspace, lists them fastest first (at most `n`),
+    /// skips one whose run fails, and reports "not supported" when none ran, so that choose
+    /// falls back to the heuristics.
+    #[test]
+    fn timed_search_times_the_top_usable_candidates_only() {
+        use cudarc::cudnn::sys::cudnnStatus_t as S;
+        use std::cell::RefCell;
+        type P = (u32, f32, usize);
+        // Ranked: 9 (unusable), then 1..=6; algorithm 3 fails to run; measured times 1: 2.0,
+        // 2: 0.5, 4: 1.0; 5 and 6 are past the candidates.
+        let heuristic = |_n: i32, count: &mut i32, out: *mut P| {
+            let ranked: [P; 7] = [(9, 0.0, 0), (1, 0.0, 0), (2, 0.0, 0), (3, 0.0, 0), (4, 0.0, 0), (5, 0.0, 0), (6, 0.0, 0)];
+            for (i, p) in ranked.iter().enumerate() {
+                // SAFETY: timed_search passes room for 16.
+                unsafe { *out.add(i) = *p };
+            }
+            *count = ranked.len() as i32;
+            S::CUDNN_STATUS_SUCCESS
+        };
+        let ran = RefCell::new(Vec::new());
+        let time_one = |p: &P| {
+            ran.borrow_mut().push(p.0);
+            match p.0 {
+                1 => Some((2.0, 100)),
+                2 => Some((0.5, 200)),
+                4 => Some((1.0, 400)),
+                _ => None,
+            }
+        };
+        let set = |p: &mut P, ms: f32, bytes: usize| (p.1, p.2) = (ms, bytes);
+        let search = |n: i32, usable: &dyn Fn(&P) -> bool| {
+            let mut out = [(0u32, 0f32, 0usize); 16];
+            let mut count = -1;
+            let status = timed_search(&heuristic, usable, &time_one, &set, &|p| p.1, n, &mut count, out.as_mut_ptr());
+            (status, out[..count.max(0) as usize].to_vec())
+        };
+        let (status, got) = search(16, &|p| p.0 != 9);
+        assert_eq!(status, S::CUDNN_STATUS_SUCCESS);
+        assert_eq!(got, vec![(2, 0.5, 200), (4, 1.0, 400), (1, 2.0, 100)]);
+        assert_eq!(ran.replace(Vec::new()), vec![1, 2, 3, 4], "the first TIMED_CANDIDATES usable, no more");
+        assert_eq!(TIMED_CANDIDATES, 4);
+        assert_eq!(search(2, &|p| p.0 != 9).1, vec![(2, 0.5, 200), (4, 1.0, 400)], "at most n");
+        let (status, got) = search(16, &|p| p.0 == 3);
+        assert_eq!((status, got), (S::CUDNN_STATUS_NOT_SUPPORTED, vec![]), "nothing ran");
     }
 
     /// The parallel backward gives the same bits every time (the weight gradient's sums
