@@ -46,7 +46,7 @@ __device__ __forceinline__ void narrow(float v, bf16* out)
     *out = (bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-#define BNR_THREADS 256   // threads of the NCHW reduction blocks (launched with exactly this)
+#define BNR_THREADS 256   // threads of the NCHW and vectorised NHWC reduction blocks (launched with exactly this)
 #define BNR_NHWC_X 32     // channels per NHWC reduction block (threadIdx.x)
 #define BNR_NHWC_Y 8      // rows reduced in parallel per NHWC block (threadIdx.y)
 #define BNR_FIN_X 32      // channels per finalize block (threadIdx.x)

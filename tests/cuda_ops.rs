@@ -245,11 +245,12 @@ fn batch_norm_matches_the_cpu() {
     }
 }
 
-/// Max-pooling forward (cuDNN) and backward (`ptx/max_pool.cu`, and cuDNN's): selection and routing of
-/// values, exact, in f32 and bf16, NCHW and NHWC, on the network's shapes and on one whose
-/// last rows and columns fill no window. In NHWC the first three shapes take the vectorised
-/// backward (`max_pool_backward_nhwc_vec*`), and `[3, 12, 8, 8]` takes it in f32 only (12
-/// channels are 3 f32 groups of 4, and no whole bf16 group of 8). The CPU reference runs in f32 on the same values
+/// Max-pooling forward (cuDNN's in NCHW, ours in NHWC where the channels allow) and backward
+/// (`ptx/max_pool.cu`, and cuDNN's): selection and routing of values, exact, in f32 and bf16,
+/// NCHW and NHWC, on the network's shapes and on one whose last rows and columns fill no
+/// window. In NHWC the first three shapes take the vectorised kernels
+/// (`max_pool_{forward,backward}_nhwc_vec*`), and `[3, 12, 8, 8]` takes them in f32 only (12
+/// channels are 3 f32 groups of 4, and no whole bf16 group of 8; cuDNN's forward there). The CPU reference runs in f32 on the same values
 /// (bf16 inputs widened exactly); bf16's 8 bits make ties common, and both sides give a tie
 /// to the first maximum.
 #[test]

@@ -445,7 +445,8 @@ impl CudaDevice {
     /// `cudnnFind*`, which times every algorithm once: fewer algorithms to run (the Find round
     /// of the network's shapes took 2 to 3.5 s on an H200, 2026-11-26) and no choice decided by
     /// one timing (two of five processes chose plans that made the step 7.7 ms instead of
-    /// 5.3 ms). `find_repeats` 0 (heuristics only) takes precedence.
+    /// 5.3 ms). `find_repeats` 0 (heuristics only) takes precedence; above 1 it is ignored
+    /// (one timed search, its runs' median already steadies the choice).
     pub fn set_timed_search(&self, on: bool) {
         self.timed_search.store(on, Ordering::Relaxed);
     }
@@ -563,23 +564,6 @@ impl CudaDevice {
             *ws = Some(fresh);
         }
         f(ws.as_mut().expect("set above"))
-    }
-
-    /// Size of the cuDNN workspace buffer now (0 before the first use).
-    pub fn workspace_bytes(&self) -> usize {
-        self.workspace.lock().map(|w| w.as_ref().map_or(0, |w| w.len())).unwrap_or(0)
-    }
-
-    /// Give back the workspace buffer if it is larger than `keep` bytes (the next cuDNN call
-    /// allocates what it needs): after an algorithm search that ran candidates needing more
-    /// than the chosen ones do.
-    pub fn trim_workspace(&self, keep: usize) {
-        if let Ok(mut ws) = self.workspace.lock()
-            && ws.as_ref().is_some_and(|w| w.len() > keep)
-            && let Some(old) = ws.take()
-        {
-            self.retire_or_free(old);
-        }
     }
 
     /// Calls into the driver's allocator so far. In steady-state training this stops growing.

@@ -151,6 +151,7 @@ struct TrainArgs {
     /// Run cuDNN's timed algorithm search this many times per convolution and pick by the
     /// median time: steadier choices, a longer first step (2-3.5 s per extra search on an H200).
     /// 0: no timed search; cuDNN's heuristic ranking picks (no search cost, maybe slower plans).
+    /// With --cudnn-timed-search, 0 still means the heuristics, and more than 1 means one search.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     cudnn_find_repeats: u32,
     /// Instead of cuDNN's timed search (every algorithm, timed once), time the first 4 usable

@@ -1,5 +1,6 @@
-//! Batch norm in training mode fused with the ReLU that follows it (one op where the
-//! network has `relu(batch_norm(x))`).
+//! Batch norm fused with the ReLU that follows it (one op where the network has
+//! `relu(batch_norm(x))`): in training mode, and in evaluation (`batch_norm_relu_eval`: the
+//! running statistics, no backward).
 //!
 //! Shapes: x `[N, C, H, W]` (NCHW or NHWC in memory), gamma, beta `[C]`, y `[N, C, H, W]`.
 //! Per channel c, over its M = N·H·W values:
@@ -86,9 +87,10 @@ pub struct BatchNormReluRecord {
 }
 
 impl BatchNormReluRecord {
-    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input, γ, and its output (the ReLU mask).
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input, γ, and its output (the ReLU mask);
+    /// in evaluation nothing (it has no backward), so the tape may free its input early.
     pub(crate) fn reads(&self, v: Var, out: Var) -> bool {
-        v == self.x || v == self.gamma || v == out
+        !matches!(self.saved, Saved::Eval) && (v == self.x || v == self.gamma || v == out)
     }
 
     pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {

@@ -349,6 +349,10 @@ fn reuse_at_this_batch(
 /// shape. If measuring fails (it needs scratch memory of its own), cuDNN's heuristic ranking
 /// is used instead. A kind with no usable algorithm either way makes the shape
 /// [`cudnn::ConvChoice::Refused`].
+///
+/// Locks: the plan cache (held by the caller), then the cuDNN handle; the timed runs use a
+/// workspace of their own, not the device's shared one, whose lock the convolutions take
+/// before the handle's.
 #[allow(clippy::too_many_arguments)]
 fn find(
     dev: &Arc<engine::cuda::CudaDevice>,
@@ -361,22 +365,22 @@ fn find(
     dtype: DType,
 ) -> Result<cudnn::ConvChoice> {
     let rules = SearchRules { tensor_cores, deterministic: dev.deterministic(), repeats: dev.find_repeats() };
-    // Scratch x, w and y (zeros: the values do not change the time) for our own timing.
+    // Scratch x, w and y (zeros: the values do not change the time) and a descriptor of its
+    // own (the candidates' math types are set on it) for our timing; without the memory,
+    // cudnnFind as usual.
     let mut scratch = None;
     if dev.timed_search() && rules.repeats > 0 {
-        let (mut xs, mut ws, mut ys) = (dev.alloc_zeros_dtype(d.n * d.c * d.h * d.w, dtype)?, dev.alloc_zeros_dtype(d.o * d.ckk(), dtype)?, dev.alloc_zeros_dtype(d.n * d.o * d.ohw(), dtype)?);
-        let ptrs = (xs.ptr_mut(), ws.ptr_mut(), ys.ptr_mut());
-        scratch = Some(((xs, ws, ys), ptrs));
+        let tf32 = dev.allow_tf32() && dtype == DType::F32;
+        let alloc = || -> Result<_> {
+            let (mut xs, mut ws, mut ys) = (dev.alloc_zeros_dtype(d.n * d.c * d.h * d.w, dtype)?, dev.alloc_zeros_dtype(d.o * d.ckk(), dtype)?, dev.alloc_zeros_dtype(d.n * d.o * d.ohw(), dtype)?);
+            let ptrs = (xs.ptr_mut(), ws.ptr_mut(), ys.ptr_mut());
+            Ok(((xs, ws, ys), ptrs, cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?))
+        };
+        scratch = alloc().ok();
     }
-    let timing = scratch.as_ref().map(|(_, (xp, wp, yp))| Timing { dev, dtype, x: *xp, w: *wp, y: *yp });
-    let workspace_before = dev.workspace_bytes();
+    let timing = scratch.as_ref().map(|(_, (xp, wp, yp), conv)| Timing { dev, dtype, conv: conv.raw(), x: *xp, w: *wp, y: *yp });
     let h = dev.cudnn()?;
     let planned = plan_all(h.raw(), x.raw(), w.raw(), conv.raw(), y.raw(), rules, timing.as_ref());
-    drop(h);
-    if let (Some(_), Ok(plan)) = (&timing, &planned) {
-        // Candidates that lost may have grown the workspace beyond what is kept.
-        dev.trim_workspace(workspace_before.max(plan.fwd_bytes).max(plan.bwd_data_bytes).max(plan.bwd_filter_bytes));
-    }
     Ok(match planned {
         Ok(plan) => cudnn::ConvChoice::Plan(plan),
         Err(why) => cudnn::ConvChoice::Refused(why),
@@ -388,15 +392,18 @@ fn find(
 pub const TIMED_CANDIDATES: usize = 4;
 /// Timed runs of each (after one untimed run); their median is its time.
 pub const TIMED_RUNS: usize = 3;
-/// The largest workspace a timed candidate may use (less than [`MAX_WORKSPACE`]: the
-/// workspace grows to what a candidate needs while it is timed).
+const _: () = assert!(TIMED_RUNS >= 1);
+/// The largest workspace a timed candidate may use (its own, allocated for its runs and
+/// freed after them, as cudnnFind does; less than [`MAX_WORKSPACE`] to bound that memory).
 const TIMED_MAX_WORKSPACE: usize = 256 << 20;
 
-/// What our own timed search needs: the device (its stream, events and workspace), the data
-/// type (for alpha and beta), and device addresses of scratch x, w and y of the shape.
+/// What our own timed search needs: the device (its stream and events), the data type (for
+/// alpha and beta), a convolution descriptor for the candidates' math types, and device
+/// addresses of scratch x, w and y of the shape.
 struct Timing<'a> {
     dev: &'a engine::cuda::CudaDevice,
     dtype: DType,
+    conv: cudarc::cudnn::sys::cudnnConvolutionDescriptor_t,
     x: *mut std::ffi::c_void,
     w: *mut std::ffi::c_void,
     y: *mut std::ffi::c_void,
@@ -404,10 +411,15 @@ struct Timing<'a> {
 
 impl Timing<'_> {
     /// The median GPU time of `TIMED_RUNS` runs of `run` (given a workspace of `bytes`), in
-    /// ms; `None` if a run fails.
+    /// ms; `None` if a run fails. The runs are queued back to back (`time_each`), so the host's
+    /// work for the next run overlaps the GPU's for the last one.
     fn median_ms(&self, bytes: usize, run: impl Fn(*mut std::ffi::c_void) -> cudarc::cudnn::sys::cudnnStatus_t) -> Option<f32> {
-        let st = self.dev.stream().clone();
-        let once = || self.dev.with_workspace(bytes, |ws| cudnn::check("cudnn convolution (timed search)", run(cudnn::ptr_mut(ws, &st))));
+        let st = self.dev.stream();
+        // SAFETY: scratch that cuDNN writes before it reads; freed after the synchronising
+        // time_each has seen every run finish.
+        let mut ws = unsafe { st.alloc::<u8>(bytes.max(1)) }.ok()?;
+        let wp = cudnn::ptr_mut(&mut ws, st);
+        let once = || cudnn::check("cudnn convolution (timed search)", run(wp));
         let mut ms = engine::profile::time_each(self.dev, TIMED_RUNS, once).ok()?;
         ms.sort_by(f64::total_cmp);
         Some(ms[ms.len() / 2] as f32)
@@ -415,8 +427,8 @@ impl Timing<'_> {
 }
 
 /// Our timed search of one kind, in the shape of a `cudnnFind*` call (so that [`choose`] takes
-/// either): the first [`TIMED_CANDIDATES`] `usable` results of `heuristic`, each timed by
-/// `time_one` (its median ms and the workspace it ran with, or `None` if it failed), written
+/// either): the first [`TIMED_CANDIDATES`] `usable` results of `heuristic` that run, each timed by
+/// `time_one` (its median ms and the workspace it ran with, or `None` if it cannot run), written
 /// to `out` fastest first with `set(p, ms, bytes)` recorded in them; at most `n`, their number
 /// in `count`. Not supported when none ran. (The search's parts and cudnnFind's output
 /// arguments: more than clippy's seven.)
@@ -440,16 +452,18 @@ fn timed_search<P: Copy>(
     if status != S::CUDNN_STATUS_SUCCESS {
         return status;
     }
+    // In ranking order, until TIMED_CANDIDATES have run (one that cannot run, e.g. over the
+    // workspace cap, takes no place).
     let mut timed: Vec<P> = ranked[..(got.max(0) as usize).min(N)]
         .iter()
         .filter(|p| usable(p))
-        .take(TIMED_CANDIDATES)
         .filter_map(|p| {
             let (ms, bytes) = time_one(p)?;
             let mut q = *p;
             set(&mut q, ms, bytes);
             Some(q)
         })
+        .take(TIMED_CANDIDATES)
         .collect();
     timed.sort_by(|a, b| time(a).total_cmp(&time(b)));
     timed.truncate(n.max(0) as usize);
@@ -496,11 +510,11 @@ fn plan_all(
     // With TF32 forbidden for f32 data, only plain FMA math is acceptable.
     let math_ok = |m: sys::cudnnMathType_t| tensor_cores || m == sys::cudnnMathType_t::CUDNN_FMA_MATH;
     let det_ok = |d: sys::cudnnDeterminism_t| !deterministic || d == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC;
-    // Before timing a candidate: its math type on the descriptor, and its workspace size
-    // (`size` queries it), within TIMED_MAX_WORKSPACE.
-    let prepare = |math: sys::cudnnMathType_t, size: &dyn Fn(&mut usize) -> sys::cudnnStatus_t| -> Option<usize> {
+    // Before timing a candidate: its math type on the timing descriptor `tc`, and its
+    // workspace size (`size` queries it), within TIMED_MAX_WORKSPACE.
+    let prepare = |tc: sys::cudnnConvolutionDescriptor_t, math: sys::cudnnMathType_t, size: &dyn Fn(&mut usize) -> sys::cudnnStatus_t| -> Option<usize> {
         // SAFETY: a valid convolution descriptor.
-        if unsafe { sys::cudnnSetConvolutionMathType(c, math) } != ok {
+        if unsafe { sys::cudnnSetConvolutionMathType(tc, math) } != ok {
             return None;
         }
         let mut bytes = 0usize;
@@ -515,9 +529,9 @@ fn plan_all(
     let fwd_usable = |p: &sys::cudnnConvolutionFwdAlgoPerf_t| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism);
     let fwd_time = |p: &sys::cudnnConvolutionFwdAlgoPerf_t| -> Option<(f32, usize)> {
         let t = timing?;
-        let bytes = prepare(p.mathType, &|b| unsafe { sys::cudnnGetConvolutionForwardWorkspaceSize(hr, x, w, c, y, p.algo, b) })?;
+        let bytes = prepare(t.conv, p.mathType, &|b| unsafe { sys::cudnnGetConvolutionForwardWorkspaceSize(hr, x, w, t.conv, y, p.algo, b) })?;
         let ms = t.median_ms(bytes, |ws| unsafe {
-            sys::cudnnConvolutionForward(hr, cudnn::one(t.dtype), x, t.x, w, t.w, c, p.algo, ws, bytes, cudnn::zero(t.dtype), y, t.y)
+            sys::cudnnConvolutionForward(hr, cudnn::one(t.dtype), x, t.x, w, t.w, t.conv, p.algo, ws, bytes, cudnn::zero(t.dtype), y, t.y)
         })?;
         Some((ms, bytes))
     };
@@ -538,10 +552,10 @@ fn plan_all(
     let bwd_data_usable = |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism);
     let bwd_data_time = |p: &sys::cudnnConvolutionBwdDataAlgoPerf_t| -> Option<(f32, usize)> {
         let t = timing?;
-        let bytes = prepare(p.mathType, &|b| unsafe { sys::cudnnGetConvolutionBackwardDataWorkspaceSize(hr, w, y, c, x, p.algo, b) })?;
+        let bytes = prepare(t.conv, p.mathType, &|b| unsafe { sys::cudnnGetConvolutionBackwardDataWorkspaceSize(hr, w, y, t.conv, x, p.algo, b) })?;
         // dy is the scratch y, dx the scratch x.
         let ms = t.median_ms(bytes, |ws| unsafe {
-            sys::cudnnConvolutionBackwardData(hr, cudnn::one(t.dtype), w, t.w, y, t.y, c, p.algo, ws, bytes, cudnn::zero(t.dtype), x, t.x)
+            sys::cudnnConvolutionBackwardData(hr, cudnn::one(t.dtype), w, t.w, y, t.y, t.conv, p.algo, ws, bytes, cudnn::zero(t.dtype), x, t.x)
         })?;
         Some((ms, bytes))
     };
@@ -562,10 +576,10 @@ fn plan_all(
     let bwd_filter_usable = |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| p.status == ok && p.memory <= MAX_WORKSPACE && math_ok(p.mathType) && det_ok(p.determinism);
     let bwd_filter_time = |p: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| -> Option<(f32, usize)> {
         let t = timing?;
-        let bytes = prepare(p.mathType, &|b| unsafe { sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(hr, x, y, c, w, p.algo, b) })?;
+        let bytes = prepare(t.conv, p.mathType, &|b| unsafe { sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(hr, x, y, t.conv, w, p.algo, b) })?;
         // dy is the scratch y, dw the scratch w.
         let ms = t.median_ms(bytes, |ws| unsafe {
-            sys::cudnnConvolutionBackwardFilter(hr, cudnn::one(t.dtype), x, t.x, y, t.y, c, p.algo, ws, bytes, cudnn::zero(t.dtype), w, t.w)
+            sys::cudnnConvolutionBackwardFilter(hr, cudnn::one(t.dtype), x, t.x, y, t.y, t.conv, p.algo, ws, bytes, cudnn::zero(t.dtype), w, t.w)
         })?;
         Some((ms, bytes))
     };
@@ -581,15 +595,28 @@ fn plan_all(
         |p| p.time,
         repeats,
     )?;
+    // The workspace each chosen algorithm needs with its math type, as cuDNN's query says
+    // (the heuristics' `memory` is an estimate, and a workspace too small fails the call);
+    // the larger of the two. After every search above: the queries set the math type on `c`
+    // (the convolutions set theirs before each call).
+    let need = |math: sys::cudnnMathType_t, listed: usize, size: &dyn Fn(&mut usize) -> sys::cudnnStatus_t| -> usize {
+        let mut bytes = 0usize;
+        // SAFETY: a valid convolution descriptor.
+        let queried = unsafe { sys::cudnnSetConvolutionMathType(c, math) } == ok && size(&mut bytes) == ok;
+        if queried { bytes.max(listed) } else { listed }
+    };
+    let fwd_bytes = need(f.mathType, f.memory, &|b| unsafe { sys::cudnnGetConvolutionForwardWorkspaceSize(hr, x, w, c, y, f.algo, b) });
+    let bwd_data_bytes = need(b.mathType, b.memory, &|n| unsafe { sys::cudnnGetConvolutionBackwardDataWorkspaceSize(hr, w, y, c, x, b.algo, n) });
+    let bwd_filter_bytes = need(bf.mathType, bf.memory, &|n| unsafe { sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(hr, x, y, c, w, bf.algo, n) });
     Ok(cudnn::ConvPlan {
         fwd: f.algo,
-        fwd_bytes: f.memory,
+        fwd_bytes,
         fwd_math: f.mathType,
         bwd_data: b.algo,
-        bwd_data_bytes: b.memory,
+        bwd_data_bytes,
         bwd_data_math: b.mathType,
         bwd_filter: bf.algo,
-        bwd_filter_bytes: bf.memory,
+        bwd_filter_bytes,
         bwd_filter_math: bf.mathType,
         searched_at_batch: None,
     })
@@ -978,17 +1005,17 @@ mod tests {
     }
 
     /// Our timed search with stand-ins ((algorithm, time, workspace) for cuDNN's perf structs):
-    /// it times only the first TIMED_CANDIDATES usable algorithms of the heuristic ranking,
-    /// records each one's measured time and workspace, lists them fastest first (at most `n`),
-    /// skips one whose run fails, and reports "not supported" when none ran, so that choose
-    /// falls back to the heuristics.
+    /// it runs the usable algorithms in the heuristic ranking's order until TIMED_CANDIDATES
+    /// have run (one that cannot run takes no place), records each one's measured time and
+    /// workspace, lists them fastest first (at most `n`), and reports "not supported" when none
+    /// ran, so that choose falls back to the heuristics.
     #[test]
     fn timed_search_times_the_top_usable_candidates_only() {
         use cudarc::cudnn::sys::cudnnStatus_t as S;
         use std::cell::RefCell;
         type P = (u32, f32, usize);
-        // Ranked: 9 (unusable), then 1..=6; algorithm 3 fails to run; measured times 1: 2.0,
-        // 2: 0.5, 4: 1.0; 5 and 6 are past the candidates.
+        // Ranked: 9 (unusable), then 1..=6; algorithm 3 cannot run; measured times 1: 2.0,
+        // 2: 0.5, 4: 1.0, 5: 3.0; 6 (it would be the fastest) comes after four have run.
         let heuristic = |_n: i32, count: &mut i32, out: *mut P| {
             let ranked: [P; 7] = [(9, 0.0, 0), (1, 0.0, 0), (2, 0.0, 0), (3, 0.0, 0), (4, 0.0, 0), (5, 0.0, 0), (6, 0.0, 0)];
             for (i, p) in ranked.iter().enumerate() {
@@ -1005,6 +1032,8 @@ mod tests {
                 1 => Some((2.0, 100)),
                 2 => Some((0.5, 200)),
                 4 => Some((1.0, 400)),
+                5 => Some((3.0, 500)),
+                6 => Some((0.1, 600)),
                 _ => None,
             }
         };
@@ -1017,8 +1046,8 @@ mod tests {
         };
         let (status, got) = search(16, &|p| p.0 != 9);
         assert_eq!(status, S::CUDNN_STATUS_SUCCESS);
-        assert_eq!(got, vec![(2, 0.5, 200), (4, 1.0, 400), (1, 2.0, 100)]);
-        assert_eq!(ran.replace(Vec::new()), vec![1, 2, 3, 4], "the first TIMED_CANDIDATES usable, no more");
+        assert_eq!(got, vec![(2, 0.5, 200), (4, 1.0, 400), (1, 2.0, 100), (5, 3.0, 500)]);
+        assert_eq!(ran.replace(Vec::new()), vec![1, 2, 3, 4, 5], "until TIMED_CANDIDATES have run, no more");
         assert_eq!(TIMED_CANDIDATES, 4);
         assert_eq!(search(2, &|p| p.0 != 9).1, vec![(2, 0.5, 200), (4, 1.0, 400)], "at most n");
         let (status, got) = search(16, &|p| p.0 == 3);

@@ -204,7 +204,7 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     crate::cuda::like(x, dx)
 }
 
-/// Channels per thread of the vectorised backward (`max_pool_backward_nhwc_vec*`: one 16-byte
+/// Channels per thread of the vectorised kernels (`max_pool_{forward,backward}_nhwc_vec*`: one 16-byte
 /// access moves 4 f32 or 8 bf16 values of consecutive channels), or `None` where the one-value
 /// kernels run: NCHW, f64, C not a multiple of the width, or a buffer (`ptrs`) not 16-byte aligned.
 fn vec_lanes(dt: DType, layout: engine::Layout, c: usize, ptrs: &[u64]) -> Option<usize> {
