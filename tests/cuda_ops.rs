@@ -250,7 +250,8 @@ fn batch_norm_matches_the_cpu() {
 /// NCHW and NHWC, on the network's shapes and on one whose last rows and columns fill no
 /// window. In NHWC the first three shapes take the vectorised kernels
 /// (`max_pool_{forward,backward}_nhwc_vec*`), and `[3, 12, 8, 8]` takes them in f32 only (12
-/// channels are 3 f32 groups of 4, and no whole bf16 group of 8; cuDNN's forward there). The CPU reference runs in f32 on the same values
+/// channels are 3 f32 groups of 4, and no whole bf16 group of 8; cuDNN's forward there).
+/// Everything runs again with the 16-byte kernels forbidden (`--no-vector-kernels`). The CPU reference runs in f32 on the same values
 /// (bf16 inputs widened exactly); bf16's 8 bits make ties common, and both sides give a tie
 /// to the first maximum.
 #[test]
@@ -258,34 +259,40 @@ fn batch_norm_matches_the_cpu() {
 fn max_pool_matches_the_cpu_exactly() {
     use engine::Layout;
     let dev = gpu();
-    for (shape, k) in [([32usize, 128, 16, 16], 2), ([16, 512, 4, 4], 4), ([4, 8, 9, 11], 2), ([3, 12, 8, 8], 2)] {
-        for dt in [DType::F32, DType::BF16] {
-            // Values representable in dt, so that the f32 reference sees what the GPU sees.
-            let x = rand(&shape, 300 + k as u64).to_dtype(dt).to_dtype(DType::F32);
-            let (y, argmax) = ops::max_pool::forward(&x, k).unwrap();
-            let dy = rand(y.shape(), 310 + k as u64).to_dtype(dt).to_dtype(DType::F32);
-            let dx = ops::max_pool::backward(x.shape(), &argmax, &dy).unwrap();
-            for layout in [Layout::Nchw, Layout::Nhwc] {
-                let on_gpu = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
-                let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), DType::F32).unwrap();
-                let what = format!("max pool {shape:?} k={k} {dt:?} {layout:?}");
-                let xg = on_gpu(&x);
-                let yg = ops::max_pool::forward_cuda(&xg, k).unwrap();
-                assert_eq!((yg.dtype(), yg.layout()), (dt, layout), "{what}: y's type and layout");
-                close(&format!("{what}: y"), &back(&yg), &y, 0.0);
-                let dxg = ops::max_pool::backward_cuda(&xg, &on_gpu(&dy), k).unwrap();
-                assert_eq!((dxg.dtype(), dxg.layout()), (dt, layout), "{what}: dx's type and layout");
-                close(&format!("{what}: dx"), &back(&dxg), &dx, 0.0);
-                // cuDNN's backward (not used in training) where its answer is defined like ours: f32
-                // (random normal values have no ties; which of tied bf16 values cuDNN picks is not
-                // documented) and windows covering x.
-                if dt == DType::F32 && shape[2] % k == 0 && shape[3] % k == 0 {
-                    let dx_cudnn = ops::max_pool::backward_cudnn(&xg, &yg, &on_gpu(&dy), k).unwrap();
-                    close(&format!("{what}: dx (cuDNN)"), &back(&dx_cudnn), &dx, 0.0);
+    let d = cuda_dev(&dev);
+    // With our 16-byte kernels (where they apply) and without (--no-vector-kernels).
+    for vector in [true, false] {
+        d.set_vector_kernels(vector);
+        for (shape, k) in [([32usize, 128, 16, 16], 2), ([16, 512, 4, 4], 4), ([4, 8, 9, 11], 2), ([3, 12, 8, 8], 2)] {
+            for dt in [DType::F32, DType::BF16] {
+                // Values representable in dt, so that the f32 reference sees what the GPU sees.
+                let x = rand(&shape, 300 + k as u64).to_dtype(dt).to_dtype(DType::F32);
+                let (y, argmax) = ops::max_pool::forward(&x, k).unwrap();
+                let dy = rand(y.shape(), 310 + k as u64).to_dtype(dt).to_dtype(DType::F32);
+                let dx = ops::max_pool::backward(x.shape(), &argmax, &dy).unwrap();
+                for layout in [Layout::Nchw, Layout::Nhwc] {
+                    let on_gpu = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
+                    let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), DType::F32).unwrap();
+                    let what = format!("max pool {shape:?} k={k} {dt:?} {layout:?} vector kernels {vector}");
+                    let xg = on_gpu(&x);
+                    let yg = ops::max_pool::forward_cuda(&xg, k).unwrap();
+                    assert_eq!((yg.dtype(), yg.layout()), (dt, layout), "{what}: y's type and layout");
+                    close(&format!("{what}: y"), &back(&yg), &y, 0.0);
+                    let dxg = ops::max_pool::backward_cuda(&xg, &on_gpu(&dy), k).unwrap();
+                    assert_eq!((dxg.dtype(), dxg.layout()), (dt, layout), "{what}: dx's type and layout");
+                    close(&format!("{what}: dx"), &back(&dxg), &dx, 0.0);
+                    // cuDNN's backward (not used in training) where its answer is defined like ours: f32
+                    // (random normal values have no ties; which of tied bf16 values cuDNN picks is not
+                    // documented) and windows covering x.
+                    if dt == DType::F32 && shape[2] % k == 0 && shape[3] % k == 0 {
+                        let dx_cudnn = ops::max_pool::backward_cudnn(&xg, &yg, &on_gpu(&dy), k).unwrap();
+                        close(&format!("{what}: dx (cuDNN)"), &back(&dx_cudnn), &dx, 0.0);
+                    }
                 }
             }
         }
     }
+    d.set_vector_kernels(true);
 }
 
 /// The augmentation and normalisation kernels against the CPU reference given the same
@@ -547,7 +554,8 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 /// passes (`bnr_apply_vec*`) and, in NHWC, the vectorised reductions (`bnr_stats_nhwc_vec*`,
 /// `bnr_bwd_sums_nhwc_vec*`); `[6, 12, 7, 5]` takes the scalar passes in NCHW (H·W = 35) and,
 /// for bf16, in NHWC (12 channels are no multiple of 8; f32's width 4 divides them), and the
-/// one-value NHWC reductions for both (3 f32 loads a row are not a power of two).
+/// one-value NHWC reductions for both (3 f32 loads a row are not a power of two). NHWC runs
+/// again with the 16-byte kernels forbidden (`--no-vector-kernels`).
 ///
 /// The backward's reference takes the ReLU mask from the GPU's output: where z is within
 /// rounding of 0 the two sides may disagree on the sign, which would move one element of
@@ -565,6 +573,7 @@ fn batch_norm_relu_matches_the_cpu() {
     use engine::Layout;
     use ops::batch_norm::{BatchNormConfig, RunningStats};
     let dev = gpu();
+    let d = cuda_dev(&dev);
     let cfg = BatchNormConfig::default();
     let host = |t: &Tensor| -> Tensor {
         let t = if t.shape().len() == 4 { ops::layout::forward(t, Layout::Nchw).unwrap() } else { t.clone() };
@@ -588,8 +597,10 @@ fn batch_norm_relu_matches_the_cpu() {
             // The inputs as the GPU sees them (bf16-rounded for bf16), widened back to f32 for the CPU.
             let (x, dy) = (x32.to_dtype(dt).to_dtype(DType::F32), dy32.to_dtype(dt).to_dtype(DType::F32));
             let (rt, rt_sums) = if dt == DType::F32 { (1e-4, 1e-4) } else { (1e-2, 1e-3) };
-            for layout in [Layout::Nchw, Layout::Nhwc] {
-                let what = format!("batch norm + ReLU {shape:?} {dt:?} {layout:?}");
+            // NHWC with our 16-byte kernels (where they apply) and without (--no-vector-kernels).
+            for (layout, vector) in [(Layout::Nchw, true), (Layout::Nhwc, true), (Layout::Nhwc, false)] {
+                d.set_vector_kernels(vector);
+                let what = format!("batch norm + ReLU {shape:?} {dt:?} {layout:?} vector kernels {vector}");
                 let on_gpu = |t: &Tensor| {
                     let t = ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap();
                     ops::layout::forward(&t, layout).unwrap()
@@ -634,4 +645,5 @@ fn batch_norm_relu_matches_the_cpu() {
             }
         }
     }
+    d.set_vector_kernels(true);
 }

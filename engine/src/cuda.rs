@@ -73,6 +73,9 @@ pub struct CudaDevice {
     /// Whether the algorithm search times cuDNN's top heuristic candidates itself instead
     /// of running `cudnnFind*`; see [`CudaDevice::set_timed_search`].
     timed_search: AtomicBool,
+    /// Whether our kernels may move 16 bytes per access where shapes and alignment allow;
+    /// see [`CudaDevice::set_vector_kernels`].
+    vector_kernels: AtomicBool,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
     /// Requests may take a larger free block (see [`CudaDevice::best_fit`]).
@@ -345,6 +348,7 @@ impl CudaDevice {
             deterministic: AtomicBool::new(false),
             find_repeats: std::sync::atomic::AtomicUsize::new(1),
             timed_search: AtomicBool::new(false),
+            vector_kernels: AtomicBool::new(true),
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
@@ -449,6 +453,20 @@ impl CudaDevice {
     /// (one timed search, its runs' median already steadies the choice).
     pub fn set_timed_search(&self, on: bool) {
         self.timed_search.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether our kernels' 16-byte variants may run (batch norm + ReLU's passes and
+    /// reductions, max-pooling, bf16 add and accumulation).
+    pub fn vector_kernels(&self) -> bool {
+        self.vector_kernels.load(Ordering::Relaxed)
+    }
+
+    /// Allow (the default) or forbid the 16-byte variants of our kernels, which move 8 bf16 or
+    /// 4 f32 values per access where the shapes and the buffers' alignment allow; forbidden,
+    /// every kernel moves one value per access, as before them (same results up to the
+    /// rounding of the batch norm statistics), so that a profile can measure what they gain.
+    pub fn set_vector_kernels(&self, on: bool) {
+        self.vector_kernels.store(on, Ordering::Relaxed);
     }
 
     /// Restrict convolutions to deterministic algorithms, or lift the restriction. Shapes

@@ -364,7 +364,7 @@ fn launch_accumulate_bf16(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let dev = a.dev().clone();
     let n = u32::try_from(a.len()).map_err(|_| Error::Invalid(format!("{} elements exceed the kernels' 32-bit counts", a.len())))?;
-    let x8 = (a.ptr() as u64).is_multiple_of(16) && (b.ptr() as u64).is_multiple_of(16);
+    let x8 = (a.ptr() as u64).is_multiple_of(16) && (b.ptr() as u64).is_multiple_of(16) && dev.vector_kernels();
     let (name, threads) = if x8 { ("accumulate_bf16_x8", n / 8 + n % 8) } else { ("accumulate_bf16", n) };
     let f = dev.function("bf16.cu", BF16_CU, name)?;
     let (mut av, bv) = (a.view_bf16_mut()?, b.view_bf16()?);

@@ -159,6 +159,11 @@ struct TrainArgs {
     /// median: fewer algorithms to run in the first step, and no choice made by one timing.
     #[arg(long)]
     cudnn_timed_search: bool,
+    /// Our kernels move one value per memory access, not 16 bytes (8 bf16 or 4 f32) where the
+    /// shapes allow: batch norm + ReLU's one-value passes and reductions, cuDNN's max-pool
+    /// forward and our one-value backward, one-value bf16 adds; to measure what they gain.
+    #[arg(long)]
+    no_vector_kernels: bool,
     /// On the GPU, the reference path: f32 (TF32 convolutions), NCHW, cuDNN's batch norm and
     /// a separate ReLU, one launch per op. Without it a GPU trains with all four speed options
     /// below (on an H200, 2026-11-26: 0.52 s per epoch against 1.2 s, at the same accuracy);
@@ -285,6 +290,7 @@ fn train(args: &TrainArgs, only_lr_find: bool) -> Result<()> {
         d.set_deterministic(args.deterministic);
         d.set_find_repeats(args.cudnn_find_repeats as usize);
         d.set_timed_search(args.cudnn_timed_search);
+        d.set_vector_kernels(!args.no_vector_kernels);
     }
     let mut opts = args.options(&device)?;
     let ds = open_data(&args.data)?;
@@ -330,6 +336,7 @@ fn run(cli: Cli) -> Result<()> {
                 d.set_deterministic(args.deterministic);
                 d.set_find_repeats(args.cudnn_find_repeats as usize);
                 d.set_timed_search(args.cudnn_timed_search);
+                d.set_vector_kernels(!args.no_vector_kernels);
             }
             let opts = args.options(&device)?;
             let ds = open_data(&args.data)?;

@@ -678,6 +678,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             (n, false) => format!("cudnnFind, {n} search(es) per kind, median time"),
         };
         println!("convolution search: {search}");
+        println!("our kernels' 16-byte variants: {}", if d.vector_kernels() { "on where shapes allow" } else { "off (--no-vector-kernels)" });
         for line in d.conv_plan_lines() {
             println!("convolution plan: {line}");
         }

@@ -162,7 +162,7 @@ impl Geometry {
         let nhwc = x.layout() == engine::Layout::Nhwc;
         let reduce = if !nhwc {
             Reduce::Nchw
-        } else if vec_reduce_fits(s[1], x.dtype(), reads) {
+        } else if x.cuda_buffer()?.dev().vector_kernels() && vec_reduce_fits(s[1], x.dtype(), reads) {
             Reduce::NhwcVec
         } else {
             Reduce::Nhwc
@@ -324,7 +324,7 @@ fn apply_cuda(dev: &Arc<CudaDevice>, x: &Tensor, geo: &Geometry, sp: u64) -> Res
     let xp = x.cuda_buffer()?.ptr() as u64;
     let mut y = dev.alloc_dtype(x.numel(), x.dtype())?;
     let yp = y.ptr_mut() as u64;
-    let width = vec_width(geo, x.dtype(), &[xp, yp]);
+    let width = vec_width(geo, x.dtype(), &[xp, yp]).filter(|_| dev.vector_kernels());
     let f = kernel(dev, &format!("bnr_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
     let nhwc = i32::from(geo.nhwc);
     let mut launch = dev.stream().launch_builder(&f);
@@ -394,7 +394,7 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     // 3. dx.
     let mut dx = dev.alloc_dtype(x.numel(), x.dtype())?;
     let dxp = dx.ptr_mut() as u64;
-    let width = vec_width(&geo, x.dtype(), &[xp, dyp, dxp]);
+    let width = vec_width(&geo, x.dtype(), &[xp, dyp, dxp]).filter(|_| dev.vector_kernels());
     let f = kernel(&dev, &format!("bnr_bwd_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
     let nhwc = i32::from(geo.nhwc);
     let mut launch = stream.launch_builder(&f);

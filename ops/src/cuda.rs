@@ -79,7 +79,7 @@ pub(crate) fn bf16_map(kernel: &'static str, x8: Option<&'static str>, inputs: &
     let n = count(first.numel())?;
     let (dev, mut out) = output_like(first)?;
     let buffers = inputs.iter().map(|t| t.cuda_buffer()).collect::<Result<Vec<_>>>()?;
-    let aligned = buffers.iter().all(|b| (b.ptr() as u64).is_multiple_of(16)) && (out.ptr() as u64).is_multiple_of(16);
+    let aligned = buffers.iter().all(|b| (b.ptr() as u64).is_multiple_of(16)) && (out.ptr() as u64).is_multiple_of(16) && dev.vector_kernels();
     let (name, threads) = match x8 {
         Some(name) if aligned => (name, n / 8 + n % 8),
         _ => (kernel, n),

@@ -121,6 +121,7 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
     let mut y = dev.alloc_dtype(ys.iter().product(), dt)?;
     let (xp, yp) = (xb.ptr() as u64, y.ptr_mut() as u64);
     if let Some(lanes) = vec_lanes(dt, x.layout(), s[1], &[xp, yp])
+        && dev.vector_kernels()
         && x.numel() < 1 << 31
     {
         let count = crate::cuda::count;
@@ -180,7 +181,7 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     let whole = s[2] % k == 0 && s[3] % k == 0;
     let mut dx = if whole { dev.alloc_dtype(x.numel(), x.dtype())? } else { dev.alloc_zeros_dtype(x.numel(), x.dtype())? };
     let (xp, dyp, dxp) = (xb.ptr() as u64, dy.cuda_buffer()?.ptr() as u64, dx.ptr_mut() as u64);
-    let lanes = vec_lanes(x.dtype(), x.layout(), s[1], &[xp, dyp, dxp]);
+    let lanes = vec_lanes(x.dtype(), x.layout(), s[1], &[xp, dyp, dxp]).filter(|_| dev.vector_kernels());
     let kernel = match (x.dtype(), lanes) {
         (DType::F32, Some(_)) => "max_pool_backward_nhwc_vec",
         (DType::BF16, Some(_)) => "max_pool_backward_nhwc_vec_bf16",
