@@ -148,6 +148,24 @@ struct SgdTable {
     buf: [u64; MAX_TENSORS],
     n: [u32; MAX_TENSORS],
     first_step: [i32; MAX_TENSORS],
+    /// First block of each tensor: prefix sums of its blocks, ⌈n / (256·PER_THREAD)⌉.
+    block0: [u32; MAX_TENSORS],
+}
+
+/// Elements each thread of `sgd_update_multi` updates (`SGD_PER_THREAD` of the kernel file);
+/// a block of 256 threads covers 256·PER_THREAD elements of one tensor.
+const PER_THREAD: u32 = 4;
+
+/// Each tensor's first block in a grid where tensor t owns ⌈n_t / per_block⌉ consecutive
+/// blocks, and the grid's size.
+fn block_starts(ns: &[u32], per_block: u32) -> ([u32; MAX_TENSORS], u32) {
+    let mut starts = [0u32; MAX_TENSORS];
+    let mut next = 0u32;
+    for (t, &n) in ns.iter().enumerate() {
+        starts[t] = next;
+        next += n.div_ceil(per_block);
+    }
+    (starts, next)
 }
 
 // SAFETY: plain C data with the layout of the CUDA struct (8-byte pointers, then 4-byte ints).
@@ -160,9 +178,8 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let mut items = items;
     for chunk in items.chunks_mut(MAX_TENSORS) {
-        let mut table = SgdTable { p: [0; MAX_TENSORS], g: [0; MAX_TENSORS], buf: [0; MAX_TENSORS], n: [0; MAX_TENSORS], first_step: [0; MAX_TENSORS] };
+        let mut table = SgdTable { p: [0; MAX_TENSORS], g: [0; MAX_TENSORS], buf: [0; MAX_TENSORS], n: [0; MAX_TENSORS], first_step: [0; MAX_TENSORS], block0: [0; MAX_TENSORS] };
         let mut dev = None;
-        let mut largest = 1u32;
         for (t, (p, g, buf)) in chunk.iter_mut().enumerate() {
             for x in [&**p, *g] {
                 if x.dtype() != DType::F32 {
@@ -175,7 +192,6 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
                 **buf = Some(Tensor::zeros(p.shape(), DType::F32).to_device(&p.device())?);
             }
             table.n[t] = crate::cuda::count(p.numel())?;
-            largest = largest.max(table.n[t]);
             table.p[t] = p.cuda_buffer_mut()?.ptr_mut() as u64;
             table.g[t] = g.cuda_buffer()?.ptr() as u64;
             // Null without momentum: the kernel then neither reads nor writes it.
@@ -186,6 +202,11 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
             dev.get_or_insert_with(|| p.device());
         }
         let Some(crate::Device::Cuda(dev)) = dev else { continue };
+        let (block0, blocks) = block_starts(&table.n[..chunk.len()], 256 * PER_THREAD);
+        table.block0 = block0;
+        if blocks == 0 {
+            continue;
+        }
         if lr_dev != 0 && cfg.momentum != 0.0 && table.first_step[..chunk.len()].iter().any(|&f| f != 0) {
             // A graph captures `first_step` too: every replay would be a first step.
             return Err(Error::Invalid("sgd: a step with a device LR (a captured step) needs the momentum buffers made by an earlier step".into()));
@@ -195,8 +216,8 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
         let (nesterov, count) = (i32::from(cfg.nesterov), chunk.len() as u32);
         let mut launch = dev.stream().launch_builder(&f);
         launch.arg(&table).arg(&count).arg(&lr).arg(&lr_dev).arg(&mom).arg(&damp).arg(&wd).arg(&nesterov);
-        // Enough blocks along x for the largest tensor (grid-stride beyond 1024 blocks); one row per tensor.
-        let cfg_launch = LaunchConfig { grid_dim: (largest.div_ceil(256).min(1024), count, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // One row of blocks, each tensor's after the one before (see block_starts).
+        let cfg_launch = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: sgd_update_multi(table, count, lr, lr_ptr, momentum, dampening, wd, nesterov); lr_ptr
         // is null or one f32 on this device (`step_with_device_lr` checks it);
         // every table entry points at n f32 elements of p, g and buf (shapes and dtypes checked
@@ -212,6 +233,18 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
 mod tests {
     use super::*;
     use crate::gradcheck::random_params;
+
+    /// Each tensor's blocks follow the previous tensor's, ⌈n / per_block⌉ of them: an empty
+    /// tensor owns none (and starts where the next does), and the total is the grid's size.
+    #[test]
+    fn block_starts_are_prefix_sums_of_whole_blocks() {
+        let (starts, total) = block_starts(&[1024, 1, 0, 2049, 5], 1024);
+        assert_eq!(&starts[..5], &[0, 1, 2, 2, 5]);
+        assert_eq!(total, 6);
+        assert_eq!(block_starts(&[0, 0], 1024).1, 0);
+        // The ResNet's largest weight, 512·512·3·3, at 256 threads × PER_THREAD.
+        assert_eq!(block_starts(&[2_359_296], 256 * PER_THREAD).1, 2304);
+    }
 
     /// Three steps written out by hand (the torch formulas, one scalar at a time).
     fn by_hand(p0: f64, gs: [f64; 3], c: &Sgd) -> f64 {

@@ -1,8 +1,8 @@
 // ptx/sgd.cu on the CPU: sgd_update_multi as ops/src/sgd.rs `update_cuda` launches it: the
 // table built as the #[repr(C)] Rust `SgdTable` (u64 addresses, u32 counts, i32 flags) and
-// handed over as its bytes, one launch per 32 tensors, grid (min(ceil(largest/256), 1024),
-// count) x 256, arguments (table, count, lr, lr_ptr as a u64 address: 0 or the device LR,
-// momentum, dampening, wd, nesterov). Compared
+// handed over as its bytes, one launch per 32 tensors, grid (sum of ceil(n/1024), 1) x 256
+// with each tensor's first block in the table (block_starts), arguments (table, count, lr,
+// lr_ptr as a u64 address: 0 or the device LR, momentum, dampening, wd, nesterov). Compared
 //  - bit for bit with an f32 reference written here that evaluates torch.optim.SGD's
 //    formulas (ops/src/sgd.rs doc and CPU `update`) left to right, one rounding per
 //    operation, (1 - dampening) in f32: what the kernel's __f*_rn promise;
@@ -22,7 +22,8 @@
 #include <string>
 
 // ops/src/sgd.rs: `#[repr(C)] struct SgdTable { p: [u64; 32], g: [u64; 32], buf: [u64; 32],
-// n: [u32; 32], first_step: [i32; 32] }`, passed by value (cudarc copies its bytes).
+// n: [u32; 32], first_step: [i32; 32], block0: [u32; 32] }`, passed by value (cudarc copies
+// its bytes).
 constexpr size_t MAX_TENSORS = 32;
 struct RustSgdTable {
     uint64_t p[MAX_TENSORS];
@@ -30,6 +31,7 @@ struct RustSgdTable {
     uint64_t buf[MAX_TENSORS];
     uint32_t n[MAX_TENSORS];
     int32_t first_step[MAX_TENSORS];
+    uint32_t block0[MAX_TENSORS];
 };
 static_assert(SGD_MAX_TENSORS == MAX_TENSORS, "SGD_MAX_TENSORS differs from ops/src/sgd.rs MAX_TENSORS");
 static_assert(sizeof(RustSgdTable) == sizeof(SgdTable), "SgdTable size differs from the Rust struct");
@@ -38,6 +40,8 @@ static_assert(offsetof(RustSgdTable, g) == offsetof(SgdTable, g), "SgdTable.g of
 static_assert(offsetof(RustSgdTable, buf) == offsetof(SgdTable, buf), "SgdTable.buf offset");
 static_assert(offsetof(RustSgdTable, n) == offsetof(SgdTable, n), "SgdTable.n offset");
 static_assert(offsetof(RustSgdTable, first_step) == offsetof(SgdTable, first_step), "SgdTable.first_step offset");
+static_assert(offsetof(RustSgdTable, block0) == offsetof(SgdTable, block0), "SgdTable.block0 offset");
+static_assert(SGD_PER_THREAD == 4, "SGD_PER_THREAD differs from ops/src/sgd.rs PER_THREAD");
 
 struct Cfg {
     float lr, momentum, dampening, wd;
@@ -65,7 +69,7 @@ void gpu_step(std::vector<Param>& ps, const std::vector<std::vector<float>>& gra
         const size_t cnt = std::min(MAX_TENSORS, active.size() - start);
         RustSgdTable rt;
         std::memset(&rt, 0, sizeof rt);
-        uint32_t largest = 1;
+        uint32_t blocks = 0;  // block_starts: each tensor's blocks after the previous one's
         for (size_t t = 0; t < cnt; ++t) {
             Param& q = ps[active[start + t]];
             rt.first_step[t] = q.has_buf ? 0 : 1;
@@ -75,7 +79,8 @@ void gpu_step(std::vector<Param>& ps, const std::vector<std::vector<float>>& gra
                 q.has_buf = true;
             }
             rt.n[t] = (uint32_t)q.p.size();
-            largest = std::max(largest, rt.n[t]);
+            rt.block0[t] = blocks;
+            blocks += (rt.n[t] + 256 * 4 - 1) / (256 * 4);
             rt.p[t] = addr(q.p.data());
             rt.g[t] = addr(grads[active[start + t]].data());
             rt.buf[t] = null_buf ? 0 : addr(q.buf.data());
@@ -86,7 +91,10 @@ void gpu_step(std::vector<Param>& ps, const std::vector<std::vector<float>>& gra
         std::memcpy(&lr_ptr, &lr_dev, sizeof lr_ptr);  // `.arg(&lr_dev)`: a u64 for `const float*`
         const unsigned count = (unsigned)cnt;
         const float lr_arg = lr_dev ? std::numeric_limits<float>::quiet_NaN() : c.lr;
-        const dim3 grid(std::min((largest + 255) / 256, 1024u), count, 1), block(256);
+        if (blocks == 0) {
+            continue;  // nothing to update (Rust launches nothing)
+        }
+        const dim3 grid(blocks, 1, 1), block(256);
         emu::launch_seq(sgd_update_multi, grid, block, table, count, lr_arg, lr_ptr, c.momentum, c.dampening, c.wd, c.nesterov);
     }
 }
@@ -212,11 +220,12 @@ int main(int argc, char** argv)
     auto none = [](int, size_t) { return false; };
     // tensors whose first gradient arrives late: mixed first_step flags in one launch
     auto late = [](int s, size_t t) { return (t % 3 == 1 && s == 0) || (t % 5 == 2 && s < 2); };
-    // sizes around the 256-thread block, an empty tensor, and 40 tensors (two launches)
-    std::vector<unsigned> small = {1, 7, 255, 256, 257, 0, 64, 3000, 513, 10};
+    // sizes around the 256-thread block and its 1024 elements, empty tensors (first, middle,
+    // last), and 40 tensors (two launches)
+    std::vector<unsigned> small = {0, 1, 7, 255, 256, 257, 0, 64, 3000, 513, 1024, 1025, 10, 0};
     std::vector<unsigned> forty;
     for (unsigned t = 0; t < 40; ++t) forty.push_back(1 + (t * 97) % 700);
-    // grid.x = ceil(largest/256) clamps at 1024: a tensor beyond 1024*256 elements loops
+    // large tensors: hundreds of blocks each
     std::vector<unsigned> big = {300000, 5, 70000};
     for (const Cfg& c : cfgs) {
         for (bool dev_lr : {false, true}) {
