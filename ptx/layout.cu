@@ -7,6 +7,8 @@
 //   nhwc_to_nchw: y[((n*C + c)*HW + p)] = x[((n*HW + p)*C + c)]
 // Writes are coalesced, reads are strided (a tiled shared-memory transpose is a later
 // speed-up; these run on the input batch and the weights, not on every activation).
+// Index arithmetic in 32 bits: the caller checks that N*C*H*W < 2^32 (64-bit division
+// costs several times the instructions on the GPU, and these kernels are mostly division).
 
 #define GRID_STRIDE_LOOP(i, total) \
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; \
@@ -17,9 +19,9 @@ __device__ void nchw_to_nhwc_t(const T* x, T* y, unsigned int n, unsigned int c,
 {
     const unsigned long long total = (unsigned long long)n * c * hw;
     GRID_STRIDE_LOOP(i, total) {
-        const unsigned long long ch = i % c;
-        const unsigned long long p = (i / c) % hw;
-        const unsigned long long b = i / ((unsigned long long)c * hw);
+        const unsigned int e = (unsigned int)i;  // < total < 2^32
+        const unsigned int ch = e % c, r = e / c;
+        const unsigned int p = r % hw, b = r / hw;
         y[i] = x[(b * c + ch) * hw + p];
     }
 }
@@ -29,9 +31,9 @@ __device__ void nhwc_to_nchw_t(const T* x, T* y, unsigned int n, unsigned int c,
 {
     const unsigned long long total = (unsigned long long)n * c * hw;
     GRID_STRIDE_LOOP(i, total) {
-        const unsigned long long p = i % hw;
-        const unsigned long long ch = (i / hw) % c;
-        const unsigned long long b = i / ((unsigned long long)c * hw);
+        const unsigned int e = (unsigned int)i;  // < total < 2^32
+        const unsigned int p = e % hw, r = e / hw;
+        const unsigned int ch = r % c, b = r / c;
         y[i] = x[(b * hw + p) * c + ch];
     }
 }

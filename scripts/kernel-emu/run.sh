@@ -58,7 +58,7 @@ if [ "$selftest" = 1 ]; then
         "lrclamp|graph_step|s/s < steps ? s : steps - 1/s/|asan|graph_step|stage_batch LR index unclamped"
         "tree|reduce|0,/w \*= 2/s//w *= 4/|plain|reduce|sum_reduce tree skips levels"
         "tie|reduce|s/z\[j\] > best_v/z[j] >= best_v/|plain|reduce|count_correct takes the last maximum"
-        "layout|layout|s/const unsigned long long ch = i % c;/const unsigned long long ch = i % hw;/|plain|layout|nchw_to_nhwc channel index"
+        "layout|layout|s/const unsigned int ch = e % c, r = e \/ c;/const unsigned int ch = e % hw, r = e \/ c;/|plain|layout|nchw_to_nhwc channel index"
         "sgdfirst|sgd|s/first_step ? d :/0 ? d :/|plain|sgd|first step not buf = d"
         "sgdlrptr|sgd|s/lr = \*lr_ptr;/(void)0;/|plain|sgd|device LR (lr_ptr) ignored"
         "sgdkeep|sgd|s/__fsub_rn(1.0f, dampening)/1.0f/|plain|sgd|dampening ignored"
