@@ -55,7 +55,7 @@ extern "C" __global__ void sgd_update_multi(
     // This block's tensor: the last one starting at or before it (an empty tensor owns no
     // block, so the one after it, starting at the same block, is taken).
     const unsigned int blk = blockIdx.x;
-    if (count == 0 || blk < table.block0[0]) {
+    if (count == 0) {
         return;
     }
     unsigned int t = 0;

@@ -72,7 +72,8 @@ fn sgd_update_matches_the_cpu_exactly() {
     let dev = gpu();
     let cfg = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: true };
     // The network's largest tensor, a small one, and enough others (34 in all) that the
-    // update needs two launches of the 32-tensor kernel.
+    // update needs two launches of the 32-tensor kernel. (Empty tensors, which own no block
+    // of a launch, are covered by the kernel emulation and `ops::sgd`'s unit test.)
     let mut cpu = vec![rand(&[512, 256, 3, 3], 4), rand(&[10], 5)];
     cpu.extend((0..32).map(|i| rand(&[1 + 37 * i], 50 + i as u64)));
     let mut gpu_params: Vec<Tensor> = cpu.iter().map(|p| p.to_device(&dev).unwrap()).collect();
@@ -416,25 +417,31 @@ fn bf16_kernels_match_the_host_exactly() {
     let widened = ops::cast::forward(&xb, DType::F32).unwrap().to_f32_vec();
     let want: Vec<f32> = host_bits.iter().map(|&h| engine::tensor::bf16_to_f32(h)).collect();
     assert_eq!(widened, want, "bf16 -> f32 is exact");
-    // ReLU, add and accumulate in bf16.
-    let a = ops::cast::forward(&rand(&[64, 32, 8, 8], 601).to_device(&dev).unwrap(), DType::BF16).unwrap();
-    let b = ops::cast::forward(&rand(&[64, 32, 8, 8], 602).to_device(&dev).unwrap(), DType::BF16).unwrap();
-    let (ah, bh) = (a.to_f32_vec(), b.to_f32_vec());
-    let round = |v: f32| engine::tensor::bf16_to_f32(engine::tensor::bf16_bits(v as f64));
-    let relu: Vec<f32> = ah.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect();
-    assert_eq!(ops::relu::forward(&a).unwrap().to_f32_vec(), relu);
-    let sum: Vec<f32> = ah.iter().zip(&bh).map(|(&x, &y)| round(x + y)).collect();
-    assert_eq!(ops::add::forward(&a, &b).unwrap().to_f32_vec(), sum);
-    let mut acc = a.clone();
-    acc.add_assign(&b).unwrap();
-    assert_eq!(acc.to_f32_vec(), sum);
-    // A length that is no multiple of 8: the 8-per-thread kernels' last 5 elements one by one.
-    let (a, b) = (ops::cast::forward(&rand(&[4101], 603).to_device(&dev).unwrap(), DType::BF16).unwrap(), ops::cast::forward(&rand(&[4101], 604).to_device(&dev).unwrap(), DType::BF16).unwrap());
-    let sum: Vec<f32> = a.to_f32_vec().iter().zip(b.to_f32_vec()).map(|(&x, y)| round(x + y)).collect();
-    assert_eq!(ops::add::forward(&a, &b).unwrap().to_f32_vec(), sum, "add, 4101 elements");
-    let mut acc = a.clone();
-    acc.add_assign(&b).unwrap();
-    assert_eq!(acc.to_f32_vec(), sum, "accumulate, 4101 elements");
+    // ReLU, add and accumulate in bf16, with the 8-per-thread add and accumulate (these fresh
+    // buffers are aligned) and without them (--no-vector-kernels).
+    let d = cuda_dev(&dev);
+    for vector in [true, false] {
+        d.set_vector_kernels(vector);
+        let a = ops::cast::forward(&rand(&[64, 32, 8, 8], 601).to_device(&dev).unwrap(), DType::BF16).unwrap();
+        let b = ops::cast::forward(&rand(&[64, 32, 8, 8], 602).to_device(&dev).unwrap(), DType::BF16).unwrap();
+        let (ah, bh) = (a.to_f32_vec(), b.to_f32_vec());
+        let round = |v: f32| engine::tensor::bf16_to_f32(engine::tensor::bf16_bits(v as f64));
+        let relu: Vec<f32> = ah.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect();
+        assert_eq!(ops::relu::forward(&a).unwrap().to_f32_vec(), relu);
+        let sum: Vec<f32> = ah.iter().zip(&bh).map(|(&x, &y)| round(x + y)).collect();
+        assert_eq!(ops::add::forward(&a, &b).unwrap().to_f32_vec(), sum);
+        let mut acc = a.clone();
+        acc.add_assign(&b).unwrap();
+        assert_eq!(acc.to_f32_vec(), sum);
+        // A length that is no multiple of 8: the 8-per-thread kernels' last 5 elements one by one.
+        let (a, b) = (ops::cast::forward(&rand(&[4101], 603).to_device(&dev).unwrap(), DType::BF16).unwrap(), ops::cast::forward(&rand(&[4101], 604).to_device(&dev).unwrap(), DType::BF16).unwrap());
+        let sum: Vec<f32> = a.to_f32_vec().iter().zip(b.to_f32_vec()).map(|(&x, y)| round(x + y)).collect();
+        assert_eq!(ops::add::forward(&a, &b).unwrap().to_f32_vec(), sum, "add, 4101 elements");
+        let mut acc = a.clone();
+        acc.add_assign(&b).unwrap();
+        assert_eq!(acc.to_f32_vec(), sum, "accumulate, 4101 elements");
+    }
+    d.set_vector_kernels(true);
 }
 
 /// The layout kernels move every element to its NHWC (or back to NCHW) place exactly, in
@@ -554,8 +561,8 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 /// passes (`bnr_apply_vec*`) and, in NHWC, the vectorised reductions (`bnr_stats_nhwc_vec*`,
 /// `bnr_bwd_sums_nhwc_vec*`); `[6, 12, 7, 5]` takes the scalar passes in NCHW (H·W = 35) and,
 /// for bf16, in NHWC (12 channels are no multiple of 8; f32's width 4 divides them), and the
-/// one-value NHWC reductions for both (3 f32 loads a row are not a power of two). NHWC runs
-/// again with the 16-byte kernels forbidden (`--no-vector-kernels`).
+/// one-value NHWC reductions for both (3 f32 loads a row are not a power of two). Both
+/// layouts run again with the 16-byte kernels forbidden (`--no-vector-kernels`).
 ///
 /// The backward's reference takes the ReLU mask from the GPU's output: where z is within
 /// rounding of 0 the two sides may disagree on the sign, which would move one element of
@@ -598,7 +605,7 @@ fn batch_norm_relu_matches_the_cpu() {
             let (x, dy) = (x32.to_dtype(dt).to_dtype(DType::F32), dy32.to_dtype(dt).to_dtype(DType::F32));
             let (rt, rt_sums) = if dt == DType::F32 { (1e-4, 1e-4) } else { (1e-2, 1e-3) };
             // NHWC with our 16-byte kernels (where they apply) and without (--no-vector-kernels).
-            for (layout, vector) in [(Layout::Nchw, true), (Layout::Nhwc, true), (Layout::Nhwc, false)] {
+            for (layout, vector) in [(Layout::Nchw, true), (Layout::Nhwc, true), (Layout::Nchw, false), (Layout::Nhwc, false)] {
                 d.set_vector_kernels(vector);
                 let what = format!("batch norm + ReLU {shape:?} {dt:?} {layout:?} vector kernels {vector}");
                 let on_gpu = |t: &Tensor| {

@@ -462,9 +462,10 @@ impl CudaDevice {
     }
 
     /// Allow (the default) or forbid the 16-byte variants of our kernels, which move 8 bf16 or
-    /// 4 f32 values per access where the shapes and the buffers' alignment allow; forbidden,
-    /// every kernel moves one value per access, as before them (same results up to the
-    /// rounding of the batch norm statistics), so that a profile can measure what they gain.
+    /// 4 f32 values per access where the shapes and the buffers' alignment allow. Forbidden,
+    /// our kernels move one value per access and max-pooling's forward is cuDNN's, as before
+    /// them, so that a profile can measure what they gain. The results are the same except
+    /// for the rounding of the batch norm statistics, whose reductions split differently.
     pub fn set_vector_kernels(&self, on: bool) {
         self.vector_kernels.store(on, Ordering::Relaxed);
     }

@@ -359,7 +359,8 @@ fn cuda_accumulate(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
 }
 
 /// `a += b` in bf16 with `accumulate_bf16` of `ptx/bf16.cu`, or its 8-per-thread twin
-/// `accumulate_bf16_x8` (the same results) where both buffers are 16-byte aligned.
+/// `accumulate_bf16_x8` (the same results) where both buffers are 16-byte aligned and the
+/// device allows 16-byte kernels (`CudaDevice::vector_kernels`).
 fn launch_accumulate_bf16(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let dev = a.dev().clone();

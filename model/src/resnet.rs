@@ -236,7 +236,7 @@ impl Arch {
         Ok(ops::add::add(g, x, h)?)
     }
 
-    /// conv3x3 (pad 1) → [MaxPool2] → BN → ReLU.
+    /// conv3x3 (pad 1) → \[MaxPool2\] → BN → ReLU.
     fn unit(&self, g: &mut Graph<'_>, x: Var, i: usize, train: bool, bn: &mut [RunningStats]) -> Result<Var> {
         let u = &self.units[i];
         let w = g.param(u.conv_w)?;

@@ -155,7 +155,8 @@ struct Geometry {
 
 impl Geometry {
     /// The geometry of x; `reads` are the device addresses the reductions read (x, and dy in
-    /// the backward), whose alignment decides whether the vectorised reductions may run.
+    /// the backward): their alignment, the channel count and the device's switch
+    /// (`CudaDevice::vector_kernels`) decide whether the vectorised reductions run.
     fn of(x: &Tensor, reads: &[u64]) -> Result<Geometry> {
         let s = x.shape();
         let m = s[0] * s[2] * s[3];

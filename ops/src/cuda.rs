@@ -72,8 +72,8 @@ pub(crate) fn launch_err(kernel: &'static str) -> impl Fn(cudarc::driver::Driver
 
 /// Run the elementwise bf16 kernel `kernel(in_0, …, in_k, out, n)` of `ptx/bf16.cu` over
 /// `inputs` (bf16 CUDA tensors of one shape), writing a new bf16 tensor of that shape; or its
-/// 8-per-thread twin `x8` (same arguments, same results), where given and every buffer is
-/// 16-byte aligned.
+/// 8-per-thread twin `x8` (same arguments, same results), where given, every buffer is
+/// 16-byte aligned and the device allows 16-byte kernels (`CudaDevice::vector_kernels`).
 pub(crate) fn bf16_map(kernel: &'static str, x8: Option<&'static str>, inputs: &[&Tensor]) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     let first = inputs.first().ok_or_else(|| Error::Invalid(format!("{kernel}: no inputs")))?;

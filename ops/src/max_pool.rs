@@ -109,7 +109,8 @@ use engine::cudnn;
 
 /// `y = max_pool2d(x, k)`: x `[N, C, H, W]` -> y `[N, C, H/k, W/k]`, each y the first maximum
 /// of its window. In NHWC with whole 16-byte groups of channels our kernel
-/// (`max_pool_forward_nhwc_vec*`, one thread per window and group), otherwise cuDNN's.
+/// (`max_pool_forward_nhwc_vec*`, one thread per window and group) unless the device forbids
+/// 16-byte kernels (`CudaDevice::vector_kernels`), otherwise cuDNN's.
 pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     check(x, k)?;
@@ -153,7 +154,7 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
 /// of `ptx/max_pool.cu`, one thread per window, which finds the window's first maximum
 /// again from x (cuDNN's `cudnnPoolingBackward` took 2.5x to 10x longer for the same work on an
 /// H200, see the kernel file); in NHWC with whole 16-byte groups of channels, one thread per
-/// window and group (`max_pool_backward_nhwc_vec*`). f32, f64 and bf16; NCHW or NHWC (x and
+/// window and group (`max_pool_backward_nhwc_vec*`), unless the device forbids 16-byte kernels. f32, f64 and bf16; NCHW or NHWC (x and
 /// dy in the same order).
 pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;

@@ -136,10 +136,12 @@ fn update<T: Float>(p: &mut Tensor, g: &Tensor, buf: &mut Option<Tensor>, cfg: &
     Ok(())
 }
 
-/// `sgd_update` of `ptx/sgd.cu`: one thread per element, the same formulas in f32.
-/// The kernel's table of tensors (`SgdTable` of `ptx/sgd.cu`, passed by value).
+/// Tensors in one `sgd_update_multi` launch (`SGD_MAX_TENSORS` of `ptx/sgd.cu`).
 const MAX_TENSORS: usize = 32;
 
+/// The kernel's table of tensors (`SgdTable` of `ptx/sgd.cu`, passed by value). The kernel
+/// computes the same formulas as [`update`] in f32, each thread updating [`PER_THREAD`]
+/// elements.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct SgdTable {
@@ -153,8 +155,11 @@ struct SgdTable {
 }
 
 /// Elements each thread of `sgd_update_multi` updates (`SGD_PER_THREAD` of the kernel file);
-/// a block of 256 threads covers 256·PER_THREAD elements of one tensor.
+/// a block of THREADS threads covers THREADS·PER_THREAD elements of one tensor.
 const PER_THREAD: u32 = 4;
+const THREADS: u32 = 256;
+// 3 × 32 addresses and 3 × 32 four-byte ints, no padding: the CUDA struct's 1152 bytes.
+const _: () = assert!(std::mem::size_of::<SgdTable>() == 1152);
 
 /// Each tensor's first block in a grid where tensor t owns ⌈n_t / per_block⌉ consecutive
 /// blocks, and the grid's size.
@@ -178,6 +183,11 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let mut items = items;
     for chunk in items.chunks_mut(MAX_TENSORS) {
+        if lr_dev != 0 && cfg.momentum != 0.0 && chunk.iter().any(|(_, _, buf)| buf.is_none()) {
+            // A graph captures `first_step` too: every replay would be a first step. Checked
+            // before any buffer is made, so that the error changes nothing.
+            return Err(Error::Invalid("sgd: a step with a device LR (a captured step) needs the momentum buffers made by an earlier step".into()));
+        }
         let mut table = SgdTable { p: [0; MAX_TENSORS], g: [0; MAX_TENSORS], buf: [0; MAX_TENSORS], n: [0; MAX_TENSORS], first_step: [0; MAX_TENSORS], block0: [0; MAX_TENSORS] };
         let mut dev = None;
         for (t, (p, g, buf)) in chunk.iter_mut().enumerate() {
@@ -202,14 +212,10 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
             dev.get_or_insert_with(|| p.device());
         }
         let Some(crate::Device::Cuda(dev)) = dev else { continue };
-        let (block0, blocks) = block_starts(&table.n[..chunk.len()], 256 * PER_THREAD);
+        let (block0, blocks) = block_starts(&table.n[..chunk.len()], THREADS * PER_THREAD);
         table.block0 = block0;
         if blocks == 0 {
             continue;
-        }
-        if lr_dev != 0 && cfg.momentum != 0.0 && table.first_step[..chunk.len()].iter().any(|&f| f != 0) {
-            // A graph captures `first_step` too: every replay would be a first step.
-            return Err(Error::Invalid("sgd: a step with a device LR (a captured step) needs the momentum buffers made by an earlier step".into()));
         }
         let f = crate::cuda::function(&dev, "sgd.cu", "sgd_update_multi")?;
         let (lr, mom, damp, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.dampening as f32, cfg.weight_decay as f32);
@@ -217,7 +223,7 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
         let mut launch = dev.stream().launch_builder(&f);
         launch.arg(&table).arg(&count).arg(&lr).arg(&lr_dev).arg(&mom).arg(&damp).arg(&wd).arg(&nesterov);
         // One row of blocks, each tensor's after the one before (see block_starts).
-        let cfg_launch = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg_launch = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: sgd_update_multi(table, count, lr, lr_ptr, momentum, dampening, wd, nesterov); lr_ptr
         // is null or one f32 on this device (`step_with_device_lr` checks it);
         // every table entry points at n f32 elements of p, g and buf (shapes and dtypes checked
@@ -243,7 +249,7 @@ mod tests {
         assert_eq!(total, 6);
         assert_eq!(block_starts(&[0, 0], 1024).1, 0);
         // The ResNet's largest weight, 512·512·3·3, at 256 threads × PER_THREAD.
-        assert_eq!(block_starts(&[2_359_296], 256 * PER_THREAD).1, 2304);
+        assert_eq!(block_starts(&[2_359_296], THREADS * PER_THREAD).1, 2304);
     }
 
     /// Three steps written out by hand (the torch formulas, one scalar at a time).

@@ -225,18 +225,26 @@ int main(int argc, char** argv)
     std::vector<unsigned> small = {0, 1, 7, 255, 256, 257, 0, 64, 3000, 513, 1024, 1025, 10, 0};
     std::vector<unsigned> forty;
     for (unsigned t = 0; t < 40; ++t) forty.push_back(1 + (t * 97) % 700);
+    // empty tensors at the 32-tensor chunk boundary and last; and a second chunk of empty
+    // tensors only (Rust launches nothing for it)
+    std::vector<unsigned> forty_gaps = forty;
+    forty_gaps[31] = forty_gaps[32] = forty_gaps[39] = 0;
+    std::vector<unsigned> empty_tail = forty;
+    for (unsigned t = 32; t < 40; ++t) empty_tail[t] = 0;
     // large tensors: hundreds of blocks each
     std::vector<unsigned> big = {300000, 5, 70000};
     for (const Cfg& c : cfgs) {
         for (bool dev_lr : {false, true}) {
             run_case(small, c, 4, dev_lr, false, late, rng);
             run_case(forty, c, 3, dev_lr, false, late, rng);
+            run_case(forty_gaps, c, 2, dev_lr, false, none, rng);
+            run_case(empty_tail, c, 2, dev_lr, false, none, rng);
         }
         run_case(small, c, 3, false, false, none, rng, /*inf_params=*/c.wd == 0.0f);
     }
     run_case(big, cfgs[0], 3, true, false, none, rng);
     run_case(big, cfgs[2], 2, false, false, none, rng);
-    // momentum 0: the kernel's comment says buf may be null (Rust always passes one)
+    // momentum 0: buf may be null (Rust passes null then) and is neither read nor written
     run_case(small, cfgs[4], 2, false, true, late, rng);
     run_case(small, cfgs[5], 2, true, true, none, rng);
     return chk::finish("sgd");
