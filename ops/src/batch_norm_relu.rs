@@ -218,13 +218,9 @@ fn splits(reduce: Reduce, m: usize, total: usize) -> usize {
 /// f32 channels, so C must be a multiple of that width, the C/width loads of a row a power of
 /// two that divides the block's 256 threads, and every buffer read 16-byte aligned.
 fn vec_reduce_fits(c: usize, dt: DType, reads: &[u64]) -> bool {
-    let width = match dt {
-        DType::BF16 => 8,
-        DType::F32 => 4,
-        DType::F64 => return false,
-    };
+    let Some(width) = crate::cuda::lanes16(dt, reads) else { return false };
     let groups = c / width;
-    c.is_multiple_of(width) && groups.is_power_of_two() && (NCHW_THREADS as usize).is_multiple_of(groups) && reads.iter().all(|p| p % 16 == 0)
+    c.is_multiple_of(width) && groups.is_power_of_two() && (NCHW_THREADS as usize).is_multiple_of(groups)
 }
 
 /// Elements per thread of the vectorised passes (`bnr_apply_vec*`, `bnr_bwd_apply_vec*`: one
@@ -233,13 +229,9 @@ fn vec_reduce_fits(c: usize, dt: DType, reads: &[u64]) -> bool {
 /// group of consecutive elements does not share (NHWC: C not a multiple of the width; NCHW:
 /// H·W not one), or a buffer not 16-byte aligned (`ptrs`: the device addresses involved).
 fn vec_width(geo: &Geometry, dt: DType, ptrs: &[u64]) -> Option<u32> {
-    let width = match dt {
-        DType::BF16 => 8,
-        DType::F32 => 4,
-        DType::F64 => return None,
-    };
+    let width = crate::cuda::lanes16(dt, ptrs)? as u32;
     let run = if geo.nhwc { geo.c } else { geo.hw };
-    (run % width == 0 && ptrs.iter().all(|p| p % 16 == 0)).then_some(width)
+    run.is_multiple_of(width).then_some(width)
 }
 
 /// Kernel suffix for data of `dt`, and the statistics' type.

@@ -282,7 +282,7 @@ impl CudnnConv {
             let reused = other_batch.and_then(|(n, p)| reuse_at_this_batch(dev, &x, &w, &y, dtype, d, tf32, n, p));
             match reused {
                 Some(p) => Ok(cudnn::ConvChoice::Plan(p)),
-                None => find(dev, &x, &w, &conv, &y, tf32 || dtype != DType::F32, d, dtype),
+                None => find(dev, &x, &w, &conv, &y, d, &key),
             }
         };
         match dev.conv_plan(key, choose)? {
@@ -353,24 +353,23 @@ fn reuse_at_this_batch(
 /// Locks: the plan cache (held by the caller), then the cuDNN handle; the timed runs use a
 /// workspace of their own, not the device's shared one, whose lock the convolutions take
 /// before the handle's.
-#[allow(clippy::too_many_arguments)]
 fn find(
     dev: &Arc<engine::cuda::CudaDevice>,
     x: &cudnn::TensorDesc,
     w: &cudnn::FilterDesc,
     conv: &cudnn::ConvDesc,
     y: &cudnn::TensorDesc,
-    tensor_cores: bool,
     d: &Dims,
-    dtype: DType,
+    key: &cudnn::ConvKey,
 ) -> Result<cudnn::ConvChoice> {
-    let rules = SearchRules { tensor_cores, deterministic: dev.deterministic(), repeats: dev.find_repeats() };
+    let (dtype, tf32) = (key.dtype, key.tf32);
+    // Tensor-core math for bf16 data, or f32 with TF32 allowed; the rules of the plan's key.
+    let rules = SearchRules { tensor_cores: tf32 || dtype != DType::F32, deterministic: key.deterministic, repeats: dev.find_repeats() };
     // Scratch x, w and y (zeros: the values do not change the time) and a descriptor of its
     // own (the candidates' math types are set on it) for our timing; without the memory,
     // cudnnFind as usual.
     let mut scratch = None;
     if dev.timed_search() && rules.repeats > 0 {
-        let tf32 = dev.allow_tf32() && dtype == DType::F32;
         let alloc = || -> Result<_> {
             let (mut xs, mut ws, mut ys) = (dev.alloc_zeros_dtype(d.n * d.c * d.h * d.w, dtype)?, dev.alloc_zeros_dtype(d.o * d.ckk(), dtype)?, dev.alloc_zeros_dtype(d.n * d.o * d.ohw(), dtype)?);
             let ptrs = (xs.ptr_mut(), ws.ptr_mut(), ys.ptr_mut());

@@ -3,7 +3,7 @@
 //! Each op's CUDA path lives in the op's own file, next to its CPU reference; this
 //! module only holds what they all need.
 
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 use cudarc::driver::{CudaFunction, LaunchConfig};
 use engine::cuda::CudaBuffer;
 use engine::Error;
@@ -31,6 +31,18 @@ pub(crate) fn count(n: usize) -> Result<u32> {
 /// vectorised batch norm backward sums use more (80 and 125), in blocks of 256.
 pub(crate) fn grid(n: u32) -> LaunchConfig {
     LaunchConfig::for_num_elems(n.max(1))
+}
+
+/// Values of `dt` in one 16-byte access (8 bf16 or 4 f32), the width of our kernels' 16-byte
+/// variants, if every device address in `ptrs` is 16-byte aligned; `None` for f64 (no such
+/// variants) or an unaligned buffer. Each op adds its own shape condition.
+pub(crate) fn lanes16(dt: DType, ptrs: &[u64]) -> Option<usize> {
+    let lanes = match dt {
+        DType::BF16 => 8,
+        DType::F32 => 4,
+        DType::F64 => return None,
+    };
+    ptrs.iter().all(|p| p.is_multiple_of(16)).then_some(lanes)
 }
 
 /// The device of a CUDA tensor and a buffer of its size and element type from the pool,

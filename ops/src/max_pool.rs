@@ -210,12 +210,8 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
 /// access moves 4 f32 or 8 bf16 values of consecutive channels), or `None` where the one-value
 /// kernels run: NCHW, f64, C not a multiple of the width, or a buffer (`ptrs`) not 16-byte aligned.
 fn vec_lanes(dt: DType, layout: engine::Layout, c: usize, ptrs: &[u64]) -> Option<usize> {
-    let lanes = match dt {
-        DType::F32 => 4,
-        DType::BF16 => 8,
-        DType::F64 => return None,
-    };
-    (layout == engine::Layout::Nhwc && c.is_multiple_of(lanes) && ptrs.iter().all(|p| p % 16 == 0)).then_some(lanes)
+    let lanes = crate::cuda::lanes16(dt, ptrs)?;
+    (layout == engine::Layout::Nhwc && c.is_multiple_of(lanes)).then_some(lanes)
 }
 
 /// `dx` with cuDNN's `cudnnPoolingBackward` (sys layer: cudarc's safe API has no pooling
