@@ -7,6 +7,9 @@
 #   bash scripts/gpu/on-gpu.sh train [SEEDS]    24-epoch runs -> train-24ep-<date>-seed<N>.log + runs/seed<N>/
 #   bash scripts/gpu/on-gpu.sh profile [FLAGS]  time per operation of one step -> profile-<date>.txt
 #                                                (e.g. profile --cuda-graph, profile --bf16 --channels-last --cuda-graph)
+#   bash scripts/gpu/on-gpu.sh torchprof [FLAGS] PyTorch's time per operation and per kernel of the same step
+#                                                (bench/torch_step_profile.py) -> torch-profile-<date>.txt
+#                                                (e.g. torchprof torchprof --fp32: two variants, one call)
 #   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> lr-find-<date>.txt
 #                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> sanitize-<date>.txt
@@ -145,6 +148,13 @@ profile() {
     { header; echo "== model profile $*"; timeout "$t_s" /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
 }
 
+# PyTorch's breakdown of the same step (bf16 autocast + channels-last eager unless FLAGS say otherwise),
+# appended to the day's file under a line naming its flags.
+torchprof() {
+    local t_s; t_s="$(limit 150)"; [ -n "$t_s" ] || return 0
+    { header; echo "== bench/torch_step_profile.py $*"; timeout "$t_s" python3 bench/torch_step_profile.py "$@" 2>&1; } | tee -a "$RES/torch-profile-$day.txt"
+}
+
 # The LR range test alone (prints both rules' suggestions; the curve goes to the run folder).
 lrfind() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
@@ -190,7 +200,7 @@ mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
+        stage|tests|train|profile|torchprof|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
