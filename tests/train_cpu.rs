@@ -128,6 +128,32 @@ fn a_profiled_step_accounts_for_every_operation() {
     assert!(state.momentum_buffers.iter().all(|b| b.is_some()));
 }
 
+/// A profiled evaluation batch marks the forward's operations only (no backward, no
+/// update), the batch's assembly and the read of its logits; and profiling it changes
+/// nothing: the BN running statistics are read, not updated, in eval mode.
+#[test]
+fn a_profiled_evaluation_batch_accounts_for_the_forward_only() {
+    use model::pipeline::Pipeline;
+    use model::train;
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let mut net = model::resnet::ResNet9::new(0.0625, 1.0, engine::DType::F32, &mut rng).unwrap();
+    let mut pipeline = Pipeline::new(&engine::Device::Cpu, &ds.train, &ds.test).unwrap();
+    let bn_before: Vec<Vec<f32>> = net.bn.iter().map(|s| s.mean.to_f32_vec()).collect();
+    let p = train::profile_eval_batch(&mut net, &ds.test, &mut pipeline, 5, 21, norm).unwrap();
+    let calls = |label: &str| p.rows.iter().find(|r| r.0 == label).map(|r| r.1).unwrap_or(0);
+    assert_eq!(calls("conv2d forward"), 8, "{}", p.table());
+    assert_eq!(calls("batch_norm forward"), 8);
+    assert_eq!(calls("max_pool2d forward"), 4);
+    assert_eq!(calls("data: test batch"), 1);
+    assert_eq!(calls("host: read logits"), 1);
+    assert!(p.rows.iter().all(|r| !r.0.contains("backward") && r.0 != "sgd update"), "{}", p.table());
+    let bn_after: Vec<Vec<f32>> = net.bn.iter().map(|s| s.mean.to_f32_vec()).collect();
+    assert_eq!(bn_before, bn_after, "an evaluation batch moved the running statistics");
+}
+
 /// `--fused-bn-relu` on the CPU: the fused op's reference is batch norm then ReLU, so two
 /// SGD steps give bit-identical losses, parameters and BN statistics with and without it.
 #[test]

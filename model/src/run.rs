@@ -654,6 +654,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             ),
         }
     }
+    profile_evaluation(&mut model, ds, &mut pipeline, norm, bs, timed)?;
     if let Device::Cuda(d) = device {
         println!(
             "driver allocations {}, pool hits {}, peak {:.0} MiB in tensors, {:.0} MiB held",
@@ -683,6 +684,43 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             println!("convolution plan: {line}");
         }
     }
+    Ok(())
+}
+
+/// The test-set evaluation of one epoch, as training runs it after every epoch: one batch's
+/// time per operation, then whole evaluations timed end to end (the first one untimed: it
+/// plans the last, smaller batch's convolutions). The per-batch GPU time times the number of
+/// batches, set against an evaluation's wall time, says whether the evaluation waits on the
+/// GPU or on the host queuing its work.
+fn profile_evaluation(model: &mut ResNet9, ds: &Cifar10, pipeline: &mut Pipeline, norm: Normalization, bs: usize, timed: usize) -> Result<()> {
+    let n = ds.test.len();
+    let device = model.device();
+    if n == 0 || timed == 0 {
+        return Ok(());
+    }
+    train::evaluate(model, &ds.test, pipeline, norm, bs, false, false)?;
+    let prof = train::profile_eval_batch(model, &ds.test, pipeline, 0, bs.min(n), norm)?;
+    println!("One evaluation batch of {}, time per operation ({}):", bs.min(n), if device.is_cuda() { "GPU time between CUDA events" } else { "host time" });
+    print!("{}", prof.table());
+    let runs = timed.min(3);
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        device.synchronize()?;
+        let t = std::time::Instant::now();
+        train::evaluate(model, &ds.test, pipeline, norm, bs, false, false)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let batch_ms: f64 = prof.rows.iter().map(|r| r.2).sum();
+    println!(
+        "{runs} evaluations of the {n} test images ({} batches) timed end to end: median {:.1} ms, min {:.1} ms (one batch's operations above: {:.2} ms, x{} = {:.1} ms)",
+        n.div_ceil(bs),
+        times[times.len() / 2],
+        times[0],
+        batch_ms,
+        n.div_ceil(bs),
+        batch_ms * n.div_ceil(bs) as f64
+    );
     Ok(())
 }
 

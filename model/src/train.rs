@@ -491,6 +491,26 @@ fn eval_logits(model: &mut ResNet9, x: engine::Tensor) -> Result<engine::Tensor>
     g.take_value(logits).ok_or_else(|| Error::Invalid("the tape lost the logits".into()))
 }
 
+/// One evaluation batch (test records `start..end`, eval mode) with every operation marked,
+/// as [`profile_step`] does for a training step: the time per operation of the batch's
+/// assembly and forward pass, and of reading its logits back.
+pub fn profile_eval_batch(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, start: usize, end: usize, norm: Normalization) -> Result<engine::profile::Profile> {
+    let device = model.device();
+    device.synchronize()?;
+    let mut prof = engine::profile::Profiler::new(&device)?;
+    let Batch { x, .. } = pipeline.test_batch(split, start, end, norm, false)?;
+    prof.mark("data: test batch");
+    let mut g = Graph::new(&model.params);
+    g.set_profiler(prof);
+    let input = g.input(x);
+    let logits = model.arch.forward(&mut g, input, false, &mut model.bn)?;
+    let mut prof = g.take_profiler().ok_or_else(|| Error::Invalid("the profiler went missing".into()))?;
+    let logits = g.take_value(logits).ok_or_else(|| Error::Invalid("the tape lost the logits".into()))?;
+    logits.to_f32_vec();
+    prof.mark("host: read logits");
+    Ok(prof.finish()?)
+}
+
 /// Evaluate on a whole split in eval mode (BN running statistics), in batches. With
 /// `predictions`, every misclassified image is listed (the logits come back to the host
 /// batch by batch); without, on a GPU, the loss and correct counts stay on the device until
