@@ -1,27 +1,38 @@
-// Max pooling's backward, kernel = stride = k (ops/src/max_pool.rs; the forward is cuDNN's,
-// except in NHWC with whole 16-byte groups of channels: see the end of this file).
+// Max pooling, kernel = stride = k (ops/src/max_pool.rs).
 //
-//   dx[n,c,h,w] = dy[n,c,i,j]  if (h, w) is the first maximum (row-major) of window (i, j),
+//   y[n,c,i,j]  = x at the first maximum (row-major) of window (i, j),
+//   dx[n,c,h,w] = dy[n,c,i,j]  if (h, w) is that first maximum of window (i, j),
 //               = 0            otherwise.
 //
+// Two plans:
+// - ONE THREAD per window and one value (`max_pool_backward{,_f64,_bf16}`, a backward only;
+//   the forward is then cuDNN's): any layout, f32/f64/bf16; it finds the window's maximum
+//   again from x.
+// - ONE THREAD per window and 16-byte group of channels in NHWC (`max_pool_*_nhwc_*`): the
+//   forward writes y and, per output value, the position p*k + q of its window's first
+//   maximum in one byte (`idx`, in y's order); the backward reads those bytes and dy, not x.
+//   So the forward's input (the convolution's output, 4x or 16x y's size) is not needed by the
+//   backward and is freed after the forward: on a bf16 ResNet-9 step the three 2x2 pools'
+//   inputs are 235 MB at batch 512, where their index bytes are 29 MB, and the backward reads
+//   a byte per dy value instead of k*k values of x.
+//
 // x and dx are [N, C, H, W], dy is [N, C, OH, OW] with OH = H / k, OW = W / k, all three in
-// the same memory order: NCHW (nhwc = 0) or NHWC (nhwc = 1). ONE THREAD per window: it finds
-// the window's maximum again from x (the comparison of the CPU reference: a value wins if it
-// is greater than the best so far, or NaN where the best is not; so the first maximum wins
-// ties and a NaN wins its window, as in PyTorch) and writes all k*k elements of dx under the
-// window: dy at the maximum, 0 elsewhere. The windows do not overlap, so every element of dx
-// under a window is written by exactly one thread; rows and columns past the last whole
-// window (H or W not a multiple of k) are not written: the caller zeroes dx first then.
+// the same memory order: NCHW (nhwc = 0) or NHWC (nhwc = 1). The windows do not overlap, so
+// every element of dx under a window is written by exactly one thread; rows and columns past
+// the last whole window (H or W not a multiple of k) are not written: the caller zeroes dx
+// first then.
 //
-// The thread index o runs over dy in its own memory order (w fastest in NCHW, c fastest in
-// NHWC), so o is dy's flat index and neighbouring threads read neighbouring elements.
-// Why not cuDNN's cudnnPoolingBackward: on an H200 (2026-11-26) it took 2.87 ms for the
-// four pools of a bf16 NHWC ResNet-9 step (36% of the step), and 1.12 ms in f32 NCHW, where
-// this kernel only has to read x and dy and write dx once.
+// The comparison is the CPU reference's: a value wins if it is greater than the best so far,
+// or NaN where the best is not; so the first maximum wins ties and a NaN wins its window, as
+// in PyTorch. Every y and dx element is a copy of an x or dy element or a zero: the results
+// equal the CPU reference bit for bit. Element types: f32, f64 (`_f64`) and bf16 (`_bf16`,
+// 16-bit patterns compared after exact widening to f32).
 //
-// Every dx element is a copy of a dy element or a zero: the result equals the CPU
-// reference bit for bit. Element types: f32, f64 (`_f64`) and bf16 (`_bf16`, 16-bit
-// patterns compared after exact widening to f32).
+// The one-value thread index o runs over dy in its own memory order (w fastest in NCHW, c
+// fastest in NHWC), so o is dy's flat index and neighbouring threads read neighbouring
+// elements. Why not cuDNN's cudnnPoolingBackward: on an H200 (2026-11-26) it took 2.87 ms for
+// the four pools of a bf16 NHWC ResNet-9 step (36% of the step), and 1.12 ms in f32 NCHW,
+// where the one-value kernel only has to read x and dy and write dx once.
 
 // Values compare as themselves in f32 and f64; bf16 bit patterns widen exactly to f32.
 __device__ __forceinline__ float mp_value(float v) { return v; }
@@ -79,15 +90,15 @@ __device__ void max_pool_backward_t(const T* x, const T* dy, T* dx, unsigned int
     }
 }
 
-// ---- NHWC with 16-byte accesses: forward and backward ----
+// ---- NHWC with 16-byte accesses: forward (y and idx) and backward (from idx) ----
 //
 // The same rule, ONE THREAD per window and group of LANES consecutive channels (4 f32 or 8
 // bf16 values, one 16-byte load or store), where the kernel above moves 2 or 4 bytes per
-// access; and a forward on the same plan (y[n,c,i,j] = x at the window's first maximum), which
-// replaces cuDNN's there (cudnnPoolingForward: 0.28 ms of the bf16 step on an H200,
-// 2026-11-26, for about 0.06 ms of memory traffic). Needs NHWC, C a multiple of LANES and
-// 16-byte aligned buffers; the caller checks. The thread index o runs over y and dy in
-// 16-byte units, so o is their vector index.
+// access; the forward replaces cuDNN's (cudnnPoolingForward: 0.28 ms of the bf16 step on an
+// H200, 2026-11-26, for about 0.06 ms of memory traffic). Needs NHWC, C a multiple of LANES
+// and 16-byte aligned buffers (idx too); the caller checks. The thread index o runs over y
+// and dy in 16-byte units, so o is their vector index, and its LANES index bytes are
+// idx[o*LANES .. o*LANES + LANES), one 4- or 8-byte access. k*k must fit in a byte (k <= 15).
 
 // Lane l of a 16-byte vector held as 4 words: f32 (LANES = 4, lane l is word l) or bf16
 // (LANES = 8, lane 2m is word m's low half, 2m + 1 its high half): its value, exactly
@@ -147,10 +158,11 @@ __device__ __forceinline__ unsigned int mp_window_base(unsigned int o, unsigned 
     return ((ni * h + i * k) * w + j * k) * groups + g;
 }
 
-// Forward: y = each lane's first maximum (its bits, so a NaN window gives that NaN).
+// Forward: y = each lane's first maximum (its bits, so a NaN window gives that NaN), and its
+// window position in idx.
 template <int LANES>
-__device__ void max_pool_forward_nhwc_vec_t(const uint4* x, uint4* y, unsigned int n, unsigned int c, unsigned int h,
-                                            unsigned int w, unsigned int k)
+__device__ void max_pool_forward_nhwc_vec_t(const uint4* x, uint4* y, unsigned char* idx, unsigned int n, unsigned int c,
+                                            unsigned int h, unsigned int w, unsigned int k)
 {
     const unsigned int groups = c / LANES;
     const unsigned int total = n * (h / k) * (w / k) * groups;
@@ -158,31 +170,46 @@ __device__ void max_pool_forward_nhwc_vec_t(const uint4* x, uint4* y, unsigned i
         unsigned int best[LANES], best_bits[LANES];
         mp_window_first_max<LANES>(x, mp_window_base(o, groups, h, w, k), w * groups, groups, k, best, best_bits);
         unsigned int out[4] = {0, 0, 0, 0};
+        // Position of lane l in byte l % 4 of word l / 4 (little-endian: idx[o*LANES + l]).
+        unsigned int pos[2] = {0, 0};
         for (int l = 0; l < LANES; ++l) {
             out[l / (LANES / 4)] |= best_bits[l];
+            pos[l / 4] |= best[l] << (8 * (l % 4));
         }
         y[o] = uint4{out[0], out[1], out[2], out[3]};
+        if (LANES == 4) {
+            reinterpret_cast<unsigned int*>(idx)[o] = pos[0];
+        } else {
+            reinterpret_cast<uint2*>(idx)[o] = uint2{pos[0], pos[1]};
+        }
     }
 }
 
-// Backward: dx = dy at each lane's first maximum, 0 elsewhere in the window.
+// Backward: dx = dy at each lane's saved window position, 0 elsewhere in the window.
 template <int LANES>
-__device__ void max_pool_backward_nhwc_vec_t(const uint4* x, const uint4* dy, uint4* dx, unsigned int n, unsigned int c,
-                                             unsigned int h, unsigned int w, unsigned int k)
+__device__ void max_pool_backward_nhwc_idx_t(const unsigned char* idx, const uint4* dy, uint4* dx, unsigned int n,
+                                             unsigned int c, unsigned int h, unsigned int w, unsigned int k)
 {
     const unsigned int groups = c / LANES;
     const unsigned int total = n * (h / k) * (w / k) * groups;
     for (unsigned int o = blockIdx.x * blockDim.x + threadIdx.x; o < total; o += blockDim.x * gridDim.x) {
         const unsigned int base = mp_window_base(o, groups, h, w, k);
-        unsigned int best[LANES], best_bits[LANES];
-        mp_window_first_max<LANES>(x, base, w * groups, groups, k, best, best_bits);
+        unsigned int pos[2];
+        if (LANES == 4) {
+            pos[0] = reinterpret_cast<const unsigned int*>(idx)[o];
+            pos[1] = 0;
+        } else {
+            const uint2 p = reinterpret_cast<const uint2*>(idx)[o];
+            pos[0] = p.x;
+            pos[1] = p.y;
+        }
         const uint4 d = dy[o];
         const unsigned int dwords[4] = {d.x, d.y, d.z, d.w};
         for (unsigned int p = 0; p < k; ++p) {
             for (unsigned int q = 0; q < k; ++q) {
                 unsigned int out[4] = {0, 0, 0, 0};
                 for (int l = 0; l < LANES; ++l) {
-                    if (best[l] == p * k + q) {
+                    if (((pos[l / 4] >> (8 * (l % 4))) & 0xffu) == p * k + q) {
                         out[l / (LANES / 4)] |= dwords[l / (LANES / 4)] & mp_lane_bits<LANES>(l);
                     }
                 }
@@ -209,23 +236,24 @@ extern "C" __global__ void max_pool_backward_bf16(const unsigned short* x, const
 {
     max_pool_backward_t(x, dy, dx, n, c, h, w, k, nhwc);
 }
-extern "C" __global__ void max_pool_backward_nhwc_vec(const uint4* x, const uint4* dy, uint4* dx, unsigned int n,
+extern "C" __global__ void max_pool_backward_nhwc_idx(const unsigned char* idx, const uint4* dy, uint4* dx, unsigned int n,
                                                       unsigned int c, unsigned int h, unsigned int w, unsigned int k)
 {
-    max_pool_backward_nhwc_vec_t<4>(x, dy, dx, n, c, h, w, k);
+    max_pool_backward_nhwc_idx_t<4>(idx, dy, dx, n, c, h, w, k);
 }
-extern "C" __global__ void max_pool_backward_nhwc_vec_bf16(const uint4* x, const uint4* dy, uint4* dx, unsigned int n,
-                                                           unsigned int c, unsigned int h, unsigned int w, unsigned int k)
+extern "C" __global__ void max_pool_backward_nhwc_idx_bf16(const unsigned char* idx, const uint4* dy, uint4* dx,
+                                                           unsigned int n, unsigned int c, unsigned int h, unsigned int w,
+                                                           unsigned int k)
 {
-    max_pool_backward_nhwc_vec_t<8>(x, dy, dx, n, c, h, w, k);
+    max_pool_backward_nhwc_idx_t<8>(idx, dy, dx, n, c, h, w, k);
 }
-extern "C" __global__ void max_pool_forward_nhwc_vec(const uint4* x, uint4* y, unsigned int n, unsigned int c, unsigned int h,
-                                                     unsigned int w, unsigned int k)
+extern "C" __global__ void max_pool_forward_nhwc_vec(const uint4* x, uint4* y, unsigned char* idx, unsigned int n,
+                                                     unsigned int c, unsigned int h, unsigned int w, unsigned int k)
 {
-    max_pool_forward_nhwc_vec_t<4>(x, y, n, c, h, w, k);
+    max_pool_forward_nhwc_vec_t<4>(x, y, idx, n, c, h, w, k);
 }
-extern "C" __global__ void max_pool_forward_nhwc_vec_bf16(const uint4* x, uint4* y, unsigned int n, unsigned int c,
-                                                          unsigned int h, unsigned int w, unsigned int k)
+extern "C" __global__ void max_pool_forward_nhwc_vec_bf16(const uint4* x, uint4* y, unsigned char* idx, unsigned int n,
+                                                          unsigned int c, unsigned int h, unsigned int w, unsigned int k)
 {
-    max_pool_forward_nhwc_vec_t<8>(x, y, n, c, h, w, k);
+    max_pool_forward_nhwc_vec_t<8>(x, y, idx, n, c, h, w, k);
 }

@@ -187,7 +187,22 @@ fn every_op_reads_what_it_claims_on_the_gpu() {
     })
     .unwrap();
     check_reads(&dev, &[&[8, 16, 6, 6]], &[true, false], tol, |g, v| ops::relu::relu(g, v[0])).unwrap();
+    // f64 NCHW: the one-value backward searches the windows of x again, so x is read.
     check_reads(&dev, &[&[8, 16, 8, 8]], &[false, true], tol, |g, v| ops::max_pool::max_pool2d(g, v[0], 2)).unwrap();
+    // f32 NHWC with whole 16-byte groups of channels: the forward saves the window positions of
+    // the maxima, so its input is freed right after it (cast and layout read nothing either),
+    // and the gradients do not change.
+    check_reads(&dev, &[&[8, 16, 8, 8]], &[true, true], tol, |g, v| {
+        let x32 = ops::cast::cast(g, v[0], DType::F32)?;
+        let x = ops::layout::to_layout(g, x32, engine::Layout::Nhwc)?;
+        let y = ops::max_pool::max_pool2d(g, x, 2)?;
+        if !g.release_unread(x) {
+            return Err(engine::Error::Invalid("the NHWC f32 pool still reads its input".into()));
+        }
+        let y_nchw = ops::layout::to_layout(g, y, engine::Layout::Nchw)?;
+        ops::cast::cast(g, y_nchw, DType::F64)
+    })
+    .unwrap();
     check_reads(&dev, &[&[8, 16, 6, 6], &[8, 16, 6, 6]], &[true, true, true], tol, |g, v| ops::add::add(g, v[0], v[1])).unwrap();
     check_reads(&dev, &[&[8, 64], &[10, 64], &[10]], &[false, false, false, true], tol, |g, v| ops::linear::linear(g, v[0], v[1], v[2])).unwrap();
     check_reads(&dev, &[&[8, 16, 2, 2]], &[true, true], tol, |g, v| ops::reshape::flatten(g, v[0])).unwrap();

@@ -249,9 +249,11 @@ fn batch_norm_matches_the_cpu() {
 /// Max-pooling forward (cuDNN's in NCHW, ours in NHWC where the channels allow) and backward
 /// (`ptx/max_pool.cu`, and cuDNN's): selection and routing of values, exact, in f32 and bf16,
 /// NCHW and NHWC, on the network's shapes and on one whose last rows and columns fill no
-/// window. In NHWC the first three shapes take the vectorised kernels
-/// (`max_pool_{forward,backward}_nhwc_vec*`), and `[3, 12, 8, 8]` takes them in f32 only (12
-/// channels are 3 f32 groups of 4, and no whole bf16 group of 8; cuDNN's forward there).
+/// window. In NHWC the first three shapes take the vectorised kernels (the forward
+/// `max_pool_forward_nhwc_vec*`, which also saves the window position of each maximum, and the
+/// backward from those, `max_pool_backward_nhwc_idx*`), and `[3, 12, 8, 8]` takes them in f32
+/// only (12 channels are 3 f32 groups of 4, and no whole bf16 group of 8; cuDNN's forward
+/// there); the one-value backward from x runs on every shape.
 /// Everything runs again with the 16-byte kernels forbidden (`--no-vector-kernels`). The CPU reference runs in f32 on the same values
 /// (bf16 inputs widened exactly); bf16's 8 bits make ties common, and both sides give a tie
 /// to the first maximum.
@@ -276,12 +278,24 @@ fn max_pool_matches_the_cpu_exactly() {
                     let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), DType::F32).unwrap();
                     let what = format!("max pool {shape:?} k={k} {dt:?} {layout:?} vector kernels {vector}");
                     let xg = on_gpu(&x);
-                    let yg = ops::max_pool::forward_cuda(&xg, k).unwrap();
+                    let (yg, indices) = ops::max_pool::forward_cuda_indexed(&xg, k).unwrap();
                     assert_eq!((yg.dtype(), yg.layout()), (dt, layout), "{what}: y's type and layout");
                     close(&format!("{what}: y"), &back(&yg), &y, 0.0);
+                    let lanes = if dt == DType::BF16 { 8 } else { 4 };
+                    let fast = vector && layout == Layout::Nhwc && shape[1] % lanes == 0;
+                    assert_eq!(indices.is_some(), fast, "{what}: window positions saved by the forward");
+                    // The one-value backward from x, on every shape; the fast path's from the
+                    // forward's window positions where it saved them.
                     let dxg = ops::max_pool::backward_cuda(&xg, &on_gpu(&dy), k).unwrap();
                     assert_eq!((dxg.dtype(), dxg.layout()), (dt, layout), "{what}: dx's type and layout");
                     close(&format!("{what}: dx"), &back(&dxg), &dx, 0.0);
+                    if let Some(i) = &indices {
+                        let dxi = ops::max_pool::backward_cuda_indices(i, &on_gpu(&dy)).unwrap();
+                        assert_eq!((dxi.shape(), dxi.dtype(), dxi.layout()), (xg.shape(), dt, layout), "{what}: dx from indices");
+                        close(&format!("{what}: dx from the saved window positions"), &back(&dxi), &dx, 0.0);
+                        // dy in another layout (and, for bf16, type) than the forward's y is refused, not misread.
+                        assert!(ops::max_pool::backward_cuda_indices(i, &dy.to_device(&dev).unwrap()).is_err(), "{what}");
+                    }
                     // cuDNN's backward (not used in training) where its answer is defined like ours: f32
                     // (random normal values have no ties; which of tied bf16 values cuDNN picks is not
                     // documented) and windows covering x.

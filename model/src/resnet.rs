@@ -197,7 +197,9 @@ impl Arch {
         let x = self.unit(g, x, LAYER2, train, bn)?;
         let x = self.unit(g, x, LAYER3, train, bn)?;
         let x = self.residual(g, x, RES2, train, bn)?;
-        let x = ops::max_pool::max_pool2d(g, x, 4)?;
+        let trunk = x;
+        let x = ops::max_pool::max_pool2d(g, trunk, 4)?;
+        g.release_unread(trunk);
         let x = if self.layout == Layout::Nchw { x } else { ops::layout::to_layout(g, x, Layout::Nchw)? };
         let x = match self.compute {
             Some(t) if t != DType::F32 && t != DType::F64 => ops::cast::cast(g, x, DType::F32)?,
@@ -244,7 +246,12 @@ impl Arch {
         let w = self.to_trunk_layout(g, w)?;
         let mut h = conv2d::conv2d(g, x, w, Conv2dParams { stride: 1, padding: 1 })?;
         if u.pool {
-            h = ops::max_pool::max_pool2d(g, h, 2)?;
+            let conv_out = h;
+            h = ops::max_pool::max_pool2d(g, conv_out, 2)?;
+            // The convolution's output, 4x the pooled size, is needed by no backward rule where
+            // the pool saved the positions of its maxima (the CPU, and the GPU's fast path; see
+            // `ops::max_pool`), and by nothing later: free it now.
+            g.release_unread(conv_out);
         }
         let (gamma, beta) = (g.param(u.bn_gamma)?, g.param(u.bn_beta)?);
         let cfg = BatchNormConfig::default();

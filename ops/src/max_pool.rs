@@ -6,8 +6,12 @@
 //! Forward: `y[n,c,i,j] = max_{0≤p,q<k} x[n, c, i·k + p, j·k + q]`.
 //! Backward: `dx[n,c,h,w] = dy[n,c,i,j]` if `(h, w)` is the position of that window's
 //! maximum (the first in row-major order on ties, as PyTorch), else 0.
-//! The forward saves the argmax of every window (CPU); on the GPU the backward finds each
-//! window's maximum again from x (`ptx/max_pool.cu`).
+//! What the forward saves for the backward: the argmax of every window (CPU); on the GPU in
+//! NHWC with whole 16-byte groups of channels (the fast path) one byte per output value, the
+//! window position of its maximum ([`PoolIndices`]); elsewhere on the GPU nothing, and the
+//! backward finds each window's maximum again from x (`ptx/max_pool.cu`). Only that last way
+//! keeps x, the convolution's output, alive until the backward: the network frees it after
+//! the forward otherwise (`g.release_unread` in `model/src/resnet.rs`).
 
 use crate::{DType, Float, Gradients, Graph, Result, Tensor, Var};
 use engine::Error;
@@ -15,12 +19,17 @@ use engine::Error;
 /// Record `y = max_pool2d(x, k)`, kernel = stride = k: x `[N, C, H, W]` -> y `[N, C, H/k, W/k]` (floor).
 pub fn max_pool2d(g: &mut Graph<'_>, x: Var, k: usize) -> Result<Var> {
     let xt = g.value(x);
+    let x_shape = xt.shape().to_vec();
     if xt.device().is_cuda() {
-        let y = forward_cuda(xt, k)?;
-        return Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, saved: Saved::Window { k } }), &[x]));
+        let (y, indices) = forward_cuda_indexed(xt, k)?;
+        let saved = match indices {
+            Some(i) => Saved::Indices(i),
+            None => Saved::Window { k },
+        };
+        return Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, x_shape, saved }), &[x]));
     }
     let (y, argmax) = forward(xt, k)?;
-    Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, saved: Saved::Argmax(argmax) }), &[x]))
+    Ok(g.push(y, crate::Op::MaxPool2d(MaxPoolRecord { x, x_shape, saved: Saved::Argmax(argmax) }), &[x]))
 }
 
 fn check(x: &Tensor, k: usize) -> Result<()> {
@@ -99,19 +108,40 @@ fn backward_cpu<T: Float>(x_shape: &[usize], argmax: &[u32], dy: &Tensor) -> Res
 
 // ---- CUDA: our kernels, and cuDNN's forward where ours do not apply ----
 //
-// The backward is our kernel `ptx/max_pool.cu` (see `backward_cuda`), with cuDNN's
-// `cudnnPoolingBackward` beside it (`backward_cudnn`) for comparison. The forward is ours in
-// NHWC with whole 16-byte groups of channels (the fast path's layout), else
-// cudnnPoolingForward (mode MAX_DETERMINISTIC: the first maximum on ties, like the CPU
-// reference).
+// In NHWC with whole 16-byte groups of channels (the fast path's layout) both directions are
+// ours: the forward writes y and an index byte per y value ([`PoolIndices`]), the backward
+// reads those bytes and dy (`max_pool_{forward_nhwc_vec,backward_nhwc_idx}*`). Elsewhere the
+// forward is cudnnPoolingForward (mode MAX_DETERMINISTIC: the first maximum on ties, like the
+// CPU reference) and the backward our one-value kernel, which finds the maxima again in x
+// (`max_pool_backward*`); cuDNN's `cudnnPoolingBackward` is beside them (`backward_cudnn`)
+// for comparison.
 
 use engine::cudnn;
 
+/// The forward's record of where each window's maximum was, for the backward: one byte per
+/// value of y (in y's memory order), the position `p·k + q` of the first maximum within its
+/// `k × k` window, and what the backward needs to know of x (not its values).
+pub struct PoolIndices {
+    /// `y.numel()` bytes, held in a bf16 buffer of half as many elements (the engine's
+    /// buffers are typed; only the kernels read these bytes).
+    bytes: engine::cuda::CudaBuffer,
+    x_shape: [usize; 4],
+    k: usize,
+    dtype: DType,
+    layout: engine::Layout,
+}
+
 /// `y = max_pool2d(x, k)`: x `[N, C, H, W]` -> y `[N, C, H/k, W/k]`, each y the first maximum
-/// of its window. In NHWC with whole 16-byte groups of channels our kernel
-/// (`max_pool_forward_nhwc_vec*`, one thread per window and group) unless the device forbids
-/// 16-byte kernels (`CudaDevice::vector_kernels`), otherwise cuDNN's.
+/// of its window (see [`forward_cuda_indexed`], whose indices this drops).
 pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
+    Ok(forward_cuda_indexed(x, k)?.0)
+}
+
+/// `y = max_pool2d(x, k)` and, in NHWC with whole 16-byte groups of channels, the window
+/// position of each maximum for [`backward_cuda_indices`]: our kernel
+/// (`max_pool_forward_nhwc_vec*`, one thread per window and group) unless the device forbids
+/// 16-byte kernels (`CudaDevice::vector_kernels`). Otherwise cuDNN's forward, and no indices.
+pub fn forward_cuda_indexed(x: &Tensor, k: usize) -> Result<(Tensor, Option<PoolIndices>)> {
     use cudarc::driver::PushKernelArg;
     check(x, k)?;
     let s = x.shape();
@@ -120,22 +150,26 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
     let dev = xb.dev().clone();
     let dt = x.dtype();
     let mut y = dev.alloc_dtype(ys.iter().product(), dt)?;
-    let (xp, yp) = (xb.ptr() as u64, y.ptr_mut() as u64);
-    if let Some(lanes) = vec_lanes(dt, x.layout(), s[1], &[xp, yp])
-        && dev.vector_kernels()
-        && x.numel() < 1 << 31
-    {
-        let count = crate::cuda::count;
-        let (n, c, h, w, kk) = (count(s[0])?, count(s[1])?, count(s[2])?, count(s[3])?, count(k)?);
-        let kernel = if dt == DType::BF16 { "max_pool_forward_nhwc_vec_bf16" } else { "max_pool_forward_nhwc_vec" };
-        let f = crate::cuda::function(&dev, "max_pool.cu", kernel)?;
-        let mut launch = dev.stream().launch_builder(&f);
-        launch.arg(&xp).arg(&yp).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk);
-        // SAFETY: the kernel reads x (n·c·h·w elements) and writes y (n·c·(h/k)·(w/k)) in
-        // 16-byte vectors; vec_lanes checked the layout, the channel count and the alignment,
-        // and the 32-bit indices cannot wrap (fewer than 2^31 elements).
-        unsafe { launch.launch(crate::cuda::grid(count(y.len() / lanes)?)) }.map_err(crate::cuda::launch_err(kernel))?;
-        return Tensor::from_cuda(&ys, y)?.with_layout(x.layout());
+    // k·k window positions in one byte each.
+    if dev.vector_kernels() && x.numel() < 1 << 31 && k * k <= 256 {
+        let mut idx = dev.alloc_dtype(y.len().div_ceil(2), DType::BF16)?;
+        let (xp, yp, ip) = (xb.ptr() as u64, y.ptr_mut() as u64, idx.ptr_mut() as u64);
+        if let Some(lanes) = vec_lanes(dt, x.layout(), s[1], &[xp, yp, ip]) {
+            let count = crate::cuda::count;
+            let (n, c, h, w, kk) = (count(s[0])?, count(s[1])?, count(s[2])?, count(s[3])?, count(k)?);
+            let kernel = if dt == DType::BF16 { "max_pool_forward_nhwc_vec_bf16" } else { "max_pool_forward_nhwc_vec" };
+            let f = crate::cuda::function(&dev, "max_pool.cu", kernel)?;
+            let mut launch = dev.stream().launch_builder(&f);
+            launch.arg(&xp).arg(&yp).arg(&ip).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk);
+            // SAFETY: the kernel reads x (n·c·h·w elements) and writes y (n·c·(h/k)·(w/k)) in
+            // 16-byte vectors and idx (one byte per y element: idx holds y.len() rounded up to
+            // even bytes) in 4- or 8-byte words; vec_lanes checked the layout, the channel count
+            // and the alignment of all three, and the 32-bit indices cannot wrap (fewer than
+            // 2^31 elements).
+            unsafe { launch.launch(crate::cuda::grid(count(y.len() / lanes)?)) }.map_err(crate::cuda::launch_err(kernel))?;
+            let indices = PoolIndices { bytes: idx, x_shape: [s[0], s[1], s[2], s[3]], k, dtype: dt, layout: x.layout() };
+            return Ok((Tensor::from_cuda(&ys, y)?.with_layout(x.layout())?, Some(indices)));
+        }
     }
     let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::new(dt, x.layout(), ys[0], ys[1], ys[2], ys[3])?);
     let h = dev.cudnn()?;
@@ -147,15 +181,51 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
             cudnn::zero(dt), yd.raw(), y.ptr_mut(),
         )
     })?;
-    Tensor::from_cuda(&ys, y)?.with_layout(x.layout())
+    Ok((Tensor::from_cuda(&ys, y)?.with_layout(x.layout())?, None))
 }
 
-/// `dx` on the GPU from the forward's input `x` and the gradient `dy`: `max_pool_backward`
-/// of `ptx/max_pool.cu`, one thread per window, which finds the window's first maximum
-/// again from x (cuDNN's `cudnnPoolingBackward` took 2.5x to 10x longer for the same work on an
-/// H200, see the kernel file); in NHWC with whole 16-byte groups of channels, one thread per
-/// window and group (`max_pool_backward_nhwc_vec*`), unless the device forbids 16-byte kernels. f32, f64 and bf16; NCHW or NHWC (x and
-/// dy in the same order).
+/// `dx` from the forward's window positions and `dy`: `max_pool_backward_nhwc_idx*` of
+/// `ptx/max_pool.cu`, one thread per window and 16-byte group of channels, which reads a byte
+/// and a dy value per output and writes the window's k·k dx values (dy at the saved position,
+/// 0 elsewhere). dy must have y's shape, type and layout.
+pub fn backward_cuda_indices(indices: &PoolIndices, dy: &Tensor) -> Result<Tensor> {
+    use cudarc::driver::PushKernelArg;
+    let PoolIndices { bytes, x_shape: s, k, dtype, layout } = indices;
+    let k = *k;
+    let ys = [s[0], s[1], s[2] / k, s[3] / k];
+    if dy.shape() != ys || dy.dtype() != *dtype || dy.layout() != *layout {
+        return Err(Error::shape(
+            "max_pool2d backward",
+            format!("dy is {:?} {:?} {:?}, the forward's y was {ys:?} {dtype:?} {layout:?}", dy.shape(), dy.dtype(), dy.layout()),
+        ));
+    }
+    let dev = bytes.dev().clone();
+    let count = crate::cuda::count;
+    let (n, c, h, w, kk) = (count(s[0])?, count(s[1])?, count(s[2])?, count(s[3])?, count(k)?);
+    // Rows and columns past the last whole window get no thread: zero them first.
+    let numel: usize = s.iter().product();
+    let whole = s[2] % k == 0 && s[3] % k == 0;
+    let mut dx = if whole { dev.alloc_dtype(numel, *dtype)? } else { dev.alloc_zeros_dtype(numel, *dtype)? };
+    let (ip, dyp, dxp) = (bytes.ptr() as u64, dy.cuda_buffer()?.ptr() as u64, dx.ptr_mut() as u64);
+    let lanes = vec_lanes(*dtype, *layout, s[1], &[ip, dyp, dxp])
+        .ok_or_else(|| Error::shape("max_pool2d backward", format!("dy or dx of {s:?} {dtype:?} is not 16-byte aligned")))?;
+    let kernel = if *dtype == DType::BF16 { "max_pool_backward_nhwc_idx_bf16" } else { "max_pool_backward_nhwc_idx" };
+    let f = crate::cuda::function(&dev, "max_pool.cu", kernel)?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&ip).arg(&dyp).arg(&dxp).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk);
+    // SAFETY: the indices were written by the forward for this x shape, type and layout (whose
+    // checks held then: NHWC, whole groups, fewer than 2^31 elements); dy has y's shape, type
+    // and layout (checked above), dx x's element count; all three are 16-byte aligned.
+    unsafe { launch.launch(crate::cuda::grid(count(dy.numel() / lanes)?)) }.map_err(crate::cuda::launch_err(kernel))?;
+    Tensor::from_cuda(s, dx)?.with_layout(*layout)
+}
+
+/// `dx` on the GPU from the forward's input `x` and the gradient `dy`: `max_pool_backward*`
+/// of `ptx/max_pool.cu`, one thread per window, which finds the window's first maximum again
+/// from x (cuDNN's `cudnnPoolingBackward` took 2.5x to 10x longer for the same work on an
+/// H200, see the kernel file). f32, f64 and bf16; NCHW or NHWC (x and dy in the same order).
+/// Where the forward saved [`PoolIndices`], [`backward_cuda_indices`] needs neither x nor
+/// the search.
 pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     use cudarc::driver::PushKernelArg;
     check(x, k)?;
@@ -182,33 +252,26 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     let whole = s[2] % k == 0 && s[3] % k == 0;
     let mut dx = if whole { dev.alloc_dtype(x.numel(), x.dtype())? } else { dev.alloc_zeros_dtype(x.numel(), x.dtype())? };
     let (xp, dyp, dxp) = (xb.ptr() as u64, dy.cuda_buffer()?.ptr() as u64, dx.ptr_mut() as u64);
-    let lanes = vec_lanes(x.dtype(), x.layout(), s[1], &[xp, dyp, dxp]).filter(|_| dev.vector_kernels());
-    let kernel = match (x.dtype(), lanes) {
-        (DType::F32, Some(_)) => "max_pool_backward_nhwc_vec",
-        (DType::BF16, Some(_)) => "max_pool_backward_nhwc_vec_bf16",
-        (DType::F32, None) => "max_pool_backward",
-        (DType::F64, _) => "max_pool_backward_f64",
-        (DType::BF16, None) => "max_pool_backward_bf16",
+    let kernel = match x.dtype() {
+        DType::F32 => "max_pool_backward",
+        DType::F64 => "max_pool_backward_f64",
+        DType::BF16 => "max_pool_backward_bf16",
     };
     let f = crate::cuda::function(&dev, "max_pool.cu", kernel)?;
-    // One thread per window (and, vectorised, per group of channels).
-    let threads = count(dy.numel() / lanes.unwrap_or(1))?;
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&xp).arg(&dyp).arg(&dxp).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk);
-    if lanes.is_none() {
-        launch.arg(&nhwc);
-    }
+    launch.arg(&xp).arg(&dyp).arg(&dxp).arg(&n).arg(&c).arg(&h).arg(&w).arg(&kk).arg(&nhwc);
     // SAFETY: the kernel for this element type reads x (n·c·h·w elements) and dy (one per
     // window) and writes dx (as x); the buffers hold those counts (shapes, types and layouts
-    // checked above); the vectorised kernels (no `nhwc` argument) only where vec_lanes allows.
-    let launched = unsafe { launch.launch(crate::cuda::grid(threads)) };
+    // checked above).
+    let launched = unsafe { launch.launch(crate::cuda::grid(count(dy.numel())?)) };
     launched.map_err(crate::cuda::launch_err(kernel))?;
     crate::cuda::like(x, dx)
 }
 
-/// Channels per thread of the vectorised kernels (`max_pool_{forward,backward}_nhwc_vec*`: one 16-byte
-/// access moves 4 f32 or 8 bf16 values of consecutive channels), or `None` where the one-value
-/// kernels run: NCHW, f64, C not a multiple of the width, or a buffer (`ptrs`) not 16-byte aligned.
+/// Channels per thread of the vectorised kernels (`max_pool_{forward_nhwc_vec,backward_nhwc_idx}*`:
+/// one 16-byte access moves 4 f32 or 8 bf16 values of consecutive channels), or `None` where
+/// they do not apply: NCHW, f64, C not a multiple of the width, or a buffer (`ptrs`) not
+/// 16-byte aligned.
 fn vec_lanes(dt: DType, layout: engine::Layout, c: usize, ptrs: &[u64]) -> Option<usize> {
     let lanes = crate::cuda::lanes16(dt, ptrs)?;
     (layout == engine::Layout::Nhwc && c.is_multiple_of(lanes)).then_some(lanes)
@@ -246,30 +309,36 @@ pub fn backward_cudnn(x: &Tensor, y: &Tensor, dy: &Tensor, k: usize) -> Result<T
     crate::cuda::like(x, dx)
 }
 
-/// What the backward needs: the argmax of every window (CPU), or the window size (CUDA:
-/// the kernel finds the maxima again in the forward's input).
+/// What the backward needs: the argmax of every window (CPU), the window position of each
+/// maximum (CUDA, NHWC with whole 16-byte groups of channels), or the window size (CUDA
+/// elsewhere: the kernel finds the maxima again in the forward's input).
 enum Saved {
     Argmax(Vec<u32>),
+    Indices(PoolIndices),
     Window { k: usize },
 }
 
-/// Max pool's record: the input node and what the backward needs.
+/// Max pool's record: the input node, its shape, and what the backward needs.
 pub struct MaxPoolRecord {
     x: Var,
+    x_shape: Vec<usize>,
     saved: Saved,
 }
 
 impl MaxPoolRecord {
-    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input (the CPU rule its shape, the CUDA kernel its values), not its output.
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`): the
+    /// input where the CUDA kernel searches its windows again (`Saved::Window`), nothing
+    /// otherwise (the argmax or the window positions stand in for it, and the record keeps
+    /// the input's shape), so the input may be freed after the forward.
     pub(crate) fn reads(&self, v: Var, _out: Var) -> bool {
-        v == self.x
+        matches!(self.saved, Saved::Window { .. }) && v == self.x
     }
 
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        let x = g.value(self.x);
         let dx = match &self.saved {
-            Saved::Argmax(argmax) => backward(x.shape(), argmax, dy)?,
-            Saved::Window { k } => backward_cuda(x, dy, *k)?,
+            Saved::Argmax(argmax) => backward(&self.x_shape, argmax, dy)?,
+            Saved::Indices(indices) => backward_cuda_indices(indices, dy)?,
+            Saved::Window { k } => backward_cuda(g.value(self.x), dy, *k)?,
         };
         grads.accumulate(self.x, dx)
     }

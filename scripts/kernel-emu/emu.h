@@ -46,6 +46,10 @@
 struct alignas(16) uint4 {
     unsigned int x, y, z, w;
 };
+// and its 8-byte one (max_pool.cu's index bytes of 8 bf16 lanes).
+struct alignas(8) uint2 {
+    unsigned int x, y;
+};
 
 struct dim3 {
     unsigned int x = 1, y = 1, z = 1;

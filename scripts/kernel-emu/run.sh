@@ -94,6 +94,9 @@ if [ "$selftest" = 1 ]; then
         "mpnan|max_pool|s/(v != v \&\& best_v == best_v)/false/|plain|max_pool|pool backward lets a number beat a NaN"
         "mpnhwc|max_pool|s/? ((n \* hh + h) \* ww + w) \* cc + c/? ((n * hh + w) * ww + h) * cc + c/|plain|max_pool|NHWC index with h and w swapped"
         "mpedge|max_pool|0,/for (unsigned int q = 0; q < k; ++q) {/s//for (unsigned int q = 1; q < k; ++q) {/|asan|max_pool|window search skips its first column"
+        "mpidxpack|max_pool|s/pos\[l \/ 4\] .= best\[l\] << (8 \* (l % 4));/pos[l \/ 4] += best[l] << (8 * (l % 2));/|plain|max_pool|pool forward packs index bytes into the wrong byte"
+        "mpidxword|max_pool|s/if (((pos\[l \/ 4\] >> (8 \* (l % 4)))/if (((pos[0] >> (8 * (l % 4)))/|plain|max_pool|pool backward reads the first word's index bytes for every lane"
+        "mpidxpos|max_pool|s/best\[l\] = p \* k + q;/best[l] = q * k + p;/|plain|max_pool|pool forward saves window positions transposed"
     )
     mkdir -p build/mut
     caught=0 missed=0 stale=0

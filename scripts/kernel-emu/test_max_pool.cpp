@@ -2,10 +2,12 @@
 // ops/src/max_pool.rs launches it (grid(windows): 1024-thread blocks, dx zeroed first when
 // H or W is not a multiple of k), compared bit for bit with the rule written here on NCHW
 // loops: dy goes to the first maximum of its window (a NaN wins its window), 0 elsewhere.
-// In NHWC with C a multiple of 4 (f32) or 8 (bf16) also max_pool_backward_nhwc_vec{,_bf16}(x, dy,
-// dx, n, c, h, w, k) and max_pool_forward_nhwc_vec{,_bf16}(x, y, n, c, h, w, k) on 16-byte
-// vectors (grid(windows * C / lanes)), as ops/src/max_pool.rs launches them there; the
-// forward's y must be the bits of x at each window's first maximum.
+// In NHWC with C a multiple of 4 (f32) or 8 (bf16) also max_pool_forward_nhwc_vec{,_bf16}(x, y,
+// idx, n, c, h, w, k) and then max_pool_backward_nhwc_idx{,_bf16}(idx, dy, dx, n, c, h, w, k) on
+// 16-byte vectors (grid(windows * C / lanes)), as ops/src/max_pool.rs launches them there: the
+// forward's y must be the bits of x at each window's first maximum, its idx byte (in y's order)
+// that maximum's position p*k + q in the window, and the backward from idx alone (x is not
+// passed) the same dx as the rule.
 // Inputs: random values with deliberate ties (small integers) and NaNs; shapes with and
 // without trailing rows/columns; both memory orders; also a grid smaller than the windows.
 #include "emu.h"
@@ -24,7 +26,7 @@ template <>
 struct MK<float> {
     using U = uint32_t;
     static constexpr auto kernel = max_pool_backward;
-    static constexpr auto vec_kernel = max_pool_backward_nhwc_vec;
+    static constexpr auto idx_backward = max_pool_backward_nhwc_idx;
     static constexpr auto vec_forward = max_pool_forward_nhwc_vec;
     static constexpr unsigned lanes = 4;
     static constexpr const char* name = "f32";
@@ -44,7 +46,7 @@ template <>
 struct MK<unsigned short> {
     using U = uint16_t;
     static constexpr auto kernel = max_pool_backward_bf16;
-    static constexpr auto vec_kernel = max_pool_backward_nhwc_vec_bf16;
+    static constexpr auto idx_backward = max_pool_backward_nhwc_idx_bf16;
     static constexpr auto vec_forward = max_pool_forward_nhwc_vec_bf16;
     static constexpr unsigned lanes = 8;
     static constexpr const char* name = "bf16";
@@ -75,19 +77,24 @@ void case_pool(unsigned n, unsigned c, unsigned h, unsigned w, unsigned k, bool 
     for (auto& v : dy) v = K::make(normal(rng) + 0.5);
     // the reference: NCHW loops over windows, the CPU rule of ops/src/max_pool.rs
     std::vector<T> want(xn, K::make(0.0)), want_y(yn);
+    std::vector<uint8_t> want_idx(yn);  // position p*k + q of each window's first maximum, in y's order
     for (size_t b = 0; b < n; ++b)
         for (size_t ch = 0; ch < c; ++ch)
             for (size_t i = 0; i < oh; ++i)
                 for (size_t j = 0; j < ow; ++j) {
-                    size_t best = xi(b, ch, i * k, j * k);
+                    size_t best = xi(b, ch, i * k, j * k), best_pos = 0;
                     for (size_t p = 0; p < k; ++p)
                         for (size_t q = 0; q < k; ++q) {
                             const size_t at = xi(b, ch, i * k + p, j * k + q);
                             const double v = K::value(x[at]), bv = K::value(x[best]);
-                            if (v > bv || (std::isnan(v) && !std::isnan(bv))) best = at;
+                            if (v > bv || (std::isnan(v) && !std::isnan(bv))) {
+                                best = at;
+                                best_pos = p * k + q;
+                            }
                         }
                     want[best] = dy[yi(b, ch, i, j)];
                     want_y[yi(b, ch, i, j)] = x[best];
+                    want_idx[yi(b, ch, i, j)] = uint8_t(best_pos);
                 }
     const bool whole = h % k == 0 && w % k == 0;
     char L[160];
@@ -109,29 +116,34 @@ void case_pool(unsigned n, unsigned c, unsigned h, unsigned w, unsigned k, bool 
     }
     if constexpr (K::lanes > 0) {
         if (nhwc && c % K::lanes == 0) {
-            // The vectorised kernel on the same inputs (std::vector's buffers are 16-byte aligned
-            // here, as the Rust side requires); 16-byte units, one thread per window and group.
-            static_assert(sizeof(uint4) == 16);
+            // The vectorised forward, then the backward from its index bytes, on the same inputs
+            // (std::vector's buffers are 16-byte aligned here, as the Rust side requires);
+            // 16-byte units, one thread per window and group.
+            static_assert(sizeof(uint4) == 16 && sizeof(uint2) == 8);
             const auto vcfg = emu::for_num_elems(unsigned(yn / K::lanes));
             for (int small_grid = 0; small_grid < 2; ++small_grid) {
-                std::vector<T> dx(xn, whole ? K::make(std::nan("")) : K::make(0.0));
                 const dim3 grid = small_grid ? dim3(std::min(2u, vcfg.grid.x)) : vcfg.grid, block = small_grid ? dim3(32) : vcfg.block;
-                emu::launch_seq(K::vec_kernel, grid, block, reinterpret_cast<const uint4*>(x.data()),
-                                reinterpret_cast<const uint4*>(dy.data()), reinterpret_cast<uint4*>(dx.data()), n, c, h, w, k);
-                std::vector<typename K::U> g(xn), r(xn);
-                std::memcpy(g.data(), dx.data(), xn * sizeof(T));
-                std::memcpy(r.data(), want.data(), xn * sizeof(T));
-                chk::equal(std::string(L) + " vectorised" + (small_grid ? " (2x32 threads, grid-stride)" : ""), g, r);
-                // The forward on the same plan: y poisoned, then the first maxima's bits.
+                const std::string tag = std::string(" vectorised") + (small_grid ? " (2x32 threads, grid-stride)" : "");
+                // The forward: y and idx poisoned, then the first maxima's bits and positions.
                 std::vector<T> y(yn, K::make(std::nan("1")));
-                emu::launch_seq(K::vec_forward, grid, block, reinterpret_cast<const uint4*>(x.data()), reinterpret_cast<uint4*>(y.data()), n,
-                                c, h, w, k);
+                std::vector<uint8_t> idx(yn, 0xee);
+                emu::launch_seq(K::vec_forward, grid, block, reinterpret_cast<const uint4*>(x.data()), reinterpret_cast<uint4*>(y.data()),
+                                idx.data(), n, c, h, w, k);
                 std::vector<typename K::U> gy(yn), ry(yn);
                 std::memcpy(gy.data(), y.data(), yn * sizeof(T));
                 std::memcpy(ry.data(), want_y.data(), yn * sizeof(T));
                 std::string Lf = L;
                 Lf.replace(0, std::string("max_pool_backward").size(), "max_pool_forward");
-                chk::equal(Lf + " vectorised" + (small_grid ? " (2x32 threads, grid-stride)" : ""), gy, ry);
+                chk::equal(Lf + tag, gy, ry);
+                chk::equal(Lf + tag + ": idx", idx, want_idx);
+                // The backward from the forward's idx (x is not an argument).
+                std::vector<T> dx(xn, whole ? K::make(std::nan("")) : K::make(0.0));
+                emu::launch_seq(K::idx_backward, grid, block, (const unsigned char*)idx.data(), reinterpret_cast<const uint4*>(dy.data()),
+                                reinterpret_cast<uint4*>(dx.data()), n, c, h, w, k);
+                std::vector<typename K::U> g(xn), r(xn);
+                std::memcpy(g.data(), dx.data(), xn * sizeof(T));
+                std::memcpy(r.data(), want.data(), xn * sizeof(T));
+                chk::equal(std::string(L) + tag + " (from idx)", g, r);
             }
         }
     }
