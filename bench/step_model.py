@@ -25,7 +25,9 @@ import argparse
 
 # Passes over each activation of a unit, by kind of layer (forward + backward, unfused):
 # conv: read x, write y | backward: read dy, write dx (input grad), read x + dy (weight grad).
-# pool: read x, write y (1/4 or 1/16 of x) | backward: read x, y and dy, write dx.
+# pool: read x, write y (1/4 or 1/16 of x) and one index byte per y value (the window position of
+#     its maximum) | backward: read the index bytes and dy, write dx (ops/src/max_pool.rs, the
+#     channels-last path; the other path reads x and dy instead of the bytes).
 # bn (training): read x twice (statistics, then normalise), write y | backward: read x and dy
 #     (sums), read them again and write dx.
 # relu: read x, write y | backward: read y and dy, write dx.
@@ -84,8 +86,9 @@ def cost(kind, fwd_flops, size, elem_bytes, fused):
         moved += size["in"] + size["out"]  # weight gradient: read x and dy
         return flops, moved * elem_bytes
     if kind == "pool":
-        moved = size["in"] + size["out"] + 2 * size["in"] + 2 * size["out"]  # see the conv/pool comment above
-        return 0, moved * elem_bytes
+        moved = (size["in"] + size["out"]) * elem_bytes + size["out"]  # forward: read x, write y and the index bytes
+        moved += size["out"] + (size["out"] + size["in"]) * elem_bytes  # backward: read the bytes and dy, write dx
+        return 0, moved
     if kind == "bn_relu":
         passes = FUSED_BN_RELU if fused else PASSES["bn"] + PASSES["relu"]
         return 0, passes * size["x"] * elem_bytes
