@@ -98,7 +98,8 @@ __device__ void max_pool_backward_t(const T* x, const T* dy, T* dx, unsigned int
 // H200, 2026-11-26, for about 0.06 ms of memory traffic). Needs NHWC, C a multiple of LANES
 // and 16-byte aligned buffers (idx too); the caller checks. The thread index o runs over y
 // and dy in 16-byte units, so o is their vector index, and its LANES index bytes are
-// idx[o*LANES .. o*LANES + LANES), one 4- or 8-byte access. k*k must fit in a byte (k <= 15).
+// idx[o*LANES .. o*LANES + LANES), one 4- or 8-byte access. Positions go up to k*k - 1, which
+// must fit in a byte (k <= 16: the caller checks).
 
 // Lane l of a 16-byte vector held as 4 words: f32 (LANES = 4, lane l is word l) or bf16
 // (LANES = 8, lane 2m is word m's low half, 2m + 1 its high half): its value, exactly

@@ -151,7 +151,9 @@ pub fn forward_cuda_indexed(x: &Tensor, k: usize) -> Result<(Tensor, Option<Pool
     let dt = x.dtype();
     let mut y = dev.alloc_dtype(ys.iter().product(), dt)?;
     // k·k window positions in one byte each.
-    if dev.vector_kernels() && x.numel() < 1 << 31 && k * k <= 256 {
+    // The index buffer only where the kernel can run (layout, type and channels first).
+    let fits = vec_lanes(dt, x.layout(), s[1], &[]).is_some() && dev.vector_kernels() && x.numel() < 1 << 31 && k * k <= 256;
+    if fits {
         let mut idx = dev.alloc_dtype(y.len().div_ceil(2), DType::BF16)?;
         let (xp, yp, ip) = (xb.ptr() as u64, y.ptr_mut() as u64, idx.ptr_mut() as u64);
         if let Some(lanes) = vec_lanes(dt, x.layout(), s[1], &[xp, yp, ip]) {
