@@ -134,3 +134,77 @@ extern "C" __global__ void accumulate_bf16_x8(bf16* a, const bf16* b, unsigned i
     }
 }
 
+
+// ---- The convolution weights' bf16 channels-last copies, every tensor in ONE launch ----
+//
+// For tensor t of the table, the parameter W [K, C, R, S] in f32 (KCRS: PyTorch's order, the
+// one our parameters keep) and its compute copy Wc [K, R, S, C] in bf16 (KRSC: channels last,
+// what the convolutions read), with RS = R*S:
+//
+//   weights_to_bf16_krsc:     Wc[(k*RS + p)*C + c] = bf16(W[(k*C + c)*RS + p])
+//   weight_grads_to_f32_kcrs: dW[(k*C + c)*RS + p] = f32(dWc[(k*RS + p)*C + c])   (exact)
+//
+// the same values as a layout conversion and a cast one after the other (ops/src/layout.rs,
+// f32_to_bf16 above), in one pass and one launch for all of them instead of two launches per
+// tensor each way. The table (WCOPY_MAX_TENSORS tensors, 512 bytes) is passed BY VALUE, as
+// sgd.cu's: tensor t owns the blocks block0[t] .. block0[t+1]-1 of a one-row grid (the caller's
+// prefix sums of ceil(K*C*RS / blockDim.x)), and ONE THREAD writes ONE OUTPUT element, so a
+// warp's writes are consecutive. Index arithmetic in 32 bits: the caller checks each tensor
+// has fewer than 2^32 elements.
+
+#define WCOPY_MAX_TENSORS 16
+
+struct WeightCopyTable {
+    unsigned long long src[WCOPY_MAX_TENSORS];  // device addresses
+    unsigned long long dst[WCOPY_MAX_TENSORS];
+    unsigned int k[WCOPY_MAX_TENSORS];
+    unsigned int c[WCOPY_MAX_TENSORS];
+    unsigned int rs[WCOPY_MAX_TENSORS];
+    unsigned int block0[WCOPY_MAX_TENSORS];
+};
+
+// This block's tensor (the last one starting at or before it; an empty tensor owns no block)
+// and this thread's output element within it; false when the thread has none.
+__device__ __forceinline__ bool wcopy_element(const WeightCopyTable& table, unsigned int count, unsigned int* t,
+                                              unsigned int* i)
+{
+    const unsigned int blk = blockIdx.x;
+    if (count == 0) {
+        return false;
+    }
+    unsigned int u = 0;
+    while (u + 1 < count && table.block0[u + 1] <= blk) {
+        ++u;
+    }
+    *t = u;
+    *i = (blk - table.block0[u]) * blockDim.x + threadIdx.x;
+    return *i < table.k[u] * table.c[u] * table.rs[u];
+}
+
+extern "C" __global__ void weights_to_bf16_krsc(const WeightCopyTable table, unsigned int count)
+{
+    unsigned int t, i;
+    if (!wcopy_element(table, count, &t, &i)) {
+        return;
+    }
+    const unsigned int c = table.c[t], rs = table.rs[t];
+    // Output i in KRSC order: channel fastest.
+    const unsigned int ch = i % c, r = i / c;
+    const unsigned int p = r % rs, k = r / rs;
+    const float* w = reinterpret_cast<const float*>(table.src[t]);
+    reinterpret_cast<bf16*>(table.dst[t])[i] = to_bf16(w[(k * c + ch) * rs + p]);
+}
+
+extern "C" __global__ void weight_grads_to_f32_kcrs(const WeightCopyTable table, unsigned int count)
+{
+    unsigned int t, i;
+    if (!wcopy_element(table, count, &t, &i)) {
+        return;
+    }
+    const unsigned int c = table.c[t], rs = table.rs[t];
+    // Output i in KCRS order: the kernel position fastest.
+    const unsigned int p = i % rs, r = i / rs;
+    const unsigned int ch = r % c, k = r / c;
+    const bf16* dw = reinterpret_cast<const bf16*>(table.src[t]);
+    reinterpret_cast<float*>(table.dst[t])[i] = to_f32(dw[(k * rs + p) * c + ch]);
+}

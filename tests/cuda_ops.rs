@@ -668,3 +668,28 @@ fn batch_norm_relu_matches_the_cpu() {
     }
     d.set_vector_kernels(true);
 }
+
+/// The convolution weights' compute copies in one launch (`ops::weight_copy`, the training
+/// step's fast path) against a layout conversion then a cast per weight, the ops the network
+/// otherwise records: bit for bit both ways (bf16 channels-last copies from f32 NCHW weights,
+/// f32 NCHW gradients from bf16 channels-last ones), on the network's 8 weight shapes at full
+/// width and in one call, as the training step makes them.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn weight_copies_equal_a_layout_conversion_then_a_cast() {
+    use engine::Layout;
+    let dev = gpu();
+    let shapes: [[usize; 4]; 8] = [[64, 3, 3, 3], [128, 64, 3, 3], [128, 128, 3, 3], [128, 128, 3, 3], [256, 128, 3, 3], [512, 256, 3, 3], [512, 512, 3, 3], [512, 512, 3, 3]];
+    let ws: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| rand(s, 900 + i as u64).to_device(&dev).unwrap()).collect();
+    let copies = ops::weight_copy::to_compute(&ws.iter().collect::<Vec<_>>(), DType::BF16, Layout::Nhwc).unwrap();
+    let grads: Vec<Tensor> = copies.iter().enumerate().map(|(i, c)| ops::cast::forward(&ops::layout::forward(&rand(c.shape(), 950 + i as u64).to_device(&dev).unwrap(), Layout::Nhwc).unwrap(), DType::BF16).unwrap()).collect();
+    let master = ops::weight_copy::grads_to_master(&grads.iter().collect::<Vec<_>>()).unwrap();
+    for (i, w) in ws.iter().enumerate() {
+        let want = ops::cast::forward(&ops::layout::forward(w, Layout::Nhwc).unwrap(), DType::BF16).unwrap();
+        assert_eq!((copies[i].shape(), copies[i].dtype(), copies[i].layout()), (want.shape(), DType::BF16, Layout::Nhwc), "copy {i}");
+        assert_eq!(copies[i].cuda_buffer().unwrap().to_host_bf16_bits().unwrap(), want.cuda_buffer().unwrap().to_host_bf16_bits().unwrap(), "copy {i} {:?}", shapes[i]);
+        let want = ops::cast::forward(&ops::layout::forward(&grads[i], Layout::Nchw).unwrap(), DType::F32).unwrap();
+        assert_eq!((master[i].shape(), master[i].dtype(), master[i].layout()), (want.shape(), DType::F32, Layout::Nchw), "gradient {i}");
+        assert_eq!(master[i].to_f32_vec(), want.to_f32_vec(), "gradient {i} {:?}", shapes[i]);
+    }
+}

@@ -70,6 +70,8 @@ struct Node<R> {
 /// The record of one forward pass.
 pub struct Tape<'p, R> {
     params: &'p [Tensor],
+    /// More parameter leaves, numbered after `params` (see [`Tape::with_extra`]).
+    extra: &'p [Tensor],
     nodes: Vec<Node<R>>,
     /// When set, every push and every backward rule is marked (see [`crate::profile`]).
     profiler: std::cell::RefCell<Option<Profiler>>,
@@ -81,7 +83,17 @@ pub struct Tape<'p, R> {
 impl<'p, R> Tape<'p, R> {
     /// An empty tape over the model's parameters (referenced, not copied).
     pub fn new(params: &'p [Tensor]) -> Self {
-        Tape { params, nodes: Vec::new(), profiler: std::cell::RefCell::new(None), walked_and_released: false }
+        Tape::with_extra(params, &[])
+    }
+
+    /// A tape over the model's parameters and `extra` tensors that are differentiated like
+    /// them: parameter `params.len() + j` is `extra[j]`, and
+    /// [`Gradients::into_param_grads`] with `params.len() + extra.len()` gives their
+    /// gradients last. For copies of parameters made outside the tape (e.g. all the
+    /// convolution weights converted to bf16 in one launch), whose gradients the caller
+    /// turns into the parameters' own.
+    pub fn with_extra(params: &'p [Tensor], extra: &'p [Tensor]) -> Self {
+        Tape { params, extra, nodes: Vec::new(), profiler: std::cell::RefCell::new(None), walked_and_released: false }
     }
 
     /// Mark every operation from now on: its forward when it is pushed (the work queued
@@ -108,10 +120,12 @@ impl<'p, R> Tape<'p, R> {
         Var(self.nodes.len() - 1)
     }
 
-    /// A leaf for parameter `index` of the slice given to [`Tape::new`].
+    /// A leaf for parameter `index` of the slice given to [`Tape::new`] (or, counting on, of
+    /// the extra slice of [`Tape::with_extra`]).
     pub fn param(&mut self, index: usize) -> Result<Var> {
-        if index >= self.params.len() {
-            return Err(Error::Invalid(format!("parameter {index} requested but the tape has {}", self.params.len())));
+        let n = self.params.len() + self.extra.len();
+        if index >= n {
+            return Err(Error::Invalid(format!("parameter {index} requested but the tape has {n}")));
         }
         self.nodes.push(Node { source: Source::Param(index), requires_grad: true });
         Ok(Var(self.nodes.len() - 1))
@@ -134,7 +148,10 @@ impl<'p, R> Tape<'p, R> {
     pub fn value(&self, v: Var) -> &Tensor {
         match &self.nodes[v.0].source {
             Source::Input(t) | Source::Op { value: t, .. } => t,
-            Source::Param(i) => &self.params[*i],
+            Source::Param(i) => match self.params.get(*i) {
+                Some(t) => t,
+                None => &self.extra[*i - self.params.len()],
+            },
         }
     }
 
@@ -396,6 +413,23 @@ mod tests {
         let s: f64 = t.value(x).to_f64_vec().iter().sum();
         let shape = t.value(x).shape().to_vec();
         t.push(Tensor::new(&[1], vec![s]).unwrap(), TestOp::Sum(x, shape), &[x])
+    }
+
+    /// Extra parameters are numbered after the model's, read as themselves, and their
+    /// gradients come last: L = sum(p0 * e0) gives dL/dp0 = e0 and dL/de0 = p0.
+    #[test]
+    fn extra_parameters_follow_the_models() {
+        let params = [Tensor::new(&[2], vec![1.0f64, 2.0]).unwrap()];
+        let extra = [Tensor::new(&[2], vec![3.0f64, -5.0]).unwrap()];
+        let mut t = Tape::with_extra(&params, &extra);
+        let (p, e) = (t.param(0).unwrap(), t.param(1).unwrap());
+        assert_eq!(t.value(e).to_f64_vec(), vec![3.0, -5.0]);
+        assert!(t.param(2).is_err(), "only 1 + 1 parameters");
+        let y = mul(&mut t, p, e);
+        let l = sum(&mut t, y);
+        let g = t.backward(l).unwrap().into_param_grads(2).unwrap();
+        assert_eq!(g[0].as_ref().unwrap().to_f64_vec(), vec![3.0, -5.0]);
+        assert_eq!(g[1].as_ref().unwrap().to_f64_vec(), vec![1.0, 2.0]);
     }
 
     /// L = sum(p0 * p0 * c): dL/dp0 = 2 * p0 * c; p0 used twice, so accumulation must add.

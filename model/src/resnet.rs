@@ -186,17 +186,25 @@ impl Arch {
     /// this network's), returning the logits `[N, 10]`. In training mode BN uses batch
     /// statistics and updates `bn`; otherwise it uses `bn`.
     pub fn forward(&self, g: &mut Graph<'_>, x: Var, train: bool, bn: &mut [RunningStats]) -> Result<Var> {
+        self.forward_with_copies(g, x, train, bn, None)
+    }
+
+    /// [`Arch::forward`], with the convolution weights' compute copies (see
+    /// [`Arch::copy_target`] and `ops::weight_copy`) as the tape's parameters `first`,
+    /// `first + 1`, ... (one per unit, in [`Arch::conv_weights`] order; `Graph::with_extra`)
+    /// instead of a recorded cast and layout conversion of each weight in its unit.
+    pub fn forward_with_copies(&self, g: &mut Graph<'_>, x: Var, train: bool, bn: &mut [RunningStats], first: Option<usize>) -> Result<Var> {
         if bn.len() != self.units.len() {
             return Err(Error::Invalid(format!("expected {} BN states, got {}", self.units.len(), bn.len())).into());
         }
         let x = self.to_compute(g, x)?;
         let x = self.to_trunk_layout(g, x)?;
-        let x = self.unit(g, x, PREP, train, bn)?;
-        let x = self.unit(g, x, LAYER1, train, bn)?;
-        let x = self.residual(g, x, RES1, train, bn)?;
-        let x = self.unit(g, x, LAYER2, train, bn)?;
-        let x = self.unit(g, x, LAYER3, train, bn)?;
-        let x = self.residual(g, x, RES2, train, bn)?;
+        let x = self.unit(g, x, PREP, train, bn, first)?;
+        let x = self.unit(g, x, LAYER1, train, bn, first)?;
+        let x = self.residual(g, x, RES1, train, bn, first)?;
+        let x = self.unit(g, x, LAYER2, train, bn, first)?;
+        let x = self.unit(g, x, LAYER3, train, bn, first)?;
+        let x = self.residual(g, x, RES2, train, bn, first)?;
         let trunk = x;
         let x = ops::max_pool::max_pool2d(g, trunk, 4)?;
         g.release_unread(trunk);
@@ -213,6 +221,19 @@ impl Arch {
         } else {
             Ok(ops::scale::scale(g, logits, self.out_scale)?)
         }
+    }
+
+    /// The parameter index of every convolution weight, unit by unit.
+    pub fn conv_weights(&self) -> Vec<usize> {
+        self.units.iter().map(|u| u.conv_w).collect()
+    }
+
+    /// The type and layout of the convolution weights' compute copies where the training
+    /// step makes them all at once (`ops::weight_copy`): bf16 channels-last, the GPU's fast
+    /// path, which has one kernel for it. `None` elsewhere: each unit then records its own
+    /// cast and layout conversion, if any.
+    pub fn copy_target(&self) -> Option<(DType, Layout)> {
+        (self.compute == Some(DType::BF16) && self.layout == Layout::Nhwc).then_some((DType::BF16, Layout::Nhwc))
     }
 
     /// `x` in the trunk's compute type (a recorded cast when it differs).
@@ -232,18 +253,25 @@ impl Arch {
     }
 
     /// `x + unit_b(unit_a(x))`.
-    fn residual(&self, g: &mut Graph<'_>, x: Var, units: [usize; 2], train: bool, bn: &mut [RunningStats]) -> Result<Var> {
-        let h = self.unit(g, x, units[0], train, bn)?;
-        let h = self.unit(g, h, units[1], train, bn)?;
+    fn residual(&self, g: &mut Graph<'_>, x: Var, units: [usize; 2], train: bool, bn: &mut [RunningStats], first: Option<usize>) -> Result<Var> {
+        let h = self.unit(g, x, units[0], train, bn, first)?;
+        let h = self.unit(g, h, units[1], train, bn, first)?;
         Ok(ops::add::add(g, x, h)?)
     }
 
     /// conv3x3 (pad 1) → \[MaxPool2\] → BN → ReLU.
-    fn unit(&self, g: &mut Graph<'_>, x: Var, i: usize, train: bool, bn: &mut [RunningStats]) -> Result<Var> {
+    /// With `first`, the unit's weight is the compute copy at parameter `first + i`.
+    #[allow(clippy::too_many_arguments)]
+    fn unit(&self, g: &mut Graph<'_>, x: Var, i: usize, train: bool, bn: &mut [RunningStats], first: Option<usize>) -> Result<Var> {
         let u = &self.units[i];
-        let w = g.param(u.conv_w)?;
-        let w = self.to_compute(g, w)?;
-        let w = self.to_trunk_layout(g, w)?;
+        let w = match first {
+            Some(f) => g.param(f + i)?,
+            None => {
+                let w = g.param(u.conv_w)?;
+                let w = self.to_compute(g, w)?;
+                self.to_trunk_layout(g, w)?
+            }
+        };
         let mut h = conv2d::conv2d(g, x, w, Conv2dParams { stride: 1, padding: 1 })?;
         if u.pool {
             let conv_out = h;
@@ -290,6 +318,14 @@ pub struct ResNet9 {
 }
 
 impl ResNet9 {
+    /// The convolution weights' compute copies in `target` (type, layout), one per unit in
+    /// [`Arch::conv_weights`] order, made together (`ops::weight_copy::to_compute`: one launch
+    /// on the GPU's fast path). For `Graph::with_extra` and [`Arch::forward_with_copies`].
+    pub fn weight_copies(&self, (dtype, layout): (DType, Layout)) -> Result<Vec<Tensor>> {
+        let ws: Vec<&Tensor> = self.arch.conv_weights().into_iter().map(|i| &self.params[i]).collect();
+        Ok(ops::weight_copy::to_compute(&ws, dtype, layout)?)
+    }
+
     /// The device holding the parameters.
     pub fn device(&self) -> engine::Device {
         self.params.first().map_or(engine::Device::Cpu, |p| p.device())

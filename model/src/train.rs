@@ -185,16 +185,53 @@ pub(crate) fn forward_backward(
     cfg: &TrainConfig,
     profiler: Option<engine::profile::Profiler>,
 ) -> Result<Step> {
-    let mut g = Graph::new(&model.params);
+    let target = model.arch.copy_target();
+    forward_backward_copies(model, x, labels, device_labels, cfg, profiler, target)
+}
+
+/// [`forward_backward`], with the convolution weights' compute copies made in `target`
+/// (type, layout) before the forward, all at once, and their gradients turned into the
+/// weights' own after the backward, all at once (`ops::weight_copy`), where `target` is set;
+/// without, each unit records the conversion of its weight (if any).
+fn forward_backward_copies(
+    model: &mut ResNet9,
+    x: engine::Tensor,
+    labels: &[u32],
+    device_labels: Option<DeviceLabels>,
+    cfg: &TrainConfig,
+    mut profiler: Option<engine::profile::Profiler>,
+    target: Option<(engine::DType, engine::Layout)>,
+) -> Result<Step> {
+    let copies = match target {
+        Some(t) => model.weight_copies(t)?,
+        None => Vec::new(),
+    };
+    if let (Some(p), Some(_)) = (profiler.as_mut(), target) {
+        p.mark("weight copies forward");
+    }
+    let n_params = model.params.len();
+    let mut g = Graph::with_extra(&model.params, &copies);
     if let Some(p) = profiler {
         g.set_profiler(p);
     }
     let input = g.input(x);
-    let logits = model.arch.forward(&mut g, input, true, &mut model.bn)?;
+    let first_copy = target.map(|_| n_params);
+    let logits = model.arch.forward_with_copies(&mut g, input, true, &mut model.bn, first_copy)?;
     let loss = cross_entropy(&mut g, logits, labels, device_labels, cfg.label_smoothing)?;
     // Each activation is freed once the walk has passed it (see `Tape::backward_releasing`):
     // the step's peak memory is then about the activations alone.
-    let grads = g.backward_releasing(loss, &[loss, logits])?.into_param_grads(model.params.len())?;
+    let mut grads = g.backward_releasing(loss, &[loss, logits])?.into_param_grads(n_params + copies.len())?;
+    if target.is_some() {
+        // The copies' gradients (last) become the weights' own.
+        let of_copies = grads.split_off(n_params);
+        let of_copies: Vec<engine::Tensor> =
+            of_copies.into_iter().map(|t| t.ok_or_else(|| Error::Invalid("a convolution weight's copy got no gradient".into()))).collect::<Result<_>>()?;
+        let master = ops::weight_copy::grads_to_master(&of_copies.iter().collect::<Vec<_>>())?;
+        for (i, m) in model.arch.conv_weights().into_iter().zip(master) {
+            grads[i] = Some(m);
+        }
+        g.mark("weight copies backward");
+    }
     let missing = || Error::Invalid("the tape lost an output".into());
     let loss = g.take_value(loss).ok_or_else(missing)?;
     let logits = g.take_value(logits).ok_or_else(missing)?;
@@ -482,12 +519,23 @@ impl Tally {
     }
 }
 
-/// The logits `[n, 10]` of a batch in eval mode (BN running statistics); the forward's tape
-/// is dropped here, so only one batch's activations are alive at a time.
-fn eval_logits(model: &mut ResNet9, x: engine::Tensor) -> Result<engine::Tensor> {
-    let mut g = Graph::new(&model.params);
+/// The convolution weights' compute copies for an evaluation, made once for all its batches
+/// (empty where the network converts each weight in its unit; see `Arch::copy_target`).
+fn eval_copies(model: &ResNet9) -> Result<Vec<engine::Tensor>> {
+    match model.arch.copy_target() {
+        Some(t) => model.weight_copies(t),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The logits `[n, 10]` of a batch in eval mode (BN running statistics), with the weights'
+/// compute `copies` if any (from [`eval_copies`]); the forward's tape is dropped here, so only
+/// one batch's activations are alive at a time.
+fn eval_logits(model: &mut ResNet9, x: engine::Tensor, copies: &[engine::Tensor]) -> Result<engine::Tensor> {
+    let mut g = Graph::with_extra(&model.params, copies);
     let input = g.input(x);
-    let logits = model.arch.forward(&mut g, input, false, &mut model.bn)?;
+    let first = (!copies.is_empty()).then_some(model.params.len());
+    let logits = model.arch.forward_with_copies(&mut g, input, false, &mut model.bn, first)?;
     g.take_value(logits).ok_or_else(|| Error::Invalid("the tape lost the logits".into()))
 }
 
@@ -500,10 +548,16 @@ pub fn profile_eval_batch(model: &mut ResNet9, split: &Split, pipeline: &mut Pip
     let mut prof = engine::profile::Profiler::new(&device)?;
     let Batch { x, .. } = pipeline.test_batch(split, start, end, norm, false)?;
     prof.mark("data: test batch");
-    let mut g = Graph::new(&model.params);
+    // Made once per evaluation, not per batch (see `evaluate`).
+    let copies = eval_copies(model)?;
+    if !copies.is_empty() {
+        prof.mark("weight copies (once per evaluation)");
+    }
+    let mut g = Graph::with_extra(&model.params, &copies);
     g.set_profiler(prof);
     let input = g.input(x);
-    let logits = model.arch.forward(&mut g, input, false, &mut model.bn)?;
+    let first = (!copies.is_empty()).then_some(model.params.len());
+    let logits = model.arch.forward_with_copies(&mut g, input, false, &mut model.bn, first)?;
     let mut prof = g.take_profiler().ok_or_else(|| Error::Invalid("the profiler went missing".into()))?;
     let logits = g.take_value(logits).ok_or_else(|| Error::Invalid("the tape lost the logits".into()))?;
     logits.to_f32_vec();
@@ -530,13 +584,14 @@ pub fn evaluate(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, nor
     let mut misclassified = Vec::new();
     let mut start = 0;
     let mut lens = Vec::new();
+    let copies = eval_copies(model)?;
     while start < n {
         let end = (start + batch_size).min(n);
         let b = lens.len();
         let Batch { x, labels, device_labels } = pipeline.test_batch(split, start, end, norm, false)?;
-        let logits = eval_logits(model, x)?;
+        let logits = eval_logits(model, x, &copies)?;
         if let Some(t) = &mut flipped {
-            let mirrored = eval_logits(model, pipeline.test_batch(split, start, end, norm, true)?.x)?;
+            let mirrored = eval_logits(model, pipeline.test_batch(split, start, end, norm, true)?.x, &copies)?;
             let mean = ops::scale::forward(&ops::add::forward(&logits, &mirrored)?, 0.5)?;
             t.add(b, mean, &labels, device_labels.clone())?;
         }
@@ -559,4 +614,38 @@ pub fn evaluate(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, nor
         None => None,
     };
     Ok(EvalStats { loss: loss_sum / n.max(1) as f64, correct, total: n, misclassified, tta })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::{DType, Layout, Tensor};
+
+    /// The weights' compute copies made outside the tape, and their gradients turned back
+    /// into the weights' own, change nothing: on the CPU (f32 NCHW copies, the reference path
+    /// of `ops::weight_copy`) the loss, the logits and every parameter's gradient are bit for
+    /// bit those of the step that uses the weights directly. The copies' gradients must reach
+    /// the convolution weights and nothing else.
+    #[test]
+    fn a_step_with_weight_copies_equals_one_without() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let x = Tensor::randn(&[4, 3, 32, 32], DType::F32, 1.0, &mut rng);
+        let labels = vec![2u32, 7, 7, 0];
+        let cfg = TrainConfig { width: 0.125, ..TrainConfig::default() };
+        let step = |target: Option<(DType, Layout)>| {
+            let mut net = ResNet9::new(cfg.width, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(6)).unwrap();
+            let s = forward_backward_copies(&mut net, x.clone(), &labels, None, &cfg, None, target).unwrap();
+            let grads: Vec<Vec<f32>> = s.grads.iter().map(|g| g.as_ref().unwrap().to_f32_vec()).collect();
+            (s.loss.to_f32_vec(), s.logits.to_f32_vec(), grads, net.arch.conv_weights())
+        };
+        let (loss, logits, grads, convs) = step(None);
+        let (loss_c, logits_c, grads_c, _) = step(Some((DType::F32, Layout::Nchw)));
+        assert_eq!(loss, loss_c);
+        assert_eq!(logits, logits_c);
+        assert_eq!(grads.len(), grads_c.len(), "one gradient per parameter, the copies' folded in");
+        for (i, (a, b)) in grads.iter().zip(&grads_c).enumerate() {
+            assert_eq!(a, b, "parameter {i} (convolution weight: {})", convs.contains(&i));
+        }
+        assert_eq!(convs.len(), 8);
+    }
 }

@@ -10,7 +10,8 @@
 //! 5. the op's record type, whose `backward` is called from the one `match`
 //!    in [`record`].
 //!
-//! The optimizer update ([`sgd`]) is not differentiated and sits beside the ops.
+//! The optimizer update ([`sgd`]) and the convolution weights' compute copies
+//! ([`weight_copy`]) are not differentiated and sit beside the ops.
 
 mod cuda;
 pub mod gradcheck;
@@ -33,6 +34,7 @@ pub mod relu;
 pub mod reshape;
 pub mod scale;
 pub mod sgd;
+pub mod weight_copy;
 
 pub use engine::{DType, Device, Error, Float, Gradients, Result, Tensor, Var};
 pub use record::Op;

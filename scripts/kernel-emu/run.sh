@@ -96,6 +96,9 @@ if [ "$selftest" = 1 ]; then
         "mpedge|max_pool|0,/for (unsigned int q = 0; q < k; ++q) {/s//for (unsigned int q = 1; q < k; ++q) {/|asan|max_pool|window search skips its first column"
         "mpidxpack|max_pool|s/pos\[l \/ 4\] .= best\[l\] << (8 \* (l % 4));/pos[l \/ 4] += best[l] << (8 * (l % 2));/|plain|max_pool|pool forward packs index bytes into the wrong byte"
         "mpidxword|max_pool|s/if (((pos\[l \/ 4\] >> (8 \* (l % 4)))/if (((pos[0] >> (8 * (l % 4)))/|plain|max_pool|pool backward reads the first word's index bytes for every lane"
+        "wcperm|bf16|s/to_bf16(w\[(k \* c + ch) \* rs + p\]);/to_bf16(w[(k * rs + p) * c + ch]);/|plain|bf16|weight copies read the weight in the copy's order"
+        "wcblock|bf16|s/while (u + 1 < count \&\& table.block0\[u + 1\] <= blk) {/while (u + 1 < count \&\& table.block0[u + 1] < blk) {/|plain|bf16|weight copies give a tensor's first block to the tensor before"
+        "wcgrad|bf16|s/= to_f32(dw\[(k \* rs + p) \* c + ch\]);/= to_f32(dw[(k * c + ch) * rs + p]);/|plain|bf16|weight gradients read the copy's gradient in the weight's order"
         "mpidxpos|max_pool|s/best\[l\] = p \* k + q;/best[l] = q * k + p;/|plain|max_pool|pool forward saves window positions transposed"
     )
     mkdir -p build/mut

@@ -12,7 +12,9 @@
 //  - bf16 -> f32: decoded from sign, exponent and fraction (exhaustive; NaN payload kept);
 //  - relu: +x where x > 0 else +0 (NaN, -0, negatives -> +0); backward dy where y > 0;
 //  - add/accumulate: the f32 sum of the widened values, then the rounding above (a NaN sum
-//    must give a NaN; its payload is not compared: x86 and the GPU make different NaNs).
+//    must give a NaN; its payload is not compared: x86 and the GPU make different NaNs);
+//  - weights_to_bf16_krsc / weight_grads_to_f32_kcrs (ops/src/weight_copy.rs): the KCRS <-> KRSC
+//    permutation with the rounding above, and exact widening back (see case_weight_copy).
 #include "emu.h"
 #ifdef KERNEL_SRC
 #include KERNEL_SRC
@@ -175,6 +177,66 @@ void case_ops(unsigned n, std::mt19937_64& rng)
     }
 }
 
+// weights_to_bf16_krsc / weight_grads_to_f32_kcrs as ops/src/weight_copy.rs launches them: a
+// table of tensors [K, C, R*S] by value, a one-row grid of 256-thread blocks, tensor t owning
+// ceil(K*C*RS / 256) blocks from block0[t] (an empty tensor none). Forward against the layout
+// permutation written here and the value-based rounding above; backward bit for bit against the
+// permutation of exactly widened values.
+void case_weight_copy(std::mt19937_64& rng)
+{
+    struct Shape { unsigned k, c, rs; };
+    // the network's kernels (3x3) at small widths, the first layer's 3 channels, an empty
+    // tensor first and in the middle, a 1x1 kernel, one tensor larger than a block
+    const std::vector<Shape> shapes = {{0, 4, 9}, {8, 3, 9}, {16, 8, 9}, {0, 8, 9}, {5, 7, 1}, {32, 16, 9}, {2, 1, 4}};
+    const size_t T = shapes.size();
+    std::vector<std::vector<float>> w(T), dwf(T);
+    std::vector<std::vector<u16>> wc(T), dwc(T);
+    WeightCopyTable fwd{}, bwd{};
+    unsigned blocks = 0;
+    std::normal_distribution<float> normal;
+    for (size_t t = 0; t < T; ++t) {
+        const size_t n = size_t(shapes[t].k) * shapes[t].c * shapes[t].rs;
+        w[t].resize(n);
+        for (auto& v : w[t]) {
+            const auto pick = rng() % 32;
+            // ties and specials now and then: an exact tie of two bf16 neighbours, NaN, inf, a subnormal
+            v = pick == 0 ? f32_of_bits(u32(rng() % 0x7f7f) << 16 | 0x8000u) : pick == 1 ? std::nanf("") : pick == 2 ? -INFINITY : pick == 3 ? 1e-40f : normal(rng);
+        }
+        wc[t].assign(n, 0xdead);
+        dwc[t] = random_bf16(n, rng);
+        dwf[t].assign(n, f32_of_bits(0xdeadbeefu));
+        fwd.src[t] = reinterpret_cast<unsigned long long>(w[t].data());
+        fwd.dst[t] = reinterpret_cast<unsigned long long>(wc[t].data());
+        bwd.src[t] = reinterpret_cast<unsigned long long>(dwc[t].data());
+        bwd.dst[t] = reinterpret_cast<unsigned long long>(dwf[t].data());
+        fwd.k[t] = bwd.k[t] = shapes[t].k;
+        fwd.c[t] = bwd.c[t] = shapes[t].c;
+        fwd.rs[t] = bwd.rs[t] = shapes[t].rs;
+        fwd.block0[t] = bwd.block0[t] = blocks;
+        blocks += unsigned((n + 255) / 256);
+    }
+    emu::launch_seq(weights_to_bf16_krsc, dim3(blocks), dim3(256), fwd, unsigned(T));
+    emu::launch_seq(weight_grads_to_f32_kcrs, dim3(blocks), dim3(256), bwd, unsigned(T));
+    for (size_t t = 0; t < T; ++t) {
+        const auto [K, C, RS] = shapes[t];
+        std::vector<u16> want(wc[t].size());
+        std::vector<u32> got_b(dwf[t].size()), want_b(dwf[t].size());
+        for (unsigned k = 0; k < K; ++k)
+            for (unsigned c = 0; c < C; ++c)
+                for (unsigned p = 0; p < RS; ++p) {
+                    const size_t kcrs = (size_t(k) * C + c) * RS + p, krsc = (size_t(k) * RS + p) * C + c;
+                    want[krsc] = ref_to_bf16(w[t][kcrs]);
+                    want_b[kcrs] = u32(dwc[t][krsc]) << 16;
+                    got_b[kcrs] = bits_of(dwf[t][kcrs]);
+                }
+        char L[120];
+        std::snprintf(L, sizeof L, "weights_to_bf16_krsc tensor %zu [%u,%u,%u]", t, K, C, RS);
+        same16(L, wc[t], want);
+        std::snprintf(L, sizeof L, "weight_grads_to_f32_kcrs tensor %zu [%u,%u,%u]", t, K, C, RS);
+        chk::equal(L, got_b, want_b);
+    }
+}
+
 int main(int argc, char** argv)
 {
     for (int i = 1; i < argc; ++i)
@@ -191,5 +253,6 @@ int main(int argc, char** argv)
         chk::equal("relu_forward_bf16: all 65536 patterns", y, want);
     }
     for (unsigned n : {0u, 1u, 7u, 8u, 1023u, 1025u, 4096u, 100003u}) case_ops(n, rng);
+    case_weight_copy(rng);
     return chk::finish("bf16");
 }
