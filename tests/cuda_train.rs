@@ -289,6 +289,43 @@ fn bf16_step_agrees(layout: engine::Layout) {
     report.finish();
 }
 
+/// On the fast path (bf16, channels last, fused BN+ReLU) the training step makes the conv
+/// weights' copies in one launch and turns their gradients back in one (`ops::weight_copy`);
+/// with deterministic convolution algorithms (the same plan for both, cached per shape) its
+/// loss, logits and every parameter's gradient are bit for bit those of the same step with a
+/// recorded layout conversion and cast per weight, as the network did before.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_step_with_weight_copies_equals_one_with_per_unit_conversions_on_the_gpu() {
+    let dev = gpu();
+    let Device::Cuda(d) = &dev else { unreachable!() };
+    d.set_deterministic(true);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
+    let mut net = ResNet9::new(1.0, 0.125, DType::F32, &mut rng).unwrap();
+    net.to_device(&dev).unwrap();
+    let cfg = TrainConfig { bf16: true, channels_last: true, fused_bn_relu: true, ..Default::default() };
+    cfg.apply_to(&mut net.arch);
+    let target = net.arch.copy_target();
+    assert_eq!(target, Some((DType::BF16, engine::Layout::Nhwc)), "the fast path makes copies");
+    let x = Tensor::randn(&[64, 3, 32, 32], DType::F32, 1.0, &mut rng).to_device(&dev).unwrap();
+    let labels: Vec<u32> = (0..64).map(|i| (i * 7 % 10) as u32).collect();
+    // Each step from the same parameters and BN statistics (a step updates the running ones).
+    let run = |target| {
+        let mut n = net.clone();
+        let (loss, logits, grads) = train::step_gradients(&mut n, x.clone(), &labels, &cfg, target).unwrap();
+        let grads: Vec<Vec<f32>> = grads.iter().map(|g| g.as_ref().unwrap().to_f32_vec()).collect();
+        (loss.to_f32_vec(), logits.to_f32_vec(), grads)
+    };
+    let (loss_a, logits_a, grads_a) = run(None);
+    let (loss_b, logits_b, grads_b) = run(target);
+    d.set_deterministic(false);
+    assert_eq!(loss_a, loss_b, "loss");
+    assert_eq!(logits_a, logits_b, "logits");
+    for (i, (a, b)) in grads_a.iter().zip(&grads_b).enumerate() {
+        assert_eq!(a, b, "gradient of {}", net.arch.param_names[i]);
+    }
+}
+
 /// A short run with every speed option on (bf16, channels last, fused BN+ReLU, CUDA graph)
 /// learns like the f32 one (see `a_short_run_learns_on_the_gpu`); the log must say the step
 /// was captured, not that the capture failed.

@@ -337,6 +337,9 @@ impl Gradients {
     /// A parameter used through several leaves gets the sum.
     pub fn into_param_grads(mut self, n_params: usize) -> Result<Vec<Option<Tensor>>> {
         let mut out: Vec<Option<Tensor>> = (0..n_params).map(|_| None).collect();
+        if let Some(&(p, _)) = self.params.iter().find(|(p, _)| *p >= n_params) {
+            return Err(Error::Invalid(format!("parameter {p} has a gradient, but {n_params} were asked for (extra parameters count too)")));
+        }
         for (p, node) in std::mem::take(&mut self.params) {
             if let Some(g) = self.by_node[node].take() {
                 match &mut out[p] {
@@ -427,6 +430,7 @@ mod tests {
         assert!(t.param(2).is_err(), "only 1 + 1 parameters");
         let y = mul(&mut t, p, e);
         let l = sum(&mut t, y);
+        assert!(t.backward(l).unwrap().into_param_grads(1).is_err(), "the extra parameter's gradient has no place");
         let g = t.backward(l).unwrap().into_param_grads(2).unwrap();
         assert_eq!(g[0].as_ref().unwrap().to_f64_vec(), vec![3.0, -5.0]);
         assert_eq!(g[1].as_ref().unwrap().to_f64_vec(), vec![1.0, 2.0]);

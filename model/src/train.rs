@@ -189,6 +189,20 @@ pub(crate) fn forward_backward(
     forward_backward_copies(model, x, labels, device_labels, cfg, profiler, target)
 }
 
+/// The loss, the logits and one gradient per parameter of a training-mode step on `x`, with
+/// the weights' compute copies made in `target` (see [`forward_backward_copies`]) or not
+/// (`None`: each unit converts its weight on the tape): for the tests that compare the two.
+pub fn step_gradients(
+    model: &mut ResNet9,
+    x: engine::Tensor,
+    labels: &[u32],
+    cfg: &TrainConfig,
+    target: Option<(engine::DType, engine::Layout)>,
+) -> Result<(engine::Tensor, engine::Tensor, Vec<Option<engine::Tensor>>)> {
+    let s = forward_backward_copies(model, x, labels, None, cfg, None, target)?;
+    Ok((s.loss, s.logits, s.grads))
+}
+
 /// [`forward_backward`], with the convolution weights' compute copies made in `target`
 /// (type, layout) before the forward, all at once, and their gradients turned into the
 /// weights' own after the backward, all at once (`ops::weight_copy`), where `target` is set;
