@@ -10,6 +10,8 @@
 #   bash scripts/gpu/on-gpu.sh torchprof [FLAGS] PyTorch's time per operation and per kernel of the same step
 #                                                (bench/torch_step_profile.py) -> torch-profile-<date>.txt
 #                                                (e.g. torchprof torchprof --fp32: two variants, one call)
+#   bash scripts/gpu/on-gpu.sh degrade [Q]      the staged files re-encoded through JPEG at quality Q (55)
+#                                                -> /root/cifar10-qQ (e.g. degrade 55 train 9 -- --data /root/cifar10-q55)
 #   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> lr-find-<date>.txt
 #                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> sanitize-<date>.txt
@@ -135,11 +137,23 @@ train() {
     if [ ${#extra[@]} -gt 0 ]; then
         tag="-$(printf '%s-' "${extra[@]}" | sed -E 's/^-+//; s/[^A-Za-z0-9.]+/-/g; s/-+$//')"
     fi
+    # The staged data unless the flags name another folder (`-- --data /root/cifar10-q55`).
+    local data=(--data /root/cifar10)
+    for a in "${extra[@]}"; do [ "$a" = "--data" ] && data=(); done
     for s in "${seeds[@]}"; do
         local log="$RES/train-24ep-$day-seed$s$tag.log" t_s
         t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 0
-        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --data /root/cifar10 --seed "$s" --out "$RES/runs" --name "seed$s$tag" --no-progress "${TRAIN_ARGS[@]}" "${extra[@]}" 2>&1; } | tee "$log"
+        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train "${data[@]}" --seed "$s" --out "$RES/runs" --name "seed$s$tag" --no-progress "${TRAIN_ARGS[@]}" "${extra[@]}" 2>&1; } | tee "$log"
     done
+}
+
+# The staged files re-encoded once more through JPEG at quality Q (bench/jpeg_degrade.py, the
+# JPEG sensitivity check of issue 6) into /root/cifar10-qQ, for `train SEEDS -- --data
+# /root/cifar10-qQ`; needs Pillow in the machine's Python, and says so if it is missing.
+degrade() {
+    local q="${1:-55}"
+    python3 -c 'import PIL' 2>/dev/null || { echo "on-gpu.sh: degrade needs Pillow (python3 -c 'import PIL' failed): skipped"; return 0; }
+    { echo "== bench/jpeg_degrade.py --quality $q"; python3 bench/jpeg_degrade.py --data /root/cifar10 --out "/root/cifar10-q$q" --quality "$q" 2>&1; } | tee -a "$RES/jpeg-degrade-$day.txt"
 }
 
 # Each call appends to the day's file, under a line naming its flags.
@@ -200,7 +214,7 @@ mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile|torchprof|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
+        stage|tests|train|profile|torchprof|degrade|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
