@@ -423,6 +423,8 @@ def torch_settings(args, ours):
             flags += [flag, s[key]]
     if s.get("nesterov") == "false":
         flags.append("--no-nesterov")
+    if s.get("cutout_inside") == "true":
+        flags.append("--cutout-inside")
     # Flip TTA: as our run recorded it, or (no run of ours in this call) as given to ours.
     if s.get("tta") == "true" or (not s and "--tta" in args.ours_args):
         flags.append("--tta")

@@ -8,6 +8,7 @@ What is the same as our engine (model/src/*.rs, data/src/augment.rs):
   `--subset N` trains on the first N training images only (as our `--subset`);
 - the augmentation, per image: reflect-pad 4 + random 32x32 crop, horizontal flip with p=1/2, Cutout 8x8
   centred uniformly over the image, clipped at the border, filled with 0 (the mean after normalisation);
+  with --cutout-inside its centre uniform in 4..=28, the whole square inside (as our --cutout-inside);
   done on the device, on the uint8 images uploaded once;
 - the schedule: one-cycle per batch, linear LRMIN -> LRMAX at the end of epoch P -> linear back towards
   LRMIN at the end (model/src/schedule.rs); P defaults to round(5/24 * epochs), at least 1, as our CLI;
@@ -66,6 +67,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov")
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--cutout-inside", action="store_true",
+                    help="Cutout's square always wholly inside the image (centre in 4..=28), as our --cutout-inside")
     ap.add_argument("--width", type=float, help="channel multiplier (default 1 = the real network; with "
                                                 "--eval-checkpoint, default: from the checkpoint)")
     ap.add_argument("--out-scale", type=float, help="multiplier of the logits (default 0.125, as our CLI; with --eval-checkpoint, "
@@ -141,14 +144,16 @@ def normalize(x_u8, mean, std):
     return (x_u8.float().div_(255.0) - mean) / std
 
 
-def sample_aug_params(n, gen, dev):
+def sample_aug_params(n, gen, dev, cutout_inside=False):
     """The random choices for n images, as our AugParams::sample: crop corner uniform in 0..=8 on each axis,
-    flip with probability 1/2, cutout centre uniform in 0..32 on each axis (int64 tensors [n])."""
+    flip with probability 1/2, cutout centre uniform in 0..32 on each axis (int64 tensors [n]); with
+    `cutout_inside` the centre uniform in 4..=28 (AugParams::sample_cutout_inside)."""
+    lo, hi = (4, 29) if cutout_inside else (0, 32)
     crop_x = torch.randint(0, 9, (n,), device=dev, generator=gen)
     crop_y = torch.randint(0, 9, (n,), device=dev, generator=gen)
     flip = torch.rand(n, device=dev, generator=gen) < 0.5
-    cut_x = torch.randint(0, 32, (n,), device=dev, generator=gen)
-    cut_y = torch.randint(0, 32, (n,), device=dev, generator=gen)
+    cut_x = torch.randint(lo, hi, (n,), device=dev, generator=gen)
+    cut_y = torch.randint(lo, hi, (n,), device=dev, generator=gen)
     return crop_x, crop_y, flip, cut_x, cut_y
 
 
@@ -169,9 +174,9 @@ def apply_augment(x_u8, mean, std, crop_x, crop_y, flip, cut_x, cut_y):
     return out.masked_fill((in_y[:, :, None] & in_x[:, None, :])[:, None], 0.0)
 
 
-def augment(x_u8, mean, std, gen):
+def augment(x_u8, mean, std, gen, cutout_inside=False):
     """Crop + flip + cutout of a batch on its device, with fresh random choices from `gen`."""
-    return apply_augment(x_u8, mean, std, *sample_aug_params(x_u8.shape[0], gen, x_u8.device))
+    return apply_augment(x_u8, mean, std, *sample_aug_params(x_u8.shape[0], gen, x_u8.device, cutout_inside))
 
 
 def sync(dev):
@@ -316,7 +321,7 @@ def main(argv=None):
         perm = torch.randperm(n, device=dev, generator=gen)
         for b in range(spe):
             idx = perm[b * bs:(b + 1) * bs]
-            xb, yb = augment(x_train[idx], mean, std, gen), y_train[idx]
+            xb, yb = augment(x_train[idx], mean, std, gen, args.cutout_inside), y_train[idx]
             if args.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             lr = one_cycle(step, args.lr_min, args.lr_max, spe, args.epochs, peak_epoch)
@@ -367,6 +372,7 @@ def main(argv=None):
         "lr_max": args.lr_max, "lr_min": args.lr_min, "peak_epoch": peak_epoch, "momentum": args.momentum,
         "nesterov": not args.no_nesterov, "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing, "width": args.width, "out_scale": args.out_scale,
+        "cutout_inside": args.cutout_inside,
         "epoch_train_s": tr, "epoch_eval_s": ev,
         "train_total_s": sum(tr), "train_total_s_excl_first": sum(tr[1:]),
         "train_eval_total_s": sum(both), "train_eval_total_s_excl_first": sum(both[1:]),

@@ -138,7 +138,7 @@ fn gpu_batches_equal_host_batches_on_the_real_files() {
     let mut gpu_p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
     let n = ds.train.len();
     let order = data::epoch_order(n, 3, 1);
-    let params = train::epoch_aug_params(3, 1, n);
+    let params = train::epoch_aug_params(3, 1, n, false);
     host.begin_epoch(&ds.train, &order, &params).unwrap();
     gpu_p.begin_epoch(&ds.train, &order, &params).unwrap();
     // The first batch, one from the middle, and the partial last one (336 images).
@@ -192,7 +192,7 @@ fn steady_state_steps(fast: bool) {
     cfg.apply_to(&mut net.arch);
     let mut state = SgdState::default();
     let order = data::epoch_order(ds.train.len(), 0, 0);
-    let params = train::epoch_aug_params(0, 0, ds.train.len());
+    let params = train::epoch_aug_params(0, 0, ds.train.len(), false);
     p.begin_epoch(&ds.train, &order, &params).unwrap();
     let mut counts = Vec::new();
     for b in 0..4 {

@@ -111,7 +111,7 @@ fn a_profiled_step_accounts_for_every_operation() {
     let mut net = model::resnet::ResNet9::new(cfg.width, 1.0, engine::DType::F32, &mut rng).unwrap();
     let mut pipeline = Pipeline::new(&engine::Device::Cpu, &ds.train, &ds.test).unwrap();
     let order = data::epoch_order(64, 0, 0);
-    let params = train::epoch_aug_params(0, 0, 64);
+    let params = train::epoch_aug_params(0, 0, 64, false);
     pipeline.begin_epoch(&ds.train, &order, &params).unwrap();
     let mut state = ops::sgd::SgdState::default();
     let p = train::profile_step(&mut net, &mut state, &ds.train, &mut pipeline, &order, &params, 0..16, norm, 0.01, &cfg).unwrap();

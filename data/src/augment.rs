@@ -17,7 +17,10 @@
 //! ```
 //!
 //! The cutout square is 8x8, clipped at the border, and filled with 0, which is the
-//! dataset mean after normalisation.
+//! dataset mean after normalisation. Its centre is uniform over the image (DeVries and
+//! Taylor's Cutout: near a border part of the square falls outside, 56 pixels cut on average),
+//! or with [`AugParams::sample_cutout_inside`] uniform in `4..=28`, so that the whole square is
+//! inside (D. Page's Cutout for this network: 64 pixels every time).
 
 use crate::cifar::Split;
 use crate::{IMAGE_BYTES, RECORD_BYTES};
@@ -44,6 +47,19 @@ impl AugParams {
             flip: rng.random_bool(0.5) as i32,
             cutout_x: rng.random_range(0..32),
             cutout_y: rng.random_range(0..32),
+        }
+    }
+
+    /// As [`AugParams::sample`] (the same draws in the same order), but the cutout centre
+    /// uniform in `4..=28` on each axis: the 8x8 square always lies wholly inside the image
+    /// (D. Page, "How to Train Your ResNet", myrtle.ai, 2018: its top-left corner in `0..=24`).
+    pub fn sample_cutout_inside(rng: &mut impl Rng) -> AugParams {
+        AugParams {
+            crop_x: rng.random_range(0..=8),
+            crop_y: rng.random_range(0..=8),
+            flip: rng.random_bool(0.5) as i32,
+            cutout_x: rng.random_range(4..=28),
+            cutout_y: rng.random_range(4..=28),
         }
     }
 
@@ -238,5 +254,28 @@ mod tests {
         // Flip frequency: binomial(20000, 0.5) has std 0.0035; 0.02 is over 5 sigma.
         let flips = ps.iter().filter(|p| p.flip == 1).count() as f64 / ps.len() as f64;
         assert!((flips - 0.5).abs() < 0.02, "flip frequency {flips}");
+    }
+
+    /// Page's Cutout: every centre in 4..=28 is drawn and none outside, so every image loses a
+    /// whole 8x8 square (64 pixels per channel); the crop and flip draws are those of `sample`.
+    #[test]
+    fn cutout_inside_keeps_the_whole_square_in_the_image() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let ps: Vec<AugParams> = (0..20_000).map(|_| AugParams::sample_cutout_inside(&mut rng)).collect();
+        let seen = |f: fn(&AugParams) -> i32, lo: i32, hi: i32| (lo..=hi).all(|v| ps.iter().any(|p| f(p) == v));
+        assert!(seen(|p| p.cutout_x, 4, 28) && seen(|p| p.cutout_y, 4, 28));
+        assert!(ps.iter().all(|p| (4..=28).contains(&p.cutout_x) && (4..=28).contains(&p.cutout_y)));
+        let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut b = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (p, q) = (AugParams::sample(&mut a), AugParams::sample_cutout_inside(&mut b));
+        assert_eq!((p.crop_x, p.crop_y, p.flip), (q.crop_x, q.crop_y, q.flip));
+        // Applied at the extreme centres: 64 zeros per channel for an image that has none of its
+        // own (every pixel 200, mean 0).
+        let image = vec![200u8; 3072];
+        for (cx, cy) in [(4, 4), (28, 28), (4, 28)] {
+            let mut out = vec![1.0f32; 3072];
+            augment_into(&image, &AugParams { cutout_x: cx, cutout_y: cy, ..q }, [0.0; 3], [1.0; 3], &mut out);
+            assert_eq!(out.iter().filter(|&&v| v == 0.0).count(), 3 * 64, "centre ({cx}, {cy})");
+        }
     }
 }

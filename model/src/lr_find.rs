@@ -177,7 +177,7 @@ fn run(
     // Cycle through epochs of shuffled, augmented batches (seeded apart from training's).
     'outer: for epoch in 0.. {
         let order = data::epoch_order(n, cfg.seed ^ 0x5eed_1f1d, epoch);
-        let params = train::epoch_aug_params(cfg.seed ^ 0x5eed_1f1d, epoch, n);
+        let params = train::epoch_aug_params(cfg.seed ^ 0x5eed_1f1d, epoch, n, cfg.cutout_inside);
         pipeline.begin_epoch(split, &order, &params)?;
         // Full batches only: a small last batch gives a noisy loss that can fake the minimum.
         for b in 0..n / cfg.batch_size {

@@ -112,6 +112,11 @@ struct TrainArgs {
     no_nesterov: bool,
     #[arg(long, default_value_t = 0.0)]
     label_smoothing: f64,
+    /// Cutout's 8x8 square always wholly inside the image (its centre in 4..=28, as D. Page's
+    /// Cutout for this network), instead of centred anywhere and clipped at the border (DeVries
+    /// and Taylor's, the default).
+    #[arg(long)]
+    cutout_inside: bool,
     /// Multiplier of the logits. 0.125 as in D. Page's ResNet-9 ("How to Train Your ResNet",
     /// myrtle.ai, 2018); with it the LR range test's minimum lands at Page's LR for this
     /// network (bench/results/lr-range-torch-cpu-w1-2026-11-25.md).
@@ -230,6 +235,7 @@ impl TrainArgs {
             channels_last: self.channels_last || fast,
             fused_bn_relu: self.fused_bn_relu || fast,
             tta: self.tta,
+            cutout_inside: self.cutout_inside,
         };
         Ok(RunOptions {
             cfg,

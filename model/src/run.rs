@@ -242,6 +242,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             (cfg.fused_bn_relu, ", fused BN+ReLU"),
             (opts.cuda_graph, ", CUDA graph"),
             (cfg.tta, ", flip TTA in evaluation"),
+            (cfg.cutout_inside, ", Cutout inside the image"),
         ]
             .iter()
             .filter(|(on, _)| *on)
@@ -578,7 +579,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         return Err(Error::Invalid(format!("profiling {steps} steps of {bs} needs {} training images, have {n}", steps * bs)));
     }
     let order = data::epoch_order(n, cfg.seed, 0);
-    let params = train::epoch_aug_params(cfg.seed, 0, n);
+    let params = train::epoch_aug_params(cfg.seed, 0, n, cfg.cutout_inside);
     pipeline.begin_epoch(&ds.train, &order, &params)?;
     let lr = 0.01;
     let step = |model: &mut ResNet9, state: &mut SgdState, pipeline: &mut Pipeline, b: usize| -> Result<()> {
@@ -733,7 +734,7 @@ pub fn show_data(ds: &Cifar10, out: &Path, seed: u64) -> Result<()> {
     let norm = Normalization { mean, std };
     let n = 48;
     let order = data::epoch_order(ds.train.len(), seed, 0);
-    let params = train::epoch_aug_params(seed, 0, n);
+    let params = train::epoch_aug_params(seed, 0, n, false);
     let (x, labels) = crate::batches::train_batch(&ds.train, &order[..n], &params, norm)?;
     let x = x.to_f32_vec();
     let pixels: Vec<Vec<u8>> = x.chunks_exact(3072).map(|img| crate::image_grid::chw_from_normalized(img, mean, std)).collect();

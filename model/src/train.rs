@@ -45,6 +45,9 @@ pub struct TrainConfig {
     /// Also evaluate with flip test-time augmentation (see [`evaluate`]): the log and the
     /// metrics then carry both test accuracies.
     pub tta: bool,
+    /// Cutout's 8x8 square always wholly inside the image (D. Page's), instead of centred
+    /// anywhere and clipped at the border (see `data::augment`).
+    pub cutout_inside: bool,
 }
 
 impl Default for TrainConfig {
@@ -67,6 +70,7 @@ impl Default for TrainConfig {
             channels_last: false,
             fused_bn_relu: false,
             tta: false,
+            cutout_inside: false,
         }
     }
 }
@@ -92,6 +96,7 @@ impl TrainConfig {
             ("channels_last".into(), self.channels_last.to_string()),
             ("fused_bn_relu".into(), self.fused_bn_relu.to_string()),
             ("tta".into(), self.tta.to_string()),
+            ("cutout_inside".into(), self.cutout_inside.to_string()),
         ])
     }
 
@@ -125,6 +130,7 @@ impl TrainConfig {
             channels_last: if m.contains_key("channels_last") { get(m, "channels_last")? } else { false },
             fused_bn_relu: if m.contains_key("fused_bn_relu") { get(m, "fused_bn_relu")? } else { false },
             tta: if m.contains_key("tta") { get(m, "tta")? } else { false },
+            cutout_inside: if m.contains_key("cutout_inside") { get(m, "cutout_inside")? } else { false },
         })
     }
 
@@ -335,11 +341,13 @@ fn cross_entropy(g: &mut Graph<'_>, logits: ops::Var, labels: &[u32], device_lab
     })
 }
 
-/// The augmentation parameters of every image of an epoch, from the run's seed.
-pub fn epoch_aug_params(seed: u64, epoch: usize, n: usize) -> Vec<AugParams> {
+/// The augmentation parameters of every image of an epoch, from the run's seed; with
+/// `cutout_inside`, Cutout's square always wholly inside the image (see `data::augment`).
+pub fn epoch_aug_params(seed: u64, epoch: usize, n: usize, cutout_inside: bool) -> Vec<AugParams> {
     // A stream distinct from the shuffle's: mix the epoch into the seed.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64 + 1));
-    (0..n).map(|_| AugParams::sample(&mut rng)).collect()
+    let sample = if cutout_inside { AugParams::sample_cutout_inside } else { AugParams::sample };
+    (0..n).map(|_| sample(&mut rng)).collect()
 }
 
 /// What one epoch of training measured.
@@ -369,7 +377,7 @@ pub fn train_epoch(
     let start = Instant::now();
     let n = cfg.train_len(split);
     let order = data::epoch_order(n, cfg.seed, epoch);
-    let params = epoch_aug_params(cfg.seed, epoch, n);
+    let params = epoch_aug_params(cfg.seed, epoch, n, cfg.cutout_inside);
     let schedule = cfg.schedule(split);
     let spe = schedule.steps_per_epoch;
     let (mut loss_sum, mut correct, mut seen, mut last_lr) = (0.0, 0usize, 0usize, 0.0);
@@ -634,6 +642,19 @@ pub fn evaluate(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, nor
 mod tests {
     use super::*;
     use engine::{DType, Layout, Tensor};
+
+    /// The recipe round-trips through the checkpoint's metadata, `--cutout-inside` included, and
+    /// a checkpoint written before that setting existed reads as Cutout centred anywhere.
+    #[test]
+    fn settings_round_trip_through_the_metadata() {
+        let cfg = TrainConfig { cutout_inside: true, tta: true, label_smoothing: 0.2, lr_min: 0.004, lr_max: 0.4, ..TrainConfig::default() };
+        let mut meta = cfg.to_meta();
+        assert_eq!(TrainConfig::from_meta(&meta).unwrap(), cfg);
+        meta.remove("cutout_inside");
+        assert_eq!(TrainConfig::from_meta(&meta).unwrap(), TrainConfig { cutout_inside: false, ..cfg.clone() });
+        meta.insert("cutout_inside".into(), "maybe".into());
+        assert!(TrainConfig::from_meta(&meta).unwrap_err().to_string().contains("cutout_inside"));
+    }
 
     /// The weights' compute copies made outside the tape, and their gradients turned back
     /// into the weights' own, change nothing: on the CPU (f32 NCHW copies, the reference path
