@@ -196,8 +196,9 @@ pub(crate) fn forward_backward(
 }
 
 /// The loss, the logits and one gradient per parameter of a training-mode step on `x`, with
-/// the weights' compute copies made in `target` (made all at once by `ops::weight_copy`, as on the GPU's fast path) or not
-/// (`None`: each unit converts its weight on the tape): for the tests that compare the two.
+/// the weights' compute copies made in `target` (all at once by `ops::weight_copy`, as on
+/// the GPU's fast path) or not (`None`: each unit converts its weight on the tape): for the
+/// tests that compare the two.
 pub fn step_gradients(
     model: &mut ResNet9,
     x: engine::Tensor,
