@@ -18,7 +18,7 @@
 //!
 //! The cutout square is 8x8, clipped at the border, and filled with 0, which is the
 //! dataset mean after normalisation. Its centre is uniform over the image (DeVries and
-//! Taylor's Cutout: near a border part of the square falls outside, 56 pixels cut on average),
+//! Taylor's Cutout: near a border part of the square falls outside, 56.25 pixels cut on average),
 //! or with [`AugParams::sample_cutout_inside`] uniform in `4..=28`, so that the whole square is
 //! inside (D. Page's Cutout for this network: 64 pixels every time).
 

@@ -208,6 +208,20 @@ impl TrainArgs {
         Only::parse_from(["model"]).args
     }
 
+    /// The device `--device` names, with this run's GPU settings (TF32, deterministic
+    /// algorithms, the convolution search, the 16-byte kernels) applied to it.
+    fn device(&self) -> Result<Device> {
+        let device = choose_device(&self.device)?;
+        if let Device::Cuda(d) = &device {
+            d.set_allow_tf32(!self.no_tf32);
+            d.set_deterministic(self.deterministic);
+            d.set_find_repeats(self.cudnn_find_repeats as usize);
+            d.set_timed_search(self.cudnn_timed_search);
+            d.set_vector_kernels(!self.no_vector_kernels);
+        }
+        Ok(device)
+    }
+
     /// The run's options on `device`: on a GPU without `--plain`, every speed option is on.
     fn options(&self, device: &Device) -> Result<RunOptions> {
         let fast = device.is_cuda() && !self.plain;
@@ -290,14 +304,7 @@ fn open_data(args: &DataArgs) -> Result<data::Cifar10> {
 }
 
 fn train(args: &TrainArgs, only_lr_find: bool) -> Result<()> {
-    let device = choose_device(&args.device)?;
-    if let Device::Cuda(d) = &device {
-        d.set_allow_tf32(!args.no_tf32);
-        d.set_deterministic(args.deterministic);
-        d.set_find_repeats(args.cudnn_find_repeats as usize);
-        d.set_timed_search(args.cudnn_timed_search);
-        d.set_vector_kernels(!args.no_vector_kernels);
-    }
+    let device = args.device()?;
     let mut opts = args.options(&device)?;
     let ds = open_data(&args.data)?;
     if only_lr_find {
@@ -336,14 +343,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::LrFind(a) => train(&a, true),
         Command::Summary { width, batch_size } => summary(width, batch_size),
         Command::Profile { args, warmup, timed } => {
-            let device = choose_device(&args.device)?;
-            if let Device::Cuda(d) = &device {
-                d.set_allow_tf32(!args.no_tf32);
-                d.set_deterministic(args.deterministic);
-                d.set_find_repeats(args.cudnn_find_repeats as usize);
-                d.set_timed_search(args.cudnn_timed_search);
-                d.set_vector_kernels(!args.no_vector_kernels);
-            }
+            let device = args.device()?;
             let opts = args.options(&device)?;
             let ds = open_data(&args.data)?;
             model::run::run_profile(&ds, &device, &opts.cfg, warmup, timed, opts.cuda_graph)

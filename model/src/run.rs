@@ -712,16 +712,12 @@ fn profile_evaluation(model: &mut ResNet9, ds: &Cifar10, pipeline: &mut Pipeline
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    // Per batch: not the weights' copies, which an evaluation makes once.
-    let batch_ms: f64 = prof.rows.iter().filter(|r| !r.0.starts_with("weight copies")).map(|r| r.2).sum();
+    let (batch_ms, batches) = (prof.total_ms(), n.div_ceil(bs));
     println!(
-        "{runs} evaluations of the {n} test images ({} batches) timed end to end: median {:.1} ms, min {:.1} ms (one batch's operations above: {:.2} ms, x{} = {:.1} ms)",
-        n.div_ceil(bs),
+        "{runs} evaluations of the {n} test images ({batches} batches) timed end to end: median {:.1} ms, min {:.1} ms (one batch's operations above: {batch_ms:.2} ms, x{batches} = {:.1} ms)",
         times[times.len() / 2],
         times[0],
-        batch_ms,
-        n.div_ceil(bs),
-        batch_ms * n.div_ceil(bs) as f64
+        batch_ms * batches as f64
     );
     Ok(())
 }

@@ -555,34 +555,40 @@ fn eval_copies(model: &ResNet9) -> Result<Vec<engine::Tensor>> {
 /// compute `copies` if any (from [`eval_copies`]); the forward's tape is dropped here, so only
 /// one batch's activations are alive at a time.
 fn eval_logits(model: &mut ResNet9, x: engine::Tensor, copies: &[engine::Tensor]) -> Result<engine::Tensor> {
+    Ok(eval_forward(model, x, copies, None)?.0)
+}
+
+/// [`eval_logits`], with every operation marked on `profiler` if one is given (handed back).
+fn eval_forward(
+    model: &mut ResNet9,
+    x: engine::Tensor,
+    copies: &[engine::Tensor],
+    profiler: Option<engine::profile::Profiler>,
+) -> Result<(engine::Tensor, Option<engine::profile::Profiler>)> {
     let mut g = Graph::with_extra(&model.params, copies);
+    if let Some(p) = profiler {
+        g.set_profiler(p);
+    }
     let input = g.input(x);
     let first = (!copies.is_empty()).then_some(model.params.len());
     let logits = model.arch.forward_with_copies(&mut g, input, false, &mut model.bn, first)?;
-    g.take_value(logits).ok_or_else(|| Error::Invalid("the tape lost the logits".into()))
+    let logits = g.take_value(logits).ok_or_else(|| Error::Invalid("the tape lost the logits".into()))?;
+    Ok((logits, g.take_profiler()))
 }
 
 /// One evaluation batch (test records `start..end`, eval mode) with every operation marked,
 /// as [`profile_step`] does for a training step: the time per operation of the batch's
-/// assembly and forward pass, and of reading its logits back.
+/// assembly and forward pass, and of reading its logits back (not the weights' copies, which
+/// an evaluation makes once for all its batches: they are made before the timing starts).
 pub fn profile_eval_batch(model: &mut ResNet9, split: &Split, pipeline: &mut Pipeline, start: usize, end: usize, norm: Normalization) -> Result<engine::profile::Profile> {
     let device = model.device();
+    let copies = eval_copies(model)?;
     device.synchronize()?;
     let mut prof = engine::profile::Profiler::new(&device)?;
     let Batch { x, .. } = pipeline.test_batch(split, start, end, norm, false)?;
     prof.mark("data: test batch");
-    // Made once per evaluation, not per batch (see `evaluate`).
-    let copies = eval_copies(model)?;
-    if !copies.is_empty() {
-        prof.mark("weight copies (once per evaluation)");
-    }
-    let mut g = Graph::with_extra(&model.params, &copies);
-    g.set_profiler(prof);
-    let input = g.input(x);
-    let first = (!copies.is_empty()).then_some(model.params.len());
-    let logits = model.arch.forward_with_copies(&mut g, input, false, &mut model.bn, first)?;
-    let mut prof = g.take_profiler().ok_or_else(|| Error::Invalid("the profiler went missing".into()))?;
-    let logits = g.take_value(logits).ok_or_else(|| Error::Invalid("the tape lost the logits".into()))?;
+    let (logits, prof) = eval_forward(model, x, &copies, Some(prof))?;
+    let mut prof = prof.ok_or_else(|| Error::Invalid("the profiler went missing".into()))?;
     logits.to_f32_vec();
     prof.mark("host: read logits");
     Ok(prof.finish()?)

@@ -33,6 +33,20 @@ pub(crate) fn grid(n: u32) -> LaunchConfig {
     LaunchConfig::for_num_elems(n.max(1))
 }
 
+/// Each tensor's first block in a one-row grid where tensor t owns ⌈n_t / per_block⌉
+/// consecutive blocks (prefix sums; an empty tensor owns none), and the grid's size: the
+/// layout of our multi-tensor kernels (`sgd_update_multi`, the weight copies of `bf16.cu`),
+/// whose blocks each find their tensor as the last one starting at or before them.
+pub(crate) fn block_starts<const N: usize>(ns: &[u32], per_block: u32) -> ([u32; N], u32) {
+    let mut starts = [0u32; N];
+    let mut next = 0u32;
+    for (t, &n) in ns.iter().enumerate() {
+        starts[t] = next;
+        next += n.div_ceil(per_block);
+    }
+    (starts, next)
+}
+
 /// Values of `dt` in one 16-byte access (8 bf16 or 4 f32), the width of our kernels' 16-byte
 /// variants, if every device address in `ptrs` is 16-byte aligned; `None` for f64 (no such
 /// variants) or an unaligned buffer. Each op adds its own shape condition.

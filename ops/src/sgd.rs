@@ -161,18 +161,6 @@ const THREADS: u32 = 256;
 // 3 × 32 addresses and 3 × 32 four-byte ints, no padding: the CUDA struct's 1152 bytes.
 const _: () = assert!(std::mem::size_of::<SgdTable>() == 1152);
 
-/// Each tensor's first block in a grid where tensor t owns ⌈n_t / per_block⌉ consecutive
-/// blocks, and the grid's size.
-fn block_starts(ns: &[u32], per_block: u32) -> ([u32; MAX_TENSORS], u32) {
-    let mut starts = [0u32; MAX_TENSORS];
-    let mut next = 0u32;
-    for (t, &n) in ns.iter().enumerate() {
-        starts[t] = next;
-        next += n.div_ceil(per_block);
-    }
-    (starts, next)
-}
-
 // SAFETY: plain C data with the layout of the CUDA struct (8-byte pointers, then 4-byte ints).
 unsafe impl cudarc::driver::DeviceRepr for SgdTable {}
 
@@ -212,7 +200,7 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
             dev.get_or_insert_with(|| p.device());
         }
         let Some(crate::Device::Cuda(dev)) = dev else { continue };
-        let (block0, blocks) = block_starts(&table.n[..chunk.len()], THREADS * PER_THREAD);
+        let (block0, blocks) = crate::cuda::block_starts::<MAX_TENSORS>(&table.n[..chunk.len()], THREADS * PER_THREAD);
         table.block0 = block0;
         if blocks == 0 {
             continue;
@@ -222,7 +210,7 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
         let (nesterov, count) = (i32::from(cfg.nesterov), chunk.len() as u32);
         let mut launch = dev.stream().launch_builder(&f);
         launch.arg(&table).arg(&count).arg(&lr).arg(&lr_dev).arg(&mom).arg(&damp).arg(&wd).arg(&nesterov);
-        // One row of blocks, each tensor's after the one before (see block_starts).
+        // One row of blocks, each tensor's after the one before (see `crate::cuda::block_starts`).
         let cfg_launch = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: sgd_update_multi(table, count, lr, lr_ptr, momentum, dampening, wd, nesterov); lr_ptr
         // is null or one f32 on this device (`step_with_device_lr` checks it);
@@ -244,12 +232,12 @@ mod tests {
     /// tensor owns none (and starts where the next does), and the total is the grid's size.
     #[test]
     fn block_starts_are_prefix_sums_of_whole_blocks() {
-        let (starts, total) = block_starts(&[1024, 1, 0, 2049, 5], 1024);
+        let (starts, total) = crate::cuda::block_starts::<MAX_TENSORS>(&[1024, 1, 0, 2049, 5], 1024);
         assert_eq!(&starts[..5], &[0, 1, 2, 2, 5]);
         assert_eq!(total, 6);
-        assert_eq!(block_starts(&[0, 0], 1024).1, 0);
+        assert_eq!(crate::cuda::block_starts::<MAX_TENSORS>(&[0, 0], 1024).1, 0);
         // The ResNet's largest weight, 512·512·3·3, at 256 threads × PER_THREAD.
-        assert_eq!(block_starts(&[2_359_296], THREADS * PER_THREAD).1, 2304);
+        assert_eq!(crate::cuda::block_starts::<MAX_TENSORS>(&[2_359_296], THREADS * PER_THREAD).1, 2304);
     }
 
     /// Three steps written out by hand (the torch formulas, one scalar at a time).

@@ -83,11 +83,11 @@ fn launch_all(inputs: &[&Tensor], dtype: DType, layout: Layout, kernel: &'static
     for chunk in inputs.chunks(MAX_TENSORS) {
         let mut table = WeightCopyTable { src: [0; MAX_TENSORS], dst: [0; MAX_TENSORS], k: [0; MAX_TENSORS], c: [0; MAX_TENSORS], rs: [0; MAX_TENSORS], block0: [0; MAX_TENSORS] };
         let dev = chunk[0].cuda_buffer()?.dev().clone();
-        let mut next_block = 0u32;
+        let mut counts = [0u32; MAX_TENSORS];
         for (t, x) in chunk.iter().enumerate() {
             let s = x.shape();
             // The kernels index in 32 bits.
-            let n = crate::cuda::count(x.numel())?;
+            counts[t] = crate::cuda::count(x.numel())?;
             let xb = x.cuda_buffer()?;
             if !std::sync::Arc::ptr_eq(xb.dev(), &dev) {
                 return Err(Error::Invalid("weight_copy: the tensors are on different devices".into()));
@@ -96,18 +96,18 @@ fn launch_all(inputs: &[&Tensor], dtype: DType, layout: Layout, kernel: &'static
             table.src[t] = xb.ptr() as u64;
             table.dst[t] = y.ptr_mut() as u64;
             (table.k[t], table.c[t], table.rs[t]) = (crate::cuda::count(s[0])?, crate::cuda::count(s[1])?, crate::cuda::count(s[2] * s[3])?);
-            table.block0[t] = next_block;
-            next_block += n.div_ceil(THREADS);
             outputs.push(Tensor::from_cuda(s, y)?.with_layout(layout)?);
         }
-        if next_block == 0 {
+        let blocks;
+        (table.block0, blocks) = crate::cuda::block_starts::<MAX_TENSORS>(&counts[..chunk.len()], THREADS);
+        if blocks == 0 {
             continue;
         }
         let f = crate::cuda::function(&dev, "bf16.cu", kernel)?;
         let count = chunk.len() as u32;
         let mut launch = dev.stream().launch_builder(&f);
         launch.arg(&table).arg(&count);
-        let cfg = LaunchConfig { grid_dim: (next_block, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: weights_to_bf16_krsc / weight_grads_to_f32_kcrs(table, count): entry t reads
         // K·C·RS elements of the input's type at src (f32 NCHW, or bf16 NHWC: checked by the
         // callers' on_cuda_all) and writes as many of the output's at dst (allocated above for
