@@ -67,12 +67,21 @@ impl Report {
 /// the parameters after the SGD step.
 ///
 /// Tolerance, TF32 off, relative to each tensor's largest value: 1e-3 for the forward values
-/// (logits, loss, running statistics) and 5e-3 for gradients and the parameters after the
+/// (logits, loss, running statistics) and 3e-2 for gradients and the parameters after the
 /// step. Both sides compute in f32 but sum in other orders through 8 convolutions and 8
 /// batch norms, and batch norm's backward subtracts two means from each gradient, so the
 /// rounding of terms far larger than the result remains; cuDNN's backward algorithms (the
 /// fastest, which may be FFT or Winograd based) add their own. Measured on an H200
-/// (2026-11-26): logits 7.3e-6, gradients up to 1.1e-3 (layer1's weight). A wrong rule
+/// (2026-11-26): logits 7.3e-6, gradients up to 1.1e-3 (layer1's weight) in the first
+/// session. The kinks are why the gradients' bound is wide: this step has 3.3 million ReLU
+/// inputs and 0.9 million max-pool windows, and the devices' values differ by about 1e-6
+/// relative, so about one of them is expected to lie close enough to its kink (0, or a tie
+/// in the window) to take the other branch on the other device; that one position's
+/// gradient then goes elsewhere. The second session's run (build 5e7fb32) had one:
+/// on the fused NHWC path layer2's bias gradient was off by 5.4e-3 while its weight gradient
+/// (the same sum weighted by x-hat, and with the initial gamma 1 and beta 0 the ReLU's kink is at x-hat = 0) agreed to 3e-6, and layer2's
+/// convolution weight gradient, which that position feeds, was off by 1.05e-2; every other
+/// tensor agreed to 1.1e-3. A wrong rule
 /// (a missing term, a transposed filter, biased vs unbiased variance) is off by 1e-1 or more.
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -112,8 +121,8 @@ fn one_resnet_training_step_matches_the_cpu() {
             report.close(&format!("{tag}: logits"), &lg, &lc, 1e-3);
             report.close(&format!("{tag}: loss"), &lossg, &lossc, 1e-4);
             for (i, name) in nc.arch.param_names.iter().enumerate() {
-                report.close(&format!("{tag}: grad of {name}"), gg[i].as_ref().unwrap(), gc[i].as_ref().unwrap(), 5e-3);
-                report.close(&format!("{tag}: {name} after the step"), &ng.params[i], &nc.params[i], 5e-3);
+                report.close(&format!("{tag}: grad of {name}"), gg[i].as_ref().unwrap(), gc[i].as_ref().unwrap(), 3e-2);
+                report.close(&format!("{tag}: {name} after the step"), &ng.params[i], &nc.params[i], 3e-2);
             }
             for (i, (a, b)) in ng.bn.iter().zip(&nc.bn).enumerate() {
                 report.close(&format!("{tag}: {} running mean", nc.arch.bn_name(i)), &a.mean, &b.mean, 1e-3);
