@@ -215,13 +215,20 @@ __device__ void eval_stats(const A* gamma, const A* beta, const A* running_mean,
 
 // ---- forward output ----
 
-// One output element of channel c, in the statistics' type: max(fma(x, scale, shift), 0)
-// (shared by apply and apply_vec, so that both give the same bits).
+// One output element, in the statistics' type: max(fma(x, scale, shift), 0), from the
+// channel's scale and shift (shared by every forward pass, so that all give the same bits).
+template <typename A>
+__device__ __forceinline__ A bnr_y_of(A xv, A scale, A shift)
+{
+    const A z = fma(xv, scale, shift);
+    return z > A(0) ? z : A(0);
+}
+
+// The same for channel c, its scale and shift read from stats.
 template <typename A>
 __device__ __forceinline__ A bnr_y(A xv, const A* stats, unsigned int c_count, unsigned int c)
 {
-    const A z = fma(xv, stats[2 * c_count + c], stats[3 * c_count + c]);
-    return z > A(0) ? z : A(0);
+    return bnr_y_of(xv, stats[2 * c_count + c], stats[3 * c_count + c]);
 }
 
 // ONE THREAD per element i (grid-stride): y[i] = max(fma(x[i], scale[c], shift[c]), 0).
@@ -238,24 +245,45 @@ __device__ void apply(const T* x, const A* stats, T* y, unsigned int total, unsi
 
 // ---- backward sums ----
 
-// The two per-element terms of the backward sums at x, dy of channel c: dz and dz*xhat.
+// One channel's forward statistics, as the backward uses them (stats[0..4)[c]).
 template <typename A>
-__device__ __forceinline__ void dz_terms(A xv, A dyv, const A* stats, unsigned int c_count, unsigned int c, A& dz, A& dzx)
+struct BnrStats {
+    A mean, invstd, scale, shift;
+};
+
+template <typename A>
+__device__ __forceinline__ BnrStats<A> bnr_stats_of(const A* stats, unsigned int c_count, unsigned int c)
 {
-    const A z = fma(xv, stats[2 * c_count + c], stats[3 * c_count + c]);
-    dz = z > A(0) ? dyv : A(0);
-    dzx = dz * ((xv - stats[c]) * stats[c_count + c]);
+    return BnrStats<A>{stats[c], stats[c_count + c], stats[2 * c_count + c], stats[3 * c_count + c]};
 }
 
-// One element of dx of channel c, in the statistics' type: k1*(dz - k2 - xhat*k3) (shared by
-// bwd_apply and bwd_apply_vec, so that both give the same bits).
+// The two per-element terms of the backward sums at x, dy of a channel with statistics st:
+// dz and dz*xhat (shared by every backward reduction).
+template <typename A>
+__device__ __forceinline__ void dz_terms(A xv, A dyv, const BnrStats<A>& st, A& dz, A& dzx)
+{
+    const A z = fma(xv, st.scale, st.shift);
+    dz = z > A(0) ? dyv : A(0);
+    dzx = dz * ((xv - st.mean) * st.invstd);
+}
+
+// One element of dx, in the statistics' type: k1*(dz - k2 - xhat*k3), from the channel's
+// statistics and coefficients (k1, k2, k3) = coef[0..3)[c] (shared by every backward pass, so
+// that all give the same bits).
+template <typename A>
+__device__ __forceinline__ A bnr_dx_of(A xv, A dyv, const BnrStats<A>& st, A k1, A k2, A k3)
+{
+    A dz, dzx;
+    dz_terms(xv, dyv, st, dz, dzx);
+    const A xhat = (xv - st.mean) * st.invstd;
+    return k1 * (dz - k2 - xhat * k3);
+}
+
+// The same for channel c, its statistics and coefficients read from stats and coef.
 template <typename A>
 __device__ __forceinline__ A bnr_dx(A xv, A dyv, const A* stats, const A* coef, unsigned int c_count, unsigned int c)
 {
-    A dz, dzx;
-    dz_terms(xv, dyv, stats, c_count, c, dz, dzx);
-    const A xhat = (xv - stats[c]) * stats[c_count + c];
-    return coef[c] * (dz - coef[c_count + c] - xhat * coef[2 * c_count + c]);
+    return bnr_dx_of(xv, dyv, bnr_stats_of(stats, c_count, c), coef[c], coef[c_count + c], coef[2 * c_count + c]);
 }
 
 // ---- vectorised elementwise passes ----
@@ -315,13 +343,42 @@ __device__ __forceinline__ void vec_channels(unsigned int e, unsigned int c_coun
     }
 }
 
+// Whether every group of VEC elements a thread visits in the grid-stride loops below has the
+// same channels: NHWC, and the grid's thread count a multiple of the C/VEC groups of a row
+// (ops/src/batch_norm_relu.rs launches 256-thread blocks, and C/VEC divides 256 in this
+// network). The thread's channels are then VEC*(first % (C/VEC)) + 0..VEC, and their
+// per-channel values are read once, into registers, instead of once per element: in the
+// per-element form those reads (2 per element forward, 7 backward, each warp's spread over
+// 8 cache lines) outnumber the data's own loads many times over.
+__device__ __forceinline__ bool fixed_channels(int nhwc, unsigned int row_groups)
+{
+    return nhwc && (blockDim.x * gridDim.x) % row_groups == 0;
+}
+
 // ONE THREAD per group of VEC elements g (grid-stride): y = max(fma(x, scale, shift), 0).
 template <typename T, int VEC>
 __device__ void apply_vec(const T* x, const float* stats, T* y, unsigned int total, unsigned int c_count, unsigned int hw,
                           int nhwc)
 {
-    const unsigned int groups = total / VEC;
-    for (unsigned int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += blockDim.x * gridDim.x) {
+    const unsigned int groups = total / VEC, first = blockIdx.x * blockDim.x + threadIdx.x;
+    if (fixed_channels(nhwc, c_count / VEC)) {
+        const unsigned int c0 = (first % (c_count / VEC)) * VEC;
+        float scale[VEC], shift[VEC];
+        for (int k = 0; k < VEC; ++k) {
+            scale[k] = stats[2 * c_count + c0 + k];
+            shift[k] = stats[3 * c_count + c0 + k];
+        }
+        for (unsigned int g = first; g < groups; g += blockDim.x * gridDim.x) {
+            T xs[VEC], ys[VEC];
+            unpack(reinterpret_cast<const bnr_v16*>(x)[g], xs);
+            for (int k = 0; k < VEC; ++k) {
+                narrow(bnr_y_of(widen(xs[k]), scale[k], shift[k]), ys + k);
+            }
+            reinterpret_cast<bnr_v16*>(y)[g] = pack(ys);
+        }
+        return;
+    }
+    for (unsigned int g = first; g < groups; g += blockDim.x * gridDim.x) {
         unsigned int c[VEC];
         vec_channels<VEC>(g * VEC, c_count, hw, nhwc, c);
         T xs[VEC], ys[VEC];
@@ -338,8 +395,29 @@ template <typename T, int VEC>
 __device__ void bwd_apply_vec(const T* x, const T* dy, const float* stats, const float* coef, T* dx, unsigned int total,
                               unsigned int c_count, unsigned int hw, int nhwc)
 {
-    const unsigned int groups = total / VEC;
-    for (unsigned int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += blockDim.x * gridDim.x) {
+    const unsigned int groups = total / VEC, first = blockIdx.x * blockDim.x + threadIdx.x;
+    if (fixed_channels(nhwc, c_count / VEC)) {
+        const unsigned int c0 = (first % (c_count / VEC)) * VEC;
+        BnrStats<float> st[VEC];
+        float k1[VEC], k2[VEC], k3[VEC];
+        for (int k = 0; k < VEC; ++k) {
+            st[k] = bnr_stats_of(stats, c_count, c0 + k);
+            k1[k] = coef[c0 + k];
+            k2[k] = coef[c_count + c0 + k];
+            k3[k] = coef[2 * c_count + c0 + k];
+        }
+        for (unsigned int g = first; g < groups; g += blockDim.x * gridDim.x) {
+            T xs[VEC], dys[VEC], dxs[VEC];
+            unpack(reinterpret_cast<const bnr_v16*>(x)[g], xs);
+            unpack(reinterpret_cast<const bnr_v16*>(dy)[g], dys);
+            for (int k = 0; k < VEC; ++k) {
+                narrow(bnr_dx_of(widen(xs[k]), widen(dys[k]), st[k], k1[k], k2[k], k3[k]), dxs + k);
+            }
+            reinterpret_cast<bnr_v16*>(dx)[g] = pack(dxs);
+        }
+        return;
+    }
+    for (unsigned int g = first; g < groups; g += blockDim.x * gridDim.x) {
         unsigned int c[VEC];
         vec_channels<VEC>(g * VEC, c_count, hw, nhwc, c);
         T xs[VEC], dys[VEC], dxs[VEC];
@@ -450,9 +528,11 @@ __device__ void bwd_sums_nhwc_vec(const T* x, const T* dy, const float* stats, f
     const bnr_v16* xv = reinterpret_cast<const bnr_v16*>(x);
     const bnr_v16* dyv = reinterpret_cast<const bnr_v16*>(dy);
     float a0[VEC], a1[VEC];
+    BnrStats<float> st[VEC];  // the thread's VEC channels' statistics, read once
     for (int k = 0; k < VEC; ++k) {
         a0[k] = 0;
         a1[k] = 0;
+        st[k] = bnr_stats_of(stats, c_count, g * VEC + k);
     }
     for (unsigned int j = j0 + r; j < j1; j += BNR_UNROLL * rows) {
         // Up to BNR_UNROLL rows: all loads first, then the arithmetic.
@@ -471,7 +551,7 @@ __device__ void bwd_sums_nhwc_vec(const T* x, const T* dy, const float* stats, f
                 unpack(d[u], dys);
                 for (int k = 0; k < VEC; ++k) {
                     float dz, dzx;
-                    dz_terms(widen(xs[k]), widen(dys[k]), stats, c_count, g * VEC + k, dz, dzx);
+                    dz_terms(widen(xs[k]), widen(dys[k]), st[k], dz, dzx);
                     a0[k] += dz;
                     a1[k] += dzx;
                 }
@@ -512,11 +592,12 @@ __device__ void bwd_sums_nchw(const T* x, const T* dy, const A* stats, A* partia
     unsigned int j0, j1;
     chunk(n * hw, split, splits, j0, j1);
     A a0 = 0, a1 = 0;
+    const BnrStats<A> st = bnr_stats_of(stats, c_count, c);
     for (unsigned int j = j0 + t; j < j1; j += BNR_THREADS) {
         const unsigned int b = j / hw, s = j - b * hw;
         const unsigned long long i = ((unsigned long long)b * c_count + c) * hw + s;
         A dz, dzx;
-        dz_terms(widen(x[i]), widen(dy[i]), stats, c_count, c, dz, dzx);
+        dz_terms(widen(x[i]), widen(dy[i]), st, dz, dzx);
         a0 += dz;
         a1 += dzx;
     }
@@ -547,10 +628,11 @@ __device__ void bwd_sums_nhwc(const T* x, const T* dy, const A* stats, A* partia
     chunk(n * hw, split, splits, j0, j1);
     A a0 = 0, a1 = 0;
     if (c < c_count) {
+        const BnrStats<A> st = bnr_stats_of(stats, c_count, c);
         for (unsigned int j = j0 + ty; j < j1; j += BNR_NHWC_Y) {
             const unsigned long long i = (unsigned long long)j * c_count + c;
             A dz, dzx;
-            dz_terms(widen(x[i]), widen(dy[i]), stats, c_count, c, dz, dzx);
+            dz_terms(widen(x[i]), widen(dy[i]), st, dz, dzx);
             a0 += dz;
             a1 += dzx;
         }

@@ -215,7 +215,10 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, bool ve
     // The vectorised passes, where ops/src/batch_norm_relu.rs launches them (vec_width: a
     // channel pattern shared by each group of `vec` elements; std::vector's buffers are
     // 16-byte aligned here): the scalar kernels' results bit for bit, with one thread per
-    // group and with a small grid (grid-stride loop).
+    // group, with a small grid (grid-stride loop), with 33 threads (NHWC: a stride that is no
+    // multiple of the C/vec groups of a row, so the kernels read each element's channel
+    // values; with the others they keep one channel group per thread, `fixed_channels`), and
+    // NHWC with the grid of elementwise_launch (256-thread blocks, at most 1024).
     if constexpr (K<T>::vec > 0) {
         if ((nhwc ? C : HW) % K<T>::vec == 0) {
             using U = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
@@ -226,13 +229,23 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, bool ve
             };
             const unsigned groups = g.total / K<T>::vec;
             const auto cv = emu::for_num_elems(groups);
-            for (int small = 0; small < 2; ++small) {
-                const dim3 grid = small ? dim3(std::min(3u, cv.grid.x)) : cv.grid, block = small ? dim3(32) : cv.block;
+            struct Launch {
+                dim3 grid, block;
+                const char* what;
+            };
+            std::vector<Launch> launches{{cv.grid, cv.block, ": vectorised "},
+                                         {dim3(std::min(3u, cv.grid.x)), dim3(32), ": vectorised (small grid) "},
+                                         {dim3(1), dim3(33), ": vectorised (33 threads) "}};
+            if (nhwc) {
+                launches.push_back({dim3(std::clamp((groups + 255) / 256, 1u, 1024u)), dim3(256), ": vectorised (NHWC launch) "});
+            }
+            for (const Launch& l : launches) {
+                const dim3 grid = l.grid, block = l.block;
                 std::vector<T> yv(g.total, K<T>::nan()), dxv(g.total, K<T>::nan());
                 emu::launch_seq(K<T>::apply_vec, grid, block, x.data(), stats.data(), yv.data(), g.total, g.c, g.hw, int(nhwc));
                 emu::launch_seq(K<T>::bwd_apply_vec, grid, block, x.data(), dy.data(), stats.data(), coef.data(), dxv.data(), g.total,
                                 g.c, g.hw, int(nhwc));
-                const std::string v = std::string(label) + (small ? ": vectorised (small grid) " : ": vectorised ");
+                const std::string v = std::string(label) + l.what;
                 chk::equal(v + "y == scalar y", bits(yv), bits(y));
                 chk::equal(v + "dx == scalar dx", bits(dxv), bits(dx));
             }
