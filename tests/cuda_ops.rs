@@ -151,7 +151,7 @@ fn conv2d_forward_and_backward_match_the_cpu() {
     assert_eq!(d.conv_plan_count(), plans, "a second call with the same shape re-planned");
 }
 
-/// Convolutions planned by our timed search (`--cudnn-timed-search`: cuDNN's first heuristic
+/// Convolutions planned by our timed search (`--cudnn-search timed`: cuDNN's first heuristic
 /// candidates, timed by us) compute what the CPU does, in f32 (FMA math: TF32 off) and bf16
 /// channels-last, at shapes no other test plans (so they are searched here). Tolerances: f32 as in `conv2d_forward_and_backward_match_the_cpu`; bf16 inputs
 /// are rounded to 8 bits before both sides see them, the outputs are bf16 (2^-8 relative)
@@ -164,7 +164,8 @@ fn timed_search_plans_convolutions_that_match_the_cpu() {
     let dev = gpu();
     let d = cuda_dev(&dev);
     let p = Conv2dParams { stride: 1, padding: 1 };
-    d.set_timed_search(true);
+    let before = d.conv_search();
+    d.set_conv_search(engine::cuda::ConvSearch::Timed);
     for (dt, layout, rtol, xs, ws) in [
         (DType::F32, Layout::Nchw, 2e-4, [6usize, 24, 12, 12], [40usize, 24, 3, 3]),
         (DType::BF16, Layout::Nhwc, 1e-2, [6, 32, 12, 12], [48, 32, 3, 3]),
@@ -186,10 +187,55 @@ fn timed_search_plans_convolutions_that_match_the_cpu() {
         close(&format!("{what}: dx"), &back(&dxg.unwrap()), dx.as_ref().unwrap(), rtol);
         close(&format!("{what}: dw"), &back(&dwg), &dw, rtol);
     }
-    d.set_timed_search(false);
+    d.set_conv_search(before);
     d.set_allow_tf32(true);
     for line in d.conv_plan_lines() {
         eprintln!("convolution plan: {line}");
+    }
+}
+
+/// Convolutions through cuDNN's backend (graph) API (`--cudnn-graph`) compute what the CPU
+/// does, in f32 (FMA math: TF32 off, so tensor-core engines are refused), f64 and bf16
+/// channels-last (the network's fast path), at shapes no other test plans, and every
+/// direction ran on a graph plan, not the legacy fallback (a refusal fails the test with
+/// cuDNN's reasons). Tolerances as in `timed_search_plans_convolutions_that_match_the_cpu`;
+/// f64 1e-9.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_api_convolutions_match_the_cpu() {
+    use engine::Layout;
+    use ops::conv2d::Conv2dParams;
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    d.set_conv_graph(true);
+    for (dt, layout, rtol, xs, ws) in [
+        (DType::F32, Layout::Nchw, 2e-4, [5usize, 20, 11, 11], [36usize, 20, 3, 3]),
+        (DType::F64, Layout::Nchw, 1e-9, [3, 8, 9, 9], [12, 8, 3, 3]),
+        (DType::BF16, Layout::Nhwc, 1e-2, [6, 40, 12, 12], [56, 40, 3, 3]),
+        // The first convolution's shape: 3 input channels, channels-last.
+        (DType::BF16, Layout::Nhwc, 1e-2, [7, 3, 16, 16], [64, 3, 3, 3]),
+    ] {
+        d.set_allow_tf32(false);
+        let what = format!("graph API: conv {xs:?} * {ws:?} {dt:?} {layout:?}");
+        let (x, w) = (rand(&xs, 710).to_dtype(dt).to_dtype(DType::F32), rand(&ws, 711).to_dtype(dt).to_dtype(DType::F32));
+        let (x, w) = if dt == DType::F64 { (x.to_dtype(DType::F64), w.to_dtype(DType::F64)) } else { (x, w) };
+        let y = ops::conv2d::forward(&x, &w, p).unwrap();
+        let dy = rand(y.shape(), 712).to_dtype(dt).to_dtype(y.dtype());
+        let (dx, dw) = ops::conv2d::backward(&x, &w, &dy, p, true).unwrap();
+        let g = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
+        let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), y.dtype()).unwrap();
+        let before = d.graph_plan_lines().len();
+        close(&format!("{what}: y"), &back(&ops::conv2d::forward(&g(&x), &g(&w), p).unwrap()), &y, rtol);
+        let (dxg, dwg) = ops::conv2d::backward(&g(&x), &g(&w), &g(&dy), p, true).unwrap();
+        close(&format!("{what}: dx"), &back(&dxg.unwrap()), dx.as_ref().unwrap(), rtol);
+        close(&format!("{what}: dw"), &back(&dwg), &dw, rtol);
+        assert_eq!(d.graph_plan_lines().len(), before + 3, "{what}: three graph plans; refusals: {:?}", d.graph_refusals());
+    }
+    d.set_conv_graph(false);
+    d.set_allow_tf32(true);
+    for line in d.graph_plan_lines() {
+        eprintln!("convolution plan (graph API): {line}");
     }
 }
 

@@ -42,6 +42,33 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// How the algorithms of a convolution shape (forward, backward data, backward filter) are
+/// chosen, once per shape (see `ops::conv2d`).
+///
+/// Measured on one H200 (2026-11-26, cuDNN 9.19, bf16 channels-last ResNet-9 at batch 512,
+/// `bench/results/h200-2026-11-26/build-5e7fb32/`): all three rules chose plans with the same
+/// captured step time (3.92 to 3.96 ms); the three warm-up steps, which hold the search, took
+/// 0.30 s with [`ConvSearch::Heuristic`], 2.1 s with [`ConvSearch::Find`] and 4.9 s with
+/// [`ConvSearch::Timed`]; and `Find`, which times every algorithm once, chose a slow backward
+/// algorithm for the first convolution in some processes (conv backward 4.0 ms per step
+/// against 1.55 ms; five of nineteen processes that day ran 0.6 s epochs instead of 0.4 s).
+/// Hence the default: the heuristics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvSearch {
+    /// cuDNN's heuristic ranking (`cudnnGet*Algorithm_v7`): its first usable algorithm,
+    /// nothing timed.
+    Heuristic,
+    /// cuDNN's measured search (`cudnnFind*`: every algorithm, timed once), run `repeats`
+    /// times (at least once); the lowest median time picks.
+    Find { repeats: usize },
+    /// Our own timing of the first few usable algorithms of cuDNN's heuristic ranking, a few
+    /// runs each, the fastest median winning (`ops::conv2d::TIMED_CANDIDATES`, `TIMED_RUNS`).
+    Timed,
+}
+
+/// A graph-API convolution plan, shared by the calls that run it, or why cuDNN has none.
+pub type GraphChoice = std::result::Result<Arc<crate::cudnn_graph::ConvGraph>, String>;
+
 /// A CUDA GPU: its context, the one stream all work is queued on, library handles,
 /// the memory pool and the kernel modules compiled for it so far.
 pub struct CudaDevice {
@@ -67,12 +94,13 @@ pub struct CudaDevice {
     /// Whether convolutions may only use algorithms cuDNN marks deterministic (PyTorch's
     /// `torch.backends.cudnn.deterministic`; off by default).
     deterministic: AtomicBool,
-    /// How many times cuDNN's measured algorithm search runs per convolution kind (the
-    /// median time picks; see [`CudaDevice::set_find_repeats`]).
-    find_repeats: std::sync::atomic::AtomicUsize,
-    /// Whether the algorithm search times cuDNN's top heuristic candidates itself instead
-    /// of running `cudnnFind*`; see [`CudaDevice::set_timed_search`].
-    timed_search: AtomicBool,
+    /// How each new convolution shape's algorithms are chosen; see [`CudaDevice::set_conv_search`].
+    conv_search: Mutex<ConvSearch>,
+    /// Whether convolutions go through cuDNN's backend (graph) API; see
+    /// [`CudaDevice::set_conv_graph`].
+    conv_graph: AtomicBool,
+    /// The graph API's plans per shape and direction, or why there is none.
+    graph_plans: Mutex<HashMap<(crate::cudnn::ConvKey, crate::cudnn_graph::ConvOp), GraphChoice>>,
     /// Whether our kernels may move 16 bytes per access where shapes and alignment allow;
     /// see [`CudaDevice::set_vector_kernels`].
     vector_kernels: AtomicBool,
@@ -346,8 +374,9 @@ impl CudaDevice {
             workspace: Mutex::new(None),
             allow_tf32: AtomicBool::new(true),
             deterministic: AtomicBool::new(false),
-            find_repeats: std::sync::atomic::AtomicUsize::new(1),
-            timed_search: AtomicBool::new(false),
+            conv_search: Mutex::new(ConvSearch::Heuristic),
+            conv_graph: AtomicBool::new(false),
+            graph_plans: Mutex::new(HashMap::new()),
             vector_kernels: AtomicBool::new(true),
             ordinal,
             name,
@@ -421,38 +450,75 @@ impl CudaDevice {
         self.deterministic.load(Ordering::Relaxed)
     }
 
-    /// How many times cuDNN's measured search (`cudnnFind*`) runs per convolution kind.
-    pub fn find_repeats(&self) -> usize {
-        self.find_repeats.load(Ordering::Relaxed)
+    /// How each new convolution shape's algorithms are chosen.
+    pub fn conv_search(&self) -> ConvSearch {
+        *self.conv_search.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Run cuDNN's measured search `n` times per convolution kind and pick the algorithm with
-    /// the lowest median time; with `n = 0` no measured search runs, and the first usable
-    /// algorithm of cuDNN's heuristic ranking (`cudnnGet*Algorithm_v7`) is taken. `cudnnFind*` times each algorithm once, and
-    /// one timing can mislead: on an H200 (2026-11-26), two of five processes with the same
-    /// shapes and flags chose a backward algorithm that made the bf16 step 7.7 ms instead of
-    /// 5.3 ms. Three searches chose the fast plans in all four processes that used them, but
-    /// each search of the network's shapes took 2 to 3.5 s there (the warm-up went from 2.4 s
-    /// to 5.8 to 9.5 s), so the default is one: a slow choice costs a 24-epoch run about 5 s
-    /// (2.4 ms x 98 steps x 24), two more searches 3.5 to 7 s every time.
-    pub fn set_find_repeats(&self, n: usize) {
-        self.find_repeats.store(n, Ordering::Relaxed);
+    /// Choose how the algorithms of convolution shapes planned from now on are picked (the
+    /// plans already made are kept). See [`ConvSearch`] for the measurements behind the default.
+    pub fn set_conv_search(&self, search: ConvSearch) {
+        *self.conv_search.lock().unwrap_or_else(|e| e.into_inner()) = search;
     }
 
-    /// Whether the algorithm search is our own timing of cuDNN's top heuristic candidates.
-    pub fn timed_search(&self) -> bool {
-        self.timed_search.load(Ordering::Relaxed)
+    /// Whether convolutions go through cuDNN's backend (graph) API first.
+    pub fn conv_graph(&self) -> bool {
+        self.conv_graph.load(Ordering::Relaxed)
     }
 
-    /// Search convolution algorithms by timing the first few usable algorithms of cuDNN's
-    /// heuristic ranking ourselves, each run several times (the median decides), instead of
-    /// `cudnnFind*`, which times every algorithm once: fewer algorithms to run (the Find round
-    /// of the network's shapes took 2 to 3.5 s on an H200, 2026-11-26) and no choice decided by
-    /// one timing (two of five processes chose plans that made the step 7.7 ms instead of
-    /// 5.3 ms). `find_repeats` 0 (heuristics only) takes precedence; above 1 it is ignored
-    /// (one timed search, its runs' median already steadies the choice).
-    pub fn set_timed_search(&self, on: bool) {
-        self.timed_search.store(on, Ordering::Relaxed);
+    /// Send convolutions through cuDNN's backend (graph) API (`crate::cudnn_graph`), the way
+    /// recent PyTorch reaches cuDNN, or (the default) through the legacy API with an
+    /// algorithm number. A shape and direction the graph API has no plan for runs on the
+    /// legacy API, and [`CudaDevice::graph_refusals`] says why. On an H200 (2026-11-26)
+    /// PyTorch's convolutions took 0.65 ms forward and 1.42 ms backward per training step
+    /// where ours took 0.84 and 1.55 ms; this is the way to its kernels. Not yet measured.
+    pub fn set_conv_graph(&self, on: bool) {
+        self.conv_graph.store(on, Ordering::Relaxed);
+    }
+
+    /// The graph-API plan for convolution `key` in direction `op`, built with `build` the
+    /// first time (a refusal is remembered too, so a shape is tried once).
+    pub fn graph_conv(
+        &self,
+        key: crate::cudnn::ConvKey,
+        op: crate::cudnn_graph::ConvOp,
+        build: impl FnOnce() -> GraphChoice,
+    ) -> Result<GraphChoice> {
+        let mut plans = self.graph_plans.lock().map_err(|_| Error::Invalid("graph plan cache poisoned".into()))?;
+        if let Some(p) = plans.get(&(key, op)) {
+            return Ok(p.clone());
+        }
+        self.refuse_while_capturing("planning a new convolution with cuDNN's graph API")?;
+        let p = build();
+        plans.insert((key, op), p.clone());
+        Ok(p)
+    }
+
+    /// One line per graph-API plan made: the shape, the direction, the engine and its workspace.
+    pub fn graph_plan_lines(&self) -> Vec<String> {
+        self.graph_lines(true)
+    }
+
+    /// What the graph API said for each shape and direction it has no plan for.
+    pub fn graph_refusals(&self) -> Vec<String> {
+        self.graph_lines(false)
+    }
+
+    fn graph_lines(&self, plans_not_refusals: bool) -> Vec<String> {
+        let Ok(plans) = self.graph_plans.lock() else { return Vec::new() };
+        let mut lines: Vec<String> = plans
+            .iter()
+            .filter(|(_, c)| c.is_ok() == plans_not_refusals)
+            .map(|((k, op), c)| {
+                let what = match c {
+                    Ok(g) => format!("{g:?}"),
+                    Err(why) => why.clone(),
+                };
+                format!("{:?} {:?} x {:?} w {:?} pad {} stride {} {op:?}: {what}", k.dtype, k.layout, k.x, k.w, k.pad, k.stride)
+            })
+            .collect();
+        lines.sort();
+        lines
     }
 
     /// Whether our kernels' 16-byte variants may run (batch norm + ReLU's passes and

@@ -6,6 +6,7 @@
 
 pub mod cuda;
 pub mod cudnn;
+pub mod cudnn_graph;
 pub mod device;
 pub mod error;
 pub mod float;

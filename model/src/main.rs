@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use engine::Device;
+use engine::cuda::ConvSearch;
 use model::lr_find::{LrFindConfig, LrMinRule, LrRule};
 use model::run::{RunOptions, run_training};
 use model::train::TrainConfig;
@@ -73,6 +74,14 @@ struct DataArgs {
     /// Download the official archive into ./data if the files are not found.
     #[arg(long)]
     download: bool,
+}
+
+/// `--cudnn-search`: [`ConvSearch`]'s rules on the command line.
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum SearchArg {
+    Heuristic,
+    Find,
+    Timed,
 }
 
 #[derive(Args, Clone)]
@@ -153,17 +162,23 @@ struct TrainArgs {
     /// run every time on one GPU (off by default: the fastest ones may sum with atomics).
     #[arg(long)]
     deterministic: bool,
-    /// Run cuDNN's timed algorithm search this many times per convolution and pick by the
-    /// median time: steadier choices, a longer first step (2-3.5 s per extra search on an H200).
-    /// 0: no timed search; cuDNN's heuristic ranking picks (no search cost, maybe slower plans).
-    /// With --cudnn-timed-search, 0 still means the heuristics, and more than 1 means one search.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
+    /// How each convolution shape's algorithms are chosen, once: `heuristic` (cuDNN's
+    /// heuristic ranking, nothing timed), `find` (cuDNN's timed search of every algorithm) or
+    /// `timed` (our timing of cuDNN's first 4 heuristic candidates, 3 runs each). On an H200
+    /// (2026-11-26) all three reached the same step time; the heuristics cost no search time
+    /// (0.3 s of warm-up against 2.1 s and 4.9 s), and `find` chose a slow plan in 5 of 19
+    /// processes (0.6 s epochs instead of 0.4 s).
+    #[arg(long, value_enum, default_value_t = SearchArg::Heuristic)]
+    cudnn_search: SearchArg,
+    /// With `--cudnn-search find`: searches per convolution, the median time deciding.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     cudnn_find_repeats: u32,
-    /// Instead of cuDNN's timed search (every algorithm, timed once), time the first 4 usable
-    /// algorithms of cuDNN's heuristic ranking ourselves, 3 runs each, and take the fastest
-    /// median: fewer algorithms to run in the first step, and no choice made by one timing.
+    /// Run convolutions through cuDNN's backend ("graph") API, as recent PyTorch does, with
+    /// the first engine of cuDNN's heuristic ranking that our rules accept, instead of the
+    /// legacy API's algorithm numbers (a shape it has no plan for still runs on the legacy
+    /// API, and the log says why). Not yet measured on a GPU.
     #[arg(long)]
-    cudnn_timed_search: bool,
+    cudnn_graph: bool,
     /// Our kernels move one value per memory access, not 16 bytes (8 bf16 or 4 f32) where the
     /// shapes allow: batch norm + ReLU's one-value passes and reductions, cuDNN's max-pool
     /// forward and our one-value backward, one-value bf16 adds; to measure what they gain.
@@ -215,9 +230,13 @@ impl TrainArgs {
         if let Device::Cuda(d) = &device {
             d.set_allow_tf32(!self.no_tf32);
             d.set_deterministic(self.deterministic);
-            d.set_find_repeats(self.cudnn_find_repeats as usize);
-            d.set_timed_search(self.cudnn_timed_search);
+            d.set_conv_search(match self.cudnn_search {
+                SearchArg::Heuristic => ConvSearch::Heuristic,
+                SearchArg::Find => ConvSearch::Find { repeats: self.cudnn_find_repeats as usize },
+                SearchArg::Timed => ConvSearch::Timed,
+            });
             d.set_vector_kernels(!self.no_vector_kernels);
+            d.set_conv_graph(self.cudnn_graph);
         }
         Ok(device)
     }

@@ -21,6 +21,7 @@ use crate::plots::{LinePlot, Series, write_line_plot};
 use crate::resnet::ResNet9;
 use crate::train::{self, TrainConfig};
 use crate::{Error, Result};
+use engine::cuda::ConvSearch;
 use data::Cifar10;
 use crate::pipeline::Pipeline;
 use engine::{DType, Device};
@@ -241,6 +242,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             (cfg.channels_last, ", channels last"),
             (cfg.fused_bn_relu, ", fused BN+ReLU"),
             (opts.cuda_graph, ", CUDA graph"),
+            (matches!(device, Device::Cuda(d) if d.conv_graph()), ", cuDNN graph API"),
             (cfg.tta, ", flip TTA in evaluation"),
             (cfg.cutout_inside, ", Cutout inside the image"),
         ]
@@ -376,8 +378,29 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         for r in d.conv_refusals() {
             log.line(&format!("cuDNN refused a convolution, run in NCHW instead: {r}"));
         }
+        // The step's speed depends on the algorithms chosen: keep them with the run.
+        let mut plans = d.conv_plan_lines();
+        plans.extend(d.graph_plan_lines().into_iter().map(|l| format!("graph API: {l}")));
+        plans.extend(d.graph_refusals().into_iter().map(|l| format!("no graph-API plan (legacy API instead): {l}")));
+        let text = format!("convolution search: {}\n{}\n", search_rule(d.conv_search()), plans.join("\n"));
+        let path = dir.join("conv_plans.txt");
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        log.line(&format!("Convolution algorithms ({}): {} plans, in {}", search_rule(d.conv_search()), plans.len(), path.display()));
     }
     Ok(eval.accuracy())
+}
+
+/// How the convolution algorithms were chosen, in words.
+fn search_rule(search: ConvSearch) -> String {
+    match search {
+        ConvSearch::Heuristic => "cuDNN's heuristic ranking, no timing".to_string(),
+        ConvSearch::Timed => format!(
+            "our timing of cuDNN's first {} heuristic candidates per kind, median of {} runs",
+            ops::conv2d::TIMED_CANDIDATES,
+            ops::conv2d::TIMED_RUNS
+        ),
+        ConvSearch::Find { repeats } => format!("cudnnFind, {repeats} search(es) per kind, median time"),
+    }
 }
 
 /// "LRMAX=… LRMIN=… (rules … and …; smoothed minimum at …, steepest descent at …, valley at …,
@@ -670,16 +693,13 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             println!("cuDNN refused a convolution, run in NCHW instead: {r}");
         }
         // The algorithms cuDNN's search chose: the step's speed depends on them.
-        let search = match (d.find_repeats(), d.timed_search()) {
-            (0, _) => "cuDNN's heuristic ranking, no timing".to_string(),
-            (_, true) => format!(
-                "our timing of cuDNN's first {} heuristic candidates per kind, median of {} runs",
-                ops::conv2d::TIMED_CANDIDATES,
-                ops::conv2d::TIMED_RUNS
-            ),
-            (n, false) => format!("cudnnFind, {n} search(es) per kind, median time"),
-        };
-        println!("convolution search: {search}");
+        println!("convolution search: {}", search_rule(d.conv_search()));
+        for line in d.graph_plan_lines() {
+            println!("convolution plan (graph API): {line}");
+        }
+        for line in d.graph_refusals() {
+            println!("no graph-API plan, the legacy API ran it: {line}");
+        }
         println!("our kernels' 16-byte variants: {}", if d.vector_kernels() { "on where shapes allow" } else { "off (--no-vector-kernels)" });
         for line in d.conv_plan_lines() {
             println!("convolution plan: {line}");

@@ -256,7 +256,10 @@ struct CudnnConv {
     plan: cudnn::ConvPlan,
 }
 
+use engine::cuda::ConvSearch;
 use engine::cudnn;
+use engine::cudnn_graph::{self, ConvGraph, ConvOp};
+use std::ffi::c_void;
 use std::sync::Arc;
 
 /// Largest workspace an algorithm may ask for; faster ones needing more are skipped.
@@ -342,9 +345,10 @@ fn reuse_at_this_batch(
     })
 }
 
-/// Measure every algorithm of the three kinds and keep the fastest that succeeds within
-/// [`MAX_WORKSPACE`] (cuDNN returns them sorted by time); with the device's timed search
-/// (`--cudnn-timed-search`), time only the first [`TIMED_CANDIDATES`] usable algorithms of
+/// Choose the algorithms of the three kinds by the device's [`ConvSearch`] rule: cuDNN's
+/// heuristic ranking (the default: its first usable algorithm), or measure every algorithm
+/// and keep the fastest that succeeds within [`MAX_WORKSPACE`] (cuDNN returns them sorted by
+/// time; `--cudnn-search find`), or (`--cudnn-search timed`) time only the first [`TIMED_CANDIDATES`] usable algorithms of
 /// cuDNN's heuristic ranking ourselves, [`TIMED_RUNS`] runs each on scratch buffers of the
 /// shape. If measuring fails (it needs scratch memory of its own), cuDNN's heuristic ranking
 /// is used instead. A kind with no usable algorithm either way makes the shape
@@ -364,12 +368,18 @@ fn find(
 ) -> Result<cudnn::ConvChoice> {
     let (dtype, tf32) = (key.dtype, key.tf32);
     // Tensor-core math for bf16 data, or f32 with TF32 allowed; the rules of the plan's key.
-    let rules = SearchRules { tensor_cores: tf32 || dtype != DType::F32, deterministic: key.deterministic, repeats: dev.find_repeats() };
+    let search = dev.conv_search();
+    let repeats = match search {
+        ConvSearch::Heuristic => 0,
+        ConvSearch::Find { repeats } => repeats.max(1),
+        ConvSearch::Timed => 1,
+    };
+    let rules = SearchRules { tensor_cores: tf32 || dtype != DType::F32, deterministic: key.deterministic, repeats };
     // Scratch x, w and y (zeros: the values do not change the time) and a descriptor of its
     // own (the candidates' math types are set on it) for our timing; without the memory,
     // cudnnFind as usual.
     let mut scratch = None;
-    if dev.timed_search() && rules.repeats > 0 {
+    if search == ConvSearch::Timed {
         let alloc = || -> Result<_> {
             let (mut xs, mut ws, mut ys) = (dev.alloc_zeros_dtype(d.n * d.c * d.h * d.w, dtype)?, dev.alloc_zeros_dtype(d.o * d.ckk(), dtype)?, dev.alloc_zeros_dtype(d.n * d.o * d.ohw(), dtype)?);
             let ptrs = (xs.ptr_mut(), ws.ptr_mut(), ys.ptr_mut());
@@ -485,8 +495,9 @@ struct SearchRules {
     tensor_cores: bool,
     /// Only algorithms cuDNN marks `CUDNN_DETERMINISTIC` (`--deterministic`).
     deterministic: bool,
-    /// Measured searches per kind; the median time picks (`--cudnn-find-repeats`). With 0,
-    /// cuDNN's heuristic ranking picks instead.
+    /// Measured searches per kind; the median time picks (`--cudnn-search find
+    /// --cudnn-find-repeats N`). With 0 (`--cudnn-search heuristic`), cuDNN's heuristic
+    /// ranking picks instead.
     repeats: usize,
 }
 
@@ -622,7 +633,7 @@ fn plan_all(
 }
 
 /// The fastest usable algorithm by the median of `repeats` measured searches (the device's
-/// `find_repeats`, see [`engine::cuda::CudaDevice::set_find_repeats`]), or the
+/// [`ConvSearch`], see [`engine::cuda::CudaDevice::set_conv_search`]), or the
 /// first usable result of cuDNN's heuristics if `repeats` is 0, or the search fails or offers
 /// nothing usable;
 /// `Err` says what each said. `P` is one of cuDNN's `*AlgoPerf_t` structs; `id` gives its
@@ -707,12 +718,59 @@ fn same_layout(a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// The graph-API plan of direction `op` for this convolution where the device sends
+/// convolutions through cuDNN's backend API (`CudaDevice::set_conv_graph`) and cuDNN has
+/// one; `None`: the legacy API runs it (the device keeps the graph API's reason,
+/// `CudaDevice::graph_refusals`).
+fn graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layout: Layout, op: ConvOp) -> Result<Option<Arc<ConvGraph>>> {
+    if !dev.conv_graph() {
+        return Ok(None);
+    }
+    let tf32 = dev.allow_tf32() && dtype == DType::F32;
+    let deterministic = dev.deterministic();
+    let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32, deterministic };
+    let shape = cudnn_graph::ConvShape {
+        dtype,
+        layout,
+        x: key.x,
+        w: key.w,
+        y: [d.n, d.o, d.oh, d.ow],
+        pad: d.p,
+        stride: d.s,
+        tensor_cores: tf32 || dtype != DType::F32,
+        deterministic,
+        max_workspace: MAX_WORKSPACE,
+    };
+    let choice = dev.graph_conv(key, op, || {
+        let h = dev.cudnn().map_err(|e| e.to_string())?;
+        cudnn_graph::plan(&h, op, &shape).map(Arc::new)
+    })?;
+    Ok(choice.ok())
+}
+
+/// Run graph-API plan `g` on x (or dx), w (or dw), y (or dy) at these device addresses.
+fn run_graph(dev: &Arc<engine::cuda::CudaDevice>, g: &ConvGraph, x: *const c_void, w: *const c_void, y: *const c_void) -> Result<()> {
+    let st = dev.stream().clone();
+    dev.with_workspace(g.workspace, |ws| {
+        let h = dev.cudnn()?;
+        // SAFETY: the callers pass buffers of the shapes, layout and type the plan was made
+        // for (checked by Dims::new and same_layout), the output freshly allocated for it;
+        // the workspace holds at least g.workspace bytes.
+        unsafe { cudnn_graph::execute(&h, g, x.cast_mut(), w.cast_mut(), y.cast_mut(), cudnn::ptr_mut(ws, &st)) }
+    })
+}
+
 /// `y = conv(x, w)` with cuDNN.
 fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     same_layout(x, w)?;
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
+    if let Some(g) = graph_plan(&dev, &d, dt, x.layout(), ConvOp::Forward)? {
+        let mut y = dev.alloc_dtype(d.n * d.o * d.ohw(), dt)?;
+        run_graph(&dev, &g, xb.ptr(), w.cuda_buffer()?.ptr(), y.ptr_mut())?;
+        return Tensor::from_cuda(&[d.n, d.o, d.oh, d.ow], y)?.with_layout(x.layout());
+    }
     let c = match CudnnConv::plan(&dev, &d, dt, x.layout())? {
         Planned::Ready(c) => c,
         Planned::Refused(_) if x.layout() == Layout::Nhwc => return forward_via_nchw(x, w, d),
@@ -738,7 +796,8 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     Tensor::from_cuda(&[d.n, d.o, d.oh, d.ow], y)?.with_layout(x.layout())
 }
 
-/// `(dx, dw)` with cuDNN's backward-data and backward-filter.
+/// `(dx, dw)` with cuDNN's backward-data and backward-filter (each through the graph API
+/// where it has a plan, else the legacy API).
 fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
     same_layout(x, w)?;
     same_layout(x, dy)?;
@@ -746,48 +805,67 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
-    let c = match CudnnConv::plan(&dev, &d, dt, x.layout())? {
-        Planned::Ready(c) => c,
-        Planned::Refused(_) if x.layout() == Layout::Nhwc => return backward_via_nchw(x, w, dy, d, need_dx),
-        Planned::Refused(why) => return Err(refused(&d, dt, x.layout(), &why)),
+    let graph_data = if need_dx { graph_plan(&dev, &d, dt, x.layout(), ConvOp::BackwardData)? } else { None };
+    let graph_filter = graph_plan(&dev, &d, dt, x.layout(), ConvOp::BackwardFilter)?;
+    // The legacy plan, where a direction needed has no graph plan.
+    let legacy = if graph_filter.is_none() || (need_dx && graph_data.is_none()) {
+        match CudnnConv::plan(&dev, &d, dt, x.layout())? {
+            Planned::Ready(c) => Some(c),
+            Planned::Refused(_) if x.layout() == Layout::Nhwc => return backward_via_nchw(x, w, dy, d, need_dx),
+            Planned::Refused(why) => return Err(refused(&d, dt, x.layout(), &why)),
+        }
+    } else {
+        None
     };
     let st = dev.stream().clone();
     let (wb, dyb) = (w.cuda_buffer()?, dy.cuda_buffer()?);
     let dx = if need_dx {
         let mut dx = dev.alloc_dtype(x.numel(), dt)?;
-        c.conv.set_math(c.plan.bwd_data_math)?;
-        dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
-            let h = dev.cudnn()?;
-            // SAFETY: as in forward_cuda; dx has x's shape, dy has y's.
-            cudnn::check("cudnnConvolutionBackwardData", unsafe {
-                sys::cudnnConvolutionBackwardData(
-                    h.raw(), cudnn::one(dt),
-                    c.w.raw(), wb.ptr(),
-                    c.y.raw(), dyb.ptr(),
-                    c.conv.raw(), c.plan.bwd_data, cudnn::ptr_mut(ws, &st), c.plan.bwd_data_bytes,
-                    cudnn::zero(dt), c.x.raw(), dx.ptr_mut(),
-                )
-            })
-        })?;
+        match (&graph_data, &legacy) {
+            (Some(g), _) => run_graph(&dev, g, dx.ptr_mut(), wb.ptr(), dyb.ptr())?,
+            (None, Some(c)) => {
+                c.conv.set_math(c.plan.bwd_data_math)?;
+                dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
+                    let h = dev.cudnn()?;
+                    // SAFETY: as in forward_cuda; dx has x's shape, dy has y's.
+                    cudnn::check("cudnnConvolutionBackwardData", unsafe {
+                        sys::cudnnConvolutionBackwardData(
+                            h.raw(), cudnn::one(dt),
+                            c.w.raw(), wb.ptr(),
+                            c.y.raw(), dyb.ptr(),
+                            c.conv.raw(), c.plan.bwd_data, cudnn::ptr_mut(ws, &st), c.plan.bwd_data_bytes,
+                            cudnn::zero(dt), c.x.raw(), dx.ptr_mut(),
+                        )
+                    })
+                })?;
+            }
+            (None, None) => unreachable!("a legacy plan is made where a direction has no graph plan"),
+        }
         Some(crate::cuda::like(x, dx)?)
     } else {
         None
     };
     let mut dw = dev.alloc_dtype(w.numel(), dt)?;
-    c.conv.set_math(c.plan.bwd_filter_math)?;
-    dev.with_workspace(c.plan.bwd_filter_bytes, |ws| {
-        let h = dev.cudnn()?;
-        // SAFETY: as in forward_cuda; dw has w's shape.
-        cudnn::check("cudnnConvolutionBackwardFilter", unsafe {
-            sys::cudnnConvolutionBackwardFilter(
-                h.raw(), cudnn::one(dt),
-                c.x.raw(), xb.ptr(),
-                c.y.raw(), dyb.ptr(),
-                c.conv.raw(), c.plan.bwd_filter, cudnn::ptr_mut(ws, &st), c.plan.bwd_filter_bytes,
-                cudnn::zero(dt), c.w.raw(), dw.ptr_mut(),
-            )
-        })
-    })?;
+    match (&graph_filter, &legacy) {
+        (Some(g), _) => run_graph(&dev, g, xb.ptr(), dw.ptr_mut(), dyb.ptr())?,
+        (None, Some(c)) => {
+            c.conv.set_math(c.plan.bwd_filter_math)?;
+            dev.with_workspace(c.plan.bwd_filter_bytes, |ws| {
+                let h = dev.cudnn()?;
+                // SAFETY: as in forward_cuda; dw has w's shape.
+                cudnn::check("cudnnConvolutionBackwardFilter", unsafe {
+                    sys::cudnnConvolutionBackwardFilter(
+                        h.raw(), cudnn::one(dt),
+                        c.x.raw(), xb.ptr(),
+                        c.y.raw(), dyb.ptr(),
+                        c.conv.raw(), c.plan.bwd_filter, cudnn::ptr_mut(ws, &st), c.plan.bwd_filter_bytes,
+                        cudnn::zero(dt), c.w.raw(), dw.ptr_mut(),
+                    )
+                })
+            })?;
+        }
+        (None, None) => unreachable!("a legacy plan is made where a direction has no graph plan"),
+    }
     Ok((dx, crate::cuda::like(w, dw)?))
 }
 
@@ -958,7 +1036,7 @@ mod tests {
 
     /// `choose` with stand-in searches (cuDNN's perf structs replaced by (algorithm, time)
     /// pairs): `repeats` measured searches are made and the median picks; with 0 none is made
-    /// and the heuristic ranking's first usable algorithm wins (`--cudnn-find-repeats 0`); a
+    /// and the heuristic ranking's first usable algorithm wins (`--cudnn-search heuristic`); a
     /// failed measured search falls back to the heuristics; nothing usable is an error.
     #[test]
     fn choose_searches_as_often_as_asked_and_falls_back_to_heuristics() {

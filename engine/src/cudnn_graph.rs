@@ -1,0 +1,394 @@
+//! One convolution through cuDNN's backend ("graph") API: the way recent PyTorch reaches
+//! cuDNN, and the only way to cuDNN's newest kernels (on Hopper, the `sm90_xmma_*`
+//! implicit-GEMM kernels PyTorch's profile shows). The legacy API (`cudnnConvolutionForward`
+//! with an algorithm number, `ops::conv2d`) stays the default; this path is opt-in
+//! (`CudaDevice::set_conv_graph`) until measured.
+//!
+//! A convolution here is a graph of one operation, built once per shape and direction:
+//!
+//! ```text
+//! tensor descriptors x, w, y (ids 1, 2, 3; dims [N,C,H,W], [K,C,R,S], [N,K,OH,OW] with
+//!     the layout's strides)
+//!   + a convolution descriptor (cross-correlation, padding, stride, compute type)
+//!   -> an operation (forward: x, w -> y; backward data: w, dy -> dx; backward filter:
+//!      x, dy -> dw; the gradient takes the id of the tensor it is the gradient of)
+//!   -> an operation graph -> cuDNN's heuristics (mode A) rank engine configurations
+//!   -> the first that our rules accept and that finalizes as an execution plan
+//! ```
+//!
+//! Running it is one `cudnnBackendExecute` with a variant pack: the three ids, the three
+//! device addresses, the workspace. Every descriptor is destroyed when its owner drops.
+
+use crate::cudnn::{CudnnHandle, check, compute_type, data_type};
+use crate::{DType, Layout};
+use cudarc::cudnn::sys;
+use sys::cudnnBackendAttributeName_t as Attr;
+use sys::cudnnBackendAttributeType_t as Ty;
+use sys::cudnnBackendDescriptorType_t as Kind;
+
+/// The three directions of a convolution, each its own graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvOp {
+    /// y = conv(x, w).
+    Forward,
+    /// dx from w and dy.
+    BackwardData,
+    /// dw from x and dy.
+    BackwardFilter,
+}
+
+/// The tensors' ids in every graph and variant pack: x (or dx), w (or dw), y (or dy).
+const X: i64 = 1;
+const W: i64 = 2;
+const Y: i64 = 3;
+
+/// One convolution's shapes and rules: element type, layout (NCHW, or NHWC with the filter
+/// in KRSC order), input `[n, c, h, w]`, filter `[k, c, r, s]`, output `[n, k, oh, ow]`,
+/// padding and stride (the same in both spatial dimensions), and what the engine may do.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    pub dtype: DType,
+    pub layout: Layout,
+    pub x: [usize; 4],
+    pub w: [usize; 4],
+    pub y: [usize; 4],
+    pub pad: usize,
+    pub stride: usize,
+    /// Tensor-core engines allowed (bf16 data, or f32 with TF32 allowed).
+    pub tensor_cores: bool,
+    /// Only engines without cuDNN's `NONDETERMINISTIC` note.
+    pub deterministic: bool,
+    /// The largest workspace a plan may need, in bytes.
+    pub max_workspace: usize,
+}
+
+/// A backend descriptor, destroyed on drop.
+struct Desc(sys::cudnnBackendDescriptor_t);
+
+// SAFETY: a backend descriptor is plain host memory owned by this value; after
+// finalization it is only read, and every use goes through the device's cuDNN handle,
+// which is behind a Mutex.
+unsafe impl Send for Desc {}
+unsafe impl Sync for Desc {}
+
+impl Desc {
+    fn new(kind: Kind) -> crate::Result<Desc> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: cudnnBackendCreateDescriptor writes a new descriptor into `raw`.
+        check("cudnnBackendCreateDescriptor", unsafe { sys::cudnnBackendCreateDescriptor(kind, &mut raw) })?;
+        Ok(Desc(raw))
+    }
+
+    /// Set attribute `name` to `values`, elements of the C type that `ty` names (the caller
+    /// matches them: i64 for INT64, f32 for FLOAT, raw descriptors for BACKEND_DESCRIPTOR...).
+    fn set<T>(&self, name: Attr, ty: Ty, values: &[T]) -> crate::Result<()> {
+        let n = i64::try_from(values.len()).map_err(|_| crate::Error::Invalid("too many attribute values".into()))?;
+        // SAFETY: `values` holds n elements of the type `ty` names; cuDNN copies them.
+        check("cudnnBackendSetAttribute", unsafe { sys::cudnnBackendSetAttribute(self.0, name, ty, n, values.as_ptr().cast()) })
+    }
+
+    fn set_descs(&self, name: Attr, descs: &[&Desc]) -> crate::Result<()> {
+        let raw: Vec<sys::cudnnBackendDescriptor_t> = descs.iter().map(|d| d.0).collect();
+        self.set(name, Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR, &raw)
+    }
+
+    fn finalize(&self) -> crate::Result<()> {
+        // SAFETY: a descriptor whose required attributes were set.
+        check("cudnnBackendFinalize", unsafe { sys::cudnnBackendFinalize(self.0) })
+    }
+}
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnBackendCreateDescriptor and destroyed once; a failure
+        // cannot be reported here.
+        unsafe { sys::cudnnBackendDestroyDescriptor(self.0) };
+    }
+}
+
+/// The strides of `dims` ([N, C, H, W] order) stored in `layout`: NCHW row-major, or NHWC
+/// (C fastest, then W, then H, then N). The filter uses the same rule: KCRS or KRSC.
+pub fn strides(dims: [usize; 4], layout: Layout) -> [i64; 4] {
+    let [_, c, h, w] = dims.map(|v| v as i64);
+    match layout {
+        Layout::Nchw => [c * h * w, h * w, w, 1],
+        Layout::Nhwc => [h * w * c, 1, w * c, c],
+    }
+}
+
+/// A tensor descriptor with id `uid`, 16-byte alignment (every buffer of our pool is 256-byte
+/// aligned).
+fn tensor(uid: i64, dtype: DType, layout: Layout, dims: [usize; 4]) -> crate::Result<Desc> {
+    let t = Desc::new(Kind::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
+    t.set(Attr::CUDNN_ATTR_TENSOR_DATA_TYPE, Ty::CUDNN_TYPE_DATA_TYPE, &[data_type(dtype)])?;
+    t.set(Attr::CUDNN_ATTR_TENSOR_DIMENSIONS, Ty::CUDNN_TYPE_INT64, &dims.map(|v| v as i64))?;
+    t.set(Attr::CUDNN_ATTR_TENSOR_STRIDES, Ty::CUDNN_TYPE_INT64, &strides(dims, layout))?;
+    t.set(Attr::CUDNN_ATTR_TENSOR_UNIQUE_ID, Ty::CUDNN_TYPE_INT64, &[uid])?;
+    t.set(Attr::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, Ty::CUDNN_TYPE_INT64, &[16i64])?;
+    t.finalize()?;
+    Ok(t)
+}
+
+/// The operation of direction `op` on tensors x, w, y with convolution `conv`; alpha 1 and
+/// beta 0 in the compute type (f32, or f64 for f64 data).
+fn operation(op: ConvOp, dtype: DType, x: &Desc, w: &Desc, y: &Desc, conv: &Desc) -> crate::Result<Desc> {
+    let (kind, names) = match op {
+        ConvOp::Forward => (
+            Kind::CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR,
+            [
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA,
+            ],
+        ),
+        ConvOp::BackwardData => (
+            Kind::CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR,
+            [
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA,
+            ],
+        ),
+        ConvOp::BackwardFilter => (
+            Kind::CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR,
+            [
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA,
+                Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA,
+            ],
+        ),
+    };
+    let [xn, wn, yn, cn, alpha, beta] = names;
+    let d = Desc::new(kind)?;
+    d.set_descs(xn, &[x])?;
+    d.set_descs(wn, &[w])?;
+    d.set_descs(yn, &[y])?;
+    d.set_descs(cn, &[conv])?;
+    if dtype == DType::F64 {
+        d.set(alpha, Ty::CUDNN_TYPE_DOUBLE, &[1.0f64])?;
+        d.set(beta, Ty::CUDNN_TYPE_DOUBLE, &[0.0f64])?;
+    } else {
+        d.set(alpha, Ty::CUDNN_TYPE_FLOAT, &[1.0f32])?;
+        d.set(beta, Ty::CUDNN_TYPE_FLOAT, &[0.0f32])?;
+    }
+    d.finalize()?;
+    Ok(d)
+}
+
+/// Why an engine is refused by `s`'s rules, from its numerical notes (cuDNN's
+/// `cudnnBackendNumericalNote_t` values): tensor cores where they are not allowed, inputs
+/// converted to a narrower type for f32 or f64 data (which TF32 or plain FMA math would not
+/// do), atomics where determinism is asked for. `None`: accepted.
+pub fn refusal(notes: &[u32], s: &ConvShape) -> Option<&'static str> {
+    use sys::cudnnBackendNumericalNote_t as N;
+    let has = |n: N| notes.contains(&(n as u32));
+    if !s.tensor_cores && has(N::CUDNN_NUMERICAL_NOTE_TENSOR_CORE) {
+        return Some("tensor cores not allowed");
+    }
+    if s.dtype != DType::BF16 && has(N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) {
+        return Some("converts the inputs to a narrower type");
+    }
+    if s.deterministic && has(N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) {
+        return Some("not deterministic");
+    }
+    None
+}
+
+/// A finalized execution plan for one convolution direction and shape.
+pub struct ConvGraph {
+    plan: Desc,
+    /// Workspace bytes the plan needs.
+    pub workspace: usize,
+    /// cuDNN's global index of the engine chosen, and how many engine configurations its
+    /// heuristics ranked before it (0: the first), for the logs.
+    pub engine: i64,
+    pub rank: usize,
+}
+
+impl std::fmt::Debug for ConvGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "engine {} (heuristic rank {}), {} bytes of workspace", self.engine, self.rank, self.workspace)
+    }
+}
+
+/// Build the plan of direction `op` for `s`: the first engine configuration of cuDNN's
+/// heuristic ranking (mode A) that [`refusal`] accepts, that finalizes into an execution plan
+/// and that needs at most `s.max_workspace` bytes. `Err` says why none did (each refused
+/// configuration's reason, as far as the first eight).
+pub fn plan(h: &CudnnHandle, op: ConvOp, s: &ConvShape) -> std::result::Result<ConvGraph, String> {
+    let e = |e: crate::Error| e.to_string();
+    let x = tensor(X, s.dtype, s.layout, s.x).map_err(e)?;
+    let w = tensor(W, s.dtype, s.layout, s.w).map_err(e)?;
+    let y = tensor(Y, s.dtype, s.layout, s.y).map_err(e)?;
+    let conv = Desc::new(Kind::CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR).map_err(e)?;
+    let (pad, stride) = (s.pad as i64, s.stride as i64);
+    (|| {
+        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_COMP_TYPE, Ty::CUDNN_TYPE_DATA_TYPE, &[compute_type(s.dtype)])?;
+        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_CONV_MODE, Ty::CUDNN_TYPE_CONVOLUTION_MODE, &[sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION])?;
+        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, Ty::CUDNN_TYPE_INT64, &[2i64])?;
+        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_DILATIONS, Ty::CUDNN_TYPE_INT64, &[1i64, 1])?;
+        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, Ty::CUDNN_TYPE_INT64, &[stride, stride])?;
+        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, Ty::CUDNN_TYPE_INT64, &[pad, pad])?;
+        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, Ty::CUDNN_TYPE_INT64, &[pad, pad])?;
+        conv.finalize()
+    })()
+    .map_err(e)?;
+    let operation = operation(op, s.dtype, &x, &w, &y, &conv).map_err(e)?;
+    let graph = Desc::new(Kind::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR).map_err(e)?;
+    (|| {
+        graph.set(Attr::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, Ty::CUDNN_TYPE_HANDLE, &[h.raw()])?;
+        graph.set_descs(Attr::CUDNN_ATTR_OPERATIONGRAPH_OPS, &[&operation])?;
+        graph.finalize()
+    })()
+    .map_err(e)?;
+    let heur = Desc::new(Kind::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR).map_err(e)?;
+    (|| {
+        heur.set_descs(Attr::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[&graph])?;
+        heur.set(Attr::CUDNN_ATTR_ENGINEHEUR_MODE, Ty::CUDNN_TYPE_HEUR_MODE, &[sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A])?;
+        heur.finalize()
+    })()
+    .map_err(e)?;
+    // How many configurations the heuristics offer, then that many engine-config descriptors
+    // for cuDNN to fill.
+    let mut count = 0i64;
+    // SAFETY: a finalized heuristics descriptor; with 0 requested, cuDNN writes only the count.
+    check("cudnnBackendGetAttribute (heuristic results count)", unsafe {
+        sys::cudnnBackendGetAttribute(heur.0, Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS, Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &mut count, std::ptr::null_mut())
+    })
+    .map_err(e)?;
+    let configs: Vec<Desc> = (0..count.max(0)).map(|_| Desc::new(Kind::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR)).collect::<crate::Result<_>>().map_err(e)?;
+    let mut raw: Vec<sys::cudnnBackendDescriptor_t> = configs.iter().map(|c| c.0).collect();
+    let mut got = 0i64;
+    // SAFETY: `raw` holds `count` engine-config descriptors created above; cuDNN fills them.
+    check("cudnnBackendGetAttribute (heuristic results)", unsafe {
+        sys::cudnnBackendGetAttribute(heur.0, Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS, Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &mut got, raw.as_mut_ptr().cast())
+    })
+    .map_err(e)?;
+    let mut tried = Vec::new();
+    for (rank, config) in configs.iter().take(got.clamp(0, count) as usize).enumerate() {
+        let (engine, notes) = match engine_of(config) {
+            Ok(v) => v,
+            Err(why) => {
+                tried.push(format!("#{rank}: {why}"));
+                continue;
+            }
+        };
+        if let Some(why) = refusal(&notes, s) {
+            tried.push(format!("#{rank} (engine {engine}): {why}"));
+            continue;
+        }
+        let attempt = || -> crate::Result<(Desc, usize)> {
+            let p = Desc::new(Kind::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+            p.set(Attr::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, Ty::CUDNN_TYPE_HANDLE, &[h.raw()])?;
+            p.set_descs(Attr::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[config])?;
+            p.finalize()?;
+            let mut bytes = 0i64;
+            let mut n = 0i64;
+            // SAFETY: a finalized plan; cuDNN writes one int64.
+            check("cudnnBackendGetAttribute (workspace size)", unsafe {
+                sys::cudnnBackendGetAttribute(p.0, Attr::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, Ty::CUDNN_TYPE_INT64, 1, &mut n, (&mut bytes as *mut i64).cast())
+            })?;
+            Ok((p, usize::try_from(bytes).unwrap_or(usize::MAX)))
+        };
+        match attempt() {
+            Ok((p, bytes)) if bytes <= s.max_workspace => return Ok(ConvGraph { plan: p, workspace: bytes, engine, rank }),
+            Ok((_, bytes)) => tried.push(format!("#{rank} (engine {engine}): needs {bytes} bytes of workspace")),
+            Err(why) => tried.push(format!("#{rank} (engine {engine}): {why}")),
+        }
+    }
+    tried.truncate(8);
+    Err(format!("{op:?}: none of cuDNN's {got} engine configurations was usable ({})", tried.join("; ")))
+}
+
+/// The engine of a configuration: its global index and numerical notes.
+fn engine_of(config: &Desc) -> crate::Result<(i64, Vec<u32>)> {
+    let engine = Desc::new(Kind::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
+    let mut n = 0i64;
+    let mut raw = engine.0;
+    // SAFETY: cuDNN copies the configuration's engine into the descriptor we pass.
+    check("cudnnBackendGetAttribute (engine)", unsafe {
+        sys::cudnnBackendGetAttribute(config.0, Attr::CUDNN_ATTR_ENGINECFG_ENGINE, Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mut n, (&mut raw as *mut sys::cudnnBackendDescriptor_t).cast())
+    })?;
+    let mut index = 0i64;
+    // SAFETY: one int64.
+    check("cudnnBackendGetAttribute (engine index)", unsafe {
+        sys::cudnnBackendGetAttribute(engine.0, Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX, Ty::CUDNN_TYPE_INT64, 1, &mut n, (&mut index as *mut i64).cast())
+    })?;
+    // The notes as raw u32 values (an enum read could meet a value this build does not know).
+    let mut notes = [0u32; 32];
+    let mut count = 0i64;
+    // SAFETY: room for 32 notes of 4 bytes (the enum's size); cuDNN writes `count` of them.
+    check("cudnnBackendGetAttribute (numerical notes)", unsafe {
+        sys::cudnnBackendGetAttribute(engine.0, Attr::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, Ty::CUDNN_TYPE_NUMERICAL_NOTE, notes.len() as i64, &mut count, notes.as_mut_ptr().cast())
+    })?;
+    Ok((index, notes[..count.clamp(0, notes.len() as i64) as usize].to_vec()))
+}
+
+/// Run `g` with x (or dx), w (or dw) and y (or dy) at the given device addresses, and the
+/// workspace at `workspace` (at least `g.workspace` bytes; null when 0). The caller holds the
+/// handle, whose stream the work goes to.
+///
+/// # Safety
+/// The addresses must hold the tensors the plan's shapes describe, in its layout and type,
+/// the outputs writable, and the workspace at least `g.workspace` bytes.
+pub unsafe fn execute(h: &CudnnHandle, g: &ConvGraph, x: *mut std::ffi::c_void, w: *mut std::ffi::c_void, y: *mut std::ffi::c_void, workspace: *mut std::ffi::c_void) -> crate::Result<()> {
+    let pack = Desc::new(Kind::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
+    pack.set(Attr::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, Ty::CUDNN_TYPE_INT64, &[X, W, Y])?;
+    pack.set(Attr::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, Ty::CUDNN_TYPE_VOID_PTR, &[x, w, y])?;
+    pack.set(Attr::CUDNN_ATTR_VARIANT_PACK_WORKSPACE, Ty::CUDNN_TYPE_VOID_PTR, &[workspace])?;
+    pack.finalize()?;
+    // SAFETY: a finalized plan and variant pack; the caller vouches for the addresses.
+    check("cudnnBackendExecute", unsafe { sys::cudnnBackendExecute(h.raw(), g.plan.0, pack.0) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NCHW strides are row-major; NHWC has C fastest, then W, H, N (and a KRSC filter the same).
+    #[test]
+    fn strides_follow_the_layout() {
+        assert_eq!(strides([2, 3, 4, 5], Layout::Nchw), [60, 20, 5, 1]);
+        assert_eq!(strides([2, 3, 4, 5], Layout::Nhwc), [60, 1, 15, 3]);
+        // Element (n=1, c=2, h=3, w=4) of an NHWC [2, 3, 4, 5] tensor is at ((1*4 + 3)*5 + 4)*3 + 2.
+        let s = strides([2, 3, 4, 5], Layout::Nhwc);
+        assert_eq!(s[0] + 2 * s[1] + 3 * s[2] + 4 * s[3], ((4 + 3) * 5 + 4) * 3 + 2);
+    }
+
+    /// The rules refuse what they should and nothing else.
+    #[test]
+    fn engine_notes_are_refused_by_the_rules() {
+        use sys::cudnnBackendNumericalNote_t as N;
+        let base = ConvShape {
+            dtype: DType::F32,
+            layout: Layout::Nchw,
+            x: [1, 1, 3, 3],
+            w: [1, 1, 3, 3],
+            y: [1, 1, 3, 3],
+            pad: 1,
+            stride: 1,
+            tensor_cores: false,
+            deterministic: false,
+            max_workspace: 0,
+        };
+        let tc = [N::CUDNN_NUMERICAL_NOTE_TENSOR_CORE as u32];
+        let down = [N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS as u32];
+        let nondet = [N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC as u32];
+        assert!(refusal(&tc, &base).is_some());
+        assert!(refusal(&tc, &ConvShape { tensor_cores: true, ..base }).is_none());
+        assert!(refusal(&down, &ConvShape { tensor_cores: true, ..base }).is_some());
+        assert!(refusal(&down, &ConvShape { dtype: DType::BF16, tensor_cores: true, ..base }).is_none());
+        assert!(refusal(&nondet, &base).is_none());
+        assert!(refusal(&nondet, &ConvShape { deterministic: true, ..base }).is_some());
+        assert!(refusal(&[], &ConvShape { deterministic: true, ..base }).is_none());
+    }
+}
