@@ -12,7 +12,8 @@
 //!   + a convolution descriptor (cross-correlation, padding, stride, compute type)
 //!   -> an operation (forward: x, w -> y; backward data: w, dy -> dx; backward filter:
 //!      x, dy -> dw; the gradient takes the id of the tensor it is the gradient of)
-//!   -> an operation graph -> cuDNN's heuristics (mode A) rank engine configurations
+//!   -> an operation graph -> cuDNN's heuristics rank engine configurations (mode A, then
+//!      its fallback list)
 //!   -> the first that our rules accept and that finalizes as an execution plan
 //! ```
 //!
@@ -206,24 +207,28 @@ pub fn refusal(notes: &[u32], s: &ConvShape) -> Option<&'static str> {
 /// A finalized execution plan for one convolution direction and shape.
 pub struct ConvGraph {
     plan: Desc,
+    _made_from: Vec<Desc>,
     /// Workspace bytes the plan needs.
     pub workspace: usize,
-    /// cuDNN's global index of the engine chosen, and how many engine configurations its
-    /// heuristics ranked before it (0: the first), for the logs.
+    /// cuDNN's global index of the engine chosen, how many engine configurations its
+    /// heuristics ranked before it (0: the first), and whether it came from the fallback
+    /// list rather than the ranking, for the logs.
     pub engine: i64,
     pub rank: usize,
+    pub fallback: bool,
 }
 
 impl std::fmt::Debug for ConvGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "engine {} (heuristic rank {}), {} bytes of workspace", self.engine, self.rank, self.workspace)
+        let list = if self.fallback { "fallback list" } else { "heuristic ranking" };
+        write!(f, "engine {} (#{} of cuDNN's {list}), {} bytes of workspace", self.engine, self.rank, self.workspace)
     }
 }
 
 /// Build the plan of direction `op` for `s`: the first engine configuration of cuDNN's
-/// heuristic ranking (mode A) that [`refusal`] accepts, that finalizes into an execution plan
-/// and that needs at most `s.max_workspace` bytes. `Err` says why none did (each refused
-/// configuration's reason, as far as the first eight).
+/// heuristic ranking (mode A), then of its fallback list, that [`refusal`] accepts, that
+/// finalizes into an execution plan and that needs at most `s.max_workspace` bytes. `Err`
+/// says why none did (the reasons of the first eight configurations refused).
 pub fn plan(h: &CudnnHandle, op: ConvOp, s: &ConvShape) -> std::result::Result<ConvGraph, String> {
     let e = |e: crate::Error| e.to_string();
     let x = tensor(X, s.dtype, s.layout, s.x).map_err(e)?;
@@ -250,63 +255,84 @@ pub fn plan(h: &CudnnHandle, op: ConvOp, s: &ConvShape) -> std::result::Result<C
         graph.finalize()
     })()
     .map_err(e)?;
-    let heur = Desc::new(Kind::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR).map_err(e)?;
-    (|| {
-        heur.set_descs(Attr::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[&graph])?;
-        heur.set(Attr::CUDNN_ATTR_ENGINEHEUR_MODE, Ty::CUDNN_TYPE_HEUR_MODE, &[sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A])?;
-        heur.finalize()
-    })()
-    .map_err(e)?;
-    // How many configurations the heuristics offer, then that many engine-config descriptors
-    // for cuDNN to fill.
+    let mut tried = Vec::new();
+    let mut offered = 0;
+    // cuDNN's ranking (mode A), then its fallback list, which holds engines the ranking may
+    // leave out.
+    for mode in [sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK] {
+        let configs = match engine_configs(&graph, mode) {
+            Ok(c) => c,
+            Err(why) => {
+                tried.push(format!("{mode:?}: {why}"));
+                continue;
+            }
+        };
+        offered += configs.len();
+        for (rank, config) in configs.into_iter().enumerate() {
+            let (engine, notes) = match engine_of(&config) {
+                Ok(v) => v,
+                Err(why) => {
+                    tried.push(format!("{mode:?} #{rank}: {why}"));
+                    continue;
+                }
+            };
+            if let Some(why) = refusal(&notes, s) {
+                tried.push(format!("{mode:?} #{rank} (engine {engine}): {why}"));
+                continue;
+            }
+            let attempt = || -> crate::Result<(Desc, usize)> {
+                let p = Desc::new(Kind::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+                p.set(Attr::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, Ty::CUDNN_TYPE_HANDLE, &[h.raw()])?;
+                p.set_descs(Attr::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[&config])?;
+                p.finalize()?;
+                let mut bytes = 0i64;
+                let mut n = 0i64;
+                // SAFETY: a finalized plan; cuDNN writes one int64.
+                check("cudnnBackendGetAttribute (workspace size)", unsafe {
+                    sys::cudnnBackendGetAttribute(p.0, Attr::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, Ty::CUDNN_TYPE_INT64, 1, &mut n, (&mut bytes as *mut i64).cast())
+                })?;
+                Ok((p, usize::try_from(bytes).unwrap_or(usize::MAX)))
+            };
+            match attempt() {
+                Ok((p, bytes)) if bytes <= s.max_workspace => {
+                    let fallback = mode == sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK;
+                    // The descriptors the plan was made from stay alive as long as it does.
+                    let keep = vec![config, graph, operation, conv, x, w, y];
+                    return Ok(ConvGraph { plan: p, _made_from: keep, workspace: bytes, engine, rank, fallback });
+                }
+                Ok((_, bytes)) => tried.push(format!("{mode:?} #{rank} (engine {engine}): needs {bytes} bytes of workspace")),
+                Err(why) => tried.push(format!("{mode:?} #{rank} (engine {engine}): {why}")),
+            }
+        }
+    }
+    tried.truncate(8);
+    Err(format!("{op:?}: none of the {offered} engine configurations cuDNN offered was usable ({})", tried.join("; ")))
+}
+
+/// The engine configurations cuDNN's heuristics in `mode` offer for `graph`, best first.
+fn engine_configs(graph: &Desc, mode: sys::cudnnBackendHeurMode_t) -> crate::Result<Vec<Desc>> {
+    let heur = Desc::new(Kind::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
+    heur.set_descs(Attr::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[graph])?;
+    heur.set(Attr::CUDNN_ATTR_ENGINEHEUR_MODE, Ty::CUDNN_TYPE_HEUR_MODE, &[mode])?;
+    heur.finalize()?;
+    // How many there are, then that many engine-config descriptors for cuDNN to fill.
     let mut count = 0i64;
     // SAFETY: a finalized heuristics descriptor; with 0 requested, cuDNN writes only the count.
     check("cudnnBackendGetAttribute (heuristic results count)", unsafe {
         sys::cudnnBackendGetAttribute(heur.0, Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS, Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &mut count, std::ptr::null_mut())
-    })
-    .map_err(e)?;
-    let configs: Vec<Desc> = (0..count.max(0)).map(|_| Desc::new(Kind::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR)).collect::<crate::Result<_>>().map_err(e)?;
+    })?;
+    if count <= 0 {
+        return Ok(Vec::new());
+    }
+    let mut configs: Vec<Desc> = (0..count).map(|_| Desc::new(Kind::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR)).collect::<crate::Result<_>>()?;
     let mut raw: Vec<sys::cudnnBackendDescriptor_t> = configs.iter().map(|c| c.0).collect();
     let mut got = 0i64;
     // SAFETY: `raw` holds `count` engine-config descriptors created above; cuDNN fills them.
     check("cudnnBackendGetAttribute (heuristic results)", unsafe {
         sys::cudnnBackendGetAttribute(heur.0, Attr::CUDNN_ATTR_ENGINEHEUR_RESULTS, Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &mut got, raw.as_mut_ptr().cast())
-    })
-    .map_err(e)?;
-    let mut tried = Vec::new();
-    for (rank, config) in configs.iter().take(got.clamp(0, count) as usize).enumerate() {
-        let (engine, notes) = match engine_of(config) {
-            Ok(v) => v,
-            Err(why) => {
-                tried.push(format!("#{rank}: {why}"));
-                continue;
-            }
-        };
-        if let Some(why) = refusal(&notes, s) {
-            tried.push(format!("#{rank} (engine {engine}): {why}"));
-            continue;
-        }
-        let attempt = || -> crate::Result<(Desc, usize)> {
-            let p = Desc::new(Kind::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
-            p.set(Attr::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, Ty::CUDNN_TYPE_HANDLE, &[h.raw()])?;
-            p.set_descs(Attr::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[config])?;
-            p.finalize()?;
-            let mut bytes = 0i64;
-            let mut n = 0i64;
-            // SAFETY: a finalized plan; cuDNN writes one int64.
-            check("cudnnBackendGetAttribute (workspace size)", unsafe {
-                sys::cudnnBackendGetAttribute(p.0, Attr::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, Ty::CUDNN_TYPE_INT64, 1, &mut n, (&mut bytes as *mut i64).cast())
-            })?;
-            Ok((p, usize::try_from(bytes).unwrap_or(usize::MAX)))
-        };
-        match attempt() {
-            Ok((p, bytes)) if bytes <= s.max_workspace => return Ok(ConvGraph { plan: p, workspace: bytes, engine, rank }),
-            Ok((_, bytes)) => tried.push(format!("#{rank} (engine {engine}): needs {bytes} bytes of workspace")),
-            Err(why) => tried.push(format!("#{rank} (engine {engine}): {why}")),
-        }
-    }
-    tried.truncate(8);
-    Err(format!("{op:?}: none of cuDNN's {got} engine configurations was usable ({})", tried.join("; ")))
+    })?;
+    configs.truncate(got.clamp(0, count) as usize);
+    Ok(configs)
 }
 
 /// The engine of a configuration: its global index and numerical notes.
