@@ -208,6 +208,16 @@ fn graph_api_convolutions_match_the_cpu() {
     let dev = gpu();
     let d = cuda_dev(&dev);
     let p = Conv2dParams { stride: 1, padding: 1 };
+    // The device is shared by this binary's tests: back to the legacy API and TF32 on the
+    // way out, a failed assertion included.
+    struct Restore<'a>(&'a engine::cuda::CudaDevice);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            self.0.set_conv_graph(false);
+            self.0.set_allow_tf32(true);
+        }
+    }
+    let _restore = Restore(&d);
     d.set_conv_graph(true);
     for (dt, layout, rtol, xs, ws) in [
         (DType::F32, Layout::Nchw, 2e-4, [5usize, 20, 11, 11], [36usize, 20, 3, 3]),
@@ -232,8 +242,6 @@ fn graph_api_convolutions_match_the_cpu() {
         close(&format!("{what}: dw"), &back(&dwg), &dw, rtol);
         assert_eq!(d.graph_plan_lines().len(), before + 3, "{what}: three graph plans; refusals: {:?}", d.graph_refusals());
     }
-    d.set_conv_graph(false);
-    d.set_allow_tf32(true);
     for line in d.graph_plan_lines() {
         eprintln!("convolution plan (graph API): {line}");
     }
