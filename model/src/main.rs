@@ -106,7 +106,7 @@ struct TrainArgs {
     /// Peak LR of the one-cycle schedule (skips the range test together with --lr-min).
     #[arg(long)]
     lr_max: Option<f64>,
-    /// Start/end LR of the one-cycle schedule.
+    /// Start/end LR of the one-cycle schedule (0 allowed: D. Page's 0 -> 0.4 -> 0).
     #[arg(long)]
     lr_min: Option<f64>,
     /// Epoch at whose end the LR peaks (default: 5/24 of the run, rounded, at least 1: epoch 5 of 24).

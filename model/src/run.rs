@@ -272,9 +272,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         cfg.lr_min = r.lr_min;
         log.line(&format!("LR range test suggests {}; plot: {})", suggestion(&r, &opts.lr_find), dir.join("lr_find.png").display()));
     }
-    if !(cfg.lr_max > 0.0 && cfg.lr_min > 0.0 && cfg.lr_min <= cfg.lr_max) {
-        return Err(Error::Invalid(format!("need 0 < LRMIN <= LRMAX, got LRMIN={} LRMAX={}", cfg.lr_min, cfg.lr_max)));
-    }
+    check_lrs(cfg.lr_min, cfg.lr_max)?;
     let schedule = cfg.schedule(&ds.train);
     log.line(&format!(
         "One-cycle: LRMIN={:.4e} -> LRMAX={:.4e} at the end of epoch {} -> LRMIN at the end of epoch {}",
@@ -388,6 +386,16 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         log.line(&format!("Convolution algorithms ({}): {} plans, in {}", search_rule(d.conv_search()), plans.len(), path.display()));
     }
     Ok(eval.accuracy())
+}
+
+/// The one-cycle's bounds: 0 <= LRMIN <= LRMAX and LRMAX > 0 (LRMIN 0 is D. Page's schedule,
+/// 0 -> 0.4 -> 0, whose first step then moves nothing); NaN fails.
+fn check_lrs(lr_min: f64, lr_max: f64) -> Result<()> {
+    if lr_max > 0.0 && lr_min >= 0.0 && lr_min <= lr_max {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("need 0 <= LRMIN <= LRMAX and LRMAX > 0, got LRMIN={lr_min} LRMAX={lr_max}")))
+    }
 }
 
 /// How the convolution algorithms were chosen, in words.
@@ -774,6 +782,18 @@ pub fn show_data(ds: &Cifar10, out: &Path, seed: u64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// LRMIN may be 0 (Page's schedule) but not negative, above LRMAX or NaN; LRMAX must be positive.
+    #[test]
+    fn lr_bounds_accept_pages_zero_and_refuse_the_rest() {
+        assert!(check_lrs(0.0, 0.4).is_ok());
+        assert!(check_lrs(0.004, 0.4).is_ok());
+        assert!(check_lrs(0.4, 0.4).is_ok());
+        for (lo, hi) in [(-0.1, 0.4), (0.5, 0.4), (0.0, 0.0), (f64::NAN, 0.4), (0.1, f64::NAN)] {
+            let e = check_lrs(lo, hi).unwrap_err().to_string();
+            assert!(e.contains("LRMIN"), "{lo} {hi}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]
