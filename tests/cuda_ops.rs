@@ -208,16 +208,7 @@ fn graph_api_convolutions_match_the_cpu() {
     let dev = gpu();
     let d = cuda_dev(&dev);
     let p = Conv2dParams { stride: 1, padding: 1 };
-    // The device is shared by this binary's tests: back to the legacy API and TF32 on the
-    // way out, a failed assertion included.
-    struct Restore<'a>(&'a engine::cuda::CudaDevice);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            self.0.set_conv_graph(false);
-            self.0.set_allow_tf32(true);
-        }
-    }
-    let _restore = Restore(&d);
+    // (The device is this test's own: `Device::cuda` opens a new one per call.)
     d.set_conv_graph(true);
     for (dt, layout, rtol, xs, ws) in [
         (DType::F32, Layout::Nchw, 2e-4, [5usize, 20, 11, 11], [36usize, 20, 3, 3]),

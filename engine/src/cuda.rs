@@ -84,6 +84,9 @@ pub struct CudaDevice {
     /// cuBLAS's workspace, set on the handle (declared after it: dropped after the handle).
     /// Without one, cuBLAS would allocate scratch memory inside a CUDA graph capture.
     _blas_workspace: CudaSlice<u8>,
+    /// The graph API's plans per shape and direction, or why there is none. Declared before
+    /// the cuDNN handle, so dropped before it: the plans were made with that handle.
+    graph_plans: Mutex<HashMap<(crate::cudnn::ConvKey, crate::cudnn_graph::ConvOp), GraphChoice>>,
     /// cuDNN handle, bound to `stream` (cuDNN handles must not be used by two threads at once).
     cudnn: Mutex<CudnnHandle>,
     /// Convolution algorithms chosen per shape (see `ops::conv2d`), and the shared workspace.
@@ -99,8 +102,6 @@ pub struct CudaDevice {
     /// Whether convolutions go through cuDNN's backend (graph) API; see
     /// [`CudaDevice::set_conv_graph`].
     conv_graph: AtomicBool,
-    /// The graph API's plans per shape and direction, or why there is none.
-    graph_plans: Mutex<HashMap<(crate::cudnn::ConvKey, crate::cudnn_graph::ConvOp), GraphChoice>>,
     /// Whether our kernels may move 16 bytes per access where shapes and alignment allow;
     /// see [`CudaDevice::set_vector_kernels`].
     vector_kernels: AtomicBool,

@@ -55,7 +55,8 @@ pub struct ConvShape {
     pub y: [usize; 4],
     pub pad: usize,
     pub stride: usize,
-    /// Tensor-core engines allowed (bf16 data, or f32 with TF32 allowed).
+    /// Tensor-core engines allowed (bf16 and f64 data, or f32 with TF32 allowed; f64 tensor
+    /// cores compute exact IEEE FMAs).
     pub tensor_cores: bool,
     /// Only engines without cuDNN's `NONDETERMINISTIC` note.
     pub deterministic: bool,
@@ -66,11 +67,9 @@ pub struct ConvShape {
 /// A backend descriptor, destroyed on drop.
 struct Desc(sys::cudnnBackendDescriptor_t);
 
-// SAFETY: a backend descriptor is plain host memory owned by this value; after
-// finalization it is only read, and every use goes through the device's cuDNN handle,
-// which is behind a Mutex.
+// SAFETY: a backend descriptor is plain host memory owned by this value, not tied to the
+// thread that made it.
 unsafe impl Send for Desc {}
-unsafe impl Sync for Desc {}
 
 impl Desc {
     fn new(kind: Kind) -> crate::Result<Desc> {
@@ -186,17 +185,21 @@ fn operation(op: ConvOp, dtype: DType, x: &Desc, w: &Desc, y: &Desc, conv: &Desc
 }
 
 /// Why an engine is refused by `s`'s rules, from its numerical notes (cuDNN's
-/// `cudnnBackendNumericalNote_t` values): tensor cores where they are not allowed, inputs
-/// converted to a narrower type for f32 or f64 data (which TF32 or plain FMA math would not
-/// do), atomics where determinism is asked for. `None`: accepted.
+/// `cudnnBackendNumericalNote_t` values): tensor cores where they are not allowed; inputs
+/// converted to a narrower type than the data's, or sums in a narrower type than f32 (the
+/// legacy API's algorithms, and PyTorch's engine filter, do neither); atomics where
+/// determinism is asked for. `None`: accepted.
 pub fn refusal(notes: &[u32], s: &ConvShape) -> Option<&'static str> {
     use sys::cudnnBackendNumericalNote_t as N;
     let has = |n: N| notes.contains(&(n as u32));
     if !s.tensor_cores && has(N::CUDNN_NUMERICAL_NOTE_TENSOR_CORE) {
         return Some("tensor cores not allowed");
     }
-    if s.dtype != DType::BF16 && has(N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) {
+    if has(N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) {
         return Some("converts the inputs to a narrower type");
+    }
+    if has(N::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION) {
+        return Some("sums in reduced precision");
     }
     if s.deterministic && has(N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) {
         return Some("not deterministic");
@@ -206,6 +209,7 @@ pub fn refusal(notes: &[u32], s: &ConvShape) -> Option<&'static str> {
 
 /// A finalized execution plan for one convolution direction and shape.
 pub struct ConvGraph {
+    /// Finalized: only read from here on (`execute`), never changed.
     plan: Desc,
     _made_from: Vec<Desc>,
     /// Workspace bytes the plan needs.
@@ -217,6 +221,11 @@ pub struct ConvGraph {
     pub rank: usize,
     pub fallback: bool,
 }
+
+// SAFETY: shared references to a ConvGraph only read its finalized descriptors (`execute`
+// passes the plan to cuDNN, which does not change it); nothing reachable through `&ConvGraph`
+// calls `set` or `finalize`.
+unsafe impl Sync for ConvGraph {}
 
 impl std::fmt::Debug for ConvGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -412,7 +421,11 @@ mod tests {
         assert!(refusal(&tc, &base).is_some());
         assert!(refusal(&tc, &ConvShape { tensor_cores: true, ..base }).is_none());
         assert!(refusal(&down, &ConvShape { tensor_cores: true, ..base }).is_some());
-        assert!(refusal(&down, &ConvShape { dtype: DType::BF16, tensor_cores: true, ..base }).is_none());
+        assert!(refusal(&down, &ConvShape { dtype: DType::BF16, tensor_cores: true, ..base }).is_some());
+        let reduced = [N::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION as u32];
+        assert!(refusal(&reduced, &ConvShape { dtype: DType::BF16, tensor_cores: true, ..base }).is_some());
+        // A bf16 tensor-core engine with no other note is accepted.
+        assert!(refusal(&tc, &ConvShape { dtype: DType::BF16, tensor_cores: true, ..base }).is_none());
         assert!(refusal(&nondet, &base).is_none());
         assert!(refusal(&nondet, &ConvShape { deterministic: true, ..base }).is_some());
         assert!(refusal(&[], &ConvShape { deterministic: true, ..base }).is_none());
