@@ -346,12 +346,12 @@ fn reuse_at_this_batch(
 }
 
 /// Choose the algorithms of the three kinds by the device's [`ConvSearch`] rule: cuDNN's
-/// heuristic ranking (the default: its first usable algorithm), or measure every algorithm
+/// heuristic ranking (the default: its first usable algorithm); or measure every algorithm
 /// and keep the fastest that succeeds within [`MAX_WORKSPACE`] (cuDNN returns them sorted by
-/// time; `--cudnn-search find`), or (`--cudnn-search timed`) time only the first [`TIMED_CANDIDATES`] usable algorithms of
-/// cuDNN's heuristic ranking ourselves, [`TIMED_RUNS`] runs each on scratch buffers of the
-/// shape. If measuring fails (it needs scratch memory of its own), cuDNN's heuristic ranking
-/// is used instead. A kind with no usable algorithm either way makes the shape
+/// time; `--cudnn-search find`); or (`--cudnn-search timed`) time only the first
+/// [`TIMED_CANDIDATES`] usable algorithms of cuDNN's heuristic ranking ourselves,
+/// [`TIMED_RUNS`] runs each on scratch buffers of the shape. If measuring fails (it needs
+/// scratch memory of its own), cuDNN's heuristic ranking is used instead. A kind with no usable algorithm either way makes the shape
 /// [`cudnn::ConvChoice::Refused`].
 ///
 /// Locks: the plan cache (held by the caller), then the cuDNN handle; the timed runs use a
