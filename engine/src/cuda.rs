@@ -105,6 +105,9 @@ pub struct CudaDevice {
     /// Whether our kernels may move 16 bytes per access where shapes and alignment allow;
     /// see [`CudaDevice::set_vector_kernels`].
     vector_kernels: AtomicBool,
+    /// The most 256-thread blocks of batch norm + ReLU's channels-last 16-byte passes; see
+    /// [`CudaDevice::set_bnr_max_blocks`].
+    bnr_max_blocks: std::sync::atomic::AtomicU32,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
     /// Requests may take a larger free block (see [`CudaDevice::best_fit`]).
@@ -379,6 +382,7 @@ impl CudaDevice {
             conv_graph: AtomicBool::new(false),
             graph_plans: Mutex::new(HashMap::new()),
             vector_kernels: AtomicBool::new(true),
+            bnr_max_blocks: std::sync::atomic::AtomicU32::new(1024),
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
@@ -526,6 +530,22 @@ impl CudaDevice {
     /// reductions, max-pooling, bf16 add and accumulation).
     pub fn vector_kernels(&self) -> bool {
         self.vector_kernels.load(Ordering::Relaxed)
+    }
+
+    /// Cap the blocks (of 256 threads) of batch norm + ReLU's channels-last 16-byte passes at
+    /// `blocks` (the default 1024: each thread then visits several 16-byte groups of one
+    /// channel group and reads that group's per-channel values once), or with 0 launch one
+    /// thread per group, as before this cap existed, where every thread reads its channels'
+    /// values for its one group: a profile of each measures what the cap gains. Same results
+    /// either way.
+    pub fn set_bnr_max_blocks(&self, blocks: u32) {
+        self.bnr_max_blocks.store(blocks, Ordering::Relaxed);
+    }
+
+    /// The most 256-thread blocks batch norm + ReLU's channels-last 16-byte passes launch
+    /// (0: one thread per 16-byte group, no cap).
+    pub fn bnr_max_blocks(&self) -> u32 {
+        self.bnr_max_blocks.load(Ordering::Relaxed)
     }
 
     /// Allow (the default) or forbid the 16-byte variants of our kernels, which move 8 bf16 or

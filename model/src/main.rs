@@ -184,6 +184,11 @@ struct TrainArgs {
     /// forward and our one-value backward, one-value bf16 adds; to measure what they gain.
     #[arg(long)]
     no_vector_kernels: bool,
+    /// The most 256-thread blocks of batch norm + ReLU's channels-last 16-byte passes (each
+    /// thread then reads its channels' values once for several 16-byte groups); 0: one thread
+    /// per group, as before that change, to measure what it gains.
+    #[arg(long, default_value_t = 1024)]
+    bnr_max_blocks: u32,
     /// On the GPU, the reference path: f32 (TF32 convolutions), NCHW, cuDNN's batch norm and
     /// a separate ReLU, one launch per op. Without it a GPU trains with all four speed options
     /// below (on an H200, 2026-11-26: 0.52 s per epoch against 1.2 s, at the same accuracy);
@@ -236,6 +241,7 @@ impl TrainArgs {
                 SearchArg::Timed => ConvSearch::Timed,
             });
             d.set_vector_kernels(!self.no_vector_kernels);
+            d.set_bnr_max_blocks(self.bnr_max_blocks);
             d.set_conv_graph(self.cudnn_graph);
         }
         Ok(device)

@@ -234,21 +234,20 @@ fn vec_width(geo: &Geometry, dt: DType, ptrs: &[u64]) -> Option<u32> {
     run.is_multiple_of(width).then_some(width)
 }
 
-/// Blocks of the NHWC 16-byte elementwise passes: at most this many, of [`NCHW_THREADS`]
-/// threads, so that each thread visits several 16-byte groups of the same channels (the
-/// grid-stride loop's stride, 256·blocks groups, is a multiple of the C/width groups of a
-/// row wherever C/width divides 256) and reads their per-channel values once. 1024 blocks of
-/// 256 threads are about what an H100 or H200 keeps resident at once (132 SMs x 2048 threads).
-const MAX_ELEMENTWISE_BLOCKS: u32 = 1024;
-
 /// The grid of `bnr_apply*` and `bnr_bwd_apply*` for elements per thread `width` (None: the
-/// scalar kernels): NHWC 16-byte passes in [`MAX_ELEMENTWISE_BLOCKS`] blocks of 256 at most
-/// (see there; the kernels check the stride themselves and otherwise read the per-channel
-/// values per element), the other passes one thread per element or group of elements.
-fn elementwise_launch(geo: &Geometry, width: Option<u32>) -> LaunchConfig {
+/// scalar kernels) with at most `max_blocks` blocks (`CudaDevice::bnr_max_blocks`, 1024 by
+/// default; 0: no cap). NHWC 16-byte passes: blocks of [`NCHW_THREADS`], capped, so that each
+/// thread visits several 16-byte groups of the same channels (the grid-stride loop's stride,
+/// 256·blocks groups, is a multiple of the C/width groups of a row wherever C/width divides
+/// 256) and reads their per-channel values once; 1024 blocks of 256 threads are about what
+/// an H100 or H200 keeps resident at once (132 SMs x 2048 threads). The kernels check the
+/// stride themselves and otherwise read the per-channel values per element. The other passes:
+/// one thread per element or group of elements.
+fn elementwise_launch(geo: &Geometry, width: Option<u32>, max_blocks: u32) -> LaunchConfig {
     match width {
         Some(w) if geo.nhwc => {
-            let blocks = (geo.total / w).div_ceil(NCHW_THREADS).clamp(1, MAX_ELEMENTWISE_BLOCKS);
+            let need = (geo.total / w).div_ceil(NCHW_THREADS).max(1);
+            let blocks = if max_blocks == 0 { need } else { need.min(max_blocks) };
             LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 }
         }
         _ => crate::cuda::grid(geo.total / width.unwrap_or(1)),
@@ -345,7 +344,7 @@ fn apply_cuda(dev: &Arc<CudaDevice>, x: &Tensor, geo: &Geometry, sp: u64) -> Res
     launch.arg(&xp).arg(&sp).arg(&yp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_apply[_vec](x [total], stats [4c], y [total], total, c, hw, nhwc); the _vec
     // kernels only where vec_width found the buffers aligned and the channel pattern shared.
-    unsafe { launch.launch(elementwise_launch(geo, width)) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
+    unsafe { launch.launch(elementwise_launch(geo, width, dev.bnr_max_blocks())) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
     crate::cuda::like(x, y)
 }
 
@@ -415,7 +414,7 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     launch.arg(&xp).arg(&dyp).arg(&sp).arg(&cp).arg(&dxp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_bwd_apply[_vec](x, dy [total], stats [4c], coef [3c], dx [total], total, c, hw,
     // nhwc); the _vec kernels only where vec_width allowed them.
-    unsafe { launch.launch(elementwise_launch(&geo, width)) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
+    unsafe { launch.launch(elementwise_launch(&geo, width, dev.bnr_max_blocks())) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
     Ok((crate::cuda::like(x, dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
 }
 
@@ -488,25 +487,28 @@ mod tests {
     /// The NHWC 16-byte elementwise passes of the network's eight batch norms (batch 512 and
     /// a last batch of 336, bf16 and f32) get a grid whose thread count is a multiple of the
     /// C/width groups of a row (so each thread keeps one channel group, `fixed_channels` in
-    /// the kernel file) within MAX_ELEMENTWISE_BLOCKS, and every group has a thread; NCHW
+    /// the kernel file) within the default cap of 1024 blocks, and every group has a thread; NCHW
     /// and the scalar kernels keep one thread per group or element.
     #[test]
     fn nhwc_elementwise_grids_keep_each_thread_on_one_channel_group() {
         for (n, c, hw) in [(512u32, 64u32, 1024u32), (512, 128, 256), (512, 256, 64), (512, 512, 16), (336, 512, 16), (336, 64, 1024)] {
             for width in [8u32, 4] {
                 let geo = Geometry { n, c, hw, total: n * c * hw, nhwc: true, reduce: Reduce::NhwcVec, splits: 1 };
-                let l = elementwise_launch(&geo, Some(width));
+                let l = elementwise_launch(&geo, Some(width), 1024);
                 let threads = l.grid_dim.0 * l.block_dim.0;
-                assert!(l.grid_dim.0 <= MAX_ELEMENTWISE_BLOCKS && l.block_dim.0 == NCHW_THREADS, "C={c} width {width}");
+                assert!(l.grid_dim.0 <= 1024 && l.block_dim.0 == NCHW_THREADS, "C={c} width {width}");
                 assert_eq!(threads % (c / width), 0, "C={c} width {width}: a thread's groups change channels");
                 assert!(threads <= geo.total / width || l.grid_dim.0 == 1, "C={c} width {width}: idle blocks");
             }
         }
         // NCHW: one thread per group of `width` elements (cudarc's 1024-thread blocks).
         let geo = Geometry { n: 2, c: 64, hw: 1024, total: 2 * 64 * 1024, nhwc: false, reduce: Reduce::Nchw, splits: 1 };
-        let l = elementwise_launch(&geo, Some(8));
+        let l = elementwise_launch(&geo, Some(8), 1024);
         assert_eq!(l.grid_dim.0 * l.block_dim.0, 2 * 64 * 1024 / 8);
-        assert_eq!(elementwise_launch(&Geometry { nhwc: true, ..geo }, None).grid_dim.0 * 1024, 2 * 64 * 1024);
+        let nhwc = Geometry { nhwc: true, ..geo };
+        assert_eq!(elementwise_launch(&nhwc, None, 1024).grid_dim.0 * 1024, 2 * 64 * 1024);
+        // No cap (0): one thread per 16-byte group, in 256-thread blocks.
+        assert_eq!(elementwise_launch(&nhwc, Some(8), 0).grid_dim.0 * 256, 2 * 64 * 1024 / 8);
     }
 
     /// Split counts: at least one, within each kind's clamp, and for the vectorised kernels at
