@@ -290,6 +290,18 @@ impl ConvKey {
     pub fn same_but_batch(&self, other: &ConvKey) -> bool {
         self.x[0] != other.x[0] && self.x[1..] == other.x[1..] && ConvKey { x: other.x, ..*self } == *other
     }
+
+    /// Whether tensor-core math is allowed: bf16 and f64 data (f64 tensor cores compute
+    /// exact IEEE FMAs), or f32 with TF32 allowed.
+    pub fn tensor_cores(&self) -> bool {
+        self.tf32 || self.dtype != crate::DType::F32
+    }
+
+    /// The output's `[n, k, oh, ow]`.
+    pub fn y(&self) -> [usize; 4] {
+        let out = |size: usize, kernel: usize| (size + 2 * self.pad - kernel) / self.stride + 1;
+        [self.x[0], self.w[0], out(self.x[2], self.w[2]), out(self.x[3], self.w[3])]
+    }
 }
 
 /// What cuDNN offers for one convolution shape: a plan, or nothing (with what was tried).
@@ -346,5 +358,16 @@ mod tests {
         assert!(!ConvKey { x: [336, 64, 32, 32], deterministic: true, ..k }.same_but_batch(&k), "other rules");
         assert!(!ConvKey { x: [336, 64, 32, 32], dtype: crate::DType::F32, ..k }.same_but_batch(&k), "another type");
         assert!(!ConvKey { x: [336, 64, 32, 32], layout: crate::Layout::Nchw, ..k }.same_but_batch(&k), "another layout");
+    }
+
+    /// The output shape (N, K, (H + 2p - R)/s + 1, ...) and the tensor-core rule.
+    #[test]
+    fn output_shape_and_tensor_core_rule() {
+        let k = ConvKey { dtype: crate::DType::F32, layout: crate::Layout::Nchw, x: [5, 3, 32, 30], w: [64, 3, 3, 3], pad: 1, stride: 1, tf32: false, deterministic: false };
+        assert_eq!(k.y(), [5, 64, 32, 30]);
+        assert_eq!(ConvKey { pad: 0, stride: 2, ..k }.y(), [5, 64, 15, 14]);
+        assert!(!k.tensor_cores());
+        assert!(ConvKey { tf32: true, ..k }.tensor_cores());
+        assert!(ConvKey { dtype: crate::DType::BF16, ..k }.tensor_cores());
     }
 }

@@ -20,7 +20,7 @@
 //! Running it is one `cudnnBackendExecute` with a variant pack: the three ids, the three
 //! device addresses, the workspace. Every descriptor is destroyed when its owner drops.
 
-use crate::cudnn::{CudnnHandle, check, compute_type, data_type};
+use crate::cudnn::{ConvKey, CudnnHandle, check, compute_type, data_type};
 use crate::{DType, Layout};
 use cudarc::cudnn::sys;
 use sys::cudnnBackendAttributeName_t as Attr;
@@ -42,27 +42,6 @@ pub enum ConvOp {
 const X: i64 = 1;
 const W: i64 = 2;
 const Y: i64 = 3;
-
-/// One convolution's shapes and rules: element type, layout (NCHW, or NHWC with the filter
-/// in KRSC order), input `[n, c, h, w]`, filter `[k, c, r, s]`, output `[n, k, oh, ow]`,
-/// padding and stride (the same in both spatial dimensions), and what the engine may do.
-#[derive(Clone, Copy, Debug)]
-pub struct ConvShape {
-    pub dtype: DType,
-    pub layout: Layout,
-    pub x: [usize; 4],
-    pub w: [usize; 4],
-    pub y: [usize; 4],
-    pub pad: usize,
-    pub stride: usize,
-    /// Tensor-core engines allowed (bf16 and f64 data, or f32 with TF32 allowed; f64 tensor
-    /// cores compute exact IEEE FMAs).
-    pub tensor_cores: bool,
-    /// Only engines without cuDNN's `NONDETERMINISTIC` note.
-    pub deterministic: bool,
-    /// The largest workspace a plan may need, in bytes.
-    pub max_workspace: usize,
-}
 
 /// A backend descriptor, destroyed on drop.
 struct Desc(sys::cudnnBackendDescriptor_t);
@@ -188,11 +167,11 @@ fn operation(op: ConvOp, dtype: DType, x: &Desc, w: &Desc, y: &Desc, conv: &Desc
 /// `cudnnBackendNumericalNote_t` values): tensor cores where they are not allowed; inputs
 /// converted to a narrower type than the data's, or sums in a narrower type than f32 (the
 /// legacy API's algorithms, and PyTorch's engine filter, do neither); atomics where
-/// determinism is asked for. `None`: accepted.
-pub fn refusal(notes: &[u32], s: &ConvShape) -> Option<&'static str> {
+/// determinism is asked for (the rules of `key`). `None`: accepted.
+pub fn refusal(notes: &[u32], key: &ConvKey) -> Option<&'static str> {
     use sys::cudnnBackendNumericalNote_t as N;
     let has = |n: N| notes.contains(&(n as u32));
-    if !s.tensor_cores && has(N::CUDNN_NUMERICAL_NOTE_TENSOR_CORE) {
+    if !key.tensor_cores() && has(N::CUDNN_NUMERICAL_NOTE_TENSOR_CORE) {
         return Some("tensor cores not allowed");
     }
     if has(N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS) {
@@ -201,7 +180,7 @@ pub fn refusal(notes: &[u32], s: &ConvShape) -> Option<&'static str> {
     if has(N::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION) {
         return Some("sums in reduced precision");
     }
-    if s.deterministic && has(N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) {
+    if key.deterministic && has(N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) {
         return Some("not deterministic");
     }
     None
@@ -236,17 +215,17 @@ impl std::fmt::Debug for ConvGraph {
 
 /// Build the plan of direction `op` for `s`: the first engine configuration of cuDNN's
 /// heuristic ranking (mode A), then of its fallback list, that [`refusal`] accepts, that
-/// finalizes into an execution plan and that needs at most `s.max_workspace` bytes. `Err`
+/// finalizes into an execution plan and that needs at most `max_workspace` bytes. `Err`
 /// says why none did (the reasons of the first eight configurations refused).
-pub fn plan(h: &CudnnHandle, op: ConvOp, s: &ConvShape) -> std::result::Result<ConvGraph, String> {
+pub fn plan(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize) -> std::result::Result<ConvGraph, String> {
     let e = |e: crate::Error| e.to_string();
-    let x = tensor(X, s.dtype, s.layout, s.x).map_err(e)?;
-    let w = tensor(W, s.dtype, s.layout, s.w).map_err(e)?;
-    let y = tensor(Y, s.dtype, s.layout, s.y).map_err(e)?;
+    let x = tensor(X, key.dtype, key.layout, key.x).map_err(e)?;
+    let w = tensor(W, key.dtype, key.layout, key.w).map_err(e)?;
+    let y = tensor(Y, key.dtype, key.layout, key.y()).map_err(e)?;
     let conv = Desc::new(Kind::CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR).map_err(e)?;
-    let (pad, stride) = (s.pad as i64, s.stride as i64);
+    let (pad, stride) = (key.pad as i64, key.stride as i64);
     (|| {
-        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_COMP_TYPE, Ty::CUDNN_TYPE_DATA_TYPE, &[compute_type(s.dtype)])?;
+        conv.set(Attr::CUDNN_ATTR_CONVOLUTION_COMP_TYPE, Ty::CUDNN_TYPE_DATA_TYPE, &[compute_type(key.dtype)])?;
         conv.set(Attr::CUDNN_ATTR_CONVOLUTION_CONV_MODE, Ty::CUDNN_TYPE_CONVOLUTION_MODE, &[sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION])?;
         conv.set(Attr::CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, Ty::CUDNN_TYPE_INT64, &[2i64])?;
         conv.set(Attr::CUDNN_ATTR_CONVOLUTION_DILATIONS, Ty::CUDNN_TYPE_INT64, &[1i64, 1])?;
@@ -256,7 +235,7 @@ pub fn plan(h: &CudnnHandle, op: ConvOp, s: &ConvShape) -> std::result::Result<C
         conv.finalize()
     })()
     .map_err(e)?;
-    let operation = operation(op, s.dtype, &x, &w, &y, &conv).map_err(e)?;
+    let operation = operation(op, key.dtype, &x, &w, &y, &conv).map_err(e)?;
     let graph = Desc::new(Kind::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR).map_err(e)?;
     (|| {
         graph.set(Attr::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, Ty::CUDNN_TYPE_HANDLE, &[h.raw()])?;
@@ -285,7 +264,7 @@ pub fn plan(h: &CudnnHandle, op: ConvOp, s: &ConvShape) -> std::result::Result<C
                     continue;
                 }
             };
-            if let Some(why) = refusal(&notes, s) {
+            if let Some(why) = refusal(&notes, key) {
                 tried.push(format!("{mode:?} #{rank} (engine {engine}): {why}"));
                 continue;
             }
@@ -303,7 +282,7 @@ pub fn plan(h: &CudnnHandle, op: ConvOp, s: &ConvShape) -> std::result::Result<C
                 Ok((p, usize::try_from(bytes).unwrap_or(usize::MAX)))
             };
             match attempt() {
-                Ok((p, bytes)) if bytes <= s.max_workspace => {
+                Ok((p, bytes)) if bytes <= max_workspace => {
                     let fallback = mode == sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK;
                     // The descriptors the plan was made from stay alive as long as it does.
                     let keep = vec![config, graph, operation, conv, x, w, y];
@@ -403,31 +382,29 @@ mod tests {
     #[test]
     fn engine_notes_are_refused_by_the_rules() {
         use sys::cudnnBackendNumericalNote_t as N;
-        let base = ConvShape {
+        let base = ConvKey {
             dtype: DType::F32,
             layout: Layout::Nchw,
             x: [1, 1, 3, 3],
             w: [1, 1, 3, 3],
-            y: [1, 1, 3, 3],
             pad: 1,
             stride: 1,
-            tensor_cores: false,
+            tf32: false,
             deterministic: false,
-            max_workspace: 0,
         };
         let tc = [N::CUDNN_NUMERICAL_NOTE_TENSOR_CORE as u32];
         let down = [N::CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS as u32];
         let nondet = [N::CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC as u32];
         assert!(refusal(&tc, &base).is_some());
-        assert!(refusal(&tc, &ConvShape { tensor_cores: true, ..base }).is_none());
-        assert!(refusal(&down, &ConvShape { tensor_cores: true, ..base }).is_some());
-        assert!(refusal(&down, &ConvShape { dtype: DType::BF16, tensor_cores: true, ..base }).is_some());
+        assert!(refusal(&tc, &ConvKey { tf32: true, ..base }).is_none());
+        assert!(refusal(&down, &ConvKey { tf32: true, ..base }).is_some());
+        assert!(refusal(&down, &ConvKey { dtype: DType::BF16, ..base }).is_some());
         let reduced = [N::CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION as u32];
-        assert!(refusal(&reduced, &ConvShape { dtype: DType::BF16, tensor_cores: true, ..base }).is_some());
+        assert!(refusal(&reduced, &ConvKey { dtype: DType::BF16, ..base }).is_some());
         // A bf16 tensor-core engine with no other note is accepted.
-        assert!(refusal(&tc, &ConvShape { dtype: DType::BF16, tensor_cores: true, ..base }).is_none());
+        assert!(refusal(&tc, &ConvKey { dtype: DType::BF16, ..base }).is_none());
         assert!(refusal(&nondet, &base).is_none());
-        assert!(refusal(&nondet, &ConvShape { deterministic: true, ..base }).is_some());
-        assert!(refusal(&[], &ConvShape { deterministic: true, ..base }).is_none());
+        assert!(refusal(&nondet, &ConvKey { deterministic: true, ..base }).is_some());
+        assert!(refusal(&[], &ConvKey { deterministic: true, ..base }).is_none());
     }
 }

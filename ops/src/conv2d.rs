@@ -271,16 +271,22 @@ enum Planned {
     Refused(String),
 }
 
+/// What identifies convolution `d` in `dtype` and `layout` for the plan caches, with the
+/// device's current rules (TF32 for f32 data, deterministic algorithms only).
+fn conv_key(dev: &engine::cuda::CudaDevice, d: &Dims, dtype: DType, layout: Layout) -> cudnn::ConvKey {
+    let tf32 = dev.allow_tf32() && dtype == DType::F32;
+    cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32, deterministic: dev.deterministic() }
+}
+
 impl CudnnConv {
     /// Descriptors for `d` in `dtype` and `layout`, and the (cached) plan, or cuDNN's refusal.
     fn plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layout: engine::Layout) -> Result<Planned> {
-        let tf32 = dev.allow_tf32() && dtype == DType::F32;
-        let deterministic = dev.deterministic();
+        let key = conv_key(dev, d, dtype, layout);
+        let tf32 = key.tf32;
         let x = cudnn::TensorDesc::new(dtype, layout, d.n, d.c, d.h, d.w)?;
         let w = cudnn::FilterDesc::kcrs(dtype, layout, d.o, d.c, d.kh, d.kw)?;
         let conv = cudnn::ConvDesc::new(dtype, d.p, d.s, tf32)?;
         let y = cudnn::TensorDesc::new(dtype, layout, d.n, d.o, d.oh, d.ow)?;
-        let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32, deterministic };
         let choose = |other_batch: Option<(usize, cudnn::ConvPlan)>| {
             let reused = other_batch.and_then(|(n, p)| reuse_at_this_batch(dev, &x, &w, &y, dtype, d, tf32, n, p));
             match reused {
@@ -374,7 +380,7 @@ fn find(
         ConvSearch::Find { repeats } => repeats.max(1),
         ConvSearch::Timed => 1,
     };
-    let rules = SearchRules { tensor_cores: tf32 || dtype != DType::F32, deterministic: key.deterministic, repeats };
+    let rules = SearchRules { tensor_cores: key.tensor_cores(), deterministic: key.deterministic, repeats };
     // Scratch x, w and y (zeros: the values do not change the time) and a descriptor of its
     // own (the candidates' math types are set on it) for our timing; without the memory,
     // cudnnFind as usual.
@@ -726,24 +732,10 @@ fn graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layou
     if !dev.conv_graph() {
         return Ok(None);
     }
-    let tf32 = dev.allow_tf32() && dtype == DType::F32;
-    let deterministic = dev.deterministic();
-    let key = cudnn::ConvKey { dtype, layout, x: [d.n, d.c, d.h, d.w], w: [d.o, d.c, d.kh, d.kw], pad: d.p, stride: d.s, tf32, deterministic };
-    let shape = cudnn_graph::ConvShape {
-        dtype,
-        layout,
-        x: key.x,
-        w: key.w,
-        y: [d.n, d.o, d.oh, d.ow],
-        pad: d.p,
-        stride: d.s,
-        tensor_cores: tf32 || dtype != DType::F32,
-        deterministic,
-        max_workspace: MAX_WORKSPACE,
-    };
+    let key = conv_key(dev, d, dtype, layout);
     let choice = dev.graph_conv(key, op, || {
         let h = dev.cudnn().map_err(|e| e.to_string())?;
-        cudnn_graph::plan(&h, op, &shape).map(Arc::new)
+        cudnn_graph::plan(&h, op, &key, MAX_WORKSPACE).map(Arc::new)
     })?;
     Ok(choice.ok())
 }
