@@ -124,6 +124,19 @@ fn a_profiled_step_accounts_for_every_operation() {
     assert_eq!(calls("sgd update"), 1);
     assert_eq!(calls("data: augment batch"), 1);
     assert!(p.total_ms() > 0.0);
+    // The same intervals by operation and output shape (width 1/16: 4-8-16-32 channels, batch
+    // 16): each layer's own row; the two convolutions of a residual block share theirs.
+    let detailed = |label: &str| p.detailed.iter().find(|r| r.0 == label).map(|r| r.1).unwrap_or(0);
+    assert_eq!(detailed("conv2d forward [16, 4, 32, 32]"), 1, "{}", p.detail_table(usize::MAX));
+    assert_eq!(detailed("conv2d forward [16, 8, 32, 32]"), 1);
+    assert_eq!(detailed("conv2d forward [16, 8, 16, 16]"), 2);
+    assert_eq!(detailed("conv2d backward [16, 32, 4, 4]"), 2);
+    assert_eq!(detailed("max_pool2d forward [16, 32, 1, 1]"), 1, "the final pool");
+    assert_eq!(detailed("sgd update"), 1, "a mark without a detail keeps its label");
+    let conv_rows: usize = p.detailed.iter().filter(|r| r.0.starts_with("conv2d forward [")).map(|r| r.1).sum();
+    assert_eq!(conv_rows, 8);
+    let detailed_ms: f64 = p.detailed.iter().map(|r| r.2).sum();
+    assert!((detailed_ms - p.total_ms()).abs() <= 1e-9 * p.total_ms(), "the same intervals, summed another way");
     // The step really trained: the momentum buffers exist now.
     assert!(state.momentum_buffers.iter().all(|b| b.is_some()));
 }

@@ -137,7 +137,7 @@ impl<'p, R> Tape<'p, R> {
         R: Backward,
     {
         if let Some(p) = self.profiler.get_mut() {
-            p.mark(&format!("{} forward", record.name()));
+            p.mark_detail(&format!("{} forward", record.name()), &format!("{:?}", value.shape()));
         }
         let requires_grad = inputs.iter().any(|&v| self.requires_grad(v));
         self.nodes.push(Node { source: Source::Op { value, record }, requires_grad });
@@ -272,8 +272,9 @@ impl<R: Backward> Tape<'_, R> {
                 {
                     record.backward(self, Var(i), &g, grads)?;
                     // The label is only formatted when profiling (not on every step).
+                    // The gradient has the shape of the operation's output.
                     if let Some(p) = self.profiler.borrow_mut().as_mut() {
-                        p.mark(&format!("{} backward", record.name()));
+                        p.mark_detail(&format!("{} backward", record.name()), &format!("{:?}", g.shape()));
                     }
                 }
             }

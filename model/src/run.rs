@@ -583,6 +583,10 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     Ok(())
 }
 
+/// Rows of `profile`'s table by operation and output shape: the convolutions, batch norms
+/// and pools of all layers, forward and backward, fit with room to spare.
+const DETAIL_ROWS: usize = 40;
+
 /// The `profile` command: `warmup` training steps, one profiled step (the table of time
 /// per operation), then `timed` steps timed end to end with a synchronisation after each.
 pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usize, timed: usize, cuda_graph: bool) -> Result<()> {
@@ -627,6 +631,8 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     let prof = train::profile_step(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, warmup * bs..(warmup + 1) * bs, norm, lr, cfg)?;
     println!("One training step, time per operation ({}):", if device.is_cuda() { "GPU time between CUDA events" } else { "host time" });
     print!("{}", prof.table());
+    println!("The same step by operation and output shape (which layer takes the time; the {DETAIL_ROWS} largest rows):");
+    print!("{}", prof.detail_table(DETAIL_ROWS));
     let mut times = Vec::new();
     for b in warmup + 1..warmup + 1 + timed {
         let t = std::time::Instant::now();
