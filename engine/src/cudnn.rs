@@ -16,12 +16,38 @@ pub use cudarc::cudnn::sys::{
     cudnnConvolutionFwdAlgo_t as FwdAlgo,
 };
 
-/// A failed cuDNN call as our error, naming the function.
+/// A failed cuDNN call as our error, naming the function; with cuDNN's own explanation where
+/// it gave one (a status such as `CUDNN_STATUS_BAD_PARAM` alone rarely says which
+/// attribute of which descriptor was wrong).
 pub fn check(op: &'static str, status: sys::cudnnStatus_t) -> crate::Result<()> {
     match status {
         sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS => Ok(()),
-        s => Err(crate::Error::Cuda { op, msg: format!("{s:?}") }),
+        s => Err(crate::Error::Cuda { op, msg: status_message(&format!("{s:?}"), last_error_string().as_deref()) }),
     }
+}
+
+/// `status`, then cuDNN's message in parentheses if there is one. cuDNN keeps its last
+/// message until the next error, so a failure that sets none shows an earlier one: hence
+/// "last message", not "reason".
+fn status_message(status: &str, last: Option<&str>) -> String {
+    match last {
+        Some(m) => format!("{status} (cuDNN's last message: {m})"),
+        None => status.to_string(),
+    }
+}
+
+/// cuDNN's message for the last error in this thread (`cudnnGetLastErrorString`, cuDNN 9),
+/// on one line; `None` when it is empty. Only called after a call failed, so cuDNN is
+/// loaded and, the device having checked, of version 9.
+fn last_error_string() -> Option<String> {
+    let mut buf = [0 as std::ffi::c_char; 1024];
+    // SAFETY: cudnnGetLastErrorString writes at most `max_size` bytes, NUL-terminated, into
+    // the buffer (cuDNN 9's API reference); it is told one byte less than the buffer holds.
+    unsafe { sys::cudnnGetLastErrorString(buf.as_mut_ptr(), buf.len() - 1) };
+    // SAFETY: the buffer is NUL-terminated: its last byte stays 0 whatever cuDNN writes.
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!one_line.is_empty()).then_some(one_line)
 }
 
 /// A cuDNN handle whose work goes to one stream.
@@ -358,6 +384,15 @@ mod tests {
         assert!(!ConvKey { x: [336, 64, 32, 32], deterministic: true, ..k }.same_but_batch(&k), "other rules");
         assert!(!ConvKey { x: [336, 64, 32, 32], dtype: crate::DType::F32, ..k }.same_but_batch(&k), "another type");
         assert!(!ConvKey { x: [336, 64, 32, 32], layout: crate::Layout::Nchw, ..k }.same_but_batch(&k), "another layout");
+    }
+
+    #[test]
+    fn a_status_carries_cudnns_message_when_there_is_one() {
+        assert_eq!(status_message("CUDNN_STATUS_BAD_PARAM", None), "CUDNN_STATUS_BAD_PARAM");
+        assert_eq!(
+            status_message("CUDNN_STATUS_BAD_PARAM", Some("stride mismatch")),
+            "CUDNN_STATUS_BAD_PARAM (cuDNN's last message: stride mismatch)"
+        );
     }
 
     /// The output shape (N, K, (H + 2p - R)/s + 1, ...) and the tensor-core rule.

@@ -104,8 +104,11 @@ tests() {
     t_s="$(limit "${TEST_TIMEOUT:-240}")"; [ -n "$t_s" ] || return 0
     tmp="$(mktemp -d)"
     local bins=(test-cuda test-cuda_ops test-cuda_gradcheck test-cuda_train)
+    # cuDNN's own log of its errors and warnings (CUDNN_LOGLEVEL_DBG=2), one file per binary:
+    # what a failing descriptor attribute was, where a status alone does not say.
     for t in "${bins[@]}"; do
-        ( timeout "$t_s" /root/devbin/$t --ignored --test-threads=1 --nocapture > "$tmp/$t.txt" 2>&1
+        ( CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG="$tmp/$t.cudnn-log" \
+          timeout "$t_s" /root/devbin/$t --ignored --test-threads=1 --nocapture > "$tmp/$t.txt" 2>&1
           echo "== $t exit status $? (124: it ran into its limit of ${t_s} s)" >> "$tmp/$t.txt" ) &
     done
     wait
@@ -117,6 +120,10 @@ tests() {
             cat "$tmp/$t.txt"
         done
     } > "$f" 2>&1
+    for t in "${bins[@]}"; do
+        # The first 256 KiB of each non-empty log (cuDNN can repeat itself at length).
+        if [ -s "$tmp/$t.cudnn-log" ]; then head -c 262144 "$tmp/$t.cudnn-log" > "$RES/cudnn-log-$t-$day.txt"; fi
+    done
     rm -rf "$tmp"
     grep -E '^test |test result|exit status' "$f"
 }
