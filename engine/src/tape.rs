@@ -41,8 +41,10 @@ impl Var {
 /// The backward rule of a recorded operation.
 pub trait Backward: Sized {
     /// Given `grad_out` = dL/d(output of this record, node `out`), add dL/d(input)
-    /// to `grads` for each input that [`Tape::requires_grad`].
-    fn backward(&self, tape: &Tape<'_, Self>, out: Var, grad_out: &Tensor, grads: &mut Gradients) -> Result<()>;
+    /// to `grads` for each input that [`Tape::requires_grad`]. The rule owns `grad_out` (the
+    /// walk is done with it): a rule whose input's gradient *is* `grad_out` (a residual
+    /// add) moves it there instead of copying it.
+    fn backward(&self, tape: &Tape<'_, Self>, out: Var, grad_out: Tensor, grads: &mut Gradients) -> Result<()>;
 
     /// A short name of the operation, for profiles.
     fn name(&self) -> &'static str {
@@ -270,11 +272,12 @@ impl<R: Backward> Tape<'_, R> {
                 if let Some(g) = grads.by_node[i].take()
                     && node.requires_grad
                 {
-                    record.backward(self, Var(i), &g, grads)?;
-                    // The label is only formatted when profiling (not on every step).
-                    // The gradient has the shape of the operation's output.
-                    if let Some(p) = self.profiler.borrow_mut().as_mut() {
-                        p.mark_detail(&format!("{} backward", record.name()), &format!("{:?}", g.shape()));
+                    // The label is only formatted when profiling (not on every step); the
+                    // gradient has the shape of the operation's output.
+                    let shape = self.profiler.borrow().as_ref().map(|_| format!("{:?}", g.shape()));
+                    record.backward(self, Var(i), g, grads)?;
+                    if let (Some(p), Some(shape)) = (self.profiler.borrow_mut().as_mut(), shape) {
+                        p.mark_detail(&format!("{} backward", record.name()), &shape);
                     }
                 }
             }
@@ -375,7 +378,7 @@ mod tests {
             }
         }
 
-        fn backward(&self, tape: &Tape<'_, Self>, out: Var, g: &Tensor, grads: &mut Gradients) -> Result<()> {
+        fn backward(&self, tape: &Tape<'_, Self>, out: Var, g: Tensor, grads: &mut Gradients) -> Result<()> {
             match *self {
                 TestOp::Mul(a, b) => {
                     let (va, vb, vg) = (tape.value(a).to_f64_vec(), tape.value(b).to_f64_vec(), g.to_f64_vec());

@@ -181,6 +181,16 @@ impl Tensor {
         }
     }
 
+    /// A copy with its own storage, as `clone` makes, but a failed device copy (out of
+    /// memory) is an error instead of a panic.
+    pub fn try_clone(&self) -> Result<Tensor> {
+        let storage = match &self.storage {
+            Storage::Cuda(b) => Storage::Cuda(b.try_clone()?),
+            host => host.clone(),
+        };
+        Ok(Tensor { shape: self.shape.clone(), storage, layout: self.layout })
+    }
+
     /// The device buffer of a CUDA tensor.
     pub fn cuda_buffer(&self) -> Result<&CudaBuffer> {
         match &self.storage {

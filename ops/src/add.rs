@@ -64,14 +64,20 @@ impl AddRecord {
         false
     }
 
-    pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        if g.requires_grad(self.a) {
-            grads.accumulate(self.a, dy.clone())?;
+    /// `da = dy`, `db = dy`: `dy` itself goes to `a`, and a copy to `b` only when both need
+    /// one (one device copy per residual add, not two). They must be separate buffers: a
+    /// later rule may add into one in place while the other is still to be read.
+    pub(crate) fn backward(&self, g: &Graph<'_>, dy: Tensor, grads: &mut Gradients) -> Result<()> {
+        let (need_a, need_b) = (g.requires_grad(self.a), g.requires_grad(self.b));
+        match (need_a, need_b) {
+            (true, true) => {
+                grads.accumulate(self.b, dy.try_clone()?)?;
+                grads.accumulate(self.a, dy)
+            }
+            (true, false) => grads.accumulate(self.a, dy),
+            (false, true) => grads.accumulate(self.b, dy),
+            (false, false) => Ok(()),
         }
-        if g.requires_grad(self.b) {
-            grads.accumulate(self.b, dy.clone())?;
-        }
-        Ok(())
     }
 }
 
@@ -98,6 +104,22 @@ mod tests {
                 add(g, a, b)
             })
             .unwrap();
+    }
+
+    /// One side a constant (no gradient): the rule hands `dy` to the other side alone, on
+    /// either side.
+    #[test]
+    fn gradient_with_one_constant_side() {
+        let ps = random_params(&[&[2, 3]], 4);
+        let c = random_params(&[&[2, 3]], 5).remove(0);
+        for constant_first in [false, true] {
+            GradCheck::default()
+                .run(&ps, |g| {
+                    let (p, k) = (g.param(0)?, g.input(c.clone()));
+                    if constant_first { add(g, k, p) } else { add(g, p, k) }
+                })
+                .unwrap();
+        }
     }
 
     #[test]

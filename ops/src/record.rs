@@ -23,20 +23,21 @@ pub enum Op {
 }
 
 impl engine::Backward for Op {
-    fn backward(&self, tape: &Graph<'_>, out: Var, grad_out: &Tensor, grads: &mut Gradients) -> Result<()> {
+    fn backward(&self, tape: &Graph<'_>, out: Var, grad_out: Tensor, grads: &mut Gradients) -> Result<()> {
         match self {
-            Op::Conv2d(r) => r.backward(tape, grad_out, grads),
-            Op::BatchNorm(r) => r.backward(tape, grad_out, grads),
-            Op::BatchNormRelu(r) => r.backward(tape, out, grad_out, grads),
-            Op::Relu(r) => r.backward(tape, out, grad_out, grads),
-            Op::MaxPool2d(r) => r.backward(tape, grad_out, grads),
+            Op::Conv2d(r) => r.backward(tape, &grad_out, grads),
+            Op::BatchNorm(r) => r.backward(tape, &grad_out, grads),
+            Op::BatchNormRelu(r) => r.backward(tape, out, &grad_out, grads),
+            Op::Relu(r) => r.backward(tape, out, &grad_out, grads),
+            Op::MaxPool2d(r) => r.backward(tape, &grad_out, grads),
+            // Add owns the gradient: it moves it to an input instead of copying it.
             Op::Add(r) => r.backward(tape, grad_out, grads),
-            Op::Linear(r) => r.backward(tape, grad_out, grads),
-            Op::Reshape(r) => r.backward(tape, grad_out, grads),
-            Op::Scale(r) => r.backward(tape, grad_out, grads),
-            Op::SoftmaxCrossEntropy(r) => r.backward(tape, grad_out, grads),
-            Op::Cast(r) => r.backward(tape, grad_out, grads),
-            Op::Layout(r) => r.backward(tape, grad_out, grads),
+            Op::Linear(r) => r.backward(tape, &grad_out, grads),
+            Op::Reshape(r) => r.backward(tape, &grad_out, grads),
+            Op::Scale(r) => r.backward(tape, &grad_out, grads),
+            Op::SoftmaxCrossEntropy(r) => r.backward(tape, &grad_out, grads),
+            Op::Cast(r) => r.backward(tape, &grad_out, grads),
+            Op::Layout(r) => r.backward(tape, &grad_out, grads),
         }
     }
 
