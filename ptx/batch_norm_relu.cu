@@ -231,15 +231,32 @@ __device__ __forceinline__ A bnr_y(A xv, const A* stats, unsigned int c_count, u
     return bnr_y_of(xv, stats[2 * c_count + c], stats[3 * c_count + c]);
 }
 
-// ONE THREAD per element i (grid-stride): y[i] = max(fma(x[i], scale[c], shift[c]), 0).
+// The residual join fused into the output pass: r + s, rounded as the separate residual add
+// rounds it (add / add_f64 of elementwise.cu, add_bf16 of bf16.cu: the sum of the two stored
+// values in f32 or f64, rounded once to the data type), so that relu(bn(x)) + skip gives the
+// same bits fused or not.
+__device__ __forceinline__ float plus(float r, float s) { return __fadd_rn(r, s); }
+__device__ __forceinline__ double plus(double r, double s) { return __dadd_rn(r, s); }
+__device__ __forceinline__ bf16 plus(bf16 r, bf16 s)
+{
+    bf16 out;
+    narrow(__fadd_rn(widen(r), widen(s)), &out);
+    return out;
+}
+
+// ONE THREAD per element i (grid-stride): y[i] = max(fma(x[i], scale[c], shift[c]), 0), plus
+// skip[i] (rounded as by the residual add) where skip is not null.
 template <typename T, typename A>
-__device__ void apply(const T* x, const A* stats, T* y, unsigned int total, unsigned int c_count, unsigned int hw, int nhwc)
+__device__ void apply(const T* x, const A* stats, const T* skip, T* y, unsigned int total, unsigned int c_count,
+                      unsigned int hw, int nhwc)
 {
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (unsigned long long)blockDim.x * gridDim.x) {
         const unsigned int e = (unsigned int)i;  // < total < 2^32: 32-bit division is much cheaper
         const unsigned int c = nhwc ? e % c_count : (e / hw) % c_count;
-        narrow(bnr_y(widen(x[i]), stats, c_count, c), y + i);
+        T r;
+        narrow(bnr_y(widen(x[i]), stats, c_count, c), &r);
+        y[i] = skip ? plus(r, skip[i]) : r;
     }
 }
 
@@ -355,10 +372,24 @@ __device__ __forceinline__ bool fixed_channels(int nhwc, unsigned int row_groups
     return nhwc && (blockDim.x * gridDim.x) % row_groups == 0;
 }
 
-// ONE THREAD per group of VEC elements g (grid-stride): y = max(fma(x, scale, shift), 0).
+// y (VEC values) plus the VEC values of skip's group g, where skip is not null.
 template <typename T, int VEC>
-__device__ void apply_vec(const T* x, const float* stats, T* y, unsigned int total, unsigned int c_count, unsigned int hw,
-                          int nhwc)
+__device__ __forceinline__ void add_skip(const T* skip, unsigned int g, T* ys)
+{
+    if (skip) {
+        T ss[VEC];
+        unpack(reinterpret_cast<const bnr_v16*>(skip)[g], ss);
+        for (int k = 0; k < VEC; ++k) {
+            ys[k] = plus(ys[k], ss[k]);
+        }
+    }
+}
+
+// ONE THREAD per group of VEC elements g (grid-stride): y = max(fma(x, scale, shift), 0), plus
+// skip's group g where skip is not null (as apply).
+template <typename T, int VEC>
+__device__ void apply_vec(const T* x, const float* stats, const T* skip, T* y, unsigned int total, unsigned int c_count,
+                          unsigned int hw, int nhwc)
 {
     const unsigned int groups = total / VEC, first = blockIdx.x * blockDim.x + threadIdx.x;
     if (fixed_channels(nhwc, c_count / VEC)) {
@@ -374,6 +405,7 @@ __device__ void apply_vec(const T* x, const float* stats, T* y, unsigned int tot
             for (int k = 0; k < VEC; ++k) {
                 narrow(bnr_y_of(widen(xs[k]), scale[k], shift[k]), ys + k);
             }
+            add_skip<T, VEC>(skip, g, ys);
             reinterpret_cast<bnr_v16*>(y)[g] = pack(ys);
         }
         return;
@@ -386,6 +418,7 @@ __device__ void apply_vec(const T* x, const float* stats, T* y, unsigned int tot
         for (int k = 0; k < VEC; ++k) {
             narrow(bnr_y(widen(xs[k]), stats, c_count, c[k]), ys + k);
         }
+        add_skip<T, VEC>(skip, g, ys);
         reinterpret_cast<bnr_v16*>(y)[g] = pack(ys);
     }
 }
@@ -711,8 +744,8 @@ extern "C" __global__ void bnr_stats_nchw(const float* x, float* partial, unsign
 { stats_nchw(x, partial, n, c, hw, splits); }
 extern "C" __global__ void bnr_stats_nhwc(const float* x, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
 { stats_nhwc(x, partial, n, c, hw, splits); }
-extern "C" __global__ void bnr_apply(const float* x, const float* stats, float* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
-{ apply(x, stats, y, total, c, hw, nhwc); }
+extern "C" __global__ void bnr_apply(const float* x, const float* stats, const float* skip, float* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ apply(x, stats, skip, y, total, c, hw, nhwc); }
 extern "C" __global__ void bnr_bwd_sums_nchw(const float* x, const float* dy, const float* stats, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
 { bwd_sums_nchw(x, dy, stats, partial, n, c, hw, splits); }
 extern "C" __global__ void bnr_bwd_sums_nhwc(const float* x, const float* dy, const float* stats, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
@@ -724,8 +757,8 @@ extern "C" __global__ void bnr_stats_nchw_f64(const double* x, double* partial, 
 { stats_nchw(x, partial, n, c, hw, splits); }
 extern "C" __global__ void bnr_stats_nhwc_f64(const double* x, double* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
 { stats_nhwc(x, partial, n, c, hw, splits); }
-extern "C" __global__ void bnr_apply_f64(const double* x, const double* stats, double* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
-{ apply(x, stats, y, total, c, hw, nhwc); }
+extern "C" __global__ void bnr_apply_f64(const double* x, const double* stats, const double* skip, double* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ apply(x, stats, skip, y, total, c, hw, nhwc); }
 extern "C" __global__ void bnr_bwd_sums_nchw_f64(const double* x, const double* dy, const double* stats, double* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
 { bwd_sums_nchw(x, dy, stats, partial, n, c, hw, splits); }
 extern "C" __global__ void bnr_bwd_sums_nhwc_f64(const double* x, const double* dy, const double* stats, double* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
@@ -737,8 +770,8 @@ extern "C" __global__ void bnr_stats_nchw_bf16(const bf16* x, float* partial, un
 { stats_nchw(x, partial, n, c, hw, splits); }
 extern "C" __global__ void bnr_stats_nhwc_bf16(const bf16* x, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
 { stats_nhwc(x, partial, n, c, hw, splits); }
-extern "C" __global__ void bnr_apply_bf16(const bf16* x, const float* stats, bf16* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
-{ apply(x, stats, y, total, c, hw, nhwc); }
+extern "C" __global__ void bnr_apply_bf16(const bf16* x, const float* stats, const bf16* skip, bf16* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ apply(x, stats, skip, y, total, c, hw, nhwc); }
 extern "C" __global__ void bnr_bwd_sums_nchw_bf16(const bf16* x, const bf16* dy, const float* stats, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
 { bwd_sums_nchw(x, dy, stats, partial, n, c, hw, splits); }
 extern "C" __global__ void bnr_bwd_sums_nhwc_bf16(const bf16* x, const bf16* dy, const float* stats, float* partial, unsigned int n, unsigned int c, unsigned int hw, unsigned int splits)
@@ -746,12 +779,12 @@ extern "C" __global__ void bnr_bwd_sums_nhwc_bf16(const bf16* x, const bf16* dy,
 extern "C" __global__ void bnr_bwd_apply_bf16(const bf16* x, const bf16* dy, const float* stats, const float* coef, bf16* dx, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
 { bwd_apply(x, dy, stats, coef, dx, total, c, hw, nhwc); }
 
-extern "C" __global__ void bnr_apply_vec(const float* x, const float* stats, float* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
-{ apply_vec<float, 4>(x, stats, y, total, c, hw, nhwc); }
+extern "C" __global__ void bnr_apply_vec(const float* x, const float* stats, const float* skip, float* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ apply_vec<float, 4>(x, stats, skip, y, total, c, hw, nhwc); }
 extern "C" __global__ void bnr_bwd_apply_vec(const float* x, const float* dy, const float* stats, const float* coef, float* dx, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
 { bwd_apply_vec<float, 4>(x, dy, stats, coef, dx, total, c, hw, nhwc); }
-extern "C" __global__ void bnr_apply_vec_bf16(const bf16* x, const float* stats, bf16* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
-{ apply_vec<bf16, 8>(x, stats, y, total, c, hw, nhwc); }
+extern "C" __global__ void bnr_apply_vec_bf16(const bf16* x, const float* stats, const bf16* skip, bf16* y, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
+{ apply_vec<bf16, 8>(x, stats, skip, y, total, c, hw, nhwc); }
 extern "C" __global__ void bnr_bwd_apply_vec_bf16(const bf16* x, const bf16* dy, const float* stats, const float* coef, bf16* dx, unsigned int total, unsigned int c, unsigned int hw, int nhwc)
 { bwd_apply_vec<bf16, 8>(x, dy, stats, coef, dx, total, c, hw, nhwc); }
 

@@ -238,6 +238,53 @@ fn graph_api_convolutions_match_the_cpu() {
     }
 }
 
+/// Convolution backward-data added into a gradient so far (`ops::conv2d::DataGrad::Into`,
+/// the join of a residual block's gradients) against a new dx then a separate add, on the
+/// GPU: on the legacy API cuDNN adds with β = 1, which rounds the sum once where the
+/// separate add rounds dx and then the sum: f32 within 1e-6 of the largest value, bf16
+/// within 2^-7 (one bf16 rounding more or less, 2^-8 relative, of values up to the largest);
+/// through graph plans (β = 0 and a separate add) bit for bit. dW is the same either way.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn conv2d_backward_adds_into_the_gradient_so_far() {
+    use engine::Layout;
+    use ops::conv2d::{Conv2dParams, DataGrad};
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    for graph in [false, true] {
+        d.set_conv_graph(graph);
+        for (dt, layout, rtol, xs, ws) in [
+            (DType::F32, Layout::Nchw, 1e-6, [8usize, 32, 12, 12], [48usize, 32, 3, 3]),
+            (DType::BF16, Layout::Nhwc, 1.0 / 128.0, [16, 128, 16, 16], [128, 128, 3, 3]),
+            (DType::BF16, Layout::Nhwc, 1.0 / 128.0, [16, 512, 4, 4], [512, 512, 3, 3]),
+        ] {
+            let what = format!("graph API {graph}: conv {xs:?} * {ws:?} {dt:?} {layout:?}");
+            let g = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
+            let (x, w) = (g(&rand(&xs, 730)), g(&rand(&ws, 731)));
+            let dy = g(&rand(&[xs[0], ws[0], xs[2], xs[3]], 732));
+            let so_far = g(&rand(&xs, 733));
+            let (dx, dw) = ops::conv2d::backward(&x, &w, &dy, p, true).unwrap();
+            let mut separate = so_far.try_clone().unwrap();
+            separate.add_assign(dx.as_ref().unwrap()).unwrap();
+            let (added, dw2) = ops::conv2d::backward_adding(&x, &w, &dy, p, DataGrad::Into(so_far)).unwrap();
+            let added = added.unwrap();
+            assert_eq!((added.shape(), added.dtype(), added.layout()), (separate.shape(), dt, layout), "{what}");
+            let f32v = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), DType::F32).unwrap().to_device(&Device::Cpu).unwrap();
+            let (a, s) = (f32v(&added), f32v(&separate));
+            let scale = s.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let err = a.max_abs_diff(&s).unwrap();
+            eprintln!("{what}: max abs difference {err:.3e}, relative {:.3e}", err / scale);
+            if graph && d.graph_refusals().is_empty() {
+                assert_eq!(err, 0.0, "{what}: graph plans add with the same kernel as the separate add");
+            }
+            assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+            assert_eq!(f32v(&dw).to_f32_vec(), f32v(&dw2).to_f32_vec(), "{what}: dW");
+        }
+    }
+    d.set_conv_graph(false);
+}
+
 /// Batch norm in training mode (output, saved statistics through the backward, running
 /// statistics), in eval mode, and backward, against the CPU reference.
 ///
@@ -708,6 +755,84 @@ fn batch_norm_relu_matches_the_cpu() {
                 let ze = ops::batch_norm::batch_norm_eval(&mut gce, xv, gv, bv, &cpu_stats, cfg).unwrap();
                 check(&format!("{what}: eval-mode y"), &host(ge.value(ye)), &ops::relu::forward(gce.value(ze)).unwrap(), rt);
                 assert!(ge.backward_with(ye, on_gpu(&dy)).is_err(), "{what}: eval-mode backward must be refused");
+            }
+        }
+    }
+    d.set_vector_kernels(true);
+}
+
+/// Batch norm + ReLU with the residual join fused in (`batch_norm_relu_add_train` and
+/// `_eval`, the end of each residual block on the fast path) against the same op without
+/// it followed by the separate residual add, both on the GPU: the output bit for bit (the
+/// fused pass rounds the sum as the add does), the gradients of x, γ and β bit for bit (the
+/// same backward kernels), and the residual's gradient equal to dy; f32 and bf16, both
+/// layouts, with and without our 16-byte kernels.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batch_norm_relu_with_the_residual_add_fused_equals_it_separate() {
+    use engine::Layout;
+    use ops::batch_norm::{BatchNormConfig, RunningStats};
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let cfg = BatchNormConfig::default();
+    let bits = |t: &Tensor| -> Vec<u64> {
+        let t = ops::layout::forward(t, Layout::Nchw).unwrap();
+        match t.dtype() {
+            DType::BF16 => t.cuda_buffer().unwrap().to_host_bf16_bits().unwrap().into_iter().map(u64::from).collect(),
+            _ => t.to_f32_vec().into_iter().map(|v| u64::from(v.to_bits())).collect(),
+        }
+    };
+    for (i, shape) in [[16usize, 128, 16, 16], [32, 512, 4, 4], [6, 12, 7, 5]].iter().enumerate() {
+        let c = shape[1];
+        let seed = 1300 + 10 * i as u64;
+        let x32 = Tensor::new(shape, rand(shape, seed).to_f32_vec().iter().map(|v| 2.0 * v + 0.3).collect::<Vec<f32>>()).unwrap();
+        let gamma = Tensor::uniform(&[c], DType::F32, 0.5, 1.5, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed + 1));
+        let beta = Tensor::uniform(&[c], DType::F32, -0.5, 0.5, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed + 2));
+        let (skip32, dy32) = (rand(shape, seed + 3), rand(shape, seed + 4));
+        for dt in [DType::F32, DType::BF16] {
+            for (layout, vector) in [(Layout::Nchw, true), (Layout::Nhwc, true), (Layout::Nhwc, false)] {
+                d.set_vector_kernels(vector);
+                let what = format!("{shape:?} {dt:?} {layout:?} vector kernels {vector}");
+                let on_gpu = |t: &Tensor| {
+                    let t = ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap();
+                    ops::layout::forward(&t, layout).unwrap()
+                };
+                let params = vec![on_gpu(&x32), gamma.to_device(&dev).unwrap(), beta.to_device(&dev).unwrap(), on_gpu(&skip32)];
+                let run = |fused: bool, train: bool| {
+                    let mut stats = RunningStats::new(c, DType::F32);
+                    stats.mean = stats.mean.to_device(&dev).unwrap();
+                    stats.var = stats.var.to_device(&dev).unwrap();
+                    let mut g = Graph::new(&params);
+                    let (xv, gv, bv, sv) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap(), g.param(3).unwrap());
+                    use ops::batch_norm_relu as bnr;
+                    let y = match (fused, train) {
+                        (true, true) => bnr::batch_norm_relu_add_train(&mut g, xv, gv, bv, sv, &mut stats, cfg).unwrap(),
+                        (true, false) => bnr::batch_norm_relu_add_eval(&mut g, xv, gv, bv, sv, &stats, cfg).unwrap(),
+                        (false, true) => {
+                            let r = bnr::batch_norm_relu_train(&mut g, xv, gv, bv, &mut stats, cfg).unwrap();
+                            ops::add::add(&mut g, sv, r).unwrap()
+                        }
+                        (false, false) => {
+                            let r = bnr::batch_norm_relu_eval(&mut g, xv, gv, bv, &stats, cfg).unwrap();
+                            ops::add::add(&mut g, sv, r).unwrap()
+                        }
+                    };
+                    let out = bits(g.value(y));
+                    if !train {
+                        return (out, Vec::new(), Vec::new());
+                    }
+                    let grads = g.backward_with(y, on_gpu(&dy32)).unwrap().into_param_grads(4).unwrap();
+                    let grads: Vec<Vec<u64>> = grads.iter().map(|t| bits(t.as_ref().unwrap())).collect();
+                    (out, grads, bits(&stats.mean))
+                };
+                let (fused, separate) = (run(true, true), run(false, true));
+                assert_eq!(fused.0, separate.0, "{what}: output");
+                for (k, name) in ["x", "gamma", "beta", "residual"].iter().enumerate() {
+                    assert_eq!(fused.1[k], separate.1[k], "{what}: gradient of {name}");
+                }
+                assert_eq!(fused.1[3], bits(&on_gpu(&dy32)), "{what}: the residual's gradient is dy");
+                assert_eq!(fused.2, separate.2, "{what}: running mean");
+                assert_eq!(run(true, false).0, run(false, false).0, "{what}: evaluation output");
             }
         }
     }

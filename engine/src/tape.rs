@@ -331,6 +331,12 @@ impl Gradients {
         }
     }
 
+    /// Take node `v`'s gradient so far out of the walk (for a rule that adds its own
+    /// contribution into it in place and hands it back with [`Gradients::accumulate`]).
+    pub fn take(&mut self, v: Var) -> Option<Tensor> {
+        self.by_node[v.0].take()
+    }
+
     /// The gradient of a leaf node (parameter), if the loss depends on it.
     pub fn get(&self, v: Var) -> Option<&Tensor> {
         self.by_node[v.0].as_ref()

@@ -252,17 +252,26 @@ impl Arch {
         Ok(ops::layout::to_layout(g, x, self.layout)?)
     }
 
-    /// `x + unit_b(unit_a(x))`.
+    /// `x + unit_b(unit_a(x))`. With the fused batch norm + ReLU, the add is part of unit_b's
+    /// last op (`ops::batch_norm_relu::batch_norm_relu_add_train`).
     fn residual(&self, g: &mut Graph<'_>, x: Var, units: [usize; 2], train: bool, bn: &mut [RunningStats], first: Option<usize>) -> Result<Var> {
         let h = self.unit(g, x, units[0], train, bn, first)?;
+        if self.fuse_bn_relu {
+            return self.unit_with_skip(g, h, units[1], train, bn, first, Some(x));
+        }
         let h = self.unit(g, h, units[1], train, bn, first)?;
         Ok(ops::add::add(g, x, h)?)
     }
 
     /// conv3x3 (pad 1) → \[MaxPool2\] → BN → ReLU.
     /// With `first`, the unit's weight is the compute copy at parameter `first + i`.
-    #[allow(clippy::too_many_arguments)]
     fn unit(&self, g: &mut Graph<'_>, x: Var, i: usize, train: bool, bn: &mut [RunningStats], first: Option<usize>) -> Result<Var> {
+        self.unit_with_skip(g, x, i, train, bn, first, None)
+    }
+
+    /// [`ResNet9::unit`], plus `skip` added at the end where given (fused batch norm + ReLU only).
+    #[allow(clippy::too_many_arguments)]
+    fn unit_with_skip(&self, g: &mut Graph<'_>, x: Var, i: usize, train: bool, bn: &mut [RunningStats], first: Option<usize>, skip: Option<Var>) -> Result<Var> {
         let u = &self.units[i];
         let w = match first {
             Some(f) => g.param(f + i)?,
@@ -284,11 +293,16 @@ impl Arch {
         let (gamma, beta) = (g.param(u.bn_gamma)?, g.param(u.bn_beta)?);
         let cfg = BatchNormConfig::default();
         if self.fuse_bn_relu {
-            return Ok(if train {
-                ops::batch_norm_relu::batch_norm_relu_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?
-            } else {
-                ops::batch_norm_relu::batch_norm_relu_eval(g, h, gamma, beta, &bn[u.bn_stats], cfg)?
+            use ops::batch_norm_relu as bnr;
+            return Ok(match (train, skip) {
+                (true, None) => bnr::batch_norm_relu_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?,
+                (true, Some(s)) => bnr::batch_norm_relu_add_train(g, h, gamma, beta, s, &mut bn[u.bn_stats], cfg)?,
+                (false, None) => bnr::batch_norm_relu_eval(g, h, gamma, beta, &bn[u.bn_stats], cfg)?,
+                (false, Some(s)) => bnr::batch_norm_relu_add_eval(g, h, gamma, beta, s, &bn[u.bn_stats], cfg)?,
             });
+        }
+        if skip.is_some() {
+            return Err(Error::Invalid("a unit adds its residual input only with the fused batch norm + ReLU".into()).into());
         }
         h = if train {
             batch_norm::batch_norm_train(g, h, gamma, beta, &mut bn[u.bn_stats], cfg)?
@@ -377,9 +391,11 @@ mod tests {
     }
 
     /// The forward frees each batch norm's output once its ReLU is recorded, so the unfused
-    /// training tape holds exactly what the fused one does (conv outputs, pool outputs, ReLU
-    /// outputs: the fused op never makes the batch norm's output). Keeping the BN outputs
-    /// would add C·H·W per image for each of the 8 units.
+    /// training tape holds what the fused one does (conv outputs, pool outputs, ReLU outputs:
+    /// the fused op never makes the batch norm's output), but for the two residual blocks'
+    /// ReLU outputs: the fused op adds the residual in the same pass and keeps only the sum
+    /// (on the CPU its record keeps the ReLU output for the backward's mask; on the GPU
+    /// nothing). Keeping the BN outputs would add C·H·W per image for each of the 8 units.
     #[test]
     fn the_forward_keeps_no_batch_norm_output() {
         use rand::SeedableRng;
@@ -396,10 +412,14 @@ mod tests {
             g.held_elements()
         };
         let (unfused, fused) = (held(false, true), held(true, true));
-        assert_eq!(unfused, fused, "the unfused tape holds {} more elements", unfused as i64 - fused as i64);
-        // Evaluation, with either: the same values again.
-        assert_eq!(held(false, false), fused);
-        assert_eq!(held(true, false), fused);
+        // The residual blocks' outputs: 3 images, layer 1's channels at 16x16, layer 3's at 4x4.
+        let c = net.arch.channels;
+        let residual_outputs = 3 * (c[1] * 16 * 16 + c[3] * 4 * 4);
+        assert_eq!(unfused - fused, residual_outputs, "unfused {unfused}, fused {fused}");
+        // Evaluation, with either (on the CPU the fused evaluation records the three ops): the
+        // unfused training tape's values again.
+        assert_eq!(held(false, false), unfused);
+        assert_eq!(held(true, false), unfused);
     }
 
     #[test]

@@ -13,8 +13,14 @@
 //!           dβ = Σ dz,  dγ = Σ dz·x̂,  dx = γ·r·(dz − dβ/M − x̂·dγ/M)
 //! ```
 //!
-//! Exactly `batch_norm::batch_norm_train` followed by `relu::relu`, which is what the CPU
-//! reference computes. On the GPU our kernels (`ptx/batch_norm_relu.cu`) make two passes
+//! With a residual input (`batch_norm_relu_add_train`, `_eval`): `out = y + skip`, the join
+//! of a residual block (`skip`, `out` `[N, C, H, W]` in x's layout), whose backward passes
+//! `d skip = d out` and runs the rule above with `dy = d out`. On the GPU the join is part of
+//! the output pass (one pass instead of two over the block's output, rounded as the separate
+//! add rounds it), and `d out` itself becomes `d skip`: no copy.
+//!
+//! Exactly `batch_norm::batch_norm_train` followed by `relu::relu` (and `add::add`), which is
+//! what the CPU reference computes. On the GPU our kernels (`ptx/batch_norm_relu.cu`) make two passes
 //! over x in the forward (statistics, then y) and two over x and dy in the backward (sums,
 //! then dx), where cuDNN's batch norm and a separate ReLU make five and eight, and the
 //! pre-ReLU z is never stored. f32, f64 (gradient checks) and bf16 data (f32 statistics
@@ -35,17 +41,49 @@ pub fn batch_norm_relu_train(
     running: &mut RunningStats,
     cfg: BatchNormConfig,
 ) -> Result<Var> {
+    train(g, x, gamma, beta, None, running, cfg)
+}
+
+/// Record `out = relu(batch_norm_train(x)) + skip` on the graph (the end of a residual block,
+/// `skip` its input), updating `running`.
+pub fn batch_norm_relu_add_train(
+    g: &mut Graph<'_>,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    skip: Var,
+    running: &mut RunningStats,
+    cfg: BatchNormConfig,
+) -> Result<Var> {
+    train(g, x, gamma, beta, Some(skip), running, cfg)
+}
+
+fn train(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, skip: Option<Var>, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<Var> {
     let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
     crate::batch_norm::check_train("batch_norm_relu", xt, gt, bt, running)?;
+    let st = match skip {
+        Some(s) => {
+            let st = g.value(s);
+            xt.expect_same("batch_norm_relu_add (x and the residual input)", st)?;
+            Some(st)
+        }
+        None => None,
+    };
     let (y, saved) = if xt.device().is_cuda() {
-        let (y, stats) = forward_cuda(xt, gt, bt, running, cfg)?;
+        let (y, stats) = forward_cuda(xt, gt, bt, st, running, cfg)?;
         (y, Saved::Cuda { stats })
     } else {
         let (z, mean, invstd) = crate::batch_norm::train_cpu(xt, gt, bt, running, cfg)?;
-        (crate::relu::forward(&z)?, Saved::Cpu { mean, invstd })
+        let r = crate::relu::forward(&z)?;
+        match st {
+            // The backward's ReLU mask comes from r, which the output no longer is.
+            Some(st) => (crate::add::forward(st, &r)?, Saved::Cpu { mean, invstd, relu: Some(r) }),
+            None => (r, Saved::Cpu { mean, invstd, relu: None }),
+        }
     };
-    let rec = BatchNormReluRecord { x, gamma, beta, saved };
-    Ok(g.push(y, crate::Op::BatchNormRelu(rec), &[x, gamma, beta]))
+    let rec = BatchNormReluRecord { x, gamma, beta, skip, saved };
+    let inputs: Vec<Var> = [x, gamma, beta].into_iter().chain(skip).collect();
+    Ok(g.push(y, crate::Op::BatchNormRelu(rec), &inputs))
 }
 
 /// Record `y = relu(batch_norm_eval(x))` on the graph: batch norm with the running
@@ -54,24 +92,57 @@ pub fn batch_norm_relu_train(
 /// no backward there (evaluation needs none; cuDNN's eval-mode batch norm has none either). On
 /// the CPU it records the two ops, batch norm's eval mode and ReLU.
 pub fn batch_norm_relu_eval(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, running: &RunningStats, cfg: BatchNormConfig) -> Result<Var> {
+    eval(g, x, gamma, beta, None, running, cfg)
+}
+
+/// Record `out = relu(batch_norm_eval(x)) + skip` (evaluation; see [`batch_norm_relu_eval`]
+/// and [`batch_norm_relu_add_train`]). On the CPU the three ops, batch norm, ReLU and add.
+pub fn batch_norm_relu_add_eval(
+    g: &mut Graph<'_>,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    skip: Var,
+    running: &RunningStats,
+    cfg: BatchNormConfig,
+) -> Result<Var> {
+    eval(g, x, gamma, beta, Some(skip), running, cfg)
+}
+
+fn eval(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, skip: Option<Var>, running: &RunningStats, cfg: BatchNormConfig) -> Result<Var> {
     let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
     if !xt.device().is_cuda() {
         let z = crate::batch_norm::batch_norm_eval(g, x, gamma, beta, running, cfg)?;
         let y = crate::relu::relu(g, z)?;
         // Nothing reads z any more (as in the fused op, which never makes it).
         g.release_unread(z);
-        return Ok(y);
+        return match skip {
+            Some(s) => crate::add::add(g, s, y),
+            None => Ok(y),
+        };
     }
     crate::batch_norm::check(xt, gt, bt, running)?;
-    let y = eval_forward_cuda(xt, gt, bt, running, cfg)?;
-    let rec = BatchNormReluRecord { x, gamma, beta, saved: Saved::Eval };
-    Ok(g.push(y, crate::Op::BatchNormRelu(rec), &[x, gamma, beta]))
+    let st = match skip {
+        Some(s) => {
+            let st = g.value(s);
+            xt.expect_same("batch_norm_relu_add (x and the residual input)", st)?;
+            Some(st)
+        }
+        None => None,
+    };
+    let y = eval_forward_cuda(xt, gt, bt, st, running, cfg)?;
+    let rec = BatchNormReluRecord { x, gamma, beta, skip, saved: Saved::Eval };
+    let inputs: Vec<Var> = [x, gamma, beta].into_iter().chain(skip).collect();
+    Ok(g.push(y, crate::Op::BatchNormRelu(rec), &inputs))
 }
 
-/// What the backward needs besides the inputs.
+/// What the backward needs besides the inputs. (The CPU variant is the large one; there is
+/// one per recorded op, so boxing it would save nothing worth an indirection.)
+#[allow(clippy::large_enum_variant)]
 enum Saved {
-    /// The batch mean and 1/√(σ²+ε) `[C]` (the CPU reference).
-    Cpu { mean: Tensor, invstd: Tensor },
+    /// The batch mean and 1/√(σ²+ε) `[C]` (the CPU reference); with a residual input, also
+    /// relu(batch_norm(x)) (the backward's ReLU mask: the output is that plus the residual).
+    Cpu { mean: Tensor, invstd: Tensor, relu: Option<Tensor> },
     /// `[4, C]`: mean, invstd, scale γ·r and shift β − μ·γ·r, on the device.
     Cuda { stats: Tensor },
     /// Evaluation on the device (no backward).
@@ -83,32 +154,44 @@ pub struct BatchNormReluRecord {
     x: Var,
     gamma: Var,
     beta: Var,
+    /// The residual input, if the op ends a residual block.
+    skip: Option<Var>,
     saved: Saved,
 }
 
 impl BatchNormReluRecord {
-    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its input, γ, and its output (the ReLU mask);
-    /// in evaluation nothing (it has no backward), so the tape may free its input early.
+    /// Whether this rule reads the value of node `v` (see `engine::Backward::reads`). Reads its
+    /// input, γ, and without a residual input its output (the CPU's ReLU mask; with one, the
+    /// mask is saved); never the residual input; in evaluation nothing (it has no backward),
+    /// so the tape may free its input early.
     pub(crate) fn reads(&self, v: Var, out: Var) -> bool {
-        !matches!(self.saved, Saved::Eval) && (v == self.x || v == self.gamma || v == out)
+        !matches!(self.saved, Saved::Eval) && (v == self.x || v == self.gamma || (self.skip.is_none() && v == out))
     }
 
-    pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
+    /// dx, dγ, dβ by the rule in the module doc; with a residual input, `dy` itself then
+    /// becomes its gradient (moved, not copied: every kernel that reads `dy` here is queued
+    /// before anything can add into it).
+    pub(crate) fn backward(&self, g: &Graph<'_>, out: Var, dy: Tensor, grads: &mut Gradients) -> Result<()> {
         let x = g.value(self.x);
-        x.expect_same("batch_norm_relu backward", dy)?;
+        x.expect_same("batch_norm_relu backward", &dy)?;
         let (dx, dgamma, dbeta) = match &self.saved {
-            // The composition: ReLU's rule (mask from the output), then batch norm's.
-            Saved::Cpu { mean, invstd } => {
-                let dz = crate::relu::backward(g.value(out), dy)?;
+            // The composition: ReLU's rule (mask from its output), then batch norm's.
+            Saved::Cpu { mean, invstd, relu } => {
+                let dz = crate::relu::backward(relu.as_ref().unwrap_or_else(|| g.value(out)), &dy)?;
                 crate::batch_norm::backward_train_cpu(x, g.value(self.gamma), &dz, mean, invstd)?
             }
-            Saved::Cuda { stats } => backward_cuda(x, g.value(self.gamma), dy, stats)?,
+            Saved::Cuda { stats } => backward_cuda(x, g.value(self.gamma), &dy, stats)?,
             Saved::Eval => return Err(engine::Error::Unsupported { op: "batch_norm_relu backward in eval mode", device: x.device().to_string() }),
         };
         for (v, t) in [(self.x, dx), (self.gamma, dgamma), (self.beta, dbeta)] {
             if g.requires_grad(v) {
                 grads.accumulate(v, t)?;
             }
+        }
+        if let Some(s) = self.skip
+            && g.requires_grad(s)
+        {
+            grads.accumulate(s, dy)?;
         }
         Ok(())
     }
@@ -286,8 +369,16 @@ fn push_scalar<'a>(launch: &mut cudarc::driver::LaunchArgs<'a>, s: &'a Scalar) {
     };
 }
 
-/// y and the saved `[4, C]` statistics; the running statistics are updated on the device.
-fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<(Tensor, Tensor)> {
+/// y (plus `skip` where given) and the saved `[4, C]` statistics; the running statistics are
+/// updated on the device.
+fn forward_cuda(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    skip: Option<&Tensor>,
+    running: &mut RunningStats,
+    cfg: BatchNormConfig,
+) -> Result<(Tensor, Tensor)> {
     let xb = x.cuda_buffer()?;
     let xp = xb.ptr() as u64;
     let geo = Geometry::of(x, &[xp])?;
@@ -325,32 +416,40 @@ fn forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut Running
     unsafe { launch.launch(geo.finalize_launch()) }.map_err(crate::cuda::launch_err("bnr_finalize"))?;
     running.num_batches_tracked += 1;
 
-    // 3. y = max(x·scale + shift, 0).
-    let y = apply_cuda(&dev, x, &geo, sp)?;
+    // 3. y = max(x·scale + shift, 0) (+ skip).
+    let y = apply_cuda(&dev, x, &geo, sp, skip)?;
     Ok((y, Tensor::from_cuda(&[4, c], stats)?))
 }
 
-/// `y = max(x·scale + shift, 0)` with the `[4, C]` statistics at device address `sp` (of the
+/// `y = max(x·scale + shift, 0)`, plus `skip` where given (same shape, type and layout as x,
+/// checked by the callers), with the `[4, C]` statistics at device address `sp` (of the
 /// statistics' type): `bnr_apply`, or `bnr_apply_vec` where [`vec_width`] allows.
-fn apply_cuda(dev: &Arc<CudaDevice>, x: &Tensor, geo: &Geometry, sp: u64) -> Result<Tensor> {
+fn apply_cuda(dev: &Arc<CudaDevice>, x: &Tensor, geo: &Geometry, sp: u64, skip: Option<&Tensor>) -> Result<Tensor> {
     let (sfx, _, _) = types(x.dtype());
     let xp = x.cuda_buffer()?.ptr() as u64;
+    // The kernels take a null residual pointer for "none".
+    let kp = match skip {
+        Some(t) => t.cuda_buffer()?.ptr() as u64,
+        None => 0u64,
+    };
     let mut y = dev.alloc_dtype(x.numel(), x.dtype())?;
     let yp = y.ptr_mut() as u64;
-    let width = vec_width(geo, x.dtype(), &[xp, yp]).filter(|_| dev.vector_kernels());
+    let ptrs: Vec<u64> = [xp, yp].into_iter().chain(skip.map(|_| kp)).collect();
+    let width = vec_width(geo, x.dtype(), &ptrs).filter(|_| dev.vector_kernels());
     let f = kernel(dev, &format!("bnr_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
     let nhwc = i32::from(geo.nhwc);
     let mut launch = dev.stream().launch_builder(&f);
-    launch.arg(&xp).arg(&sp).arg(&yp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
-    // SAFETY: bnr_apply[_vec](x [total], stats [4c], y [total], total, c, hw, nhwc); the _vec
-    // kernels only where vec_width found the buffers aligned and the channel pattern shared.
+    launch.arg(&xp).arg(&sp).arg(&kp).arg(&yp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
+    // SAFETY: bnr_apply[_vec](x [total], stats [4c], skip [total] or null, y [total], total, c,
+    // hw, nhwc); the _vec kernels only where vec_width found the buffers aligned and the
+    // channel pattern shared.
     unsafe { launch.launch(elementwise_launch(geo, width, dev.bnr_max_blocks())) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
     crate::cuda::like(x, y)
 }
 
 /// Evaluation's y from the running statistics: their `[4, C]` form (`bnr_eval_stats`), then
 /// [`apply_cuda`].
-fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
+fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, skip: Option<&Tensor>, running: &RunningStats, cfg: BatchNormConfig) -> Result<Tensor> {
     let xb = x.cuda_buffer()?;
     let geo = Geometry::of(x, &[xb.ptr() as u64])?;
     let dev: Arc<CudaDevice> = xb.dev().clone();
@@ -369,7 +468,7 @@ fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &Runnin
     // SAFETY: bnr_eval_stats(gamma, beta, running_mean, running_var [c], eps, c, stats [4c]), all
     // of the statistics' type A (checked by batch_norm::check).
     unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(crate::cuda::launch_err("bnr_eval_stats"))?;
-    apply_cuda(&dev, x, &geo, sp)
+    apply_cuda(&dev, x, &geo, sp, skip)
 }
 
 /// `(dx, dgamma, dbeta)` from x, the output's gradient dy and the saved statistics.
@@ -438,6 +537,76 @@ mod tests {
             })
             .unwrap();
         assert!(r.checked > 0);
+    }
+
+    /// With a residual input: the gradients of x, γ, β and the residual against central finite
+    /// differences in f64 (about a third of z negative, as above).
+    #[test]
+    fn gradient_with_a_residual_input_matches_finite_differences() {
+        let mut ps = random_params(&[&[3, 4, 3, 2], &[4], &[4], &[3, 4, 3, 2]], 23);
+        ps[2] = Tensor::new(&[4], vec![-0.4f64, 0.3, -0.1, 0.5]).unwrap();
+        let r = GradCheck::default()
+            .run(&ps, |g| {
+                let mut stats = RunningStats::new(4, DType::F64);
+                let (x, ga, be, skip) = (g.param(0)?, g.param(1)?, g.param(2)?, g.param(3)?);
+                batch_norm_relu_add_train(g, x, ga, be, skip, &mut stats, BatchNormConfig::default())
+            })
+            .unwrap();
+        assert!(r.checked > 0);
+    }
+
+    /// `relu(bn(x)) + skip` fused equals batch_norm_train, relu and add recorded one by one:
+    /// the output, every gradient (the residual's is dy) and the running statistics, bit for
+    /// bit; also where the residual input is x itself (its gradient is then the sum of both).
+    #[test]
+    fn with_a_residual_input_equals_batch_norm_relu_then_add() {
+        let ps = random_params(&[&[4, 3, 5, 5], &[3], &[3], &[4, 3, 5, 5], &[4, 3, 5, 5]], 24);
+        let run = |fused: bool, skip_is_x: bool| {
+            let mut stats = RunningStats::new(3, DType::F64);
+            let mut g = Graph::new(&ps[..4]);
+            let (x, ga, be) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap());
+            let skip = if skip_is_x { x } else { g.param(3).unwrap() };
+            let cfg = BatchNormConfig::default();
+            let y = if fused {
+                batch_norm_relu_add_train(&mut g, x, ga, be, skip, &mut stats, cfg).unwrap()
+            } else {
+                let z = crate::batch_norm::batch_norm_train(&mut g, x, ga, be, &mut stats, cfg).unwrap();
+                let r = crate::relu::relu(&mut g, z).unwrap();
+                crate::add::add(&mut g, skip, r).unwrap()
+            };
+            let out = g.value(y).to_f64_vec();
+            let grads = g.backward_with(y, ps[4].clone()).unwrap().into_param_grads(4).unwrap();
+            let grads: Vec<Option<Vec<f64>>> = grads.into_iter().map(|t| t.map(|t| t.to_f64_vec())).collect();
+            (out, grads, stats.mean.to_f64_vec(), stats.var.to_f64_vec())
+        };
+        for skip_is_x in [false, true] {
+            let (a, b) = (run(true, skip_is_x), run(false, skip_is_x));
+            assert_eq!(a, b, "skip_is_x {skip_is_x}");
+            assert_eq!(a.1[3].is_some(), !skip_is_x);
+        }
+        let (out, grads, ..) = run(true, false);
+        assert_eq!(grads[3].as_deref(), Some(&ps[4].to_f64_vec()[..]), "the residual's gradient is dy");
+        let r_only: Vec<f64> = out.iter().zip(ps[3].to_f64_vec()).map(|(o, s)| o - s).collect();
+        assert!(r_only.contains(&0.0) && r_only.iter().any(|&v| v > 0.0), "both sides of the ReLU");
+    }
+
+    /// Evaluation with a residual input on the CPU is the three ops: its output is
+    /// relu(batch_norm_eval(x)) + skip; a shape mismatch of the residual is an error.
+    #[test]
+    fn evaluation_with_a_residual_input_adds_it() {
+        let ps = random_params(&[&[2, 3, 4, 4], &[3], &[3], &[2, 3, 4, 4], &[2, 3, 4, 3]], 25);
+        let mut running = RunningStats::new(3, DType::F64);
+        running.mean = Tensor::new(&[3], vec![0.1f64, -0.2, 0.3]).unwrap();
+        running.var = Tensor::new(&[3], vec![0.5f64, 1.5, 2.0]).unwrap();
+        let cfg = BatchNormConfig::default();
+        let mut g = Graph::new(&ps);
+        let (x, ga, be, skip, bad) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap(), g.param(3).unwrap(), g.param(4).unwrap());
+        let plain = batch_norm_relu_eval(&mut g, x, ga, be, &running, cfg).unwrap();
+        let with = batch_norm_relu_add_eval(&mut g, x, ga, be, skip, &running, cfg).unwrap();
+        let want: Vec<f64> = g.value(plain).to_f64_vec().iter().zip(ps[3].to_f64_vec()).map(|(r, s)| s + r).collect();
+        assert_eq!(g.value(with).to_f64_vec(), want);
+        let mut tr = RunningStats::new(3, DType::F64);
+        assert!(batch_norm_relu_add_train(&mut g, x, ga, be, bad, &mut tr, cfg).is_err(), "residual of another shape");
     }
 
     /// Forward, running statistics and every gradient equal those of batch_norm_train followed

@@ -111,19 +111,52 @@ pub fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
 
 /// Backward on tensors: `(dx` if `need_dx`, `dw)`.
 pub fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv2dParams, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
+    backward_adding(x, w, dy, p, if need_dx { DataGrad::New } else { DataGrad::Skip })
+}
+
+/// What the backward does with dx.
+pub enum DataGrad {
+    /// Not needed (the input image): cuDNN's backward-data does not run.
+    Skip,
+    /// A new tensor.
+    New,
+    /// Added into this one (x's gradient so far, same shape, type and layout as x), which is
+    /// returned: on the GPU's legacy path cuDNN's backward-data writes `dx + 1·acc` itself
+    /// (its β = 1), so that the join of a residual block's gradients costs no pass of its own.
+    Into(Tensor),
+}
+
+/// [`backward`], with dx skipped, new, or added into a gradient so far ([`DataGrad`]).
+pub fn backward_adding(x: &Tensor, w: &Tensor, dy: &Tensor, p: Conv2dParams, dx: DataGrad) -> Result<(Option<Tensor>, Tensor)> {
     let d = Dims::new(x, w, p)?;
     if dy.shape() != [d.n, d.o, d.oh, d.ow] {
         return Err(Error::shape("conv2d backward", format!("dy {:?} should be {:?}", dy.shape(), [d.n, d.o, d.oh, d.ow])));
     }
     x.expect_same_kind("conv2d backward", dy)?;
+    if let DataGrad::Into(acc) = &dx {
+        x.expect_same("conv2d backward (x and the gradient added into)", acc)?;
+    }
     if x.device().is_cuda() {
-        return backward_cuda(x, w, dy, d, need_dx);
+        return backward_cuda(x, w, dy, d, dx);
     }
-    match x.dtype() {
-        DType::F32 => backward_cpu::<f32>(x, w, dy, d, need_dx),
-        DType::F64 => backward_cpu::<f64>(x, w, dy, d, need_dx),
-        DType::BF16 => Err(crate::bf16_unsupported("conv2d")),
-    }
+    let need_dx = !matches!(dx, DataGrad::Skip);
+    let (new, dw) = match x.dtype() {
+        DType::F32 => backward_cpu::<f32>(x, w, dy, d, need_dx)?,
+        DType::F64 => backward_cpu::<f64>(x, w, dy, d, need_dx)?,
+        DType::BF16 => return Err(crate::bf16_unsupported("conv2d")),
+    };
+    Ok((add_into(dx, new)?, dw))
+}
+
+/// dx as [`DataGrad`] asks, from a newly computed `new` (`None` where skipped).
+fn add_into(dx: DataGrad, new: Option<Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (dx, new) {
+        (DataGrad::Into(mut acc), Some(new)) => {
+            acc.add_assign(&new)?;
+            Some(acc)
+        }
+        (_, new) => new,
+    })
 }
 
 /// `col[(c,p,q), (i,j)] = x[c, i·S+p−P, j·S+q−P]` for one image `x` `[C, H, W]`.
@@ -789,21 +822,26 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
 }
 
 /// `(dx, dw)` with cuDNN's backward-data and backward-filter (each through the graph API
-/// where it has a plan, else the legacy API).
-fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
+/// where it has a plan, else the legacy API); dx as `dx_mode` asks (the legacy API adds into
+/// a gradient so far with its β; the graph plans, built with β = 0, add with a separate pass).
+fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad) -> Result<(Option<Tensor>, Tensor)> {
     same_layout(x, w)?;
     same_layout(x, dy)?;
     use cudarc::cudnn::sys;
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
+    let need_dx = !matches!(dx_mode, DataGrad::Skip);
     let graph_data = if need_dx { graph_plan(&dev, &d, dt, x.layout(), ConvOp::BackwardData)? } else { None };
     let graph_filter = graph_plan(&dev, &d, dt, x.layout(), ConvOp::BackwardFilter)?;
     // The legacy plan, where a direction needed has no graph plan.
     let legacy = if graph_filter.is_none() || (need_dx && graph_data.is_none()) {
         match CudnnConv::plan(&dev, &d, dt, x.layout())? {
             Planned::Ready(c) => Some(c),
-            Planned::Refused(_) if x.layout() == Layout::Nhwc => return backward_via_nchw(x, w, dy, d, need_dx),
+            Planned::Refused(_) if x.layout() == Layout::Nhwc => {
+                let (new, dw) = backward_via_nchw(x, w, dy, d, need_dx)?;
+                return Ok((add_into(dx_mode, new)?, dw));
+            }
             Planned::Refused(why) => return Err(refused(&d, dt, x.layout(), &why)),
         }
     } else {
@@ -811,31 +849,38 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) ->
     };
     let st = dev.stream().clone();
     let (wb, dyb) = (w.cuda_buffer()?, dy.cuda_buffer()?);
-    let dx = if need_dx {
-        let mut dx = dev.alloc_dtype(x.numel(), dt)?;
-        match (&graph_data, &legacy) {
-            (Some(g), _) => run_graph(&dev, g, dx.ptr_mut(), wb.ptr(), dyb.ptr())?,
-            (None, Some(c)) => {
-                c.conv.set_math(c.plan.bwd_data_math)?;
-                dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
-                    let h = dev.cudnn()?;
-                    // SAFETY: as in forward_cuda; dx has x's shape, dy has y's.
-                    cudnn::check("cudnnConvolutionBackwardData", unsafe {
-                        sys::cudnnConvolutionBackwardData(
-                            h.raw(), cudnn::one(dt),
-                            c.w.raw(), wb.ptr(),
-                            c.y.raw(), dyb.ptr(),
-                            c.conv.raw(), c.plan.bwd_data, cudnn::ptr_mut(ws, &st), c.plan.bwd_data_bytes,
-                            cudnn::zero(dt), c.x.raw(), dx.ptr_mut(),
-                        )
-                    })
-                })?;
-            }
-            (None, None) => unreachable!("a legacy plan is made where a direction has no graph plan"),
+    let dx = match (dx_mode, &graph_data, &legacy) {
+        (DataGrad::Skip, ..) => None,
+        (mode, Some(g), _) => {
+            let mut dx = dev.alloc_dtype(x.numel(), dt)?;
+            run_graph(&dev, g, dx.ptr_mut(), wb.ptr(), dyb.ptr())?;
+            add_into(mode, Some(crate::cuda::like(x, dx)?))?
         }
-        Some(crate::cuda::like(x, dx)?)
-    } else {
-        None
+        (mode, None, Some(c)) => {
+            // Into a new buffer with β = 0, or into the gradient so far with β = 1.
+            let (mut out, beta) = match mode {
+                DataGrad::Into(acc) => (acc, cudnn::one(dt)),
+                _ => (crate::cuda::like(x, dev.alloc_dtype(x.numel(), dt)?)?, cudnn::zero(dt)),
+            };
+            let dxp = out.cuda_buffer_mut()?.ptr_mut();
+            c.conv.set_math(c.plan.bwd_data_math)?;
+            dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
+                let h = dev.cudnn()?;
+                // SAFETY: as in forward_cuda; dx (new, or the gradient so far: checked to have
+                // x's shape, type and layout) has x's shape, dy has y's.
+                cudnn::check("cudnnConvolutionBackwardData", unsafe {
+                    sys::cudnnConvolutionBackwardData(
+                        h.raw(), cudnn::one(dt),
+                        c.w.raw(), wb.ptr(),
+                        c.y.raw(), dyb.ptr(),
+                        c.conv.raw(), c.plan.bwd_data, cudnn::ptr_mut(ws, &st), c.plan.bwd_data_bytes,
+                        beta, c.x.raw(), dxp,
+                    )
+                })
+            })?;
+            Some(out)
+        }
+        (_, None, None) => unreachable!("a legacy plan is made where a direction has no graph plan"),
     };
     let mut dw = dev.alloc_dtype(w.numel(), dt)?;
     match (&graph_filter, &legacy) {
@@ -872,7 +917,7 @@ fn forward_via_nchw(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
 /// [`forward_via_nchw`]) and converted back.
 fn backward_via_nchw(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx: bool) -> Result<(Option<Tensor>, Tensor)> {
     let nchw = |t: &Tensor| to_layout(t, Layout::Nchw);
-    let (dx, dw) = backward_cuda(&nchw(x)?, &nchw(w)?, &nchw(dy)?, d, need_dx)?;
+    let (dx, dw) = backward_cuda(&nchw(x)?, &nchw(w)?, &nchw(dy)?, d, if need_dx { DataGrad::New } else { DataGrad::Skip })?;
     Ok((dx.map(|t| to_layout(&t, Layout::Nhwc)).transpose()?, to_layout(&dw, Layout::Nhwc)?))
 }
 
@@ -904,9 +949,19 @@ impl Conv2dRecord {
         v == self.x || v == self.w
     }
 
+    /// dx is added into x's gradient so far where there is one (the input of a residual
+    /// block: the block's output passed it on), by cuDNN itself where it can
+    /// ([`DataGrad::Into`]).
     pub(crate) fn backward(&self, g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        let need_dx = g.requires_grad(self.x);
-        let (dx, dw) = backward(g.value(self.x), g.value(self.w), dy, self.p, need_dx)?;
+        let mode = if !g.requires_grad(self.x) {
+            DataGrad::Skip
+        } else {
+            match grads.take(self.x) {
+                Some(so_far) => DataGrad::Into(so_far),
+                None => DataGrad::New,
+            }
+        };
+        let (dx, dw) = backward_adding(g.value(self.x), g.value(self.w), dy, self.p, mode)?;
         if let Some(dx) = dx {
             grads.accumulate(self.x, dx)?;
         }
@@ -1189,6 +1244,34 @@ mod tests {
         let grads = g.backward_with(y, ps[2].clone()).unwrap();
         assert!(grads.get(x).is_none());
         assert_eq!(grads.into_param_grads(1).unwrap()[0].as_ref().unwrap().to_f64_vec(), dw.to_f64_vec());
+    }
+
+    /// dx added into a gradient so far ([`DataGrad::Into`]) is that gradient plus the new dx,
+    /// with dW unchanged; a gradient of another shape is an error. On the graph, an input used
+    /// by a convolution and by another op (a residual block's) gets the sum of both: the
+    /// convolution adds into what the other op passed on, and the sum passes the check
+    /// against finite differences.
+    #[test]
+    fn dx_is_added_into_the_gradient_so_far() {
+        let ps = random_params(&[&[3, 2, 5, 5], &[4, 2, 3, 3], &[3, 4, 5, 5], &[3, 2, 5, 5], &[3, 2, 5, 4]], 9);
+        let p = Conv2dParams { stride: 1, padding: 1 };
+        let (dx, dw) = backward(&ps[0], &ps[1], &ps[2], p, true).unwrap();
+        let (sum, dw2) = backward_adding(&ps[0], &ps[1], &ps[2], p, DataGrad::Into(ps[3].clone())).unwrap();
+        let want: Vec<f64> = dx.unwrap().to_f64_vec().iter().zip(ps[3].to_f64_vec()).map(|(a, b)| b + a).collect();
+        assert_eq!(sum.unwrap().to_f64_vec(), want);
+        assert_eq!(dw.to_f64_vec(), dw2.to_f64_vec());
+        assert!(backward_adding(&ps[0], &ps[1], &ps[2], p, DataGrad::Into(ps[4].clone())).is_err(), "a gradient of another shape");
+
+        // The simplest residual, out = x + conv(x, w) with x a parameter: the add passes dy to
+        // x first, the convolution then adds into it.
+        let residual = random_params(&[&[2, 3, 4, 4], &[3, 3, 3, 3]], 10);
+        GradCheck::default()
+            .run(&residual, |g| {
+                let (x, w) = (g.param(0)?, g.param(1)?);
+                let h = conv2d(g, x, w, p)?;
+                crate::add::add(g, x, h)
+            })
+            .unwrap();
     }
 
     #[test]

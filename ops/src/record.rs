@@ -27,7 +27,8 @@ impl engine::Backward for Op {
         match self {
             Op::Conv2d(r) => r.backward(tape, &grad_out, grads),
             Op::BatchNorm(r) => r.backward(tape, &grad_out, grads),
-            Op::BatchNormRelu(r) => r.backward(tape, out, &grad_out, grads),
+            // With a residual input, batch norm + ReLU moves the gradient on to it.
+            Op::BatchNormRelu(r) => r.backward(tape, out, grad_out, grads),
             Op::Relu(r) => r.backward(tape, out, &grad_out, grads),
             Op::MaxPool2d(r) => r.backward(tape, &grad_out, grads),
             // Add owns the gradient: it moves it to an input instead of copying it.

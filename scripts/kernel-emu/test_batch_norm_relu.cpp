@@ -2,7 +2,9 @@
 // (forward: bnr_stats_<reduce> -> bnr_finalize -> bnr_apply; backward: bnr_bwd_sums_<reduce>
 // -> bnr_bwd_finalize -> bnr_bwd_apply) for f32, f64 and bf16 data in NCHW and NHWC (with
 // the one-value and, where the channels allow, the 16-byte-load reductions), against a
-// double-precision reference of relu(batch_norm(x)) and its gradient written here.
+// double-precision reference of relu(batch_norm(x)) and its gradient written here; and the
+// output pass with the residual join fused in (bnr_apply's skip), against the output pass
+// followed by the residual add's rounding, bit for bit.
 #include "emu.h"
 #ifdef KERNEL_SRC  // run.sh --selftest builds deliberately broken copies of the kernel file
 #include KERNEL_SRC
@@ -82,6 +84,22 @@ struct K<bf16> {
     static double val(bf16 v) { return from_bf16(v); }
     static bf16 nan() { return chk::BF16_NAN; }
 };
+
+// The residual add on the host, rounded as add / add_f64 / add_bf16 round it: the sum of the
+// two stored values, rounded once to the data type.
+float host_plus(float a, float b) { return a + b; }
+double host_plus(double a, double b) { return a + b; }
+bf16 host_plus(bf16 a, bf16 b) { return to_bf16(float(from_bf16(a)) + float(from_bf16(b))); }
+
+// The bit patterns of a vector (bf16 already is one; f32 and f64 as integers of their size).
+template <typename T>
+auto bits(const std::vector<T>& v)
+{
+    using U = std::conditional_t<sizeof(T) == 2, uint16_t, std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>>;
+    std::vector<U> b(v.size());
+    std::memcpy(b.data(), v.data(), v.size() * sizeof(T));
+    return b;
+}
 
 // ---- Geometry of ops/src/batch_norm_relu.rs ----
 
@@ -191,7 +209,17 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, bool ve
     emu::launch(K<T>::finalize, g.fgrid, g.fblock, partial.data(), g.c, g.splits, gamma.data(), beta.data(), rmean.data(),
                 rvar.data(), A(momentum), A(eps), stats.data());
     auto ct = emu::for_num_elems(g.total);
-    emu::launch_seq(K<T>::apply, ct.grid, ct.block, x.data(), stats.data(), y.data(), g.total, g.c, g.hw, int(nhwc));
+    emu::launch_seq(K<T>::apply, ct.grid, ct.block, x.data(), stats.data(), (const T*)nullptr, y.data(), g.total, g.c, g.hw,
+                    int(nhwc));
+    // The residual join fused in: y + skip, as the separate add would round it.
+    std::vector<T> skip(g.total), ys(g.total, K<T>::nan()), ys_ref(g.total);
+    for (size_t i = 0; i < g.total; ++i) {
+        skip[i] = K<T>::of(Nrm(rng));
+        ys_ref[i] = host_plus(y[i], skip[i]);
+    }
+    emu::launch_seq(K<T>::apply, ct.grid, ct.block, x.data(), stats.data(), (const T*)skip.data(), ys.data(), g.total, g.c, g.hw,
+                    int(nhwc));
+    chk::equal(std::string(label) + ": y with skip == y, then the residual add", bits(ys), bits(ys_ref));
 
     std::vector<A> partial2((size_t)g.splits * C * 2, anan), dgamma(C, anan), dbeta(C, anan), coef(3 * (size_t)C, anan);
     std::vector<T> dx(g.total, K<T>::nan());
@@ -221,12 +249,6 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, bool ve
     // NHWC with the grid of elementwise_launch (256-thread blocks, at most 1024).
     if constexpr (K<T>::vec > 0) {
         if ((nhwc ? C : HW) % K<T>::vec == 0) {
-            using U = std::conditional_t<sizeof(T) == 2, uint16_t, uint32_t>;
-            auto bits = [](const std::vector<T>& v) {
-                std::vector<U> b(v.size());
-                std::memcpy(b.data(), v.data(), v.size() * sizeof(T));
-                return b;
-            };
             const unsigned groups = g.total / K<T>::vec;
             const auto cv = emu::for_num_elems(groups);
             struct Launch {
@@ -241,12 +263,16 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, bool ve
             }
             for (const Launch& l : launches) {
                 const dim3 grid = l.grid, block = l.block;
-                std::vector<T> yv(g.total, K<T>::nan()), dxv(g.total, K<T>::nan());
-                emu::launch_seq(K<T>::apply_vec, grid, block, x.data(), stats.data(), yv.data(), g.total, g.c, g.hw, int(nhwc));
+                std::vector<T> yv(g.total, K<T>::nan()), ysv(g.total, K<T>::nan()), dxv(g.total, K<T>::nan());
+                emu::launch_seq(K<T>::apply_vec, grid, block, x.data(), stats.data(), (const T*)nullptr, yv.data(), g.total, g.c,
+                                g.hw, int(nhwc));
+                emu::launch_seq(K<T>::apply_vec, grid, block, x.data(), stats.data(), (const T*)skip.data(), ysv.data(), g.total,
+                                g.c, g.hw, int(nhwc));
                 emu::launch_seq(K<T>::bwd_apply_vec, grid, block, x.data(), dy.data(), stats.data(), coef.data(), dxv.data(), g.total,
                                 g.c, g.hw, int(nhwc));
                 const std::string v = std::string(label) + l.what;
                 chk::equal(v + "y == scalar y", bits(yv), bits(y));
+                chk::equal(v + "y with skip == scalar y with skip", bits(ysv), bits(ys));
                 chk::equal(v + "dx == scalar dx", bits(dxv), bits(dx));
             }
         }
@@ -258,14 +284,15 @@ void run_case(unsigned N, unsigned C, unsigned H, unsigned W, bool nhwc, bool ve
     emu::launch_seq(K<T>::eval_stats, emu::for_num_elems(g.c).grid, emu::for_num_elems(g.c).block, gamma.data(), beta.data(),
                     rmean0.data(), rvar0.data(), A(eps), g.c, stats_e.data());
     std::vector<T> ye(g.total, K<T>::nan());
-    emu::launch_seq(K<T>::apply, ct.grid, ct.block, x.data(), stats_e.data(), ye.data(), g.total, g.c, g.hw, int(nhwc));
+    emu::launch_seq(K<T>::apply, ct.grid, ct.block, x.data(), stats_e.data(), (const T*)nullptr, ye.data(), g.total, g.c, g.hw,
+                    int(nhwc));
     std::vector<T> ye_vec;
     if constexpr (K<T>::vec > 0) {
         if ((nhwc ? C : HW) % K<T>::vec == 0) {
             ye_vec.assign(g.total, K<T>::nan());
             const auto cv = emu::for_num_elems(g.total / K<T>::vec);
-            emu::launch_seq(K<T>::apply_vec, cv.grid, cv.block, x.data(), stats_e.data(), ye_vec.data(), g.total, g.c, g.hw,
-                            int(nhwc));
+            emu::launch_seq(K<T>::apply_vec, cv.grid, cv.block, x.data(), stats_e.data(), (const T*)nullptr, ye_vec.data(), g.total,
+                            g.c, g.hw, int(nhwc));
         }
     }
 
