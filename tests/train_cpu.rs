@@ -177,8 +177,8 @@ fn fused_bn_relu_steps_equal_unfused_steps_on_the_cpu() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let x = engine::Tensor::randn(&[4, 3, 32, 32], engine::DType::F32, 1.0, &mut rng);
     let labels = vec![1u32, 7, 3, 3];
-    let run = |fused: bool| {
-        let cfg = TrainConfig { width: 0.125, fused_bn_relu: fused, ..TrainConfig::default() };
+    let run = |fused: bool, separate_residual_add: bool| {
+        let cfg = TrainConfig { width: 0.125, fused_bn_relu: fused, separate_residual_add, ..TrainConfig::default() };
         let mut net = ResNet9::new(cfg.width, 1.0, engine::DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(4)).unwrap();
         cfg.apply_to(&mut net.arch);
         let mut state = ops::sgd::SgdState::default();
@@ -191,9 +191,11 @@ fn fused_bn_relu_steps_equal_unfused_steps_on_the_cpu() {
         let stats: Vec<Vec<f64>> = net.bn.iter().map(|s| s.var.to_f64_vec()).collect();
         (losses, params, stats)
     };
-    let (fused, plain) = (run(true), run(false));
+    let (fused, plain) = (run(true, false), run(false, false));
     assert!(fused.0.iter().all(|l| l.is_finite()));
     assert_eq!(fused, plain);
+    // The residual add fused into the block's last batch norm + ReLU, or not: the same too.
+    assert_eq!(run(true, true), plain);
 }
 
 /// GPU-only options on the CPU: one clear error before anything is written (no run folder).

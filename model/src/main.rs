@@ -211,6 +211,11 @@ struct TrainArgs {
     /// memory forward, two backward, one in evaluation) instead of cuDNN's batch norm and a ReLU.
     #[arg(long)]
     fused_bn_relu: bool,
+    /// With the fused batch norm + ReLU (on by default on a GPU), keep each residual block's
+    /// add a separate op instead of part of the block's last batch norm + ReLU: to measure
+    /// what that fusion gains.
+    #[arg(long)]
+    separate_residual_add: bool,
     /// Also report test accuracy with flip test-time augmentation: the mean of the logits of
     /// each test image and of its mirror image (D. Page, "How to Train Your ResNet 8: Bag of
     /// Tricks", myrtle.ai, 2019). The plain accuracy is still reported.
@@ -273,6 +278,7 @@ impl TrainArgs {
             bf16: self.bf16 || fast,
             channels_last: self.channels_last || fast,
             fused_bn_relu: self.fused_bn_relu || fast,
+            separate_residual_add: self.separate_residual_add,
             tta: self.tta,
             cutout_inside: self.cutout_inside,
         };

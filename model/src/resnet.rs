@@ -57,6 +57,9 @@ pub struct Arch {
     /// Batch norm and the ReLU after it as one op (`ops::batch_norm_relu`), in training and in
     /// evaluation.
     pub fuse_bn_relu: bool,
+    /// With `fuse_bn_relu`: each residual block's add is part of its last batch norm + ReLU
+    /// (`ops::batch_norm_relu::batch_norm_relu_add_train`); without, a separate op.
+    pub fuse_residual: bool,
     units: Vec<ConvBn>,
     fc_w: usize,
     fc_b: usize,
@@ -92,6 +95,7 @@ impl Arch {
             compute: None,
             layout: Layout::Nchw,
             fuse_bn_relu: false,
+            fuse_residual: true,
             units: Vec::new(),
             fc_w: 0,
             fc_b: 0,
@@ -256,7 +260,7 @@ impl Arch {
     /// last op (`ops::batch_norm_relu::batch_norm_relu_add_train`).
     fn residual(&self, g: &mut Graph<'_>, x: Var, units: [usize; 2], train: bool, bn: &mut [RunningStats], first: Option<usize>) -> Result<Var> {
         let h = self.unit(g, x, units[0], train, bn, first)?;
-        if self.fuse_bn_relu {
+        if self.fuse_bn_relu && self.fuse_residual {
             return self.unit_with_skip(g, h, units[1], train, bn, first, Some(x));
         }
         let h = self.unit(g, h, units[1], train, bn, first)?;

@@ -240,7 +240,8 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         [
             (cfg.bf16, ", bf16 mixed precision"),
             (cfg.channels_last, ", channels last"),
-            (cfg.fused_bn_relu, ", fused BN+ReLU"),
+            (cfg.fused_bn_relu && !cfg.separate_residual_add, ", fused BN+ReLU(+residual add)"),
+            (cfg.fused_bn_relu && cfg.separate_residual_add, ", fused BN+ReLU (residual add separate)"),
             (opts.cuda_graph, ", CUDA graph"),
             (matches!(device, Device::Cuda(d) if d.conv_graph()), ", cuDNN graph API"),
             (cfg.tta, ", flip TTA in evaluation"),

@@ -42,6 +42,9 @@ pub struct TrainConfig {
     /// Batch norm and the ReLU after it as one op, in training and evaluation
     /// (`ops::batch_norm_relu`: our kernels on the GPU instead of cuDNN's batch norm and a ReLU).
     pub fused_bn_relu: bool,
+    /// With the fused batch norm + ReLU, keep the residual add a separate op instead of part of
+    /// the block's last batch norm + ReLU (to measure what that fusion gains).
+    pub separate_residual_add: bool,
     /// Also evaluate with flip test-time augmentation (see [`evaluate`]): the log and the
     /// metrics then carry both test accuracies.
     pub tta: bool,
@@ -69,6 +72,7 @@ impl Default for TrainConfig {
             bf16: false,
             channels_last: false,
             fused_bn_relu: false,
+            separate_residual_add: false,
             tta: false,
             cutout_inside: false,
         }
@@ -95,6 +99,7 @@ impl TrainConfig {
             ("bf16".into(), self.bf16.to_string()),
             ("channels_last".into(), self.channels_last.to_string()),
             ("fused_bn_relu".into(), self.fused_bn_relu.to_string()),
+            ("separate_residual_add".into(), self.separate_residual_add.to_string()),
             ("tta".into(), self.tta.to_string()),
             ("cutout_inside".into(), self.cutout_inside.to_string()),
         ])
@@ -129,6 +134,7 @@ impl TrainConfig {
             bf16: if m.contains_key("bf16") { get(m, "bf16")? } else { false },
             channels_last: if m.contains_key("channels_last") { get(m, "channels_last")? } else { false },
             fused_bn_relu: if m.contains_key("fused_bn_relu") { get(m, "fused_bn_relu")? } else { false },
+            separate_residual_add: if m.contains_key("separate_residual_add") { get(m, "separate_residual_add")? } else { false },
             tta: if m.contains_key("tta") { get(m, "tta")? } else { false },
             cutout_inside: if m.contains_key("cutout_inside") { get(m, "cutout_inside")? } else { false },
         })
@@ -144,6 +150,7 @@ impl TrainConfig {
         arch.compute = self.compute_dtype();
         arch.layout = if self.channels_last { engine::Layout::Nhwc } else { engine::Layout::Nchw };
         arch.fuse_bn_relu = self.fused_bn_relu;
+        arch.fuse_residual = self.fused_bn_relu && !self.separate_residual_add;
     }
 
     /// The SGD settings at learning rate `lr`.
@@ -654,7 +661,7 @@ mod tests {
     /// a checkpoint written before that setting existed reads as Cutout centred anywhere.
     #[test]
     fn settings_round_trip_through_the_metadata() {
-        let cfg = TrainConfig { cutout_inside: true, tta: true, label_smoothing: 0.2, lr_min: 0.004, lr_max: 0.4, ..TrainConfig::default() };
+        let cfg = TrainConfig { cutout_inside: true, tta: true, label_smoothing: 0.2, lr_min: 0.004, lr_max: 0.4, separate_residual_add: true, ..TrainConfig::default() };
         let mut meta = cfg.to_meta();
         assert_eq!(TrainConfig::from_meta(&meta).unwrap(), cfg);
         meta.remove("cutout_inside");
