@@ -280,6 +280,9 @@ fn conv2d_backward_adds_into_the_gradient_so_far() {
             }
             assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
             assert_eq!(f32v(&dw).to_f32_vec(), f32v(&dw2).to_f32_vec(), "{what}: dW");
+            // The legacy API added with its β (a refusal would fall back to a separate add:
+            // correct, but not what this path is for).
+            assert_eq!(d.add_into_refusal(), None, "{what}: cuDNN refused beta = 1");
         }
     }
     d.set_conv_graph(false);

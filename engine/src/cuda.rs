@@ -108,6 +108,9 @@ pub struct CudaDevice {
     /// The most 256-thread blocks of batch norm + ReLU's channels-last 16-byte passes; see
     /// [`CudaDevice::set_bnr_max_blocks`].
     bnr_max_blocks: std::sync::atomic::AtomicU32,
+    /// cuDNN's error the first time its legacy backward-data refused to add into the gradient
+    /// so far (β = 1); see [`CudaDevice::add_into_refusal`].
+    add_into_refusal: Mutex<Option<String>>,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
     /// Requests may take a larger free block (see [`CudaDevice::best_fit`]).
@@ -383,6 +386,7 @@ impl CudaDevice {
             graph_plans: Mutex::new(HashMap::new()),
             vector_kernels: AtomicBool::new(true),
             bnr_max_blocks: std::sync::atomic::AtomicU32::new(1024),
+            add_into_refusal: Mutex::new(None),
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
@@ -464,6 +468,20 @@ impl CudaDevice {
     /// plans already made are kept). See [`ConvSearch`] for the measurements behind the default.
     pub fn set_conv_search(&self, search: ConvSearch) {
         *self.conv_search.lock().unwrap_or_else(|e| e.into_inner()) = search;
+    }
+
+    /// Why cuDNN's legacy backward-data could not add dx into the gradient so far (β = 1), if
+    /// it refused once (`ops::conv2d::DataGrad::Into`): from then on dx is made anew and added
+    /// by a separate pass, as it is through graph plans. `None`: never refused.
+    pub fn add_into_refusal(&self) -> Option<String> {
+        self.add_into_refusal.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Record cuDNN's refusal to add into dx (the first one is kept).
+    pub fn note_add_into_refusal(&self, why: String) {
+        if let Ok(mut r) = self.add_into_refusal.lock() {
+            r.get_or_insert(why);
+        }
     }
 
     /// Whether convolutions go through cuDNN's backend (graph) API first.

@@ -715,6 +715,9 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         for line in d.graph_refusals() {
             println!("no graph-API plan, the legacy API ran it: {line}");
         }
+        if let Some(why) = d.add_into_refusal() {
+            println!("cuDNN's backward-data refused to add into the gradient so far (beta = 1), so dx is added by a separate pass: {why}");
+        }
         println!("our kernels' 16-byte variants: {}", if d.vector_kernels() { "on where shapes allow" } else { "off (--no-vector-kernels)" });
         match d.bnr_max_blocks() {
             0 => println!("batch norm + ReLU's channels-last 16-byte passes: one thread per 16-byte group (--bnr-max-blocks 0)"),

@@ -857,28 +857,43 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad
             add_into(mode, Some(crate::cuda::like(x, dx)?))?
         }
         (mode, None, Some(c)) => {
-            // Into a new buffer with β = 0, or into the gradient so far with β = 1.
-            let (mut out, beta) = match mode {
-                DataGrad::Into(acc) => (acc, cudnn::one(dt)),
-                _ => (crate::cuda::like(x, dev.alloc_dtype(x.numel(), dt)?)?, cudnn::zero(dt)),
-            };
-            let dxp = out.cuda_buffer_mut()?.ptr_mut();
-            c.conv.set_math(c.plan.bwd_data_math)?;
-            dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
-                let h = dev.cudnn()?;
-                // SAFETY: as in forward_cuda; dx (new, or the gradient so far: checked to have
-                // x's shape, type and layout) has x's shape, dy has y's.
-                cudnn::check("cudnnConvolutionBackwardData", unsafe {
-                    sys::cudnnConvolutionBackwardData(
-                        h.raw(), cudnn::one(dt),
-                        c.w.raw(), wb.ptr(),
-                        c.y.raw(), dyb.ptr(),
-                        c.conv.raw(), c.plan.bwd_data, cudnn::ptr_mut(ws, &st), c.plan.bwd_data_bytes,
-                        beta, c.x.raw(), dxp,
-                    )
+            // dx = 1·(backward data) + β·dx: β = 0 into a new buffer, β = 1 into the gradient so far.
+            let run = |out: &mut Tensor, beta: *const c_void| -> Result<()> {
+                let dxp = out.cuda_buffer_mut()?.ptr_mut();
+                c.conv.set_math(c.plan.bwd_data_math)?;
+                dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
+                    let h = dev.cudnn()?;
+                    // SAFETY: as in forward_cuda; dx (new, or the gradient so far: checked to
+                    // have x's shape, type and layout) has x's shape, dy has y's.
+                    cudnn::check("cudnnConvolutionBackwardData", unsafe {
+                        sys::cudnnConvolutionBackwardData(
+                            h.raw(), cudnn::one(dt),
+                            c.w.raw(), wb.ptr(),
+                            c.y.raw(), dyb.ptr(),
+                            c.conv.raw(), c.plan.bwd_data, cudnn::ptr_mut(ws, &st), c.plan.bwd_data_bytes,
+                            beta, c.x.raw(), dxp,
+                        )
+                    })
                 })
-            })?;
-            Some(out)
+            };
+            let fresh = || -> Result<Tensor> {
+                let mut dx = crate::cuda::like(x, dev.alloc_dtype(x.numel(), dt)?)?;
+                run(&mut dx, cudnn::zero(dt))?;
+                Ok(dx)
+            };
+            match mode {
+                DataGrad::Into(mut acc) if dev.add_into_refusal().is_none() => match run(&mut acc, cudnn::one(dt)) {
+                    Ok(()) => Some(acc),
+                    // A refusal (cuDNN checks its arguments before it writes anything): noted
+                    // once (`profile` prints it), and from then on dx is added separately.
+                    Err(e) if refused_before_writing(&e) => {
+                        dev.note_add_into_refusal(e.to_string());
+                        add_into(DataGrad::Into(acc), Some(fresh()?))?
+                    }
+                    Err(e) => return Err(e),
+                },
+                mode => add_into(mode, Some(fresh()?))?,
+            }
         }
         (_, None, None) => unreachable!("a legacy plan is made where a direction has no graph plan"),
     };
@@ -904,6 +919,14 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad
         (None, None) => unreachable!("a legacy plan is made where a direction has no graph plan"),
     }
     Ok((dx, crate::cuda::like(w, dw)?))
+}
+
+/// Whether a failed cuDNN call refused its arguments (`CUDNN_STATUS_NOT_SUPPORTED` or
+/// `_BAD_PARAM`, which cuDNN returns before it launches anything) rather than failing while
+/// it ran.
+fn refused_before_writing(e: &Error) -> bool {
+    let s = e.to_string();
+    s.contains("CUDNN_STATUS_NOT_SUPPORTED") || s.contains("CUDNN_STATUS_BAD_PARAM")
 }
 
 /// `y = conv(x, w)` for NHWC `x` and `w` that cuDNN refused in NHWC: the same convolution
@@ -1272,6 +1295,17 @@ mod tests {
                 crate::add::add(g, x, h)
             })
             .unwrap();
+    }
+
+    /// Only cuDNN's argument refusals (its sub-codes included) let the backward fall back to
+    /// a separate add; a failure while running does not.
+    #[test]
+    fn only_refusals_fall_back_to_a_separate_add() {
+        let e = |msg: &str| Error::Cuda { op: "cudnnConvolutionBackwardData", msg: msg.into() };
+        assert!(refused_before_writing(&e("CUDNN_STATUS_NOT_SUPPORTED")));
+        assert!(refused_before_writing(&e("CUDNN_STATUS_BAD_PARAM_NULL_POINTER (cuDNN's last message: x)")));
+        assert!(!refused_before_writing(&e("CUDNN_STATUS_EXECUTION_FAILED")));
+        assert!(!refused_before_writing(&e("CUDNN_STATUS_INTERNAL_ERROR")));
     }
 
     #[test]
