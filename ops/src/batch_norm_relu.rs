@@ -61,14 +61,7 @@ pub fn batch_norm_relu_add_train(
 fn train(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, skip: Option<Var>, running: &mut RunningStats, cfg: BatchNormConfig) -> Result<Var> {
     let (xt, gt, bt) = (g.value(x), g.value(gamma), g.value(beta));
     crate::batch_norm::check_train("batch_norm_relu", xt, gt, bt, running)?;
-    let st = match skip {
-        Some(s) => {
-            let st = g.value(s);
-            xt.expect_same("batch_norm_relu_add (x and the residual input)", st)?;
-            Some(st)
-        }
-        None => None,
-    };
+    let st = residual(g, xt, skip)?;
     let (y, saved) = if xt.device().is_cuda() {
         let (y, stats) = forward_cuda(xt, gt, bt, st, running, cfg)?;
         (y, Saved::Cuda { stats })
@@ -84,6 +77,15 @@ fn train(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, skip: Option<Var>, ru
     let rec = BatchNormReluRecord { x, gamma, beta, skip, saved };
     let inputs: Vec<Var> = [x, gamma, beta].into_iter().chain(skip).collect();
     Ok(g.push(y, crate::Op::BatchNormRelu(rec), &inputs))
+}
+
+/// The value of the residual input, if any, checked against x (same shape, type, device and
+/// layout).
+fn residual<'a>(g: &'a Graph<'_>, x: &Tensor, skip: Option<Var>) -> Result<Option<&'a Tensor>> {
+    let Some(s) = skip else { return Ok(None) };
+    let st = g.value(s);
+    x.expect_same("batch_norm_relu_add (x and the residual input)", st)?;
+    Ok(Some(st))
 }
 
 /// Record `y = relu(batch_norm_eval(x))` on the graph: batch norm with the running
@@ -122,14 +124,7 @@ fn eval(g: &mut Graph<'_>, x: Var, gamma: Var, beta: Var, skip: Option<Var>, run
         };
     }
     crate::batch_norm::check(xt, gt, bt, running)?;
-    let st = match skip {
-        Some(s) => {
-            let st = g.value(s);
-            xt.expect_same("batch_norm_relu_add (x and the residual input)", st)?;
-            Some(st)
-        }
-        None => None,
-    };
+    let st = residual(g, xt, skip)?;
     let y = eval_forward_cuda(xt, gt, bt, st, running, cfg)?;
     let rec = BatchNormReluRecord { x, gamma, beta, skip, saved: Saved::Eval };
     let inputs: Vec<Var> = [x, gamma, beta].into_iter().chain(skip).collect();
