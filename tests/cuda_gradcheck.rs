@@ -223,6 +223,12 @@ fn every_op_reads_what_it_claims_on_the_gpu() {
         ops::batch_norm_relu::batch_norm_relu_train(g, v[0], v[1], v[2], &mut running_stats_on(&dev, 16)?, BatchNormConfig::default())
     })
     .unwrap();
+    // With the residual input: neither it nor the output is read (the mask comes from x).
+    let bn_skip: &[&[usize]] = &[bn[0], bn[1], bn[2], bn[0]];
+    check_reads(&dev, bn_skip, &[false, false, true, true, true], tol, |g, v| {
+        ops::batch_norm_relu::batch_norm_relu_add_train(g, v[0], v[1], v[2], v[3], &mut running_stats_on(&dev, 16)?, BatchNormConfig::default())
+    })
+    .unwrap();
     check_reads(&dev, &[&[8, 16, 6, 6]], &[true, false], tol, |g, v| ops::relu::relu(g, v[0])).unwrap();
     // f64 NCHW: the one-value backward searches the windows of x again, so x is read.
     check_reads(&dev, &[&[8, 16, 8, 8]], &[false, true], tol, |g, v| ops::max_pool::max_pool2d(g, v[0], 2)).unwrap();

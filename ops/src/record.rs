@@ -107,6 +107,13 @@ mod tests {
             batch_norm_relu::batch_norm_relu_train(g, v[0], v[1], v[2], &mut RunningStats::new(3, DType::F64), BatchNormConfig::default())
         })
         .unwrap();
+        // With a residual input: neither it nor the output is read (the CPU keeps the ReLU's
+        // output in the record for the mask).
+        let bn_skip: &[&[usize]] = &[&[4, 3, 2, 2], &[3], &[3], &[4, 3, 2, 2]];
+        check_reads(&cpu, bn_skip, &[false, false, true, true, true], 0.0, |g, v| {
+            batch_norm_relu::batch_norm_relu_add_train(g, v[0], v[1], v[2], v[3], &mut RunningStats::new(3, DType::F64), BatchNormConfig::default())
+        })
+        .unwrap();
         check_reads(&cpu, &[&[3, 4]], &[true, false], 0.0, |g, v| relu::relu(g, v[0])).unwrap();
         // The CPU pool saves its argmax and the input's shape: its input may be freed.
         check_reads(&cpu, &[&[2, 3, 4, 4]], &[true, true], 0.0, |g, v| max_pool::max_pool2d(g, v[0], 2)).unwrap();
