@@ -764,6 +764,45 @@ fn batch_norm_relu_matches_the_cpu() {
     d.set_vector_kernels(true);
 }
 
+/// Batch norm + ReLU's channels-last 16-byte passes give the same bits whatever their grid
+/// (`CudaDevice::set_bnr_max_blocks`): one wave (the default), 1024 blocks, 7 blocks (many
+/// groups per thread), and one thread per group (0); bf16 and f32, forward and backward,
+/// the network's channel counts.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn batch_norm_relu_grids_give_the_same_bits() {
+    use engine::Layout;
+    use ops::batch_norm::{BatchNormConfig, RunningStats};
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let cfg = BatchNormConfig::default();
+    for (i, shape) in [[64usize, 64, 32, 32], [64, 128, 16, 16], [64, 512, 4, 4]].iter().enumerate() {
+        let c = shape[1];
+        for dt in [DType::BF16, DType::F32] {
+            let on_gpu = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), Layout::Nhwc).unwrap();
+            let params = vec![on_gpu(&rand(shape, 1400 + i as u64)), Tensor::full(&[c], DType::F32, 1.2).to_device(&dev).unwrap(), Tensor::full(&[c], DType::F32, 0.1).to_device(&dev).unwrap()];
+            let dy = on_gpu(&rand(shape, 1450 + i as u64));
+            let run = |cap: u32| {
+                d.set_bnr_max_blocks(cap);
+                let mut stats = RunningStats::new(c, DType::F32);
+                stats.mean = stats.mean.to_device(&dev).unwrap();
+                stats.var = stats.var.to_device(&dev).unwrap();
+                let mut g = Graph::new(&params);
+                let (xv, gv, bv) = (g.param(0).unwrap(), g.param(1).unwrap(), g.param(2).unwrap());
+                let y = ops::batch_norm_relu::batch_norm_relu_train(&mut g, xv, gv, bv, &mut stats, cfg).unwrap();
+                let out = g.value(y).to_f32_vec();
+                let grads = g.backward_with(y, dy.try_clone().unwrap()).unwrap().into_param_grads(3).unwrap();
+                (out, grads[0].as_ref().unwrap().to_f32_vec())
+            };
+            let wave = run(engine::cuda::BNR_ONE_WAVE);
+            for cap in [1024, 7, 0] {
+                assert!(run(cap) == wave, "{shape:?} {dt:?}: --bnr-max-blocks {cap} differs from one wave");
+            }
+        }
+    }
+    d.set_bnr_max_blocks(engine::cuda::BNR_ONE_WAVE);
+}
+
 /// Batch norm + ReLU with the residual join fused in (`batch_norm_relu_add_train` and
 /// `_eval`, the end of each residual block on the fast path) against the same op without
 /// it followed by the separate residual add, both on the GPU: the output bit for bit (the

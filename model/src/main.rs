@@ -185,9 +185,10 @@ struct TrainArgs {
     #[arg(long)]
     no_vector_kernels: bool,
     /// The most 256-thread blocks of batch norm + ReLU's channels-last 16-byte passes (each
-    /// thread then reads its channels' values once for several 16-byte groups); 0: one thread
-    /// per group, as before that change, to measure what it gains.
-    #[arg(long, default_value_t = 1024)]
+    /// thread then reads its channels' values once for several 16-byte groups): `wave` (as
+    /// many as the GPU runs at once for each kernel), a number, or 0: one thread per group, as
+    /// before any cap; to measure what each gains.
+    #[arg(long, default_value = "wave", value_parser = parse_block_cap)]
     bnr_max_blocks: u32,
     /// On the GPU, the reference path: f32 (TF32 convolutions), NCHW, cuDNN's batch norm and
     /// a separate ReLU, one launch per op. Without it a GPU trains with all four speed options
@@ -221,6 +222,17 @@ struct TrainArgs {
     /// Tricks", myrtle.ai, 2019). The plain accuracy is still reported.
     #[arg(long)]
     tta: bool,
+}
+
+/// `--bnr-max-blocks`: `wave` (engine::cuda::BNR_ONE_WAVE) or a block count.
+fn parse_block_cap(s: &str) -> std::result::Result<u32, String> {
+    if s == "wave" {
+        return Ok(engine::cuda::BNR_ONE_WAVE);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if n != engine::cuda::BNR_ONE_WAVE => Ok(n),
+        _ => Err(format!("expected `wave` or a block count, got `{s}`")),
+    }
 }
 
 impl TrainArgs {
@@ -404,3 +416,20 @@ fn main() -> ExitCode {
 /// --warmup 1`: median step 439 ms with glibc, 342 ms with mimalloc (page faults 510k -> 15k).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--bnr-max-blocks`: `wave`, a count, 0; anything else (and the sentinel's own value
+    /// given as a number) is refused with the accepted forms named.
+    #[test]
+    fn block_cap_parses_wave_or_a_count() {
+        assert_eq!(parse_block_cap("wave"), Ok(engine::cuda::BNR_ONE_WAVE));
+        assert_eq!(parse_block_cap("1024"), Ok(1024));
+        assert_eq!(parse_block_cap("0"), Ok(0));
+        assert!(parse_block_cap("waves").unwrap_err().contains("`wave` or a block count"));
+        assert!(parse_block_cap(&u32::MAX.to_string()).is_err());
+        assert_eq!(TrainArgs::defaults().bnr_max_blocks, engine::cuda::BNR_ONE_WAVE);
+    }
+}

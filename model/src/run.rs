@@ -721,6 +721,10 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         println!("our kernels' 16-byte variants: {}", if d.vector_kernels() { "on where shapes allow" } else { "off (--no-vector-kernels)" });
         match d.bnr_max_blocks() {
             0 => println!("batch norm + ReLU's channels-last 16-byte passes: one thread per 16-byte group (--bnr-max-blocks 0)"),
+            engine::cuda::BNR_ONE_WAVE => println!(
+                "batch norm + ReLU's channels-last 16-byte passes: one wave of 256-thread blocks ({} SMs times each kernel's resident blocks per SM)",
+                d.sm_count()
+            ),
             n => println!("batch norm + ReLU's channels-last 16-byte passes: at most {n} blocks of 256 threads"),
         }
         for line in d.conv_plan_lines() {

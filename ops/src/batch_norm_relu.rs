@@ -313,15 +313,15 @@ fn vec_width(geo: &Geometry, dt: DType, ptrs: &[u64]) -> Option<u32> {
 }
 
 /// The grid of `bnr_apply*` and `bnr_bwd_apply*` for elements per thread `width` (None: the
-/// scalar kernels) with at most `max_blocks` blocks (`CudaDevice::bnr_max_blocks`, 1024 by
-/// default; 0: no cap). NHWC 16-byte passes: blocks of [`NCHW_THREADS`], capped, so that each
+/// scalar kernels) with at most `max_blocks` blocks ([`block_cap`]: by default one wave of the
+/// kernel; 0: no cap). NHWC 16-byte passes: blocks of [`NCHW_THREADS`], capped, so that each
 /// thread visits several 16-byte groups of the same channels (the grid-stride loop's stride,
 /// 256·blocks groups, is a multiple of the C/width groups of a row wherever C/width divides
-/// 256) and reads their per-channel values once; 1024 blocks of 256 threads are about what
-/// an H100 or H200 keeps resident at once (132 SMs x 2048 threads). The kernels check the
-/// stride themselves and otherwise read the per-channel values per element. The other passes:
-/// one thread per element or group of elements.
+/// 256) and reads their per-channel values once. The kernels check the stride themselves and
+/// otherwise read the per-channel values per element. The other passes: one thread per
+/// element or group of elements.
 fn elementwise_launch(geo: &Geometry, width: Option<u32>, max_blocks: u32) -> LaunchConfig {
+    debug_assert!(max_blocks != engine::cuda::BNR_ONE_WAVE, "resolve the one-wave cap first (block_cap)");
     match width {
         Some(w) if geo.nhwc => {
             let need = (geo.total / w).div_ceil(NCHW_THREADS).max(1);
@@ -329,6 +329,20 @@ fn elementwise_launch(geo: &Geometry, width: Option<u32>, max_blocks: u32) -> La
             LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 }
         }
         _ => crate::cuda::grid(geo.total / width.unwrap_or(1)),
+    }
+}
+
+/// The device's block cap for the 16-byte passes (`CudaDevice::bnr_max_blocks`), with "one
+/// wave" resolved for kernel `f`: the SMs times the blocks of [`NCHW_THREADS`] that one SM
+/// keeps resident for it (the driver's occupancy calculator: registers, shared memory). If
+/// the driver cannot say, 1024 (about one wave on an H100 or H200 at 2048 threads per SM).
+fn block_cap(dev: &CudaDevice, f: &cudarc::driver::CudaFunction) -> u32 {
+    match dev.bnr_max_blocks() {
+        engine::cuda::BNR_ONE_WAVE => match f.occupancy_max_active_blocks_per_multiprocessor(NCHW_THREADS, 0, None) {
+            Ok(per_sm) if per_sm > 0 => per_sm.saturating_mul(dev.sm_count()),
+            _ => 1024,
+        },
+        n => n,
     }
 }
 
@@ -438,7 +452,7 @@ fn apply_cuda(dev: &Arc<CudaDevice>, x: &Tensor, geo: &Geometry, sp: u64, skip: 
     // SAFETY: bnr_apply[_vec](x [total], stats [4c], skip [total] or null, y [total], total, c,
     // hw, nhwc); the _vec kernels only where vec_width found the buffers aligned and the
     // channel pattern shared.
-    unsafe { launch.launch(elementwise_launch(geo, width, dev.bnr_max_blocks())) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
+    unsafe { launch.launch(elementwise_launch(geo, width, block_cap(dev, &f))) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
     crate::cuda::like(x, y)
 }
 
@@ -508,7 +522,7 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     launch.arg(&xp).arg(&dyp).arg(&sp).arg(&cp).arg(&dxp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_bwd_apply[_vec](x, dy [total], stats [4c], coef [3c], dx [total], total, c, hw,
     // nhwc); the _vec kernels only where vec_width allowed them.
-    unsafe { launch.launch(elementwise_launch(&geo, width, dev.bnr_max_blocks())) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
+    unsafe { launch.launch(elementwise_launch(&geo, width, block_cap(&dev, &f))) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
     Ok((crate::cuda::like(x, dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
 }
 
