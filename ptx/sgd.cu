@@ -29,18 +29,39 @@
 //
 // When momentum == 0 the buffer is neither read nor written (buf may be null), as
 // in PyTorch, which keeps no momentum buffer then.
+//
+// A gradient may also arrive as the gradient of the parameter's bf16 channels-last compute
+// copy (g16 not null: a convolution weight [K, C, R, S] whose copy is laid out [K, R, S, C],
+// ops/src/weight_copy.rs): element i = (k*C + c)*RS + p of the parameter then takes the
+// copy's element (k*RS + p)*C + c, widened to f32 (exactly), which is what the separate
+// conversion (weight_grads_to_f32_kcrs in bf16.cu) would have stored for it: the same bits,
+// with one launch and one pass over the gradients fewer.
 
 #define SGD_MAX_TENSORS 32
 #define SGD_PER_THREAD 4   // elements per thread (ops/src/sgd.rs PER_THREAD)
 
 struct SgdTable {
     float* p[SGD_MAX_TENSORS];          // parameters, updated in place
-    const float* g[SGD_MAX_TENSORS];    // gradients
+    const float* g[SGD_MAX_TENSORS];    // gradients (f32, the parameter's order), or null where g16 is set
     float* buf[SGD_MAX_TENSORS];        // momentum buffers, updated in place
+    const unsigned short* g16[SGD_MAX_TENSORS];  // null, or the bf16 [K, R, S, C] gradient of a [K, C, R, S] parameter
     unsigned int n[SGD_MAX_TENSORS];    // element counts
     int first_step[SGD_MAX_TENSORS];    // 1: buf = d (PyTorch's clone on the first step)
     unsigned int block0[SGD_MAX_TENSORS];  // first block of each tensor (prefix sums)
+    unsigned int c16[SGD_MAX_TENSORS];  // C of a g16 gradient
+    unsigned int rs16[SGD_MAX_TENSORS]; // R*S of a g16 gradient
 };
+
+// Element i = (k*C + c)*RS + p of a [K, C, R, S] tensor: its index in the [K, R, S, C] order.
+// In 32 bits (the tensor's n < 2^32, checked by the caller): 64-bit divisions are many times
+// slower.
+__device__ __forceinline__ unsigned int sgd_krsc(unsigned int i, unsigned int c, unsigned int rs)
+{
+    const unsigned int crs = c * rs;
+    const unsigned int k = i / crs, r = i - k * crs;
+    const unsigned int ch = r / rs, p = r - ch * rs;
+    return (k * rs + p) * c + ch;
+}
 
 extern "C" __global__ void sgd_update_multi(
     const SgdTable table,
@@ -64,6 +85,8 @@ extern "C" __global__ void sgd_update_multi(
     }
     float* p = table.p[t];
     const float* g = table.g[t];
+    const unsigned short* g16 = table.g16[t];
+    const unsigned int c16 = table.c16[t], rs16 = table.rs16[t];
     float* buf = table.buf[t];
     const unsigned int n = table.n[t];
     const int first_step = table.first_step[t];
@@ -78,7 +101,8 @@ extern "C" __global__ void sgd_update_multi(
             continue;
         }
         const float pi = p[i];
-        float d = g[i];
+        // A bf16 value is the top half of the f32 with the same value.
+        float d = g16 ? __uint_as_float((unsigned int)g16[sgd_krsc((unsigned int)i, c16, rs16)] << 16) : g[i];
         if (wd != 0.0f) {
             d = __fadd_rn(d, __fmul_rn(wd, pi));
         }

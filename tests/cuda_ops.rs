@@ -89,6 +89,42 @@ fn sgd_update_matches_the_cpu_exactly() {
     }
 }
 
+/// The update reading convolution weights' gradients as their bf16 channels-last compute
+/// copies' (the training step's fast path) against the same update given those gradients
+/// turned into the weights' f32 NCHW order first (`weight_copy::grads_to_master`): the same
+/// bits, for the network's weight shapes (3 input channels included) beside f32 gradients.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sgd_reads_the_copies_gradients_as_the_converted_ones() {
+    use engine::Layout;
+    let dev = gpu();
+    let cfg = Sgd { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 5e-4, nesterov: true };
+    let shapes: [&[usize]; 5] = [&[64, 3, 3, 3], &[128, 64, 3, 3], &[64], &[512, 512, 3, 3], &[10]];
+    let init: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| rand(s, 1500 + i as u64).to_device(&dev).unwrap()).collect();
+    let (mut direct, mut converted) = (init.iter().map(|t| t.try_clone().unwrap()).collect::<Vec<_>>(), init);
+    let (mut sd, mut sc) = (SgdState::default(), SgdState::default());
+    for step in 0..3u64 {
+        let mut as_copies = Vec::new();
+        let mut as_master = Vec::new();
+        for (i, s) in shapes.iter().enumerate() {
+            let g = rand(s, 1550 + 10 * step + i as u64).to_device(&dev).unwrap();
+            if s.len() == 4 {
+                let copy_grad = ops::cast::forward(&ops::layout::forward(&g, Layout::Nhwc).unwrap(), DType::BF16).unwrap();
+                as_master.push(Some(ops::weight_copy::grads_to_master(&[&copy_grad]).unwrap().remove(0)));
+                as_copies.push(Some(copy_grad));
+            } else {
+                as_master.push(Some(g.try_clone().unwrap()));
+                as_copies.push(Some(g));
+            }
+        }
+        ops::sgd::step(&mut direct, &as_copies, &mut sd, &cfg).unwrap();
+        ops::sgd::step(&mut converted, &as_master, &mut sc, &cfg).unwrap();
+    }
+    for (i, (a, b)) in direct.iter().zip(&converted).enumerate() {
+        assert_eq!(a.to_f32_vec(), b.to_f32_vec(), "parameter {i} {:?}", shapes[i]);
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn linear_forward_and_backward_match_the_cpu() {

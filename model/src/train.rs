@@ -189,7 +189,9 @@ pub struct StepResult {
 
 /// Forward in training mode (BN batch statistics, running statistics updated), the mean
 /// softmax cross-entropy, and backward: the loss `[1]` and the logits, on the batch's
-/// device, and one gradient per parameter.
+/// device, and one gradient per parameter, for `ops::sgd`: on the GPU's fast path a
+/// convolution weight's gradient is its bf16 channels-last copy's, which the update reads
+/// as it is.
 pub(crate) fn forward_backward(
     model: &mut ResNet9,
     x: engine::Tensor,
@@ -199,7 +201,16 @@ pub(crate) fn forward_backward(
     profiler: Option<engine::profile::Profiler>,
 ) -> Result<Step> {
     let target = model.arch.copy_target();
-    forward_backward_copies(model, x, labels, device_labels, cfg, profiler, target)
+    forward_backward_copies(model, x, labels, device_labels, cfg, profiler, target, CopyGrads::AsTheyAre)
+}
+
+/// What becomes of the gradients of the convolution weights' compute copies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CopyGrads {
+    /// They stand for the weights' own (`ops::sgd` reads them as they are).
+    AsTheyAre,
+    /// Turned into the weights' own type and layout (`ops::weight_copy::grads_to_master`).
+    ToMaster,
 }
 
 /// The loss, the logits and one gradient per parameter of a training-mode step on `x`, with
@@ -213,14 +224,16 @@ pub fn step_gradients(
     cfg: &TrainConfig,
     target: Option<(engine::DType, engine::Layout)>,
 ) -> Result<(engine::Tensor, engine::Tensor, Vec<Option<engine::Tensor>>)> {
-    let s = forward_backward_copies(model, x, labels, None, cfg, None, target)?;
+    let s = forward_backward_copies(model, x, labels, None, cfg, None, target, CopyGrads::ToMaster)?;
     Ok((s.loss, s.logits, s.grads))
 }
 
 /// [`forward_backward`], with the convolution weights' compute copies made in `target`
-/// (type, layout) before the forward, all at once, and their gradients turned into the
-/// weights' own after the backward, all at once (`ops::weight_copy`), where `target` is set;
-/// without, each unit records the conversion of its weight (if any).
+/// (type, layout) before the forward, all at once, and their gradients standing for the
+/// weights' own after the backward, as they are or turned into the weights' type and layout
+/// all at once (`ops::weight_copy`; `copy_grads`), where `target` is set; without, each unit
+/// records the conversion of its weight (if any).
+#[allow(clippy::too_many_arguments)]
 fn forward_backward_copies(
     model: &mut ResNet9,
     x: engine::Tensor,
@@ -229,6 +242,7 @@ fn forward_backward_copies(
     cfg: &TrainConfig,
     mut profiler: Option<engine::profile::Profiler>,
     target: Option<(engine::DType, engine::Layout)>,
+    copy_grads: CopyGrads,
 ) -> Result<Step> {
     let copies = match target {
         Some(t) => model.weight_copies(t)?,
@@ -254,11 +268,16 @@ fn forward_backward_copies(
         let of_copies = grads.split_off(n_params);
         let of_copies: Vec<engine::Tensor> =
             of_copies.into_iter().map(|t| t.ok_or_else(|| Error::Invalid("a convolution weight's copy got no gradient".into()))).collect::<Result<_>>()?;
-        let master = ops::weight_copy::grads_to_master(&of_copies.iter().collect::<Vec<_>>())?;
-        for (i, m) in model.arch.conv_weights().into_iter().zip(master) {
+        let own = match copy_grads {
+            CopyGrads::AsTheyAre => of_copies,
+            CopyGrads::ToMaster => ops::weight_copy::grads_to_master(&of_copies.iter().collect::<Vec<_>>())?,
+        };
+        for (i, m) in model.arch.conv_weights().into_iter().zip(own) {
             grads[i] = Some(m);
         }
-        g.mark("weight copies backward");
+        if copy_grads == CopyGrads::ToMaster {
+            g.mark("weight copies backward");
+        }
     }
     let missing = || Error::Invalid("the tape lost an output".into());
     let loss = g.take_value(loss).ok_or_else(missing)?;
@@ -683,7 +702,7 @@ mod tests {
         let cfg = TrainConfig { width: 0.125, ..TrainConfig::default() };
         let step = |target: Option<(DType, Layout)>| {
             let mut net = ResNet9::new(cfg.width, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(6)).unwrap();
-            let s = forward_backward_copies(&mut net, x.clone(), &labels, None, &cfg, None, target).unwrap();
+            let s = forward_backward_copies(&mut net, x.clone(), &labels, None, &cfg, None, target, CopyGrads::ToMaster).unwrap();
             let grads: Vec<Vec<f32>> = s.grads.iter().map(|g| g.as_ref().unwrap().to_f32_vec()).collect();
             (s.loss.to_f32_vec(), s.logits.to_f32_vec(), grads, net.arch.conv_weights())
         };

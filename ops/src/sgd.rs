@@ -11,6 +11,12 @@
 //! p = p − lr·d
 //! ```
 //! Shapes: every buffer has its parameter's shape. Not differentiated: it runs after backward.
+//!
+//! On the GPU a convolution weight's gradient may also be that of its bf16 channels-last
+//! compute copy (`ops::weight_copy`: the same `[K, C, R, S]` shape, stored `[K, R, S, C]`):
+//! the kernel reads it in place of the f32 gradient that `weight_copy::grads_to_master` would
+//! make from it (the same values: bf16 widens to f32 exactly), one launch and one pass over
+//! the gradients fewer per step.
 
 use crate::{DType, Float, Result, Tensor};
 use engine::Error;
@@ -76,7 +82,9 @@ fn step_with(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdSta
             return Err(Error::Invalid(format!("parameter {i} is bf16: parameters are kept in f32 (bf16 copies are made in the forward)")));
         }
         let Some(g) = g else { continue };
-        check_like(p, g, "gradient", i)?;
+        if !is_copy_gradient(p, g) {
+            check_like(p, g, "gradient", i)?;
+        }
         if p.device().is_cuda() && (p.dtype() != DType::F32 || p.device() != params[0].device()) {
             return Err(Error::Invalid(format!("parameter {i}: the CUDA update takes f32 parameters on one device, got {:?} on {}", p.dtype(), p.device())));
         }
@@ -101,6 +109,20 @@ fn step_with(params: &mut [Tensor], grads: &[Option<Tensor>], state: &mut SgdSta
         update_cuda(on_gpu, cfg, lr_dev.unwrap_or(0))?;
     }
     Ok(())
+}
+
+/// Whether `g` is the gradient of parameter `p`'s bf16 channels-last compute copy, which the
+/// CUDA update reads as it is: `p` an f32 NCHW `[K, C, R, S]` on a GPU, `g` bf16 NHWC of the
+/// same shape on the same device.
+fn is_copy_gradient(p: &Tensor, g: &Tensor) -> bool {
+    p.device().is_cuda()
+        && p.device() == g.device()
+        && p.dtype() == DType::F32
+        && p.layout() == engine::Layout::Nchw
+        && g.dtype() == DType::BF16
+        && g.layout() == engine::Layout::Nhwc
+        && p.shape().len() == 4
+        && g.shape() == p.shape()
 }
 
 /// An error naming parameter `i` unless `t` (its gradient or buffer) has its shape and dtype.
@@ -146,20 +168,26 @@ const MAX_TENSORS: usize = 32;
 #[derive(Clone, Copy)]
 struct SgdTable {
     p: [u64; MAX_TENSORS],
+    /// f32 gradients, or 0 where `g16` is set.
     g: [u64; MAX_TENSORS],
     buf: [u64; MAX_TENSORS],
+    /// 0, or the bf16 channels-last gradient of a compute copy ([`is_copy_gradient`]).
+    g16: [u64; MAX_TENSORS],
     n: [u32; MAX_TENSORS],
     first_step: [i32; MAX_TENSORS],
     /// First block of each tensor: prefix sums of its blocks, ⌈n / (256·PER_THREAD)⌉.
     block0: [u32; MAX_TENSORS],
+    /// C and R·S of a `g16` gradient `[K, C, R, S]`.
+    c16: [u32; MAX_TENSORS],
+    rs16: [u32; MAX_TENSORS],
 }
 
 /// Elements each thread of `sgd_update_multi` updates (`SGD_PER_THREAD` of the kernel file);
 /// a block of THREADS threads covers THREADS·PER_THREAD elements of one tensor.
 const PER_THREAD: u32 = 4;
 const THREADS: u32 = 256;
-// 3 × 32 addresses and 3 × 32 four-byte ints, no padding: the CUDA struct's 1152 bytes.
-const _: () = assert!(std::mem::size_of::<SgdTable>() == 1152);
+// 4 × 32 addresses and 5 × 32 four-byte ints, no padding: the CUDA struct's 1664 bytes.
+const _: () = assert!(std::mem::size_of::<SgdTable>() == 1664);
 
 // SAFETY: plain C data with the layout of the CUDA struct (8-byte pointers, then 4-byte ints).
 unsafe impl cudarc::driver::DeviceRepr for SgdTable {}
@@ -176,11 +204,13 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
             // before any buffer is made, so that the error changes nothing.
             return Err(Error::Invalid("sgd: a step with a device LR (a captured step) needs the momentum buffers made by an earlier step".into()));
         }
-        let mut table = SgdTable { p: [0; MAX_TENSORS], g: [0; MAX_TENSORS], buf: [0; MAX_TENSORS], n: [0; MAX_TENSORS], first_step: [0; MAX_TENSORS], block0: [0; MAX_TENSORS] };
+        let (none, zero) = ([0u64; MAX_TENSORS], [0u32; MAX_TENSORS]);
+        let mut table = SgdTable { p: none, g: none, buf: none, g16: none, n: zero, first_step: [0; MAX_TENSORS], block0: zero, c16: zero, rs16: zero };
         let mut dev = None;
         for (t, (p, g, buf)) in chunk.iter_mut().enumerate() {
+            let copy = is_copy_gradient(p, g);
             for x in [&**p, *g] {
-                if x.dtype() != DType::F32 {
+                if x.dtype() != DType::F32 && !(copy && std::ptr::eq(x, *g)) {
                     return Err(Error::DType { op: "sgd (CUDA)", a: x.dtype(), b: DType::F32 });
                 }
             }
@@ -191,7 +221,14 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
             }
             table.n[t] = crate::cuda::count(p.numel())?;
             table.p[t] = p.cuda_buffer_mut()?.ptr_mut() as u64;
-            table.g[t] = g.cuda_buffer()?.ptr() as u64;
+            if copy {
+                let sh = g.shape();
+                table.g16[t] = g.cuda_buffer()?.ptr() as u64;
+                table.c16[t] = crate::cuda::count(sh[1])?;
+                table.rs16[t] = crate::cuda::count(sh[2] * sh[3])?;
+            } else {
+                table.g[t] = g.cuda_buffer()?.ptr() as u64;
+            }
             // Null without momentum: the kernel then neither reads nor writes it.
             table.buf[t] = match buf.as_mut() {
                 Some(b) if cfg.momentum != 0.0 => b.cuda_buffer_mut()?.ptr_mut() as u64,
@@ -214,8 +251,9 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
         let cfg_launch = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: sgd_update_multi(table, count, lr, lr_ptr, momentum, dampening, wd, nesterov); lr_ptr
         // is null or one f32 on this device (`step_with_device_lr` checks it);
-        // every table entry points at n f32 elements of p, g and buf (shapes and dtypes checked
-        // by `step` and above); the tensors stay alive until the stream has run the kernel (they are
+        // every table entry points at n f32 elements of p, g (or n bf16 ones of g16, a
+        // [K, C, R, S] shape's [K, R, S, C] order with c16 = C, rs16 = R·S) and buf (shapes and
+        // dtypes checked by `step` and above); the tensors stay alive until the stream has run the kernel (they are
         // the model's, the caller's and the optimizer state's, and freed memory is only reused by
         // work queued later on the same stream).
         unsafe { launch.launch(cfg_launch) }.map_err(crate::cuda::launch_err("sgd_update_multi"))?;
@@ -301,6 +339,12 @@ mod tests {
         assert!(step(&mut params, &[Some(ps[1].clone())], &mut state, &bad).is_err());
         assert!(step(&mut params, &[Some(ps[1].to_dtype(DType::F32))], &mut state, &c).is_err());
         assert_eq!(params[0].to_f64_vec(), ps[0].to_f64_vec(), "failed steps change nothing");
+        // A compute copy's gradient (bf16, channels-last) is read as it is on a GPU only.
+        let w = random_params(&[&[2, 3, 3, 3]], 2).remove(0).to_dtype(DType::F32);
+        let copy_grad = w.to_dtype(DType::BF16).with_layout(engine::Layout::Nhwc).unwrap();
+        let mut weights = vec![w.clone()];
+        assert!(step(&mut weights, &[Some(copy_grad)], &mut SgdState::default(), &c).is_err());
+        assert_eq!(weights[0].to_f64_vec(), w.to_f64_vec());
     }
 
     /// A bad gradient for the second parameter, or a momentum buffer of the wrong shape,

@@ -10,6 +10,9 @@
 // First steps (buf = d), mixed first_step within a launch, nesterov, dampening, wd = 0
 // (no decay term at all: an infinite parameter must not poison the buffer), momentum = 0
 // (buffer untouched, also null), lr from lr_ptr (the lr argument then holds NaN).
+// Gradients of bf16 channels-last compute copies (g16, a [K, C, R, S] weight's gradient
+// stored [K, R, S, C] in bf16): the same bits as the f32 gradient the separate conversion
+// would make (the reference widens each copy element into the weight's order).
 #include "emu.h"
 #ifdef KERNEL_SRC
 #include KERNEL_SRC
@@ -22,16 +25,19 @@
 #include <string>
 
 // ops/src/sgd.rs: `#[repr(C)] struct SgdTable { p: [u64; 32], g: [u64; 32], buf: [u64; 32],
-// n: [u32; 32], first_step: [i32; 32], block0: [u32; 32] }`, passed by value (cudarc copies
-// its bytes).
+// g16: [u64; 32], n: [u32; 32], first_step: [i32; 32], block0: [u32; 32], c16: [u32; 32],
+// rs16: [u32; 32] }`, passed by value (cudarc copies its bytes).
 constexpr size_t MAX_TENSORS = 32;
 struct RustSgdTable {
     uint64_t p[MAX_TENSORS];
     uint64_t g[MAX_TENSORS];
     uint64_t buf[MAX_TENSORS];
+    uint64_t g16[MAX_TENSORS];
     uint32_t n[MAX_TENSORS];
     int32_t first_step[MAX_TENSORS];
     uint32_t block0[MAX_TENSORS];
+    uint32_t c16[MAX_TENSORS];
+    uint32_t rs16[MAX_TENSORS];
 };
 static_assert(SGD_MAX_TENSORS == MAX_TENSORS, "SGD_MAX_TENSORS differs from ops/src/sgd.rs MAX_TENSORS");
 static_assert(sizeof(RustSgdTable) == sizeof(SgdTable), "SgdTable size differs from the Rust struct");
@@ -41,6 +47,9 @@ static_assert(offsetof(RustSgdTable, buf) == offsetof(SgdTable, buf), "SgdTable.
 static_assert(offsetof(RustSgdTable, n) == offsetof(SgdTable, n), "SgdTable.n offset");
 static_assert(offsetof(RustSgdTable, first_step) == offsetof(SgdTable, first_step), "SgdTable.first_step offset");
 static_assert(offsetof(RustSgdTable, block0) == offsetof(SgdTable, block0), "SgdTable.block0 offset");
+static_assert(offsetof(RustSgdTable, g16) == offsetof(SgdTable, g16), "SgdTable.g16 offset");
+static_assert(offsetof(RustSgdTable, c16) == offsetof(SgdTable, c16), "SgdTable.c16 offset");
+static_assert(offsetof(RustSgdTable, rs16) == offsetof(SgdTable, rs16), "SgdTable.rs16 offset");
 static_assert(SGD_PER_THREAD == 4, "SGD_PER_THREAD differs from ops/src/sgd.rs PER_THREAD");
 
 struct Cfg {
@@ -52,6 +61,9 @@ struct Cfg {
 struct Param {
     std::vector<float> p, buf;
     bool has_buf = false;
+    // A convolution weight [K, C, R, S] whose gradient arrives as its bf16 [K, R, S, C] copy's
+    // (c16 = C, rs16 = R*S); c16 == 0: an f32 gradient.
+    unsigned c16 = 0, rs16 = 0;
     // references
     std::vector<float> rp, rbuf;    // f32, left to right
     std::vector<double> dp, dbuf;   // f64 torch
@@ -62,8 +74,9 @@ uint64_t addr(const void* q) { return (uint64_t)(uintptr_t)q; }
 
 // One optimizer step of the tensors `active` (those with a gradient), as update_cuda:
 // chunks of 32, one launch each. lr_dev: 0 or the address of the f32 LR.
-void gpu_step(std::vector<Param>& ps, const std::vector<std::vector<float>>& grads, const std::vector<size_t>& active,
-              const Cfg& c, uint64_t lr_dev, bool null_buf)
+void gpu_step(std::vector<Param>& ps, const std::vector<std::vector<float>>& grads,
+              const std::vector<std::vector<uint16_t>>& grads16, const std::vector<size_t>& active, const Cfg& c, uint64_t lr_dev,
+              bool null_buf)
 {
     for (size_t start = 0; start < active.size(); start += MAX_TENSORS) {
         const size_t cnt = std::min(MAX_TENSORS, active.size() - start);
@@ -82,7 +95,14 @@ void gpu_step(std::vector<Param>& ps, const std::vector<std::vector<float>>& gra
             rt.block0[t] = blocks;
             blocks += (rt.n[t] + 256 * 4 - 1) / (256 * 4);
             rt.p[t] = addr(q.p.data());
-            rt.g[t] = addr(grads[active[start + t]].data());
+            if (q.c16) {
+                // As update_cuda: g null, the copy's gradient and its C, R*S.
+                rt.g16[t] = addr(grads16[active[start + t]].data());
+                rt.c16[t] = q.c16;
+                rt.rs16[t] = q.rs16;
+            } else {
+                rt.g[t] = addr(grads[active[start + t]].data());
+            }
             rt.buf[t] = null_buf ? 0 : addr(q.buf.data());
         }
         SgdTable table;
@@ -137,13 +157,23 @@ std::vector<uint32_t> bits(const std::vector<float>& v)
 
 // `steps` steps of config c over tensors of `sizes`; in step s, tensor t has a gradient
 // unless skip(s, t). device_lr: steps after the first read their LR through lr_ptr.
+// conv[t] = {C, R*S} makes tensor t a convolution weight whose gradient arrives as its bf16
+// [K, R, S, C] copy's (sizes[t] a multiple of C*R*S); {0, 0}: an f32 gradient.
+struct Conv {
+    unsigned c, rs;
+};
+
 template <typename Skip>
 void run_case(const std::vector<unsigned>& sizes, const Cfg& c, int steps, bool device_lr, bool null_buf, Skip skip,
-              std::mt19937_64& rng, bool inf_params = false)
+              std::mt19937_64& rng, bool inf_params = false, const std::vector<Conv>& conv = {})
 {
     std::normal_distribution<float> N(0.0f, 1.0f);
     std::vector<Param> ps(sizes.size());
     for (size_t t = 0; t < sizes.size(); ++t) {
+        if (t < conv.size()) {
+            ps[t].c16 = conv[t].c;
+            ps[t].rs16 = conv[t].rs;
+        }
         ps[t].p.resize(sizes[t]);
         for (auto& v : ps[t].p) v = N(rng);
         if (inf_params && sizes[t] > 3) {
@@ -156,10 +186,24 @@ void run_case(const std::vector<unsigned>& sizes, const Cfg& c, int steps, bool 
     const float lrs[] = {c.lr, c.lr * 0.7f, c.lr * 1.3f, c.lr * 0.25f};
     for (int s = 0; s < steps; ++s) {
         std::vector<std::vector<float>> grads(sizes.size());
+        std::vector<std::vector<uint16_t>> grads16(sizes.size());
         std::vector<size_t> active;
         for (size_t t = 0; t < sizes.size(); ++t) {
             grads[t].resize(sizes[t]);
             for (auto& v : grads[t]) v = N(rng);
+            if (ps[t].c16) {
+                // The copy's gradient [K, R, S, C] in bf16; the reference's f32 gradient is each
+                // element widened, in the weight's [K, C, R, S] order.
+                const unsigned C = ps[t].c16, RS = ps[t].rs16, K = sizes[t] / (C * RS);
+                grads16[t].resize(sizes[t]);
+                for (unsigned k = 0; k < K; ++k)
+                    for (unsigned ch = 0; ch < C; ++ch)
+                        for (unsigned p = 0; p < RS; ++p) {
+                            const uint16_t h = chk::to_bf16(grads[t][(k * C + ch) * RS + p]);
+                            grads16[t][(k * RS + p) * C + ch] = h;
+                            grads[t][(k * C + ch) * RS + p] = float(chk::from_bf16(h));
+                        }
+            }
             if (!skip(s, t)) active.push_back(t);
         }
         const float lr = lrs[s % 4];
@@ -170,7 +214,7 @@ void run_case(const std::vector<unsigned>& sizes, const Cfg& c, int steps, bool 
         const bool use_dev = device_lr && !any_first;
         Cfg cc = c;
         cc.lr = lr;
-        gpu_step(ps, grads, active, cc, use_dev ? addr(dev_lr.data()) : 0, null_buf);
+        gpu_step(ps, grads, grads16, active, cc, use_dev ? addr(dev_lr.data()) : 0, null_buf);
         for (size_t t : active) ref_step(ps[t], grads[t], cc, lr);
         char L[200];
         for (size_t t = 0; t < sizes.size(); ++t) {
@@ -241,6 +285,15 @@ int main(int argc, char** argv)
             run_case(empty_tail, c, 2, dev_lr, false, none, rng);
         }
         run_case(small, c, 3, false, false, none, rng, /*inf_params=*/c.wd == 0.0f);
+    }
+    // Convolution weights' gradients from their bf16 channels-last copies, beside f32 ones in
+    // the same launch: 3 input channels (the first convolution), a 1x1 kernel, a tensor of
+    // hundreds of blocks, and a late first gradient.
+    const std::vector<unsigned> convs = {64 * 3 * 9, 100, 16 * 32 * 1, 128 * 64 * 9, 7, 256 * 128 * 9};
+    const std::vector<Conv> conv_shapes = {{3, 9}, {0, 0}, {32, 1}, {64, 9}, {0, 0}, {128, 9}};
+    for (const Cfg& c : {cfgs[0], cfgs[2], cfgs[4]}) {
+        run_case(convs, c, 3, false, false, late, rng, false, conv_shapes);
+        run_case(convs, c, 2, true, false, none, rng, false, conv_shapes);
     }
     run_case(big, cfgs[0], 3, true, false, none, rng);
     run_case(big, cfgs[2], 2, false, false, none, rng);
