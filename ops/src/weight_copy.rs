@@ -1,6 +1,8 @@
 //! The convolution weights' compute copies, made once per step for all of them, and their
 //! gradients turned back into the parameters' (not a recorded op: the training step calls
-//! it around the tape, see `model/src/train.rs`).
+//! it around the tape, see `model/src/train.rs`; the training step itself hands the copies'
+//! gradients to `ops::sgd`, which reads them in the parameters' order, and
+//! [`grads_to_master`] serves where the f32 gradients themselves are wanted).
 //!
 //! The parameters stay f32 in PyTorch's order `W [K, C, R, S]` (NCHW, "KCRS"): the optimizer
 //! updates them, the checkpoints hold them. On the mixed-precision channels-last path the
