@@ -27,13 +27,17 @@ use sys::cudnnBackendAttributeName_t as Attr;
 use sys::cudnnBackendAttributeType_t as Ty;
 use sys::cudnnBackendDescriptorType_t as Kind;
 
-/// The three directions of a convolution, each its own graph.
+/// The three directions of a convolution, each its own graph, and backward-data adding into
+/// the gradient so far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConvOp {
     /// y = conv(x, w).
     Forward,
     /// dx from w and dy.
     BackwardData,
+    /// dx from w and dy added into dx as it was (β = 1): the join of a residual block's
+    /// gradients (`ops::conv2d::DataGrad::Into`).
+    BackwardDataAdd,
     /// dw from x and dy.
     BackwardFilter,
 }
@@ -109,7 +113,7 @@ fn tensor(uid: i64, dtype: DType, layout: Layout, dims: [usize; 4]) -> crate::Re
 }
 
 /// The operation of direction `op` on tensors x, w, y with convolution `conv`; alpha 1 and
-/// beta 0 in the compute type (f32, or f64 for f64 data).
+/// beta 0 (1 for [`ConvOp::BackwardDataAdd`]) in the compute type (f32, or f64 for f64 data).
 fn operation(op: ConvOp, dtype: DType, x: &Desc, w: &Desc, y: &Desc, conv: &Desc) -> crate::Result<Desc> {
     let (kind, names) = match op {
         ConvOp::Forward => (
@@ -123,7 +127,7 @@ fn operation(op: ConvOp, dtype: DType, x: &Desc, w: &Desc, y: &Desc, conv: &Desc
                 Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA,
             ],
         ),
-        ConvOp::BackwardData => (
+        ConvOp::BackwardData | ConvOp::BackwardDataAdd => (
             Kind::CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR,
             [
                 Attr::CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
@@ -152,12 +156,13 @@ fn operation(op: ConvOp, dtype: DType, x: &Desc, w: &Desc, y: &Desc, conv: &Desc
     d.set_descs(wn, &[w])?;
     d.set_descs(yn, &[y])?;
     d.set_descs(cn, &[conv])?;
+    let b = if op == ConvOp::BackwardDataAdd { 1.0 } else { 0.0 };
     if dtype == DType::F64 {
         d.set(alpha, Ty::CUDNN_TYPE_DOUBLE, &[1.0f64])?;
-        d.set(beta, Ty::CUDNN_TYPE_DOUBLE, &[0.0f64])?;
+        d.set(beta, Ty::CUDNN_TYPE_DOUBLE, &[b])?;
     } else {
         d.set(alpha, Ty::CUDNN_TYPE_FLOAT, &[1.0f32])?;
-        d.set(beta, Ty::CUDNN_TYPE_FLOAT, &[0.0f32])?;
+        d.set(beta, Ty::CUDNN_TYPE_FLOAT, &[b as f32])?;
     }
     d.finalize()?;
     Ok(d)

@@ -779,8 +779,9 @@ fn run_graph(dev: &Arc<engine::cuda::CudaDevice>, g: &ConvGraph, x: *const c_voi
     dev.with_workspace(g.workspace, |ws| {
         let h = dev.cudnn()?;
         // SAFETY: the callers pass buffers of the shapes, layout and type the plan was made
-        // for (checked by Dims::new and same_layout), the output freshly allocated for it;
-        // the workspace holds at least g.workspace bytes.
+        // for (checked by Dims::new and same_layout), the output freshly allocated for it or,
+        // for a plan that adds into it (BackwardDataAdd), the gradient so far that the caller
+        // owns; the workspace holds at least g.workspace bytes.
         unsafe { cudnn_graph::execute(&h, g, x.cast_mut(), w.cast_mut(), y.cast_mut(), cudnn::ptr_mut(ws, &st)) }
     })
 }
@@ -822,8 +823,9 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
 }
 
 /// `(dx, dw)` with cuDNN's backward-data and backward-filter (each through the graph API
-/// where it has a plan, else the legacy API); dx as `dx_mode` asks (the legacy API adds into
-/// a gradient so far with its β; the graph plans, built with β = 0, add with a separate pass).
+/// where it has a plan, else the legacy API); dx as `dx_mode` asks: into a gradient so far
+/// both APIs add with their β = 1 (a graph plan of its own, [`ConvOp::BackwardDataAdd`]),
+/// and where that has no plan, dx is made anew and added by a separate pass.
 fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad) -> Result<(Option<Tensor>, Tensor)> {
     same_layout(x, w)?;
     same_layout(x, dy)?;
@@ -832,10 +834,11 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad
     let dev = xb.dev().clone();
     let dt = x.dtype();
     let need_dx = !matches!(dx_mode, DataGrad::Skip);
-    let graph_data = if need_dx { graph_plan(&dev, &d, dt, x.layout(), ConvOp::BackwardData)? } else { None };
+    let graph_add = if matches!(dx_mode, DataGrad::Into(_)) { graph_plan(&dev, &d, dt, x.layout(), ConvOp::BackwardDataAdd)? } else { None };
+    let graph_data = if need_dx && graph_add.is_none() { graph_plan(&dev, &d, dt, x.layout(), ConvOp::BackwardData)? } else { None };
     let graph_filter = graph_plan(&dev, &d, dt, x.layout(), ConvOp::BackwardFilter)?;
     // The legacy plan, where a direction needed has no graph plan.
-    let legacy = if graph_filter.is_none() || (need_dx && graph_data.is_none()) {
+    let legacy = if graph_filter.is_none() || (need_dx && graph_data.is_none() && graph_add.is_none()) {
         match CudnnConv::plan(&dev, &d, dt, x.layout())? {
             Planned::Ready(c) => Some(c),
             Planned::Refused(_) if x.layout() == Layout::Nhwc => {
@@ -849,14 +852,19 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad
     };
     let st = dev.stream().clone();
     let (wb, dyb) = (w.cuda_buffer()?, dy.cuda_buffer()?);
-    let dx = match (dx_mode, &graph_data, &legacy) {
+    let dx = match (dx_mode, &graph_add, &graph_data, &legacy) {
         (DataGrad::Skip, ..) => None,
-        (mode, Some(g), _) => {
+        // The graph plan with β = 1 writes dx + its backward data into dx itself.
+        (DataGrad::Into(mut acc), Some(g), ..) => {
+            run_graph(&dev, g, acc.cuda_buffer_mut()?.ptr_mut(), wb.ptr(), dyb.ptr())?;
+            Some(acc)
+        }
+        (mode, _, Some(g), _) => {
             let mut dx = dev.alloc_dtype(x.numel(), dt)?;
             run_graph(&dev, g, dx.ptr_mut(), wb.ptr(), dyb.ptr())?;
             add_into(mode, Some(crate::cuda::like(x, dx)?))?
         }
-        (mode, None, Some(c)) => {
+        (mode, _, None, Some(c)) => {
             // dx = 1·(backward data) + β·dx: β = 0 into a new buffer, β = 1 into the gradient so far.
             let run = |out: &mut Tensor, beta: *const c_void| -> Result<()> {
                 let dxp = out.cuda_buffer_mut()?.ptr_mut();
@@ -895,7 +903,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad
                 mode => add_into(mode, Some(fresh()?))?,
             }
         }
-        (_, None, None) => unreachable!("a legacy plan is made where a direction has no graph plan"),
+        (_, _, None, None) => unreachable!("a legacy plan is made where a direction has no graph plan"),
     };
     let mut dw = dev.alloc_dtype(w.numel(), dt)?;
     match (&graph_filter, &legacy) {
