@@ -399,14 +399,39 @@ __device__ void apply_vec(const T* x, const float* stats, const T* skip, T* y, u
             scale[k] = stats[2 * c_count + c0 + k];
             shift[k] = stats[3 * c_count + c0 + k];
         }
-        for (unsigned int g = first; g < groups; g += blockDim.x * gridDim.x) {
-            T xs[VEC], ys[VEC];
-            unpack(reinterpret_cast<const bnr_v16*>(x)[g], xs);
-            for (int k = 0; k < VEC; ++k) {
-                narrow(bnr_y_of(widen(xs[k]), scale[k], shift[k]), ys + k);
+        // BNR_UNROLL groups at a time, all their loads first: more bytes in flight per thread
+        // than one group's (the pass is memory-bound, and at a few blocks per SM one load per
+        // thread leaves the memory's bandwidth-latency product barely covered).
+        const unsigned int stride = blockDim.x * gridDim.x;
+        for (unsigned int g = first; g < groups; g += BNR_UNROLL * stride) {
+            bnr_v16 xv[BNR_UNROLL] = {}, sv[BNR_UNROLL] = {};
+            for (int u = 0; u < BNR_UNROLL; ++u) {
+                const unsigned int gu = g + u * stride;
+                if (gu < groups) {
+                    xv[u] = reinterpret_cast<const bnr_v16*>(x)[gu];
+                    if (skip) {
+                        sv[u] = reinterpret_cast<const bnr_v16*>(skip)[gu];
+                    }
+                }
             }
-            add_skip<T, VEC>(skip, g, ys);
-            reinterpret_cast<bnr_v16*>(y)[g] = pack(ys);
+            for (int u = 0; u < BNR_UNROLL; ++u) {
+                const unsigned int gu = g + u * stride;
+                if (gu < groups) {
+                    T xs[VEC], ys[VEC];
+                    unpack(xv[u], xs);
+                    for (int k = 0; k < VEC; ++k) {
+                        narrow(bnr_y_of(widen(xs[k]), scale[k], shift[k]), ys + k);
+                    }
+                    if (skip) {
+                        T ss[VEC];
+                        unpack(sv[u], ss);
+                        for (int k = 0; k < VEC; ++k) {
+                            ys[k] = plus(ys[k], ss[k]);
+                        }
+                    }
+                    reinterpret_cast<bnr_v16*>(y)[gu] = pack(ys);
+                }
+            }
         }
         return;
     }
@@ -439,14 +464,29 @@ __device__ void bwd_apply_vec(const T* x, const T* dy, const float* stats, const
             k2[k] = coef[c_count + c0 + k];
             k3[k] = coef[2 * c_count + c0 + k];
         }
-        for (unsigned int g = first; g < groups; g += blockDim.x * gridDim.x) {
-            T xs[VEC], dys[VEC], dxs[VEC];
-            unpack(reinterpret_cast<const bnr_v16*>(x)[g], xs);
-            unpack(reinterpret_cast<const bnr_v16*>(dy)[g], dys);
-            for (int k = 0; k < VEC; ++k) {
-                narrow(bnr_dx_of(widen(xs[k]), widen(dys[k]), st[k], k1[k], k2[k], k3[k]), dxs + k);
+        // BNR_UNROLL groups at a time, their loads first (as in apply_vec).
+        const unsigned int stride = blockDim.x * gridDim.x;
+        for (unsigned int g = first; g < groups; g += BNR_UNROLL * stride) {
+            bnr_v16 xv[BNR_UNROLL] = {}, dv[BNR_UNROLL] = {};
+            for (int u = 0; u < BNR_UNROLL; ++u) {
+                const unsigned int gu = g + u * stride;
+                if (gu < groups) {
+                    xv[u] = reinterpret_cast<const bnr_v16*>(x)[gu];
+                    dv[u] = reinterpret_cast<const bnr_v16*>(dy)[gu];
+                }
             }
-            reinterpret_cast<bnr_v16*>(dx)[g] = pack(dxs);
+            for (int u = 0; u < BNR_UNROLL; ++u) {
+                const unsigned int gu = g + u * stride;
+                if (gu < groups) {
+                    T xs[VEC], dys[VEC], dxs[VEC];
+                    unpack(xv[u], xs);
+                    unpack(dv[u], dys);
+                    for (int k = 0; k < VEC; ++k) {
+                        narrow(bnr_dx_of(widen(xs[k]), widen(dys[k]), st[k], k1[k], k2[k], k3[k]), dxs + k);
+                    }
+                    reinterpret_cast<bnr_v16*>(dx)[gu] = pack(dxs);
+                }
+            }
         }
         return;
     }
