@@ -103,6 +103,7 @@ if [ "$selftest" = 1 ]; then
         "wcblock|bf16|s/while (u + 1 < count \&\& table.block0\[u + 1\] <= blk) {/while (u + 1 < count \&\& table.block0[u + 1] < blk) {/|plain|bf16|weight copies give a tensor's first block to the tensor before"
         "wcgrad|bf16|s/= to_f32(dw\[(k \* rs + p) \* c + ch\]);/= to_f32(dw[(k * c + ch) * rs + p]);/|plain|bf16|weight gradients read the copy's gradient in the weight's order"
         "sgdkrsc|sgd|s/return (k \* rs + p) \* c + ch;/return (k * c + ch) * rs + p;/|plain|sgd|copy gradients read in the weight's order instead of the copy's"
+        "bnrunroll|batch_norm_relu|s/const unsigned int gu = g + u \* stride;/const unsigned int gu = g + u;/|plain|batch_norm_relu|unrolled elementwise passes take neighbouring groups instead of a stride apart"
         "bnrskip|batch_norm_relu|s/y\[i\] = skip ? plus(r, skip\[i\]) : r;/y[i] = r;/|plain|batch_norm_relu|the output pass drops the residual input"
         "bnrskipv|batch_norm_relu|s/ys\[k\] = plus(ys\[k\], ss\[k\]);/ys[k] = plus(ys[k], ss[0]);/|plain|batch_norm_relu|vectorised output pass adds the residual's first lane to every lane"
         "bnrskiprnd|batch_norm_relu|s/narrow(__fadd_rn(widen(r), widen(s)), \&out);/out = (bf16)((__float_as_uint(__fadd_rn(widen(r), widen(s)))) >> 16);/|plain|batch_norm_relu|bf16 residual sum truncated instead of rounded to even"
