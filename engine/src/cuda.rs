@@ -117,6 +117,9 @@ pub struct CudaDevice {
     /// cuDNN's error the first time its legacy backward-data refused to add into the gradient
     /// so far (β = 1); see [`CudaDevice::add_into_refusal`].
     add_into_refusal: Mutex<Option<String>>,
+    /// Blocks per SM the occupancy calculator allowed, by kernel name and block size; see
+    /// [`CudaDevice::resident_blocks`].
+    resident_blocks: Mutex<HashMap<(String, u32), u32>>,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
     /// Requests may take a larger free block (see [`CudaDevice::best_fit`]).
@@ -398,6 +401,7 @@ impl CudaDevice {
             bnr_max_blocks: std::sync::atomic::AtomicU32::new(BNR_ONE_WAVE),
             sm_count,
             add_into_refusal: Mutex::new(None),
+            resident_blocks: Mutex::new(HashMap::new()),
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
@@ -582,6 +586,21 @@ impl CudaDevice {
     /// Streaming multiprocessors of the device.
     pub fn sm_count(&self) -> u32 {
         self.sm_count
+    }
+
+    /// How many blocks of `threads` threads one SM keeps resident for kernel `name` (`f`),
+    /// from the driver's occupancy calculator (registers, shared memory): asked once per
+    /// kernel and block size, then kept, so that a launch sized by it costs no driver query.
+    pub fn resident_blocks(&self, name: &str, threads: u32, f: &cudarc::driver::CudaFunction) -> Result<u32> {
+        let key = (name.to_string(), threads);
+        // A poisoned lock still holds whole entries (an insert cannot be half done).
+        let mut cache = self.resident_blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&n) = cache.get(&key) {
+            return Ok(n);
+        }
+        let n = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(driver_err("occupancy"))?;
+        cache.insert(key, n);
+        Ok(n)
     }
 
     /// Allow (the default) or forbid the 16-byte variants of our kernels, which move 8 bf16 or

@@ -333,12 +333,13 @@ fn elementwise_launch(geo: &Geometry, width: Option<u32>, max_blocks: u32) -> La
 }
 
 /// The device's block cap for the 16-byte passes (`CudaDevice::bnr_max_blocks`), with "one
-/// wave" resolved for kernel `f`: the SMs times the blocks of [`NCHW_THREADS`] that one SM
-/// keeps resident for it (the driver's occupancy calculator: registers, shared memory). If
-/// the driver cannot say, 1024 (about one wave on an H100 or H200 at 2048 threads per SM).
-fn block_cap(dev: &CudaDevice, f: &cudarc::driver::CudaFunction) -> u32 {
+/// wave" resolved for kernel `name` (`f`): the SMs times the blocks of [`NCHW_THREADS`] that
+/// one SM keeps resident for it (`CudaDevice::resident_blocks`: the driver's occupancy
+/// calculator, asked once per kernel). If the driver cannot say, 1024 (about one wave on an
+/// H100 or H200 at 2048 threads per SM).
+fn block_cap(dev: &CudaDevice, name: &str, f: &cudarc::driver::CudaFunction) -> u32 {
     match dev.bnr_max_blocks() {
-        engine::cuda::BNR_ONE_WAVE => match f.occupancy_max_active_blocks_per_multiprocessor(NCHW_THREADS, 0, None) {
+        engine::cuda::BNR_ONE_WAVE => match dev.resident_blocks(name, NCHW_THREADS, f) {
             Ok(per_sm) if per_sm > 0 => per_sm.saturating_mul(dev.sm_count()),
             _ => 1024,
         },
@@ -445,14 +446,15 @@ fn apply_cuda(dev: &Arc<CudaDevice>, x: &Tensor, geo: &Geometry, sp: u64, skip: 
     let yp = y.ptr_mut() as u64;
     let ptrs: Vec<u64> = [xp, yp].into_iter().chain(skip.map(|_| kp)).collect();
     let width = vec_width(geo, x.dtype(), &ptrs).filter(|_| dev.vector_kernels());
-    let f = kernel(dev, &format!("bnr_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
+    let name = format!("bnr_apply{}{sfx}", if width.is_some() { "_vec" } else { "" });
+    let f = kernel(dev, &name)?;
     let nhwc = i32::from(geo.nhwc);
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&xp).arg(&sp).arg(&kp).arg(&yp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_apply[_vec](x [total], stats [4c], skip [total] or null, y [total], total, c,
     // hw, nhwc); the _vec kernels only where vec_width found the buffers aligned and the
     // channel pattern shared.
-    unsafe { launch.launch(elementwise_launch(geo, width, block_cap(dev, &f))) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
+    unsafe { launch.launch(elementwise_launch(geo, width, block_cap(dev, &name, &f))) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
     crate::cuda::like(x, y)
 }
 
@@ -516,13 +518,14 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     let mut dx = dev.alloc_dtype(x.numel(), x.dtype())?;
     let dxp = dx.ptr_mut() as u64;
     let width = vec_width(&geo, x.dtype(), &[xp, dyp, dxp]).filter(|_| dev.vector_kernels());
-    let f = kernel(&dev, &format!("bnr_bwd_apply{}{sfx}", if width.is_some() { "_vec" } else { "" }))?;
+    let name = format!("bnr_bwd_apply{}{sfx}", if width.is_some() { "_vec" } else { "" });
+    let f = kernel(&dev, &name)?;
     let nhwc = i32::from(geo.nhwc);
     let mut launch = stream.launch_builder(&f);
     launch.arg(&xp).arg(&dyp).arg(&sp).arg(&cp).arg(&dxp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_bwd_apply[_vec](x, dy [total], stats [4c], coef [3c], dx [total], total, c, hw,
     // nhwc); the _vec kernels only where vec_width allowed them.
-    unsafe { launch.launch(elementwise_launch(&geo, width, block_cap(&dev, &f))) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
+    unsafe { launch.launch(elementwise_launch(&geo, width, block_cap(&dev, &name, &f))) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
     Ok((crate::cuda::like(x, dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
 }
 
