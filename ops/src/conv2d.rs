@@ -121,8 +121,9 @@ pub enum DataGrad {
     /// A new tensor.
     New,
     /// Added into this one (x's gradient so far, same shape, type and layout as x), which is
-    /// returned: on the GPU's legacy path cuDNN's backward-data writes `dx + 1·acc` itself
-    /// (its β = 1), so that the join of a residual block's gradients costs no pass of its own.
+    /// returned: on the GPU cuDNN's backward-data writes `dx + 1·acc` itself (its β = 1, on the
+    /// legacy API or through a graph plan of its own), so that the join of a residual block's
+    /// gradients costs no pass of its own.
     Into(Tensor),
 }
 

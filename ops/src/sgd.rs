@@ -208,11 +208,11 @@ fn update_cuda(items: Vec<(&mut Tensor, &Tensor, &mut Option<Tensor>)>, cfg: &Sg
         let mut table = SgdTable { p: none, g: none, buf: none, g16: none, n: zero, first_step: [0; MAX_TENSORS], block0: zero, c16: zero, rs16: zero };
         let mut dev = None;
         for (t, (p, g, buf)) in chunk.iter_mut().enumerate() {
+            // An f32 parameter, and an f32 gradient unless it is a compute copy's (bf16).
             let copy = is_copy_gradient(p, g);
-            for x in [&**p, *g] {
-                if x.dtype() != DType::F32 && !(copy && std::ptr::eq(x, *g)) {
-                    return Err(Error::DType { op: "sgd (CUDA)", a: x.dtype(), b: DType::F32 });
-                }
+            let wrong = if p.dtype() != DType::F32 { Some(p.dtype()) } else { (!copy && g.dtype() != DType::F32).then(|| g.dtype()) };
+            if let Some(a) = wrong {
+                return Err(Error::DType { op: "sgd (CUDA)", a, b: DType::F32 });
             }
             // As the CPU path and PyTorch: a buffer only with momentum, made on its first step.
             table.first_step[t] = i32::from(buf.is_none());
