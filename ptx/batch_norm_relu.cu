@@ -372,16 +372,23 @@ __device__ __forceinline__ bool fixed_channels(int nhwc, unsigned int row_groups
     return nhwc && (blockDim.x * gridDim.x) % row_groups == 0;
 }
 
+// y (VEC values) plus the VEC residual values held in the 16 bytes sv.
+template <typename T, int VEC>
+__device__ __forceinline__ void add_residual(const bnr_v16 sv, T* ys)
+{
+    T ss[VEC];
+    unpack(sv, ss);
+    for (int k = 0; k < VEC; ++k) {
+        ys[k] = plus(ys[k], ss[k]);
+    }
+}
+
 // y (VEC values) plus the VEC values of skip's group g, where skip is not null.
 template <typename T, int VEC>
 __device__ __forceinline__ void add_skip(const T* skip, unsigned int g, T* ys)
 {
     if (skip) {
-        T ss[VEC];
-        unpack(reinterpret_cast<const bnr_v16*>(skip)[g], ss);
-        for (int k = 0; k < VEC; ++k) {
-            ys[k] = plus(ys[k], ss[k]);
-        }
+        add_residual<T, VEC>(reinterpret_cast<const bnr_v16*>(skip)[g], ys);
     }
 }
 
@@ -423,11 +430,7 @@ __device__ void apply_vec(const T* x, const float* stats, const T* skip, T* y, u
                         narrow(bnr_y_of(widen(xs[k]), scale[k], shift[k]), ys + k);
                     }
                     if (skip) {
-                        T ss[VEC];
-                        unpack(sv[u], ss);
-                        for (int k = 0; k < VEC; ++k) {
-                            ys[k] = plus(ys[k], ss[k]);
-                        }
+                        add_residual<T, VEC>(sv[u], ys);
                     }
                     reinterpret_cast<bnr_v16*>(y)[gu] = pack(ys);
                 }
