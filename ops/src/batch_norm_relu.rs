@@ -318,18 +318,20 @@ fn vec_width(geo: &Geometry, dt: DType, ptrs: &[u64]) -> Option<u32> {
 /// thread visits several 16-byte groups of the same channels (the grid-stride loop's stride,
 /// 256·blocks groups, is a multiple of the C/width groups of a row wherever C/width divides
 /// 256) and reads their per-channel values once. The kernels check the stride themselves and
-/// otherwise read the per-channel values per element. The other passes: one thread per
-/// element or group of elements.
+/// otherwise read the per-channel values per element. NCHW 16-byte passes: one thread per
+/// 16-byte group, also in blocks of [`NCHW_THREADS`], uncapped. The scalar passes: one thread
+/// per element, in cudarc's 1024-thread blocks.
+///
+/// Why no 16-byte pass runs in 1024-thread blocks: by ptxas (sm_90, 2026-11-26) the backward
+/// pass uses 111 registers per thread, and 1024 such threads need 113,664 of an SM's 65,536,
+/// so the driver refuses the launch (`CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`; the H100 session of
+/// 2026-11-26 hit it on NCHW f32). 256 threads fit any count up to the 255-register maximum.
 fn elementwise_launch(geo: &Geometry, width: Option<u32>, max_blocks: u32) -> LaunchConfig {
     debug_assert!(max_blocks != engine::cuda::BNR_ONE_WAVE, "resolve the one-wave cap first (block_cap)");
-    match width {
-        Some(w) if geo.nhwc => {
-            let need = (geo.total / w).div_ceil(NCHW_THREADS).max(1);
-            let blocks = if max_blocks == 0 { need } else { need.min(max_blocks) };
-            LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 }
-        }
-        _ => crate::cuda::grid(geo.total / width.unwrap_or(1)),
-    }
+    let Some(w) = width else { return crate::cuda::grid(geo.total) };
+    let need = (geo.total / w).div_ceil(NCHW_THREADS).max(1);
+    let blocks = if max_blocks == 0 || !geo.nhwc { need } else { need.min(max_blocks) };
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// The device's block cap for the 16-byte passes (`CudaDevice::bnr_max_blocks`), with "one
@@ -682,10 +684,14 @@ mod tests {
                 assert!(threads <= geo.total / width || l.grid_dim.0 == 1, "C={c} width {width}: idle blocks");
             }
         }
-        // NCHW: one thread per group of `width` elements (cudarc's 1024-thread blocks).
+        // NCHW: one thread per group of `width` elements, in 256-thread blocks whatever the cap
+        // (the backward pass's 111 registers cannot run 1024 threads per block).
         let geo = Geometry { n: 2, c: 64, hw: 1024, total: 2 * 64 * 1024, nhwc: false, reduce: Reduce::Nchw, splits: 1 };
-        let l = elementwise_launch(&geo, Some(8), 1024);
-        assert_eq!(l.grid_dim.0 * l.block_dim.0, 2 * 64 * 1024 / 8);
+        for cap in [0, 16, 1024] {
+            let l = elementwise_launch(&geo, Some(8), cap);
+            assert_eq!(l.block_dim.0, NCHW_THREADS, "cap {cap}");
+            assert_eq!(l.grid_dim.0 * l.block_dim.0, 2 * 64 * 1024 / 8, "cap {cap}");
+        }
         let nhwc = Geometry { nhwc: true, ..geo };
         assert_eq!(elementwise_launch(&nhwc, None, 1024).grid_dim.0 * 1024, 2 * 64 * 1024);
         // No cap (0): one thread per 16-byte group, in 256-thread blocks.

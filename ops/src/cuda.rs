@@ -27,8 +27,10 @@ pub(crate) fn count(n: usize) -> Result<u32> {
 /// A launch of 1024-thread blocks (cudarc's `for_num_elems`) covering `n` elements once (the
 /// kernels loop with a grid stride, so any grid is correct; this one gives each thread one
 /// element). Every kernel of `ptx/` launched this way uses at most 56 registers per thread on
-/// sm_90 (`ptxas -v`, 2026-11-26), within the 64 that 1024-thread blocks allow; only the
-/// vectorised batch norm backward sums use more (80 and 125), in blocks of 256.
+/// sm_90 (`ptxas -v`, 2026-11-26), within the 64 that 1024-thread blocks allow. Those with
+/// more (batch norm + ReLU's 16-byte passes: 64 to 111; its vectorised backward sums: 72 and
+/// 96) launch in blocks of 256: a 1024-thread block of a kernel above 64 registers is refused
+/// with `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`.
 pub(crate) fn grid(n: u32) -> LaunchConfig {
     LaunchConfig::for_num_elems(n.max(1))
 }
