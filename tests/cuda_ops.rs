@@ -857,8 +857,10 @@ fn batch_norm_relu_with_the_residual_add_fused_equals_it_separate() {
     let dev = gpu();
     let d = cuda_dev(&dev);
     let cfg = BatchNormConfig::default();
+    // Activations and their gradients in NCHW order; γ, β, their gradients and the running
+    // statistics are 1-D and have no layout to convert.
     let bits = |t: &Tensor| -> Vec<u64> {
-        let t = ops::layout::forward(t, Layout::Nchw).unwrap();
+        let t = if t.shape().len() == 4 { ops::layout::forward(t, Layout::Nchw).unwrap() } else { t.clone() };
         match t.dtype() {
             DType::BF16 => t.cuda_buffer().unwrap().to_host_bf16_bits().unwrap().into_iter().map(u64::from).collect(),
             _ => t.to_f32_vec().into_iter().map(|v| u64::from(v.to_bits())).collect(),

@@ -16,7 +16,7 @@
 #                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> sanitize-<date>.txt
 #   bash scripts/gpu/on-gpu.sh sbs SEED... [-- ARGS]  bench/side_by_side.py (ours, cross-evaluation, PyTorch)
-#                                                -> sbs/ (table, JSON and logs written after every run)
+#                                                -> sbs/, then sbs-2/, ... (table, JSON and logs written after every run)
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
 # Every result goes to /root/results on the device (kept while the machine is warm), and after
@@ -196,17 +196,20 @@ sanitize() {
 # Our binary and PyTorch side by side (bench/side_by_side.py), e.g.
 #   sbs 0 -- --ours-args="--tta"                               ours + PyTorch variants, seed 0
 #   sbs 1 2 -- --variants --ours-args="--tta"                  ours alone, seeds 1 and 2
-# The table, JSON and logs are rewritten after every run, in $RES/sbs; its run folders go to
-# $RES/sbs-runs.
+# The table, JSON and logs are rewritten after every run, in $RES/sbs for a command's first
+# `sbs` step and $RES/sbs-2, $RES/sbs-3, ... for the next ones (their files have the same
+# names, so a second step must not overwrite the first's); the run folders go to $RES/sbs-runs.
 sbs() {
     local seeds=() extra=() seen="" a
     for a in "$@"; do
         if [ -n "$seen" ]; then extra+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
     done
     local t_s; t_s="$(limit 590)"; [ -n "$t_s" ] || return 0
+    local out="$RES/sbs" k=2
+    while [ -e "$out" ]; do out="$RES/sbs-$k"; k=$((k + 1)); done
     # --timeout-s: no single run (ours, a PyTorch variant, a compile) may take more than 300 s.
     timeout "$t_s" python3 bench/side_by_side.py --data /root/cifar10 --bin /root/devbin/model --timeout-s 300 \
-        --seeds "${seeds[@]:-0}" --out "$RES/sbs" --runs-dir "$RES/sbs-runs" --date "$day" "${extra[@]}" 2>&1 \
+        --seeds "${seeds[@]:-0}" --out "$out" --runs-dir "$RES/sbs-runs" --date "$day" "${extra[@]}" 2>&1 \
         | tee -a "$RES/sbs-$day.txt"
 }
 
