@@ -704,6 +704,61 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
     cd.set_allow_tf32(true);
 }
 
+/// The 3-channel first convolution on our direct kernels (`ops::conv2d_c3`: bf16
+/// channels-last, 3×3, stride 1, padding 1; the input's gradient skipped, as the network's
+/// first convolution does) against the CPU reference in f64 on the same bf16 inputs, and
+/// against cuDNN (`set_direct_first_conv(false)`), at the network's 64 output channels and at
+/// 16 (width 0.25). Tolerance, relative to the largest value: each side's outputs are f32 sums
+/// rounded to bf16 once, so they may be one bf16 step (2^-7 = 7.8e-3 of a value) apart: 1e-2.
+/// Our kernels sum in a fixed order: two runs give the same bits.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn first_conv_direct_kernels_match_the_cpu_and_cudnn() {
+    use engine::Layout;
+    use ops::conv2d::{Conv2dParams, DataGrad};
+    use ops::layout::forward as to_layout;
+    let dev = gpu();
+    let cd = cuda_dev(&dev);
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    let host = |t: &Tensor| to_layout(t, Layout::Nchw).unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F64);
+    let close = |what: &str, got: &Tensor, want: &Tensor| {
+        let (got, want) = (host(got), host(want));
+        let scale = want.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        let err = got.max_abs_diff(&want).unwrap();
+        eprintln!("{what}: max abs difference {err:e}, relative {:e}", err / scale);
+        assert!(err <= 1e-2 * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+    };
+    for (xs, o, seed) in [([64usize, 3, 32, 32], 64usize, 1500u64), ([7, 3, 9, 13], 16, 1510)] {
+        let bf = |t: Tensor| t.to_dtype(DType::BF16);
+        let (x, w, dy) = (bf(rand(&xs, seed)), bf(rand(&[o, 3, 3, 3], seed + 1)), bf(rand(&[xs[0], o, xs[2], xs[3]], seed + 2)));
+        // The CPU reference on the same (bf16) values, in f64.
+        let f64_of = |t: &Tensor| t.to_dtype(DType::F64);
+        let y_cpu = ops::conv2d::forward(&f64_of(&x), &f64_of(&w), p).unwrap();
+        let (_, dw_cpu) = ops::conv2d::backward(&f64_of(&x), &f64_of(&w), &f64_of(&dy), p, false).unwrap();
+        let on = |t: &Tensor| to_layout(&t.to_device(&dev).unwrap(), Layout::Nhwc).unwrap();
+        let (xg, wg, dyg) = (on(&x), on(&w), on(&dy));
+        let run = |direct: bool| {
+            cd.set_direct_first_conv(direct);
+            let y = ops::conv2d::forward(&xg, &wg, p).unwrap();
+            let (dx, dw) = ops::conv2d::backward_adding(&xg, &wg, &dyg, p, DataGrad::Skip).unwrap();
+            assert!(dx.is_none());
+            assert_eq!((y.dtype(), y.layout(), dw.dtype(), dw.layout()), (DType::BF16, Layout::Nhwc, DType::BF16, Layout::Nhwc));
+            (y, dw)
+        };
+        let (y, dw) = run(true);
+        let what = format!("x {xs:?}, {o} outputs");
+        close(&format!("{what}: our y against the CPU"), &y, &y_cpu);
+        close(&format!("{what}: our dw against the CPU"), &dw, &dw_cpu);
+        let (y2, dw2) = run(true);
+        let bits = |t: &Tensor| t.cuda_buffer().unwrap().to_host_bf16_bits().unwrap();
+        assert!(bits(&y2) == bits(&y) && bits(&dw2) == bits(&dw), "{what}: two runs of our kernels differ");
+        let (y_cudnn, dw_cudnn) = run(false);
+        close(&format!("{what}: our y against cuDNN's"), &y, &y_cudnn);
+        close(&format!("{what}: our dw against cuDNN's"), &dw, &dw_cudnn);
+    }
+    cd.set_direct_first_conv(true);
+}
+
 /// The fused batch norm + ReLU (our kernels) against the CPU reference (batch norm, then
 /// ReLU), in NCHW and NHWC, with f32 and bf16 data, at shapes whose channels are reduced
 /// in one and in several splits. The network's shapes take the vectorised elementwise

@@ -109,6 +109,9 @@ pub struct CudaDevice {
     /// Whether our kernels may move 16 bytes per access where shapes and alignment allow;
     /// see [`CudaDevice::set_vector_kernels`].
     vector_kernels: AtomicBool,
+    /// Whether a 3-channel first convolution runs on our direct kernels; see
+    /// [`CudaDevice::set_direct_first_conv`].
+    direct_first_conv: AtomicBool,
     /// The most 256-thread blocks of batch norm + ReLU's channels-last 16-byte passes; see
     /// [`CudaDevice::set_bnr_max_blocks`].
     bnr_max_blocks: std::sync::atomic::AtomicU32,
@@ -398,6 +401,7 @@ impl CudaDevice {
             conv_graph: AtomicBool::new(false),
             graph_plans: Mutex::new(HashMap::new()),
             vector_kernels: AtomicBool::new(true),
+            direct_first_conv: AtomicBool::new(true),
             bnr_max_blocks: std::sync::atomic::AtomicU32::new(BNR_ONE_WAVE),
             sm_count,
             add_into_refusal: Mutex::new(None),
@@ -563,6 +567,19 @@ impl CudaDevice {
     /// reductions, max-pooling, bf16 add and accumulation).
     pub fn vector_kernels(&self) -> bool {
         self.vector_kernels.load(Ordering::Relaxed)
+    }
+
+    /// Whether a bf16 channels-last 3×3 convolution of 3 input channels (the network's first)
+    /// runs on our direct kernels (`ops::conv2d_c3`) instead of cuDNN.
+    pub fn direct_first_conv(&self) -> bool {
+        self.direct_first_conv.load(Ordering::Relaxed)
+    }
+
+    /// Allow (the default) or forbid our direct kernels for the 3-channel first convolution;
+    /// forbidden, cuDNN runs it like every other convolution, so that a profile can measure
+    /// what they gain. The results differ in the last bits (another order of the same sums).
+    pub fn set_direct_first_conv(&self, on: bool) {
+        self.direct_first_conv.store(on, Ordering::Relaxed);
     }
 
     /// Cap the blocks (of 256 threads) of batch norm + ReLU's channels-last 16-byte passes at

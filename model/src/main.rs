@@ -184,6 +184,11 @@ struct TrainArgs {
     /// forward and our one-value backward, one-value bf16 adds; to measure what they gain.
     #[arg(long)]
     no_vector_kernels: bool,
+    /// Run the network's first convolution (3 input channels) through cuDNN like the others,
+    /// instead of our direct bf16 channels-last kernels (`ptx/conv_c3.cu`); to measure what
+    /// they gain.
+    #[arg(long)]
+    cudnn_first_conv: bool,
     /// The most 256-thread blocks of batch norm + ReLU's channels-last 16-byte passes (each
     /// thread then reads its channels' values once for several 16-byte groups): `wave` (as
     /// many as the GPU runs at once for each kernel), a number, or 0: one thread per group, as
@@ -258,6 +263,7 @@ impl TrainArgs {
                 SearchArg::Timed => ConvSearch::Timed,
             });
             d.set_vector_kernels(!self.no_vector_kernels);
+            d.set_direct_first_conv(!self.cudnn_first_conv);
             d.set_bnr_max_blocks(self.bnr_max_blocks);
             d.set_conv_graph(self.cudnn_graph);
         }

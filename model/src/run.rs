@@ -381,7 +381,8 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         let mut plans = d.conv_plan_lines();
         plans.extend(d.graph_plan_lines().into_iter().map(|l| format!("graph API: {l}")));
         plans.extend(d.graph_refusals().into_iter().map(|l| format!("no graph-API plan (legacy API instead): {l}")));
-        let text = format!("convolution search: {}\n{}\n", search_rule(d.conv_search()), plans.join("\n"));
+        let first = if d.direct_first_conv() { "our direct kernels (conv_c3.cu) where bf16 channels-last" } else { "cuDNN (--cudnn-first-conv)" };
+        let text = format!("convolution search: {}\nthe first convolution (3 channels): {first}\n{}\n", search_rule(d.conv_search()), plans.join("\n"));
         let path = dir.join("conv_plans.txt");
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         log.line(&format!("Convolution algorithms ({}): {} plans, in {}", search_rule(d.conv_search()), plans.len(), path.display()));
@@ -719,6 +720,10 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             println!("cuDNN's backward-data refused to add into the gradient so far (beta = 1), so dx is added by a separate pass: {why}");
         }
         println!("our kernels' 16-byte variants: {}", if d.vector_kernels() { "on where shapes allow" } else { "off (--no-vector-kernels)" });
+        println!(
+            "the first convolution (3 channels, bf16 channels-last): {}",
+            if d.direct_first_conv() { "our direct kernels (conv_c3.cu)" } else { "cuDNN (--cudnn-first-conv)" }
+        );
         match d.bnr_max_blocks() {
             0 => println!("batch norm + ReLU's channels-last 16-byte passes: one thread per 16-byte group (--bnr-max-blocks 0)"),
             engine::cuda::BNR_ONE_WAVE => println!(

@@ -787,9 +787,13 @@ fn run_graph(dev: &Arc<engine::cuda::CudaDevice>, g: &ConvGraph, x: *const c_voi
     })
 }
 
-/// `y = conv(x, w)` with cuDNN.
+/// `y = conv(x, w)` with cuDNN, or for the 3-channel first convolution our kernels
+/// ([`crate::conv2d_c3`]).
 fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     same_layout(x, w)?;
+    if crate::conv2d_c3::fits(x, w, d.s, d.p) {
+        return crate::conv2d_c3::forward(x, w);
+    }
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let dt = x.dtype();
@@ -830,6 +834,10 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
 fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad) -> Result<(Option<Tensor>, Tensor)> {
     same_layout(x, w)?;
     same_layout(x, dy)?;
+    // The 3-channel first convolution, whose input needs no gradient: our kernels.
+    if matches!(dx_mode, DataGrad::Skip) && crate::conv2d_c3::fits(x, w, d.s, d.p) {
+        return Ok((None, crate::conv2d_c3::weight_grad(x, w, dy)?));
+    }
     use cudarc::cudnn::sys;
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();

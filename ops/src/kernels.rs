@@ -2,10 +2,11 @@
 //! compiled to PTX by NVRTC at run time for the device's architecture.
 
 /// (file name, source) of every kernel file in `ptx/`.
-pub const SOURCES: [(&str, &str); 10] = [
+pub const SOURCES: [(&str, &str); 11] = [
     ("augment.cu", include_str!("../../ptx/augment.cu")),
     ("batch_norm_relu.cu", include_str!("../../ptx/batch_norm_relu.cu")),
     ("bf16.cu", include_str!("../../ptx/bf16.cu")),
+    ("conv_c3.cu", include_str!("../../ptx/conv_c3.cu")),
     ("cross_entropy.cu", include_str!("../../ptx/cross_entropy.cu")),
     ("elementwise.cu", include_str!("../../ptx/elementwise.cu")),
     ("graph_step.cu", include_str!("../../ptx/graph_step.cu")),

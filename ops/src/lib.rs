@@ -24,6 +24,7 @@ pub mod batch_norm;
 pub mod batch_norm_relu;
 pub mod cast;
 pub mod conv2d;
+mod conv2d_c3;
 pub mod cross_entropy;
 pub mod graph_step;
 pub mod layout;

@@ -19,7 +19,7 @@ TSAN=(-fsanitize=thread)
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0"
 export UBSAN_OPTIONS="print_stacktrace=1"
 export TSAN_OPTIONS="halt_on_error=1:exitcode=66"
-TESTS=(batch_norm_relu graph_step reduce layout sgd cross_entropy augment elementwise bf16 max_pool)
+TESTS=(batch_norm_relu graph_step reduce layout sgd cross_entropy augment elementwise bf16 max_pool conv_c3)
 mkdir -p build
 
 quick=0 big=0 selftest=0
@@ -108,6 +108,13 @@ if [ "$selftest" = 1 ]; then
         "bnrskipv|batch_norm_relu|s/ys\[k\] = plus(ys\[k\], ss\[k\]);/ys[k] = plus(ys[k], ss[0]);/|plain|batch_norm_relu|vectorised output pass adds the residual's first lane to every lane"
         "bnrskiprnd|batch_norm_relu|s/narrow(__fadd_rn(widen(r), widen(s)), \&out);/out = (bf16)((__float_as_uint(__fadd_rn(widen(r), widen(s)))) >> 16);/|plain|batch_norm_relu|bf16 residual sum truncated instead of rounded to even"
         "mpidxpos|max_pool|s/best\[l\] = p \* k + q;/best[l] = q * k + p;/|plain|max_pool|pool forward saves window positions transposed"
+        "c3tap|conv_c3|s/const float\* wt = ws + ((r \* 3 + s) \* 3 + c) \* C3_MAX_O + g \* 8;/const float* wt = ws + ((s * 3 + r) * 3 + c) * C3_MAX_O + g * 8;/|plain|conv_c3|first-conv forward takes the weight of the transposed tap"
+        "c3group|conv_c3|s/\* C3_MAX_O + g \* 8;/* C3_MAX_O + g;/|plain|conv_c3|first-conv forward reads the weights of the wrong output channels"
+        "c3shift|conv_c3|0,/const int jj = (int)j + s - 1;/s//const int jj = (int)j + s;/|plain|conv_c3|first-conv forward reads the window one column to the right"
+        "c3pair|conv_c3|s/acc\[tap\]\[1\] = __fmaf_rn(xv, d1, acc\[tap\]\[1\]);/acc[tap][1] = __fmaf_rn(xv, d0, acc[tap][1]);/|plain|conv_c3|first-conv weight gradient uses one dy value for both channels of a pair"
+        "c3tree|conv_c3|s/slot\[0\] = __fadd_rn(slot\[0\], acc\[t\]\[0\]);/slot[0] = acc[t][0];/|plain|conv_c3|first-conv weight gradient drops half its rows' sums"
+        "c3sync|conv_c3|/red\[row\]\[t \* C3_MAX_O + 2 \* lane + 1\] = acc\[t\]\[1\];/{n;n;n;s/__syncthreads();//}|tsan|conv_c3|first-conv weight gradient adds rows before the others stored (data race)"
+        "c3finish|conv_c3|s/for (unsigned int q = 0; q < blocks; ++q)/for (unsigned int q = 1; q < blocks; ++q)/|plain|conv_c3|first-conv weight gradient skips the first block's sums"
     )
     mkdir -p build/mut
     caught=0 missed=0 stale=0

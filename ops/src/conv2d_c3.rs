@@ -1,0 +1,141 @@
+//! The network's first convolution on the GPU with our own kernels (`ptx/conv_c3.cu`):
+//! 3 input channels, 3×3 kernel, stride 1, zero padding 1, bf16 channels-last.
+//!
+//! The same op as [`crate::conv2d`] (which calls this file from its CUDA path; the CPU
+//! reference is conv2d's), for the one shape where cuDNN is slow: with C = 3 the arithmetic is
+//! tiny and the cost is the memory traffic of y and dy, yet on an H100 (2026-11-26) cuDNN took
+//! 0.23 ms for the forward and 0.20 ms for the weight gradient per training step, about ten
+//! times what that traffic takes (`ptx/conv_c3.cu` has the figures).
+//!
+//! Forward: `y[n,i,j,o] = Σ_{r,s,c} w[o,r,s,c] · x[n, i+r−1, j+s−1, c]` (x outside = 0).
+//! Weight gradient: `dw[o,r,s,c] = Σ_{n,i,j} dy[n,i,j,o] · x[n, i+r−1, j+s−1, c]`.
+//! Shapes (logical, as every conv2d tensor): x `[N, 3, H, W]`, w and dw `[O, 3, 3, 3]`, y and dy
+//! `[N, O, H, W]`, all channels-last in memory. The input's gradient is not made here: the
+//! first convolution's input is the image, which needs none ([`crate::conv2d::DataGrad::Skip`]).
+//!
+//! Sums in f32 with one rounding to bf16 at the end, in a fixed order (deterministic); they
+//! differ from cuDNN's in the last bits only (another order of the same sums).
+
+use crate::{DType, Result, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use engine::Layout;
+use engine::cuda::CudaDevice;
+
+/// Threads per block of the three kernels (`C3_THREADS` in the kernel file).
+const THREADS: u32 = 256;
+/// Output channels the kernels' shared table and rows hold (`C3_MAX_O`).
+const MAX_O: usize = 64;
+/// One output's products: 3 rows × 3 columns × 3 channels (`C3_TAPS`).
+const TAPS: usize = 27;
+/// Rows of 32 threads in a weight-gradient block, one pixel each at a time (`C3_ROWS`).
+const ROWS: usize = 8;
+
+/// Whether our kernels take `y = conv(x, w)` with this stride and padding: on the GPU with
+/// the device's switch on ([`CudaDevice::direct_first_conv`]), x bf16 channels-last with 3
+/// channels, w `[O, 3, 3, 3]` with O a multiple of 8 and at most 64 (the kernels' 16-byte
+/// stores and shared table), stride 1, padding 1, and fewer than 2³¹ elements in x and y
+/// (32-bit indices).
+pub(crate) fn fits(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
+    let Ok(xb) = x.cuda_buffer() else { return false };
+    let (xs, ws) = (x.shape(), w.shape());
+    xb.dev().direct_first_conv()
+        && x.dtype() == DType::BF16
+        && w.dtype() == DType::BF16
+        && x.layout() == Layout::Nhwc
+        && w.layout() == Layout::Nhwc
+        && xs.len() == 4
+        && ws == [ws[0], 3, 3, 3]
+        && xs[1] == 3
+        && ws[0].is_multiple_of(8)
+        && ws[0] <= MAX_O
+        && stride == 1
+        && padding == 1
+        && xs[0] * ws[0] * xs[2] * xs[3] < 1 << 31
+}
+
+/// One wave of 256-thread blocks of kernel `name` (the SMs times the blocks one SM keeps
+/// resident, from the driver's occupancy calculator), at most `need`; 1024 if the driver
+/// cannot say.
+fn one_wave(dev: &CudaDevice, name: &str, f: &cudarc::driver::CudaFunction, need: u32) -> u32 {
+    let wave = match dev.resident_blocks(name, THREADS, f) {
+        Ok(per_sm) if per_sm > 0 => per_sm.saturating_mul(dev.sm_count()),
+        _ => 1024,
+    };
+    wave.min(need).max(1)
+}
+
+fn blocks(n: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// `y = conv(x, w)`, y `[N, O, H, W]` channels-last bf16; the caller checked [`fits`].
+pub(crate) fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (xs, o) = (x.shape(), w.shape()[0]);
+    let (xb, wb) = (x.cuda_buffer()?, w.cuda_buffer()?);
+    let dev = xb.dev().clone();
+    let count = crate::cuda::count;
+    let (n, h, wd, oc) = (count(xs[0])?, count(xs[2])?, count(xs[3])?, count(o)?);
+    let mut y = dev.alloc_dtype(xs[0] * o * xs[2] * xs[3], DType::BF16)?;
+    let (xp, wp, yp) = (xb.ptr() as u64, wb.ptr() as u64, y.ptr_mut() as u64);
+    if !yp.is_multiple_of(16) {
+        return Err(engine::Error::Invalid(format!("conv3x3_c3 forward: y at {yp:#x} is not 16-byte aligned")));
+    }
+    let name = "conv3x3_c3_forward_bf16";
+    let f = crate::cuda::function(&dev, "conv_c3.cu", name)?;
+    // One thread per pixel and group of 8 output channels; a grid of at most one wave, each
+    // block widening the weights once into shared memory for all the pixels it visits.
+    let need = count(y.len() / 8)?.div_ceil(THREADS);
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&xp).arg(&wp).arg(&yp).arg(&n).arg(&h).arg(&wd).arg(&oc);
+    // SAFETY: x holds N·H·W·3 bf16 values, w O·27, y N·H·W·O, all in the memory order the
+    // kernel reads (fits: channels-last, 3 channels, a 3×3 kernel); y is 16-byte aligned
+    // (checked), of O·(pixels) values with O a multiple of 8 and at most 64 (the shared
+    // table's size); every index is below 2^31 (fits).
+    unsafe { launch.launch(blocks(one_wave(&dev, name, &f, need))) }.map_err(crate::cuda::launch_err("conv3x3_c3_forward"))?;
+    Tensor::from_cuda(&[xs[0], o, xs[2], xs[3]], y)?.with_layout(Layout::Nhwc)
+}
+
+/// `dw` of `y = conv(x, w)` from `dy`, with w's shape and layout (`[O, 3, 3, 3]`, its memory
+/// order (o, r, s, c)); the caller checked [`fits`] and dy's shape.
+pub(crate) fn weight_grad(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    if dy.dtype() != DType::BF16 || dy.layout() != Layout::Nhwc {
+        return Err(engine::Error::Invalid(format!(
+            "conv3x3_c3 weight gradient: dy must be bf16 channels-last like x, got {:?} {:?}",
+            dy.dtype(),
+            dy.layout()
+        )));
+    }
+    let (xs, o) = (x.shape(), w.shape()[0]);
+    let (xb, dyb) = (x.cuda_buffer()?, dy.cuda_buffer()?);
+    let dev = xb.dev().clone();
+    let count = crate::cuda::count;
+    let (n, h, wd, oc) = (count(xs[0])?, count(xs[2])?, count(xs[3])?, count(o)?);
+    let pixels = count(xs[0] * xs[2] * xs[3])?;
+
+    // Pass 1: each block's sums over its pixels, [blocks][27][64] f32.
+    let name = "conv3x3_c3_wgrad_partial_bf16";
+    let f = crate::cuda::function(&dev, "conv_c3.cu", name)?;
+    let nblocks = one_wave(&dev, name, &f, pixels.div_ceil(ROWS as u32));
+    let mut partial = dev.alloc_dtype(nblocks as usize * TAPS * MAX_O, DType::F32)?;
+    let (xp, dyp, pp) = (xb.ptr() as u64, dyb.ptr() as u64, partial.ptr_mut() as u64);
+    if !dyp.is_multiple_of(4) {
+        return Err(engine::Error::Invalid(format!("conv3x3_c3 weight gradient: dy at {dyp:#x} is not 4-byte aligned")));
+    }
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&xp).arg(&dyp).arg(&pp).arg(&n).arg(&h).arg(&wd).arg(&oc);
+    // SAFETY: x holds N·H·W·3 bf16 values and dy N·H·W·O (read as O/2 bf16 pairs per pixel:
+    // O is even and dy 4-byte aligned, so every pair is); partial holds
+    // 27·64 f32 per block of the launch; indices below 2^31 (fits).
+    unsafe { launch.launch(blocks(nblocks)) }.map_err(crate::cuda::launch_err("conv3x3_c3_wgrad_partial"))?;
+
+    // Pass 2: the blocks' sums in order, one thread per weight, rounded to bf16.
+    let mut dw = dev.alloc_dtype(o * TAPS, DType::BF16)?;
+    let dwp = dw.ptr_mut() as u64;
+    let f = crate::cuda::function(&dev, "conv_c3.cu", "conv3x3_c3_wgrad_finish_bf16")?;
+    let mut launch = dev.stream().launch_builder(&f);
+    launch.arg(&pp).arg(&dwp).arg(&nblocks).arg(&oc);
+    // SAFETY: partial holds nblocks·27·64 f32 written by pass 1 (same stream, so in order);
+    // dw holds O·27 bf16.
+    unsafe { launch.launch(blocks(count(o * TAPS)?.div_ceil(THREADS))) }.map_err(crate::cuda::launch_err("conv3x3_c3_wgrad_finish"))?;
+    crate::cuda::like(w, dw)
+}
