@@ -137,6 +137,15 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
     Ok(forward_cuda_indexed(x, k)?.0)
 }
 
+/// The launch of the 16-byte kernels (`max_pool_forward_nhwc_vec*`,
+/// `max_pool_backward_nhwc_idx*`): one thread per window and 16-byte group of channels
+/// (`n` of them), in blocks of 256. By ptxas (sm_90, 2026-11-26) they use 39 to 48 registers,
+/// so an SM holds one 1024-thread block of them (1024 threads) but five or six blocks of 256
+/// (1280 to 1536 threads): more loads in flight per SM.
+fn vec_grid(n: u32) -> cudarc::driver::LaunchConfig {
+    cudarc::driver::LaunchConfig { grid_dim: (n.div_ceil(256).max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// `y = max_pool2d(x, k)` and, in NHWC with whole 16-byte groups of channels, the window
 /// position of each maximum for [`backward_cuda_indices`]: our kernel
 /// (`max_pool_forward_nhwc_vec*`, one thread per window and group) unless the device forbids
@@ -168,7 +177,7 @@ pub fn forward_cuda_indexed(x: &Tensor, k: usize) -> Result<(Tensor, Option<Pool
             // even bytes) in 4- or 8-byte words; vec_lanes checked the layout, the channel count
             // and the alignment of all three, and the 32-bit indices cannot wrap (fewer than
             // 2^31 elements).
-            unsafe { launch.launch(crate::cuda::grid(count(y.len() / lanes)?)) }.map_err(crate::cuda::launch_err(kernel))?;
+            unsafe { launch.launch(vec_grid(count(y.len() / lanes)?)) }.map_err(crate::cuda::launch_err(kernel))?;
             let indices = PoolIndices { bytes: idx, x_shape: [s[0], s[1], s[2], s[3]], k, dtype: dt, layout: x.layout() };
             return Ok((Tensor::from_cuda(&ys, y)?.with_layout(x.layout())?, Some(indices)));
         }
@@ -218,7 +227,7 @@ pub fn backward_cuda_indices(indices: &PoolIndices, dy: &Tensor) -> Result<Tenso
     // SAFETY: the indices were written by the forward for this x shape, type and layout (whose
     // checks held then: NHWC, whole groups, fewer than 2^31 elements); dy has y's shape, type
     // and layout (checked above), dx x's element count; all three are 16-byte aligned.
-    unsafe { launch.launch(crate::cuda::grid(count(dy.numel() / lanes)?)) }.map_err(crate::cuda::launch_err(kernel))?;
+    unsafe { launch.launch(vec_grid(count(dy.numel() / lanes)?)) }.map_err(crate::cuda::launch_err(kernel))?;
     Tensor::from_cuda(s, dx)?.with_layout(*layout)
 }
 
@@ -350,6 +359,19 @@ impl MaxPoolRecord {
 mod tests {
     use super::*;
     use crate::gradcheck::{GradCheck, random_params};
+
+    /// The 16-byte kernels' launch: blocks of 256 (their 39-48 registers allow five or six
+    /// per SM, where a 1024-thread block would be the SM's only one), one thread per group and
+    /// no whole block idle; at least one block for an empty tensor.
+    #[test]
+    fn vector_pool_launches_one_thread_per_group_in_blocks_of_256() {
+        for n in [0u32, 1, 255, 256, 257, 512 * 16 * 16 * 16] {
+            let l = vec_grid(n);
+            let threads = l.grid_dim.0 * l.block_dim.0;
+            assert_eq!(l.block_dim, (256, 1, 1), "n = {n}");
+            assert!(threads >= n && (threads - n < 256 || n == 0), "n = {n}: {threads} threads");
+        }
+    }
 
     /// The definition as nested loops, on `[N, C, H, W]` = `[2, 3, h, w]`: maxima and their flat indices.
     fn naive(xv: &[f64], h: usize, w: usize, k: usize) -> (Vec<f64>, Vec<u32>) {

@@ -4,7 +4,8 @@
 // loops: dy goes to the first maximum of its window (a NaN wins its window), 0 elsewhere.
 // In NHWC with C a multiple of 4 (f32) or 8 (bf16) also max_pool_forward_nhwc_vec{,_bf16}(x, y,
 // idx, n, c, h, w, k) and then max_pool_backward_nhwc_idx{,_bf16}(idx, dy, dx, n, c, h, w, k) on
-// 16-byte vectors (grid(windows * C / lanes)), as ops/src/max_pool.rs launches them there: the
+// 16-byte vectors (blocks of 256, one thread per window and group: vec_grid), as
+// ops/src/max_pool.rs launches them there: the
 // forward's y must be the bits of x at each window's first maximum, its idx byte (in y's order)
 // that maximum's position p*k + q in the window, and the backward from idx alone (x is not
 // passed) the same dx as the rule.
@@ -120,7 +121,8 @@ void case_pool(unsigned n, unsigned c, unsigned h, unsigned w, unsigned k, bool 
             // (std::vector's buffers are 16-byte aligned here, as the Rust side requires);
             // 16-byte units, one thread per window and group.
             static_assert(sizeof(uint4) == 16 && sizeof(uint2) == 8);
-            const auto vcfg = emu::for_num_elems(unsigned(yn / K::lanes));
+            const unsigned groups = unsigned(yn / K::lanes);
+            const emu::Config vcfg{dim3(std::max(1u, (groups + 255) / 256)), dim3(256)};
             for (int small_grid = 0; small_grid < 2; ++small_grid) {
                 const dim3 grid = small_grid ? dim3(std::min(2u, vcfg.grid.x)) : vcfg.grid, block = small_grid ? dim3(32) : vcfg.block;
                 const std::string tag = std::string(" vectorised") + (small_grid ? " (2x32 threads, grid-stride)" : "");
