@@ -69,6 +69,31 @@ pub enum ConvSearch {
 /// A graph-API convolution plan, shared by the calls that run it, or why cuDNN has none.
 pub type GraphChoice = std::result::Result<Arc<crate::cudnn_graph::ConvGraph>, String>;
 
+/// The launch of a grid-stride kernel `f` (one whose every thread loops `i += blockDim.x ·
+/// gridDim.x`, so that any grid is correct) over `n` items: [`grid_stride_config`] with the
+/// most threads per block the driver allows `f` (`CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK`,
+/// 1024 if it cannot say). Every such kernel of `ptx/` uses at most 56 registers on sm_90 and
+/// gets 1024-thread blocks; one that grew past 64 registers gets smaller blocks instead of the
+/// driver's refusal of a 1024-thread block (`CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`, which the
+/// H100 session of 2026-11-26 met in batch norm + ReLU's NCHW 16-byte pass).
+pub fn grid_stride_launch(f: &CudaFunction, n: u32) -> cudarc::driver::LaunchConfig {
+    grid_stride_config(n, max_threads_per_block(f))
+}
+
+/// The most threads per block the driver allows kernel `f` (its registers and shared memory
+/// decide), or 1024 if it cannot say.
+pub fn max_threads_per_block(f: &CudaFunction) -> u32 {
+    use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK;
+    f.get_attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK).ok().and_then(|t| u32::try_from(t).ok()).unwrap_or(1024)
+}
+
+/// One thread per item of `n` (at least one block) in blocks of `max_threads` rounded down to
+/// whole warps, at most 1024 and at least 32: with 1024, cudarc's `for_num_elems`.
+pub fn grid_stride_config(n: u32, max_threads: u32) -> cudarc::driver::LaunchConfig {
+    let threads = (max_threads.min(1024) / 32 * 32).max(32);
+    cudarc::driver::LaunchConfig { grid_dim: (n.max(1).div_ceil(threads), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// [`CudaDevice::set_bnr_max_blocks`]'s value for "one wave": as many blocks as the GPU keeps
 /// resident at once for the kernel launched (SMs times its occupancy).
 pub const BNR_ONE_WAVE: u32 = u32::MAX;
@@ -1277,5 +1302,29 @@ impl Drop for DeviceGraph {
                     self.dev.held.fetch_sub(b.len() as u64, Ordering::Relaxed);
                 }
             }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid_stride_config;
+    use cudarc::driver::LaunchConfig;
+
+    /// Grid-stride launches: with 1024 threads allowed, cudarc's `for_num_elems` (what every
+    /// kernel of `ptx/` gets today); with fewer, blocks of whole warps within the limit, one
+    /// thread per item and no whole block idle; at least one block of 32 whatever the limit.
+    #[test]
+    fn grid_stride_launches_fit_the_kernels_limit() {
+        for n in [0u32, 1, 31, 1024, 1025, 50_000, 16 << 20] {
+            let l = grid_stride_config(n, 1024);
+            let want = LaunchConfig::for_num_elems(n.max(1));
+            assert_eq!((l.grid_dim, l.block_dim), (want.grid_dim, want.block_dim), "n = {n}");
+            for (limit, block) in [(576u32, 576u32), (1000, 992), (2048, 1024), (40, 32), (0, 32)] {
+                let l = grid_stride_config(n, limit);
+                assert_eq!(l.block_dim, (block, 1, 1), "n = {n}, limit {limit}");
+                let threads = l.grid_dim.0 * block;
+                assert!(threads >= n && (threads - n.max(1)) < block, "n = {n}, limit {limit}: {threads} threads");
+            }
+        }
     }
 }

@@ -372,7 +372,7 @@ fn cuda_accumulate(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
 /// `accumulate_bf16_x8` (the same results) where both buffers are 16-byte aligned and the
 /// device allows 16-byte kernels (`CudaDevice::vector_kernels`).
 fn launch_accumulate_bf16(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use cudarc::driver::PushKernelArg;
     let dev = a.dev().clone();
     let n = u32::try_from(a.len()).map_err(|_| Error::Invalid(format!("{} elements exceed the kernels' 32-bit counts", a.len())))?;
     let x8 = (a.ptr() as u64).is_multiple_of(16) && (b.ptr() as u64).is_multiple_of(16) && dev.vector_kernels();
@@ -383,7 +383,7 @@ fn launch_accumulate_bf16(a: &mut CudaBuffer, b: &CudaBuffer) -> Result<()> {
     launch.arg(&mut av).arg(&bv).arg(&n);
     // SAFETY: accumulate_bf16[_x8](bf16* a, const bf16* b, unsigned n); both hold n bf16 (checked by
     // the caller), 16-byte aligned for _x8; any grid is correct (grid-stride loops).
-    unsafe { launch.launch(LaunchConfig::for_num_elems(threads.max(1))) }.map_err(crate::cuda::driver_err("accumulate_bf16"))?;
+    unsafe { launch.launch(crate::cuda::grid_stride_launch(&f, threads)) }.map_err(crate::cuda::driver_err("accumulate_bf16"))?;
     Ok(())
 }
 
@@ -399,7 +399,7 @@ pub fn bf16_to_f32(h: u16) -> f32 {
 }
 
 fn launch_accumulate<T: Float + cudarc::driver::DeviceRepr>(a: &mut CudaBuffer, b: &CudaBuffer, kernel: &'static str) -> Result<()> {
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use cudarc::driver::PushKernelArg;
     let dev = a.dev().clone();
     let n = u32::try_from(a.len()).map_err(|_| Error::Invalid(format!("{} elements exceed the kernels' 32-bit counts", a.len())))?;
     let f = dev.function("elementwise.cu", ELEMENTWISE_CU, kernel)?;
@@ -408,7 +408,7 @@ fn launch_accumulate<T: Float + cudarc::driver::DeviceRepr>(a: &mut CudaBuffer, 
     launch.arg(&mut av).arg(&bv).arg(&n);
     // SAFETY: `accumulate(T* a, const T* b, unsigned int n)` reads and writes n elements of
     // buffers that both hold n of type T (shapes and dtypes checked by the caller and `view`).
-    unsafe { launch.launch(LaunchConfig::for_num_elems(n.max(1))) }.map_err(crate::cuda::driver_err(kernel))?;
+    unsafe { launch.launch(crate::cuda::grid_stride_launch(&f, n)) }.map_err(crate::cuda::driver_err(kernel))?;
     Ok(())
 }
 

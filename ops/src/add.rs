@@ -48,7 +48,7 @@ fn forward_cuda_t<T: Elem>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&av).arg(&bv).arg(&mut yv).arg(&n);
     // SAFETY: add(const T* a, const T* b, T* y, unsigned n); all hold n (shapes and dtypes checked).
-    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("add"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, n)) }.map_err(crate::cuda::launch_err("add"))?;
     crate::cuda::like(a, y)
 }
 

@@ -63,7 +63,7 @@ pub fn augment_batch(
     }
     // SAFETY: augment_batch(data, idx [n], params [5n], out [n*3072], labels [n], n, mean0..2, std0..2);
     // the lengths are checked above, and every idx is a record of `data` (the caller's contract).
-    unsafe { launch.launch(crate::cuda::grid(crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("augment_batch"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("augment_batch"))?;
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }
 
@@ -90,6 +90,6 @@ pub fn normalize_batch(
         launch.arg(v);
     }
     // SAFETY: normalize_batch(data, idx [n], out [n*3072], labels [n], n, flip, mean0..2, std0..2), as above.
-    unsafe { launch.launch(crate::cuda::grid(crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("normalize_batch"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("normalize_batch"))?;
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }

@@ -320,15 +320,16 @@ fn vec_width(geo: &Geometry, dt: DType, ptrs: &[u64]) -> Option<u32> {
 /// 256) and reads their per-channel values once. The kernels check the stride themselves and
 /// otherwise read the per-channel values per element. NCHW 16-byte passes: one thread per
 /// 16-byte group, also in blocks of [`NCHW_THREADS`], uncapped. The scalar passes: one thread
-/// per element, in cudarc's 1024-thread blocks.
+/// per element, in 1024-thread blocks or as many threads as the kernel allows if fewer
+/// (`scalar_threads`: [`engine::cuda::max_threads_per_block`]).
 ///
 /// Why no 16-byte pass runs in 1024-thread blocks: by ptxas (sm_90, 2026-11-26) the backward
 /// pass uses 111 registers per thread, and 1024 such threads need 113,664 of an SM's 65,536,
 /// so the driver refuses the launch (`CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`; the H100 session of
 /// 2026-11-26 hit it on NCHW f32). 256 threads fit any count up to the 255-register maximum.
-fn elementwise_launch(geo: &Geometry, width: Option<u32>, max_blocks: u32) -> LaunchConfig {
+fn elementwise_launch(geo: &Geometry, width: Option<u32>, max_blocks: u32, scalar_threads: u32) -> LaunchConfig {
     debug_assert!(max_blocks != engine::cuda::BNR_ONE_WAVE, "resolve the one-wave cap first (block_cap)");
-    let Some(w) = width else { return crate::cuda::grid(geo.total) };
+    let Some(w) = width else { return engine::cuda::grid_stride_config(geo.total, scalar_threads) };
     let need = (geo.total / w).div_ceil(NCHW_THREADS).max(1);
     let blocks = if max_blocks == 0 || !geo.nhwc { need } else { need.min(max_blocks) };
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (NCHW_THREADS, 1, 1), shared_mem_bytes: 0 }
@@ -456,7 +457,7 @@ fn apply_cuda(dev: &Arc<CudaDevice>, x: &Tensor, geo: &Geometry, sp: u64, skip: 
     // SAFETY: bnr_apply[_vec](x [total], stats [4c], skip [total] or null, y [total], total, c,
     // hw, nhwc); the _vec kernels only where vec_width found the buffers aligned and the
     // channel pattern shared.
-    unsafe { launch.launch(elementwise_launch(geo, width, block_cap(dev, &name, &f))) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
+    unsafe { launch.launch(elementwise_launch(geo, width, block_cap(dev, &name, &f), engine::cuda::max_threads_per_block(&f))) }.map_err(crate::cuda::launch_err("bnr_apply"))?;
     crate::cuda::like(x, y)
 }
 
@@ -480,7 +481,7 @@ fn eval_forward_cuda(x: &Tensor, gamma: &Tensor, beta: &Tensor, skip: Option<&Te
     launch.arg(&geo.c).arg(&sp);
     // SAFETY: bnr_eval_stats(gamma, beta, running_mean, running_var [c], eps, c, stats [4c]), all
     // of the statistics' type A (checked by batch_norm::check).
-    unsafe { launch.launch(crate::cuda::grid(geo.c)) }.map_err(crate::cuda::launch_err("bnr_eval_stats"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, geo.c)) }.map_err(crate::cuda::launch_err("bnr_eval_stats"))?;
     apply_cuda(&dev, x, &geo, sp, skip)
 }
 
@@ -527,7 +528,7 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
     launch.arg(&xp).arg(&dyp).arg(&sp).arg(&cp).arg(&dxp).arg(&geo.total).arg(&geo.c).arg(&geo.hw).arg(&nhwc);
     // SAFETY: bnr_bwd_apply[_vec](x, dy [total], stats [4c], coef [3c], dx [total], total, c, hw,
     // nhwc); the _vec kernels only where vec_width allowed them.
-    unsafe { launch.launch(elementwise_launch(&geo, width, block_cap(&dev, &name, &f))) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
+    unsafe { launch.launch(elementwise_launch(&geo, width, block_cap(&dev, &name, &f), engine::cuda::max_threads_per_block(&f))) }.map_err(crate::cuda::launch_err("bnr_bwd_apply"))?;
     Ok((crate::cuda::like(x, dx)?, Tensor::from_cuda(&[c], dgamma)?, Tensor::from_cuda(&[c], dbeta)?))
 }
 
@@ -677,7 +678,7 @@ mod tests {
         for (n, c, hw) in [(512u32, 64u32, 1024u32), (512, 128, 256), (512, 256, 64), (512, 512, 16), (336, 512, 16), (336, 64, 1024)] {
             for width in [8u32, 4] {
                 let geo = Geometry { n, c, hw, total: n * c * hw, nhwc: true, reduce: Reduce::NhwcVec, splits: 1 };
-                let l = elementwise_launch(&geo, Some(width), 1024);
+                let l = elementwise_launch(&geo, Some(width), 1024, 1024);
                 let threads = l.grid_dim.0 * l.block_dim.0;
                 assert!(l.grid_dim.0 <= 1024 && l.block_dim.0 == NCHW_THREADS, "C={c} width {width}");
                 assert_eq!(threads % (c / width), 0, "C={c} width {width}: a thread's groups change channels");
@@ -688,14 +689,17 @@ mod tests {
         // (the backward pass's 111 registers cannot run 1024 threads per block).
         let geo = Geometry { n: 2, c: 64, hw: 1024, total: 2 * 64 * 1024, nhwc: false, reduce: Reduce::Nchw, splits: 1 };
         for cap in [0, 16, 1024] {
-            let l = elementwise_launch(&geo, Some(8), cap);
+            let l = elementwise_launch(&geo, Some(8), cap, 1024);
             assert_eq!(l.block_dim.0, NCHW_THREADS, "cap {cap}");
             assert_eq!(l.grid_dim.0 * l.block_dim.0, 2 * 64 * 1024 / 8, "cap {cap}");
         }
         let nhwc = Geometry { nhwc: true, ..geo };
-        assert_eq!(elementwise_launch(&nhwc, None, 1024).grid_dim.0 * 1024, 2 * 64 * 1024);
+        assert_eq!(elementwise_launch(&nhwc, None, 1024, 1024).grid_dim.0 * 1024, 2 * 64 * 1024);
+        // A scalar kernel allowed fewer threads per block (its registers) gets such blocks.
+        let l = elementwise_launch(&nhwc, None, 1024, 576);
+        assert_eq!((l.block_dim.0, l.grid_dim.0), (576, (2 * 64 * 1024u32).div_ceil(576)));
         // No cap (0): one thread per 16-byte group, in 256-thread blocks.
-        assert_eq!(elementwise_launch(&nhwc, Some(8), 0).grid_dim.0 * 256, 2 * 64 * 1024 / 8);
+        assert_eq!(elementwise_launch(&nhwc, Some(8), 0, 1024).grid_dim.0 * 256, 2 * 64 * 1024 / 8);
     }
 
     /// Split counts: at least one, within each kind's clamp, and for the vectorised kernels at

@@ -55,7 +55,7 @@ fn launch_cast<I: cudarc::driver::DeviceRepr, O: cudarc::driver::DeviceRepr>(x: 
     launch.arg(&xv).arg(&mut yv).arg(&n);
     // SAFETY: f32_to_bf16 / bf16_to_f32 (const src* x, dst* y, unsigned n); x and y hold n
     // elements of the sizes the views checked.
-    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err(kernel))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, n)) }.map_err(crate::cuda::launch_err(kernel))?;
     crate::cuda::like(x, y)
 }
 

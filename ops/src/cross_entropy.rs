@@ -173,7 +173,7 @@ fn forward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T) -> R
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&zv).arg(&labels).arg(&mut rv).arg(&n).arg(&k).arg(&smoothing);
     // SAFETY: cross_entropy_forward(logits [n,k], labels [n], loss [n], n, k, smoothing); sizes as allocated/checked.
-    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_forward"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, n)) }.map_err(crate::cuda::launch_err("cross_entropy_forward"))?;
     let (scale, accumulate) = (T::one() / T::of(n as f64), 0i32);
     let f = crate::cuda::function_for::<T>(&dev, "reduce.cu", "sum_reduce")?;
     let (rv, mut lv) = (rows.view::<T>()?, loss.view_mut::<T>()?);
@@ -201,7 +201,7 @@ fn backward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T, dlo
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&zv).arg(&labels).arg(&mut dzv).arg(&n).arg(&k).arg(&smoothing).arg(&dlv).arg(&inv_n);
     // SAFETY: cross_entropy_backward(logits [n,k], labels [n], dlogits [n,k], n, k, smoothing, dloss [1], inv_n).
-    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("cross_entropy_backward"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, n)) }.map_err(crate::cuda::launch_err("cross_entropy_backward"))?;
     Tensor::from_cuda(z.shape(), dz)
 }
 

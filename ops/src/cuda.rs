@@ -24,15 +24,16 @@ pub(crate) fn count(n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::Invalid(format!("{n} elements exceed the kernels' 32-bit counts")))
 }
 
-/// A launch of 1024-thread blocks (cudarc's `for_num_elems`) covering `n` elements once (the
-/// kernels loop with a grid stride, so any grid is correct; this one gives each thread one
-/// element). Every kernel of `ptx/` launched this way uses at most 56 registers per thread on
-/// sm_90 (`ptxas -v`, 2026-11-26), within the 64 that 1024-thread blocks allow. Those with
-/// more (batch norm + ReLU's 16-byte passes: 64 to 111; its vectorised backward sums: 72 and
-/// 96) launch in blocks of 256: a 1024-thread block of a kernel above 64 registers is refused
-/// with `CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES`.
-pub(crate) fn grid(n: u32) -> LaunchConfig {
-    LaunchConfig::for_num_elems(n.max(1))
+/// A launch of grid-stride kernel `f` covering `n` elements once (the kernels loop with a grid
+/// stride, so any grid is correct; this one gives each thread one element): 1024-thread blocks
+/// (cudarc's `for_num_elems`), or fewer threads per block where the kernel's registers allow
+/// fewer ([`engine::cuda::grid_stride_launch`]). Every kernel of `ptx/` launched this way uses
+/// at most 56 registers per thread on sm_90 (`ptxas -v`, 2026-11-26), within the 64 that
+/// 1024-thread blocks allow. Those with more (batch norm + ReLU's 16-byte passes: 64 to 111;
+/// its vectorised backward sums: 72 and 96; the first convolution's weight gradient: 80) launch
+/// in blocks of 256 of their own.
+pub(crate) fn grid(f: &CudaFunction, n: u32) -> LaunchConfig {
+    engine::cuda::grid_stride_launch(f, n)
 }
 
 /// Each tensor's first block in a one-row grid where tensor t owns ⌈n_t / per_block⌉
@@ -124,6 +125,6 @@ pub(crate) fn bf16_map(kernel: &'static str, x8: Option<&'static str>, inputs: &
     // SAFETY: the bf16.cu kernels take (const bf16* in..., bf16* out, unsigned n); every buffer
     // holds n bf16 (the callers check the shapes; view_bf16 checks the element type); the _x8
     // kernels only with every buffer 16-byte aligned. Any grid is correct (grid-stride loops).
-    unsafe { launch.launch(grid(threads)) }.map_err(launch_err(kernel))?;
+    unsafe { launch.launch(grid(&f, threads)) }.map_err(launch_err(kernel))?;
     like(first, out)
 }

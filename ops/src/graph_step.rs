@@ -86,6 +86,6 @@ pub fn stage_batch(dev: &Arc<CudaDevice>, step: &CudaSlice<u32>, epoch: &EpochAr
     // SAFETY: stage_batch(step [1], idx_all [total], params_all [5 total], labels_all [total], lrs [steps],
     // n, total, steps, idx_out [n], params_out [5n], labels_out [n], lr_out [1]): lengths checked above;
     // the kernel clamps its reads to the arrays.
-    unsafe { launch.launch(crate::cuda::grid(nn)) }.map_err(crate::cuda::launch_err("stage_batch"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, nn)) }.map_err(crate::cuda::launch_err("stage_batch"))?;
     Ok(())
 }

@@ -77,7 +77,7 @@ fn launch<U: cudarc::driver::DeviceRepr>(x: &Tensor, layout: Layout, kernel: &st
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&xv).arg(&mut yv).arg(&n).arg(&c).arg(&hw);
     // SAFETY: the layout kernels read and write n·c·hw elements of U's size; x and y hold that many.
-    unsafe { launch.launch(crate::cuda::grid(total)) }.map_err(|e| Error::Cuda { op: "layout conversion", msg: format!("{kernel}: {e}") })?;
+    unsafe { launch.launch(crate::cuda::grid(&f, total)) }.map_err(|e| Error::Cuda { op: "layout conversion", msg: format!("{kernel}: {e}") })?;
     Tensor::from_cuda(s, y)?.with_layout(layout)
 }
 

@@ -274,7 +274,7 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
     // SAFETY: the kernel for this element type reads x (n·c·h·w elements) and dy (one per
     // window) and writes dx (as x); the buffers hold those counts (shapes, types and layouts
     // checked above).
-    let launched = unsafe { launch.launch(crate::cuda::grid(count(dy.numel())?)) };
+    let launched = unsafe { launch.launch(crate::cuda::grid(&f, count(dy.numel())?)) };
     launched.map_err(crate::cuda::launch_err(kernel))?;
     crate::cuda::like(x, dx)
 }

@@ -78,7 +78,7 @@ fn forward_cuda_t<T: Elem>(x: &Tensor) -> Result<Tensor> {
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&xv).arg(&mut yv).arg(&n);
     // SAFETY: relu_forward(const T* x, T* y, unsigned n) touches n elements of each; both hold n.
-    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_forward"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, n)) }.map_err(crate::cuda::launch_err("relu_forward"))?;
     crate::cuda::like(x, y)
 }
 
@@ -92,7 +92,7 @@ fn backward_cuda_t<T: Elem>(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&yv).arg(&dyv).arg(&mut dxv).arg(&n);
     // SAFETY: relu_backward(const T* y, const T* dy, T* dx, unsigned n); all hold n (shapes and dtypes checked).
-    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("relu_backward"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, n)) }.map_err(crate::cuda::launch_err("relu_backward"))?;
     crate::cuda::like(y, dx)
 }
 

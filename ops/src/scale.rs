@@ -46,7 +46,7 @@ fn forward_cuda_t<T: Elem>(x: &Tensor, alpha: T) -> Result<Tensor> {
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&xv).arg(&mut yv).arg(&n).arg(&alpha);
     // SAFETY: scale(const T* x, T* y, unsigned n, T alpha); x and y hold n.
-    unsafe { launch.launch(crate::cuda::grid(n)) }.map_err(crate::cuda::launch_err("scale"))?;
+    unsafe { launch.launch(crate::cuda::grid(&f, n)) }.map_err(crate::cuda::launch_err("scale"))?;
     crate::cuda::like(x, y)
 }
 
