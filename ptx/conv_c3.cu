@@ -14,8 +14,9 @@
 // of 512) and its cost is moving y (67 MB at batch 512) and dy, but on an H100 (2026-11-26,
 // bench/results/h100-2026-11-26/build-02dad36/profile.txt) cuDNN's forward took 0.23 ms and
 // its weight gradient 0.20 ms per step, where those bytes take about 0.02 ms each at the
-// memory's rate: 12% of the training step for 0.3% of its arithmetic. PyTorch's cuDNN call
-// took 0.08 ms for the same forward.
+// memory's rate: 12% of the training step for 0.3% of its arithmetic. PyTorch's forward of
+// it took about 0.1 ms there (by subtraction: the kernels of its other seven forward
+// convolutions sum to 0.61 of its 0.70 ms).
 //
 // What these kernels should take at batch 512 on an H100 (estimates from its figures, not
 // measured): the forward writes 67 MB (0.02 ms at ~3 TB/s) and makes 0.9 G fused
