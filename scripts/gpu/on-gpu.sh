@@ -66,6 +66,14 @@ stage() {
         (cd /root/cifar10 && sha256sum -c "$repo/$d/sums.txt") || { echo "on-gpu.sh: $d unpacked wrong" >&2; exit 3; }
     done
     ls -la /root/cifar10 /root/devbin
+    # The official CIFAR-10 files, if this machine has them anywhere (a torchvision cache, say):
+    # ../shared/cifar10 is decoded from JPEG, and one run on the originals would say what that
+    # costs (issue 6). Either version will do: bench/cifar_py_to_bin.py rewrites the python one.
+    # Once per machine (both staging calls run `stage`).
+    [ -f "$RES/cifar-search-$day.txt" ] || { echo "== official CIFAR-10 copies on this machine (up to 20 s of searching)";
+      timeout 20 find / -xdev \( -path /proc -o -path /sys -o -path /root/cifar10 \) -prune -o \
+          \( -name 'cifar-10-batches-bin' -o -name 'cifar-10-batches-py' -o -name 'cifar-10-*.tar.gz' \) -print 2>/dev/null;
+      echo "== (end of list)"; } | tee "$RES/cifar-search-$day.txt"
     # Our binaries were built elsewhere: check at once that this machine's C library runs them.
     if [ -x /root/devbin/model ]; then
         ldd --version 2>&1 | head -n 1
