@@ -51,6 +51,26 @@ __device__ __forceinline__ unsigned int c3_narrow(float v)
 #define C3_THREADS 256   // threads per block of every kernel here (launched with exactly this)
 #define C3_ROWS 8        // wgrad: rows of 32 threads per block, each row one pixel at a time
 
+// Calls take(tap, value) for each input of pixel pix's 3x3 window (pix = (b*H + i)*W + j) that
+// lies inside the image, in (r, s, c) order, tap = (r*3 + s)*3 + c, the value widened to f32;
+// the taps over the zero padding are skipped (they would add 0). Both kernels' sums run
+// through here, so they visit each window in the same order.
+template <typename Take>
+__device__ __forceinline__ void c3_window(const bf16* x, unsigned int pix, unsigned int h, unsigned int wd, Take take)
+{
+    const unsigned int j = pix % wd, i = (pix / wd) % h, b = pix / (wd * h);
+    for (int r = 0; r < 3; ++r) {
+        const int ii = (int)i + r - 1;
+        if (ii < 0 || ii >= (int)h) continue;
+        for (int s = 0; s < 3; ++s) {
+            const int jj = (int)j + s - 1;
+            if (jj < 0 || jj >= (int)wd) continue;
+            const unsigned int at = ((b * h + (unsigned int)ii) * wd + (unsigned int)jj) * 3;
+            for (int c = 0; c < 3; ++c) take((r * 3 + s) * 3 + c, c3_widen(x[at + c]));
+        }
+    }
+}
+
 // Forward: ONE THREAD per pixel and group of 8 output channels (one 16-byte store of y); the
 // thread index e runs over y in 16-byte units, e = pixel * (O/8) + group, so neighbouring
 // threads write neighbouring bytes. The weights are widened once per block into shared
@@ -68,23 +88,12 @@ extern "C" __global__ void conv3x3_c3_forward_bf16(const bf16* x, const bf16* w,
     const unsigned int total = n * h * wd * groups;
     for (unsigned int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += blockDim.x * gridDim.x) {
         const unsigned int g = e % groups, pix = e / groups;
-        const unsigned int j = pix % wd, i = (pix / wd) % h, b = pix / (wd * h);
         float acc[8];
         for (int l = 0; l < 8; ++l) acc[l] = 0.0f;
-        for (int r = 0; r < 3; ++r) {
-            const int ii = (int)i + r - 1;
-            if (ii < 0 || ii >= (int)h) continue;
-            for (int s = 0; s < 3; ++s) {
-                const int jj = (int)j + s - 1;
-                if (jj < 0 || jj >= (int)wd) continue;
-                const unsigned int at = ((b * h + (unsigned int)ii) * wd + (unsigned int)jj) * 3;
-                for (int c = 0; c < 3; ++c) {
-                    const float xv = c3_widen(x[at + c]);
-                    const float* wt = ws + ((r * 3 + s) * 3 + c) * C3_MAX_O + g * 8;
-                    for (int l = 0; l < 8; ++l) acc[l] = __fmaf_rn(xv, wt[l], acc[l]);
-                }
-            }
-        }
+        c3_window(x, pix, h, wd, [&](int tap, float xv) {
+            const float* wt = ws + tap * C3_MAX_O + g * 8;
+            for (int l = 0; l < 8; ++l) acc[l] = __fmaf_rn(xv, wt[l], acc[l]);
+        });
         unsigned int out[4];
         for (int m = 0; m < 4; ++m) out[m] = c3_narrow(acc[2 * m]) | (c3_narrow(acc[2 * m + 1]) << 16);
         y[e] = uint4{out[0], out[1], out[2], out[3]};
@@ -96,8 +105,10 @@ extern "C" __global__ void conv3x3_c3_forward_bf16(const bf16* x, const bf16* w,
 // channels 2*lane and 2*lane + 1 (lanes past O/2 add nothing) and the row takes pixels
 // blockIdx.x*C3_ROWS + row, then a grid's worth of rows further, and so on. Each row reads
 // its pixel's O values of dy once (32 threads, one bf16 pair each) and the pixel's 27 inputs
-// (the same addresses for the whole row).
-extern "C" __global__ void conv3x3_c3_wgrad_partial_bf16(const bf16* x, const unsigned int* dy, float* partial, unsigned int n,
+// (the same addresses for the whole row). Launch bounds: 256 threads, three blocks per SM, so
+// ptxas keeps the 54 sums and the rest within 80 registers (without them it took 86, which
+// leaves room for two blocks).
+extern "C" __global__ void __launch_bounds__(C3_THREADS, 3) conv3x3_c3_wgrad_partial_bf16(const bf16* x, const unsigned int* dy, float* partial, unsigned int n,
                                                          unsigned int h, unsigned int wd, unsigned int o)
 {
     __shared__ float red[C3_ROWS / 2][C3_TAPS * C3_MAX_O];
@@ -107,24 +118,12 @@ extern "C" __global__ void conv3x3_c3_wgrad_partial_bf16(const bf16* x, const un
     for (int t = 0; t < C3_TAPS; ++t) acc[t][0] = acc[t][1] = 0.0f;
     const unsigned int pixels = n * h * wd;
     for (unsigned int pix = blockIdx.x * C3_ROWS + row; mine && pix < pixels; pix += gridDim.x * C3_ROWS) {
-        const unsigned int j = pix % wd, i = (pix / wd) % h, b = pix / (wd * h);
         const unsigned int d = dy[pix * (o / 2) + lane];
         const float d0 = c3_widen((bf16)(d & 0xffffu)), d1 = c3_widen((bf16)(d >> 16));
-        for (int r = 0; r < 3; ++r) {
-            const int ii = (int)i + r - 1;
-            if (ii < 0 || ii >= (int)h) continue;
-            for (int s = 0; s < 3; ++s) {
-                const int jj = (int)j + s - 1;
-                if (jj < 0 || jj >= (int)wd) continue;
-                const unsigned int at = ((b * h + (unsigned int)ii) * wd + (unsigned int)jj) * 3;
-                for (int c = 0; c < 3; ++c) {
-                    const float xv = c3_widen(x[at + c]);
-                    const int tap = (r * 3 + s) * 3 + c;
-                    acc[tap][0] = __fmaf_rn(xv, d0, acc[tap][0]);
-                    acc[tap][1] = __fmaf_rn(xv, d1, acc[tap][1]);
-                }
-            }
-        }
+        c3_window(x, pix, h, wd, [&](int tap, float xv) {
+            acc[tap][0] = __fmaf_rn(xv, d0, acc[tap][0]);
+            acc[tap][1] = __fmaf_rn(xv, d1, acc[tap][1]);
+        });
     }
     // The block's rows in a fixed tree: rows 0-3 store, rows 4-7 add theirs to row - 4's, then
     // (0 + 1) + (2 + 3).

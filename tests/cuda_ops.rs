@@ -29,6 +29,18 @@ fn close(what: &str, gpu: &Tensor, cpu: &Tensor, rtol: f64) {
     assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
 }
 
+/// `got` against `want`, each brought to NCHW f64 on the host (any device, layout and type):
+/// the largest absolute difference must be within `rtol` of `want`'s largest value. Returns the
+/// difference relative to that value.
+fn close_nchw(what: &str, got: &Tensor, want: &Tensor, rtol: f64) -> f64 {
+    let host = |t: &Tensor| ops::layout::forward(t, engine::Layout::Nchw).unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F64);
+    let (got, want) = (host(got), host(want));
+    let scale = want.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let err = got.max_abs_diff(&want).unwrap();
+    assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+    err / scale
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn elementwise_ops_match_the_cpu_exactly() {
@@ -668,12 +680,8 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
     cd.set_allow_tf32(false);
     let p = ops::conv2d::Conv2dParams { stride: 1, padding: 1 };
     // GPU tensors, in NCHW f64 on the host, compared relative to the reference's largest value.
-    let host = |t: &Tensor| to_layout(t, Layout::Nchw).unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F64);
     let close = |what: &str, got: &Tensor, want: &Tensor, rtol: f64| {
-        let (got, want) = (host(got), host(want));
-        let scale = want.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-        let err = got.max_abs_diff(&want).unwrap();
-        assert!(err <= rtol * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+        close_nchw(what, got, want, rtol);
     };
     for (dt, tol) in [(DType::BF16, 1e-2), (DType::F32, 2e-4)] {
         let on = |t: &Tensor, layout: Layout| to_layout(&t.to_dtype(dt).to_device(&dev).unwrap(), layout).unwrap();
@@ -720,13 +728,9 @@ fn first_conv_direct_kernels_match_the_cpu_and_cudnn() {
     let dev = gpu();
     let cd = cuda_dev(&dev);
     let p = Conv2dParams { stride: 1, padding: 1 };
-    let host = |t: &Tensor| to_layout(t, Layout::Nchw).unwrap().to_device(&Device::Cpu).unwrap().to_dtype(DType::F64);
     let close = |what: &str, got: &Tensor, want: &Tensor| {
-        let (got, want) = (host(got), host(want));
-        let scale = want.to_f64_vec().iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-        let err = got.max_abs_diff(&want).unwrap();
-        eprintln!("{what}: max abs difference {err:e}, relative {:e}", err / scale);
-        assert!(err <= 1e-2 * scale, "{what}: max abs difference {err:e}, largest value {scale:e}");
+        let rel = close_nchw(what, got, want, 1e-2);
+        eprintln!("{what}: largest difference {rel:e} of the largest value");
     };
     for (xs, o, seed) in [([64usize, 3, 32, 32], 64usize, 1500u64), ([7, 3, 9, 13], 16, 1510)] {
         let bf = |t: Tensor| t.to_dtype(DType::BF16);

@@ -146,7 +146,7 @@ pub struct CudaDevice {
     /// so far (β = 1); see [`CudaDevice::add_into_refusal`].
     add_into_refusal: Mutex<Option<String>>,
     /// Blocks per SM the occupancy calculator allowed, by kernel name and block size; see
-    /// [`CudaDevice::resident_blocks`].
+    /// [`CudaDevice::one_wave`].
     resident_blocks: Mutex<HashMap<(String, u32), u32>>,
     /// Free blocks, graph reservations and the bytes in use (PyTorch's `memory_allocated`).
     pool: Mutex<BlockPool<CudaSlice<u8>>>,
@@ -630,19 +630,29 @@ impl CudaDevice {
         self.sm_count
     }
 
-    /// How many blocks of `threads` threads one SM keeps resident for kernel `name` (`f`),
-    /// from the driver's occupancy calculator (registers, shared memory): asked once per
-    /// kernel and block size, then kept, so that a launch sized by it costs no driver query.
-    pub fn resident_blocks(&self, name: &str, threads: u32, f: &cudarc::driver::CudaFunction) -> Result<u32> {
+    /// One wave of blocks of `threads` threads of kernel `name` (`f`): the SMs times the blocks
+    /// one SM keeps resident for it, from the driver's occupancy calculator (registers, shared
+    /// memory), asked once per kernel and block size and then kept, so that a launch sized by
+    /// it costs no driver query. If the driver cannot say, 1024 (about one wave of 256-thread
+    /// blocks on an H100 or H200 at 2048 threads per SM).
+    pub fn one_wave(&self, name: &str, threads: u32, f: &cudarc::driver::CudaFunction) -> u32 {
         let key = (name.to_string(), threads);
         // A poisoned lock still holds whole entries (an insert cannot be half done).
         let mut cache = self.resident_blocks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&n) = cache.get(&key) {
-            return Ok(n);
+        let per_sm = match cache.get(&key) {
+            Some(&n) => Some(n),
+            None => match f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None) {
+                Ok(n) => {
+                    cache.insert(key, n);
+                    Some(n)
+                }
+                Err(_) => None,
+            },
+        };
+        match per_sm {
+            Some(n) if n > 0 => n.saturating_mul(self.sm_count),
+            _ => 1024,
         }
-        let n = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None).map_err(driver_err("occupancy"))?;
-        cache.insert(key, n);
-        Ok(n)
     }
 
     /// Allow (the default) or forbid the 16-byte variants of our kernels, which move 8 bf16 or

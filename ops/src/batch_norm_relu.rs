@@ -336,16 +336,11 @@ fn elementwise_launch(geo: &Geometry, width: Option<u32>, max_blocks: u32, scala
 }
 
 /// The device's block cap for the 16-byte passes (`CudaDevice::bnr_max_blocks`), with "one
-/// wave" resolved for kernel `name` (`f`): the SMs times the blocks of [`NCHW_THREADS`] that
-/// one SM keeps resident for it (`CudaDevice::resident_blocks`: the driver's occupancy
-/// calculator, asked once per kernel). If the driver cannot say, 1024 (about one wave on an
-/// H100 or H200 at 2048 threads per SM).
+/// wave" resolved for kernel `name` (`f`) in blocks of [`NCHW_THREADS`]
+/// ([`CudaDevice::one_wave`]).
 fn block_cap(dev: &CudaDevice, name: &str, f: &cudarc::driver::CudaFunction) -> u32 {
     match dev.bnr_max_blocks() {
-        engine::cuda::BNR_ONE_WAVE => match dev.resident_blocks(name, NCHW_THREADS, f) {
-            Ok(per_sm) if per_sm > 0 => per_sm.saturating_mul(dev.sm_count()),
-            _ => 1024,
-        },
+        engine::cuda::BNR_ONE_WAVE => dev.one_wave(name, NCHW_THREADS, f),
         n => n,
     }
 }

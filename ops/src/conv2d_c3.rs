@@ -53,15 +53,9 @@ pub(crate) fn fits(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> boo
         && xs[0] * ws[0] * xs[2] * xs[3] < 1 << 31
 }
 
-/// One wave of 256-thread blocks of kernel `name` (the SMs times the blocks one SM keeps
-/// resident, from the driver's occupancy calculator), at most `need`; 1024 if the driver
-/// cannot say.
+/// One wave of 256-thread blocks of kernel `name` ([`CudaDevice::one_wave`]), at most `need`.
 fn one_wave(dev: &CudaDevice, name: &str, f: &cudarc::driver::CudaFunction, need: u32) -> u32 {
-    let wave = match dev.resident_blocks(name, THREADS, f) {
-        Ok(per_sm) if per_sm > 0 => per_sm.saturating_mul(dev.sm_count()),
-        _ => 1024,
-    };
-    wave.min(need).max(1)
+    dev.one_wave(name, THREADS, f).min(need).max(1)
 }
 
 fn blocks(n: u32) -> LaunchConfig {
@@ -96,15 +90,9 @@ pub(crate) fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// `dw` of `y = conv(x, w)` from `dy`, with w's shape and layout (`[O, 3, 3, 3]`, its memory
-/// order (o, r, s, c)); the caller checked [`fits`] and dy's shape.
+/// order (o, r, s, c)); the caller checked [`fits`], and dy's shape, and that dy has x's type,
+/// device and layout (`conv2d::backward_adding`).
 pub(crate) fn weight_grad(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    if dy.dtype() != DType::BF16 || dy.layout() != Layout::Nhwc {
-        return Err(engine::Error::Invalid(format!(
-            "conv3x3_c3 weight gradient: dy must be bf16 channels-last like x, got {:?} {:?}",
-            dy.dtype(),
-            dy.layout()
-        )));
-    }
     let (xs, o) = (x.shape(), w.shape()[0]);
     let (xb, dyb) = (x.cuda_buffer()?, dy.cuda_buffer()?);
     let dev = xb.dev().clone();

@@ -143,7 +143,7 @@ pub fn forward_cuda(x: &Tensor, k: usize) -> Result<Tensor> {
 /// so an SM holds one 1024-thread block of them (1024 threads) but five or six blocks of 256
 /// (1280 to 1536 threads): more loads in flight per SM.
 fn vec_grid(n: u32) -> cudarc::driver::LaunchConfig {
-    cudarc::driver::LaunchConfig { grid_dim: (n.div_ceil(256).max(1), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    engine::cuda::grid_stride_config(n, 256)
 }
 
 /// `y = max_pool2d(x, k)` and, in NHWC with whole 16-byte groups of channels, the window

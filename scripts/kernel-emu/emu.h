@@ -40,6 +40,7 @@
 #define __forceinline__
 #define __noinline__
 #define __restrict__
+#define __launch_bounds__(...)
 #define __shared__ static
 
 // CUDA's built-in 16-byte vector type (the vectorised passes of batch_norm_relu.cu).
