@@ -735,8 +735,10 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for the table, JSON and logs")
     ap.add_argument("--runs-dir", default="runs", help="our binary's --out: the folder of its run folders")
     ap.add_argument("--python", default=sys.executable, help="the Python that has torch (default: this one)")
-    ap.add_argument("--ours-args", default="", help="extra flags for our `train`, e.g. \"--label-smoothing 0.2\"")
-    ap.add_argument("--torch-args", default="", help="extra flags for train_torch.py")
+    ap.add_argument("--ours-args", action="append", default=[],
+                    help="extra flags for our `train`, e.g. \"--label-smoothing 0.2\" (may be given more than once)")
+    ap.add_argument("--torch-args", action="append", default=[],
+                    help="extra flags for train_torch.py (may be given more than once)")
     ap.add_argument("--timeout-s", type=float, help="kill a run after this many seconds")
     ap.add_argument("--no-smi", action="store_true", help="do not sample nvidia-smi")
     ap.add_argument("--date", default=datetime.date.today().isoformat(), help="date in the file names")
@@ -744,7 +746,8 @@ def parse_args(argv=None):
                     help="rewrite the table and speed JSON from saved side-by-side JSON files, merging their runs "
                          "(e.g. one file per seed from separate calls on the same machine); runs nothing")
     args = ap.parse_args(argv)
-    args.ours_args, args.torch_args = shlex.split(args.ours_args), shlex.split(args.torch_args)
+    args.ours_args = [w for text in args.ours_args for w in shlex.split(text)]
+    args.torch_args = [w for text in args.torch_args for w in shlex.split(text)]
     if not args.from_json:
         if not args.data or (not args.bin and not args.skip_ours):
             ap.error("--data and --bin are required (unless --from-json, or --skip-ours for --bin)")

@@ -10,8 +10,14 @@
 #   bash scripts/gpu/on-gpu.sh torchprof [FLAGS] PyTorch's time per operation and per kernel of the same step
 #                                                (bench/torch_step_profile.py) -> torch-profile-<date>.txt
 #                                                (e.g. torchprof torchprof --fp32: two variants, one call)
-#   bash scripts/gpu/on-gpu.sh degrade [Q]      the staged files re-encoded through JPEG at quality Q (55)
+#   bash scripts/gpu/on-gpu.sh degrade [Q]      the data in use re-encoded through JPEG at quality Q (55)
 #                                                -> /root/cifar10-qQ (e.g. degrade 55 train 9 -- --data /root/cifar10-q55)
+#   bash scripts/gpu/on-gpu.sh official [SEEDS] [-- ARGS]
+#                                                the official CIFAR-10 files, if `stage` found any, checked and
+#                                                prepared (bench/official_cifar.py) -> /root/cifar10-official;
+#                                                the later steps read them; then `train SEEDS` (on the staged
+#                                                copy if none passed), and with them the first seed once more on
+#                                                them re-encoded at JPEG quality 75 (how ../shared/cifar10 was made)
 #   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> lr-find-<date>.txt
 #                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> sanitize-<date>.txt
@@ -40,6 +46,14 @@ mkdir -p "$OUT" "$RES" /root/cifar10 /root/devbin
 # shellcheck source=/dev/null
 source scripts/gpu/env.sh
 export CIFAR10_DIR=/root/cifar10
+# The data the steps read, and a word for their output names: the staged copy (../shared/cifar10,
+# decoded from JPEG) until an `official` step finds the official files.
+DATA=/root/cifar10
+DTAG=""
+# Flags every later `train` and `sbs` adds for our binary: `tests` adds --cudnn-first-conv when the
+# GPU test of our first-convolution kernels did not pass, so that one bad kernel cannot spoil the
+# rest of a call's runs (the `profile` steps keep their own flags: they are the A/B of that kernel).
+OURS_FALLBACK=()
 day="$(date -u +%Y-%m-%d)"
 start=$SECONDS
 
@@ -134,6 +148,11 @@ tests() {
     done
     rm -rf "$tmp"
     grep -E '^test |test result|exit status' "$f"
+    # Not "ok" covers a failure and a crash that ended the binary before the test reported.
+    if ! grep -q 'first_conv_direct_kernels_match_the_cpu_and_cudnn \.\.\. ok' "$f"; then
+        OURS_FALLBACK=(--cudnn-first-conv)
+        echo "on-gpu.sh: first_conv_direct_kernels_match_the_cpu_and_cudnn did not pass: every later train and sbs adds --cudnn-first-conv" | tee -a "$f"
+    fi
 }
 
 # Extra flags for `model train`, e.g. TRAIN_ARGS="--lr-max 0.4 --lr-min 0.04" (word-split).
@@ -152,29 +171,65 @@ train() {
     if [ ${#extra[@]} -gt 0 ]; then
         tag="-$(printf '%s-' "${extra[@]}" | sed -E 's/^-+//; s/[^A-Za-z0-9.]+/-/g; s/-+$//')"
     fi
-    # The staged data unless the flags name another folder (`-- --data /root/cifar10-q55`).
-    local data=(--data /root/cifar10)
+    # The data in use unless the flags name another folder (`-- --data /root/cifar10-q55`).
+    local data=(--data "$DATA")
     for a in "${extra[@]}"; do [ "$a" = "--data" ] && data=(); done
     for s in "${seeds[@]}"; do
-        local log="$RES/train-24ep-$day-seed$s$tag.log" t_s
+        local log="$RES/train-24ep-$day-seed$s$DTAG$tag.log" t_s
         t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 0
-        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train "${data[@]}" --seed "$s" --out "$RES/runs" --name "seed$s$tag" --no-progress "${TRAIN_ARGS[@]}" "${extra[@]}" 2>&1; } | tee "$log"
+        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train "${data[@]}" --seed "$s" --out "$RES/runs" --name "seed$s$DTAG$tag" --no-progress "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}" 2>&1; } | tee "$log"
+        pack
     done
 }
 
-# The staged files re-encoded once more through JPEG at quality Q (bench/jpeg_degrade.py, the
-# JPEG sensitivity check of issue 6) into /root/cifar10-qQ, for `train SEEDS -- --data
-# /root/cifar10-qQ`; needs Pillow in the machine's Python, and says so if it is missing.
+# The data in use re-encoded through JPEG at quality Q (bench/jpeg_degrade.py, the JPEG sensitivity
+# check of issue 6) into $DATA-qQ (/root/cifar10-qQ for the staged copy), for `train SEEDS -- --data
+# /root/cifar10-qQ`; needs Pillow in the machine's Python, and says so (status 1) if it is missing.
 degrade() {
     local q="${1:-55}"
-    python3 -c 'import PIL' 2>/dev/null || { echo "on-gpu.sh: degrade needs Pillow (python3 -c 'import PIL' failed): skipped"; return 0; }
-    { echo "== bench/jpeg_degrade.py --quality $q"; python3 bench/jpeg_degrade.py --data /root/cifar10 --out "/root/cifar10-q$q" --quality "$q" 2>&1; } | tee -a "$RES/jpeg-degrade-$day.txt"
+    python3 -c 'import PIL' 2>/dev/null || { echo "on-gpu.sh: degrade needs Pillow (python3 -c 'import PIL' failed): skipped"; return 1; }
+    { echo "== bench/jpeg_degrade.py --data $DATA --quality $q"; python3 bench/jpeg_degrade.py --data "$DATA" --out "$DATA-q$q" --quality "$q" 2>&1; } | tee -a "$RES/jpeg-degrade-$day.txt"
+}
+
+# `official 21 22 23`: issue 6's deciding runs, whatever the machine holds.
+# 1. bench/official_cifar.py tries the copies `stage` listed (cifar-search-<date>.txt) and prepares
+#    the first that proves to be the official files (published MD5s, or the official record order)
+#    in /root/cifar10-official; its report goes to official-<date>.txt. If one passes, every later
+#    step of the command reads it, and their output names say "official".
+# 2. `train SEEDS [-- ARGS]` on that data (the staged copy if none passed: still issue 6's seeds).
+# 3. With the official files and Pillow: the first seed once more on them re-encoded at JPEG quality
+#    75, as ../shared/cifar10 was made (its SOURCE.md), so that one pair of runs with the same seed
+#    measures what the JPEG round costs; jpeg-degrade-<date>.txt gives its PSNR (about 30.5 dB if the
+#    encoding matches SOURCE.md's).
+official() {
+    local seeds=() rest=() seen="" a
+    for a in "$@"; do
+        if [ -n "$seen" ]; then rest+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
+    done
+    [ ${#rest[@]} -gt 0 ] && rest=(-- "${rest[@]}")
+    local list="$RES/cifar-search-$day.txt"
+    if [ -f "$list" ] && python3 bench/official_cifar.py --candidates "$list" --out /root/cifar10-official 2>&1 | tee "$RES/official-$day.txt"; then
+        DATA=/root/cifar10-official
+        DTAG=-official
+        echo "on-gpu.sh: the steps from here on read the official files in $DATA" | tee -a "$RES/official-$day.txt"
+    else
+        echo "on-gpu.sh: no official CIFAR-10 copy passed; the steps from here on read the staged copy $DATA" | tee -a "$RES/official-$day.txt"
+    fi
+    pack
+    [ ${#seeds[@]} -gt 0 ] || return 0
+    train "${seeds[@]}" "${rest[@]}"
+    [ -n "$DTAG" ] || return 0
+    degrade 75 || return 0
+    local data="$DATA" dtag="$DTAG"
+    DATA="$data-q75" DTAG="$dtag-q75"
+    train "${seeds[0]}" "${rest[@]}"
+    DATA="$data" DTAG="$dtag"
 }
 
 # Each call appends to the day's file, under a line naming its flags.
 profile() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
-    { header; echo "== model profile $*"; timeout "$t_s" /root/devbin/model profile --data /root/cifar10 "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
+    { header; echo "== model profile $*"; timeout "$t_s" /root/devbin/model profile --data "$DATA" "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
 }
 
 # PyTorch's breakdown of the same step (bf16 autocast + channels-last eager unless FLAGS say otherwise),
@@ -187,7 +242,7 @@ torchprof() {
 # The LR range test alone (prints both rules' suggestions; the curve goes to the run folder).
 lrfind() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
-    { header; echo "== model lr-find $*"; timeout "$t_s" /root/devbin/model lr-find --data /root/cifar10 --out "$RES/runs" --no-progress "$@" 2>&1; } | tee -a "$RES/lr-find-$day.txt"
+    { header; echo "== model lr-find $*"; timeout "$t_s" /root/devbin/model lr-find --data "$DATA" --out "$RES/runs" --no-progress "$@" 2>&1; } | tee -a "$RES/lr-find-$day.txt"
 }
 
 # One GPU test binary under compute-sanitizer (memcheck: out-of-bounds and misaligned accesses,
@@ -213,10 +268,11 @@ sbs() {
         if [ -n "$seen" ]; then extra+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
     done
     local t_s; t_s="$(limit 590)"; [ -n "$t_s" ] || return 0
-    local out="$RES/sbs" k=2
-    while [ -e "$out" ]; do out="$RES/sbs-$k"; k=$((k + 1)); done
+    [ ${#OURS_FALLBACK[@]} -gt 0 ] && extra=("--ours-args=${OURS_FALLBACK[*]}" "${extra[@]}")
+    local out="$RES/sbs$DTAG" k=2
+    while [ -e "$out" ]; do out="$RES/sbs$DTAG-$k"; k=$((k + 1)); done
     # --timeout-s: no single run (ours, a PyTorch variant, a compile) may take more than 300 s.
-    timeout "$t_s" python3 bench/side_by_side.py --data /root/cifar10 --bin /root/devbin/model --timeout-s 300 \
+    timeout "$t_s" python3 bench/side_by_side.py --data "$DATA" --bin /root/devbin/model --timeout-s 300 \
         --seeds "${seeds[@]:-0}" --out "$out" --runs-dir "$RES/sbs-runs" --date "$day" "${extra[@]}" 2>&1 \
         | tee -a "$RES/sbs-$day.txt"
 }
@@ -232,7 +288,7 @@ mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile|torchprof|degrade|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
+        stage|tests|train|profile|torchprof|degrade|official|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
