@@ -183,6 +183,53 @@ fn steady_state_training_steps_make_no_driver_allocations() {
     }
 }
 
+/// A step profiled kernel by kernel (`model profile`'s third table) on the GPU's default path:
+/// each operation's interval is cut at our kernels' launches, so the rows name our kernels
+/// under their operations (the first convolution's, the fused batch norm + ReLU's, the SGD
+/// update's), cuDNN's convolutions show as `other`, and per operation the parts add up to its
+/// interval. Once the profile is finished the device records no more events.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_step_profiled_by_kernel_splits_each_operation_at_our_kernels() {
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
+    let cfg = fast_path(TrainConfig { batch_size: 128, width: 0.25, ..TrainConfig::default() }, true);
+    let mut net = ResNet9::new(cfg.width, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(4)).unwrap();
+    net.to_device(&dev).unwrap();
+    cfg.apply_to(&mut net.arch);
+    let mut state = SgdState::default();
+    let order = data::epoch_order(ds.train.len(), 0, 0);
+    let params = train::epoch_aug_params(0, 0, ds.train.len(), false);
+    p.begin_epoch(&ds.train, &order, &params).unwrap();
+    // One step first: plans, modules and pool blocks are made outside the profiled step.
+    let batch = p.train_batch(&ds.train, &order, &params, 0..128, norm).unwrap();
+    train::train_step(&mut net, &mut state, batch, 0.05, &cfg).unwrap();
+    let prof = train::profile_step_by_kernel(&mut net, &mut state, &ds.train, &mut p, &order, &params, 128..256, norm, 0.05, &cfg).unwrap();
+    eprintln!("{}", prof.kernel_table(usize::MAX));
+    let row = |l: &str| prof.kernels.iter().find(|r| r.0 == l).cloned();
+    assert_eq!(row("sgd update: sgd_update_multi").map(|r| r.1), Some(1), "{:?}", prof.kernels);
+    assert_eq!(row("conv2d forward: conv3x3_c3_forward_bf16").map(|r| r.1), Some(1), "the first convolution on our kernel");
+    let other = format!("conv2d forward: {}", engine::profile::OTHER_WORK);
+    assert_eq!(row(&other).map(|r| r.1), Some(8), "every convolution's interval begins with work that is not ours");
+    let bnr: Vec<_> = prof.kernels.iter().filter(|r| r.0.starts_with("batch_norm_relu forward: ") && !r.0.ends_with(engine::profile::OTHER_WORK)).collect();
+    assert!(bnr.len() >= 2, "the fused batch norm + ReLU forward runs at least a statistics and an output kernel: {bnr:?}");
+    // Per operation, its kernel rows add up to its own row (f32 event times; 1 µs per part).
+    for (op, _, ms) in &prof.rows {
+        let parts: Vec<_> = prof.kernels.iter().filter(|r| r.0.starts_with(&format!("{op}: "))).collect();
+        let sum: f64 = parts.iter().map(|r| r.2).sum();
+        let n: usize = parts.iter().map(|r| r.1).sum();
+        assert!((sum - ms).abs() <= 1e-3 * n as f64 + 1e-4 * ms, "{op}: {ms} ms, its parts {sum} ms: {parts:?}");
+    }
+    // The profile is finished: a further step records nothing.
+    let batch = p.train_batch(&ds.train, &order, &params, 256..384, norm).unwrap();
+    train::train_step(&mut net, &mut state, batch, 0.05, &cfg).unwrap();
+    assert!(d.take_kernel_trace().unwrap().is_empty(), "the trace outlived its profile");
+}
+
 /// The speed options of the GPU's default path on `cfg` (with `fast`), else `cfg` as it is.
 fn fast_path(cfg: TrainConfig, fast: bool) -> TrainConfig {
     if fast { TrainConfig { bf16: true, channels_last: true, fused_bn_relu: true, ..cfg } } else { cfg }

@@ -35,7 +35,7 @@
 use crate::cudnn::CudnnHandle;
 use crate::pool::BlockPool;
 use crate::{DType, Error, Float, Result};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr};
 use std::collections::HashMap;
 use std::fmt;
 use std::collections::HashSet;
@@ -169,6 +169,9 @@ pub struct CudaDevice {
     graphs_alive: AtomicUsize,
     /// Workspaces and blocks of ones replaced while a graph existed (it may read them).
     retired: Mutex<Vec<CudaSlice<u8>>>,
+    /// While a per-kernel profile runs: an event recorded at each lookup of one of our
+    /// kernels, with its name; see [`CudaDevice::start_kernel_trace`].
+    kernel_trace: Mutex<Option<Vec<(String, CudaEvent)>>>,
 }
 
 /// What a running capture has handed out, and why it cannot succeed (if it cannot).
@@ -428,6 +431,7 @@ impl CudaDevice {
             vector_kernels: AtomicBool::new(true),
             direct_first_conv: AtomicBool::new(true),
             bnr_max_blocks: std::sync::atomic::AtomicU32::new(BNR_ONE_WAVE),
+            kernel_trace: Mutex::new(None),
             sm_count,
             add_into_refusal: Mutex::new(None),
             resident_blocks: Mutex::new(HashMap::new()),
@@ -1010,7 +1014,12 @@ impl CudaDevice {
 
     /// Kernel `name` from the CUDA C `source` of file `file` (e.g. `"elementwise.cu"`),
     /// compiled by NVRTC for this device's architecture the first time the file is used.
+    ///
+    /// Every launch of one of our kernels looks its function up here just before it, so
+    /// while a kernel trace runs ([`CudaDevice::start_kernel_trace`]) this also records an
+    /// event on the stream, named after the kernel: where that kernel's work begins.
     pub fn function(&self, file: &str, source: &str, name: &str) -> Result<CudaFunction> {
+        self.trace_kernel(name)?;
         let module = {
             let mut modules = self.modules.lock().map_err(|_| Error::Invalid("kernel module cache poisoned".into()))?;
             match modules.get(file) {
@@ -1222,6 +1231,42 @@ impl CudaDevice {
     /// Whether a graph capture is running.
     pub fn is_capturing(&self) -> bool {
         self.capture.lock().map(|l| l.is_some()).unwrap_or(false)
+    }
+
+    /// Start recording an event at every lookup of one of our kernels ([`CudaDevice::function`],
+    /// which each launch makes just before it), for a per-kernel profile
+    /// (`engine::profile::Profiler::with_kernels`). Events recorded before are dropped. A
+    /// CUDA graph capture records none (a profile times eager work).
+    pub fn start_kernel_trace(&self) -> Result<()> {
+        *self.kernel_trace.lock().map_err(|_| Error::Invalid("kernel trace poisoned".into()))? = Some(Vec::new());
+        Ok(())
+    }
+
+    /// The events recorded since the trace started or since the last call, in the order they
+    /// were queued (empty when no trace runs).
+    pub fn take_kernel_trace(&self) -> Result<Vec<(String, CudaEvent)>> {
+        let mut t = self.kernel_trace.lock().map_err(|_| Error::Invalid("kernel trace poisoned".into()))?;
+        Ok(t.as_mut().map(std::mem::take).unwrap_or_default())
+    }
+
+    /// Stop the trace, dropping what it recorded and did not hand out.
+    pub fn stop_kernel_trace(&self) {
+        if let Ok(mut t) = self.kernel_trace.lock() {
+            *t = None;
+        }
+    }
+
+    fn trace_kernel(&self, name: &str) -> Result<()> {
+        let mut t = self.kernel_trace.lock().map_err(|_| Error::Invalid("kernel trace poisoned".into()))?;
+        if let Some(events) = t.as_mut() {
+            if self.is_capturing() {
+                return Ok(());
+            }
+            let e = self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(driver_err("event"))?;
+            e.record(&self.stream).map_err(driver_err("event record"))?;
+            events.push((name.to_string(), e));
+        }
+        Ok(())
     }
 }
 

@@ -12,6 +12,15 @@
 //! carry the operation's output shape ([`Profiler::mark_detail`]), so the same intervals
 //! can be summed per operation *and* shape ([`Profile::detail_table`]): which layer's
 //! convolution or batch norm takes the time.
+//!
+//! [`Profiler::with_kernels`] splits each operation's interval further, kernel by kernel
+//! ([`Profile::kernel_table`]): the device then records an event at each lookup of one of
+//! our kernels, which every launch makes just before it (`CudaDevice::function`), so the
+//! interval from one such event to the next is that kernel's work (with any copy or memset
+//! queued between), and the part of an operation before its first kernel of ours is
+//! labelled `other`: cuDNN's and cuBLAS's kernels, copies, memsets. One event per kernel
+//! adds a little to each interval, so the per-operation figures of a profile without it are
+//! the ones to compare between runs.
 
 use crate::cuda::CudaDevice;
 use crate::{Device, Error, Result};
@@ -33,7 +42,20 @@ pub struct Profiler {
     details: Vec<Option<String>>,
     /// The first failure to record a mark, reported by [`Profiler::finish`].
     error: Option<Error>,
+    /// With [`Profiler::with_kernels`]: for each mark after the first, our kernels' events
+    /// recorded in its interval (name, event), in queue order.
+    kernels: Vec<Vec<(String, CudaEvent)>>,
+    /// Whether this profiler started the device's kernel trace (and stops it when dropped).
+    tracing: bool,
 }
+
+/// A part of an operation's interval: our kernel's name (`None` for the work before the
+/// operation's first kernel of ours) and its milliseconds.
+pub type KernelPart = (Option<String>, f64);
+
+/// The label of the part of an operation's interval before its first kernel of ours (all of
+/// it for an operation with none).
+pub const OTHER_WORK: &str = "other (cuDNN, cuBLAS, copies)";
 
 /// Total time per label, in the order labels first appeared.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +65,9 @@ pub struct Profile {
     /// The same intervals summed per label and detail ("label detail", or the label alone
     /// for a mark without one), in the order they first appeared.
     pub detailed: Vec<(String, usize, f64)>,
+    /// With [`Profiler::with_kernels`]: the intervals split at our kernels' launches and
+    /// summed per "label: kernel" (or "label: other ..."); empty otherwise.
+    pub kernels: Vec<(String, usize, f64)>,
 }
 
 impl Profiler {
@@ -55,7 +80,26 @@ impl Profiler {
                 Clock::Cuda { dev: dev.clone(), events: vec![e] }
             }
         };
-        Ok(Profiler { clock, labels: Vec::new(), details: Vec::new(), error: None })
+        Ok(Profiler { clock, labels: Vec::new(), details: Vec::new(), error: None, kernels: Vec::new(), tracing: false })
+    }
+
+    /// [`Profiler::new`], also timing each of our kernels within the operations (see the
+    /// module doc). On the CPU it is [`Profiler::new`]: there are no kernels.
+    pub fn with_kernels(device: &Device) -> Result<Profiler> {
+        let tracing = match device {
+            Device::Cuda(dev) => {
+                dev.start_kernel_trace()?;
+                true
+            }
+            Device::Cpu => false,
+        };
+        let mut p = Profiler::new(device).inspect_err(|_| {
+            if let Device::Cuda(dev) = device {
+                dev.stop_kernel_trace();
+            }
+        })?;
+        p.tracing = tracing;
+        Ok(p)
     }
 
     /// Close the current interval and attribute it to `label`.
@@ -77,10 +121,17 @@ impl Profiler {
             }
             Clock::Cuda { dev, events } => timing_event(dev).map(|e| events.push(e)),
         };
+        // Our kernels queued since the last mark (recorded before this mark's event).
+        let kernels = match (&self.clock, self.tracing) {
+            (Clock::Cuda { dev, .. }, true) => dev.take_kernel_trace(),
+            _ => Ok(Vec::new()),
+        };
+        let r = r.and(kernels);
         match r {
-            Ok(()) => {
+            Ok(kernels) => {
                 self.labels.push(label.to_string());
                 self.details.push(detail.map(str::to_string));
+                self.kernels.push(kernels);
             }
             Err(e) => {
                 self.error.get_or_insert(e);
@@ -89,21 +140,38 @@ impl Profiler {
     }
 
     /// Wait for the work, and sum the intervals by label.
-    pub fn finish(self) -> Result<Profile> {
-        if let Some(e) = self.error {
+    pub fn finish(mut self) -> Result<Profile> {
+        if let Some(e) = self.error.take() {
             return Err(e);
         }
-        let ms: Vec<f64> = match &self.clock {
-            Clock::Host(t) => t.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3).collect(),
+        let elapsed = |a: &CudaEvent, b: &CudaEvent| a.elapsed_ms(b).map(|v| v as f64).map_err(crate::cuda::driver_err("event elapsed time"));
+        let (ms, split): (Vec<f64>, Vec<Vec<KernelPart>>) = match &self.clock {
+            Clock::Host(t) => (t.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3).collect(), Vec::new()),
             Clock::Cuda { dev, events } => {
                 dev.synchronize()?;
-                events
-                    .windows(2)
-                    .map(|w| w[0].elapsed_ms(&w[1]).map(|v| v as f64).map_err(crate::cuda::driver_err("event elapsed time")))
-                    .collect::<Result<_>>()?
+                let ms = events.windows(2).map(|w| elapsed(&w[0], &w[1])).collect::<Result<Vec<f64>>>()?;
+                // Each interval cut at its kernels' events: [mark, k1) is other work, [kj,
+                // kj+1) kernel j, [km, next mark) kernel m.
+                let mut split = Vec::new();
+                if self.tracing {
+                    for (i, ks) in self.kernels.iter().enumerate() {
+                        let mut parts = Vec::with_capacity(ks.len() + 1);
+                        let mut from = (None, &events[i]);
+                        for (name, e) in ks {
+                            parts.push((from.0.clone(), elapsed(from.1, e)?));
+                            from = (Some(name.clone()), e);
+                        }
+                        parts.push((from.0, elapsed(from.1, &events[i + 1])?));
+                        split.push(parts);
+                    }
+                }
+                (ms, split)
             }
         };
         let mut p = Profile::from_intervals(&self.labels, &ms);
+        if self.tracing {
+            p.kernels = Profile::kernel_rows(&self.labels, &split);
+        }
         let detailed: Vec<String> = self
             .labels
             .iter()
@@ -115,6 +183,15 @@ impl Profiler {
             .collect();
         p.detailed = Profile::from_intervals(&detailed, &ms).rows;
         Ok(p)
+    }
+}
+
+impl Drop for Profiler {
+    /// A profiler that started the device's kernel trace stops it, finished or not.
+    fn drop(&mut self) {
+        if let (Clock::Cuda { dev, .. }, true) = (&self.clock, self.tracing) {
+            dev.stop_kernel_trace();
+        }
     }
 }
 
@@ -155,7 +232,22 @@ impl Profile {
                 None => rows.push((l.clone(), 1, t)),
             }
         }
-        Profile { detailed: rows.clone(), rows }
+        Profile { detailed: rows.clone(), rows, kernels: Vec::new() }
+    }
+
+    /// The rows of [`Profile::kernels`]: interval i of operation `labels[i]` is cut into
+    /// `parts[i]`, each (our kernel's name, or `None` for the work before the first one,
+    /// milliseconds); summed per "label: kernel" and "label: other ...", in first-seen order.
+    pub fn kernel_rows(labels: &[String], parts: &[Vec<KernelPart>]) -> Vec<(String, usize, f64)> {
+        let mut names = Vec::new();
+        let mut ms = Vec::new();
+        for (label, parts) in labels.iter().zip(parts) {
+            for (kernel, t) in parts {
+                names.push(format!("{label}: {}", kernel.as_deref().unwrap_or(OTHER_WORK)));
+                ms.push(*t);
+            }
+        }
+        Profile::from_intervals(&names, &ms).rows
     }
 
     /// Total milliseconds.
@@ -172,6 +264,12 @@ impl Profile {
     /// most `max_rows` rows; the total is that of all intervals.
     pub fn detail_table(&self, max_rows: usize) -> String {
         table(&self.detailed, "operation and output shape", 48, max_rows)
+    }
+
+    /// The table of [`Profile::kernels`] (operation: kernel), the largest first, at most
+    /// `max_rows` rows; the total is that of all intervals.
+    pub fn kernel_table(&self, max_rows: usize) -> String {
+        table(&self.kernels, "operation: kernel", 64, max_rows)
     }
 }
 
@@ -229,12 +327,50 @@ mod tests {
         assert_eq!(calls(&prof.detailed, "conv [4, 5]"), Some(1));
         assert_eq!(calls(&prof.detailed, "bn"), Some(1));
         assert_eq!(prof.detailed.len(), 3);
-        let fixed = Profile { rows: vec![], detailed: vec![("a".into(), 1, 3.0), ("b".into(), 1, 1.0), ("c".into(), 2, 4.0)] };
+        let fixed = Profile { rows: vec![], detailed: vec![("a".into(), 1, 3.0), ("b".into(), 1, 1.0), ("c".into(), 2, 4.0)], kernels: vec![] };
         let t = fixed.detail_table(2);
         assert_eq!(t.lines().count(), 5, "heading, 2 rows, the rest, the total:\n{t}");
         assert!(t.lines().nth(1).unwrap().starts_with("c "), "largest first:\n{t}");
         assert!(t.lines().nth(3).unwrap().starts_with("(1 more rows)") && t.contains("12.5%"), "{t}");
         assert!(t.lines().nth(4).unwrap().contains("8.000"), "{t}");
+    }
+
+    /// Each interval's parts become "label: kernel" rows (the part before the first kernel
+    /// "label: other ..."), summed over intervals of the same label and kernel; the parts of
+    /// an interval add up to it, so the kernel rows' total is the operations' total.
+    #[test]
+    fn kernel_rows_split_operations_at_their_kernels() {
+        let labels: Vec<String> = ["bn fwd", "conv fwd", "bn fwd"].iter().map(|s| s.to_string()).collect();
+        let k = |s: &str| Some(s.to_string());
+        let parts = vec![
+            vec![(None, 0.01), (k("stats"), 0.25), (k("apply"), 0.5)],
+            vec![(None, 2.0)],
+            vec![(None, 0.02), (k("stats"), 0.75), (k("apply"), 1.5)],
+        ];
+        let rows = Profile::kernel_rows(&labels, &parts);
+        let other = format!("bn fwd: {OTHER_WORK}");
+        let find = |l: &str| rows.iter().find(|r| r.0 == l).cloned().unwrap_or_else(|| panic!("no row {l}: {rows:?}"));
+        assert_eq!(find("bn fwd: stats"), ("bn fwd: stats".into(), 2, 1.0));
+        assert_eq!(find("bn fwd: apply"), ("bn fwd: apply".into(), 2, 2.0));
+        assert_eq!(find(&other).1, 2);
+        assert!((find(&other).2 - 0.03).abs() < 1e-12);
+        assert_eq!(find(&format!("conv fwd: {OTHER_WORK}")).2, 2.0);
+        assert_eq!(rows.len(), 4);
+        let ops: f64 = parts.iter().flatten().map(|p| p.1).sum();
+        let p = Profile { rows: vec![], detailed: vec![], kernels: rows };
+        let t = p.kernel_table(2);
+        assert!(t.lines().nth(1).unwrap().starts_with("bn fwd: apply"), "largest first:\n{t}");
+        assert!(t.lines().last().unwrap().contains(&format!("{ops:.3}")), "the total of all rows:\n{t}");
+    }
+
+    /// On the CPU a kernel profile is a plain one: no kernels, no kernel rows.
+    #[test]
+    fn a_cpu_kernel_profile_has_no_kernel_rows() {
+        let mut p = Profiler::with_kernels(&Device::Cpu).unwrap();
+        p.mark("a");
+        let prof = p.finish().unwrap();
+        assert_eq!(prof.rows.len(), 1);
+        assert!(prof.kernels.is_empty());
     }
 
     #[test]

@@ -588,6 +588,8 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
 /// Rows of `profile`'s table by operation and output shape: the convolutions, batch norms
 /// and pools of all layers, forward and backward, fit with room to spare.
 const DETAIL_ROWS: usize = 40;
+/// Rows of `profile`'s per-kernel table (the largest; the rest are summed in one row).
+const KERNEL_ROWS: usize = 50;
 
 /// The `profile` command: `warmup` training steps, one profiled step (the table of time
 /// per operation), then `timed` steps timed end to end with a synchronisation after each.
@@ -611,7 +613,9 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     let bs = cfg.batch_size;
     // Warm-up, the profiled step, `timed` synchronised steps, `timed` back to back, and with
     // --cuda-graph the graph's warm-up and capture and `timed` replays.
-    let steps = warmup + 1 + 2 * timed + if cuda_graph { crate::graph::WARMUP_STEPS + 1 + timed } else { 0 };
+    // On a GPU, one more profiled step splits each operation at our kernels.
+    let by_kernel = usize::from(device.is_cuda());
+    let steps = warmup + 1 + by_kernel + 2 * timed + if cuda_graph { crate::graph::WARMUP_STEPS + 1 + timed } else { 0 };
     if n < steps * bs {
         return Err(Error::Invalid(format!("profiling {steps} steps of {bs} needs {} training images, have {n}", steps * bs)));
     }
@@ -635,8 +639,18 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     print!("{}", prof.table());
     println!("The same step by operation and output shape (which layer takes the time; the {DETAIL_ROWS} largest rows):");
     print!("{}", prof.detail_table(DETAIL_ROWS));
+    if by_kernel == 1 {
+        let b = warmup + 1;
+        let prof = train::profile_step_by_kernel(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, b * bs..(b + 1) * bs, norm, lr, cfg)?;
+        println!(
+            "The next step, each operation split at the launches of our kernels (`{}`: cuDNN's and cuBLAS's kernels, copies and memsets before an operation's first kernel of ours; an event per kernel adds a little to every row; the {KERNEL_ROWS} largest rows):",
+            engine::profile::OTHER_WORK
+        );
+        print!("{}", prof.kernel_table(KERNEL_ROWS));
+    }
+    let next = warmup + 1 + by_kernel;
     let mut times = Vec::new();
-    for b in warmup + 1..warmup + 1 + timed {
+    for b in next..next + timed {
         let t = std::time::Instant::now();
         step(&mut model, &mut state, &mut pipeline, b)?;
         device.synchronize()?;
@@ -653,7 +667,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             bs as f64 / (times[times.len() / 2] / 1e3)
         );
         // As in training: the host queues steps without waiting, the GPU runs them back to back.
-        let first = warmup + 1 + timed;
+        let first = next + timed;
         let t = std::time::Instant::now();
         for b in first..first + timed {
             step(&mut model, &mut state, &mut pipeline, b)?;
@@ -667,7 +681,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         if let Pipeline::Gpu(g) = &pipeline {
             sg.begin_epoch(g, &vec![lr; per_epoch])?;
         }
-        let first = warmup + 1 + 2 * timed;
+        let first = next + 2 * timed;
         let replays = first + crate::graph::WARMUP_STEPS + 1;
         let mut graph_step = |b: usize, model: &mut ResNet9, state: &mut SgdState, pipeline: &mut Pipeline| {
             sg.step(b, model, state, &ds.train, pipeline, &order, &params, b * bs..(b + 1) * bs, norm, lr, cfg)

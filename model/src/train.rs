@@ -341,9 +341,45 @@ pub fn profile_step(
     lr: f64,
     cfg: &TrainConfig,
 ) -> Result<engine::profile::Profile> {
+    profile_step_using(false, model, state, split, pipeline, order, params, range, norm, lr, cfg)
+}
+
+/// [`profile_step`], each operation's time also split kernel by kernel (our kernels; the
+/// rest of an operation's time is `other`): `Profile::kernels` (see
+/// `engine::profile::Profiler::with_kernels`). On the CPU there are no kernel rows.
+#[allow(clippy::too_many_arguments)]
+pub fn profile_step_by_kernel(
+    model: &mut ResNet9,
+    state: &mut SgdState,
+    split: &Split,
+    pipeline: &mut Pipeline,
+    order: &[u32],
+    params: &[AugParams],
+    range: std::ops::Range<usize>,
+    norm: Normalization,
+    lr: f64,
+    cfg: &TrainConfig,
+) -> Result<engine::profile::Profile> {
+    profile_step_using(true, model, state, split, pipeline, order, params, range, norm, lr, cfg)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn profile_step_using(
+    by_kernel: bool,
+    model: &mut ResNet9,
+    state: &mut SgdState,
+    split: &Split,
+    pipeline: &mut Pipeline,
+    order: &[u32],
+    params: &[AugParams],
+    range: std::ops::Range<usize>,
+    norm: Normalization,
+    lr: f64,
+    cfg: &TrainConfig,
+) -> Result<engine::profile::Profile> {
     let device = model.device();
     device.synchronize()?;
-    let mut prof = engine::profile::Profiler::new(&device)?;
+    let mut prof = if by_kernel { engine::profile::Profiler::with_kernels(&device)? } else { engine::profile::Profiler::new(&device)? };
     let Batch { x, labels, device_labels } = pipeline.train_batch(split, order, params, range, norm)?;
     prof.mark("data: augment batch");
     let step = forward_backward(model, x, &labels, device_labels, cfg, Some(prof))?;
