@@ -16,18 +16,21 @@
 //! The values are exactly those of the recorded `ops::layout` then `ops::cast` per weight,
 //! which the network would otherwise run in each unit: two launches per weight forward and
 //! two backward (32 for the 8 convolutions, every step, and 16 per evaluation batch), where
-//! this makes one launch each way for all of them (`weights_to_bf16_krsc` and
-//! `weight_grads_to_f32_kcrs` in `ptx/bf16.cu`, a table of tensors passed by value like the
-//! SGD's). Other types, layouts and devices run the two ops' tensor functions per weight
-//! (the CPU reference).
+//! this makes one launch each way for all of them (`weights_to_bf16_krsc_tiled`, or
+//! `weights_to_bf16_krsc` for a tensor wider than its tile, and `weight_grads_to_f32_kcrs` in
+//! `ptx/bf16.cu`, a table of tensors passed by value like the SGD's). Other types, layouts and
+//! devices run the two ops' tensor functions per weight (the CPU reference).
 
 use crate::{DType, Result, Tensor};
 use engine::{Error, Layout};
 
 /// Tensors in one launch (`WCOPY_MAX_TENSORS` of `ptx/bf16.cu`).
 const MAX_TENSORS: usize = 16;
-/// Threads per block; one thread per output element.
+/// Threads per block.
 const THREADS: u32 = 256;
+/// `WCOPY_TILE` of `ptx/bf16.cu`: the most values (C·R·S) of one output channel's weights the
+/// tiled copy holds in shared memory.
+const TILE: usize = 4608;
 
 /// The kernels' table (`WeightCopyTable` of `ptx/bf16.cu`, passed by value).
 #[repr(C)]
@@ -56,7 +59,13 @@ pub fn to_compute(weights: &[&Tensor], dtype: DType, layout: Layout) -> Result<V
     if !fast {
         return weights.iter().map(|w| crate::cast::forward(&crate::layout::forward(w, layout)?, dtype)).collect();
     }
-    launch_all(weights, DType::BF16, Layout::Nhwc, "weights_to_bf16_krsc")
+    // One block per output channel, its C·R·S weights through shared memory, where they fit
+    // (the network's widest: 512 × 3 × 3 at width 1); else one thread per element.
+    if weights.iter().all(|w| w.shape()[1] * w.shape()[2] * w.shape()[3] <= TILE) {
+        launch_all(weights, DType::BF16, Layout::Nhwc, "weights_to_bf16_krsc_tiled")
+    } else {
+        launch_all(weights, DType::BF16, Layout::Nhwc, "weights_to_bf16_krsc")
+    }
 }
 
 /// The parameters' gradients (f32, NCHW) from those of their compute copies (`grads`, each
@@ -78,7 +87,8 @@ fn on_cuda_all(ts: &[&Tensor], dtype: DType, layout: Layout) -> bool {
 }
 
 /// One launch of `kernel` per [`MAX_TENSORS`] tensors: each output has its input's shape, in
-/// `dtype` and `layout`.
+/// `dtype` and `layout`. Tensor t owns ⌈K·C·RS / 256⌉ blocks (one thread per element), or K
+/// blocks for the tiled kernel (one per output channel).
 fn launch_all(inputs: &[&Tensor], dtype: DType, layout: Layout, kernel: &'static str) -> Result<Vec<Tensor>> {
     use cudarc::driver::{LaunchConfig, PushKernelArg};
     let mut outputs = Vec::with_capacity(inputs.len());
@@ -97,11 +107,18 @@ fn launch_all(inputs: &[&Tensor], dtype: DType, layout: Layout, kernel: &'static
             let mut y = dev.alloc_dtype(x.numel(), dtype)?;
             table.src[t] = xb.ptr() as u64;
             table.dst[t] = y.ptr_mut() as u64;
+            if kernel == "weights_to_bf16_krsc_tiled" && !table.dst[t].is_multiple_of(4) {
+                return Err(Error::Invalid(format!("weight_copy: a copy at {:#x} is not 4-byte aligned", table.dst[t])));
+            }
             (table.k[t], table.c[t], table.rs[t]) = (crate::cuda::count(s[0])?, crate::cuda::count(s[1])?, crate::cuda::count(s[2] * s[3])?);
             outputs.push(Tensor::from_cuda(s, y)?.with_layout(layout)?);
         }
         let blocks;
-        (table.block0, blocks) = crate::cuda::block_starts::<MAX_TENSORS>(&counts[..chunk.len()], THREADS);
+        (table.block0, blocks) = if kernel == "weights_to_bf16_krsc_tiled" {
+            crate::cuda::block_starts::<MAX_TENSORS>(&table.k[..chunk.len()], 1)
+        } else {
+            crate::cuda::block_starts::<MAX_TENSORS>(&counts[..chunk.len()], THREADS)
+        };
         if blocks == 0 {
             continue;
         }
@@ -110,11 +127,14 @@ fn launch_all(inputs: &[&Tensor], dtype: DType, layout: Layout, kernel: &'static
         let mut launch = dev.stream().launch_builder(&f);
         launch.arg(&table).arg(&count);
         let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: weights_to_bf16_krsc / weight_grads_to_f32_kcrs(table, count): entry t reads
-        // K·C·RS elements of the input's type at src (f32 NCHW, or bf16 NHWC: checked by the
-        // callers' on_cuda_all) and writes as many of the output's at dst (allocated above for
-        // that count); the blocks of entry t are block0[t] .. block0[t+1]-1, ⌈K·C·RS/256⌉ of
-        // them; the inputs outlive the launch (the caller's), the outputs are returned.
+        // SAFETY: weights_to_bf16_krsc{,_tiled} / weight_grads_to_f32_kcrs(table, count): entry t
+        // reads K·C·RS elements of the input's type at src (f32 NCHW, or bf16 NHWC: checked by
+        // the callers' on_cuda_all) and writes as many of the output's at dst (allocated above
+        // for that count, at the pool's 256-byte alignment: the tiled kernel's 4-byte stores of
+        // an even C's rows are aligned); the blocks of entry t are block0[t] .. block0[t+1]-1,
+        // ⌈K·C·RS/256⌉ of them, or K for the tiled kernel, whose rows of C·RS ≤ 4608 values
+        // fit its shared tile (checked by to_compute); the inputs outlive the launch (the
+        // caller's), the outputs are returned.
         unsafe { launch.launch(cfg) }.map_err(crate::cuda::launch_err(kernel))?;
     }
     Ok(outputs)

@@ -13,7 +13,7 @@
 //  - relu: +x where x > 0 else +0 (NaN, -0, negatives -> +0); backward dy where y > 0;
 //  - add/accumulate: the f32 sum of the widened values, then the rounding above (a NaN sum
 //    must give a NaN; its payload is not compared: x86 and the GPU make different NaNs);
-//  - weights_to_bf16_krsc / weight_grads_to_f32_kcrs (ops/src/weight_copy.rs): the KCRS <-> KRSC
+//  - weights_to_bf16_krsc{,_tiled} / weight_grads_to_f32_kcrs (ops/src/weight_copy.rs): the KCRS <-> KRSC
 //    permutation with the rounding above, and exact widening back (see case_weight_copy).
 #include "emu.h"
 #ifdef KERNEL_SRC
@@ -186,8 +186,9 @@ void case_weight_copy(std::mt19937_64& rng)
 {
     struct Shape { unsigned k, c, rs; };
     // the network's kernels (3x3) at small widths, the first layer's 3 channels, an empty
-    // tensor first and in the middle, a 1x1 kernel, one tensor larger than a block
-    const std::vector<Shape> shapes = {{0, 4, 9}, {8, 3, 9}, {16, 8, 9}, {0, 8, 9}, {5, 7, 1}, {32, 16, 9}, {2, 1, 4}};
+    // tensor first and in the middle, a 1x1 kernel, one tensor larger than a block, and (for
+    // the tiled copy) one whose rows fill its tile exactly (512 channels x 3x3)
+    const std::vector<Shape> shapes = {{0, 4, 9}, {8, 3, 9}, {16, 8, 9}, {0, 8, 9}, {5, 7, 1}, {32, 16, 9}, {2, 1, 4}, {3, 512, 9}};
     const size_t T = shapes.size();
     std::vector<std::vector<float>> w(T), dwf(T);
     std::vector<std::vector<u16>> wc(T), dwc(T);
@@ -217,6 +218,18 @@ void case_weight_copy(std::mt19937_64& rng)
     }
     emu::launch_seq(weights_to_bf16_krsc, dim3(blocks), dim3(256), fwd, unsigned(T));
     emu::launch_seq(weight_grads_to_f32_kcrs, dim3(blocks), dim3(256), bwd, unsigned(T));
+    // The tiled copy (weights_to_bf16_krsc_tiled) into separate outputs: one block per output
+    // channel, block0 the prefix sums of K; it must give the same bits as the one above.
+    std::vector<std::vector<u16>> wt(T);
+    WeightCopyTable tiled = fwd;
+    unsigned rows = 0;
+    for (size_t t = 0; t < T; ++t) {
+        wt[t].assign(wc[t].size(), 0xbeef);
+        tiled.dst[t] = reinterpret_cast<unsigned long long>(wt[t].data());
+        tiled.block0[t] = rows;
+        rows += shapes[t].k;
+    }
+    emu::launch(weights_to_bf16_krsc_tiled, dim3(rows), dim3(256), tiled, unsigned(T));
     for (size_t t = 0; t < T; ++t) {
         const auto [K, C, RS] = shapes[t];
         std::vector<u16> want(wc[t].size());
@@ -232,6 +245,8 @@ void case_weight_copy(std::mt19937_64& rng)
         char L[120];
         std::snprintf(L, sizeof L, "weights_to_bf16_krsc tensor %zu [%u,%u,%u]", t, K, C, RS);
         same16(L, wc[t], want);
+        std::snprintf(L, sizeof L, "weights_to_bf16_krsc_tiled tensor %zu [%u,%u,%u]", t, K, C, RS);
+        same16(L, wt[t], want);
         std::snprintf(L, sizeof L, "weight_grads_to_f32_kcrs tensor %zu [%u,%u,%u]", t, K, C, RS);
         chk::equal(L, got_b, want_b);
     }
