@@ -84,9 +84,13 @@ stage() {
     # ../shared/cifar10 is decoded from JPEG, and one run on the originals would say what that
     # costs (issue 6). Either version will do: bench/cifar_py_to_bin.py rewrites the python one.
     # Once per machine (both staging calls run `stage`).
+    # The usual places first (a dataset volume may be mounted anywhere), then the whole tree,
+    # every mount included; each path once, in the order found.
     [ -f "$RES/cifar-search-$day.txt" ] || { echo "== official CIFAR-10 copies on this machine (up to 20 s of searching)";
-      timeout 20 find / -xdev \( -path /proc -o -path /sys -o -path /root/cifar10 \) -prune -o \
-          \( -name 'cifar-10-batches-bin' -o -name 'cifar-10-batches-py' -o -name 'cifar-10-*.tar.gz' \) -print 2>/dev/null;
+      timeout 20 find /root /data /datasets /dataset /workspace /mnt /home /opt /srv /tmp / \
+          \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /root/cifar10 -o -path "$repo" \) -prune -o \
+          \( -name 'cifar-10-batches-bin' -o -name 'cifar-10-batches-py' -o -name 'cifar-10-*.tar.gz' \) -print 2>/dev/null \
+          | awk '!seen[$0]++';
       echo "== (end of list)"; } | tee "$RES/cifar-search-$day.txt"
     # Our binaries were built elsewhere: check at once that this machine's C library runs them.
     if [ -x /root/devbin/model ]; then
