@@ -986,13 +986,22 @@ fn batch_norm_relu_with_the_residual_add_fused_equals_it_separate() {
 /// step's fast path) against a layout conversion then a cast per weight, the ops the network
 /// otherwise records: bit for bit both ways (bf16 channels-last copies from f32 NCHW weights,
 /// f32 NCHW gradients from bf16 channels-last ones), on the network's 8 weight shapes at full
-/// width and in one call, as the training step makes them.
+/// width and in one call, as the training step makes them (the tiled copy: one block per
+/// output channel), then with a ninth weight of 1024 input channels, wider than the tiled
+/// copy's shared row, so that the whole call takes the one-thread-per-element copy.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn weight_copies_equal_a_layout_conversion_then_a_cast() {
+    let net: Vec<[usize; 4]> = vec![[64, 3, 3, 3], [128, 64, 3, 3], [128, 128, 3, 3], [128, 128, 3, 3], [256, 128, 3, 3], [512, 256, 3, 3], [512, 512, 3, 3], [512, 512, 3, 3]];
+    let mut wide = net.clone();
+    wide.push([16, 1024, 3, 3]);
+    weight_copies_equal(&net);
+    weight_copies_equal(&wide);
+}
+
+fn weight_copies_equal(shapes: &[[usize; 4]]) {
     use engine::Layout;
     let dev = gpu();
-    let shapes: [[usize; 4]; 8] = [[64, 3, 3, 3], [128, 64, 3, 3], [128, 128, 3, 3], [128, 128, 3, 3], [256, 128, 3, 3], [512, 256, 3, 3], [512, 512, 3, 3], [512, 512, 3, 3]];
     let ws: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| rand(s, 900 + i as u64).to_device(&dev).unwrap()).collect();
     let copies = ops::weight_copy::to_compute(&ws.iter().collect::<Vec<_>>(), DType::BF16, Layout::Nhwc).unwrap();
     let grads: Vec<Tensor> = copies.iter().enumerate().map(|(i, c)| ops::cast::forward(&ops::layout::forward(&rand(c.shape(), 950 + i as u64).to_device(&dev).unwrap(), Layout::Nhwc).unwrap(), DType::BF16).unwrap()).collect();
