@@ -183,10 +183,11 @@ fn steady_state_training_steps_make_no_driver_allocations() {
     }
 }
 
-/// A step profiled kernel by kernel (`model profile`'s third table) on the GPU's default path:
-/// each operation's interval is cut at our kernels' launches, so the rows name our kernels
-/// under their operations (the first convolution's, the fused batch norm + ReLU's, the SGD
-/// update's), cuDNN's convolutions show as `other`, and per operation the parts add up to its
+/// A step profiled launch by launch (`model profile`'s third table) on the GPU's default path:
+/// each operation's interval is cut at our kernels' launches and at cuDNN's and cuBLAS's
+/// calls, so the rows name them under their operations: the first convolution on our kernel
+/// and the other seven on cuDNN's forward, the fused batch norm + ReLU's kernels, the SGD
+/// update's, the linear layer's cuBLAS call; and per operation the parts add up to its
 /// interval. Once the profile is finished the device records no more events.
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -210,14 +211,17 @@ fn a_step_profiled_by_kernel_splits_each_operation_at_our_kernels() {
     train::train_step(&mut net, &mut state, batch, 0.05, &cfg).unwrap();
     let prof = train::profile_step_by_kernel(&mut net, &mut state, &ds.train, &mut p, &order, &params, 128..256, norm, 0.05, &cfg).unwrap();
     eprintln!("{}", prof.kernel_table(usize::MAX));
-    let row = |l: &str| prof.kernels.iter().find(|r| r.0 == l).cloned();
-    assert_eq!(row("sgd update: sgd_update_multi").map(|r| r.1), Some(1), "{:?}", prof.kernels);
-    assert_eq!(row("conv2d forward: conv3x3_c3_forward_bf16").map(|r| r.1), Some(1), "the first convolution on our kernel");
-    let other = format!("conv2d forward: {}", engine::profile::OTHER_WORK);
-    assert_eq!(row(&other).map(|r| r.1), Some(8), "every convolution's interval begins with work that is not ours");
+    let calls = |l: &str| prof.kernels.iter().find(|r| r.0 == l).map(|r| r.1);
+    assert_eq!(calls("sgd update: sgd_update_multi"), Some(1), "{:?}", prof.kernels);
+    assert_eq!(calls("conv2d forward: conv3x3_c3_forward_bf16"), Some(1), "the first convolution on our kernel");
+    assert_eq!(calls("conv2d forward: cuDNN convolution forward"), Some(7), "the other seven on cuDNN's legacy API");
+    assert_eq!(calls("conv2d backward: cuDNN convolution backward filter"), Some(7), "the first one's weight gradient is ours");
+    assert_eq!(calls("conv2d backward: conv3x3_c3_wgrad_partial_bf16"), Some(1));
+    assert_eq!(calls("linear forward: cuBLAS gemm"), Some(1));
     let bnr: Vec<_> = prof.kernels.iter().filter(|r| r.0.starts_with("batch_norm_relu forward: ") && !r.0.ends_with(engine::profile::OTHER_WORK)).collect();
     assert!(bnr.len() >= 2, "the fused batch norm + ReLU forward runs at least a statistics and an output kernel: {bnr:?}");
-    // Per operation, its kernel rows add up to its own row (f32 event times; 1 µs per part).
+    // Per operation, its rows add up to its own row (f32 event times; 1 µs per part): each
+    // event was charged to the interval it was recorded in.
     for (op, _, ms) in &prof.rows {
         let parts: Vec<_> = prof.kernels.iter().filter(|r| r.0.starts_with(&format!("{op}: "))).collect();
         let sum: f64 = parts.iter().map(|r| r.2).sum();

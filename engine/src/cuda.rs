@@ -170,7 +170,8 @@ pub struct CudaDevice {
     /// Workspaces and blocks of ones replaced while a graph existed (it may read them).
     retired: Mutex<Vec<CudaSlice<u8>>>,
     /// While a per-kernel profile runs: an event recorded at each lookup of one of our
-    /// kernels, with its name; see [`CudaDevice::start_kernel_trace`].
+    /// kernels and before each cuDNN or cuBLAS call, with its name; see
+    /// [`CudaDevice::start_kernel_trace`].
     kernel_trace: Mutex<Option<Vec<(String, CudaEvent)>>>,
 }
 
@@ -1019,7 +1020,7 @@ impl CudaDevice {
     /// while a kernel trace runs ([`CudaDevice::start_kernel_trace`]) this also records an
     /// event on the stream, named after the kernel: where that kernel's work begins.
     pub fn function(&self, file: &str, source: &str, name: &str) -> Result<CudaFunction> {
-        self.trace_kernel(name)?;
+        self.trace_launch(name)?;
         let module = {
             let mut modules = self.modules.lock().map_err(|_| Error::Invalid("kernel module cache poisoned".into()))?;
             match modules.get(file) {
@@ -1234,7 +1235,8 @@ impl CudaDevice {
     }
 
     /// Start recording an event at every lookup of one of our kernels ([`CudaDevice::function`],
-    /// which each launch makes just before it), for a per-kernel profile
+    /// which each launch makes just before it) and before every cuDNN and cuBLAS call the ops
+    /// make ([`CudaDevice::trace_launch`]), for a per-kernel profile
     /// (`engine::profile::Profiler::with_kernels`). Events recorded before are dropped. A
     /// CUDA graph capture records none (a profile times eager work).
     pub fn start_kernel_trace(&self) -> Result<()> {
@@ -1256,7 +1258,11 @@ impl CudaDevice {
         }
     }
 
-    fn trace_kernel(&self, name: &str) -> Result<()> {
+    /// While a kernel trace runs (and no graph capture does): record an event named `name`
+    /// on the stream, where the work queued next begins. [`CudaDevice::function`] calls it for
+    /// our kernels; the ops call it before each cuDNN or cuBLAS call, so that a per-kernel
+    /// profile charges that library's work to it and not to the kernel of ours before it.
+    pub fn trace_launch(&self, name: &str) -> Result<()> {
         let mut t = self.kernel_trace.lock().map_err(|_| Error::Invalid("kernel trace poisoned".into()))?;
         if let Some(events) = t.as_mut() {
             if self.is_capturing() {

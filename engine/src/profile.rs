@@ -13,14 +13,15 @@
 //! can be summed per operation *and* shape ([`Profile::detail_table`]): which layer's
 //! convolution or batch norm takes the time.
 //!
-//! [`Profiler::with_kernels`] splits each operation's interval further, kernel by kernel
+//! [`Profiler::with_kernels`] splits each operation's interval further, launch by launch
 //! ([`Profile::kernel_table`]): the device then records an event at each lookup of one of
-//! our kernels, which every launch makes just before it (`CudaDevice::function`), so the
-//! interval from one such event to the next is that kernel's work (with any copy or memset
-//! queued between), and the part of an operation before its first kernel of ours is
-//! labelled `other`: cuDNN's and cuBLAS's kernels, copies, memsets. One event per kernel
-//! adds a little to each interval, so the per-operation figures of a profile without it are
-//! the ones to compare between runs.
+//! our kernels, which every launch makes just before it (`CudaDevice::function`), and
+//! before each cuDNN and cuBLAS call (`CudaDevice::trace_launch`, named after the call), so
+//! the interval from one such event to the next is that launch's work (with any copy or
+//! memset queued between), and the part of an operation before its first traced launch is
+//! labelled `other` (copies, memsets). One event per launch adds a little to each interval,
+//! so the per-operation figures of a profile without it are the ones to compare between
+//! runs.
 
 use crate::cuda::CudaDevice;
 use crate::{Device, Error, Result};
@@ -49,13 +50,13 @@ pub struct Profiler {
     tracing: bool,
 }
 
-/// A part of an operation's interval: our kernel's name (`None` for the work before the
-/// operation's first kernel of ours) and its milliseconds.
+/// A part of an operation's interval: the traced launch's name (`None` for the work before
+/// the operation's first one) and its milliseconds.
 pub type KernelPart = (Option<String>, f64);
 
-/// The label of the part of an operation's interval before its first kernel of ours (all of
-/// it for an operation with none).
-pub const OTHER_WORK: &str = "other (cuDNN, cuBLAS, copies)";
+/// The label of the part of an operation's interval before its first traced launch (all of
+/// it for an operation with none): copies and memsets.
+pub const OTHER_WORK: &str = "other (before its first launch)";
 
 /// Total time per label, in the order labels first appeared.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,8 +66,9 @@ pub struct Profile {
     /// The same intervals summed per label and detail ("label detail", or the label alone
     /// for a mark without one), in the order they first appeared.
     pub detailed: Vec<(String, usize, f64)>,
-    /// With [`Profiler::with_kernels`]: the intervals split at our kernels' launches and
-    /// summed per "label: kernel" (or "label: other ..."); empty otherwise.
+    /// With [`Profiler::with_kernels`]: the intervals split at each traced launch (our kernels,
+    /// cuDNN and cuBLAS calls) and summed per "label: kernel" (or "label: other ..."); empty
+    /// otherwise.
     pub kernels: Vec<(String, usize, f64)>,
 }
 
@@ -83,8 +85,9 @@ impl Profiler {
         Ok(Profiler { clock, labels: Vec::new(), details: Vec::new(), error: None, kernels: Vec::new(), tracing: false })
     }
 
-    /// [`Profiler::new`], also timing each of our kernels within the operations (see the
-    /// module doc). On the CPU it is [`Profiler::new`]: there are no kernels.
+    /// [`Profiler::new`], also timing each launch within the operations: our kernels, cuDNN's
+    /// and cuBLAS's calls (see the module doc). On the CPU it is [`Profiler::new`]: there are
+    /// no kernels.
     pub fn with_kernels(device: &Device) -> Result<Profiler> {
         let tracing = match device {
             Device::Cuda(dev) => {
@@ -236,7 +239,7 @@ impl Profile {
     }
 
     /// The rows of [`Profile::kernels`]: interval i of operation `labels[i]` is cut into
-    /// `parts[i]`, each (our kernel's name, or `None` for the work before the first one,
+    /// `parts[i]`, each (a traced launch's name, or `None` for the work before the first one,
     /// milliseconds); summed per "label: kernel" and "label: other ...", in first-seen order.
     pub fn kernel_rows(labels: &[String], parts: &[Vec<KernelPart>]) -> Vec<(String, usize, f64)> {
         let mut names = Vec::new();

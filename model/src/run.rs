@@ -592,7 +592,9 @@ const DETAIL_ROWS: usize = 40;
 const KERNEL_ROWS: usize = 50;
 
 /// The `profile` command: `warmup` training steps, one profiled step (the table of time
-/// per operation), then `timed` steps timed end to end with a synchronisation after each.
+/// per operation, and per operation and output shape), on a GPU a second one cut at each
+/// launch (the per-kernel table), then `timed` steps timed end to end with a synchronisation
+/// after each.
 pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usize, timed: usize, cuda_graph: bool) -> Result<()> {
     if cuda_graph && !device.is_cuda() {
         return Err(Error::Invalid("--cuda-graph runs on a CUDA GPU only".into()));
@@ -643,7 +645,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         let b = warmup + 1;
         let prof = train::profile_step_by_kernel(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, b * bs..(b + 1) * bs, norm, lr, cfg)?;
         println!(
-            "The next step, each operation split at the launches of our kernels (`{}`: cuDNN's and cuBLAS's kernels, copies and memsets before an operation's first kernel of ours; an event per kernel adds a little to every row; the {KERNEL_ROWS} largest rows):",
+            "The next step, each operation split at its launches (our kernels by name, cuDNN's and cuBLAS's calls by what they do; `{}`: copies and memsets before an operation's first launch; an event per launch adds a little to every row; the {KERNEL_ROWS} largest rows):",
             engine::profile::OTHER_WORK
         );
         print!("{}", prof.kernel_table(KERNEL_ROWS));

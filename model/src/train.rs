@@ -344,9 +344,10 @@ pub fn profile_step(
     profile_step_using(false, model, state, split, pipeline, order, params, range, norm, lr, cfg)
 }
 
-/// [`profile_step`], each operation's time also split kernel by kernel (our kernels; the
-/// rest of an operation's time is `other`): `Profile::kernels` (see
-/// `engine::profile::Profiler::with_kernels`). On the CPU there are no kernel rows.
+/// [`profile_step`], each operation's time also split launch by launch (our kernels, cuDNN's
+/// and cuBLAS's calls; what comes before an operation's first launch is `other`):
+/// `Profile::kernels` (see `engine::profile::Profiler::with_kernels`). On the CPU there are no
+/// kernel rows.
 #[allow(clippy::too_many_arguments)]
 pub fn profile_step_by_kernel(
     model: &mut ResNet9,

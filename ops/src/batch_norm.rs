@@ -388,6 +388,7 @@ fn train_forward_cudnn(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &mut 
     let (mut y, mut mean, mut invstd) = (dev.alloc_dtype(x.numel(), dt)?, dev.alloc_dtype(c, pt)?, dev.alloc_dtype(c, pt)?);
     let (gb, bb) = (gamma.cuda_buffer()?, beta.cuda_buffer()?);
     let (rm, rv) = (running.mean.cuda_buffer_mut()?.ptr_mut(), running.var.cuda_buffer_mut()?.ptr_mut());
+    dev.trace_launch("cuDNN batch norm forward (training)")?;
     let h = dev.cudnn()?;
     // SAFETY: x and y hold N·C·H·W elements of x's type; gamma, beta, the running statistics and the saved
     // mean/invstd hold C (checked by `check`); the two running buffers are distinct tensors.
@@ -419,6 +420,7 @@ fn eval_forward_cudnn(x: &Tensor, gamma: &Tensor, beta: &Tensor, running: &Runni
     let mut y = dev.alloc_dtype(x.numel(), dt)?;
     let (gb, bb) = (gamma.cuda_buffer()?, beta.cuda_buffer()?);
     let (rm, rv) = (running.mean.cuda_buffer()?, running.var.cuda_buffer()?);
+    dev.trace_launch("cuDNN batch norm forward (inference)")?;
     let h = dev.cudnn()?;
     // SAFETY: as in train_forward_cuda; the running statistics are only read.
     cudnn::check("cudnnBatchNormalizationForwardInference", unsafe {
@@ -457,6 +459,7 @@ impl BatchNormRecord {
         let dt = x.dtype();
         let pt = param_dtype(dt);
         let (mut dx, mut dgamma, mut dbeta) = (dev.alloc_dtype(x.numel(), dt)?, dev.alloc_dtype(c, pt)?, dev.alloc_dtype(c, pt)?);
+        dev.trace_launch("cuDNN batch norm backward")?;
         let h = dev.cudnn()?;
         // SAFETY: x, dy, dx hold N·C·H·W f32; gamma, dgamma, dbeta, mean, invstd hold C; the
         // saved statistics are the ones the forward computed for this x with the same epsilon.

@@ -777,6 +777,7 @@ fn graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layou
 /// Run graph-API plan `g` on x (or dx), w (or dw), y (or dy) at these device addresses.
 fn run_graph(dev: &Arc<engine::cuda::CudaDevice>, g: &ConvGraph, x: *const c_void, w: *const c_void, y: *const c_void) -> Result<()> {
     let st = dev.stream().clone();
+    dev.trace_launch("cuDNN graph-API convolution")?;
     dev.with_workspace(g.workspace, |ws| {
         let h = dev.cudnn()?;
         // SAFETY: the callers pass buffers of the shapes, layout and type the plan was made
@@ -810,6 +811,7 @@ fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     let mut y = dev.alloc_dtype(d.n * d.o * d.ohw(), dt)?;
     let st = dev.stream().clone();
     c.conv.set_math(c.plan.fwd_math)?;
+    dev.trace_launch("cuDNN convolution forward")?;
     dev.with_workspace(c.plan.fwd_bytes, |ws| {
         let h = dev.cudnn()?;
         // SAFETY: x, w and y hold the [N,C,H,W], [O,C,KH,KW] and [N,O,OH,OW] elements their
@@ -878,6 +880,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad
             let run = |out: &mut Tensor, beta: *const c_void| -> Result<()> {
                 let dxp = out.cuda_buffer_mut()?.ptr_mut();
                 c.conv.set_math(c.plan.bwd_data_math)?;
+                dev.trace_launch("cuDNN convolution backward data")?;
                 dev.with_workspace(c.plan.bwd_data_bytes, |ws| {
                     let h = dev.cudnn()?;
                     // SAFETY: as in forward_cuda; dx (new, or the gradient so far: checked to
@@ -919,6 +922,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad
         (Some(g), _) => run_graph(&dev, g, xb.ptr(), dw.ptr_mut(), dyb.ptr())?,
         (None, Some(c)) => {
             c.conv.set_math(c.plan.bwd_filter_math)?;
+            dev.trace_launch("cuDNN convolution backward filter")?;
             dev.with_workspace(c.plan.bwd_filter_bytes, |ws| {
                 let h = dev.cudnn()?;
                 // SAFETY: as in forward_cuda; dw has w's shape.

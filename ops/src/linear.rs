@@ -113,6 +113,7 @@ where
         beta,
         ldc: int(ldc)?,
     };
+    dev.trace_launch("cuBLAS gemm")?;
     // SAFETY: the buffers hold the matrices the sizes and leading dimensions describe (checked by `dims`).
     unsafe { dev.blas().gemm(cfg, a, b, c) }.map_err(|e| Error::Cuda { op: "cublas gemm", msg: e.to_string() })
 }

@@ -183,6 +183,7 @@ pub fn forward_cuda_indexed(x: &Tensor, k: usize) -> Result<(Tensor, Option<Pool
         }
     }
     let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::new(dt, x.layout(), ys[0], ys[1], ys[2], ys[3])?);
+    dev.trace_launch("cuDNN max-pool forward")?;
     let h = dev.cudnn()?;
     // SAFETY: x and y hold the elements their descriptors describe.
     cudnn::check("cudnnPoolingForward", unsafe {
@@ -306,6 +307,7 @@ pub fn backward_cudnn(x: &Tensor, y: &Tensor, dy: &Tensor, k: usize) -> Result<T
     let dt = x.dtype();
     let (pool, xd, yd) = (cudnn::PoolDesc::max(k, k)?, cudnn::TensorDesc::new(dt, x.layout(), s[0], s[1], s[2], s[3])?, cudnn::TensorDesc::new(dt, x.layout(), ys[0], ys[1], ys[2], ys[3])?);
     let mut dx = dev.alloc_dtype(x.numel(), dt)?;
+    dev.trace_launch("cuDNN max-pool backward")?;
     let h = dev.cudnn()?;
     // SAFETY: x/dx and y/dy hold the elements their descriptors describe (checked above).
     cudnn::check("cudnnPoolingBackward", unsafe {

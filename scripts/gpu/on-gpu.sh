@@ -150,13 +150,22 @@ tests() {
         # The first 256 KiB of each non-empty log (cuDNN can repeat itself at length).
         if [ -s "$tmp/$t.cudnn-log" ]; then head -c 262144 "$tmp/$t.cudnn-log" > "$RES/cudnn-log-$t-$day.txt"; fi
     done
-    rm -rf "$tmp"
     grep -E '^test |test result|exit status' "$f"
-    # Not "ok" covers a failure and a crash that ended the binary before the test reported.
-    if ! grep -q 'first_conv_direct_kernels_match_the_cpu_and_cudnn \.\.\. ok' "$f"; then
+    if ! test_passed "$tmp/test-cuda_ops.txt" first_conv_direct_kernels_match_the_cpu_and_cudnn; then
         OURS_FALLBACK=(--cudnn-first-conv)
         echo "on-gpu.sh: first_conv_direct_kernels_match_the_cpu_and_cudnn did not pass: every later train and sbs adds --cudnn-first-conv" | tee -a "$f"
     fi
+    rm -rf "$tmp"
+}
+
+# Whether test NAME passed in the libtest output FILE (--test-threads=1 --nocapture, where a
+# test's own output can come between its `test NAME ... ` and its `ok`): it ran, the binary
+# reached its `test result:` line (no crash, no timeout), and NAME is neither in the
+# `failures:` list nor a panicking thread.
+test_passed() {
+    local file="$1" name="$2"
+    grep -q "^test $name \.\.\. " "$file" && grep -q '^test result: ' "$file" \
+        && ! grep -qx "    $name" "$file" && ! grep -q "^thread '$name'" "$file"
 }
 
 # Extra flags for `model train`, e.g. TRAIN_ARGS="--lr-max 0.4 --lr-min 0.04" (word-split).
