@@ -199,9 +199,10 @@ train() {
 # check of issue 6) into $DATA-qQ (/root/cifar10-qQ for the staged copy), for `train SEEDS -- --data
 # /root/cifar10-qQ`; needs Pillow in the machine's Python, and says so (status 1) if it is missing.
 degrade() {
-    local q="${1:-55}"
+    local q="${1:-55}" t_s
     python3 -c 'import PIL' 2>/dev/null || { echo "on-gpu.sh: degrade needs Pillow (python3 -c 'import PIL' failed): skipped"; return 1; }
-    { echo "== bench/jpeg_degrade.py --data $DATA --quality $q"; python3 bench/jpeg_degrade.py --data "$DATA" --out "$DATA-q$q" --quality "$q" 2>&1; } | tee -a "$RES/jpeg-degrade-$day.txt"
+    t_s="$(limit 120)"; [ -n "$t_s" ] || return 1
+    { echo "== bench/jpeg_degrade.py --data $DATA --quality $q"; timeout "$t_s" python3 bench/jpeg_degrade.py --data "$DATA" --out "$DATA-q$q" --quality "$q" 2>&1; } | tee -a "$RES/jpeg-degrade-$day.txt"
 }
 
 # `official 21 22 23`: issue 6's deciding runs, whatever the machine holds.
@@ -218,6 +219,9 @@ official() {
     local seeds=() rest=() seen="" a
     for a in "$@"; do
         if [ -n "$seen" ]; then rest+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
+    done
+    for a in "${rest[@]}"; do
+        [ "$a" = "--data" ] && { echo "on-gpu.sh: official chooses the data itself; --data in its flags would void the pair of runs: skipped" >&2; return 0; }
     done
     [ ${#rest[@]} -gt 0 ] && rest=(-- "${rest[@]}")
     local list="$RES/cifar-search-$day.txt"
