@@ -220,6 +220,8 @@ extern "C" __global__ void weights_to_bf16_krsc_tiled(const WeightCopyTable tabl
         ++t;
     }
     const unsigned int k = blk - table.block0[t], c = table.c[t], rs = table.rs[t], n = c * rs;
+    // (Neither holds for a launch of ops/src/weight_copy.rs, which sizes the grid from the K's
+    // and uses this kernel only where every C*RS fits its TILE, equal to WCOPY_TILE.)
     if (k >= table.k[t] || n > WCOPY_TILE) {
         return;
     }

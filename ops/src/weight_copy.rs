@@ -145,6 +145,17 @@ mod tests {
     use super::*;
     use crate::gradcheck::random_params;
 
+    /// The host's tile size is the kernel's (`#define WCOPY_TILE` in `ptx/bf16.cu`): a larger
+    /// host value would launch the tiled copy for rows its shared memory does not hold, and
+    /// the kernel would leave them unwritten.
+    #[test]
+    fn the_tile_is_the_kernels() {
+        let (_, src) = crate::kernels::SOURCES.iter().find(|(f, _)| *f == "bf16.cu").unwrap();
+        let line = src.lines().find(|l| l.starts_with("#define WCOPY_TILE ")).expect("WCOPY_TILE defined in bf16.cu");
+        let value: usize = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert_eq!(value, TILE);
+    }
+
     /// On the CPU both directions are the two ops' tensor functions: the copies hold the
     /// weights' values in the asked type and layout, and the gradients come back as f32 NCHW
     /// with the same values (a round trip of f32 through f32 is exact).

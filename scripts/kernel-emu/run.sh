@@ -105,6 +105,7 @@ if [ "$selftest" = 1 ]; then
         "wctpair|bf16|s/out2\[i\] = (unsigned int)to_bf16(row\[ch \* rs + p\])/out2[i] = (unsigned int)to_bf16(row[(ch + 1) * rs + p])/|plain|bf16|tiled weight copy writes one channel into both halves of a pair"
         "wctrow|bf16|s/reinterpret_cast<const float\*>(table.src\[t\]) + (unsigned long long)k \* n;/reinterpret_cast<const float*>(table.src[t]);/|plain|bf16|tiled weight copy reads the first output channel's row for every block"
         "wctsync|bf16|/row\[j\] = w\[j\];/{n;n;s/__syncthreads();//}|tsan|bf16|tiled weight copy reads its row before the block stored it (data race)"
+        "wctblk|bf16|s/while (t + 1 < count \&\& table.block0\[t + 1\] <= blk) {/while (t + 1 < count \&\& table.block0[t + 1] < blk) {/|plain|bf16|tiled weight copy gives a tensor's first block to the tensor before"
         "wctodd|bf16|s/if (c % 2 == 0) {/if (c % 2 == 1) {/|plain|bf16|tiled weight copy stores pairs for an odd channel count"
         "sgdkrsc|sgd|s/return (k \* rs + p) \* c + ch;/return (k * c + ch) * rs + p;/|plain|sgd|copy gradients read in the weight's order instead of the copy's"
         "bnrunroll|batch_norm_relu|s/const unsigned int gu = g + u \* stride;/const unsigned int gu = g + u;/|plain|batch_norm_relu|unrolled elementwise passes take neighbouring groups instead of a stride apart"
