@@ -49,8 +49,8 @@ __device__ __forceinline__ void narrow(float v, bf16* out)
 #define BNR_THREADS 256   // threads of the NCHW and vectorised NHWC reduction blocks (launched with exactly this)
 #define BNR_NHWC_X 32     // channels per NHWC reduction block (threadIdx.x)
 #define BNR_NHWC_Y 8      // rows reduced in parallel per NHWC block (threadIdx.y)
-#define BNR_FIN_X 32      // channels per finalize block (threadIdx.x)
-#define BNR_FIN_Y 8       // lanes over the splits per finalize block (threadIdx.y)
+#define BNR_FIN_X 8       // channels per finalize block (threadIdx.x)
+#define BNR_FIN_Y 32      // lanes over the splits per finalize block (threadIdx.y)
 #define BNR_UNROLL 4      // 16-byte loads a thread of the vectorised reductions issues at once
 
 // Chan's merge of (nb, mb, qb) into (na, ma, qa): counts, means, sums of squared deviations.
@@ -153,12 +153,19 @@ __device__ void stats_nhwc(const T* x, A* partial, unsigned int n, unsigned int 
     }
 }
 
-// Block (BNR_FIN_X, BNR_FIN_Y) per 32 channels: thread (tx, ty) merges, in order, the splits
-// ty, ty + 8, ... of channel c = 32*blockIdx.x + tx; the 8 lanes of a channel are merged in
-// a tree, and thread (tx, 0) writes stats[0..4)[c] = mean, invstd, scale, shift and updates
-// the running statistics (running_var with the unbiased variance, as PyTorch). Lanes, not
-// one thread per channel: the 256 splits of a large layer would be 256 dependent merges
-// (each a division and a load) in a row.
+// Block (BNR_FIN_X, BNR_FIN_Y) per 8 channels: thread (tx, ty) merges, in order, the splits
+// ty, ty + 32, ... of channel c = 8*blockIdx.x + tx, loading BNR_UNROLL of them before it
+// merges any; the 32 lanes of a channel are merged in a tree, and thread (tx, 0) writes
+// stats[0..4)[c] = mean, invstd, scale, shift and updates the running statistics
+// (running_var with the unbiased variance, as PyTorch). Lanes, not one thread per channel,
+// and the loads first: each merge needs its split's values, so a loop that loads one split
+// and merges it waits a memory latency per split. With 32 x 8 blocks and one load at a time
+// (until 2026-11-26), the 512 splits of the network's larger layers were 64 such waits in a
+// row per thread, on C/32 blocks (2 for the first layer's 64 channels): about 25 µs per
+// finalize at ~0.4 µs per wait, an estimate close to what batch norm + ReLU took on the H100
+// beyond its memory traffic for those layers (bench/results/h100-2026-11-26; not measured
+// per kernel: profile's per-launch table will say). Now 512 splits are 4 rounds of 4 loads
+// per thread, on C/8 blocks.
 template <typename A>
 __device__ void finalize(const A* partial, unsigned int c_count, unsigned int splits, const A* gamma, const A* beta,
                          A* running_mean, A* running_var, A momentum, A eps, A* stats)
@@ -167,9 +174,21 @@ __device__ void finalize(const A* partial, unsigned int c_count, unsigned int sp
     const unsigned int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * BNR_FIN_X + tx;
     A n = 0, m = 0, q = 0;
     if (c < c_count) {
-        for (unsigned int s = ty; s < splits; s += BNR_FIN_Y) {
-            const A* p = partial + ((unsigned long long)s * c_count + c) * 3;
-            merge(n, m, q, p[0], p[1], p[2]);
+        for (unsigned int first = ty; first < splits; first += BNR_UNROLL * BNR_FIN_Y) {
+            // Splits first, first + 32, first + 64, first + 96 loaded first (an empty one past
+            // the last split merges as nothing), then merged in that order.
+            A pn[BNR_UNROLL], pm[BNR_UNROLL], pq[BNR_UNROLL];
+            for (int u = 0; u < BNR_UNROLL; ++u) {
+                const unsigned int s = first + u * BNR_FIN_Y;
+                pn[u] = pm[u] = pq[u] = A(0);
+                if (s < splits) {
+                    const A* p = partial + ((unsigned long long)s * c_count + c) * 3;
+                    pn[u] = p[0]; pm[u] = p[1]; pq[u] = p[2];
+                }
+            }
+            for (int u = 0; u < BNR_UNROLL; ++u) {
+                merge(n, m, q, pn[u], pm[u], pq[u]);
+            }
         }
     }
     sn[ty][tx] = n; sm[ty][tx] = m; sq[ty][tx] = q;
@@ -728,8 +747,9 @@ __device__ void bwd_sums_nhwc(const T* x, const T* dy, const A* stats, A* partia
     }
 }
 
-// Blocks as in finalize: thread (tx, ty) adds, in order, the splits ty, ty + 8, ... of
-// channel c; the 8 lanes are added in a tree, and thread (tx, 0) writes dbeta = sum dz,
+// Blocks as in finalize: thread (tx, ty) adds, in order, the splits ty, ty + 32, ... of
+// channel c (BNR_UNROLL loaded before it adds any); the 32 lanes are added in a tree, and
+// thread (tx, 0) writes dbeta = sum dz,
 // dgamma = sum dz*xhat and the coefficients of dx: coef[0..3)[c] = gamma*invstd, dbeta/M,
 // dgamma/M.
 template <typename A>
@@ -740,10 +760,22 @@ __device__ void bwd_finalize(const A* partial, unsigned int c_count, unsigned in
     const unsigned int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * BNR_FIN_X + tx;
     A a0 = 0, a1 = 0;
     if (c < c_count) {
-        for (unsigned int s = ty; s < splits; s += BNR_FIN_Y) {
-            const A* p = partial + ((unsigned long long)s * c_count + c) * 2;
-            a0 += p[0];
-            a1 += p[1];
+        for (unsigned int first = ty; first < splits; first += BNR_UNROLL * BNR_FIN_Y) {
+            A p0[BNR_UNROLL], p1[BNR_UNROLL];
+            for (int u = 0; u < BNR_UNROLL; ++u) {
+                const unsigned int s = first + u * BNR_FIN_Y;
+                p0[u] = p1[u] = A(0);
+                if (s < splits) {
+                    const A* p = partial + ((unsigned long long)s * c_count + c) * 2;
+                    p0[u] = p[0];
+                    p1[u] = p[1];
+                }
+            }
+            // (A split past the last adds its zeros: no change to a sum but that of -0 to +0.)
+            for (int u = 0; u < BNR_UNROLL; ++u) {
+                a0 += p0[u];
+                a1 += p1[u];
+            }
         }
     }
     s0[ty][tx] = a0; s1[ty][tx] = a1;

@@ -199,7 +199,7 @@ const NCHW_THREADS: u32 = 256;
 /// Channels and rows of an NHWC reduction block (`BNR_NHWC_X`, `BNR_NHWC_Y`), and channels and
 /// split lanes of a finalize block (`BNR_FIN_X`, `BNR_FIN_Y`).
 const NHWC_BLOCK: (u32, u32) = (32, 8);
-const FINALIZE_BLOCK: (u32, u32) = (32, 8);
+const FINALIZE_BLOCK: (u32, u32) = (8, 32);
 /// Values one reduction block aims to cover, and the most splits of a channel.
 const PER_BLOCK: usize = 16384;
 const MAX_SPLITS: usize = 256;

@@ -134,7 +134,7 @@ Geo geometry(unsigned n, unsigned c, unsigned h, unsigned w, bool nhwc, bool vec
             splits = std::min((total + PER_BLOCK - 1) / PER_BLOCK, (m + MIN_ROWS_VEC - 1) / MIN_ROWS_VEC);
             splits = std::clamp(splits, 1ull, MAX_SPLITS_VEC);
     }
-    Geo g{n, c, h * w, n * c * h * w, (unsigned)splits, (unsigned)m, nhwc, reduce, dim3(), dim3(), dim3((c + 31) / 32), dim3(32, 8)};
+    Geo g{n, c, h * w, n * c * h * w, (unsigned)splits, (unsigned)m, nhwc, reduce, dim3(), dim3(), dim3((c + 7) / 8), dim3(8, 32)};
     switch (reduce) {
         case Reduce::nchw: g.rgrid = dim3(c, g.splits, 1); g.rblock = dim3(256, 1, 1); break;
         case Reduce::nhwc: g.rgrid = dim3((c + 31) / 32, g.splits, 1); g.rblock = dim3(32, 8, 1); break;
@@ -450,6 +450,8 @@ int main(int argc, char** argv)
         {5, 24, 6, 6, true},
         // vectorised: 10 splits (153600 values), so each finalize lane merges two or one
         {24, 64, 10, 10, true},
+        // NHWC: M = 69632, 136 splits: more than one round of the finalize's 4 x 32 loads
+        {256, 3, 16, 17, true},
         // NHWC: M = 144000 > 256*512: the split count is clamped to 256
         {1000, 3, 12, 12, true},
         // vectorised: total = 9.4M > 512*16384 and M = 147456 > 512*64: clamped to 512 splits
