@@ -28,8 +28,9 @@
 // Sums: the forward adds the 27 products of each output in (r, s, c) order with fused
 // multiply-adds (__fmaf_rn, the same on the GPU and in the CPU emulation); the weight
 // gradient sums per thread over its pixels in order, then over the block's 8 rows of threads
-// in a fixed tree, then over the blocks in order (conv3x3_c3_wgrad_finish): deterministic, the
-// same bits at every run for a given grid.
+// in a fixed tree, then over the blocks (conv3x3_c3_wgrad_finish: 8 lanes, each over every
+// 8th block in order, then a fixed tree of the lanes): deterministic, the same bits at every
+// run for a given grid.
 //
 // 32-bit indices: the caller checks that x, y and dy have fewer than 2^31 elements.
 
@@ -48,7 +49,7 @@ __device__ __forceinline__ unsigned int c3_narrow(float v)
 
 #define C3_TAPS 27       // 3 rows x 3 columns x 3 channels: one output's products
 #define C3_MAX_O 64      // output channels the shared weight table and the wgrad rows hold
-#define C3_THREADS 256   // threads per block of every kernel here (launched with exactly this)
+#define C3_THREADS 256   // threads per block of the forward and the wgrad's first pass (launched with exactly this)
 #define C3_ROWS 8        // wgrad: rows of 32 threads per block, each row one pixel at a time
 
 // Calls take(tap, value) for each input of pixel pix's 3x3 window (pix = (b*H + i)*W + j) that
@@ -147,14 +148,38 @@ extern "C" __global__ void __launch_bounds__(C3_THREADS, 3) conv3x3_c3_wgrad_par
     }
 }
 
-// Weight gradient, second pass: ONE THREAD per weight (o, tap), summing the `blocks` partial
-// sums in block order, rounded to bf16 and written in w's order (o*27 + tap).
+// Weight gradient, second pass: ONE BLOCK per tap (27 blocks) of C3_MAX_O x C3_FIN_LANES
+// threads. Thread (k, lane) sums the partial sums of output channel k from blocks lane,
+// lane + 8, lane + 16, ... in that order, loading C3_FIN_UNROLL of them before it adds any;
+// the 8 lanes are then added in a fixed tree, rounded to bf16 and written in w's order
+// (o*27 + tap). Neighbouring threads read neighbouring channels (128 bytes per warp load).
+// Before, one thread per weight summed all the blocks (396 on an H100: one wave of the first
+// pass) one load after another, in 7 blocks of 256 threads, reading 256 bytes apart across a
+// warp: about 100 memory latencies in a row per thread, some 50 µs by arithmetic, as long as
+// the first pass it finishes; now 7 rounds of 8 loads, on 27 blocks.
+#define C3_FIN_LANES 8   // lanes over the blocks (threadIdx.y); threadIdx.x is the channel, < C3_MAX_O
+#define C3_FIN_UNROLL 8  // loads a lane issues before it adds
 extern "C" __global__ void conv3x3_c3_wgrad_finish_bf16(const float* partial, bf16* dw, unsigned int blocks, unsigned int o)
 {
-    for (unsigned int t = blockIdx.x * blockDim.x + threadIdx.x; t < C3_TAPS * o; t += blockDim.x * gridDim.x) {
-        const unsigned int k = t / C3_TAPS, tap = t % C3_TAPS;
-        float sum = 0.0f;
-        for (unsigned int q = 0; q < blocks; ++q) sum = __fadd_rn(sum, partial[q * (C3_TAPS * C3_MAX_O) + tap * C3_MAX_O + k]);
-        dw[t] = (bf16)c3_narrow(sum);
+    __shared__ float lanes[C3_FIN_LANES][C3_MAX_O];
+    const unsigned int k = threadIdx.x, lane = threadIdx.y, tap = blockIdx.x;
+    const float* col = partial + tap * C3_MAX_O + k;  // partial[q][tap][k] at col[q * 27 * 64]
+    float sum = 0.0f;
+    for (unsigned int first = lane; first < blocks; first += C3_FIN_UNROLL * C3_FIN_LANES) {
+        float v[C3_FIN_UNROLL];
+        for (int u = 0; u < C3_FIN_UNROLL; ++u) {
+            const unsigned int q = first + u * C3_FIN_LANES;
+            v[u] = q < blocks ? col[(unsigned long long)q * (C3_TAPS * C3_MAX_O)] : 0.0f;
+        }
+        for (int u = 0; u < C3_FIN_UNROLL; ++u) {
+            if (first + u * C3_FIN_LANES < blocks) sum = __fadd_rn(sum, v[u]);
+        }
     }
+    lanes[lane][k] = sum;
+    __syncthreads();
+    for (unsigned int w = C3_FIN_LANES / 2; w > 0; w /= 2) {
+        if (lane < w) lanes[lane][k] = __fadd_rn(lanes[lane][k], lanes[lane + w][k]);
+        __syncthreads();
+    }
+    if (lane == 0 && k < o) dw[k * C3_TAPS + tap] = (bf16)c3_narrow(lanes[0][k]);
 }

@@ -21,7 +21,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use engine::Layout;
 use engine::cuda::CudaDevice;
 
-/// Threads per block of the three kernels (`C3_THREADS` in the kernel file).
+/// Threads per block of the forward and the weight gradient's first pass (`C3_THREADS` in the
+/// kernel file).
 const THREADS: u32 = 256;
 /// Output channels the kernels' shared table and rows hold (`C3_MAX_O`).
 const MAX_O: usize = 64;
@@ -29,6 +30,9 @@ const MAX_O: usize = 64;
 const TAPS: usize = 27;
 /// Rows of 32 threads in a weight-gradient block, one pixel each at a time (`C3_ROWS`).
 const ROWS: usize = 8;
+/// Lanes over the first pass's blocks in a block of the second (`C3_FIN_LANES`): its blocks
+/// are `MAX_O` × this many threads, one block per tap.
+const FIN_LANES: u32 = 8;
 
 /// Whether our kernels take `y = conv(x, w)` with this stride and padding: on the GPU with
 /// the device's switch on ([`CudaDevice::direct_first_conv`]), x bf16 channels-last with 3
@@ -116,14 +120,17 @@ pub(crate) fn weight_grad(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor>
     // 27·64 f32 per block of the launch; indices below 2^31 (fits).
     unsafe { launch.launch(blocks(nblocks)) }.map_err(crate::cuda::launch_err("conv3x3_c3_wgrad_partial"))?;
 
-    // Pass 2: the blocks' sums in order, one thread per weight, rounded to bf16.
+    // Pass 2: the blocks' sums (8 lanes over them, each in order, then a fixed tree), one
+    // block per tap, rounded to bf16.
     let mut dw = dev.alloc_dtype(o * TAPS, DType::BF16)?;
     let dwp = dw.ptr_mut() as u64;
     let f = crate::cuda::function(&dev, "conv_c3.cu", "conv3x3_c3_wgrad_finish_bf16")?;
     let mut launch = dev.stream().launch_builder(&f);
     launch.arg(&pp).arg(&dwp).arg(&nblocks).arg(&oc);
-    // SAFETY: partial holds nblocks·27·64 f32 written by pass 1 (same stream, so in order);
-    // dw holds O·27 bf16.
-    unsafe { launch.launch(blocks(count(o * TAPS)?.div_ceil(THREADS))) }.map_err(crate::cuda::launch_err("conv3x3_c3_wgrad_finish"))?;
+    // SAFETY: partial holds nblocks·27·64 f32 written by pass 1 (same stream, so in order),
+    // every one of its 64 channels (the finish reads them all, writes those below O); dw holds
+    // O·27 bf16; a block of 64 × 8 threads per tap, as the kernel indexes them.
+    let cfg = LaunchConfig { grid_dim: (TAPS as u32, 1, 1), block_dim: (MAX_O as u32, FIN_LANES, 1), shared_mem_bytes: 0 };
+    unsafe { launch.launch(cfg) }.map_err(crate::cuda::launch_err("conv3x3_c3_wgrad_finish"))?;
     crate::cuda::like(w, dw)
 }

@@ -122,7 +122,10 @@ if [ "$selftest" = 1 ]; then
         "c3pair|conv_c3|s/acc\[tap\]\[1\] = __fmaf_rn(xv, d1, acc\[tap\]\[1\]);/acc[tap][1] = __fmaf_rn(xv, d0, acc[tap][1]);/|plain|conv_c3|first-conv weight gradient uses one dy value for both channels of a pair"
         "c3tree|conv_c3|s/slot\[0\] = __fadd_rn(slot\[0\], acc\[t\]\[0\]);/slot[0] = acc[t][0];/|plain|conv_c3|first-conv weight gradient drops half its rows' sums"
         "c3sync|conv_c3|/red\[row\]\[t \* C3_MAX_O + 2 \* lane + 1\] = acc\[t\]\[1\];/{n;n;n;s/__syncthreads();//}|tsan|conv_c3|first-conv weight gradient adds rows before the others stored (data race)"
-        "c3finish|conv_c3|s/for (unsigned int q = 0; q < blocks; ++q)/for (unsigned int q = 1; q < blocks; ++q)/|plain|conv_c3|first-conv weight gradient skips the first block's sums"
+        "c3finish|conv_c3|s/for (unsigned int first = lane; first < blocks;/for (unsigned int first = lane + C3_FIN_LANES; first < blocks;/|plain|conv_c3|first-conv weight gradient skips each lane's first block's sums"
+        "c3finu|conv_c3|s/const unsigned int q = first + u \* C3_FIN_LANES;/const unsigned int q = first + u;/|plain|conv_c3|first-conv weight gradient's unrolled loads take neighbouring blocks instead of a lane stride apart"
+        "c3fintree|conv_c3|s/lanes\[lane\]\[k\] = __fadd_rn(lanes\[lane\]\[k\], lanes\[lane + w\]\[k\]);/lanes[lane][k] = __fadd_rn(lanes[lane][k], lanes[lane][k]);/|plain|conv_c3|first-conv weight gradient's lane tree adds a lane to itself"
+        "c3finsync|conv_c3|/lanes\[lane\]\[k\] = sum;/{n;s/__syncthreads();//}|tsan|conv_c3|first-conv weight gradient's lane tree reads lanes before they are stored (data race)"
     )
     mkdir -p build/mut
     caught=0 missed=0 stale=0

@@ -2,7 +2,7 @@
 // channels-last) as ops/src/conv2d_c3.rs launches it: conv3x3_c3_forward_bf16 (blocks of 256,
 // at most one wave: here every block the outputs need, and a grid of 2 for the grid-stride
 // loop), then conv3x3_c3_wgrad_partial_bf16 (blocks of 256, ceil(pixels / 8) of them or fewer)
-// and conv3x3_c3_wgrad_finish_bf16 (ceil(27·O / 256) blocks of 256).
+// and conv3x3_c3_wgrad_finish_bf16 (27 blocks of 64 x 8).
 //
 // Checks:
 // - y bit for bit against a reference written here: per output, the 27 products added in
@@ -112,7 +112,7 @@ static void case_conv(unsigned n, unsigned h, unsigned w, unsigned o, std::mt199
         emu::launch(conv3x3_c3_wgrad_partial_bf16, dim3(blocks), dim3(256), (const bf16*)x.data(),
                     reinterpret_cast<const unsigned int*>(dy.data()), partial.data(), n, h, w, o);
         std::vector<uint16_t> dw(size_t(o) * 27, chk::BF16_NAN);
-        emu::launch(conv3x3_c3_wgrad_finish_bf16, dim3((o * 27 + 255) / 256), dim3(256), (const float*)partial.data(),
+        emu::launch(conv3x3_c3_wgrad_finish_bf16, dim3(27), dim3(64, 8), (const float*)partial.data(),
                     (bf16*)dw.data(), blocks, o);
         const std::string tag = std::string(L) + " weight gradient, " + std::to_string(blocks) + " blocks";
         std::vector<double> got(dw.size()), ref(dw.size());
@@ -141,7 +141,8 @@ int main(int argc, char** argv)
     std::mt19937_64 rng(31);
     // n, h, w, o: the network's 64 channels on small images (odd sides), 8 and 16 channels,
     // a 1x1 image, more pixels than one wave of rows covers
-    const unsigned shapes[][4] = {{2, 6, 5, 64}, {1, 7, 9, 8}, {3, 4, 4, 16}, {2, 1, 1, 64}, {1, 3, 1, 8}};
+    // (and 68 first-pass blocks, more than one round of the finish's 8 lanes x 8 loads)
+    const unsigned shapes[][4] = {{2, 6, 5, 64}, {1, 7, 9, 8}, {3, 4, 4, 16}, {2, 1, 1, 64}, {1, 3, 1, 8}, {2, 16, 17, 8}};
     for (const auto& s : shapes) case_conv(s[0], s[1], s[2], s[3], rng);
     if (!quick) case_conv(4, 12, 12, 64, rng);
     return chk::finish("conv_c3");
