@@ -51,7 +51,8 @@ __device__ __forceinline__ void narrow(float v, bf16* out)
 #define BNR_NHWC_Y 8      // rows reduced in parallel per NHWC block (threadIdx.y)
 #define BNR_FIN_X 8       // channels per finalize block (threadIdx.x)
 #define BNR_FIN_Y 32      // lanes over the splits per finalize block (threadIdx.y)
-#define BNR_UNROLL 4      // 16-byte loads a thread of the vectorised reductions issues at once
+#define BNR_UNROLL 4      // 16-byte loads a thread of the vectorised passes issues at once
+#define BNR_FIN_UNROLL 4  // splits a finalize thread loads before it merges (or adds) them
 
 // Chan's merge of (nb, mb, qb) into (na, ma, qa): counts, means, sums of squared deviations.
 // An empty side contributes nothing (and an empty (na, ma, qa) becomes a copy of the other,
@@ -154,7 +155,7 @@ __device__ void stats_nhwc(const T* x, A* partial, unsigned int n, unsigned int 
 }
 
 // Block (BNR_FIN_X, BNR_FIN_Y) per 8 channels: thread (tx, ty) merges, in order, the splits
-// ty, ty + 32, ... of channel c = 8*blockIdx.x + tx, loading BNR_UNROLL of them before it
+// ty, ty + 32, ... of channel c = 8*blockIdx.x + tx, loading BNR_FIN_UNROLL of them before it
 // merges any; the 32 lanes of a channel are merged in a tree, and thread (tx, 0) writes
 // stats[0..4)[c] = mean, invstd, scale, shift and updates the running statistics
 // (running_var with the unbiased variance, as PyTorch). Lanes, not one thread per channel,
@@ -174,11 +175,11 @@ __device__ void finalize(const A* partial, unsigned int c_count, unsigned int sp
     const unsigned int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * BNR_FIN_X + tx;
     A n = 0, m = 0, q = 0;
     if (c < c_count) {
-        for (unsigned int first = ty; first < splits; first += BNR_UNROLL * BNR_FIN_Y) {
-            // Splits first, first + 32, first + 64, first + 96 loaded first (an empty one past
-            // the last split merges as nothing), then merged in that order.
-            A pn[BNR_UNROLL], pm[BNR_UNROLL], pq[BNR_UNROLL];
-            for (int u = 0; u < BNR_UNROLL; ++u) {
+        for (unsigned int first = ty; first < splits; first += BNR_FIN_UNROLL * BNR_FIN_Y) {
+            // Splits first, first + BNR_FIN_Y, ... (BNR_FIN_UNROLL of them) loaded first (an
+            // empty one past the last split merges as nothing), then merged in that order.
+            A pn[BNR_FIN_UNROLL], pm[BNR_FIN_UNROLL], pq[BNR_FIN_UNROLL];
+            for (int u = 0; u < BNR_FIN_UNROLL; ++u) {
                 const unsigned int s = first + u * BNR_FIN_Y;
                 pn[u] = pm[u] = pq[u] = A(0);
                 if (s < splits) {
@@ -186,7 +187,7 @@ __device__ void finalize(const A* partial, unsigned int c_count, unsigned int sp
                     pn[u] = p[0]; pm[u] = p[1]; pq[u] = p[2];
                 }
             }
-            for (int u = 0; u < BNR_UNROLL; ++u) {
+            for (int u = 0; u < BNR_FIN_UNROLL; ++u) {
                 merge(n, m, q, pn[u], pm[u], pq[u]);
             }
         }
@@ -748,7 +749,7 @@ __device__ void bwd_sums_nhwc(const T* x, const T* dy, const A* stats, A* partia
 }
 
 // Blocks as in finalize: thread (tx, ty) adds, in order, the splits ty, ty + 32, ... of
-// channel c (BNR_UNROLL loaded before it adds any); the 32 lanes are added in a tree, and
+// channel c (BNR_FIN_UNROLL loaded before it adds any); the 32 lanes are added in a tree, and
 // thread (tx, 0) writes dbeta = sum dz,
 // dgamma = sum dz*xhat and the coefficients of dx: coef[0..3)[c] = gamma*invstd, dbeta/M,
 // dgamma/M.
@@ -760,9 +761,9 @@ __device__ void bwd_finalize(const A* partial, unsigned int c_count, unsigned in
     const unsigned int tx = threadIdx.x, ty = threadIdx.y, c = blockIdx.x * BNR_FIN_X + tx;
     A a0 = 0, a1 = 0;
     if (c < c_count) {
-        for (unsigned int first = ty; first < splits; first += BNR_UNROLL * BNR_FIN_Y) {
-            A p0[BNR_UNROLL], p1[BNR_UNROLL];
-            for (int u = 0; u < BNR_UNROLL; ++u) {
+        for (unsigned int first = ty; first < splits; first += BNR_FIN_UNROLL * BNR_FIN_Y) {
+            A p0[BNR_FIN_UNROLL], p1[BNR_FIN_UNROLL];
+            for (int u = 0; u < BNR_FIN_UNROLL; ++u) {
                 const unsigned int s = first + u * BNR_FIN_Y;
                 p0[u] = p1[u] = A(0);
                 if (s < splits) {
@@ -772,7 +773,7 @@ __device__ void bwd_finalize(const A* partial, unsigned int c_count, unsigned in
                 }
             }
             // (A split past the last adds its zeros: no change to a sum but that of -0 to +0.)
-            for (int u = 0; u < BNR_UNROLL; ++u) {
+            for (int u = 0; u < BNR_FIN_UNROLL; ++u) {
                 a0 += p0[u];
                 a1 += p1[u];
             }

@@ -530,6 +530,16 @@ fn backward_cuda(x: &Tensor, gamma: &Tensor, dy: &Tensor, stats: &Tensor) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The launch shapes here are the kernels' (they index shared memory by thread index and
+    /// trust the block size): the reduction blocks, the NHWC block and the finalize block.
+    #[test]
+    fn launch_constants_are_the_kernels() {
+        let define = |name| crate::kernels::define("batch_norm_relu.cu", name) as u32;
+        assert_eq!(NCHW_THREADS, define("BNR_THREADS"));
+        assert_eq!(NHWC_BLOCK, (define("BNR_NHWC_X"), define("BNR_NHWC_Y")));
+        assert_eq!(FINALIZE_BLOCK, (define("BNR_FIN_X"), define("BNR_FIN_Y")));
+    }
     use crate::gradcheck::{GradCheck, random_params};
 
     /// The record's backward (ReLU's mask from the output, then batch norm's rule) against

@@ -134,3 +134,20 @@ pub(crate) fn weight_grad(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor>
     unsafe { launch.launch(cfg) }.map_err(crate::cuda::launch_err("conv3x3_c3_wgrad_finish"))?;
     crate::cuda::like(w, dw)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The launch shapes and table sizes here are the kernels' (`ptx/conv_c3.cu` indexes its
+    /// shared tables by thread index and trusts the block size).
+    #[test]
+    fn launch_constants_are_the_kernels() {
+        let define = |name| crate::kernels::define("conv_c3.cu", name);
+        assert_eq!(u64::from(THREADS), define("C3_THREADS"));
+        assert_eq!(MAX_O as u64, define("C3_MAX_O"));
+        assert_eq!(TAPS as u64, define("C3_TAPS"));
+        assert_eq!(ROWS as u64, define("C3_ROWS"));
+        assert_eq!(u64::from(FIN_LANES), define("C3_FIN_LANES"));
+    }
+}

@@ -16,8 +16,26 @@ pub const SOURCES: [(&str, &str); 11] = [
     ("sgd.cu", include_str!("../../ptx/sgd.cu")),
 ];
 
+/// The value of `#define NAME value` in kernel file `file` (tests tie the host's launch
+/// constants to the kernels' with it: a kernel that indexes shared memory by its thread
+/// index trusts the host's block size).
+#[cfg(test)]
+pub(crate) fn define(file: &str, name: &str) -> u64 {
+    let (_, src) = SOURCES.iter().find(|(f, _)| *f == file).unwrap_or_else(|| panic!("no kernel file {file}"));
+    let prefix = format!("#define {name} ");
+    let line = src.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{file} defines no {name}"));
+    line[prefix.len()..].split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{file}: {line}"))
+}
+
 #[cfg(test)]
 mod tests {
+    /// `define` reads a kernel file's constants (and says which one is missing).
+    #[test]
+    fn defines_are_read_from_the_kernel_files() {
+        assert_eq!(super::define("bf16.cu", "WCOPY_MAX_TENSORS"), 16);
+        assert!(std::panic::catch_unwind(|| super::define("bf16.cu", "NO_SUCH_CONSTANT")).is_err());
+    }
+
     /// Every `.cu` file in `ptx/` is embedded (a new kernel file must be added to `SOURCES`).
     #[test]
     fn every_kernel_file_is_embedded() {

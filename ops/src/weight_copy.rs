@@ -41,7 +41,8 @@ struct WeightCopyTable {
     k: [u32; MAX_TENSORS],
     c: [u32; MAX_TENSORS],
     rs: [u32; MAX_TENSORS],
-    /// First block of each tensor: prefix sums of ⌈K·C·RS / THREADS⌉.
+    /// First block of each tensor: prefix sums of ⌈K·C·RS / THREADS⌉, or of K for the tiled
+    /// copy (one block per output channel).
     block0: [u32; MAX_TENSORS],
 }
 // 2 × 16 addresses and 4 × 16 four-byte ints, no padding: the CUDA struct's 512 bytes.
@@ -150,10 +151,8 @@ mod tests {
     /// the kernel would leave them unwritten.
     #[test]
     fn the_tile_is_the_kernels() {
-        let (_, src) = crate::kernels::SOURCES.iter().find(|(f, _)| *f == "bf16.cu").unwrap();
-        let line = src.lines().find(|l| l.starts_with("#define WCOPY_TILE ")).expect("WCOPY_TILE defined in bf16.cu");
-        let value: usize = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-        assert_eq!(value, TILE);
+        assert_eq!(crate::kernels::define("bf16.cu", "WCOPY_TILE"), TILE as u64);
+        assert_eq!(crate::kernels::define("bf16.cu", "WCOPY_MAX_TENSORS"), MAX_TENSORS as u64);
     }
 
     /// On the CPU both directions are the two ops' tensor functions: the copies hold the

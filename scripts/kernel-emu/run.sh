@@ -85,7 +85,7 @@ if [ "$selftest" = 1 ]; then
         "bnrvtree|batch_norm_relu|s/const unsigned int o = t + w \* groups;/const unsigned int o = t + w;/|plain|batch_norm_relu|vectorised reductions' tree merges the wrong thread's channels"
         "bnrvrcp|batch_norm_relu|s/const float f = 1.0f \/ cn;/const float f = 1.0f \/ (cn + 1.0f);/|plain|batch_norm_relu|vectorised Welford update with the count off by one"
         "bnrvtail|batch_norm_relu|0,/            if (j + u \* rows < j1) {/s//            {/|asan|batch_norm_relu|vectorised statistics load past the split's last row"
-        "bnrfin|batch_norm_relu|s/for (unsigned int first = ty; first < splits; first += BNR_UNROLL \* BNR_FIN_Y) {/for (unsigned int first = ty; first < splits; first += 2 * BNR_UNROLL * BNR_FIN_Y) {/|plain|batch_norm_relu|finalize skips half the splits"
+        "bnrfin|batch_norm_relu|s/for (unsigned int first = ty; first < splits; first += BNR_FIN_UNROLL \* BNR_FIN_Y) {/for (unsigned int first = ty; first < splits; first += 2 * BNR_FIN_UNROLL * BNR_FIN_Y) {/|plain|batch_norm_relu|finalize skips half the splits"
         "bnrfinu|batch_norm_relu|s/const unsigned int s = first + u \* BNR_FIN_Y;/const unsigned int s = first + u;/|plain|batch_norm_relu|finalize's unrolled loads take neighbouring splits instead of a lane stride apart"
         "bf16x8|bf16|s/return (bf16)(k % 2 ? w >> 16 : w \& 0xffffu);/return (bf16)(k % 2 ? w \& 0xffffu : w >> 16);/|plain|bf16|8-per-thread kernels read each word's halves swapped"
         "bf16tail|bf16|0,/const unsigned long long i = n \/ 8 \* 8 + t;/s//const unsigned long long i = n \/ 8 * 8 + t + 1;/|asan|bf16|add_bf16_x8's tail starts one element late"

@@ -448,7 +448,7 @@ int main(int argc, char** argv)
         {9, 512, 4, 4, true},
         {2, 64, 1, 1, true},
         {5, 24, 6, 6, true},
-        // vectorised: 10 splits (153600 values), so each finalize lane merges two or one
+        // vectorised: 10 splits (153600 values), so each finalize lane merges one or none
         {24, 64, 10, 10, true},
         // NHWC: M = 69632, 136 splits: more than one round of the finalize's 4 x 32 loads
         {256, 3, 16, 17, true},
