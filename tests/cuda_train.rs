@@ -192,24 +192,12 @@ fn steady_state_training_steps_make_no_driver_allocations() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_step_profiled_by_kernel_splits_each_operation_at_our_kernels() {
-    let dev = gpu();
-    let d = cuda_dev(&dev);
-    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
-    let (mean, std) = data::augment::channel_stats(&ds.train);
-    let norm = model::batches::Normalization { mean, std };
-    let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
     let cfg = fast_path(TrainConfig { batch_size: 128, width: 0.25, ..TrainConfig::default() }, true);
-    let mut net = ResNet9::new(cfg.width, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(4)).unwrap();
-    net.to_device(&dev).unwrap();
-    cfg.apply_to(&mut net.arch);
-    let mut state = SgdState::default();
-    let order = data::epoch_order(ds.train.len(), 0, 0);
-    let params = train::epoch_aug_params(0, 0, ds.train.len(), false);
-    p.begin_epoch(&ds.train, &order, &params).unwrap();
+    let GpuEpoch { d, ds, norm, mut p, mut net, mut state, order, params } = gpu_epoch(&cfg, 4);
     // One step first: plans, modules and pool blocks are made outside the profiled step.
     let batch = p.train_batch(&ds.train, &order, &params, 0..128, norm).unwrap();
     train::train_step(&mut net, &mut state, batch, 0.05, &cfg).unwrap();
-    let prof = train::profile_step_by_kernel(&mut net, &mut state, &ds.train, &mut p, &order, &params, 128..256, norm, 0.05, &cfg).unwrap();
+    let prof = train::profile_step(&mut net, &mut state, &ds.train, &mut p, &order, &params, 128..256, norm, 0.05, &cfg, true).unwrap();
     eprintln!("{}", prof.kernel_table(usize::MAX));
     let calls = |l: &str| prof.kernels.iter().find(|r| r.0 == l).map(|r| r.1);
     assert_eq!(calls("sgd update: sgd_update_multi"), Some(1), "{:?}", prof.kernels);
@@ -234,26 +222,43 @@ fn a_step_profiled_by_kernel_splits_each_operation_at_our_kernels() {
     assert!(d.take_kernel_trace().unwrap().is_empty(), "the trace outlived its profile");
 }
 
+/// A network of `cfg`'s width and speed options on the GPU (seed `seed`), the real files in a
+/// GPU pipeline, and epoch 0's order and augmentation begun on it: what a test of training
+/// steps needs.
+struct GpuEpoch {
+    d: std::sync::Arc<engine::cuda::CudaDevice>,
+    ds: data::Cifar10,
+    norm: model::batches::Normalization,
+    p: Pipeline,
+    net: ResNet9,
+    state: SgdState,
+    order: Vec<u32>,
+    params: Vec<data::augment::AugParams>,
+}
+
+fn gpu_epoch(cfg: &TrainConfig, seed: u64) -> GpuEpoch {
+    let dev = gpu();
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
+    let mut net = ResNet9::new(cfg.width, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed)).unwrap();
+    net.to_device(&dev).unwrap();
+    cfg.apply_to(&mut net.arch);
+    let order = data::epoch_order(ds.train.len(), 0, 0);
+    let params = train::epoch_aug_params(0, 0, ds.train.len(), false);
+    p.begin_epoch(&ds.train, &order, &params).unwrap();
+    GpuEpoch { d: cuda_dev(&dev), ds, norm, p, net, state: SgdState::default(), order, params }
+}
+
 /// The speed options of the GPU's default path on `cfg` (with `fast`), else `cfg` as it is.
 fn fast_path(cfg: TrainConfig, fast: bool) -> TrainConfig {
     if fast { TrainConfig { bf16: true, channels_last: true, fused_bn_relu: true, ..cfg } } else { cfg }
 }
 
 fn steady_state_steps(fast: bool) {
-    let dev = gpu();
-    let d = cuda_dev(&dev);
-    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
-    let (mean, std) = data::augment::channel_stats(&ds.train);
-    let norm = model::batches::Normalization { mean, std };
-    let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
     let cfg = fast_path(TrainConfig { lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() }, fast);
-    let mut net = ResNet9::new(1.0, 0.125, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
-    net.to_device(&dev).unwrap();
-    cfg.apply_to(&mut net.arch);
-    let mut state = SgdState::default();
-    let order = data::epoch_order(ds.train.len(), 0, 0);
-    let params = train::epoch_aug_params(0, 0, ds.train.len(), false);
-    p.begin_epoch(&ds.train, &order, &params).unwrap();
+    let GpuEpoch { d, ds, norm, mut p, mut net, mut state, order, params } = gpu_epoch(&cfg, 1);
     let mut counts = Vec::new();
     for b in 0..4 {
         let batch = p.train_batch(&ds.train, &order, &params, b * 512..(b + 1) * 512, norm).unwrap();

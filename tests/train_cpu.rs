@@ -114,7 +114,7 @@ fn a_profiled_step_accounts_for_every_operation() {
     let params = train::epoch_aug_params(0, 0, 64, false);
     pipeline.begin_epoch(&ds.train, &order, &params).unwrap();
     let mut state = ops::sgd::SgdState::default();
-    let p = train::profile_step(&mut net, &mut state, &ds.train, &mut pipeline, &order, &params, 0..16, norm, 0.01, &cfg).unwrap();
+    let p = train::profile_step(&mut net, &mut state, &ds.train, &mut pipeline, &order, &params, 0..16, norm, 0.01, &cfg, false).unwrap();
     let calls = |label: &str| p.rows.iter().find(|r| r.0 == label).map(|r| r.1).unwrap_or(0);
     assert_eq!(calls("conv2d forward"), 8, "{}", p.table());
     assert_eq!(calls("conv2d backward"), 8);

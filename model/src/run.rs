@@ -636,7 +636,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     }
     device.synchronize()?;
     println!("Device: {device}; ResNet-9 width {}, batch {bs}; {warmup} warm-up steps took {:.2}s", cfg.width, t0.elapsed().as_secs_f64());
-    let prof = train::profile_step(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, warmup * bs..(warmup + 1) * bs, norm, lr, cfg)?;
+    let prof = train::profile_step(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, warmup * bs..(warmup + 1) * bs, norm, lr, cfg, false)?;
     println!("One training step, time per operation ({}):", if device.is_cuda() { "GPU time between CUDA events" } else { "host time" });
     print!("{}", prof.table());
     println!("The same step by operation and output shape (which layer takes the time; the {DETAIL_ROWS} largest rows):");
@@ -644,7 +644,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     if by_kernel == 1 {
         // A failure here costs this table only, not the step times below it.
         let b = warmup + 1;
-        match train::profile_step_by_kernel(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, b * bs..(b + 1) * bs, norm, lr, cfg) {
+        match train::profile_step(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, b * bs..(b + 1) * bs, norm, lr, cfg, true) {
             Ok(prof) => {
                 println!(
                     "The next step, each operation split at its launches (our kernels by name, cuDNN's and cuBLAS's calls by what they do; `{}`: copies and memsets before an operation's first launch; an event per launch adds a little to every row; the {KERNEL_ROWS} largest rows):",

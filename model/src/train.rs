@@ -327,7 +327,10 @@ pub const PROGRESS_EVERY: usize = 8;
 
 /// One training step (batch assembly included) with every operation marked: the time
 /// per operation (GPU time on a GPU, from CUDA events; see `engine::profile`). Batch `b`
-/// of the epoch begun on `pipeline` is used.
+/// of the epoch begun on `pipeline` is used. With `by_kernel`, each operation's time is also
+/// split launch by launch (our kernels, cuDNN's and cuBLAS's calls; what comes before an
+/// operation's first launch is `other`): `Profile::kernels` (see
+/// `engine::profile::Profiler::with_kernels`; on the CPU there are no kernel rows).
 #[allow(clippy::too_many_arguments)]
 pub fn profile_step(
     model: &mut ResNet9,
@@ -340,43 +343,7 @@ pub fn profile_step(
     norm: Normalization,
     lr: f64,
     cfg: &TrainConfig,
-) -> Result<engine::profile::Profile> {
-    profile_step_using(false, model, state, split, pipeline, order, params, range, norm, lr, cfg)
-}
-
-/// [`profile_step`], each operation's time also split launch by launch (our kernels, cuDNN's
-/// and cuBLAS's calls; what comes before an operation's first launch is `other`):
-/// `Profile::kernels` (see `engine::profile::Profiler::with_kernels`). On the CPU there are no
-/// kernel rows.
-#[allow(clippy::too_many_arguments)]
-pub fn profile_step_by_kernel(
-    model: &mut ResNet9,
-    state: &mut SgdState,
-    split: &Split,
-    pipeline: &mut Pipeline,
-    order: &[u32],
-    params: &[AugParams],
-    range: std::ops::Range<usize>,
-    norm: Normalization,
-    lr: f64,
-    cfg: &TrainConfig,
-) -> Result<engine::profile::Profile> {
-    profile_step_using(true, model, state, split, pipeline, order, params, range, norm, lr, cfg)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn profile_step_using(
     by_kernel: bool,
-    model: &mut ResNet9,
-    state: &mut SgdState,
-    split: &Split,
-    pipeline: &mut Pipeline,
-    order: &[u32],
-    params: &[AugParams],
-    range: std::ops::Range<usize>,
-    norm: Normalization,
-    lr: f64,
-    cfg: &TrainConfig,
 ) -> Result<engine::profile::Profile> {
     let device = model.device();
     device.synchronize()?;
