@@ -81,18 +81,32 @@ stage() {
         (cd /root/cifar10 && sha256sum -c "$repo/$d/sums.txt") || { echo "on-gpu.sh: $d unpacked wrong" >&2; exit 3; }
     done
     ls -la /root/cifar10 /root/devbin
-    # The official CIFAR-10 files, if this machine has them anywhere (a torchvision cache, say):
-    # ../shared/cifar10 is decoded from JPEG, and one run on the originals would say what that
-    # costs (issue 6). Either version will do: bench/cifar_py_to_bin.py rewrites the python one.
-    # Once per machine (both staging calls run `stage`).
-    # The usual places first (a dataset volume may be mounted anywhere), then the whole tree,
-    # every mount included; each path once, in the order found.
-    [ -f "$RES/cifar-search-$day.txt" ] || { echo "== official CIFAR-10 copies on this machine (up to 20 s of searching)";
-      timeout 20 find /root /data /datasets /dataset /workspace /mnt /home /opt /srv /tmp / \
-          \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /root/cifar10 -o -path "$repo" \) -prune -o \
-          \( -name 'cifar-10-batches-bin' -o -name 'cifar-10-batches-py' -o -name 'cifar-10-*.tar.gz' \) -print 2>/dev/null \
-          | awk '!seen[$0]++';
-      echo "== (end of list)"; } | tee "$RES/cifar-search-$day.txt"
+    # The official CIFAR-10 files, if this machine has them anywhere (a torchvision or Hugging Face
+    # cache, say): ../shared/cifar10 is decoded from JPEG, and one run on the originals would say
+    # what that costs (issue 6). Once per machine (both staging calls run `stage`).
+    # One pass of find, up to 20 s: the usual places first (a dataset volume may be mounted
+    # anywhere), then the whole tree, every mount included. It lists every path whose name says
+    # cifar, and every parquet or arrow file below one (Hugging Face's files are named
+    # train-00000-of-00001.parquet and the like), in cifar-names-<date>.txt (the first 300, for a
+    # person to read). The candidates for `official` (bench/official_cifar.py), each once in the
+    # order found, go to cifar-search-<date>.txt: the torchvision folders and archives, and the
+    # folders of those parquet or arrow files (the folder above, for a train/ or test/ one).
+    if [ ! -f "$RES/cifar-search-$day.txt" ]; then
+        local names; names="$(mktemp)"
+        timeout 20 find /root /data /datasets /dataset /workspace /mnt /home /opt /srv /tmp / \
+            \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /root/cifar10 -o -path "$repo" \) -prune -o \
+            \( -iname '*cifar*' -o \( -ipath '*cifar*' \( -name '*.parquet' -o -name '*.arrow' \) \) \) -print 2>/dev/null \
+            | awk '!seen[$0]++' > "$names"
+        { echo "== paths named *cifar* on this machine, and parquet/arrow files below them ($(wc -l < "$names") found in up to 20 s; the first 300)";
+          head -n 300 "$names"; } > "$RES/cifar-names-$day.txt"
+        { echo "== official CIFAR-10 candidates on this machine (from cifar-names-$day.txt)";
+          awk '{ p = $0; n = p; sub(/.*\//, "", n)
+                 if (p ~ /\.(parquet|arrow)$/) { sub(/\/[^\/]*$/, "", p); if (p ~ /\/(train|test)$/) sub(/\/[^\/]*$/, "", p) }
+                 else if (n != "cifar-10-batches-bin" && n != "cifar-10-batches-py" && n !~ /^cifar-10-.*\.tar\.gz$/) next
+                 if (!seen[p]++) print p }' "$names"
+          echo "== (end of list)"; } | tee "$RES/cifar-search-$day.txt"
+        rm -f "$names"
+    fi
     # Our binaries were built elsewhere: check at once that this machine's C library runs them.
     if [ -x /root/devbin/model ]; then
         ldd --version 2>&1 | head -n 1
@@ -235,9 +249,10 @@ degrade() {
 
 # `official 21 22 23`: issue 6's deciding runs, whatever the machine holds.
 # 1. bench/official_cifar.py tries the copies `stage` listed (cifar-search-<date>.txt) and prepares
-#    the first that proves to be the official files (published MD5s, or the official record order)
-#    in /root/cifar10-official; its report goes to official-<date>.txt. If one passes, every later
-#    step of the command reads it, and their output names say "official".
+#    the first that proves to be the official files (published MD5s where they exist, and the
+#    training pixels' published mean and std) in /root/cifar10-official; its report goes to
+#    official-<date>.txt. If one passes, every later step of the command reads it, and their
+#    output names say "official".
 # 2. `train SEEDS [-- ARGS]` on that data (the staged copy if none passed: still issue 6's seeds).
 # 3. With the official files and Pillow: the first seed once more on them re-encoded at JPEG quality
 #    75, as ../shared/cifar10 was made (its SOURCE.md), so that one pair of runs with the same seed
