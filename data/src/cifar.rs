@@ -55,12 +55,19 @@ impl Cifar10 {
 
 /// The folder exists, is not empty, and is not one of the other CIFAR-10 versions.
 fn check_folder(dir: &Path) -> Result<()> {
-    let entries: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect();
-    let has = |name: &str| entries.iter().any(|e| e == name);
     let binary_hint = "this program reads the *binary version* (cifar-10-binary.tar.gz: data_batch_1.bin … data_batch_5.bin, test_batch.bin)";
+    let entries: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::NotFound(format!(
+                "{}: no such folder (from --data, or CIFAR10_DIR); point it at the folder that holds the CIFAR-10 files, \
+                 or leave both out and pass --download; {binary_hint}",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(Error::Io { path: dir.to_path_buf(), source: e }),
+    };
+    let has = |name: &str| entries.iter().any(|e| e == name);
     if entries.is_empty() {
         return Err(Error::NotFound(format!("{} is empty; {binary_hint}", dir.display())));
     }
@@ -330,7 +337,8 @@ pub(crate) mod tests {
         }
         assert!(open_err(mat.path()).contains("MATLAB"));
         let missing = empty.path().join("nope");
-        assert!(open_err(&missing).contains("nope"));
+        let e = open_err(&missing);
+        assert!(e.contains("nope: no such folder"), "{e}");
     }
 
     #[test]
