@@ -212,7 +212,7 @@ train() {
             mv "$log" "${log%.log}-fast-path-failed.log"
             [ -d "$RES/runs/$name" ] && mv "$RES/runs/$name" "$RES/runs/$name-fast-path-failed"
             OURS_FALLBACK=(--plain)
-            echo "on-gpu.sh: seed $s's run did not end at ${ACC_FLOOR:-80}% or more (kept as $(basename "${log%.log}")-fast-path-failed.log): it runs again with --plain, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
+            echo "on-gpu.sh: seed $s's run crashed or ended below ${ACC_FLOOR:-80}% (kept as $(basename "${log%.log}")-fast-path-failed.log): it runs again with --plain, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
             t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 0
             { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train "${data[@]}" --seed "$s" --out "$RES/runs" --name "$name" --no-progress "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" 2>&1; } | tee "$log"
         fi
@@ -267,8 +267,11 @@ official() {
         [ "$a" = "--data" ] && { echo "on-gpu.sh: official chooses the data itself; --data in its flags would void the pair of runs: skipped" >&2; return 0; }
     done
     [ ${#rest[@]} -gt 0 ] && rest=(-- "${rest[@]}")
-    local list="$RES/cifar-search-$day.txt"
-    if [ -f "$list" ] && python3 bench/official_cifar.py --candidates "$list" --out /root/cifar10-official 2>&1 | tee "$RES/official-$day.txt"; then
+    local list="$RES/cifar-search-$day.txt" t_s
+    # Checking a copy reads it whole (and decodes 60,000 PNGs for Hugging Face's): seconds, but a
+    # large wrong candidate must not eat the call.
+    t_s="$(limit 180)"; [ -n "$t_s" ] || return 0
+    if [ -f "$list" ] && timeout "$t_s" python3 bench/official_cifar.py --candidates "$list" --out /root/cifar10-official 2>&1 | tee "$RES/official-$day.txt"; then
         DATA=/root/cifar10-official
         DTAG=-official
         echo "on-gpu.sh: the steps from here on read the official files in $DATA" | tee -a "$RES/official-$day.txt"
