@@ -204,20 +204,27 @@ train() {
     for a in "${extra[@]}"; do [ "$a" = "--data" ] && data=(); done
     for s in "${seeds[@]}"; do
         local name="seed$s$DTAG$tag"
-        local log="$RES/train-24ep-$day-$name.log" t_s
-        t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 0
-        { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train "${data[@]}" --seed "$s" --out "$RES/runs" --name "$name" --no-progress "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}" 2>&1; } | tee "$log"
+        local log="$RES/train-24ep-$day-$name.log"
+        train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}" || return 0
         if [ -z "$tag" ] && ! recipe_run_sound "$log"; then
             # Keep the failed run under another name, and run the seed again on the reference path.
             mv "$log" "${log%.log}-fast-path-failed.log"
             [ -d "$RES/runs/$name" ] && mv "$RES/runs/$name" "$RES/runs/$name-fast-path-failed"
             OURS_FALLBACK=(--plain)
             echo "on-gpu.sh: seed $s's run crashed or ended below ${ACC_FLOOR:-80}% (kept as $(basename "${log%.log}")-fast-path-failed.log): it runs again with --plain, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
-            t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 0
-            { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train "${data[@]}" --seed "$s" --out "$RES/runs" --name "$name" --no-progress "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" 2>&1; } | tee "$log"
+            train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" || return 0
         fi
         pack
     done
+}
+
+# One `model train` run into run folder NAME, its output (under the GPU's name) to LOG, with the
+# flags after them; status 1, nothing run, when the call's budget has no room left for it.
+train_run() {
+    local name="$1" log="$2" t_s; shift 2
+    t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 1
+    { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --out "$RES/runs" --name "$name" --no-progress "$@" 2>&1; } | tee "$log"
+    return 0
 }
 
 # Whether the recipe run logged in FILE is sound: it printed its `Done: test accuracy P% ...` line,
