@@ -254,6 +254,10 @@ def hf_records(paths):
         rec[:, 0] = labels
         for i, im in enumerate(images):
             data = im["bytes"] if isinstance(im, dict) else im
+            if data is None and isinstance(im, dict) and im.get("path"):
+                # An image kept as a file beside the table (the `datasets` cache may do this).
+                with open(im["path"], "rb") as f:
+                    data = f.read()
             with Image.open(io.BytesIO(data)) as pic:
                 if pic.format != "PNG":
                     raise Rejected(f"{path}: image {i} is {pic.format}, not PNG: not lossless")
@@ -340,18 +344,25 @@ def write_pickles(folder, labels, data, names):
                          b"data": data[name], b"filenames": [b"x"] * len(labels[name])}, f)
 
 
-def write_hf(folder, records, splits, fmt="PNG", arrow=False):
-    """Records [N, 3073] as Hugging Face files in `folder`: {file name: (first, end) row range}."""
+def write_hf(folder, records, splits, fmt="PNG", arrow=False, as_files=False):
+    """Records [N, 3073] as Hugging Face files in `folder`: {file name: (first, end) row range}.
+    With `as_files`, each image is a file of its own that the table names (no bytes in it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
     os.makedirs(folder, exist_ok=True)
     for name, (a, b) in splits.items():
         imgs = []
-        for rec in records[a:b]:
+        for i, rec in enumerate(records[a:b]):
             buf = io.BytesIO()
             Image.fromarray(rec[1:].reshape(3, 32, 32).transpose(1, 2, 0)).save(buf, format=fmt)
-            imgs.append({"bytes": buf.getvalue(), "path": None})
+            if as_files:
+                path = os.path.join(folder, f"{name}-{i}.{fmt.lower()}")
+                with open(path, "wb") as f:
+                    f.write(buf.getvalue())
+                imgs.append({"bytes": None, "path": path})
+            else:
+                imgs.append({"bytes": buf.getvalue(), "path": None})
         table = pa.table({"img": imgs, "label": records[a:b, 0].astype(np.int64)})
         if arrow:
             with pa.OSFile(os.path.join(folder, name), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
@@ -458,7 +469,8 @@ def selftest():
         assert cand == arch, lines
 
         # Hugging Face's layouts: parquet files (the training split in two), and the `datasets`
-        # cache's arrow streams; both decoded to the same records. JPEG images are rejected.
+        # cache's arrow streams (the test images as files the table names); both decoded to the
+        # same records. JPEG images are rejected.
         try:
             import pyarrow  # noqa: F401
             import PIL  # noqa: F401
@@ -473,7 +485,7 @@ def selftest():
         write_hf(hub, test, {"test-00000-of-00001.parquet": (0, 10000)})
         cache = os.path.join(tmp, "datasets", "uoft-cs___cifar10", "plain_text", "0.0.0", "f00")
         write_hf(cache, train, {"cifar10-train.arrow": (0, 50000)}, arrow=True)
-        write_hf(cache, test, {"cifar10-test.arrow": (0, 10000)}, arrow=True)
+        write_hf(cache, test, {"cifar10-test.arrow": (0, 10000)}, arrow=True, as_files=True)
         for folder in (hub, cache):
             o = os.path.join(tmp, "o8")
             cand, lines = prepare([folder], o, pub)
