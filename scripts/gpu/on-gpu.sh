@@ -53,8 +53,9 @@ DTAG=""
 # Flags every later `train` and `sbs` adds for our binary: `tests` adds --cudnn-first-conv when the
 # GPU test of our first-convolution kernels did not pass, so that one bad kernel cannot spoil the
 # rest of a call's runs (the `profile` steps keep their own flags: they are the A/B of that kernel);
-# `train` replaces them with --plain when a recipe run of the fast path fails (see `recipe_run_sound`).
+# `train` adds --plain when a recipe run of the fast path fails (see `fast_path_failed`).
 OURS_FALLBACK=()
+RAN_WITH=""
 day="$(date -u +%Y-%m-%d)"
 start=$SECONDS
 
@@ -167,7 +168,7 @@ tests() {
     done
     grep -E '^test |test result|exit status' "$f"
     if ! test_passed "$tmp/test-cuda_ops.txt" first_conv_direct_kernels_match_the_cpu_and_cudnn; then
-        OURS_FALLBACK=(--cudnn-first-conv)
+        OURS_FALLBACK+=(--cudnn-first-conv)
         echo "on-gpu.sh: first_conv_direct_kernels_match_the_cpu_and_cudnn did not pass: every later train and sbs adds --cudnn-first-conv" | tee -a "$f"
     fi
     rm -rf "$tmp"
@@ -189,7 +190,10 @@ read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 # `train 0 1 2`: seeds 0-2 with TRAIN_ARGS, logs train-24ep-<date>-seed<N>.log, run folders
 # runs/seed<N>. `train 11 12 -- --weight-decay 1e-3`: those flags too (after TRAIN_ARGS), and
 # their words in the names (train-24ep-<date>-seed11-weight-decay-1e-3.log, runs/seed11-...),
-# so that one command can compare settings.
+# so that one command can compare settings. A recipe run (no such flags) whose fast GPU path
+# failed (`fast_path_failed`) is kept under another name and run again with --plain added, and
+# so is every later train and sbs of the call. RAN_WITH is then the OURS_FALLBACK flags the last
+# seed's kept run had (`official` pairs runs by it).
 train() {
     local seeds=() extra=() seen="" a tag=""
     for a in "$@"; do
@@ -203,45 +207,69 @@ train() {
     local data=(--data "$DATA")
     for a in "${extra[@]}"; do [ "$a" = "--data" ] && data=(); done
     for s in "${seeds[@]}"; do
-        local name="seed$s$DTAG$tag"
+        local name="seed$s$DTAG$tag" rc
         local log="$RES/train-24ep-$day-$name.log"
-        train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}" || return 0
-        if [ -z "$tag" ] && ! recipe_run_sound "$log"; then
-            # Keep the failed run under another name, and run the seed again on the reference path.
-            mv "$log" "${log%.log}-fast-path-failed.log"
-            [ -d "$RES/runs/$name" ] && mv "$RES/runs/$name" "$RES/runs/$name-fast-path-failed"
-            OURS_FALLBACK=(--plain)
-            echo "on-gpu.sh: seed $s's run crashed or ended below ${ACC_FLOOR:-80}% (kept as $(basename "${log%.log}")-fast-path-failed.log): it runs again with --plain, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
-            train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" || return 0
+        if [ -e "$log" ]; then
+            echo "on-gpu.sh: $(basename "$log") is there already (the same seed and flags twice in a call?): seed $s skipped" | tee -a "$RES/fallback-$day.txt"
+            continue
         fi
+        train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}"
+        rc=$?
+        [ "$rc" -eq "$NO_TIME" ] && return 0
+        if [ -z "$tag" ] && fast_path_failed "$log" "$rc"; then
+            # Check the time first: with no room for the rerun, the failed run stays as it is.
+            if [ -z "$(limit "${TRAIN_TIMEOUT:-500}" 2> /dev/null)" ]; then
+                echo "on-gpu.sh: seed $s's run of the fast path crashed or ended below ${ACC_FLOOR:-80}% (exit status $rc), and no time is left to run it again with --plain" | tee -a "$RES/fallback-$day.txt"
+                pack
+                return 0
+            fi
+            # Keep the failed run under a name no earlier one has.
+            local kept="-fast-path-failed" k=2
+            while [ -e "${log%.log}$kept.log" ] || [ -e "$RES/runs/$name$kept" ]; do kept="-fast-path-failed-$k"; k=$((k + 1)); done
+            mv "$log" "${log%.log}$kept.log"
+            [ -d "$RES/runs/$name" ] && mv "$RES/runs/$name" "$RES/runs/$name$kept"
+            OURS_FALLBACK+=(--plain)
+            echo "on-gpu.sh: seed $s's run of the fast path crashed or ended below ${ACC_FLOOR:-80}% (exit status $rc; kept as $(basename "${log%.log}")$kept.log): it runs again with ${OURS_FALLBACK[*]}, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
+            train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}"
+            [ $? -eq "$NO_TIME" ] && return 0
+        fi
+        RAN_WITH="${OURS_FALLBACK[*]}"
         pack
     done
 }
 
+# train_run's status when the call's budget has no room left for a run (nothing was run).
+NO_TIME=200
+
 # One `model train` run into run folder NAME, its output (under the GPU's name) to LOG, with the
-# flags after them; status 1, nothing run, when the call's budget has no room left for it.
+# flags after them. Status: the model's (timeout's 124 if it ran into its time limit), or NO_TIME.
 train_run() {
     local name="$1" log="$2" t_s; shift 2
-    t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return 1
+    t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return "$NO_TIME"
     { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --out "$RES/runs" --name "$name" --no-progress "$@" 2>&1; } | tee "$log"
-    return 0
+    return "${PIPESTATUS[0]}"
 }
 
-# Whether the recipe run logged in FILE is sound: it printed its `Done: test accuracy P% ...` line,
-# with P at least ACC_FLOOR (default 80; every full 24-epoch run of the recipe so far ended at 90 to
-# 92% on the staged copy). A run that crashed, stopped on a NaN loss or ended far below that says
-# that this build's fast GPU path (bf16, channels-last, our fused kernels, the CUDA graph) may be
-# broken: `train` then runs the seed again with --plain, so that a call still measures accuracy.
-# Runs shorter or smaller than the recipe (--epochs, --subset, --width in TRAIN_ARGS), and runs
-# already on --plain, are always sound: a low accuracy is what they can end at, and the plain path
-# has no reference path of its own to fall back to.
-recipe_run_sound() {
-    local a acc
-    for a in "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}"; do
-        case "$a" in --epochs|--epochs=*|--subset|--subset=*|--width|--width=*|--plain) return 0 ;; esac
+# Whether the recipe run logged in LOG, which ended with status RC, says that this build's fast GPU
+# path (bf16, channels-last, our fused kernels, the CUDA graph) may be broken, so that `train` runs
+# the seed again with --plain and a call still measures accuracy. That is: the run got as far as
+# opening the GPU (its `Device:` line: not refused for its flags, its data or an existing run
+# folder, which --plain would not mend), did not run into its time limit (status 124, or 137 when
+# killed), and then crashed, stopped (a NaN loss, say) or ended below ACC_FLOOR% (default 80;
+# every full 24-epoch run of the recipe so far ended at 90 to 92% on the staged copy) without its
+# `Done: test accuracy P%` line. Only recipe runs are judged: TRAIN_ARGS may hold flags that leave
+# the recipe as it is (--tta, --no-progress), and with any other (--epochs, --lr-max, ...) a low
+# accuracy may be what the run should end at; runs already on --plain have no path to fall back to.
+fast_path_failed() {
+    local log="$1" rc="$2" a acc
+    for a in "${TRAIN_ARGS[@]}"; do
+        case "$a" in --tta|--no-progress) ;; *) return 1 ;; esac
     done
-    acc="$(sed -nE 's/^Done: test accuracy ([0-9]+(\.[0-9]+)?)%.*/\1/p' "$1" | tail -n 1)"
-    [ -n "$acc" ] && awk -v a="$acc" -v f="${ACC_FLOOR:-80}" 'BEGIN { exit !(a + 0 >= f + 0) }'
+    for a in "${OURS_FALLBACK[@]}"; do [ "$a" = --plain ] && return 1; done
+    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && return 1
+    grep -q '^Device: ' "$log" || return 1
+    acc="$(sed -nE 's/^Done: test accuracy ([0-9]+(\.[0-9]+)?)%.*/\1/p' "$log" | tail -n 1)"
+    [ "$rc" -ne 0 ] || [ -z "$acc" ] || awk -v a="$acc" -v f="${ACC_FLOOR:-80}" 'BEGIN { exit !(a + 0 < f + 0) }'
 }
 
 # The data in use re-encoded through JPEG at quality Q (bench/jpeg_degrade.py, the JPEG sensitivity
@@ -264,7 +292,10 @@ degrade() {
 # 3. With the official files and Pillow: the first seed once more on them re-encoded at JPEG quality
 #    75, as ../shared/cifar10 was made (its SOURCE.md), so that one pair of runs with the same seed
 #    measures what the JPEG round costs; jpeg-degrade-<date>.txt gives its PSNR (about 30.5 dB if the
-#    encoding matches SOURCE.md's).
+#    encoding matches SOURCE.md's). It runs with the flags the first seed's run had (a fallback to
+#    --plain at a later seed does not reach it), and if its own fast path fails and it falls back,
+#    the first seed runs once more on the official files with --plain, so that the pair still
+#    differs in the data alone.
 official() {
     local seeds=() rest=() seen="" a
     for a in "$@"; do
@@ -287,13 +318,32 @@ official() {
     fi
     pack
     [ ${#seeds[@]} -gt 0 ] || return 0
-    train "${seeds[@]}" "${rest[@]}"
+    # The first seed alone first: the flags its kept run had (RAN_WITH) are the q75 run's.
+    RAN_WITH=unset
+    train "${seeds[0]}" "${rest[@]}"
+    [ "$RAN_WITH" = unset ] && return 0
+    local first="$RAN_WITH"
+    [ ${#seeds[@]} -gt 1 ] && train "${seeds[@]:1}" "${rest[@]}"
     [ -n "$DTAG" ] || return 0
     degrade 75 || return 0
-    local data="$DATA" dtag="$DTAG"
-    DATA="$data-q75" DTAG="$dtag-q75"
+    local data="$DATA" dtag="$DTAG" later=("${OURS_FALLBACK[@]}")
+    read -r -a OURS_FALLBACK <<< "$first"
+    DATA="$data-q75" DTAG="$dtag-q75" RAN_WITH=unset
     train "${seeds[0]}" "${rest[@]}"
     DATA="$data" DTAG="$dtag"
+    OURS_FALLBACK=("${later[@]}")
+    if [ "$RAN_WITH" != unset ] && [ "$RAN_WITH" != "$first" ]; then
+        # The fast path failed on the q75 run, which ran again with --plain: the first seed on the
+        # official files once more with those flags (their words in its name), so that the pair
+        # still differs in the data alone; and every later step on --plain too.
+        local q75=()
+        read -r -a q75 <<< "$RAN_WITH"
+        echo "on-gpu.sh: the q75 run fell back to ${q75[*]}: seed ${seeds[0]} runs once more on the official files with them" | tee -a "$RES/fallback-$day.txt"
+        OURS_FALLBACK=()
+        train "${seeds[0]}" -- "${q75[@]}"
+        OURS_FALLBACK=("${later[@]}")
+        case " ${OURS_FALLBACK[*]} " in *" --plain "*) ;; *) OURS_FALLBACK+=(--plain) ;; esac
+    fi
 }
 
 # Each call appends to the day's file, under a line naming its flags.
