@@ -168,7 +168,7 @@ tests() {
     done
     grep -E '^test |test result|exit status' "$f"
     if ! test_passed "$tmp/test-cuda_ops.txt" first_conv_direct_kernels_match_the_cpu_and_cudnn; then
-        OURS_FALLBACK+=(--cudnn-first-conv)
+        add_fallback --cudnn-first-conv
         echo "on-gpu.sh: first_conv_direct_kernels_match_the_cpu_and_cudnn did not pass: every later train and sbs adds --cudnn-first-conv" | tee -a "$f"
     fi
     rm -rf "$tmp"
@@ -209,33 +209,56 @@ train() {
     for s in "${seeds[@]}"; do
         local name="seed$s$DTAG$tag" rc
         local log="$RES/train-24ep-$day-$name.log"
+        # /root/results outlives a call while the machine is warm: a seed's log an earlier call
+        # (or step) wrote is kept, not overwritten, and the flags its run had (beside it, in
+        # .flags) stand for it.
         if [ -e "$log" ]; then
-            echo "on-gpu.sh: $(basename "$log") is there already (the same seed and flags twice in a call?): seed $s skipped" | tee -a "$RES/fallback-$day.txt"
+            echo "on-gpu.sh: $(basename "$log") is there already (written by an earlier call or step on this machine): seed $s not run again"
+            [ -f "${log%.log}.flags" ] && RAN_WITH="$(cat "${log%.log}.flags")"
             continue
         fi
         train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}"
         rc=$?
         [ "$rc" -eq "$NO_TIME" ] && return 0
         if [ -z "$tag" ] && fast_path_failed "$log" "$rc"; then
-            # Check the time first: with no room for the rerun, the failed run stays as it is.
-            if [ -z "$(limit "${TRAIN_TIMEOUT:-500}" 2> /dev/null)" ]; then
-                echo "on-gpu.sh: seed $s's run of the fast path crashed or ended below ${ACC_FLOOR:-80}% (exit status $rc), and no time is left to run it again with --plain" | tee -a "$RES/fallback-$day.txt"
-                pack
-                return 0
-            fi
-            # Keep the failed run under a name no earlier one has.
-            local kept="-fast-path-failed" k=2
+            # The failed run is kept under a name no earlier one has, so that the usual name never
+            # holds it, whether or not there is time to run the seed again.
+            local kept="-fast-path-failed" k=2 t_s
             while [ -e "${log%.log}$kept.log" ] || [ -e "$RES/runs/$name$kept" ]; do kept="-fast-path-failed-$k"; k=$((k + 1)); done
             mv "$log" "${log%.log}$kept.log"
             [ -d "$RES/runs/$name" ] && mv "$RES/runs/$name" "$RES/runs/$name$kept"
-            OURS_FALLBACK+=(--plain)
-            echo "on-gpu.sh: seed $s's run of the fast path crashed or ended below ${ACC_FLOOR:-80}% (exit status $rc; kept as $(basename "${log%.log}")$kept.log): it runs again with ${OURS_FALLBACK[*]}, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
+            add_fallback --plain
+            local why="seed $s's run of the fast path crashed, hung or ended below ${ACC_FLOOR:-80}% (exit status $rc; kept as $(basename "${log%.log}")$kept.log)"
+            # A rerun needs MIN_RERUN_S of the budget (default 90 s: a plain 24-epoch run's epochs
+            # took 32 s on the H200, plus the LR range test and start-up), or the whole of
+            # TRAIN_TIMEOUT if that is less.
+            local need="${MIN_RERUN_S:-90}"
+            [ "$need" -gt "${TRAIN_TIMEOUT:-500}" ] && need="${TRAIN_TIMEOUT:-500}"
+            t_s="$(limit "${TRAIN_TIMEOUT:-500}" 2> /dev/null)"
+            if [ -z "$t_s" ] || [ "$t_s" -lt "$need" ]; then
+                echo "on-gpu.sh: $why; the budget has ${t_s:-under 30} s left, under the $need s a rerun with ${OURS_FALLBACK[*]} needs" | tee -a "$RES/fallback-$day.txt"
+                pack
+                return 0
+            fi
+            echo "on-gpu.sh: $why: it runs again with ${OURS_FALLBACK[*]}, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
             train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}"
-            [ $? -eq "$NO_TIME" ] && return 0
+            rc=$?
+            [ "$rc" -eq "$NO_TIME" ] && return 0
         fi
-        RAN_WITH="${OURS_FALLBACK[*]}"
+        # A run that ended as it should: the flags it had, for `official`'s pair and a later call.
+        if [ "$rc" -eq 0 ]; then
+            RAN_WITH="${OURS_FALLBACK[*]}"
+            printf '%s\n' "$RAN_WITH" > "${log%.log}.flags"
+        fi
         pack
     done
+}
+
+# OURS_FALLBACK with FLAG added, unless it holds it already (the model refuses a flag given twice).
+add_fallback() {
+    local a
+    for a in "${OURS_FALLBACK[@]}"; do [ "$a" = "$1" ] && return 0; done
+    OURS_FALLBACK+=("$1")
 }
 
 # train_run's status when the call's budget has no room left for a run (nothing was run).
@@ -243,9 +266,12 @@ NO_TIME=200
 
 # One `model train` run into run folder NAME, its output (under the GPU's name) to LOG, with the
 # flags after them. Status: the model's (timeout's 124 if it ran into its time limit), or NO_TIME.
+# RUN_LIMIT_CUT is 1 when the budget cut the run's limit below TRAIN_TIMEOUT, else empty.
+RUN_LIMIT_CUT=""
 train_run() {
     local name="$1" log="$2" t_s; shift 2
     t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return "$NO_TIME"
+    RUN_LIMIT_CUT=""; [ "$t_s" -lt "${TRAIN_TIMEOUT:-500}" ] && RUN_LIMIT_CUT=1
     { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --out "$RES/runs" --name "$name" --no-progress "$@" 2>&1; } | tee "$log"
     return "${PIPESTATUS[0]}"
 }
@@ -254,20 +280,25 @@ train_run() {
 # path (bf16, channels-last, our fused kernels, the CUDA graph) may be broken, so that `train` runs
 # the seed again with --plain and a call still measures accuracy. That is: the run got as far as
 # opening the GPU (its `Device:` line: not refused for its flags, its data or an existing run
-# folder, which --plain would not mend), did not run into its time limit (status 124, or 137 when
-# killed), and then crashed, stopped (a NaN loss, say) or ended below ACC_FLOOR% (default 80;
-# every full 24-epoch run of the recipe so far ended at 90 to 92% on the staged copy) without its
-# `Done: test accuracy P%` line. Only recipe runs are judged: TRAIN_ARGS may hold flags that leave
-# the recipe as it is (--tta, --no-progress), and with any other (--epochs, --lr-max, ...) a low
-# accuracy may be what the run should end at; runs already on --plain have no path to fall back to.
+# folder, which --plain would not mend), and then crashed, stopped (a NaN loss, say), ended below
+# ACC_FLOOR% (default 80; every full 24-epoch run of the recipe so far ended at 90 to 92% on the
+# staged copy) or without its `Done: test accuracy P%` line, or hung: ran into the whole of
+# TRAIN_TIMEOUT (status 124, or 137 when killed; a recipe run's epochs took 10 s on the fast path
+# and 32 s on the reference path, plus the LR range test and start-up), where a limit the
+# budget cut short says nothing. Only recipe runs are judged: TRAIN_ARGS may hold --tta, which
+# leaves the recipe as it is, and with any other flag (--epochs, --lr-max, ...) a low accuracy may
+# be what the run should end at; runs already on --plain have no path to fall back to.
 fast_path_failed() {
     local log="$1" rc="$2" a acc
     for a in "${TRAIN_ARGS[@]}"; do
-        case "$a" in --tta|--no-progress) ;; *) return 1 ;; esac
+        [ "$a" = --tta ] || return 1
     done
     for a in "${OURS_FALLBACK[@]}"; do [ "$a" = --plain ] && return 1; done
-    [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && return 1
     grep -q '^Device: ' "$log" || return 1
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        [ -z "$RUN_LIMIT_CUT" ]
+        return
+    fi
     acc="$(sed -nE 's/^Done: test accuracy ([0-9]+(\.[0-9]+)?)%.*/\1/p' "$log" | tail -n 1)"
     [ "$rc" -ne 0 ] || [ -z "$acc" ] || awk -v a="$acc" -v f="${ACC_FLOOR:-80}" 'BEGIN { exit !(a + 0 < f + 0) }'
 }
@@ -285,7 +316,7 @@ degrade() {
 # `official 21 22 23`: issue 6's deciding runs, whatever the machine holds.
 # 1. bench/official_cifar.py tries the copies `stage` listed (cifar-search-<date>.txt) and prepares
 #    the first that proves to be the official files (published MD5s where they exist, and the
-#    training pixels' published mean and std) in /root/cifar10-official; its report goes to
+#    training and test pixels' published mean and std) in /root/cifar10-official; its report goes to
 #    official-<date>.txt. If one passes, every later step of the command reads it, and their
 #    output names say "official".
 # 2. `train SEEDS [-- ARGS]` on that data (the staged copy if none passed: still issue 6's seeds).
@@ -314,6 +345,8 @@ official() {
         DTAG=-official
         echo "on-gpu.sh: the steps from here on read the official files in $DATA" | tee -a "$RES/official-$day.txt"
     else
+        DATA=/root/cifar10
+        DTAG=""
         echo "on-gpu.sh: no official CIFAR-10 copy passed; the steps from here on read the staged copy $DATA" | tee -a "$RES/official-$day.txt"
     fi
     pack
@@ -321,10 +354,13 @@ official() {
     # The first seed alone first: the flags its kept run had (RAN_WITH) are the q75 run's.
     RAN_WITH=unset
     train "${seeds[0]}" "${rest[@]}"
-    [ "$RAN_WITH" = unset ] && return 0
     local first="$RAN_WITH"
     [ ${#seeds[@]} -gt 1 ] && train "${seeds[@]:1}" "${rest[@]}"
     [ -n "$DTAG" ] || return 0
+    if [ "$first" = unset ]; then
+        echo "on-gpu.sh: seed ${seeds[0]}'s run on the official files did not end as it should (or had no time): no q75 run to pair with it"
+        return 0
+    fi
     degrade 75 || return 0
     local data="$DATA" dtag="$DTAG" later=("${OURS_FALLBACK[@]}")
     read -r -a OURS_FALLBACK <<< "$first"
@@ -342,7 +378,7 @@ official() {
         OURS_FALLBACK=()
         train "${seeds[0]}" -- "${q75[@]}"
         OURS_FALLBACK=("${later[@]}")
-        case " ${OURS_FALLBACK[*]} " in *" --plain "*) ;; *) OURS_FALLBACK+=(--plain) ;; esac
+        add_fallback --plain
     fi
 }
 
