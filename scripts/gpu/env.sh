@@ -7,7 +7,7 @@
 # Never a `stubs` folder: the CUDA toolkit's link-time stubs (libcuda.so, libcublas.so, ...)
 # load but do nothing, and cudarc tries the unversioned libX.so name before the versioned
 # ones. The versioned names are looked for first (cuDNN 9, cuBLAS 13, NVRTC 13).
-_cache=/root/devbin/ld-library-path
+_cache="${GPU_ROOT:-/root}/devbin/ld-library-path"
 # Where to look, in order (find walks its roots in the order given): the `nvidia` packages of
 # the Python that holds PyTorch (the libraries PyTorch itself uses), then the usual places.
 _roots=()
@@ -30,7 +30,7 @@ else
         case ":$_dirs:" in *":$(dirname "$_f"):"*) ;; *) _dirs="$_dirs:$(dirname "$_f")" ;; esac
     done
     _dirs="${_dirs#:}"
-    mkdir -p /root/devbin 2>/dev/null && [ -n "$_dirs" ] && echo "$_dirs" > "$_cache"
+    mkdir -p "$(dirname "$_cache")" 2>/dev/null && [ -n "$_dirs" ] && echo "$_dirs" > "$_cache"
 fi
 export LD_LIBRARY_PATH="${_dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 unset -f _find_lib

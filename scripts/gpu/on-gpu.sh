@@ -41,14 +41,17 @@ set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
 OUT="${OUT:-/tmp/out}"
-RES=/root/results
-mkdir -p "$OUT" "$RES" /root/cifar10 /root/devbin
+# Where the step's files live: /root on the GPU machine (GPU_ROOT elsewhere: the tests of this
+# script, model/tests/on_gpu_script.rs, run it with a stand-in model in a folder of their own).
+GPU_ROOT="${GPU_ROOT:-/root}"
+RES="$GPU_ROOT/results"
+mkdir -p "$OUT" "$RES" "$GPU_ROOT/cifar10" "$GPU_ROOT/devbin"
 # shellcheck source=/dev/null
 source scripts/gpu/env.sh
-export CIFAR10_DIR=/root/cifar10
+export CIFAR10_DIR="$GPU_ROOT/cifar10"
 # The data the steps read, and a word for their output names: the staged copy (../shared/cifar10,
 # decoded from JPEG) until an `official` step finds the official files.
-DATA=/root/cifar10
+DATA="$GPU_ROOT/cifar10"
 DTAG=""
 # Flags every later `train` and `sbs` adds for our binary: `tests` adds --cudnn-first-conv when the
 # GPU test of our first-convolution kernels did not pass, so that one bad kernel cannot spoil the
@@ -72,16 +75,16 @@ limit() {
 
 stage() {
     if [ -f devbin/bin/devbin.tar.xz ]; then
-        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' devbin/bin/devbin.tar.xz /root/devbin
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' devbin/bin/devbin.tar.xz "$GPU_ROOT/devbin"
     fi
     # Each carried part: its packed files (scripts/gpu/prepare.sh) unpacked to plain .bin files,
     # then checked against the sums made where they were packed.
     for d in devbin/data*/; do
         [ -f "$d/sums.txt" ] || continue
-        /root/devbin/cifar_pack unpack "$d" /root/cifar10 || { echo "on-gpu.sh: unpacking $d failed" >&2; exit 3; }
-        (cd /root/cifar10 && sha256sum -c "$repo/$d/sums.txt") || { echo "on-gpu.sh: $d unpacked wrong" >&2; exit 3; }
+        "$GPU_ROOT/devbin/cifar_pack" unpack "$d" "$GPU_ROOT/cifar10" || { echo "on-gpu.sh: unpacking $d failed" >&2; exit 3; }
+        (cd "$GPU_ROOT/cifar10" && sha256sum -c "$repo/$d/sums.txt") || { echo "on-gpu.sh: $d unpacked wrong" >&2; exit 3; }
     done
-    ls -la /root/cifar10 /root/devbin
+    ls -la "$GPU_ROOT/cifar10" "$GPU_ROOT/devbin"
     # The official CIFAR-10 files, if this machine has them anywhere (a torchvision or Hugging Face
     # cache, say): ../shared/cifar10 is decoded from JPEG, and one run on the originals would say
     # what that costs (issue 6). Once per machine (both staging calls run `stage`).
@@ -95,7 +98,7 @@ stage() {
     if [ ! -f "$RES/cifar-search-$day.txt" ]; then
         local names; names="$(mktemp)"
         timeout 20 find /root /data /datasets /dataset /workspace /mnt /home /opt /srv /tmp / \
-            \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /root/cifar10 -o -path "$repo" \) -prune -o \
+            \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path "$GPU_ROOT/cifar10" -o -path "$repo" \) -prune -o \
             \( -iname '*cifar*' -o \( -ipath '*cifar*' \( -name '*.parquet' -o -name '*.arrow' \) \) \) -print 2>/dev/null \
             | awk '!seen[$0]++' > "$names"
         { echo "== paths named *cifar* on this machine, and parquet/arrow files below them ($(wc -l < "$names") found in up to 20 s; the first 300)";
@@ -109,9 +112,9 @@ stage() {
         rm -f "$names"
     fi
     # Our binaries were built elsewhere: check at once that this machine's C library runs them.
-    if [ -x /root/devbin/model ]; then
+    if [ -x "$GPU_ROOT/devbin/model" ]; then
         ldd --version 2>&1 | head -n 1
-        /root/devbin/model --help > /dev/null && echo "on-gpu.sh: /root/devbin/model runs here"
+        "$GPU_ROOT/devbin/model" --help > /dev/null && echo "on-gpu.sh: $GPU_ROOT/devbin/model runs here"
     fi
 }
 
@@ -124,9 +127,9 @@ pack() {
 # Steps other than `stage` need what the staging calls left; a machine that went cold in between
 # (30 s idle) has lost it, and every step would fail: stop at once and say so.
 need_staged() {
-    local n; n=$(ls /root/cifar10/*.bin 2>/dev/null | wc -l)
-    if [ "$n" -ne 6 ] || [ ! -x /root/devbin/model ]; then
-        echo "on-gpu.sh: /root/cifar10 holds $n of the 6 .bin files and /root/devbin/model is $([ -x /root/devbin/model ] || echo 'not ')there: stage again (the machine went cold between calls?)" >&2
+    local n; n=$(ls "$GPU_ROOT"/cifar10/*.bin 2>/dev/null | wc -l)
+    if [ "$n" -ne 6 ] || [ ! -x "$GPU_ROOT/devbin/model" ]; then
+        echo "on-gpu.sh: $GPU_ROOT/cifar10 holds $n of the 6 .bin files and $GPU_ROOT/devbin/model is $([ -x "$GPU_ROOT/devbin/model" ] || echo 'not ')there: stage again (the machine went cold between calls?)" >&2
         exit 3
     fi
 }
@@ -150,7 +153,7 @@ tests() {
     # what a failing descriptor attribute was, where a status alone does not say.
     for t in "${bins[@]}"; do
         ( CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG="$tmp/$t.cudnn-log" \
-          timeout "$t_s" /root/devbin/$t --ignored --test-threads=1 --nocapture > "$tmp/$t.txt" 2>&1
+          timeout "$t_s" "$GPU_ROOT/devbin/$t" --ignored --test-threads=1 --nocapture > "$tmp/$t.txt" 2>&1
           echo "== $t exit status $? (124: it ran into its limit of ${t_s} s)" >> "$tmp/$t.txt" ) &
     done
     wait
@@ -272,7 +275,7 @@ train_run() {
     local name="$1" log="$2" t_s; shift 2
     t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return "$NO_TIME"
     RUN_LIMIT_CUT=""; [ "$t_s" -lt "${TRAIN_TIMEOUT:-500}" ] && RUN_LIMIT_CUT=1
-    { nvidia-smi -L | head -n 1; timeout "$t_s" /root/devbin/model train --out "$RES/runs" --name "$name" --no-progress "$@" 2>&1; } | tee "$log"
+    { nvidia-smi -L | head -n 1; timeout "$t_s" "$GPU_ROOT/devbin/model" train --out "$RES/runs" --name "$name" --no-progress "$@" 2>&1; } | tee "$log"
     return "${PIPESTATUS[0]}"
 }
 
@@ -340,12 +343,12 @@ official() {
     # Checking a copy reads it whole (and decodes 60,000 PNGs for Hugging Face's): seconds, but a
     # large wrong candidate must not eat the call.
     t_s="$(limit 180)"; [ -n "$t_s" ] || return 0
-    if [ -f "$list" ] && timeout "$t_s" python3 bench/official_cifar.py --candidates "$list" --out /root/cifar10-official 2>&1 | tee "$RES/official-$day.txt"; then
-        DATA=/root/cifar10-official
+    if [ -f "$list" ] && timeout "$t_s" python3 bench/official_cifar.py --candidates "$list" --out "$GPU_ROOT/cifar10-official" 2>&1 | tee "$RES/official-$day.txt"; then
+        DATA="$GPU_ROOT/cifar10-official"
         DTAG=-official
         echo "on-gpu.sh: the steps from here on read the official files in $DATA" | tee -a "$RES/official-$day.txt"
     else
-        DATA=/root/cifar10
+        DATA="$GPU_ROOT/cifar10"
         DTAG=""
         echo "on-gpu.sh: no official CIFAR-10 copy passed; the steps from here on read the staged copy $DATA" | tee -a "$RES/official-$day.txt"
     fi
@@ -385,7 +388,7 @@ official() {
 # Each call appends to the day's file, under a line naming its flags.
 profile() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
-    { header; echo "== model profile $*"; timeout "$t_s" /root/devbin/model profile --data "$DATA" "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
+    { header; echo "== model profile $*"; timeout "$t_s" "$GPU_ROOT/devbin/model" profile --data "$DATA" "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
 }
 
 # PyTorch's breakdown of the same step (bf16 autocast + channels-last eager unless FLAGS say otherwise),
@@ -398,7 +401,7 @@ torchprof() {
 # The LR range test alone (prints both rules' suggestions; the curve goes to the run folder).
 lrfind() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
-    { header; echo "== model lr-find $*"; timeout "$t_s" /root/devbin/model lr-find --data "$DATA" --out "$RES/runs" --no-progress "$@" 2>&1; } | tee -a "$RES/lr-find-$day.txt"
+    { header; echo "== model lr-find $*"; timeout "$t_s" "$GPU_ROOT/devbin/model" lr-find --data "$DATA" --out "$RES/runs" --no-progress "$@" 2>&1; } | tee -a "$RES/lr-find-$day.txt"
 }
 
 # One GPU test binary under compute-sanitizer (memcheck: out-of-bounds and misaligned accesses,
@@ -409,7 +412,7 @@ sanitize() {
     sanitizer="$(command -v compute-sanitizer || find / -name compute-sanitizer -type f 2>/dev/null | head -n 1)"
     local t_s; t_s="$(limit 500)"; [ -n "$t_s" ] || return 0
     { header; echo "== compute-sanitizer --tool ${TOOL:-memcheck} test-$bin --ignored $*";
-      timeout "$t_s" "$sanitizer" --tool "${TOOL:-memcheck}" /root/devbin/test-"$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$RES/sanitize-$day.txt"
+      timeout "$t_s" "$sanitizer" --tool "${TOOL:-memcheck}" "$GPU_ROOT/devbin/test-$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$RES/sanitize-$day.txt"
 }
 
 # Our binary and PyTorch side by side (bench/side_by_side.py), e.g.
@@ -428,7 +431,7 @@ sbs() {
     local out="$RES/sbs$DTAG" k=2
     while [ -e "$out" ]; do out="$RES/sbs$DTAG-$k"; k=$((k + 1)); done
     # --timeout-s: no single run (ours, a PyTorch variant, a compile) may take more than 300 s.
-    timeout "$t_s" python3 bench/side_by_side.py --data "$DATA" --bin /root/devbin/model --timeout-s 300 \
+    timeout "$t_s" python3 bench/side_by_side.py --data "$DATA" --bin "$GPU_ROOT/devbin/model" --timeout-s 300 \
         --seeds "${seeds[@]:-0}" --out "$out" --runs-dir "$RES/sbs-runs" --date "$day" "${extra[@]}" 2>&1 \
         | tee -a "$RES/sbs-$day.txt"
 }
