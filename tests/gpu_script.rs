@@ -1,0 +1,330 @@
+//! `scripts/gpu/on-gpu.sh`'s decisions, run here with stand-ins for the GPU machine's programs.
+//!
+//! A GPU session has a few minutes of device time and no person between its steps, so the
+//! script decides alone: a recipe run of our fast GPU path that fails is kept under another
+//! name and the seed runs again with `--plain`; runs that fail for other reasons (refused
+//! before they opened the GPU, cut by the call's budget, flags that change the recipe) switch
+//! nothing; `official` pairs a run on the official files with one on their JPEG re-encoding
+//! under the same flags. A mistake there costs a whole session's measurements, and nothing
+//! else exercises this logic before the GPU does, so each decision is checked here.
+//!
+//! Every test runs the real script in a folder of its own (`GPU_ROOT`, in place of `/root`),
+//! with a stand-in `model` (a bash script that logs its arguments and prints a run's lines:
+//! `Device:`, an `EPOCH:` line, `Done: test accuracy P%`), and stand-ins for `nvidia-smi`
+//! and for the two Python scripts `official` calls (each has its own `--selftest`). What the
+//! stand-in model does is set per test by patterns over its arguments: FAIL_WHEN (ends at
+//! 10%), CRASH_WHEN (exits 1 after `Device:`), HANG_WHEN (sleeps past its limit); none of
+//! them applies to a `--plain` run (the reference path is taken to work).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The stand-in for `model`: `model train --out DIR --name NAME ... [--data D] ...`.
+const FAKE_MODEL: &str = r#"#!/usr/bin/env bash
+[ "$1" = --help ] && exit 0
+args=(); out=""; name=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out="$2"; shift ;;
+    --data) args+=(--data "$(basename "$2")"); shift ;;
+    --name) name="$2"; args+=(--name "$2"); shift ;;
+    *) args+=("$1") ;;
+  esac
+  shift
+done
+all="${args[*]}"
+echo "$all" >> "$GPU_ROOT/calls.txt"
+# The reference path works: the patterns below are for the fast path's runs.
+[[ " $all " == *" --plain "* ]] && unset HANG_WHEN CRASH_WHEN FAIL_WHEN
+dir="$out/$name"
+[ -f "$dir/model.safetensors" ] && { echo "Error: $dir already holds a run" >&2; exit 1; }
+mkdir -p "$dir"
+echo "Device: stand-in"
+echo "EPOCH: 1 (LR: 0.1)"
+# (exec: the time limit's signal reaches the sleep itself, which holds the output pipe open)
+if [ -n "${HANG_WHEN:-}" ] && [[ "$all" =~ $HANG_WHEN ]]; then exec sleep 30; fi
+touch "$dir/model.safetensors"
+if [ -n "${CRASH_WHEN:-}" ] && [[ "$all" =~ $CRASH_WHEN ]]; then echo "Error: the loss is NaN" >&2; exit 1; fi
+if [ -n "${FAIL_WHEN:-}" ] && [[ "$all" =~ $FAIL_WHEN ]]; then echo "Done: test accuracy 10.00% after 24 epochs"; exit 0; fi
+echo "Done: test accuracy 91.50% after 24 epochs"
+"#;
+
+/// `nvidia-smi -L` and the driver query `header` makes.
+const FAKE_NVIDIA_SMI: &str = r#"#!/usr/bin/env bash
+case "$*" in *driver*) echo 580.00 ;; *) echo "GPU 0: stand-in H100" ;; esac
+"#;
+
+/// `python3`: official_cifar.py accepts its candidates (or, with OFFICIAL_NONE, none) and
+/// writes six empty files; jpeg_degrade.py makes its output folder; `-c` (the Pillow check)
+/// succeeds.
+const FAKE_PYTHON: &str = r#"#!/usr/bin/env bash
+case "$1" in
+  bench/official_cifar.py)
+    [ -n "${OFFICIAL_NONE:-}" ] && { echo "no official CIFAR-10 among 1 candidate(s)"; exit 3; }
+    out="${@: -1}"; mkdir -p "$out"; touch "$out"/data_batch_{1..5}.bin "$out"/test_batch.bin
+    echo "official CIFAR-10 from the stand-in"; exit 0 ;;
+  bench/jpeg_degrade.py)
+    while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2"; shift; done; exit 0 ;;
+  -c) exit 0 ;;
+  *) echo "stand-in python3: $*" >&2; exit 1 ;;
+esac
+"#;
+
+/// A GPU test binary's output that `tests` reads as a failure of every test.
+const FAKE_TEST_BINARY: &str = "#!/usr/bin/env bash\necho 'test result: FAILED. 0 passed; 1 failed'\nexit 101\n";
+
+struct Machine {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    bin: PathBuf,
+    out: PathBuf,
+}
+
+fn write_executable(path: &Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+impl Machine {
+    /// A staged machine: six (empty) data files, the stand-in binaries, the library path
+    /// `env.sh` would search for already found.
+    fn new() -> Machine {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let bin = dir.path().join("bin");
+        let out = dir.path().join("out");
+        for d in [root.join("devbin"), root.join("cifar10"), root.join("results"), bin.clone(), out.clone()] {
+            fs::create_dir_all(d).unwrap();
+        }
+        for f in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
+            fs::write(root.join("cifar10").join(format!("{f}.bin")), b"").unwrap();
+        }
+        fs::write(root.join("devbin/ld-library-path"), "/nonexistent\n").unwrap();
+        write_executable(&root.join("devbin/model"), FAKE_MODEL);
+        for t in ["test-cuda", "test-cuda_ops", "test-cuda_gradcheck", "test-cuda_train"] {
+            write_executable(&root.join("devbin").join(t), FAKE_TEST_BINARY);
+        }
+        write_executable(&bin.join("nvidia-smi"), FAKE_NVIDIA_SMI);
+        write_executable(&bin.join("python3"), FAKE_PYTHON);
+        Machine { _dir: dir, root, bin, out }
+    }
+
+    fn results(&self) -> PathBuf {
+        self.root.join("results")
+    }
+
+    /// `bash scripts/gpu/on-gpu.sh ARGS` with the stand-ins first on PATH and ENV set; panics
+    /// with the script's output if it exits non-zero.
+    fn run(&self, env: &[(&str, &str)], args: &[&str]) -> String {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap_or_default());
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo.join("scripts/gpu/on-gpu.sh")).args(args).current_dir(repo);
+        cmd.env("PATH", path).env("GPU_ROOT", &self.root).env("OUT", &self.out);
+        for v in ["BUDGET_S", "TRAIN_ARGS", "TRAIN_TIMEOUT", "MIN_RERUN_S", "ACC_FLOOR", "TEST_TIMEOUT"] {
+            cmd.env_remove(v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o = cmd.output().expect("bash runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "on-gpu.sh {args:?} exited {:?}:\n{text}", o.status);
+        text
+    }
+
+    /// The stand-in model's calls, one line each: its arguments, `--out` left out and
+    /// `--data` cut to the folder's name.
+    fn calls(&self) -> Vec<String> {
+        match fs::read_to_string(self.root.join("calls.txt")) {
+            Ok(t) => t.lines().map(str::to_string).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The text of the one file in results/ named `train-24ep-<date>-NAME.log` (or `.flags`).
+    fn log(&self, name_and_ext: &str) -> String {
+        let found: Vec<PathBuf> = fs::read_dir(self.results())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().to_string();
+                n.starts_with("train-24ep-") && n.ends_with(&format!("-{name_and_ext}"))
+                    // the date is YYYY-MM-DD: 10 characters between the prefix and the name
+                    && n.len() == "train-24ep-".len() + 10 + 1 + name_and_ext.len()
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "no single train-24ep-<date>-{name_and_ext} in {:?}", self.listing());
+        fs::read_to_string(&found[0]).unwrap()
+    }
+
+    fn has_log(&self, name_and_ext: &str) -> bool {
+        self.listing().iter().any(|n| n.starts_with("train-24ep-") && n.ends_with(&format!("-{name_and_ext}")) && n.len() == "train-24ep-".len() + 11 + name_and_ext.len())
+    }
+
+    fn has_fallback_note(&self) -> bool {
+        self.listing().iter().any(|n| n.starts_with("fallback-"))
+    }
+
+    fn listing(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.results()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        v.sort();
+        v
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_failed_fast_path_run_is_kept_apart_and_the_seed_runs_again_with_plain() {
+    let m = Machine::new();
+    m.run(&[("FAIL_WHEN", "seed 0")], &["train", "0", "1"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed0 --no-progress --data cifar10 --seed 0",
+            "train --name seed0 --no-progress --data cifar10 --seed 0 --plain",
+            "train --name seed1 --no-progress --data cifar10 --seed 1 --plain",
+        ])
+    );
+    assert!(m.log("seed0-fast-path-failed.log").contains("test accuracy 10.00%"));
+    assert!(m.log("seed0.log").contains("test accuracy 91.50%"));
+    assert!(m.root.join("results/runs/seed0-fast-path-failed/model.safetensors").exists());
+    assert_eq!(m.log("seed0.flags").trim(), "--plain");
+    assert!(m.has_fallback_note());
+}
+
+#[test]
+fn a_crash_after_the_gpu_opened_and_a_hang_through_the_whole_limit_both_fall_back() {
+    let m = Machine::new();
+    m.run(&[("CRASH_WHEN", "seed 1 *$")], &["train", "0", "1", "2"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed0 --no-progress --data cifar10 --seed 0",
+            "train --name seed1 --no-progress --data cifar10 --seed 1",
+            "train --name seed1 --no-progress --data cifar10 --seed 1 --plain",
+            "train --name seed2 --no-progress --data cifar10 --seed 2 --plain",
+        ])
+    );
+    // A run that hangs until the whole of TRAIN_TIMEOUT has passed.
+    let m = Machine::new();
+    m.run(&[("HANG_WHEN", "seed 0 *$"), ("TRAIN_TIMEOUT", "2")], &["train", "0"]);
+    assert_eq!(m.calls().len(), 2, "{:?}", m.calls());
+    assert!(m.calls()[1].ends_with("--seed 0 --plain"));
+    assert!(!m.log("seed0-fast-path-failed.log").contains("Done:"));
+    assert!(m.log("seed0.log").contains("91.50%"));
+}
+
+#[test]
+fn runs_refused_before_the_gpu_opened_or_off_the_recipe_switch_nothing() {
+    // The run folder is already there: the model refuses before its `Device:` line.
+    let m = Machine::new();
+    fs::create_dir_all(m.root.join("results/runs/seed0")).unwrap();
+    fs::write(m.root.join("results/runs/seed0/model.safetensors"), b"").unwrap();
+    m.run(&[("FAIL_WHEN", "seed 0")], &["train", "0", "1"]);
+    assert_eq!(m.calls().len(), 2, "{:?}", m.calls());
+    assert!(m.calls().iter().all(|c| !c.contains("--plain")), "{:?}", m.calls());
+    assert!(!m.has_fallback_note());
+    assert!(!m.has_log("seed0-fast-path-failed.log"));
+
+    // A flag that changes the recipe, in TRAIN_ARGS or the step's own: a low accuracy may be right.
+    let m = Machine::new();
+    m.run(&[("FAIL_WHEN", "seed 0"), ("TRAIN_ARGS", "--lr-max 9")], &["train", "0", "1"]);
+    m.run(&[("FAIL_WHEN", "seed 2")], &["train", "2", "--", "--epochs", "3"]);
+    assert!(m.calls().iter().all(|c| !c.contains("--plain")), "{:?}", m.calls());
+    assert!(!m.has_fallback_note());
+    assert!(m.log("seed2-epochs-3.log").contains("10.00%"));
+
+    // --tta leaves the recipe as it is: still judged.
+    let m = Machine::new();
+    m.run(&[("FAIL_WHEN", "seed 0"), ("TRAIN_ARGS", "--tta")], &["train", "0"]);
+    assert_eq!(m.calls()[1], "train --name seed0 --no-progress --data cifar10 --seed 0 --tta --plain");
+}
+
+#[test]
+fn a_failed_run_without_time_for_a_rerun_still_leaves_the_usual_name() {
+    // BUDGET_S 100: 85 s left after the 15 s margin, under the 90 s a rerun needs.
+    let m = Machine::new();
+    let text = m.run(&[("FAIL_WHEN", "seed 0"), ("BUDGET_S", "100")], &["train", "0"]);
+    assert_eq!(m.calls().len(), 1, "{:?}", m.calls());
+    assert!(m.log("seed0-fast-path-failed.log").contains("10.00%"));
+    assert!(!m.has_log("seed0.log"), "{:?}", m.listing());
+    assert!(text.contains("under the 90 s a rerun"), "{text}");
+}
+
+#[test]
+fn the_first_convolution_fallback_is_added_once_however_often_tests_fail() {
+    let m = Machine::new();
+    m.run(&[("TEST_TIMEOUT", "20")], &["tests", "tests", "train", "0"]);
+    assert_eq!(m.calls(), strings(&["train --name seed0 --no-progress --data cifar10 --seed 0 --cudnn-first-conv"]));
+}
+
+#[test]
+fn official_pairs_the_jpeg_run_with_the_flags_of_the_first_seed() {
+    let search = |m: &Machine| {
+        fs::write(m.results().join(format!("cifar-search-{}.txt", today())), "== candidates\n/somewhere\n").unwrap();
+    };
+    // A fallback at the second seed does not reach the q75 run, which pairs with seed 21's.
+    let m = Machine::new();
+    search(&m);
+    m.run(&[("FAIL_WHEN", "seed 22")], &["official", "21", "22"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed21-official --no-progress --data cifar10-official --seed 21",
+            "train --name seed22-official --no-progress --data cifar10-official --seed 22",
+            "train --name seed22-official --no-progress --data cifar10-official --seed 22 --plain",
+            "train --name seed21-official-q75 --no-progress --data cifar10-official-q75 --seed 21",
+        ])
+    );
+    // The q75 run's own fallback: seed 21 once more on the official files with its flags, and
+    // the steps after it on --plain.
+    let m = Machine::new();
+    search(&m);
+    m.run(&[("FAIL_WHEN", "q75")], &["official", "21", "train", "5"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed21-official --no-progress --data cifar10-official --seed 21",
+            "train --name seed21-official-q75 --no-progress --data cifar10-official-q75 --seed 21",
+            "train --name seed21-official-q75 --no-progress --data cifar10-official-q75 --seed 21 --plain",
+            "train --name seed21-official-plain --no-progress --data cifar10-official --seed 21 --plain",
+            "train --name seed5-official --no-progress --data cifar10-official --seed 5 --plain",
+        ])
+    );
+    assert!(m.log("seed21-official-q75-fast-path-failed.log").contains("10.00%"));
+    // No official copy: the seeds on the staged copy, and no q75 run.
+    let m = Machine::new();
+    search(&m);
+    m.run(&[("OFFICIAL_NONE", "1")], &["official", "21"]);
+    assert_eq!(m.calls(), strings(&["train --name seed21 --no-progress --data cifar10 --seed 21"]));
+}
+
+#[test]
+fn a_seed_already_run_on_the_machine_is_not_run_again_and_its_flags_stand_for_it() {
+    let m = Machine::new();
+    fs::write(m.results().join(format!("cifar-search-{}.txt", today())), "/somewhere\n").unwrap();
+    let earlier = m.results().join(format!("train-24ep-{}-seed21-official.log", today()));
+    fs::write(&earlier, "an earlier call's run\n").unwrap();
+    fs::write(earlier.with_extension("flags"), "--cudnn-first-conv\n").unwrap();
+    m.run(&[], &["official", "21", "22"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed22-official --no-progress --data cifar10-official --seed 22",
+            "train --name seed21-official-q75 --no-progress --data cifar10-official-q75 --seed 21 --cudnn-first-conv",
+        ])
+    );
+    assert_eq!(fs::read_to_string(&earlier).unwrap(), "an earlier call's run\n");
+}
+
+/// The script's date, for the file names it reads (`date -u +%Y-%m-%d`).
+fn today() -> String {
+    let o = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().unwrap();
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
