@@ -323,6 +323,50 @@ fn a_seed_already_run_on_the_machine_is_not_run_again_and_its_flags_stand_for_it
     assert_eq!(fs::read_to_string(&earlier).unwrap(), "an earlier call's run\n");
 }
 
+#[test]
+fn stage_picks_the_official_candidates_out_of_the_paths_named_cifar() {
+    // What `stage`'s find may print on a machine with caches of torchvision and Hugging Face.
+    let m = Machine::new();
+    let names = m.root.join("names.txt");
+    let hub = "/root/.cache/huggingface/hub/datasets--uoft-cs--cifar10/snapshots/abc/plain_text";
+    let listed = [
+        "/root/.cache/torchvision/cifar-10-batches-py".to_string(),
+        "/data/cifar-10-python.tar.gz".into(),
+        "/data/cifar-100-python.tar.gz".into(),
+        "/data/notes-on-cifar10.txt".into(),
+        format!("{hub}/train-00000-of-00001.parquet"),
+        format!("{hub}/test-00000-of-00001.parquet"),
+        "/mnt/cifar10/train/0000.arrow".into(),
+        "/mnt/cifar10/test/0000.arrow".into(),
+        "/mnt/cifar10".into(),
+        "/srv/x/cifar-10-batches-bin".into(),
+        "/data/cifar-10-python.tar.gz".into(),
+    ];
+    fs::write(&names, listed.join("\n") + "\n").unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source scripts/gpu/on-gpu.sh && official_candidates "$1""#)
+        .arg("bash")
+        .arg(&names)
+        .current_dir(repo)
+        .env("GPU_ROOT", &m.root)
+        .env("OUT", &m.out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        String::from_utf8(o.stdout).unwrap().lines().collect::<Vec<_>>(),
+        vec![
+            "/root/.cache/torchvision/cifar-10-batches-py",
+            "/data/cifar-10-python.tar.gz",
+            hub,
+            "/mnt/cifar10",
+            "/srv/x/cifar-10-batches-bin",
+        ]
+    );
+}
+
 /// The script's date, for the file names it reads (`date -u +%Y-%m-%d`).
 fn today() -> String {
     let o = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().unwrap();

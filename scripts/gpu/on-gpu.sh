@@ -104,10 +104,7 @@ stage() {
         { echo "== paths named *cifar* on this machine, and parquet/arrow files below them ($(wc -l < "$names") found in up to 20 s; the first 300)";
           head -n 300 "$names"; } > "$RES/cifar-names-$day.txt"
         { echo "== official CIFAR-10 candidates on this machine (from cifar-names-$day.txt)";
-          awk '{ p = $0; n = p; sub(/.*\//, "", n)
-                 if (p ~ /\.(parquet|arrow)$/) { sub(/\/[^\/]*$/, "", p); if (p ~ /\/(train|test)$/) sub(/\/[^\/]*$/, "", p) }
-                 else if (n != "cifar-10-batches-bin" && n != "cifar-10-batches-py" && n !~ /^cifar-10-.*\.tar\.gz$/) next
-                 if (!seen[p]++) print p }' "$names"
+          official_candidates "$names"
           echo "== (end of list)"; } | tee "$RES/cifar-search-$day.txt"
         rm -f "$names"
     fi
@@ -116,6 +113,17 @@ stage() {
         ldd --version 2>&1 | head -n 1
         "$GPU_ROOT/devbin/model" --help > /dev/null && echo "on-gpu.sh: $GPU_ROOT/devbin/model runs here"
     fi
+}
+
+# The candidates for `official` among the paths listed in FILE (one per line, as `stage`'s find
+# prints them), each once, in the order found: torchvision's folders (cifar-10-batches-py,
+# cifar-10-batches-bin) and archives (cifar-10-*.tar.gz), and the folders of parquet or arrow
+# files (the folder above, for a train/ or test/ one, where Hugging Face's layouts keep them).
+official_candidates() {
+    awk '{ p = $0; n = p; sub(/.*\//, "", n)
+           if (p ~ /\.(parquet|arrow)$/) { sub(/\/[^\/]*$/, "", p); if (p ~ /\/(train|test)$/) sub(/\/[^\/]*$/, "", p) }
+           else if (n != "cifar-10-batches-bin" && n != "cifar-10-batches-py" && n !~ /^cifar-10-.*\.tar\.gz$/) next
+           if (!seen[p]++) print p }' "$1"
 }
 
 # Rewrite $OUT/results.tgz from $RES (checkpoints left out).
@@ -451,4 +459,6 @@ for a in "$@"; do
         *) args+=("$a") ;;
     esac
 done
-[ -n "$mode" ] && step "$mode" "${args[@]}"
+# (An `if`, not `&&`: with no mode, as when a test sources this file for its functions, the
+# script ends with status 0.)
+if [ -n "$mode" ]; then step "$mode" "${args[@]}"; fi
