@@ -316,7 +316,7 @@ def clear_out(out):
 
 
 def prepare_dir(path, out, pub):
-    clear_out(out)
+    # (`out` holds no .bin entries here: `prepare` clears it before each candidate.)
     base = os.path.basename(os.path.normpath(path))
     if base == "cifar-10-batches-py":
         return prepare_py(path, out, pub)

@@ -144,24 +144,23 @@ impl Machine {
         }
     }
 
-    /// The text of the one file in results/ named `train-24ep-<date>-NAME.log` (or `.flags`).
+    /// The files in results/ named `train-24ep-<date>-NAME_AND_EXT` (the date is YYYY-MM-DD, so
+    /// `seed0.log` does not match `...-seed0-fast-path-failed.log` nor the other way round).
+    fn logs(&self, name_and_ext: &str) -> Vec<String> {
+        let suffix = format!("-{name_and_ext}");
+        let len = "train-24ep-".len() + "YYYY-MM-DD".len() + suffix.len();
+        self.listing().into_iter().filter(|n| n.starts_with("train-24ep-") && n.ends_with(&suffix) && n.len() == len).collect()
+    }
+
+    /// The text of the one file in results/ named `train-24ep-<date>-NAME_AND_EXT`.
     fn log(&self, name_and_ext: &str) -> String {
-        let found: Vec<PathBuf> = fs::read_dir(self.results())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                let n = p.file_name().unwrap().to_string_lossy().to_string();
-                n.starts_with("train-24ep-") && n.ends_with(&format!("-{name_and_ext}"))
-                    // the date is YYYY-MM-DD: 10 characters between the prefix and the name
-                    && n.len() == "train-24ep-".len() + 10 + 1 + name_and_ext.len()
-            })
-            .collect();
+        let found = self.logs(name_and_ext);
         assert_eq!(found.len(), 1, "no single train-24ep-<date>-{name_and_ext} in {:?}", self.listing());
-        fs::read_to_string(&found[0]).unwrap()
+        fs::read_to_string(self.results().join(&found[0])).unwrap()
     }
 
     fn has_log(&self, name_and_ext: &str) -> bool {
-        self.listing().iter().any(|n| n.starts_with("train-24ep-") && n.ends_with(&format!("-{name_and_ext}")) && n.len() == "train-24ep-".len() + 11 + name_and_ext.len())
+        !self.logs(name_and_ext).is_empty()
     }
 
     fn has_fallback_note(&self) -> bool {

@@ -42,7 +42,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
 OUT="${OUT:-/tmp/out}"
 # Where the step's files live: /root on the GPU machine (GPU_ROOT elsewhere: the tests of this
-# script, model/tests/on_gpu_script.rs, run it with a stand-in model in a folder of their own).
+# script, tests/gpu_script.rs, run it with a stand-in model in a folder of their own).
 GPU_ROOT="${GPU_ROOT:-/root}"
 RES="$GPU_ROOT/results"
 mkdir -p "$OUT" "$RES" "$GPU_ROOT/cifar10" "$GPU_ROOT/devbin"
@@ -58,7 +58,6 @@ DTAG=""
 # rest of a call's runs (the `profile` steps keep their own flags: they are the A/B of that kernel);
 # `train` adds --plain when a recipe run of the fast path fails (see `fast_path_failed`).
 OURS_FALLBACK=()
-RAN_WITH=""
 day="$(date -u +%Y-%m-%d)"
 start=$SECONDS
 
@@ -203,35 +202,31 @@ read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 # their words in the names (train-24ep-<date>-seed11-weight-decay-1e-3.log, runs/seed11-...),
 # so that one command can compare settings. A recipe run (no such flags) whose fast GPU path
 # failed (`fast_path_failed`) is kept under another name and run again with --plain added, and
-# so is every later train and sbs of the call. RAN_WITH is then the OURS_FALLBACK flags the last
-# seed's kept run had (`official` pairs runs by it).
+# so is every later train and sbs of the call. The OURS_FALLBACK flags of each run that ended as it
+# should go beside its log, in .flags (`ran_with`; `official` pairs runs by them).
 train() {
-    local seeds=() extra=() seen="" a tag=""
+    local seeds=() extra=() seen="" a
     for a in "$@"; do
         if [ -n "$seen" ]; then extra+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
     done
     [ ${#seeds[@]} -eq 0 ] && seeds=(0)
-    if [ ${#extra[@]} -gt 0 ]; then
-        tag="-$(printf '%s-' "${extra[@]}" | sed -E 's/^-+//; s/[^A-Za-z0-9.]+/-/g; s/-+$//')"
-    fi
     # The data in use unless the flags name another folder (`-- --data /root/cifar10-q55`).
     local data=(--data "$DATA")
     for a in "${extra[@]}"; do [ "$a" = "--data" ] && data=(); done
     for s in "${seeds[@]}"; do
-        local name="seed$s$DTAG$tag" rc
+        local name rc
+        name="$(train_name "$s" "${extra[@]}")"
         local log="$RES/train-24ep-$day-$name.log"
         # /root/results outlives a call while the machine is warm: a seed's log an earlier call
-        # (or step) wrote is kept, not overwritten, and the flags its run had (beside it, in
-        # .flags) stand for it.
+        # (or step) wrote is kept, not overwritten, and its .flags stand for it.
         if [ -e "$log" ]; then
             echo "on-gpu.sh: $(basename "$log") is there already (written by an earlier call or step on this machine): seed $s not run again"
-            [ -f "${log%.log}.flags" ] && RAN_WITH="$(cat "${log%.log}.flags")"
             continue
         fi
         train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}"
         rc=$?
         [ "$rc" -eq "$NO_TIME" ] && return 0
-        if [ -z "$tag" ] && fast_path_failed "$log" "$rc"; then
+        if [ ${#extra[@]} -eq 0 ] && fast_path_failed "$log" "$rc"; then
             # The failed run is kept under a name no earlier one has, so that the usual name never
             # holds it, whether or not there is time to run the seed again.
             local kept="-fast-path-failed" k=2 t_s
@@ -244,8 +239,8 @@ train() {
             # took 32 s on the H200, plus the LR range test and start-up), or the whole of
             # TRAIN_TIMEOUT if that is less.
             local need="${MIN_RERUN_S:-90}"
-            [ "$need" -gt "${TRAIN_TIMEOUT:-500}" ] && need="${TRAIN_TIMEOUT:-500}"
-            t_s="$(limit "${TRAIN_TIMEOUT:-500}" 2> /dev/null)"
+            [ "$need" -gt "$train_timeout" ] && need="$train_timeout"
+            t_s="$(limit "$train_timeout" 2> /dev/null)"
             if [ -z "$t_s" ] || [ "$t_s" -lt "$need" ]; then
                 echo "on-gpu.sh: $why; the budget has ${t_s:-under 30} s left, under the $need s a rerun with ${OURS_FALLBACK[*]} needs" | tee -a "$RES/fallback-$day.txt"
                 pack
@@ -257,12 +252,23 @@ train() {
             [ "$rc" -eq "$NO_TIME" ] && return 0
         fi
         # A run that ended as it should: the flags it had, for `official`'s pair and a later call.
-        if [ "$rc" -eq 0 ]; then
-            RAN_WITH="${OURS_FALLBACK[*]}"
-            printf '%s\n' "$RAN_WITH" > "${log%.log}.flags"
-        fi
+        [ "$rc" -eq 0 ] && printf '%s\n' "${OURS_FALLBACK[*]}" > "${log%.log}.flags"
         pack
     done
+}
+
+# The name `train` gives seed SEED's run with the step's flags EXTRA: seed<N>, the data's word
+# (DTAG), the flags' words (its log is $RES/train-24ep-<date>-NAME.log, its run folder runs/NAME).
+train_name() {
+    local s="$1" tag=""; shift
+    [ $# -gt 0 ] && tag="-$(printf '%s-' "$@" | sed -E 's/^-+//; s/[^A-Za-z0-9.]+/-/g; s/-+$//')"
+    echo "seed$s$DTAG$tag"
+}
+
+# The OURS_FALLBACK flags run NAME had (the .flags file beside its log); status 1 when it has none:
+# the run did not end as it should, or never ran.
+ran_with() {
+    cat "$RES/train-24ep-$day-$1.flags" 2> /dev/null
 }
 
 # OURS_FALLBACK with FLAG added, unless it holds it already (the model refuses a flag given twice).
@@ -274,6 +280,8 @@ add_fallback() {
 
 # train_run's status when the call's budget has no room left for a run (nothing was run).
 NO_TIME=200
+# The time limit of one `model train` run (less if the budget has less left).
+train_timeout="${TRAIN_TIMEOUT:-500}"
 
 # One `model train` run into run folder NAME, its output (under the GPU's name) to LOG, with the
 # flags after them. Status: the model's (timeout's 124 if it ran into its time limit), or NO_TIME.
@@ -281,8 +289,8 @@ NO_TIME=200
 RUN_LIMIT_CUT=""
 train_run() {
     local name="$1" log="$2" t_s; shift 2
-    t_s="$(limit "${TRAIN_TIMEOUT:-500}")"; [ -n "$t_s" ] || return "$NO_TIME"
-    RUN_LIMIT_CUT=""; [ "$t_s" -lt "${TRAIN_TIMEOUT:-500}" ] && RUN_LIMIT_CUT=1
+    t_s="$(limit "$train_timeout")"; [ -n "$t_s" ] || return "$NO_TIME"
+    RUN_LIMIT_CUT=""; [ "$t_s" -lt "$train_timeout" ] && RUN_LIMIT_CUT=1
     { nvidia-smi -L | head -n 1; timeout "$t_s" "$GPU_ROOT/devbin/model" train --out "$RES/runs" --name "$name" --no-progress "$@" 2>&1; } | tee "$log"
     return "${PIPESTATUS[0]}"
 }
@@ -362,29 +370,29 @@ official() {
     fi
     pack
     [ ${#seeds[@]} -gt 0 ] || return 0
-    # The first seed alone first: the flags its kept run had (RAN_WITH) are the q75 run's.
-    RAN_WITH=unset
-    train "${seeds[0]}" "${rest[@]}"
-    local first="$RAN_WITH"
-    [ ${#seeds[@]} -gt 1 ] && train "${seeds[@]:1}" "${rest[@]}"
+    train "${seeds[@]}" "${rest[@]}"
     [ -n "$DTAG" ] || return 0
-    if [ "$first" = unset ]; then
+    # The q75 run has the flags the first seed's run had (its .flags).
+    local first
+    if ! first="$(ran_with "$(train_name "${seeds[0]}" "${rest[@]:1}")")"; then
         echo "on-gpu.sh: seed ${seeds[0]}'s run on the official files did not end as it should (or had no time): no q75 run to pair with it"
         return 0
     fi
     degrade 75 || return 0
-    local data="$DATA" dtag="$DTAG" later=("${OURS_FALLBACK[@]}")
+    local data="$DATA" dtag="$DTAG" later=("${OURS_FALLBACK[@]}") q75_flags
     read -r -a OURS_FALLBACK <<< "$first"
-    DATA="$data-q75" DTAG="$dtag-q75" RAN_WITH=unset
+    DATA="$data-q75" DTAG="$dtag-q75"
     train "${seeds[0]}" "${rest[@]}"
+    q75_flags="$(ran_with "$(train_name "${seeds[0]}" "${rest[@]:1}")")"
+    local q75_ran=$?
     DATA="$data" DTAG="$dtag"
     OURS_FALLBACK=("${later[@]}")
-    if [ "$RAN_WITH" != unset ] && [ "$RAN_WITH" != "$first" ]; then
+    if [ "$q75_ran" -eq 0 ] && [ "$q75_flags" != "$first" ]; then
         # The fast path failed on the q75 run, which ran again with --plain: the first seed on the
         # official files once more with those flags (their words in its name), so that the pair
         # still differs in the data alone; and every later step on --plain too.
         local q75=()
-        read -r -a q75 <<< "$RAN_WITH"
+        read -r -a q75 <<< "$q75_flags"
         echo "on-gpu.sh: the q75 run fell back to ${q75[*]}: seed ${seeds[0]} runs once more on the official files with them" | tee -a "$RES/fallback-$day.txt"
         OURS_FALLBACK=()
         train "${seeds[0]}" -- "${q75[@]}"
