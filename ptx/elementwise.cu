@@ -5,7 +5,8 @@
 // all n elements. Output buffers may alias inputs of the same index (in-place
 // use is fine) because each element is read and written by the same thread.
 //
-// Every result is one IEEE operation on its inputs (no contraction is possible),
+// Every result is one IEEE operation on its inputs (no contraction is possible), or,
+// in ema_update, three written with round-to-nearest intrinsics (no contraction either),
 // so it equals the CPU reference bit for bit.
 
 // The loop index is 64-bit so that i + stride cannot wrap around near 2^32.
@@ -79,3 +80,20 @@ __device__ void accumulate_t(T* a, const T* b, unsigned int n)
 }
 extern "C" __global__ void accumulate(float* a, const float* b, unsigned int n) { accumulate_t(a, b, n); }
 extern "C" __global__ void accumulate_f64(double* a, const double* b, unsigned int n) { accumulate_t(a, b, n); }
+
+// ema_update: avg[i] = keep * avg[i] + take * x[i]   (keep = rho, take = 1 - rho, from the
+// caller: the moving average of the weights, ops/src/ema.rs). Three operations, each written
+// with a round-to-nearest intrinsic so that the compiler cannot fuse a multiply and the add:
+// the same bits as the CPU reference, which rounds each of the three in T.
+extern "C" __global__ void ema_update(float* avg, const float* x, unsigned int n, float keep, float take)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        avg[i] = __fadd_rn(__fmul_rn(keep, avg[i]), __fmul_rn(take, x[i]));
+    }
+}
+extern "C" __global__ void ema_update_f64(double* avg, const double* x, unsigned int n, double keep, double take)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        avg[i] = __dadd_rn(__dmul_rn(keep, avg[i]), __dmul_rn(take, x[i]));
+    }
+}

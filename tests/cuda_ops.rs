@@ -1,8 +1,8 @@
 //! CUDA paths of the ops against the CPU reference, on random inputs of realistic
 //! shapes. Run on a GPU machine: `cargo test --release -- --ignored`.
 //!
-//! Tolerances: ReLU, add, scale and the SGD update are single IEEE f32 operations per
-//! element, written without fused multiply-adds on both sides (`__f*_rn` intrinsics in
+//! Tolerances: ReLU, add, scale, the SGD update and the moving average's update are IEEE f32
+//! operations per element, written without fused multiply-adds on both sides (`__f*_rn` intrinsics in
 //! the kernels; Rust never contracts), so they must match bit for bit. The loss uses
 //! `expf`/`logf`, whose CUDA versions are within 2 ulp of the correctly rounded value, and
 //! sums in another order: 1e-5 relative. cuDNN's convolutions, batch norm and cuBLAS sum
@@ -98,6 +98,27 @@ fn sgd_update_matches_the_cpu_exactly() {
     }
     for (g, c) in gpu_params.iter().zip(&cpu) {
         close("parameter after 3 SGD steps", g, c, 0.0);
+    }
+}
+
+/// The moving average's update (`ops::ema`), three rounded f32 operations per element on both
+/// sides, must match bit for bit; in f64 too (the kernel's `_f64` twin). Five updates with new
+/// weights each time, at the network's largest tensor's shape.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn ema_update_matches_the_cpu_exactly() {
+    let dev = gpu();
+    for dtype in [DType::F32, DType::F64] {
+        let mut cpu = rand(&[512, 256, 3, 3], 60).to_dtype(dtype);
+        let mut gpu_avg = cpu.to_device(&dev).unwrap();
+        for k in 0..5 {
+            let x = rand(&[512, 256, 3, 3], 61 + k).to_dtype(dtype);
+            ops::ema::update(&mut cpu, &x, 0.99f64.powi(5)).unwrap();
+            ops::ema::update(&mut gpu_avg, &x.to_device(&dev).unwrap(), 0.99f64.powi(5)).unwrap();
+        }
+        assert!(gpu_avg.device().is_cuda(), "the average left the GPU");
+        let (g, c) = (gpu_avg.to_device(&Device::Cpu).unwrap(), cpu);
+        assert_eq!(g.to_f64_vec(), c.to_f64_vec(), "{dtype:?}: the GPU's average differs from the CPU's");
     }
 }
 

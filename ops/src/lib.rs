@@ -10,8 +10,9 @@
 //! 5. the op's record type, whose `backward` is called from the one `match`
 //!    in [`record`].
 //!
-//! The optimizer update ([`sgd`]) and the convolution weights' compute copies
-//! ([`weight_copy`]) are not differentiated and sit beside the ops.
+//! The optimizer update ([`sgd`]), the moving average of the weights ([`ema`]) and the
+//! convolution weights' compute copies ([`weight_copy`]) are not differentiated and sit
+//! beside the ops.
 
 mod cuda;
 pub mod gradcheck;
@@ -26,6 +27,7 @@ pub mod cast;
 pub mod conv2d;
 mod conv2d_c3;
 pub mod cross_entropy;
+pub mod ema;
 pub mod graph_step;
 pub mod layout;
 pub mod linear;

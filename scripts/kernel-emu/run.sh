@@ -125,6 +125,7 @@ if [ "$selftest" = 1 ]; then
         "c3finish|conv_c3|s/for (unsigned int first = lane; first < blocks;/for (unsigned int first = lane + C3_FIN_LANES; first < blocks;/|plain|conv_c3|first-conv weight gradient skips each lane's first block's sums"
         "c3finu|conv_c3|s/const unsigned int q = first + u \* C3_FIN_LANES;/const unsigned int q = first + u;/|plain|conv_c3|first-conv weight gradient's unrolled loads take neighbouring blocks instead of a lane stride apart"
         "c3fintree|conv_c3|s/lanes\[lane\]\[k\] = __fadd_rn(lanes\[lane\]\[k\], lanes\[lane + w\]\[k\]);/lanes[lane][k] = __fadd_rn(lanes[lane][k], lanes[lane][k]);/|plain|conv_c3|first-conv weight gradient's lane tree adds a lane to itself"
+        "emaswap|elementwise|s/avg\[i\] = __fadd_rn(__fmul_rn(keep, avg\[i\]), __fmul_rn(take, x\[i\]));/avg[i] = __fadd_rn(__fmul_rn(take, avg[i]), __fmul_rn(keep, x[i]));/|plain|elementwise|moving average with its two weights swapped"
         "c3finsync|conv_c3|/lanes\[lane\]\[k\] = sum;/{n;s/__syncthreads();//}|tsan|conv_c3|first-conv weight gradient's lane tree reads lanes before they are stored (data race)"
     )
     mkdir -p build/mut

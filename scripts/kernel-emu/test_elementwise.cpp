@@ -1,7 +1,8 @@
 // ptx/elementwise.cu on the CPU: relu_forward(x, y, n), relu_backward(y, dy, dx, n), add(a, b, y, n),
 // scale(x, y, n, alpha) as ops/src/{relu,add,scale}.rs launch them and accumulate(a, b, n) as
 // engine/src/tensor.rs does (grid(n) = for_num_elems(max(n, 1)): 1024-thread blocks), each in f32
-// and f64, plus add_relu (not launched from Rust yet). Compared bit for bit with the CPU
+// and f64, plus add_relu (not launched from Rust yet) and ema_update(avg, x, n, keep, take) as
+// ops/src/ema.rs launches it (avg = keep * avg + take * x, each operation rounded in T). Compared bit for bit with the CPU
 // references of ops/src (relu: v > 0 ? v : +0, so NaN and -0 give +0; dx = y > 0 ? dy : +0;
 // a + b; alpha * x with alpha = `alpha as f32` in f32) on values that include +-0, +-inf,
 // NaN, subnormals and the largest finite values; a NaN result must be a NaN, its payload is
@@ -27,6 +28,7 @@ struct EK<float> {
     static constexpr auto add_k = add;
     static constexpr auto scale_k = scale;
     static constexpr auto acc_k = accumulate;
+    static constexpr auto ema_k = ema_update;
     static constexpr const char* name = "f32";
 };
 template <>
@@ -37,6 +39,7 @@ struct EK<double> {
     static constexpr auto add_k = add_f64;
     static constexpr auto scale_k = scale_f64;
     static constexpr auto acc_k = accumulate_f64;
+    static constexpr auto ema_k = ema_update_f64;
     static constexpr const char* name = "f64";
 };
 
@@ -109,6 +112,20 @@ void case_ew(unsigned n, std::mt19937_64& rng, bool small_grid = false)
     emu::launch_seq(K::acc_k, cfg.grid, cfg.block, acc.data(), (const T*)b.data(), n);
     for (unsigned i = 0; i < n; ++i) want[i] = a[i] + b[i];
     same(P + "accumulate", acc, want);
+
+    // ema_update in place, keep = rho and take = 1 - rho (in double, then rounded to T) as
+    // ops/src/ema.rs passes them; the reference rounds each product and the sum in T
+    // (-ffp-contract=off: no fused multiply-add here either).
+    for (double rho : {std::pow(0.99, 5), 0.5, 0.0, 1.0}) {
+        const T keep = T(rho), take = T(1.0 - rho);
+        std::vector<T> avg = a;
+        emu::launch_seq(K::ema_k, cfg.grid, cfg.block, avg.data(), (const T*)b.data(), n, keep, take);
+        for (unsigned i = 0; i < n; ++i) {
+            const T kept = keep * a[i], taken = take * b[i];
+            want[i] = kept + taken;
+        }
+        same(P + "ema_update rho=" + std::to_string(rho), avg, want);
+    }
 
     if constexpr (sizeof(T) == 4) {
         std::vector<T> r(n, NaN);
