@@ -497,10 +497,12 @@ fn graph_steps_match(fast: bool) {
         let mut state = SgdState::default();
         let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
         let mut sg = graph.then(|| model::graph::StepGraph::new(&d, cfg.batch_size, spe).unwrap());
+        // The moving average (`--ema`) reads the weights after steps 5 and 10: after replays.
+        let mut ema = model::ema::Ema::new(&net).unwrap();
         let mut stats = Vec::new();
         let mut allocs = Vec::new();
         for epoch in 0..cfg.epochs {
-            let s = train::train_epoch(&mut net, &mut state, &ds.train, &mut p, norm, &cfg, epoch, sg.as_mut(), |_, _, _, _| {}).unwrap();
+            let s = train::train_epoch(&mut net, &mut state, &ds.train, &mut p, norm, &cfg, epoch, sg.as_mut(), Some(&mut ema), |_, _, _, _| {}).unwrap();
             d.synchronize().unwrap();
             allocs.push(d.driver_allocations());
             stats.push((s.loss, s.accuracy));
@@ -514,10 +516,10 @@ fn graph_steps_match(fast: bool) {
         }
         assert!(net.bn.iter().all(|s| s.num_batches_tracked == (cfg.epochs * spe) as u64), "num_batches_tracked");
         eprintln!("fast path {fast}, graph {graph}: {stats:?}");
-        runs.push((stats, net));
+        runs.push((stats, net, ema.model));
     }
     d.set_deterministic(false);
-    let ((eager_stats, eager), (graph_stats, graphed)) = (&runs[0], &runs[1]);
+    let ((eager_stats, eager, eager_avg), (graph_stats, graphed, graphed_avg)) = (&runs[0], &runs[1]);
     // In bf16 a last-bit difference in f32 (see above) can move a bf16 rounding of an activation
     // (2^-8 relative) and grow over the steps: 2e-3 there, still 5x below what a wrong LR, batch
     // or counter changes.
@@ -533,6 +535,12 @@ fn graph_steps_match(fast: bool) {
     for (i, (a, b)) in eager.bn.iter().zip(&graphed.bn).enumerate() {
         report.close(&format!("fast path {fast}: {} running mean", eager.arch.bn_name(i)), &b.mean, &a.mean.to_device(&Device::Cpu).unwrap(), tol);
         report.close(&format!("fast path {fast}: {} running var", eager.arch.bn_name(i)), &b.var, &a.var.to_device(&Device::Cpu).unwrap(), tol);
+    }
+    for (i, (a, b)) in eager_avg.params.iter().zip(&graphed_avg.params).enumerate() {
+        report.close(&format!("fast path {fast}: moving average of parameter {i} ({})", eager.arch.param_names[i]), b, &a.to_device(&Device::Cpu).unwrap(), tol);
+    }
+    for (i, (a, b)) in eager_avg.bn.iter().zip(&graphed_avg.bn).enumerate() {
+        report.close(&format!("fast path {fast}: moving average of {} running var", eager.arch.bn_name(i)), &b.var, &a.var.to_device(&Device::Cpu).unwrap(), tol);
     }
     report.finish();
 }

@@ -280,3 +280,60 @@ fn flip_tta_scores_the_mean_of_plain_and_mirrored_logits() {
     let loss = loss / n as f64;
     assert!((tta.loss - loss).abs() <= 1e-5 * loss, "TTA loss {} vs {loss}", tta.loss);
 }
+
+/// `--ema` changes what is evaluated and saved, not the training: with the same seed the
+/// training losses of every epoch are those of a run without it, bit for bit, and the
+/// trained weights' accuracy that the EMA run reports at the end is the other run's final
+/// accuracy. The test accuracies of each epoch, and `model.safetensors`, are the average's:
+/// a network loaded from that file scores the run's final accuracy, and resuming the
+/// finished run (the average from `model.safetensors`, the trained weights from
+/// `optimizer.safetensors`) reports both figures again unchanged.
+#[test]
+fn ema_evaluates_the_average_and_leaves_training_alone() {
+    use model::batches::Normalization;
+    use model::pipeline::Pipeline;
+    use model::resnet::ResNet9;
+    use rand::SeedableRng;
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().to_path_buf();
+    // 24 steps an epoch: 4 averages an epoch, the last one 4 steps before its end.
+    let cfg = TrainConfig { epochs: 2, batch_size: 64, subset: Some(1536), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
+    let opts = |name: &str, ema: bool| RunOptions {
+        cfg: TrainConfig { ema, ..cfg.clone() },
+        lr_given: true,
+        lr_find: Default::default(),
+        runs_dir: runs.clone(),
+        name: Some(name.into()),
+        resume: false,
+        progress: false,
+        cuda_graph: false,
+    };
+    let plain_acc = run_training(&ds, &engine::Device::Cpu, opts("plain", false)).unwrap();
+    let ema_acc = run_training(&ds, &engine::Device::Cpu, opts("ema", true)).unwrap();
+    let plain = read_metrics(&runs.join("plain/metrics.csv")).unwrap();
+    let ema = read_metrics(&runs.join("ema/metrics.csv")).unwrap();
+    assert_eq!(plain.iter().map(|r| r.train_loss).collect::<Vec<_>>(), ema.iter().map(|r| r.train_loss).collect::<Vec<_>>());
+    assert_ne!(plain.iter().map(|r| r.test_loss).collect::<Vec<_>>(), ema.iter().map(|r| r.test_loss).collect::<Vec<_>>(), "the average was not what was evaluated");
+    assert_eq!(ema.last().unwrap().test_acc, ema_acc);
+
+    let log = std::fs::read_to_string(runs.join("ema/train.log")).unwrap();
+    assert!(log.contains(", EMA of the weights evaluated"), "{log}");
+    let line = |log: &str| log.lines().filter(|l| l.starts_with("Trained weights without EMA: ")).map(String::from).collect::<Vec<_>>();
+    let trained = line(&log);
+    assert_eq!(trained.len(), 1, "{log}");
+    assert!(trained[0].ends_with(&format!("({plain_acc:.2}%)")), "{} vs the run without EMA: {plain_acc:.2}%", trained[0]);
+    assert!(line(&std::fs::read_to_string(runs.join("plain/train.log")).unwrap()).is_empty());
+
+    // model.safetensors is the average that scored ema_acc.
+    let mut net = ResNet9::new(cfg.width, cfg.out_scale, engine::DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+    model::checkpoint::load_model(&runs.join("ema/model.safetensors"), &mut net).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let e = model::train::evaluate(&mut net, &ds.test, &mut Pipeline::Host, Normalization { mean, std }, cfg.batch_size, false, false).unwrap();
+    assert_eq!(e.accuracy(), ema_acc);
+
+    let resumed = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts("ema", false) }).unwrap();
+    assert_eq!(resumed, ema_acc);
+    let log = std::fs::read_to_string(runs.join("ema/train.log")).unwrap();
+    assert_eq!(line(&log), vec![trained[0].clone(); 2], "{log}");
+}

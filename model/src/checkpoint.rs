@@ -10,6 +10,9 @@
 //!   `torch.nn.Module.load_state_dict(safetensors.torch.load_file(path))` loads it.
 //! - `optimizer.safetensors`: the SGD momentum buffers (`momentum.<param name>`)
 //!   and, as safetensors metadata, the run's settings and progress, for `--resume`.
+//!   With `--ema`, `model.safetensors` holds the moving average of the weights (what
+//!   the run evaluates), and this file also holds the trained weights themselves, as a
+//!   second `state_dict` whose names start with `trained.`: training resumes from those.
 
 use crate::resnet::ResNet9;
 use crate::{Error, Result};
@@ -41,7 +44,7 @@ fn f32_bytes(t: &Tensor) -> Vec<u8> {
     bytemuck::cast_slice(&t.to_f32_vec()).to_vec()
 }
 
-fn serialize(path: &Path, entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, meta: HashMap<String, String>) -> Result<()> {
+fn serialize(path: &Path, entries: Vec<Entry>, meta: HashMap<String, String>) -> Result<()> {
     let views: Vec<(String, TensorView<'_>)> = entries
         .iter()
         .map(|(name, dtype, shape, bytes)| {
@@ -53,20 +56,30 @@ fn serialize(path: &Path, entries: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, me
     write_atomic(path, &bytes)
 }
 
-/// Save the network as a PyTorch-compatible `state_dict`.
-pub fn save_model(path: &Path, model: &ResNet9) -> Result<()> {
+/// One tensor to serialize: name, type, shape, little-endian bytes.
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// The network's `state_dict` entries, each name preceded by `prefix` ("" for PyTorch's).
+fn state_dict_entries(model: &ResNet9, prefix: &str) -> Vec<Entry> {
     let arch = &model.arch;
     let mut entries = Vec::new();
     for (i, t) in model.params.iter().enumerate() {
-        entries.push((arch.param_names[i].clone(), Dtype::F32, t.shape().to_vec(), f32_bytes(t)));
+        entries.push((format!("{prefix}{}", arch.param_names[i]), Dtype::F32, t.shape().to_vec(), f32_bytes(t)));
     }
     for (i, s) in model.bn.iter().enumerate() {
-        let prefix = arch.bn_name(i);
-        entries.push((format!("{prefix}.running_mean"), Dtype::F32, s.mean.shape().to_vec(), f32_bytes(&s.mean)));
-        entries.push((format!("{prefix}.running_var"), Dtype::F32, s.var.shape().to_vec(), f32_bytes(&s.var)));
+        let bn = format!("{prefix}{}", arch.bn_name(i));
+        entries.push((format!("{bn}.running_mean"), Dtype::F32, s.mean.shape().to_vec(), f32_bytes(&s.mean)));
+        entries.push((format!("{bn}.running_var"), Dtype::F32, s.var.shape().to_vec(), f32_bytes(&s.var)));
         let count = (s.num_batches_tracked as i64).to_le_bytes().to_vec();
-        entries.push((format!("{prefix}.num_batches_tracked"), Dtype::I64, vec![], count));
+        entries.push((format!("{bn}.num_batches_tracked"), Dtype::I64, vec![], count));
     }
+    entries
+}
+
+/// Save the network as a PyTorch-compatible `state_dict`.
+pub fn save_model(path: &Path, model: &ResNet9) -> Result<()> {
+    let arch = &model.arch;
+    let entries = state_dict_entries(model, "");
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("channels".to_string(), format!("{:?}", arch.channels)),
@@ -96,16 +109,32 @@ fn load_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize], dtyp
 pub fn load_model(path: &Path, model: &mut ResNet9) -> Result<()> {
     let bytes = read_file(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    load_state_dict(path, &st, "", model)
+}
+
+/// The trained weights that [`save_optimizer`] stored beside the momentum buffers (a run with
+/// `--ema`), loaded into `model` as [`load_model`] does; an error if the file has none.
+pub fn load_trained(path: &Path, model: &mut ResNet9) -> Result<()> {
+    let bytes = read_file(path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    load_state_dict(path, &st, TRAINED, model)
+}
+
+/// The names' prefix of the trained weights in `optimizer.safetensors`.
+const TRAINED: &str = "trained.";
+
+/// The `state_dict` whose names start with `prefix` in `st` into `model` (unchanged on error).
+fn load_state_dict(path: &Path, st: &SafeTensors<'_>, prefix: &str, model: &mut ResNet9) -> Result<()> {
     let arch = &model.arch;
     let mut params = Vec::with_capacity(model.params.len());
     for (i, p) in model.params.iter().enumerate() {
-        params.push(load_f32(path, &st, &arch.param_names[i], p.shape(), p.dtype())?);
+        params.push(load_f32(path, st, &format!("{prefix}{}", arch.param_names[i]), p.shape(), p.dtype())?);
     }
     let mut bn = model.bn.clone();
     for (i, s) in bn.iter_mut().enumerate() {
-        let prefix = arch.bn_name(i).to_string();
-        s.mean = load_f32(path, &st, &format!("{prefix}.running_mean"), s.mean.shape(), s.mean.dtype())?;
-        s.var = load_f32(path, &st, &format!("{prefix}.running_var"), s.var.shape(), s.var.dtype())?;
+        let prefix = format!("{prefix}{}", arch.bn_name(i));
+        s.mean = load_f32(path, st, &format!("{prefix}.running_mean"), s.mean.shape(), s.mean.dtype())?;
+        s.var = load_f32(path, st, &format!("{prefix}.running_var"), s.var.shape(), s.var.dtype())?;
         let name = format!("{prefix}.num_batches_tracked");
         let view = st.tensor(&name).map_err(|_| err(path, format!("tensor {name} is missing")))?;
         let b: [u8; 8] = view.data().try_into().map_err(|_| err(path, format!("{name} is not one i64")))?;
@@ -116,9 +145,10 @@ pub fn load_model(path: &Path, model: &mut ResNet9) -> Result<()> {
     Ok(())
 }
 
-/// Save the momentum buffers and the run's metadata.
-pub fn save_optimizer(path: &Path, model: &ResNet9, state: &SgdState, meta: HashMap<String, String>) -> Result<()> {
-    let mut entries = Vec::new();
+/// Save the momentum buffers and the run's metadata; with `trained` (a run with `--ema`, whose
+/// `model.safetensors` holds the average), also the trained weights, for [`load_trained`].
+pub fn save_optimizer(path: &Path, model: &ResNet9, state: &SgdState, meta: HashMap<String, String>, trained: Option<&ResNet9>) -> Result<()> {
+    let mut entries = trained.map(|t| state_dict_entries(t, TRAINED)).unwrap_or_default();
     for (i, buf) in state.momentum_buffers.iter().enumerate() {
         if let Some(t) = buf {
             entries.push((format!("momentum.{}", model.arch.param_names[i]), Dtype::F32, t.shape().to_vec(), f32_bytes(t)));
@@ -179,5 +209,40 @@ mod tests {
 
         std::fs::write(&path, b"garbage").unwrap();
         assert!(load_model(&path, &mut b).is_err());
+    }
+
+    /// With `--ema` the optimizer file also carries the trained weights (`trained.*`): they
+    /// come back exactly, beside the momentum buffers, and a file without them is an error
+    /// that names the missing tensor.
+    #[test]
+    fn the_trained_weights_round_trip_through_the_optimizer_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("optimizer.safetensors");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let average = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        let mut trained = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        trained.bn[5].var = Tensor::uniform(trained.bn[5].var.shape(), DType::F32, 0.5, 2.0, &mut rng);
+        trained.bn[5].num_batches_tracked = 9;
+        let momentum: Vec<Option<Tensor>> = trained.params.iter().map(|p| Some(Tensor::randn(p.shape(), DType::F32, 1.0, &mut rng))).collect();
+        let state = SgdState { momentum_buffers: momentum.clone() };
+        save_optimizer(&path, &average, &state, HashMap::new(), Some(&trained)).unwrap();
+
+        let mut back = average.clone();
+        load_trained(&path, &mut back).unwrap();
+        for (x, y) in trained.params.iter().zip(&back.params) {
+            assert_eq!(x.to_f64_vec(), y.to_f64_vec());
+        }
+        assert_eq!(back.bn[5].var.to_f64_vec(), trained.bn[5].var.to_f64_vec());
+        assert_eq!(back.bn[5].num_batches_tracked, 9);
+        let (loaded, _) = load_optimizer(&path, &average).unwrap();
+        for (x, y) in loaded.momentum_buffers.iter().zip(&momentum) {
+            assert_eq!(x.as_ref().unwrap().to_f64_vec(), y.as_ref().unwrap().to_f64_vec());
+        }
+
+        save_optimizer(&path, &average, &state, HashMap::new(), None).unwrap();
+        let mut unchanged = average.clone();
+        let e = load_trained(&path, &mut unchanged).unwrap_err().to_string();
+        assert!(e.contains("trained.prep.conv.weight is missing"), "{e}");
+        assert_eq!(unchanged.params[0].to_f64_vec(), average.params[0].to_f64_vec());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod batches;
 pub mod checkpoint;
+pub mod ema;
 pub mod error;
 pub mod graph;
 pub mod image_grid;

@@ -227,6 +227,12 @@ struct TrainArgs {
     /// Tricks", myrtle.ai, 2019). The plain accuracy is still reported.
     #[arg(long)]
     tta: bool,
+    /// Evaluate and save an exponential moving average of the weights and BN statistics
+    /// (momentum 0.99, updated every 5 steps: D. Page, "How to Train Your ResNet 8"),
+    /// instead of the trained weights; training is unchanged, and the trained weights'
+    /// accuracy is reported once at the end.
+    #[arg(long)]
+    ema: bool,
 }
 
 /// `--bnr-max-blocks`: `wave` (engine::cuda::BNR_ONE_WAVE) or a block count.
@@ -299,6 +305,7 @@ impl TrainArgs {
             separate_residual_add: self.separate_residual_add,
             tta: self.tta,
             cutout_inside: self.cutout_inside,
+            ema: self.ema,
         };
         Ok(RunOptions {
             cfg,

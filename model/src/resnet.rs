@@ -349,6 +349,18 @@ impl ResNet9 {
         self.params.first().map_or(engine::Device::Cpu, |p| p.device())
     }
 
+    /// A copy of the parameters and BN running statistics on the same device (a failed device
+    /// copy is an error, not a panic).
+    pub fn clone_on_device(&self) -> Result<ResNet9> {
+        let params = self.params.iter().map(Tensor::try_clone).collect::<engine::Result<Vec<_>>>()?;
+        let bn = self
+            .bn
+            .iter()
+            .map(|s| Ok(RunningStats { mean: s.mean.try_clone()?, var: s.var.try_clone()?, num_batches_tracked: s.num_batches_tracked }))
+            .collect::<engine::Result<Vec<_>>>()?;
+        Ok(ResNet9 { arch: self.arch.clone(), params, bn })
+    }
+
     /// Move the parameters and the BN running statistics to `device` (f32 there).
     pub fn to_device(&mut self, device: &engine::Device) -> Result<()> {
         for p in &mut self.params {

@@ -9,11 +9,13 @@
 //!   when the run ends, so that plotting does not slow the epochs down);
 //! - `lr_find.png`, `lr_find.csv`: the range test, when it ran;
 //! - `misclassified.png`: test images the final model gets wrong;
-//! - `model.safetensors` (PyTorch `state_dict`) and `optimizer.safetensors` (for `--resume`),
-//!   written atomically at the end of every epoch.
+//! - `model.safetensors` (PyTorch `state_dict`; with `--ema` the moving average of the
+//!   weights) and `optimizer.safetensors` (for `--resume`), written atomically at the end of
+//!   every epoch.
 
 use crate::batches::Normalization;
 use crate::checkpoint;
+use crate::ema::Ema;
 use crate::graph::StepGraph;
 use crate::image_grid::{GridImage, write_image_grid};
 use crate::lr_find::{self, LrFindConfig};
@@ -204,8 +206,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     let norm = Normalization { mean, std };
     let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
 
-    // The run's settings, network, optimizer state and history.
-    let (mut cfg, mut model, mut state, mut rows) = if opts.resume {
+    // The run's settings, network, optimizer state and history, and with --ema the average
+    // read back from the checkpoint.
+    let (mut cfg, mut model, mut state, mut rows, mut average) = if opts.resume {
         let probe_cfg = {
             let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
             let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -215,17 +218,26 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(probe_cfg.seed);
         let mut model = ResNet9::new(probe_cfg.width, probe_cfg.out_scale, DType::F32, &mut rng)?;
         checkpoint::load_model(&model_path, &mut model)?;
+        // With --ema, model.safetensors is the average; the trained weights are beside the
+        // momentum buffers.
+        let average = if probe_cfg.ema {
+            let average = model.clone();
+            checkpoint::load_trained(&opt_path, &mut model)?;
+            Some(average)
+        } else {
+            None
+        };
         let (state, _) = checkpoint::load_optimizer(&opt_path, &model)?;
         let rows = read_metrics(&metrics_path)?;
         log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), rows.len(), probe_cfg.epochs));
         // The recipe comes from the checkpoint; --tta only adds to the evaluation, so the
         // command line's choice holds (as --cuda-graph's does).
         let probe_cfg = TrainConfig { tta: opts.cfg.tta, ..probe_cfg };
-        (probe_cfg, model, state, rows)
+        (probe_cfg, model, state, rows, average)
     } else {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.cfg.seed);
         let model = ResNet9::new(opts.cfg.width, opts.cfg.out_scale, DType::F32, &mut rng)?;
-        (opts.cfg.clone(), model, SgdState::default(), Vec::new())
+        (opts.cfg.clone(), model, SgdState::default(), Vec::new(), None)
     };
     gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
     model.to_device(device)?;
@@ -245,6 +257,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             (opts.cuda_graph, ", CUDA graph"),
             (matches!(device, Device::Cuda(d) if d.conv_graph()), ", cuDNN graph API"),
             (cfg.tta, ", flip TTA in evaluation"),
+            (cfg.ema, ", EMA of the weights evaluated"),
             (cfg.cutout_inside, ", Cutout inside the image"),
         ]
             .iter()
@@ -283,6 +296,17 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         cfg.epochs
     ));
 
+    // The moving average starts here, after the range test (which restores the weights it
+    // trained), or continues from the checkpoint's.
+    let mut ema = match (cfg.ema, average.take()) {
+        (false, _) => None,
+        (true, Some(mut avg)) => {
+            avg.to_device(device)?;
+            avg.arch = model.arch.clone();
+            Some(Ema::from_model(avg))
+        }
+        (true, None) => Some(Ema::new(&model)?),
+    };
     let mut step_graph = match device {
         Device::Cuda(d) if opts.cuda_graph => Some(StepGraph::new(d, cfg.batch_size, schedule.steps_per_epoch)?),
         _ => None,
@@ -293,7 +317,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         let spe = schedule.steps_per_epoch;
         log.line(&format!("EPOCH: {} (LR: {:.6})", epoch + 1, schedule.lr(epoch * spe)));
         let pb = progress_bar(spe, opts.progress);
-        let stats = train::train_epoch(&mut model, &mut state, &ds.train, &mut pipeline, norm, &cfg, epoch, step_graph.as_mut(), |b, _lr, loss, acc| {
+        let stats = train::train_epoch(&mut model, &mut state, &ds.train, &mut pipeline, norm, &cfg, epoch, step_graph.as_mut(), ema.as_mut(), |b, _lr, loss, acc| {
             pb.set_position(b as u64 + 1);
             pb.set_message(format!("Loss={loss:.4} Accuracy={acc:.2}"));
         });
@@ -306,7 +330,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         // The last epoch's evaluation also lists the misclassified images (for the plot).
         // In batches of the training size: the tape keeps every activation of a batch, so larger
         // evaluation batches would set the run's peak memory.
-        let eval = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, epoch + 1 == cfg.epochs, cfg.tta)?;
+        let eval = train::evaluate(evaluated(&mut model, &mut ema), &ds.test, &mut pipeline, norm, cfg.batch_size, epoch + 1 == cfg.epochs, cfg.tta)?;
         let eval_seconds = eval_start.elapsed().as_secs_f64();
         log.line(&format!(
             "Train: Loss={:.4} Accuracy={:.2}% ({:.1}s)",
@@ -343,17 +367,29 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             test_acc_tta: eval.tta_accuracy(),
         });
         // Checkpoint first, then the metrics that say it exists.
-        checkpoint::save_model(&model_path, &model)?;
+        checkpoint::save_model(&model_path, ema.as_ref().map_or(&model, |e| &e.model))?;
         let mut meta = cfg.to_meta();
         meta.insert("epochs_done".into(), (epoch + 1).to_string());
-        checkpoint::save_optimizer(&opt_path, &model, &state, meta)?;
+        checkpoint::save_optimizer(&opt_path, &model, &state, meta, ema.is_some().then_some(&model))?;
         write_metrics(&metrics_path, &rows)?;
         last = Some(eval);
     }
     let eval = match last {
         Some(e) => e,
-        None => train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, true, cfg.tta)?,
+        None => train::evaluate(evaluated(&mut model, &mut ema), &ds.test, &mut pipeline, norm, cfg.batch_size, true, cfg.tta)?,
     };
+    if ema.is_some() {
+        // What the average adds: the same run's trained weights, scored once.
+        let trained = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, false, cfg.tta)?;
+        log.line(&format!(
+            "Trained weights without EMA: Average loss: {:.4}, Accuracy: {}/{} ({:.2}%){}",
+            trained.loss,
+            trained.correct,
+            trained.total,
+            trained.accuracy(),
+            trained.tta_accuracy().map(|a| format!(", with flip TTA {a:.2}%")).unwrap_or_default()
+        ));
+    }
     write_curves(&dir, &rows)?;
     write_lr_schedule(&dir, &schedule)?;
     write_misclassified(&dir, ds, &eval.misclassified)?;
@@ -388,6 +424,14 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         log.line(&format!("Convolution algorithms ({}): {} plans, in {}", search_rule(d.conv_search()), plans.len(), path.display()));
     }
     Ok(eval.accuracy())
+}
+
+/// The network the evaluations score: the moving average with `--ema`, else the trained one.
+fn evaluated<'a>(model: &'a mut ResNet9, ema: &'a mut Option<Ema>) -> &'a mut ResNet9 {
+    match ema {
+        Some(e) => &mut e.model,
+        None => model,
+    }
 }
 
 /// The one-cycle's bounds: 0 <= LRMIN <= LRMAX and LRMAX > 0 (LRMIN 0 is D. Page's schedule,

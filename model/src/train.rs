@@ -1,6 +1,7 @@
 //! The training step, the epoch loop and the test-set evaluation.
 
 use crate::batches::{self, Normalization};
+use crate::ema::Ema;
 use crate::graph::StepGraph;
 use crate::pipeline::{Batch, Pipeline};
 use crate::resnet::ResNet9;
@@ -51,6 +52,9 @@ pub struct TrainConfig {
     /// Cutout's 8x8 square always wholly inside the image (D. Page's), instead of centred
     /// anywhere and clipped at the border (see `data::augment`).
     pub cutout_inside: bool,
+    /// Evaluate and save the exponential moving average of the weights (`crate::ema`, D.
+    /// Page's) instead of the trained weights; training itself is unchanged.
+    pub ema: bool,
 }
 
 impl Default for TrainConfig {
@@ -75,6 +79,7 @@ impl Default for TrainConfig {
             separate_residual_add: false,
             tta: false,
             cutout_inside: false,
+            ema: false,
         }
     }
 }
@@ -102,6 +107,7 @@ impl TrainConfig {
             ("separate_residual_add".into(), self.separate_residual_add.to_string()),
             ("tta".into(), self.tta.to_string()),
             ("cutout_inside".into(), self.cutout_inside.to_string()),
+            ("ema".into(), self.ema.to_string()),
         ])
     }
 
@@ -137,6 +143,7 @@ impl TrainConfig {
             separate_residual_add: if m.contains_key("separate_residual_add") { get(m, "separate_residual_add")? } else { false },
             tta: if m.contains_key("tta") { get(m, "tta")? } else { false },
             cutout_inside: if m.contains_key("cutout_inside") { get(m, "cutout_inside")? } else { false },
+            ema: if m.contains_key("ema") { get(m, "ema")? } else { false },
         })
     }
 
@@ -392,7 +399,8 @@ pub struct EpochStats {
 }
 
 /// Train one epoch (`epoch` counts from 0). `on_step(step_in_epoch, lr, running_loss,
-/// running_accuracy)` is called after every step (the progress bar).
+/// running_accuracy)` is called after every step (the progress bar). With `ema`, the moving
+/// average of the weights is offered every step's result ([`Ema::after_step`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
     model: &mut ResNet9,
@@ -403,6 +411,7 @@ pub fn train_epoch(
     cfg: &TrainConfig,
     epoch: usize,
     mut graph: Option<&mut StepGraph>,
+    mut ema: Option<&mut Ema>,
     mut on_step: impl FnMut(usize, f64, f64, f64),
 ) -> Result<EpochStats> {
     let start = Instant::now();
@@ -466,6 +475,9 @@ pub fn train_epoch(
                     on_step(losses.len() - 1, lr, loss_sum / seen.max(1) as f64, 100.0 * correct as f64 / seen.max(1) as f64);
                 }
             }
+        }
+        if let Some(e) = ema.as_deref_mut() {
+            e.after_step(epoch * spe + b + 1, model).map_err(|e| at(b, e))?;
         }
     }
     Ok(EpochStats {
@@ -684,9 +696,13 @@ mod tests {
     /// a checkpoint written before that setting existed reads as Cutout centred anywhere.
     #[test]
     fn settings_round_trip_through_the_metadata() {
-        let cfg = TrainConfig { cutout_inside: true, tta: true, label_smoothing: 0.2, lr_min: 0.004, lr_max: 0.4, separate_residual_add: true, ..TrainConfig::default() };
+        let cfg = TrainConfig { cutout_inside: true, tta: true, ema: true, label_smoothing: 0.2, lr_min: 0.004, lr_max: 0.4, separate_residual_add: true, ..TrainConfig::default() };
         let mut meta = cfg.to_meta();
         assert_eq!(TrainConfig::from_meta(&meta).unwrap(), cfg);
+        // Written before --ema existed: the trained weights were evaluated.
+        let mut old = meta.clone();
+        old.remove("ema");
+        assert_eq!(TrainConfig::from_meta(&old).unwrap(), TrainConfig { ema: false, ..cfg.clone() });
         meta.remove("cutout_inside");
         assert_eq!(TrainConfig::from_meta(&meta).unwrap(), TrainConfig { cutout_inside: false, ..cfg.clone() });
         meta.insert("cutout_inside".into(), "maybe".into());
