@@ -428,6 +428,9 @@ def torch_settings(args, ours):
     # Flip TTA: as our run recorded it, or (no run of ours in this call) as given to ours.
     if s.get("tta") == "true" or (not s and "--tta" in args.ours_args):
         flags.append("--tta")
+    # The moving average of the weights: a recipe setting, stored in our run's checkpoint.
+    if s.get("ema") == "true" or (not s and "--ema" in args.ours_args):
+        flags.append("--ema")
     if args.subset:
         flags += ["--subset", str(args.subset)]
     return flags

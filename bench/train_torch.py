@@ -14,6 +14,8 @@ What is the same as our engine (model/src/*.rs, data/src/augment.rs):
   LRMIN at the end (model/src/schedule.rs); P defaults to round(5/24 * epochs), at least 1, as our CLI;
 - the optimiser: SGD, momentum 0.9, Nesterov, weight decay 5e-4 on every parameter (torch.optim.SGD);
 - batch 512, reshuffled every epoch, the last partial batch kept (50,000 = 97 x 512 + 336).
+- with --ema, the evaluated network is an exponential moving average of the weights and BN buffers
+  (momentum 0.99, every 5 steps, starting from the initial network: model/src/ema.rs).
 The random streams (init, shuffle, augmentation) are PyTorch's, seeded from --seed: the same seed does not
 give the same images as our engine, only the same distribution.
 
@@ -34,6 +36,7 @@ much the dataset is), and the process wall time.
 Prints one line per epoch and, last, one JSON line with everything measured (bench/side_by_side.py reads it).
 """
 import argparse
+import copy
 import gzip
 import json
 import os
@@ -80,6 +83,10 @@ def parse_args(argv=None):
     ap.add_argument("--tta", action="store_true",
                     help="also evaluate with flip test-time augmentation (mean of the logits of each test image and "
                          "of its mirror image; D. Page, 'How to Train Your ResNet 8: Bag of Tricks', 2019)")
+    ap.add_argument("--ema", action="store_true",
+                    help="evaluate an exponential moving average of the weights and BN buffers (momentum 0.99, "
+                         "updated every 5 steps, as our engine's --ema and D. Page's bag of tricks); the trained "
+                         "weights are scored once at the end")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune (default: default)")
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="let cuDNN's heuristics pick the convolution algorithms instead of timing them "
@@ -214,6 +221,24 @@ def evaluate(model, x_test, y_test, mean, std, amp, channels_last, batch=1000, t
     return loss_sum.item() / n, int(correct.item()), tta_loss.item() / n, int(tta_correct.item())
 
 
+EMA_MOMENTUM, EMA_EVERY = 0.99, 5  # model/src/ema.rs
+
+
+def ema_update(average, model, rho):
+    """average = rho * average + (1 - rho) * model for every floating-point entry of the state_dict
+    (parameters and BN running statistics), each product and the sum rounded once, as our engine's
+    ops/src/ema.rs; integer entries (num_batches_tracked) are copied."""
+    avg_sd, sd = average.state_dict(), model.state_dict()
+    floats = [k for k, v in sd.items() if v.dtype.is_floating_point]
+    with torch.no_grad():
+        a, v = [avg_sd[k] for k in floats], [sd[k] for k in floats]
+        torch._foreach_mul_(a, rho)
+        torch._foreach_add_(a, torch._foreach_mul(v, 1.0 - rho))
+        for k, t in sd.items():
+            if not t.dtype.is_floating_point:
+                avg_sd[k].copy_(t)
+
+
 def device_name(dev):
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
@@ -295,6 +320,12 @@ def main(argv=None):
     # our engine specialises per shape; by default the partial batch makes torch.compile switch every
     # later batch to a dynamic-shape graph.
     fwd = torch.compile(model, mode=args.compile_mode, dynamic=False) if args.compile else model
+    # --ema: the average starts as a copy of the network and is what each epoch evaluates.
+    average = copy.deepcopy(model) if args.ema else None
+    if average is not None:
+        evaluated = torch.compile(average, mode=args.compile_mode, dynamic=False) if args.compile else average
+    else:
+        evaluated = fwd
     opt = torch.optim.SGD(model.parameters(), lr=args.lr_min, momentum=args.momentum,
                           nesterov=not args.no_nesterov, weight_decay=args.weight_decay)
     n, bs = x_train.shape[0], args.batch_size
@@ -336,10 +367,12 @@ def main(argv=None):
             loss_sum += loss.detach() * idx.shape[0]
             correct += (logits.detach().argmax(1) == yb).sum()
             step += 1
+            if average is not None and step % EMA_EVERY == 0:
+                ema_update(average, model, EMA_MOMENTUM ** EMA_EVERY)
         sync(dev)
         t1 = time.perf_counter()
         # In batches of the training size, as our engine evaluates.
-        test_loss, test_correct, tta_loss, tta_correct = evaluate(fwd, x_test, y_test, mean, std, args.amp,
+        test_loss, test_correct, tta_loss, tta_correct = evaluate(evaluated, x_test, y_test, mean, std, args.amp,
                                                                   args.channels_last, batch=bs, tta=args.tta)
         sync(dev)
         t2 = time.perf_counter()
@@ -360,6 +393,17 @@ def main(argv=None):
                  f"Accuracy: {tta_correct}/{nt} ({rec['test_acc_tta'][-1]:.2f}%)"),
               flush=True)
 
+    trained = None
+    if average is not None:
+        # What the average adds: this run's trained weights, scored once (as our engine's log).
+        loss_t, correct_t, _, tta_correct_t = evaluate(fwd, x_test, y_test, mean, std, args.amp, args.channels_last,
+                                                       batch=bs, tta=args.tta)
+        nt = x_test.shape[0]
+        trained = {"acc": 100.0 * correct_t / nt, "loss": loss_t,
+                   "acc_tta": None if tta_correct_t is None else 100.0 * tta_correct_t / nt}
+        print(f"Trained weights without EMA: Average loss: {loss_t:.4f}, Accuracy: {correct_t}/{nt} "
+              f"({trained['acc']:.2f}%)" + ("" if tta_correct_t is None else f", with flip TTA {trained['acc_tta']:.2f}%"),
+              flush=True)
     tr, ev = rec["train_s"], rec["eval_s"]
     both = [a + b for a, b in zip(tr, ev)]
     cuda = dev.type == "cuda"
@@ -381,6 +425,7 @@ def main(argv=None):
         "final_acc": rec["test_acc"][-1] if rec["test_acc"] else None,
         "tta": args.tta, "test_acc_tta_per_epoch": rec["test_acc_tta"] if args.tta else [],
         "final_acc_tta": rec["test_acc_tta"][-1] if args.tta and rec["test_acc_tta"] else None,
+        "ema": args.ema, "trained_without_ema": trained,
         "peak_mem_allocated_bytes": torch.cuda.max_memory_allocated(dev) - base_allocated if cuda else None,
         "peak_mem_reserved_bytes": torch.cuda.max_memory_reserved(dev) if cuda else None,
         "dataset_device_bytes": dataset_bytes,
