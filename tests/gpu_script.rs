@@ -239,10 +239,13 @@ fn runs_refused_before_the_gpu_opened_or_off_the_recipe_switch_nothing() {
     assert!(!m.has_fallback_note());
     assert!(m.log("seed2-epochs-3.log").contains("10.00%"));
 
-    // --tta leaves the recipe as it is: still judged.
+    // --tta and --ema leave the training as it is: still judged.
     let m = Machine::new();
     m.run(&[("FAIL_WHEN", "seed 0"), ("TRAIN_ARGS", "--tta")], &["train", "0"]);
     assert_eq!(m.calls()[1], "train --name seed0 --no-progress --data cifar10 --seed 0 --tta --plain");
+    let m = Machine::new();
+    m.run(&[("FAIL_WHEN", "seed 0"), ("TRAIN_ARGS", "--ema --tta")], &["train", "0"]);
+    assert_eq!(m.calls()[1], "train --name seed0 --no-progress --data cifar10 --seed 0 --ema --tta --plain");
 }
 
 #[test]
@@ -261,6 +264,19 @@ fn the_first_convolution_fallback_is_added_once_however_often_tests_fail() {
     let m = Machine::new();
     m.run(&[("TEST_TIMEOUT", "20")], &["tests", "tests", "train", "0"]);
     assert_eq!(m.calls(), strings(&["train --name seed0 --no-progress --data cifar10 --seed 0 --cudnn-first-conv"]));
+}
+
+/// A failed GPU test of the moving average's kernel drops `--ema` from the later runs (and only
+/// that flag); without `--ema` in TRAIN_ARGS there is nothing to drop.
+#[test]
+fn a_failed_moving_average_test_drops_ema_from_the_later_runs() {
+    let m = Machine::new();
+    let text = m.run(&[("TEST_TIMEOUT", "20"), ("TRAIN_ARGS", "--tta --ema")], &["tests", "train", "0"]);
+    assert_eq!(m.calls(), strings(&["train --name seed0 --no-progress --data cifar10 --seed 0 --tta --cudnn-first-conv"]));
+    assert!(text.contains("every later train runs without --ema (TRAIN_ARGS now: --tta)"), "{text}");
+    let m = Machine::new();
+    let text = m.run(&[("TEST_TIMEOUT", "20"), ("TRAIN_ARGS", "--tta")], &["tests", "train", "0"]);
+    assert!(!text.contains("--ema"), "{text}");
 }
 
 #[test]
