@@ -540,6 +540,7 @@ fn graph_steps_match(fast: bool) {
         report.close(&format!("fast path {fast}: moving average of parameter {i} ({})", eager.arch.param_names[i]), b, &a.to_device(&Device::Cpu).unwrap(), tol);
     }
     for (i, (a, b)) in eager_avg.bn.iter().zip(&graphed_avg.bn).enumerate() {
+        report.close(&format!("fast path {fast}: moving average of {} running mean", eager.arch.bn_name(i)), &b.mean, &a.mean.to_device(&Device::Cpu).unwrap(), tol);
         report.close(&format!("fast path {fast}: moving average of {} running var", eager.arch.bn_name(i)), &b.var, &a.var.to_device(&Device::Cpu).unwrap(), tol);
     }
     report.finish();

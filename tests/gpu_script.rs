@@ -267,7 +267,8 @@ fn the_first_convolution_fallback_is_added_once_however_often_tests_fail() {
 }
 
 /// A failed GPU test of the moving average's kernel drops `--ema` from the later runs (and only
-/// that flag); without `--ema` in TRAIN_ARGS there is nothing to drop.
+/// that flag); without `--ema` in TRAIN_ARGS there is nothing to drop; when that test passes,
+/// whatever else failed, `--ema` stays.
 #[test]
 fn a_failed_moving_average_test_drops_ema_from_the_later_runs() {
     let m = Machine::new();
@@ -277,6 +278,13 @@ fn a_failed_moving_average_test_drops_ema_from_the_later_runs() {
     let m = Machine::new();
     let text = m.run(&[("TEST_TIMEOUT", "20"), ("TRAIN_ARGS", "--tta")], &["tests", "train", "0"]);
     assert!(!text.contains("--ema"), "{text}");
+    // The test passed (the other tests of its binary failed): --ema stays.
+    let m = Machine::new();
+    let passed = "#!/usr/bin/env bash\necho 'test ema_update_matches_the_cpu_exactly ... ok'\necho 'test sgd_update_matches_the_cpu_exactly ... FAILED'\necho 'failures:'\necho '    sgd_update_matches_the_cpu_exactly'\necho 'test result: FAILED. 1 passed; 1 failed'\nexit 101\n";
+    write_executable(&m.root.join("devbin/test-cuda_ops"), passed);
+    let text = m.run(&[("TEST_TIMEOUT", "20"), ("TRAIN_ARGS", "--tta --ema")], &["tests", "train", "0"]);
+    assert_eq!(m.calls(), strings(&["train --name seed0 --no-progress --data cifar10 --seed 0 --tta --ema --cudnn-first-conv"]));
+    assert!(!text.contains("without --ema"), "{text}");
 }
 
 #[test]

@@ -282,9 +282,10 @@ fn flip_tta_scores_the_mean_of_plain_and_mirrored_logits() {
 }
 
 /// `--ema` changes what is evaluated and saved, not the training: with the same seed the
-/// training losses of every epoch are those of a run without it, bit for bit, and the
-/// trained weights' accuracy that the EMA run reports at the end is the other run's final
-/// accuracy. The test accuracies of each epoch, and `model.safetensors`, are the average's:
+/// trained weights and BN statistics at the end (`trained.*` in the EMA run's
+/// `optimizer.safetensors`) are those of a run without it, bit for bit, the training losses of
+/// every epoch in `metrics.csv` are the same, and the trained weights' accuracy that the EMA run
+/// reports at the end is the other run's final accuracy. The test accuracies of each epoch, and `model.safetensors`, are the average's:
 /// a network loaded from that file scores the run's final accuracy, and resuming the
 /// finished run (the average from `model.safetensors`, the trained weights from
 /// `optimizer.safetensors`) reports both figures again unchanged.
@@ -297,7 +298,7 @@ fn ema_evaluates_the_average_and_leaves_training_alone() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().to_path_buf();
-    // 24 steps an epoch: 4 averages an epoch, the last one 4 steps before its end.
+    // 24 steps an epoch: averages after steps 5, 10, ..., 45 (4 in the first epoch, 5 in the second).
     let cfg = TrainConfig { epochs: 2, batch_size: 64, subset: Some(1536), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
     let opts = |name: &str, ema: bool| RunOptions {
         cfg: TrainConfig { ema, ..cfg.clone() },
@@ -314,6 +315,18 @@ fn ema_evaluates_the_average_and_leaves_training_alone() {
     let plain = read_metrics(&runs.join("plain/metrics.csv")).unwrap();
     let ema = read_metrics(&runs.join("ema/metrics.csv")).unwrap();
     assert_eq!(plain.iter().map(|r| r.train_loss).collect::<Vec<_>>(), ema.iter().map(|r| r.train_loss).collect::<Vec<_>>());
+    let load = |f: &dyn Fn(&std::path::Path, &mut ResNet9) -> model::Result<()>, path: &str| {
+        let mut net = ResNet9::new(cfg.width, cfg.out_scale, engine::DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
+        f(&runs.join(path), &mut net).unwrap();
+        net
+    };
+    let (without, trained_with) = (load(&model::checkpoint::load_model, "plain/model.safetensors"), load(&model::checkpoint::load_trained, "ema/optimizer.safetensors"));
+    for (i, (a, b)) in without.params.iter().zip(&trained_with.params).enumerate() {
+        assert_eq!(a.to_f32_vec(), b.to_f32_vec(), "parameter {i}");
+    }
+    for (i, (a, b)) in without.bn.iter().zip(&trained_with.bn).enumerate() {
+        assert_eq!((a.mean.to_f32_vec(), a.var.to_f32_vec()), (b.mean.to_f32_vec(), b.var.to_f32_vec()), "BN {i}");
+    }
     assert_ne!(plain.iter().map(|r| r.test_loss).collect::<Vec<_>>(), ema.iter().map(|r| r.test_loss).collect::<Vec<_>>(), "the average was not what was evaluated");
     assert_eq!(ema.last().unwrap().test_acc, ema_acc);
 
@@ -326,8 +339,7 @@ fn ema_evaluates_the_average_and_leaves_training_alone() {
     assert!(line(&std::fs::read_to_string(runs.join("plain/train.log")).unwrap()).is_empty());
 
     // model.safetensors is the average that scored ema_acc.
-    let mut net = ResNet9::new(cfg.width, cfg.out_scale, engine::DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(1)).unwrap();
-    model::checkpoint::load_model(&runs.join("ema/model.safetensors"), &mut net).unwrap();
+    let mut net = load(&model::checkpoint::load_model, "ema/model.safetensors");
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let e = model::train::evaluate(&mut net, &ds.test, &mut Pipeline::Host, Normalization { mean, std }, cfg.batch_size, false, false).unwrap();
     assert_eq!(e.accuracy(), ema_acc);
@@ -336,4 +348,59 @@ fn ema_evaluates_the_average_and_leaves_training_alone() {
     assert_eq!(resumed, ema_acc);
     let log = std::fs::read_to_string(runs.join("ema/train.log")).unwrap();
     assert_eq!(line(&log), vec![trained[0].clone(); 2], "{log}");
+}
+
+/// The moving average survives a stop between epochs exactly: one epoch, the checkpoint files
+/// written and read back as `--resume` does (the average in `model.safetensors`, the trained
+/// weights beside the momentum buffers in `optimizer.safetensors`), then the second epoch in fresh
+/// networks, end with the same bits as two epochs without the round trip, for the trained weights
+/// and for the average. 8 steps an epoch: the averages fall after steps 5, 10 and 15 of the
+/// run, one in the first epoch and two in the second, which counts its steps on from the
+/// first's (counting from 1 again, it would average once, after its fifth).
+#[test]
+fn an_ema_run_stopped_between_epochs_continues_exactly() {
+    use model::batches::Normalization;
+    use model::checkpoint;
+    use model::ema::Ema;
+    use model::pipeline::Pipeline;
+    use model::resnet::ResNet9;
+    use model::train::train_epoch;
+    use ops::sgd::SgdState;
+    use rand::SeedableRng;
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = Normalization { mean, std };
+    let cfg = TrainConfig { epochs: 2, batch_size: 64, subset: Some(512), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ema: true, ..TrainConfig::default() };
+    assert_eq!(cfg.steps_per_epoch(&ds.train), 8);
+    let fresh = || ResNet9::new(cfg.width, cfg.out_scale, engine::DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed)).unwrap();
+    let epoch = |net: &mut ResNet9, state: &mut SgdState, ema: &mut Ema, e: usize| {
+        train_epoch(net, state, &ds.train, &mut Pipeline::Host, norm, &cfg, e, None, Some(ema), |_, _, _, _| {}).unwrap();
+    };
+
+    let (mut net, mut state) = (fresh(), SgdState::default());
+    let mut ema = Ema::new(&net).unwrap();
+    epoch(&mut net, &mut state, &mut ema, 0);
+    epoch(&mut net, &mut state, &mut ema, 1);
+    assert_eq!(ema.updates(), 3);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (model_path, opt_path) = (tmp.path().join("model.safetensors"), tmp.path().join("optimizer.safetensors"));
+    let (mut first, mut first_state) = (fresh(), SgdState::default());
+    let mut first_ema = Ema::new(&first).unwrap();
+    epoch(&mut first, &mut first_state, &mut first_ema, 0);
+    assert_eq!(first_ema.updates(), 1);
+    checkpoint::save_model(&model_path, &first_ema.model).unwrap();
+    checkpoint::save_optimizer(&opt_path, &first, &first_state, cfg.to_meta(), Some(&first)).unwrap();
+    let (mut average, mut resumed) = (fresh(), fresh());
+    checkpoint::load_model(&model_path, &mut average).unwrap();
+    checkpoint::load_trained(&opt_path, &mut resumed).unwrap();
+    let (mut resumed_state, _) = checkpoint::load_optimizer(&opt_path, &resumed).unwrap();
+    let mut resumed_ema = Ema::from_model(average);
+    epoch(&mut resumed, &mut resumed_state, &mut resumed_ema, 1);
+    assert_eq!(resumed_ema.updates(), 2);
+
+    let tensors = |m: &ResNet9| -> Vec<Vec<f32>> { m.params.iter().chain(m.bn.iter().flat_map(|s| [&s.mean, &s.var])).map(|t| t.to_f32_vec()).collect() };
+    assert_eq!(tensors(&resumed), tensors(&net), "the trained weights");
+    assert_eq!(tensors(&resumed_ema.model), tensors(&ema.model), "the moving average");
+    assert_ne!(tensors(&ema.model), tensors(&net), "the average is the trained weights");
 }

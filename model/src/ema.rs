@@ -35,6 +35,8 @@ pub struct Ema {
     pub model: ResNet9,
     every: usize,
     rho: f64,
+    /// Updates made since [`Ema::new`] or [`Ema::from_model`].
+    updates: usize,
 }
 
 impl Ema {
@@ -46,7 +48,12 @@ impl Ema {
     /// An average that continues from `average` (read back from a checkpoint), with Page's
     /// settings.
     pub fn from_model(average: ResNet9) -> Ema {
-        Ema { model: average, every: EMA_EVERY, rho: EMA_MOMENTUM.powi(EMA_EVERY as i32) }
+        Ema { model: average, every: EMA_EVERY, rho: EMA_MOMENTUM.powi(EMA_EVERY as i32), updates: 0 }
+    }
+
+    /// How many updates this average has made since it was made or read back.
+    pub fn updates(&self) -> usize {
+        self.updates
     }
 
     /// Called after every training step with `steps`, the number of steps trained so far in
@@ -79,6 +86,7 @@ impl Ema {
             ops::ema::update(&mut a.var, &s.var, self.rho)?;
             a.num_batches_tracked = s.num_batches_tracked;
         }
+        self.updates += 1;
         Ok(())
     }
 }
@@ -118,6 +126,7 @@ mod tests {
             let updated = ema.after_step(step, &net).unwrap();
             assert_eq!(updated, step % 5 == 0, "step {step}");
             assert_eq!(ema.model.params[0].to_f64_vec() != before, updated, "step {step}");
+            assert_eq!(ema.updates(), step / 5);
             if updated {
                 seen.push(net.clone());
             }
