@@ -65,9 +65,15 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     // Starting over in the same folder is refused (no lost work) ...
     assert!(run_training(&ds, &engine::Device::Cpu, opts.clone()).is_err());
     // ... and resuming a finished run trains no more epochs and keeps the metrics.
-    let resumed = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts }).unwrap();
+    let resumed = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts.clone() }).unwrap();
     assert!((resumed - acc).abs() < 1e-9, "resumed model evaluates differently: {resumed} vs {acc}");
     assert_eq!(read_metrics(&dir.join("metrics.csv")).unwrap().len(), 3);
+    // A run stopped after it saved the checkpoints of epoch 3 but before their metrics row: the
+    // files disagree, and resuming is refused (it would train epoch 3 again on epoch 3's weights).
+    model::run::write_metrics(&dir.join("metrics.csv"), &rows[..2]).unwrap();
+    let e = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts }).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors was saved after epoch 3") && e.contains("records 2 epochs"), "{e}");
+    assert_eq!(read_metrics(&dir.join("metrics.csv")).unwrap().len(), 2, "the files were changed");
 }
 
 /// An LR so large that the updates break the weights ends the run with an error and writes no
@@ -389,7 +395,7 @@ fn an_ema_run_stopped_between_epochs_continues_exactly() {
     let mut first_ema = Ema::new(&first).unwrap();
     epoch(&mut first, &mut first_state, &mut first_ema, 0);
     assert_eq!(first_ema.updates(), 1);
-    checkpoint::save_model(&model_path, &first_ema.model).unwrap();
+    checkpoint::save_model(&model_path, &first_ema.model, Some(1)).unwrap();
     checkpoint::save_optimizer(&opt_path, &first, &first_state, cfg.to_meta(), Some(&first)).unwrap();
     let (mut average, mut resumed) = (fresh(), fresh());
     checkpoint::load_model(&model_path, &mut average).unwrap();

@@ -76,16 +76,34 @@ fn state_dict_entries(model: &ResNet9, prefix: &str) -> Vec<Entry> {
     entries
 }
 
-/// Save the network as a PyTorch-compatible `state_dict`.
-pub fn save_model(path: &Path, model: &ResNet9) -> Result<()> {
+/// Save the network as a PyTorch-compatible `state_dict`; `epochs_done`, if given, goes into the
+/// metadata (a run's checkpoint: see [`epochs_done`]).
+pub fn save_model(path: &Path, model: &ResNet9, epochs_done: Option<usize>) -> Result<()> {
     let arch = &model.arch;
     let entries = state_dict_entries(model, "");
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("channels".to_string(), format!("{:?}", arch.channels)),
         ("out_scale".to_string(), arch.out_scale.to_string()),
     ]);
+    if let Some(n) = epochs_done {
+        meta.insert(EPOCHS_DONE.to_string(), n.to_string());
+    }
     serialize(path, entries, meta)
+}
+
+/// The metadata key of the epochs a run's checkpoint files were saved after.
+pub const EPOCHS_DONE: &str = "epochs_done";
+
+/// The epochs after which the checkpoint file at `path` was saved, from its metadata; `None` for a
+/// file without that entry (written before it existed, or not by a run).
+pub fn epochs_done(path: &Path) -> Result<Option<usize>> {
+    let bytes = read_file(path)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    match header.metadata().as_ref().and_then(|m| m.get(EPOCHS_DONE)) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| err(path, format!("{EPOCHS_DONE} is {v:?}, not a count"))),
+    }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -191,7 +209,8 @@ mod tests {
         let mut a = ResNet9::new(0.125, 1.0, DType::F32, &mut rng).unwrap();
         a.bn[2].num_batches_tracked = 17;
         a.bn[2].mean = Tensor::randn(a.bn[2].mean.shape(), DType::F32, 1.0, &mut rng);
-        save_model(&path, &a).unwrap();
+        save_model(&path, &a, Some(7)).unwrap();
+        assert_eq!(epochs_done(&path).unwrap(), Some(7));
         assert!(!dir.join("model.safetensors.tmp").exists());
 
         let mut b = ResNet9::new(0.125, 1.0, DType::F32, &mut rng).unwrap();

@@ -229,6 +229,21 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         };
         let (state, _) = checkpoint::load_optimizer(&opt_path, &model)?;
         let rows = read_metrics(&metrics_path)?;
+        // The three files are written one after the other at the end of an epoch: a run stopped
+        // between two of them would resume from files of different epochs.
+        for path in [&model_path, &opt_path] {
+            if let Some(done) = checkpoint::epochs_done(path)?
+                && done != rows.len()
+            {
+                return Err(Error::Invalid(format!(
+                    "{} was saved after epoch {done} but {} records {} epochs: the run stopped while it saved them, and \
+                     resuming would mix epochs; the files are left as they are (start a new run under another --name)",
+                    path.display(),
+                    metrics_path.display(),
+                    rows.len()
+                )));
+            }
+        }
         log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), rows.len(), probe_cfg.epochs));
         // The recipe comes from the checkpoint; --tta only adds to the evaluation, so the
         // command line's choice holds (as --cuda-graph's does).
@@ -367,9 +382,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             test_acc_tta: eval.tta_accuracy(),
         });
         // Checkpoint first, then the metrics that say it exists.
-        checkpoint::save_model(&model_path, ema.as_ref().map_or(&model, |e| &e.model))?;
+        checkpoint::save_model(&model_path, ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1))?;
         let mut meta = cfg.to_meta();
-        meta.insert("epochs_done".into(), (epoch + 1).to_string());
+        meta.insert(checkpoint::EPOCHS_DONE.into(), (epoch + 1).to_string());
         checkpoint::save_optimizer(&opt_path, &model, &state, meta, ema.is_some().then_some(&model))?;
         write_metrics(&metrics_path, &rows)?;
         last = Some(eval);
