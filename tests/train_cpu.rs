@@ -326,7 +326,8 @@ fn ema_evaluates_the_average_and_leaves_training_alone() {
         f(&runs.join(path), &mut net).unwrap();
         net
     };
-    let (without, trained_with) = (load(&model::checkpoint::load_model, "plain/model.safetensors"), load(&model::checkpoint::load_trained, "ema/optimizer.safetensors"));
+    let load_model = |p: &std::path::Path, net: &mut ResNet9| model::checkpoint::load_model(p, net).map(drop);
+    let (without, trained_with) = (load(&load_model, "plain/model.safetensors"), load(&model::checkpoint::load_trained, "ema/optimizer.safetensors"));
     for (i, (a, b)) in without.params.iter().zip(&trained_with.params).enumerate() {
         assert_eq!(a.to_f32_vec(), b.to_f32_vec(), "parameter {i}");
     }
@@ -345,7 +346,7 @@ fn ema_evaluates_the_average_and_leaves_training_alone() {
     assert!(line(&std::fs::read_to_string(runs.join("plain/train.log")).unwrap()).is_empty());
 
     // model.safetensors is the average that scored ema_acc.
-    let mut net = load(&model::checkpoint::load_model, "ema/model.safetensors");
+    let mut net = load(&load_model, "ema/model.safetensors");
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let e = model::train::evaluate(&mut net, &ds.test, &mut Pipeline::Host, Normalization { mean, std }, cfg.batch_size, false, false).unwrap();
     assert_eq!(e.accuracy(), ema_acc);

@@ -95,15 +95,20 @@ pub fn save_model(path: &Path, model: &ResNet9, epochs_done: Option<usize>) -> R
 /// The metadata key of the epochs a run's checkpoint files were saved after.
 pub const EPOCHS_DONE: &str = "epochs_done";
 
-/// The epochs after which the checkpoint file at `path` was saved, from its metadata; `None` for a
-/// file without that entry (written before it existed, or not by a run).
-pub fn epochs_done(path: &Path) -> Result<Option<usize>> {
-    let bytes = read_file(path)?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
-    match header.metadata().as_ref().and_then(|m| m.get(EPOCHS_DONE)) {
+/// The epochs after which the checkpoint file at `path` was saved, from its metadata `meta` (as
+/// [`load_model`] and [`load_optimizer`] return it); `None` for a file without that entry
+/// (written before it existed, or not by a run).
+pub fn epochs_done(path: &Path, meta: &HashMap<String, String>) -> Result<Option<usize>> {
+    match meta.get(EPOCHS_DONE) {
         None => Ok(None),
         Some(v) => v.parse().map(Some).map_err(|_| err(path, format!("{EPOCHS_DONE} is {v:?}, not a count"))),
     }
+}
+
+/// The metadata of the safetensors file `path` whose bytes are `bytes` (empty if it has none).
+fn metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| err(path, e.to_string()))?;
+    Ok(header.metadata().clone().unwrap_or_default())
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -123,11 +128,13 @@ fn load_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize], dtyp
 }
 
 /// Load a `state_dict` written by [`save_model`] (or by PyTorch) into `model`,
-/// checking every name, dtype and shape; `model` is unchanged on error.
-pub fn load_model(path: &Path, model: &mut ResNet9) -> Result<()> {
+/// checking every name, dtype and shape; `model` is unchanged on error. Returns the file's
+/// metadata.
+pub fn load_model(path: &Path, model: &mut ResNet9) -> Result<HashMap<String, String>> {
     let bytes = read_file(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
-    load_state_dict(path, &st, "", model)
+    load_state_dict(path, &st, "", model)?;
+    metadata(path, &bytes)
 }
 
 /// The trained weights that [`save_optimizer`] stored beside the momentum buffers (a run with
@@ -180,8 +187,7 @@ pub fn save_optimizer(path: &Path, model: &ResNet9, state: &SgdState, meta: Hash
 pub fn load_optimizer(path: &Path, model: &ResNet9) -> Result<(SgdState, HashMap<String, String>)> {
     let bytes = read_file(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| err(path, e.to_string()))?;
-    let meta = header.metadata().clone().unwrap_or_default();
+    let meta = metadata(path, &bytes)?;
     let names = st.names();
     let mut bufs = Vec::with_capacity(model.params.len());
     for (i, p) in model.params.iter().enumerate() {
@@ -210,12 +216,12 @@ mod tests {
         a.bn[2].num_batches_tracked = 17;
         a.bn[2].mean = Tensor::randn(a.bn[2].mean.shape(), DType::F32, 1.0, &mut rng);
         save_model(&path, &a, Some(7)).unwrap();
-        assert_eq!(epochs_done(&path).unwrap(), Some(7));
         assert!(!dir.join("model.safetensors.tmp").exists());
 
         let mut b = ResNet9::new(0.125, 1.0, DType::F32, &mut rng).unwrap();
         assert!(b.params[0].max_abs_diff(&a.params[0]).unwrap() > 0.0);
-        load_model(&path, &mut b).unwrap();
+        let meta = load_model(&path, &mut b).unwrap();
+        assert_eq!(epochs_done(&path, &meta).unwrap(), Some(7));
         for (x, y) in a.params.iter().zip(&b.params) {
             assert_eq!(x.to_f64_vec(), y.to_f64_vec());
         }

@@ -33,8 +33,6 @@ pub const EMA_EVERY: usize = 5;
 pub struct Ema {
     /// The averaged parameters and BN statistics, with the trained network's architecture.
     pub model: ResNet9,
-    every: usize,
-    rho: f64,
     /// Updates made since [`Ema::new`] or [`Ema::from_model`].
     updates: usize,
 }
@@ -48,7 +46,7 @@ impl Ema {
     /// An average that continues from `average` (read back from a checkpoint), with Page's
     /// settings.
     pub fn from_model(average: ResNet9) -> Ema {
-        Ema { model: average, every: EMA_EVERY, rho: EMA_MOMENTUM.powi(EMA_EVERY as i32), updates: 0 }
+        Ema { model: average, updates: 0 }
     }
 
     /// How many updates this average has made since it was made or read back.
@@ -60,7 +58,7 @@ impl Ema {
     /// the whole run (1 after the first): averages `model` in when `steps` is a multiple of
     /// the update interval. Returns whether it did.
     pub fn after_step(&mut self, steps: usize, model: &ResNet9) -> Result<bool> {
-        if steps == 0 || !steps.is_multiple_of(self.every) {
+        if steps == 0 || !steps.is_multiple_of(EMA_EVERY) {
             return Ok(false);
         }
         self.update(model)?;
@@ -69,6 +67,7 @@ impl Ema {
 
     /// One update with every tensor of `model`.
     fn update(&mut self, model: &ResNet9) -> Result<()> {
+        let rho = EMA_MOMENTUM.powi(EMA_EVERY as i32);
         let avg = &mut self.model;
         // Every shape first, so that a mismatch changes nothing.
         let shapes = |m: &ResNet9| -> Vec<Vec<usize>> {
@@ -79,11 +78,11 @@ impl Ema {
             return Err(crate::Error::Invalid("the moving average's network differs from the trained one".into()));
         }
         for (a, p) in avg.params.iter_mut().zip(&model.params) {
-            ops::ema::update(a, p, self.rho)?;
+            ops::ema::update(a, p, rho)?;
         }
         for (a, s) in avg.bn.iter_mut().zip(&model.bn) {
-            ops::ema::update(&mut a.mean, &s.mean, self.rho)?;
-            ops::ema::update(&mut a.var, &s.var, self.rho)?;
+            ops::ema::update(&mut a.mean, &s.mean, rho)?;
+            ops::ema::update(&mut a.var, &s.var, rho)?;
             a.num_batches_tracked = s.num_batches_tracked;
         }
         self.updates += 1;

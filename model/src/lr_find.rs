@@ -150,7 +150,7 @@ pub fn lr_find(
     if lf.steps < 2 || !(lf.start_lr > 0.0 && lf.end_lr > lf.start_lr) {
         return Err(Error::Invalid("the LR range test needs at least 2 steps and 0 < start_lr < end_lr".into()));
     }
-    let saved = model.clone();
+    let saved = model.clone_on_device()?;
     let result = run(model, split, pipeline, norm, cfg, lf, &mut on_step);
     *model = saved;
     result

@@ -217,7 +217,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(probe_cfg.seed);
         let mut model = ResNet9::new(probe_cfg.width, probe_cfg.out_scale, DType::F32, &mut rng)?;
-        checkpoint::load_model(&model_path, &mut model)?;
+        let model_meta = checkpoint::load_model(&model_path, &mut model)?;
         // With --ema, model.safetensors is the average; the trained weights are beside the
         // momentum buffers.
         let average = if probe_cfg.ema {
@@ -227,12 +227,12 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         } else {
             None
         };
-        let (state, _) = checkpoint::load_optimizer(&opt_path, &model)?;
+        let (state, opt_meta) = checkpoint::load_optimizer(&opt_path, &model)?;
         let rows = read_metrics(&metrics_path)?;
         // The three files are written one after the other at the end of an epoch: a run stopped
         // between two of them would resume from files of different epochs.
-        for path in [&model_path, &opt_path] {
-            if let Some(done) = checkpoint::epochs_done(path)?
+        for (path, meta) in [(&model_path, &model_meta), (&opt_path, &opt_meta)] {
+            if let Some(done) = checkpoint::epochs_done(path, meta)?
                 && done != rows.len()
             {
                 return Err(Error::Invalid(format!(
