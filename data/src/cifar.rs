@@ -146,7 +146,8 @@ fn validate(path: &Path, bytes: &[u8]) -> Result<()> {
     if !bytes.len().is_multiple_of(RECORD_BYTES) {
         let whole = bytes.len() / RECORD_BYTES;
         return Err(corrupt(format!(
-            "truncated at byte {}: the size is not a multiple of the {RECORD_BYTES}-byte record (record {whole} is incomplete)",
+            "{} bytes is not a whole number of {RECORD_BYTES}-byte records: the file is truncated or has bytes added \
+             (record {whole} is incomplete)",
             bytes.len()
         )));
     }
@@ -170,9 +171,18 @@ impl Split {
         }
         let total = *starts.last().unwrap_or(&0);
         if total != expected {
-            return Err(Error::Corrupt {
-                path: dir.join(names[0]),
-                msg: format!("{} hold {total} records, expected {expected}", names.join(", ")),
+            let all = format!("{} hold {total} records, expected {expected}", names.join(", "));
+            // The official files hold equal shares: name the first that does not.
+            let share = expected / names.len();
+            let odd = (expected % names.len() == 0)
+                .then(|| starts.windows(2).position(|w| w[1] - w[0] != share))
+                .flatten();
+            return Err(match odd {
+                Some(i) => Error::Corrupt {
+                    path: dir.join(names[i]),
+                    msg: format!("holds {} records where each file holds {share} ({all})", starts[i + 1] - starts[i]),
+                },
+                None => Error::Corrupt { path: dir.to_path_buf(), msg: all },
             });
         }
         Ok(Split { files, starts })
@@ -301,7 +311,8 @@ pub(crate) mod tests {
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..RECORD_BYTES + 100]).unwrap();
         let e = open_err(dir.path());
-        assert!(e.contains("data_batch_2.bin") && e.contains("truncated at byte 3173"), "{e}");
+        assert!(e.contains("data_batch_2.bin") && e.contains("3173 bytes is not a whole number"), "{e}");
+        assert!(e.contains("truncated or has bytes added (record 1 is incomplete)"), "{e}");
     }
 
     #[test]
@@ -320,6 +331,18 @@ pub(crate) mod tests {
         let dir = synthetic(3);
         let e = open_err(dir.path());
         assert!(e.contains("hold 15 records, expected 50000"), "{e}");
+    }
+
+    /// One short file among full ones: the error names it, not the first file.
+    #[test]
+    fn a_file_with_too_few_records_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, f) in TRAIN_FILES.iter().enumerate() {
+            std::fs::write(dir.path().join(f), records(if i == 3 { 3 } else { 4 }, i as u8)).unwrap();
+        }
+        let e = Split::open(dir.path(), &TRAIN_FILES, 20).err().expect("a short file opened").to_string();
+        assert!(e.contains("data_batch_4.bin: holds 3 records where each file holds 4"), "{e}");
+        assert!(e.contains("hold 19 records, expected 20"), "{e}");
     }
 
     #[test]
@@ -401,7 +424,7 @@ pub(crate) mod tests {
         let original = std::fs::read(dir.path().join("data_batch_2.bin")).unwrap();
         gzip_in_place(dir.path(), "data_batch_2.bin", Some(&original[..RECORD_BYTES + 100]));
         let e = open_err(dir.path());
-        assert!(e.contains("data_batch_2.bin.gz: truncated at byte 3173"), "{e}");
+        assert!(e.contains("data_batch_2.bin.gz: 3173 bytes is not a whole number"), "{e}");
     }
 
     #[test]
