@@ -13,6 +13,11 @@
 //!   With `--ema`, `model.safetensors` holds the moving average of the weights (what
 //!   the run evaluates), and this file also holds the trained weights themselves, as a
 //!   second `state_dict` whose names start with `trained.`: training resumes from those.
+//!
+//! Both files carry in their metadata the CRC-32 of their tensors' bytes (key `crc32`, see
+//! [`tensors_crc`]): loading checks it, so a file damaged on disk after it was written is
+//! refused instead of trained on. (safetensors checks the header and the sizes, not the
+//! values; a file without the key, such as one PyTorch wrote, is loaded unchecked.)
 
 use crate::resnet::ResNet9;
 use crate::{Error, Result};
@@ -44,15 +49,43 @@ fn f32_bytes(t: &Tensor) -> Vec<u8> {
     bytemuck::cast_slice(&t.to_f32_vec()).to_vec()
 }
 
-fn serialize(path: &Path, entries: Vec<Entry>, meta: HashMap<String, String>) -> Result<()> {
+/// The metadata key of the CRC-32 of a checkpoint's tensor data.
+pub const CRC32: &str = "crc32";
+
+/// The CRC-32 (IEEE, as gzip and zip use) of the tensors' bytes, taken in the order of their
+/// names, as 8 hexadecimal digits: the same for the entries written and the tensors read back.
+fn tensors_crc<'a>(mut tensors: Vec<(&'a str, &'a [u8])>) -> String {
+    tensors.sort_by_key(|(name, _)| *name);
+    let mut h = crc32fast::Hasher::new();
+    for (_, bytes) in tensors {
+        h.update(bytes);
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// Refuse a file whose tensors do not match the CRC-32 in its metadata `meta`.
+fn check_crc(path: &Path, st: &SafeTensors<'_>, meta: &HashMap<String, String>) -> Result<()> {
+    let Some(saved) = meta.get(CRC32) else { return Ok(()) };
+    let tensors = st.tensors();
+    let now = tensors_crc(tensors.iter().map(|(name, view)| (name.as_str(), view.data())).collect());
+    if *saved != now {
+        return Err(err(
+            path,
+            format!("the tensors' bytes do not match the checksum saved with them (CRC-32 {saved}, now {now}): the file was damaged after it was written"),
+        ));
+    }
+    Ok(())
+}
+
+fn serialize(path: &Path, entries: Vec<Entry>, mut meta: HashMap<String, String>) -> Result<()> {
+    meta.insert(CRC32.to_string(), tensors_crc(entries.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice())).collect()));
     let views: Vec<(String, TensorView<'_>)> = entries
         .iter()
         .map(|(name, dtype, shape, bytes)| {
             TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v)).map_err(|e| err(path, e.to_string()))
         })
         .collect::<Result<_>>()?;
-    let meta = if meta.is_empty() { None } else { Some(meta) };
-    let bytes = safetensors::serialize(views, meta).map_err(|e| err(path, e.to_string()))?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -132,16 +165,25 @@ fn load_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize], dtyp
 /// metadata.
 pub fn load_model(path: &Path, model: &mut ResNet9) -> Result<HashMap<String, String>> {
     let bytes = read_file(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    let (st, meta) = open(path, &bytes)?;
     load_state_dict(path, &st, "", model)?;
-    metadata(path, &bytes)
+    Ok(meta)
+}
+
+/// The tensors and the metadata of the safetensors file `path` whose bytes are `bytes`, its
+/// checksum checked.
+fn open<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>)> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    let meta = metadata(path, bytes)?;
+    check_crc(path, &st, &meta)?;
+    Ok((st, meta))
 }
 
 /// The trained weights that [`save_optimizer`] stored beside the momentum buffers (a run with
 /// `--ema`), loaded into `model` as [`load_model`] does; an error if the file has none.
 pub fn load_trained(path: &Path, model: &mut ResNet9) -> Result<()> {
     let bytes = read_file(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
+    let (st, _) = open(path, &bytes)?;
     load_state_dict(path, &st, TRAINED, model)
 }
 
@@ -186,8 +228,7 @@ pub fn save_optimizer(path: &Path, model: &ResNet9, state: &SgdState, meta: Hash
 /// network's shapes) and the metadata.
 pub fn load_optimizer(path: &Path, model: &ResNet9) -> Result<(SgdState, HashMap<String, String>)> {
     let bytes = read_file(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(path, format!("not a safetensors file: {e}")))?;
-    let meta = metadata(path, &bytes)?;
+    let (st, meta) = open(path, &bytes)?;
     let names = st.names();
     let mut bufs = Vec::with_capacity(model.params.len());
     for (i, p) in model.params.iter().enumerate() {
@@ -234,6 +275,44 @@ mod tests {
 
         std::fs::write(&path, b"garbage").unwrap();
         assert!(load_model(&path, &mut b).is_err());
+    }
+
+    /// A byte of tensor data changed on disk (a valid file still, to safetensors) is refused by
+    /// its checksum, leaving the network as it was; so is a changed optimizer file; a file
+    /// without a checksum (PyTorch's, or one written before) still loads.
+    #[test]
+    fn damaged_tensor_data_is_refused_by_the_checksum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("model.safetensors");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let a = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        save_model(&path, &a, Some(1)).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good.clone();
+        let i = bad.len() - 100;
+        bad[i] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        let mut b = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        let before = b.params[0].to_f64_vec();
+        let e = load_model(&path, &mut b).unwrap_err().to_string();
+        assert!(e.contains("do not match the checksum saved with them") && e.contains("damaged"), "{e}");
+        assert_eq!(b.params[0].to_f64_vec(), before);
+
+        let opt = tmp.path().join("optimizer.safetensors");
+        let state = SgdState { momentum_buffers: a.params.iter().map(|p| Some(Tensor::randn(p.shape(), DType::F32, 1.0, &mut rng))).collect() };
+        save_optimizer(&opt, &a, &state, HashMap::new(), None).unwrap();
+        let mut bytes = std::fs::read(&opt).unwrap();
+        let i = bytes.len() - 4;
+        bytes[i] ^= 0x01;
+        std::fs::write(&opt, &bytes).unwrap();
+        assert!(load_optimizer(&opt, &a).unwrap_err().to_string().contains("checksum"));
+
+        // The same tensors without the metadata entry: loaded unchecked.
+        let st = SafeTensors::deserialize(&good).unwrap();
+        let plain = safetensors::serialize(st.tensors(), None).unwrap();
+        std::fs::write(&path, plain).unwrap();
+        load_model(&path, &mut b).unwrap();
+        assert_eq!(b.params[0].to_f64_vec(), a.params[0].to_f64_vec());
     }
 
     /// With `--ema` the optimizer file also carries the trained weights (`trained.*`): they
