@@ -8,7 +8,17 @@ use data::augment::{AugParams, augment_into, channel_stats};
 use rand::SeedableRng;
 use std::time::Instant;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let arg = std::env::args().nth(1).map(std::path::PathBuf::from);
     let dir = data::locate(arg.as_deref())?;
     let t = Instant::now();

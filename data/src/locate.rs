@@ -57,7 +57,6 @@ pub fn download(into: &Path) -> Result<PathBuf> {
 
 /// [`download`] from any URL with any expected MD5 (tests point it at unreachable addresses).
 pub fn download_from(url: &str, md5: &str, into: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(into).map_err(|e| Error::Io { path: into.to_path_buf(), source: e })?;
     let archive = into.join("cifar-10-binary.tar.gz");
     let part = into.join("cifar-10-binary.tar.gz.part");
     let what_to_do = format!(
@@ -72,6 +71,8 @@ pub fn download_from(url: &str, md5: &str, into: &Path) -> Result<PathBuf> {
         .get(url)
         .call()
         .map_err(|e| Error::Download(format!("could not reach {url}: {e}. Without network access, {what_to_do}")))?;
+    // Only now: without network, no empty folder is left behind.
+    std::fs::create_dir_all(into).map_err(|e| Error::Io { path: into.to_path_buf(), source: e })?;
     let total = response.body().content_length();
     let mut reader = response.into_body().into_reader();
     let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
@@ -174,9 +175,10 @@ mod tests {
     #[test]
     fn unreachable_network_says_what_to_download() {
         let dir = tempfile::tempdir().unwrap();
-        let e = download_from("http://127.0.0.1:9/cifar.tar.gz", MD5, dir.path()).unwrap_err().to_string();
+        let into = dir.path().join("data");
+        let e = download_from("http://127.0.0.1:9/cifar.tar.gz", MD5, &into).unwrap_err().to_string();
         assert!(e.contains(URL) && e.contains(MD5) && e.contains("cifar-10-batches-bin"), "{e}");
-        assert!(!dir.path().join("cifar-10-binary.tar.gz").exists());
+        assert!(!into.exists(), "a failed download left {} behind", into.display());
     }
 
     #[test]
