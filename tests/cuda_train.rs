@@ -292,6 +292,7 @@ fn a_short_run_learns_on_the_gpu() {
         resume: false,
         progress: false,
         cuda_graph: false,
+        explicit: Vec::new(),
     };
     let acc = run_training(&ds, &dev, opts).unwrap();
     let rows = read_metrics(&runs.join("g/metrics.csv")).unwrap();
@@ -416,7 +417,7 @@ fn a_short_bf16_run_learns_on_the_gpu() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().to_path_buf();
     let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, fused_bn_relu: true, ..TrainConfig::default() };
-    let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false, cuda_graph: true };
+    let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false, cuda_graph: true, explicit: Vec::new() };
     let acc = run_training(&ds, &dev, opts).unwrap();
     let rows = read_metrics(&runs.join("b/metrics.csv")).unwrap();
     eprintln!("{rows:#?}");

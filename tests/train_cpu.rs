@@ -44,6 +44,7 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
         resume: false,
         progress: false,
         cuda_graph: false,
+        explicit: Vec::new(),
     };
     let acc = run_training(&ds, &engine::Device::Cpu, opts.clone()).unwrap();
     let dir = runs.join("t");
@@ -68,6 +69,20 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     let resumed = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts.clone() }).unwrap();
     assert!((resumed - acc).abs() < 1e-9, "resumed model evaluates differently: {resumed} vs {acc}");
     assert_eq!(read_metrics(&dir.join("metrics.csv")).unwrap().len(), 3);
+    // Asking a resumed run for other settings is refused, before the run folder is touched
+    // (the log included); the same settings given again are not.
+    let log_before = std::fs::read(dir.join("train.log")).unwrap();
+    let longer = RunOptions {
+        resume: true,
+        cfg: TrainConfig { epochs: 5, ..opts.cfg.clone() },
+        explicit: vec!["epochs".into(), "seed".into()],
+        ..opts.clone()
+    };
+    let e = run_training(&ds, &engine::Device::Cpu, longer).unwrap_err().to_string();
+    assert!(e.contains("asks for others: epochs 5 (saved: 3).") && e.contains("cannot be extended"), "{e}");
+    assert_eq!(std::fs::read(dir.join("train.log")).unwrap(), log_before, "a refused resume wrote to the log");
+    let same = RunOptions { resume: true, explicit: vec!["epochs".into(), "width".into()], ..opts.clone() };
+    assert!((run_training(&ds, &engine::Device::Cpu, same).unwrap() - acc).abs() < 1e-9);
     // A run stopped after it saved the checkpoints of epoch 3 but before their metrics row: the
     // files disagree, and resuming is refused (it would train epoch 3 again on epoch 3's weights).
     model::run::write_metrics(&dir.join("metrics.csv"), &rows[..2]).unwrap();
@@ -96,10 +111,43 @@ fn broken_weights_stop_the_run_without_a_checkpoint() {
             resume: false,
             progress: false,
             cuda_graph: false,
+            explicit: Vec::new(),
         };
         let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
         assert!(e.contains(says) && e.contains("(not finite)") && e.contains("no checkpoint was written yet"), "{name}: {e}");
         assert!(!runs.path().join(name).join("model.safetensors").exists(), "{name}: broken weights were saved");
+    }
+}
+
+/// Settings no run can train with are refused with the flag named, before the run folder (or
+/// its log) exists.
+#[test]
+fn bad_settings_are_refused_before_the_run_folder_is_made() {
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let good = TrainConfig { epochs: 1, batch_size: 64, subset: Some(64), width: 0.125, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
+    let bad = [
+        (TrainConfig { subset: Some(0), ..good.clone() }, "--subset must be at least 1"),
+        (TrainConfig { label_smoothing: 2.0, ..good.clone() }, "--label-smoothing must be in [0, 1], got 2"),
+        (TrainConfig { width: 0.0, ..good.clone() }, "--width must be a positive number"),
+        (TrainConfig { momentum: 1.0, ..good.clone() }, "--momentum must be in [0, 1)"),
+        (TrainConfig { lr_min: 0.1, lr_max: 0.01, ..good.clone() }, "need 0 <= LRMIN <= LRMAX"),
+    ];
+    for (i, (cfg, says)) in bad.into_iter().enumerate() {
+        let opts = RunOptions {
+            cfg,
+            lr_given: true,
+            lr_find: Default::default(),
+            runs_dir: runs.path().to_path_buf(),
+            name: Some(format!("bad-{i}")),
+            resume: false,
+            progress: false,
+            cuda_graph: false,
+            explicit: Vec::new(),
+        };
+        let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
+        assert!(e.contains(says), "{says}: {e}");
+        assert!(!runs.path().join(format!("bad-{i}")).exists(), "{says}: the run folder was made");
     }
 }
 
@@ -219,6 +267,7 @@ fn gpu_only_options_are_refused_on_the_cpu_before_writing_anything() {
         resume: false,
         progress: false,
         cuda_graph: false,
+        explicit: Vec::new(),
     };
     let cases = [
         RunOptions { cuda_graph: true, ..base.clone() },
@@ -315,6 +364,7 @@ fn ema_evaluates_the_average_and_leaves_training_alone() {
         resume: false,
         progress: false,
         cuda_graph: false,
+        explicit: Vec::new(),
     };
     let plain_acc = run_training(&ds, &engine::Device::Cpu, opts("plain", false)).unwrap();
     let ema_acc = run_training(&ds, &engine::Device::Cpu, opts("ema", true)).unwrap();

@@ -1,7 +1,8 @@
 //! `model`: train the CIFAR-10 ResNet-9, run the LR range test, show the data,
 //! print the network. `cargo run -p model --release` trains with the recipe's defaults.
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use engine::Device;
 use engine::cuda::ConvSearch;
 use model::lr_find::{LrFindConfig, LrMinRule, LrRule};
@@ -176,7 +177,8 @@ struct TrainArgs {
     /// Run convolutions through cuDNN's backend ("graph") API, as recent PyTorch does, with
     /// the first engine of cuDNN's heuristic ranking that our rules accept, instead of the
     /// legacy API's algorithm numbers (a shape it has no plan for still runs on the legacy
-    /// API, and the log says why). Not yet measured on a GPU.
+    /// API, and the log says why). On an H100 (2026-11-26) it chose faster forward
+    /// convolutions, but the step captured as a CUDA graph was no faster (3.55 ms either way).
     #[arg(long)]
     cudnn_graph: bool,
     /// Our kernels move one value per memory access, not 16 bytes (8 bf16 or 4 f32) where the
@@ -282,9 +284,6 @@ impl TrainArgs {
         if self.lr_max.is_some() != self.lr_min.is_some() {
             return Err(Error::Invalid("give both --lr-max and --lr-min, or neither (then the LR range test picks them)".into()));
         }
-        if self.batch_size == 0 || self.epochs == 0 {
-            return Err(Error::Invalid("--batch-size and --epochs must be at least 1".into()));
-        }
         let cfg = TrainConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -307,6 +306,7 @@ impl TrainArgs {
             cutout_inside: self.cutout_inside,
             ema: self.ema,
         };
+        cfg.check(self.lr_max.is_some())?;
         Ok(RunOptions {
             cfg,
             lr_given: self.lr_max.is_some(),
@@ -325,11 +325,12 @@ impl TrainArgs {
             resume: self.resume,
             progress: !self.no_progress,
             cuda_graph: self.cuda_graph || fast,
+            explicit: Vec::new(),
         })
     }
 }
 
-const CPU_HINT: &str = "A smaller job runs on the CPU in minutes:\n  \
+const CPU_HINT: &str = "--device cpu runs any command on the CPU; a smaller training job takes minutes there:\n  \
     cargo run -p model --release -- train --device cpu --width 0.25 --subset 5000 --epochs 4 --batch-size 128 --lr-rule steepest";
 
 /// Pick the device the user asked for; `auto` without a GPU is an error that says what to do.
@@ -350,8 +351,8 @@ fn choose_device(name: &str) -> Result<Device> {
 fn open_data(args: &DataArgs) -> Result<data::Cifar10> {
     let dir = match data::locate(args.data.as_deref()) {
         Ok(dir) => dir,
-        Err(e) if args.download && args.data.is_none() => {
-            eprintln!("{e}\nDownloading the official archive into ./data ...");
+        Err(_) if args.download && args.data.is_none() => {
+            eprintln!("CIFAR-10 is not in {} (and CIFAR10_DIR is not set): downloading the official archive into ./data ...", data::locate::DEFAULT_DIR);
             data::download(std::path::Path::new("data"))?
         }
         Err(e) => return Err(e.into()),
@@ -359,9 +360,32 @@ fn open_data(args: &DataArgs) -> Result<data::Cifar10> {
     Ok(data::Cifar10::open(&dir)?)
 }
 
-fn train(args: &TrainArgs, only_lr_find: bool) -> Result<()> {
+/// The recipe settings (keys of `TrainConfig::to_meta`) that the command line of `m` gave,
+/// for `--resume` to compare with the checkpoint's. `--tta` is left out: it only adds to the
+/// evaluation, and a resumed run takes the command line's choice.
+fn explicit_settings(m: &ArgMatches) -> Vec<String> {
+    let keys = TrainConfig::default().to_meta();
+    m.ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .flat_map(|id| match id.as_str() {
+            "no_nesterov" => vec!["nesterov"],
+            "plain" => vec!["bf16", "channels_last", "fused_bn_relu"],
+            other => vec![other],
+        })
+        .filter(|k| *k != "tta" && keys.contains_key(*k))
+        .map(String::from)
+        .collect()
+}
+
+/// `train`, or with `only_lr_find` the `lr-find` command; `explicit`: see [`explicit_settings`].
+fn train(args: &TrainArgs, only_lr_find: bool, explicit: Vec<String>) -> Result<()> {
+    if only_lr_find && (args.lr_max.is_some() || args.lr_min.is_some() || args.resume || args.tta || args.ema) {
+        return Err(Error::Invalid(
+            "lr-find runs the LR range test alone: --lr-max/--lr-min, --resume, --tta and --ema are for train".into(),
+        ));
+    }
     let device = args.device()?;
-    let mut opts = args.options(&device)?;
+    let mut opts = RunOptions { explicit, ..args.options(&device)? };
     let ds = open_data(&args.data)?;
     if only_lr_find {
         opts.lr_given = false;
@@ -393,10 +417,12 @@ fn write_ptx(out: &std::path::Path, arch: &str) -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// Run the command `cli`, parsed from `matches`.
+fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    let explicit = |name: &str| matches.subcommand_matches(name).map(explicit_settings).unwrap_or_default();
     match cli.command.unwrap_or_else(|| Command::Train(TrainArgs::defaults())) {
-        Command::Train(a) => train(&a, false),
-        Command::LrFind(a) => train(&a, true),
+        Command::Train(a) => train(&a, false, explicit("train")),
+        Command::LrFind(a) => train(&a, true, Vec::new()),
         Command::Summary { width, batch_size } => summary(width, batch_size),
         Command::Profile { args, warmup, timed } => {
             let device = args.device()?;
@@ -413,7 +439,10 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // Parsed in two steps so that `--resume` can tell the flags given from the defaults.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -444,5 +473,23 @@ mod tests {
         assert!(parse_block_cap("waves").unwrap_err().contains("`wave` or a block count"));
         assert!(parse_block_cap(&u32::MAX.to_string()).is_err());
         assert_eq!(TrainArgs::defaults().bnr_max_blocks, engine::cuda::BNR_ONE_WAVE);
+    }
+
+    /// The flags given on the command line, as the checkpoint's setting names; defaults,
+    /// `--tta` and the flags that are not recipe settings are left out.
+    #[test]
+    fn explicit_settings_are_the_recipe_flags_given() {
+        let given = |args: &[&str]| {
+            let m = Cli::command().try_get_matches_from(args).unwrap();
+            let mut keys = explicit_settings(m.subcommand_matches("train").unwrap());
+            keys.sort();
+            keys
+        };
+        assert!(given(&["model", "train"]).is_empty());
+        assert_eq!(
+            given(&["model", "train", "--epochs", "24", "--plain", "--tta", "--resume", "--name", "a", "--device", "cpu"]),
+            ["bf16", "channels_last", "epochs", "fused_bn_relu"]
+        );
+        assert_eq!(given(&["model", "train", "--no-nesterov", "--lr-max", "0.4", "--lr-min", "0", "--ema"]), ["ema", "lr_max", "lr_min", "nesterov"]);
     }
 }

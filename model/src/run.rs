@@ -138,6 +138,10 @@ pub struct RunOptions {
     pub progress: bool,
     /// Capture the training step as a CUDA graph and replay it (GPU only; see `graph`).
     pub cuda_graph: bool,
+    /// The recipe settings (keys of [`TrainConfig::to_meta`]) the command line gave
+    /// explicitly: `--resume` refuses any of them that differ from the checkpoint's, instead
+    /// of dropping them unsaid.
+    pub explicit: Vec<String>,
 }
 
 /// An error if a GPU-only option is asked for on the CPU.
@@ -177,6 +181,7 @@ fn precompile_kernels(device: &Device) -> Result<Option<String>> {
 /// Train as configured; returns the final test accuracy in percent.
 pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f64> {
     // Before anything is written. (A resumed run's settings come from its checkpoint: checked below.)
+    opts.cfg.check(opts.lr_given)?;
     gpu_only(device, opts.cfg.bf16, opts.cfg.channels_last, opts.cuda_graph)?;
     std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
     let name = match &opts.name {
@@ -198,16 +203,8 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             dir.display()
         )));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let mut log = Logger::new(Some(&dir.join("train.log")))?;
-    log.line(&format!("Device: {device}"));
-
-    let (mean, std) = data::augment::channel_stats(&ds.train);
-    let norm = Normalization { mean, std };
-    let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
-
     // The run's settings, network, optimizer state and history, and with --ema the average
-    // read back from the checkpoint.
+    // read back from the checkpoint; all checked before the run folder is touched.
     let (mut cfg, mut model, mut state, mut rows, mut average) = if opts.resume {
         let probe_cfg = {
             let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
@@ -215,6 +212,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
                 .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: e.to_string() })?;
             TrainConfig::from_meta(&header.metadata().clone().unwrap_or_default())?
         };
+        refuse_other_settings(&dir, &probe_cfg, &opts.cfg, &opts.explicit)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(probe_cfg.seed);
         let mut model = ResNet9::new(probe_cfg.width, probe_cfg.out_scale, DType::F32, &mut rng)?;
         let model_meta = checkpoint::load_model(&model_path, &mut model)?;
@@ -244,7 +242,6 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
                 )));
             }
         }
-        log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), rows.len(), probe_cfg.epochs));
         // The recipe comes from the checkpoint; --tta only adds to the evaluation, so the
         // command line's choice holds (as --cuda-graph's does).
         let probe_cfg = TrainConfig { tta: opts.cfg.tta, ..probe_cfg };
@@ -255,13 +252,22 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         (opts.cfg.clone(), model, SgdState::default(), Vec::new(), None)
     };
     gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut log = Logger::new(Some(&dir.join("train.log")))?;
+    log.line(&format!("Device: {device}"));
+    if opts.resume {
+        log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), rows.len(), cfg.epochs));
+    }
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = Normalization { mean, std };
+    let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
     model.to_device(device)?;
     cfg.apply_to(&mut model.arch);
     for b in state.momentum_buffers.iter_mut().flatten() {
         *b = b.to_device(device)?;
     }
     log.line(&format!(
-        "ResNet-9 width {} ({} parameters){}, batch {}, {} epochs, {} training images, seed {}",
+        "ResNet-9 width {} ({} parameters){}, batch {}, {}, {} training images, seed {}",
         cfg.width,
         model.arch.num_params(),
         [
@@ -280,7 +286,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             .map(|(_, s)| *s)
             .collect::<String>(),
         cfg.batch_size,
-        cfg.epochs,
+        epochs(cfg.epochs),
         cfg.train_len(&ds.train),
         cfg.seed
     ));
@@ -301,7 +307,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         cfg.lr_min = r.lr_min;
         log.line(&format!("LR range test suggests {}; plot: {})", suggestion(&r, &opts.lr_find), dir.join("lr_find.png").display()));
     }
-    check_lrs(cfg.lr_min, cfg.lr_max)?;
+    train::check_lrs(cfg.lr_min, cfg.lr_max)?;
     let schedule = cfg.schedule(&ds.train);
     log.line(&format!(
         "One-cycle: LRMIN={:.4e} -> LRMAX={:.4e} at the end of epoch {} -> LRMIN at the end of epoch {}",
@@ -411,10 +417,10 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
     let with_eval: f64 = rows.iter().map(|r| r.seconds + r.eval_seconds).sum();
     log.line(&format!(
-        "Done: test accuracy {:.2}%{} after {} epochs, {:.1}s of training ({:.1}s with the test evaluations). Outputs in {}",
+        "Done: test accuracy {:.2}%{} after {}, {:.1}s of training ({:.1}s with the test evaluations). Outputs in {}",
         eval.accuracy(),
         eval.tta_accuracy().map(|a| format!(" ({a:.2}% with flip TTA)")).unwrap_or_default(),
-        rows.len(),
+        epochs(rows.len()),
         total,
         with_eval,
         dir.display()
@@ -449,14 +455,32 @@ fn evaluated<'a>(model: &'a mut ResNet9, ema: &'a mut Option<Ema>) -> &'a mut Re
     }
 }
 
-/// The one-cycle's bounds: 0 <= LRMIN <= LRMAX and LRMAX > 0 (LRMIN 0 is D. Page's schedule,
-/// 0 -> 0.4 -> 0, whose first step then moves nothing); NaN fails.
-fn check_lrs(lr_min: f64, lr_max: f64) -> Result<()> {
-    if lr_max > 0.0 && lr_min >= 0.0 && lr_min <= lr_max {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!("need 0 <= LRMIN <= LRMAX and LRMAX > 0, got LRMIN={lr_min} LRMAX={lr_max}")))
+/// "1 epoch", "24 epochs".
+fn epochs(n: usize) -> String {
+    if n == 1 { "1 epoch".into() } else { format!("{n} epochs") }
+}
+
+/// `--resume` continues a run with the settings saved in its checkpoint (`saved`): refuse the
+/// recipe settings the command line gave (`explicit`, keys of [`TrainConfig::to_meta`]) that
+/// differ from them, rather than drop them unsaid. A one-cycle run can be finished, not
+/// extended or changed part-way.
+fn refuse_other_settings(dir: &Path, saved: &TrainConfig, asked: &TrainConfig, explicit: &[String]) -> Result<()> {
+    let (saved, asked) = (saved.to_meta(), asked.to_meta());
+    let differ: Vec<String> = explicit
+        .iter()
+        .filter(|k| asked.get(*k) != saved.get(*k))
+        .map(|k| format!("{k} {} (saved: {})", asked.get(k).map_or("?", String::as_str), saved.get(k).map_or("?", String::as_str)))
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
     }
+    Err(Error::Invalid(format!(
+        "--resume continues {} with the settings saved in its checkpoint, and the command line asks for others: {}. \
+         A one-cycle run cannot be extended or changed part-way: drop those flags to finish it, or start a new run \
+         under another --name",
+        dir.display(),
+        differ.join(", ")
+    )))
 }
 
 /// How the convolution algorithms were chosen, in words.
@@ -609,6 +633,8 @@ fn write_misclassified(dir: &Path, ds: &Cifar10, wrong: &[(usize, u32)]) -> Resu
 
 /// The `lr-find` command: the range test alone, its plot and CSV in `runs/<name>/`.
 pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()> {
+    opts.cfg.check(false)?;
+    gpu_only(device, opts.cfg.bf16, opts.cfg.channels_last, false)?;
     std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
     let name = opts.name.clone().unwrap_or_else(|| fresh_run_name(&opts.runs_dir));
     let dir = opts.runs_dir.join(name);
@@ -891,11 +917,11 @@ mod tests {
     /// LRMIN may be 0 (Page's schedule) but not negative, above LRMAX or NaN; LRMAX must be positive.
     #[test]
     fn lr_bounds_accept_pages_zero_and_refuse_the_rest() {
-        assert!(check_lrs(0.0, 0.4).is_ok());
-        assert!(check_lrs(0.004, 0.4).is_ok());
-        assert!(check_lrs(0.4, 0.4).is_ok());
+        assert!(train::check_lrs(0.0, 0.4).is_ok());
+        assert!(train::check_lrs(0.004, 0.4).is_ok());
+        assert!(train::check_lrs(0.4, 0.4).is_ok());
         for (lo, hi) in [(-0.1, 0.4), (0.5, 0.4), (0.0, 0.0), (f64::NAN, 0.4), (0.1, f64::NAN)] {
-            let e = check_lrs(lo, hi).unwrap_err().to_string();
+            let e = train::check_lrs(lo, hi).unwrap_err().to_string();
             assert!(e.contains("LRMIN"), "{lo} {hi}: {e}");
         }
     }

@@ -57,6 +57,16 @@ pub struct TrainConfig {
     pub ema: bool,
 }
 
+/// The one-cycle's bounds: 0 <= LRMIN <= LRMAX and LRMAX > 0 (LRMIN 0 is D. Page's schedule,
+/// 0 -> 0.4 -> 0, whose first step then moves nothing); NaN fails.
+pub fn check_lrs(lr_min: f64, lr_max: f64) -> Result<()> {
+    if lr_max > 0.0 && lr_min >= 0.0 && lr_min <= lr_max {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("need 0 <= LRMIN <= LRMAX and LRMAX > 0, got LRMIN={lr_min} LRMAX={lr_max}")))
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
@@ -85,6 +95,35 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Refuse settings no run can train with, naming the flag, before anything is written.
+    /// The LRs are checked only when `lrs_given` (otherwise the range test sets them: see
+    /// [`check_lrs`]).
+    pub fn check(&self, lrs_given: bool) -> Result<()> {
+        let bad = |msg: String| Err(Error::Invalid(msg));
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("--batch-size and --epochs must be at least 1".into());
+        }
+        if self.subset == Some(0) {
+            return bad("--subset must be at least 1 (it is the number of training images)".into());
+        }
+        if !(self.width > 0.0 && self.width.is_finite()) {
+            return bad(format!("--width must be a positive number, got {}", self.width));
+        }
+        if !(self.out_scale > 0.0 && self.out_scale.is_finite()) {
+            return bad(format!("--out-scale must be a positive number, got {}", self.out_scale));
+        }
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            return bad(format!("--label-smoothing must be in [0, 1], got {}", self.label_smoothing));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("--momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad(format!("--weight-decay must be a number >= 0, got {}", self.weight_decay));
+        }
+        if lrs_given { check_lrs(self.lr_min, self.lr_max) } else { Ok(()) }
+    }
+
     /// As string pairs, stored in the optimizer checkpoint's metadata.
     pub fn to_meta(&self) -> HashMap<String, String> {
         HashMap::from([
