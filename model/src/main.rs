@@ -379,10 +379,10 @@ fn explicit_settings(m: &ArgMatches) -> Vec<String> {
 
 /// `train`, or with `only_lr_find` the `lr-find` command; `explicit`: see [`explicit_settings`].
 fn train(args: &TrainArgs, only_lr_find: bool, explicit: Vec<String>) -> Result<()> {
-    if only_lr_find && (args.lr_max.is_some() || args.lr_min.is_some() || args.resume || args.tta || args.ema) {
-        return Err(Error::Invalid(
-            "lr-find runs the LR range test alone: --lr-max/--lr-min, --resume, --tta and --ema are for train".into(),
-        ));
+    // (--tta and --ema, which only change what a training run evaluates, are let through:
+    // bench/side_by_side.py passes our run's flags to lr-find too.)
+    if only_lr_find && (args.lr_max.is_some() || args.lr_min.is_some() || args.resume) {
+        return Err(Error::Invalid("lr-find runs the LR range test alone: --lr-max/--lr-min and --resume are for train".into()));
     }
     let device = args.device()?;
     let mut opts = RunOptions { explicit, ..args.options(&device)? };
@@ -473,6 +473,23 @@ mod tests {
         assert!(parse_block_cap("waves").unwrap_err().contains("`wave` or a block count"));
         assert!(parse_block_cap(&u32::MAX.to_string()).is_err());
         assert_eq!(TrainArgs::defaults().bnr_max_blocks, engine::cuda::BNR_ONE_WAVE);
+    }
+
+    /// lr-find refuses the flags that would skip or replace its range test, before it looks for
+    /// a device or data; the evaluation-only flags pass (the data error comes next).
+    #[test]
+    fn lr_find_refuses_the_flags_that_skip_its_test() {
+        let lr_find = |args: &[&str]| {
+            let Some(Command::LrFind(a)) = Cli::try_parse_from(args).unwrap().command else { panic!("not lr-find") };
+            train(&a, true, Vec::new()).unwrap_err().to_string()
+        };
+        let nowhere = ["--device", "cpu", "--data", "/nonexistent/cifar"];
+        for flags in [&["--lr-max", "0.4", "--lr-min", "0.004"][..], &["--resume", "--name", "a"]] {
+            let e = lr_find(&[&["model", "lr-find"][..], flags, &nowhere].concat());
+            assert!(e.contains("are for train"), "{flags:?}: {e}");
+        }
+        let e = lr_find(&[&["model", "lr-find", "--tta", "--ema"][..], &nowhere].concat());
+        assert!(e.contains("/nonexistent/cifar"), "{e}");
     }
 
     /// The flags given on the command line, as the checkpoint's setting names; defaults,
