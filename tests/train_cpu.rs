@@ -83,6 +83,22 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     assert_eq!(std::fs::read(dir.join("train.log")).unwrap(), log_before, "a refused resume wrote to the log");
     let same = RunOptions { resume: true, explicit: vec!["epochs".into(), "width".into()], ..opts.clone() };
     assert!((run_training(&ds, &engine::Device::Cpu, same).unwrap() - acc).abs() < 1e-9);
+    // Settings damaged in the checkpoint's metadata (not covered by its tensors' checksum) are
+    // checked as the command line's are, before the log is touched.
+    let opt_path = dir.join("optimizer.safetensors");
+    let original = std::fs::read(&opt_path).unwrap();
+    {
+        let st = safetensors::SafeTensors::deserialize(&original).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&original).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.insert("momentum".into(), "9.9".into());
+        std::fs::write(&opt_path, safetensors::serialize(st.tensors(), Some(meta)).unwrap()).unwrap();
+    }
+    let log_before = std::fs::read(dir.join("train.log")).unwrap();
+    let e = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts.clone() }).unwrap_err().to_string();
+    assert!(e.contains("optimizer.safetensors: its saved settings: --momentum must be in [0, 1), got 9.9"), "{e}");
+    assert_eq!(std::fs::read(dir.join("train.log")).unwrap(), log_before, "a refused resume wrote to the log");
+    std::fs::write(&opt_path, &original).unwrap();
     // A run stopped after it saved the checkpoints of epoch 3 but before their metrics row: the
     // files disagree, and resuming is refused (it would train epoch 3 again on epoch 3's weights).
     model::run::write_metrics(&dir.join("metrics.csv"), &rows[..2]).unwrap();
@@ -149,6 +165,21 @@ fn bad_settings_are_refused_before_the_run_folder_is_made() {
         assert!(e.contains(says), "{says}: {e}");
         assert!(!runs.path().join(format!("bad-{i}")).exists(), "{says}: the run folder was made");
     }
+    // Without --lr-max/--lr-min the range test runs first: too few images for one batch.
+    let opts = RunOptions {
+        cfg: TrainConfig { subset: Some(32), ..good },
+        lr_given: false,
+        lr_find: Default::default(),
+        runs_dir: runs.path().to_path_buf(),
+        name: Some("bad-range-test".into()),
+        resume: false,
+        progress: false,
+        cuda_graph: false,
+        explicit: Vec::new(),
+    };
+    let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
+    assert!(e.contains("needs at least one full batch (64 images), got 32"), "{e}");
+    assert!(!runs.path().join("bad-range-test").exists(), "the run folder was made");
 }
 
 /// A profiled step on the CPU marks every operation of the network once per use: 8

@@ -162,12 +162,14 @@ impl Split {
     /// [`open_file`]), check each, and check that they hold `expected` records in all.
     pub fn open(dir: &Path, names: &[&str], expected: usize) -> Result<Split> {
         let mut files = Vec::new();
+        let mut paths = Vec::new();
         let mut starts = vec![0];
         for name in names {
             let (path, bytes) = open_file(dir, name)?;
             validate(&path, &bytes)?;
             starts.push(starts.last().copied().unwrap_or(0) + bytes.len() / RECORD_BYTES);
             files.push(bytes);
+            paths.push(path);
         }
         let total = *starts.last().unwrap_or(&0);
         if total != expected {
@@ -179,7 +181,7 @@ impl Split {
                 .flatten();
             return Err(match odd {
                 Some(i) => Error::Corrupt {
-                    path: dir.join(names[i]),
+                    path: paths[i].clone(),
                     msg: format!("holds {} records where each file holds {share} ({all})", starts[i + 1] - starts[i]),
                 },
                 None => Error::Corrupt { path: dir.to_path_buf(), msg: all },
@@ -343,6 +345,14 @@ pub(crate) mod tests {
         let e = Split::open(dir.path(), &TRAIN_FILES, 20).err().expect("a short file opened").to_string();
         assert!(e.contains("data_batch_4.bin: holds 3 records where each file holds 4"), "{e}");
         assert!(e.contains("hold 19 records, expected 20"), "{e}");
+        // Kept gzip-compressed, the file named is the one read.
+        let p = dir.path().join("data_batch_4.bin");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &std::fs::read(&p).unwrap()).unwrap();
+        std::fs::write(dir.path().join("data_batch_4.bin.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        let e = Split::open(dir.path(), &TRAIN_FILES, 20).err().expect("a short file opened").to_string();
+        assert!(e.contains("data_batch_4.bin.gz: holds 3 records"), "{e}");
     }
 
     #[test]

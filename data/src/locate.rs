@@ -83,21 +83,28 @@ pub fn download_from(url: &str, md5: &str, into: &Path) -> Result<PathBuf> {
         let p = p.to_path_buf();
         move |e| Error::Io { path: p, source: e }
     };
-    let mut out = std::fs::File::create(&part).map_err(io(&part))?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| Error::Download(format!("the download of {url} broke off: {e}. Rerun, or {what_to_do}")))?;
-        if n == 0 {
-            break;
+    let mut copy = || -> Result<()> {
+        let mut out = std::fs::File::create(&part).map_err(io(&part))?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| Error::Download(format!("the download of {url} broke off: {e}. Rerun, or {what_to_do}")))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(io(&part))?;
+            bar.inc(n as u64);
         }
-        out.write_all(&buf[..n]).map_err(io(&part))?;
-        bar.inc(n as u64);
-    }
+        out.sync_all().map_err(io(&part))
+    };
+    let copied = copy();
     bar.finish_and_clear();
-    out.sync_all().map_err(io(&part))?;
-    drop(out);
+    if copied.is_err() {
+        // A partial archive is of no use to a rerun, which starts over.
+        let _ = std::fs::remove_file(&part);
+        copied?;
+    }
     let result = verify_and_extract(&part, md5, into);
     if result.is_err() {
         let _ = std::fs::remove_file(&part);
@@ -179,6 +186,25 @@ mod tests {
         let e = download_from("http://127.0.0.1:9/cifar.tar.gz", MD5, &into).unwrap_err().to_string();
         assert!(e.contains(URL) && e.contains(MD5) && e.contains("cifar-10-batches-bin"), "{e}");
         assert!(!into.exists(), "a failed download left {} behind", into.display());
+    }
+
+    /// A server that sends the headers of a 1,000-byte archive, 10 bytes, and hangs up: the
+    /// error says the download broke off, and no partial file is left.
+    #[test]
+    fn a_download_that_breaks_off_leaves_nothing() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/cifar.tar.gz", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789").unwrap();
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let e = download_from(&url, MD5, dir.path()).unwrap_err().to_string();
+        server.join().unwrap();
+        assert!(e.contains("broke off"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a partial file was left");
     }
 
     #[test]

@@ -137,6 +137,22 @@ pub struct LrFindResult {
     pub diverged: bool,
 }
 
+/// Refuse a range test that cannot run: fewer than 2 steps, LR bounds out of order, or fewer
+/// training images than one full batch. Callers check before they write anything.
+pub fn check(lf: &LrFindConfig, cfg: &TrainConfig, split: &Split) -> Result<()> {
+    if lf.steps < 2 || !(lf.start_lr > 0.0 && lf.end_lr > lf.start_lr) {
+        return Err(Error::Invalid("the LR range test needs at least 2 steps (--lr-find-steps) and 0 < start_lr < end_lr".into()));
+    }
+    let n = cfg.train_len(split);
+    if n < cfg.batch_size {
+        return Err(Error::Invalid(format!(
+            "the LR range test needs at least one full batch ({} images), got {n}: lower --batch-size, or give --lr-max and --lr-min",
+            cfg.batch_size
+        )));
+    }
+    Ok(())
+}
+
 /// Run the range test on `model` (restored afterwards). `on_step(i, lr, smoothed)` after each step.
 pub fn lr_find(
     model: &mut ResNet9,
@@ -147,9 +163,7 @@ pub fn lr_find(
     lf: &LrFindConfig,
     mut on_step: impl FnMut(usize, f64, f64),
 ) -> Result<LrFindResult> {
-    if lf.steps < 2 || !(lf.start_lr > 0.0 && lf.end_lr > lf.start_lr) {
-        return Err(Error::Invalid("the LR range test needs at least 2 steps and 0 < start_lr < end_lr".into()));
-    }
+    check(lf, cfg, split)?;
     let saved = model.clone_on_device()?;
     let result = run(model, split, pipeline, norm, cfg, lf, &mut on_step);
     *model = saved;
@@ -170,9 +184,6 @@ fn run(
     let mut points: Vec<(f64, f64, f64)> = Vec::new();
     let (mut avg, mut best) = (0.0, f64::INFINITY);
     let mut diverged = false;
-    if n < cfg.batch_size {
-        return Err(Error::Invalid(format!("the LR range test needs at least one full batch ({} images), got {n}", cfg.batch_size)));
-    }
     let mut step = 0;
     // Cycle through epochs of shuffled, augmented batches (seeded apart from training's).
     'outer: for epoch in 0.. {

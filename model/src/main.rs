@@ -72,7 +72,7 @@ struct DataArgs {
     /// Folder holding the CIFAR-10 binary files (else $CIFAR10_DIR, else ./data/cifar-10-batches-bin).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Download the official archive into ./data if the files are not found.
+    /// Download the official archive into ./data when neither --data nor CIFAR10_DIR is given and ./data/cifar-10-batches-bin does not hold the files.
     #[arg(long)]
     download: bool,
 }
@@ -374,6 +374,8 @@ fn explicit_settings(m: &ArgMatches) -> Vec<String> {
         })
         .filter(|k| *k != "tta" && keys.contains_key(*k))
         .map(String::from)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect()
 }
 
@@ -494,6 +496,24 @@ mod tests {
 
     /// The flags given on the command line, as the checkpoint's setting names; defaults,
     /// `--tta` and the flags that are not recipe settings are left out.
+    /// Every recipe setting the checkpoint saves (but `tta`) has a flag that marks it given:
+    /// a renamed flag would drop out of `--resume`'s comparison, and this would fail.
+    #[test]
+    fn every_saved_setting_has_a_flag_that_marks_it() {
+        for key in TrainConfig::default().to_meta().into_keys().filter(|k| k != "tta") {
+            let flag = if key == "nesterov" { "--no-nesterov".to_string() } else { format!("--{}", key.replace('_', "-")) };
+            let mut args = vec!["model", "train", flag.as_str()];
+            let value = match key.as_str() {
+                "nesterov" | "bf16" | "channels_last" | "fused_bn_relu" | "separate_residual_add" | "cutout_inside" | "ema" => None,
+                "lr_max" | "lr_min" => Some("0.1"),
+                _ => Some("3"),
+            };
+            args.extend(value);
+            let m = Cli::command().try_get_matches_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(explicit_settings(m.subcommand_matches("train").unwrap()), [key.clone()], "{args:?}");
+        }
+    }
+
     #[test]
     fn explicit_settings_are_the_recipe_flags_given() {
         let given = |args: &[&str]| {
@@ -504,7 +524,7 @@ mod tests {
         };
         assert!(given(&["model", "train"]).is_empty());
         assert_eq!(
-            given(&["model", "train", "--epochs", "24", "--plain", "--tta", "--resume", "--name", "a", "--device", "cpu"]),
+            given(&["model", "train", "--epochs", "24", "--plain", "--bf16", "--tta", "--resume", "--name", "a", "--device", "cpu"]),
             ["bf16", "channels_last", "epochs", "fused_bn_relu"]
         );
         assert_eq!(given(&["model", "train", "--no-nesterov", "--lr-max", "0.4", "--lr-min", "0", "--ema"]), ["ema", "lr_max", "lr_min", "nesterov"]);

@@ -30,6 +30,7 @@ use engine::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use ops::sgd::SgdState;
 use rand::SeedableRng;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -182,6 +183,9 @@ fn precompile_kernels(device: &Device) -> Result<Option<String>> {
 pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f64> {
     // Before anything is written. (A resumed run's settings come from its checkpoint: checked below.)
     opts.cfg.check(opts.lr_given)?;
+    if !opts.resume && !opts.lr_given {
+        lr_find::check(&opts.lr_find, &opts.cfg, &ds.train)?;
+    }
     gpu_only(device, opts.cfg.bf16, opts.cfg.channels_last, opts.cuda_graph)?;
     std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
     let name = match &opts.name {
@@ -210,7 +214,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
             let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
                 .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: e.to_string() })?;
-            TrainConfig::from_meta(&header.metadata().clone().unwrap_or_default())?
+            TrainConfig::from_meta(&header.metadata().clone().unwrap_or_default())
+                .and_then(|cfg| cfg.check(true).map(|()| cfg))
+                .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: format!("its saved settings: {e}") })?
         };
         refuse_other_settings(&dir, &probe_cfg, &opts.cfg, &opts.explicit)?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(probe_cfg.seed);
@@ -466,10 +472,15 @@ fn epochs(n: usize) -> String {
 /// extended or changed part-way.
 fn refuse_other_settings(dir: &Path, saved: &TrainConfig, asked: &TrainConfig, explicit: &[String]) -> Result<()> {
     let (saved, asked) = (saved.to_meta(), asked.to_meta());
+    // An empty subset is the whole training split.
+    let shown = |m: &HashMap<String, String>, k: &str| match m.get(k).map(String::as_str) {
+        Some("") => "all".to_string(),
+        v => v.unwrap_or("?").to_string(),
+    };
     let differ: Vec<String> = explicit
         .iter()
         .filter(|k| asked.get(*k) != saved.get(*k))
-        .map(|k| format!("{k} {} (saved: {})", asked.get(k).map_or("?", String::as_str), saved.get(k).map_or("?", String::as_str)))
+        .map(|k| format!("{k} {} (saved: {})", shown(&asked, k), shown(&saved, k)))
         .collect();
     if differ.is_empty() {
         return Ok(());
@@ -634,6 +645,7 @@ fn write_misclassified(dir: &Path, ds: &Cifar10, wrong: &[(usize, u32)]) -> Resu
 /// The `lr-find` command: the range test alone, its plot and CSV in `runs/<name>/`.
 pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()> {
     opts.cfg.check(false)?;
+    lr_find::check(&opts.lr_find, &opts.cfg, &ds.train)?;
     gpu_only(device, opts.cfg.bf16, opts.cfg.channels_last, false)?;
     std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
     let name = opts.name.clone().unwrap_or_else(|| fresh_run_name(&opts.runs_dir));
@@ -927,6 +939,27 @@ mod tests {
     }
 
     use super::*;
+
+    /// A run trained on a GPU with the default speed options: resuming it with the command line
+    /// that started it passes, whatever flags of it were typed; `--plain` (which turns those
+    /// options off) and a longer run are refused with each setting named once; a whole-split
+    /// run shows its subset as "all".
+    #[test]
+    fn a_resume_refuses_only_the_settings_that_differ() {
+        let dir = Path::new("runs/a");
+        let saved = TrainConfig { bf16: true, channels_last: true, fused_bn_relu: true, lr_max: 0.4, lr_min: 0.004, ..TrainConfig::default() };
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // `model train --bf16 --epochs 24` on a GPU: bf16 is on either way.
+        refuse_other_settings(dir, &saved, &TrainConfig { lr_max: 0.0, lr_min: 0.0, ..saved.clone() }, &keys(&["bf16", "epochs"])).unwrap();
+        // --plain turns the speed options off.
+        let plain = TrainConfig { bf16: false, channels_last: false, fused_bn_relu: false, ..saved.clone() };
+        let e = refuse_other_settings(dir, &saved, &plain, &keys(&["bf16", "channels_last", "fused_bn_relu"])).unwrap_err().to_string();
+        assert!(e.contains("asks for others: bf16 false (saved: true), channels_last false (saved: true), fused_bn_relu false (saved: true)."), "{e}");
+        let e = refuse_other_settings(dir, &saved, &TrainConfig { subset: Some(5000), epochs: 30, ..saved.clone() }, &keys(&["epochs", "subset"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("epochs 30 (saved: 24), subset 5000 (saved: all)"), "{e}");
+    }
 
     #[test]
     fn metrics_round_trip() {
