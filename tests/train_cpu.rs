@@ -83,8 +83,25 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     assert_eq!(std::fs::read(dir.join("train.log")).unwrap(), log_before, "a refused resume wrote to the log");
     let same = RunOptions { resume: true, explicit: vec!["epochs".into(), "width".into()], ..opts.clone() };
     assert!((run_training(&ds, &engine::Device::Cpu, same).unwrap() - acc).abs() < 1e-9);
+    // A run stopped after it saved the checkpoints of epoch 3 but before their metrics row: the
+    // files disagree (resuming from them would train epoch 3 again on epoch 3's weights), so the
+    // resume takes epoch 2's files, kept beside them, and trains epoch 3 again: the same run.
+    let same_run = |why: &str| {
+        let again = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts.clone() }).unwrap();
+        assert_eq!(again, acc, "{why}: epoch 3 trained again from epoch 2's checkpoint ends elsewhere");
+        let rows_again = read_metrics(&dir.join("metrics.csv")).unwrap();
+        let key = |r: &model::run::EpochRecord| (r.epoch, r.lr, r.train_loss, r.train_acc, r.test_loss, r.test_acc, r.test_acc_tta);
+        assert_eq!(rows_again.iter().map(key).collect::<Vec<_>>(), rows.iter().map(key).collect::<Vec<_>>(), "{why}");
+        let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        let at = lines.iter().rposition(|l| l.starts_with("The last checkpoint cannot be used")).expect("no recovery line");
+        assert!(lines[at].contains(why) && lines[at].ends_with("resuming from the previous epoch's, kept beside it"), "{why}: {}", lines[at]);
+        assert!(lines[at + 1].starts_with("Resuming ") && lines[at + 1].ends_with("after epoch 2 of 3"), "{}", lines[at + 1]);
+    };
+    model::run::write_metrics(&dir.join("metrics.csv"), &rows[..2]).unwrap();
+    same_run("model.safetensors was saved after epoch 3 but");
     // Settings damaged in the checkpoint's metadata (not covered by its tensors' checksum) are
-    // checked as the command line's are, before the log is touched.
+    // checked as the command line's are, and the previous epoch's checkpoint takes over.
     let opt_path = dir.join("optimizer.safetensors");
     let original = std::fs::read(&opt_path).unwrap();
     {
@@ -94,16 +111,18 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
         meta.insert("momentum".into(), "9.9".into());
         std::fs::write(&opt_path, safetensors::serialize(st.tensors(), Some(meta)).unwrap()).unwrap();
     }
-    let log_before = std::fs::read(dir.join("train.log")).unwrap();
-    let e = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts.clone() }).unwrap_err().to_string();
-    assert!(e.contains("optimizer.safetensors: its saved settings: --momentum must be in [0, 1), got 9.9"), "{e}");
-    assert_eq!(std::fs::read(dir.join("train.log")).unwrap(), log_before, "a refused resume wrote to the log");
-    std::fs::write(&opt_path, &original).unwrap();
-    // A run stopped after it saved the checkpoints of epoch 3 but before their metrics row: the
-    // files disagree, and resuming is refused (it would train epoch 3 again on epoch 3's weights).
+    same_run("optimizer.safetensors: its saved settings: --momentum must be in [0, 1), got 9.9");
+    // A checkpoint damaged on disk since (its checksum) gives way to the previous one too.
+    let mut damaged = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let i = damaged.len() - 64;
+    damaged[i] ^= 0x40;
+    std::fs::write(dir.join("model.safetensors"), damaged).unwrap();
+    same_run("do not match the checksum");
+    // With the previous epoch's files unusable too, the resume is refused and changes nothing.
     model::run::write_metrics(&dir.join("metrics.csv"), &rows[..2]).unwrap();
+    std::fs::remove_file(dir.join("model.prev.safetensors")).unwrap();
     let e = run_training(&ds, &engine::Device::Cpu, RunOptions { resume: true, ..opts }).unwrap_err().to_string();
-    assert!(e.contains("model.safetensors was saved after epoch 3") && e.contains("records 2 epochs"), "{e}");
+    assert!(e.contains("model.safetensors was saved after epoch 3") && e.contains("cannot be used either"), "{e}");
     assert_eq!(read_metrics(&dir.join("metrics.csv")).unwrap().len(), 2, "the files were changed");
 }
 

@@ -176,7 +176,7 @@ impl Split {
             let all = format!("{} hold {total} records, expected {expected}", names.join(", "));
             // The official files hold equal shares: name the first that does not.
             let share = expected / names.len();
-            let odd = (expected % names.len() == 0)
+            let odd = expected.is_multiple_of(names.len())
                 .then(|| starts.windows(2).position(|w| w[1] - w[0] != share))
                 .flatten();
             return Err(match odd {

@@ -17,6 +17,9 @@ pub enum Error {
     Training(String),
     #[error("{0}")]
     Invalid(String),
+    /// `--resume` asked for settings other than the checkpoint's (see `run::refuse_other_settings`).
+    #[error("{0}")]
+    OtherSettings(String),
 }
 
 /// The model crate's result type.

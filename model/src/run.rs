@@ -11,7 +11,10 @@
 //! - `misclassified.png`: test images the final model gets wrong;
 //! - `model.safetensors` (PyTorch `state_dict`; with `--ema` the moving average of the
 //!   weights) and `optimizer.safetensors` (for `--resume`), written atomically at the end of
-//!   every epoch.
+//!   every epoch;
+//! - `model.prev.safetensors`, `optimizer.prev.safetensors`, `metrics.prev.csv`: the three
+//!   files of the epoch before, which `--resume` takes when the last ones cannot be used
+//!   ([`RunFiles`], [`read_checkpoint`]).
 
 use crate::batches::Normalization;
 use crate::checkpoint;
@@ -208,59 +211,56 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         )));
     }
     // The run's settings, network, optimizer state and history, and with --ema the average
-    // read back from the checkpoint; all checked before the run folder is touched.
+    // read back from the checkpoint; all checked before the run folder is touched. A
+    // checkpoint that cannot be used (a run stopped while it saved its files, or a file damaged
+    // since) gives way to the previous epoch's, kept beside it.
+    let mut recovered = None;
     let (mut cfg, mut model, mut state, mut rows, mut average) = if opts.resume {
-        let probe_cfg = {
-            let bytes = std::fs::read(&opt_path).map_err(|e| Error::io(&opt_path, e))?;
-            let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-                .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: e.to_string() })?;
-            TrainConfig::from_meta(&header.metadata().clone().unwrap_or_default())
-                .and_then(|cfg| cfg.check(true).map(|()| cfg))
-                .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: format!("its saved settings: {e}") })?
-        };
-        refuse_other_settings(&dir, &probe_cfg, &opts.cfg, &opts.explicit)?;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(probe_cfg.seed);
-        let mut model = ResNet9::new(probe_cfg.width, probe_cfg.out_scale, DType::F32, &mut rng)?;
-        let model_meta = checkpoint::load_model(&model_path, &mut model)?;
-        // With --ema, model.safetensors is the average; the trained weights are beside the
-        // momentum buffers.
-        let average = if probe_cfg.ema {
-            let average = model.clone();
-            checkpoint::load_trained(&opt_path, &mut model)?;
-            Some(average)
-        } else {
-            None
-        };
-        let (state, opt_meta) = checkpoint::load_optimizer(&opt_path, &model)?;
-        let rows = read_metrics(&metrics_path)?;
-        // The three files are written one after the other at the end of an epoch: a run stopped
-        // between two of them would resume from files of different epochs.
-        for (path, meta) in [(&model_path, &model_meta), (&opt_path, &opt_meta)] {
-            if let Some(done) = checkpoint::epochs_done(path, meta)?
-                && done != rows.len()
-            {
-                return Err(Error::Invalid(format!(
-                    "{} was saved after epoch {done} but {} records {} epochs: the run stopped while it saved them, and \
-                     resuming would mix epochs; the files are left as they are (start a new run under another --name)",
-                    path.display(),
-                    metrics_path.display(),
-                    rows.len()
-                )));
+        let files = RunFiles::new(&dir, "");
+        let r = match read_checkpoint(&files, &opts) {
+            Ok(r) => r,
+            Err(e @ Error::OtherSettings(_)) => return Err(e),
+            Err(last) => {
+                let prev = RunFiles::new(&dir, PREV);
+                if !prev.opt.exists() {
+                    return Err(Error::Invalid(format!(
+                        "{last}. The files are left as they are (start a new run under another --name)"
+                    )));
+                }
+                match read_checkpoint(&prev, &opts) {
+                    Ok(r) => {
+                        recovered = Some((last, prev, files));
+                        r
+                    }
+                    Err(e) => {
+                        return Err(Error::Invalid(format!(
+                            "{last}; the previous epoch's checkpoint beside it cannot be used either ({e}). The files are left as \
+                             they are (start a new run under another --name)"
+                        )));
+                    }
+                }
             }
-        }
+        };
         // The recipe comes from the checkpoint; --tta only adds to the evaluation, so the
         // command line's choice holds (as --cuda-graph's does).
-        let probe_cfg = TrainConfig { tta: opts.cfg.tta, ..probe_cfg };
-        (probe_cfg, model, state, rows, average)
+        (TrainConfig { tta: opts.cfg.tta, ..r.cfg }, r.model, r.state, r.rows, r.average)
     } else {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.cfg.seed);
         let model = ResNet9::new(opts.cfg.width, opts.cfg.out_scale, DType::F32, &mut rng)?;
         (opts.cfg.clone(), model, SgdState::default(), Vec::new(), None)
     };
     gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
+    if let Some((_, prev, files)) = &recovered {
+        // The previous epoch's files become the run's again, so that the next checkpoint keeps
+        // them, not the unusable ones, as its previous.
+        prev.restore_over(files)?;
+    }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut log = Logger::new(Some(&dir.join("train.log")))?;
     log.line(&format!("Device: {device}"));
+    if let Some((why, _, _)) = &recovered {
+        log.line(&format!("The last checkpoint cannot be used ({why}): resuming from the previous epoch's, kept beside it"));
+    }
     if opts.resume {
         log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), rows.len(), cfg.epochs));
     }
@@ -393,7 +393,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             eval_seconds,
             test_acc_tta: eval.tta_accuracy(),
         });
-        // Checkpoint first, then the metrics that say it exists.
+        // The last epoch's files are kept (for a resume that finds these unusable), then the
+        // checkpoint first, then the metrics that say it exists.
+        RunFiles::new(&dir, PREV).keep_from(&RunFiles::new(&dir, ""))?;
         checkpoint::save_model(&model_path, ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1))?;
         let mut meta = cfg.to_meta();
         meta.insert(checkpoint::EPOCHS_DONE.into(), (epoch + 1).to_string());
@@ -461,6 +463,112 @@ fn evaluated<'a>(model: &'a mut ResNet9, ema: &'a mut Option<Ema>) -> &'a mut Re
     }
 }
 
+/// The suffix of the previous epoch's checkpoint files (`model.prev.safetensors`, ...).
+const PREV: &str = ".prev";
+
+/// A run folder's checkpoint files: `model<suffix>.safetensors`, `optimizer<suffix>.safetensors`
+/// and `metrics<suffix>.csv`, the last epoch's (suffix "") or the one before ([`PREV`]).
+struct RunFiles {
+    model: PathBuf,
+    opt: PathBuf,
+    metrics: PathBuf,
+}
+
+impl RunFiles {
+    fn new(dir: &Path, suffix: &str) -> RunFiles {
+        RunFiles {
+            model: dir.join(format!("model{suffix}.safetensors")),
+            opt: dir.join(format!("optimizer{suffix}.safetensors")),
+            metrics: dir.join(format!("metrics{suffix}.csv")),
+        }
+    }
+
+    fn all(&self) -> [&PathBuf; 3] {
+        [&self.model, &self.opt, &self.metrics]
+    }
+
+    /// Make these files copies of `from`'s (those that exist), each replaced atomically: a hard
+    /// link where the file system allows, else a copy.
+    fn keep_from(&self, from: &RunFiles) -> Result<()> {
+        for (src, dst) in from.all().into_iter().zip(self.all()) {
+            if !src.exists() {
+                continue;
+            }
+            let mut tmp = dst.as_os_str().to_owned();
+            tmp.push(".tmp");
+            let tmp = PathBuf::from(tmp);
+            let _ = std::fs::remove_file(&tmp);
+            if std::fs::hard_link(src, &tmp).is_err() {
+                std::fs::copy(src, &tmp).map_err(|e| Error::io(&tmp, e))?;
+            }
+            std::fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))?;
+        }
+        Ok(())
+    }
+
+    /// Put these files back as `to`'s (used when `to`'s cannot be read).
+    fn restore_over(&self, to: &RunFiles) -> Result<()> {
+        to.keep_from(self)
+    }
+}
+
+/// What a run's checkpoint files hold: its settings, network (the trained weights), optimizer
+/// state, metrics, and with `--ema` the average.
+struct Checkpoint {
+    cfg: TrainConfig,
+    model: ResNet9,
+    state: SgdState,
+    rows: Vec<EpochRecord>,
+    average: Option<ResNet9>,
+}
+
+/// Read `files` back for `--resume`, checking everything before anything is written: the saved
+/// settings (and that the command line asks for no others), every tensor's name, shape and
+/// checksum, and that the three files were saved after the same epoch.
+fn read_checkpoint(files: &RunFiles, opts: &RunOptions) -> Result<Checkpoint> {
+    let opt_path = &files.opt;
+    let cfg = {
+        let bytes = std::fs::read(opt_path).map_err(|e| Error::io(opt_path, e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: e.to_string() })?;
+        TrainConfig::from_meta(&header.metadata().clone().unwrap_or_default())
+            .and_then(|cfg| cfg.check(true).map(|()| cfg))
+            .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: format!("its saved settings: {e}") })?
+    };
+    let dir = opt_path.parent().unwrap_or(Path::new("."));
+    refuse_other_settings(dir, &cfg, &opts.cfg, &opts.explicit)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
+    let model_meta = checkpoint::load_model(&files.model, &mut model)?;
+    // With --ema, model.safetensors is the average; the trained weights are beside the
+    // momentum buffers.
+    let average = if cfg.ema {
+        let average = model.clone();
+        checkpoint::load_trained(opt_path, &mut model)?;
+        Some(average)
+    } else {
+        None
+    };
+    let (state, opt_meta) = checkpoint::load_optimizer(opt_path, &model)?;
+    let rows = read_metrics(&files.metrics)?;
+    // The three files are written one after the other at the end of an epoch: a run stopped
+    // between two of them would resume from files of different epochs.
+    for (path, meta) in [(&files.model, &model_meta), (opt_path, &opt_meta)] {
+        if let Some(done) = checkpoint::epochs_done(path, meta)?
+            && done != rows.len()
+        {
+            return Err(Error::Invalid(format!(
+                "{} was saved after epoch {done} but {} records {} epochs: the run stopped while it saved them, and \
+                 resuming from them would mix epochs",
+                path.display(),
+                files.metrics.display(),
+                rows.len()
+            )));
+        }
+    }
+    Ok(Checkpoint { cfg, model, state, rows, average })
+}
+
 /// "1 epoch", "24 epochs".
 fn epochs(n: usize) -> String {
     if n == 1 { "1 epoch".into() } else { format!("{n} epochs") }
@@ -485,7 +593,7 @@ fn refuse_other_settings(dir: &Path, saved: &TrainConfig, asked: &TrainConfig, e
     if differ.is_empty() {
         return Ok(());
     }
-    Err(Error::Invalid(format!(
+    Err(Error::OtherSettings(format!(
         "--resume continues {} with the settings saved in its checkpoint, and the command line asks for others: {}. \
          A one-cycle run cannot be extended or changed part-way: drop those flags to finish it, or start a new run \
          under another --name",
