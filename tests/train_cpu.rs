@@ -98,6 +98,17 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
         assert!(lines[at].contains(why) && lines[at].ends_with("resuming from the previous epoch's, kept beside it"), "{why}: {}", lines[at]);
         assert!(lines[at + 1].starts_with("Resuming ") && lines[at + 1].ends_with("after epoch 2 of 3"), "{}", lines[at + 1]);
     };
+    // The state a run killed during epoch 3's save leaves: the last epoch's files kept as hard
+    // links (optimizer.prev.safetensors and metrics.prev.csv are the same files as the run's),
+    // then epoch 3's model.safetensors written. Resuming from it, and saving after it, must
+    // write none of the shared files in place: the second recovery below needs them intact.
+    for (prev, last) in [("optimizer.prev.safetensors", "optimizer.safetensors"), ("metrics.prev.csv", "metrics.csv")] {
+        std::fs::remove_file(dir.join(last)).unwrap();
+        std::fs::hard_link(dir.join(prev), dir.join(last)).unwrap();
+    }
+    same_run("model.safetensors was saved after epoch 3 but");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     model::run::write_metrics(&dir.join("metrics.csv"), &rows[..2]).unwrap();
     same_run("model.safetensors was saved after epoch 3 but");
     // Settings damaged in the checkpoint's metadata (not covered by its tensors' checksum) are

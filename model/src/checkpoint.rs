@@ -1,7 +1,9 @@
 //! Checkpoints in safetensors format.
 //!
-//! A run folder holds two files, both written atomically (to `<file>.tmp`,
-//! synced, then renamed over the old one, so a crash never leaves a torn file):
+//! A run folder holds two checkpoint files, both written atomically (to a new `<file>.tmp`,
+//! synced, then renamed over the old one, so a crash never leaves a torn file), and the
+//! same two of the epoch before (`model.prev.safetensors`, `optimizer.prev.safetensors`,
+//! kept by `run.rs` for a resume that finds the last ones unusable):
 //!
 //! - `model.safetensors`: exactly the PyTorch `state_dict` of the network in
 //!   `bench/resnet9.py`: every parameter (f32, same names and layouts:
@@ -32,12 +34,16 @@ fn err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
 }
 
-/// Write `bytes` to `path` atomically: a sibling temporary file, fsync, rename.
+/// Write `bytes` to `path` atomically: a new sibling temporary file, fsync, rename. The
+/// temporary file is always a new one (a leftover is removed first), never an existing file
+/// opened for writing: that could be a hard link to a file kept elsewhere (`run.rs` keeps the
+/// previous epoch's checkpoint as hard links), which writing in place would change too.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     drop(f);

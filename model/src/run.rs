@@ -202,9 +202,14 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     let metrics_path = dir.join("metrics.csv");
     if opts.resume {
         if !opt_path.exists() {
-            return Err(Error::Invalid(format!("nothing to resume: {} does not exist", opt_path.display())));
+            return Err(Error::Invalid(format!(
+                "nothing to resume: {} does not exist (a run stopped before it saved its first epoch starts again without --resume)",
+                opt_path.display()
+            )));
         }
-    } else if model_path.exists() {
+    } else if opt_path.exists() {
+        // (model.safetensors alone is a run stopped while it saved its first epoch: nothing to
+        // resume, so it may start again.)
         return Err(Error::Invalid(format!(
             "{} already holds a run; pass --resume to continue it, or choose another --name",
             dir.display()
@@ -219,7 +224,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         let files = RunFiles::new(&dir, "");
         let r = match read_checkpoint(&files, &opts) {
             Ok(r) => r,
-            Err(e @ Error::OtherSettings(_)) => return Err(e),
+            // The command line's fault, or a file that could not be read right now (not a
+            // missing or damaged one): nothing the previous epoch's files would mend.
+            Err(e) if !unusable_checkpoint(&e) => return Err(e),
             Err(last) => {
                 let prev = RunFiles::new(&dir, PREV);
                 if !prev.opt.exists() {
@@ -232,6 +239,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
                         recovered = Some((last, prev, files));
                         r
                     }
+                    Err(e @ Error::OtherSettings(_)) => return Err(e),
                     Err(e) => {
                         return Err(Error::Invalid(format!(
                             "{last}; the previous epoch's checkpoint beside it cannot be used either ({e}). The files are left as \
@@ -488,7 +496,8 @@ impl RunFiles {
     }
 
     /// Make these files copies of `from`'s (those that exist), each replaced atomically: a hard
-    /// link where the file system allows, else a copy.
+    /// link where the file system allows, else a synced copy. (The files are never written in
+    /// place: `checkpoint::write_atomic` replaces them, so a link stays what it was.)
     fn keep_from(&self, from: &RunFiles) -> Result<()> {
         for (src, dst) in from.all().into_iter().zip(self.all()) {
             if !src.exists() {
@@ -500,15 +509,19 @@ impl RunFiles {
             let _ = std::fs::remove_file(&tmp);
             if std::fs::hard_link(src, &tmp).is_err() {
                 std::fs::copy(src, &tmp).map_err(|e| Error::io(&tmp, e))?;
+                std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
             }
             std::fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))?;
+            // Renaming a link over another link to the same file does nothing and succeeds,
+            // leaving the temporary name behind.
+            let _ = std::fs::remove_file(&tmp);
         }
         Ok(())
     }
 
     /// Put these files back as `to`'s (used when `to`'s cannot be read).
     fn restore_over(&self, to: &RunFiles) -> Result<()> {
-        to.keep_from(self)
+        to.keep_from(self).map_err(|e| Error::Invalid(format!("restoring the previous epoch's checkpoint: {e}")))
     }
 }
 
@@ -567,6 +580,18 @@ fn read_checkpoint(files: &RunFiles, opts: &RunOptions) -> Result<Checkpoint> {
         }
     }
     Ok(Checkpoint { cfg, model, state, rows, average })
+}
+
+/// Whether `e`, from [`read_checkpoint`], says the checkpoint files cannot be used (damaged,
+/// missing, of different epochs), so that the previous epoch's may take their place; not for
+/// other settings asked on the command line, nor for I/O errors other than a missing file
+/// (permissions, a full file table: the files may be fine).
+fn unusable_checkpoint(e: &Error) -> bool {
+    match e {
+        Error::OtherSettings(_) => false,
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => true,
+    }
 }
 
 /// "1 epoch", "24 epochs".
@@ -1067,6 +1092,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("epochs 30 (saved: 24), subset 5000 (saved: all)"), "{e}");
+    }
+
+    /// The previous epoch's checkpoint takes over for damaged or missing files, not for the
+    /// command line's settings nor for files that could not be read right now.
+    #[test]
+    fn only_unusable_files_give_way_to_the_previous_epoch() {
+        let io = |kind| Error::io("runs/a/model.safetensors", std::io::Error::from(kind));
+        assert!(unusable_checkpoint(&io(std::io::ErrorKind::NotFound)));
+        assert!(!unusable_checkpoint(&io(std::io::ErrorKind::PermissionDenied)));
+        assert!(unusable_checkpoint(&Error::Checkpoint { path: "m".into(), msg: "damaged".into() }));
+        assert!(!unusable_checkpoint(&Error::OtherSettings("epochs 5 (saved: 3)".into())));
     }
 
     #[test]

@@ -26,7 +26,8 @@
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
 # Every result goes to /root/results on the device (kept while the machine is warm), and after
-# each step the whole folder but the checkpoints (*.safetensors, 25 MiB each at full width) is
+# each step the whole folder but the checkpoints (*.safetensors, 25 MiB each at full width, and a
+# *.tmp one a run killed while it saved leaves) is
 # packed into $OUT/results.tgz: the tool brings back at most 8 files of at most 16 MiB, so one
 # archive, rewritten after every step, comes back whole even if a later step is cut short.
 # Unpack it here with `tar -xzf results.tgz -C DIR`.
@@ -127,7 +128,7 @@ official_candidates() {
 
 # Rewrite $OUT/results.tgz from $RES (checkpoints left out).
 pack() {
-    tar -czf "$OUT/results.tgz.part" --exclude='*.safetensors' -C "$RES" . && mv "$OUT/results.tgz.part" "$OUT/results.tgz"
+    tar -czf "$OUT/results.tgz.part" --exclude='*.safetensors' --exclude='*.tmp' -C "$RES" . && mv "$OUT/results.tgz.part" "$OUT/results.tgz"
     echo "on-gpu.sh: packed $(du -h "$OUT/results.tgz" | cut -f1) of results into \$OUT/results.tgz"
 }
 
