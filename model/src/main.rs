@@ -150,7 +150,7 @@ struct TrainArgs {
     /// Run folder name (default: the first free run-N).
     #[arg(long)]
     name: Option<String>,
-    /// Continue the run --name from its last checkpoint.
+    /// Finish the run --name from its last checkpoint (or the one of the epoch before, when the last cannot be used), with the settings saved in it: flags asking for others are refused.
     #[arg(long)]
     resume: bool,
     /// No progress bar.
