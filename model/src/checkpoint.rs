@@ -17,7 +17,7 @@
 //!   second `state_dict` whose names start with `trained.`: training resumes from those.
 //!
 //! Both files carry in their metadata the CRC-32 of their tensors' bytes (key `crc32`, see
-//! [`tensors_crc`]): loading checks it, so a file damaged on disk after it was written is
+//! `tensors_crc`): loading checks it, so a file damaged on disk after it was written is
 //! refused instead of trained on. (safetensors checks the header and the sizes, not the
 //! values; a file without the key, such as one PyTorch wrote, is loaded unchecked.)
 

@@ -14,7 +14,7 @@
 //!   every epoch;
 //! - `model.prev.safetensors`, `optimizer.prev.safetensors`, `metrics.prev.csv`: the three
 //!   files of the epoch before, which `--resume` takes when the last ones cannot be used
-//!   ([`RunFiles`], [`read_checkpoint`]).
+//!   (`RunFiles`, `read_checkpoint`).
 
 use crate::batches::Normalization;
 use crate::checkpoint;
