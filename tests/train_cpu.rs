@@ -129,6 +129,10 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     damaged[i] ^= 0x40;
     std::fs::write(dir.join("model.safetensors"), damaged).unwrap();
     same_run("do not match the checksum");
+    // Files gone (deleted by hand): the previous epoch's take over too.
+    std::fs::remove_file(dir.join("optimizer.safetensors")).unwrap();
+    std::fs::remove_file(dir.join("metrics.csv")).unwrap();
+    same_run("optimizer.safetensors: No such file");
     // With the previous epoch's files unusable too, the resume is refused and changes nothing.
     model::run::write_metrics(&dir.join("metrics.csv"), &rows[..2]).unwrap();
     std::fs::remove_file(dir.join("model.prev.safetensors")).unwrap();

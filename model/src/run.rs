@@ -201,7 +201,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     let opt_path = dir.join("optimizer.safetensors");
     let metrics_path = dir.join("metrics.csv");
     if opts.resume {
-        if !opt_path.exists() {
+        if !opt_path.exists() && !RunFiles::new(&dir, PREV).opt.exists() {
             return Err(Error::Invalid(format!(
                 "nothing to resume: {} does not exist (a run stopped before it saved its first epoch starts again without --resume)",
                 opt_path.display()
@@ -641,11 +641,11 @@ fn search_rule(search: ConvSearch) -> String {
 }
 
 /// "LRMAX=… LRMIN=… (rules … and …; smoothed minimum at …, steepest descent at …, valley at …,
-/// loss falls from …" (the caller closes it). The onset is shown before the bounds of the
+/// loss falls from …" or "no point where the loss starts to fall" (the caller closes it). The onset is shown before the bounds of the
 /// `onset` rule apply.
 fn suggestion(r: &lr_find::LrFindResult, lf: &LrFindConfig) -> String {
     format!(
-        "LRMAX={:.4e} LRMIN={:.4e} (rules {} and {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}, valley at {:.3e}, loss falls from {}",
+        "LRMAX={:.4e} LRMIN={:.4e} (rules {} and {:?}; smoothed minimum at {:.3e}, steepest descent at {:.3e}, valley at {:.3e}, {}",
         r.lr_max,
         r.lr_min,
         if r.lr_max_rule == lf.rule { format!("{:?}", r.lr_max_rule) } else { format!("{:?} (the loss never turned up inside the range, so not {:?})", r.lr_max_rule, lf.rule) },
@@ -653,7 +653,7 @@ fn suggestion(r: &lr_find::LrFindResult, lf: &LrFindConfig) -> String {
         r.lr_at_minimum,
         r.lr_steepest,
         r.lr_valley,
-        r.lr_onset.map_or("nowhere".to_string(), |lr| format!("{lr:.3e}"))
+        r.lr_onset.map_or("no point where the loss starts to fall".to_string(), |lr| format!("loss falls from {lr:.3e}"))
     )
 }
 
