@@ -185,12 +185,58 @@ fn open<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<St
     Ok((st, meta))
 }
 
-/// The trained weights that [`save_optimizer`] stored beside the momentum buffers (a run with
-/// `--ema`), loaded into `model` as [`load_model`] does; an error if the file has none.
+/// A checkpoint file read once, its checksum checked: `--resume` takes the run's settings, the
+/// trained weights and the momentum buffers from one `optimizer.safetensors` without reading
+/// (and checking) it three times.
+pub struct CheckpointFile {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    meta: HashMap<String, String>,
+}
+
+impl CheckpointFile {
+    pub fn read(path: &Path) -> Result<CheckpointFile> {
+        let bytes = read_file(path)?;
+        let (_, meta) = open(path, &bytes)?;
+        Ok(CheckpointFile { path: path.to_path_buf(), bytes, meta })
+    }
+
+    /// The file's metadata (empty if it has none).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.meta
+    }
+
+    fn tensors(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.bytes).map_err(|e| err(&self.path, format!("not a safetensors file: {e}")))
+    }
+
+    /// The trained weights that [`save_optimizer`] stored beside the momentum buffers (a run
+    /// with `--ema`), loaded into `model` as [`load_model`] does; an error if the file has none.
+    pub fn load_trained(&self, model: &mut ResNet9) -> Result<()> {
+        load_state_dict(&self.path, &self.tensors()?, TRAINED, model)
+    }
+
+    /// What [`save_optimizer`] wrote: the momentum buffers (checked against the network's
+    /// shapes); the metadata is [`CheckpointFile::metadata`].
+    pub fn load_optimizer(&self, model: &ResNet9) -> Result<SgdState> {
+        let st = self.tensors()?;
+        let names = st.names();
+        let mut bufs = Vec::with_capacity(model.params.len());
+        for (i, p) in model.params.iter().enumerate() {
+            let name = format!("momentum.{}", model.arch.param_names[i]);
+            if names.iter().any(|n| *n == name) {
+                bufs.push(Some(load_f32(&self.path, &st, &name, p.shape(), p.dtype())?));
+            } else {
+                bufs.push(None);
+            }
+        }
+        Ok(SgdState { momentum_buffers: bufs })
+    }
+}
+
+/// [`CheckpointFile::load_trained`] of the file at `path`.
 pub fn load_trained(path: &Path, model: &mut ResNet9) -> Result<()> {
-    let bytes = read_file(path)?;
-    let (st, _) = open(path, &bytes)?;
-    load_state_dict(path, &st, TRAINED, model)
+    CheckpointFile::read(path)?.load_trained(model)
 }
 
 /// The names' prefix of the trained weights in `optimizer.safetensors`.
@@ -230,22 +276,11 @@ pub fn save_optimizer(path: &Path, model: &ResNet9, state: &SgdState, meta: Hash
     serialize(path, entries, meta)
 }
 
-/// Load what [`save_optimizer`] wrote: the momentum buffers (checked against the
+/// Load what [`save_optimizer`] wrote to `path`: the momentum buffers (checked against the
 /// network's shapes) and the metadata.
 pub fn load_optimizer(path: &Path, model: &ResNet9) -> Result<(SgdState, HashMap<String, String>)> {
-    let bytes = read_file(path)?;
-    let (st, meta) = open(path, &bytes)?;
-    let names = st.names();
-    let mut bufs = Vec::with_capacity(model.params.len());
-    for (i, p) in model.params.iter().enumerate() {
-        let name = format!("momentum.{}", model.arch.param_names[i]);
-        if names.iter().any(|n| *n == name) {
-            bufs.push(Some(load_f32(path, &st, &name, p.shape(), p.dtype())?));
-        } else {
-            bufs.push(None);
-        }
-    }
-    Ok((SgdState { momentum_buffers: bufs }, meta))
+    let file = CheckpointFile::read(path)?;
+    Ok((file.load_optimizer(model)?, file.meta))
 }
 
 #[cfg(test)]

@@ -197,17 +197,16 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         None => fresh_run_name(&opts.runs_dir),
     };
     let dir = opts.runs_dir.join(&name);
-    let model_path = dir.join("model.safetensors");
-    let opt_path = dir.join("optimizer.safetensors");
-    let metrics_path = dir.join("metrics.csv");
+    // The checkpoint files of the last epoch, and those of the epoch before.
+    let (files, prev) = (RunFiles::new(&dir, ""), RunFiles::new(&dir, PREV));
     if opts.resume {
-        if !opt_path.exists() && !RunFiles::new(&dir, PREV).opt.exists() {
+        if !files.opt.exists() && !prev.opt.exists() {
             return Err(Error::Invalid(format!(
                 "nothing to resume: {} does not exist (a run stopped before it saved its first epoch starts again without --resume)",
-                opt_path.display()
+                files.opt.display()
             )));
         }
-    } else if opt_path.exists() {
+    } else if files.opt.exists() {
         // (model.safetensors alone is a run stopped while it saved its first epoch: nothing to
         // resume, so it may start again.)
         return Err(Error::Invalid(format!(
@@ -221,14 +220,12 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     // since) gives way to the previous epoch's, kept beside it.
     let mut recovered = None;
     let (mut cfg, mut model, mut state, mut rows, mut average) = if opts.resume {
-        let files = RunFiles::new(&dir, "");
         let r = match read_checkpoint(&files, &opts) {
             Ok(r) => r,
             // The command line's fault, or a file that could not be read right now (not a
             // missing or damaged one): nothing the previous epoch's files would mend.
             Err(e) if !unusable_checkpoint(&e) => return Err(e),
             Err(last) => {
-                let prev = RunFiles::new(&dir, PREV);
                 if !prev.opt.exists() {
                     return Err(Error::Invalid(format!(
                         "{last}. The files are left as they are (start a new run under another --name)"
@@ -236,7 +233,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
                 }
                 match read_checkpoint(&prev, &opts) {
                     Ok(r) => {
-                        recovered = Some((last, prev, files));
+                        recovered = Some(last);
                         r
                     }
                     Err(e @ Error::OtherSettings(_)) => return Err(e),
@@ -258,15 +255,15 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         (opts.cfg.clone(), model, SgdState::default(), Vec::new(), None)
     };
     gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
-    if let Some((_, prev, files)) = &recovered {
+    if recovered.is_some() {
         // The previous epoch's files become the run's again, so that the next checkpoint keeps
         // them, not the unusable ones, as its previous.
-        prev.restore_over(files)?;
+        prev.restore_over(&files)?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut log = Logger::new(Some(&dir.join("train.log")))?;
     log.line(&format!("Device: {device}"));
-    if let Some((why, _, _)) = &recovered {
+    if let Some(why) = &recovered {
         log.line(&format!("The last checkpoint cannot be used ({why}): resuming from the previous epoch's, kept beside it"));
     }
     if opts.resume {
@@ -403,12 +400,12 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         });
         // The last epoch's files are kept (for a resume that finds these unusable), then the
         // checkpoint first, then the metrics that say it exists.
-        RunFiles::new(&dir, PREV).keep_from(&RunFiles::new(&dir, ""))?;
-        checkpoint::save_model(&model_path, ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1))?;
+        prev.keep_from(&files)?;
+        checkpoint::save_model(&files.model, ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1))?;
         let mut meta = cfg.to_meta();
         meta.insert(checkpoint::EPOCHS_DONE.into(), (epoch + 1).to_string());
-        checkpoint::save_optimizer(&opt_path, &model, &state, meta, ema.is_some().then_some(&model))?;
-        write_metrics(&metrics_path, &rows)?;
+        checkpoint::save_optimizer(&files.opt, &model, &state, meta, ema.is_some().then_some(&model))?;
+        write_metrics(&files.metrics, &rows)?;
         last = Some(eval);
     }
     let eval = match last {
@@ -540,14 +537,10 @@ struct Checkpoint {
 /// checksum, and that the three files were saved after the same epoch.
 fn read_checkpoint(files: &RunFiles, opts: &RunOptions) -> Result<Checkpoint> {
     let opt_path = &files.opt;
-    let cfg = {
-        let bytes = std::fs::read(opt_path).map_err(|e| Error::io(opt_path, e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: e.to_string() })?;
-        TrainConfig::from_meta(&header.metadata().clone().unwrap_or_default())
-            .and_then(|cfg| cfg.check(true).map(|()| cfg))
-            .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: format!("its saved settings: {e}") })?
-    };
+    let opt = checkpoint::CheckpointFile::read(opt_path)?;
+    let cfg = TrainConfig::from_meta(opt.metadata())
+        .and_then(|cfg| cfg.check(true).map(|()| cfg))
+        .map_err(|e| Error::Checkpoint { path: opt_path.clone(), msg: format!("its saved settings: {e}") })?;
     let dir = opt_path.parent().unwrap_or(Path::new("."));
     refuse_other_settings(dir, &cfg, &opts.cfg, &opts.explicit)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -557,16 +550,16 @@ fn read_checkpoint(files: &RunFiles, opts: &RunOptions) -> Result<Checkpoint> {
     // momentum buffers.
     let average = if cfg.ema {
         let average = model.clone();
-        checkpoint::load_trained(opt_path, &mut model)?;
+        opt.load_trained(&mut model)?;
         Some(average)
     } else {
         None
     };
-    let (state, opt_meta) = checkpoint::load_optimizer(opt_path, &model)?;
+    let state = opt.load_optimizer(&model)?;
     let rows = read_metrics(&files.metrics)?;
     // The three files are written one after the other at the end of an epoch: a run stopped
     // between two of them would resume from files of different epochs.
-    for (path, meta) in [(&files.model, &model_meta), (opt_path, &opt_meta)] {
+    for (path, meta) in [(&files.model, &model_meta), (opt_path, opt.metadata())] {
         if let Some(done) = checkpoint::epochs_done(path, meta)?
             && done != rows.len()
         {
