@@ -111,14 +111,24 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     model::run::write_metrics(&dir.join("metrics.csv"), &rows[..2]).unwrap();
     same_run("model.safetensors was saved after epoch 3 but");
-    // Settings damaged in the checkpoint's metadata (not covered by its tensors' checksum) are
-    // checked as the command line's are, and the previous epoch's checkpoint takes over.
+    // A setting damaged on disk to another value still in range (momentum 0.9 to 0.8, the
+    // header still valid JSON) is refused by the metadata's checksum, and the previous epoch's
+    // checkpoint takes over.
     let opt_path = dir.join("optimizer.safetensors");
+    let mut damaged = std::fs::read(&opt_path).unwrap();
+    let key = b"\"momentum\":\"0.9\"";
+    let at = damaged.windows(key.len()).position(|w| w == key).expect("momentum 0.9 not in the header");
+    damaged[at + key.len() - 2] = b'8';
+    std::fs::write(&opt_path, damaged).unwrap();
+    same_run("optimizer.safetensors: the settings and progress in its metadata do not match the checksum");
+    // Settings out of range in a file without the metadata's checksum (as written before it
+    // existed) are checked as the command line's are, and the previous checkpoint takes over.
     let original = std::fs::read(&opt_path).unwrap();
     {
         let st = safetensors::SafeTensors::deserialize(&original).unwrap();
         let (_, header) = safetensors::SafeTensors::read_metadata(&original).unwrap();
         let mut meta = header.metadata().clone().unwrap();
+        assert!(meta.remove("metadata_crc32").is_some());
         meta.insert("momentum".into(), "9.9".into());
         std::fs::write(&opt_path, safetensors::serialize(st.tensors(), Some(meta)).unwrap()).unwrap();
     }

@@ -17,9 +17,11 @@
 //!   second `state_dict` whose names start with `trained.`: training resumes from those.
 //!
 //! Both files carry in their metadata the CRC-32 of their tensors' bytes (key `crc32`, see
-//! `tensors_crc`): loading checks it, so a file damaged on disk after it was written is
-//! refused instead of trained on. (safetensors checks the header and the sizes, not the
-//! values; a file without the key, such as one PyTorch wrote, is loaded unchecked.)
+//! `tensors_crc`) and of their other metadata entries (key `metadata_crc32`, see
+//! `metadata_crc`): loading checks both, so a file damaged on disk after it was written is
+//! refused instead of trained on, a damaged setting as much as a damaged weight. (safetensors
+//! checks the header and the sizes, not the values; a file without the keys, such as one PyTorch
+//! wrote, is loaded unchecked.)
 
 use crate::resnet::ResNet9;
 use crate::{Error, Result};
@@ -47,7 +49,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
     f.sync_all().map_err(|e| Error::io(&tmp, e))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    rename_durably(&tmp, path)
+}
+
+/// Rename `from` over `to`, then sync their folder, so that the new name itself survives a power
+/// loss (the file's data was synced before; the rename is an entry in the folder, written to disk
+/// when the folder is). Where a folder cannot be opened and synced (not POSIX file systems), the
+/// rename stands unsynced: the run's previous checkpoint is kept beside it for that case.
+pub fn rename_durably(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| Error::io(to, e))?;
+    let dir = match to.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all().map_err(|e| Error::io(dir, e))?;
+    }
+    Ok(())
 }
 
 /// Little-endian f32 bytes of a tensor (whatever its dtype).
@@ -69,22 +88,51 @@ fn tensors_crc<'a>(mut tensors: Vec<(&'a str, &'a [u8])>) -> String {
     format!("{:08x}", h.finalize())
 }
 
-/// Refuse a file whose tensors do not match the CRC-32 in its metadata `meta`.
+/// The metadata key of the CRC-32 of a checkpoint's other metadata entries (its settings and
+/// progress, and the tensors' checksum).
+pub const METADATA_CRC32: &str = "metadata_crc32";
+
+/// The CRC-32 of the metadata entries other than [`METADATA_CRC32`], taken in the order of their
+/// keys, each as `key`, a zero byte, `value`, a zero byte (so that no two different sets of
+/// entries give the same bytes), as 8 hexadecimal digits.
+fn metadata_crc(meta: &HashMap<String, String>) -> String {
+    let mut entries: Vec<(&String, &String)> = meta.iter().filter(|(k, _)| k.as_str() != METADATA_CRC32).collect();
+    entries.sort();
+    let mut h = crc32fast::Hasher::new();
+    for (k, v) in entries {
+        h.update(k.as_bytes());
+        h.update(&[0]);
+        h.update(v.as_bytes());
+        h.update(&[0]);
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// Refuse a file whose tensors, or whose metadata `meta`, do not match the CRC-32s saved in
+/// `meta` (each checked where its key is there).
 fn check_crc(path: &Path, st: &SafeTensors<'_>, meta: &HashMap<String, String>) -> Result<()> {
-    let Some(saved) = meta.get(CRC32) else { return Ok(()) };
-    let tensors = st.tensors();
-    let now = tensors_crc(tensors.iter().map(|(name, view)| (name.as_str(), view.data())).collect());
-    if *saved != now {
-        return Err(err(
-            path,
-            format!("the tensors' bytes do not match the checksum saved with them (CRC-32 {saved}, now {now}): the file was damaged after it was written"),
-        ));
+    let damaged = |what: &str, saved: &str, now: &str| {
+        err(path, format!("{what} do not match the checksum saved with them (CRC-32 {saved}, now {now}): the file was damaged after it was written"))
+    };
+    if let Some(saved) = meta.get(METADATA_CRC32) {
+        let now = metadata_crc(meta);
+        if *saved != now {
+            return Err(damaged("the settings and progress in its metadata", saved, &now));
+        }
+    }
+    if let Some(saved) = meta.get(CRC32) {
+        let tensors = st.tensors();
+        let now = tensors_crc(tensors.iter().map(|(name, view)| (name.as_str(), view.data())).collect());
+        if *saved != now {
+            return Err(damaged("the tensors' bytes", saved, &now));
+        }
     }
     Ok(())
 }
 
 fn serialize(path: &Path, entries: Vec<Entry>, mut meta: HashMap<String, String>) -> Result<()> {
     meta.insert(CRC32.to_string(), tensors_crc(entries.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice())).collect()));
+    meta.insert(METADATA_CRC32.to_string(), metadata_crc(&meta));
     let views: Vec<(String, TensorView<'_>)> = entries
         .iter()
         .map(|(name, dtype, shape, bytes)| {
@@ -354,6 +402,39 @@ mod tests {
         std::fs::write(&path, plain).unwrap();
         load_model(&path, &mut b).unwrap();
         assert_eq!(b.params[0].to_f64_vec(), a.params[0].to_f64_vec());
+    }
+
+    /// A setting changed on disk to another value still in range (a file safetensors still
+    /// reads) is refused by the metadata's checksum; a file with the tensors' checksum only (as
+    /// written before the metadata's existed) loads.
+    #[test]
+    fn damaged_settings_are_refused_by_the_checksum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opt = tmp.path().join("optimizer.safetensors");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let a = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        let state = SgdState { momentum_buffers: a.params.iter().map(|p| Some(Tensor::randn(p.shape(), DType::F32, 1.0, &mut rng))).collect() };
+        let meta = HashMap::from([("weight_decay".to_string(), "0.0005".to_string()), ("epochs".to_string(), "24".to_string())]);
+        save_optimizer(&opt, &a, &state, meta, None).unwrap();
+        let good = std::fs::read(&opt).unwrap();
+        let (_, read) = load_optimizer(&opt, &a).unwrap();
+        assert_eq!(read["weight_decay"], "0.0005");
+
+        let at = good.windows(6).position(|w| w == b"0.0005").unwrap();
+        let mut bad = good.clone();
+        bad[at..at + 6].copy_from_slice(b"0.0006");
+        std::fs::write(&opt, &bad).unwrap();
+        let e = load_optimizer(&opt, &a).unwrap_err().to_string();
+        assert!(e.contains("the settings and progress in its metadata do not match the checksum"), "{e}");
+
+        let st = SafeTensors::deserialize(&good).unwrap();
+        let mut older = read.clone();
+        older.remove(METADATA_CRC32);
+        older.insert("weight_decay".to_string(), "0.0006".to_string());
+        std::fs::write(&opt, safetensors::serialize(st.tensors(), Some(older)).unwrap()).unwrap();
+        let (state_back, read) = load_optimizer(&opt, &a).unwrap();
+        assert_eq!(read["weight_decay"], "0.0006");
+        assert_eq!(state_back.momentum_buffers[0].as_ref().unwrap().to_f64_vec(), state.momentum_buffers[0].as_ref().unwrap().to_f64_vec());
     }
 
     /// With `--ema` the optimizer file also carries the trained weights (`trained.*`): they

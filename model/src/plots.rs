@@ -223,7 +223,7 @@ pub(crate) fn write_png_atomic(path: &Path, width: u32, height: u32, rgb: &[u8])
         std::io::Write::write_all(&mut file, &encoded).map_err(|e| Error::io(&tmp, e))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(file);
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::checkpoint::rename_durably(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

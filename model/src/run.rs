@@ -508,7 +508,7 @@ impl RunFiles {
                 std::fs::copy(src, &tmp).map_err(|e| Error::io(&tmp, e))?;
                 std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
             }
-            std::fs::rename(&tmp, dst).map_err(|e| Error::io(dst, e))?;
+            checkpoint::rename_durably(&tmp, dst)?;
             // Renaming a link over another link to the same file does nothing and succeeds,
             // leaving the temporary name behind.
             let _ = std::fs::remove_file(&tmp);
