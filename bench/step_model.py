@@ -31,8 +31,9 @@ import argparse
 # bn (training): read x twice (statistics, then normalise), write y | backward: read x and dy
 #     (sums), read them again and write dx.
 # relu: read x, write y | backward: read y and dy, write dx.
-# add: read a and b, write y | backward: the gradient is passed on to both inputs (the tape adds it
-#     into the gradient already accumulated for the skip path: read 2, write 1).
+# add: read a and b, write y | backward: the gradient goes on to both inputs, itself to one and a copy
+#     to the other (read 1, write 1), and the block's first convolution adds its input gradient into
+#     the first (cuDNN's beta = 1: read 1).
 PASSES = {
     "bn": 3 + 5,
     "relu": 2 + 3,
@@ -42,6 +43,11 @@ PASSES = {
 # two backward (sums; apply), over input and output: forward read x twice, write y once; backward read x
 # and dy twice, write dx once.
 FUSED_BN_RELU = 3 + 5
+# ... and each residual block's add is part of its last batch norm + ReLU's output pass: forward, that
+# pass also reads the skip; backward, the gradient goes on to the block's input with no copy, and the
+# block's first convolution adds its input gradient into it (cuDNN's beta = 1: one more read). The
+# unfused add's count above includes that read too.
+FUSED_ADD = 1 + 1
 
 
 def layers(width=1.0, batch=512):
@@ -93,7 +99,7 @@ def cost(kind, fwd_flops, size, elem_bytes, fused):
         passes = FUSED_BN_RELU if fused else PASSES["bn"] + PASSES["relu"]
         return 0, passes * size["x"] * elem_bytes
     if kind == "add":
-        return 0, PASSES["add"] * size["x"] * elem_bytes
+        return 0, (FUSED_ADD if fused else PASSES["add"]) * size["x"] * elem_bytes
     if kind == "linear":
         return 3 * fwd_flops, 3 * (size["in"] + size["out"]) * 4
     raise ValueError(kind)

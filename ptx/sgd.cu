@@ -8,7 +8,7 @@
 //   p   = p - lr * d
 //
 // The tensors arrive as a table passed BY VALUE in the kernel's parameters (up to
-// SGD_MAX_TENSORS of them; 1.1 KB, far under the 4 KB parameter limit), so no upload
+// SGD_MAX_TENSORS of them; 1.6 KB, far under the 4 KB parameter limit), so no upload
 // precedes the launch (PyTorch's multi_tensor_apply does the same). The grid is one row
 // of blocks, every block busy: tensor t owns blocks block0[t] .. block0[t+1]-1 (the
 // caller's prefix sums of ceil(n / (blockDim.x * SGD_PER_THREAD))), and block j of a tensor

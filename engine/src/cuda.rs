@@ -1037,7 +1037,7 @@ impl CudaDevice {
 
     /// Compile and load every file of `sources` (name, CUDA C source) not loaded yet, each on
     /// a thread of its own, so that [`CudaDevice::function`] later finds them ready. NVRTC
-    /// compiles one file on one core: the ten files of `ptx/` took 1.6 s one after another on
+    /// compiles one file on one core: the ten files `ptx/` then had took 1.6 s one after another on
     /// our 2-core VM (2026-11-26), time a run would otherwise spend in its first steps.
     /// Returns how many files were compiled.
     pub fn precompile(&self, sources: &[(&str, &str)]) -> Result<usize> {

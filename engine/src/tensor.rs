@@ -1,7 +1,8 @@
 //! `Tensor`: a shape and a buffer of elements on one device.
 //!
-//! Layout is always contiguous row-major ("C order"): for shape `[N, C, H, W]`
-//! element `(n, c, h, w)` sits at `((n * C + c) * H + h) * W + w`.
+//! Layout is always contiguous. By default it is row-major ("C order"): for shape
+//! `[N, C, H, W]` element `(n, c, h, w)` sits at `((n * C + c) * H + h) * W + w`; a 4-d
+//! tensor may instead be channels-last (see [`Layout`]), at `((n * H + h) * W + w) * C + c`.
 
 pub use crate::cuda::CudaBuffer;
 use crate::{Device, Error, Float, Result};

@@ -270,7 +270,9 @@ fn backward_cpu<T: Float>(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, need_dx:
 //
 // The same three products run as cuDNN's convolution forward, backward-data and
 // backward-filter. For each shape (input, filter, padding, stride, TF32 on/off) the
-// fastest algorithm of each kind is measured once with cudnnFind*Algorithm and kept
+// algorithm of each kind is chosen once by the device's rule (`engine::cuda::ConvSearch`:
+// by default cuDNN's heuristic ranking; `--cudnn-search find` measures with
+// cudnnFind*Algorithm, `timed` times the heuristics' first candidates) and kept
 // on the device ([`engine::cuda::CudaDevice::conv_plan`]); every call then reuses it
 // and the device's one workspace buffer. A shape that differs from a planned one only in
 // its batch size (an epoch's last, smaller batch) takes that plan's algorithms without a

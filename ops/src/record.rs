@@ -34,7 +34,7 @@ impl engine::Backward for Op {
             // Add owns the gradient: it moves it to an input instead of copying it.
             Op::Add(r) => r.backward(tape, grad_out, grads),
             Op::Linear(r) => r.backward(tape, &grad_out, grads),
-            Op::Reshape(r) => r.backward(tape, &grad_out, grads),
+            Op::Reshape(r) => r.backward(tape, grad_out, grads),
             Op::Scale(r) => r.backward(tape, &grad_out, grads),
             Op::SoftmaxCrossEntropy(r) => r.backward(tape, &grad_out, grads),
             Op::Cast(r) => r.backward(tape, &grad_out, grads),

@@ -1,4 +1,6 @@
-//! Reshape (a view with another shape; the row-major element order is unchanged).
+//! Reshape: the same elements under another shape (the row-major element order is unchanged).
+//! The forward copies the input's buffer (the tape keeps its input's value as it is); the
+//! backward reshapes the gradient it owns, with no copy.
 //!
 //! Shapes: x `S`, y `S'` with `|S| = |S'|`. Forward: `y = x` as `S'`. Backward: `dx = dy` as `S`.
 
@@ -35,8 +37,8 @@ impl ReshapeRecord {
         false
     }
 
-    pub(crate) fn backward(&self, _g: &Graph<'_>, dy: &Tensor, grads: &mut Gradients) -> Result<()> {
-        grads.accumulate(self.x, dy.clone().reshape(&self.in_shape)?)
+    pub(crate) fn backward(&self, _g: &Graph<'_>, dy: Tensor, grads: &mut Gradients) -> Result<()> {
+        grads.accumulate(self.x, dy.reshape(&self.in_shape)?)
     }
 }
 
