@@ -13,8 +13,10 @@
 //! it does not free the memory: the block goes back to a free list keyed by its size in
 //! bytes, and the next request of that size takes it; the bookkeeping is
 //! [`crate::pool::BlockPool`]. A training step allocates the same sizes in the same order
-//! every time, so after the first step every request is served from the pool and the
-//! driver is never called ([`CudaDevice::driver_allocations`] proves it). Work of other
+//! every time, so once the first steps have filled the pool (the first also creates the
+//! momentum buffers, which take free blocks of their sizes) every request is served from it
+//! and the driver is never called ([`CudaDevice::driver_allocations`] counts the calls; a GPU
+//! test asserts that an epoch's fourth step makes none). Work of other
 //! sizes (a partial batch, the evaluation) runs under [`CudaDevice::best_fit`]: it may take
 //! free blocks of up to twice its requests' sizes, i.e. the training step's.
 //! Reuse is safe without events because there is one stream: work queued by the block's
