@@ -179,6 +179,34 @@ fn broken_weights_stop_the_run_without_a_checkpoint() {
     }
 }
 
+/// The checkpoint is written on a thread of its own while the next epoch trains
+/// (`model/src/saver.rs`); a write that fails still stops the run with an error that says so,
+/// at the next epoch's save, not a run that ends as if it had been saved. (`metrics.csv` made a
+/// folder: the metrics file cannot be put in its place.)
+#[test]
+fn a_checkpoint_that_cannot_be_written_stops_the_run() {
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let dir = runs.path().join("unwritable");
+    std::fs::create_dir_all(dir.join("metrics.csv")).unwrap();
+    let cfg = TrainConfig { epochs: 3, batch_size: 64, subset: Some(64), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
+    let opts = RunOptions {
+        cfg,
+        lr_given: true,
+        lr_find: Default::default(),
+        runs_dir: runs.path().to_path_buf(),
+        name: Some("unwritable".into()),
+        resume: false,
+        progress: false,
+        cuda_graph: false,
+        explicit: Vec::new(),
+    };
+    let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
+    assert!(e.starts_with("writing epoch 1's checkpoint: ") && e.contains("metrics"), "{e}");
+    let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
+    assert!(log.contains("EPOCH: 2") && !log.contains("EPOCH: 3") && !log.contains("Done:"), "{log}");
+}
+
 /// Settings no run can train with are refused with the flag named, before the run folder (or
 /// its log) exists.
 #[test]

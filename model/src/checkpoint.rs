@@ -130,17 +130,30 @@ fn check_crc(path: &Path, st: &SafeTensors<'_>, meta: &HashMap<String, String>) 
     Ok(())
 }
 
-fn serialize(path: &Path, entries: Vec<Entry>, mut meta: HashMap<String, String>) -> Result<()> {
-    meta.insert(CRC32.to_string(), tensors_crc(entries.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice())).collect()));
-    meta.insert(METADATA_CRC32.to_string(), metadata_crc(&meta));
-    let views: Vec<(String, TensorView<'_>)> = entries
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v)).map_err(|e| err(path, e.to_string()))
-        })
-        .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
-    write_atomic(path, &bytes)
+/// What one checkpoint file holds, copied to the host: its tensors and its metadata. It holds
+/// no device memory, so another thread may write it ([`Contents::write`]) while training goes
+/// on (`saver.rs`).
+pub struct Contents {
+    entries: Vec<Entry>,
+    meta: HashMap<String, String>,
+}
+
+impl Contents {
+    /// Write the file atomically, with the two checksums added to its metadata.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut meta = self.meta.clone();
+        meta.insert(CRC32.to_string(), tensors_crc(self.entries.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice())).collect()));
+        meta.insert(METADATA_CRC32.to_string(), metadata_crc(&meta));
+        let views: Vec<(String, TensorView<'_>)> = self
+            .entries
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v)).map_err(|e| err(path, e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| err(path, e.to_string()))?;
+        write_atomic(path, &bytes)
+    }
 }
 
 /// One tensor to serialize: name, type, shape, little-endian bytes.
@@ -166,6 +179,11 @@ fn state_dict_entries(model: &ResNet9, prefix: &str) -> Vec<Entry> {
 /// Save the network as a PyTorch-compatible `state_dict`; `epochs_done`, if given, goes into the
 /// metadata (a run's checkpoint: see [`epochs_done`]).
 pub fn save_model(path: &Path, model: &ResNet9, epochs_done: Option<usize>) -> Result<()> {
+    model_contents(model, epochs_done).write(path)
+}
+
+/// What [`save_model`] writes, copied to the host.
+pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>) -> Contents {
     let arch = &model.arch;
     let entries = state_dict_entries(model, "");
     let mut meta = HashMap::from([
@@ -176,7 +194,7 @@ pub fn save_model(path: &Path, model: &ResNet9, epochs_done: Option<usize>) -> R
     if let Some(n) = epochs_done {
         meta.insert(EPOCHS_DONE.to_string(), n.to_string());
     }
-    serialize(path, entries, meta)
+    Contents { entries, meta }
 }
 
 /// The metadata key of the epochs a run's checkpoint files were saved after.
@@ -315,13 +333,18 @@ fn load_state_dict(path: &Path, st: &SafeTensors<'_>, prefix: &str, model: &mut 
 /// Save the momentum buffers and the run's metadata; with `trained` (a run with `--ema`, whose
 /// `model.safetensors` holds the average), also the trained weights, for [`load_trained`].
 pub fn save_optimizer(path: &Path, model: &ResNet9, state: &SgdState, meta: HashMap<String, String>, trained: Option<&ResNet9>) -> Result<()> {
+    optimizer_contents(model, state, meta, trained).write(path)
+}
+
+/// What [`save_optimizer`] writes, copied to the host.
+pub fn optimizer_contents(model: &ResNet9, state: &SgdState, meta: HashMap<String, String>, trained: Option<&ResNet9>) -> Contents {
     let mut entries = trained.map(|t| state_dict_entries(t, TRAINED)).unwrap_or_default();
     for (i, buf) in state.momentum_buffers.iter().enumerate() {
         if let Some(t) = buf {
             entries.push((format!("momentum.{}", model.arch.param_names[i]), Dtype::F32, t.shape().to_vec(), f32_bytes(t)));
         }
     }
-    serialize(path, entries, meta)
+    Contents { entries, meta }
 }
 
 /// Load what [`save_optimizer`] wrote to `path`: the momentum buffers (checked against the

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod plots;
 pub mod resnet;
 pub mod run;
+pub mod saver;
 pub mod schedule;
 pub mod train;
 

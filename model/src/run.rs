@@ -24,6 +24,7 @@ use crate::image_grid::{GridImage, write_image_grid};
 use crate::lr_find::{self, LrFindConfig};
 use crate::plots::{LinePlot, Series, write_line_plot};
 use crate::resnet::ResNet9;
+use crate::saver::Saver;
 use crate::train::{self, TrainConfig};
 use crate::{Error, Result};
 use engine::cuda::ConvSearch;
@@ -345,6 +346,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     };
     let start_epoch = rows.len();
     let mut last = None;
+    let mut saver = Saver::new();
     for epoch in start_epoch..cfg.epochs {
         let spe = schedule.steps_per_epoch;
         log.line(&format!("EPOCH: {} (LR: {:.6})", epoch + 1, schedule.lr(epoch * spe)));
@@ -357,7 +359,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         for notice in step_graph.as_mut().map(|g| g.take_notices()).unwrap_or_default() {
             log.line(&notice);
         }
-        let stats = stats.map_err(|e| stopped(e, &dir, &rows))?;
+        let stats = stats.map_err(|e| stopped(e, &dir, &rows, &mut saver))?;
         let eval_start = std::time::Instant::now();
         // The last epoch's evaluation also lists the misclassified images (for the plot).
         // In batches of the training size: the tape keeps every activation of a batch, so larger
@@ -385,7 +387,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         // the last update may still have broken the weights. Then they are not saved.
         if !eval.loss.is_finite() {
             let e = format!("epoch {}: the test loss is {} (not finite) after the epoch's last update", epoch + 1, eval.loss);
-            return Err(stopped(e, &dir, &rows));
+            return Err(stopped(e, &dir, &rows, &mut saver));
         }
         rows.push(EpochRecord {
             epoch: epoch + 1,
@@ -398,14 +400,24 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             eval_seconds,
             test_acc_tta: eval.tta_accuracy(),
         });
-        // The last epoch's files are kept (for a resume that finds these unusable), then the
-        // checkpoint first, then the metrics that say it exists.
-        prev.keep_from(&files)?;
-        checkpoint::save_model(&files.model, ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1))?;
+        // The checkpoint is copied to the host now (the next epoch's updates change the
+        // weights) and written while the next epoch trains (`saver.rs`): the last epoch's
+        // files are kept (for a resume that finds these unusable), then the checkpoint first,
+        // then the metrics that say it exists.
+        let model_file = checkpoint::model_contents(ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1));
         let mut meta = cfg.to_meta();
         meta.insert(checkpoint::EPOCHS_DONE.into(), (epoch + 1).to_string());
-        checkpoint::save_optimizer(&files.opt, &model, &state, meta, ema.is_some().then_some(&model))?;
-        write_metrics(&files.metrics, &rows)?;
+        let opt_file = checkpoint::optimizer_contents(&model, &state, meta, ema.is_some().then_some(&model));
+        let job = {
+            let (files, prev, rows) = (files.clone(), prev.clone(), rows.clone());
+            move || {
+                prev.keep_from(&files)?;
+                model_file.write(&files.model)?;
+                opt_file.write(&files.opt)?;
+                write_metrics(&files.metrics, &rows)
+            }
+        };
+        saver.submit(format!("epoch {}'s checkpoint", epoch + 1), job)?;
         last = Some(eval);
     }
     let eval = match last {
@@ -427,6 +439,8 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     write_curves(&dir, &rows)?;
     write_lr_schedule(&dir, &schedule)?;
     write_misclassified(&dir, ds, &eval.misclassified)?;
+    // The last epoch's checkpoint was written while the plots were made.
+    saver.wait()?;
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
     let with_eval: f64 = rows.iter().map(|r| r.seconds + r.eval_seconds).sum();
     log.line(&format!(
@@ -473,6 +487,7 @@ const PREV: &str = ".prev";
 
 /// A run folder's checkpoint files: `model<suffix>.safetensors`, `optimizer<suffix>.safetensors`
 /// and `metrics<suffix>.csv`, the last epoch's (suffix "") or the one before ([`PREV`]).
+#[derive(Clone)]
 struct RunFiles {
     model: PathBuf,
     opt: PathBuf,
@@ -688,14 +703,14 @@ fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
 }
 
 /// The error that ends a run whose training broke (`e`: a non-finite loss), saying which
-/// checkpoint is kept; the curves of the epochs that finished are written (best effort: the
-/// error is what matters).
-fn stopped(e: impl std::fmt::Display, dir: &Path, rows: &[EpochRecord]) -> Error {
+/// checkpoint is kept once `saver` has finished writing it (or that writing it failed); the
+/// curves of the epochs that finished are written (best effort: the error is what matters).
+fn stopped(e: impl std::fmt::Display, dir: &Path, rows: &[EpochRecord], saver: &mut Saver) -> Error {
     let _ = write_curves(dir, rows);
-    let kept = if rows.is_empty() {
-        "no checkpoint was written yet".to_string()
-    } else {
-        format!("the last good checkpoint (end of epoch {}) is kept in {}", rows.len(), dir.display())
+    let kept = match saver.wait() {
+        Err(saved) => format!("and {saved}"),
+        Ok(()) if rows.is_empty() => "no checkpoint was written yet".to_string(),
+        Ok(()) => format!("the last good checkpoint (end of epoch {}) is kept in {}", rows.len(), dir.display()),
     };
     Error::Training(format!("{e}; training stopped, {kept}"))
 }
