@@ -176,35 +176,44 @@ fn broken_weights_stop_the_run_without_a_checkpoint() {
         let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
         assert!(e.contains(says) && e.contains("(not finite)") && e.contains("no checkpoint was written yet"), "{name}: {e}");
         assert!(!runs.path().join(name).join("model.safetensors").exists(), "{name}: broken weights were saved");
+        let log = std::fs::read_to_string(runs.path().join(name).join("train.log")).unwrap();
+        assert!(log.trim_end().ends_with(&format!("error: {e}")), "{name}: the log does not end with the error: {log}");
     }
 }
 
 /// The checkpoint is written on a thread of its own while the next epoch trains
-/// (`model/src/saver.rs`); a write that fails still stops the run with an error that says so,
-/// at the next epoch's save, not a run that ends as if it had been saved. (`metrics.csv` made a
-/// folder: the metrics file cannot be put in its place.)
+/// (`model/src/saver.rs`); a write that fails still stops the run with an error that says so
+/// (at the next epoch's save, or for the last epoch before the run ends), and the log ends
+/// with it, never a run that ends as if it had been saved. (`metrics.csv.tmp` made a folder:
+/// the model and optimizer files are written, then the metrics file cannot be.)
 #[test]
 fn a_checkpoint_that_cannot_be_written_stops_the_run() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
     let runs = tempfile::tempdir().unwrap();
-    let dir = runs.path().join("unwritable");
-    std::fs::create_dir_all(dir.join("metrics.csv")).unwrap();
-    let cfg = TrainConfig { epochs: 3, batch_size: 64, subset: Some(64), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
-    let opts = RunOptions {
-        cfg,
-        lr_given: true,
-        lr_find: Default::default(),
-        runs_dir: runs.path().to_path_buf(),
-        name: Some("unwritable".into()),
-        resume: false,
-        progress: false,
-        cuda_graph: false,
-        explicit: Vec::new(),
-    };
-    let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
-    assert!(e.starts_with("writing epoch 1's checkpoint: ") && e.contains("metrics"), "{e}");
-    let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
-    assert!(log.contains("EPOCH: 2") && !log.contains("EPOCH: 3") && !log.contains("Done:"), "{log}");
+    for (epochs, name) in [(3, "stopped-at-epoch-2"), (1, "stopped-at-the-end")] {
+        let dir = runs.path().join(name);
+        std::fs::create_dir_all(dir.join("metrics.csv.tmp")).unwrap();
+        let cfg = TrainConfig { epochs, batch_size: 64, subset: Some(64), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
+        let opts = RunOptions {
+            cfg,
+            lr_given: true,
+            lr_find: Default::default(),
+            runs_dir: runs.path().to_path_buf(),
+            name: Some(name.into()),
+            resume: false,
+            progress: false,
+            cuda_graph: false,
+            explicit: Vec::new(),
+        };
+        let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
+        assert!(e.starts_with("writing epoch 1's checkpoint: ") && e.contains("metrics.csv.tmp"), "{name}: {e}");
+        assert!(dir.join("model.safetensors").exists() && dir.join("optimizer.safetensors").exists(), "{name}");
+        let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
+        assert!(!log.contains("Done:") && log.trim_end().ends_with(&format!("error: {e}")), "{name}: {log}");
+        if epochs == 3 {
+            assert!(log.contains("EPOCH: 2") && !log.contains("EPOCH: 3"), "{log}");
+        }
+    }
 }
 
 /// Settings no run can train with are refused with the flag named, before the run folder (or

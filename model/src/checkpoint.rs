@@ -54,8 +54,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Rename `from` over `to`, then sync their folder, so that the new name itself survives a power
 /// loss (the file's data was synced before; the rename is an entry in the folder, written to disk
-/// when the folder is). Where a folder cannot be opened and synced (not POSIX file systems), the
-/// rename stands unsynced: the run's previous checkpoint is kept beside it for that case.
+/// when the folder is). Where a folder cannot be opened, or its file system has no sync for
+/// folders (it answers EINVAL or ENOTSUP: CIFS before Linux 4.17, some FUSE file systems), the
+/// rename stands unsynced, as PostgreSQL and borg do: the run's previous checkpoint is kept
+/// beside it for that case. Any other error of the sync (EIO) is one.
 pub fn rename_durably(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).map_err(|e| Error::io(to, e))?;
     let dir = match to.parent() {
@@ -64,9 +66,18 @@ pub fn rename_durably(from: &Path, to: &Path) -> Result<()> {
     };
     #[cfg(unix)]
     if let Ok(d) = std::fs::File::open(dir) {
-        d.sync_all().map_err(|e| Error::io(dir, e))?;
+        no_folder_sync_is_no_error(d.sync_all()).map_err(|e| Error::io(dir, std::io::Error::new(e.kind(), format!("syncing the folder after renaming {} into it: {e}", to.display()))))?;
     }
     Ok(())
+}
+
+/// A folder sync's result, with "this file system cannot sync a folder" (EINVAL, ENOTSUP)
+/// taken as success (see [`rename_durably`]).
+fn no_folder_sync_is_no_error(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported) => Ok(()),
+        r => r,
+    }
 }
 
 /// Little-endian f32 bytes of a tensor (whatever its dtype).
@@ -425,6 +436,21 @@ mod tests {
         std::fs::write(&path, plain).unwrap();
         load_model(&path, &mut b).unwrap();
         assert_eq!(b.params[0].to_f64_vec(), a.params[0].to_f64_vec());
+    }
+
+    /// A file system without folder sync (EINVAL, ENOTSUP) does not fail a save; a failing disk
+    /// (EIO) does.
+    #[test]
+    fn only_a_failing_folder_sync_is_an_error() {
+        use std::io::Error as IoError;
+        assert!(no_folder_sync_is_no_error(Err(IoError::from_raw_os_error(22))).is_ok(), "EINVAL");
+        assert!(no_folder_sync_is_no_error(Err(IoError::from_raw_os_error(95))).is_ok(), "EOPNOTSUPP (Linux)");
+        assert_eq!(no_folder_sync_is_no_error(Err(IoError::from_raw_os_error(5))).unwrap_err().raw_os_error(), Some(5), "EIO");
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::write(&a, b"x").unwrap();
+        rename_durably(&a, &b).unwrap();
+        assert!(!a.exists() && std::fs::read(&b).unwrap() == b"x");
     }
 
     /// A setting changed on disk to another value still in range (a file safetensors still

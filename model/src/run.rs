@@ -56,6 +56,12 @@ impl Logger {
     /// Print `line` and append it to the log file.
     pub fn line(&mut self, line: &str) {
         println!("{line}");
+        self.file_only(line);
+    }
+
+    /// Append `line` to the log file only (a line printed elsewhere, such as the error the
+    /// binary prints on stderr).
+    pub fn file_only(&mut self, line: &str) {
         if let Some(f) = &mut self.file {
             // A full disk must not kill a run that is otherwise fine: the line was printed.
             let _ = writeln!(f, "{line}");
@@ -220,7 +226,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     // checkpoint that cannot be used (a run stopped while it saved its files, or a file damaged
     // since) gives way to the previous epoch's, kept beside it.
     let mut recovered = None;
-    let (mut cfg, mut model, mut state, mut rows, mut average) = if opts.resume {
+    let start = if opts.resume {
         let r = match read_checkpoint(&files, &opts) {
             Ok(r) => r,
             // The command line's fault, or a file that could not be read right now (not a
@@ -249,13 +255,13 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         };
         // The recipe comes from the checkpoint; --tta only adds to the evaluation, so the
         // command line's choice holds (as --cuda-graph's does).
-        (TrainConfig { tta: opts.cfg.tta, ..r.cfg }, r.model, r.state, r.rows, r.average)
+        Checkpoint { cfg: TrainConfig { tta: opts.cfg.tta, ..r.cfg }, ..r }
     } else {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.cfg.seed);
         let model = ResNet9::new(opts.cfg.width, opts.cfg.out_scale, DType::F32, &mut rng)?;
-        (opts.cfg.clone(), model, SgdState::default(), Vec::new(), None)
+        Checkpoint { cfg: opts.cfg.clone(), model, state: SgdState::default(), rows: Vec::new(), average: None }
     };
-    gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
+    gpu_only(device, start.cfg.bf16, start.cfg.channels_last, false)?;
     if recovered.is_some() {
         // The previous epoch's files become the run's again, so that the next checkpoint keeps
         // them, not the unusable ones, as its previous.
@@ -268,8 +274,22 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         log.line(&format!("The last checkpoint cannot be used ({why}): resuming from the previous epoch's, kept beside it"));
     }
     if opts.resume {
-        log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), rows.len(), cfg.epochs));
+        log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), start.rows.len(), start.cfg.epochs));
     }
+    let result = train_run(ds, device, &opts, start, &dir, &mut log);
+    if let Err(e) = &result {
+        // The log ends with what stopped the run (the binary prints it on stderr).
+        log.file_only(&format!("error: {e}"));
+    }
+    result
+}
+
+/// Train the run in `dir` from `start` (a new network, or the checkpoint resumed) to its end:
+/// the LR range test if the LRs are not given, the epochs, a checkpoint after each, the plots.
+/// Returns the final test accuracy in percent.
+fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint, dir: &Path, log: &mut Logger) -> Result<f64> {
+    let Checkpoint { mut cfg, mut model, mut state, mut rows, mut average } = start;
+    let (files, prev) = (RunFiles::new(dir, ""), RunFiles::new(dir, PREV));
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let norm = Normalization { mean, std };
     let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
@@ -314,7 +334,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             pb.set_message(format!("lr={lr:.2e} loss={s:.4}"));
         })?;
         pb.finish_and_clear();
-        write_lr_find_outputs(&dir, &r)?;
+        write_lr_find_outputs(dir, &r)?;
         cfg.lr_max = r.lr_max;
         cfg.lr_min = r.lr_min;
         log.line(&format!("LR range test suggests {}; plot: {})", suggestion(&r, &opts.lr_find), dir.join("lr_find.png").display()));
@@ -359,7 +379,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         for notice in step_graph.as_mut().map(|g| g.take_notices()).unwrap_or_default() {
             log.line(&notice);
         }
-        let stats = stats.map_err(|e| stopped(e, &dir, &rows, &mut saver))?;
+        let stats = stats.map_err(|e| stopped(e, dir, &rows, &mut saver))?;
         let eval_start = std::time::Instant::now();
         // The last epoch's evaluation also lists the misclassified images (for the plot).
         // In batches of the training size: the tape keeps every activation of a batch, so larger
@@ -387,7 +407,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         // the last update may still have broken the weights. Then they are not saved.
         if !eval.loss.is_finite() {
             let e = format!("epoch {}: the test loss is {} (not finite) after the epoch's last update", epoch + 1, eval.loss);
-            return Err(stopped(e, &dir, &rows, &mut saver));
+            return Err(stopped(e, dir, &rows, &mut saver));
         }
         rows.push(EpochRecord {
             epoch: epoch + 1,
@@ -436,9 +456,9 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
             trained.tta_accuracy().map(|a| format!(", with flip TTA {a:.2}%")).unwrap_or_default()
         ));
     }
-    write_curves(&dir, &rows)?;
-    write_lr_schedule(&dir, &schedule)?;
-    write_misclassified(&dir, ds, &eval.misclassified)?;
+    write_curves(dir, &rows)?;
+    write_lr_schedule(dir, &schedule)?;
+    write_misclassified(dir, ds, &eval.misclassified)?;
     // The last epoch's checkpoint was written while the plots were made.
     saver.wait()?;
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
@@ -708,7 +728,7 @@ fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
 fn stopped(e: impl std::fmt::Display, dir: &Path, rows: &[EpochRecord], saver: &mut Saver) -> Error {
     let _ = write_curves(dir, rows);
     let kept = match saver.wait() {
-        Err(saved) => format!("and {saved}"),
+        Err(saved) => format!("and {saved}; --resume takes whichever of the last two epochs' checkpoints is intact"),
         Ok(()) if rows.is_empty() => "no checkpoint was written yet".to_string(),
         Ok(()) => format!("the last good checkpoint (end of epoch {}) is kept in {}", rows.len(), dir.display()),
     };

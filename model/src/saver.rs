@@ -57,7 +57,7 @@ impl Drop for Saver {
     /// error printed: the error that ended the run is being returned instead.
     fn drop(&mut self) {
         if let Err(e) = self.wait() {
-            eprintln!("{e}");
+            eprintln!("error: {e}");
         }
     }
 }
