@@ -9,7 +9,23 @@
 
 use model::run::{RunOptions, read_metrics, run_training};
 use model::train::TrainConfig;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The options of a new test run `name` in `runs_dir`: `cfg` with its LRs given, no progress
+/// bar, no CUDA graph.
+fn run_opts(cfg: TrainConfig, runs_dir: &Path, name: &str) -> RunOptions {
+    RunOptions {
+        cfg,
+        lr_given: true,
+        lr_find: Default::default(),
+        runs_dir: runs_dir.to_path_buf(),
+        name: Some(name.into()),
+        resume: false,
+        progress: false,
+        cuda_graph: false,
+        explicit: Vec::new(),
+    }
+}
 
 fn cifar_dir() -> PathBuf {
     let dir = std::env::var_os("CIFAR10_DIR")
@@ -35,17 +51,7 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
         tta: true,
         ..TrainConfig::default()
     };
-    let opts = RunOptions {
-        cfg,
-        lr_given: true,
-        lr_find: Default::default(),
-        runs_dir: runs.clone(),
-        name: Some("t".into()),
-        resume: false,
-        progress: false,
-        cuda_graph: false,
-        explicit: Vec::new(),
-    };
+    let opts = run_opts(cfg, &runs, "t");
     let acc = run_training(&ds, &engine::Device::Cpu, opts.clone()).unwrap();
     let dir = runs.join("t");
     let rows = read_metrics(&dir.join("metrics.csv")).unwrap();
@@ -162,17 +168,7 @@ fn broken_weights_stop_the_run_without_a_checkpoint() {
     let runs = tempfile::tempdir().unwrap();
     for (subset, name, says) in [(192, "three-steps", "batch 3: the loss is"), (64, "one-step", "the test loss is")] {
         let cfg = TrainConfig { epochs: 2, batch_size: 64, subset: Some(subset), width: 0.125, peak_epoch: 1, lr_min: 1e38, lr_max: 1e38, ..TrainConfig::default() };
-        let opts = RunOptions {
-            cfg,
-            lr_given: true,
-            lr_find: Default::default(),
-            runs_dir: runs.path().to_path_buf(),
-            name: Some(name.into()),
-            resume: false,
-            progress: false,
-            cuda_graph: false,
-            explicit: Vec::new(),
-        };
+        let opts = run_opts(cfg, runs.path(), name);
         let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
         assert!(e.contains(says) && e.contains("(not finite)") && e.contains("no checkpoint was written yet"), "{name}: {e}");
         assert!(!runs.path().join(name).join("model.safetensors").exists(), "{name}: broken weights were saved");
@@ -194,17 +190,7 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run() {
         let dir = runs.path().join(name);
         std::fs::create_dir_all(dir.join("metrics.csv.tmp")).unwrap();
         let cfg = TrainConfig { epochs, batch_size: 64, subset: Some(64), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
-        let opts = RunOptions {
-            cfg,
-            lr_given: true,
-            lr_find: Default::default(),
-            runs_dir: runs.path().to_path_buf(),
-            name: Some(name.into()),
-            resume: false,
-            progress: false,
-            cuda_graph: false,
-            explicit: Vec::new(),
-        };
+        let opts = run_opts(cfg, runs.path(), name);
         let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
         assert!(e.starts_with("writing epoch 1's checkpoint: ") && e.contains("metrics.csv.tmp"), "{name}: {e}");
         assert!(dir.join("model.safetensors").exists() && dir.join("optimizer.safetensors").exists(), "{name}");
@@ -231,33 +217,13 @@ fn bad_settings_are_refused_before_the_run_folder_is_made() {
         (TrainConfig { lr_min: 0.1, lr_max: 0.01, ..good.clone() }, "need 0 <= LRMIN <= LRMAX"),
     ];
     for (i, (cfg, says)) in bad.into_iter().enumerate() {
-        let opts = RunOptions {
-            cfg,
-            lr_given: true,
-            lr_find: Default::default(),
-            runs_dir: runs.path().to_path_buf(),
-            name: Some(format!("bad-{i}")),
-            resume: false,
-            progress: false,
-            cuda_graph: false,
-            explicit: Vec::new(),
-        };
+        let opts = run_opts(cfg, runs.path(), &format!("bad-{i}"));
         let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
         assert!(e.contains(says), "{says}: {e}");
         assert!(!runs.path().join(format!("bad-{i}")).exists(), "{says}: the run folder was made");
     }
     // Without --lr-max/--lr-min the range test runs first: too few images for one batch.
-    let opts = RunOptions {
-        cfg: TrainConfig { subset: Some(32), ..good },
-        lr_given: false,
-        lr_find: Default::default(),
-        runs_dir: runs.path().to_path_buf(),
-        name: Some("bad-range-test".into()),
-        resume: false,
-        progress: false,
-        cuda_graph: false,
-        explicit: Vec::new(),
-    };
+    let opts = RunOptions { lr_given: false, ..run_opts(TrainConfig { subset: Some(32), ..good }, runs.path(), "bad-range-test") };
     let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
     assert!(e.contains("needs at least one full batch (64 images), got 32"), "{e}");
     assert!(!runs.path().join("bad-range-test").exists(), "the run folder was made");
@@ -370,17 +336,7 @@ fn gpu_only_options_are_refused_on_the_cpu_before_writing_anything() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().to_path_buf();
-    let base = RunOptions {
-        cfg: TrainConfig { lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() },
-        lr_given: true,
-        lr_find: Default::default(),
-        runs_dir: runs.clone(),
-        name: Some("x".into()),
-        resume: false,
-        progress: false,
-        cuda_graph: false,
-        explicit: Vec::new(),
-    };
+    let base = run_opts(TrainConfig { lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() }, &runs, "x");
     let cases = [
         RunOptions { cuda_graph: true, ..base.clone() },
         RunOptions { cfg: TrainConfig { bf16: true, ..base.cfg.clone() }, ..base.clone() },
@@ -467,17 +423,7 @@ fn ema_evaluates_the_average_and_leaves_training_alone() {
     let runs = tmp.path().to_path_buf();
     // 24 steps an epoch: averages after steps 5, 10, ..., 45 (4 in the first epoch, 5 in the second).
     let cfg = TrainConfig { epochs: 2, batch_size: 64, subset: Some(1536), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
-    let opts = |name: &str, ema: bool| RunOptions {
-        cfg: TrainConfig { ema, ..cfg.clone() },
-        lr_given: true,
-        lr_find: Default::default(),
-        runs_dir: runs.clone(),
-        name: Some(name.into()),
-        resume: false,
-        progress: false,
-        cuda_graph: false,
-        explicit: Vec::new(),
-    };
+    let opts = |name: &str, ema: bool| run_opts(TrainConfig { ema, ..cfg.clone() }, &runs, name);
     let plain_acc = run_training(&ds, &engine::Device::Cpu, opts("plain", false)).unwrap();
     let ema_acc = run_training(&ds, &engine::Device::Cpu, opts("ema", true)).unwrap();
     let plain = read_metrics(&runs.join("plain/metrics.csv")).unwrap();
