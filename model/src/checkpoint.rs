@@ -36,19 +36,23 @@ fn err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Checkpoint { path: path.to_path_buf(), msg: msg.into() }
 }
 
-/// Write `bytes` to `path` atomically: a new sibling temporary file, fsync, rename. The
-/// temporary file is always a new one (a leftover is removed first), never an existing file
-/// opened for writing: that could be a hard link to a file kept elsewhere (`run.rs` keeps the
-/// previous epoch's checkpoint as hard links), which writing in place would change too.
+/// Write `bytes` to `path` atomically: a new sibling temporary file `<path>.tmp`, fsync, rename
+/// (checkpoints, metrics, plots). The temporary file is always a new one (a leftover is removed
+/// first), never an existing file opened for writing: that could be a hard link to a file kept
+/// elsewhere (`run.rs` keeps the previous epoch's checkpoint as hard links), which writing in
+/// place would change too. A write that fails (a full disk) removes its temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| Error::io(&tmp, e));
     drop(f);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     rename_durably(&tmp, path)
 }
 
@@ -400,6 +404,11 @@ mod tests {
         assert!(load_model(&path, &mut b).is_err());
     }
 
+    /// Momentum buffers of random values, one per parameter of `net`.
+    fn random_momentum(net: &ResNet9, rng: &mut impl rand::Rng) -> SgdState {
+        SgdState { momentum_buffers: net.params.iter().map(|p| Some(Tensor::randn(p.shape(), DType::F32, 1.0, rng))).collect() }
+    }
+
     /// A byte of tensor data changed on disk (a valid file still, to safetensors) is refused by
     /// its checksum, leaving the network as it was; so is a changed optimizer file; a file
     /// without a checksum (PyTorch's, or one written before) still loads.
@@ -422,7 +431,7 @@ mod tests {
         assert_eq!(b.params[0].to_f64_vec(), before);
 
         let opt = tmp.path().join("optimizer.safetensors");
-        let state = SgdState { momentum_buffers: a.params.iter().map(|p| Some(Tensor::randn(p.shape(), DType::F32, 1.0, &mut rng))).collect() };
+        let state = random_momentum(&a, &mut rng);
         save_optimizer(&opt, &a, &state, HashMap::new(), None).unwrap();
         let mut bytes = std::fs::read(&opt).unwrap();
         let i = bytes.len() - 4;
@@ -462,7 +471,7 @@ mod tests {
         let opt = tmp.path().join("optimizer.safetensors");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
         let a = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
-        let state = SgdState { momentum_buffers: a.params.iter().map(|p| Some(Tensor::randn(p.shape(), DType::F32, 1.0, &mut rng))).collect() };
+        let state = random_momentum(&a, &mut rng);
         let meta = HashMap::from([("weight_decay".to_string(), "0.0005".to_string()), ("epochs".to_string(), "24".to_string())]);
         save_optimizer(&opt, &a, &state, meta, None).unwrap();
         let good = std::fs::read(&opt).unwrap();

@@ -13,7 +13,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 use plotters_backend::{BackendColor, BackendCoord, BackendTextStyle, DrawingErrorKind};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// One named curve of a [`LinePlot`].
@@ -195,19 +195,13 @@ pub(crate) fn plot_err(path: &Path, msg: impl ToString) -> Error {
     Error::Plot { path: path.to_path_buf(), msg: msg.to_string() }
 }
 
-/// `<path>.tmp`, the file a PNG is written to before being renamed over `path`.
-fn tmp_path(path: &Path) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| plot_err(path, "the path has no file name"))?;
-    let mut tmp = name.to_os_string();
-    tmp.push(".tmp");
-    Ok(path.with_file_name(tmp))
-}
-
-/// Encodes a `width x height` RGB8 buffer as PNG to `<path>.tmp` and renames it
-/// over `path`. On failure the temporary file is removed.
+/// Encodes a `width x height` RGB8 buffer as PNG and writes it to `path` atomically
+/// ([`crate::checkpoint::write_atomic`]: `<path>.tmp`, then renamed over `path`).
 pub(crate) fn write_png_atomic(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
     debug_assert_eq!(rgb.len(), width as usize * height as usize * 3);
-    let tmp = tmp_path(path)?;
+    if path.file_name().is_none() {
+        return Err(plot_err(path, "the path has no file name"));
+    }
     let mut encoded = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut encoded, width, height);
@@ -218,17 +212,7 @@ pub(crate) fn write_png_atomic(path: &Path, width: u32, height: u32, rgb: &[u8])
         writer.write_image_data(rgb).map_err(png_err)?;
         writer.finish().map_err(png_err)?;
     }
-    let result = (|| -> Result<()> {
-        let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        std::io::Write::write_all(&mut file, &encoded).map_err(|e| Error::io(&tmp, e))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(file);
-        crate::checkpoint::rename_durably(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::checkpoint::write_atomic(path, &encoded)
 }
 
 /// Series colours (matplotlib's "tab10").
@@ -532,7 +516,7 @@ mod tests {
 
     /// A path `name` in a fresh folder that is removed when the returned guard drops (kept,
     /// and its path printed, with KEEP_PLOTS set, to look at the plots).
-    fn tmp(name: &str) -> (tempfile::TempDir, PathBuf) {
+    fn tmp(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var_os("KEEP_PLOTS").is_some() {
             dir.disable_cleanup(true);
@@ -600,7 +584,7 @@ mod tests {
         for c in [PALETTE[0], PALETTE[1], MARKER_PALETTE[0]] {
             assert!(rgb.chunks_exact(3).any(|p| p == [c.0, c.1, c.2]), "colour {c:?} missing");
         }
-        assert!(!tmp_path(&path).unwrap().exists(), "the temporary file was left behind");
+        assert!(!path.with_file_name("lr.png.tmp").exists(), "the temporary file was left behind");
     }
 
     #[test]
