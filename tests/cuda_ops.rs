@@ -279,6 +279,8 @@ fn graph_api_convolutions_match_the_cpu() {
     let p = Conv2dParams { stride: 1, padding: 1 };
     // (The device is this test's own: `Device::cuda` opens a new one per call.)
     d.set_conv_graph(true);
+    // Every convolution here through cuDNN, the 3-channel one too (not our direct kernels).
+    d.set_first_conv(engine::cuda::FirstConv::Cudnn);
     for (dt, layout, rtol, xs, ws) in [
         (DType::F32, Layout::Nchw, 2e-4, [5usize, 20, 11, 11], [36usize, 20, 3, 3]),
         (DType::F64, Layout::Nchw, 1e-9, [3, 8, 9, 9], [12, 8, 3, 3]),
@@ -736,7 +738,7 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 /// The 3-channel first convolution on our direct kernels (`ops::conv2d_c3`: bf16
 /// channels-last, 3×3, stride 1, padding 1; the input's gradient skipped, as the network's
 /// first convolution does) against the CPU reference in f64 on the same bf16 inputs, and
-/// against cuDNN (`set_direct_first_conv(false)`), at the network's 64 output channels and at
+/// against cuDNN (`set_first_conv(FirstConv::Cudnn)`), at the network's 64 output channels and at
 /// 16 (width 0.25). Tolerance, relative to the largest value: each side's outputs are f32 sums
 /// rounded to bf16 once, so they may be one bf16 step (2^-7 = 7.8e-3 of a value) apart: 1e-2.
 /// Our kernels sum in a fixed order: two runs give the same bits.
@@ -744,6 +746,7 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 #[ignore = "needs a CUDA GPU"]
 fn first_conv_direct_kernels_match_the_cpu_and_cudnn() {
     use engine::Layout;
+    use engine::cuda::FirstConv;
     use ops::conv2d::{Conv2dParams, DataGrad};
     use ops::layout::forward as to_layout;
     let dev = gpu();
@@ -762,26 +765,26 @@ fn first_conv_direct_kernels_match_the_cpu_and_cudnn() {
         let (_, dw_cpu) = ops::conv2d::backward(&f64_of(&x), &f64_of(&w), &f64_of(&dy), p, false).unwrap();
         let on = |t: &Tensor| to_layout(&t.to_device(&dev).unwrap(), Layout::Nhwc).unwrap();
         let (xg, wg, dyg) = (on(&x), on(&w), on(&dy));
-        let run = |direct: bool| {
-            cd.set_direct_first_conv(direct);
+        let run = |at: FirstConv| {
+            cd.set_first_conv(at);
             let y = ops::conv2d::forward(&xg, &wg, p).unwrap();
             let (dx, dw) = ops::conv2d::backward_adding(&xg, &wg, &dyg, p, DataGrad::Skip).unwrap();
             assert!(dx.is_none());
             assert_eq!((y.dtype(), y.layout(), dw.dtype(), dw.layout()), (DType::BF16, Layout::Nhwc, DType::BF16, Layout::Nhwc));
             (y, dw)
         };
-        let (y, dw) = run(true);
+        let (y, dw) = run(FirstConv::Direct);
         let what = format!("x {xs:?}, {o} outputs");
         close(&format!("{what}: our y against the CPU"), &y, &y_cpu);
         close(&format!("{what}: our dw against the CPU"), &dw, &dw_cpu);
-        let (y2, dw2) = run(true);
+        let (y2, dw2) = run(FirstConv::Direct);
         let bits = |t: &Tensor| t.cuda_buffer().unwrap().to_host_bf16_bits().unwrap();
         assert!(bits(&y2) == bits(&y) && bits(&dw2) == bits(&dw), "{what}: two runs of our kernels differ");
-        let (y_cudnn, dw_cudnn) = run(false);
+        let (y_cudnn, dw_cudnn) = run(FirstConv::Cudnn);
         close(&format!("{what}: our y against cuDNN's"), &y, &y_cudnn);
         close(&format!("{what}: our dw against cuDNN's"), &dw, &dw_cudnn);
     }
-    cd.set_direct_first_conv(true);
+    cd.set_first_conv(FirstConv::DEFAULT);
 }
 
 /// The fused batch norm + ReLU (our kernels) against the CPU reference (batch norm, then

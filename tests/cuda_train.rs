@@ -183,10 +183,10 @@ fn steady_state_training_steps_make_no_driver_allocations() {
     }
 }
 
-/// A step profiled launch by launch (`model profile`'s third table) on the GPU's default path:
-/// each operation's interval is cut at our kernels' launches and at cuDNN's and cuBLAS's
-/// calls, so the rows name them under their operations: the first convolution on our kernel
-/// and the other seven on cuDNN's forward, the fused batch norm + ReLU's kernels, the SGD
+/// A step profiled launch by launch (`model profile`'s third table) on the GPU's fast path, the
+/// first convolution on our kernels (`--first-conv direct`): each operation's interval is cut
+/// at our kernels' launches and at cuDNN's and cuBLAS's calls, so the rows name them under
+/// their operations: the first convolution on our kernels and the other seven on cuDNN's, the fused batch norm + ReLU's kernels, the SGD
 /// update's, the linear layer's two cuBLAS calls; and per operation the parts add up to its
 /// interval. Once the profile is finished the device records no more events.
 #[test]
@@ -194,6 +194,7 @@ fn steady_state_training_steps_make_no_driver_allocations() {
 fn a_step_profiled_by_kernel_splits_each_operation_at_our_kernels() {
     let cfg = fast_path(TrainConfig { batch_size: 128, width: 0.25, ..TrainConfig::default() }, true);
     let GpuEpoch { d, ds, norm, mut p, mut net, mut state, order, params } = gpu_epoch(&cfg, 4);
+    d.set_first_conv(engine::cuda::FirstConv::Direct);
     // One step first: plans, modules and pool blocks are made outside the profiled step.
     let batch = p.train_batch(&ds.train, &order, &params, 0..128, norm).unwrap();
     train::train_step(&mut net, &mut state, batch, 0.05, &cfg).unwrap();

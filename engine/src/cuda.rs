@@ -44,6 +44,61 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Where the network's first convolution (3 input channels, 3×3, bf16 channels-last) runs:
+/// cuDNN runs it as it runs every other convolution; our direct kernels (`ptx/conv_c3.cu`,
+/// `ops::conv2d_c3`) compute its forward pass and its weight gradient without cuDNN's
+/// padding of 3 channels to 8 (the input needs no gradient, so there is no backward-data).
+///
+/// Measured on one H200 (2026-11-27, cuDNN 9.19, batch 512, `model profile --first-conv X`
+/// and 24-epoch runs, `bench/results/h200-2026-11-27/`): the step captured as a CUDA graph took
+/// 3.11 and 3.12 ms with cuDNN, 3.20 ms with our forward kernel, 3.34 and 3.35 ms with both of
+/// ours; a run's 24 epochs of training 7.4 s (two seeds), 7.6 s and 7.9 s. Timed one
+/// operation at a time our forward is faster (0.24 ms against 0.31 ms) and our weight gradient
+/// slower (0.32 ms against 0.20 ms), yet in the captured step cuDNN's is faster for both; ours
+/// take 5 to 6 times what the kernel file's arithmetic predicted (0.03 to 0.05 ms forward, 0.06
+/// ms weight gradient). Hence the default: cuDNN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstConv {
+    /// cuDNN for the forward pass and the weight gradient.
+    Cudnn = 0,
+    /// Our forward kernel, cuDNN's weight gradient.
+    DirectForward = 1,
+    /// Our kernels for both.
+    Direct = 2,
+}
+
+impl FirstConv {
+    /// The choice a device starts with.
+    pub const DEFAULT: FirstConv = FirstConv::Cudnn;
+
+    fn from_u8(v: u8) -> FirstConv {
+        match v {
+            0 => FirstConv::Cudnn,
+            1 => FirstConv::DirectForward,
+            _ => FirstConv::Direct,
+        }
+    }
+
+    /// Whether our kernel computes the forward pass.
+    pub fn direct_forward(self) -> bool {
+        self != FirstConv::Cudnn
+    }
+
+    /// Whether our kernels compute the weight gradient.
+    pub fn direct_weight_grad(self) -> bool {
+        self == FirstConv::Direct
+    }
+
+    /// In words, for logs: what runs where.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FirstConv::Cudnn => "cuDNN (--first-conv cudnn)",
+            FirstConv::DirectForward => "our direct forward kernel (conv_c3.cu), cuDNN's weight gradient (--first-conv direct-forward)",
+            FirstConv::Direct => "our direct kernels (conv_c3.cu) for the forward pass and the weight gradient (--first-conv direct)",
+        }
+    }
+}
+
 /// How the algorithms of a convolution shape (forward, backward data, backward filter) are
 /// chosen, once per shape (see `ops::conv2d`).
 ///
@@ -136,9 +191,9 @@ pub struct CudaDevice {
     /// Whether our kernels may move 16 bytes per access where shapes and alignment allow;
     /// see [`CudaDevice::set_vector_kernels`].
     vector_kernels: AtomicBool,
-    /// Whether a 3-channel first convolution runs on our direct kernels; see
-    /// [`CudaDevice::set_direct_first_conv`].
-    direct_first_conv: AtomicBool,
+    /// Where a 3-channel first convolution runs, as a [`FirstConv`] number; see
+    /// [`CudaDevice::set_first_conv`].
+    first_conv: std::sync::atomic::AtomicU8,
     /// The most 256-thread blocks of batch norm + ReLU's channels-last 16-byte passes; see
     /// [`CudaDevice::set_bnr_max_blocks`].
     bnr_max_blocks: std::sync::atomic::AtomicU32,
@@ -432,7 +487,7 @@ impl CudaDevice {
             conv_graph: AtomicBool::new(false),
             graph_plans: Mutex::new(HashMap::new()),
             vector_kernels: AtomicBool::new(true),
-            direct_first_conv: AtomicBool::new(true),
+            first_conv: std::sync::atomic::AtomicU8::new(FirstConv::DEFAULT as u8),
             bnr_max_blocks: std::sync::atomic::AtomicU32::new(BNR_ONE_WAVE),
             kernel_trace: Mutex::new(None),
             sm_count,
@@ -601,17 +656,18 @@ impl CudaDevice {
         self.vector_kernels.load(Ordering::Relaxed)
     }
 
-    /// Whether a bf16 channels-last 3×3 convolution of 3 input channels (the network's first)
-    /// runs on our direct kernels (`ops::conv2d_c3`) instead of cuDNN.
-    pub fn direct_first_conv(&self) -> bool {
-        self.direct_first_conv.load(Ordering::Relaxed)
+    /// Where a bf16 channels-last 3×3 convolution of 3 input channels (the network's first)
+    /// runs: cuDNN, or our direct kernels (`ops::conv2d_c3`) for its forward pass, or for its
+    /// forward pass and its weight gradient.
+    pub fn first_conv(&self) -> FirstConv {
+        FirstConv::from_u8(self.first_conv.load(Ordering::Relaxed))
     }
 
-    /// Allow (the default) or forbid our direct kernels for the 3-channel first convolution;
-    /// forbidden, cuDNN runs it like every other convolution, so that a profile can measure
-    /// what they gain. The results differ in the last bits (another order of the same sums).
-    pub fn set_direct_first_conv(&self, on: bool) {
-        self.direct_first_conv.store(on, Ordering::Relaxed);
+    /// Choose where the 3-channel first convolution runs (default [`FirstConv::DEFAULT`]), so
+    /// that a profile can measure each choice. The results differ in the last bits (another
+    /// order of the same sums).
+    pub fn set_first_conv(&self, at: FirstConv) {
+        self.first_conv.store(at as u8, Ordering::Relaxed);
     }
 
     /// Cap the blocks (of 256 threads) of batch norm + ReLU's channels-last 16-byte passes at

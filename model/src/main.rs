@@ -4,7 +4,7 @@
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use engine::Device;
-use engine::cuda::ConvSearch;
+use engine::cuda::{ConvSearch, FirstConv};
 use model::lr_find::{LrFindConfig, LrMinRule, LrRule};
 use model::run::{RunOptions, run_training};
 use model::train::TrainConfig;
@@ -78,6 +78,34 @@ struct DataArgs {
 }
 
 /// `--cudnn-search`: [`ConvSearch`]'s rules on the command line.
+/// `--first-conv`: [`FirstConv`] as the command line spells it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FirstConvArg {
+    Cudnn,
+    DirectForward,
+    Direct,
+}
+
+impl From<FirstConv> for FirstConvArg {
+    fn from(at: FirstConv) -> Self {
+        match at {
+            FirstConv::Cudnn => FirstConvArg::Cudnn,
+            FirstConv::DirectForward => FirstConvArg::DirectForward,
+            FirstConv::Direct => FirstConvArg::Direct,
+        }
+    }
+}
+
+impl From<FirstConvArg> for FirstConv {
+    fn from(at: FirstConvArg) -> Self {
+        match at {
+            FirstConvArg::Cudnn => FirstConv::Cudnn,
+            FirstConvArg::DirectForward => FirstConv::DirectForward,
+            FirstConvArg::Direct => FirstConv::Direct,
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy)]
 enum SearchArg {
     Heuristic,
@@ -186,11 +214,12 @@ struct TrainArgs {
     /// forward and our one-value backward, one-value bf16 adds; to measure what they gain.
     #[arg(long)]
     no_vector_kernels: bool,
-    /// Run the network's first convolution (3 input channels) through cuDNN like the others,
-    /// instead of our direct bf16 channels-last kernels (`ptx/conv_c3.cu`); to measure what
-    /// they gain.
-    #[arg(long)]
-    cudnn_first_conv: bool,
+    /// Where the network's first convolution (3 input channels, bf16 channels-last) runs:
+    /// `cudnn` like every other convolution, `direct-forward` (our kernel `ptx/conv_c3.cu` for
+    /// the forward pass, cuDNN for the weight gradient) or `direct` (our kernels for both); to
+    /// measure each. The default is the fastest measured (see `engine::cuda::FirstConv`).
+    #[arg(long, value_enum, default_value_t = FirstConvArg::from(FirstConv::DEFAULT))]
+    first_conv: FirstConvArg,
     /// The most 256-thread blocks of batch norm + ReLU's channels-last 16-byte passes (each
     /// thread then reads its channels' values once for several 16-byte groups): `wave` (as
     /// many as the GPU runs at once for each kernel), a number, or 0: one thread per group, as
@@ -271,7 +300,7 @@ impl TrainArgs {
                 SearchArg::Timed => ConvSearch::Timed,
             });
             d.set_vector_kernels(!self.no_vector_kernels);
-            d.set_direct_first_conv(!self.cudnn_first_conv);
+            d.set_first_conv(self.first_conv.into());
             d.set_bnr_max_blocks(self.bnr_max_blocks);
             d.set_conv_graph(self.cudnn_graph);
         }
@@ -475,6 +504,21 @@ mod tests {
         assert!(parse_block_cap("waves").unwrap_err().contains("`wave` or a block count"));
         assert!(parse_block_cap(&u32::MAX.to_string()).is_err());
         assert_eq!(TrainArgs::defaults().bnr_max_blocks, engine::cuda::BNR_ONE_WAVE);
+    }
+
+    /// `--first-conv`: cuDNN unless asked (the measured default, `FirstConv::DEFAULT`), the
+    /// three choices by name, anything else refused.
+    #[test]
+    fn first_conv_defaults_to_cudnn_and_takes_the_three_choices() {
+        let first_conv = |args: &[&str]| {
+            let Some(Command::Train(a)) = Cli::try_parse_from([&["model", "train"][..], args].concat()).unwrap().command else { panic!("not train") };
+            FirstConv::from(a.first_conv)
+        };
+        assert_eq!(first_conv(&[]), FirstConv::Cudnn);
+        assert_eq!(first_conv(&["--first-conv", "direct-forward"]), FirstConv::DirectForward);
+        assert_eq!(first_conv(&["--first-conv=direct"]), FirstConv::Direct);
+        assert_eq!(first_conv(&["--first-conv", "cudnn"]), FirstConv::Cudnn);
+        assert!(Cli::try_parse_from(["model", "train", "--first-conv", "ours"]).is_err());
     }
 
     /// lr-find refuses the flags that would skip or replace its range test, before it looks for

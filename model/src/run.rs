@@ -485,7 +485,7 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         let mut plans = d.conv_plan_lines();
         plans.extend(d.graph_plan_lines().into_iter().map(|l| format!("graph API: {l}")));
         plans.extend(d.graph_refusals().into_iter().map(|l| format!("no graph-API plan (legacy API instead): {l}")));
-        let first = if d.direct_first_conv() { "our direct kernels (conv_c3.cu) where bf16 channels-last" } else { "cuDNN (--cudnn-first-conv)" };
+        let first = d.first_conv().describe();
         let text = format!("convolution search: {}\nthe first convolution (3 channels): {first}\n{}\n", search_rule(d.conv_search()), plans.join("\n"));
         let path = dir.join("conv_plans.txt");
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
@@ -1004,7 +1004,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         println!("our kernels' 16-byte variants: {}", if d.vector_kernels() { "on where shapes allow" } else { "off (--no-vector-kernels)" });
         println!(
             "the first convolution (3 channels, bf16 channels-last): {}",
-            if d.direct_first_conv() { "our direct kernels (conv_c3.cu)" } else { "cuDNN (--cudnn-first-conv)" }
+            d.first_conv().describe()
         );
         match d.bnr_max_blocks() {
             0 => println!("batch norm + ReLU's channels-last 16-byte passes: one thread per 16-byte group (--bnr-max-blocks 0)"),

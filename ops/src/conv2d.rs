@@ -794,7 +794,7 @@ fn run_graph(dev: &Arc<engine::cuda::CudaDevice>, g: &ConvGraph, x: *const c_voi
 /// ([`crate::conv2d_c3`]).
 fn forward_cuda(x: &Tensor, w: &Tensor, d: Dims) -> Result<Tensor> {
     same_layout(x, w)?;
-    if crate::conv2d_c3::fits(x, w, d.s, d.p) {
+    if crate::conv2d_c3::fits(x, w, d.s, d.p, crate::conv2d_c3::Pass::Forward) {
         return crate::conv2d_c3::forward(x, w);
     }
     let xb = x.cuda_buffer()?;
@@ -839,7 +839,7 @@ fn backward_cuda(x: &Tensor, w: &Tensor, dy: &Tensor, d: Dims, dx_mode: DataGrad
     same_layout(x, w)?;
     same_layout(x, dy)?;
     // The 3-channel first convolution, whose input needs no gradient: our kernels.
-    if matches!(dx_mode, DataGrad::Skip) && crate::conv2d_c3::fits(x, w, d.s, d.p) {
+    if matches!(dx_mode, DataGrad::Skip) && crate::conv2d_c3::fits(x, w, d.s, d.p, crate::conv2d_c3::Pass::WeightGrad) {
         return Ok((None, crate::conv2d_c3::weight_grad(x, w, dy)?));
     }
     use cudarc::cudnn::sys;

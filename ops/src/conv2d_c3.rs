@@ -7,6 +7,12 @@
 //! 0.23 ms for the forward and 0.20 ms for the weight gradient per training step, about ten
 //! times what that traffic takes (`ptx/conv_c3.cu` has the figures).
 //!
+//! They did not beat it: on an H200 (2026-11-27) ours took 0.24 ms forward and 0.32 ms for the
+//! weight gradient, five to six times the kernel file's estimate, and the step captured as a
+//! CUDA graph was fastest with cuDNN for both passes (3.11 ms, against 3.20 ms with our forward
+//! and 3.35 ms with both of ours). So they run only when asked (`--first-conv direct-forward`
+//! or `direct`, [`engine::cuda::FirstConv`]); the GPU tests keep them correct.
+//!
 //! Forward: `y[n,i,j,o] = Σ_{r,s,c} w[o,r,s,c] · x[n, i+r−1, j+s−1, c]` (x outside = 0).
 //! Weight gradient: `dw[o,r,s,c] = Σ_{n,i,j} dy[n,i,j,o] · x[n, i+r−1, j+s−1, c]`.
 //! Shapes (logical, as every conv2d tensor): x `[N, 3, H, W]`, w and dw `[O, 3, 3, 3]`, y and dy
@@ -34,15 +40,27 @@ const ROWS: usize = 8;
 /// are `MAX_O` × this many threads, one block per tap.
 const FIN_LANES: u32 = 8;
 
-/// Whether our kernels take `y = conv(x, w)` with this stride and padding: on the GPU with
-/// the device's switch on ([`CudaDevice::direct_first_conv`]), x bf16 channels-last with 3
-/// channels, w `[O, 3, 3, 3]` with O a multiple of 8 and at most 64 (the kernels' 16-byte
-/// stores and shared table), stride 1, padding 1, and fewer than 2³¹ elements in x and y
-/// (32-bit indices).
-pub(crate) fn fits(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
+/// Which of the first convolution's passes [`fits`] is asked about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    Forward,
+    WeightGrad,
+}
+
+/// Whether our kernels take `pass` of `y = conv(x, w)` with this stride and padding: on the
+/// GPU with the device's choice ([`CudaDevice::first_conv`]) giving them that pass, x bf16
+/// channels-last with 3 channels, w `[O, 3, 3, 3]` with O a multiple of 8 and at most 64 (the
+/// kernels' 16-byte stores and shared table), stride 1, padding 1, and fewer than 2³¹
+/// elements in x and y (32-bit indices).
+pub(crate) fn fits(x: &Tensor, w: &Tensor, stride: usize, padding: usize, pass: Pass) -> bool {
     let Ok(xb) = x.cuda_buffer() else { return false };
     let (xs, ws) = (x.shape(), w.shape());
-    xb.dev().direct_first_conv()
+    let at = xb.dev().first_conv();
+    let ours = match pass {
+        Pass::Forward => at.direct_forward(),
+        Pass::WeightGrad => at.direct_weight_grad(),
+    };
+    ours
         && x.dtype() == DType::BF16
         && w.dtype() == DType::BF16
         && x.layout() == Layout::Nhwc
