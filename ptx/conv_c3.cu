@@ -25,6 +25,13 @@
 // per pixel (27 loads, 54 multiply-adds, the rest index arithmetic) for 524,288 pixels, about
 // 0.06 ms at four warp instructions per SM per cycle.
 //
+// Measured on an H200 (2026-11-27, bench/results/h200-2026-11-27/): the forward took 0.244 ms
+// and the weight gradient 0.315 + 0.008 ms per step, five to six times those estimates, and
+// the step captured as a CUDA graph was faster with cuDNN for both passes (3.12 ms against
+// 3.20 ms with our forward and 3.35 ms with both). So these kernels run only when asked
+// (`--first-conv direct-forward|direct`, engine::cuda::FirstConv); why they are slow is not
+// known yet.
+//
 // Sums: the forward adds the 27 products of each output in (r, s, c) order with fused
 // multiply-adds (__fmaf_rn, the same on the GPU and in the CPU emulation); the weight
 // gradient sums per thread over its pixels in order, then over the block's 8 rows of threads
