@@ -738,7 +738,8 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 /// The 3-channel first convolution on our direct kernels (`ops::conv2d_c3`: bf16
 /// channels-last, 3×3, stride 1, padding 1; the input's gradient skipped, as the network's
 /// first convolution does) against the CPU reference in f64 on the same bf16 inputs, and
-/// against cuDNN (`set_first_conv(FirstConv::Cudnn)`), at the network's 64 output channels and at
+/// against cuDNN (`set_first_conv(FirstConv::Cudnn)`), and cuDNN's graph API for it alone
+/// (`FirstConv::CudnnGraph`) against the CPU, at the network's 64 output channels and at
 /// 16 (width 0.25). Tolerance, relative to the largest value: each side's outputs are f32 sums
 /// rounded to bf16 once, so they may be one bf16 step (2^-7 = 7.8e-3 of a value) apart: 1e-2.
 /// Our kernels sum in a fixed order: two runs give the same bits.
@@ -783,6 +784,14 @@ fn first_conv_direct_kernels_match_the_cpu_and_cudnn() {
         let (y_cudnn, dw_cudnn) = run(FirstConv::Cudnn);
         close(&format!("{what}: our y against cuDNN's"), &y, &y_cudnn);
         close(&format!("{what}: our dw against cuDNN's"), &dw, &dw_cudnn);
+        // `--first-conv cudnn-graph`: the graph API for this convolution alone (the device's
+        // --cudnn-graph is off), one plan per pass.
+        assert!(!cd.conv_graph());
+        let plans = cd.graph_plan_lines().len();
+        let (y_graph, dw_graph) = run(FirstConv::CudnnGraph);
+        assert_eq!(cd.graph_plan_lines().len(), plans + 2, "{what}: graph plans; refusals: {:?}", cd.graph_refusals());
+        close(&format!("{what}: cuDNN graph API's y against the CPU"), &y_graph, &y_cpu);
+        close(&format!("{what}: cuDNN graph API's dw against the CPU"), &dw_graph, &dw_cpu);
     }
     cd.set_first_conv(FirstConv::DEFAULT);
 }

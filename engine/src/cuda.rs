@@ -45,7 +45,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Where the network's first convolution (3 input channels, 3×3, bf16 channels-last) runs:
-/// cuDNN runs it as it runs every other convolution; our direct kernels (`ptx/conv_c3.cu`,
+/// cuDNN runs it as it runs every other convolution, or through cuDNN's graph API whatever the
+/// others take (PyTorch's step ran it on CUTLASS kernels in about 0.16 ms for both passes on an
+/// H200, where the legacy API's plans took 0.51 ms; not yet measured through our graph-API
+/// path); our direct kernels (`ptx/conv_c3.cu`,
 /// `ops::conv2d_c3`) compute its forward pass and its weight gradient without cuDNN's
 /// padding of 3 channels to 8 (the input needs no gradient, so there is no backward-data).
 ///
@@ -65,6 +68,9 @@ pub enum FirstConv {
     DirectForward = 1,
     /// Our kernels for both.
     Direct = 2,
+    /// cuDNN through its graph API (as `--cudnn-graph` does for every convolution) for both
+    /// passes, where it has a plan.
+    CudnnGraph = 3,
 }
 
 impl FirstConv {
@@ -75,13 +81,14 @@ impl FirstConv {
         match v {
             0 => FirstConv::Cudnn,
             1 => FirstConv::DirectForward,
-            _ => FirstConv::Direct,
+            2 => FirstConv::Direct,
+            _ => FirstConv::CudnnGraph,
         }
     }
 
     /// Whether our kernel computes the forward pass.
     pub fn direct_forward(self) -> bool {
-        self != FirstConv::Cudnn
+        matches!(self, FirstConv::DirectForward | FirstConv::Direct)
     }
 
     /// Whether our kernels compute the weight gradient.
@@ -95,6 +102,7 @@ impl FirstConv {
             FirstConv::Cudnn => "cuDNN (--first-conv cudnn)",
             FirstConv::DirectForward => "our direct forward kernel (conv_c3.cu), cuDNN's weight gradient (--first-conv direct-forward)",
             FirstConv::Direct => "our direct kernels (conv_c3.cu) for the forward pass and the weight gradient (--first-conv direct)",
+            FirstConv::CudnnGraph => "cuDNN's graph API (--first-conv cudnn-graph)",
         }
     }
 }
@@ -1426,12 +1434,26 @@ impl Drop for DeviceGraph {
 
 #[cfg(test)]
 mod tests {
-    use super::grid_stride_config;
+    use super::{FirstConv, grid_stride_config};
     use cudarc::driver::LaunchConfig;
 
     /// Grid-stride launches: with 1024 threads allowed, cudarc's `for_num_elems` (what every
     /// kernel of `ptx/` gets today); with fewer, blocks of whole warps within the limit, one
     /// thread per item and no whole block idle; at least one block of 32 whatever the limit.
+    /// The device keeps its [`FirstConv`] as a number: each choice reads back as itself, and
+    /// only the two direct choices give our kernels a pass.
+    #[test]
+    fn first_conv_choices_read_back_as_themselves() {
+        for at in [FirstConv::Cudnn, FirstConv::CudnnGraph, FirstConv::DirectForward, FirstConv::Direct] {
+            assert_eq!(FirstConv::from_u8(at as u8), at);
+        }
+        let ours = |at: FirstConv| (at.direct_forward(), at.direct_weight_grad());
+        assert_eq!(ours(FirstConv::Cudnn), (false, false));
+        assert_eq!(ours(FirstConv::CudnnGraph), (false, false));
+        assert_eq!(ours(FirstConv::DirectForward), (true, false));
+        assert_eq!(ours(FirstConv::Direct), (true, true));
+    }
+
     #[test]
     fn grid_stride_launches_fit_the_kernels_limit() {
         for n in [0u32, 1, 31, 1024, 1025, 50_000, 16 << 20] {

@@ -82,6 +82,7 @@ struct DataArgs {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum FirstConvArg {
     Cudnn,
+    CudnnGraph,
     DirectForward,
     Direct,
 }
@@ -90,6 +91,7 @@ impl From<FirstConv> for FirstConvArg {
     fn from(at: FirstConv) -> Self {
         match at {
             FirstConv::Cudnn => FirstConvArg::Cudnn,
+            FirstConv::CudnnGraph => FirstConvArg::CudnnGraph,
             FirstConv::DirectForward => FirstConvArg::DirectForward,
             FirstConv::Direct => FirstConvArg::Direct,
         }
@@ -100,6 +102,7 @@ impl From<FirstConvArg> for FirstConv {
     fn from(at: FirstConvArg) -> Self {
         match at {
             FirstConvArg::Cudnn => FirstConv::Cudnn,
+            FirstConvArg::CudnnGraph => FirstConv::CudnnGraph,
             FirstConvArg::DirectForward => FirstConv::DirectForward,
             FirstConvArg::Direct => FirstConv::Direct,
         }
@@ -215,8 +218,9 @@ struct TrainArgs {
     #[arg(long)]
     no_vector_kernels: bool,
     /// Where the network's first convolution (3 input channels, bf16 channels-last) runs:
-    /// `cudnn` like every other convolution, `direct-forward` (our kernel `ptx/conv_c3.cu` for
-    /// the forward pass, cuDNN for the weight gradient) or `direct` (our kernels for both); to
+    /// `cudnn` like every other convolution, `cudnn-graph` (cuDNN's graph API for it alone, as
+    /// `--cudnn-graph` does for all), `direct-forward` (our kernel `ptx/conv_c3.cu` for the
+    /// forward pass, cuDNN for the weight gradient) or `direct` (our kernels for both); to
     /// measure each. The default is the fastest measured (see `engine::cuda::FirstConv`).
     #[arg(long, value_enum, default_value_t = FirstConvArg::from(FirstConv::DEFAULT))]
     first_conv: FirstConvArg,
@@ -507,9 +511,9 @@ mod tests {
     }
 
     /// `--first-conv`: cuDNN unless asked (the measured default, `FirstConv::DEFAULT`), the
-    /// three choices by name, anything else refused.
+    /// four choices by name, anything else refused.
     #[test]
-    fn first_conv_defaults_to_cudnn_and_takes_the_three_choices() {
+    fn first_conv_defaults_to_cudnn_and_takes_the_four_choices() {
         let first_conv = |args: &[&str]| {
             let Some(Command::Train(a)) = Cli::try_parse_from([&["model", "train"][..], args].concat()).unwrap().command else { panic!("not train") };
             FirstConv::from(a.first_conv)
@@ -518,6 +522,7 @@ mod tests {
         assert_eq!(first_conv(&["--first-conv", "direct-forward"]), FirstConv::DirectForward);
         assert_eq!(first_conv(&["--first-conv=direct"]), FirstConv::Direct);
         assert_eq!(first_conv(&["--first-conv", "cudnn"]), FirstConv::Cudnn);
+        assert_eq!(first_conv(&["--first-conv", "cudnn-graph"]), FirstConv::CudnnGraph);
         assert!(Cli::try_parse_from(["model", "train", "--first-conv", "ours"]).is_err());
     }
 

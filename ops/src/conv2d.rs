@@ -765,7 +765,9 @@ fn same_layout(a: &Tensor, b: &Tensor) -> Result<()> {
 /// one; `None`: the legacy API runs it (the device keeps the graph API's reason,
 /// `CudaDevice::graph_refusals`).
 fn graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layout: Layout, op: ConvOp) -> Result<Option<Arc<ConvGraph>>> {
-    if !dev.conv_graph() {
+    // `--first-conv cudnn-graph`: the 3-channel first convolution through the graph API alone.
+    let first_on_graph = dev.first_conv() == engine::cuda::FirstConv::CudnnGraph && d.c == 3;
+    if !dev.conv_graph() && !first_on_graph {
         return Ok(None);
     }
     let key = conv_key(dev, d, dtype, layout);
