@@ -51,6 +51,10 @@ struct alignas(16) uint4 {
 struct alignas(8) uint2 {
     unsigned int x, y;
 };
+// and the 16-byte float one (conv_c3.cu's staged inputs).
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 
 struct dim3 {
     unsigned int x = 1, y = 1, z = 1;
