@@ -60,9 +60,9 @@ pub(crate) enum Pass {
 
 /// Whether our kernels take `pass` of `y = conv(x, w)` with this stride and padding: on the
 /// GPU with the device's choice ([`CudaDevice::first_conv`]) giving them that pass, x bf16
-/// channels-last with 3 channels, w `[O, 3, 3, 3]` with O a multiple of 8 (the kernels need
-/// only an even O) and at most 64 (a lane's pair of output channels, 32 lanes), stride 1,
-/// padding 1, and fewer than 2³¹ elements in x and y (32-bit indices; x has fewer than y).
+/// channels-last with 3 channels, w `[O, 3, 3, 3]` with O even and at most 64 (a lane's pair of
+/// output channels, 32 lanes), stride 1, padding 1, and fewer than 2³¹ elements in x and y
+/// (32-bit indices).
 pub(crate) fn fits(x: &Tensor, w: &Tensor, stride: usize, padding: usize, pass: Pass) -> bool {
     let Ok(xb) = x.cuda_buffer() else { return false };
     let (xs, ws) = (x.shape(), w.shape());
@@ -79,11 +79,11 @@ pub(crate) fn fits(x: &Tensor, w: &Tensor, stride: usize, padding: usize, pass: 
         && xs.len() == 4
         && ws == [ws[0], 3, 3, 3]
         && xs[1] == 3
-        && ws[0].is_multiple_of(8)
+        && ws[0].is_multiple_of(2)
         && ws[0] <= MAX_O
         && stride == 1
         && padding == 1
-        && xs[0] * ws[0] * xs[2] * xs[3] < 1 << 31
+        && xs[0] * ws[0].max(3) * xs[2] * xs[3] < 1 << 31
 }
 
 /// The tiles of `ROWS` × `SEG` output pixels of one image that cover an output of `n` images
@@ -123,7 +123,7 @@ pub(crate) fn forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     launch.arg(&xp).arg(&wp).arg(&yp).arg(&n).arg(&h).arg(&wd).arg(&oc);
     // SAFETY: x holds N·H·W·3 bf16 values, w O·27, y N·H·W·O, all in the memory order the
     // kernel reads (fits: channels-last, 3 channels, a 3×3 kernel); y is 4-byte aligned
-    // (checked) and written as O/2 bf16 pairs per pixel (O a multiple of 8, at most the 64 channels of
+    // (checked) and written as O/2 bf16 pairs per pixel (O even, at most the 64 channels of
     // a warp's 32 lanes: fits); the kernel reads x only at pixels inside the image and writes
     // y only at the pixels of its tiles that are; every index is below 2^31 (fits).
     unsafe { launch.launch(blocks(one_wave(&dev, name, &f, need))) }.map_err(crate::cuda::launch_err("conv3x3_c3_forward"))?;
