@@ -59,7 +59,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// operation at a time our forward is faster (0.24 ms against 0.31 ms) and our weight gradient
 /// slower (0.32 ms against 0.20 ms), yet in the captured step cuDNN's is faster for both; ours
 /// take 5 to 6 times what the kernel file's arithmetic predicted (0.03 to 0.05 ms forward, 0.06
-/// ms weight gradient). Hence the default: cuDNN.
+/// ms weight gradient). Hence the default: cuDNN. The kernels were rewritten since (tiles
+/// staged in shared memory, a sliding window in registers; estimated 0.04 to 0.06 ms each,
+/// `ptx/conv_c3.cu`), not yet measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FirstConv {
     /// cuDNN for the forward pass and the weight gradient.
