@@ -48,9 +48,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// cuDNN runs it as it runs every other convolution, or through cuDNN's graph API whatever the
 /// others take (PyTorch's step ran it on CUTLASS kernels in about 0.16 ms for both passes on an
 /// H200, where the legacy API's plans took 0.51 ms; not yet measured through our graph-API
-/// path); our direct kernels (`ptx/conv_c3.cu`,
-/// `ops::conv2d_c3`) compute its forward pass and its weight gradient without cuDNN's
-/// padding of 3 channels to 8 (the input needs no gradient, so there is no backward-data).
+/// path); our direct kernels (`ptx/conv_c3.cu`, `ops::conv2d_c3`) compute its forward pass and
+/// its weight gradient without cuDNN's padding of 3 channels to 8 (the input needs no
+/// gradient, so there is no backward-data).
 ///
 /// Measured on one H200 (2026-11-27, cuDNN 9.19, batch 512, `model profile --first-conv X`
 /// and 24-epoch runs, `bench/results/h200-2026-11-27/`): the step captured as a CUDA graph took
@@ -667,8 +667,8 @@ impl CudaDevice {
     }
 
     /// Where a bf16 channels-last 3×3 convolution of 3 input channels (the network's first)
-    /// runs: cuDNN, or our direct kernels (`ops::conv2d_c3`) for its forward pass, or for its
-    /// forward pass and its weight gradient.
+    /// runs: cuDNN (its legacy or its graph API), or our direct kernels (`ops::conv2d_c3`) for
+    /// its forward pass, or for its forward pass and its weight gradient.
     pub fn first_conv(&self) -> FirstConv {
         FirstConv::from_u8(self.first_conv.load(Ordering::Relaxed))
     }
