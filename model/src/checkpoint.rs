@@ -404,6 +404,11 @@ mod tests {
         assert!(load_model(&path, &mut b).is_err());
     }
 
+    /// A small f32 network (width 0.125, logit scale 0.125) of random weights.
+    fn small_net(rng: &mut impl rand::Rng) -> ResNet9 {
+        ResNet9::new(0.125, 0.125, DType::F32, rng).unwrap()
+    }
+
     /// Momentum buffers of random values, one per parameter of `net`.
     fn random_momentum(net: &ResNet9, rng: &mut impl rand::Rng) -> SgdState {
         SgdState { momentum_buffers: net.params.iter().map(|p| Some(Tensor::randn(p.shape(), DType::F32, 1.0, rng))).collect() }
@@ -417,14 +422,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("model.safetensors");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-        let a = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        let a = small_net(&mut rng);
         save_model(&path, &a, Some(1)).unwrap();
         let good = std::fs::read(&path).unwrap();
         let mut bad = good.clone();
         let i = bad.len() - 100;
         bad[i] ^= 0x10;
         std::fs::write(&path, &bad).unwrap();
-        let mut b = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        let mut b = small_net(&mut rng);
         let before = b.params[0].to_f64_vec();
         let e = load_model(&path, &mut b).unwrap_err().to_string();
         assert!(e.contains("do not match the checksum saved with them") && e.contains("damaged"), "{e}");
@@ -470,7 +475,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let opt = tmp.path().join("optimizer.safetensors");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
-        let a = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        let a = small_net(&mut rng);
         let state = random_momentum(&a, &mut rng);
         let meta = HashMap::from([("weight_decay".to_string(), "0.0005".to_string()), ("epochs".to_string(), "24".to_string())]);
         save_optimizer(&opt, &a, &state, meta, None).unwrap();
@@ -503,8 +508,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("optimizer.safetensors");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-        let average = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
-        let mut trained = ResNet9::new(0.125, 0.125, DType::F32, &mut rng).unwrap();
+        let average = small_net(&mut rng);
+        let mut trained = small_net(&mut rng);
         trained.bn[5].var = Tensor::uniform(trained.bn[5].var.shape(), DType::F32, 0.5, 2.0, &mut rng);
         trained.bn[5].num_batches_tracked = 9;
         let momentum: Vec<Option<Tensor>> = trained.params.iter().map(|p| Some(Tensor::randn(p.shape(), DType::F32, 1.0, &mut rng))).collect();

@@ -559,7 +559,7 @@ mod tests {
             };
             args.extend(value);
             let m = Cli::command().try_get_matches_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-            assert_eq!(explicit_settings(m.subcommand_matches("train").unwrap()), [key.clone()], "{args:?}");
+            assert_eq!(explicit_settings(m.subcommand_matches("train").unwrap()), std::slice::from_ref(&key), "{args:?}");
         }
     }
 
