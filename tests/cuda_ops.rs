@@ -267,45 +267,56 @@ fn timed_search_plans_convolutions_that_match_the_cpu() {
 /// does, in f32 (FMA math: TF32 off, so tensor-core engines are refused), f64 and bf16
 /// channels-last (the network's fast path), at shapes no other test plans, and every
 /// direction ran on a graph plan, not the legacy fallback (a refusal fails the test with
-/// cuDNN's reasons). Tolerances as in `timed_search_plans_convolutions_that_match_the_cpu`;
+/// cuDNN's reasons); with cuDNN's ranking first (the default) and with the timed search
+/// (`--cudnn-search timed`: the fastest of its first candidates), whose plans say what they
+/// were chosen from. Tolerances as in `timed_search_plans_convolutions_that_match_the_cpu`;
 /// f64 1e-9.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn graph_api_convolutions_match_the_cpu() {
     use engine::Layout;
+    use engine::cuda::ConvSearch;
     use ops::conv2d::Conv2dParams;
-    let dev = gpu();
-    let d = cuda_dev(&dev);
     let p = Conv2dParams { stride: 1, padding: 1 };
-    // (The device is this test's own: `Device::cuda` opens a new one per call.)
-    d.set_conv_graph(true);
-    // Every convolution here through cuDNN, the 3-channel one too (not our direct kernels).
-    d.set_first_conv(engine::cuda::FirstConv::Cudnn);
-    for (dt, layout, rtol, xs, ws) in [
-        (DType::F32, Layout::Nchw, 2e-4, [5usize, 20, 11, 11], [36usize, 20, 3, 3]),
-        (DType::F64, Layout::Nchw, 1e-9, [3, 8, 9, 9], [12, 8, 3, 3]),
-        (DType::BF16, Layout::Nhwc, 1e-2, [6, 40, 12, 12], [56, 40, 3, 3]),
-        // The first convolution's shape: 3 input channels, channels-last.
-        (DType::BF16, Layout::Nhwc, 1e-2, [7, 3, 16, 16], [64, 3, 3, 3]),
-    ] {
-        d.set_allow_tf32(false);
-        let what = format!("graph API: conv {xs:?} * {ws:?} {dt:?} {layout:?}");
-        let (x, w) = (rand(&xs, 710).to_dtype(dt).to_dtype(DType::F32), rand(&ws, 711).to_dtype(dt).to_dtype(DType::F32));
-        let (x, w) = if dt == DType::F64 { (x.to_dtype(DType::F64), w.to_dtype(DType::F64)) } else { (x, w) };
-        let y = ops::conv2d::forward(&x, &w, p).unwrap();
-        let dy = rand(y.shape(), 712).to_dtype(dt).to_dtype(y.dtype());
-        let (dx, dw) = ops::conv2d::backward(&x, &w, &dy, p, true).unwrap();
-        let g = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
-        let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), y.dtype()).unwrap();
-        let before = d.graph_plan_lines().len();
-        close(&format!("{what}: y"), &back(&ops::conv2d::forward(&g(&x), &g(&w), p).unwrap()), &y, rtol);
-        let (dxg, dwg) = ops::conv2d::backward(&g(&x), &g(&w), &g(&dy), p, true).unwrap();
-        close(&format!("{what}: dx"), &back(&dxg.unwrap()), dx.as_ref().unwrap(), rtol);
-        close(&format!("{what}: dw"), &back(&dwg), &dw, rtol);
-        assert_eq!(d.graph_plan_lines().len(), before + 3, "{what}: three graph plans; refusals: {:?}", d.graph_refusals());
-    }
-    for line in d.graph_plan_lines() {
-        eprintln!("convolution plan (graph API): {line}");
+    for search in [ConvSearch::Heuristic, ConvSearch::Timed] {
+        // A device of its own for each search (`Device::cuda` opens a new one per call), so
+        // that every shape is planned anew.
+        let dev = gpu();
+        let d = cuda_dev(&dev);
+        d.set_conv_graph(true);
+        d.set_conv_search(search);
+        // Every convolution here through cuDNN, the 3-channel one too (not our direct kernels).
+        d.set_first_conv(engine::cuda::FirstConv::Cudnn);
+        for (dt, layout, rtol, xs, ws) in [
+            (DType::F32, Layout::Nchw, 2e-4, [5usize, 20, 11, 11], [36usize, 20, 3, 3]),
+            (DType::F64, Layout::Nchw, 1e-9, [3, 8, 9, 9], [12, 8, 3, 3]),
+            (DType::BF16, Layout::Nhwc, 1e-2, [6, 40, 12, 12], [56, 40, 3, 3]),
+            // The first convolution's shape: 3 input channels, channels-last.
+            (DType::BF16, Layout::Nhwc, 1e-2, [7, 3, 16, 16], [64, 3, 3, 3]),
+        ] {
+            d.set_allow_tf32(false);
+            let what = format!("graph API, {search:?}: conv {xs:?} * {ws:?} {dt:?} {layout:?}");
+            let (x, w) = (rand(&xs, 710).to_dtype(dt).to_dtype(DType::F32), rand(&ws, 711).to_dtype(dt).to_dtype(DType::F32));
+            let (x, w) = if dt == DType::F64 { (x.to_dtype(DType::F64), w.to_dtype(DType::F64)) } else { (x, w) };
+            let y = ops::conv2d::forward(&x, &w, p).unwrap();
+            let dy = rand(y.shape(), 712).to_dtype(dt).to_dtype(y.dtype());
+            let (dx, dw) = ops::conv2d::backward(&x, &w, &dy, p, true).unwrap();
+            let g = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
+            let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), y.dtype()).unwrap();
+            let before = d.graph_plan_lines().len();
+            close(&format!("{what}: y"), &back(&ops::conv2d::forward(&g(&x), &g(&w), p).unwrap()), &y, rtol);
+            let (dxg, dwg) = ops::conv2d::backward(&g(&x), &g(&w), &g(&dy), p, true).unwrap();
+            close(&format!("{what}: dx"), &back(&dxg.unwrap()), dx.as_ref().unwrap(), rtol);
+            close(&format!("{what}: dw"), &back(&dwg), &dw, rtol);
+            assert_eq!(d.graph_plan_lines().len(), before + 3, "{what}: three graph plans; refusals: {:?}", d.graph_refusals());
+        }
+        let lines = d.graph_plan_lines();
+        for line in &lines {
+            eprintln!("convolution plan (graph API, {search:?}): {line}");
+        }
+        let timed = lines.iter().filter(|l| l.contains("timed")).count();
+        let want = if search == ConvSearch::Timed { lines.len() } else { 0 };
+        assert_eq!(timed, want, "{search:?}: plans chosen by timing, of {}", lines.len());
     }
 }
 
@@ -739,9 +750,10 @@ fn channels_last_prep_conv_matches_nchw_in_bf16_and_f32() {
 /// channels-last, 3×3, stride 1, padding 1; the input's gradient skipped, as the network's
 /// first convolution does) against the CPU reference in f64 on the same bf16 inputs, and
 /// against cuDNN (`set_first_conv(FirstConv::Cudnn)`), and cuDNN's graph API for it alone
-/// (`FirstConv::CudnnGraph`) against the CPU, at the network's 64 output channels and at
-/// 16 (width 0.25). Tolerance, relative to the largest value: each side's outputs are f32 sums
-/// rounded to bf16 once, so they may be one bf16 step (2^-7 = 7.8e-3 of a value) apart: 1e-2.
+/// (`FirstConv::CudnnGraph`, its plans chosen by timing) against the CPU, at the network's 64
+/// output channels and at 16 (width 0.25). Tolerance, relative to the largest value: each
+/// side's outputs are f32 sums rounded to bf16 once, so they may be one bf16 step (2^-7 =
+/// 7.8e-3 of a value) apart: 1e-2.
 /// Our kernels sum in a fixed order: two runs give the same bits.
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -789,7 +801,11 @@ fn first_conv_direct_kernels_match_the_cpu_and_cudnn() {
         assert!(!cd.conv_graph());
         let plans = cd.graph_plan_lines().len();
         let (y_graph, dw_graph) = run(FirstConv::CudnnGraph);
-        assert_eq!(cd.graph_plan_lines().len(), plans + 2, "{what}: graph plans; refusals: {:?}", cd.graph_refusals());
+        let lines = cd.graph_plan_lines();
+        assert_eq!(lines.len(), plans + 2, "{what}: graph plans; refusals: {:?}", cd.graph_refusals());
+        // Chosen by timing its candidates, even with the device's search at the heuristics.
+        assert_eq!(cd.conv_search(), engine::cuda::ConvSearch::Heuristic);
+        assert_eq!(lines.iter().filter(|l| l.contains("timed")).count(), lines.len(), "{what}: {lines:?}");
         close(&format!("{what}: cuDNN graph API's y against the CPU"), &y_graph, &y_cpu);
         close(&format!("{what}: cuDNN graph API's dw against the CPU"), &dw_graph, &dw_cpu);
     }

@@ -46,9 +46,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Where the network's first convolution (3 input channels, 3×3, bf16 channels-last) runs:
 /// cuDNN runs it as it runs every other convolution, or through cuDNN's graph API whatever the
-/// others take (PyTorch's step ran it on CUTLASS kernels in about 0.16 ms for both passes on an
-/// H200, where the legacy API's plans took 0.51 ms; not yet measured through our graph-API
-/// path); our direct kernels (`ptx/conv_c3.cu`, `ops::conv2d_c3`) compute its forward pass and
+/// others take, its engine chosen by timing cuDNN's candidates (PyTorch's step, which times
+/// them too, `torch.backends.cudnn.benchmark`, ran it on CUTLASS kernels in about 0.16 ms for
+/// both passes on an H200, where the legacy API's plans took 0.51 ms; not yet measured through
+/// our graph-API path); our direct kernels (`ptx/conv_c3.cu`, `ops::conv2d_c3`) compute its forward pass and
 /// its weight gradient without cuDNN's padding of 3 channels to 8 (the input needs no
 /// gradient, so there is no backward-data).
 ///
@@ -71,7 +72,8 @@ pub enum FirstConv {
     /// Our kernels for both.
     Direct = 2,
     /// cuDNN through its graph API (as `--cudnn-graph` does for every convolution) for both
-    /// passes, where it has a plan.
+    /// passes, where it has a plan: the fastest of its first candidates by our timing
+    /// (`ops::conv2d::GRAPH_TIMED_CANDIDATES`), whatever [`ConvSearch`] the device has.
     CudnnGraph = 3,
 }
 
@@ -104,7 +106,7 @@ impl FirstConv {
             FirstConv::Cudnn => "cuDNN (--first-conv cudnn)",
             FirstConv::DirectForward => "our direct forward kernel (conv_c3.cu), cuDNN's weight gradient (--first-conv direct-forward)",
             FirstConv::Direct => "our direct kernels (conv_c3.cu) for the forward pass and the weight gradient (--first-conv direct)",
-            FirstConv::CudnnGraph => "cuDNN's graph API (--first-conv cudnn-graph)",
+            FirstConv::CudnnGraph => "cuDNN's graph API, the fastest engine timed (--first-conv cudnn-graph)",
         }
     }
 }
@@ -120,6 +122,10 @@ impl FirstConv {
 /// algorithm for the first convolution in some processes (conv backward 4.0 ms per step
 /// against 1.55 ms; five of nineteen processes that day ran 0.6 s epochs instead of 0.4 s).
 /// Hence the default: the heuristics.
+///
+/// Through cuDNN's graph API (`--cudnn-graph`), `Find` and `Timed` both time the first
+/// `ops::conv2d::GRAPH_TIMED_CANDIDATES` engines cuDNN offers, a few runs each (`Find`'s
+/// repeats do not apply), and `Heuristic` takes the first; not yet measured on a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvSearch {
     /// cuDNN's heuristic ranking (`cudnnGet*Algorithm_v7`): its first usable algorithm,

@@ -14,7 +14,8 @@
 //!      x, dy -> dw; the gradient takes the id of the tensor it is the gradient of)
 //!   -> an operation graph -> cuDNN's heuristics rank engine configurations (mode A, then
 //!      its fallback list)
-//!   -> the first that our rules accept and that finalizes as an execution plan
+//!   -> the first that our rules accept and that finalizes as an execution plan, or, for a
+//!      timed search (`ops::conv2d`), the first ten such, each timed, the fastest kept
 //! ```
 //!
 //! Running it is one `cudnnBackendExecute` with a variant pack: the three ids, the three
@@ -191,11 +192,23 @@ pub fn refusal(notes: &[u32], key: &ConvKey) -> Option<&'static str> {
     None
 }
 
+/// The descriptors an operation graph was built from (tensors, convolution, operation,
+/// graph), kept alive as long as any plan made from them.
+struct Shared {
+    _descs: Vec<Desc>,
+}
+
+// SAFETY: the descriptors are finalized before they are shared and never read or changed
+// through this value afterwards; it only keeps them alive (and destroys them once, on drop).
+unsafe impl Sync for Shared {}
+
 /// A finalized execution plan for one convolution direction and shape.
 pub struct ConvGraph {
     /// Finalized: only read from here on (`execute`), never changed.
     plan: Desc,
-    _made_from: Vec<Desc>,
+    /// The engine configuration the plan was made from, and the graph's descriptors.
+    _config: Desc,
+    _made_from: std::sync::Arc<Shared>,
     /// Workspace bytes the plan needs.
     pub workspace: usize,
     /// cuDNN's global index of the engine chosen, how many engine configurations its
@@ -204,6 +217,19 @@ pub struct ConvGraph {
     pub engine: i64,
     pub rank: usize,
     pub fallback: bool,
+    /// Where the plan was chosen by timing (`ops::conv2d`'s timed graph search): its time,
+    /// and what it was chosen from.
+    pub timed: Option<Timed>,
+}
+
+/// How a plan chosen by timing compared: its median time, the number of candidates timed,
+/// and the time of the candidate cuDNN's ranking put first (the one taken without timing).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timed {
+    pub ms: f32,
+    pub candidates: usize,
+    /// `None` where the ranking's first could not be timed.
+    pub first_ms: Option<f32>,
 }
 
 // SAFETY: shared references to a ConvGraph only read its finalized descriptors (`execute`
@@ -214,7 +240,16 @@ unsafe impl Sync for ConvGraph {}
 impl std::fmt::Debug for ConvGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let list = if self.fallback { "fallback list" } else { "heuristic ranking" };
-        write!(f, "engine {} (#{} of cuDNN's {list}), {} bytes of workspace", self.engine, self.rank, self.workspace)
+        write!(f, "engine {} (#{} of cuDNN's {list}), {} bytes of workspace", self.engine, self.rank, self.workspace)?;
+        if let Some(t) = self.timed {
+            write!(f, ", {:.3} ms: the fastest of {} timed", t.ms, t.candidates)?;
+            match t.first_ms {
+                Some(first) if self.rank > 0 || self.fallback => write!(f, " (cuDNN's first {first:.3} ms)")?,
+                Some(_) => write!(f, " (cuDNN's first)")?,
+                None => write!(f, " (cuDNN's first could not be timed)")?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -223,6 +258,17 @@ impl std::fmt::Debug for ConvGraph {
 /// finalizes into an execution plan and that needs at most `max_workspace` bytes. `Err`
 /// says why none did (the reasons of the first eight configurations refused).
 pub fn plan(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize) -> std::result::Result<ConvGraph, String> {
+    let mut plans = plans(h, op, key, max_workspace, 1, true)?;
+    Ok(plans.remove(0))
+}
+
+/// Up to `limit` plans of direction `op` for `key`, in the order [`plan`] tries them (cuDNN's
+/// ranking, then its fallback list; an engine listed in both is taken once), each accepted
+/// by [`refusal`], finalized and within `max_workspace` bytes: the candidates of a timed
+/// search. Without `runtime_compiled`, engines cuDNN compiles at run time (its behaviour
+/// note `RUNTIME_COMPILATION`; finalizing one can take seconds) are passed over. `Err` (never
+/// an empty list) says why none was usable.
+pub fn plans(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize, limit: usize, runtime_compiled: bool) -> std::result::Result<Vec<ConvGraph>, String> {
     let e = |e: crate::Error| e.to_string();
     let x = tensor(X, key.dtype, key.layout, key.x).map_err(e)?;
     let w = tensor(W, key.dtype, key.layout, key.w).map_err(e)?;
@@ -250,9 +296,11 @@ pub fn plan(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize) ->
     .map_err(e)?;
     let mut tried = Vec::new();
     let mut offered = 0;
+    let mut taken: Vec<(Desc, Desc, usize, i64, usize, bool)> = Vec::new();
+    let mut engines_taken = Vec::new();
     // cuDNN's ranking (mode A), then its fallback list, which holds engines the ranking may
     // leave out.
-    for mode in [sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK] {
+    'modes: for mode in [sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK] {
         let configs = match engine_configs(&graph, mode) {
             Ok(c) => c,
             Err(why) => {
@@ -262,7 +310,7 @@ pub fn plan(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize) ->
         };
         offered += configs.len();
         for (rank, config) in configs.into_iter().enumerate() {
-            let (engine, notes) = match engine_of(&config) {
+            let (engine, notes, behaviour) = match engine_of(&config) {
                 Ok(v) => v,
                 Err(why) => {
                     tried.push(format!("{mode:?} #{rank}: {why}"));
@@ -271,6 +319,15 @@ pub fn plan(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize) ->
             };
             if let Some(why) = refusal(&notes, key) {
                 tried.push(format!("{mode:?} #{rank} (engine {engine}): {why}"));
+                continue;
+            }
+            if !runtime_compiled && behaviour.contains(&(sys::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION as u32)) {
+                tried.push(format!("{mode:?} #{rank} (engine {engine}): compiled at run time"));
+                continue;
+            }
+            // The fallback list may repeat an engine of the ranking, in its own configuration:
+            // a candidate list times each engine once.
+            if limit > 1 && engines_taken.contains(&engine) {
                 continue;
             }
             let attempt = || -> crate::Result<(Desc, usize)> {
@@ -289,17 +346,36 @@ pub fn plan(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize) ->
             match attempt() {
                 Ok((p, bytes)) if bytes <= max_workspace => {
                     let fallback = mode == sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK;
-                    // The descriptors the plan was made from stay alive as long as it does.
-                    let keep = vec![config, graph, operation, conv, x, w, y];
-                    return Ok(ConvGraph { plan: p, _made_from: keep, workspace: bytes, engine, rank, fallback });
+                    engines_taken.push(engine);
+                    taken.push((p, config, bytes, engine, rank, fallback));
+                    if taken.len() >= limit {
+                        break 'modes;
+                    }
                 }
                 Ok((_, bytes)) => tried.push(format!("{mode:?} #{rank} (engine {engine}): needs {bytes} bytes of workspace")),
                 Err(why) => tried.push(format!("{mode:?} #{rank} (engine {engine}): {why}")),
             }
         }
     }
-    tried.truncate(8);
-    Err(format!("{op:?}: none of the {offered} engine configurations cuDNN offered was usable ({})", tried.join("; ")))
+    if taken.is_empty() {
+        tried.truncate(8);
+        return Err(format!("{op:?}: none of the {offered} engine configurations cuDNN offered was usable ({})", tried.join("; ")));
+    }
+    // The descriptors the plans were made from stay alive as long as any of them does.
+    let shared = std::sync::Arc::new(Shared { _descs: vec![graph, operation, conv, x, w, y] });
+    Ok(taken
+        .into_iter()
+        .map(|(plan, config, workspace, engine, rank, fallback)| ConvGraph {
+            plan,
+            _config: config,
+            _made_from: shared.clone(),
+            workspace,
+            engine,
+            rank,
+            fallback,
+            timed: None,
+        })
+        .collect())
 }
 
 /// The engine configurations cuDNN's heuristics in `mode` offer for `graph`, best first.
@@ -328,8 +404,9 @@ fn engine_configs(graph: &Desc, mode: sys::cudnnBackendHeurMode_t) -> crate::Res
     Ok(configs)
 }
 
-/// The engine of a configuration: its global index and numerical notes.
-fn engine_of(config: &Desc) -> crate::Result<(i64, Vec<u32>)> {
+/// The engine of a configuration: its global index, numerical notes and behaviour notes
+/// (each as raw u32 values: an enum read could meet a value this build does not know).
+fn engine_of(config: &Desc) -> crate::Result<(i64, Vec<u32>, Vec<u32>)> {
     let engine = Desc::new(Kind::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
     let mut n = 0i64;
     let mut raw = engine.0;
@@ -342,14 +419,17 @@ fn engine_of(config: &Desc) -> crate::Result<(i64, Vec<u32>)> {
     check("cudnnBackendGetAttribute (engine index)", unsafe {
         sys::cudnnBackendGetAttribute(engine.0, Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX, Ty::CUDNN_TYPE_INT64, 1, &mut n, (&mut index as *mut i64).cast())
     })?;
-    // The notes as raw u32 values (an enum read could meet a value this build does not know).
-    let mut notes = [0u32; 32];
-    let mut count = 0i64;
-    // SAFETY: room for 32 notes of 4 bytes (the enum's size); cuDNN writes `count` of them.
-    check("cudnnBackendGetAttribute (numerical notes)", unsafe {
-        sys::cudnnBackendGetAttribute(engine.0, Attr::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, Ty::CUDNN_TYPE_NUMERICAL_NOTE, notes.len() as i64, &mut count, notes.as_mut_ptr().cast())
-    })?;
-    Ok((index, notes[..count.clamp(0, notes.len() as i64) as usize].to_vec()))
+    let notes = |name: Attr, ty: Ty, what: &'static str| -> crate::Result<Vec<u32>> {
+        let mut values = [0u32; 32];
+        let mut count = 0i64;
+        // SAFETY: room for 32 notes of 4 bytes (the enums' size); cuDNN writes `count` of them.
+        check(what, unsafe { sys::cudnnBackendGetAttribute(engine.0, name, ty, values.len() as i64, &mut count, values.as_mut_ptr().cast()) })?;
+        Ok(values[..count.clamp(0, values.len() as i64) as usize].to_vec())
+    };
+    let numerical = notes(Attr::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, Ty::CUDNN_TYPE_NUMERICAL_NOTE, "cudnnBackendGetAttribute (numerical notes)")?;
+    // Best effort: without them an engine is not known to compile at run time, and is timed.
+    let behaviour = notes(Attr::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, Ty::CUDNN_TYPE_BEHAVIOR_NOTE, "cudnnBackendGetAttribute (behaviour notes)").unwrap_or_default();
+    Ok((index, numerical, behaviour))
 }
 
 /// Run `g` with x (or dx), w (or dw) and y (or dy) at the given device addresses, and the

@@ -206,9 +206,10 @@ struct TrainArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     cudnn_find_repeats: u32,
     /// Run convolutions through cuDNN's backend ("graph") API, as recent PyTorch does, with
-    /// the first engine of cuDNN's heuristic ranking that our rules accept, instead of the
-    /// legacy API's algorithm numbers (a shape it has no plan for still runs on the legacy
-    /// API, and the log says why). On an H100 (2026-11-26) it chose faster forward
+    /// the first engine of cuDNN's heuristic ranking that our rules accept (with
+    /// `--cudnn-search find` or `timed`: the fastest of its first 10 by our timing, as
+    /// PyTorch's `cudnn.benchmark`), instead of the legacy API's algorithm numbers (a shape it
+    /// has no plan for still runs on the legacy API, and the log says why). On an H100 (2026-11-26) it chose faster forward
     /// convolutions, but the step captured as a CUDA graph was no faster (3.55 ms either way).
     #[arg(long)]
     cudnn_graph: bool,
@@ -218,8 +219,8 @@ struct TrainArgs {
     #[arg(long)]
     no_vector_kernels: bool,
     /// Where the network's first convolution (3 input channels, bf16 channels-last) runs:
-    /// `cudnn` like every other convolution, `cudnn-graph` (cuDNN's graph API for it alone, as
-    /// `--cudnn-graph` does for all), `direct-forward` (our kernel `ptx/conv_c3.cu` for the
+    /// `cudnn` like every other convolution, `cudnn-graph` (cuDNN's graph API for it alone, the
+    /// fastest of its first 10 engines by our timing), `direct-forward` (our kernel `ptx/conv_c3.cu` for the
     /// forward pass, cuDNN for the weight gradient) or `direct` (our kernels for both); to
     /// measure each. The default is the fastest measured (see `engine::cuda::FirstConv`).
     #[arg(long, value_enum, default_value_t = FirstConvArg::from(FirstConv::DEFAULT))]

@@ -764,6 +764,15 @@ fn same_layout(a: &Tensor, b: &Tensor) -> Result<()> {
 /// convolutions through cuDNN's backend API (`CudaDevice::set_conv_graph`) and cuDNN has
 /// one; `None`: the legacy API runs it (the device keeps the graph API's reason,
 /// `CudaDevice::graph_refusals`).
+///
+/// Which plan: without a search (`--cudnn-search heuristic`, the default) the first that
+/// cuDNN's ranking offers and our rules accept; with `find` or `timed`, the fastest of the
+/// first [`GRAPH_TIMED_CANDIDATES`] by our timing ([`timed_graph_plan`]), as PyTorch's
+/// `torch.backends.cudnn.benchmark` chooses among the graph API's engines. The first
+/// convolution on the graph API alone (`--first-conv cudnn-graph`) is always timed: it is one
+/// shape and its few candidates take milliseconds, and it is what puts PyTorch's first
+/// convolution on CUTLASS kernels 3 times faster than cuDNN's ranking first (H200,
+/// `bench/results/h200-2026-11-27/build-e6f273d/torch-profile.txt`).
 fn graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layout: Layout, op: ConvOp) -> Result<Option<Arc<ConvGraph>>> {
     // `--first-conv cudnn-graph`: the 3-channel first convolution through the graph API alone.
     let first_on_graph = dev.first_conv() == engine::cuda::FirstConv::CudnnGraph && d.c == 3;
@@ -771,11 +780,80 @@ fn graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layou
         return Ok(None);
     }
     let key = conv_key(dev, d, dtype, layout);
+    let timed = first_on_graph || dev.conv_search() != ConvSearch::Heuristic;
     let choice = dev.graph_conv(key, op, || {
+        if timed && let Some(g) = timed_graph_plan(dev, d, op, &key) {
+            return Ok(Arc::new(g));
+        }
         let h = dev.cudnn().map_err(|e| e.to_string())?;
         cudnn_graph::plan(&h, op, &key, MAX_WORKSPACE).map(Arc::new)
     })?;
     Ok(choice.ok())
+}
+
+/// Graph-API plans a timed search runs: the first usable ones in cuDNN's order (PyTorch's
+/// `torch.backends.cudnn.benchmark_limit` is 10 too).
+pub const GRAPH_TIMED_CANDIDATES: usize = 10;
+
+/// The fastest of the first [`GRAPH_TIMED_CANDIDATES`] graph-API plans for `key` in
+/// direction `op` (engines cuDNN compiles at run time left out: finalizing one can take
+/// seconds), each run once and then [`TIMED_RUNS`] times on scratch buffers of the shape
+/// (zeros: the values do not change the time) with a workspace of its own of at most
+/// [`TIMED_MAX_WORKSPACE`]; its median is its time ([`fastest`] picks). `None` where there is
+/// nothing to time or no memory for the scratch buffers: the caller then takes cuDNN's
+/// ranking first, as without a search.
+///
+/// Locks: the graph plan cache (held by the caller), then the cuDNN handle, taken and
+/// released for the plans and for each run; never the device's shared workspace.
+fn timed_graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, op: ConvOp, key: &cudnn::ConvKey) -> Option<ConvGraph> {
+    let candidates = {
+        let h = dev.cudnn().ok()?;
+        cudnn_graph::plans(&h, op, key, TIMED_MAX_WORKSPACE, GRAPH_TIMED_CANDIDATES, false).ok()?
+    };
+    let dtype = key.dtype;
+    // x (or dx), w (or dw), y (or dy) of the shape, whichever direction reads or writes them.
+    let (mut xs, mut ws, mut ys) =
+        (dev.alloc_zeros_dtype(d.n * d.c * d.h * d.w, dtype).ok()?, dev.alloc_zeros_dtype(d.o * d.ckk(), dtype).ok()?, dev.alloc_zeros_dtype(d.n * d.o * d.ohw(), dtype).ok()?);
+    let (xp, wp, yp) = (xs.ptr_mut(), ws.ptr_mut(), ys.ptr_mut());
+    let times: Vec<Option<f32>> = candidates.iter().map(|g| graph_median_ms(dev, g, xp, wp, yp)).collect();
+    let best = fastest(&times)?;
+    let timed = cudnn_graph::Timed { ms: times[best]?, candidates: times.iter().flatten().count(), first_ms: times[0] };
+    let mut g = candidates.into_iter().nth(best)?;
+    g.timed = Some(timed);
+    Some(g)
+}
+
+/// The median GPU time in ms of [`TIMED_RUNS`] runs of graph plan `g` (after one untimed run)
+/// on the buffers at `x`, `w`, `y`, with a workspace of its own; `None` if a run fails.
+fn graph_median_ms(dev: &engine::cuda::CudaDevice, g: &ConvGraph, x: *mut c_void, w: *mut c_void, y: *mut c_void) -> Option<f32> {
+    let st = dev.stream();
+    // SAFETY: scratch that cuDNN may write before it reads; freed after the synchronising
+    // time_each has seen every run finish.
+    let mut workspace = unsafe { st.alloc::<u8>(g.workspace.max(1)) }.ok()?;
+    let wsp = cudnn::ptr_mut(&mut workspace, st);
+    let once = || -> Result<()> {
+        let h = dev.cudnn()?;
+        // SAFETY: x, w and y hold the plan's shapes in its type and layout (allocated for
+        // this key by the caller), and the workspace at least g.workspace bytes.
+        unsafe { cudnn_graph::execute(&h, g, x, w, y, wsp) }
+    };
+    let mut ms = engine::profile::time_each(dev, TIMED_RUNS, once).ok()?;
+    ms.sort_by(f64::total_cmp);
+    Some(ms[ms.len() / 2] as f32)
+}
+
+/// The index of the smallest time of `times` (`None`: a candidate that could not be timed);
+/// a tie goes to the earlier, which cuDNN ranked higher. `None` if none was timed.
+fn fastest(times: &[Option<f32>]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, t) in times.iter().enumerate() {
+        if let Some(t) = *t
+            && best.is_none_or(|(_, b)| t < b)
+        {
+            best = Some((i, t));
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 /// Run graph-API plan `g` on x (or dx), w (or dw), y (or dy) at these device addresses.
@@ -1181,6 +1259,18 @@ mod tests {
     /// have run (one that cannot run takes no place), records each one's measured time and
     /// workspace, lists them fastest first (at most `n`), and reports "not supported" when none
     /// ran, so that choose falls back to the heuristics.
+    /// The timed graph search keeps the smallest time; a tie goes to the candidate cuDNN
+    /// ranked higher, and candidates that could not be timed never win.
+    #[test]
+    fn the_fastest_graph_candidate_is_the_smallest_time_ties_to_the_earlier() {
+        assert_eq!(fastest(&[Some(0.31), Some(0.08), Some(0.12)]), Some(1));
+        assert_eq!(fastest(&[Some(0.2), Some(0.1), Some(0.1)]), Some(1));
+        assert_eq!(fastest(&[None, Some(0.5), None, Some(0.4)]), Some(3));
+        assert_eq!(fastest(&[Some(0.05)]), Some(0));
+        assert_eq!(fastest(&[None, None]), None);
+        assert_eq!(fastest(&[]), None);
+    }
+
     #[test]
     fn timed_search_times_the_top_usable_candidates_only() {
         use cudarc::cudnn::sys::cudnnStatus_t as S;
