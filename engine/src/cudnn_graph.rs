@@ -223,12 +223,12 @@ pub struct ConvGraph {
 }
 
 /// How a plan chosen by timing compared: its median time, the number of candidates timed,
-/// and the time of the candidate cuDNN's ranking put first (the one taken without timing).
+/// and, where another was chosen, the time of the first usable candidate in cuDNN's order
+/// (the one taken without timing; `None` also where that one could not be timed).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Timed {
     pub ms: f32,
     pub candidates: usize,
-    /// `None` where the ranking's first could not be timed.
     pub first_ms: Option<f32>,
 }
 
@@ -243,10 +243,8 @@ impl std::fmt::Debug for ConvGraph {
         write!(f, "engine {} (#{} of cuDNN's {list}), {} bytes of workspace", self.engine, self.rank, self.workspace)?;
         if let Some(t) = self.timed {
             write!(f, ", {:.3} ms: the fastest of {} timed", t.ms, t.candidates)?;
-            match t.first_ms {
-                Some(first) if self.rank > 0 || self.fallback => write!(f, " (cuDNN's first {first:.3} ms)")?,
-                Some(_) => write!(f, " (cuDNN's first)")?,
-                None => write!(f, " (cuDNN's first could not be timed)")?,
+            if let Some(first) = t.first_ms {
+                write!(f, " (the first usable in cuDNN's order: {first:.3} ms)")?;
             }
         }
         Ok(())

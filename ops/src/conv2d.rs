@@ -817,7 +817,8 @@ fn timed_graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, op: ConvOp, k
     let (xp, wp, yp) = (xs.ptr_mut(), ws.ptr_mut(), ys.ptr_mut());
     let times: Vec<Option<f32>> = candidates.iter().map(|g| graph_median_ms(dev, g, xp, wp, yp)).collect();
     let best = fastest(&times)?;
-    let timed = cudnn_graph::Timed { ms: times[best]?, candidates: times.iter().flatten().count(), first_ms: times[0] };
+    let first_ms = if best == 0 { None } else { times[0] };
+    let timed = cudnn_graph::Timed { ms: times[best]?, candidates: times.iter().flatten().count(), first_ms };
     let mut g = candidates.into_iter().nth(best)?;
     g.timed = Some(timed);
     Some(g)
