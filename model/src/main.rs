@@ -12,8 +12,13 @@ use model::{Error, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Where the commands that use a GPU keep our compiled kernels (`engine::kernel_cache`).
+const KERNEL_CACHE_HELP: &str = "On a GPU, our CUDA kernels compiled by NVRTC are kept for the next run in \
+    $CIFAR10_ENGINE_CACHE, else $XDG_CACHE_HOME/cifar10-engine/kernels, else ~/.cache/cifar10-engine/kernels \
+    (CIFAR10_ENGINE_CACHE=off: no cache; deleting the folder is always safe).";
+
 #[derive(Parser)]
-#[command(name = "model", version, about = "Train the CIFAR-10 ResNet-9 on our own CUDA engine (or the CPU reference).")]
+#[command(name = "model", version, about = "Train the CIFAR-10 ResNet-9 on our own CUDA engine (or the CPU reference).", after_help = KERNEL_CACHE_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -22,10 +27,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train (the default): LR range test unless --lr-max/--lr-min are given, then the one-cycle epochs.
+    #[command(after_help = KERNEL_CACHE_HELP)]
     Train(TrainArgs),
     /// Run only the LR range test and plot loss against LR.
+    #[command(after_help = KERNEL_CACHE_HELP)]
     LrFind(TrainArgs),
     /// Time one training step operation by operation (CUDA events on a GPU), after warm-up steps.
+    #[command(after_help = KERNEL_CACHE_HELP)]
     Profile {
         #[command(flatten)]
         args: TrainArgs,
@@ -56,7 +64,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Compile our CUDA kernels (ptx/*.cu) with NVRTC and write the PTX files (needs libnvrtc, no GPU).
+    /// Compile our CUDA kernels (ptx/*.cu) with NVRTC and write the PTX files (needs libnvrtc, no GPU;
+    /// always compiled afresh, the kernel cache is neither read nor written).
     Ptx {
         /// Folder for the `.ptx` files.
         #[arg(long, default_value = "ptx-out")]
@@ -441,6 +450,8 @@ fn summary(width: f64, batch: usize) -> Result<()> {
     Ok(())
 }
 
+/// `model ptx`: every kernel file compiled by NVRTC now (never read from the kernel cache:
+/// this is for reading what NVRTC makes of the sources) and written as `<name>.ptx` in `out`.
 fn write_ptx(out: &std::path::Path, arch: &str) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for (name, source) in ops::kernels::SOURCES {

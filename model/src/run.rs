@@ -27,7 +27,7 @@ use crate::resnet::ResNet9;
 use crate::saver::Saver;
 use crate::train::{self, TrainConfig};
 use crate::{Error, Result};
-use engine::cuda::ConvSearch;
+use engine::cuda::{ConvSearch, Precompiled};
 use data::Cifar10;
 use crate::pipeline::Pipeline;
 use engine::{DType, Device};
@@ -179,14 +179,38 @@ fn progress_bar(len: usize, enabled: bool) -> ProgressBar {
     pb
 }
 
-/// On a GPU, compile every kernel file of `ptx/` now, one thread each
-/// (`CudaDevice::precompile`), instead of one file at a time as the first steps need them;
-/// the line to log says how long it took. `None` on the CPU.
-fn precompile_kernels(device: &Device) -> Result<Option<String>> {
+/// On a GPU, load every kernel file of `ptx/` now, from the kernel cache or compiled by NVRTC
+/// one thread each (`CudaDevice::precompile`), instead of one file at a time as the first
+/// steps need them. Returns what was done and the line to log ([`kernels_line`]); `None` on
+/// the CPU.
+fn precompile_kernels(device: &Device) -> Result<Option<(Precompiled, String)>> {
     let Device::Cuda(d) = device else { return Ok(None) };
     let t = std::time::Instant::now();
-    let n = d.precompile(&ops::kernels::SOURCES)?;
-    Ok(Some(format!("Compiled our CUDA kernels ({n} files, NVRTC, one thread each) in {:.2}s", t.elapsed().as_secs_f64())))
+    let done = d.precompile(&ops::kernels::SOURCES)?;
+    let line = kernels_line(&done, d.kernel_cache().map(|c| c.dir()), t.elapsed().as_secs_f64());
+    Ok(Some((done, line)))
+}
+
+/// The log line of a precompile that took `seconds`, with the kernel cache's folder `cache`
+/// (`None`: the cache is off): `Compiled our CUDA kernels (11 files, NVRTC, one thread each)
+/// in 0.27s; kept in DIR for the next run` when nothing was cached (or `; not kept (why)`, or
+/// `; kernel cache off`), `Loaded our CUDA kernels (11 files from the cache in DIR) in 0.01s`
+/// when everything was, and `Loaded our CUDA kernels (9 files from the cache in DIR, 2
+/// compiled by NVRTC, one thread each) in 0.05s; ...` in between.
+fn kernels_line(done: &Precompiled, cache: Option<&Path>, seconds: f64) -> String {
+    let dir = cache.map(|d| d.display().to_string()).unwrap_or_default();
+    let kept = match (cache, &done.cache_error) {
+        _ if done.compiled == 0 => String::new(),
+        (None, _) => "; kernel cache off".to_string(),
+        (Some(_), Some(why)) => format!("; not kept ({why})"),
+        (Some(_), None) => format!("; kept in {dir} for the next run"),
+    };
+    let what = match (done.from_cache, done.compiled) {
+        (0, n) => format!("Compiled our CUDA kernels ({n} files, NVRTC, one thread each)"),
+        (c, 0) => format!("Loaded our CUDA kernels ({c} files from the cache in {dir})"),
+        (c, n) => format!("Loaded our CUDA kernels ({c} files from the cache in {dir}, {n} compiled by NVRTC, one thread each)"),
+    };
+    format!("{what} in {seconds:.2}s{kept}")
 }
 
 /// Train as configured; returns the final test accuracy in percent.
@@ -322,7 +346,7 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         cfg.train_len(&ds.train),
         cfg.seed
     ));
-    if let Some(line) = precompile_kernels(device)? {
+    if let Some((_, line)) = precompile_kernels(device)? {
         log.line(&line);
     }
 
@@ -814,7 +838,7 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut log = Logger::new(Some(&dir.join("lr_find.log")))?;
     log.line(&format!("Device: {device}"));
-    if let Some(line) = precompile_kernels(device)? {
+    if let Some((_, line)) = precompile_kernels(device)? {
         log.line(&line);
     }
     let (mean, std) = data::augment::channel_stats(&ds.train);
@@ -857,7 +881,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     if cuda_graph && !device.is_cuda() {
         return Err(Error::Invalid("--cuda-graph runs on a CUDA GPU only".into()));
     }
-    if let Some(line) = precompile_kernels(device)? {
+    if let Some((_, line)) = precompile_kernels(device)? {
         println!("{line}");
     }
     let (mean, std) = data::augment::channel_stats(&ds.train);
@@ -1151,5 +1175,30 @@ mod tests {
         assert_eq!(read_metrics(&p).unwrap()[0], EpochRecord { test_acc_tta: None, ..rows[1].clone() });
         std::fs::write(&p, "epoch,lr\n1,2\n").unwrap();
         assert!(read_metrics(&p).is_err());
+    }
+
+    /// The kernels' line says where the files came from, where the cache is (or that it is
+    /// off, or why nothing was kept), and keeps the words of the line before the cache
+    /// (`Compiled our CUDA kernels (N files, NVRTC, one thread each) in S`) when nothing was
+    /// cached.
+    #[test]
+    fn the_kernels_line_says_where_they_came_from() {
+        let dir = Path::new("/c/kernels");
+        let done = |from_cache, compiled, why: Option<&str>| Precompiled { from_cache, compiled, cache_error: why.map(String::from) };
+        assert_eq!(
+            kernels_line(&done(0, 11, None), Some(dir), 0.271),
+            "Compiled our CUDA kernels (11 files, NVRTC, one thread each) in 0.27s; kept in /c/kernels for the next run"
+        );
+        assert_eq!(kernels_line(&done(0, 11, None), None, 0.27), "Compiled our CUDA kernels (11 files, NVRTC, one thread each) in 0.27s; kernel cache off");
+        assert_eq!(
+            kernels_line(&done(0, 11, Some("kernel cache: creating /c: Permission denied")), Some(dir), 0.27),
+            "Compiled our CUDA kernels (11 files, NVRTC, one thread each) in 0.27s; not kept (kernel cache: creating /c: Permission denied)"
+        );
+        assert_eq!(kernels_line(&done(11, 0, None), Some(dir), 0.012), "Loaded our CUDA kernels (11 files from the cache in /c/kernels) in 0.01s");
+        assert_eq!(
+            kernels_line(&done(9, 2, None), Some(dir), 0.05),
+            "Loaded our CUDA kernels (9 files from the cache in /c/kernels, 2 compiled by NVRTC, one thread each) in 0.05s; kept in /c/kernels for the next run"
+        );
+        assert_eq!(kernels_line(&done(0, 0, None), Some(dir), 0.0), "Compiled our CUDA kernels (0 files, NVRTC, one thread each) in 0.00s");
     }
 }
