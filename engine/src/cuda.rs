@@ -199,6 +199,8 @@ pub struct CudaDevice {
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     /// Where compiled kernels are kept for the next process (`None`: the cache is off).
     kernel_cache: Option<KernelCache>,
+    /// How long the steps of opening this device took, in seconds; see [`CudaDevice::open_phases`].
+    open_phases: Vec<(&'static str, f64)>,
     /// cuBLAS handle, bound to `stream`.
     blas: cudarc::cublas::CudaBlas,
     /// cuBLAS's workspace, set on the handle (declared after it: dropped after the handle).
@@ -476,8 +478,15 @@ impl Drop for CudaBuffer {
 }
 
 impl CudaDevice {
-    /// Open device `ordinal` (the libraries must already be known to load).
-    pub(crate) fn open(ordinal: usize) -> Result<CudaDevice> {
+    /// Open device `ordinal` (the libraries must already be known to load). `phases`: the
+    /// steps taken before (library probes, the driver's start) with their seconds; the context,
+    /// cuBLAS and cuDNN are added to them ([`CudaDevice::open_phases`]).
+    pub(crate) fn open(ordinal: usize, mut phases: Vec<(&'static str, f64)>) -> Result<CudaDevice> {
+        let mut clock = std::time::Instant::now();
+        let mut lap = |name: &'static str, phases: &mut Vec<(&'static str, f64)>| {
+            phases.push((name, clock.elapsed().as_secs_f64()));
+            clock = std::time::Instant::now();
+        };
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::CudaUnavailable(format!("could not create a context on device {ordinal}: {e}")))?;
         let name = ctx.name().map_err(driver_err("device name"))?;
@@ -489,6 +498,7 @@ impl CudaDevice {
         // A stream of our own (not the legacy default stream, which implicitly waits for
         // every other stream and cannot be captured into a CUDA graph).
         let stream = ctx.new_stream().map_err(driver_err("create stream"))?;
+        lap("context", &mut phases);
         let blas = cudarc::cublas::CudaBlas::new(stream.clone())
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuBLAS handle: {e}")))?;
         // 32 MiB: NVIDIA's suggested cuBLAS workspace for Hopper.
@@ -502,6 +512,7 @@ impl CudaDevice {
         }
         .result()
         .map_err(|e| Error::CudaUnavailable(format!("could not set the cuBLAS workspace: {e}")))?;
+        lap("cuBLAS", &mut phases);
         ctx.bind_to_thread().map_err(driver_err("bind context"))?;
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -509,6 +520,7 @@ impl CudaDevice {
             .max(1) as u32;
         let cudnn = CudnnHandle::new(&stream)
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuDNN handle: {e}")))?;
+        lap("cuDNN", &mut phases);
         Ok(CudaDevice {
             blas,
             _blas_workspace: blas_workspace,
@@ -534,6 +546,7 @@ impl CudaDevice {
             stream,
             modules: Mutex::new(HashMap::new()),
             kernel_cache: KernelCache::from_env(),
+            open_phases: phases,
             pool: Mutex::new(BlockPool::new()),
             best_fit: AtomicBool::new(false),
             ones: Mutex::new(HashMap::new()),
@@ -545,6 +558,15 @@ impl CudaDevice {
             graphs_alive: AtomicUsize::new(0),
             retired: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The steps of opening this device and their seconds, in order: the library probes and
+    /// the driver's start ([`crate::Device::cuda`]), the context and stream, the cuBLAS handle
+    /// and its workspace, the cuDNN handle (all three are created here, not at first use).
+    /// Loading cuDNN's and cuBLAS's kernels at their first use is not in them: the first
+    /// convolution and the first matrix product pay for that.
+    pub fn open_phases(&self) -> &[(&'static str, f64)] {
+        &self.open_phases
     }
 
     /// Where compiled kernels are kept between processes, or `None` when the cache is off
