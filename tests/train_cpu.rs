@@ -7,7 +7,8 @@
 //! development machine: see the issue note. These are the assertions that fail when
 //! any forward or backward rule, the optimizer, the data pipeline or the schedule breaks.
 
-use model::run::{RunOptions, read_metrics, run_training};
+use model::run::{RunOptions, read_metrics, run_training, run_training_timed};
+use model::startup::PhaseClock;
 use model::train::TrainConfig;
 use std::path::{Path, PathBuf};
 
@@ -518,4 +519,75 @@ fn an_ema_run_stopped_between_epochs_continues_exactly() {
     assert_eq!(tensors(&resumed), tensors(&net), "the trained weights");
     assert_eq!(tensors(&resumed_ema.model), tensors(&ema.model), "the moving average");
     assert_ne!(tensors(&ema.model), tensors(&net), "the average is the trained weights");
+}
+
+/// The figures of a `Start-up:` or `After training:` line after its title: each phase's name
+/// and seconds (notes in parentheses dropped), and the seconds of each `; `-separated part
+/// after the phases (the total, ...), in order. Panics, naming the line, on a figure that is
+/// not a number of seconds.
+fn time_line_figures(line: &str, title: &str) -> (Vec<(String, f64)>, Vec<f64>) {
+    let seconds = |s: &str| -> f64 { s.strip_suffix('s').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{s:?} is not seconds in {line}")) };
+    let rest = line.strip_prefix(title).and_then(|r| r.strip_prefix(": ")).unwrap_or_else(|| panic!("not a {title} line: {line}"));
+    // Notes hold commas of their own ("9 from the cache, 2 compiled"): drop them first.
+    let (mut plain, mut depth) = (String::new(), 0);
+    for c in rest.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    let mut parts = plain.split("; ");
+    let phases = parts.next().unwrap_or_default().split(", ").map(|p| {
+        let (name, s) = p.trim().rsplit_once(' ').unwrap_or_else(|| panic!("{p:?} in {line}"));
+        (name.to_string(), seconds(s))
+    });
+    let totals = parts.map(|p| p.split_whitespace().find(|w| w.ends_with('s') && w.starts_with(|c: char| c.is_ascii_digit())).map(seconds).unwrap_or_else(|| panic!("no seconds in {p:?} of {line}")));
+    (phases.collect(), totals.collect())
+}
+
+/// The log's `Start-up:` line (just before `EPOCH: 1`) and `After training:` line (the last):
+/// every figure a number of seconds, none negative, the phases adding up to no more than the
+/// totals printed beside them, and start-up, epochs (metrics.csv) and the time after them
+/// together no more than the wall time of the whole sequence, timed here as the binary times
+/// it (the device, the data files, then the run). Each printed figure is rounded to the
+/// hundredth (metrics.csv's to the thousandth): a sum may exceed the total by half a hundredth
+/// per figure, so that much is allowed.
+#[test]
+fn the_log_accounts_for_the_time_outside_the_epochs() {
+    let wall = std::time::Instant::now();
+    let mut clock = PhaseClock::start();
+    let device = clock.time("device", || engine::Device::Cpu);
+    let ds = clock.time("data", || data::Cifar10::open(&cifar_dir()).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig { epochs: 1, batch_size: 64, subset: Some(256), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, ..TrainConfig::default() };
+    run_training_timed(&ds, &device, run_opts(cfg, tmp.path(), "timed"), clock).unwrap();
+    let wall = wall.elapsed().as_secs_f64();
+    let dir = tmp.path().join("timed");
+    let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let at = lines.iter().position(|l| l.starts_with("Start-up: ")).unwrap_or_else(|| panic!("no start-up line:\n{log}"));
+    assert!(lines[at + 1].starts_with("EPOCH: 1 "), "the start-up line is not just before the first epoch:\n{log}");
+    let (phases, totals) = time_line_figures(lines[at], "Start-up");
+    let names: Vec<&str> = phases.iter().map(|(n, _)| n.as_str()).collect();
+    // On the CPU: no kernels, and no LR range test (the LRs are given).
+    assert_eq!(names, ["device", "data", "network", "pixel statistics", "dataset to device"], "{}", lines[at]);
+    assert_eq!(totals.len(), 1, "{}", lines[at]);
+    let startup = totals[0];
+    let slack = |figures: usize| 0.005 * figures as f64;
+    assert!(phases.iter().all(|(_, s)| *s >= 0.0) && startup >= 0.0, "{}", lines[at]);
+    assert!(phases.iter().map(|(_, s)| s).sum::<f64>() <= startup + slack(phases.len() + 1), "{}", lines[at]);
+    let last = lines.last().unwrap();
+    assert!(last.ends_with("s)") && last.contains("after the last epoch; the epochs spent "), "{last}");
+    let (after_phases, after_totals) = time_line_figures(last, "After training");
+    let after_names: Vec<&str> = after_phases.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(after_names, ["plots", "checkpoint wait"], "{last}");
+    let [after, between] = after_totals[..] else { panic!("{last}") };
+    assert!(after_phases.iter().all(|(_, s)| *s >= 0.0) && after >= 0.0 && between >= 0.0, "{last}");
+    assert!(after_phases.iter().map(|(_, s)| s).sum::<f64>() <= after + slack(after_phases.len() + 1), "{last}");
+    let rows = read_metrics(&dir.join("metrics.csv")).unwrap();
+    let epochs: f64 = rows.iter().map(|r| r.seconds + r.eval_seconds).sum();
+    let accounted = startup + epochs + between + after;
+    assert!(accounted <= wall + slack(3) + 0.001 * rows.len() as f64, "start-up {startup}, epochs {epochs}, between {between}, after {after}: {accounted} s > the wall time {wall} s\n{log}");
 }

@@ -35,6 +35,7 @@
 //! ones) are never freed while a graph exists.
 
 use crate::cudnn::CudnnHandle;
+use crate::kernel_cache::{KernelCache, KernelSpec, Output};
 use crate::pool::BlockPool;
 use crate::{DType, Error, Float, Result};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr};
@@ -171,6 +172,27 @@ pub fn grid_stride_config(n: u32, max_threads: u32) -> cudarc::driver::LaunchCon
 /// resident at once for the kernel launched (SMs times its occupancy).
 pub const BNR_ONE_WAVE: u32 = u32::MAX;
 
+/// What [`CudaDevice::precompile`] did with the files it was given that were not loaded yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Precompiled {
+    /// Files whose module was read from the kernel cache (`kernel_cache.rs`).
+    pub from_cache: usize,
+    /// Files compiled by NVRTC.
+    pub compiled: usize,
+    /// Why a compiled file could not be stored in the cache (the first such reason), if one
+    /// could not: the run goes on, and the next process compiles again.
+    pub cache_error: Option<String>,
+}
+
+/// A kernel file's module, and where it came from ([`CudaDevice::load_module`]).
+struct LoadedModule {
+    module: Arc<CudaModule>,
+    /// Read from the kernel cache (else compiled by NVRTC).
+    from_cache: bool,
+    /// Why the compiled image could not be stored in the cache, if it could not.
+    cache_error: Option<String>,
+}
+
 /// A CUDA GPU: its context, the one stream all work is queued on, library handles,
 /// the memory pool and the kernel modules compiled for it so far.
 pub struct CudaDevice {
@@ -179,8 +201,12 @@ pub struct CudaDevice {
     arch: String,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    /// Modules by source file name, compiled by NVRTC on first use.
+    /// Modules by source file name, compiled by NVRTC (or read from `kernel_cache`) on first use.
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    /// Where compiled kernels are kept for the next process (`None`: the cache is off).
+    kernel_cache: Option<KernelCache>,
+    /// How long the steps of opening this device took, in seconds; see [`CudaDevice::open_phases`].
+    open_phases: Vec<(&'static str, f64)>,
     /// cuBLAS handle, bound to `stream`.
     blas: cudarc::cublas::CudaBlas,
     /// cuBLAS's workspace, set on the handle (declared after it: dropped after the handle).
@@ -458,8 +484,15 @@ impl Drop for CudaBuffer {
 }
 
 impl CudaDevice {
-    /// Open device `ordinal` (the libraries must already be known to load).
-    pub(crate) fn open(ordinal: usize) -> Result<CudaDevice> {
+    /// Open device `ordinal` (the libraries must already be known to load). `phases`: the
+    /// steps taken before (library probes, the driver's start) with their seconds; the context,
+    /// cuBLAS and cuDNN are added to them ([`CudaDevice::open_phases`]).
+    pub(crate) fn open(ordinal: usize, mut phases: Vec<(&'static str, f64)>) -> Result<CudaDevice> {
+        let mut clock = std::time::Instant::now();
+        let mut lap = |name: &'static str, phases: &mut Vec<(&'static str, f64)>| {
+            phases.push((name, clock.elapsed().as_secs_f64()));
+            clock = std::time::Instant::now();
+        };
         let ctx = CudaContext::new(ordinal)
             .map_err(|e| Error::CudaUnavailable(format!("could not create a context on device {ordinal}: {e}")))?;
         let name = ctx.name().map_err(driver_err("device name"))?;
@@ -471,6 +504,7 @@ impl CudaDevice {
         // A stream of our own (not the legacy default stream, which implicitly waits for
         // every other stream and cannot be captured into a CUDA graph).
         let stream = ctx.new_stream().map_err(driver_err("create stream"))?;
+        lap("context", &mut phases);
         let blas = cudarc::cublas::CudaBlas::new(stream.clone())
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuBLAS handle: {e}")))?;
         // 32 MiB: NVIDIA's suggested cuBLAS workspace for Hopper.
@@ -484,6 +518,7 @@ impl CudaDevice {
         }
         .result()
         .map_err(|e| Error::CudaUnavailable(format!("could not set the cuBLAS workspace: {e}")))?;
+        lap("cuBLAS", &mut phases);
         ctx.bind_to_thread().map_err(driver_err("bind context"))?;
         let sm_count = ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -491,6 +526,7 @@ impl CudaDevice {
             .max(1) as u32;
         let cudnn = CudnnHandle::new(&stream)
             .map_err(|e| Error::CudaUnavailable(format!("could not create a cuDNN handle: {e}")))?;
+        lap("cuDNN", &mut phases);
         Ok(CudaDevice {
             blas,
             _blas_workspace: blas_workspace,
@@ -515,6 +551,8 @@ impl CudaDevice {
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
+            kernel_cache: KernelCache::from_env(),
+            open_phases: phases,
             pool: Mutex::new(BlockPool::new()),
             best_fit: AtomicBool::new(false),
             ones: Mutex::new(HashMap::new()),
@@ -526,6 +564,21 @@ impl CudaDevice {
             graphs_alive: AtomicUsize::new(0),
             retired: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The steps of opening this device and their seconds, in order: the library probes and
+    /// the driver's start ([`crate::Device::cuda`]), the context and stream, the cuBLAS handle
+    /// and its workspace, the cuDNN handle (all three are created here, not at first use).
+    /// Loading cuDNN's and cuBLAS's kernels at their first use is not in them: the first
+    /// convolution and the first matrix product pay for that.
+    pub fn open_phases(&self) -> &[(&'static str, f64)] {
+        &self.open_phases
+    }
+
+    /// Where compiled kernels are kept between processes, or `None` when the cache is off
+    /// (`kernel_cache::location`).
+    pub fn kernel_cache(&self) -> Option<&KernelCache> {
+        self.kernel_cache.as_ref()
     }
 
     /// The device's index as the driver numbers it.
@@ -1088,7 +1141,8 @@ impl CudaDevice {
     }
 
     /// Kernel `name` from the CUDA C `source` of file `file` (e.g. `"elementwise.cu"`),
-    /// compiled by NVRTC for this device's architecture the first time the file is used.
+    /// compiled by NVRTC for this device's architecture (or read from the kernel cache) the
+    /// first time the file is used.
     ///
     /// Every launch of one of our kernels looks its function up here just before it, so
     /// while a kernel trace runs ([`CudaDevice::start_kernel_trace`]) this also records an
@@ -1100,7 +1154,8 @@ impl CudaDevice {
             match modules.get(file) {
                 Some(m) => m.clone(),
                 None => {
-                    let m = self.load_module(file, source)?;
+                    // (A cache that could not be written only costs the next process a compilation.)
+                    let m = self.load_module(file, source)?.module;
                     modules.insert(file.to_string(), m.clone());
                     m
                 }
@@ -1112,14 +1167,15 @@ impl CudaDevice {
     /// Compile and load every file of `sources` (name, CUDA C source) not loaded yet, each on
     /// a thread of its own, so that [`CudaDevice::function`] later finds them ready. NVRTC
     /// compiles one file on one core: the ten files `ptx/` then had took 1.6 s one after another on
-    /// our 2-core VM (2026-11-26), time a run would otherwise spend in its first steps.
-    /// Returns how many files were compiled.
-    pub fn precompile(&self, sources: &[(&str, &str)]) -> Result<usize> {
+    /// our 2-core VM (2026-11-26), time a run would otherwise spend in its first steps. Files
+    /// the kernel cache holds are read from it instead ([`CudaDevice::load_module`]).
+    /// Returns how many files came from the cache and how many were compiled.
+    pub fn precompile(&self, sources: &[(&str, &str)]) -> Result<Precompiled> {
         let todo: Vec<(&str, &str)> = {
             let modules = self.modules.lock().map_err(|_| Error::Invalid("kernel module cache poisoned".into()))?;
             sources.iter().filter(|(f, _)| !modules.contains_key(*f)).copied().collect()
         };
-        let loaded: Vec<Result<(String, Arc<CudaModule>)>> = std::thread::scope(|scope| {
+        let loaded: Vec<Result<(String, LoadedModule)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = todo
                 .iter()
                 .map(|&(file, source)| scope.spawn(move || self.load_module(file, source).map(|m| (file.to_string(), m))))
@@ -1130,41 +1186,87 @@ impl CudaDevice {
                 .collect()
         });
         let mut modules = self.modules.lock().map_err(|_| Error::Invalid("kernel module cache poisoned".into()))?;
+        let mut done = Precompiled::default();
         for r in loaded {
             let (file, m) = r?;
-            modules.entry(file).or_insert(m);
+            if m.from_cache {
+                done.from_cache += 1;
+            } else {
+                done.compiled += 1;
+            }
+            if done.cache_error.is_none() {
+                done.cache_error = m.cache_error;
+            }
+            modules.entry(file).or_insert(m.module);
         }
-        Ok(todo.len())
+        Ok(done)
+    }
+
+    /// `file`'s module: from the kernel cache when it holds an image of it that the driver
+    /// takes, else compiled ([`CudaDevice::compile_and_load`]) and stored in the cache for the
+    /// next process (over the cached image the driver refused, if that was the case). The cache
+    /// never fails the load: a file that cannot be read is a miss, and why the compiled image
+    /// could not be stored comes back with the module.
+    fn load_module(&self, file: &str, source: &str) -> Result<LoadedModule> {
+        // The spec needs NVRTC's version: without NVRTC there is no cache, and compiling says why.
+        let cache = self.kernel_cache.as_ref().and_then(|c| Some((c, KernelSpec::for_loaded_nvrtc(file, source, &self.arch).ok()?)));
+        if let Some((cache, spec)) = &cache
+            && let Some(module) = cache.load_accepted(spec, |output, image| self.load_image(file, output, image))
+        {
+            return Ok(LoadedModule { module, from_cache: true, cache_error: None });
+        }
+        let (module, output, image) = self.compile_and_load(file, source)?;
+        let cache_error = cache.and_then(|(cache, spec)| cache.store(&spec, output, &image).err()).map(|e| e.to_string());
+        Ok(LoadedModule { module, from_cache: false, cache_error })
+    }
+
+    /// Load a cached `image` of kind `output`. PTX that is not text without NUL bytes is
+    /// refused here (cudarc would panic on it); the cache's checksum makes that all but
+    /// impossible, as it makes sure a cubin is whole before the driver reads it.
+    fn load_image(&self, file: &str, output: Output, image: Vec<u8>) -> Result<Arc<CudaModule>> {
+        let fail = |msg: String| Error::Cuda { op: "load module", msg: format!("{file} (cached {}): {msg}", output.extension()) };
+        let image = match output {
+            Output::Ptx => match String::from_utf8(image) {
+                Ok(text) if !text.contains('\0') => cudarc::nvrtc::Ptx::from_src(text),
+                _ => return Err(fail("not PTX text".into())),
+            },
+            Output::Cubin => cudarc::nvrtc::Ptx::from_binary(image),
+        };
+        self.ctx.load_module(image).map_err(|e| fail(e.to_string()))
     }
 
     /// Compile `source` to PTX and load it. If the driver refuses the PTX (an NVRTC newer
     /// than the driver writes a PTX version it cannot read), load machine code for this
     /// architecture instead; if that fails too, the error gives both reasons and both versions.
-    fn load_module(&self, file: &str, source: &str) -> Result<Arc<CudaModule>> {
+    /// Returns the module with the image it was loaded from (for the kernel cache).
+    fn compile_and_load(&self, file: &str, source: &str) -> Result<(Arc<CudaModule>, Output, Vec<u8>)> {
         let ptx = crate::nvrtc::compile_ptx(file, source, &self.arch)?;
-        let ptx_err = match self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)) {
-            Ok(m) => return Ok(m),
+        let ptx_err = match self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx.clone())) {
+            Ok(m) => return Ok((m, Output::Ptx, ptx.into_bytes())),
             Err(e) => e,
         };
         let cubin = crate::nvrtc::compile_cubin(file, source, &self.arch).map_err(|e| Error::Cuda {
             op: "load module",
             msg: format!("{file}: the driver refused the PTX ({ptx_err}), and compiling machine code instead failed: {e}"),
         })?;
-        self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)).map_err(|e| {
-            let nvrtc = crate::nvrtc::version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|_| "?".into());
-            let mut driver = 0;
-            // SAFETY: cuDriverGetVersion writes one int (the driver is loaded: a context exists).
-            let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
-            Error::Cuda {
-                op: "load module",
-                msg: format!(
-                    "{file}: the driver (CUDA {}.{}) refused the PTX of NVRTC {nvrtc} ({ptx_err}) and its machine code for {} ({e})",
-                    driver / 1000,
-                    (driver % 1000) / 10,
-                    self.arch
-                ),
+        match self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.clone())) {
+            Ok(m) => Ok((m, Output::Cubin, cubin)),
+            Err(e) => {
+                let nvrtc = crate::nvrtc::version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|_| "?".into());
+                let mut driver = 0;
+                // SAFETY: cuDriverGetVersion writes one int (the driver is loaded: a context exists).
+                let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+                Err(Error::Cuda {
+                    op: "load module",
+                    msg: format!(
+                        "{file}: the driver (CUDA {}.{}) refused the PTX of NVRTC {nvrtc} ({ptx_err}) and its machine code for {} ({e})",
+                        driver / 1000,
+                        (driver % 1000) / 10,
+                        self.arch
+                    ),
+                })
             }
-        })
+        }
     }
 
     /// A new block from the driver. On failure the pool's free blocks are released and

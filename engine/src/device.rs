@@ -68,8 +68,12 @@ impl Device {
     /// Never panics: when a CUDA library cannot be loaded the error names it and
     /// says how to point `LD_LIBRARY_PATH` at it; when the driver loads but has no
     /// such device the error says that.
+    ///
+    /// The time each step took is kept on the device ([`CudaDevice::open_phases`]).
     pub fn cuda(ordinal: usize) -> Result<Device> {
+        let start = std::time::Instant::now();
         let missing = missing_cuda_libraries();
+        let probes = start.elapsed().as_secs_f64();
         if !missing.is_empty() {
             return Err(Error::CudaUnavailable(format!(
                 "could not load {}. Install the NVIDIA driver and the CUDA 13 libraries (cuBLAS, cuDNN 9, NVRTC), \
@@ -94,7 +98,10 @@ impl Device {
                 "CUDA device {ordinal} requested but the driver reports {count} device(s)"
             )));
         }
-        Ok(Device::Cuda(Arc::new(CudaDevice::open(ordinal)?)))
+        // Loading the driver for good and cuInit (in device_count), and the version checks
+        // (which load cuDNN's and NVRTC's libraries for good: the probes unload what they load).
+        let driver = start.elapsed().as_secs_f64() - probes;
+        Ok(Device::Cuda(Arc::new(CudaDevice::open(ordinal, vec![("library probes", probes), ("driver start", driver)])?)))
     }
 
     /// The first CUDA GPU if one is usable, else the CPU, with the reason the GPU was not taken.

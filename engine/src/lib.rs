@@ -10,6 +10,7 @@ pub mod cudnn_graph;
 pub mod device;
 pub mod error;
 pub mod float;
+pub mod kernel_cache;
 pub mod nvrtc;
 pub mod pool;
 pub mod profile;

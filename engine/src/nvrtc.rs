@@ -47,6 +47,13 @@ pub fn version() -> Result<(i32, i32)> {
     Ok((major, minor))
 }
 
+/// The options every compilation of ours passes to NVRTC for the architecture `arch`: only
+/// `--gpu-architecture=<arch>` (see [`compile_ptx`] for why nothing else). One function, so
+/// that what the kernel cache keys its files by (`kernel_cache`) is what the compiler was given.
+pub fn compile_options(arch: &str) -> Vec<String> {
+    vec![format!("--gpu-architecture={arch}")]
+}
+
 /// Compiles one CUDA C source file to PTX text for the GPU architecture `arch`.
 ///
 /// - `name`: the file's name (e.g. `"augment.cu"`); NVRTC uses it in its messages.
@@ -79,7 +86,7 @@ pub fn compile_ptx(name: &str, source: &str, arch: &str) -> Result<String> {
     }
     let opts = cudarc::nvrtc::CompileOptions {
         name: Some(name.to_string()),
-        options: vec![format!("--gpu-architecture={arch}")],
+        options: compile_options(arch),
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| match e {
@@ -118,7 +125,7 @@ pub fn compile_cubin(name: &str, source: &str, arch: &str) -> Result<Vec<u8>> {
         return Err(unavailable());
     }
     let prog = result::create_program(&src, Some(&cname)).map_err(|e| fail(format!("{name}: {e}")))?;
-    let options = [format!("--gpu-architecture={arch}")];
+    let options = compile_options(arch);
     // SAFETY: `prog` was created above and is destroyed once, at the end; `src` and `cname`
     // outlive it; the CUBIN buffer has the size NVRTC reports.
     let out = unsafe {

@@ -14,6 +14,7 @@ pub mod resnet;
 pub mod run;
 pub mod saver;
 pub mod schedule;
+pub mod startup;
 pub mod train;
 
 pub use error::{Error, Result};

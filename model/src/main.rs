@@ -6,14 +6,20 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use engine::Device;
 use engine::cuda::{ConvSearch, FirstConv};
 use model::lr_find::{LrFindConfig, LrMinRule, LrRule};
-use model::run::{RunOptions, run_training};
+use model::run::{RunOptions, run_training_timed};
+use model::startup::{PhaseClock, steps_note};
 use model::train::TrainConfig;
 use model::{Error, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Where the commands that use a GPU keep our compiled kernels (`engine::kernel_cache`).
+const KERNEL_CACHE_HELP: &str = "On a GPU, our CUDA kernels compiled by NVRTC are kept for the next run in \
+    $CIFAR10_ENGINE_CACHE, else $XDG_CACHE_HOME/cifar10-engine/kernels, else ~/.cache/cifar10-engine/kernels \
+    (CIFAR10_ENGINE_CACHE=off: no cache; deleting the folder is always safe).";
+
 #[derive(Parser)]
-#[command(name = "model", version, about = "Train the CIFAR-10 ResNet-9 on our own CUDA engine (or the CPU reference).")]
+#[command(name = "model", version, about = "Train the CIFAR-10 ResNet-9 on our own CUDA engine (or the CPU reference).", after_help = KERNEL_CACHE_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -22,10 +28,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train (the default): LR range test unless --lr-max/--lr-min are given, then the one-cycle epochs.
+    #[command(after_help = KERNEL_CACHE_HELP)]
     Train(TrainArgs),
     /// Run only the LR range test and plot loss against LR.
+    #[command(after_help = KERNEL_CACHE_HELP)]
     LrFind(TrainArgs),
     /// Time one training step operation by operation (CUDA events on a GPU), after warm-up steps.
+    #[command(after_help = KERNEL_CACHE_HELP)]
     Profile {
         #[command(flatten)]
         args: TrainArgs,
@@ -56,7 +65,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Compile our CUDA kernels (ptx/*.cu) with NVRTC and write the PTX files (needs libnvrtc, no GPU).
+    /// Compile our CUDA kernels (ptx/*.cu) with NVRTC and write the PTX files (needs libnvrtc, no GPU;
+    /// always compiled afresh, the kernel cache is neither read nor written).
     Ptx {
         /// Folder for the `.ptx` files.
         #[arg(long, default_value = "ptx-out")]
@@ -414,20 +424,26 @@ fn explicit_settings(m: &ArgMatches) -> Vec<String> {
 }
 
 /// `train`, or with `only_lr_find` the `lr-find` command; `explicit`: see [`explicit_settings`].
-fn train(args: &TrainArgs, only_lr_find: bool, explicit: Vec<String>) -> Result<()> {
+/// `clock` started with the program: opening the device and the data are measured on it, and
+/// the run's `Start-up:` line reports them.
+fn train(args: &TrainArgs, only_lr_find: bool, explicit: Vec<String>, mut clock: PhaseClock) -> Result<()> {
     // (--tta and --ema, which only change what a training run evaluates, are let through:
     // bench/side_by_side.py passes our run's flags to lr-find too.)
     if only_lr_find && (args.lr_max.is_some() || args.lr_min.is_some() || args.resume) {
         return Err(Error::Invalid("lr-find runs the LR range test alone: --lr-max/--lr-min and --resume are for train".into()));
     }
-    let device = args.device()?;
+    let device = clock.time("device", || args.device())?;
+    if let Device::Cuda(d) = &device {
+        // Context, cuBLAS and cuDNN are made as the device opens (`CudaDevice::open`).
+        clock.note("device", steps_note(d.open_phases()));
+    }
     let mut opts = RunOptions { explicit, ..args.options(&device)? };
-    let ds = open_data(&args.data)?;
+    let ds = clock.time("data", || open_data(&args.data))?;
     if only_lr_find {
         opts.lr_given = false;
         return model::run::run_lr_find(&ds, &device, opts);
     }
-    run_training(&ds, &device, opts).map(|_| ())
+    run_training_timed(&ds, &device, opts, clock).map(|_| ())
 }
 
 fn summary(width: f64, batch: usize) -> Result<()> {
@@ -442,6 +458,8 @@ fn summary(width: f64, batch: usize) -> Result<()> {
     Ok(())
 }
 
+/// `model ptx`: every kernel file compiled by NVRTC now (never read from the kernel cache:
+/// this is for reading what NVRTC makes of the sources) and written as `<name>.ptx` in `out`.
 fn write_ptx(out: &std::path::Path, arch: &str) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     for (name, source) in ops::kernels::SOURCES {
@@ -453,12 +471,12 @@ fn write_ptx(out: &std::path::Path, arch: &str) -> Result<()> {
     Ok(())
 }
 
-/// Run the command `cli`, parsed from `matches`.
-fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+/// Run the command `cli`, parsed from `matches`; `clock` started with the program.
+fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
     let explicit = |name: &str| matches.subcommand_matches(name).map(explicit_settings).unwrap_or_default();
     match cli.command.unwrap_or_else(|| Command::Train(TrainArgs::defaults())) {
-        Command::Train(a) => train(&a, false, explicit("train")),
-        Command::LrFind(a) => train(&a, true, Vec::new()),
+        Command::Train(a) => train(&a, false, explicit("train"), clock),
+        Command::LrFind(a) => train(&a, true, Vec::new(), clock),
         Command::Summary { width, batch_size } => summary(width, batch_size),
         Command::Profile { args, warmup, timed } => {
             let device = args.device()?;
@@ -475,10 +493,12 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // The start-up phases a training run logs are measured from here.
+    let clock = PhaseClock::start();
     // Parsed in two steps so that `--resume` can tell the flags given from the defaults.
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    match run(cli, &matches) {
+    match run(cli, &matches, clock) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -533,7 +553,7 @@ mod tests {
     fn lr_find_refuses_the_flags_that_skip_its_test() {
         let lr_find = |args: &[&str]| {
             let Some(Command::LrFind(a)) = Cli::try_parse_from(args).unwrap().command else { panic!("not lr-find") };
-            train(&a, true, Vec::new()).unwrap_err().to_string()
+            train(&a, true, Vec::new(), PhaseClock::start()).unwrap_err().to_string()
         };
         let nowhere = ["--device", "cpu", "--data", "/nonexistent/cifar"];
         for flags in [&["--lr-max", "0.4", "--lr-min", "0.004"][..], &["--resume", "--name", "a"]] {

@@ -25,9 +25,10 @@ use crate::lr_find::{self, LrFindConfig};
 use crate::plots::{LinePlot, Series, write_line_plot};
 use crate::resnet::ResNet9;
 use crate::saver::Saver;
+use crate::startup::PhaseClock;
 use crate::train::{self, TrainConfig};
 use crate::{Error, Result};
-use engine::cuda::ConvSearch;
+use engine::cuda::{ConvSearch, Precompiled};
 use data::Cifar10;
 use crate::pipeline::Pipeline;
 use engine::{DType, Device};
@@ -179,18 +180,59 @@ fn progress_bar(len: usize, enabled: bool) -> ProgressBar {
     pb
 }
 
-/// On a GPU, compile every kernel file of `ptx/` now, one thread each
-/// (`CudaDevice::precompile`), instead of one file at a time as the first steps need them;
-/// the line to log says how long it took. `None` on the CPU.
-fn precompile_kernels(device: &Device) -> Result<Option<String>> {
+/// On a GPU, load every kernel file of `ptx/` now, from the kernel cache or compiled by NVRTC
+/// one thread each (`CudaDevice::precompile`), instead of one file at a time as the first
+/// steps need them. Returns what was done and the line to log ([`kernels_line`]); `None` on
+/// the CPU.
+fn precompile_kernels(device: &Device) -> Result<Option<(Precompiled, String)>> {
     let Device::Cuda(d) = device else { return Ok(None) };
     let t = std::time::Instant::now();
-    let n = d.precompile(&ops::kernels::SOURCES)?;
-    Ok(Some(format!("Compiled our CUDA kernels ({n} files, NVRTC, one thread each) in {:.2}s", t.elapsed().as_secs_f64())))
+    let done = d.precompile(&ops::kernels::SOURCES)?;
+    let line = kernels_line(&done, d.kernel_cache().map(|c| c.dir()), t.elapsed().as_secs_f64());
+    Ok(Some((done, line)))
 }
 
-/// Train as configured; returns the final test accuracy in percent.
+/// The log line of a precompile that took `seconds`, with the kernel cache's folder `cache`
+/// (`None`: the cache is off): `Compiled our CUDA kernels (11 files, NVRTC, one thread each)
+/// in 0.27s; kept in DIR for the next run` when nothing was cached (or `; not kept (why)`, or
+/// `; kernel cache off`), `Loaded our CUDA kernels (11 files from the cache in DIR) in 0.01s`
+/// when everything was, and `Loaded our CUDA kernels (9 files from the cache in DIR, 2
+/// compiled by NVRTC, one thread each) in 0.05s; ...` in between.
+fn kernels_line(done: &Precompiled, cache: Option<&Path>, seconds: f64) -> String {
+    let dir = cache.map(|d| d.display().to_string()).unwrap_or_default();
+    let kept = match (cache, &done.cache_error) {
+        _ if done.compiled == 0 => String::new(),
+        (None, _) => "; kernel cache off".to_string(),
+        (Some(_), Some(why)) => format!("; not kept ({why})"),
+        (Some(_), None) => format!("; kept in {dir} for the next run"),
+    };
+    let what = match (done.from_cache, done.compiled) {
+        (0, n) => format!("Compiled our CUDA kernels ({n} files, NVRTC, one thread each)"),
+        (c, 0) => format!("Loaded our CUDA kernels ({c} files from the cache in {dir})"),
+        (c, n) => format!("Loaded our CUDA kernels ({c} files from the cache in {dir}, {n} compiled by NVRTC, one thread each)"),
+    };
+    format!("{what} in {seconds:.2}s{kept}")
+}
+
+/// The note after the kernels' seconds in the start-up line: where the files came from.
+fn kernels_note(done: &Precompiled) -> String {
+    match (done.from_cache, done.compiled) {
+        (0, _) => "compiled".to_string(),
+        (_, 0) => "from the cache".to_string(),
+        (c, n) => format!("{c} from the cache, {n} compiled"),
+    }
+}
+
+/// Train as configured; returns the final test accuracy in percent. (The log's `Start-up:`
+/// line counts from this call: see [`run_training_timed`].)
 pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f64> {
+    run_training_timed(ds, device, opts, PhaseClock::start())
+}
+
+/// [`run_training`], with the phases measured before it in `clock` (the binary's `main`
+/// starts it and measures opening the device and the data files): the run adds its own, and
+/// logs them all in its `Start-up:` line before the first epoch (`startup.rs`).
+pub fn run_training_timed(ds: &Cifar10, device: &Device, opts: RunOptions, mut clock: PhaseClock) -> Result<f64> {
     // Before anything is written. (A resumed run's settings come from its checkpoint: checked below.)
     opts.cfg.check(opts.lr_given)?;
     if !opts.resume && !opts.lr_given {
@@ -226,6 +268,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     // checkpoint that cannot be used (a run stopped while it saved its files, or a file damaged
     // since) gives way to the previous epoch's, kept beside it.
     let mut recovered = None;
+    let network_start = std::time::Instant::now();
     let start = if opts.resume {
         let r = match read_checkpoint(&files, &opts) {
             Ok(r) => r,
@@ -261,6 +304,10 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
         let model = ResNet9::new(opts.cfg.width, opts.cfg.out_scale, DType::F32, &mut rng)?;
         Checkpoint { cfg: opts.cfg.clone(), model, state: SgdState::default(), rows: Vec::new(), average: None }
     };
+    clock.add(NETWORK, network_start.elapsed().as_secs_f64());
+    if opts.resume {
+        clock.note(NETWORK, "read from the checkpoint".into());
+    }
     gpu_only(device, start.cfg.bf16, start.cfg.channels_last, false)?;
     if recovered.is_some() {
         // The previous epoch's files become the run's again, so that the next checkpoint keeps
@@ -276,7 +323,7 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     if opts.resume {
         log.line(&format!("Resuming {} after epoch {} of {}", dir.display(), start.rows.len(), start.cfg.epochs));
     }
-    let result = train_run(ds, device, &opts, start, &dir, &mut log);
+    let result = train_run(ds, device, &opts, start, &dir, &mut log, &mut clock);
     if let Err(e) = &result {
         // The log ends with what stopped the run (the binary prints it on stderr).
         log.file_only(&format!("error: {e}"));
@@ -284,20 +331,30 @@ pub fn run_training(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<f
     result
 }
 
+/// The start-up phase of the network's weights: initialised (or read from the checkpoint
+/// with `--resume`), moved to the device, the moving average's copy made.
+const NETWORK: &str = "network";
+
 /// Train the run in `dir` from `start` (a new network, or the checkpoint resumed) to its end:
 /// the LR range test if the LRs are not given, the epochs, a checkpoint after each, the plots.
+/// `clock` holds the phases measured so far; the run's own are added, and the `Start-up:`
+/// line before the first epoch and the `After training:` line at the end report them.
 /// Returns the final test accuracy in percent.
-fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint, dir: &Path, log: &mut Logger) -> Result<f64> {
+fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint, dir: &Path, log: &mut Logger, clock: &mut PhaseClock) -> Result<f64> {
     let Checkpoint { mut cfg, mut model, mut state, mut rows, mut average } = start;
     let (files, prev) = (RunFiles::new(dir, ""), RunFiles::new(dir, PREV));
-    let (mean, std) = data::augment::channel_stats(&ds.train);
+    // (The first pass over the memory-mapped training files: their first read from disk.)
+    let (mean, std) = clock.time("pixel statistics", || data::augment::channel_stats(&ds.train));
     let norm = Normalization { mean, std };
-    let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
-    model.to_device(device)?;
-    cfg.apply_to(&mut model.arch);
-    for b in state.momentum_buffers.iter_mut().flatten() {
-        *b = b.to_device(device)?;
-    }
+    let mut pipeline = clock.time("dataset to device", || Pipeline::new(device, &ds.train, &ds.test))?;
+    clock.time(NETWORK, || -> Result<()> {
+        model.to_device(device)?;
+        cfg.apply_to(&mut model.arch);
+        for b in state.momentum_buffers.iter_mut().flatten() {
+            *b = b.to_device(device)?;
+        }
+        Ok(())
+    })?;
     log.line(&format!(
         "ResNet-9 width {} ({} parameters){}, batch {}, {}, {} training images, seed {}",
         cfg.width,
@@ -322,11 +379,16 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         cfg.train_len(&ds.train),
         cfg.seed
     ));
-    if let Some(line) = precompile_kernels(device)? {
+    // (No such phase on the CPU.)
+    let kernels_start = std::time::Instant::now();
+    if let Some((done, line)) = precompile_kernels(device)? {
+        clock.add("kernels", kernels_start.elapsed().as_secs_f64());
+        clock.note("kernels", kernels_note(&done));
         log.line(&line);
     }
 
     if !opts.resume && !opts.lr_given {
+        let lr_find_start = std::time::Instant::now();
         log.line(&format!("LR range test: {} steps, LR {:.0e} -> {:.0e}", opts.lr_find.steps, opts.lr_find.start_lr, opts.lr_find.end_lr));
         let pb = progress_bar(opts.lr_find.steps, opts.progress);
         let r = lr_find::lr_find(&mut model, &ds.train, &mut pipeline, norm, &cfg, &opts.lr_find, |_, lr, s| {
@@ -338,6 +400,7 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         cfg.lr_max = r.lr_max;
         cfg.lr_min = r.lr_min;
         log.line(&format!("LR range test suggests {}; plot: {})", suggestion(&r, &opts.lr_find), dir.join("lr_find.png").display()));
+        clock.add("LR range test", lr_find_start.elapsed().as_secs_f64());
     }
     train::check_lrs(cfg.lr_min, cfg.lr_max)?;
     let schedule = cfg.schedule(&ds.train);
@@ -351,23 +414,30 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
 
     // The moving average starts here, after the range test (which restores the weights it
     // trained), or continues from the checkpoint's.
-    let mut ema = match (cfg.ema, average.take()) {
-        (false, _) => None,
-        (true, Some(mut avg)) => {
-            avg.to_device(device)?;
-            avg.arch = model.arch.clone();
-            Some(Ema::from_model(avg))
-        }
-        (true, None) => Some(Ema::new(&model)?),
-    };
+    let mut ema = clock.time(NETWORK, || -> Result<Option<Ema>> {
+        Ok(match (cfg.ema, average.take()) {
+            (false, _) => None,
+            (true, Some(mut avg)) => {
+                avg.to_device(device)?;
+                avg.arch = model.arch.clone();
+                Some(Ema::from_model(avg))
+            }
+            (true, None) => Some(Ema::new(&model)?),
+        })
+    })?;
     let mut step_graph = match device {
         Device::Cuda(d) if opts.cuda_graph => Some(StepGraph::new(d, cfg.batch_size, schedule.steps_per_epoch)?),
         _ => None,
     };
+    log.line(&clock.line("Start-up", "since the program started"));
     let start_epoch = rows.len();
     let mut last = None;
     let mut saver = Saver::new();
+    // Each epoch's time outside its measured training and evaluation (the log lines, the
+    // checkpoint's copy to the host, handing it to the saver), and the copies' share of it.
+    let (mut between, mut copies) = (0.0, 0.0);
     for epoch in start_epoch..cfg.epochs {
+        let epoch_start = std::time::Instant::now();
         let spe = schedule.steps_per_epoch;
         log.line(&format!("EPOCH: {} (LR: {:.6})", epoch + 1, schedule.lr(epoch * spe)));
         let pb = progress_bar(spe, opts.progress);
@@ -424,10 +494,12 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         // weights) and written while the next epoch trains (`saver.rs`): the last epoch's
         // files are kept (for a resume that finds these unusable), then the checkpoint first,
         // then the metrics that say it exists.
+        let copy_start = std::time::Instant::now();
         let model_file = checkpoint::model_contents(ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1));
         let mut meta = cfg.to_meta();
         meta.insert(checkpoint::EPOCHS_DONE.into(), (epoch + 1).to_string());
         let opt_file = checkpoint::optimizer_contents(&model, &state, meta, ema.is_some().then_some(&model));
+        copies += copy_start.elapsed().as_secs_f64();
         let job = {
             let (files, prev, rows) = (files.clone(), prev.clone(), rows.clone());
             move || {
@@ -439,14 +511,17 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         };
         saver.submit(format!("epoch {}'s checkpoint", epoch + 1), job)?;
         last = Some(eval);
+        between += (epoch_start.elapsed().as_secs_f64() - stats.seconds - eval_seconds).max(0.0);
     }
+    let mut after = PhaseClock::start();
     let eval = match last {
         Some(e) => e,
-        None => train::evaluate(evaluated(&mut model, &mut ema), &ds.test, &mut pipeline, norm, cfg.batch_size, true, cfg.tta)?,
+        // (A resumed run that had no epoch left.)
+        None => after.time("evaluation", || train::evaluate(evaluated(&mut model, &mut ema), &ds.test, &mut pipeline, norm, cfg.batch_size, true, cfg.tta))?,
     };
     if ema.is_some() {
         // What the average adds: the same run's trained weights, scored once.
-        let trained = train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, false, cfg.tta)?;
+        let trained = after.time("trained weights' evaluation", || train::evaluate(&mut model, &ds.test, &mut pipeline, norm, cfg.batch_size, false, cfg.tta))?;
         log.line(&format!(
             "Trained weights without EMA: Average loss: {:.4}, Accuracy: {}/{} ({:.2}%){}",
             trained.loss,
@@ -456,11 +531,13 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
             trained.tta_accuracy().map(|a| format!(", with flip TTA {a:.2}%")).unwrap_or_default()
         ));
     }
-    write_curves(dir, &rows)?;
-    write_lr_schedule(dir, &schedule)?;
-    write_misclassified(dir, ds, &eval.misclassified)?;
+    after.time("plots", || -> Result<()> {
+        write_curves(dir, &rows)?;
+        write_lr_schedule(dir, &schedule)?;
+        write_misclassified(dir, ds, &eval.misclassified)
+    })?;
     // The last epoch's checkpoint was written while the plots were made.
-    saver.wait()?;
+    after.time("checkpoint wait", || saver.wait())?;
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
     let with_eval: f64 = rows.iter().map(|r| r.seconds + r.eval_seconds).sum();
     log.line(&format!(
@@ -488,9 +565,13 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         let first = d.first_conv().describe();
         let text = format!("convolution search: {}\nthe first convolution (3 channels): {first}\n{}\n", search_rule(d.conv_search()), plans.join("\n"));
         let path = dir.join("conv_plans.txt");
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        after.time("convolution plans", || std::fs::write(&path, text)).map_err(|e| Error::io(&path, e))?;
         log.line(&format!("Convolution algorithms ({}): {} plans, in {}", search_rule(d.conv_search()), plans.len(), path.display()));
     }
+    log.line(&format!(
+        "{}; the epochs spent {between:.2}s outside their training and evaluation (copying checkpoints to the host {copies:.2}s)",
+        after.line("After training", "after the last epoch")
+    ));
     Ok(eval.accuracy())
 }
 
@@ -814,7 +895,7 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut log = Logger::new(Some(&dir.join("lr_find.log")))?;
     log.line(&format!("Device: {device}"));
-    if let Some(line) = precompile_kernels(device)? {
+    if let Some((_, line)) = precompile_kernels(device)? {
         log.line(&line);
     }
     let (mean, std) = data::augment::channel_stats(&ds.train);
@@ -857,7 +938,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     if cuda_graph && !device.is_cuda() {
         return Err(Error::Invalid("--cuda-graph runs on a CUDA GPU only".into()));
     }
-    if let Some(line) = precompile_kernels(device)? {
+    if let Some((_, line)) = precompile_kernels(device)? {
         println!("{line}");
     }
     let (mean, std) = data::augment::channel_stats(&ds.train);
@@ -1151,5 +1232,31 @@ mod tests {
         assert_eq!(read_metrics(&p).unwrap()[0], EpochRecord { test_acc_tta: None, ..rows[1].clone() });
         std::fs::write(&p, "epoch,lr\n1,2\n").unwrap();
         assert!(read_metrics(&p).is_err());
+    }
+
+    /// The kernels' line says where the files came from, where the cache is (or that it is
+    /// off, or why nothing was kept), and keeps the words of the line before the cache
+    /// (`Compiled our CUDA kernels (N files, NVRTC, one thread each) in S`) when nothing was
+    /// cached; the start-up line's note matches it.
+    #[test]
+    fn the_kernels_line_says_where_they_came_from() {
+        let dir = Path::new("/c/kernels");
+        let done = |from_cache, compiled, why: Option<&str>| Precompiled { from_cache, compiled, cache_error: why.map(String::from) };
+        assert_eq!(
+            kernels_line(&done(0, 11, None), Some(dir), 0.271),
+            "Compiled our CUDA kernels (11 files, NVRTC, one thread each) in 0.27s; kept in /c/kernels for the next run"
+        );
+        assert_eq!(kernels_line(&done(0, 11, None), None, 0.27), "Compiled our CUDA kernels (11 files, NVRTC, one thread each) in 0.27s; kernel cache off");
+        assert_eq!(
+            kernels_line(&done(0, 11, Some("kernel cache: creating /c: Permission denied")), Some(dir), 0.27),
+            "Compiled our CUDA kernels (11 files, NVRTC, one thread each) in 0.27s; not kept (kernel cache: creating /c: Permission denied)"
+        );
+        assert_eq!(kernels_line(&done(11, 0, None), Some(dir), 0.012), "Loaded our CUDA kernels (11 files from the cache in /c/kernels) in 0.01s");
+        assert_eq!(
+            kernels_line(&done(9, 2, None), Some(dir), 0.05),
+            "Loaded our CUDA kernels (9 files from the cache in /c/kernels, 2 compiled by NVRTC, one thread each) in 0.05s; kept in /c/kernels for the next run"
+        );
+        assert_eq!(kernels_line(&done(0, 0, None), Some(dir), 0.0), "Compiled our CUDA kernels (0 files, NVRTC, one thread each) in 0.00s");
+        assert_eq!([kernels_note(&done(0, 11, None)), kernels_note(&done(11, 0, None)), kernels_note(&done(9, 2, None))], ["compiled", "from the cache", "9 from the cache, 2 compiled"]);
     }
 }
