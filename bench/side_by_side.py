@@ -33,7 +33,10 @@ What is measured, per run:
   GPU's used memory (nvidia-smi, sampled every 100 ms) minus its value before the run: the whole
   process's footprint (CUDA context, cuDNN/cuBLAS workspaces, allocator caches), comparable across
   engines, but a peak shorter than the sampling interval can be missed;
-- the process wall time (start to exit: data loading, initialisation, everything).
+- the process wall time (start to exit: data loading, initialisation, everything); for ours, also its
+  log's `Start-up:` and `After training:` lines (model/src/startup.rs), which break down the part
+  before the first epoch and after the last (`ours_startup_s`, `ours_after_training_s` in the speed
+  JSON).
 
 Outputs under --out (default bench/results), DATE = today (or --date):
 - side-by-side-DATE.md and side-by-side-DATE.json: the table, per-epoch figures, cross-evaluation;
