@@ -126,7 +126,8 @@ impl FirstConv {
 ///
 /// Through cuDNN's graph API (`--cudnn-graph`), `Find` and `Timed` both time the first
 /// `ops::conv2d::GRAPH_TIMED_CANDIDATES` engines cuDNN offers, a few runs each (`Find`'s
-/// repeats do not apply), and `Heuristic` takes the first; not yet measured on a GPU.
+/// repeats do not apply; a shape at another batch size takes the engine timed for the
+/// first), and `Heuristic` takes the first; not yet measured on a GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvSearch {
     /// cuDNN's heuristic ranking (`cudnnGet*Algorithm_v7`): its first usable algorithm,
@@ -675,19 +676,29 @@ impl CudaDevice {
     }
 
     /// The graph-API plan for convolution `key` in direction `op`, built with `build` the
-    /// first time (a refusal is remembered too, so a shape is tried once).
+    /// first time (a refusal is remembered too, so a shape is tried once). `build` is given
+    /// the engine of a plan chosen by timing for the same convolution and direction at another
+    /// batch size, with that batch (the largest such, if several), for it to reuse
+    /// (`ops::conv2d::graph_plan`).
     pub fn graph_conv(
         &self,
         key: crate::cudnn::ConvKey,
         op: crate::cudnn_graph::ConvOp,
-        build: impl FnOnce() -> GraphChoice,
+        build: impl FnOnce(Option<(i64, usize)>) -> GraphChoice,
     ) -> Result<GraphChoice> {
         let mut plans = self.graph_plans.lock().map_err(|_| Error::Invalid("graph plan cache poisoned".into()))?;
         if let Some(p) = plans.get(&(key, op)) {
             return Ok(p.clone());
         }
         self.refuse_while_capturing("planning a new convolution with cuDNN's graph API")?;
-        let p = build();
+        let timed_at_other_batch = plans
+            .iter()
+            .filter_map(|((k, o), c)| match c {
+                Ok(g) if *o == op && k.same_but_batch(&key) && g.timed.is_some() => Some((g.engine, k.x[0])),
+                _ => None,
+            })
+            .max_by_key(|&(_, batch)| batch);
+        let p = build(timed_at_other_batch);
         plans.insert((key, op), p.clone());
         Ok(p)
     }

@@ -220,6 +220,9 @@ pub struct ConvGraph {
     /// Where the plan was chosen by timing (`ops::conv2d`'s timed graph search): its time,
     /// and what it was chosen from.
     pub timed: Option<Timed>,
+    /// Where the plan runs the engine timed for the same convolution at another batch size
+    /// instead of a search of its own: that batch size.
+    pub reused_from_batch: Option<usize>,
 }
 
 /// How a plan chosen by timing compared: its median time, the number of candidates timed,
@@ -247,6 +250,9 @@ impl std::fmt::Debug for ConvGraph {
                 write!(f, " (the first usable in cuDNN's order: {first:.3} ms)")?;
             }
         }
+        if let Some(n) = self.reused_from_batch {
+            write!(f, ", the engine timed at batch {n}")?;
+        }
         Ok(())
     }
 }
@@ -256,17 +262,31 @@ impl std::fmt::Debug for ConvGraph {
 /// finalizes into an execution plan and that needs at most `max_workspace` bytes. `Err`
 /// says why none did (the reasons of the first eight configurations refused).
 pub fn plan(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize) -> std::result::Result<ConvGraph, String> {
-    let mut plans = plans(h, op, key, max_workspace, 1, true)?;
+    let mut plans = plans(h, op, key, max_workspace, Candidates { limit: 1, runtime_compiled: true, engine: None })?;
     Ok(plans.remove(0))
 }
 
-/// Up to `limit` plans of direction `op` for `key`, in the order [`plan`] tries them (cuDNN's
-/// ranking, then its fallback list; an engine listed in both is taken once), each accepted
-/// by [`refusal`], finalized and within `max_workspace` bytes: the candidates of a timed
-/// search. Without `runtime_compiled`, engines cuDNN compiles at run time (its behaviour
-/// note `RUNTIME_COMPILATION`; finalizing one can take seconds) are passed over. `Err` (never
-/// an empty list) says why none was usable.
-pub fn plans(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize, limit: usize, runtime_compiled: bool) -> std::result::Result<Vec<ConvGraph>, String> {
+/// Which engine configurations [`plans`] makes plans of, beyond [`refusal`]'s rules and the
+/// workspace cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidates {
+    /// At most this many plans.
+    pub limit: usize,
+    /// Engines cuDNN compiles at run time too (its behaviour note `RUNTIME_COMPILATION`;
+    /// finalizing one can take seconds).
+    pub runtime_compiled: bool,
+    /// Only configurations of this engine (cuDNN's global index): the one timed for the same
+    /// convolution at another batch size.
+    pub engine: Option<i64>,
+}
+
+/// Up to `which.limit` plans of direction `op` for `key`, in the order [`plan`] tries them
+/// (cuDNN's ranking, then its fallback list; with a limit over 1, an engine listed in both is
+/// taken once), each accepted by [`refusal`] and `which`, finalized and within `max_workspace`
+/// bytes: the candidates of a timed search. `Err` (never an empty list) says why none was
+/// usable.
+pub fn plans(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize, which: Candidates) -> std::result::Result<Vec<ConvGraph>, String> {
+    let Candidates { limit, runtime_compiled, engine: only_engine } = which;
     let e = |e: crate::Error| e.to_string();
     let x = tensor(X, key.dtype, key.layout, key.x).map_err(e)?;
     let w = tensor(W, key.dtype, key.layout, key.w).map_err(e)?;
@@ -315,6 +335,9 @@ pub fn plans(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize, l
                     continue;
                 }
             };
+            if only_engine.is_some_and(|e| e != engine) {
+                continue;
+            }
             if let Some(why) = refusal(&notes, key) {
                 tried.push(format!("{mode:?} #{rank} (engine {engine}): {why}"));
                 continue;
@@ -372,6 +395,7 @@ pub fn plans(h: &CudnnHandle, op: ConvOp, key: &ConvKey, max_workspace: usize, l
             rank,
             fallback,
             timed: None,
+            reused_from_batch: None,
         })
         .collect())
 }

@@ -781,14 +781,34 @@ fn graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layou
     }
     let key = conv_key(dev, d, dtype, layout);
     let timed = first_on_graph || dev.conv_search() != ConvSearch::Heuristic;
-    let choice = dev.graph_conv(key, op, || {
-        if timed && let Some(g) = timed_graph_plan(dev, d, op, &key) {
-            return Ok(Arc::new(g));
+    let choice = dev.graph_conv(key, op, |timed_at_other_batch| {
+        if timed {
+            // The last batch of an epoch (336 of 50,000 images) and of the test set (272 of
+            // 10,000) take the engine timed at the full batch, as the legacy API's plans do
+            // (`reuse_at_this_batch`): an engine's speed hardly depends on the batch size.
+            if let Some((engine, batch)) = timed_at_other_batch
+                && let Some(g) = graph_plan_of_engine(dev, op, &key, engine, batch)
+            {
+                return Ok(Arc::new(g));
+            }
+            if let Some(g) = timed_graph_plan(dev, d, op, &key) {
+                return Ok(Arc::new(g));
+            }
         }
         let h = dev.cudnn().map_err(|e| e.to_string())?;
         cudnn_graph::plan(&h, op, &key, MAX_WORKSPACE).map(Arc::new)
     })?;
     Ok(choice.ok())
+}
+
+/// The plan of `engine` (timed for the same convolution at batch `batch`) for `key`, without
+/// a search; `None` if cuDNN does not offer that engine, usable, at this shape.
+fn graph_plan_of_engine(dev: &engine::cuda::CudaDevice, op: ConvOp, key: &cudnn::ConvKey, engine: i64, batch: usize) -> Option<ConvGraph> {
+    let h = dev.cudnn().ok()?;
+    let which = cudnn_graph::Candidates { limit: 1, runtime_compiled: true, engine: Some(engine) };
+    let mut g = cudnn_graph::plans(&h, op, key, MAX_WORKSPACE, which).ok()?.into_iter().next()?;
+    g.reused_from_batch = Some(batch);
+    Some(g)
 }
 
 /// Graph-API plans a timed search runs: the first usable ones in cuDNN's order (PyTorch's
@@ -808,7 +828,8 @@ pub const GRAPH_TIMED_CANDIDATES: usize = 10;
 fn timed_graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, op: ConvOp, key: &cudnn::ConvKey) -> Option<ConvGraph> {
     let candidates = {
         let h = dev.cudnn().ok()?;
-        cudnn_graph::plans(&h, op, key, TIMED_MAX_WORKSPACE, GRAPH_TIMED_CANDIDATES, false).ok()?
+        let which = cudnn_graph::Candidates { limit: GRAPH_TIMED_CANDIDATES, runtime_compiled: false, engine: None };
+        cudnn_graph::plans(&h, op, key, TIMED_MAX_WORKSPACE, which).ok()?
     };
     let dtype = key.dtype;
     // x (or dx), w (or dw), y (or dy) of the shape, whichever direction reads or writes them.
