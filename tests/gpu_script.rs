@@ -5,7 +5,8 @@
 //! name and the seed runs again with `--plain`; runs that fail for other reasons (refused
 //! before they opened the GPU, cut by the call's budget, flags that change the recipe) switch
 //! nothing; `official` pairs a run on the official files with one on their JPEG re-encoding
-//! under the same flags. A mistake there costs a whole session's measurements, and nothing
+//! under the same flags; `pick` sends the later runs to the first convolution with the
+//! fastest profiled step, only if measured faster and tested. A mistake there costs a whole session's measurements, and nothing
 //! else exercises this logic before the GPU does, so each decision is checked here.
 //!
 //! Every test runs the real script in a folder of its own (`GPU_ROOT`, in place of `/root`),
@@ -398,4 +399,81 @@ fn stage_picks_the_official_candidates_out_of_the_paths_named_cifar() {
 fn today() -> String {
     let o = Command::new("date").args(["-u", "+%Y-%m-%d"]).output().unwrap();
     String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A `profile` step's section of profile-<date>.txt, as the script writes it: the header, the
+/// `== model profile FLAGS` line, and the model's captured-step line (`ms` per step).
+fn profile_section(flags: &str, ms: &str) -> String {
+    format!(
+        "GPU 0: stand-in H100\ndriver version: 580.00\n== model profile {flags}\nOne training step, time per operation (GPU time between CUDA events):\n\
+         10 captured steps (CUDA graph) queued back to back: {ms} ms per step; the graph reserves 841 MiB\n"
+    )
+}
+
+/// This day's cuda-tests file with the first convolution's GPU test passed, or failed.
+fn first_conv_test(passed: bool) -> String {
+    let name = "first_conv_direct_kernels_match_the_cpu_and_cudnn";
+    if passed {
+        format!("== test-cuda_ops --ignored\ntest {name} ... ok\ntest result: ok. 1 passed; 0 failed\n")
+    } else {
+        format!("== test-cuda_ops --ignored\ntest {name} ... FAILED\n\nfailures:\n    {name}\n\ntest result: FAILED. 0 passed; 1 failed\n")
+    }
+}
+
+/// `pick` takes, of this day's profiles with no flag or one --first-conv choice, the fastest
+/// captured step, and its flag goes to every later train and sbs, unless a step names
+/// --first-conv itself; a profile with other flags is not a candidate, and the last profile
+/// of a choice counts.
+#[test]
+fn pick_gives_the_fastest_first_convolution_to_the_later_runs() {
+    let m = Machine::new();
+    let day = today();
+    let profiles = [
+        profile_section("", "3.12"),
+        profile_section("--first-conv=cudnn-graph", "2.60"),
+        profile_section("--first-conv=direct", "2.95"),
+        // Not a first-convolution choice: never picked, however fast.
+        profile_section("--cudnn-graph --cudnn-search=timed", "2.10"),
+        // A second profile of cudnn-graph: the last one counts.
+        profile_section("--first-conv=cudnn-graph", "2.80"),
+    ];
+    fs::write(m.results().join(format!("profile-{day}.txt")), profiles.concat()).unwrap();
+    fs::write(m.results().join(format!("cuda-tests-{day}.txt")), first_conv_test(true)).unwrap();
+    let text = m.run(&[], &["pick", "train", "5", "train", "6", "--", "--first-conv=cudnn", "sbs", "7"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed5 --no-progress --data cifar10 --seed 5 --first-conv=cudnn-graph",
+            "train --name seed6-first-conv-cudnn --no-progress --data cifar10 --seed 6 --first-conv=cudnn",
+        ])
+    );
+    // (The stand-in python3 refuses side_by_side.py, printing its arguments.)
+    assert!(text.contains("--ours-args=--first-conv=cudnn-graph"), "{text}");
+    let picked = fs::read_to_string(m.results().join(format!("pick-{day}.txt"))).unwrap();
+    assert!(picked.contains("default\t3.12\ncudnn-graph\t2.80\ndirect\t2.95\n"), "{picked}");
+    assert!(picked.contains("pick: --first-conv=cudnn-graph (2.80 ms, the default 3.12)"), "{picked}");
+}
+
+/// `pick` keeps the default when the default is the fastest, when the fastest is within 1% of
+/// it, when the first convolution's GPU test did not pass today, and when there is no profile.
+#[test]
+fn pick_keeps_the_default_unless_a_tested_choice_is_measured_faster() {
+    let day = today();
+    for (profiles, tested, why) in [
+        (vec![profile_section("", "3.00"), profile_section("--first-conv=direct", "3.05")], true, "is the fastest"),
+        (vec![profile_section("", "3.00"), profile_section("--first-conv=direct", "2.98")], true, "within 1%"),
+        (vec![profile_section("", "3.00"), profile_section("--first-conv=direct", "2.50")], false, "has not passed today"),
+        (vec![profile_section("--first-conv direct", "2.50")], false, "has not passed today"),
+        (vec![], true, "nothing to choose from"),
+    ] {
+        let m = Machine::new();
+        if !profiles.is_empty() {
+            fs::write(m.results().join(format!("profile-{day}.txt")), profiles.concat()).unwrap();
+        }
+        fs::write(m.results().join(format!("cuda-tests-{day}.txt")), first_conv_test(tested)).unwrap();
+        m.run(&[], &["pick", "train", "5"]);
+        assert_eq!(m.calls(), strings(&["train --name seed5 --no-progress --data cifar10 --seed 5"]), "{why}");
+        let picked = fs::read_to_string(m.results().join(format!("pick-{day}.txt"))).unwrap();
+        assert!(picked.contains(why) && picked.contains("the default stays"), "{why}: {picked}");
+    }
 }

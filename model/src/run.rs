@@ -355,6 +355,14 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         }
         Ok(())
     })?;
+    // Where the first convolution runs, when not where it runs by default (`--first-conv`;
+    // bf16 channels-last only).
+    let first_conv = match device {
+        Device::Cuda(d) if cfg.bf16 && cfg.channels_last && d.first_conv() != engine::cuda::FirstConv::DEFAULT => {
+            format!(", first convolution on {}", d.first_conv().describe())
+        }
+        _ => String::new(),
+    };
     log.line(&format!(
         "ResNet-9 width {} ({} parameters){}, batch {}, {}, {} training images, seed {}",
         cfg.width,
@@ -366,6 +374,7 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
             (cfg.fused_bn_relu && cfg.separate_residual_add, ", fused BN+ReLU (residual add separate)"),
             (opts.cuda_graph, ", CUDA graph"),
             (matches!(device, Device::Cuda(d) if d.conv_graph()), ", cuDNN graph API"),
+            (!first_conv.is_empty(), first_conv.as_str()),
             (cfg.tta, ", flip TTA in evaluation"),
             (cfg.ema, ", EMA of the weights evaluated"),
             (cfg.cutout_inside, ", Cutout inside the image"),

@@ -21,6 +21,9 @@
 #   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> lr-find-<date>.txt
 #                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> sanitize-<date>.txt
+#   bash scripts/gpu/on-gpu.sh pick             of this day's `profile` steps with no flag or one --first-conv
+#                                                choice, the one with the fastest captured step: its flag goes to
+#                                                every later train and sbs -> pick-<date>.txt
 #   bash scripts/gpu/on-gpu.sh sbs SEED... [-- ARGS]  bench/side_by_side.py (ours, cross-evaluation, PyTorch)
 #                                                -> sbs/, then sbs-2/, ... (table, JSON and logs written after every run)
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
@@ -59,6 +62,9 @@ DTAG=""
 # call's runs (the `profile` steps keep their own flags). (Our first-convolution kernels, whose
 # failed test added --first-conv=cudnn here, are no longer on by default: cuDNN is.)
 OURS_FALLBACK=()
+# Flags a `pick` step chose for every later `train` and `sbs` (where the first convolution runs),
+# unless a step names --first-conv itself.
+OURS_CHOSEN=()
 day="$(date -u +%Y-%m-%d)"
 start=$SECONDS
 
@@ -228,7 +234,9 @@ train() {
             echo "on-gpu.sh: $(basename "$log") is there already (written by an earlier call or step on this machine): seed $s not run again"
             continue
         fi
-        train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}"
+        local chosen=("${OURS_CHOSEN[@]}")
+        [[ " ${extra[*]} " == *" --first-conv"* ]] && chosen=()
+        train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${chosen[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}"
         rc=$?
         [ "$rc" -eq "$NO_TIME" ] && return 0
         if [ ${#extra[@]} -eq 0 ] && fast_path_failed "$log" "$rc"; then
@@ -252,7 +260,7 @@ train() {
                 return 0
             fi
             echo "on-gpu.sh: $why: it runs again with ${OURS_FALLBACK[*]}, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
-            train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${OURS_FALLBACK[@]}"
+            train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${chosen[@]}" "${OURS_FALLBACK[@]}"
             rc=$?
             [ "$rc" -eq "$NO_TIME" ] && return 0
         fi
@@ -413,6 +421,54 @@ profile() {
     { header; echo "== model profile $*"; timeout "$t_s" "$GPU_ROOT/devbin/model" profile --data "$DATA" "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
 }
 
+# `pick`: where the first convolution runs for the rest of the call, by measurement. Of this day's
+# `profile` steps (profile-<date>.txt, this call's and earlier ones' on this machine) with no flag
+# (the binary's default) or one `--first-conv` choice, the last captured-step time of each choice
+# ("N captured steps (CUDA graph) queued back to back: X ms per step"); the fastest wins, unless
+# the default is within 1% of it (a change must be measured to help). A choice other than the
+# default, cuDNN's legacy plans, needs this day's GPU test of the first convolution's other paths
+# (first_conv_direct_kernels_match_the_cpu_and_cudnn: our kernels and cuDNN's graph API against
+# the CPU) to have passed. The winner's flag goes to every later `train` and `sbs` (OURS_CHOSEN;
+# a step that names --first-conv itself keeps its own); the table and the choice go to
+# pick-<date>.txt.
+pick() {
+    local f="$RES/profile-$day.txt" out="$RES/pick-$day.txt" table best best_ms default_ms
+    if [ ! -f "$f" ]; then
+        echo "on-gpu.sh: pick: no profile-$day.txt, nothing to choose from: the default stays" | tee -a "$out"
+        return 0
+    fi
+    table="$(awk '
+        /^== model profile/ { flags = $0; sub(/^== model profile */, "", flags); sub(/ +$/, "", flags); next }
+        /captured steps \(CUDA graph\) queued back to back: [0-9.]+ ms per step/ {
+            ms = $0; sub(/.*queued back to back: /, "", ms); sub(/ ms per step.*/, "", ms)
+            choice = ""
+            if (flags == "") choice = "default"
+            else if (flags ~ /^--first-conv[= ][a-z-]+$/) { choice = flags; sub(/^--first-conv[= ]/, "", choice) }
+            if (choice != "") { if (!(choice in last)) order[++n] = choice; last[choice] = ms }
+        }
+        END { for (i = 1; i <= n; i++) print order[i] "\t" last[order[i]] }' "$f")"
+    {
+        echo "== pick: the captured step of each first-convolution choice in profile-$day.txt (ms, the last profile of each)"
+        printf '%s\n' "$table"
+    } >> "$out"
+    if [ -z "$table" ]; then
+        echo "on-gpu.sh: pick: no profile step with a captured step and no flag or one --first-conv choice: the default stays" | tee -a "$out"
+        return 0
+    fi
+    read -r best best_ms < <(printf '%s\n' "$table" | sort -t$'\t' -k2,2g | head -n 1)
+    default_ms="$(printf '%s\n' "$table" | awk -F'\t' '$1 == "default" { print $2 }')"
+    if [ "$best" = default ] || [ "$best" = cudnn ]; then
+        echo "on-gpu.sh: pick: $best is the fastest ($best_ms ms): the default stays" | tee -a "$out"
+    elif [ -n "$default_ms" ] && awk -v b="$best_ms" -v d="$default_ms" 'BEGIN { exit !(b * 1.01 >= d + 0) }'; then
+        echo "on-gpu.sh: pick: --first-conv=$best ($best_ms ms) is within 1% of the default ($default_ms ms): the default stays" | tee -a "$out"
+    elif ! test_passed "$RES/cuda-tests-$day.txt" first_conv_direct_kernels_match_the_cpu_and_cudnn; then
+        echo "on-gpu.sh: pick: --first-conv=$best is the fastest ($best_ms ms, the default ${default_ms:-not profiled}), but first_conv_direct_kernels_match_the_cpu_and_cudnn has not passed today (cuda-tests-$day.txt): the default stays" | tee -a "$out"
+    else
+        OURS_CHOSEN=("--first-conv=$best")
+        echo "on-gpu.sh: pick: --first-conv=$best ($best_ms ms, the default ${default_ms:-not profiled}): every later train and sbs of this call runs with it" | tee -a "$out"
+    fi
+}
+
 # PyTorch's breakdown of the same step (bf16 autocast + channels-last eager unless FLAGS say otherwise),
 # appended to the day's file under a line naming its flags.
 torchprof() {
@@ -449,7 +505,10 @@ sbs() {
         if [ -n "$seen" ]; then extra+=("$a"); elif [ "$a" = "--" ]; then seen=1; else seeds+=("$a"); fi
     done
     local t_s; t_s="$(limit 590)"; [ -n "$t_s" ] || return 0
-    [ ${#OURS_FALLBACK[@]} -gt 0 ] && extra=("--ours-args=${OURS_FALLBACK[*]}" "${extra[@]}")
+    local ours=("${OURS_CHOSEN[@]}")
+    [[ " ${extra[*]} " == *"--first-conv"* ]] && ours=()
+    ours+=("${OURS_FALLBACK[@]}")
+    [ ${#ours[@]} -gt 0 ] && extra=("--ours-args=${ours[*]}" "${extra[@]}")
     local out="$RES/sbs$DTAG" k=2
     while [ -e "$out" ]; do out="$RES/sbs$DTAG-$k"; k=$((k + 1)); done
     # --timeout-s: no single run (ours, a PyTorch variant, a compile) may take more than 300 s.
@@ -469,7 +528,7 @@ mode=""
 args=()
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile|torchprof|degrade|official|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
+        stage|tests|train|profile|pick|torchprof|degrade|official|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
