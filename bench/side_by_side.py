@@ -35,8 +35,8 @@ What is measured, per run:
   engines, but a peak shorter than the sampling interval can be missed;
 - the process wall time (start to exit: data loading, initialisation, everything); for ours, also its
   log's `Start-up:` and `After training:` lines (model/src/startup.rs), which break down the part
-  before the first epoch and after the last (`ours_startup_s`, `ours_after_training_s` in the speed
-  JSON).
+  before the first epoch, after the last and between epochs (`ours_startup_s`, `ours_after_training_s`,
+  `ours_between_epochs_s` in the speed JSON).
 
 Outputs under --out (default bench/results), DATE = today (or --date):
 - side-by-side-DATE.md and side-by-side-DATE.json: the table, per-epoch figures, cross-evaluation;
@@ -219,6 +219,7 @@ LR_SUGGEST_RE = re.compile(r"LRMAX=([0-9.eE+-]+) LRMIN=([0-9.eE+-]+)")
 # "After training: plots 0.30s, ...; 0.41s after the last epoch; ...".
 STARTUP_RE = re.compile(r"^Start-up: .*; ([0-9.]+)s since the program started")
 AFTER_RE = re.compile(r"^After training: .*; ([0-9.]+)s after the last epoch")
+BETWEEN_RE = re.compile(r"the epochs spent ([0-9.]+)s outside their training and evaluation")
 UNITS = {"B": 1, "bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
@@ -376,7 +377,7 @@ def run_ours(args, seed, stamp, work, device):
     if ttas:
         r["final_test_tta_correct"] = int(ttas[-1].group(2))
     # Where the process's time outside the epochs went (binaries since 2026-11-27).
-    for key, pattern in (("startup", STARTUP_RE), ("after_training", AFTER_RE)):
+    for key, pattern in (("startup", STARTUP_RE), ("after_training", AFTER_RE), ("between_epochs", BETWEEN_RE)):
         found = [(l, m) for l, m in ((l, pattern.search(l)) for l in log_text.splitlines()) if m]
         if found:
             r[f"{key}_line"], r[f"{key}_s"] = found[-1][0], float(found[-1][1].group(1))
@@ -507,7 +508,8 @@ def aggregate(runs):
              "final_acc_per_seed": [r.get("final_acc") for r in ok],
              "final_acc_tta_per_seed": [r.get("final_acc_tta") for r in ok if r.get("final_acc_tta") is not None]}
         for k in ("final_acc", "final_acc_tta", "train_total_s", "train_total_s_excl_first", "train_eval_total_s",
-                  "train_eval_total_s_excl_first", "process_wall_s", "startup_s", "after_training_s"):
+                  "train_eval_total_s_excl_first", "process_wall_s", "startup_s", "after_training_s",
+                  "between_epochs_s"):
             a[k] = mean([r.get(k) for r in ok])
         a["min_final_acc"] = min(a["final_acc_per_seed"]) if ok else None
         a["first_epoch_train_s"] = mean([r["epoch_train_s"][0] for r in ok if r.get("epoch_train_s")])
@@ -554,10 +556,13 @@ def speed_json(doc):
         "torch_eager_amp_s_excl_first_epoch": g("torch_eager_amp", "train_eval_total_s_excl_first"),
         "torch_compile_s_excl_first_epoch": g("torch_compile", "train_eval_total_s_excl_first"),
         "ours_train_only_s": g(OURS, "train_total_s"),
-        # Our process's time before its first epoch and after its last, by its log (null for
-        # binaries before 2026-11-27); process_wall_s less these and the epochs is its start and exit.
+        # Our process's time before its first epoch, after its last, and between epochs outside
+        # their training and evaluation (log lines, checkpoint copies), by its log (null for
+        # binaries before 2026-11-27); process_wall_s less these and the epochs' training and
+        # evaluation is the process's start before `main` and its exit.
         "ours_process_wall_s": g(OURS, "process_wall_s"),
         "ours_startup_s": g(OURS, "startup_s"), "ours_after_training_s": g(OURS, "after_training_s"),
+        "ours_between_epochs_s": g(OURS, "between_epochs_s"),
         "ours_peak_mem_bytes": g(OURS, "peak_mem_allocated_bytes"),
         "torch_eager_amp_peak_mem_bytes": g("torch_eager_amp", "peak_mem_allocated_bytes"),
         "torch_compile_peak_mem_bytes": g("torch_compile", "peak_mem_allocated_bytes"),
@@ -632,8 +637,9 @@ def write_markdown(doc, path):
                  f"{fmt(a['process_wall_s'], '.1f')} |")
     outside = [r for r in doc["runs"] if r.get("variant") == OURS and (r.get("startup_line") or r.get("after_training_line"))]
     if outside:
-        L += ["", "Our process's time outside its epochs (its log's own lines; the rest of *process wall s* is the "
-              "process's start before `main` and its exit):"]
+        L += ["", "Our process's time outside its epochs' training and evaluation (its log's own lines: before the "
+              "first epoch, after the last, and between epochs; the rest of *process wall s* is the process's start "
+              "before `main` and its exit):"]
         for r in outside:
             L.append(f"- seed {r['seed']}: `{r.get('startup_line', 'no Start-up line')}`; "
                      f"`{r.get('after_training_line', 'no After training line')}`")

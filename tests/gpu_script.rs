@@ -460,10 +460,22 @@ fn pick_gives_the_fastest_first_convolution_to_the_later_runs() {
 fn pick_keeps_the_default_unless_a_tested_choice_is_measured_faster() {
     let day = today();
     for (profiles, tested, why) in [
-        (vec![profile_section("", "3.00"), profile_section("--first-conv=direct", "3.05")], true, "is the fastest"),
+        (vec![profile_section("", "3.00"), profile_section("--first-conv=direct", "3.05")], true, "the default is the fastest"),
         (vec![profile_section("", "3.00"), profile_section("--first-conv=direct", "2.98")], true, "within 1%"),
         (vec![profile_section("", "3.00"), profile_section("--first-conv=direct", "2.50")], false, "has not passed today"),
-        (vec![profile_section("--first-conv direct", "2.50")], false, "has not passed today"),
+        // (The flag's other spelling, `--first-conv direct`.)
+        (vec![profile_section("", "3.00"), profile_section("--first-conv direct", "2.50")], false, "has not passed today"),
+        // The default profiled under its own name, --first-conv=cudnn.
+        (vec![profile_section("--first-conv=cudnn", "3.00"), profile_section("--first-conv=direct", "2.99")], true, "within 1%"),
+        (vec![profile_section("--first-conv=cudnn", "2.90"), profile_section("--first-conv=direct", "2.99")], true, "the default is the fastest"),
+        // No profile of the default: nothing to compare a change with.
+        (vec![profile_section("--first-conv=direct", "2.50")], true, "the default has no profile"),
+        // A captured step partly run eagerly is no measurement of the choice.
+        (
+            vec![profile_section("", "3.00"), profile_section("--first-conv=direct", "2.50 ms per step; the graph reserves 1 MiB (3 of them ran eagerly: x); x")],
+            true,
+            "the default is the fastest",
+        ),
         (vec![], true, "nothing to choose from"),
     ] {
         let m = Machine::new();
@@ -476,4 +488,45 @@ fn pick_keeps_the_default_unless_a_tested_choice_is_measured_faster() {
         let picked = fs::read_to_string(m.results().join(format!("pick-{day}.txt"))).unwrap();
         assert!(picked.contains(why) && picked.contains("the default stays"), "{why}: {picked}");
     }
+}
+
+/// A recipe run that fails with the first convolution `pick` chose runs again without it, and
+/// the rest of the call goes without it too, not to --plain; a second failure then falls back
+/// to --plain.
+#[test]
+fn a_failed_run_with_the_picked_first_convolution_drops_the_choice_before_plain() {
+    let day = today();
+    let staged = |m: &Machine| {
+        let profiles = [profile_section("", "3.00"), profile_section("--first-conv=direct", "2.50")];
+        fs::write(m.results().join(format!("profile-{day}.txt")), profiles.concat()).unwrap();
+        fs::write(m.results().join(format!("cuda-tests-{day}.txt")), first_conv_test(true)).unwrap();
+    };
+    let m = Machine::new();
+    staged(&m);
+    m.run(&[("CRASH_WHEN", "first-conv=direct")], &["pick", "train", "5", "6"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed5 --no-progress --data cifar10 --seed 5 --first-conv=direct",
+            "train --name seed5 --no-progress --data cifar10 --seed 5",
+            "train --name seed6 --no-progress --data cifar10 --seed 6",
+        ])
+    );
+    assert!(m.log("seed5-fast-path-failed.log").contains("Device: stand-in"));
+    assert!(m.log("seed5.log").contains("91.50%"));
+    // Failing without the choice too: --plain, as for any fast-path failure.
+    let m = Machine::new();
+    staged(&m);
+    m.run(&[("CRASH_WHEN", "seed 5")], &["pick", "train", "5", "6"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed5 --no-progress --data cifar10 --seed 5 --first-conv=direct",
+            "train --name seed5 --no-progress --data cifar10 --seed 5",
+            "train --name seed5 --no-progress --data cifar10 --seed 5 --plain",
+            "train --name seed6 --no-progress --data cifar10 --seed 6 --plain",
+        ])
+    );
+    assert!(m.has_log("seed5-fast-path-failed.log") && m.has_log("seed5-fast-path-failed-2.log"), "{:?}", m.listing());
+    assert_eq!(m.log("seed5.flags").trim(), "--plain");
 }

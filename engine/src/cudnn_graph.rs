@@ -226,8 +226,9 @@ pub struct ConvGraph {
 }
 
 /// How a plan chosen by timing compared: its median time, the number of candidates timed,
-/// and, where another was chosen, the time of the first usable candidate in cuDNN's order
-/// (the one taken without timing; `None` also where that one could not be timed).
+/// and, where another was chosen, the time of the first candidate timed (the first usable in
+/// cuDNN's order, leaving out engines compiled at run time and workspaces over the timed
+/// search's cap; `None` also where that one could not be timed).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Timed {
     pub ms: f32,

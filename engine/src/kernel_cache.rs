@@ -11,8 +11,11 @@
 //! source text, the architecture, the NVRTC version, the kind of output (PTX or machine
 //! code), NVRTC's options ([`crate::nvrtc::compile_options`]) and [`FORMAT`]. Each field
 //! goes in with its length, so that two different lists of fields never hash the same bytes.
-//! A changed kernel, another GPU or another NVRTC simply finds no file: nothing is ever
-//! stale, only unused (old files stay until someone deletes the folder, which is always safe).
+//! A changed kernel, another GPU or another NVRTC release (major.minor, what `nvrtcVersion`
+//! reports) simply finds no file: old files are unused, not read (they stay until someone
+//! deletes the folder, which is always safe). One case is not told apart: a patch update of
+//! NVRTC within one major.minor (13.0.48 to 13.0.88, say) reads the files the previous patch
+//! wrote, so a compiler fix reaches our kernels only once the folder is deleted.
 //!
 //! **The file.** A 48-byte header, then the image: the magic [`MAGIC`], the image's length
 //! (u64, little-endian) and its SHA-256. A file whose header does not match its contents (cut

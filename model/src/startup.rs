@@ -116,7 +116,7 @@ mod tests {
         assert!(clock.phases[0].seconds >= 0.040, "{:?}", clock.phases);
         assert!(clock.sum() <= clock.elapsed());
         let line = clock.line("Start-up", "since the program started");
-        assert!(line.starts_with("Start-up: device 0.") && line.contains("s (two steps), data 0.00s; "), "{line}");
+        assert!(line.starts_with("Start-up: device 0.") && line.contains("s (two steps), data 0."), "{line}");
         assert!(line.ends_with("s since the program started"), "{line}");
         assert_eq!(PhaseClock::start().line("After training", "after the last epoch").split(';').next(), Some("After training: nothing measured"));
     }

@@ -466,12 +466,17 @@ impl Timing<'_> {
     /// work for the next run overlaps the GPU's for the last one.
     fn median_ms(&self, bytes: usize, run: impl Fn(*mut std::ffi::c_void) -> cudarc::cudnn::sys::cudnnStatus_t) -> Option<f32> {
         let st = self.dev.stream();
-        // SAFETY: scratch that cuDNN writes before it reads; freed after the synchronising
-        // time_each has seen every run finish.
+        // SAFETY: scratch that cuDNN writes before it reads. It is freed in the stream's order
+        // (cudarc frees a slice on its stream, after the work queued before), and after
+        // time_each has synchronised, or below when a run failed.
         let mut ws = unsafe { st.alloc::<u8>(bytes.max(1)) }.ok()?;
         let wp = cudnn::ptr_mut(&mut ws, st);
         let once = || cudnn::check("cudnn convolution (timed search)", run(wp));
-        let mut ms = engine::profile::time_each(self.dev, TIMED_RUNS, once).ok()?;
+        let Ok(mut ms) = engine::profile::time_each(self.dev, TIMED_RUNS, once) else {
+            // (A run failed before time_each synchronised: let the runs queued finish first.)
+            let _ = self.dev.synchronize();
+            return None;
+        };
         ms.sort_by(f64::total_cmp);
         Some(ms[ms.len() / 2] as f32)
     }
@@ -849,8 +854,9 @@ fn timed_graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, op: ConvOp, k
 /// on the buffers at `x`, `w`, `y`, with a workspace of its own; `None` if a run fails.
 fn graph_median_ms(dev: &engine::cuda::CudaDevice, g: &ConvGraph, x: *mut c_void, w: *mut c_void, y: *mut c_void) -> Option<f32> {
     let st = dev.stream();
-    // SAFETY: scratch that cuDNN may write before it reads; freed after the synchronising
-    // time_each has seen every run finish.
+    // SAFETY: scratch that cuDNN may write before it reads. It is freed in the stream's order
+    // (cudarc frees a slice on its stream, after the work queued before), and after time_each
+    // has synchronised, or below when a run failed.
     let mut workspace = unsafe { st.alloc::<u8>(g.workspace.max(1)) }.ok()?;
     let wsp = cudnn::ptr_mut(&mut workspace, st);
     let once = || -> Result<()> {
@@ -859,17 +865,24 @@ fn graph_median_ms(dev: &engine::cuda::CudaDevice, g: &ConvGraph, x: *mut c_void
         // this key by the caller), and the workspace at least g.workspace bytes.
         unsafe { cudnn_graph::execute(&h, g, x, w, y, wsp) }
     };
-    let mut ms = engine::profile::time_each(dev, TIMED_RUNS, once).ok()?;
+    let Ok(mut ms) = engine::profile::time_each(dev, TIMED_RUNS, once) else {
+        // (A run failed before time_each synchronised: let the runs queued finish before the
+        // candidates that lost are destroyed.)
+        let _ = dev.synchronize();
+        return None;
+    };
     ms.sort_by(f64::total_cmp);
     Some(ms[ms.len() / 2] as f32)
 }
 
-/// The index of the smallest time of `times` (`None`: a candidate that could not be timed);
-/// a tie goes to the earlier, which cuDNN ranked higher. `None` if none was timed.
+/// The index of the smallest time of `times` (`None`: a candidate that could not be timed; a
+/// time that is not finite counts as none); a tie goes to the earlier, which cuDNN ranked
+/// higher. `None` if none was timed.
 fn fastest(times: &[Option<f32>]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
     for (i, t) in times.iter().enumerate() {
         if let Some(t) = *t
+            && t.is_finite()
             && best.is_none_or(|(_, b)| t < b)
         {
             best = Some((i, t));
@@ -1276,23 +1289,25 @@ mod tests {
         assert!(none.unwrap_err().contains("no forward algorithm"));
     }
 
-    /// Our timed search with stand-ins ((algorithm, time, workspace) for cuDNN's perf structs):
-    /// it runs the usable algorithms in the heuristic ranking's order until TIMED_CANDIDATES
-    /// have run (one that cannot run takes no place), records each one's measured time and
-    /// workspace, lists them fastest first (at most `n`), and reports "not supported" when none
-    /// ran, so that choose falls back to the heuristics.
     /// The timed graph search keeps the smallest time; a tie goes to the candidate cuDNN
-    /// ranked higher, and candidates that could not be timed never win.
+    /// ranked higher, and candidates that could not be timed (or whose time is not a number)
+    /// never win.
     #[test]
     fn the_fastest_graph_candidate_is_the_smallest_time_ties_to_the_earlier() {
         assert_eq!(fastest(&[Some(0.31), Some(0.08), Some(0.12)]), Some(1));
         assert_eq!(fastest(&[Some(0.2), Some(0.1), Some(0.1)]), Some(1));
         assert_eq!(fastest(&[None, Some(0.5), None, Some(0.4)]), Some(3));
+        assert_eq!(fastest(&[Some(f32::NAN), Some(0.5), Some(f32::INFINITY)]), Some(1));
         assert_eq!(fastest(&[Some(0.05)]), Some(0));
-        assert_eq!(fastest(&[None, None]), None);
+        assert_eq!(fastest(&[None, Some(f32::NAN)]), None);
         assert_eq!(fastest(&[]), None);
     }
 
+    /// Our timed search with stand-ins ((algorithm, time, workspace) for cuDNN's perf structs):
+    /// it runs the usable algorithms in the heuristic ranking's order until TIMED_CANDIDATES
+    /// have run (one that cannot run takes no place), records each one's measured time and
+    /// workspace, lists them fastest first (at most `n`), and reports "not supported" when none
+    /// ran, so that choose falls back to the heuristics.
     #[test]
     fn timed_search_times_the_top_usable_candidates_only() {
         use cudarc::cudnn::sys::cudnnStatus_t as S;

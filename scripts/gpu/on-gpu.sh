@@ -212,8 +212,9 @@ read -r -a TRAIN_ARGS <<< "${TRAIN_ARGS:-}"
 # runs/seed<N>. `train 11 12 -- --weight-decay 1e-3`: those flags too (after TRAIN_ARGS), and
 # their words in the names (train-24ep-<date>-seed11-weight-decay-1e-3.log, runs/seed11-...),
 # so that one command can compare settings. A recipe run (no such flags) whose fast GPU path
-# failed (`fast_path_failed`) is kept under another name and run again with --plain added, and
-# so is every later train and sbs of the call. The OURS_FALLBACK flags of each run that ended as it
+# failed (`fast_path_failed`) is kept under another name and run again: without the first
+# convolution a `pick` step chose, if it had one, else with --plain added; and so is every later
+# train and sbs of the call. The OURS_FALLBACK flags of each run that ended as it
 # should go beside its log, in .flags (`ran_with`; `official` pairs runs by them).
 train() {
     local seeds=() extra=() seen="" a
@@ -239,14 +240,24 @@ train() {
         train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${chosen[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}"
         rc=$?
         [ "$rc" -eq "$NO_TIME" ] && return 0
-        if [ ${#extra[@]} -eq 0 ] && fast_path_failed "$log" "$rc"; then
+        # A failed recipe run runs again: first without the first convolution `pick` chose, if it
+        # had one (that choice is dropped for the rest of the call), then with --plain (at most
+        # twice: a --plain run is never judged).
+        while [ ${#extra[@]} -eq 0 ] && fast_path_failed "$log" "$rc"; do
             # The failed run is kept under a name no earlier one has, so that the usual name never
             # holds it, whether or not there is time to run the seed again.
-            local kept="-fast-path-failed" k=2 t_s
+            local kept="-fast-path-failed" k=2 t_s fix
             while [ -e "${log%.log}$kept.log" ] || [ -e "$RES/runs/$name$kept" ]; do kept="-fast-path-failed-$k"; k=$((k + 1)); done
             mv "$log" "${log%.log}$kept.log"
             [ -d "$RES/runs/$name" ] && mv "$RES/runs/$name" "$RES/runs/$name$kept"
-            add_fallback --plain
+            if [ ${#chosen[@]} -gt 0 ]; then
+                fix="without ${chosen[*]} (pick's choice, dropped for the rest of the call)"
+                chosen=()
+                OURS_CHOSEN=()
+            else
+                add_fallback --plain
+                fix="with ${OURS_FALLBACK[*]}"
+            fi
             local why="seed $s's run of the fast path crashed, hung or ended below ${ACC_FLOOR:-80}% (exit status $rc; kept as $(basename "${log%.log}")$kept.log)"
             # A rerun needs MIN_RERUN_S of the budget (default 90 s: a plain 24-epoch run's epochs
             # took 32 s on the H200, plus the LR range test and start-up), or the whole of
@@ -255,15 +266,15 @@ train() {
             [ "$need" -gt "$train_timeout" ] && need="$train_timeout"
             t_s="$(limit "$train_timeout" 2> /dev/null)"
             if [ -z "$t_s" ] || [ "$t_s" -lt "$need" ]; then
-                echo "on-gpu.sh: $why; the budget has ${t_s:-under 30} s left, under the $need s a rerun with ${OURS_FALLBACK[*]} needs" | tee -a "$RES/fallback-$day.txt"
+                echo "on-gpu.sh: $why; the budget has ${t_s:-under 30} s left, under the $need s a rerun $fix needs" | tee -a "$RES/fallback-$day.txt"
                 pack
                 return 0
             fi
-            echo "on-gpu.sh: $why: it runs again with ${OURS_FALLBACK[*]}, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
+            echo "on-gpu.sh: $why: it runs again $fix, and so does every later train and sbs of this call" | tee -a "$RES/fallback-$day.txt"
             train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${chosen[@]}" "${OURS_FALLBACK[@]}"
             rc=$?
             [ "$rc" -eq "$NO_TIME" ] && return 0
-        fi
+        done
         # A run that ended as it should: the flags it had, for `official`'s pair and a later call.
         [ "$rc" -eq 0 ] && printf '%s\n' "${OURS_FALLBACK[*]}" > "${log%.log}.flags"
         pack
@@ -424,8 +435,9 @@ profile() {
 # `pick`: where the first convolution runs for the rest of the call, by measurement. Of this day's
 # `profile` steps (profile-<date>.txt, this call's and earlier ones' on this machine) with no flag
 # (the binary's default) or one `--first-conv` choice, the last captured-step time of each choice
-# ("N captured steps (CUDA graph) queued back to back: X ms per step"); the fastest wins, unless
-# the default is within 1% of it (a change must be measured to help). A choice other than the
+# ("N captured steps (CUDA graph) queued back to back: X ms per step", not one where some steps
+# ran eagerly); the fastest wins, unless the default (no flag, or --first-conv=cudnn) is within
+# 1% of it or has no profile (a change must be measured to help). A choice other than the
 # default, cuDNN's legacy plans, needs this day's GPU test of the first convolution's other paths
 # (first_conv_direct_kernels_match_the_cpu_and_cudnn: our kernels and cuDNN's graph API against
 # the CPU) to have passed. The winner's flag goes to every later `train` and `sbs` (OURS_CHOSEN;
@@ -439,11 +451,13 @@ pick() {
     fi
     table="$(awk '
         /^== model profile/ { flags = $0; sub(/^== model profile */, "", flags); sub(/ +$/, "", flags); next }
-        /captured steps \(CUDA graph\) queued back to back: [0-9.]+ ms per step/ {
+        /captured steps \(CUDA graph\) queued back to back: [0-9.]+ ms per step/ && !/ran eagerly/ {
             ms = $0; sub(/.*queued back to back: /, "", ms); sub(/ ms per step.*/, "", ms)
             choice = ""
             if (flags == "") choice = "default"
             else if (flags ~ /^--first-conv[= ][a-z-]+$/) { choice = flags; sub(/^--first-conv[= ]/, "", choice) }
+            # cuDNN is the default (FirstConv::DEFAULT): one choice under either name.
+            if (choice == "cudnn") choice = "default"
             if (choice != "") { if (!(choice in last)) order[++n] = choice; last[choice] = ms }
         }
         END { for (i = 1; i <= n; i++) print order[i] "\t" last[order[i]] }' "$f")"
@@ -455,17 +469,19 @@ pick() {
         echo "on-gpu.sh: pick: no profile step with a captured step and no flag or one --first-conv choice: the default stays" | tee -a "$out"
         return 0
     fi
-    read -r best best_ms < <(printf '%s\n' "$table" | sort -t$'\t' -k2,2g | head -n 1)
+    read -r best best_ms < <(printf '%s\n' "$table" | LC_ALL=C sort -s -t$'\t' -k2,2g | head -n 1)
     default_ms="$(printf '%s\n' "$table" | awk -F'\t' '$1 == "default" { print $2 }')"
-    if [ "$best" = default ] || [ "$best" = cudnn ]; then
-        echo "on-gpu.sh: pick: $best is the fastest ($best_ms ms): the default stays" | tee -a "$out"
-    elif [ -n "$default_ms" ] && awk -v b="$best_ms" -v d="$default_ms" 'BEGIN { exit !(b * 1.01 >= d + 0) }'; then
+    if [ "$best" = default ]; then
+        echo "on-gpu.sh: pick: the default is the fastest ($best_ms ms): the default stays" | tee -a "$out"
+    elif [ -z "$default_ms" ]; then
+        echo "on-gpu.sh: pick: --first-conv=$best is the fastest profiled ($best_ms ms), but the default has no profile to compare with today: the default stays" | tee -a "$out"
+    elif awk -v b="$best_ms" -v d="$default_ms" 'BEGIN { exit !(b * 1.01 >= d + 0) }'; then
         echo "on-gpu.sh: pick: --first-conv=$best ($best_ms ms) is within 1% of the default ($default_ms ms): the default stays" | tee -a "$out"
     elif ! test_passed "$RES/cuda-tests-$day.txt" first_conv_direct_kernels_match_the_cpu_and_cudnn; then
-        echo "on-gpu.sh: pick: --first-conv=$best is the fastest ($best_ms ms, the default ${default_ms:-not profiled}), but first_conv_direct_kernels_match_the_cpu_and_cudnn has not passed today (cuda-tests-$day.txt): the default stays" | tee -a "$out"
+        echo "on-gpu.sh: pick: --first-conv=$best is the fastest ($best_ms ms, the default $default_ms), but first_conv_direct_kernels_match_the_cpu_and_cudnn has not passed today (cuda-tests-$day.txt): the default stays" | tee -a "$out"
     else
         OURS_CHOSEN=("--first-conv=$best")
-        echo "on-gpu.sh: pick: --first-conv=$best ($best_ms ms, the default ${default_ms:-not profiled}): every later train and sbs of this call runs with it" | tee -a "$out"
+        echo "on-gpu.sh: pick: --first-conv=$best ($best_ms ms, the default $default_ms): every later train and sbs of this call runs with it" | tee -a "$out"
     fi
 }
 
