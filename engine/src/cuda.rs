@@ -205,7 +205,7 @@ pub struct CudaDevice {
     /// Modules by source file name, compiled by NVRTC (or read from `kernel_cache`) on first use.
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
     /// Where compiled kernels are kept for the next process (`None`: the cache is off).
-    kernel_cache: Option<KernelCache>,
+    kernel_cache: Mutex<Option<KernelCache>>,
     /// How long the steps of opening this device took, in seconds; see [`CudaDevice::open_phases`].
     open_phases: Vec<(&'static str, f64)>,
     /// cuBLAS handle, bound to `stream`.
@@ -552,7 +552,7 @@ impl CudaDevice {
             ctx,
             stream,
             modules: Mutex::new(HashMap::new()),
-            kernel_cache: KernelCache::from_env(),
+            kernel_cache: Mutex::new(KernelCache::from_env()),
             open_phases: phases,
             pool: Mutex::new(BlockPool::new()),
             best_fit: AtomicBool::new(false),
@@ -578,8 +578,15 @@ impl CudaDevice {
 
     /// Where compiled kernels are kept between processes, or `None` when the cache is off
     /// (`kernel_cache::location`).
-    pub fn kernel_cache(&self) -> Option<&KernelCache> {
-        self.kernel_cache.as_ref()
+    pub fn kernel_cache(&self) -> Option<KernelCache> {
+        self.kernel_cache.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keep the kernel files loaded from now on in `cache` (`None`: no cache) instead of the
+    /// folder the environment named when the device was opened (the GPU tests use a folder of
+    /// their own).
+    pub fn set_kernel_cache(&self, cache: Option<KernelCache>) {
+        *self.kernel_cache.lock().unwrap_or_else(|e| e.into_inner()) = cache;
     }
 
     /// The device's index as the driver numbers it.
@@ -1220,7 +1227,7 @@ impl CudaDevice {
     /// could not be stored comes back with the module.
     fn load_module(&self, file: &str, source: &str) -> Result<LoadedModule> {
         // The spec needs NVRTC's version: without NVRTC there is no cache, and compiling says why.
-        let cache = self.kernel_cache.as_ref().and_then(|c| Some((c, KernelSpec::for_loaded_nvrtc(file, source, &self.arch).ok()?)));
+        let cache = self.kernel_cache().and_then(|c| Some((c, KernelSpec::for_loaded_nvrtc(file, source, &self.arch).ok()?)));
         if let Some((cache, spec)) = &cache
             && let Some(module) = cache.load_accepted(spec, |output, image| self.load_image(file, output, image))
         {

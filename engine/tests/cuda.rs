@@ -168,3 +168,51 @@ fn machine_code_loads_and_a_captured_launch_replays() {
     assert!(!d.is_capturing());
     d.synchronize().unwrap();
 }
+
+/// The kernel cache (`engine::kernel_cache`) inside a device: a first device compiles a file
+/// and keeps it; a second reads it back without NVRTC, and its kernel computes what it should;
+/// an image the cache holds whole (its checksum matches) but the driver refuses is removed,
+/// the file compiled again and kept in its place, which the next device reads.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn kernels_are_kept_in_the_cache_read_back_and_a_refused_image_replaced() {
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use engine::kernel_cache::{KernelCache, KernelSpec, Output};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = KernelCache::new(dir.path());
+    let (file, src) = ("thrice.cu", "extern \"C\" __global__ void thrice(float* x, unsigned int n) { unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) x[i] = 3.0f * x[i]; }");
+    let open = || {
+        let Device::Cuda(d) = gpu() else { unreachable!() };
+        d.set_kernel_cache(Some(cache.clone()));
+        d
+    };
+    let counts = |d: &engine::cuda::CudaDevice| {
+        let p = d.precompile(&[(file, src)]).unwrap();
+        (p.from_cache, p.compiled, p.cache_error)
+    };
+    let first = open();
+    assert_eq!(counts(&first), (0, 1, None), "an empty cache: compiled, and kept");
+    let second = open();
+    assert_eq!(counts(&second), (1, 0, None), "read back, not compiled");
+    let values: Vec<f32> = (0..777).map(|i| i as f32 * 0.25 - 50.0).collect();
+    let mut buf = second.upload_elems(&values).unwrap();
+    let f = second.function(file, src, "thrice").unwrap();
+    let n = values.len() as u32;
+    let mut v = buf.view_mut::<f32>().unwrap();
+    let mut l = second.stream().launch_builder(&f);
+    l.arg(&mut v).arg(&n);
+    // SAFETY: thrice(float* x [n], n).
+    unsafe { l.launch(LaunchConfig::for_num_elems(n)) }.unwrap();
+    drop(v);
+    assert_eq!(buf.to_host_f32().unwrap(), values.iter().map(|v| 3.0 * v).collect::<Vec<f32>>());
+    // Whole by the cache's checksum, but no image at all: the driver refuses it. (PTX, unless
+    // this driver refused NVRTC's PTX and the device kept machine code instead.)
+    let spec = KernelSpec::for_loaded_nvrtc(file, src, second.arch()).unwrap();
+    let output = if cache.load(&spec, Output::Ptx).is_some() { Output::Ptx } else { Output::Cubin };
+    let kept = cache.load(&spec, output).expect("the compiled image is in the cache");
+    cache.store(&spec, output, b"this is no image").unwrap();
+    let third = open();
+    assert_eq!(counts(&third), (0, 1, None), "the refused image gives way to a compilation");
+    assert_eq!(cache.load(&spec, output).as_deref(), Some(kept.as_slice()), "the compiled image took its place");
+    assert_eq!(counts(&open()), (1, 0, None));
+}

@@ -188,7 +188,8 @@ fn precompile_kernels(device: &Device) -> Result<Option<(Precompiled, String)>> 
     let Device::Cuda(d) = device else { return Ok(None) };
     let t = std::time::Instant::now();
     let done = d.precompile(&ops::kernels::SOURCES)?;
-    let line = kernels_line(&done, d.kernel_cache().map(|c| c.dir()), t.elapsed().as_secs_f64());
+    let cache = d.kernel_cache();
+    let line = kernels_line(&done, cache.as_ref().map(|c| c.dir()), t.elapsed().as_secs_f64());
     Ok(Some((done, line)))
 }
 
