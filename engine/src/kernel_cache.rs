@@ -28,7 +28,8 @@
 //! counter, so that no two writers share one), then are renamed over the final name: two
 //! processes (or threads) storing the same image at once each rename a whole file, and a
 //! reader sees the old file, the new one, or none. Nothing is synced to disk: a file lost or
-//! cut by a crash is a miss the next process compiles again.
+//! cut by a crash is a miss the next process compiles again. A temporary file a killed writer
+//! left is removed by a later store once it is an hour old.
 //!
 //! **Nothing here may fail a run.** Looking up returns `None` on any problem (no folder, no
 //! permission, a damaged file); storing returns an error the caller may report and otherwise
@@ -189,6 +190,9 @@ pub fn location(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
 /// Temporary files of this process so far: with the process id, a name no other writer uses.
 static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
 
+/// How old a temporary file must be before a store removes it as a killed writer's.
+pub const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A folder of compiled kernel images; see the module's documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelCache {
@@ -237,8 +241,28 @@ impl KernelCache {
             .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| fail("renaming a temporary file to", &path, e)));
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
+        } else {
+            self.remove_stale_temporaries();
         }
         written
+    }
+
+    /// Delete the temporary files (`.<name>.<pid>-<n>.tmp`) of writers killed before their
+    /// rename, once they are [`STALE_TEMPORARY`] old: a live writer renames its file within
+    /// moments of creating it. Best effort, like everything here.
+    fn remove_stale_temporaries(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                continue;
+            }
+            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_TEMPORARY);
+            if old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Delete `spec`'s `output` (it is not needed for anything to work, so a failure is ignored).
@@ -406,6 +430,27 @@ mod tests {
         let last = cache.load(&s, Output::Ptx).unwrap();
         assert!(last == images[0] || last == images[1]);
         assert_eq!(std::fs::read_dir(cache.dir()).unwrap().count(), 1, "a temporary file was left");
+    }
+
+    /// A store removes the temporary files a killed writer left once they are an hour old,
+    /// and leaves younger ones (a writer may be about to rename its file) and other files.
+    #[test]
+    fn stores_remove_stale_temporary_files_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = KernelCache::new(tmp.path());
+        let old = tmp.path().join(".augment-0123.ptx.4242-7.tmp");
+        let young = tmp.path().join(".augment-0123.ptx.4243-8.tmp");
+        let other = tmp.path().join("notes.tmp");
+        for p in [&old, &young, &other] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
+        std::fs::File::options().write(true).open(&other).unwrap().set_modified(two_hours_ago).unwrap();
+        cache.store(&spec(), Output::Ptx, b"image").unwrap();
+        assert!(!old.exists(), "a stale temporary file was kept");
+        assert!(young.exists() && other.exists(), "a young temporary file or another file was removed");
+        assert_eq!(cache.load(&spec(), Output::Ptx).as_deref(), Some(&b"image"[..]));
     }
 
     /// `load_accepted` gives the first image `accept` takes, PTX before cubin; an image it
