@@ -5,8 +5,9 @@
 //! name and the seed runs again with `--plain`; runs that fail for other reasons (refused
 //! before they opened the GPU, cut by the call's budget, flags that change the recipe) switch
 //! nothing; `official` pairs a run on the official files with one on their JPEG re-encoding
-//! under the same flags; `pick` sends the later runs to the first convolution with the
-//! fastest profiled step, only if measured faster and tested. A mistake there costs a whole session's measurements, and nothing
+//! under the same flags; `pick` sends the later runs to the convolution choices (first
+//! convolution, graph API, timed search) with the fastest profiled step, only if measured
+//! faster and tested. A mistake there costs a whole session's measurements, and nothing
 //! else exercises this logic before the GPU does, so each decision is checked here.
 //!
 //! Every test runs the real script in a folder of its own (`GPU_ROOT`, in place of `/root`),
@@ -412,12 +413,24 @@ fn profile_section(flags: &str, ms: &str) -> String {
 
 /// This day's cuda-tests file with the first convolution's GPU test passed, or failed.
 fn first_conv_test(passed: bool) -> String {
-    let name = "first_conv_direct_kernels_match_the_cpu_and_cudnn";
-    if passed {
-        format!("== test-cuda_ops --ignored\ntest {name} ... ok\ntest result: ok. 1 passed; 0 failed\n")
-    } else {
-        format!("== test-cuda_ops --ignored\ntest {name} ... FAILED\n\nfailures:\n    {name}\n\ntest result: FAILED. 0 passed; 1 failed\n")
+    gpu_tests(&[("first_conv_direct_kernels_match_the_cpu_and_cudnn", passed)])
+}
+
+/// This day's cuda-tests file with these tests passed or failed, as libtest prints them.
+fn gpu_tests(tests: &[(&str, bool)]) -> String {
+    let mut text = String::from("== test-cuda_ops --ignored --test-threads=1 --nocapture\n");
+    for (name, passed) in tests {
+        text += &format!("test {name} ... {}\n", if *passed { "ok" } else { "FAILED" });
     }
+    let failed: Vec<&str> = tests.iter().filter(|(_, p)| !p).map(|(n, _)| *n).collect();
+    if !failed.is_empty() {
+        text += "\nfailures:\n";
+        for name in &failed {
+            text += &format!("    {name}\n");
+        }
+    }
+    text += &format!("\ntest result: {}. {} passed; {} failed\n", if failed.is_empty() { "ok" } else { "FAILED" }, tests.len() - failed.len(), failed.len());
+    text
 }
 
 /// `pick` takes, of this day's profiles with no flag or one --first-conv choice, the fastest
@@ -432,8 +445,9 @@ fn pick_gives_the_fastest_first_convolution_to_the_later_runs() {
         profile_section("", "3.12"),
         profile_section("--first-conv=cudnn-graph", "2.60"),
         profile_section("--first-conv=direct", "2.95"),
-        // Not a first-convolution choice: never picked, however fast.
-        profile_section("--cudnn-graph --cudnn-search=timed", "2.10"),
+        // Not a convolution choice: never picked, however fast.
+        profile_section("--bnr-max-blocks 0", "2.10"),
+        profile_section("--first-conv=direct --no-vector-kernels", "2.20"),
         // A second profile of cudnn-graph: the last one counts.
         profile_section("--first-conv=cudnn-graph", "2.80"),
     ];
@@ -450,7 +464,7 @@ fn pick_gives_the_fastest_first_convolution_to_the_later_runs() {
     // (The stand-in python3 refuses side_by_side.py, printing its arguments.)
     assert!(text.contains("--ours-args=--first-conv=cudnn-graph"), "{text}");
     let picked = fs::read_to_string(m.results().join(format!("pick-{day}.txt"))).unwrap();
-    assert!(picked.contains("default\t3.12\ncudnn-graph\t2.80\ndirect\t2.95\n"), "{picked}");
+    assert!(picked.contains("default\t3.12\n--first-conv=cudnn-graph\t2.80\n--first-conv=direct\t2.95\n"), "{picked}");
     assert!(picked.contains("pick: --first-conv=cudnn-graph (2.80 ms, the default 3.12)"), "{picked}");
 }
 
@@ -529,4 +543,43 @@ fn a_failed_run_with_the_picked_first_convolution_drops_the_choice_before_plain(
     );
     assert!(m.has_log("seed5-fast-path-failed.log") && m.has_log("seed5-fast-path-failed-2.log"), "{:?}", m.listing());
     assert_eq!(m.log("seed5.flags").trim(), "--plain");
+}
+
+/// `pick` also weighs cuDNN's graph API for every convolution with the timed search (either
+/// spelling, --first-conv=cudnn being the default): its two flags go to the later runs when
+/// it is fastest and its GPU test passed; untested, the default stays; a step naming one of
+/// these flags keeps its own.
+#[test]
+fn pick_weighs_the_graph_api_with_the_timed_search_too() {
+    let day = today();
+    let profiles = [
+        profile_section("", "3.12"),
+        profile_section("--first-conv=direct", "2.95"),
+        profile_section("--cudnn-graph --cudnn-search timed", "2.50"),
+        // The same choice spelt otherwise: the last profile of it counts.
+        profile_section("--first-conv=cudnn --cudnn-search=timed --cudnn-graph", "2.70"),
+    ];
+    let both = [("first_conv_direct_kernels_match_the_cpu_and_cudnn", true), ("graph_api_convolutions_match_the_cpu", true)];
+    let m = Machine::new();
+    fs::write(m.results().join(format!("profile-{day}.txt")), profiles.concat()).unwrap();
+    fs::write(m.results().join(format!("cuda-tests-{day}.txt")), gpu_tests(&both)).unwrap();
+    m.run(&[], &["pick", "train", "5", "train", "6", "--", "--cudnn-search=find"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed5 --no-progress --data cifar10 --seed 5 --cudnn-graph --cudnn-search=timed",
+            "train --name seed6-cudnn-search-find --no-progress --data cifar10 --seed 6 --cudnn-search=find",
+        ])
+    );
+    let picked = fs::read_to_string(m.results().join(format!("pick-{day}.txt"))).unwrap();
+    assert!(picked.contains("--cudnn-graph --cudnn-search=timed\t2.70\n"), "{picked}");
+    // The graph API's test failed: the default stays, and the reason names the test.
+    let m = Machine::new();
+    fs::write(m.results().join(format!("profile-{day}.txt")), profiles.concat()).unwrap();
+    let failed = [("first_conv_direct_kernels_match_the_cpu_and_cudnn", true), ("graph_api_convolutions_match_the_cpu", false)];
+    fs::write(m.results().join(format!("cuda-tests-{day}.txt")), gpu_tests(&failed)).unwrap();
+    m.run(&[], &["pick", "train", "5"]);
+    assert_eq!(m.calls(), strings(&["train --name seed5 --no-progress --data cifar10 --seed 5"]));
+    let picked = fs::read_to_string(m.results().join(format!("pick-{day}.txt"))).unwrap();
+    assert!(picked.contains("graph_api_convolutions_match_the_cpu has not passed today"), "{picked}");
 }

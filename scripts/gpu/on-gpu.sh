@@ -21,9 +21,10 @@
 #   bash scripts/gpu/on-gpu.sh lrfind [FLAGS]   the LR range test alone -> lr-find-<date>.txt
 #                                                (e.g. lrfind lrfind --out-scale 1: two settings, one call)
 #   bash scripts/gpu/on-gpu.sh sanitize BIN [FILTER]  a test binary under compute-sanitizer -> sanitize-<date>.txt
-#   bash scripts/gpu/on-gpu.sh pick             of this day's `profile` steps with no flag or one --first-conv
-#                                                choice, the one with the fastest captured step: its flag goes to
-#                                                every later train and sbs -> pick-<date>.txt
+#   bash scripts/gpu/on-gpu.sh pick             of this day's `profile` steps whose flags are only convolution
+#                                                choices (--first-conv, --cudnn-graph, --cudnn-search=timed), the
+#                                                fastest captured step: its flags go to every later train and sbs
+#                                                -> pick-<date>.txt
 #   bash scripts/gpu/on-gpu.sh sbs SEED... [-- ARGS]  bench/side_by_side.py (ours, cross-evaluation, PyTorch)
 #                                                -> sbs/, then sbs-2/, ... (table, JSON and logs written after every run)
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
@@ -62,8 +63,8 @@ DTAG=""
 # call's runs (the `profile` steps keep their own flags). (Our first-convolution kernels, whose
 # failed test added --first-conv=cudnn here, are no longer on by default: cuDNN is.)
 OURS_FALLBACK=()
-# Flags a `pick` step chose for every later `train` and `sbs` (where the first convolution runs),
-# unless a step names --first-conv itself.
+# Flags a `pick` step chose for every later `train` and `sbs` (how the convolutions run), unless
+# a step names such a flag itself.
 OURS_CHOSEN=()
 day="$(date -u +%Y-%m-%d)"
 start=$SECONDS
@@ -236,7 +237,7 @@ train() {
             continue
         fi
         local chosen=("${OURS_CHOSEN[@]}")
-        [[ " ${extra[*]} " == *" --first-conv"* ]] && chosen=()
+        names_a_pick_flag "${extra[@]}" && chosen=()
         train_run "$name" "$log" "${data[@]}" --seed "$s" "${TRAIN_ARGS[@]}" "${chosen[@]}" "${OURS_FALLBACK[@]}" "${extra[@]}"
         rc=$?
         [ "$rc" -eq "$NO_TIME" ] && return 0
@@ -432,57 +433,79 @@ profile() {
     { header; echo "== model profile $*"; timeout "$t_s" "$GPU_ROOT/devbin/model" profile --data "$DATA" "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
 }
 
-# `pick`: where the first convolution runs for the rest of the call, by measurement. Of this day's
-# `profile` steps (profile-<date>.txt, this call's and earlier ones' on this machine) with no flag
-# (the binary's default) or one `--first-conv` choice, the last captured-step time of each choice
+# `pick`: how the convolutions run for the rest of the call, by measurement. Of this day's
+# `profile` steps (profile-<date>.txt, this call's and earlier ones' on this machine) whose flags
+# are only convolution choices (none: the binary's default; --first-conv=X, --cudnn-graph,
+# --cudnn-search=timed, in any combination), the last captured-step time of each set of flags
 # ("N captured steps (CUDA graph) queued back to back: X ms per step", not one where some steps
-# ran eagerly); the fastest wins, unless the default (no flag, or --first-conv=cudnn) is within
-# 1% of it or has no profile (a change must be measured to help). A choice other than the
-# default, cuDNN's legacy plans, needs this day's GPU test of the first convolution's other paths
-# (first_conv_direct_kernels_match_the_cpu_and_cudnn: our kernels and cuDNN's graph API against
-# the CPU) to have passed. The winner's flag goes to every later `train` and `sbs` (OURS_CHOSEN;
-# a step that names --first-conv itself keeps its own); the table and the choice go to
-# pick-<date>.txt.
+# ran eagerly); the fastest wins, unless the default (no flag; --first-conv=cudnn is the same)
+# is within 1% of it or has no profile (a change must be measured to help). A winner needs this
+# day's GPU tests of what it changes to have passed: with --first-conv,
+# first_conv_direct_kernels_match_the_cpu_and_cudnn (our kernels and cuDNN's graph API against
+# the CPU); with --cudnn-graph, graph_api_convolutions_match_the_cpu. Its flags go to every later
+# `train` and `sbs` (OURS_CHOSEN; a step that names any of these flags itself keeps its own);
+# the table and the choice go to pick-<date>.txt.
 pick() {
-    local f="$RES/profile-$day.txt" out="$RES/pick-$day.txt" table best best_ms default_ms
+    local f="$RES/profile-$day.txt" out="$RES/pick-$day.txt" table best best_ms default_ms untested=""
     if [ ! -f "$f" ]; then
         echo "on-gpu.sh: pick: no profile-$day.txt, nothing to choose from: the default stays" | tee -a "$out"
         return 0
     fi
     table="$(awk '
-        /^== model profile/ { flags = $0; sub(/^== model profile */, "", flags); sub(/ +$/, "", flags); next }
+        # The flags of a profile step as a choice: each flag in its --name=value spelling, cuDNN
+        # for the first convolution (the default) left out, in a fixed order; "" if any flag is
+        # not a convolution choice.
+        function choice(flags,    t, n, i, out, fc, graph, search) {
+            gsub(/--first-conv +/, "--first-conv=", flags); gsub(/--cudnn-search +/, "--cudnn-search=", flags)
+            n = split(flags, t, / +/); fc = ""; graph = ""; search = ""
+            for (i = 1; i <= n; i++) {
+                if (t[i] == "") continue
+                else if (t[i] ~ /^--first-conv=[a-z-]+$/) { if (t[i] != "--first-conv=cudnn") fc = t[i] }
+                else if (t[i] == "--cudnn-graph") graph = t[i]
+                else if (t[i] == "--cudnn-search=timed") search = t[i]
+                else return ""
+            }
+            out = fc; if (graph != "") out = out (out == "" ? "" : " ") graph; if (search != "") out = out (out == "" ? "" : " ") search
+            return out == "" ? "default" : out
+        }
+        /^== model profile/ { flags = $0; sub(/^== model profile */, "", flags); next }
         /captured steps \(CUDA graph\) queued back to back: [0-9.]+ ms per step/ && !/ran eagerly/ {
             ms = $0; sub(/.*queued back to back: /, "", ms); sub(/ ms per step.*/, "", ms)
-            choice = ""
-            if (flags == "") choice = "default"
-            else if (flags ~ /^--first-conv[= ][a-z-]+$/) { choice = flags; sub(/^--first-conv[= ]/, "", choice) }
-            # cuDNN is the default (FirstConv::DEFAULT): one choice under either name.
-            if (choice == "cudnn") choice = "default"
-            if (choice != "") { if (!(choice in last)) order[++n] = choice; last[choice] = ms }
+            c = choice(flags)
+            if (c != "") { if (!(c in last)) order[++n] = c; last[c] = ms }
         }
         END { for (i = 1; i <= n; i++) print order[i] "\t" last[order[i]] }' "$f")"
     {
-        echo "== pick: the captured step of each first-convolution choice in profile-$day.txt (ms, the last profile of each)"
+        echo "== pick: the captured step of each convolution choice in profile-$day.txt (ms, the last profile of each)"
         printf '%s\n' "$table"
     } >> "$out"
     if [ -z "$table" ]; then
-        echo "on-gpu.sh: pick: no profile step with a captured step and no flag or one --first-conv choice: the default stays" | tee -a "$out"
+        echo "on-gpu.sh: pick: no profile step with a captured step and only convolution choices for flags: the default stays" | tee -a "$out"
         return 0
     fi
-    read -r best best_ms < <(printf '%s\n' "$table" | LC_ALL=C sort -s -t$'\t' -k2,2g | head -n 1)
+    IFS=$'\t' read -r best best_ms < <(printf '%s\n' "$table" | LC_ALL=C sort -s -t$'\t' -k2,2g | head -n 1)
     default_ms="$(printf '%s\n' "$table" | awk -F'\t' '$1 == "default" { print $2 }')"
+    [[ " $best " == *" --first-conv="* ]] && ! test_passed "$RES/cuda-tests-$day.txt" first_conv_direct_kernels_match_the_cpu_and_cudnn \
+        && untested=first_conv_direct_kernels_match_the_cpu_and_cudnn
+    [[ " $best " == *" --cudnn-graph "* ]] && ! test_passed "$RES/cuda-tests-$day.txt" graph_api_convolutions_match_the_cpu \
+        && untested="${untested:+$untested and }graph_api_convolutions_match_the_cpu"
     if [ "$best" = default ]; then
         echo "on-gpu.sh: pick: the default is the fastest ($best_ms ms): the default stays" | tee -a "$out"
     elif [ -z "$default_ms" ]; then
-        echo "on-gpu.sh: pick: --first-conv=$best is the fastest profiled ($best_ms ms), but the default has no profile to compare with today: the default stays" | tee -a "$out"
+        echo "on-gpu.sh: pick: $best is the fastest profiled ($best_ms ms), but the default has no profile to compare with today: the default stays" | tee -a "$out"
     elif awk -v b="$best_ms" -v d="$default_ms" 'BEGIN { exit !(b * 1.01 >= d + 0) }'; then
-        echo "on-gpu.sh: pick: --first-conv=$best ($best_ms ms) is within 1% of the default ($default_ms ms): the default stays" | tee -a "$out"
-    elif ! test_passed "$RES/cuda-tests-$day.txt" first_conv_direct_kernels_match_the_cpu_and_cudnn; then
-        echo "on-gpu.sh: pick: --first-conv=$best is the fastest ($best_ms ms, the default $default_ms), but first_conv_direct_kernels_match_the_cpu_and_cudnn has not passed today (cuda-tests-$day.txt): the default stays" | tee -a "$out"
+        echo "on-gpu.sh: pick: $best ($best_ms ms) is within 1% of the default ($default_ms ms): the default stays" | tee -a "$out"
+    elif [ -n "$untested" ]; then
+        echo "on-gpu.sh: pick: $best is the fastest ($best_ms ms, the default $default_ms), but $untested has not passed today (cuda-tests-$day.txt): the default stays" | tee -a "$out"
     else
-        OURS_CHOSEN=("--first-conv=$best")
-        echo "on-gpu.sh: pick: --first-conv=$best ($best_ms ms, the default $default_ms): every later train and sbs of this call runs with it" | tee -a "$out"
+        read -r -a OURS_CHOSEN <<< "$best"
+        echo "on-gpu.sh: pick: $best ($best_ms ms, the default $default_ms): every later train and sbs of this call runs with it" | tee -a "$out"
     fi
+}
+
+# Whether the words given name a flag `pick` chooses (a step with its own keeps them).
+names_a_pick_flag() {
+    [[ " $* " =~ \ --(first-conv|cudnn-graph|cudnn-search) ]]
 }
 
 # PyTorch's breakdown of the same step (bf16 autocast + channels-last eager unless FLAGS say otherwise),
@@ -522,7 +545,8 @@ sbs() {
     done
     local t_s; t_s="$(limit 590)"; [ -n "$t_s" ] || return 0
     local ours=("${OURS_CHOSEN[@]}")
-    [[ " ${extra[*]} " == *"--first-conv"* ]] && ours=()
+    # (Our flags in an sbs step's own arguments come as --ours-args=FLAGS: any mention counts.)
+    [[ " ${extra[*]} " =~ --(first-conv|cudnn-graph|cudnn-search) ]] && ours=()
     ours+=("${OURS_FALLBACK[@]}")
     [ ${#ours[@]} -gt 0 ] && extra=("--ours-args=${ours[*]}" "${extra[@]}")
     local out="$RES/sbs$DTAG" k=2
