@@ -785,9 +785,9 @@ fn graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, dtype: DType, layou
         return Ok(None);
     }
     let key = conv_key(dev, d, dtype, layout);
-    let timed = first_on_graph || dev.conv_search() != ConvSearch::Heuristic;
     let choice = dev.graph_conv(key, op, |timed_at_other_batch| {
-        if timed {
+        // (Read here, when a plan is made, not on every call.)
+        if first_on_graph || dev.conv_search() != ConvSearch::Heuristic {
             // The last batch of an epoch (336 of 50,000 images) and of the test set (272 of
             // 10,000) take the engine timed at the full batch, as the legacy API's plans do
             // (`reuse_at_this_batch`): an engine's speed hardly depends on the batch size.
