@@ -573,10 +573,10 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         plans.extend(d.graph_plan_lines().into_iter().map(|l| format!("graph API: {l}")));
         plans.extend(d.graph_refusals().into_iter().map(|l| format!("no graph-API plan (legacy API instead): {l}")));
         let first = d.first_conv().describe();
-        let text = format!("convolution search: {}\nthe first convolution (3 channels): {first}\n{}\n", search_rule(d.conv_search()), plans.join("\n"));
+        let text = format!("convolution search: {}\nthe first convolution (3 channels): {first}\n{}\n", search_rule(d), plans.join("\n"));
         let path = dir.join("conv_plans.txt");
         after.time("convolution plans", || std::fs::write(&path, text)).map_err(|e| Error::io(&path, e))?;
-        log.line(&format!("Convolution algorithms ({}): {} plans, in {}", search_rule(d.conv_search()), plans.len(), path.display()));
+        log.line(&format!("Convolution algorithms ({}): {} plans, in {}", search_rule(d), plans.len(), path.display()));
     }
     log.line(&format!(
         "{}; the epochs spent {between:.2}s outside their training and evaluation (copying checkpoints to the host {copies:.2}s)",
@@ -746,9 +746,11 @@ fn refuse_other_settings(dir: &Path, saved: &TrainConfig, asked: &TrainConfig, e
     )))
 }
 
-/// How the convolution algorithms were chosen, in words.
-fn search_rule(search: ConvSearch) -> String {
-    match search {
+/// How device `d`'s convolution algorithms were chosen, in words: the legacy API's rule, and
+/// where cuDNN's graph API runs convolutions, how its engines are chosen (`ops::conv2d::graph_plan`).
+fn search_rule(d: &engine::cuda::CudaDevice) -> String {
+    let search = d.conv_search();
+    let legacy = match search {
         ConvSearch::Heuristic => "cuDNN's heuristic ranking, no timing".to_string(),
         ConvSearch::Timed => format!(
             "our timing of cuDNN's first {} heuristic candidates per kind, median of {} runs",
@@ -756,6 +758,19 @@ fn search_rule(search: ConvSearch) -> String {
             ops::conv2d::TIMED_RUNS
         ),
         ConvSearch::Find { repeats } => format!("cudnnFind, {repeats} search(es) per kind, median time"),
+    };
+    let timed_engines = format!(
+        "the fastest of its first {} engines by our timing, median of {} runs",
+        ops::conv2d::GRAPH_TIMED_CANDIDATES,
+        ops::conv2d::TIMED_RUNS
+    );
+    if d.conv_graph() {
+        let engines = if search == ConvSearch::Heuristic { "its ranking's first usable engine".to_string() } else { timed_engines };
+        format!("cuDNN's graph API, {engines}; where it has no plan, {legacy}")
+    } else if d.first_conv() == engine::cuda::FirstConv::CudnnGraph {
+        format!("{legacy}; the first convolution through cuDNN's graph API, {timed_engines}")
+    } else {
+        legacy
     }
 }
 
@@ -1082,7 +1097,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
             println!("cuDNN refused a convolution, run in NCHW instead: {r}");
         }
         // The algorithms cuDNN's search chose: the step's speed depends on them.
-        println!("convolution search: {}", search_rule(d.conv_search()));
+        println!("convolution search: {}", search_rule(d));
         for line in d.graph_plan_lines() {
             println!("convolution plan (graph API): {line}");
         }
