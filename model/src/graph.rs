@@ -205,6 +205,8 @@ impl StepGraph {
         self.set_counter(b)?;
         let arrays = arrays_address(gpu)?;
         let tracked: Vec<u64> = model.bn.iter().map(|s| s.num_batches_tracked).collect();
+        // Host work only (recording queues nothing): the capture's cost in epoch 1.
+        let started = std::time::Instant::now();
         self.dev.begin_capture()?;
         let recorded = self.record_step(model, state, gpu, norm, lr, cfg);
         let graph = self.dev.end_capture();
@@ -225,8 +227,9 @@ impl StepGraph {
         };
         self.captured_with = Some(arrays);
         self.notices.push(format!(
-            "CUDA graph: the training step was captured at batch {} and is replayed from now on ({:.0} MiB of device memory reserved for it, lent to other work between replays)",
+            "CUDA graph: the training step was captured at batch {} in {:.3}s and is replayed from now on ({:.0} MiB of device memory reserved for it, lent to other work between replays)",
             b + 1,
+            started.elapsed().as_secs_f64(),
             graph.reserved_bytes() as f64 / 1048576.0
         ));
         self.graph = Some(graph);
