@@ -462,24 +462,31 @@ struct Timing<'a> {
 
 impl Timing<'_> {
     /// The median GPU time of `TIMED_RUNS` runs of `run` (given a workspace of `bytes`), in
-    /// ms; `None` if a run fails. The runs are queued back to back (`time_each`), so the host's
-    /// work for the next run overlaps the GPU's for the last one.
+    /// ms; `None` if a run fails ([`median_ms_with_workspace`]).
     fn median_ms(&self, bytes: usize, run: impl Fn(*mut std::ffi::c_void) -> cudarc::cudnn::sys::cudnnStatus_t) -> Option<f32> {
-        let st = self.dev.stream();
-        // SAFETY: scratch that cuDNN writes before it reads. It is freed in the stream's order
-        // (cudarc frees a slice on its stream, after the work queued before), and after
-        // time_each has synchronised, or below when a run failed.
-        let mut ws = unsafe { st.alloc::<u8>(bytes.max(1)) }.ok()?;
-        let wp = cudnn::ptr_mut(&mut ws, st);
-        let once = || cudnn::check("cudnn convolution (timed search)", run(wp));
-        let Ok(mut ms) = engine::profile::time_each(self.dev, TIMED_RUNS, once) else {
-            // (A run failed before time_each synchronised: let the runs queued finish first.)
-            let _ = self.dev.synchronize();
-            return None;
-        };
-        ms.sort_by(f64::total_cmp);
-        Some(ms[ms.len() / 2] as f32)
+        median_ms_with_workspace(self.dev, bytes, |ws| cudnn::check("cudnn convolution (timed search)", run(ws)))
     }
+}
+
+/// The median GPU time in ms of [`TIMED_RUNS`] runs of `run` (after one untimed run), each
+/// given the address of a workspace of `bytes` of its own; `None` if a run fails. The runs are
+/// queued back to back (`time_each`), so the host's work for the next run overlaps the GPU's
+/// for the last one. Both timed searches use it: the legacy API's and the graph API's.
+fn median_ms_with_workspace(dev: &engine::cuda::CudaDevice, bytes: usize, run: impl Fn(*mut c_void) -> Result<()>) -> Option<f32> {
+    let st = dev.stream();
+    // SAFETY: scratch that cuDNN writes before it reads. It is freed in the stream's order
+    // (cudarc frees a slice on its stream, after the work queued before), and after time_each
+    // has synchronised, or below when a run failed.
+    let mut ws = unsafe { st.alloc::<u8>(bytes.max(1)) }.ok()?;
+    let wp = cudnn::ptr_mut(&mut ws, st);
+    let Ok(mut ms) = engine::profile::time_each(dev, TIMED_RUNS, || run(wp)) else {
+        // (A run failed before time_each synchronised: let the runs queued finish before the
+        // workspace, and the caller's candidates, go.)
+        let _ = dev.synchronize();
+        return None;
+    };
+    ms.sort_by(f64::total_cmp);
+    Some(ms[ms.len() / 2] as f32)
 }
 
 /// Our timed search of one kind, in the shape of a `cudnnFind*` call (so that [`choose`] takes
@@ -853,26 +860,12 @@ fn timed_graph_plan(dev: &Arc<engine::cuda::CudaDevice>, d: &Dims, op: ConvOp, k
 /// The median GPU time in ms of [`TIMED_RUNS`] runs of graph plan `g` (after one untimed run)
 /// on the buffers at `x`, `w`, `y`, with a workspace of its own; `None` if a run fails.
 fn graph_median_ms(dev: &engine::cuda::CudaDevice, g: &ConvGraph, x: *mut c_void, w: *mut c_void, y: *mut c_void) -> Option<f32> {
-    let st = dev.stream();
-    // SAFETY: scratch that cuDNN may write before it reads. It is freed in the stream's order
-    // (cudarc frees a slice on its stream, after the work queued before), and after time_each
-    // has synchronised, or below when a run failed.
-    let mut workspace = unsafe { st.alloc::<u8>(g.workspace.max(1)) }.ok()?;
-    let wsp = cudnn::ptr_mut(&mut workspace, st);
-    let once = || -> Result<()> {
+    median_ms_with_workspace(dev, g.workspace, |ws| {
         let h = dev.cudnn()?;
         // SAFETY: x, w and y hold the plan's shapes in its type and layout (allocated for
         // this key by the caller), and the workspace at least g.workspace bytes.
-        unsafe { cudnn_graph::execute(&h, g, x, w, y, wsp) }
-    };
-    let Ok(mut ms) = engine::profile::time_each(dev, TIMED_RUNS, once) else {
-        // (A run failed before time_each synchronised: let the runs queued finish before the
-        // candidates that lost are destroyed.)
-        let _ = dev.synchronize();
-        return None;
-    };
-    ms.sort_by(f64::total_cmp);
-    Some(ms[ms.len() / 2] as f32)
+        unsafe { cudnn_graph::execute(&h, g, x, w, y, ws) }
+    })
 }
 
 /// The index of the smallest time of `times` (`None`: a candidate that could not be timed; a
