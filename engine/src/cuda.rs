@@ -47,23 +47,28 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Where the network's first convolution (3 input channels, 3×3, bf16 channels-last) runs:
 /// cuDNN runs it as it runs every other convolution, or through cuDNN's graph API whatever the
-/// others take, its engine chosen by timing cuDNN's candidates (PyTorch's step, which times
-/// them too, `torch.backends.cudnn.benchmark`, ran it on CUTLASS kernels in about 0.16 ms for
-/// both passes on an H200, where the legacy API's plans took 0.51 ms; not yet measured through
-/// our graph-API path); our direct kernels (`ptx/conv_c3.cu`, `ops::conv2d_c3`) compute its forward pass and
-/// its weight gradient without cuDNN's padding of 3 channels to 8 (the input needs no
-/// gradient, so there is no backward-data).
+/// others take, its engine chosen by timing cuDNN's candidates (as PyTorch's step does with
+/// `torch.backends.cudnn.benchmark`, where it runs on CUTLASS kernels); or our direct kernels
+/// (`ptx/conv_c3.cu`, `ops::conv2d_c3`) compute its forward pass and its weight gradient
+/// without cuDNN's padding of 3 channels to 8 (the input needs no gradient, so there is no
+/// backward-data).
 ///
-/// Measured on one H200 (2026-11-27, cuDNN 9.19, batch 512, `model profile --first-conv X`
-/// and 24-epoch runs, `bench/results/h200-2026-11-27/`): the step captured as a CUDA graph took
-/// 3.11 and 3.12 ms with cuDNN, 3.20 ms with our forward kernel, 3.34 and 3.35 ms with both of
-/// ours; a run's 24 epochs of training 7.4 s (two seeds), 7.6 s and 7.9 s. Timed one
-/// operation at a time our forward is faster (0.24 ms against 0.31 ms) and our weight gradient
-/// slower (0.32 ms against 0.20 ms), yet in the captured step cuDNN's is faster for both; ours
-/// take 5 to 6 times what the kernel file's arithmetic predicted (0.03 to 0.05 ms forward, 0.06
-/// ms weight gradient). Hence the default: cuDNN. The kernels were rewritten since (tiles
-/// staged in shared memory, a sliding window in registers; estimated 0.04 to 0.06 ms each,
-/// `ptx/conv_c3.cu`), not yet measured.
+/// Measured on one H200 (2026-11-27, cuDNN 9.19, batch 512, `model profile --first-conv X`,
+/// build 98c8127, `bench/results/h200-2026-11-27/build-98c8127/profile.txt`), the forward and
+/// the weight gradient, and the step captured as a CUDA graph:
+///
+/// | `--first-conv` | forward | weight gradient | captured step |
+/// | --- | --- | --- | --- |
+/// | `cudnn` (legacy plans) | 0.318 ms | 0.198 ms | 3.12 ms |
+/// | `cudnn-graph` (timed) | 0.146 ms | 0.117 ms | 3.09 ms |
+/// | `direct-forward` | 0.068 ms | 0.198 ms | 3.06 ms |
+/// | `direct` | 0.067 ms | 0.079 + 0.006 ms | **2.95 ms** |
+///
+/// Hence the default: our kernels. With them a 24-epoch run's training took 7.0-7.1 s (six
+/// seeds, the same accuracy: 90.84 to 91.34% with `--tta --ema`), where with cuDNN's it took
+/// 7.4 s (two seeds at 4bfc9b2, on another H200 that morning); three side-by-side runs took
+/// 7.69 to 7.92 s with the test evaluations. The previous design of our kernels (before
+/// 96f2041) was slower than cuDNN's: 0.244 and 0.315 ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FirstConv {
     /// cuDNN for the forward pass and the weight gradient.
@@ -79,8 +84,8 @@ pub enum FirstConv {
 }
 
 impl FirstConv {
-    /// The choice a device starts with.
-    pub const DEFAULT: FirstConv = FirstConv::Cudnn;
+    /// The choice a device starts with: the fastest measured (above).
+    pub const DEFAULT: FirstConv = FirstConv::Direct;
 
     fn from_u8(v: u8) -> FirstConv {
         match v {
@@ -127,7 +132,9 @@ impl FirstConv {
 /// Through cuDNN's graph API (`--cudnn-graph`), `Find` and `Timed` both time the first
 /// `ops::conv2d::GRAPH_TIMED_CANDIDATES` engines cuDNN offers, a few runs each (`Find`'s
 /// repeats do not apply; a shape at another batch size takes the engine timed for the
-/// first), and `Heuristic` takes the first; not yet measured on a GPU.
+/// first), and `Heuristic` takes the first. Measured on an H200 (2026-11-27, build 98c8127):
+/// timing every convolution's engines took 13.8 s of warm-up and left the captured step at
+/// 3.10 ms (3.12 ms with the legacy API's heuristics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvSearch {
     /// cuDNN's heuristic ranking (`cudnnGet*Algorithm_v7`): its first usable algorithm,
@@ -677,7 +684,10 @@ impl CudaDevice {
     /// algorithm number. A shape and direction the graph API has no plan for runs on the
     /// legacy API, and [`CudaDevice::graph_refusals`] says why. On an H200 (2026-11-26)
     /// PyTorch's convolutions took 0.65 ms forward and 1.42 ms backward per training step
-    /// where ours took 0.84 and 1.55 ms; this is the way to its kernels. Not yet measured.
+    /// where ours took 0.84 and 1.55 ms; this is the way to its kernels. Through it, with the
+    /// engines timed, our captured step was no faster on an H200 (2026-11-27: 3.10 ms against
+    /// 3.12 ms): its other seven convolutions took 0.634 ms forward and 1.349 ms backward,
+    /// the legacy API's 0.618 and 1.335 ms.
     pub fn set_conv_graph(&self, on: bool) {
         self.conv_graph.store(on, Ordering::Relaxed);
     }

@@ -531,15 +531,15 @@ mod tests {
         assert_eq!(TrainArgs::defaults().bnr_max_blocks, engine::cuda::BNR_ONE_WAVE);
     }
 
-    /// `--first-conv`: cuDNN unless asked (the measured default, `FirstConv::DEFAULT`), the
-    /// four choices by name, anything else refused.
+    /// `--first-conv`: our direct kernels unless asked (the measured default,
+    /// `FirstConv::DEFAULT`), the four choices by name, anything else refused.
     #[test]
-    fn first_conv_defaults_to_cudnn_and_takes_the_four_choices() {
+    fn first_conv_defaults_to_our_kernels_and_takes_the_four_choices() {
         let first_conv = |args: &[&str]| {
             let Some(Command::Train(a)) = Cli::try_parse_from([&["model", "train"][..], args].concat()).unwrap().command else { panic!("not train") };
             FirstConv::from(a.first_conv)
         };
-        assert_eq!(first_conv(&[]), FirstConv::Cudnn);
+        assert_eq!(first_conv(&[]), FirstConv::Direct);
         assert_eq!(first_conv(&["--first-conv", "direct-forward"]), FirstConv::DirectForward);
         assert_eq!(first_conv(&["--first-conv=direct"]), FirstConv::Direct);
         assert_eq!(first_conv(&["--first-conv", "cudnn"]), FirstConv::Cudnn);

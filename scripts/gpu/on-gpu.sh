@@ -438,8 +438,8 @@ profile() {
 # are only convolution choices (none: the binary's default; --first-conv=X, --cudnn-graph,
 # --cudnn-search=timed, in any combination), the last captured-step time of each set of flags
 # ("N captured steps (CUDA graph) queued back to back: X ms per step", not one where some steps
-# ran eagerly); the fastest wins, unless the default (no flag; --first-conv=cudnn is the same)
-# is within 1% of it or has no profile (a change must be measured to help). A winner needs this
+# ran eagerly); the fastest wins, unless the default (the profile with no flag) is within 1% of
+# it or has no profile (a change must be measured to help). A winner needs this
 # day's GPU tests of what it changes to have passed: with --first-conv,
 # first_conv_direct_kernels_match_the_cpu_and_cudnn (our kernels and cuDNN's graph API against
 # the CPU); with --cudnn-graph, graph_api_convolutions_match_the_cpu. Its flags go to every later
@@ -452,15 +452,15 @@ pick() {
         return 0
     fi
     table="$(awk '
-        # The flags of a profile step as a choice: each flag in its --name=value spelling, cuDNN
-        # for the first convolution (the default) left out, in a fixed order; "" if any flag is
-        # not a convolution choice.
+        # The flags of a profile step as a choice: each flag in its --name=value spelling, in a
+        # fixed order; "" if any flag is not a convolution choice. (A flag naming the default,
+        # such as --first-conv=direct, is a choice of its own: the default is no flag.)
         function choice(flags,    t, n, i, out, fc, graph, search) {
             gsub(/--first-conv +/, "--first-conv=", flags); gsub(/--cudnn-search +/, "--cudnn-search=", flags)
             n = split(flags, t, / +/); fc = ""; graph = ""; search = ""
             for (i = 1; i <= n; i++) {
                 if (t[i] == "") continue
-                else if (t[i] ~ /^--first-conv=[a-z-]+$/) { if (t[i] != "--first-conv=cudnn") fc = t[i] }
+                else if (t[i] ~ /^--first-conv=[a-z-]+$/) fc = t[i]
                 else if (t[i] == "--cudnn-graph") graph = t[i]
                 else if (t[i] == "--cudnn-search=timed") search = t[i]
                 else return ""
