@@ -428,6 +428,44 @@ fn a_short_bf16_run_learns_on_the_gpu() {
     assert!(acc > 40.0, "test accuracy {acc}%");
 }
 
+/// Each epoch's checkpoint holds the weights of the end of that epoch, although its copies to
+/// the host are only queued there and finished on the saver's thread while the next epoch
+/// trains (`engine::download`): epoch 2's files (kept as `model.prev.safetensors` by epoch 3's
+/// checkpoint) and epoch 3's, loaded into a fresh network with the run's settings, score exactly
+/// the test counts the run logged after those epochs. The same weights through the same kernels
+/// and plans give the same logits, so the counts must be equal; weights copied during the next
+/// epoch's updates (a copy not ordered before them) would differ after 98 steps.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn each_epochs_checkpoint_scores_what_the_run_logged_for_it() {
+    let dev = gpu();
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().to_path_buf();
+    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, fused_bn_relu: true, ..TrainConfig::default() };
+    let opts = RunOptions { cfg: cfg.clone(), lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("c".into()), resume: false, progress: false, cuda_graph: true, explicit: Vec::new() };
+    run_training(&ds, &dev, opts).unwrap();
+    let rows = read_metrics(&runs.join("c/metrics.csv")).unwrap();
+    assert_eq!(rows.len(), 3);
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let norm = model::batches::Normalization { mean, std };
+    let mut p = Pipeline::new(&dev, &ds.train, &ds.test).unwrap();
+    let mut weights = Vec::new();
+    for (file, epoch) in [("model.prev.safetensors", 2), ("model.safetensors", 3)] {
+        let mut net = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rand_chacha::ChaCha8Rng::seed_from_u64(99)).unwrap();
+        cfg.apply_to(&mut net.arch);
+        let meta = model::checkpoint::load_model(&runs.join("c").join(file), &mut net).unwrap();
+        assert_eq!(meta.get(model::checkpoint::EPOCHS_DONE).map(String::as_str), Some(epoch.to_string().as_str()), "{file}");
+        weights.push(net.params[0].to_f32_vec());
+        net.to_device(&dev).unwrap();
+        let eval = train::evaluate(&mut net, &ds.test, &mut p, norm, cfg.batch_size, false, false).unwrap();
+        let logged = rows[epoch - 1].test_acc;
+        assert!((eval.accuracy() - logged).abs() < 1e-9, "{file}: {}% against the {logged}% logged after epoch {epoch}", eval.accuracy());
+    }
+    // The two epochs' weights differ (a checkpoint written twice from one state would not).
+    assert_ne!(weights[0], weights[1]);
+}
+
 /// The test-set evaluation gives the same count and loss whether the statistics stay on the
 /// device until the end (per-epoch evaluations) or come back batch by batch (the final one).
 #[test]

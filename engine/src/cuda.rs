@@ -1361,7 +1361,7 @@ impl CudaDevice {
 
     /// An error (and a failed capture) if a graph capture is running: `what` would need new
     /// device memory, which a replay could not have.
-    fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+    pub(crate) fn refuse_while_capturing(&self, what: &str) -> Result<()> {
         let mut log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?;
         match log.as_mut() {
             None => Ok(()),

@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod cudnn;
 pub mod cudnn_graph;
 pub mod device;
+pub mod download;
 pub mod error;
 pub mod float;
 pub mod kernel_cache;

@@ -203,7 +203,6 @@ fn kernels_are_kept_in_the_cache_read_back_and_a_refused_image_replaced() {
     l.arg(&mut v).arg(&n);
     // SAFETY: thrice(float* x [n], n).
     unsafe { l.launch(LaunchConfig::for_num_elems(n)) }.unwrap();
-    drop(v);
     assert_eq!(buf.to_host_f32().unwrap(), values.iter().map(|v| 3.0 * v).collect::<Vec<f32>>());
     // Whole by the cache's checksum, but no image at all: the driver refuses it. (PTX, unless
     // this driver refused NVRTC's PTX and the device kept machine code instead.)
@@ -215,4 +214,50 @@ fn kernels_are_kept_in_the_cache_read_back_and_a_refused_image_replaced() {
     assert_eq!(counts(&third), (0, 1, None), "the refused image gives way to a compilation");
     assert_eq!(cache.load(&spec, output).as_deref(), Some(kept.as_slice()), "the compiled image took its place");
     assert_eq!(counts(&open()), (1, 0, None));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_download_holds_the_values_of_when_it_was_queued() {
+    use engine::download::{Download, StagingPool};
+    let dev = gpu();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    // Odd lengths (parts start on 16-byte boundaries in the staging buffer), a large one (16 MiB:
+    // a copy that takes long enough for a wrong order to show), a host tensor and a bf16 device
+    // tensor (both copied at once), in one download.
+    let shapes: [&[usize]; 4] = [&[3, 5, 7], &[4096, 1024], &[1], &[64, 3, 3, 3]];
+    let host: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(s, DType::F32, 1.0, &mut rng)).collect();
+    let mut on_gpu: Vec<Tensor> = host.iter().map(|t| t.to_device(&dev).unwrap()).collect();
+    let cpu_tensor = Tensor::randn(&[9], DType::F32, 1.0, &mut rng);
+    let bf16 = Tensor::randn(&[33], DType::F32, 1.0, &mut rng).to_dtype(DType::BF16).to_device(&dev).unwrap();
+    // Made before the downloads: an upload may wait for the stream.
+    let ones: Vec<Tensor> = shapes.iter().map(|s| Tensor::full(s, DType::F32, 1.0).to_device(&dev).unwrap()).collect();
+    let pool = StagingPool::new();
+    for round in 0..3 {
+        let before: Vec<Vec<f32>> = on_gpu.iter().map(|t| t.to_f32_vec()).collect();
+        let mut all: Vec<&Tensor> = on_gpu.iter().collect();
+        all.push(&cpu_tensor);
+        all.push(&bf16);
+        let download = Download::start(&all, &pool).unwrap();
+        let parts = all.len();
+        drop(all);
+        assert!(pool.is_empty(), "round {round}: the download holds the staging buffer");
+        // Queued after the copies on the same stream: must not show in the download.
+        for (t, o) in on_gpu.iter_mut().zip(&ones) {
+            t.add_assign(o).unwrap();
+        }
+        let bytes = download.finish().unwrap();
+        assert_eq!(bytes.len(), parts);
+        for (i, b) in before.iter().enumerate() {
+            assert_eq!(bytemuck::cast_slice::<u8, f32>(&bytes[i]), b.as_slice(), "round {round}, tensor {i}: not the values when queued");
+        }
+        assert_eq!(bytemuck::cast_slice::<u8, f32>(&bytes[4]), cpu_tensor.to_f32_vec().as_slice());
+        assert_eq!(bytemuck::cast_slice::<u8, f32>(&bytes[5]), bf16.to_f32_vec().as_slice());
+        // The additions did happen, after the copies.
+        assert_ne!(on_gpu[0].to_f32_vec(), before[0]);
+        assert_eq!(pool.len(), 1, "round {round}: the staging buffer went back to the pool (and was reused)");
+    }
+    // A download dropped unfinished waits for its copies and gives its buffer back.
+    drop(Download::start(&on_gpu.iter().collect::<Vec<_>>(), &pool).unwrap());
+    assert_eq!(pool.len(), 1);
 }

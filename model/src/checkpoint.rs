@@ -25,6 +25,7 @@
 
 use crate::resnet::ResNet9;
 use crate::{Error, Result};
+use engine::download::{Download, StagingPool};
 use engine::{DType, Tensor};
 use ops::sgd::SgdState;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -82,11 +83,6 @@ fn no_folder_sync_is_no_error(r: std::io::Result<()>) -> std::io::Result<()> {
         Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported) => Ok(()),
         r => r,
     }
-}
-
-/// Little-endian f32 bytes of a tensor (whatever its dtype).
-fn f32_bytes(t: &Tensor) -> Vec<u8> {
-    bytemuck::cast_slice(&t.to_f32_vec()).to_vec()
 }
 
 /// The metadata key of the CRC-32 of a checkpoint's tensor data.
@@ -174,19 +170,79 @@ impl Contents {
 /// One tensor to serialize: name, type, shape, little-endian bytes.
 type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
 
+/// One tensor to serialize whose bytes may still be on their way (name, type, shape, bytes).
+type PendingEntry = (String, Dtype, Vec<usize>, Option<Vec<u8>>);
+
+/// A tensor to serialize whose bytes are still to be read: a tensor's as f32, or given.
+enum Source<'a> {
+    Tensor(&'a Tensor),
+    Bytes(Vec<u8>),
+}
+
+/// What a checkpoint file will hold, its tensors' copies to the host queued
+/// ([`engine::download::Download`]) but perhaps not finished: the GPU may still be copying
+/// them while the host goes on. [`Pending::finish`] waits for them. It holds no reference to
+/// the tensors, so it may be finished (and written) on another thread (`saver.rs`).
+pub struct Pending {
+    /// Each entry's bytes: `None` for the next of the download's.
+    entries: Vec<PendingEntry>,
+    download: Download,
+    meta: HashMap<String, String>,
+}
+
+impl Pending {
+    /// Queue the copies of `entries`' tensors to the host, into a buffer of `pool` (see
+    /// [`Download::start`]).
+    fn start(entries: Vec<(String, Dtype, Vec<usize>, Source<'_>)>, meta: HashMap<String, String>, pool: &StagingPool) -> Result<Pending> {
+        let tensors: Vec<&Tensor> = entries
+            .iter()
+            .filter_map(|(_, _, _, s)| match s {
+                Source::Tensor(t) => Some(*t),
+                Source::Bytes(_) => None,
+            })
+            .collect();
+        let download = Download::start(&tensors, pool)?;
+        let entries = entries
+            .into_iter()
+            .map(|(name, dtype, shape, s)| {
+                let bytes = match s {
+                    Source::Tensor(_) => None,
+                    Source::Bytes(b) => Some(b),
+                };
+                (name, dtype, shape, bytes)
+            })
+            .collect();
+        Ok(Pending { entries, download, meta })
+    }
+
+    /// Wait for the copies to the host and return the file's contents.
+    pub fn finish(self) -> Result<Contents> {
+        let mut copied = self.download.finish()?.into_iter();
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|(name, dtype, shape, bytes)| {
+                let bytes = bytes.or_else(|| copied.next()).expect("one download part per tensor entry");
+                (name, dtype, shape, bytes)
+            })
+            .collect();
+        Ok(Contents { entries, meta: self.meta })
+    }
+}
+
 /// The network's `state_dict` entries, each name preceded by `prefix` ("" for PyTorch's).
-fn state_dict_entries(model: &ResNet9, prefix: &str) -> Vec<Entry> {
+fn state_dict_entries<'a>(model: &'a ResNet9, prefix: &str) -> Vec<(String, Dtype, Vec<usize>, Source<'a>)> {
     let arch = &model.arch;
     let mut entries = Vec::new();
     for (i, t) in model.params.iter().enumerate() {
-        entries.push((format!("{prefix}{}", arch.param_names[i]), Dtype::F32, t.shape().to_vec(), f32_bytes(t)));
+        entries.push((format!("{prefix}{}", arch.param_names[i]), Dtype::F32, t.shape().to_vec(), Source::Tensor(t)));
     }
     for (i, s) in model.bn.iter().enumerate() {
         let bn = format!("{prefix}{}", arch.bn_name(i));
-        entries.push((format!("{bn}.running_mean"), Dtype::F32, s.mean.shape().to_vec(), f32_bytes(&s.mean)));
-        entries.push((format!("{bn}.running_var"), Dtype::F32, s.var.shape().to_vec(), f32_bytes(&s.var)));
+        entries.push((format!("{bn}.running_mean"), Dtype::F32, s.mean.shape().to_vec(), Source::Tensor(&s.mean)));
+        entries.push((format!("{bn}.running_var"), Dtype::F32, s.var.shape().to_vec(), Source::Tensor(&s.var)));
         let count = (s.num_batches_tracked as i64).to_le_bytes().to_vec();
-        entries.push((format!("{bn}.num_batches_tracked"), Dtype::I64, vec![], count));
+        entries.push((format!("{bn}.num_batches_tracked"), Dtype::I64, vec![], Source::Bytes(count)));
     }
     entries
 }
@@ -194,11 +250,11 @@ fn state_dict_entries(model: &ResNet9, prefix: &str) -> Vec<Entry> {
 /// Save the network as a PyTorch-compatible `state_dict`; `epochs_done`, if given, goes into the
 /// metadata (a run's checkpoint: see [`epochs_done`]).
 pub fn save_model(path: &Path, model: &ResNet9, epochs_done: Option<usize>) -> Result<()> {
-    model_contents(model, epochs_done).write(path)
+    model_contents(model, epochs_done, &StagingPool::new())?.finish()?.write(path)
 }
 
-/// What [`save_model`] writes, copied to the host.
-pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>) -> Contents {
+/// What [`save_model`] writes, its copies to the host queued into a buffer of `pool`.
+pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>, pool: &StagingPool) -> Result<Pending> {
     let arch = &model.arch;
     let entries = state_dict_entries(model, "");
     let mut meta = HashMap::from([
@@ -209,7 +265,7 @@ pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>) -> Contents {
     if let Some(n) = epochs_done {
         meta.insert(EPOCHS_DONE.to_string(), n.to_string());
     }
-    Contents { entries, meta }
+    Pending::start(entries, meta, pool)
 }
 
 /// The metadata key of the epochs a run's checkpoint files were saved after.
@@ -246,6 +302,7 @@ fn load_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize], dtyp
     let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     Ok(Tensor::new(shape, values)?.to_dtype(dtype))
 }
+
 
 /// Load a `state_dict` written by [`save_model`] (or by PyTorch) into `model`,
 /// checking every name, dtype and shape; `model` is unchanged on error. Returns the file's
@@ -348,18 +405,18 @@ fn load_state_dict(path: &Path, st: &SafeTensors<'_>, prefix: &str, model: &mut 
 /// Save the momentum buffers and the run's metadata; with `trained` (a run with `--ema`, whose
 /// `model.safetensors` holds the average), also the trained weights, for [`load_trained`].
 pub fn save_optimizer(path: &Path, model: &ResNet9, state: &SgdState, meta: HashMap<String, String>, trained: Option<&ResNet9>) -> Result<()> {
-    optimizer_contents(model, state, meta, trained).write(path)
+    optimizer_contents(model, state, meta, trained, &StagingPool::new())?.finish()?.write(path)
 }
 
-/// What [`save_optimizer`] writes, copied to the host.
-pub fn optimizer_contents(model: &ResNet9, state: &SgdState, meta: HashMap<String, String>, trained: Option<&ResNet9>) -> Contents {
+/// What [`save_optimizer`] writes, its copies to the host queued into a buffer of `pool`.
+pub fn optimizer_contents(model: &ResNet9, state: &SgdState, meta: HashMap<String, String>, trained: Option<&ResNet9>, pool: &StagingPool) -> Result<Pending> {
     let mut entries = trained.map(|t| state_dict_entries(t, TRAINED)).unwrap_or_default();
     for (i, buf) in state.momentum_buffers.iter().enumerate() {
         if let Some(t) = buf {
-            entries.push((format!("momentum.{}", model.arch.param_names[i]), Dtype::F32, t.shape().to_vec(), f32_bytes(t)));
+            entries.push((format!("momentum.{}", model.arch.param_names[i]), Dtype::F32, t.shape().to_vec(), Source::Tensor(t)));
         }
     }
-    Contents { entries, meta }
+    Pending::start(entries, meta, pool)
 }
 
 /// Load what [`save_optimizer`] wrote to `path`: the momentum buffers (checked against the

@@ -25,6 +25,7 @@ use crate::lr_find::{self, LrFindConfig};
 use crate::plots::{LinePlot, Series, write_line_plot};
 use crate::resnet::ResNet9;
 use crate::saver::Saver;
+use engine::download::StagingPool;
 use crate::startup::PhaseClock;
 use crate::train::{self, TrainConfig};
 use crate::{Error, Result};
@@ -443,8 +444,11 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
     let start_epoch = rows.len();
     let mut last = None;
     let mut saver = Saver::new();
-    // Each epoch's time outside its measured training and evaluation (the log lines, the
-    // checkpoint's copy to the host, handing it to the saver), and the copies' share of it.
+    // The page-locked host buffers the checkpoints are copied into (two at most: one being
+    // written, one being filled).
+    let staging = StagingPool::new();
+    // Each epoch's time outside its measured training and evaluation (the log lines, queuing
+    // the checkpoint's copies to the host, handing it to the saver), and the copies' share of it.
     let (mut between, mut copies) = (0.0, 0.0);
     for epoch in start_epoch..cfg.epochs {
         let epoch_start = std::time::Instant::now();
@@ -500,19 +504,25 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
             eval_seconds,
             test_acc_tta: eval.tta_accuracy(),
         });
-        // The checkpoint is copied to the host now (the next epoch's updates change the
-        // weights) and written while the next epoch trains (`saver.rs`): the last epoch's
-        // files are kept (for a resume that finds these unusable), then the checkpoint first,
-        // then the metrics that say it exists.
+        // The checkpoint's copies to the host are queued now, on the GPU's stream ahead of the
+        // next epoch's updates, which change the weights (`engine::download`); the saver's
+        // thread waits for them and writes the files while the next epoch trains (`saver.rs`):
+        // the last epoch's files are kept (for a resume that finds these unusable), then the
+        // checkpoint first, then the metrics that say it exists.
         let copy_start = std::time::Instant::now();
-        let model_file = checkpoint::model_contents(ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1));
+        let model_file = checkpoint::model_contents(ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1), &staging);
         let mut meta = cfg.to_meta();
         meta.insert(checkpoint::EPOCHS_DONE.into(), (epoch + 1).to_string());
-        let opt_file = checkpoint::optimizer_contents(&model, &state, meta, ema.is_some().then_some(&model));
+        let opt_file = checkpoint::optimizer_contents(&model, &state, meta, ema.is_some().then_some(&model), &staging);
+        let (model_file, opt_file) = match (model_file, opt_file) {
+            (Ok(m), Ok(o)) => (m, o),
+            (Err(e), _) | (_, Err(e)) => return Err(stopped(format!("epoch {}'s checkpoint: {e}", epoch + 1), dir, &rows[..rows.len() - 1], &mut saver)),
+        };
         copies += copy_start.elapsed().as_secs_f64();
         let job = {
             let (files, prev, rows) = (files.clone(), prev.clone(), rows.clone());
             move || {
+                let (model_file, opt_file) = (model_file.finish()?, opt_file.finish()?);
                 prev.keep_from(&files)?;
                 model_file.write(&files.model)?;
                 opt_file.write(&files.opt)?;
@@ -579,7 +589,7 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         log.line(&format!("Convolution algorithms ({}): {} plans, in {}", search_rule(d), plans.len(), path.display()));
     }
     log.line(&format!(
-        "{}; the epochs spent {between:.2}s outside their training and evaluation (copying checkpoints to the host {copies:.2}s)",
+        "{}; the epochs spent {between:.2}s outside their training and evaluation (queuing the checkpoints' copies to the host {copies:.2}s)",
         after.line("After training", "after the last epoch")
     ));
     Ok(eval.accuracy())
