@@ -7,7 +7,8 @@
 //! queued meanwhile, and on an H100 an epoch trains in 0.35 s. So the run copies the
 //! checkpoint's tensors to the host at the end of the epoch (the next epoch's updates change
 //! them) and hands the writing to a [`Saver`], which does it on a thread of its own while the
-//! GPU trains.
+//! GPU trains. (Since 2026-11-27 even the copy is only queued at the end of the epoch; the job
+//! waits for it on its thread: `engine/src/download.rs`.)
 //!
 //! One job at a time, in order: a new job first waits for the one before it, so the files on
 //! disk go through the same states, in the same order, as if each were written on the spot
