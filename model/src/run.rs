@@ -962,10 +962,13 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
 /// Rows of `profile`'s table by operation and output shape: the convolutions, batch norms
 /// and pools of all layers, forward and backward, fit with room to spare.
 const DETAIL_ROWS: usize = 40;
+/// Rows of `profile`'s table of the first warm-up step, by operation and output shape.
+const FIRST_STEP_ROWS: usize = 15;
 /// Rows of `profile`'s per-kernel table (the largest; the rest are summed in one row).
 const KERNEL_ROWS: usize = 50;
 
-/// The `profile` command: `warmup` training steps, one profiled step (the table of time
+/// The `profile` command: `warmup` training steps (the first of them profiled: where the
+/// warm-up goes), one profiled step (the table of time
 /// per operation, and per operation and output shape), on a GPU a second one cut at each
 /// launch (the per-kernel table), then `timed` steps timed end to end with a synchronisation
 /// after each.
@@ -1005,11 +1008,23 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         Ok(())
     };
     let t0 = std::time::Instant::now();
-    for b in 0..warmup {
+    // The first step is profiled too: the first use of every operation (cuDNN's plan choice,
+    // the loading of cuDNN's, cuBLAS's and our kernels at their first launch) falls in it, and
+    // with events on the GPU's timeline an interval also holds the host's work before a launch
+    // (the GPU waits for it), so its table says where a process's warm-up goes.
+    let first = if warmup > 0 { Some(train::profile_step(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, 0..bs, norm, lr, cfg, false)?) } else { None };
+    for b in usize::from(first.is_some())..warmup {
         step(&mut model, &mut state, &mut pipeline, b)?;
     }
     device.synchronize()?;
     println!("Device: {device}; ResNet-9 width {}, batch {bs}; {warmup} warm-up steps took {:.2}s", cfg.width, t0.elapsed().as_secs_f64());
+    if let Some(first) = first {
+        println!(
+            "The first of them, time per operation ({}; the first use of each operation included: plan choices, kernels loaded at their first launch, and on a GPU the host's work before a launch, which the GPU waits for; the {FIRST_STEP_ROWS} largest rows):",
+            if device.is_cuda() { "GPU time between CUDA events" } else { "host time" }
+        );
+        print!("{}", first.detail_table(FIRST_STEP_ROWS));
+    }
     let prof = train::profile_step(&mut model, &mut state, &ds.train, &mut pipeline, &order, &params, warmup * bs..(warmup + 1) * bs, norm, lr, cfg, false)?;
     println!("One training step, time per operation ({}):", if device.is_cuda() { "GPU time between CUDA events" } else { "host time" });
     print!("{}", prof.table());
