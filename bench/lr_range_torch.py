@@ -27,13 +27,28 @@ from train_torch import TRAIN_FILES, augment, channel_stats, load_split  # noqa:
 
 SLOPE_SPAN = 3  # as lr_find.rs
 NO_UPTURN_TAIL = 0.05  # as lr_find.rs
+UPTURN_RISE, UPTURN_MIN_FALL = 0.02, 0.05  # as lr_find.rs
+
+
+def minimum_index(smooth):
+    """lr_find::minimum_index: the lowest smoothed loss before its first upturn (a rise of 2% above
+    the lowest so far, once the loss has fallen 5% below its start), else the lowest; None if empty."""
+    if not smooth:
+        return None
+    best = 0
+    for i, s in enumerate(smooth):
+        if s < smooth[best]:
+            best = i
+        elif smooth[best] <= (1 - UPTURN_MIN_FALL) * smooth[0] and s > (1 + UPTURN_RISE) * smooth[best]:
+            return best
+    return min(range(len(smooth)), key=lambda i: smooth[i])
 ONSET_FRACTION, ONSET_HALF_WINDOW, ONSET_MIN_FALL = 0.1, 5, 0.05  # as lr_find.rs
 
 
 def suggest(points, rule):
     """lr_find::suggest: (lr_max, lr_min) from [(lr, raw, smoothed)]."""
     finite = [(lr, s) for lr, _, s in points if math.isfinite(s) and lr > 0]
-    imin = min(range(len(finite)), key=lambda i: finite[i][1])
+    imin = minimum_index([s for _, s in finite])
     if rule == "minimum":
         lr = finite[imin][0]
     elif rule == "steepest":
@@ -58,11 +73,11 @@ def suggest(points, rule):
 
 
 def no_upturn(points, diverged):
-    """lr_find::no_upturn: no divergence and the smoothed minimum in the last 5% of the points."""
+    """lr_find::no_upturn: no divergence and the minimum rule's point in the last 5% of the points."""
     finite = [s for lr, _, s in points if math.isfinite(s) and lr > 0]
     if not finite:
         return False
-    imin = min(range(len(finite)), key=lambda i: finite[i])
+    imin = minimum_index(finite)
     tail = max(math.ceil(len(finite) * NO_UPTURN_TAIL), 1)
     return not diverged and imin + tail >= len(finite)
 

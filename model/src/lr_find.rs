@@ -12,13 +12,25 @@
 //!
 //! Suggestion rules for LRMAX (`LrRule`):
 //! - `Minimum` (the default; Smith 2017, "Super-Convergence", §3: the cycle's upper bound
-//!   is where the loss stops falling): `lr_max = lr(argmin smooth)`. If the loss never turns
-//!   up inside the range (the test did not stop on divergence and the minimum lies in the
-//!   last `NO_UPTURN_TAIL` of the points), the minimum only marks the range's end, not where
-//!   the loss stops falling, and the `Steepest` rule's LR is used instead (the log says so).
-//!   On an H200 (2026-11-26) a half-width network on 10,000 images had its smoothed minimum
-//!   at 10, the range's end; the one-cycle up to LR 10 ended at 19% test accuracy after 3
-//!   epochs, where the full-width runs found their minimum at 0.34 to 0.61.
+//!   is where the loss stops falling): `lr_max` = the LR of the smoothed loss's minimum before
+//!   its first upturn, the first point where it rises `UPTURN_RISE` (2%) above its lowest so
+//!   far, once it has fallen `UPTURN_MIN_FALL` (5%) below its start; without such an upturn,
+//!   the lowest point of the range. If that minimum lies in the last `NO_UPTURN_TAIL` of the
+//!   points and the test did not stop on divergence, the loss never turned up inside the
+//!   range: the minimum only marks the range's end, not where the loss stops falling, and the
+//!   `Steepest` rule's LR is used instead (the log says so). On an H200 (2026-11-26) a
+//!   half-width network on 10,000 images had its smoothed minimum at 10, the range's end; the
+//!   one-cycle up to LR 10 ended at 19% test accuracy after 3 epochs, where the full-width runs
+//!   found their minimum at 0.34 to 0.61.
+//!   Why the first upturn, not the lowest point: with batch norm and the 0.125 logit scale the
+//!   full-width network's loss does not diverge by LR 10. It bottoms out near LR 0.3-0.5, rises
+//!   a few percent, and may sink again near the range's end. On an H100 (2026-11-27) 2 of 9
+//!   recipe runs had their lowest point at LR 10 that way, after a 3.5% rise from a minimum at
+//!   0.34 and 0.49; the lowest-point rule then fell back to `Steepest`, LRMAX 0.067 and 0.085,
+//!   and those runs ended at 90.16% and 90.53% where the seven others ended at 90.25-91.29%
+//!   (`bench/results/h100-2026-11-27/build-7b19d00/`). Of the 30 full-width curves recorded on
+//!   GPUs until then, the first-upturn rule picks the lowest point's LR in the other 28 (a 1%
+//!   rise would have taken noise for an upturn in one more, a 5% rise missed both).
 //! - `Steepest` (fastai's "steepest descent" suggestion): `lr_max` = the LR where the
 //!   smoothed loss falls fastest per unit of `ln lr`, before its minimum; the slope is a
 //!   central difference over ±`SLOPE_SPAN` points. When the loss never turns up inside the
@@ -113,6 +125,26 @@ const SLOPE_SPAN: usize = 3;
 /// The `Minimum` rule's guard (see the module doc): a minimum in this last share of the
 /// points, without divergence, means the loss never turned up inside the range.
 const NO_UPTURN_TAIL: f64 = 0.05;
+
+/// The `Minimum` rule's upturn (see the module doc): a rise of this share above the lowest
+/// smoothed loss so far, counted once the loss has fallen `UPTURN_MIN_FALL` below its start.
+const UPTURN_RISE: f64 = 0.02;
+const UPTURN_MIN_FALL: f64 = 0.05;
+
+/// The index of the `Minimum` rule's point in `smooth` (finite smoothed losses in LR order):
+/// the lowest point before the first upturn, else the lowest point; `None` when empty.
+fn minimum_index(smooth: &[f64]) -> Option<usize> {
+    let start = *smooth.first()?;
+    let mut best = 0;
+    for (i, &s) in smooth.iter().enumerate() {
+        if s < smooth[best] {
+            best = i;
+        } else if smooth[best] <= (1.0 - UPTURN_MIN_FALL) * start && s > (1.0 + UPTURN_RISE) * smooth[best] {
+            return Some(best);
+        }
+    }
+    smooth.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i)
+}
 
 /// What the range test measured and suggests.
 #[derive(Clone, Debug)]
@@ -234,10 +266,11 @@ fn run(
 }
 
 /// Whether the loss never turned up inside the range: the test did not stop on divergence
-/// and the smoothed loss has its minimum in the last 5% (`NO_UPTURN_TAIL`) of the finite points.
+/// and the `Minimum` rule's point ([`minimum_index`]) is in the last 5% (`NO_UPTURN_TAIL`) of
+/// the finite points.
 pub fn no_upturn(points: &[(f64, f64, f64)], diverged: bool) -> bool {
     let finite: Vec<f64> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| p.2).collect();
-    let Some((imin, _)) = finite.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)) else { return false };
+    let Some(imin) = minimum_index(&finite) else { return false };
     let tail = ((finite.len() as f64 * NO_UPTURN_TAIL).ceil() as usize).max(1);
     !diverged && imin + tail >= finite.len()
 }
@@ -281,11 +314,8 @@ pub fn lr_min_at_onset(onset: Option<f64>, lr_max: f64) -> f64 {
 /// `(lr_max, lr_min)`.
 pub fn suggest(points: &[(f64, f64, f64)], rule: LrRule) -> Result<(f64, f64)> {
     let finite: Vec<(f64, f64)> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| (p.0, p.2)).collect();
-    let (imin, _) = finite
-        .iter()
-        .enumerate()
-        .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
-        .ok_or_else(|| Error::Training("the LR range test produced no finite loss".into()))?;
+    let smooth: Vec<f64> = finite.iter().map(|p| p.1).collect();
+    let imin = minimum_index(&smooth).ok_or_else(|| Error::Training("the LR range test produced no finite loss".into()))?;
     let lr_max = match rule {
         LrRule::Minimum => finite[imin].0,
         LrRule::Steepest => {
@@ -351,6 +381,65 @@ mod tests {
         let turned = curve(100, |i| (i as f64 - 80.0).powi(2));
         assert!(!no_upturn(&turned, false));
         assert!(!no_upturn(&[], false));
+    }
+
+    /// The `(lr, raw, smoothed)` points of an `lr_find.csv` (header `lr,loss,smoothed_loss`).
+    fn recorded(csv: &str) -> Vec<(f64, f64, f64)> {
+        csv.lines()
+            .skip(1)
+            .map(|l| {
+                let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+                (v[0], v[1], v[2])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_minimum_is_the_one_before_the_first_upturn() {
+        // Falls to 2.0 at point 60, rises to 2.08 (4%) by point 75, then sinks to 1.9 at the
+        // range's end: the first minimum, not the last point (which would be "no upturn").
+        let dip = curve(100, |i| match i {
+            0..=60 => 3.0 - i as f64 / 60.0,
+            61..=75 => 2.0 + 0.08 * (i - 60) as f64 / 15.0,
+            _ => 2.08 - 0.18 * (i - 75) as f64 / 24.0,
+        });
+        let (at_min, _) = suggest(&dip, LrRule::Minimum).unwrap();
+        assert!((at_min / dip[60].0 - 1.0).abs() < 1e-12, "{at_min}");
+        assert!(!no_upturn(&dip, false));
+        // A rise of 1.5% is not an upturn: the lowest point stays the range's end.
+        let shallow = curve(100, |i| match i {
+            0..=60 => 3.0 - i as f64 / 60.0,
+            61..=75 => 2.0 + 0.03 * (i - 60) as f64 / 15.0,
+            _ => 2.03 - 0.13 * (i - 75) as f64 / 24.0,
+        });
+        assert!(no_upturn(&shallow, false));
+        // Nor is a rise before the loss has fallen 5% below its start (noise in the first steps).
+        let early = curve(100, |i| match i {
+            0..=5 => 3.0 + 0.02 * i as f64,
+            6..=60 => 3.1 - 1.1 * (i - 5) as f64 / 55.0,
+            _ => 2.0 + 0.5 * (i - 60) as f64 / 39.0,
+        });
+        let (at_min, _) = suggest(&early, LrRule::Minimum).unwrap();
+        assert!((at_min / early[60].0 - 1.0).abs() < 1e-12, "{at_min}");
+    }
+
+    /// Two recipe runs on an H100 (2026-11-27, full width, batch 512): seed 60's smoothed loss
+    /// fell to 2.0017 at LR 0.343, rose 3.5% by LR 1.6 and sank to 1.9954 at LR 10, where the
+    /// lowest-point rule saw no upturn and fell back to the steepest fall (LRMAX 0.067; the run
+    /// ended at 90.16%); seed 62's is the usual shape, with its minimum at 0.433.
+    #[test]
+    fn recorded_curves_get_the_minimum_before_their_upturn() {
+        let seed60 = recorded(include_str!("../../bench/results/h100-2026-11-27/build-7b19d00/runs/seed60/lr_find.csv"));
+        let seed62 = recorded(include_str!("../../bench/results/h100-2026-11-27/build-7b19d00/runs/seed62/lr_find.csv"));
+        assert_eq!((seed60.len(), seed62.len()), (100, 100));
+        let (at_min, _) = suggest(&seed60, LrRule::Minimum).unwrap();
+        assert!((at_min - 0.3430469).abs() < 1e-6, "{at_min}");
+        assert!(!no_upturn(&seed60, false));
+        let lowest = seed60.iter().min_by(|a, b| a.2.total_cmp(&b.2)).unwrap().0;
+        assert_eq!(lowest, 10.0, "the curve's lowest point is the range's end");
+        let (at_min, _) = suggest(&seed62, LrRule::Minimum).unwrap();
+        assert!((at_min - 0.4328761).abs() < 1e-6, "{at_min}");
+        assert!(!no_upturn(&seed62, false));
     }
 
     #[test]

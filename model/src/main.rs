@@ -173,7 +173,8 @@ struct TrainArgs {
     /// network (bench/results/lr-range-torch-cpu-w1-2026-11-25.md).
     #[arg(long, default_value_t = 0.125)]
     out_scale: f64,
-    /// How the LR range test picks LRMAX: `minimum` (LR at the smoothed loss's minimum) or
+    /// How the LR range test picks LRMAX: `minimum` (LR at the smoothed loss's minimum before it
+    /// first rises 2% above it) or
     /// `steepest` (LR where it falls fastest) or `valley` (fastai's: the middle of the longest
     /// fall).
     #[arg(long, default_value = "minimum", value_parser = ["minimum", "steepest", "valley"])]
