@@ -73,7 +73,8 @@ def suggest(points, rule):
 
 
 def no_upturn(points, diverged):
-    """lr_find::no_upturn: no divergence and the minimum rule's point in the last 5% of the points."""
+    """lr_find::no_upturn: no divergence (a 4x rise; a non-finite loss does not count) and the minimum
+    rule's point in the last 5% of the points."""
     finite = [s for lr, _, s in points if math.isfinite(s) and lr > 0]
     if not finite:
         return False
@@ -106,7 +107,10 @@ def lr_min_rules(lr_max, points):
             "onset": lr_max / 10 if at is None else min(max(at, lr_max / 100), lr_max / 10), "onset_lr": at}
 
 
-def report(points, diverged, what, lr_rule="minimum", lr_min_rule="onset"):
+def report(points, diverged, what, lr_rule="minimum", lr_min_rule="onset", rose=None):
+    """`rose`: whether the test stopped on the 4x rise, not on a non-finite loss (as lr_find.rs,
+    only that counts as an upturn); None: as `diverged` (a curve read from a file)."""
+    rose = diverged if rose is None else rose
     rules = {r: suggest(points, r)[0] for r in ("minimum", "steepest", "valley")}
     mins = lr_min_rules(rules["minimum"], points)
     at = "none" if mins["onset_lr"] is None else f"{mins['onset_lr']:.3e}"
@@ -115,7 +119,7 @@ def report(points, diverged, what, lr_rule="minimum", lr_min_rule="onset"):
           + f"; with the minimum rule's LRMAX, LRMIN by rule: tenth {mins['tenth']:.3e}, onset {mins['onset']:.3e} "
           f"(the loss starts to fall at {at})", flush=True)
     # The suggestion by the chosen rules, in our CLI's words (bench/side_by_side.py reads this line).
-    if lr_rule == "minimum" and no_upturn(points, diverged):
+    if lr_rule == "minimum" and no_upturn(points, rose):
         # as lr_find.rs: a minimum at the range's end only marks the end; take the steepest descent
         print("the loss never turned up inside the range: LRMAX from the steepest rule, not the minimum", flush=True)
         lr_rule = "steepest"
@@ -163,7 +167,7 @@ def main():
     gen.manual_seed(args.seed)
     n, bs, beta = x.shape[0], args.batch_size, 0.98
     points, avg, best, step, t0 = [], 0.0, math.inf, 0, time.perf_counter()
-    diverged = False
+    diverged = rose = False  # rose: stopped on the 4x rise (an upturn), not on a non-finite loss
     while step < args.steps and not diverged:
         perm = torch.randperm(n, device=dev, generator=gen)
         for b in range(n // bs):
@@ -187,7 +191,7 @@ def main():
             print(f"step {step:3d} lr {lr:.3e} loss {raw:.4f} smoothed {smooth:.4f} ({time.perf_counter() - t0:.0f}s)",
                   flush=True)
             if smooth > 4 * best:
-                diverged = True
+                diverged = rose = True
                 break
             if step == args.steps:
                 break
@@ -197,7 +201,7 @@ def main():
             for lr, raw, s in points:
                 f.write(f"{lr:.6e},{raw:.6f},{s:.6f}\n")
     report(points, diverged, f"width {args.width}, out scale {args.out_scale}, batch {bs}", args.lr_rule,
-           args.lr_min_rule)
+           args.lr_min_rule, rose)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@
 //!   its first upturn, the first point where it rises `UPTURN_RISE` (2%) above its lowest so
 //!   far, once it has fallen `UPTURN_MIN_FALL` (5%) below its start; without such an upturn,
 //!   the lowest point of the range. If that minimum lies in the last `NO_UPTURN_TAIL` of the
-//!   points and the test did not stop on divergence, the loss never turned up inside the
-//!   range: the minimum only marks the range's end, not where the loss stops falling, and the
+//!   points and the test did not stop on divergence (the smoothed loss `diverge` times its
+//!   minimum; a non-finite loss does not count: the points before it may still be falling),
+//!   the loss never turned up inside the range: the minimum only marks the range's end, not where the loss stops falling, and the
 //!   `Steepest` rule's LR is used instead (the log says so). On an H200 (2026-11-26) a
 //!   half-width network on 10,000 images had its smoothed minimum at 10, the range's end; the
 //!   one-cycle up to LR 10 ended at 19% test accuracy after 3 epochs, where the full-width runs
@@ -216,6 +217,9 @@ fn run(
     let mut points: Vec<(f64, f64, f64)> = Vec::new();
     let (mut avg, mut best) = (0.0, f64::INFINITY);
     let mut diverged = false;
+    // Whether it stopped because the smoothed loss rose `diverge` times above its minimum (an
+    // upturn), not on a non-finite loss, which can end a falling stretch.
+    let mut rose = false;
     let mut step = 0;
     // Cycle through epochs of shuffled, augmented batches (seeded apart from training's).
     'outer: for epoch in 0.. {
@@ -243,6 +247,7 @@ fn run(
             step += 1;
             if smooth > lf.diverge * best {
                 diverged = true;
+                rose = true;
                 break 'outer;
             }
             if step == lf.steps {
@@ -253,7 +258,7 @@ fn run(
     let (lr_at_minimum, _) = suggest(&points, LrRule::Minimum)?;
     let (lr_steepest, _) = suggest(&points, LrRule::Steepest)?;
     let (lr_valley, _) = suggest(&points, LrRule::Valley)?;
-    let no_upturn = no_upturn(&points, diverged);
+    let no_upturn = no_upturn(&points, rose);
     let lr_max_rule = if lf.rule == LrRule::Minimum && no_upturn { LrRule::Steepest } else { lf.rule };
     let lr_max = match lr_max_rule {
         LrRule::Minimum => lr_at_minimum,
@@ -266,8 +271,10 @@ fn run(
 }
 
 /// Whether the loss never turned up inside the range: the test did not stop on divergence
-/// and the `Minimum` rule's point ([`minimum_index`]) is in the last 5% (`NO_UPTURN_TAIL`) of
-/// the finite points.
+/// (`diverged`: the smoothed loss rose `diverge` times above its minimum; a non-finite loss
+/// does not count, since the last finite point before it may still be falling) and the
+/// `Minimum` rule's point ([`minimum_index`]) is in the last 5% (`NO_UPTURN_TAIL`) of the
+/// finite points.
 pub fn no_upturn(points: &[(f64, f64, f64)], diverged: bool) -> bool {
     let finite: Vec<f64> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| p.2).collect();
     let Some(imin) = minimum_index(&finite) else { return false };
