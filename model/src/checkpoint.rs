@@ -303,7 +303,6 @@ fn load_f32(path: &Path, st: &SafeTensors<'_>, name: &str, shape: &[usize], dtyp
     Ok(Tensor::new(shape, values)?.to_dtype(dtype))
 }
 
-
 /// Load a `state_dict` written by [`save_model`] (or by PyTorch) into `model`,
 /// checking every name, dtype and shape; `model` is unchanged on error. Returns the file's
 /// metadata.
