@@ -407,6 +407,16 @@ fn a_step_with_weight_copies_equals_one_with_per_unit_conversions_on_the_gpu() {
     }
 }
 
+/// The short run with every speed option on that two tests make: 3 epochs at half width on
+/// 10,000 images with given LRs (bf16, channels last, fused BN+ReLU, the step captured as a
+/// CUDA graph), in `runs/<name>`. Its settings and final test accuracy.
+fn short_fast_run(dev: &Device, ds: &data::Cifar10, runs: &std::path::Path, name: &str) -> (TrainConfig, f64) {
+    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, fused_bn_relu: true, ..TrainConfig::default() };
+    let opts = RunOptions { cfg: cfg.clone(), lr_given: true, lr_find: Default::default(), runs_dir: runs.to_path_buf(), name: Some(name.into()), resume: false, progress: false, cuda_graph: true, explicit: Vec::new() };
+    let acc = run_training(ds, dev, opts).unwrap();
+    (cfg, acc)
+}
+
 /// A short run with every speed option on (bf16, channels last, fused BN+ReLU, CUDA graph)
 /// learns like the f32 one (see `a_short_run_learns_on_the_gpu`); the log must say the step
 /// was captured, not that the capture failed.
@@ -417,9 +427,7 @@ fn a_short_bf16_run_learns_on_the_gpu() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().to_path_buf();
-    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, fused_bn_relu: true, ..TrainConfig::default() };
-    let opts = RunOptions { cfg, lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("b".into()), resume: false, progress: false, cuda_graph: true, explicit: Vec::new() };
-    let acc = run_training(&ds, &dev, opts).unwrap();
+    let (_, acc) = short_fast_run(&dev, &ds, &runs, "b");
     let rows = read_metrics(&runs.join("b/metrics.csv")).unwrap();
     eprintln!("{rows:#?}");
     let log = std::fs::read_to_string(runs.join("b/train.log")).unwrap();
@@ -442,9 +450,7 @@ fn each_epochs_checkpoint_scores_what_the_run_logged_for_it() {
     let ds = data::Cifar10::open(&cifar_dir()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().to_path_buf();
-    let cfg = TrainConfig { epochs: 3, subset: Some(10_000), width: 0.5, peak_epoch: 1, lr_min: 0.04, lr_max: 0.4, bf16: true, channels_last: true, fused_bn_relu: true, ..TrainConfig::default() };
-    let opts = RunOptions { cfg: cfg.clone(), lr_given: true, lr_find: Default::default(), runs_dir: runs.clone(), name: Some("c".into()), resume: false, progress: false, cuda_graph: true, explicit: Vec::new() };
-    run_training(&ds, &dev, opts).unwrap();
+    let (cfg, _) = short_fast_run(&dev, &ds, &runs, "c");
     let rows = read_metrics(&runs.join("c/metrics.csv")).unwrap();
     assert_eq!(rows.len(), 3);
     let (mean, std) = data::augment::channel_stats(&ds.train);
