@@ -79,7 +79,7 @@ pub enum FirstConv {
     Direct = 2,
     /// cuDNN through its graph API (as `--cudnn-graph` does for every convolution) for both
     /// passes, where it has a plan: the fastest of its first candidates by our timing
-    /// (`ops::conv2d::GRAPH_TIMED_CANDIDATES`), whatever [`ConvSearch`] the device has.
+    /// (`ops::conv2d_plan::GRAPH_TIMED_CANDIDATES`), whatever [`ConvSearch`] the device has.
     CudnnGraph = 3,
 }
 
@@ -130,7 +130,7 @@ impl FirstConv {
 /// Hence the default: the heuristics.
 ///
 /// Through cuDNN's graph API (`--cudnn-graph`), `Find` and `Timed` both time the first
-/// `ops::conv2d::GRAPH_TIMED_CANDIDATES` engines cuDNN offers, a few runs each (`Find`'s
+/// `ops::conv2d_plan::GRAPH_TIMED_CANDIDATES` engines cuDNN offers, a few runs each (`Find`'s
 /// repeats do not apply; a shape at another batch size takes the engine timed for the
 /// first), and `Heuristic` takes the first. Measured on an H200 (2026-11-27, build 98c8127):
 /// timing every convolution's engines took 13.8 s of warm-up and left the captured step at
@@ -144,7 +144,7 @@ pub enum ConvSearch {
     /// times (at least once); the lowest median time picks.
     Find { repeats: usize },
     /// Our own timing of the first few usable algorithms of cuDNN's heuristic ranking, a few
-    /// runs each, the fastest median winning (`ops::conv2d::TIMED_CANDIDATES`, `TIMED_RUNS`).
+    /// runs each, the fastest median winning (`ops::conv2d_plan::TIMED_CANDIDATES`, `TIMED_RUNS`).
     Timed,
 }
 
@@ -696,7 +696,7 @@ impl CudaDevice {
     /// first time (a refusal is remembered too, so a shape is tried once). `build` is given
     /// the engine of a plan chosen by timing for the same convolution and direction at another
     /// batch size, with that batch (the largest such, if several), for it to reuse
-    /// (`ops::conv2d::graph_plan`).
+    /// (`ops::conv2d_plan::graph_plan`).
     pub fn graph_conv(
         &self,
         key: crate::cudnn::ConvKey,

@@ -757,22 +757,22 @@ fn refuse_other_settings(dir: &Path, saved: &TrainConfig, asked: &TrainConfig, e
 }
 
 /// How device `d`'s convolution algorithms were chosen, in words: the legacy API's rule, and
-/// where cuDNN's graph API runs convolutions, how its engines are chosen (`ops::conv2d::graph_plan`).
+/// where cuDNN's graph API runs convolutions, how its engines are chosen (`ops::conv2d_plan::graph_plan`).
 fn search_rule(d: &engine::cuda::CudaDevice) -> String {
     let search = d.conv_search();
     let legacy = match search {
         ConvSearch::Heuristic => "cuDNN's heuristic ranking, no timing".to_string(),
         ConvSearch::Timed => format!(
             "our timing of cuDNN's first {} heuristic candidates per kind, median of {} runs",
-            ops::conv2d::TIMED_CANDIDATES,
-            ops::conv2d::TIMED_RUNS
+            ops::conv2d_plan::TIMED_CANDIDATES,
+            ops::conv2d_plan::TIMED_RUNS
         ),
         ConvSearch::Find { repeats } => format!("cudnnFind, {repeats} search(es) per kind, median time"),
     };
     let timed_engines = format!(
         "the fastest of its first {} engines by our timing, median of {} runs",
-        ops::conv2d::GRAPH_TIMED_CANDIDATES,
-        ops::conv2d::TIMED_RUNS
+        ops::conv2d_plan::GRAPH_TIMED_CANDIDATES,
+        ops::conv2d_plan::TIMED_RUNS
     );
     if d.conv_graph() {
         let engines = if search == ConvSearch::Heuristic { "its ranking's first usable engine".to_string() } else { timed_engines };

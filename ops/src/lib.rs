@@ -12,7 +12,8 @@
 //!
 //! The optimizer update ([`sgd`]), the moving average of the weights ([`ema`]) and the
 //! convolution weights' compute copies ([`weight_copy`]) are not differentiated and sit
-//! beside the ops.
+//! beside the ops; so does the choice of cuDNN's algorithms for each convolution shape
+//! ([`conv2d_plan`]), which [`conv2d`] runs.
 
 mod cuda;
 pub mod gradcheck;
@@ -25,6 +26,7 @@ pub mod batch_norm;
 pub mod batch_norm_relu;
 pub mod cast;
 pub mod conv2d;
+pub mod conv2d_plan;
 mod conv2d_c3;
 pub mod cross_entropy;
 pub mod ema;
