@@ -272,7 +272,11 @@ impl Tensor {
         if self.numel() != 1 {
             return Err(Error::shape("Tensor::scalar", format!("shape {:?} is not a scalar", self.shape)));
         }
-        Ok(self.to_f64_vec()[0])
+        let value = match &self.storage {
+            Storage::Cuda(b) => b.to_host_f64()?[0],
+            _ => self.to_f64_vec()[0],
+        };
+        Ok(value)
     }
 
     /// The same elements converted to `dtype`, on the same device (through the host: for
@@ -349,14 +353,23 @@ impl Tensor {
         Ok(())
     }
 
-    /// Largest absolute elementwise difference to `other` (shapes must agree).
+    /// Largest absolute elementwise difference to `other` (shapes must agree); NaN if any
+    /// difference is NaN (a NaN on either side, or infinities of the same sign), so that a
+    /// check `diff <= tolerance` fails on it. (`f64::max` alone would skip NaNs and score
+    /// an all-NaN result 0.)
     pub fn max_abs_diff(&self, other: &Tensor) -> Result<f64> {
         if self.shape != other.shape {
             return Err(Error::shape("Tensor::max_abs_diff", format!("{:?} vs {:?}", self.shape, other.shape)));
         }
         let (a, b) = (self.to_f64_vec(), other.to_f64_vec());
-        Ok(a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max))
+        Ok(max_abs_diff(&a, &b))
     }
+}
+
+/// Largest `|a[i] − b[i]|` over the pairs (0 for none), NaN if any of them is NaN (see
+/// [`Tensor::max_abs_diff`]).
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |m, d| if m.is_nan() || d.is_nan() { f64::NAN } else { m.max(d) })
 }
 
 /// `a += b` on the device with the `accumulate` (f32) or `accumulate_f64` kernel of
@@ -434,11 +447,35 @@ mod tests {
         let mut c = a.clone();
         c.add_assign(&b).unwrap();
         let (va, vb, vc) = (a.to_f64_vec(), b.to_f64_vec(), c.to_f64_vec());
+        // One f32 rounding of a sum of two N(0, 1) values (|sum| < 8 here): at most
+        // 2^-24 · 8 ≈ 5e-7.
         for i in 0..20 {
             assert!((va[i] + vb[i] - vc[i]).abs() < 1e-6);
         }
         assert!(c.add_assign(&b.to_dtype(DType::F64)).is_err());
         assert!(c.add_assign(&Tensor::zeros(&[5, 4], DType::F32)).is_err());
+    }
+
+    /// A NaN anywhere makes the difference NaN, so `diff <= tol` checks fail on it; an
+    /// infinity against a finite value is an infinite difference.
+    #[test]
+    fn max_abs_diff_does_not_hide_nans() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let a = Tensor::randn(&[3, 4], DType::F64, 1.0, &mut rng);
+        let mut values = a.to_f64_vec();
+        values[5] += 0.25;
+        let b = Tensor::new(&[3, 4], values.clone()).unwrap();
+        assert!((a.max_abs_diff(&b).unwrap() - 0.25).abs() < 1e-12);
+        assert_eq!(a.max_abs_diff(&a).unwrap(), 0.0);
+        values[7] = f64::NAN;
+        let nan = Tensor::new(&[3, 4], values.clone()).unwrap();
+        assert!(a.max_abs_diff(&nan).unwrap().is_nan());
+        assert!(nan.max_abs_diff(&a).unwrap().is_nan());
+        let all_nan = Tensor::new(&[3, 4], vec![f64::NAN; 12]).unwrap();
+        assert!(a.max_abs_diff(&all_nan).unwrap().is_nan(), "an all-NaN result is not 0 apart");
+        values[7] = f64::INFINITY;
+        assert_eq!(a.max_abs_diff(&Tensor::new(&[3, 4], values).unwrap()).unwrap(), f64::INFINITY);
+        assert!(a.max_abs_diff(&Tensor::zeros(&[4, 3], DType::F64)).is_err());
     }
 
     #[test]

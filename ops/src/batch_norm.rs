@@ -481,6 +481,9 @@ impl BatchNormRecord {
 }
 
 #[cfg(test)]
+// Tolerances of the exact tests: 1e-12 (1e-10 for a variance of variances) on f64
+// statistics of O(1) values over at most a few hundred elements, whose rounding is ~1e-14;
+// any error in a formula (biased vs unbiased variance, a missing eps) is ~1e-3 or more.
 mod tests {
     use super::*;
     use crate::gradcheck::{GradCheck, random_params};
@@ -580,7 +583,7 @@ mod tests {
         };
         let (y64, g64, v64) = run(DType::F64);
         let (y32, g32, v32) = run(DType::F32);
-        let max_diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        let max_diff = engine::tensor::max_abs_diff;
         // Values are O(1) and every step is a short f32 computation (rounding ~6e-8 each) on
         // statistics accumulated in f64; Σdy·x̂ over M = 288 terms of O(1) gives ~1e-5 absolute.
         assert!(max_diff(&y32, &y64) < 1e-5);

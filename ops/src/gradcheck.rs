@@ -115,7 +115,8 @@ impl GradCheck {
                 let a = grad[i];
                 let diff = (a - numeric).abs();
                 let scale = a.abs().max(numeric.abs());
-                if diff > self.atol + self.rtol * scale {
+                // A NaN gradient or finite difference fails too (a NaN compares false).
+                if diff.is_nan() || diff > self.atol + self.rtol * scale {
                     return Err(Error::Invalid(format!(
                         "gradient check failed for parameter {pi} {:?}, element {i}: tape {a:.9e}, finite difference {numeric:.9e}",
                         p.shape()
@@ -175,8 +176,8 @@ pub fn check_reads(
     }
     for (i, (a, b)) in kept.iter().zip(&released).enumerate() {
         let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let err = a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-        if a.len() != b.len() || err > rtol * scale {
+        let err = engine::tensor::max_abs_diff(a, b);
+        if a.len() != b.len() || err.is_nan() || err > rtol * scale {
             return Err(Error::Invalid(format!(
                 "input {i}: gradients differ once unread values are freed (max difference {err:e}, largest {scale:e})"
             )));
