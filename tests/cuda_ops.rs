@@ -547,22 +547,24 @@ fn augmentation_kernel_matches_the_cpu_exactly() {
     let params_g = d.upload(&flat).unwrap();
     let mut labels_g = d.upload(&vec![99u32; n]).unwrap();
     let norm = ops::augment::Norm { mean, std };
-    let x = ops::augment::augment_batch(&d, &data_g, &idx_g.slice(..), &params_g.slice(..), &mut labels_g.slice_mut(..), norm).unwrap();
+    // SAFETY (every call below): idx holds records of `bytes`, params come from
+    // AugParams::sample (crop corners 0..=8, flips 0 or 1).
+    let x = unsafe { ops::augment::augment_batch(&d, &data_g, &idx_g.slice(..), &params_g.slice(..), &mut labels_g.slice_mut(..), norm) }.unwrap();
     assert_eq!(x.shape(), &[n, 3, 32, 32]);
     let got = x.to_f32_vec();
     let first_bad = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
     assert!(first_bad.is_none(), "augment differs at element {first_bad:?}: {} vs {}", got[first_bad.unwrap()], want[first_bad.unwrap()]);
     let want_labels: Vec<u32> = idx.iter().map(|&r| r % 10).collect();
     assert_eq!(d.download(&labels_g).unwrap(), want_labels);
-    let xe = ops::augment::normalize_batch(&d, &data_g, &idx_g.slice(..), &mut labels_g.slice_mut(..), norm, false).unwrap();
+    let xe = unsafe { ops::augment::normalize_batch(&d, &data_g, &idx_g.slice(..), &mut labels_g.slice_mut(..), norm, false) }.unwrap();
     assert_eq!(xe.to_f32_vec(), want_eval, "normalize_batch differs from the CPU");
     // Flipped (flip test-time augmentation): each row of 32 pixels reversed.
-    let xf = ops::augment::normalize_batch(&d, &data_g, &idx_g.slice(..), &mut labels_g.slice_mut(..), norm, true).unwrap();
+    let xf = unsafe { ops::augment::normalize_batch(&d, &data_g, &idx_g.slice(..), &mut labels_g.slice_mut(..), norm, true) }.unwrap();
     let mut want_flip = want_eval.clone();
     want_flip.chunks_exact_mut(32).for_each(<[f32]>::reverse);
     assert_eq!(xf.to_f32_vec(), want_flip, "flipped normalize_batch differs from the CPU");
     // A batch of 8 images from an offset: views into the epoch's arrays, as training uses them.
-    let x8 = ops::augment::augment_batch(&d, &data_g, &idx_g.slice(16..24), &params_g.slice(80..120), &mut labels_g.slice_mut(0..8), norm).unwrap();
+    let x8 = unsafe { ops::augment::augment_batch(&d, &data_g, &idx_g.slice(16..24), &params_g.slice(80..120), &mut labels_g.slice_mut(0..8), norm) }.unwrap();
     assert_eq!(x8.to_f32_vec(), want[16 * 3072..24 * 3072].to_vec());
 }
 

@@ -67,6 +67,13 @@ impl AugParams {
     pub fn identity() -> AugParams {
         AugParams { crop_x: 4, crop_y: 4, flip: 0, cutout_x: -100, cutout_y: -100 }
     }
+
+    /// Whether the crop corner lies in `0..=8` on both axes and `flip` is 0 or 1: the values
+    /// for which the crop reads inside the padded image (the cutout centre may be anywhere).
+    /// The GPU kernel does not check them; the pipeline does, before it uploads them.
+    pub fn is_valid(&self) -> bool {
+        (0..=8).contains(&self.crop_x) && (0..=8).contains(&self.crop_y) && (self.flip == 0 || self.flip == 1)
+    }
 }
 
 /// Reflect padding: index `i ∈ −4..36` into `0..32`, mirroring at the border without repeating it.
@@ -159,6 +166,43 @@ mod tests {
             assert!((mean[c] - MEAN[c]).abs() < 0.003, "mean {mean:?}");
             assert!((std[c] - STD[c]).abs() < 0.003, "std {std:?}");
         }
+    }
+
+    /// The padding rule pinned by hand (PyTorch's `padding_mode="reflect"`, which does not
+    /// repeat the edge pixel), not by the function under test.
+    #[test]
+    fn reflection_maps_the_padding_back_without_repeating_the_edge() {
+        let cases = [(-4, 4), (-3, 3), (-1, 1), (0, 0), (17, 17), (31, 31), (32, 30), (33, 29), (35, 27)];
+        for (i, want) in cases {
+            assert_eq!(reflect(i), want, "reflect({i})");
+        }
+        // The crop at the padded image's top-left corner: output (0, 0) is original (4, 4),
+        // (0, 4) is original (4, 0), (4, 4) is (0, 0).
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let img: Vec<u8> = (0..3072).map(|_| rng.random::<u8>()).collect();
+        let p = AugParams { crop_x: 0, crop_y: 0, flip: 0, cutout_x: -100, cutout_y: -100 };
+        let out = run(&img, &p);
+        let px = |c: usize, y: usize, x: usize| (img[c * 1024 + y * 32 + x] as f32 / 255.0 - MEAN[c]) / STD[c];
+        for c in 0..3 {
+            assert_eq!(out[c * 1024], px(c, 4, 4));
+            assert_eq!(out[c * 1024 + 4], px(c, 4, 0));
+            assert_eq!(out[c * 1024 + 4 * 32 + 4], px(c, 0, 0));
+        }
+    }
+
+    #[test]
+    fn only_crops_inside_the_padding_and_flips_of_0_or_1_are_valid() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        for _ in 0..200 {
+            assert!(AugParams::sample(&mut rng).is_valid());
+            assert!(AugParams::sample_cutout_inside(&mut rng).is_valid());
+        }
+        assert!(AugParams::identity().is_valid());
+        let ok = AugParams { crop_x: 8, crop_y: 0, flip: 1, cutout_x: -100, cutout_y: 40 };
+        assert!(ok.is_valid());
+        assert!(!AugParams { crop_x: 9, ..ok }.is_valid());
+        assert!(!AugParams { crop_y: -1, ..ok }.is_valid());
+        assert!(!AugParams { flip: 2, ..ok }.is_valid());
     }
 
     #[test]

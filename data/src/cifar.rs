@@ -175,8 +175,8 @@ impl Split {
         if total != expected {
             let all = format!("{} hold {total} records, expected {expected}", names.join(", "));
             // The official files hold equal shares: name the first that does not.
-            let share = expected / names.len();
-            let odd = expected.is_multiple_of(names.len())
+            let share = expected.checked_div(names.len()).unwrap_or(0);
+            let odd = (!names.is_empty() && expected.is_multiple_of(names.len()))
                 .then(|| starts.windows(2).position(|w| w[1] - w[0] != share))
                 .flatten();
             return Err(match odd {
@@ -255,7 +255,7 @@ pub(crate) mod tests {
     /// `n` synthetic records with random pixels and labels `i % 10`.
     fn records(n: usize, seed: u8) -> Vec<u8> {
         let mut v = Vec::with_capacity(n * RECORD_BYTES);
-        let mut x = seed as u32 * 2654435761 + 1;
+        let mut x = (seed as u32).wrapping_mul(2654435761).wrapping_add(1);
         for i in 0..n {
             v.push((i % 10) as u8);
             for _ in 0..IMAGE_BYTES {
@@ -353,6 +353,9 @@ pub(crate) mod tests {
         std::fs::remove_file(&p).unwrap();
         let e = Split::open(dir.path(), &TRAIN_FILES, 20).err().expect("a short file opened").to_string();
         assert!(e.contains("data_batch_4.bin.gz: holds 3 records"), "{e}");
+        // No files at all: an error (not a division by zero).
+        let e = Split::open(dir.path(), &[], 20).err().expect("no files opened").to_string();
+        assert!(e.contains("hold 0 records, expected 20"), "{e}");
     }
 
     #[test]

@@ -132,6 +132,10 @@ impl GpuData {
         if let Some(&i) = order.iter().find(|&&i| i as usize >= split.len()) {
             return Err(crate::Error::Invalid(format!("record index {i} outside the split of {}", split.len())));
         }
+        // (The augmentation kernel trusts both: see `ops::augment::augment_batch`.)
+        if let Some(p) = params.iter().find(|p| !p.is_valid()) {
+            return Err(crate::Error::Invalid(format!("augmentation values {p:?} outside their range (crop corner 0..=8, flip 0 or 1)")));
+        }
         let labels = labels_of(split, order.iter().map(|&i| i as usize));
         let flat: &[i32] = bytemuck::cast_slice(params);
         // Refill last epoch's buffers when they fit (a captured training step reads them at
@@ -162,14 +166,18 @@ impl GpuData {
     /// (the captured step's batch; see `ops::graph_step`), with its device labels.
     pub fn staged_batch(&mut self, staged: &ops::graph_step::StagedBatch, norm: Normalization) -> Result<(Tensor, DeviceLabels)> {
         let n = staged.len();
-        let x = ops::augment::augment_batch(
-            &self.dev,
-            &self.train,
-            &staged.idx.slice(0..n),
-            &staged.params.slice(0..5 * n),
-            &mut self.scratch_labels.slice_mut(0..n),
-            norm_of(norm),
-        )?;
+        // SAFETY: the staged indices and values are copies of this epoch's, checked by
+        // begin_epoch (indices inside the training split, values in range).
+        let x = unsafe {
+            ops::augment::augment_batch(
+                &self.dev,
+                &self.train,
+                &staged.idx.slice(0..n),
+                &staged.params.slice(0..5 * n),
+                &mut self.scratch_labels.slice_mut(0..n),
+                norm_of(norm),
+            )
+        }?;
         Ok((x, DeviceLabels::new(staged.labels.clone(), 0, n)?))
     }
 
@@ -179,14 +187,17 @@ impl GpuData {
             return Err(crate::Error::Invalid(format!("batch {range:?} outside the epoch of {}", ep.idx.len())));
         }
         let n = range.len();
-        let x = ops::augment::augment_batch(
-            &self.dev,
-            &self.train,
-            &ep.idx.slice(range.clone()),
-            &ep.params.slice(5 * range.start..5 * range.end),
-            &mut self.scratch_labels.slice_mut(0..n),
-            norm_of(norm),
-        )?;
+        // SAFETY: this epoch's indices and values, checked by begin_epoch.
+        let x = unsafe {
+            ops::augment::augment_batch(
+                &self.dev,
+                &self.train,
+                &ep.idx.slice(range.clone()),
+                &ep.params.slice(5 * range.start..5 * range.end),
+                &mut self.scratch_labels.slice_mut(0..n),
+                norm_of(norm),
+            )
+        }?;
         let labels = labels_of(split, order[range.clone()].iter().map(|&i| i as usize));
         let device_labels = Some(DeviceLabels::new(ep.labels.clone(), range.start, n)?);
         Ok(Batch { x, labels, device_labels })
@@ -197,14 +208,17 @@ impl GpuData {
             return Err(crate::Error::Invalid(format!("test batch {range:?} outside the split of {}", self.test_idx.len())));
         }
         let n = range.len();
-        let x = ops::augment::normalize_batch(
-            &self.dev,
-            &self.test,
-            &self.test_idx.slice(range.clone()),
-            &mut self.scratch_labels.slice_mut(0..n),
-            norm_of(norm),
-            flip,
-        )?;
+        // SAFETY: test_idx holds 0..the test split's length (made in `new`).
+        let x = unsafe {
+            ops::augment::normalize_batch(
+                &self.dev,
+                &self.test,
+                &self.test_idx.slice(range.clone()),
+                &mut self.scratch_labels.slice_mut(0..n),
+                norm_of(norm),
+                flip,
+            )
+        }?;
         let labels = labels_of(split, range.clone());
         let device_labels = Some(DeviceLabels::new(self.test_labels.clone(), range.start, n)?);
         Ok(Batch { x, labels, device_labels })

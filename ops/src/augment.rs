@@ -37,9 +37,15 @@ fn check(data: &CudaSlice<u8>, n: usize, idx_len: usize, labels_len: usize) -> R
 
 /// The augmented, normalised batch of records `idx` with parameters `params` (5 per
 /// image), written to a new `[N, 3, 32, 32]` tensor; the records' labels go to `labels`.
-/// Record indices are not checked on the device: the caller builds them from the split's
-/// length (an index past the end would read outside `data`).
-pub fn augment_batch(
+///
+/// # Safety
+///
+/// The values in device memory are not checked (that would cost a copy to the host and a
+/// wait): every `idx[i]` must be a record of `data` (`< data.len() / 3073`), and every
+/// image's crop corner must lie in `0..=8` and its flip be 0 or 1
+/// (`data::augment::AugParams::is_valid`). Otherwise the kernel reads outside `data`.
+/// (`model`'s pipeline checks both on the host before it uploads them.)
+pub unsafe fn augment_batch(
     dev: &Arc<CudaDevice>,
     data: &CudaSlice<u8>,
     idx: &CudaView<'_, u32>,
@@ -62,14 +68,19 @@ pub fn augment_batch(
         launch.arg(v);
     }
     // SAFETY: augment_batch(data, idx [n], params [5n], out [n*3072], labels [n], n, mean0..2, std0..2);
-    // the lengths are checked above, and every idx is a record of `data` (the caller's contract).
+    // the lengths are checked above; the values of idx and params are the caller's contract.
     unsafe { launch.launch(crate::cuda::grid(&f, crate::cuda::count(n * 3072)?)) }.map_err(crate::cuda::launch_err("augment_batch"))?;
     Tensor::from_cuda(&[n, 3, 32, 32], out)
 }
 
 /// The normalised (not augmented) batch of records `idx`, every image mirrored horizontally
 /// when `flip` (flip test-time augmentation), and their labels.
-pub fn normalize_batch(
+///
+/// # Safety
+///
+/// Every `idx[i]` must be a record of `data` (`< data.len() / 3073`): the kernel does not
+/// check the values in device memory, and reads outside `data` otherwise.
+pub unsafe fn normalize_batch(
     dev: &Arc<CudaDevice>,
     data: &CudaSlice<u8>,
     idx: &CudaView<'_, u32>,
