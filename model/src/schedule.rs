@@ -45,6 +45,8 @@ impl OneCycle {
 }
 
 #[cfg(test)]
+// Tolerances: each LR is a few f64 operations on values ≤ 0.4 (rounding ~1e-17 each);
+// 1e-15 and 1e-12 leave room for that and are far below one step's change (≥ 2e-4).
 mod tests {
     use super::*;
 

@@ -192,6 +192,7 @@ impl LinearRecord {
 }
 
 #[cfg(test)]
+// Tolerances: f64 dot products of a few O(1) terms round to ~1e-15; 1e-12 leaves room.
 mod tests {
     use super::*;
     use crate::gradcheck::{GradCheck, random_params};

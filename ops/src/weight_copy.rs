@@ -172,6 +172,30 @@ mod tests {
             assert_eq!((b.shape(), b.dtype(), b.layout()), (w.shape(), DType::F32, Layout::Nchw));
             assert_eq!(b.to_f32_vec(), w.to_f32_vec());
         }
+        // Channels-last: element (k, c, r, s) of W sits at ((k·R + r)·S + s)·C + c of the copy
+        // (index arithmetic written out here, not the layout op's), and comes back in place.
+        let copies = to_compute(&refs, DType::F32, Layout::Nhwc).unwrap();
+        for (w, copy) in ws.iter().zip(&copies) {
+            let [k_n, c_n, r_n, s_n] = [w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]];
+            assert_eq!((copy.shape(), copy.layout()), (w.shape(), Layout::Nhwc));
+            let (wv, cv) = (w.to_f32_vec(), copy.to_f32_vec());
+            for k in 0..k_n {
+                for c in 0..c_n {
+                    for r in 0..r_n {
+                        for s in 0..s_n {
+                            let kcrs = ((k * c_n + c) * r_n + r) * s_n + s;
+                            let krsc = ((k * r_n + r) * s_n + s) * c_n + c;
+                            assert_eq!(cv[krsc], wv[kcrs], "k{k} c{c} r{r} s{s}");
+                        }
+                    }
+                }
+            }
+        }
+        let back = grads_to_master(&copies.iter().collect::<Vec<_>>()).unwrap();
+        for (w, b) in ws.iter().zip(&back) {
+            assert_eq!((b.shape(), b.dtype(), b.layout()), (w.shape(), DType::F32, Layout::Nchw));
+            assert_eq!(b.to_f32_vec(), w.to_f32_vec());
+        }
         // Not a weight: refused with the shape named.
         let flat = Tensor::zeros(&[3], DType::F32);
         assert!(to_compute(&[&flat], DType::F32, Layout::Nchw).unwrap_err().to_string().contains("[K, C, R, S]"));
