@@ -10,6 +10,7 @@ pub mod image_grid;
 pub mod lr_find;
 pub mod pipeline;
 pub mod plots;
+pub mod profile;
 pub mod resnet;
 pub mod run;
 pub mod saver;

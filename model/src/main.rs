@@ -483,7 +483,7 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
             let device = args.device()?;
             let opts = args.options(&device)?;
             let ds = open_data(&args.data)?;
-            model::run::run_profile(&ds, &device, &opts.cfg, warmup, timed, opts.cuda_graph)
+            model::profile::run_profile(&ds, &device, &opts.cfg, warmup, timed, opts.cuda_graph)
         }
         Command::Ptx { out, arch } => write_ptx(&out, &arch),
         Command::ShowData { data, out, seed } => {
