@@ -17,7 +17,9 @@
 // registers-worth of work; a warp-per-row version is a later speed-up.
 //
 // A label outside 0..K-1 yields NaN for that row (loss and gradient), so a bad
-// label cannot silently train; the host validates labels before this point.
+// label cannot silently train. Labels given from the host are checked before the
+// upload (ops/src/cross_entropy.rs); labels already on the device are not checked
+// again (the data crate checks every label byte when it opens the files).
 //
 // Each kernel is written once as a template and instantiated in f32 (training)
 // and f64 (`_f64`, gradient checks on the GPU).

@@ -49,16 +49,6 @@ __device__ void add_t(const T* a, const T* b, T* y, unsigned int n)
 extern "C" __global__ void add(const float* a, const float* b, float* y, unsigned int n) { add_t(a, b, y, n); }
 extern "C" __global__ void add_f64(const double* a, const double* b, double* y, unsigned int n) { add_t(a, b, y, n); }
 
-// add_relu: y[i] = relu(a[i] + b[i]) = s > 0 ? s : 0 with s = a[i] + b[i]
-// (the residual join; its backward is relu_backward on y, passed to both a and b).
-extern "C" __global__ void add_relu(const float* a, const float* b, float* y, unsigned int n)
-{
-    GRID_STRIDE_LOOP(i, n) {
-        const float s = a[i] + b[i];
-        y[i] = s > 0.0f ? s : 0.0f;
-    }
-}
-
 // scale: y[i] = alpha * x[i]
 template <typename T>
 __device__ void scale_t(const T* x, T* y, unsigned int n, T alpha)

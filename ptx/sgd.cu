@@ -14,9 +14,9 @@
 // caller's prefix sums of ceil(n / (blockDim.x * SGD_PER_THREAD))), and block j of a tensor
 // updates its elements j*blockDim.x*SGD_PER_THREAD + k*blockDim.x + threadIdx.x for
 // k < SGD_PER_THREAD: ONE THREAD updates SGD_PER_THREAD ELEMENTS of p (and of buf), a
-// warp's accesses consecutive. (One block row per tensor, sized for the largest, left
-// most blocks of the small tensors' rows empty: 26 rows of up to 1024 blocks for the
-// ResNet's 6.5M parameters.)
+// warp's accesses consecutive. (The layout before this one gave each tensor a block row
+// of its own, sized for the largest, which left most blocks of the small tensors' rows
+// empty: 26 rows of up to 1024 blocks for the ResNet's 6.5M parameters.)
 //
 // Every step is written with round-to-nearest intrinsics (__fmul_rn, __fadd_rn,
 // __fsub_rn), so the compiler cannot fuse a multiply and an add into an FMA: the

@@ -30,8 +30,9 @@ pub(crate) fn count(n: usize) -> Result<u32> {
 /// fewer ([`engine::cuda::grid_stride_launch`]). Every kernel of `ptx/` launched this way uses
 /// at most 56 registers per thread on sm_90 (`ptxas -v`, 2026-11-26), within the 64 that
 /// 1024-thread blocks allow. Those with more (batch norm + ReLU's 16-byte passes: 64 to 111;
-/// its vectorised backward sums: 72 and 96; the first convolution's weight gradient: 80) launch
-/// in blocks of 256 of their own.
+/// its vectorised backward sums: 72 and 96) launch in blocks of 256 of their own; the first
+/// convolution's kernels (122 and 125 registers, `ptx/conv_c3.cu`) are not launched through
+/// this function but with fixed shapes of their own (`conv2d_c3.rs`).
 pub(crate) fn grid(f: &CudaFunction, n: u32) -> LaunchConfig {
     engine::cuda::grid_stride_launch(f, n)
 }

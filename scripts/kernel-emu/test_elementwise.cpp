@@ -1,7 +1,7 @@
 // ptx/elementwise.cu on the CPU: relu_forward(x, y, n), relu_backward(y, dy, dx, n), add(a, b, y, n),
 // scale(x, y, n, alpha) as ops/src/{relu,add,scale}.rs launch them and accumulate(a, b, n) as
 // engine/src/tensor.rs does (grid(n) = for_num_elems(max(n, 1)): 1024-thread blocks), each in f32
-// and f64, plus add_relu (not launched from Rust yet) and ema_update(avg, x, n, keep, take) as
+// and f64, and ema_update(avg, x, n, keep, take) as
 // ops/src/ema.rs launches it (avg = keep * avg + take * x, each operation rounded in T). Compared bit for bit with the CPU
 // references of ops/src (relu: v > 0 ? v : +0, so NaN and -0 give +0; dx = y > 0 ? dy : +0;
 // a + b; alpha * x with alpha = `alpha as f32` in f32) on values that include +-0, +-inf,
@@ -125,16 +125,6 @@ void case_ew(unsigned n, std::mt19937_64& rng, bool small_grid = false)
             want[i] = kept + taken;
         }
         same(P + "ema_update rho=" + std::to_string(rho), avg, want);
-    }
-
-    if constexpr (sizeof(T) == 4) {
-        std::vector<T> r(n, NaN);
-        emu::launch_seq(add_relu, cfg.grid, cfg.block, (const T*)a.data(), (const T*)b.data(), r.data(), n);
-        for (unsigned i = 0; i < n; ++i) {
-            const T t = a[i] + b[i];
-            want[i] = t > T(0) ? t : T(0);
-        }
-        same(P + "add_relu", r, want);
     }
 }
 
