@@ -213,7 +213,11 @@ fn bad_settings_are_refused_before_the_run_folder_is_made() {
     let bad = [
         (TrainConfig { subset: Some(0), ..good.clone() }, "--subset must be at least 1"),
         (TrainConfig { label_smoothing: 2.0, ..good.clone() }, "--label-smoothing must be in [0, 1], got 2"),
-        (TrainConfig { width: 0.0, ..good.clone() }, "--width must be a positive number"),
+        (TrainConfig { width: 0.0, ..good.clone() }, "--width must be a number in (0, 8]"),
+        (TrainConfig { width: 1e30, ..good.clone() }, "--width must be a number in (0, 8]"),
+        (TrainConfig { epochs: 10_001, ..good.clone() }, "--epochs must be at most 10000"),
+        (TrainConfig { batch_size: 65, ..good.clone() }, "--batch-size 65 is more than the 64 training images"),
+        (TrainConfig { lr_max: f64::INFINITY, ..good.clone() }, "need 0 <= LRMIN <= LRMAX"),
         (TrainConfig { momentum: 1.0, ..good.clone() }, "--momentum must be in [0, 1)"),
         (TrainConfig { lr_min: 0.1, lr_max: 0.01, ..good.clone() }, "need 0 <= LRMIN <= LRMAX"),
     ];
@@ -224,10 +228,36 @@ fn bad_settings_are_refused_before_the_run_folder_is_made() {
         assert!(!runs.path().join(format!("bad-{i}")).exists(), "{says}: the run folder was made");
     }
     // Without --lr-max/--lr-min the range test runs first: too few images for one batch.
-    let opts = RunOptions { lr_given: false, ..run_opts(TrainConfig { subset: Some(32), ..good }, runs.path(), "bad-range-test") };
+    let opts = RunOptions { lr_given: false, ..run_opts(TrainConfig { subset: Some(32), ..good.clone() }, runs.path(), "bad-range-test") };
     let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
-    assert!(e.contains("needs at least one full batch (64 images), got 32"), "{e}");
+    assert!(e.contains("--batch-size 64 is more than the 32 training images"), "{e}");
     assert!(!runs.path().join("bad-range-test").exists(), "the run folder was made");
+    // A run name must be one folder inside --out: not empty, no path, not . or ..
+    for name in ["", ".", "..", "../escape", "a/b"] {
+        let e = run_training(&ds, &engine::Device::Cpu, run_opts(good.clone(), runs.path(), name)).unwrap_err().to_string();
+        assert!(e.contains("--name must be one folder name inside --out"), "{name:?}: {e}");
+    }
+    assert_eq!(std::fs::read_dir(runs.path()).unwrap().count(), 0, "a refused run wrote something");
+    // --out naming a file: said so, not as an OS error.
+    let file = runs.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = run_training(&ds, &engine::Device::Cpu, run_opts(good, &file, "run")).unwrap_err().to_string();
+    assert!(e.contains("--out") && e.contains("is a file, not a folder"), "{e}");
+}
+
+/// A range test whose loss breaks at its first steps (logits scaled by 1e30: the first
+/// update makes the weights non-finite) has no curve to read an LR from: the run stops with an
+/// error that says so, instead of training from the range's first LR.
+#[test]
+fn a_range_test_that_diverges_at_once_suggests_nothing() {
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig { epochs: 1, batch_size: 64, subset: Some(256), width: 0.125, out_scale: 1e30, ..TrainConfig::default() };
+    let lr_find = model::lr_find::LrFindConfig { steps: 20, ..Default::default() };
+    let opts = RunOptions { lr_given: false, lr_find, ..run_opts(cfg, runs.path(), "diverges") };
+    let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
+    assert!(e.contains("the LR range test diverged after") && e.contains("of its 20 steps") && e.contains("no LR can be read"), "{e}");
+    assert!(!runs.path().join("diverges").join("model.safetensors").exists(), "a checkpoint was written");
 }
 
 /// A profiled step on the CPU marks every operation of the network once per use: 8

@@ -96,6 +96,11 @@ pub fn file_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 /// Nothing is checked here but that the bytes can be read (validation comes after, when the dataset is opened).
 pub fn open_file(dir: &Path, name: &str) -> Result<(PathBuf, FileBytes)> {
     let (path, gz) = file_paths(dir, name);
+    for p in [&path, &gz] {
+        if p.is_dir() {
+            return Err(Error::Corrupt { path: p.clone(), msg: "is a folder, not a CIFAR-10 file".into() });
+        }
+    }
     if path.exists() {
         let io = |e| Error::Io { path: path.clone(), source: e };
         let file = std::fs::File::open(&path).map_err(io)?;
@@ -333,6 +338,15 @@ pub(crate) mod tests {
         let dir = synthetic(3);
         let e = open_err(dir.path());
         assert!(e.contains("hold 15 records, expected 50000"), "{e}");
+    }
+
+    /// A folder where a dataset file should be is named as such, not as an OS error.
+    #[test]
+    fn a_folder_in_place_of_a_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data_batch_1.bin")).unwrap();
+        let e = open_file(dir.path(), "data_batch_1.bin").err().expect("a folder opened").to_string();
+        assert!(e.ends_with("data_batch_1.bin: is a folder, not a CIFAR-10 file"), "{e}");
     }
 
     /// One short file among full ones: the error names it, not the first file.

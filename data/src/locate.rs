@@ -24,10 +24,11 @@ pub fn holds_dataset(dir: &Path) -> bool {
 /// where it looked and what to do.
 pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = flag {
-        return Ok(archive_folder_within(dir));
+        return given_folder(dir, "--data");
     }
-    if let Some(dir) = std::env::var_os("CIFAR10_DIR") {
-        return Ok(archive_folder_within(Path::new(&dir)));
+    // (An empty CIFAR10_DIR counts as unset.)
+    if let Some(dir) = std::env::var_os("CIFAR10_DIR").filter(|d| !d.is_empty()) {
+        return given_folder(Path::new(&dir), "CIFAR10_DIR");
     }
     let default = PathBuf::from(DEFAULT_DIR);
     if holds_dataset(&default) {
@@ -40,6 +41,18 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
         default.display(),
         default.display()
     )))
+}
+
+/// A folder the user named (`what`: `--data` or `CIFAR10_DIR`): refused if it is a file (the
+/// usual slip: naming one of the dataset's files), else as [`archive_folder_within`].
+fn given_folder(dir: &Path, what: &str) -> Result<PathBuf> {
+    if dir.is_file() {
+        return Err(Error::NotFound(format!(
+            "{what} {} is a file: give the folder that holds data_batch_1.bin ... data_batch_5.bin and test_batch.bin",
+            dir.display()
+        )));
+    }
+    Ok(archive_folder_within(dir))
 }
 
 /// `dir/cifar-10-batches-bin` when `dir` does not hold the dataset but that subfolder does
@@ -210,6 +223,16 @@ mod tests {
     #[test]
     fn an_explicit_folder_wins() {
         assert_eq!(locate(Some(Path::new("/some/where"))).unwrap(), PathBuf::from("/some/where"));
+    }
+
+    /// Naming one of the dataset's files instead of its folder is refused with what to give.
+    #[test]
+    fn a_file_given_as_the_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data_batch_1.bin");
+        std::fs::write(&file, b"x").unwrap();
+        let e = locate(Some(&file)).unwrap_err().to_string();
+        assert!(e.starts_with("--data ") && e.contains("is a file: give the folder"), "{e}");
     }
 
     #[test]

@@ -258,6 +258,20 @@ fn run(
             }
         }
     }
+    // A test that diverged within its first tenth (at least 3 points) has no curve to read:
+    // its "minimum" would be the range's first LR, whatever the network.
+    let needed = (lf.steps / 10).max(3);
+    if diverged && points.len() < needed {
+        let at = points.last().map_or(lf.start_lr, |p| p.0);
+        return Err(Error::Training(format!(
+            "the LR range test diverged after {} of its {} steps, at LR {at:.3e}, near the start of its range \
+             ({:.0e} -> {:.0e}): no LR can be read from it; check the settings (--out-scale, --width), or give --lr-max and --lr-min",
+            points.len(),
+            lf.steps,
+            lf.start_lr,
+            lf.end_lr
+        )));
+    }
     let (lr_at_minimum, _) = suggest(&points, LrRule::Minimum)?;
     let (lr_steepest, _) = suggest(&points, LrRule::Steepest)?;
     let (lr_valley, _) = suggest(&points, LrRule::Valley)?;

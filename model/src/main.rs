@@ -130,7 +130,8 @@ enum SearchArg {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
-    /// auto (a CUDA GPU if there is one), cpu or cuda.
+    /// auto (the CUDA GPU; without a usable one, an error that says why and names --device
+    /// cpu: the full recipe is not silently run on the CPU), cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: String,
     #[arg(long, default_value_t = 24)]
@@ -326,6 +327,13 @@ impl TrainArgs {
     /// The run's options on `device`: on a GPU without `--plain`, every speed option is on.
     fn options(&self, device: &Device) -> Result<RunOptions> {
         let fast = device.is_cuda() && !self.plain;
+        // (A library caller's peak beyond the run is clamped to its end; a flag asking for one
+        // is refused rather than quietly changed.)
+        if let Some(p) = self.peak_epoch
+            && !(1..=self.epochs).contains(&p)
+        {
+            return Err(Error::Invalid(format!("--peak-epoch must be between 1 and --epochs ({}), got {p}", self.epochs)));
+        }
         if self.lr_max.is_some() != self.lr_min.is_some() {
             return Err(Error::Invalid("give both --lr-max and --lr-min, or neither (then the LR range test picks them)".into()));
         }
@@ -336,7 +344,8 @@ impl TrainArgs {
             subset: self.subset,
             width: self.width,
             out_scale: self.out_scale,
-            peak_epoch: self.peak_epoch.unwrap_or(((self.epochs * 5 + 12) / 24).max(1)),
+            // (Saturating: an absurd --epochs is refused by `check`, not wrapped around here.)
+            peak_epoch: self.peak_epoch.unwrap_or((self.epochs.saturating_mul(5).saturating_add(12) / 24).max(1)),
             momentum: self.momentum,
             nesterov: !self.no_nesterov,
             weight_decay: self.weight_decay,
@@ -375,8 +384,9 @@ impl TrainArgs {
     }
 }
 
-const CPU_HINT: &str = "--device cpu runs any command on the CPU; a smaller training job takes minutes there:\n  \
-    cargo run -p model --release -- train --device cpu --width 0.25 --subset 5000 --epochs 4 --batch-size 128 --lr-rule steepest";
+/// What to do without a GPU, in the no-GPU error's one line.
+const CPU_HINT: &str = "add --device cpu to run on the CPU, where a smaller training job takes minutes \
+    (train --device cpu --width 0.25 --subset 5000 --epochs 4 --batch-size 128 --lr-rule steepest)";
 
 /// Pick the device the user asked for; `auto` without a GPU is an error that says what to do.
 fn choose_device(name: &str) -> Result<Device> {
@@ -386,7 +396,7 @@ fn choose_device(name: &str) -> Result<Device> {
         "auto" => match Device::best_available() {
             (d, None) => Ok(d),
             (_, Some(why)) => Err(Error::Invalid(format!(
-                "no CUDA GPU is usable ({why}).\nThe full recipe (ResNet-9, 24 epochs of 50,000 images) is meant for a GPU. {CPU_HINT}"
+                "no CUDA GPU is usable ({why}); the full recipe (ResNet-9, 24 epochs of 50,000 images) is meant for a GPU: {CPU_HINT}"
             ))),
         },
         other => Err(Error::Invalid(format!("--device must be auto, cpu or cuda, not '{other}'"))),
@@ -448,6 +458,9 @@ fn train(args: &TrainArgs, only_lr_find: bool, explicit: Vec<String>, mut clock:
 }
 
 fn summary(width: f64, batch: usize) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::Invalid("--batch-size must be at least 1".into()));
+    }
     let arch = model::resnet::Arch::new(width, 1.0)?;
     println!("{:<44} {:>20} {:>12}", "layer", "output shape", "parameters");
     println!("{}", "-".repeat(78));
@@ -462,7 +475,12 @@ fn summary(width: f64, batch: usize) -> Result<()> {
 /// `model ptx`: every kernel file compiled by NVRTC now (never read from the kernel cache:
 /// this is for reading what NVRTC makes of the sources) and written as `<name>.ptx` in `out`.
 fn write_ptx(out: &std::path::Path, arch: &str) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Checked before the folder is made: NVRTC's own refusal is a raw option error.
+    let number = arch.strip_prefix("sm_").or_else(|| arch.strip_prefix("compute_"));
+    if !number.is_some_and(|n| n.len() >= 2 && n.chars().next().is_some_and(|c| c.is_ascii_digit()) && n.chars().all(|c| c.is_ascii_alphanumeric())) {
+        return Err(Error::Invalid(format!("--arch must name a GPU architecture such as sm_80 (A100) or sm_90 (H100), got {arch:?}")));
+    }
+    model::run::make_folder(out, "--out")?;
     for (name, source) in ops::kernels::SOURCES {
         let ptx = engine::nvrtc::compile_ptx(name, source, arch)?;
         let path = out.join(name.replace(".cu", ".ptx"));
@@ -480,6 +498,9 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
         Command::LrFind(a) => train(&a, true, Vec::new(), clock),
         Command::Summary { width, batch_size } => summary(width, batch_size),
         Command::Profile { args, warmup, timed } => {
+            if args.resume || args.name.is_some() {
+                return Err(Error::Invalid("profile writes no run folder: --resume and --name are for train and lr-find".into()));
+            }
             let device = args.device()?;
             let opts = args.options(&device)?;
             let ds = open_data(&args.data)?;
@@ -583,6 +604,44 @@ mod tests {
             let m = Cli::command().try_get_matches_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert_eq!(explicit_settings(m.subcommand_matches("train").unwrap()), std::slice::from_ref(&key), "{args:?}");
         }
+    }
+
+    /// Flags refused before anything runs, each with the flag named: a --peak-epoch outside
+    /// the run (a library caller's is clamped, a flag is not quietly changed), profile's
+    /// --resume/--name, summary's batch 0 and width beyond the bound, ptx's unknown --arch
+    /// (before its folder is made).
+    #[test]
+    fn flags_outside_their_range_are_refused_with_the_flag_named() {
+        let train_args = |args: &[&str]| {
+            let Some(Command::Train(a)) = Cli::try_parse_from([&["model", "train"][..], args].concat()).unwrap().command else { panic!("not train") };
+            a
+        };
+        for (flags, says) in [
+            (&["--peak-epoch", "5", "--epochs", "2"][..], "--peak-epoch must be between 1 and --epochs (2), got 5"),
+            (&["--peak-epoch", "0"], "--peak-epoch must be between 1"),
+            (&["--epochs", "18446744073709551615"], "--epochs must be at most 10000"),
+            (&["--width", "1000"], "--width must be a number in (0, 8]"),
+            (&["--lr-max", "inf", "--lr-min", "0.005"], "need 0 <= LRMIN <= LRMAX"),
+        ] {
+            let e = train_args(flags).options(&Device::Cpu).err().unwrap_or_else(|| panic!("{flags:?} accepted")).to_string();
+            assert!(e.contains(says), "{flags:?}: {e}");
+        }
+        assert_eq!(train_args(&["--epochs", "2"]).options(&Device::Cpu).unwrap().cfg.peak_epoch, 1, "the default peak: 5/24 of the run");
+        let cli = |args: &[&str]| {
+            let m = Cli::command().try_get_matches_from(args).unwrap();
+            run(Cli::from_arg_matches(&m).unwrap(), &m, PhaseClock::start()).unwrap_err().to_string()
+        };
+        for flags in [&["--resume", "--name", "a"][..], &["--name", "a"]] {
+            let e = cli(&[&["model", "profile", "--device", "cpu"][..], flags].concat());
+            assert!(e.contains("profile writes no run folder"), "{flags:?}: {e}");
+        }
+        assert!(cli(&["model", "summary", "--batch-size", "0"]).contains("--batch-size must be at least 1"));
+        assert!(cli(&["model", "summary", "--width", "1e30"]).contains("--width must be a number in (0, 8]"));
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("ptx");
+        let e = cli(&["model", "ptx", "--arch", "sm_xx", "--out", dir.to_str().unwrap()]);
+        assert!(e.contains("--arch must name a GPU architecture such as sm_80"), "{e}");
+        assert!(!dir.exists(), "the output folder was made");
     }
 
     #[test]

@@ -80,13 +80,24 @@ const LAYER3: usize = 5;
 const RES2: [usize; 2] = [6, 7];
 const NUM_CLASSES: usize = 10;
 
+/// The widest network a run may ask for: 8 times the channels (4096 in the last stage), about
+/// 420 million parameters (64 times 6.57 million: the parameters grow as the width squared).
+pub const MAX_WIDTH: f64 = 8.0;
+
+/// Refuse a channel multiplier outside `(0, MAX_WIDTH]` (one that overflows the memory is not
+/// a network anyone can train here).
+pub fn check_width(width: f64) -> Result<()> {
+    if !(width > 0.0 && width <= MAX_WIDTH) {
+        return Err(crate::Error::Invalid(format!("--width must be a number in (0, {MAX_WIDTH}] (1 is the real network), got {width}")));
+    }
+    Ok(())
+}
+
 impl Arch {
     /// The ResNet-9 with every channel count multiplied by `width` (1.0 = the real network),
     /// rounded, at least 1.
     pub fn new(width: f64, out_scale: f64) -> Result<Arch> {
-        if !(width > 0.0 && width.is_finite()) {
-            return Err(crate::Error::Invalid(format!("--width must be a positive number, got {width}")));
-        }
+        check_width(width)?;
         let c = |base: f64| ((base * width).round() as usize).max(1);
         let channels = [c(64.0), c(128.0), c(256.0), c(512.0)];
         let mut arch = Arch {

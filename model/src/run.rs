@@ -166,6 +166,24 @@ pub(crate) fn gpu_only(device: &Device, bf16: bool, channels_last: bool, cuda_gr
 }
 
 /// The first `runs_dir/run-N` that does not exist.
+/// Create folder `path` (and its parents) unless it exists; `what` names it in the error
+/// when it is a file (an OS error alone would say "File exists").
+pub fn make_folder(path: &Path, what: &str) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        return Err(Error::Invalid(format!("{what} {} is a file, not a folder", path.display())));
+    }
+    std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))
+}
+
+/// `--name`: one folder name inside `--out` (not empty, no path separator, not `.` or `..`:
+/// a run's files must not land loose in `--out` or outside it).
+fn check_run_name(name: &str) -> Result<&str> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
+        return Err(Error::Invalid(format!("--name must be one folder name inside --out (no '/', not '.' or '..'), got {name:?}")));
+    }
+    Ok(name)
+}
+
 fn fresh_run_name(runs_dir: &Path) -> String {
     (1..).map(|i| format!("run-{i}")).find(|n| !runs_dir.join(n).exists()).unwrap_or_else(|| "run".into())
 }
@@ -241,9 +259,9 @@ pub fn run_training_timed(ds: &Cifar10, device: &Device, opts: RunOptions, mut c
         lr_find::check(&opts.lr_find, &opts.cfg, &ds.train)?;
     }
     gpu_only(device, opts.cfg.bf16, opts.cfg.channels_last, opts.cuda_graph)?;
-    std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
+    make_folder(&opts.runs_dir, "--out")?;
     let name = match &opts.name {
-        Some(n) => n.clone(),
+        Some(n) => check_run_name(n)?.to_string(),
         None if opts.resume => return Err(Error::Invalid("--resume needs --name NAME of the run to continue".into())),
         None => fresh_run_name(&opts.runs_dir),
     };
@@ -316,7 +334,7 @@ pub fn run_training_timed(ds: &Cifar10, device: &Device, opts: RunOptions, mut c
         // them, not the unusable ones, as its previous.
         prev.restore_over(&files)?;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    make_folder(&dir, "the run folder")?;
     let mut log = Logger::new(Some(&dir.join("train.log")))?;
     log.line(&format!("Device: {device}"));
     if let Some(why) = &recovered {
@@ -924,10 +942,13 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     opts.cfg.check(false)?;
     lr_find::check(&opts.lr_find, &opts.cfg, &ds.train)?;
     gpu_only(device, opts.cfg.bf16, opts.cfg.channels_last, false)?;
-    std::fs::create_dir_all(&opts.runs_dir).map_err(|e| Error::io(&opts.runs_dir, e))?;
-    let name = opts.name.clone().unwrap_or_else(|| fresh_run_name(&opts.runs_dir));
+    make_folder(&opts.runs_dir, "--out")?;
+    let name = match &opts.name {
+        Some(n) => check_run_name(n)?.to_string(),
+        None => fresh_run_name(&opts.runs_dir),
+    };
     let dir = opts.runs_dir.join(name);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    make_folder(&dir, "the run folder")?;
     let mut log = Logger::new(Some(&dir.join("lr_find.log")))?;
     log.line(&format!("Device: {device}"));
     if let Some((_, line)) = precompile_kernels(device)? {
@@ -962,7 +983,7 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
 /// The `show-data` command: a grid of augmented training images with their class
 /// names (`<out>/train_images.png`), and the per-class counts of both splits.
 pub fn show_data(ds: &Cifar10, out: &Path, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    make_folder(out, "--out")?;
     let (mean, std) = data::augment::channel_stats(&ds.train);
     let norm = Normalization { mean, std };
     let n = 48;

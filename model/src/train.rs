@@ -57,10 +57,14 @@ pub struct TrainConfig {
     pub ema: bool,
 }
 
-/// The one-cycle's bounds: 0 <= LRMIN <= LRMAX and LRMAX > 0 (LRMIN 0 is D. Page's schedule,
-/// 0 -> 0.4 -> 0, whose first step then moves nothing); NaN fails.
+/// The most epochs a run may ask for (far beyond any one-cycle run of this network; it keeps
+/// the schedule's step counts far from overflow).
+pub const MAX_EPOCHS: usize = 10_000;
+
+/// The one-cycle's bounds: 0 <= LRMIN <= LRMAX and 0 < LRMAX < infinity (LRMIN 0 is D. Page's
+/// schedule, 0 -> 0.4 -> 0, whose first step then moves nothing); NaN fails.
 pub fn check_lrs(lr_min: f64, lr_max: f64) -> Result<()> {
-    if lr_max > 0.0 && lr_min >= 0.0 && lr_min <= lr_max {
+    if lr_max > 0.0 && lr_max.is_finite() && lr_min >= 0.0 && lr_min <= lr_max {
         Ok(())
     } else {
         Err(Error::Invalid(format!("need 0 <= LRMIN <= LRMAX and LRMAX > 0, got LRMIN={lr_min} LRMAX={lr_max}")))
@@ -103,12 +107,17 @@ impl TrainConfig {
         if self.epochs == 0 || self.batch_size == 0 {
             return bad("--batch-size and --epochs must be at least 1".into());
         }
+        if self.epochs > MAX_EPOCHS {
+            return bad(format!("--epochs must be at most {MAX_EPOCHS}, got {}", self.epochs));
+        }
         if self.subset == Some(0) {
             return bad("--subset must be at least 1 (it is the number of training images)".into());
         }
-        if !(self.width > 0.0 && self.width.is_finite()) {
-            return bad(format!("--width must be a positive number, got {}", self.width));
+        let images = self.subset.unwrap_or(data::cifar::TRAIN_RECORDS).min(data::cifar::TRAIN_RECORDS);
+        if self.batch_size > images {
+            return bad(format!("--batch-size {} is more than the {images} training images", self.batch_size));
         }
+        crate::resnet::check_width(self.width)?;
         if !(self.out_scale > 0.0 && self.out_scale.is_finite()) {
             return bad(format!("--out-scale must be a positive number, got {}", self.out_scale));
         }
