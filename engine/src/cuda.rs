@@ -34,14 +34,22 @@
 //! the same work once before capturing it. Blocks that a graph may read (the workspace, the
 //! ones) are never freed while a graph exists.
 
+mod buffer;
+mod graph;
+mod kernels;
+
+pub use buffer::{CudaBuffer, dtype_size};
+pub use graph::DeviceGraph;
+pub use kernels::Precompiled;
+use graph::CaptureLog;
+
 use crate::cudnn::CudnnHandle;
-use crate::kernel_cache::{KernelCache, KernelSpec, Output};
+use crate::kernel_cache::KernelCache;
 use crate::pool::BlockPool;
 use crate::{DType, Error, Float, Result};
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, DeviceRepr};
 use std::collections::HashMap;
 use std::fmt;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -180,26 +188,6 @@ pub fn grid_stride_config(n: u32, max_threads: u32) -> cudarc::driver::LaunchCon
 /// resident at once for the kernel launched (SMs times its occupancy).
 pub const BNR_ONE_WAVE: u32 = u32::MAX;
 
-/// What [`CudaDevice::precompile`] did with the files it was given that were not loaded yet.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Precompiled {
-    /// Files whose module was read from the kernel cache (`kernel_cache.rs`).
-    pub from_cache: usize,
-    /// Files compiled by NVRTC.
-    pub compiled: usize,
-    /// Why a compiled file could not be stored in the cache (the first such reason), if one
-    /// could not: the run goes on, and the next process compiles again.
-    pub cache_error: Option<String>,
-}
-
-/// A kernel file's module, and where it came from ([`CudaDevice::load_module`]).
-struct LoadedModule {
-    module: Arc<CudaModule>,
-    /// Read from the kernel cache (else compiled by NVRTC).
-    from_cache: bool,
-    /// Why the compiled image could not be stored in the cache, if it could not.
-    cache_error: Option<String>,
-}
 
 /// A CUDA GPU: its context, the one stream all work is queued on, library handles,
 /// the memory pool and the kernel modules compiled for it so far.
@@ -282,13 +270,6 @@ pub struct CudaDevice {
     kernel_trace: Mutex<Option<Vec<(String, CudaEvent)>>>,
 }
 
-/// What a running capture has handed out, and why it cannot succeed (if it cannot).
-#[derive(Default)]
-struct CaptureLog {
-    /// Device addresses of the blocks handed out or given back during the capture.
-    blocks: HashSet<u64>,
-    failure: Option<String>,
-}
 
 impl fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -301,195 +282,6 @@ pub(crate) fn driver_err(op: &'static str) -> impl Fn(cudarc::driver::DriverErro
     move |e| Error::Cuda { op, msg: e.to_string() }
 }
 
-/// Elements of one type in device memory, taken from the device's pool and given back to it
-/// on drop. The memory is a block of bytes; [`CudaBuffer::view`] reads it as its element type.
-pub struct CudaBuffer {
-    /// Always `Some` until `drop` hands the block back. It may be larger than the buffer
-    /// (the pool serves a request with a block of up to twice its size).
-    bytes: Option<CudaSlice<u8>>,
-    /// The block's device address (its name in the pool).
-    addr: u64,
-    dtype: DType,
-    len: usize,
-    dev: Arc<CudaDevice>,
-}
-
-/// The size of one element of `dtype` in bytes.
-pub fn dtype_size(dtype: DType) -> usize {
-    match dtype {
-        DType::F32 => 4,
-        DType::F64 => 8,
-        DType::BF16 => 2,
-    }
-}
-
-impl CudaBuffer {
-    fn block(&self) -> &CudaSlice<u8> {
-        self.bytes.as_ref().expect("a CudaBuffer holds its block until dropped")
-    }
-
-    /// The elements as `T` (an error if the buffer holds another type).
-    pub fn view<T: Float + DeviceRepr>(&self) -> Result<CudaView<'_, T>> {
-        self.expect::<T>()?;
-        // SAFETY: the block holds `len` elements of `T` (its dtype), allocated with the
-        // driver's alignment (256 bytes).
-        unsafe { self.block().transmute::<T>(self.len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
-    }
-
-    /// The elements as `T`, mutably (an error if the buffer holds another type).
-    pub fn view_mut<T: Float + DeviceRepr>(&mut self) -> Result<CudaViewMut<'_, T>> {
-        self.expect::<T>()?;
-        let len = self.len;
-        let block = self.bytes.as_mut().expect("a CudaBuffer holds its block until dropped");
-        // SAFETY: as in `view`.
-        unsafe { block.transmute_mut::<T>(len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
-    }
-
-    /// The raw device address, for library calls (cuDNN) whose descriptors carry the
-    /// element type. Valid while `self` lives.
-    pub fn ptr(&self) -> *const std::ffi::c_void {
-        crate::cudnn::ptr(self.block(), &self.dev.stream)
-    }
-
-    /// The raw device address, for library calls that write the buffer.
-    pub fn ptr_mut(&mut self) -> *mut std::ffi::c_void {
-        let stream = self.dev.stream.clone();
-        crate::cudnn::ptr_mut(self.bytes.as_mut().expect("a CudaBuffer holds its block until dropped"), &stream)
-    }
-
-    fn expect<T: Float>(&self) -> Result<()> {
-        if self.dtype != T::DTYPE {
-            return Err(Error::DType { op: "CudaBuffer::view", a: self.dtype, b: T::DTYPE });
-        }
-        Ok(())
-    }
-
-    /// The element type.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// The device that holds the memory.
-    pub fn dev(&self) -> &Arc<CudaDevice> {
-        &self.dev
-    }
-
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the buffer holds no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The elements copied to the host, widened to f64.
-    pub fn to_host_f64(&self) -> Result<Vec<f64>> {
-        Ok(match self.dtype {
-            DType::F32 => self.dev.download_view(&self.view::<f32>()?)?.into_iter().map(f64::from).collect(),
-            DType::F64 => self.dev.download_view(&self.view::<f64>()?)?,
-            DType::BF16 => self.to_host_bf16_bits()?.into_iter().map(|h| crate::tensor::bf16_to_f32(h) as f64).collect(),
-        })
-    }
-
-    /// The elements copied to the host as f32 (f64 rounded).
-    pub fn to_host_f32(&self) -> Result<Vec<f32>> {
-        Ok(match self.dtype {
-            DType::F32 => self.dev.download_view(&self.view::<f32>()?)?,
-            DType::F64 => self.dev.download_view(&self.view::<f64>()?)?.into_iter().map(|v| v as f32).collect(),
-            DType::BF16 => self.to_host_bf16_bits()?.into_iter().map(crate::tensor::bf16_to_f32).collect(),
-        })
-    }
-
-    /// The elements as raw bit patterns of their size (`U` = u16, u32 or u64 for bf16, f32
-    /// or f64), for kernels that only move data. An error if the sizes differ.
-    pub fn view_bits<U: DeviceRepr>(&self) -> Result<CudaView<'_, U>> {
-        self.expect_size::<U>()?;
-        // SAFETY: the block holds `len` elements of U's size; any bit pattern is a valid integer.
-        unsafe { self.block().transmute::<U>(self.len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
-    }
-
-    /// As [`CudaBuffer::view_bits`], mutably.
-    pub fn view_bits_mut<U: DeviceRepr>(&mut self) -> Result<CudaViewMut<'_, U>> {
-        self.expect_size::<U>()?;
-        let len = self.len;
-        let block = self.bytes.as_mut().expect("a CudaBuffer holds its block until dropped");
-        // SAFETY: as in `view_bits`.
-        unsafe { block.transmute_mut::<U>(len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
-    }
-
-    fn expect_size<U>(&self) -> Result<()> {
-        if std::mem::size_of::<U>() != dtype_size(self.dtype) {
-            return Err(Error::Invalid(format!("CudaBuffer of {:?} viewed as {}-byte values", self.dtype, std::mem::size_of::<U>())));
-        }
-        Ok(())
-    }
-
-    /// The bf16 bit patterns copied to the host.
-    pub fn to_host_bf16_bits(&self) -> Result<Vec<u16>> {
-        self.dev.download_view(&self.view_bf16()?)
-    }
-
-    /// The elements of a bf16 buffer as their 16-bit patterns (kernels take `unsigned short*`).
-    pub fn view_bf16(&self) -> Result<CudaView<'_, u16>> {
-        if self.dtype != DType::BF16 {
-            return Err(Error::DType { op: "CudaBuffer::view_bf16", a: self.dtype, b: DType::BF16 });
-        }
-        // SAFETY: the block holds `len` bf16 values, 2 bytes each.
-        unsafe { self.block().transmute::<u16>(self.len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
-    }
-
-    /// The elements of a bf16 buffer as their 16-bit patterns, mutably.
-    pub fn view_bf16_mut(&mut self) -> Result<CudaViewMut<'_, u16>> {
-        if self.dtype != DType::BF16 {
-            return Err(Error::DType { op: "CudaBuffer::view_bf16_mut", a: self.dtype, b: DType::BF16 });
-        }
-        let len = self.len;
-        let block = self.bytes.as_mut().expect("a CudaBuffer holds its block until dropped");
-        // SAFETY: as in `view_bf16`.
-        unsafe { block.transmute_mut::<u16>(len) }.ok_or_else(|| Error::Invalid("CudaBuffer: block smaller than its length".into()))
-    }
-
-    /// The buffer's size in bytes (its block may be larger).
-    pub fn size_bytes(&self) -> usize {
-        self.len * dtype_size(self.dtype)
-    }
-
-    /// A copy on the same device (from the pool, filled by a device-to-device copy).
-    pub fn try_clone(&self) -> Result<CudaBuffer> {
-        let bytes = self.size_bytes();
-        let mut out = self.dev.alloc_dtype(self.len, self.dtype)?;
-        if bytes > 0 {
-            let dst = out.bytes.as_mut().expect("just allocated");
-            // Both blocks may be larger than the buffer: copy the buffer's bytes only.
-            self.dev.stream.memcpy_dtod(&self.block().slice(0..bytes), &mut dst.slice_mut(0..bytes)).map_err(driver_err("copy on device"))?;
-        }
-        Ok(out)
-    }
-}
-
-impl fmt::Debug for CudaBuffer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CudaBuffer({} {:?} on cuda:{})", self.len, self.dtype, self.dev.ordinal)
-    }
-}
-
-impl Clone for CudaBuffer {
-    /// A device-to-device copy. Panics only if the driver fails (out of memory or a
-    /// lost context); code that can recover uses [`CudaBuffer::try_clone`].
-    fn clone(&self) -> Self {
-        self.try_clone().unwrap_or_else(|e| panic!("copying a CUDA buffer: {e}"))
-    }
-}
-
-impl Drop for CudaBuffer {
-    fn drop(&mut self) {
-        if let Some(bytes) = self.bytes.take() {
-            self.dev.recycle(self.addr, bytes);
-        }
-    }
-}
 
 impl CudaDevice {
     /// Open device `ordinal` (the libraries must already be known to load). `phases`: the
@@ -1168,134 +960,6 @@ impl CudaDevice {
         self.ctx.mem_get_info().map_err(driver_err("memory info"))
     }
 
-    /// Kernel `name` from the CUDA C `source` of file `file` (e.g. `"elementwise.cu"`),
-    /// compiled by NVRTC for this device's architecture (or read from the kernel cache) the
-    /// first time the file is used.
-    ///
-    /// Every launch of one of our kernels looks its function up here just before it, so
-    /// while a kernel trace runs ([`CudaDevice::start_kernel_trace`]) this also records an
-    /// event on the stream, named after the kernel: where that kernel's work begins.
-    pub fn function(&self, file: &str, source: &str, name: &str) -> Result<CudaFunction> {
-        self.trace_launch(name)?;
-        let module = {
-            let mut modules = self.modules.lock().map_err(|_| Error::Invalid("kernel module cache poisoned".into()))?;
-            match modules.get(file) {
-                Some(m) => m.clone(),
-                None => {
-                    // (A cache that could not be written only costs the next process a compilation.)
-                    let m = self.load_module(file, source)?.module;
-                    modules.insert(file.to_string(), m.clone());
-                    m
-                }
-            }
-        };
-        module.load_function(name).map_err(|e| Error::Cuda { op: "load function", msg: format!("{file}: {name}: {e}") })
-    }
-
-    /// Compile and load every file of `sources` (name, CUDA C source) not loaded yet, each on
-    /// a thread of its own, so that [`CudaDevice::function`] later finds them ready. NVRTC
-    /// compiles one file on one core: the ten files `ptx/` then had took 1.6 s one after another on
-    /// our 2-core VM (2026-11-26), time a run would otherwise spend in its first steps. Files
-    /// the kernel cache holds are read from it instead ([`CudaDevice::load_module`]).
-    /// Returns how many files came from the cache and how many were compiled.
-    pub fn precompile(&self, sources: &[(&str, &str)]) -> Result<Precompiled> {
-        let todo: Vec<(&str, &str)> = {
-            let modules = self.modules.lock().map_err(|_| Error::Invalid("kernel module cache poisoned".into()))?;
-            sources.iter().filter(|(f, _)| !modules.contains_key(*f)).copied().collect()
-        };
-        let loaded: Vec<Result<(String, LoadedModule)>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = todo
-                .iter()
-                .map(|&(file, source)| scope.spawn(move || self.load_module(file, source).map(|m| (file.to_string(), m))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("a kernel compilation thread panicked".into()))))
-                .collect()
-        });
-        let mut modules = self.modules.lock().map_err(|_| Error::Invalid("kernel module cache poisoned".into()))?;
-        let mut done = Precompiled::default();
-        for r in loaded {
-            let (file, m) = r?;
-            if m.from_cache {
-                done.from_cache += 1;
-            } else {
-                done.compiled += 1;
-            }
-            if done.cache_error.is_none() {
-                done.cache_error = m.cache_error;
-            }
-            modules.entry(file).or_insert(m.module);
-        }
-        Ok(done)
-    }
-
-    /// `file`'s module: from the kernel cache when it holds an image of it that the driver
-    /// takes, else compiled ([`CudaDevice::compile_and_load`]) and stored in the cache for the
-    /// next process (over the cached image the driver refused, if that was the case). The cache
-    /// never fails the load: a file that cannot be read is a miss, and why the compiled image
-    /// could not be stored comes back with the module.
-    fn load_module(&self, file: &str, source: &str) -> Result<LoadedModule> {
-        // The spec needs NVRTC's version: without NVRTC there is no cache, and compiling says why.
-        let cache = self.kernel_cache().and_then(|c| Some((c, KernelSpec::for_loaded_nvrtc(file, source, &self.arch).ok()?)));
-        if let Some((cache, spec)) = &cache
-            && let Some(module) = cache.load_accepted(spec, |output, image| self.load_image(file, output, image))
-        {
-            return Ok(LoadedModule { module, from_cache: true, cache_error: None });
-        }
-        let (module, output, image) = self.compile_and_load(file, source)?;
-        let cache_error = cache.and_then(|(cache, spec)| cache.store(&spec, output, &image).err()).map(|e| e.to_string());
-        Ok(LoadedModule { module, from_cache: false, cache_error })
-    }
-
-    /// Load a cached `image` of kind `output`. PTX that is not text without NUL bytes is
-    /// refused here (cudarc would panic on it); the cache's checksum makes that all but
-    /// impossible, as it makes sure a cubin is whole before the driver reads it.
-    fn load_image(&self, file: &str, output: Output, image: Vec<u8>) -> Result<Arc<CudaModule>> {
-        let fail = |msg: String| Error::Cuda { op: "load module", msg: format!("{file} (cached {}): {msg}", output.extension()) };
-        let image = match output {
-            Output::Ptx => match String::from_utf8(image) {
-                Ok(text) if !text.contains('\0') => cudarc::nvrtc::Ptx::from_src(text),
-                _ => return Err(fail("not PTX text".into())),
-            },
-            Output::Cubin => cudarc::nvrtc::Ptx::from_binary(image),
-        };
-        self.ctx.load_module(image).map_err(|e| fail(e.to_string()))
-    }
-
-    /// Compile `source` to PTX and load it. If the driver refuses the PTX (an NVRTC newer
-    /// than the driver writes a PTX version it cannot read), load machine code for this
-    /// architecture instead; if that fails too, the error gives both reasons and both versions.
-    /// Returns the module with the image it was loaded from (for the kernel cache).
-    fn compile_and_load(&self, file: &str, source: &str) -> Result<(Arc<CudaModule>, Output, Vec<u8>)> {
-        let ptx = crate::nvrtc::compile_ptx(file, source, &self.arch)?;
-        let ptx_err = match self.ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx.clone())) {
-            Ok(m) => return Ok((m, Output::Ptx, ptx.into_bytes())),
-            Err(e) => e,
-        };
-        let cubin = crate::nvrtc::compile_cubin(file, source, &self.arch).map_err(|e| Error::Cuda {
-            op: "load module",
-            msg: format!("{file}: the driver refused the PTX ({ptx_err}), and compiling machine code instead failed: {e}"),
-        })?;
-        match self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin.clone())) {
-            Ok(m) => Ok((m, Output::Cubin, cubin)),
-            Err(e) => {
-                let nvrtc = crate::nvrtc::version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|_| "?".into());
-                let mut driver = 0;
-                // SAFETY: cuDriverGetVersion writes one int (the driver is loaded: a context exists).
-                let _ = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
-                Err(Error::Cuda {
-                    op: "load module",
-                    msg: format!(
-                        "{file}: the driver (CUDA {}.{}) refused the PTX of NVRTC {nvrtc} ({ptx_err}) and its machine code for {} ({e})",
-                        driver / 1000,
-                        (driver % 1000) / 10,
-                        self.arch
-                    ),
-                })
-            }
-        }
-    }
 
     /// A new block from the driver. On failure the pool's free blocks are released and
     /// the request retried once; a second failure is an error with the sizes involved.
@@ -1359,19 +1023,6 @@ impl CudaDevice {
         }
     }
 
-    /// An error (and a failed capture) if a graph capture is running: `what` would need new
-    /// device memory, which a replay could not have.
-    pub(crate) fn refuse_while_capturing(&self, what: &str) -> Result<()> {
-        let mut log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?;
-        match log.as_mut() {
-            None => Ok(()),
-            Some(log) => {
-                let msg = format!("{what} was needed while capturing a CUDA graph (run the same work once before capturing it)");
-                log.failure.get_or_insert_with(|| msg.clone());
-                Err(Error::Cuda { op: "graph capture", msg })
-            }
-        }
-    }
 
     /// Free `block` (a replaced workspace or block of ones), or keep it for good if a graph
     /// exists or is being captured (its replays may read it).
@@ -1387,97 +1038,6 @@ impl CudaDevice {
         }
     }
 
-    /// Start recording the work queued on the stream into a graph (nothing runs until the
-    /// graph is launched). Relaxed mode: other threads' calls are not checked.
-    pub fn begin_capture(&self) -> Result<()> {
-        let mut log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?;
-        if log.is_some() {
-            return Err(Error::Invalid("a graph capture is already running on this device".into()));
-        }
-        self.stream
-            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-            .map_err(driver_err("begin graph capture"))?;
-        *log = Some(CaptureLog::default());
-        Ok(())
-    }
-
-    /// End the capture begun by [`CudaDevice::begin_capture`] (always: the stream is usable
-    /// again afterwards, whatever happened) and instantiate the graph. Every block handed out
-    /// during the capture must be back in the pool (no tensor made during the capture may
-    /// outlive it): they are reserved for the graph. An error if anything in the capture failed.
-    pub fn end_capture(self: &Arc<Self>) -> Result<DeviceGraph> {
-        // End the capture first, whatever else fails. cudarc's `end_capture` first returns any
-        // error a drop stored in the context (`check_err`) without ending the capture, which
-        // would leave the stream capturing: take such an error here and fail the capture with it.
-        // Auto-free: should a library leave an allocation of its own in the graph, each launch
-        // frees it before the next.
-        let parked = self.ctx.check_err();
-        let graph = self.stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
-        let log = self.capture.lock().map_err(|_| Error::Invalid("capture log poisoned".into()))?.take();
-        let log = log.ok_or_else(|| Error::Invalid("end_capture without begin_capture".into()))?;
-        if let Err(e) = parked {
-            return Err(Error::Cuda { op: "graph capture", msg: format!("an earlier driver call failed during the capture: {e}") });
-        }
-        if let Some(why) = log.failure {
-            return Err(Error::Cuda { op: "graph capture", msg: why });
-        }
-        let graph = graph
-            .map_err(driver_err("end graph capture"))?
-            .ok_or_else(|| Error::Cuda { op: "graph capture", msg: "nothing was captured".into() })?;
-        let blocks: Vec<u64> = log.blocks.into_iter().collect();
-        graph.upload().map_err(driver_err("upload graph"))?;
-        let bytes = self.lock_pool()?.reserve(&blocks).map_err(|live| {
-            Error::Invalid(format!("{live} buffers made during the graph capture are still in use after it (a replay would overwrite them)"))
-        })?;
-        self.graphs_alive.fetch_add(1, Ordering::Relaxed);
-        Ok(DeviceGraph { graph, blocks, bytes, dev: self.clone() })
-    }
-
-    /// Whether a graph capture is running.
-    pub fn is_capturing(&self) -> bool {
-        self.capture.lock().map(|l| l.is_some()).unwrap_or(false)
-    }
-
-    /// Start recording an event at every lookup of one of our kernels ([`CudaDevice::function`],
-    /// which each launch makes just before it) and before every cuDNN and cuBLAS call the ops
-    /// make ([`CudaDevice::trace_launch`]), for a per-kernel profile
-    /// (`engine::profile::Profiler::with_kernels`). Events recorded before are dropped. A
-    /// CUDA graph capture records none (a profile times eager work).
-    pub fn start_kernel_trace(&self) -> Result<()> {
-        *self.kernel_trace.lock().map_err(|_| Error::Invalid("kernel trace poisoned".into()))? = Some(Vec::new());
-        Ok(())
-    }
-
-    /// The events recorded since the trace started or since the last call, in the order they
-    /// were queued (empty when no trace runs).
-    pub fn take_kernel_trace(&self) -> Result<Vec<(String, CudaEvent)>> {
-        let mut t = self.kernel_trace.lock().map_err(|_| Error::Invalid("kernel trace poisoned".into()))?;
-        Ok(t.as_mut().map(std::mem::take).unwrap_or_default())
-    }
-
-    /// Stop the trace, dropping what it recorded and did not hand out.
-    pub fn stop_kernel_trace(&self) {
-        if let Ok(mut t) = self.kernel_trace.lock() {
-            *t = None;
-        }
-    }
-
-    /// While a kernel trace runs (and no graph capture does): record an event named `name`
-    /// on the stream, where the work queued next begins. [`CudaDevice::function`] calls it for
-    /// our kernels; the ops call it before each cuDNN or cuBLAS call, so that a per-kernel
-    /// profile charges that library's work to it and not to the kernel of ours before it.
-    pub fn trace_launch(&self, name: &str) -> Result<()> {
-        let mut t = self.kernel_trace.lock().map_err(|_| Error::Invalid("kernel trace poisoned".into()))?;
-        if let Some(events) = t.as_mut() {
-            if self.is_capturing() {
-                return Ok(());
-            }
-            let e = self.ctx.new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(driver_err("event"))?;
-            e.record(&self.stream).map_err(driver_err("event record"))?;
-            events.push((name.to_string(), e));
-        }
-        Ok(())
-    }
 }
 
 /// The device address of a block (for identifying blocks, and for kernels' pointer tables).
@@ -1497,87 +1057,12 @@ impl Drop for BestFit {
     }
 }
 
-/// Work captured by [`CudaDevice::begin_capture`]/[`CudaDevice::end_capture`], replayed by
-/// [`DeviceGraph::launch`]; the pool blocks its work uses are reserved for it until it is
-/// dropped (lent to other work between replays).
-pub struct DeviceGraph {
-    graph: cudarc::driver::CudaGraph,
-    /// Addresses of the reserved blocks, and their total size.
-    blocks: Vec<u64>,
-    bytes: usize,
-    dev: Arc<CudaDevice>,
-}
-
-impl DeviceGraph {
-    /// Queue one replay of the captured work on the device's stream. An error, and nothing
-    /// queued, while a tensor holds one of the graph's blocks (see [`DeviceGraph::blocks_lent`]).
-    pub fn launch(&self) -> Result<()> {
-        match self.try_launch()? {
-            0 => Ok(()),
-            lent => Err(Error::Invalid(format!(
-                "{lent} of the CUDA graph's {} memory blocks are held by tensors made since its capture: a replay would overwrite them",
-                self.blocks.len()
-            ))),
-        }
-    }
-
-    /// Queue one replay if none of the graph's blocks is lent; returns how many are (0: queued,
-    /// else nothing was queued). One look at the pool for both the check and the decision.
-    pub fn try_launch(&self) -> Result<usize> {
-        let lent = self.blocks_lent()?;
-        if lent == 0 {
-            self.graph.launch().map_err(driver_err("launch graph"))?;
-        }
-        Ok(lent)
-    }
-
-    /// How many of the graph's blocks tensors hold now (a replay needs none).
-    pub fn blocks_lent(&self) -> Result<usize> {
-        Ok(self.dev.lock_pool()?.lent_among(&self.blocks))
-    }
-
-    /// Bytes of pool blocks reserved for this graph's work.
-    pub fn reserved_bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-impl fmt::Debug for DeviceGraph {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DeviceGraph({} blocks, {} bytes on {})", self.blocks.len(), self.reserved_bytes(), self.dev.name)
-    }
-}
-
-impl Drop for DeviceGraph {
-    fn drop(&mut self) {
-        // A replay may still be running: let it finish before its blocks can be handed out
-        // (later work is ordered after it anyway) and before the executable graph is destroyed.
-        // Not during a capture, where a synchronisation is illegal and would invalidate it
-        // (the capture's work is ordered after the replay on the one stream anyway).
-        if !self.dev.is_capturing() {
-            let _ = self.dev.stream.synchronize();
-        }
-        if let Ok(mut pool) = self.dev.pool.lock() {
-            pool.unreserve(&self.blocks);
-        }
-        // The last graph gone (and no capture running): nothing reads the retired blocks any more.
-        if self.dev.graphs_alive.fetch_sub(1, Ordering::Relaxed) == 1 && !self.dev.is_capturing()
-            && let Ok(mut r) = self.dev.retired.lock() {
-                for b in r.drain(..) {
-                    self.dev.held.fetch_sub(b.len() as u64, Ordering::Relaxed);
-                }
-            }
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::{FirstConv, grid_stride_config};
     use cudarc::driver::LaunchConfig;
 
-    /// Grid-stride launches: with 1024 threads allowed, cudarc's `for_num_elems` (what every
-    /// kernel of `ptx/` gets today); with fewer, blocks of whole warps within the limit, one
-    /// thread per item and no whole block idle; at least one block of 32 whatever the limit.
     /// The device keeps its [`FirstConv`] as a number: each choice reads back as itself, and
     /// only the two direct choices give our kernels a pass.
     #[test]
@@ -1592,6 +1077,9 @@ mod tests {
         assert_eq!(ours(FirstConv::Direct), (true, true));
     }
 
+    /// Grid-stride launches: with 1024 threads allowed, cudarc's `for_num_elems` (what every
+    /// kernel of `ptx/` gets today); with fewer, blocks of whole warps within the limit, one
+    /// thread per item and no whole block idle; at least one block of 32 whatever the limit.
     #[test]
     fn grid_stride_launches_fit_the_kernels_limit() {
         for n in [0u32, 1, 31, 1024, 1025, 50_000, 16 << 20] {

@@ -290,7 +290,7 @@ fn run(
 /// Whether the loss never turned up inside the range: the test did not stop on divergence
 /// (`diverged`: the smoothed loss rose `diverge` times above its minimum; a non-finite loss
 /// does not count, since the last finite point before it may still be falling) and the
-/// `Minimum` rule's point ([`minimum_index`]) is in the last 5% (`NO_UPTURN_TAIL`) of the
+/// `Minimum` rule's point (`minimum_index`) is in the last 5% (`NO_UPTURN_TAIL`) of the
 /// finite points.
 pub fn no_upturn(points: &[(f64, f64, f64)], diverged: bool) -> bool {
     let finite: Vec<f64> = points.iter().filter(|p| p.2.is_finite() && p.0 > 0.0).map(|p| p.2).collect();

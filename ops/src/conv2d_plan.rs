@@ -4,19 +4,19 @@
 //! three products on cuDNN: forward, backward-data and backward-filter. cuDNN offers several
 //! algorithms for each, and which is fastest depends on the shape and the GPU. Two APIs:
 //!
-//! - **The legacy API** ([`CudnnConv::plan`]): the algorithm of each kind is chosen by the
+//! - **The legacy API** (`CudnnConv::plan`): the algorithm of each kind is chosen by the
 //!   device's rule (`engine::cuda::ConvSearch`): by default cuDNN's heuristic ranking (its
 //!   first usable algorithm, no timing); `--cudnn-search find` measures with
-//!   `cudnnFind*Algorithm` ([`choose`], the median of several searches); `timed` times the
-//!   heuristics' first [`TIMED_CANDIDATES`] candidates ourselves ([`timed_search`]).
-//! - **The graph (backend) API** ([`graph_plan`]), where the device sends convolutions
+//!   `cudnnFind*Algorithm` (`choose`, the median of several searches); `timed` times the
+//!   heuristics' first [`TIMED_CANDIDATES`] candidates ourselves (`timed_search`).
+//! - **The graph (backend) API** (`graph_plan`), where the device sends convolutions
 //!   through it: cuDNN's ranking first, or the fastest of the first
-//!   [`GRAPH_TIMED_CANDIDATES`] engines by our timing ([`timed_graph_plan`]).
+//!   [`GRAPH_TIMED_CANDIDATES`] engines by our timing (`timed_graph_plan`).
 //!
 //! The choice is kept on the device ([`engine::cuda::CudaDevice::conv_plan`],
 //! `graph_conv`); every call then reuses it and the device's one workspace buffer. A shape
 //! that differs from a planned one only in its batch size (an epoch's last, smaller batch)
-//! takes that plan's algorithms without a search of its own ([`reuse_at_this_batch`]).
+//! takes that plan's algorithms without a search of its own (`reuse_at_this_batch`).
 //! Nothing here runs a convolution for its result: `conv2d.rs` does that with the plans.
 
 use crate::conv2d::Dims;
