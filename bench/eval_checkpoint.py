@@ -3,9 +3,11 @@ CIFAR-10 test set, independently of our engine: the state_dict must load with st
 shapes, dtypes) and the accuracy must equal the one our run printed. Also prints the accuracy with flip
 test-time augmentation (the mean of the logits of each image and of its mirror image), for runs with --tta.
 
-    python3 bench/eval_checkpoint.py runs/run-1/model.safetensors --width 0.25 --data DIR
+    python3 bench/eval_checkpoint.py runs/run-1/model.safetensors --data DIR
 
-Prints one JSON line. Runs on the GPU when there is one, else on the CPU.
+The network's channel counts and logit scale come from the checkpoint's metadata unless --width or
+--out-scale is given. Prints one JSON line. Runs on the GPU when there is one, else on the CPU, in fp32
+(TF32 off, as bench/train_torch.py --eval-checkpoint), so that the counts compare with ours.
 """
 import argparse
 import json
@@ -26,7 +28,7 @@ from train_torch import TEST_FILES, TRAIN_FILES, load_split  # noqa: E402
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
-    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--width", type=float, help="channel multiplier (default: the checkpoint's channel counts)")
     ap.add_argument("--out-scale", type=float, help="multiplier of the logits (default: the checkpoint's metadata)")
     ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data/cifar-10-batches-bin"))
     args = ap.parse_args()
@@ -37,11 +39,16 @@ def main():
     px = train[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0
     mean = torch.tensor(px.mean(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(px.std(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
+    # Our checkpoints record the channel counts and the logit scale in their metadata
+    # (model/src/checkpoint.rs).
+    with safe_open(args.checkpoint, "pt") as f:
+        meta = f.metadata() or {}
     if args.out_scale is None:
-        # Our checkpoints record the logit scale in their metadata (model/src/checkpoint.rs).
-        with safe_open(args.checkpoint, "pt") as f:
-            args.out_scale = float((f.metadata() or {}).get("out_scale", 1.0))
-    model = ResNet9(width=args.width, out_scale=args.out_scale)
+        args.out_scale = float(meta.get("out_scale", 1.0))
+    channels = json.loads(meta["channels"]) if args.width is None and "channels" in meta else None
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model = ResNet9(width=1.0 if args.width is None else args.width, out_scale=args.out_scale, channels=channels)
     model.load_state_dict(load_file(args.checkpoint), strict=True)
     model = model.to(dev).eval()
     x = (torch.from_numpy(test[:, 1:].reshape(-1, 3, 32, 32).copy()).float() / 255.0 - mean) / std

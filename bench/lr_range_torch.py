@@ -2,7 +2,7 @@
 network where our engine's CPU path is too slow (or before a GPU session), and the three suggestion rules
 applied to it exactly as `lr_find::suggest` does.
 
-    python3 bench/lr_range_torch.py --data DIR [--device cpu|cuda] [--out-scale 0.125] [--steps 100] \\
+    python3 bench/lr_range_torch.py --data DIR [--device cpu|cuda] [--out-scale 1] [--steps 100] \\
         [--width 1] [--batch-size 512] [--csv out.csv]
 
 Same as ours: SGD (momentum 0.9, Nesterov, weight decay 5e-4), mean cross-entropy, LR growing exponentially
@@ -133,7 +133,7 @@ def main():
     ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--width", type=float, default=1.0)
-    ap.add_argument("--out-scale", type=float, default=1.0)
+    ap.add_argument("--out-scale", type=float, default=0.125, help="multiplier of the logits (our CLI's default, 0.125)")
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--start-lr", type=float, default=1e-4)
@@ -200,6 +200,10 @@ def main():
             f.write("lr,loss,smoothed_loss\n")
             for lr, raw, s in points:
                 f.write(f"{lr:.6e},{raw:.6f},{s:.6f}\n")
+    # As lr_find.rs: a test that diverged within its first tenth (at least 3 points) has no curve to read.
+    if diverged and len(points) < max(args.steps // 10, 3):
+        sys.exit(f"error: the LR range test diverged after {len(points)} of its {args.steps} steps, near the start "
+                 f"of its range: no LR can be read from it")
     report(points, diverged, f"width {args.width}, out scale {args.out_scale}, batch {bs}", args.lr_rule,
            args.lr_min_rule, rose)
 
