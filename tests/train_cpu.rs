@@ -146,6 +146,13 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
     damaged[i] ^= 0x40;
     std::fs::write(dir.join("model.safetensors"), damaged).unwrap();
     same_run("do not match the checksum");
+    // A metrics file with a byte that is no longer text (its high bit flipped) is damaged, not
+    // an I/O error: the previous epoch's files take over.
+    let mut damaged = std::fs::read(dir.join("metrics.csv")).unwrap();
+    let i = damaged.len() / 2;
+    damaged[i] |= 0x80;
+    std::fs::write(dir.join("metrics.csv"), damaged).unwrap();
+    same_run("metrics.csv: not a text file (damaged)");
     // Files gone (deleted by hand): the previous epoch's take over too.
     std::fs::remove_file(dir.join("optimizer.safetensors")).unwrap();
     std::fs::remove_file(dir.join("metrics.csv")).unwrap();
@@ -194,7 +201,10 @@ fn a_checkpoint_that_cannot_be_written_stops_the_run() {
         let opts = run_opts(cfg, runs.path(), name);
         let e = run_training(&ds, &engine::Device::Cpu, opts).unwrap_err().to_string();
         assert!(e.starts_with("writing epoch 1's checkpoint: ") && e.contains("metrics.csv.tmp"), "{name}: {e}");
-        assert!(dir.join("model.safetensors").exists() && dir.join("optimizer.safetensors").exists(), "{name}");
+        // The model file is written, the metrics file cannot be, and the optimizer file (written
+        // last, it marks a whole checkpoint) is not.
+        assert!(dir.join("model.safetensors").exists() && !dir.join("optimizer.safetensors").exists(), "{name}");
+        assert!(e.contains("--resume takes whichever of the last two epochs' checkpoints is intact"), "{name}: {e}");
         let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
         assert!(!log.contains("Done:") && log.trim_end().ends_with(&format!("error: {e}")), "{name}: {log}");
         if epochs == 3 {
@@ -219,6 +229,8 @@ fn bad_settings_are_refused_before_the_run_folder_is_made() {
         (TrainConfig { batch_size: 65, ..good.clone() }, "--batch-size 65 is more than the 64 training images"),
         (TrainConfig { lr_max: f64::INFINITY, ..good.clone() }, "need 0 <= LRMIN <= LRMAX"),
         (TrainConfig { momentum: 1.0, ..good.clone() }, "--momentum must be in [0, 1)"),
+        (TrainConfig { momentum: 0.0, ..good.clone() }, "Nesterov momentum needs --momentum above 0 (or --no-nesterov)"),
+        (TrainConfig { peak_epoch: 0, ..good.clone() }, "--peak-epoch must be between 1 and 10000"),
         (TrainConfig { lr_min: 0.1, lr_max: 0.01, ..good.clone() }, "need 0 <= LRMIN <= LRMAX"),
     ];
     for (i, (cfg, says)) in bad.into_iter().enumerate() {

@@ -147,6 +147,24 @@ impl<'a> KernelSpec<'a> {
     }
 }
 
+/// Whether `name` is one of [`KernelCache::store`]'s temporary files,
+/// `.<stem>-<key>.<extension>.<pid>-<n>.tmp` with a key of 32 hex digits: only those are ever
+/// removed, whatever else the folder holds (`CIFAR10_ENGINE_CACHE` may name a shared folder).
+fn is_temporary_name(name: &str) -> bool {
+    let Some(inner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else { return false };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some((file, writer)) = inner.rsplit_once('.') else { return false };
+    let Some((pid, n)) = writer.split_once('-') else { return false };
+    let Some((stem_key, extension)) = file.rsplit_once('.') else { return false };
+    let Some((stem, key)) = stem_key.rsplit_once('-') else { return false };
+    digits(pid)
+        && digits(n)
+        && Output::ALL.iter().any(|o| o.extension() == extension)
+        && !stem.is_empty()
+        && key.len() == 32
+        && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// `image` with the header that lets [`decode`] tell a whole file from a damaged one.
 pub fn encode(image: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + image.len());
@@ -254,8 +272,7 @@ impl KernelCache {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         for e in entries.flatten() {
             let name = e.file_name();
-            let name = name.to_string_lossy();
-            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            if !is_temporary_name(&name.to_string_lossy()) {
                 continue;
             }
             let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_TEMPORARY);
@@ -438,18 +455,28 @@ mod tests {
     fn stores_remove_stale_temporary_files_only() {
         let tmp = tempfile::tempdir().unwrap();
         let cache = KernelCache::new(tmp.path());
-        let old = tmp.path().join(".augment-0123.ptx.4242-7.tmp");
-        let young = tmp.path().join(".augment-0123.ptx.4243-8.tmp");
-        let other = tmp.path().join("notes.tmp");
-        for p in [&old, &young, &other] {
-            std::fs::write(p, b"partial").unwrap();
-        }
+        let key = "0123456789abcdef0123456789abcdef";
+        let old = tmp.path().join(format!(".augment-{key}.ptx.4242-7.tmp"));
+        let young = tmp.path().join(format!(".augment-{key}.cubin.4243-8.tmp"));
+        // Old files that are not ours, some nearly named like ours (the cache folder may be
+        // shared: CIFAR10_ENGINE_CACHE=$HOME).
+        let others: Vec<_> = ["notes.tmp", ".notes.tmp", ".augment-0123.ptx.4242-7.tmp", &format!(".augment-{key}.txt.1-2.tmp"), &format!(".augment-{key}.ptx.x-2.tmp")]
+            .iter()
+            .map(|n| tmp.path().join(n))
+            .collect();
         let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
-        std::fs::File::options().write(true).open(&old).unwrap().set_modified(two_hours_ago).unwrap();
-        std::fs::File::options().write(true).open(&other).unwrap().set_modified(two_hours_ago).unwrap();
+        for p in others.iter().chain([&old, &young]) {
+            std::fs::write(p, b"partial").unwrap();
+            if p != &young {
+                std::fs::File::options().write(true).open(p).unwrap().set_modified(two_hours_ago).unwrap();
+            }
+        }
         cache.store(&spec(), Output::Ptx, b"image").unwrap();
         assert!(!old.exists(), "a stale temporary file was kept");
-        assert!(young.exists() && other.exists(), "a young temporary file or another file was removed");
+        assert!(young.exists(), "a young temporary file was removed");
+        for p in &others {
+            assert!(p.exists(), "{} is not the cache's, and was removed", p.display());
+        }
         assert_eq!(cache.load(&spec(), Output::Ptx).as_deref(), Some(&b"image"[..]));
     }
 

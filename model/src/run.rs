@@ -57,7 +57,9 @@ impl Logger {
 
     /// Print `line` and append it to the log file.
     pub fn line(&mut self, line: &str) {
-        println!("{line}");
+        // Not println!, which panics when stdout is gone (`model train | head`): the run goes
+        // on, and the log file still gets the line.
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
         self.file_only(line);
     }
 
@@ -113,7 +115,9 @@ pub fn write_metrics(path: &Path, rows: &[EpochRecord]) -> Result<()> {
 
 /// Read `metrics.csv` back (for `--resume`).
 pub fn read_metrics(path: &Path) -> Result<Vec<EpochRecord>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // Not text: a damaged file (the previous epoch's may take its place), not an I/O error.
+    let text = String::from_utf8(bytes).map_err(|_| Error::Invalid(format!("{}: not a text file (damaged)", path.display())))?;
     let bad = |n: usize| Error::Invalid(format!("{}: line {n} is not a metrics row", path.display()));
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate().skip(1).filter(|(_, l)| !l.trim().is_empty()) {
@@ -165,7 +169,6 @@ pub(crate) fn gpu_only(device: &Device, bf16: bool, channels_last: bool, cuda_gr
     Ok(())
 }
 
-/// The first `runs_dir/run-N` that does not exist.
 /// Create folder `path` (and its parents) unless it exists; `what` names it in the error
 /// when it is a file (an OS error alone would say "File exists").
 pub fn make_folder(path: &Path, what: &str) -> Result<()> {
@@ -184,6 +187,7 @@ fn check_run_name(name: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// The first `runs_dir/run-N` that does not exist.
 fn fresh_run_name(runs_dir: &Path) -> String {
     (1..).map(|i| format!("run-{i}")).find(|n| !runs_dir.join(n).exists()).unwrap_or_else(|| "run".into())
 }
@@ -276,8 +280,8 @@ pub fn run_training_timed(ds: &Cifar10, device: &Device, opts: RunOptions, mut c
             )));
         }
     } else if files.opt.exists() {
-        // (model.safetensors alone is a run stopped while it saved its first epoch: nothing to
-        // resume, so it may start again.)
+        // (model.safetensors and metrics.csv without optimizer.safetensors, written last, are a
+        // run stopped while it saved its first epoch: nothing to resume, so it may start again.)
         return Err(Error::Invalid(format!(
             "{} already holds a run; pass --resume to continue it, or choose another --name",
             dir.display()
@@ -433,13 +437,12 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
     }
     train::check_lrs(cfg.lr_min, cfg.lr_max)?;
     let schedule = cfg.schedule(&ds.train);
-    log.line(&format!(
-        "One-cycle: LRMIN={:.4e} -> LRMAX={:.4e} at the end of epoch {} -> LRMIN at the end of epoch {}",
-        cfg.lr_min,
-        cfg.lr_max,
-        cfg.peak_epoch.min(cfg.epochs),
-        cfg.epochs
-    ));
+    let descent = if cfg.peak_epoch < cfg.epochs {
+        format!(" -> LRMIN at the end of epoch {}", cfg.epochs)
+    } else {
+        " (the last: the LR only rises)".to_string()
+    };
+    log.line(&format!("One-cycle: LRMIN={:.4e} -> LRMAX={:.4e} at the end of epoch {}{descent}", cfg.lr_min, cfg.lr_max, cfg.peak_epoch.min(cfg.epochs)));
 
     // The moving average starts here, after the range test (which restores the weights it
     // trained), or continues from the checkpoint's.
@@ -462,8 +465,9 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
     let start_epoch = rows.len();
     let mut last = None;
     let mut saver = Saver::new();
-    // The page-locked host buffers the checkpoints are copied into (two at most: one being
-    // written, one being filled).
+    // The page-locked host buffers the checkpoints are copied into (two per epoch, the model's
+    // and the optimizer's: those being written and those being filled, more while a slow
+    // disk lags).
     let staging = StagingPool::new();
     // Each epoch's time outside its measured training and evaluation (the log lines, queuing
     // the checkpoint's copies to the host, handing it to the saver), and the copies' share of it.
@@ -486,7 +490,8 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         // The last epoch's evaluation also lists the misclassified images (for the plot).
         // In batches of the training size: the tape keeps every activation of a batch, so larger
         // evaluation batches would set the run's peak memory.
-        let eval = train::evaluate(evaluated(&mut model, &mut ema), &ds.test, &mut pipeline, norm, cfg.batch_size, epoch + 1 == cfg.epochs, cfg.tta)?;
+        let eval = train::evaluate(evaluated(&mut model, &mut ema), &ds.test, &mut pipeline, norm, cfg.batch_size, epoch + 1 == cfg.epochs, cfg.tta)
+            .map_err(|e| stopped(e, dir, &rows, &mut saver))?;
         let eval_seconds = eval_start.elapsed().as_secs_f64();
         log.line(&format!(
             "Train: Loss={:.4} Accuracy={:.2}% ({:.1}s)",
@@ -542,12 +547,16 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
             move || {
                 let (model_file, opt_file) = (model_file.finish()?, opt_file.finish()?);
                 prev.keep_from(&files)?;
+                // The optimizer file last: a run folder that holds one holds a whole first
+                // checkpoint (a stop between two writes of a later epoch is caught by the
+                // epochs the files record, and the previous epoch's files take their place).
                 model_file.write(&files.model)?;
-                opt_file.write(&files.opt)?;
-                write_metrics(&files.metrics, &rows)
+                write_metrics(&files.metrics, &rows)?;
+                opt_file.write(&files.opt)
             }
         };
-        saver.submit(format!("epoch {}'s checkpoint", epoch + 1), job)?;
+        // (An error here is the previous epoch's checkpoint that could not be written.)
+        saver.submit(format!("epoch {}'s checkpoint", epoch + 1), job).map_err(|e| save_failed(e, dir, &rows))?;
         last = Some(eval);
         between += (epoch_start.elapsed().as_secs_f64() - stats.seconds - eval_seconds).max(0.0);
     }
@@ -575,7 +584,7 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         write_misclassified(dir, ds, &eval.misclassified)
     })?;
     // The last epoch's checkpoint was written while the plots were made.
-    after.time("checkpoint wait", || saver.wait())?;
+    after.time("checkpoint wait", || saver.wait()).map_err(|e| save_failed(e, dir, &rows))?;
     let total: f64 = rows.iter().map(|r| r.seconds).sum();
     let with_eval: f64 = rows.iter().map(|r| r.seconds + r.eval_seconds).sum();
     log.line(&format!(
@@ -854,6 +863,14 @@ fn write_lr_find_outputs(dir: &Path, r: &lr_find::LrFindResult) -> Result<()> {
             .collect(),
         },
     )
+}
+
+/// The error that ends a run whose checkpoint could not be written (`e` names the epoch and
+/// why): the files of the last two epochs are as the write left them, and `--resume` takes
+/// the intact ones. The curves are written (best effort).
+fn save_failed(e: Error, dir: &Path, rows: &[EpochRecord]) -> Error {
+    let _ = write_curves(dir, rows);
+    Error::Training(format!("{e}; training stopped, --resume takes whichever of the last two epochs' checkpoints is intact"))
 }
 
 /// The error that ends a run whose training broke (`e`: a non-finite loss), saying which

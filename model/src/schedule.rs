@@ -33,7 +33,8 @@ impl OneCycle {
     pub fn lr(&self, t: usize) -> f64 {
         let total = self.total_steps() as f64;
         // A peak past the end (short study runs) is clamped to the end: warm-up only.
-        let peak = ((self.peak_epoch * self.steps_per_epoch) as f64).min(total);
+        // (Clamped before the product, which a huge peak epoch would overflow.)
+        let peak = (self.peak_epoch.min(self.epochs) * self.steps_per_epoch) as f64;
         let t = t as f64;
         let span = self.lr_max - self.lr_min;
         if t <= peak {
@@ -85,5 +86,8 @@ mod tests {
         let s = OneCycle { epochs: 2, ..recipe() };
         assert!((s.lr(0) - 0.01).abs() < 1e-15);
         assert!(s.lr(195) < 0.4 && s.lr(195) > s.lr(194));
+        // A peak epoch whose step count would overflow is clamped first: the same schedule.
+        let huge = OneCycle { peak_epoch: usize::MAX, ..s };
+        assert_eq!((0..196).map(|t| huge.lr(t)).collect::<Vec<_>>(), (0..196).map(|t| s.lr(t)).collect::<Vec<_>>());
     }
 }

@@ -127,6 +127,12 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.momentum) {
             return bad(format!("--momentum must be in [0, 1), got {}", self.momentum));
         }
+        if self.nesterov && self.momentum == 0.0 {
+            return bad("Nesterov momentum needs --momentum above 0 (or --no-nesterov)".into());
+        }
+        if self.peak_epoch == 0 || self.peak_epoch > MAX_EPOCHS {
+            return bad(format!("--peak-epoch must be between 1 and {MAX_EPOCHS}, got {}", self.peak_epoch));
+        }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return bad(format!("--weight-decay must be a number >= 0, got {}", self.weight_decay));
         }
@@ -447,7 +453,8 @@ pub struct EpochStats {
 }
 
 /// Train one epoch (`epoch` counts from 0). `on_step(step_in_epoch, lr, running_loss,
-/// running_accuracy)` is called after every step (the progress bar). With `ema`, the moving
+/// running_accuracy)` is called for the progress bar: after every step on the CPU; on the GPU
+/// when a poll (every few steps) finds finished batches, and at the end of the epoch. With `ema`, the moving
 /// average of the weights is offered every step's result ([`Ema::after_step`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
