@@ -1,7 +1,7 @@
 //! Turning dataset records into input tensors on the CPU: the augmented training
 //! batch and the normalised test batch, `[N, 3, 32, 32]` f32, with labels.
 
-use crate::Result;
+use crate::{Error, Result};
 use data::Split;
 use data::augment::{self, AugParams};
 use engine::Tensor;
@@ -13,8 +13,19 @@ pub struct Normalization {
     pub std: [f32; 3],
 }
 
-/// The augmented batch of records `indices`, each with its own parameters.
+/// The augmented batch of records `indices`, each with its own parameters (one per index,
+/// each index a record of `split`, each parameter set valid: else an error, not a panic or a
+/// zero image).
 pub fn train_batch(split: &Split, indices: &[u32], params: &[AugParams], norm: Normalization) -> Result<(Tensor, Vec<u32>)> {
+    if indices.len() != params.len() {
+        return Err(Error::Invalid(format!("{} record indices and {} augmentation parameter sets", indices.len(), params.len())));
+    }
+    if let Some(&i) = indices.iter().find(|&&i| i as usize >= split.len()) {
+        return Err(Error::Invalid(format!("record index {i} outside the split of {}", split.len())));
+    }
+    if let Some(p) = params.iter().find(|p| !p.is_valid()) {
+        return Err(Error::Invalid(format!("augmentation values {p:?} outside their range (crop corner 0..=8, flip 0 or 1)")));
+    }
     let mut x = vec![0f32; indices.len() * 3072];
     let mut labels = Vec::with_capacity(indices.len());
     for ((&i, p), out) in indices.iter().zip(params).zip(x.chunks_exact_mut(3072)) {
@@ -27,6 +38,9 @@ pub fn train_batch(split: &Split, indices: &[u32], params: &[AugParams], norm: N
 /// The normalised (not augmented) batch of records `start..end`; with `flip`, every image
 /// mirrored horizontally (each row of 32 pixels reversed: flip test-time augmentation).
 pub fn eval_batch(split: &Split, start: usize, end: usize, norm: Normalization, flip: bool) -> Result<(Tensor, Vec<u32>)> {
+    if start > end || end > split.len() {
+        return Err(Error::Invalid(format!("test batch {start}..{end} outside the split of {}", split.len())));
+    }
     let mut x = vec![0f32; (end - start) * 3072];
     let mut labels = Vec::with_capacity(end - start);
     for (i, out) in (start..end).zip(x.chunks_exact_mut(3072)) {
@@ -65,6 +79,26 @@ fn argmax_first(row: &[f64]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Mismatched or out-of-range inputs are errors, not panics or zero images.
+    #[test]
+    fn bad_batch_requests_are_errors() {
+        let dir = std::env::var_os("CIFAR10_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cifar10"));
+        let ds = data::Cifar10::open(&dir).unwrap();
+        let norm = Normalization { mean: [0.5; 3], std: [0.25; 3] };
+        let p = AugParams::identity();
+        let n = ds.test.len() as u32;
+        let err = |r: Result<(Tensor, Vec<u32>)>| r.err().expect("accepted").to_string();
+        assert!(err(train_batch(&ds.test, &[0, 1], &[p], norm)).contains("2 record indices and 1 augmentation"));
+        assert!(err(train_batch(&ds.test, &[n], &[p], norm)).contains(&format!("record index {n} outside")));
+        assert!(err(train_batch(&ds.test, &[0], &[AugParams { crop_x: 9, ..p }], norm)).contains("outside their range"));
+        assert!(err(eval_batch(&ds.test, 5, 4, norm, false)).contains("outside the split"));
+        assert!(err(eval_batch(&ds.test, 0, n as usize + 1, norm, false)).contains("outside the split"));
+        let (x, labels) = train_batch(&ds.test, &[0, n - 1], &[p, p], norm).unwrap();
+        assert_eq!((x.shape(), labels.len()), (&[2, 3, 32, 32][..], 2));
+    }
 
     /// Ties go to the first maximum and NaN never wins, as on the device.
     #[test]
