@@ -90,7 +90,7 @@ mod tests {
         let norm = Normalization { mean: [0.5; 3], std: [0.25; 3] };
         let p = AugParams::identity();
         let n = ds.test.len() as u32;
-        let err = |r: Result<(Tensor, Vec<u32>)>| r.err().expect("accepted").to_string();
+        let err = |r: Result<(Tensor, Vec<u32>)>| r.expect_err("accepted").to_string();
         assert!(err(train_batch(&ds.test, &[0, 1], &[p], norm)).contains("2 record indices and 1 augmentation"));
         assert!(err(train_batch(&ds.test, &[n], &[p], norm)).contains(&format!("record index {n} outside")));
         assert!(err(train_batch(&ds.test, &[0], &[AugParams { crop_x: 9, ..p }], norm)).contains("outside their range"));

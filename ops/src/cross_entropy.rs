@@ -59,6 +59,12 @@ impl DeviceLabels {
     pub(crate) fn view(&self) -> cudarc::driver::CudaView<'_, u32> {
         self.all.slice(self.offset..self.offset + self.len)
     }
+
+    /// A host copy of the labels, through `dev` (the device that holds them; waits for its
+    /// stream): for tests that check what a loss reads.
+    pub fn to_host(&self, dev: &engine::cuda::CudaDevice) -> Result<Vec<u32>> {
+        dev.download_view(&self.view())
+    }
 }
 
 /// [`softmax_cross_entropy`] on CUDA logits with labels already on the device.
