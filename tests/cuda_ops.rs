@@ -275,6 +275,45 @@ fn timed_search_plans_convolutions_that_match_the_cpu() {
     }
 }
 
+/// With the default rule (cuDNN's heuristic ranking), a convolution that differs from a planned
+/// one only in its batch size (an epoch's last batch: 336 of 50,000 images) takes that plan's
+/// algorithms with its own workspace sizes (`ops::conv2d_plan::reuse_at_this_batch`), and
+/// computes what the CPU does: bf16 channels-last, the network's 64 -> 64 channels, batch 16
+/// then 5. Tolerance as in `timed_search_plans_convolutions_that_match_the_cpu`: 1e-2.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_plan_reused_at_another_batch_matches_the_cpu() {
+    use engine::Layout;
+    use ops::conv2d::Conv2dParams;
+    let dev = gpu();
+    let d = cuda_dev(&dev);
+    assert_eq!(d.conv_search(), engine::cuda::ConvSearch::Heuristic);
+    let p = Conv2dParams { stride: 1, padding: 1 };
+    let (dt, layout) = (DType::BF16, Layout::Nhwc);
+    let w = rand(&[64, 64, 3, 3], 740).to_dtype(dt).to_dtype(DType::F32);
+    for (n, seed) in [(16usize, 741u64), (5, 743)] {
+        let what = format!("batch {n}");
+        let x = rand(&[n, 64, 16, 16], seed).to_dtype(dt).to_dtype(DType::F32);
+        let y = ops::conv2d::forward(&x, &w, p).unwrap();
+        let dy = rand(y.shape(), seed + 1).to_dtype(dt).to_dtype(DType::F32);
+        let (dx, dw) = ops::conv2d::backward(&x, &w, &dy, p, true).unwrap();
+        let g = |t: &Tensor| ops::layout::forward(&ops::cast::forward(&t.to_device(&dev).unwrap(), dt).unwrap(), layout).unwrap();
+        let back = |t: &Tensor| ops::cast::forward(&ops::layout::forward(t, Layout::Nchw).unwrap(), DType::F32).unwrap();
+        close(&format!("{what}: y"), &back(&ops::conv2d::forward(&g(&x), &g(&w), p).unwrap()), &y, 1e-2);
+        let (dxg, dwg) = ops::conv2d::backward(&g(&x), &g(&w), &g(&dy), p, true).unwrap();
+        close(&format!("{what}: dx"), &back(&dxg.unwrap()), dx.as_ref().unwrap(), 1e-2);
+        close(&format!("{what}: dw"), &back(&dwg), &dw, 1e-2);
+    }
+    let lines = d.conv_plan_lines();
+    for line in &lines {
+        eprintln!("convolution plan: {line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("x [5, 64, 16, 16]") && l.contains("(searched at batch 16)")),
+        "the batch-5 shape did not reuse the batch-16 plan: {lines:?}"
+    );
+}
+
 /// Convolutions through cuDNN's backend (graph) API (`--cudnn-graph`) compute what the CPU
 /// does, in f32 (FMA math: TF32 off, so tensor-core engines are refused), f64 and bf16
 /// channels-last (the network's fast path), at shapes no other test plans, and every
@@ -653,7 +692,13 @@ fn bf16_kernels_match_the_host_exactly() {
         let (ah, bh) = (a.to_f32_vec(), b.to_f32_vec());
         let round = |v: f32| engine::tensor::bf16_to_f32(engine::tensor::bf16_bits(v as f64));
         let relu: Vec<f32> = ah.iter().map(|&v| if v > 0.0 { v } else { 0.0 }).collect();
-        assert_eq!(ops::relu::forward(&a).unwrap().to_f32_vec(), relu);
+        let y = ops::relu::forward(&a).unwrap();
+        assert_eq!(y.to_f32_vec(), relu);
+        // Its backward from y, with b as the incoming gradient: dx = y > 0 ? dy : 0, exact.
+        let dx: Vec<f32> = relu.iter().zip(&bh).map(|(&y, &g)| if y > 0.0 { g } else { 0.0 }).collect();
+        let got = ops::relu::backward(&y, &b).unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(got.to_f32_vec(), dx, "relu backward in bf16");
         let sum: Vec<f32> = ah.iter().zip(&bh).map(|(&x, &y)| round(x + y)).collect();
         assert_eq!(ops::add::forward(&a, &b).unwrap().to_f32_vec(), sum);
         let mut acc = a.clone();
