@@ -18,6 +18,16 @@ const KERNEL_CACHE_HELP: &str = "On a GPU, our CUDA kernels compiled by NVRTC ar
     $CIFAR10_ENGINE_CACHE, else $XDG_CACHE_HOME/cifar10-engine/kernels, else ~/.cache/cifar10-engine/kernels \
     (CIFAR10_ENGINE_CACHE=off: no cache; deleting the folder is always safe).";
 
+/// `lr-find --help`'s closing lines: it shares train's flags, but not all of them apply.
+const LR_FIND_HELP: &str = "lr-find takes train's flags, but --lr-max/--lr-min and --resume are for train (refused here); \
+    --epochs, --tta and --ema change nothing in the range test. On a GPU, our CUDA kernels compiled by NVRTC are kept \
+    for the next run (see `model --help`).";
+
+/// `profile --help`'s closing lines.
+const PROFILE_HELP: &str = "profile takes train's flags for the network, the device and the batch; it writes no run folder, \
+    so --resume and --name are refused, and --epochs, --out, --tta and --ema change nothing. On a GPU, our CUDA kernels \
+    compiled by NVRTC are kept for the next run (see `model --help`).";
+
 #[derive(Parser)]
 #[command(name = "model", version, about = "Train the CIFAR-10 ResNet-9 on our own CUDA engine (or the CPU reference).", after_help = KERNEL_CACHE_HELP)]
 struct Cli {
@@ -31,10 +41,10 @@ enum Command {
     #[command(after_help = KERNEL_CACHE_HELP)]
     Train(TrainArgs),
     /// Run only the LR range test and plot loss against LR.
-    #[command(after_help = KERNEL_CACHE_HELP)]
+    #[command(after_help = LR_FIND_HELP)]
     LrFind(TrainArgs),
     /// Time one training step operation by operation (CUDA events on a GPU), after warm-up steps.
-    #[command(after_help = KERNEL_CACHE_HELP)]
+    #[command(after_help = PROFILE_HELP)]
     Profile {
         #[command(flatten)]
         args: TrainArgs,
