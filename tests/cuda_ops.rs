@@ -718,7 +718,11 @@ fn bf16_kernels_match_the_host_exactly() {
 /// The layout kernels move every element to its NHWC (or back to NCHW) place exactly, in
 /// all three element sizes; and cuDNN's convolution, batch norm and pooling give the same
 /// results on channels-last tensors as on NCHW ones (compared after converting back; the
-/// tolerance of each op's NCHW test, since algorithms differ between layouts).
+/// tolerance of each op's NCHW test, since algorithms differ between layouts). cuDNN's batch
+/// norm also backward, and in bf16 channels-last (`--bf16` without the fused op) against f32
+/// NCHW on the same bf16-rounded inputs: its y and dx are bf16 (one rounding, 2^-8 of a
+/// value, with f32 arithmetic behind), dγ, dβ and the running statistics f32 sums of the same
+/// values: 1e-2 for all (a wrong rule is off by far more).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn channels_last_conversions_and_ops_match_nchw() {
@@ -756,7 +760,9 @@ fn channels_last_conversions_and_ops_match_nchw() {
     close("max pool NHWC", &nchw(&ops::max_pool::forward_cuda(&nhwc(&xc), 2).unwrap()), &yp, 0.0);
     use ops::batch_norm::{BatchNormConfig, RunningStats};
     let (gamma, beta) = (rand(&[64], 704), rand(&[64], 705));
-    let bn = |x: Tensor| {
+    let dyb = rand(&[16, 64, 16, 16], 706);
+    // y, (dx, dγ, dβ) for dy, and the running statistics, of one training-mode batch norm.
+    let bn = |x: Tensor, dy: Tensor| {
         let params = vec![x, g(&gamma), g(&beta)];
         let mut stats = RunningStats::new(64, DType::F32);
         stats.mean = g(&stats.mean);
@@ -764,12 +770,27 @@ fn channels_last_conversions_and_ops_match_nchw() {
         let mut graph = Graph::new(&params);
         let (xv, gv, bv) = (graph.param(0).unwrap(), graph.param(1).unwrap(), graph.param(2).unwrap());
         let y = ops::batch_norm::batch_norm_train(&mut graph, xv, gv, bv, &mut stats, BatchNormConfig::default()).unwrap();
-        (graph.value(y).clone(), stats)
+        let out = graph.value(y).clone();
+        let grads: Vec<Tensor> = graph.backward_with(y, dy).unwrap().into_param_grads(3).unwrap().into_iter().map(Option::unwrap).collect();
+        (out, grads, stats)
     };
-    let (yb, sb) = bn(g(&xc));
-    let (yb_cl, sb_cl) = bn(nhwc(&xc));
-    close("batch norm NHWC y", &nchw(&yb_cl), &yb.to_device(&Device::Cpu).unwrap(), 1e-4);
-    close("batch norm NHWC running var", &sb_cl.var, &sb.var.to_device(&Device::Cpu).unwrap(), 1e-4);
+    let host = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+    let f32_nchw = |t: &Tensor| ops::cast::forward(&nchw(t), DType::F32).unwrap();
+    let compare = |what: &str, (y, grads, stats): &(Tensor, Vec<Tensor>, RunningStats), want: &(Tensor, Vec<Tensor>, RunningStats), rtol: f64| {
+        close(&format!("{what} y"), &f32_nchw(y), &host(&want.0), rtol);
+        close(&format!("{what} dx"), &f32_nchw(&grads[0]), &host(&want.1[0]), rtol);
+        close(&format!("{what} dgamma"), &grads[1], &host(&want.1[1]), rtol);
+        close(&format!("{what} dbeta"), &grads[2], &host(&want.1[2]), rtol);
+        close(&format!("{what} running mean"), &stats.mean, &host(&want.2.mean), rtol);
+        close(&format!("{what} running var"), &stats.var, &host(&want.2.var), rtol);
+    };
+    let reference = bn(g(&xc), g(&dyb));
+    compare("batch norm NHWC", &bn(nhwc(&xc), nhwc(&dyb)), &reference, 1e-4);
+    // bf16 channels-last against f32 NCHW, both on the same bf16-rounded inputs.
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).to_dtype(DType::F32);
+    let bf16_nhwc = |t: &Tensor| ops::cast::forward(&nhwc(&round(t)), DType::BF16).unwrap();
+    let reference = bn(g(&round(&xc)), g(&round(&dyb)));
+    compare("batch norm bf16 NHWC", &bn(bf16_nhwc(&xc), bf16_nhwc(&dyb)), &reference, 1e-2);
     cuda_dev(&dev).set_allow_tf32(true);
 }
 
