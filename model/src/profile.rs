@@ -74,7 +74,8 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
         step(&mut model, &mut state, &mut pipeline, b)?;
     }
     device.synchronize()?;
-    println!("Device: {device}; ResNet-9 width {}, batch {bs}; {warmup} warm-up steps took {:.2}s", cfg.width, t0.elapsed().as_secs_f64());
+    let steps = if warmup == 1 { "1 warm-up step".to_string() } else { format!("{warmup} warm-up steps") };
+    println!("Device: {device}; ResNet-9 width {}, batch {bs}; {steps} took {:.2}s", cfg.width, t0.elapsed().as_secs_f64());
     if let Some(first) = first {
         println!(
             "The first of them, time per operation ({}; the first use of each operation included: plan choices, kernels loaded at their first launch, and on a GPU the host's work before a launch, which the GPU waits for; the {FIRST_STEP_ROWS} largest rows):",

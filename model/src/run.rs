@@ -727,11 +727,11 @@ fn read_checkpoint(files: &RunFiles, opts: &RunOptions) -> Result<Checkpoint> {
             && done != rows.len()
         {
             return Err(Error::Invalid(format!(
-                "{} was saved after epoch {done} but {} records {} epochs: the run stopped while it saved them, and \
-                 resuming from them would mix epochs",
+                "{} was saved after epoch {done} but {} records {}: the files are of different epochs (a run stopped \
+                 while it saved them, or a file changed since), and resuming from them would mix epochs",
                 path.display(),
                 files.metrics.display(),
-                rows.len()
+                epochs(rows.len())
             )));
         }
     }
