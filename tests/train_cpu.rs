@@ -86,7 +86,7 @@ fn a_narrow_resnet_learns_on_the_cpu_and_writes_its_run_folder() {
         ..opts.clone()
     };
     let e = run_training(&ds, &engine::Device::Cpu, longer).unwrap_err().to_string();
-    assert!(e.contains("asks for others: epochs 5 (saved: 3).") && e.contains("cannot be extended"), "{e}");
+    assert!(e.contains("asks for others: --epochs 5 (saved: 3).") && e.contains("cannot be extended"), "{e}");
     assert_eq!(std::fs::read(dir.join("train.log")).unwrap(), log_before, "a refused resume wrote to the log");
     let same = RunOptions { resume: true, explicit: vec!["epochs".into(), "width".into()], ..opts.clone() };
     assert!((run_training(&ds, &engine::Device::Cpu, same).unwrap() - acc).abs() < 1e-9);

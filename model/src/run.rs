@@ -766,11 +766,19 @@ fn refuse_other_settings(dir: &Path, saved: &TrainConfig, asked: &TrainConfig, e
         Some("") => "all".to_string(),
         v => v.unwrap_or("?").to_string(),
     };
-    let differ: Vec<String> = explicit
-        .iter()
-        .filter(|k| asked.get(*k) != saved.get(*k))
-        .map(|k| format!("{k} {} (saved: {})", shown(&asked, k), shown(&saved, k)))
-        .collect();
+    // Each as its flag: `--peak-epoch 2 (saved: 1)`, `--bf16 (saved: off)`.
+    let as_flag = |k: &str| {
+        let (a, s) = (shown(&asked, k), shown(&saved, k));
+        let flag = format!("--{}", k.replace('_', "-"));
+        match (k, a.as_str()) {
+            ("nesterov", "false") => "--no-nesterov (saved: Nesterov momentum)".to_string(),
+            ("nesterov", _) => "Nesterov momentum (saved: --no-nesterov)".to_string(),
+            (_, "true") => format!("{flag} (saved: off)"),
+            (_, "false") => format!("{flag} off (saved: on)"),
+            _ => format!("{flag} {a} (saved: {s})"),
+        }
+    };
+    let differ: Vec<String> = explicit.iter().filter(|k| asked.get(*k) != saved.get(*k)).map(|k| as_flag(k)).collect();
     if differ.is_empty() {
         return Ok(());
     }
@@ -1057,11 +1065,16 @@ mod tests {
         // --plain turns the speed options off.
         let plain = TrainConfig { bf16: false, channels_last: false, fused_bn_relu: false, ..saved.clone() };
         let e = refuse_other_settings(dir, &saved, &plain, &keys(&["bf16", "channels_last", "fused_bn_relu"])).unwrap_err().to_string();
-        assert!(e.contains("asks for others: bf16 false (saved: true), channels_last false (saved: true), fused_bn_relu false (saved: true)."), "{e}");
+        assert!(e.contains("asks for others: --bf16 off (saved: on), --channels-last off (saved: on), --fused-bn-relu off (saved: on)."), "{e}");
         let e = refuse_other_settings(dir, &saved, &TrainConfig { subset: Some(5000), epochs: 30, ..saved.clone() }, &keys(&["epochs", "subset"]))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("epochs 30 (saved: 24), subset 5000 (saved: all)"), "{e}");
+        assert!(e.contains("--epochs 30 (saved: 24), --subset 5000 (saved: all)"), "{e}");
+        // Each setting as its flag: --no-nesterov, and a flag that turns an option on.
+        let e = refuse_other_settings(dir, &saved, &TrainConfig { nesterov: false, ema: true, peak_epoch: 2, ..saved.clone() }, &keys(&["ema", "nesterov", "peak_epoch"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--ema (saved: off), --no-nesterov (saved: Nesterov momentum), --peak-epoch 2 (saved: 5)"), "{e}");
     }
 
     /// The previous epoch's checkpoint takes over for damaged or missing files, not for the
