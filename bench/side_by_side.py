@@ -734,10 +734,12 @@ def write_outputs(doc, out, show=True):
              for k, ext in (("side-by-side", "json"), ("speed", "json"))}
     md = os.path.join(out, f"side-by-side-{date}.md")
     doc["files"] = [md, paths["side-by-side"], paths["speed"]] + [r["log"] for r in doc["runs"] if r.get("log")]
-    with open(paths["side-by-side"], "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(paths["speed"], "w") as f:
-        json.dump(doc["speed"], f, indent=1)
+    # Written whole, then renamed over the last version: a signal during the write (the call's
+    # time limit) must not leave the only copy of the finished runs' numbers cut short.
+    for path, value in ((paths["side-by-side"], doc), (paths["speed"], doc["speed"])):
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f, indent=1)
+        os.replace(path + ".tmp", path)
     write_markdown(doc, md)
     if show:
         print("\n" + open(md).read())

@@ -582,3 +582,71 @@ fn pick_weighs_the_graph_api_with_the_timed_search_too() {
     let picked = fs::read_to_string(m.results().join(format!("pick-{day}.txt"))).unwrap();
     assert!(picked.contains("graph_api_convolutions_match_the_cpu has not passed today"), "{picked}");
 }
+
+/// A GPU test whose binary crashed (or hung) after starting it has not passed, even when the
+/// day's file holds another binary's `test result:` line after it.
+#[test]
+fn a_test_whose_binary_crashed_has_not_passed() {
+    let day = today();
+    let m = Machine::new();
+    let profiles = [profile_section("", "3.00"), profile_section("--first-conv=direct", "2.50")];
+    fs::write(m.results().join(format!("profile-{day}.txt")), profiles.concat()).unwrap();
+    let crashed = "== test-cuda_ops --ignored --test-threads=1 --nocapture\n\
+                   test first_conv_direct_kernels_match_the_cpu_and_cudnn ... \n\
+                   == test-cuda_ops exit status 139 (124: it ran into its limit of 60 s)\n\
+                   == test-cuda_train --ignored --test-threads=1 --nocapture\n\
+                   test a_short_run_learns_on_the_gpu ... ok\n\n\
+                   test result: ok. 1 passed; 0 failed\n\
+                   == test-cuda_train exit status 0 (124: it ran into its limit of 60 s)\n";
+    fs::write(m.results().join(format!("cuda-tests-{day}.txt")), crashed).unwrap();
+    m.run(&[], &["pick", "train", "5"]);
+    assert_eq!(m.calls(), strings(&["train --name seed5 --no-progress --data cifar10 --seed 5"]));
+    let picked = fs::read_to_string(m.results().join(format!("pick-{day}.txt"))).unwrap();
+    assert!(picked.contains("first_conv_direct_kernels_match_the_cpu_and_cudnn has not passed today"), "{picked}");
+}
+
+/// `official`'s JPEG-q75 run gets every flag the script gave the first seed's run on the
+/// official files, pick's choice included, even after a later seed's failure dropped that
+/// choice for the rest of the call: the pair differs in the data alone.
+#[test]
+fn the_jpeg_pair_keeps_the_first_runs_picked_convolution() {
+    let day = today();
+    let m = Machine::new();
+    fs::write(m.results().join(format!("cifar-search-{day}.txt")), "/somewhere\n").unwrap();
+    let profiles = [profile_section("", "3.00"), profile_section("--first-conv=cudnn", "2.50")];
+    fs::write(m.results().join(format!("profile-{day}.txt")), profiles.concat()).unwrap();
+    fs::write(m.results().join(format!("cuda-tests-{day}.txt")), first_conv_test(true)).unwrap();
+    m.run(&[("CRASH_WHEN", "seed 22 --first-conv")], &["pick", "official", "21", "22", "train", "5"]);
+    assert_eq!(
+        m.calls(),
+        strings(&[
+            "train --name seed21-official --no-progress --data cifar10-official --seed 21 --first-conv=cudnn",
+            "train --name seed22-official --no-progress --data cifar10-official --seed 22 --first-conv=cudnn",
+            "train --name seed22-official --no-progress --data cifar10-official --seed 22",
+            "train --name seed21-official-q75 --no-progress --data cifar10-official-q75 --seed 21 --first-conv=cudnn",
+            // The choice stays dropped after the pair.
+            "train --name seed5-official --no-progress --data cifar10-official --seed 5",
+        ])
+    );
+    assert_eq!(m.log("seed21-official.flags").trim(), "--first-conv=cudnn");
+    assert_eq!(m.log("seed21-official-q75.flags").trim(), "--first-conv=cudnn");
+}
+
+/// A seed's log that an earlier call left without its .flags (the run was cut by the budget,
+/// or crashed and had no time to run again) does not stand for the seed: it is kept apart,
+/// with its run folder, and the seed runs again under the usual name.
+#[test]
+fn an_unfinished_run_of_an_earlier_call_is_kept_apart_and_run_again() {
+    let m = Machine::new();
+    let earlier = m.results().join(format!("train-24ep-{}-seed23.log", today()));
+    fs::write(&earlier, "Device: stand-in\nEPOCH: 1 (LR: 0.1)\n").unwrap();
+    fs::create_dir_all(m.root.join("results/runs/seed23")).unwrap();
+    fs::write(m.root.join("results/runs/seed23/model.safetensors"), b"").unwrap();
+    let text = m.run(&[], &["train", "23"]);
+    assert_eq!(m.calls(), strings(&["train --name seed23 --no-progress --data cifar10 --seed 23"]));
+    assert!(text.contains("did not end as it should: kept as"), "{text}");
+    assert_eq!(m.log("seed23-unfinished.log"), "Device: stand-in\nEPOCH: 1 (LR: 0.1)\n");
+    assert!(m.root.join("results/runs/seed23-unfinished/model.safetensors").exists());
+    assert!(m.log("seed23.log").contains("91.50%"));
+    assert_eq!(m.log("seed23.flags").trim(), "");
+}

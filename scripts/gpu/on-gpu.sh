@@ -51,6 +51,8 @@ OUT="${OUT:-/tmp/out}"
 GPU_ROOT="${GPU_ROOT:-/root}"
 RES="$GPU_ROOT/results"
 mkdir -p "$OUT" "$RES" "$GPU_ROOT/cifar10" "$GPU_ROOT/devbin"
+# The budget counts from here: env.sh's first library search on a fresh machine is part of it.
+start=$SECONDS
 # shellcheck source=/dev/null
 source scripts/gpu/env.sh
 export CIFAR10_DIR="$GPU_ROOT/cifar10"
@@ -67,7 +69,6 @@ OURS_FALLBACK=()
 # a step names such a flag itself.
 OURS_CHOSEN=()
 day="$(date -u +%Y-%m-%d)"
-start=$SECONDS
 
 # The time limit for a step that wants $1 seconds: $1, or what is left of BUDGET_S less 15 s.
 # Prints nothing (and the caller skips the step) when under 30 s are left.
@@ -168,7 +169,7 @@ tests() {
     # what a failing descriptor attribute was, where a status alone does not say.
     for t in "${bins[@]}"; do
         ( CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG="$tmp/$t.cudnn-log" \
-          timeout "$t_s" "$GPU_ROOT/devbin/$t" --ignored --test-threads=1 --nocapture > "$tmp/$t.txt" 2>&1
+          timeout -k 10 "$t_s" "$GPU_ROOT/devbin/$t" --ignored --test-threads=1 --nocapture > "$tmp/$t.txt" 2>&1
           echo "== $t exit status $? (124: it ran into its limit of ${t_s} s)" >> "$tmp/$t.txt" ) &
     done
     wait
@@ -198,12 +199,19 @@ tests() {
 
 # Whether test NAME passed in the libtest output FILE (--test-threads=1 --nocapture, where a
 # test's own output can come between its `test NAME ... ` and its `ok`): it ran, the binary
-# reached its `test result:` line (no crash, no timeout), and NAME is neither in the
-# `failures:` list nor a panicking thread.
+# that ran it reached its `test result:` line (no crash, no timeout), and NAME is neither in
+# the `failures:` list nor a panicking thread. FILE may hold several binaries' output, each
+# from its `== test-...` line (cuda-tests-<date>.txt): only NAME's binary's part counts, so
+# that another binary's `test result:` cannot stand for a crash of NAME's.
 test_passed() {
-    local file="$1" name="$2"
-    grep -q "^test $name \.\.\. " "$file" && grep -q '^test result: ' "$file" \
-        && ! grep -qx "    $name" "$file" && ! grep -q "^thread '$name'" "$file"
+    local file="$1" name="$2" part
+    part="$(awk -v t="test $name ... " '
+        /^== test-/ { if (found) exit; part = "" }
+        { part = part $0 "\n" }
+        index($0, t) == 1 { found = 1 }
+        END { if (found) printf "%s", part }' "$file")"
+    [ -n "$part" ] && grep -q '^test result: ' <<< "$part" \
+        && ! grep -qx "    $name" <<< "$part" && ! grep -q "^thread '$name'" <<< "$part"
 }
 
 # Extra flags for `model train`, e.g. TRAIN_ARGS="--lr-max 0.4 --lr-min 0.04" (word-split).
@@ -230,11 +238,19 @@ train() {
         local name rc
         name="$(train_name "$s" "${extra[@]}")"
         local log="$RES/train-24ep-$day-$name.log"
-        # /root/results outlives a call while the machine is warm: a seed's log an earlier call
-        # (or step) wrote is kept, not overwritten, and its .flags stand for it.
-        if [ -e "$log" ]; then
+        # /root/results outlives a call while the machine is warm: a seed's run an earlier call
+        # (or step) finished is kept, not overwritten, and its .flags stand for it. One that did
+        # not end as it should (cut by the budget, say: no .flags) is kept apart, and runs again.
+        if [ -e "$log" ] && [ -e "${log%.log}.flags" ]; then
             echo "on-gpu.sh: $(basename "$log") is there already (written by an earlier call or step on this machine): seed $s not run again"
             continue
+        fi
+        if [ -e "$log" ]; then
+            local unfinished="-unfinished" k=2
+            while [ -e "${log%.log}$unfinished.log" ] || [ -e "$RES/runs/$name$unfinished" ]; do unfinished="-unfinished-$k"; k=$((k + 1)); done
+            mv "$log" "${log%.log}$unfinished.log"
+            [ -d "$RES/runs/$name" ] && mv "$RES/runs/$name" "$RES/runs/$name$unfinished"
+            echo "on-gpu.sh: $(basename "$log") is there from an earlier call or step, but that run did not end as it should: kept as $(basename "${log%.log}")$unfinished.log, and seed $s runs again"
         fi
         local chosen=("${OURS_CHOSEN[@]}")
         names_a_pick_flag "${extra[@]}" && chosen=()
@@ -276,8 +292,10 @@ train() {
             rc=$?
             [ "$rc" -eq "$NO_TIME" ] && return 0
         done
-        # A run that ended as it should: the flags it had, for `official`'s pair and a later call.
-        [ "$rc" -eq 0 ] && printf '%s\n' "${OURS_FALLBACK[*]}" > "${log%.log}.flags"
+        # A run that ended as it should: the flags the script added to it (pick's choice and the
+        # fallback's), for `official`'s pair and a later call.
+        local added=("${chosen[@]}" "${OURS_FALLBACK[@]}")
+        [ "$rc" -eq 0 ] && printf '%s\n' "${added[*]}" > "${log%.log}.flags"
         pack
     done
 }
@@ -316,7 +334,7 @@ train_run() {
     local name="$1" log="$2" t_s; shift 2
     t_s="$(limit "$train_timeout")"; [ -n "$t_s" ] || return "$NO_TIME"
     RUN_LIMIT_CUT=""; [ "$t_s" -lt "$train_timeout" ] && RUN_LIMIT_CUT=1
-    { nvidia-smi -L | head -n 1; timeout "$t_s" "$GPU_ROOT/devbin/model" train --out "$RES/runs" --name "$name" --no-progress "$@" 2>&1; } | tee "$log"
+    { nvidia-smi -L | head -n 1; timeout -k 10 "$t_s" "$GPU_ROOT/devbin/model" train --out "$RES/runs" --name "$name" --no-progress "$@" 2>&1; } | tee "$log"
     return "${PIPESTATUS[0]}"
 }
 
@@ -355,7 +373,7 @@ degrade() {
     local q="${1:-55}" t_s
     python3 -c 'import PIL' 2>/dev/null || { echo "on-gpu.sh: degrade needs Pillow (python3 -c 'import PIL' failed): skipped"; return 1; }
     t_s="$(limit 120)"; [ -n "$t_s" ] || return 1
-    { echo "== bench/jpeg_degrade.py --data $DATA --quality $q"; timeout "$t_s" python3 bench/jpeg_degrade.py --data "$DATA" --out "$DATA-q$q" --quality "$q" 2>&1; } | tee -a "$RES/jpeg-degrade-$day.txt"
+    { echo "== bench/jpeg_degrade.py --data $DATA --quality $q"; timeout -k 10 "$t_s" python3 bench/jpeg_degrade.py --data "$DATA" --out "$DATA-q$q" --quality "$q" 2>&1; } | tee -a "$RES/jpeg-degrade-$day.txt"
 }
 
 # `official 21 22 23`: issue 6's deciding runs, whatever the machine holds.
@@ -385,7 +403,7 @@ official() {
     # Checking a copy reads it whole (and decodes 60,000 PNGs for Hugging Face's): seconds, but a
     # large wrong candidate must not eat the call.
     t_s="$(limit 180)"; [ -n "$t_s" ] || return 0
-    if [ -f "$list" ] && timeout "$t_s" python3 bench/official_cifar.py --candidates "$list" --out "$GPU_ROOT/cifar10-official" 2>&1 | tee "$RES/official-$day.txt"; then
+    if [ -f "$list" ] && timeout -k 10 "$t_s" python3 bench/official_cifar.py --candidates "$list" --out "$GPU_ROOT/cifar10-official" 2>&1 | tee "$RES/official-$day.txt"; then
         DATA="$GPU_ROOT/cifar10-official"
         DTAG=-official
         echo "on-gpu.sh: the steps from here on read the official files in $DATA" | tee -a "$RES/official-$day.txt"
@@ -405,14 +423,18 @@ official() {
         return 0
     fi
     degrade 75 || return 0
-    local data="$DATA" dtag="$DTAG" later=("${OURS_FALLBACK[@]}") q75_flags
+    # (The first seed's .flags hold every flag the script added to its run, pick's choice
+    # included: the q75 run gets exactly those, and nothing chosen since.)
+    local data="$DATA" dtag="$DTAG" later=("${OURS_FALLBACK[@]}") later_chosen=("${OURS_CHOSEN[@]}") q75_flags
     read -r -a OURS_FALLBACK <<< "$first"
+    OURS_CHOSEN=()
     DATA="$data-q75" DTAG="$dtag-q75"
     train "${seeds[0]}" "${rest[@]}"
     q75_flags="$(ran_with "$(train_name "${seeds[0]}" "${rest[@]:1}")")"
     local q75_ran=$?
     DATA="$data" DTAG="$dtag"
     OURS_FALLBACK=("${later[@]}")
+    OURS_CHOSEN=("${later_chosen[@]}")
     if [ "$q75_ran" -eq 0 ] && [ "$q75_flags" != "$first" ]; then
         # The fast path failed on the q75 run, which ran again with --plain: the first seed on the
         # official files once more with those flags (their words in its name), so that the pair
@@ -421,8 +443,10 @@ official() {
         read -r -a q75 <<< "$q75_flags"
         echo "on-gpu.sh: the q75 run fell back to ${q75[*]}: seed ${seeds[0]} runs once more on the official files with them" | tee -a "$RES/fallback-$day.txt"
         OURS_FALLBACK=()
+        OURS_CHOSEN=()
         train "${seeds[0]}" -- "${q75[@]}"
         OURS_FALLBACK=("${later[@]}")
+        OURS_CHOSEN=("${later_chosen[@]}")
         add_fallback --plain
     fi
 }
@@ -430,7 +454,7 @@ official() {
 # Each call appends to the day's file, under a line naming its flags.
 profile() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
-    { header; echo "== model profile $*"; timeout "$t_s" "$GPU_ROOT/devbin/model" profile --data "$DATA" "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
+    { header; echo "== model profile $*"; timeout -k 10 "$t_s" "$GPU_ROOT/devbin/model" profile --data "$DATA" "$@" 2>&1; } | tee -a "$RES/profile-$day.txt"
 }
 
 # `pick`: how the convolutions run for the rest of the call, by measurement. Of this day's
@@ -512,13 +536,13 @@ names_a_pick_flag() {
 # appended to the day's file under a line naming its flags.
 torchprof() {
     local t_s; t_s="$(limit 150)"; [ -n "$t_s" ] || return 0
-    { header; echo "== bench/torch_step_profile.py $*"; timeout "$t_s" python3 bench/torch_step_profile.py "$@" 2>&1; } | tee -a "$RES/torch-profile-$day.txt"
+    { header; echo "== bench/torch_step_profile.py $*"; timeout -k 10 "$t_s" python3 bench/torch_step_profile.py "$@" 2>&1; } | tee -a "$RES/torch-profile-$day.txt"
 }
 
 # The LR range test alone (prints both rules' suggestions; the curve goes to the run folder).
 lrfind() {
     local t_s; t_s="$(limit 120)"; [ -n "$t_s" ] || return 0
-    { header; echo "== model lr-find $*"; timeout "$t_s" "$GPU_ROOT/devbin/model" lr-find --data "$DATA" --out "$RES/runs" --no-progress "$@" 2>&1; } | tee -a "$RES/lr-find-$day.txt"
+    { header; echo "== model lr-find $*"; timeout -k 10 "$t_s" "$GPU_ROOT/devbin/model" lr-find --data "$DATA" --out "$RES/runs" --no-progress "$@" 2>&1; } | tee -a "$RES/lr-find-$day.txt"
 }
 
 # One GPU test binary under compute-sanitizer (memcheck: out-of-bounds and misaligned accesses,
@@ -529,7 +553,7 @@ sanitize() {
     sanitizer="$(command -v compute-sanitizer || find / -name compute-sanitizer -type f 2>/dev/null | head -n 1)"
     local t_s; t_s="$(limit 500)"; [ -n "$t_s" ] || return 0
     { header; echo "== compute-sanitizer --tool ${TOOL:-memcheck} test-$bin --ignored $*";
-      timeout "$t_s" "$sanitizer" --tool "${TOOL:-memcheck}" "$GPU_ROOT/devbin/test-$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$RES/sanitize-$day.txt"
+      timeout -k 10 "$t_s" "$sanitizer" --tool "${TOOL:-memcheck}" "$GPU_ROOT/devbin/test-$bin" --ignored --test-threads=1 "$@" 2>&1; } | tee -a "$RES/sanitize-$day.txt"
 }
 
 # Our binary and PyTorch side by side (bench/side_by_side.py), e.g.
@@ -552,7 +576,7 @@ sbs() {
     local out="$RES/sbs$DTAG" k=2
     while [ -e "$out" ]; do out="$RES/sbs$DTAG-$k"; k=$((k + 1)); done
     # --timeout-s: no single run (ours, a PyTorch variant, a compile) may take more than 300 s.
-    timeout "$t_s" python3 bench/side_by_side.py --data "$DATA" --bin "$GPU_ROOT/devbin/model" --timeout-s 300 \
+    timeout -k 10 "$t_s" python3 bench/side_by_side.py --data "$DATA" --bin "$GPU_ROOT/devbin/model" --timeout-s 300 \
         --seeds "${seeds[@]:-0}" --out "$out" --runs-dir "$RES/sbs-runs" --date "$day" "${extra[@]}" 2>&1 \
         | tee -a "$RES/sbs-$day.txt"
 }
