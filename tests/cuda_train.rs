@@ -163,6 +163,12 @@ fn gpu_batches_equal_host_batches_on_the_real_files() {
     let order = data::epoch_order(n, 3, 1);
     let params = train::epoch_aug_params(3, 1, n, false);
     host.begin_epoch(&ds.train, &order, &params).unwrap();
+    // The kernel reads the training copy uploaded by `Pipeline::new`: an epoch of another split
+    // (whose indices the host would check against the wrong length) is refused.
+    let test_order = data::epoch_order(ds.test.len(), 3, 1);
+    let test_params = train::epoch_aug_params(3, 1, ds.test.len(), false);
+    let e = gpu_p.begin_epoch(&ds.test, &test_order, &test_params).unwrap_err().to_string();
+    assert!(e.contains("a split of 10000 records for the 50000 on the device"), "{e}");
     gpu_p.begin_epoch(&ds.train, &order, &params).unwrap();
     // The first batch, one from the middle, and the partial last one (336 images).
     for range in [0..512, 25_088..25_600, 49_664..50_000] {

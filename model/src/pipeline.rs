@@ -129,6 +129,11 @@ impl GpuData {
         if order.len() != params.len() {
             return Err(crate::Error::Invalid(format!("{} indices and {} augmentation parameters", order.len(), params.len())));
         }
+        // The kernel reads the copy uploaded in `upload`: the split given here must be that one.
+        let records = self.train.len() / data::RECORD_BYTES;
+        if split.len() != records {
+            return Err(crate::Error::Invalid(format!("a split of {} records for the {records} on the device", split.len())));
+        }
         if let Some(&i) = order.iter().find(|&&i| i as usize >= split.len()) {
             return Err(crate::Error::Invalid(format!("record index {i} outside the split of {}", split.len())));
         }

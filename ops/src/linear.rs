@@ -50,6 +50,7 @@ pub fn backward(x: &Tensor, w: &Tensor, b: &Tensor, dy: &Tensor) -> Result<(Tens
     if dy.shape() != [d.0, d.2] {
         return Err(Error::shape("linear backward", format!("dy {:?} should be [{}, {}]", dy.shape(), d.0, d.2)));
     }
+    x.expect_same_kind("linear backward", dy)?;
     if x.device().is_cuda() {
         return backward_cuda(x, w, dy, d);
     }

@@ -212,6 +212,10 @@ pub fn backward_cuda_indices(indices: &PoolIndices, dy: &Tensor) -> Result<Tenso
         ));
     }
     let dev = bytes.dev().clone();
+    // dy on the indices' device (the same opened device: one stream orders their work).
+    if !std::sync::Arc::ptr_eq(dy.cuda_buffer()?.dev(), &dev) {
+        return Err(Error::Invalid("max_pool2d backward: dy is on another device than the forward's saved indices".into()));
+    }
     let count = crate::cuda::count;
     let (n, c, h, w, kk) = (count(s[0])?, count(s[1])?, count(s[2])?, count(s[3])?, count(k)?);
     // Rows and columns past the last whole window get no thread: zero them first.
@@ -251,6 +255,8 @@ pub fn backward_cuda(x: &Tensor, dy: &Tensor, k: usize) -> Result<Tensor> {
             format!("dy is {:?} {:?}, x is {:?} {:?}", dy.dtype(), dy.layout(), x.dtype(), x.layout()),
         ));
     }
+    // The same opened device (one stream orders their work), not only the same kind.
+    x.expect_same_kind("max_pool2d backward", dy)?;
     let xb = x.cuda_buffer()?;
     let dev = xb.dev().clone();
     let count = crate::cuda::count;

@@ -65,7 +65,7 @@ impl DeviceMeter {
         if b >= self.steps() {
             return Err(Error::Invalid(format!("batch {b} of a meter for {} batches", self.steps())));
         }
-        check(loss, logits, labels)?;
+        check(&self.dev, loss, logits, labels)?;
         self.dev
             .stream()
             .memcpy_dtod(&loss.cuda_buffer()?.view::<f32>()?, &mut self.losses.slice_mut(b..b + 1))
@@ -78,7 +78,7 @@ impl DeviceMeter {
     /// `*step` (for a step captured as a CUDA graph; see the module's comment). The host calls
     /// [`DeviceMeter::mark_done`] after each launch of the graph.
     pub fn record_at_device_step(&mut self, step: &mut CudaSlice<u32>, loss: &Tensor, logits: &Tensor, labels: &DeviceLabels) -> Result<()> {
-        check(loss, logits, labels)?;
+        check(&self.dev, loss, logits, labels)?;
         count_correct(&self.dev, logits, labels, &mut self.correct_slot.slice_mut(0..1))?;
         let f = crate::cuda::function(&self.dev, "graph_step.cu", "finish_step")?;
         let steps = crate::cuda::count(self.steps())?;
@@ -135,11 +135,21 @@ impl DeviceMeter {
     }
 }
 
-/// An error unless `loss` is `[1]` and `logits` `[N, K]` has one label per row.
-fn check(loss: &Tensor, logits: &Tensor, labels: &DeviceLabels) -> Result<()> {
+/// An error unless `loss` is `[1]` and `logits` `[N, K]` (K ≥ 1) has one label per row, both
+/// f32 on the meter's device `dev` (the same opened device: one stream orders their work).
+fn check(dev: &Arc<CudaDevice>, loss: &Tensor, logits: &Tensor, labels: &DeviceLabels) -> Result<()> {
     logits.expect_rank("metrics", 2, "logits [N, K]")?;
-    if loss.numel() != 1 || labels.len() != logits.shape()[0] {
+    // (count_correct reads each row's first logit: there must be one.)
+    if loss.numel() != 1 || labels.len() != logits.shape()[0] || logits.shape()[1] == 0 {
         return Err(Error::shape("metrics", format!("loss {:?}, logits {:?}, {} labels", loss.shape(), logits.shape(), labels.len())));
+    }
+    for t in [loss, logits] {
+        if t.dtype() != crate::DType::F32 {
+            return Err(Error::DType { op: "metrics", a: t.dtype(), b: crate::DType::F32 });
+        }
+        if !Arc::ptr_eq(t.cuda_buffer()?.dev(), dev) {
+            return Err(Error::Invalid("metrics: the loss and logits must be on the meter's device".into()));
+        }
     }
     Ok(())
 }
