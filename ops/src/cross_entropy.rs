@@ -60,6 +60,15 @@ impl DeviceLabels {
         self.all.slice(self.offset..self.offset + self.len)
     }
 
+    /// An error unless the labels live on `dev` (allocated on its stream: the same opened
+    /// device, whose one stream orders their upload before the kernels that read them).
+    pub(crate) fn expect_on(&self, op: &'static str, dev: &engine::cuda::CudaDevice) -> Result<()> {
+        if !std::sync::Arc::ptr_eq(self.all.stream(), dev.stream()) {
+            return Err(Error::Invalid(format!("{op}: the labels are on another device than the logits")));
+        }
+        Ok(())
+    }
+
     /// A host copy of the labels, through `dev` (the device that holds them; waits for its
     /// stream): for tests that check what a loss reads.
     pub fn to_host(&self, dev: &engine::cuda::CudaDevice) -> Result<Vec<u32>> {
@@ -171,6 +180,7 @@ fn forward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T) -> R
     let (n, k) = (crate::cuda::count(z.shape()[0])?, crate::cuda::count(z.shape()[1])?);
     let zb = z.cuda_buffer()?;
     let dev = zb.dev().clone();
+    labels.expect_on("softmax_cross_entropy", &dev)?;
     let mut rows = dev.alloc_dtype(n as usize, T::DTYPE)?;
     let mut loss = dev.alloc_dtype(1, T::DTYPE)?;
     let f = crate::cuda::function_for::<T>(&dev, "cross_entropy.cu", "cross_entropy_forward")?;
@@ -199,6 +209,8 @@ fn backward_cuda_t<T: Elem>(z: &Tensor, labels: &DeviceLabels, smoothing: T, dlo
     if dloss.numel() != 1 {
         return Err(Error::shape("softmax_cross_entropy backward", format!("dL {:?} is not a scalar", dloss.shape())));
     }
+    z.expect_same_kind("softmax_cross_entropy backward", dloss)?;
+    labels.expect_on("softmax_cross_entropy backward", z.cuda_buffer()?.dev())?;
     let inv_n = T::one() / T::of(n as f64);
     let labels = labels.view();
     let (dev, mut dz) = crate::cuda::output_like(z)?;

@@ -143,6 +143,7 @@ fn check(dev: &Arc<CudaDevice>, loss: &Tensor, logits: &Tensor, labels: &DeviceL
     if loss.numel() != 1 || labels.len() != logits.shape()[0] || logits.shape()[1] == 0 {
         return Err(Error::shape("metrics", format!("loss {:?}, logits {:?}, {} labels", loss.shape(), logits.shape(), labels.len())));
     }
+    labels.expect_on("metrics", dev)?;
     for t in [loss, logits] {
         if t.dtype() != crate::DType::F32 {
             return Err(Error::DType { op: "metrics", a: t.dtype(), b: crate::DType::F32 });
