@@ -125,11 +125,16 @@ fn is_copy_gradient(p: &Tensor, g: &Tensor) -> bool {
         && g.shape() == p.shape()
 }
 
-/// An error naming parameter `i` unless `t` (its gradient or buffer) has its shape and dtype.
+/// An error naming parameter `i` unless `t` (its gradient or buffer) has its shape, dtype and
+/// memory order (the update is elementwise over the storage: a gradient in another order would
+/// be applied permuted).
 fn check_like(p: &Tensor, t: &Tensor, what: &str, i: usize) -> Result<()> {
     p.expect_same_kind("sgd", t)?;
     if p.shape() != t.shape() {
         return Err(Error::shape("sgd", format!("parameter {i} has shape {:?} but its {what} has {:?}", p.shape(), t.shape())));
+    }
+    if p.layout() != t.layout() {
+        return Err(Error::shape("sgd", format!("parameter {i} is {:?} but its {what} is {:?}", p.layout(), t.layout())));
     }
     Ok(())
 }
@@ -348,7 +353,13 @@ mod tests {
         let mut weights = vec![w.clone()];
         assert!(step(&mut weights, &[Some(copy_grad)], &mut SgdState::default(), &c).is_err());
         assert_eq!(weights[0].to_f64_vec(), w.to_f64_vec());
+        // A gradient of the parameter's type in another memory order would be applied permuted.
+        let permuted = crate::layout::forward(&w, engine::Layout::Nhwc).unwrap();
+        let e = step(&mut weights, &[Some(permuted)], &mut SgdState::default(), &c).unwrap_err().to_string();
+        assert!(e.contains("parameter 0 is Nchw but its gradient is Nhwc"), "{e}");
+        assert_eq!(weights[0].to_f64_vec(), w.to_f64_vec());
     }
+
 
     /// A bad gradient for the second parameter, or a momentum buffer of the wrong shape,
     /// is reported before the first parameter is updated.
