@@ -8,13 +8,12 @@ use crate::batches::Normalization;
 use crate::graph::StepGraph;
 use crate::pipeline::Pipeline;
 use crate::resnet::ResNet9;
-use crate::run::{gpu_only, precompile_kernels, search_rule};
+use crate::run::{fresh_network, precompile_kernels, search_rule};
 use crate::train::{self, TrainConfig};
 use crate::{Error, Result};
 use data::Cifar10;
-use engine::{DType, Device};
+use engine::Device;
 use ops::sgd::SgdState;
-use rand::SeedableRng;
 
 /// Rows of `profile`'s table by operation and output shape: the convolutions, batch norms
 /// and pools of all layers, forward and backward, fit with room to spare.
@@ -36,14 +35,7 @@ pub fn run_profile(ds: &Cifar10, device: &Device, cfg: &TrainConfig, warmup: usi
     if let Some((_, line)) = precompile_kernels(device)? {
         println!("{line}");
     }
-    let (mean, std) = data::augment::channel_stats(&ds.train);
-    let norm = Normalization { mean, std };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
-    gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
-    model.to_device(device)?;
-    cfg.apply_to(&mut model.arch);
-    let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
+    let (norm, mut model, mut pipeline) = fresh_network(ds, device, cfg)?;
     let mut state = SgdState::default();
     let n = cfg.train_len(&ds.train);
     let bs = cfg.batch_size;

@@ -962,6 +962,20 @@ fn write_misclassified(dir: &Path, ds: &Cifar10, wrong: &[(usize, u32)]) -> Resu
     write_image_grid(&dir.join("misclassified.png"), "Misclassified test images (true / predicted)", &images, 8, 3)
 }
 
+/// What the commands that train a fresh network for a few steps (`lr-find`, `profile`) start
+/// from: the training split's normalisation, the network of `cfg`'s seed, width and logit
+/// scale on `device` with `cfg`'s compute settings, and the data pipeline on `device`.
+pub(crate) fn fresh_network(ds: &Cifar10, device: &Device, cfg: &TrainConfig) -> Result<(Normalization, ResNet9, Pipeline)> {
+    let (mean, std) = data::augment::channel_stats(&ds.train);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
+    gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
+    model.to_device(device)?;
+    cfg.apply_to(&mut model.arch);
+    let pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
+    Ok((Normalization { mean, std }, model, pipeline))
+}
+
 /// The `lr-find` command: the range test alone, its plot and CSV in `runs/<name>/`.
 pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()> {
     opts.cfg.check(false)?;
@@ -979,15 +993,8 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     if let Some((_, line)) = precompile_kernels(device)? {
         log.line(&line);
     }
-    let (mean, std) = data::augment::channel_stats(&ds.train);
-    let norm = Normalization { mean, std };
     let cfg = &opts.cfg;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut model = ResNet9::new(cfg.width, cfg.out_scale, DType::F32, &mut rng)?;
-    gpu_only(device, cfg.bf16, cfg.channels_last, false)?;
-    model.to_device(device)?;
-    cfg.apply_to(&mut model.arch);
-    let mut pipeline = Pipeline::new(device, &ds.train, &ds.test)?;
+    let (norm, mut model, mut pipeline) = fresh_network(ds, device, cfg)?;
     let pb = progress_bar(opts.lr_find.steps, opts.progress);
     let r = lr_find::lr_find(&mut model, &ds.train, &mut pipeline, norm, cfg, &opts.lr_find, |_, lr, s| {
         pb.inc(1);
