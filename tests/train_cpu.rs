@@ -272,6 +272,21 @@ fn a_range_test_that_diverges_at_once_suggests_nothing() {
     assert!(!runs.path().join("diverges").join("model.safetensors").exists(), "a checkpoint was written");
 }
 
+/// A range test whose loss never falls (logits scaled by 1e-6: the loss stays at ln 10 and
+/// the gradients vanish) suggests a point of a flat curve; the log says that this is no
+/// reading of a fall.
+#[test]
+fn a_range_test_whose_loss_never_falls_says_so() {
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig { epochs: 1, batch_size: 64, subset: Some(256), width: 0.125, out_scale: 1e-6, ..TrainConfig::default() };
+    let lr_find = model::lr_find::LrFindConfig { steps: 12, ..Default::default() };
+    let opts = RunOptions { lr_given: false, lr_find, ..run_opts(cfg, runs.path(), "flat") };
+    run_training(&ds, &engine::Device::Cpu, opts).unwrap();
+    let log = std::fs::read_to_string(runs.path().join("flat/train.log")).unwrap();
+    assert!(log.contains("no point where the loss starts to fall") && log.contains("Warning: the loss did not fall during the LR range test (12 steps"), "{log}");
+}
+
 /// A profiled step on the CPU marks every operation of the network once per use: 8
 /// convolutions and 8 batch norms forward and backward, one SGD update, the batch.
 #[test]

@@ -433,6 +433,9 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         cfg.lr_max = r.lr_max;
         cfg.lr_min = r.lr_min;
         log.line(&format!("LR range test suggests {}; plot: {})", suggestion(&r, &opts.lr_find), dir.join("lr_find.png").display()));
+        if let Some(w) = no_reading(&r, &opts.lr_find) {
+            log.line(&w);
+        }
         clock.add("LR range test", lr_find_start.elapsed().as_secs_f64());
     }
     train::check_lrs(cfg.lr_min, cfg.lr_max)?;
@@ -1009,7 +1012,25 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
         suggestion(&r, &opts.lr_find),
         dir.join("lr_find.png").display()
     ));
+    if let Some(w) = no_reading(&r, &opts.lr_find) {
+        log.line(&w);
+    }
     Ok(())
+}
+
+/// A warning when the range test's loss never fell (the `Onset` rule found no fall of 5% or
+/// more, `lr_find::onset`): its suggestion is then a noisy point of a flat curve, usually near
+/// the range's start, not a reading of a fall (a run from it would hardly train).
+fn no_reading(r: &lr_find::LrFindResult, lf: &LrFindConfig) -> Option<String> {
+    r.lr_onset.is_none().then(|| {
+        format!(
+            "Warning: the loss did not fall during the LR range test ({} steps from LR {:.0e}), so LRMAX={:.4e} is no reading of \
+             a fall: give --lr-max and --lr-min, or check the settings (--out-scale, --width), or give the test more steps",
+            r.points.len(),
+            lf.start_lr,
+            r.lr_max
+        )
+    })
 }
 
 /// The `show-data` command: a grid of augmented training images with their class
