@@ -719,7 +719,7 @@ fn bf16_kernels_match_the_host_exactly() {
 /// all three element sizes; and cuDNN's convolution, batch norm and pooling give the same
 /// results on channels-last tensors as on NCHW ones (compared after converting back; the
 /// tolerance of each op's NCHW test, since algorithms differ between layouts). cuDNN's batch
-/// norm also backward, and in bf16 channels-last (`--bf16` without the fused op) against f32
+/// norm also backward, and in bf16 in both layouts (`--bf16` without the fused op) against f32
 /// NCHW on the same bf16-rounded inputs: its y and dx are bf16 (one rounding, 2^-8 of a
 /// value, with f32 arithmetic behind), dγ, dβ and the running statistics f32 sums of the same
 /// values: 1e-2 for all (a wrong rule is off by far more).
@@ -789,8 +789,10 @@ fn channels_last_conversions_and_ops_match_nchw() {
     // bf16 channels-last against f32 NCHW, both on the same bf16-rounded inputs.
     let round = |t: &Tensor| t.to_dtype(DType::BF16).to_dtype(DType::F32);
     let bf16_nhwc = |t: &Tensor| ops::cast::forward(&nhwc(&round(t)), DType::BF16).unwrap();
+    let bf16_nchw = |t: &Tensor| ops::cast::forward(&g(&round(t)), DType::BF16).unwrap();
     let reference = bn(g(&round(&xc)), g(&round(&dyb)));
     compare("batch norm bf16 NHWC", &bn(bf16_nhwc(&xc), bf16_nhwc(&dyb)), &reference, 1e-2);
+    compare("batch norm bf16 NCHW", &bn(bf16_nchw(&xc), bf16_nchw(&dyb)), &reference, 1e-2);
     cuda_dev(&dev).set_allow_tf32(true);
 }
 
