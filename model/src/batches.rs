@@ -17,6 +17,20 @@ pub struct Normalization {
 /// each index a record of `split`, each parameter set valid: else an error, not a panic or a
 /// zero image).
 pub fn train_batch(split: &Split, indices: &[u32], params: &[AugParams], norm: Normalization) -> Result<(Tensor, Vec<u32>)> {
+    check_augmented(split, indices, params)?;
+    let mut x = vec![0f32; indices.len() * 3072];
+    let mut labels = Vec::with_capacity(indices.len());
+    for ((&i, p), out) in indices.iter().zip(params).zip(x.chunks_exact_mut(3072)) {
+        augment::augment_into(split.image(i as usize), p, norm.mean, norm.std, out);
+        labels.push(split.label(i as usize) as u32);
+    }
+    Ok((Tensor::new(&[indices.len(), 3, 32, 32], x)?, labels))
+}
+
+/// An error unless there is one augmentation parameter set per index, every index is a record
+/// of `split`, and every parameter set is valid (`AugParams::is_valid`): what the augmentation
+/// reads, on the host here and on the GPU (whose kernel trusts both, `ops::augment`).
+pub fn check_augmented(split: &Split, indices: &[u32], params: &[AugParams]) -> Result<()> {
     if indices.len() != params.len() {
         return Err(Error::Invalid(format!("{} record indices and {} augmentation parameter sets", indices.len(), params.len())));
     }
@@ -26,13 +40,7 @@ pub fn train_batch(split: &Split, indices: &[u32], params: &[AugParams], norm: N
     if let Some(p) = params.iter().find(|p| !p.is_valid()) {
         return Err(Error::Invalid(format!("augmentation values {p:?} outside their range (crop corner 0..=8, flip 0 or 1)")));
     }
-    let mut x = vec![0f32; indices.len() * 3072];
-    let mut labels = Vec::with_capacity(indices.len());
-    for ((&i, p), out) in indices.iter().zip(params).zip(x.chunks_exact_mut(3072)) {
-        augment::augment_into(split.image(i as usize), p, norm.mean, norm.std, out);
-        labels.push(split.label(i as usize) as u32);
-    }
-    Ok((Tensor::new(&[indices.len(), 3, 32, 32], x)?, labels))
+    Ok(())
 }
 
 /// The normalised (not augmented) batch of records `start..end`; with `flip`, every image

@@ -126,21 +126,13 @@ impl GpuData {
     }
 
     fn begin_epoch(&mut self, split: &Split, order: &[u32], params: &[AugParams]) -> Result<()> {
-        if order.len() != params.len() {
-            return Err(crate::Error::Invalid(format!("{} indices and {} augmentation parameters", order.len(), params.len())));
-        }
         // The kernel reads the copy uploaded in `upload`: the split given here must be that one.
         let records = self.train.len() / data::RECORD_BYTES;
         if split.len() != records {
             return Err(crate::Error::Invalid(format!("a split of {} records for the {records} on the device", split.len())));
         }
-        if let Some(&i) = order.iter().find(|&&i| i as usize >= split.len()) {
-            return Err(crate::Error::Invalid(format!("record index {i} outside the split of {}", split.len())));
-        }
-        // (The augmentation kernel trusts both: see `ops::augment::augment_batch`.)
-        if let Some(p) = params.iter().find(|p| !p.is_valid()) {
-            return Err(crate::Error::Invalid(format!("augmentation values {p:?} outside their range (crop corner 0..=8, flip 0 or 1)")));
-        }
+        // (The augmentation kernel trusts the indices and values: see `ops::augment::augment_batch`.)
+        crate::batches::check_augmented(split, order, params)?;
         let labels = labels_of(split, order.iter().map(|&i| i as usize));
         let flat: &[i32] = bytemuck::cast_slice(params);
         // Refill last epoch's buffers when they fit (a captured training step reads them at
