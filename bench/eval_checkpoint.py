@@ -6,7 +6,8 @@ test-time augmentation (the mean of the logits of each image and of its mirror i
     python3 bench/eval_checkpoint.py runs/run-1/model.safetensors --data DIR
 
 The network's channel counts and logit scale come from the checkpoint's metadata unless --width or
---out-scale is given. Prints one JSON line. Runs on the GPU when there is one, else on the CPU, in fp32
+--out-scale is given; the inputs are normalised with the mean and std saved there too (files written
+before 2026-11-27: those of the training files in --data, as the engine computes them). Prints one JSON line. Runs on the GPU when there is one, else on the CPU, in fp32
 (TF32 off, as bench/train_torch.py --eval-checkpoint), so that the counts compare with ours.
 """
 import argparse
@@ -33,16 +34,22 @@ def main():
     ap.add_argument("--data", default=os.environ.get("CIFAR10_DIR", "data/cifar-10-batches-bin"))
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train = load_split(args.data, TRAIN_FILES)
     test = load_split(args.data, TEST_FILES)
-    # Same normalisation as the engine: per-channel mean and population std of the training pixels.
-    px = train[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0
-    mean = torch.tensor(px.mean(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(px.std(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
-    # Our checkpoints record the channel counts and the logit scale in their metadata
-    # (model/src/checkpoint.rs).
+    # Our checkpoints record the channel counts, the logit scale and (since 2026-11-27) the
+    # normalisation of the inputs in their metadata (model/src/checkpoint.rs).
     with safe_open(args.checkpoint, "pt") as f:
         meta = f.metadata() or {}
+    if "pixel_mean" in meta and "pixel_std" in meta:
+        # The f32 values the run normalised with (printed so that they read back exactly).
+        mean = torch.tensor(json.loads(meta["pixel_mean"]), dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(json.loads(meta["pixel_std"]), dtype=torch.float32).view(1, 3, 1, 1)
+        normalisation = "saved in the checkpoint"
+    else:
+        # Same normalisation as the engine: per-channel mean and population std of the training pixels.
+        px = load_split(args.data, TRAIN_FILES)[:, 1:].reshape(-1, 3, 1024).astype(np.float64) / 255.0
+        mean = torch.tensor(px.mean(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(px.std(axis=(0, 2)), dtype=torch.float32).view(1, 3, 1, 1)
+        normalisation = "computed from the training files"
     if args.out_scale is None:
         args.out_scale = float(meta.get("out_scale", 1.0))
     channels = json.loads(meta["channels"]) if args.width is None and "channels" in meta else None
@@ -64,6 +71,7 @@ def main():
             tta_loss += F.cross_entropy(avg, yb, reduction="sum").item()
             tta_correct += (avg.argmax(1) == yb).sum().item()
     print(json.dumps({"checkpoint": args.checkpoint, "device": str(dev), "torch": torch.__version__,
+                      "normalisation": normalisation,
                       "test_loss": loss / len(y), "correct": correct, "accuracy": 100.0 * correct / len(y),
                       "tta_test_loss": tta_loss / len(y), "tta_correct": tta_correct,
                       "tta_accuracy": 100.0 * tta_correct / len(y)}))

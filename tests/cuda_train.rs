@@ -522,7 +522,8 @@ fn a_short_bf16_run_learns_on_the_gpu() {
 /// checkpoint) and epoch 3's, loaded into a fresh network with the run's settings, score exactly
 /// the test counts the run logged after those epochs. The same weights through the same kernels
 /// and plans give the same logits, so the counts must be equal; weights copied during the next
-/// epoch's updates (a copy not ordered before them) would differ after 98 steps.
+/// epoch's updates (a copy not ordered before them) would differ after 98 steps. `model eval`
+/// of the run folder scores the last epoch's count too.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn each_epochs_checkpoint_scores_what_the_run_logged_for_it() {
@@ -550,6 +551,15 @@ fn each_epochs_checkpoint_scores_what_the_run_logged_for_it() {
     }
     // The two epochs' weights differ (a checkpoint written twice from one state would not).
     assert_ne!(weights[0], weights[1]);
+    // `model eval` on the run folder: the network from its shapes, the normalisation saved in
+    // the file, evaluated as the run evaluated (its optimizer.safetensors: bf16, channels last,
+    // fused BN+ReLU, its batch size): the count of the last epoch.
+    let req = model::eval::EvalRequest { path: runs.join("c"), tta: false, batch_size: None, plain: false, out_scale: None };
+    let mut lines = Vec::new();
+    let got = model::eval::evaluate_checkpoint(&ds, &dev, &req, &mut |l| lines.push(l.to_string())).unwrap();
+    assert!((got.stats.accuracy() - rows[2].test_acc).abs() < 1e-9, "{}% against {}% logged: {lines:#?}", got.stats.accuracy(), rows[2].test_acc);
+    assert!(lines.iter().any(|l| l.contains("bf16, channels last, fused BN+ReLU (as the run trained)")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("saved in the file")), "{lines:#?}");
 }
 
 /// The test-set evaluation gives the same count and loss whether the statistics stay on the

@@ -648,3 +648,53 @@ fn the_log_accounts_for_the_time_outside_the_epochs() {
     let accounted = startup + epochs + between + after;
     assert!(accounted <= wall + slack(3) + 0.001 * rows.len() as f64, "start-up {startup}, epochs {epochs}, between {between}, after {after}: {accounted} s > the wall time {wall} s\n{log}");
 }
+
+/// `model eval` on a run folder scores what the run's log printed after its last epoch: the
+/// same count, with and without flip TTA, and the same loss (metrics.csv keeps 6 decimals:
+/// tolerance 1e-6). The same weights in a file as PyTorch writes it (no channel counts, logit
+/// scale or normalisation in its metadata) load from their shapes, score the same count with
+/// the normalisation computed from the training files (the run's own: same files) and in
+/// batches of another size (the CPU's eval-mode forward treats each image alone), and the
+/// scale they do not record must be given. The confusion matrix's rows hold each class's
+/// 1,000 test images and its trace the correct count.
+#[test]
+fn eval_of_a_run_folder_scores_what_the_run_logged() {
+    use model::eval::{EvalRequest, evaluate_checkpoint};
+    let ds = data::Cifar10::open(&cifar_dir()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().to_path_buf();
+    let cfg = TrainConfig { epochs: 1, batch_size: 128, subset: Some(1024), width: 0.125, peak_epoch: 1, lr_min: 0.01, lr_max: 0.1, tta: true, ..TrainConfig::default() };
+    run_training(&ds, &engine::Device::Cpu, run_opts(cfg, &runs, "e")).unwrap();
+    let dir = runs.join("e");
+    let logged = read_metrics(&dir.join("metrics.csv")).unwrap().pop().unwrap();
+    let count = |percent: f64| (percent * 100.0).round() as usize;
+    let mut lines = Vec::new();
+    let req = EvalRequest { path: dir.clone(), tta: true, batch_size: None, plain: false, out_scale: None };
+    let got = evaluate_checkpoint(&ds, &engine::Device::Cpu, &req, &mut |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(got.stats.correct, count(logged.test_acc), "{lines:#?}");
+    assert_eq!(got.stats.tta_accuracy().map(count), logged.test_acc_tta.map(count));
+    assert!((got.stats.loss - logged.test_loss).abs() <= 1e-6, "loss {} vs {} logged", got.stats.loss, logged.test_loss);
+    assert!(lines.iter().any(|l| l.contains("batches of 128") && l.contains("f32 reference path")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("saved in the file")), "the run's normalisation was not read: {lines:#?}");
+    assert_eq!(got.confusion.correct(), got.stats.correct);
+    assert!((0..10).all(|t| got.confusion.class_total(t) == 1000), "{:?}", got.confusion);
+
+    // The weights alone, as PyTorch's safetensors writes them.
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let bare = runs.join("bare.safetensors");
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    std::fs::write(&bare, safetensors::serialize(st.tensors(), Some(meta)).unwrap()).unwrap();
+    let req = EvalRequest { path: bare.clone(), tta: false, batch_size: None, plain: false, out_scale: None };
+    let e = evaluate_checkpoint(&ds, &engine::Device::Cpu, &req, &mut |_| {}).unwrap_err().to_string();
+    assert!(e.contains("give --out-scale"), "{e}");
+    let mut lines = Vec::new();
+    let req = EvalRequest { out_scale: Some(0.125), batch_size: Some(1000), ..req };
+    let again = evaluate_checkpoint(&ds, &engine::Device::Cpu, &req, &mut |l| lines.push(l.to_string())).unwrap();
+    assert_eq!(again.stats.correct, got.stats.correct, "{lines:#?}");
+    assert_eq!(again.confusion, got.confusion);
+    assert!((again.stats.loss - got.stats.loss).abs() <= 1e-6 * got.stats.loss, "{} vs {}", again.stats.loss, got.stats.loss);
+    assert!(again.stats.tta.is_none());
+    assert!(lines.iter().any(|l| l.contains("of the training files read")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("channels [8, 16, 32, 64]") && l.contains("logits x 0.125")), "{lines:#?}");
+}

@@ -23,8 +23,10 @@
 //! checks the header and the sizes, not the values; a file without the keys, such as one PyTorch
 //! wrote, is loaded unchecked.)
 
-use crate::resnet::ResNet9;
+use crate::batches::Normalization;
+use crate::resnet::{Arch, ResNet9};
 use crate::{Error, Result};
+use rand::SeedableRng;
 use engine::download::{Download, StagingPool};
 use engine::{DType, Tensor};
 use ops::sgd::SgdState;
@@ -250,11 +252,13 @@ fn state_dict_entries<'a>(model: &'a ResNet9, prefix: &str) -> Vec<(String, Dtyp
 /// Save the network as a PyTorch-compatible `state_dict`; `epochs_done`, if given, goes into the
 /// metadata (a run's checkpoint: see [`epochs_done`]).
 pub fn save_model(path: &Path, model: &ResNet9, epochs_done: Option<usize>) -> Result<()> {
-    model_contents(model, epochs_done, &StagingPool::new())?.finish()?.write(path)
+    model_contents(model, epochs_done, None, &StagingPool::new())?.finish()?.write(path)
 }
 
-/// What [`save_model`] writes, its copies to the host queued into a buffer of `pool`.
-pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>, pool: &StagingPool) -> Result<Pending> {
+/// What [`save_model`] writes, its copies to the host queued into a buffer of `pool`; `norm`,
+/// if given (a run's checkpoint), the normalisation of the network's inputs, goes into the
+/// metadata (see [`saved_normalization`]).
+pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>, norm: Option<Normalization>, pool: &StagingPool) -> Result<Pending> {
     let arch = &model.arch;
     let entries = state_dict_entries(model, "");
     let mut meta = HashMap::from([
@@ -265,7 +269,74 @@ pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>, pool: &Stagin
     if let Some(n) = epochs_done {
         meta.insert(EPOCHS_DONE.to_string(), n.to_string());
     }
+    if let Some(n) = norm {
+        meta.insert(PIXEL_MEAN.to_string(), format!("{:?}", n.mean));
+        meta.insert(PIXEL_STD.to_string(), format!("{:?}", n.std));
+    }
     Pending::start(entries, meta, pool)
+}
+
+/// The metadata keys of the normalisation a run's network was trained with: the per-channel
+/// (R, G, B) mean and standard deviation of its training pixels scaled to [0, 1], as
+/// `[0.49139968, 0.48215827, 0.44653124]` (each value printed so that it reads back as the
+/// same f32).
+pub const PIXEL_MEAN: &str = "pixel_mean";
+/// See [`PIXEL_MEAN`].
+pub const PIXEL_STD: &str = "pixel_std";
+
+/// The normalisation saved in a model file's metadata `meta` (see [`PIXEL_MEAN`]); `None` for a
+/// file without it (written before it existed, or by PyTorch), an error for one whose values
+/// are not three numbers (three positive ones for the standard deviation).
+pub fn saved_normalization(path: &Path, meta: &HashMap<String, String>) -> Result<Option<Normalization>> {
+    let three = |key: &str| -> Result<Option<[f32; 3]>> {
+        let Some(v) = meta.get(key) else { return Ok(None) };
+        let values: Vec<f32> = v
+            .trim()
+            .strip_prefix('[')
+            .and_then(|v| v.strip_suffix(']'))
+            .map(|v| v.split(',').map(|x| x.trim().parse::<f32>()).collect::<std::result::Result<Vec<_>, _>>())
+            .and_then(|r| r.ok())
+            .filter(|x| x.len() == 3 && x.iter().all(|x| x.is_finite()))
+            .ok_or_else(|| err(path, format!("{key} is {v:?}, not three numbers")))?;
+        Ok(Some([values[0], values[1], values[2]]))
+    };
+    match (three(PIXEL_MEAN)?, three(PIXEL_STD)?) {
+        (None, None) => Ok(None),
+        (Some(mean), Some(std)) if std.iter().all(|s| *s > 0.0) => Ok(Some(Normalization { mean, std })),
+        (Some(_), Some(std)) => Err(err(path, format!("{PIXEL_STD} is {std:?}: a standard deviation must be above 0"))),
+        _ => Err(err(path, format!("the metadata has one of {PIXEL_MEAN} and {PIXEL_STD} without the other"))),
+    }
+}
+
+/// The network a `state_dict` file holds (ours, or PyTorch's of `bench/resnet9.py`), loaded
+/// on the CPU in f32 as [`load_model`] does, and the file's metadata. Its channel counts are
+/// read off the convolutions' weight shapes (`prep.conv.weight` is `[c0, 3, 3, 3]`,
+/// `layer1.conv.weight` `[c1, c0, 3, 3]`, and so on), so any width loads; the logits' scale is
+/// `out_scale` if given, else the metadata's `out_scale` (which our files record), else an
+/// error that says to give it.
+pub fn load_network(path: &Path, out_scale: Option<f64>) -> Result<(ResNet9, HashMap<String, String>)> {
+    let bytes = read_file(path)?;
+    let (st, meta) = open(path, &bytes)?;
+    let mut channels = [0usize; 4];
+    // (Only the output channels are read here: the load below checks every shape, the input
+    // channels included, against the network these counts make.)
+    for (c, name) in channels.iter_mut().zip(["prep.conv.weight", "layer1.conv.weight", "layer2.conv.weight", "layer3.conv.weight"]) {
+        let view = st.tensor(name).map_err(|_| err(path, format!("tensor {name} is missing: not a ResNet-9 state_dict")))?;
+        match view.shape() {
+            [out, _, 3, 3] => *c = *out,
+            other => return Err(err(path, format!("tensor {name} has shape {other:?}, not [out, in, 3, 3]"))),
+        }
+    }
+    let out_scale = match (out_scale, meta.get("out_scale")) {
+        (Some(s), _) => s,
+        (None, Some(v)) => v.parse().map_err(|_| err(path, format!("out_scale is {v:?}, not a number")))?,
+        (None, None) => return Err(err(path, "the file does not record the logits' scale (out_scale): give --out-scale (0.125 for D. Page's ResNet-9)")),
+    };
+    let arch = Arch::with_channels(channels, out_scale).map_err(|e| err(path, e.to_string()))?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut model = ResNet9 { params: arch.init_params(DType::F32, &mut rng), bn: arch.init_bn_stats(DType::F32), arch };
+    load_state_dict(path, &st, "", &mut model)?;
+    Ok((model, meta))
 }
 
 /// The metadata key of the epochs a run's checkpoint files were saved after.
@@ -589,5 +660,52 @@ mod tests {
         let e = load_trained(&path, &mut unchanged).unwrap_err().to_string();
         assert!(e.contains("trained.prep.conv.weight is missing"), "{e}");
         assert_eq!(unchanged.params[0].to_f64_vec(), average.params[0].to_f64_vec());
+    }
+
+    /// A network of a width whose channel counts `Arch::new` cannot be asked for by another
+    /// width (0.3: 19, 38, 77, 154) loads from its shapes alone, with every tensor equal; the
+    /// normalisation saved with it reads back as the same f32 values, bit for bit; a file with
+    /// one of the two keys, or a value that is not three numbers, is refused.
+    #[test]
+    fn a_saved_network_loads_from_its_shapes_with_its_normalisation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("model.safetensors");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let net = ResNet9::new(0.3, 0.25, DType::F32, &mut rng).unwrap();
+        assert_eq!(net.arch.channels, [19, 38, 77, 154]);
+        let norm = Normalization { mean: [0.4914009, 0.48215827, 0.1 + 0.2], std: [0.24703233, 1.0 / 3.0, 0.2616] };
+        model_contents(&net, Some(3), Some(norm), &StagingPool::new()).unwrap().finish().unwrap().write(&path).unwrap();
+        let (loaded, meta) = load_network(&path, None).unwrap();
+        assert_eq!(loaded.arch.channels, net.arch.channels);
+        assert_eq!(loaded.arch.out_scale, 0.25);
+        for (a, b) in loaded.params.iter().zip(&net.params) {
+            assert_eq!(a.to_f32_vec(), b.to_f32_vec());
+        }
+        for (a, b) in loaded.bn.iter().zip(&net.bn) {
+            assert_eq!((a.mean.to_f32_vec(), a.var.to_f32_vec()), (b.mean.to_f32_vec(), b.var.to_f32_vec()));
+        }
+        let back = saved_normalization(&path, &meta).unwrap().unwrap();
+        assert_eq!(back.mean.map(f32::to_bits), norm.mean.map(f32::to_bits));
+        assert_eq!(back.std.map(f32::to_bits), norm.std.map(f32::to_bits));
+        assert_eq!(load_network(&path, Some(2.0)).unwrap().0.arch.out_scale, 2.0, "a given scale wins");
+        let mut m = meta.clone();
+        m.remove(PIXEL_STD);
+        assert!(saved_normalization(&path, &m).unwrap_err().to_string().contains("without the other"));
+        for bad in ["[0.1, 0.2]", "0.1, 0.2, 0.3", "[0.1, x, 0.3]", "[0.1, NaN, 0.3]"] {
+            let mut m = meta.clone();
+            m.insert(PIXEL_MEAN.into(), bad.into());
+            assert!(saved_normalization(&path, &m).unwrap_err().to_string().contains("not three numbers"), "{bad}");
+        }
+        let mut m = meta.clone();
+        m.insert(PIXEL_STD.into(), "[0.2, 0, 0.2]".into());
+        assert!(saved_normalization(&path, &m).unwrap_err().to_string().contains("above 0"));
+        m.remove(PIXEL_STD);
+        m.remove(PIXEL_MEAN);
+        assert!(saved_normalization(&path, &m).unwrap().is_none());
+        // Not a ResNet-9: a state_dict without the first convolution.
+        let other = tmp.path().join("other.safetensors");
+        let view = TensorView::new(Dtype::F32, vec![2], &[0u8; 8]).unwrap();
+        std::fs::write(&other, safetensors::serialize([("fc.bias", view)], None).unwrap()).unwrap();
+        assert!(load_network(&other, Some(1.0)).unwrap_err().to_string().contains("prep.conv.weight is missing"));
     }
 }

@@ -5,6 +5,7 @@ pub mod batches;
 pub mod checkpoint;
 pub mod ema;
 pub mod error;
+pub mod eval;
 pub mod graph;
 pub mod image_grid;
 pub mod lr_find;

@@ -23,6 +23,12 @@ const LR_FIND_HELP: &str = "lr-find takes train's flags, but --lr-max/--lr-min a
     --epochs, --tta and --ema change nothing in the range test. On a GPU, our CUDA kernels compiled by NVRTC are kept \
     for the next run (see `model --help`).";
 
+/// `eval --help`'s closing lines.
+const EVAL_HELP: &str = "Given a run folder, the network is evaluated as the run evaluated it (its optimizer.safetensors says how: \
+    bf16, channels last, batch size), so the accuracy is the one its log printed after the last epoch (with --ema, the moving \
+    average's). Inputs are normalised with the mean and std saved in the file (older files: those of the training files in \
+    --data). On the CPU, the f32 reference path.";
+
 /// `profile --help`'s closing lines.
 const PROFILE_HELP: &str = "profile takes train's flags for the network, the device and the batch; it writes no run folder, \
     so --resume and --name are refused, and --epochs, --out, --tta and --ema change nothing. On a GPU, our CUDA kernels \
@@ -54,6 +60,29 @@ enum Command {
         /// Steps timed end to end (synchronised) after the profiled one.
         #[arg(long, default_value_t = 10)]
         timed: usize,
+    },
+    /// Score a saved network on the test set: loss, accuracy, accuracy per class and the confusion matrix.
+    #[command(after_help = EVAL_HELP)]
+    Eval {
+        /// A run folder (its model.safetensors) or a safetensors file of the network's state_dict.
+        path: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        /// auto (the CUDA GPU if one is usable, else the CPU), cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Also score flip test-time augmentation (the mean of the logits of each test image and of its mirror image).
+        #[arg(long)]
+        tta: bool,
+        /// Images per batch (default: the run's batch size, else 512).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// On a GPU, the f32 reference path (NCHW, cuDNN's batch norm, a separate ReLU), whatever the run trained with.
+        #[arg(long)]
+        plain: bool,
+        /// Multiplier of the logits, for a file that does not record it (ours do; 0.125 is D. Page's).
+        #[arg(long)]
+        out_scale: Option<f64>,
     },
     /// Print the layer table and the parameter count.
     Summary {
@@ -507,6 +536,24 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
         Command::Train(a) => train(&a, false, explicit("train"), clock),
         Command::LrFind(a) => train(&a, true, Vec::new(), clock),
         Command::Summary { width, batch_size } => summary(width, batch_size),
+        Command::Eval { path, data, device, tta, batch_size, plain, out_scale } => {
+            let device = match device.as_str() {
+                // Scoring 10,000 images is no long job: without a GPU, the CPU does it.
+                "auto" => Device::best_available().0,
+                other => choose_device(other)?,
+            };
+            // (A closed standard output, `model eval ... | head`, must not panic.)
+            let mut print = |line: &str| {
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{line}");
+            };
+            // (A wrong path is told before the data are looked for.)
+            model::eval::model_file(&path)?;
+            print(&format!("Device: {device}"));
+            let ds = open_data(&data)?;
+            let req = model::eval::EvalRequest { path, tta, batch_size, plain, out_scale };
+            model::eval::evaluate_checkpoint(&ds, &device, &req, &mut print).map(|_| ())
+        }
         Command::Profile { args, warmup, timed } => {
             if args.resume || args.name.is_some() {
                 return Err(Error::Invalid("profile writes no run folder: --resume and --name are for train and lr-find".into()));
@@ -619,7 +666,7 @@ mod tests {
     /// Flags refused before anything runs, each with the flag named: a --peak-epoch outside
     /// the run (a library caller's is clamped, a flag is not quietly changed), profile's
     /// --resume/--name, summary's batch 0 and width beyond the bound, ptx's unknown --arch
-    /// (before its folder is made).
+    /// (before its folder is made), eval's path that names nothing.
     #[test]
     fn flags_outside_their_range_are_refused_with_the_flag_named() {
         let train_args = |args: &[&str]| {
@@ -646,6 +693,9 @@ mod tests {
             assert!(e.contains("profile writes no run folder"), "{flags:?}: {e}");
         }
         assert!(cli(&["model", "summary", "--batch-size", "0"]).contains("--batch-size must be at least 1"));
+        // eval names a wrong path before it looks for the data (none here).
+        let e = cli(&["model", "eval", "/nonexistent/run", "--device", "cpu", "--data", "/nonexistent/cifar"]);
+        assert!(e.contains("/nonexistent/run: no such file or folder"), "{e}");
         assert!(cli(&["model", "summary", "--width", "1e30"]).contains("--width must be a number in (0, 8]"));
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("ptx");

@@ -80,6 +80,9 @@ const LAYER3: usize = 5;
 const RES2: [usize; 2] = [6, 7];
 const NUM_CLASSES: usize = 10;
 
+/// Channel counts of prep, layer 1, layer 2 and layer 3 in the real network (width 1).
+pub const BASE_CHANNELS: [usize; 4] = [64, 128, 256, 512];
+
 /// The widest network a run may ask for: 8 times the channels (4096 in the last stage), about
 /// 420 million parameters (64 times 6.57 million: the parameters grow as the width squared).
 pub const MAX_WIDTH: f64 = 8.0;
@@ -99,7 +102,23 @@ impl Arch {
     pub fn new(width: f64, out_scale: f64) -> Result<Arch> {
         check_width(width)?;
         let c = |base: f64| ((base * width).round() as usize).max(1);
-        let channels = [c(64.0), c(128.0), c(256.0), c(512.0)];
+        Arch::with_channels([c(64.0), c(128.0), c(256.0), c(512.0)], out_scale)
+    }
+
+    /// The ResNet-9 with the channel counts of prep, layer 1, layer 2 and layer 3 given (a
+    /// saved network's, read off its weights' shapes: `checkpoint::load_network`), each at
+    /// least 1 and at most [`MAX_WIDTH`] times the real network's.
+    pub fn with_channels(channels: [usize; 4], out_scale: f64) -> Result<Arch> {
+        for (c, base) in channels.iter().zip(BASE_CHANNELS) {
+            if *c == 0 || *c as f64 > base as f64 * MAX_WIDTH {
+                return Err(crate::Error::Invalid(format!(
+                    "channel counts {channels:?}: each must be between 1 and {MAX_WIDTH} times the real network's {BASE_CHANNELS:?}"
+                )));
+            }
+        }
+        if !(out_scale > 0.0 && out_scale.is_finite()) {
+            return Err(crate::Error::Invalid(format!("the logits' scale (--out-scale) must be a positive number, got {out_scale}")));
+        }
         let mut arch = Arch {
             channels,
             out_scale,

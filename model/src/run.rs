@@ -536,7 +536,7 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         // the last epoch's files are kept (for a resume that finds these unusable), then the
         // checkpoint first, then the metrics that say it exists.
         let copy_start = std::time::Instant::now();
-        let model_file = checkpoint::model_contents(ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1), &staging);
+        let model_file = checkpoint::model_contents(ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1), Some(norm), &staging);
         let mut meta = cfg.to_meta();
         meta.insert(checkpoint::EPOCHS_DONE.into(), (epoch + 1).to_string());
         let opt_file = checkpoint::optimizer_contents(&model, &state, meta, ema.is_some().then_some(&model), &staging);
