@@ -537,10 +537,11 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
         Command::LrFind(a) => train(&a, true, Vec::new(), clock),
         Command::Summary { width, batch_size } => summary(width, batch_size),
         Command::Eval { path, data, device, tta, batch_size, plain, out_scale } => {
-            let device = match device.as_str() {
-                // Scoring 10,000 images is no long job: without a GPU, the CPU does it.
-                "auto" => Device::best_available().0,
-                other => choose_device(other)?,
+            let (device, why_cpu) = match device.as_str() {
+                // Scoring 10,000 images is no long job: without a GPU, the CPU does it (and the
+                // Device line says why the GPU was not taken).
+                "auto" => Device::best_available(),
+                other => (choose_device(other)?, None),
             };
             // (A closed standard output, `model eval ... | head`, must not panic.)
             let mut print = |line: &str| {
@@ -549,7 +550,7 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
             };
             // (A wrong path is told before the data are looked for.)
             model::eval::model_file(&path)?;
-            print(&format!("Device: {device}"));
+            print(&format!("Device: {device}{}", why_cpu.map(|e| format!(" (no usable CUDA GPU: {e})")).unwrap_or_default()));
             let ds = open_data(&data)?;
             let req = model::eval::EvalRequest { path, tta, batch_size, plain, out_scale };
             model::eval::evaluate_checkpoint(&ds, &device, &req, &mut print).map(|_| ())
