@@ -572,12 +572,49 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
     }
 }
 
+/// A command-line error as one line (clap's own are several: the error, a tip, the usage, a
+/// pointer to `--help`), then exit status 2, as clap's; `--help` and `--version` print as clap
+/// prints them.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        e.exit()
+    }
+    eprintln!("{}", one_line(&e.render().to_string()));
+    std::process::exit(2)
+}
+
+/// clap's rendered error `text` folded into one line: its indented continuation lines joined to
+/// the line before, the tip and the usage after `; `, the closing pointer to `--help` shortened.
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with("For more information") {
+            continue;
+        }
+        if out.is_empty() {
+            out.push_str(trimmed);
+        } else if let Some(usage) = trimmed.strip_prefix("Usage:") {
+            out += &format!("; usage:{usage}");
+        } else if trimmed.starts_with("tip:") || !line.starts_with(char::is_whitespace) {
+            out += &format!("; {trimmed}");
+        } else {
+            out += &format!(" {trimmed}");
+        }
+    }
+    out + " (see --help)"
+}
+
 fn main() -> ExitCode {
     // The start-up phases a training run logs are measured from here.
     let clock = PhaseClock::start();
     // Parsed in two steps so that `--resume` can tell the flags given from the defaults.
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => usage_error(e),
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| usage_error(e));
     match run(cli, &matches, clock) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -703,6 +740,26 @@ mod tests {
         let e = cli(&["model", "ptx", "--arch", "sm_xx", "--out", dir.to_str().unwrap()]);
         assert!(e.contains("--arch must name a GPU architecture such as sm_80"), "{e}");
         assert!(!dir.exists(), "the output folder was made");
+    }
+
+    /// clap's usage errors become one line that keeps what each said: the error, the tip, the
+    /// values allowed, the arguments missing, the usage.
+    #[test]
+    fn usage_errors_are_one_line() {
+        let folded = |args: &[&str]| one_line(&Cli::command().try_get_matches_from(args).unwrap_err().render().to_string());
+        for (args, says) in [
+            (&["model", "train", "--epoch", "3"][..], &["error: unexpected argument '--epoch' found", "tip: a similar argument exists: '--epochs'"][..]),
+            (&["model", "train", "--epochs", "x"], &["error: invalid value 'x' for '--epochs <EPOCHS>'"]),
+            (&["model", "trian"], &["unrecognized subcommand 'trian'", "tip: a similar subcommand exists: 'train'"]),
+            (&["model", "eval"], &["the following required arguments were not provided: <PATH>", "usage: model eval <PATH>"]),
+            (&["model", "train", "--lr-rule", "foo"], &["[possible values: minimum, steepest, valley]"]),
+        ] {
+            let line = folded(args);
+            assert!(!line.contains('\n') && line.starts_with("error: ") && line.ends_with(" (see --help)"), "{args:?}: {line:?}");
+            for s in says {
+                assert!(line.contains(s), "{args:?}: {line:?} lacks {s:?}");
+            }
+        }
     }
 
     #[test]
