@@ -60,7 +60,8 @@ case "$*" in *driver*) echo 580.00 ;; *) echo "GPU 0: stand-in H100" ;; esac
 
 /// `python3`: official_cifar.py accepts its candidates (or, with OFFICIAL_NONE, none) and
 /// writes six empty files; jpeg_degrade.py makes its output folder; `-c` (the Pillow check)
-/// succeeds.
+/// succeeds; scripts/gpu/summarize.py runs for real (REAL_PYTHON3: the python3 on the test's
+/// own PATH).
 const FAKE_PYTHON: &str = r#"#!/usr/bin/env bash
 case "$1" in
   bench/official_cifar.py)
@@ -70,6 +71,7 @@ case "$1" in
   bench/jpeg_degrade.py)
     while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2"; shift; done; exit 0 ;;
   -c) exit 0 ;;
+  scripts/gpu/summarize.py) exec "$REAL_PYTHON3" "$@" ;;
   *) echo "stand-in python3: $*" >&2; exit 1 ;;
 esac
 "#;
@@ -124,7 +126,7 @@ impl Machine {
         let path = format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap_or_default());
         let mut cmd = Command::new("bash");
         cmd.arg(repo.join("scripts/gpu/on-gpu.sh")).args(args).current_dir(repo);
-        cmd.env("PATH", path).env("GPU_ROOT", &self.root).env("OUT", &self.out);
+        cmd.env("PATH", path).env("GPU_ROOT", &self.root).env("OUT", &self.out).env("REAL_PYTHON3", real_python3());
         for v in ["BUDGET_S", "TRAIN_ARGS", "TRAIN_TIMEOUT", "MIN_RERUN_S", "ACC_FLOOR", "TEST_TIMEOUT"] {
             cmd.env_remove(v);
         }
@@ -174,6 +176,30 @@ impl Machine {
         v.sort();
         v
     }
+}
+
+/// The python3 on this process's PATH (the stand-ins are first on the script's), for the
+/// summary the script prints at its end.
+fn real_python3() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join("python3")).find(|p| p.is_file()).expect("python3 on PATH (the summary script needs it)")
+}
+
+/// A command with a step beyond `stage` ends with scripts/gpu/summarize.py's page over the
+/// results (the real script, on the stand-in model's logs), printed last and kept in
+/// summary-<date>.md: here the three recipe runs of the staged copy, and issue 6's bar not met
+/// at 91.50%.
+#[test]
+fn a_command_ends_with_the_summary_of_its_results() {
+    let m = Machine::new();
+    let text = m.run(&[], &["train", "0", "1", "2"]);
+    let at = text.rfind("== summary-").unwrap_or_else(|| panic!("no summary in:\n{text}"));
+    let page = &text[at..];
+    assert!(page.contains("| train-24ep-") && page.contains("seed2.log | staged copy | yes |"), "{page}");
+    assert!(page.contains("3 recipe runs, mean 91.50%, lowest 91.50%: not met"), "{page}");
+    let kept: Vec<String> = m.listing().into_iter().filter(|n| n.starts_with("summary-") && n.ends_with(".md")).collect();
+    assert_eq!(kept.len(), 1, "{:?}", m.listing());
+    assert!(fs::read_to_string(m.results().join(&kept[0])).unwrap().contains("not met"));
 }
 
 fn strings(v: &[&str]) -> Vec<String> {

@@ -29,6 +29,9 @@
 #                                                -> sbs/, then sbs-2/, ... (table, JSON and logs written after every run)
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
+# A command with any step but `stage` ends with the page of scripts/gpu/summarize.py over the
+# results (summary-<date>.md): the GPU tests, every run's accuracy and times, issues 6's and 7's bars.
+#
 # Every result goes to /root/results on the device (kept while the machine is warm), and after
 # each step the whole folder but the checkpoints (*.safetensors, 25 MiB each at full width, and a
 # *.tmp one a run killed while it saved leaves) is
@@ -588,14 +591,31 @@ step() {
     pack
 }
 
+# The page scripts/gpu/summarize.py makes of everything in the results so far (the GPU tests, each
+# run's accuracy and times, issue 6's and 7's bars): into summary-<date>.md in the archive, and
+# printed last, where the run tool's output tail shows it. A failure of its own costs nothing else.
+summary() {
+    python3 scripts/gpu/summarize.py "$RES" > "$RES/summary-$day.md" 2>&1 \
+        || echo "on-gpu.sh: scripts/gpu/summarize.py failed (its output is in summary-$day.md)"
+    echo "== summary-$day.md"
+    cat "$RES/summary-$day.md"
+    pack
+}
+
 mode=""
 args=()
+ran_more=""
 for a in "$@"; do
     case "$a" in
-        stage|tests|train|profile|pick|torchprof|degrade|official|lrfind|sanitize|sbs) [ -n "$mode" ] && step "$mode" "${args[@]}"; mode="$a"; args=() ;;
+        stage|tests|train|profile|pick|torchprof|degrade|official|lrfind|sanitize|sbs)
+            [ -n "$mode" ] && step "$mode" "${args[@]}"
+            [ "$a" = stage ] || ran_more=1
+            mode="$a"; args=() ;;
         *) args+=("$a") ;;
     esac
 done
 # (An `if`, not `&&`: with no mode, as when a test sources this file for its functions, the
 # script ends with status 0.)
 if [ -n "$mode" ]; then step "$mode" "${args[@]}"; fi
+# (Not after a call that only stages: nothing to read yet.)
+if [ -n "$ran_more" ]; then summary; fi

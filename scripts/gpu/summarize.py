@@ -34,7 +34,8 @@ import sys
 import tempfile
 
 LOG = re.compile(r"^train-24ep-(\d{4}-\d{2}-\d{2})-seed(\d+)(.*)\.log$")
-DONE = re.compile(r"^Done: test accuracy ([0-9.]+)%(?: \(([0-9.]+)% with flip TTA\))? after (\d+) epochs?, ([0-9.]+)s of training \(([0-9.]+)s with the test evaluations\)")
+DONE = re.compile(r"^Done: test accuracy ([0-9.]+)%(?: \(([0-9.]+)% with flip TTA\))? after (\d+) epochs?"
+                  r"(?:, ([0-9.]+)s of training \(([0-9.]+)s with the test evaluations\))?")
 TRAINED = re.compile(r"^Trained weights without EMA: .*\(([0-9.]+)%\)(?:, with flip TTA ([0-9.]+)%)?")
 MEMORY = re.compile(r"^GPU memory: peak (\d+) MiB in tensors")
 RESULT = re.compile(r"^test result: (\w+)\. (\d+) passed; (\d+) failed")
@@ -69,7 +70,8 @@ def parse_run(path):
             run["acc"] = float(d.group(1))
             run["tta"] = float(d.group(2)) if d.group(2) else None
             run["epochs"] = int(d.group(3))
-            run["train_s"], run["with_eval_s"] = float(d.group(4)), float(d.group(5))
+            if d.group(4):
+                run["train_s"], run["with_eval_s"] = float(d.group(4)), float(d.group(5))
         elif (t := TRAINED.match(line)):
             run["trained_acc"] = float(t.group(1))
         elif (g := MEMORY.match(line)):
