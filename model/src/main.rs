@@ -537,6 +537,8 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
         Command::LrFind(a) => train(&a, true, Vec::new(), clock),
         Command::Summary { width, batch_size } => summary(width, batch_size),
         Command::Eval { path, data, device, tta, batch_size, plain, out_scale } => {
+            // (A wrong path is told before a GPU is opened or the data are looked for.)
+            model::eval::model_file(&path)?;
             let (device, why_cpu) = match device.as_str() {
                 // Scoring 10,000 images is no long job: without a GPU, the CPU does it (and the
                 // Device line says why the GPU was not taken).
@@ -548,8 +550,6 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
                 use std::io::Write;
                 let _ = writeln!(std::io::stdout(), "{line}");
             };
-            // (A wrong path is told before the data are looked for.)
-            model::eval::model_file(&path)?;
             print(&format!("Device: {device}{}", why_cpu.map(|e| format!(" (no usable CUDA GPU: {e})")).unwrap_or_default()));
             let ds = open_data(&data)?;
             let req = model::eval::EvalRequest { path, tta, batch_size, plain, out_scale };
