@@ -26,7 +26,6 @@
 use crate::batches::Normalization;
 use crate::resnet::{Arch, ResNet9};
 use crate::{Error, Result};
-use rand::SeedableRng;
 use engine::download::{Download, StagingPool};
 use engine::{DType, Tensor};
 use ops::sgd::SgdState;
@@ -333,8 +332,9 @@ pub fn load_network(path: &Path, out_scale: Option<f64>) -> Result<(ResNet9, Has
         (None, None) => return Err(err(path, "the file does not record the logits' scale (out_scale): give --out-scale (0.125 for D. Page's ResNet-9)")),
     };
     let arch = Arch::with_channels(channels, out_scale).map_err(|e| err(path, e.to_string()))?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut model = ResNet9 { params: arch.init_params(DType::F32, &mut rng), bn: arch.init_bn_stats(DType::F32), arch };
+    // (Placeholders of the right shapes, which the load replaces.)
+    let params = arch.param_shapes.iter().map(|s| Tensor::zeros(s, DType::F32)).collect();
+    let mut model = ResNet9 { params, bn: arch.init_bn_stats(DType::F32), arch };
     load_state_dict(path, &st, "", &mut model)?;
     Ok((model, meta))
 }
