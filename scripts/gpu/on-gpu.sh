@@ -30,7 +30,7 @@
 #   bash scripts/gpu/on-gpu.sh stage tests train 0
 #
 # A command with any step but `stage` ends with the page of scripts/gpu/summarize.py over the
-# results (summary-<date>.md): the GPU tests, every run's accuracy and times, issues 6's and 7's bars.
+# results (summary-<date>.md): the GPU tests, every run's accuracy and times, issue 6's and 7's bars.
 #
 # Every result goes to /root/results on the device (kept while the machine is warm), and after
 # each step the whole folder but the checkpoints (*.safetensors, 25 MiB each at full width, and a
