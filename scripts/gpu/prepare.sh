@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE (the build machine), before a GPU session: build the release binary, the test
 # binaries and the data packer, strip them and pack them (xz) into devbin/bin/, and lay the
-# CIFAR-10 files out losslessly packed (data/examples/cifar_pack.rs: 57% of their size, where
+# CIFAR-10 files out losslessly packed (data/examples/cifar_pack.rs: 52% of their size, where
 # gzip gives 94%) in devbin/data{1,2}/, three per part, so that each device call carries less
 # than 64 MiB with the working tree: two staging calls. The device unpacks them to plain .bin
 # files (which the program memory-maps) and checks them against the SHA-256 sums made here.
