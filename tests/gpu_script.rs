@@ -44,6 +44,8 @@ dir="$out/$name"
 [ -f "$dir/model.safetensors" ] && { echo "Error: $dir already holds a run" >&2; exit 1; }
 mkdir -p "$dir"
 echo "Device: stand-in"
+echo "ResNet-9 width 1 (6573130 parameters), batch 512, 24 epochs, 50000 training images, seed 0"
+echo "LR range test suggests LRMAX=4.0e-1 LRMIN=4.0e-3 (stand-in)"
 echo "EPOCH: 1 (LR: 0.1)"
 # (exec: the time limit's signal reaches the sleep itself, which holds the output pipe open)
 if [ -n "${HANG_WHEN:-}" ] && [[ "$all" =~ $HANG_WHEN ]]; then exec sleep 30; fi

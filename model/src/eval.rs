@@ -12,8 +12,11 @@
 //! How it runs: given a run folder, as the run evaluated (its `optimizer.safetensors` says how:
 //! on a GPU bf16, channels last and the fused batch norm + ReLU when the run used them; the
 //! run's batch size), so that a run's last checkpoint scores what its log printed for the last
-//! epoch (with `--ema`, the moving average's line); given a file, on a GPU the training's
-//! default path. On the CPU always the f32 reference path; `--plain` asks for it on a GPU.
+//! epoch (with `--ema`, the moving average's line). On a GPU that holds for a run trained with
+//! the convolutions' default settings: the checkpoint does not record `--first-conv`,
+//! `--cudnn-graph`, `--cudnn-search`, `--no-tf32` or `--deterministic`, and other kernels may
+//! round a few logits across a decision. Given a file, on a GPU the training's default path. On
+//! the CPU always the f32 reference path; `--plain` asks for it on a GPU.
 //!
 //! The confusion matrix `m[t][p]` counts the test images of true class `t` predicted as class
 //! `p`; the accuracy of class `t` is `m[t][t] / sum_p m[t][p]`, and the trace over the total is
@@ -203,7 +206,7 @@ pub fn evaluate_checkpoint(ds: &Cifar10, device: &Device, req: &EvalRequest, out
         Ok(_) => String::new(),
         Err(why) => format!("; no run settings: {why}"),
     };
-    out(&format!("Evaluated on {device}: {path_words}, batches of {batch_size}{run_note}"));
+    out(&format!("Evaluated on {device}: {path_words}, batches of {}{run_note}", batch_size.min(ds.test.len())));
     let norm = match checkpoint::saved_normalization(&file, &meta)? {
         Some(n) => {
             out(&format!("Inputs normalised with the training pixels' mean {:?} and std {:?} saved in the file", n.mean, n.std));

@@ -26,8 +26,10 @@ const LR_FIND_HELP: &str = "lr-find takes train's flags, but --lr-max/--lr-min a
 /// `eval --help`'s closing lines.
 const EVAL_HELP: &str = "Given a run folder, the network is evaluated as the run evaluated it (its optimizer.safetensors says how: \
     bf16, channels last, batch size), so the accuracy is the one its log printed after the last epoch (with --ema, the moving \
-    average's). Inputs are normalised with the mean and std saved in the file (older files: those of the training files in \
-    --data). On the CPU, the f32 reference path.";
+    average's), on a GPU with the convolutions' default settings (a run trained with --first-conv, --cudnn-graph, --cudnn-search, \
+    --no-tf32 or --deterministic, which the checkpoint does not record, may score a few images apart). Inputs are normalised \
+    with the mean and std saved in the file (older files: those of the training files in --data). On the CPU, the f32 \
+    reference path.";
 
 /// `profile --help`'s closing lines.
 const PROFILE_HELP: &str = "profile takes train's flags for the network, the device and the batch; it writes no run folder, \
@@ -537,8 +539,11 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
         Command::LrFind(a) => train(&a, true, Vec::new(), clock),
         Command::Summary { width, batch_size } => summary(width, batch_size),
         Command::Eval { path, data, device, tta, batch_size, plain, out_scale } => {
-            // (A wrong path is told before a GPU is opened or the data are looked for.)
+            // (A wrong path or batch size is told before a GPU is opened or the data are looked for.)
             model::eval::model_file(&path)?;
+            if batch_size == Some(0) {
+                return Err(Error::Invalid("--batch-size must be at least 1".into()));
+            }
             let (device, why_cpu) = match device.as_str() {
                 // Scoring 10,000 images is no long job: without a GPU, the CPU does it (and the
                 // Device line says why the GPU was not taken).
@@ -704,7 +709,7 @@ mod tests {
     /// Flags refused before anything runs, each with the flag named: a --peak-epoch outside
     /// the run (a library caller's is clamped, a flag is not quietly changed), profile's
     /// --resume/--name, summary's batch 0 and width beyond the bound, ptx's unknown --arch
-    /// (before its folder is made), eval's path that names nothing.
+    /// (before its folder is made), eval's path that names nothing and its batch 0 (before the data).
     #[test]
     fn flags_outside_their_range_are_refused_with_the_flag_named() {
         let train_args = |args: &[&str]| {
@@ -734,6 +739,10 @@ mod tests {
         // eval names a wrong path before it looks for the data (none here).
         let e = cli(&["model", "eval", "/nonexistent/run", "--device", "cpu", "--data", "/nonexistent/cifar"]);
         assert!(e.contains("/nonexistent/run: no such file or folder"), "{e}");
+        let run = tempfile::tempdir().unwrap();
+        std::fs::write(run.path().join("model.safetensors"), b"x").unwrap();
+        let e = cli(&["model", "eval", run.path().to_str().unwrap(), "--batch-size", "0", "--device", "cpu", "--data", "/nonexistent/cifar"]);
+        assert!(e.contains("--batch-size must be at least 1"), "{e}");
         assert!(cli(&["model", "summary", "--width", "1e30"]).contains("--width must be a number in (0, 8]"));
         let out = tempfile::tempdir().unwrap();
         let dir = out.path().join("ptx");

@@ -117,7 +117,7 @@ impl Arch {
             }
         }
         if !(out_scale > 0.0 && out_scale.is_finite()) {
-            return Err(crate::Error::Invalid(format!("the logits' scale (--out-scale) must be a positive number, got {out_scale}")));
+            return Err(crate::Error::Invalid(format!("the logits' scale (out_scale) must be a positive number, got {out_scale}")));
         }
         let mut arch = Arch {
             channels,
