@@ -61,7 +61,7 @@ fn check_folder(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NotFound(format!(
                 "{}: no such folder (from --data, or CIFAR10_DIR); point it at the folder that holds the CIFAR-10 files, \
-                 or leave both out and pass --download; {binary_hint}",
+                 or leave both out to have `model` download the official archive into ./data; {binary_hint}",
                 dir.display()
             )));
         }

@@ -36,8 +36,8 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
     }
     Err(Error::NotFound(format!(
         "CIFAR-10 not found: no --data, no CIFAR10_DIR, and {} does not hold data_batch_1.bin (or data_batch_1.bin.gz). \
-         Rerun with --download, or download {URL} (MD5 {MD5}) and extract it in ./data/ \
-         so that the files are in {}/ (or pass --data DIR)",
+         Download {URL} (MD5 {MD5}) and extract it in ./data/ so that the files are in {}/ \
+         (`model` does that itself unless given --no-download), or pass --data DIR",
         default.display(),
         default.display()
     )))

@@ -123,8 +123,11 @@ struct DataArgs {
     /// Folder holding the CIFAR-10 binary files (else $CIFAR10_DIR, else ./data/cifar-10-batches-bin).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Download the official archive into ./data when neither --data nor CIFAR10_DIR is given and ./data/cifar-10-batches-bin does not hold the files.
+    /// Never download. Without it, when neither --data nor CIFAR10_DIR is given and ./data/cifar-10-batches-bin does not hold the files, the official archive is downloaded into ./data (MD5-checked); with it, that case is an error that says where to get the files.
     #[arg(long)]
+    no_download: bool,
+    /// The default since 2026-11-27 (the download used to need this flag); kept so that older command lines still run.
+    #[arg(long, hide = true, conflicts_with = "no_download")]
     download: bool,
 }
 
@@ -444,10 +447,18 @@ fn choose_device(name: &str) -> Result<Device> {
     }
 }
 
+/// Whether a dataset that is not found is downloaded: unless `--no-download`, and only for the
+/// default folder. A folder the user named (`--data`, or `cifar10_dir`, the CIFAR10_DIR
+/// variable, when set and not empty) is never replaced by a download: its error says what is
+/// wrong with it.
+fn download_wanted(args: &DataArgs, cifar10_dir: Option<&std::ffi::OsStr>) -> bool {
+    !args.no_download && args.data.is_none() && cifar10_dir.is_none_or(|d| d.is_empty())
+}
+
 fn open_data(args: &DataArgs) -> Result<data::Cifar10> {
     let dir = match data::locate(args.data.as_deref()) {
         Ok(dir) => dir,
-        Err(_) if args.download && args.data.is_none() => {
+        Err(_) if download_wanted(args, std::env::var_os("CIFAR10_DIR").as_deref()) => {
             eprintln!("CIFAR-10 is not in {} (and CIFAR10_DIR is not set): downloading the official archive into ./data ...", data::locate::DEFAULT_DIR);
             data::download(std::path::Path::new("data"))?
         }
@@ -769,6 +780,25 @@ mod tests {
                 assert!(line.contains(s), "{args:?}: {line:?} lacks {s:?}");
             }
         }
+    }
+
+    /// The official archive is downloaded by default for the default folder only: not for a
+    /// folder named by --data or CIFAR10_DIR (an empty one counts as unset), not with
+    /// --no-download; the old --download still parses (the default now).
+    #[test]
+    fn the_default_folder_alone_is_downloaded_unless_told_not_to() {
+        let data = |args: &[&str]| {
+            let Some(Command::ShowData { data, .. }) = Cli::try_parse_from([&["model", "show-data"][..], args].concat()).unwrap().command else { panic!("not show-data") };
+            data
+        };
+        let dir = std::ffi::OsStr::new("/some/cifar");
+        assert!(download_wanted(&data(&[]), None));
+        assert!(download_wanted(&data(&[]), Some(std::ffi::OsStr::new(""))));
+        assert!(download_wanted(&data(&["--download"]), None));
+        assert!(!download_wanted(&data(&[]), Some(dir)));
+        assert!(!download_wanted(&data(&["--data", "/x"]), None));
+        assert!(!download_wanted(&data(&["--no-download"]), None));
+        assert!(Cli::try_parse_from(["model", "show-data", "--download", "--no-download"]).is_err());
     }
 
     #[test]
