@@ -41,15 +41,70 @@ impl std::ops::Deref for FileBytes {
 pub struct Cifar10 {
     pub train: Split,
     pub test: Split,
+    /// Where they were read from.
+    pub source: Source,
+}
+
+/// Where a dataset was read from: the logs' `Data:` line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// A folder of the six files.
+    Folder(PathBuf),
+    /// The archive, read in place ([`crate::archive`]), with its MD5.
+    Archive { path: PathBuf, md5: String },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Folder(dir) => write!(f, "{}", dir.display()),
+            Source::Archive { path, md5 } if md5 == crate::locate::MD5 => {
+                write!(f, "{} (read in place; MD5 {md5}: the official archive)", path.display())
+            }
+            Source::Archive { path, md5 } => {
+                write!(f, "{} (read in place; MD5 {md5}, not the official archive's {})", path.display(), crate::locate::MD5)
+            }
+        }
+    }
 }
 
 impl Cifar10 {
-    /// Memory-map and validate the six files in `dir`.
-    pub fn open(dir: &Path) -> Result<Cifar10> {
-        check_folder(dir)?;
-        let train = Split::open(dir, &TRAIN_FILES, TRAIN_RECORDS)?;
-        let test = Split::open(dir, &[TEST_FILE], TEST_RECORDS)?;
-        Ok(Cifar10 { train, test })
+    /// Memory-map and validate the six files in the folder `path`; or, when `path` is a
+    /// `.tar.gz` file, read them from that archive ([`Cifar10::open_archive`]).
+    pub fn open(path: &Path) -> Result<Cifar10> {
+        if crate::archive::is_archive_file(path) {
+            return Cifar10::open_archive(path);
+        }
+        check_folder(path)?;
+        let train = Split::open(path, &TRAIN_FILES, TRAIN_RECORDS)?;
+        let test = Split::open(path, &[TEST_FILE], TEST_RECORDS)?;
+        Ok(Cifar10 { train, test, source: Source::Folder(path.to_path_buf()) })
+    }
+
+    /// The six files decompressed from the tar.gz `archive` into memory (in whatever folder of
+    /// it they are, `cifar-10-batches-bin/` in the official one) and validated as from a folder;
+    /// errors name a file as `ARCHIVE/PATH-INSIDE`.
+    pub fn open_archive(archive: &Path) -> Result<Cifar10> {
+        let names: Vec<&str> = TRAIN_FILES.iter().chain([&TEST_FILE]).copied().collect();
+        let members = crate::archive::read_members(archive, &names, MAX_DECOMPRESSED)?;
+        let mut found = Vec::new();
+        for ((name, bytes), inside) in names.iter().zip(members.files).zip(members.paths) {
+            match (bytes, inside) {
+                (Some(bytes), Some(inside)) => found.push((archive.join(inside), FileBytes::Decompressed(bytes))),
+                _ => {
+                    return Err(Error::NotFound(format!(
+                        "{}: the archive holds no {name} (the binary version's archive, {}, holds {} and {TEST_FILE})",
+                        archive.display(),
+                        crate::archive::ARCHIVE_NAME,
+                        TRAIN_FILES.join(", ")
+                    )));
+                }
+            }
+        }
+        let test_files = found.split_off(TRAIN_FILES.len());
+        let train = Split::from_files(archive, found, TRAIN_RECORDS)?;
+        let test = Split::from_files(archive, test_files, TEST_RECORDS)?;
+        Ok(Cifar10 { train, test, source: Source::Archive { path: archive.to_path_buf(), md5: members.md5 } })
     }
 }
 
@@ -166,16 +221,21 @@ impl Split {
     /// Open the files `names` of `dir` (each memory-mapped, or its `.gz` copy decompressed: see
     /// [`open_file`]), check each, and check that they hold `expected` records in all.
     pub fn open(dir: &Path, names: &[&str], expected: usize) -> Result<Split> {
-        let mut files = Vec::new();
-        let mut paths = Vec::new();
+        let files = names.iter().map(|name| open_file(dir, name)).collect::<Result<Vec<_>>>()?;
+        Split::from_files(dir, files, expected)
+    }
+
+    /// The split of `files` (each with the path that names it in errors), in order: each file
+    /// checked, then the total against `expected`; `whole` (their folder or archive) is named
+    /// when no one file is to blame.
+    pub fn from_files(whole: &Path, files: Vec<(PathBuf, FileBytes)>, expected: usize) -> Result<Split> {
+        let (paths, files): (Vec<PathBuf>, Vec<FileBytes>) = files.into_iter().unzip();
         let mut starts = vec![0];
-        for name in names {
-            let (path, bytes) = open_file(dir, name)?;
-            validate(&path, &bytes)?;
+        for (path, bytes) in paths.iter().zip(&files) {
+            validate(path, bytes)?;
             starts.push(starts.last().copied().unwrap_or(0) + bytes.len() / RECORD_BYTES);
-            files.push(bytes);
-            paths.push(path);
         }
+        let names: Vec<String> = paths.iter().map(|p| p.file_name().unwrap_or(p.as_os_str()).to_string_lossy().into_owned()).collect();
         let total = *starts.last().unwrap_or(&0);
         if total != expected {
             let all = format!("{} hold {total} records, expected {expected}", names.join(", "));
@@ -189,7 +249,7 @@ impl Split {
                     path: paths[i].clone(),
                     msg: format!("holds {} records where each file holds {share} ({all})", starts[i + 1] - starts[i]),
                 },
-                None => Error::Corrupt { path: dir.to_path_buf(), msg: all },
+                None => Error::Corrupt { path: whole.to_path_buf(), msg: all },
             });
         }
         Ok(Split { files, starts })
@@ -462,5 +522,82 @@ pub(crate) mod tests {
         assert_eq!(decompress(&p, 5 * RECORD_BYTES).unwrap(), records(5, 7));
         let e = decompress(&p, 5 * RECORD_BYTES - 1).unwrap_err().to_string();
         assert!(e.contains("big.gz: it decompresses to more than 15364 bytes"), "{e}");
+    }
+
+    /// A tar.gz at `dir/name` of `members` (path inside, bytes), as `tar czf` makes it.
+    fn tar_gz(dir: &Path, name: &str, members: &[(String, Vec<u8>)]) -> PathBuf {
+        let path = dir.join(name);
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+        let mut t = tar::Builder::new(gz);
+        for (p, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            t.append_data(&mut h, p, &data[..]).unwrap();
+        }
+        t.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    /// The six files of `dir` (and a readme, as in the official archive) under
+    /// `cifar-10-batches-bin/`.
+    fn members_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut m: Vec<(String, Vec<u8>)> = TRAIN_FILES
+            .iter()
+            .chain([&TEST_FILE])
+            .map(|f| (format!("cifar-10-batches-bin/{f}"), open_file(dir, f).unwrap().1.to_vec()))
+            .collect();
+        m.insert(2, ("cifar-10-batches-bin/readme.html".into(), b"<meta>".to_vec()));
+        m
+    }
+
+    /// The real files packed as the official archive is (a copy of our own, so not its MD5):
+    /// read in place, every record is the folder's, and the source names the archive's MD5.
+    #[test]
+    fn the_real_files_read_from_an_archive_equal_the_folders() {
+        let dir = real_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let archive = tar_gz(tmp.path(), crate::archive::ARCHIVE_NAME, &members_of(&dir));
+        let from_archive = Cifar10::open(&archive).unwrap();
+        let from_folder = Cifar10::open(&dir).unwrap();
+        for (a, f) in [(&from_archive.train, &from_folder.train), (&from_archive.test, &from_folder.test)] {
+            assert_eq!(a.len(), f.len());
+            assert!(a.files().zip(f.files()).all(|(x, y)| x == y), "the archive's bytes differ from the folder's");
+        }
+        let md5 = crate::locate::md5_hex(&archive).unwrap();
+        assert_eq!(from_archive.source, Source::Archive { path: archive.clone(), md5: md5.clone() });
+        assert_eq!(
+            from_archive.source.to_string(),
+            format!("{} (read in place; MD5 {md5}, not the official archive's {})", archive.display(), crate::locate::MD5)
+        );
+        assert_eq!(from_folder.source.to_string(), dir.display().to_string());
+        let official = Source::Archive { path: archive.clone(), md5: crate::locate::MD5.into() };
+        assert!(official.to_string().ends_with(": the official archive)"), "{official}");
+    }
+
+    /// What is wrong inside an archive is named as ARCHIVE/PATH-INSIDE, as a file of a folder
+    /// would be; a missing member names what the archive should hold.
+    #[test]
+    fn an_archives_bad_members_are_named_inside_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = synthetic(3);
+        let mut members = members_of(dir.path());
+        // Too few records (3 per file, of 10,000): the first file is named, inside the archive.
+        let a = tar_gz(tmp.path(), "a.tar.gz", &members);
+        let e = Cifar10::open(&a).err().expect("opened").to_string();
+        let first = a.join("cifar-10-batches-bin/data_batch_1.bin");
+        assert!(e.starts_with(&format!("{}: holds 3 records where each file holds 10000", first.display())), "{e}");
+        assert!(e.contains("hold 15 records, expected 50000"), "{e}");
+        // A bad label in one file.
+        members[4].1[RECORD_BYTES] = 10;
+        let b = tar_gz(tmp.path(), "b.tgz", &members);
+        let e = Cifar10::open(&b).err().expect("opened").to_string();
+        assert!(e.contains(&format!("{}: label 10 at record 1", b.join("cifar-10-batches-bin/data_batch_4.bin").display())), "{e}");
+        // The test file missing.
+        members.pop();
+        let c = tar_gz(tmp.path(), "c.tar.gz", &members);
+        let e = Cifar10::open(&c).err().expect("opened").to_string();
+        assert!(e.contains("the archive holds no test_batch.bin"), "{e}");
     }
 }

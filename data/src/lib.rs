@@ -3,20 +3,23 @@
 //! The six files `data_batch_1.bin` … `data_batch_5.bin` (training, 50,000 records)
 //! and `test_batch.bin` (10,000) are memory-mapped and validated, never copied
 //! into another format (a file present only gzip-compressed, `NAME.bin.gz`, is
-//! decompressed into memory instead: [`cifar::open_file`]). A record is 3073 bytes: the label (0-9), then 3072 pixels,
+//! decompressed into memory instead: [`cifar::open_file`]; so are the six files of the
+//! official archive `cifar-10-binary.tar.gz` when it is given unextracted: [`archive`]). A record is 3073 bytes: the label (0-9), then 3072 pixels,
 //! 1024 red, 1024 green, 1024 blue, each plane row-major 32x32 (CHW).
 //!
 //! - [`cifar`]: opening and validating the files, record access;
+//! - [`archive`]: the official archive read in place, with its MD5;
 //! - [`locate`](mod@locate): finding the folder (`--data`, `$CIFAR10_DIR`, `./data/…`) and downloading it;
 //! - [`shuffle`]: the seeded per-epoch order;
 //! - [`augment`]: crop + flip + cutout + normalisation, the CPU reference.
 
+pub mod archive;
 pub mod augment;
 pub mod cifar;
 pub mod locate;
 pub mod shuffle;
 
-pub use cifar::{Cifar10, Split, class_counts};
+pub use cifar::{Cifar10, Source, Split, class_counts};
 pub use locate::{download, locate};
 pub use shuffle::epoch_order;
 

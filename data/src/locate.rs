@@ -1,5 +1,6 @@
 //! Where the dataset is, and how to get it.
 
+use crate::archive::{ARCHIVE_NAME, is_archive_file};
 use crate::{Error, Result};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,49 +18,80 @@ pub fn holds_dataset(dir: &Path) -> bool {
     plain.is_file() || gz.is_file()
 }
 
-/// The folder to read: `flag` (`--data`) if given, else `$CIFAR10_DIR`, else
+/// The folder (or archive) to read: `flag` (`--data`) if given, else `$CIFAR10_DIR`, else
 /// `./data/cifar-10-batches-bin`. A folder given explicitly is returned as is (opening it
 /// then says what is wrong with it), unless it is the folder the official archive was
-/// extracted in: then its `cifar-10-batches-bin/` is returned. Otherwise the error says
-/// where it looked and what to do.
+/// extracted in (then its `cifar-10-batches-bin/` is returned) or holds the archive alone
+/// (then the archive is, to be read in place: [`crate::archive`]); a `.tar.gz` file given
+/// explicitly is returned as is. When the default folder lacks the files but
+/// `./data/cifar-10-binary.tar.gz` is there, that archive is returned. Otherwise the error
+/// says where it looked and what to do.
 pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
+    // (An empty CIFAR10_DIR counts as unset.)
+    let env_dir = std::env::var_os("CIFAR10_DIR").filter(|d| !d.is_empty()).map(PathBuf::from);
+    locate_in(flag, env_dir.as_deref(), Path::new(""))
+}
+
+/// [`locate`] with `$CIFAR10_DIR`'s value given (`env_dir`), and the default folder and
+/// archive looked for under `base` (the working directory: `""`, so that the paths stay
+/// relative as the messages show them).
+fn locate_in(flag: Option<&Path>, env_dir: Option<&Path>, base: &Path) -> Result<PathBuf> {
     if let Some(dir) = flag {
         return given_folder(dir, "--data");
     }
-    // (An empty CIFAR10_DIR counts as unset.)
-    if let Some(dir) = std::env::var_os("CIFAR10_DIR").filter(|d| !d.is_empty()) {
-        return given_folder(Path::new(&dir), "CIFAR10_DIR");
+    if let Some(dir) = env_dir {
+        return given_folder(dir, "CIFAR10_DIR");
     }
-    let default = PathBuf::from(DEFAULT_DIR);
+    let default = base.join(DEFAULT_DIR);
     if holds_dataset(&default) {
         return Ok(default);
     }
+    let archive = base.join("data").join(ARCHIVE_NAME);
+    if is_archive_file(&archive) {
+        return Ok(archive);
+    }
     Err(Error::NotFound(format!(
-        "CIFAR-10 not found: no --data, no CIFAR10_DIR, and {} does not hold data_batch_1.bin (or data_batch_1.bin.gz). \
-         Download {URL} (MD5 {MD5}) and extract it in ./data/ so that the files are in {}/ \
-         (`model` does that itself unless given --no-download), or pass --data DIR",
+        "CIFAR-10 not found: no --data, no CIFAR10_DIR, and {} does not hold data_batch_1.bin (or data_batch_1.bin.gz), \
+         nor is there a ./data/{ARCHIVE_NAME}. Download {URL} (MD5 {MD5}) into ./data/ (read from there as it is, or \
+         extracted so that the files are in {}/; `model` downloads it itself unless given --no-download), or pass --data DIR",
         default.display(),
         default.display()
     )))
 }
 
-/// A folder the user named (`what`: `--data` or `CIFAR10_DIR`): refused if it is a file (the
-/// usual slip: naming one of the dataset's files), else as [`archive_folder_within`].
+/// A folder the user named (`what`: `--data` or `CIFAR10_DIR`), or the archive: any other
+/// file is refused (the usual slip: naming one of the dataset's files), a folder is as
+/// [`archive_folder_within`].
 fn given_folder(dir: &Path, what: &str) -> Result<PathBuf> {
+    if is_archive_file(dir) {
+        return Ok(dir.to_path_buf());
+    }
     if dir.is_file() {
         return Err(Error::NotFound(format!(
-            "{what} {} is a file: give the folder that holds data_batch_1.bin ... data_batch_5.bin and test_batch.bin",
+            "{what} {} is a file: give the folder that holds data_batch_1.bin ... data_batch_5.bin and test_batch.bin, \
+             or the archive {ARCHIVE_NAME}",
             dir.display()
         )));
     }
     Ok(archive_folder_within(dir))
 }
 
-/// `dir/cifar-10-batches-bin` when `dir` does not hold the dataset but that subfolder does
-/// (`--data data` after extracting the archive in `data/`), else `dir`.
+/// When `dir` does not hold the dataset: its `cifar-10-batches-bin/` if that does (`--data
+/// data` after extracting the archive in `data/`), else its `cifar-10-binary.tar.gz` if that
+/// is there (the archive copied in, not extracted); else `dir`.
 fn archive_folder_within(dir: &Path) -> PathBuf {
+    if holds_dataset(dir) {
+        return dir.to_path_buf();
+    }
     let inner = dir.join("cifar-10-batches-bin");
-    if !holds_dataset(dir) && holds_dataset(&inner) { inner } else { dir.to_path_buf() }
+    let archive = dir.join(ARCHIVE_NAME);
+    if holds_dataset(&inner) {
+        inner
+    } else if is_archive_file(&archive) {
+        archive
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Download the official archive into `into` (e.g. `./data`), check its MD5, extract it,
@@ -73,7 +105,7 @@ pub fn download_from(url: &str, md5: &str, into: &Path) -> Result<PathBuf> {
     let archive = into.join("cifar-10-binary.tar.gz");
     let part = into.join("cifar-10-binary.tar.gz.part");
     let what_to_do = format!(
-        "download {URL} (MD5 {MD5}) by hand and extract it in {} so that the files are in {}",
+        "download {URL} (MD5 {MD5}) by hand into {} (read from there as it is, or extracted so that the files are in {})",
         into.display(),
         into.join("cifar-10-batches-bin").display()
     );
@@ -133,7 +165,12 @@ pub fn md5_hex(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
     let mut h = Md5::new();
     std::io::copy(&mut f, &mut h).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(to_hex(&h.finalize()))
+}
+
+/// Bytes as lowercase hex (a digest as MD5 sums are written).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Check `archive`'s MD5 against `md5`, then unpack it (a .tar.gz) into `into`.
@@ -220,19 +257,59 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a partial file was left");
     }
 
+    /// Without --data or CIFAR10_DIR: the extracted default folder, else the archive beside
+    /// it in ./data (copied in by hand, or a download whose folder was deleted), else an error
+    /// that names both.
+    #[test]
+    fn the_default_folder_else_the_archive_in_data() {
+        let base = tempfile::tempdir().unwrap();
+        let e = locate_in(None, None, base.path()).unwrap_err().to_string();
+        assert!(e.contains("nor is there a ./data/cifar-10-binary.tar.gz") && e.contains(MD5), "{e}");
+        let data = base.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join(ARCHIVE_NAME), b"x").unwrap();
+        assert_eq!(locate_in(None, None, base.path()).unwrap(), data.join(ARCHIVE_NAME));
+        std::fs::create_dir(data.join("cifar-10-batches-bin")).unwrap();
+        std::fs::write(data.join("cifar-10-batches-bin/data_batch_1.bin"), b"x").unwrap();
+        assert_eq!(locate_in(None, None, base.path()).unwrap(), base.path().join(DEFAULT_DIR));
+        // CIFAR10_DIR, then --data, come before both.
+        assert_eq!(locate_in(None, Some(Path::new("/e")), base.path()).unwrap(), Path::new("/e"));
+        assert_eq!(locate_in(Some(Path::new("/f")), Some(Path::new("/e")), base.path()).unwrap(), Path::new("/f"));
+    }
+
     #[test]
     fn an_explicit_folder_wins() {
         assert_eq!(locate(Some(Path::new("/some/where"))).unwrap(), PathBuf::from("/some/where"));
     }
 
-    /// Naming one of the dataset's files instead of its folder is refused with what to give.
+    /// Naming one of the dataset's files instead of its folder is refused with what to give;
+    /// an archive is taken as it is.
     #[test]
-    fn a_file_given_as_the_folder_is_refused() {
+    fn a_file_given_as_the_folder_is_refused_unless_an_archive() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("data_batch_1.bin");
         std::fs::write(&file, b"x").unwrap();
         let e = locate(Some(&file)).unwrap_err().to_string();
-        assert!(e.starts_with("--data ") && e.contains("is a file: give the folder"), "{e}");
+        assert!(e.starts_with("--data ") && e.contains("is a file: give the folder") && e.contains(ARCHIVE_NAME), "{e}");
+        let archive = dir.path().join("copy.tar.gz");
+        std::fs::write(&archive, b"x").unwrap();
+        assert_eq!(locate(Some(&archive)).unwrap(), archive);
+    }
+
+    /// A folder that holds the archive alone leads to the archive; extracted files, in the
+    /// folder or in its `cifar-10-batches-bin/`, win over it.
+    #[test]
+    fn a_folder_with_the_archive_alone_leads_to_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join(ARCHIVE_NAME);
+        std::fs::write(&archive, b"x").unwrap();
+        assert_eq!(locate(Some(dir.path())).unwrap(), archive);
+        let inner = dir.path().join("cifar-10-batches-bin");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::write(inner.join("data_batch_1.bin"), b"x").unwrap();
+        assert_eq!(locate(Some(dir.path())).unwrap(), inner);
+        std::fs::write(dir.path().join("data_batch_1.bin"), b"x").unwrap();
+        assert_eq!(locate(Some(dir.path())).unwrap(), dir.path());
     }
 
     #[test]

@@ -568,6 +568,7 @@ fn run(cli: Cli, matches: &ArgMatches, clock: PhaseClock) -> Result<()> {
             };
             print(&format!("Device: {device}{}", why_cpu.map(|e| format!(" (no usable CUDA GPU: {e})")).unwrap_or_default()));
             let ds = open_data(&data)?;
+            print(&format!("Data: {}", ds.source));
             let req = model::eval::EvalRequest { path, tta, batch_size, plain, out_scale };
             model::eval::evaluate_checkpoint(&ds, &device, &req, &mut print).map(|_| ())
         }

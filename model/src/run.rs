@@ -341,6 +341,7 @@ pub fn run_training_timed(ds: &Cifar10, device: &Device, opts: RunOptions, mut c
     make_folder(&dir, "the run folder")?;
     let mut log = Logger::new(Some(&dir.join("train.log")))?;
     log.line(&format!("Device: {device}"));
+    log.line(&format!("Data: {}", ds.source));
     if let Some(why) = &recovered {
         log.line(&format!("The last checkpoint cannot be used ({why}): resuming from the previous epoch's, kept beside it"));
     }
@@ -993,6 +994,7 @@ pub fn run_lr_find(ds: &Cifar10, device: &Device, opts: RunOptions) -> Result<()
     make_folder(&dir, "the run folder")?;
     let mut log = Logger::new(Some(&dir.join("lr_find.log")))?;
     log.line(&format!("Device: {device}"));
+    log.line(&format!("Data: {}", ds.source));
     if let Some((_, line)) = precompile_kernels(device)? {
         log.line(&line);
     }
@@ -1052,6 +1054,7 @@ pub fn show_data(ds: &Cifar10, out: &Path, seed: u64) -> Result<()> {
         .collect();
     let path = out.join("train_images.png");
     write_image_grid(&path, "Augmented training images (crop + flip + cutout)", &images, 8, 3)?;
+    println!("Data: {}", ds.source);
     println!("{:<12} {:>8} {:>8}", "class", "train", "test");
     let (tr, te) = (data::class_counts(&ds.train), data::class_counts(&ds.test));
     for (i, name) in data::CLASS_NAMES.iter().enumerate() {

@@ -96,6 +96,11 @@ stage() {
         (cd "$GPU_ROOT/cifar10" && sha256sum -c "$repo/$d/sums.txt") || { echo "on-gpu.sh: $d unpacked wrong" >&2; exit 3; }
     done
     ls -la "$GPU_ROOT/cifar10" "$GPU_ROOT/devbin"
+    # Where prepare.sh took the files from (the first part carries it): kept for summarize.py.
+    if [ -f devbin/data1/source.txt ]; then
+        cp devbin/data1/source.txt "$RES/staged-source-$day.txt"
+        echo "on-gpu.sh: the staged data: $(cat devbin/data1/source.txt)"
+    fi
     # The official CIFAR-10 files, if this machine has them anywhere (a torchvision or Hugging Face
     # cache, say): ../shared/cifar10 is decoded from JPEG, and one run on the originals would say
     # what that costs (issue 6). Once per machine (both staging calls run `stage`).

@@ -6,7 +6,13 @@
 # than 64 MiB with the working tree: two staging calls. The device unpacks them to plain .bin
 # files (which the program memory-maps) and checks them against the SHA-256 sums made here.
 #
-#   bash scripts/gpu/prepare.sh [CIFAR10_DIR]
+#   bash scripts/gpu/prepare.sh [CIFAR10_DIR | cifar-10-binary.tar.gz]
+#
+# The source: the argument, else $CIFAR10_DIR, else ../shared/cifar-10-binary.tar.gz if the
+# team has put the official archive there, else ../shared/cifar10. An archive is MD5-checked
+# against the published sum (a mismatch is said, not refused) and extracted to a temporary
+# folder. Where the files came from goes to devbin/data1/source.txt, which `on-gpu.sh stage`
+# prints and keeps (staged-source-<date>.txt) and `summarize.py` quotes.
 #
 # Then, on the device (see scripts/gpu/README.md), one call per part:
 #   call 1: carry ["devbin/bin", "devbin/data1"]  command: bash scripts/gpu/on-gpu.sh stage
@@ -15,7 +21,32 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
-src="${1:-${CIFAR10_DIR:-$repo/../shared/cifar10}}"
+official_md5=c32a1d4ab5d03f1284b67883e8d87530
+if [ -n "${1:-}" ]; then src="$1"
+elif [ -n "${CIFAR10_DIR:-}" ]; then src="$CIFAR10_DIR"
+elif [ -f "$repo/../shared/cifar-10-binary.tar.gz" ]; then src="$repo/../shared/cifar-10-binary.tar.gz"
+else src="$repo/../shared/cifar10"; fi
+
+plain="$(mktemp -d)"
+trap 'rm -rf "$plain"' EXIT
+# The official archive (or any .tar.gz of the binary version): extracted, its MD5 said.
+if [ -f "$src" ]; then
+    case "$src" in *.tar.gz|*.tgz) ;; *) echo "prepare.sh: $src is a file but not a .tar.gz archive" >&2; exit 1 ;; esac
+    md5="$(md5sum "$src" | cut -d' ' -f1)"
+    if [ "$md5" = "$official_md5" ]; then verdict="the official archive"; else verdict="not the official archive's $official_md5"; fi
+    source_line="$(cd "$(dirname "$src")" && pwd)/$(basename "$src") (MD5 $md5: $verdict)"
+    mkdir "$plain/extracted"
+    tar -xzf "$src" -C "$plain/extracted"
+    inner="$(find "$plain/extracted" -name data_batch_1.bin -printf '%h\n' | head -n 1)"
+    [ -n "$inner" ] || { echo "prepare.sh: $src holds no data_batch_1.bin" >&2; exit 1; }
+    src="$inner"
+else
+    # (A folder that says where its files came from, as ../shared/cifar10's SOURCE.md does: its title.)
+    about="a folder of the binary files"
+    [ -f "$src/SOURCE.md" ] && about="$about; its SOURCE.md: $(head -n 1 "$src/SOURCE.md" | sed 's/^# *//')"
+    source_line="$(cd "$src" 2> /dev/null && pwd || echo "$src") ($about)"
+fi
+echo "prepare.sh: the data: $source_line"
 
 # A file of the source folder, as is or gzip-compressed (the program reads either).
 have() { [ -f "$src/$1" ] || [ -f "$src/$1.gz" ]; }
@@ -49,8 +80,6 @@ rm -rf devbin/pack
 # The plain files (decompressed first where the source holds NAME.bin.gz only), packed three
 # per part, each part with the SHA-256 sums of its plain files; then unpacked again here and
 # checked, so a packer fault shows before the session, not on the device.
-plain="$(mktemp -d)"
-trap 'rm -rf "$plain"' EXIT
 for f in data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin test_batch.bin; do
     if [ -f "$src/$f" ]; then ln -s "$(cd "$src" && pwd)/$f" "$plain/$f"; else gzip -dc "$src/$f.gz" > "$plain/$f"; fi
 done
@@ -65,6 +94,7 @@ part() {
 }
 part devbin/data1 data_batch_1.bin data_batch_2.bin data_batch_3.bin
 part devbin/data2 data_batch_4.bin data_batch_5.bin test_batch.bin
+echo "$source_line" > devbin/data1/source.txt
 du -sh devbin/*
 # The working tree travels too: each call's total must stay under 64 MiB.
 tree_mib=$(( $(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1) / 1048576 ))

@@ -12,7 +12,10 @@ Reads what `scripts/gpu/on-gpu.sh` writes (each file is optional):
   script (`-fast-path-failed`, `-unfinished`) are listed but counted nowhere, and the runs of the
   side-by-side comparison (under `sbs*/`, at LRs given) are left to its own table;
 - `sbs*/speed-*.json` (bench/side_by_side.py): the 24-epoch times and accuracies, ours and PyTorch's;
-- `profile*.txt` (`model profile`): the captured step's time.
+- `profile*.txt` (`model profile`): the captured step's time;
+- `staged-source-<date>.txt`: where prepare.sh took the staged files from (its `source.txt`,
+  kept by `stage`); when it names the official archive (its published MD5), the staged copy's
+  runs count for issue 6 as the official files' do.
 
 Then the issues' bars, as their texts state them:
 - issue 6: at least 3 full runs of the recipe, mean final test accuracy >= 94% and none below
@@ -124,9 +127,23 @@ def settings_of(variant):
     return "-".join(w for w in words if w != "official" and not re.fullmatch(r"q\d+", w))
 
 
-def issue6(runs):
+def staged_source(dirs):
+    """What the first `staged-source-*.txt` in `dirs` says (prepare.sh's one line), or None."""
+    for d in dirs:
+        for path in sorted(glob.glob(os.path.join(d, "staged-source-*.txt"))):
+            return read(path).strip()
+    return None
+
+
+def is_official_source(line):
+    """Whether prepare.sh's source line names the official archive (the MD5 it checked)."""
+    return line is not None and line.endswith(": the official archive)")
+
+
+def issue6(runs, staged_official=False):
     """Per data and settings (runs with different flags in their names are not pooled): the
-    recipe runs' final accuracies and whether issue 6's bar is met."""
+    recipe runs' final accuracies and whether issue 6's bar is met. `staged_official`: the
+    staged copy is the official archive's files (`staged_source`)."""
     out = []
     recipe = [r for r in runs if is_recipe(r)]
     for data, settings in sorted({(data_of(r["variant"]), settings_of(r["variant"])) for r in recipe}):
@@ -142,7 +159,7 @@ def issue6(runs):
             verdict = f"not met (mean {mean:.2f}%, lowest {min(accs):.2f}%; the bar: mean >= 94%, none below 93.8%)"
         out.append({"data": data, "settings": settings, "runs": len(accs), "mean": mean, "min": min(accs) if accs else None,
                     "tta_mean": statistics.mean(tta) if tta else None, "verdict": verdict,
-                    "counts": data == "official"})
+                    "counts": data == "official" or (data == "staged copy" and staged_official)})
     return out
 
 
@@ -215,12 +232,15 @@ def summarize(dirs):
                          f"| {fmt(r['tta'], '%')} | {fmt(r['trained_acc'], '%')} | {fmt(r['train_s'])} | {fmt(r['with_eval_s'])} | {r['peak_mib'] or ''} |")
         lines.append("")
         lines.append("## Issue 6, per data and settings\n")
-        for g in issue6(runs):
-            note = {"official": " (the official files)", "staged copy": " (the staged copy: ../shared/cifar10, decoded from JPEG)"}.get(g["data"], "")
+        source = staged_source(dirs)
+        staged = f" (the staged copy: {source})" if source else " (the staged copy: ../shared/cifar10 unless prepare.sh was given other files)"
+        groups = issue6(runs, is_official_source(source))
+        for g in groups:
+            note = {"official": " (the official files)", "staged copy": staged}.get(g["data"], "")
             settings = f", runs named `-{g['settings']}`" if g["settings"] else ""
             tta = f", with flip TTA {g['tta_mean']:.2f}%" if g["tta_mean"] is not None else ""
             lines.append(f"- {g['data']}{note}{settings}: {g['runs']} recipe runs, mean {fmt(g['mean'], '%')}, lowest {fmt(g['min'], '%')}{tta}: {g['verdict']}")
-        if not any(g["counts"] for g in issue6(runs)):
+        if not any(g["counts"] for g in groups):
             lines.append("- the official files: no run on them")
         lines.append("")
     for d in dirs:
@@ -313,6 +333,28 @@ def selftest():
         assert groups["official"]["runs"] == 4 and abs(groups["official"]["mean"] - 94.075) < 1e-9, groups
         assert groups["official"]["verdict"].startswith("not met"), groups
         assert "- official (the official files): 4 recipe runs" in summarize([tmp]), summarize([tmp])
+
+    # The staged copy counts as the official files only when prepare.sh staged the official
+    # archive (its MD5 said so in staged-source-*.txt).
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed, acc in ((1, 94.2), (2, 94.1), (3, 94.0)):
+            with open(os.path.join(tmp, f"train-24ep-2026-12-02-seed{seed}.log"), "w") as f:
+                f.write("Device: cuda:0 (stand-in)\nResNet-9 width 1 (6573130 parameters), batch 512, 24 epochs, 50000 training images, "
+                        f"seed {seed}\nLR range test suggests LRMAX=4.0e-1 LRMIN=4.0e-3 (...)\nDone: test accuracy {acc:.2f}% after 24 epochs\n")
+        page = summarize([tmp])
+        assert "the staged copy: ../shared/cifar10 unless" in page and "the official files: no run on them" in page, page
+        jpeg = "/work/shared/cifar10 (a folder of the binary files; its SOURCE.md: CIFAR-10, binary version (provisional copy))"
+        with open(os.path.join(tmp, "staged-source-2026-12-02.txt"), "w") as f:
+            f.write(jpeg + "\n")
+        page = summarize([tmp])
+        assert f"the staged copy: {jpeg}" in page and "the official files: no run on them" in page, page
+        official = "/work/shared/cifar-10-binary.tar.gz (MD5 c32a1d4ab5d03f1284b67883e8d87530: the official archive)"
+        with open(os.path.join(tmp, "staged-source-2026-12-02.txt"), "w") as f:
+            f.write(official + "\n")
+        page = summarize([tmp])
+        assert f"the staged copy: {official}): 3 recipe runs" in page and "no run on them" not in page, page
+        assert "**met**" in page, page
+        assert not is_official_source(official.replace(": the official archive)", ": not the official archive's c32a1d4ab5d03f1284b67883e8d87530)"))
     print("summarize.py selftest: ok")
 
 
