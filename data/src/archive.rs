@@ -16,10 +16,15 @@ use std::path::Path;
 /// The archive's file name, as published.
 pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
 
-/// Whether `path` is a file named like a gzip-compressed tar archive (`.tar.gz` or `.tgz`).
-pub fn is_archive_file(path: &Path) -> bool {
+/// Whether `path` is named like a gzip-compressed tar archive (`.tar.gz` or `.tgz`).
+pub fn is_archive_name(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    path.is_file() && (name.ends_with(".tar.gz") || name.ends_with(".tgz"))
+    name.ends_with(".tar.gz") || name.ends_with(".tgz")
+}
+
+/// Whether `path` is a file named like a gzip-compressed tar archive ([`is_archive_name`]).
+pub fn is_archive_file(path: &Path) -> bool {
+    path.is_file() && is_archive_name(path)
 }
 
 /// What [`read_members`] found in an archive.
@@ -46,11 +51,13 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Read the members of the tar.gz `path` whose file names (the last part of their path, in
-/// whatever folder) are in `names`, each at most `limit` bytes; every other member is skipped.
-/// The whole file is read (the gzip stream to its end, its CRC checked, and any bytes after it)
-/// so that [`Members::md5`] is the file's. A name found twice, a member over `limit`, or a
-/// stream that is not gzip-compressed tar (or is cut short) is an error naming the archive.
+/// Read the regular files of the tar.gz `path` whose file names (the last part of their path,
+/// in whatever folder) are in `names`, each at most `limit` bytes; every other entry (another
+/// name, a folder, a link) is skipped. The whole file is read: every gzip member to its end,
+/// each CRC checked (several members are one stream, as `gunzip` and GNU tar read them), so
+/// that [`Members::md5`] is the file's. A name found twice, a file over `limit`, or bytes that
+/// are not gzip-compressed tar (cut short, damaged, or anything after the last member) is an
+/// error naming the archive.
 pub fn read_members(path: &Path, names: &[&str], limit: usize) -> Result<Members> {
     let damaged = |e: std::io::Error| Error::Corrupt {
         path: path.to_path_buf(),
@@ -58,11 +65,14 @@ pub fn read_members(path: &Path, names: &[&str], limit: usize) -> Result<Members
     };
     let file = std::fs::File::open(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
     let hashing = HashingReader { inner: std::io::BufReader::new(file), hash: Md5::new() };
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(hashing));
+    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(hashing));
     let mut files: Vec<Option<Vec<u8>>> = vec![None; names.len()];
     let mut paths: Vec<Option<String>> = vec![None; names.len()];
     for entry in tar.entries().map_err(damaged)? {
         let entry = entry.map_err(damaged)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
         let member = entry.path().map_err(damaged)?.to_string_lossy().into_owned();
         let file_name = Path::new(&member).file_name().and_then(|n| n.to_str()).unwrap_or("");
         let Some(i) = names.iter().position(|n| *n == file_name) else {
@@ -82,13 +92,11 @@ pub fn read_members(path: &Path, names: &[&str], limit: usize) -> Result<Members
         files[i] = Some(bytes);
         paths[i] = Some(member);
     }
-    // The rest of the gzip stream (the tar's padding, then the trailer whose CRC the decoder
-    // checks at its end), then whatever follows it in the file: all of it goes into the MD5.
+    // The rest of the stream (the tar's padding, then each member's trailer, whose CRC the
+    // decoder checks at its end) to the end of the file: all of it goes into the MD5.
     let mut gz = tar.into_inner();
     std::io::copy(&mut gz, &mut std::io::sink()).map_err(damaged)?;
-    let mut rest = gz.into_inner();
-    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-    let md5 = crate::locate::to_hex(&rest.hash.finalize());
+    let md5 = crate::locate::to_hex(&gz.into_inner().hash.finalize());
     Ok(Members { files, paths, md5 })
 }
 
@@ -121,14 +129,50 @@ mod tests {
         assert_eq!(m.files, vec![Some(b.clone()), Some(b"alpha".to_vec()), None]);
         assert_eq!(m.paths, vec![Some("other/b.bin".to_string()), Some("top/a.bin".to_string()), None]);
         assert_eq!(m.md5, crate::locate::md5_hex(&a).unwrap());
-        // Bytes after the gzip stream are not part of the archive's contents, but of its file's MD5.
-        let mut bytes = std::fs::read(&a).unwrap();
-        bytes.extend_from_slice(&[0u8; 100]);
-        std::fs::write(&a, &bytes).unwrap();
-        let m2 = read_members(&a, &["a.bin"], 10_000).unwrap();
-        assert_eq!(m2.files, vec![Some(b"alpha".to_vec())]);
-        assert_eq!(m2.md5, crate::locate::md5_hex(&a).unwrap());
-        assert_ne!(m2.md5, m.md5);
+    }
+
+    /// The same tar split into two gzip members (as concatenating two .gz files makes it) reads
+    /// as one stream, as `gunzip` and GNU tar read it, and the MD5 is still the whole file's.
+    #[test]
+    fn several_gzip_members_are_one_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let b: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2246822519) >> 24) as u8).collect();
+        let one = tar_gz(dir.path(), "one.tar.gz", &[("d/a.bin", b"alpha"), ("d/b.bin", &b)]);
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&one).unwrap()).read_to_end(&mut tar).unwrap();
+        let mut two = Vec::new();
+        for part in [&tar[..700], &tar[700..]] {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, part).unwrap();
+            two.extend(gz.finish().unwrap());
+        }
+        let path = dir.path().join("two.tar.gz");
+        std::fs::write(&path, &two).unwrap();
+        let m = read_members(&path, &["a.bin", "b.bin"], 10_000).unwrap();
+        assert_eq!(m.files, vec![Some(b"alpha".to_vec()), Some(b)]);
+        assert_eq!(m.md5, crate::locate::md5_hex(&path).unwrap());
+    }
+
+    /// Only regular files are read: a folder or a link with a wanted name is skipped.
+    #[test]
+    fn links_and_folders_are_not_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.tar.gz");
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+        let mut t = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_cksum();
+        t.append_link(&mut h, "d/a.bin", "elsewhere").unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, "e/a.bin", &b"abc"[..]).unwrap();
+        t.into_inner().unwrap().finish().unwrap();
+        let m = read_members(&path, &["a.bin"], 10).unwrap();
+        assert_eq!((m.files, m.paths), (vec![Some(b"abc".to_vec())], vec![Some("e/a.bin".to_string())]));
     }
 
     #[test]
@@ -158,6 +202,11 @@ mod tests {
         flipped[whole.len() / 2] ^= 0x40;
         std::fs::write(&a, &flipped).unwrap();
         assert!(read_members(&a, &["a.bin"], 1 << 20).is_err(), "a changed byte went unnoticed");
+        // Bytes after the last gzip member are refused too (they are not a member).
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&a, &trailing).unwrap();
+        assert!(read_members(&a, &["a.bin"], 1 << 20).is_err(), "trailing bytes went unnoticed");
         std::fs::write(&a, b"not gzip at all").unwrap();
         let e = read_members(&a, &["a.bin"], 1 << 20).err().expect("read").to_string();
         assert!(e.contains("not a .tar.gz"), "{e}");

@@ -86,7 +86,9 @@ impl Cifar10 {
     /// errors name a file as `ARCHIVE/PATH-INSIDE`.
     pub fn open_archive(archive: &Path) -> Result<Cifar10> {
         let names: Vec<&str> = TRAIN_FILES.iter().chain([&TEST_FILE]).copied().collect();
-        let members = crate::archive::read_members(archive, &names, MAX_DECOMPRESSED)?;
+        // (Each file of the official archive holds 10,000 records: a larger member is refused
+        // as it is read, not after the whole of it is in memory.)
+        let members = crate::archive::read_members(archive, &names, TEST_RECORDS * RECORD_BYTES)?;
         let mut found = Vec::new();
         for ((name, bytes), inside) in names.iter().zip(members.files).zip(members.paths) {
             match (bytes, inside) {
@@ -113,6 +115,13 @@ fn check_folder(dir: &Path) -> Result<()> {
     let binary_hint = "this program reads the *binary version* (cifar-10-binary.tar.gz: data_batch_1.bin … data_batch_5.bin, test_batch.bin)";
     let entries: Vec<String> = match std::fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && crate::archive::is_archive_name(dir) => {
+            return Err(Error::NotFound(format!(
+                "{}: no such file (from --data, or CIFAR10_DIR); name the archive {} where it is, or the folder that holds the CIFAR-10 files",
+                dir.display(),
+                crate::archive::ARCHIVE_NAME
+            )));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NotFound(format!(
                 "{}: no such folder (from --data, or CIFAR10_DIR); point it at the folder that holds the CIFAR-10 files, \
@@ -449,6 +458,9 @@ pub(crate) mod tests {
         let missing = empty.path().join("nope");
         let e = open_err(&missing);
         assert!(e.contains("nope: no such folder"), "{e}");
+        // A missing archive is a missing file, not a folder.
+        let e = open_err(&empty.path().join("cifar-10-binary.tar.gz"));
+        assert!(e.contains("cifar-10-binary.tar.gz: no such file"), "{e}");
     }
 
     #[test]

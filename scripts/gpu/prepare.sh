@@ -20,12 +20,15 @@
 # devbin/ is ignored by git.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$repo"
 official_md5=c32a1d4ab5d03f1284b67883e8d87530
-if [ -n "${1:-}" ]; then src="$1"
-elif [ -n "${CIFAR10_DIR:-}" ]; then src="$CIFAR10_DIR"
+# (A relative source is taken from where the script was run, before the cd below.)
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+if [ -n "${1:-}" ]; then src="$(absolute "$1")"
+elif [ -n "${CIFAR10_DIR:-}" ]; then src="$(absolute "$CIFAR10_DIR")"
 elif [ -f "$repo/../shared/cifar-10-binary.tar.gz" ]; then src="$repo/../shared/cifar-10-binary.tar.gz"
 else src="$repo/../shared/cifar10"; fi
+[ -e "$src" ] || { echo "prepare.sh: $src: no such file or folder" >&2; exit 1; }
+cd "$repo"
 
 plain="$(mktemp -d)"
 trap 'rm -rf "$plain"' EXIT

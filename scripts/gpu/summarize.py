@@ -14,8 +14,9 @@ Reads what `scripts/gpu/on-gpu.sh` writes (each file is optional):
 - `sbs*/speed-*.json` (bench/side_by_side.py): the 24-epoch times and accuracies, ours and PyTorch's;
 - `profile*.txt` (`model profile`): the captured step's time;
 - `staged-source-<date>.txt`: where prepare.sh took the staged files from (its `source.txt`,
-  kept by `stage`); when it names the official archive (its published MD5), the staged copy's
-  runs count for issue 6 as the official files' do.
+  kept by `stage`); when the one of a run's date, in the folder given, names the official
+  archive (its published MD5), that run on the staged copy counts for issue 6 as the official
+  files' runs do (a staged copy without such a file counts as ../shared/cifar10, decoded from JPEG).
 
 Then the issues' bars, as their texts state them:
 - issue 6: at least 3 full runs of the recipe, mean final test accuracy >= 94% and none below
@@ -127,12 +128,14 @@ def settings_of(variant):
     return "-".join(w for w in words if w != "official" and not re.fullmatch(r"q\d+", w))
 
 
-def staged_source(dirs):
-    """What the first `staged-source-*.txt` in `dirs` says (prepare.sh's one line), or None."""
-    for d in dirs:
-        for path in sorted(glob.glob(os.path.join(d, "staged-source-*.txt"))):
-            return read(path).strip()
-    return None
+def staged_sources(d):
+    """The staged data's source line (prepare.sh's, kept by `stage`) per date, in folder `d`."""
+    out = {}
+    for path in glob.glob(os.path.join(d, "staged-source-*.txt")):
+        m = re.search(r"staged-source-(\d{4}-\d{2}-\d{2})\.txt$", path)
+        if m:
+            out[m.group(1)] = read(path).strip()
+    return out
 
 
 def is_official_source(line):
@@ -140,14 +143,26 @@ def is_official_source(line):
     return line is not None and line.endswith(": the official archive)")
 
 
-def issue6(runs, staged_official=False):
+# The label of the staged copy when prepare.sh staged the official archive.
+STAGED_OFFICIAL = "staged copy of the official archive"
+
+
+def run_data(run):
+    """The data a run read: as its name says (`data_of`), the staged copy told apart when the
+    source line of its date, in its folder, names the official archive."""
+    data = data_of(run["variant"])
+    if data == "staged copy" and is_official_source(run.get("staged_source")):
+        return STAGED_OFFICIAL
+    return data
+
+
+def issue6(runs):
     """Per data and settings (runs with different flags in their names are not pooled): the
-    recipe runs' final accuracies and whether issue 6's bar is met. `staged_official`: the
-    staged copy is the official archive's files (`staged_source`)."""
+    recipe runs' final accuracies and whether issue 6's bar is met."""
     out = []
     recipe = [r for r in runs if is_recipe(r)]
-    for data, settings in sorted({(data_of(r["variant"]), settings_of(r["variant"])) for r in recipe}):
-        group = [r for r in recipe if data_of(r["variant"]) == data and settings_of(r["variant"]) == settings]
+    for data, settings in sorted({(run_data(r), settings_of(r["variant"])) for r in recipe}):
+        group = [r for r in recipe if run_data(r) == data and settings_of(r["variant"]) == settings]
         accs = [r["acc"] for r in group if r["acc"] is not None]
         tta = [r["tta"] for r in group if r["tta"] is not None]
         mean = statistics.mean(accs) if accs else None
@@ -159,7 +174,7 @@ def issue6(runs, staged_official=False):
             verdict = f"not met (mean {mean:.2f}%, lowest {min(accs):.2f}%; the bar: mean >= 94%, none below 93.8%)"
         out.append({"data": data, "settings": settings, "runs": len(accs), "mean": mean, "min": min(accs) if accs else None,
                     "tta_mean": statistics.mean(tta) if tta else None, "verdict": verdict,
-                    "counts": data == "official" or (data == "staged copy" and staged_official)})
+                    "counts": data in ("official", STAGED_OFFICIAL)})
     return out
 
 
@@ -206,10 +221,13 @@ def summarize(dirs):
     lines = []
     runs = []
     for d in dirs:
+        sources = staged_sources(d)
         for path in sorted(glob.glob(os.path.join(d, "**", "train-24ep-*.log"), recursive=True)):
             folders = os.path.relpath(path, d).split(os.sep)[:-1]
             if LOG.match(os.path.basename(path)) and not any(f.startswith("sbs") for f in folders):
-                runs.append(parse_run(path))
+                run = parse_run(path)
+                run["staged_source"] = sources.get(run["date"])
+                runs.append(run)
     devices = sorted({r["device"] for r in runs if r["device"]})
     lines.append(f"# GPU session results: {', '.join(dirs)}\n")
     lines.append(f"Device: {', '.join(devices) if devices else 'not named in any training log'}\n")
@@ -228,15 +246,17 @@ def summarize(dirs):
         lines.append("| log | data | recipe run | flags added | final test acc | with flip TTA | trained weights (EMA runs) | training s | with evaluations s | peak MiB |")
         lines.append("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in runs:
-            lines.append(f"| {r['file']} | {data_of(r['variant'])} | {'yes' if is_recipe(r) else 'no'} | {r['flags'] or ''} | {fmt(r['acc'], '%')} "
+            lines.append(f"| {r['file']} | {run_data(r)} | {'yes' if is_recipe(r) else 'no'} | {r['flags'] or ''} | {fmt(r['acc'], '%')} "
                          f"| {fmt(r['tta'], '%')} | {fmt(r['trained_acc'], '%')} | {fmt(r['train_s'])} | {fmt(r['with_eval_s'])} | {r['peak_mib'] or ''} |")
         lines.append("")
         lines.append("## Issue 6, per data and settings\n")
-        source = staged_source(dirs)
-        staged = f" (the staged copy: {source})" if source else " (the staged copy: ../shared/cifar10 unless prepare.sh was given other files)"
-        groups = issue6(runs, is_official_source(source))
+        for d in dirs:
+            for day, line in sorted(staged_sources(d).items()):
+                lines.append(f"- staged on {day} ({d}): {line}")
+        groups = issue6(runs)
         for g in groups:
-            note = {"official": " (the official files)", "staged copy": staged}.get(g["data"], "")
+            note = {"official": " (the official files)", STAGED_OFFICIAL: " (the official files, staged by prepare.sh)",
+                    "staged copy": " (../shared/cifar10, decoded from JPEG, unless a source line above says otherwise)"}.get(g["data"], "")
             settings = f", runs named `-{g['settings']}`" if g["settings"] else ""
             tta = f", with flip TTA {g['tta_mean']:.2f}%" if g["tta_mean"] is not None else ""
             lines.append(f"- {g['data']}{note}{settings}: {g['runs']} recipe runs, mean {fmt(g['mean'], '%')}, lowest {fmt(g['min'], '%')}{tta}: {g['verdict']}")
@@ -334,27 +354,40 @@ def selftest():
         assert groups["official"]["verdict"].startswith("not met"), groups
         assert "- official (the official files): 4 recipe runs" in summarize([tmp]), summarize([tmp])
 
-    # The staged copy counts as the official files only when prepare.sh staged the official
-    # archive (its MD5 said so in staged-source-*.txt).
+    # The staged copy counts as the official files only for runs of a date whose source line,
+    # in the same folder, names the official archive (its MD5, as prepare.sh checked it).
     with tempfile.TemporaryDirectory() as tmp:
-        for seed, acc in ((1, 94.2), (2, 94.1), (3, 94.0)):
-            with open(os.path.join(tmp, f"train-24ep-2026-12-02-seed{seed}.log"), "w") as f:
+        def staged_log(folder, day, seed, acc):
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, f"train-24ep-{day}-seed{seed}.log"), "w") as f:
                 f.write("Device: cuda:0 (stand-in)\nResNet-9 width 1 (6573130 parameters), batch 512, 24 epochs, 50000 training images, "
                         f"seed {seed}\nLR range test suggests LRMAX=4.0e-1 LRMIN=4.0e-3 (...)\nDone: test accuracy {acc:.2f}% after 24 epochs\n")
-        page = summarize([tmp])
-        assert "the staged copy: ../shared/cifar10 unless" in page and "the official files: no run on them" in page, page
+
+        def source(folder, day, line):
+            with open(os.path.join(folder, f"staged-source-{day}.txt"), "w") as f:
+                f.write(line + "\n")
+        a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")
+        for seed, acc in ((1, 94.2), (2, 94.1), (3, 94.0)):
+            staged_log(a, "2026-12-02", seed, acc)
+        page = summarize([a])
+        assert "- staged copy (../shared/cifar10, decoded from JPEG" in page and "the official files: no run on them" in page, page
         jpeg = "/work/shared/cifar10 (a folder of the binary files; its SOURCE.md: CIFAR-10, binary version (provisional copy))"
-        with open(os.path.join(tmp, "staged-source-2026-12-02.txt"), "w") as f:
-            f.write(jpeg + "\n")
-        page = summarize([tmp])
-        assert f"the staged copy: {jpeg}" in page and "the official files: no run on them" in page, page
+        source(a, "2026-12-02", jpeg)
+        page = summarize([a])
+        assert f"- staged on 2026-12-02 ({a}): {jpeg}" in page and "the official files: no run on them" in page, page
         official = "/work/shared/cifar-10-binary.tar.gz (MD5 c32a1d4ab5d03f1284b67883e8d87530: the official archive)"
-        with open(os.path.join(tmp, "staged-source-2026-12-02.txt"), "w") as f:
-            f.write(official + "\n")
-        page = summarize([tmp])
-        assert f"the staged copy: {official}): 3 recipe runs" in page and "no run on them" not in page, page
-        assert "**met**" in page, page
+        source(a, "2026-12-02", official)
+        page = summarize([a])
+        assert f"- {STAGED_OFFICIAL} (the official files, staged by prepare.sh): 3 recipe runs" in page, page
+        assert "no run on them" not in page and "**met**" in page, page
         assert not is_official_source(official.replace(": the official archive)", ": not the official archive's c32a1d4ab5d03f1284b67883e8d87530)"))
+        # Runs of another date, or of another folder, on a staged copy without such a line are
+        # not pooled with them.
+        staged_log(a, "2026-12-01", 4, 91.0)
+        staged_log(b, "2026-12-02", 5, 91.0)
+        page = summarize([a, b])
+        assert f"- {STAGED_OFFICIAL} (the official files, staged by prepare.sh): 3 recipe runs, mean 94.10%" in page, page
+        assert "- staged copy (../shared/cifar10, decoded from JPEG, unless a source line above says otherwise): 2 recipe runs" in page, page
     print("summarize.py selftest: ok")
 
 
