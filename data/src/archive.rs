@@ -101,11 +101,11 @@ pub fn read_members(path: &Path, names: &[&str], limit: usize) -> Result<Members
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A tar.gz at `dir/name` of the members `(path, bytes)`.
-    fn tar_gz(dir: &Path, name: &str, members: &[(&str, &[u8])]) -> std::path::PathBuf {
+    /// A tar.gz at `dir/name` of the members `(path inside, bytes)`, as `tar czf` makes it.
+    pub(crate) fn tar_gz(dir: &Path, name: &str, members: &[(&str, &[u8])]) -> std::path::PathBuf {
         let path = dir.join(name);
         let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
         let mut t = tar::Builder::new(gz);

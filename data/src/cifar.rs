@@ -536,20 +536,10 @@ pub(crate) mod tests {
         assert!(e.contains("big.gz: it decompresses to more than 15364 bytes"), "{e}");
     }
 
-    /// A tar.gz at `dir/name` of `members` (path inside, bytes), as `tar czf` makes it.
+    /// A tar.gz at `dir/name` of `members` (path inside, bytes).
     fn tar_gz(dir: &Path, name: &str, members: &[(String, Vec<u8>)]) -> PathBuf {
-        let path = dir.join(name);
-        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
-        let mut t = tar::Builder::new(gz);
-        for (p, data) in members {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            t.append_data(&mut h, p, &data[..]).unwrap();
-        }
-        t.into_inner().unwrap().finish().unwrap();
-        path
+        let refs: Vec<(&str, &[u8])> = members.iter().map(|(p, b)| (p.as_str(), b.as_slice())).collect();
+        crate::archive::tests::tar_gz(dir, name, &refs)
     }
 
     /// The six files of `dir` (and a readme, as in the official archive) under

@@ -195,17 +195,7 @@ mod tests {
     use super::*;
 
     fn tar_gz(dir: &Path) -> PathBuf {
-        let path = dir.join("a.tar.gz");
-        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
-        let mut t = tar::Builder::new(gz);
-        let data = b"\x03hello";
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        t.append_data(&mut h, "cifar-10-batches-bin/data_batch_1.bin", &data[..]).unwrap();
-        t.into_inner().unwrap().finish().unwrap();
-        path
+        crate::archive::tests::tar_gz(dir, "a.tar.gz", &[("cifar-10-batches-bin/data_batch_1.bin", b"\x03hello")])
     }
 
     #[test]
