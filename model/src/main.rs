@@ -502,6 +502,10 @@ fn train(args: &TrainArgs, only_lr_find: bool, explicit: Vec<String>, mut clock:
     }
     let mut opts = RunOptions { explicit, ..args.options(&device)? };
     let ds = clock.time("data", || open_data(&args.data))?;
+    if matches!(ds.source, data::Source::Archive { .. }) {
+        // (Memory-mapping a folder is near free; the archive is decompressed and hashed.)
+        clock.note("data", "decompressed from the archive".into());
+    }
     if only_lr_find {
         opts.lr_given = false;
         return model::run::run_lr_find(&ds, &device, opts);
