@@ -36,7 +36,8 @@ def main():
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     test = load_split(args.data, TEST_FILES)
     # Our checkpoints record the channel counts, the logit scale and (since 2026-11-27) the
-    # normalisation of the inputs in their metadata (model/src/checkpoint.rs).
+    # normalisation of the inputs and the data the run read (`trained_on`, its log's `Data:`
+    # line) in their metadata (model/src/checkpoint.rs).
     with safe_open(args.checkpoint, "pt") as f:
         meta = f.metadata() or {}
     if "pixel_mean" in meta and "pixel_std" in meta:
@@ -71,7 +72,7 @@ def main():
             tta_loss += F.cross_entropy(avg, yb, reduction="sum").item()
             tta_correct += (avg.argmax(1) == yb).sum().item()
     print(json.dumps({"checkpoint": args.checkpoint, "device": str(dev), "torch": torch.__version__,
-                      "normalisation": normalisation,
+                      "normalisation": normalisation, "trained_on": meta.get("trained_on"),
                       "test_loss": loss / len(y), "correct": correct, "accuracy": 100.0 * correct / len(y),
                       "tta_test_loss": tta_loss / len(y), "tta_correct": tta_correct,
                       "tta_accuracy": 100.0 * tta_correct / len(y)}))

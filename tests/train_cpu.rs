@@ -656,7 +656,8 @@ fn the_log_accounts_for_the_time_outside_the_epochs() {
 /// the normalisation computed from the training files (the run's own: same files) and in
 /// batches of another size (the CPU's eval-mode forward treats each image alone), and the
 /// scale they do not record must be given. The confusion matrix's rows hold each class's
-/// 1,000 test images and its trace the correct count.
+/// 1,000 test images and its trace the correct count. The checkpoint says which data the run
+/// read (its log's `Data:` line); bare weights say nothing of it.
 #[test]
 fn eval_of_a_run_folder_scores_what_the_run_logged() {
     use model::eval::{EvalRequest, evaluate_checkpoint};
@@ -676,6 +677,10 @@ fn eval_of_a_run_folder_scores_what_the_run_logged() {
     assert!((got.stats.loss - logged.test_loss).abs() <= 1e-6, "loss {} vs {} logged", got.stats.loss, logged.test_loss);
     assert!(lines.iter().any(|l| l.contains("batches of 128") && l.contains("f32 reference path")), "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("saved in the file")), "the run's normalisation was not read: {lines:#?}");
+    // The data the run read, as its log's `Data:` line says it, recorded in the checkpoint.
+    let trained_on = format!("Trained on: {}", ds.source);
+    assert!(lines.contains(&trained_on), "no `{trained_on}` in {lines:#?}");
+    assert!(std::fs::read_to_string(dir.join("train.log")).unwrap().contains(&format!("\nData: {}\n", ds.source)));
     assert_eq!(got.confusion.correct(), got.stats.correct);
     assert!((0..10).all(|t| got.confusion.class_total(t) == 1000), "{:?}", got.confusion);
 
@@ -696,5 +701,6 @@ fn eval_of_a_run_folder_scores_what_the_run_logged() {
     assert!((again.stats.loss - got.stats.loss).abs() <= 1e-6 * got.stats.loss, "{} vs {}", again.stats.loss, got.stats.loss);
     assert!(again.stats.tta.is_none());
     assert!(lines.iter().any(|l| l.contains("of the training files read")), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.starts_with("Trained on:")), "bare weights say what they were trained on: {lines:#?}");
     assert!(lines.iter().any(|l| l.contains("channels [8, 16, 32, 64]") && l.contains("logits x 0.125")), "{lines:#?}");
 }

@@ -24,7 +24,7 @@ fn main() -> model::Result<()> {
     let pool = engine::download::StagingPool::new();
     for _ in 0..5 {
         let t = Instant::now();
-        let model_file = model::checkpoint::model_contents(&net, Some(1), None, &pool)?;
+        let model_file = model::checkpoint::model_contents(&net, Some(1), None, None, &pool)?;
         let opt_file = model::checkpoint::optimizer_contents(&net, &state, Default::default(), None, &pool)?;
         let copied = t.elapsed().as_secs_f64();
         let (model_file, opt_file) = (model_file.finish()?, opt_file.finish()?);

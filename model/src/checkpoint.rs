@@ -251,13 +251,20 @@ fn state_dict_entries<'a>(model: &'a ResNet9, prefix: &str) -> Vec<(String, Dtyp
 /// Save the network as a PyTorch-compatible `state_dict`; `epochs_done`, if given, goes into the
 /// metadata (a run's checkpoint: see [`epochs_done`]).
 pub fn save_model(path: &Path, model: &ResNet9, epochs_done: Option<usize>) -> Result<()> {
-    model_contents(model, epochs_done, None, &StagingPool::new())?.finish()?.write(path)
+    model_contents(model, epochs_done, None, None, &StagingPool::new())?.finish()?.write(path)
 }
 
-/// What [`save_model`] writes, its copies to the host queued into a buffer of `pool`; `norm`,
-/// if given (a run's checkpoint), the normalisation of the network's inputs, goes into the
-/// metadata (see [`saved_normalization`]).
-pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>, norm: Option<Normalization>, pool: &StagingPool) -> Result<Pending> {
+/// What [`save_model`] writes, its copies to the host queued into a buffer of `pool`. A run's
+/// checkpoint also records in the metadata `norm`, the normalisation of the network's inputs
+/// (see [`saved_normalization`]), and `trained_on`, the data its last epoch read (the log's
+/// `Data:` line: see [`TRAINED_ON`]).
+pub fn model_contents(
+    model: &ResNet9,
+    epochs_done: Option<usize>,
+    norm: Option<Normalization>,
+    trained_on: Option<&str>,
+    pool: &StagingPool,
+) -> Result<Pending> {
     let arch = &model.arch;
     let entries = state_dict_entries(model, "");
     let mut meta = HashMap::from([
@@ -272,8 +279,17 @@ pub fn model_contents(model: &ResNet9, epochs_done: Option<usize>, norm: Option<
         meta.insert(PIXEL_MEAN.to_string(), format!("{:?}", n.mean));
         meta.insert(PIXEL_STD.to_string(), format!("{:?}", n.std));
     }
+    if let Some(data) = trained_on {
+        meta.insert(TRAINED_ON.to_string(), data.to_string());
+    }
     Pending::start(entries, meta, pool)
 }
+
+/// The metadata key of the data a run's network was trained on, as its log's `Data:` line says
+/// it (`data::Source`: a folder's path, or an archive's with its MD5 and whether that is the
+/// published one); after a `--resume`, the data of the epoch that saved the file. Informative
+/// only: nothing reads the data from it.
+pub const TRAINED_ON: &str = "trained_on";
 
 /// The metadata keys of the normalisation a run's network was trained with: the per-channel
 /// (R, G, B) mean and standard deviation of its training pixels scaled to [0, 1], as
@@ -674,7 +690,12 @@ mod tests {
         let net = ResNet9::new(0.3, 0.25, DType::F32, &mut rng).unwrap();
         assert_eq!(net.arch.channels, [19, 38, 77, 154]);
         let norm = Normalization { mean: [0.4914009, 0.48215827, 0.1 + 0.2], std: [0.24703233, 1.0 / 3.0, 0.2616] };
-        model_contents(&net, Some(3), Some(norm), &StagingPool::new()).unwrap().finish().unwrap().write(&path).unwrap();
+        model_contents(&net, Some(3), Some(norm), Some("/d/cifar-10-binary.tar.gz (read in place; ...)"), &StagingPool::new())
+            .unwrap()
+            .finish()
+            .unwrap()
+            .write(&path)
+            .unwrap();
         let (loaded, meta) = load_network(&path, None).unwrap();
         assert_eq!(loaded.arch.channels, net.arch.channels);
         assert_eq!(loaded.arch.out_scale, 0.25);
@@ -684,6 +705,7 @@ mod tests {
         for (a, b) in loaded.bn.iter().zip(&net.bn) {
             assert_eq!((a.mean.to_f32_vec(), a.var.to_f32_vec()), (b.mean.to_f32_vec(), b.var.to_f32_vec()));
         }
+        assert_eq!(meta.get(TRAINED_ON).map(String::as_str), Some("/d/cifar-10-binary.tar.gz (read in place; ...)"));
         let back = saved_normalization(&path, &meta).unwrap().unwrap();
         assert_eq!(back.mean.map(f32::to_bits), norm.mean.map(f32::to_bits));
         assert_eq!(back.std.map(f32::to_bits), norm.std.map(f32::to_bits));

@@ -169,6 +169,9 @@ pub fn evaluate_checkpoint(ds: &Cifar10, device: &Device, req: &EvalRequest, out
         model.arch.channels,
         model.arch.out_scale
     ));
+    if let Some(data) = meta.get(checkpoint::TRAINED_ON) {
+        out(&format!("Trained on: {data}"));
+    }
     let run = run_settings(&req.path);
     // How to evaluate: as the run did where it is known, on the GPU's default path otherwise,
     // and always the f32 reference path on the CPU or with --plain.

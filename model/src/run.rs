@@ -473,6 +473,8 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
     // and the optimizer's: those being written and those being filled, more while a slow
     // disk lags).
     let staging = StagingPool::new();
+    // What each checkpoint records as the data it was trained on (the log's `Data:` line).
+    let trained_on = ds.source.to_string();
     // Each epoch's time outside its measured training and evaluation (the log lines, queuing
     // the checkpoint's copies to the host, handing it to the saver), and the copies' share of it.
     let (mut between, mut copies) = (0.0, 0.0);
@@ -537,7 +539,13 @@ fn train_run(ds: &Cifar10, device: &Device, opts: &RunOptions, start: Checkpoint
         // the last epoch's files are kept (for a resume that finds these unusable), then the
         // checkpoint first, then the metrics that say it exists.
         let copy_start = std::time::Instant::now();
-        let model_file = checkpoint::model_contents(ema.as_ref().map_or(&model, |e| &e.model), Some(epoch + 1), Some(norm), &staging);
+        let model_file = checkpoint::model_contents(
+            ema.as_ref().map_or(&model, |e| &e.model),
+            Some(epoch + 1),
+            Some(norm),
+            Some(&trained_on),
+            &staging,
+        );
         let mut meta = cfg.to_meta();
         meta.insert(checkpoint::EPOCHS_DONE.into(), (epoch + 1).to_string());
         let opt_file = checkpoint::optimizer_contents(&model, &state, meta, ema.is_some().then_some(&model), &staging);
